@@ -1,0 +1,51 @@
+# Quartermaster — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its dev tools
+
+run: $(STAMP) ## run the whole system locally with demo traffic (Ctrl-C stops it)
+	@$(PY) -m quartermaster.devstack
+
+test: $(STAMP) ## lint, type-check and run every test against real infrastructure
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff lint + format check and mypy strict
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+fmt: $(STAMP) ## format and auto-fix with ruff
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+protos: $(STAMP) ## regenerate quartermaster/v1 from protos/
+	$(PY) scripts/gen_protos.py
+
+migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
+	$(PY) -m quartermaster.db
+
+bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
+	$(PY) -m scripts.bench_freshness
+
+clean: ## remove the venv and local data (.run)
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help venv run test lint fmt protos migrate bench-freshness clean

@@ -1,0 +1,12 @@
+"""Local infrastructure owned by the project: a PostgreSQL 15 cluster and a
+Kafka-wire broker (tansu) started as child processes in a project-local directory.
+
+`make run` and the tests use the same code. When `QM_DATABASE_URL` /
+`QM_KAFKA_BOOTSTRAP` are given, callers use those instead and nothing starts here.
+"""
+
+from quartermaster.localinfra.broker import LocalBroker
+from quartermaster.localinfra.ports import free_port, wait_for_port
+from quartermaster.localinfra.postgres import LocalPostgres
+
+__all__ = ["LocalBroker", "LocalPostgres", "free_port", "wait_for_port"]

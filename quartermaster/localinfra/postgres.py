@@ -1,0 +1,161 @@
+"""A PostgreSQL 15 cluster in a project-local directory.
+
+Installs the Debian package when the server binaries are missing (needs root, as on
+these machines). `initdb` refuses to run as root, so as root the cluster belongs to
+the `postgres` user the package creates; the data directory sits inside the project
+and is git-ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from quartermaster.localinfra.ports import wait_for_port
+
+log = logging.getLogger(__name__)
+
+PG_MAJOR = "15"
+DATABASE = "quartermaster"
+ROLE = "qm"
+
+
+def _bindir() -> Path | None:
+    for candidate in (Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin"),):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+def ensure_installed() -> Path:
+    """The directory with initdb/pg_ctl, installing `postgresql-15` when it is missing."""
+    bindir = _bindir()
+    if bindir is not None:
+        return bindir
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"PostgreSQL {PG_MAJOR} is not installed and this user cannot install it: "
+            f"run `sudo apt-get install -y postgresql-{PG_MAJOR}` or set QM_DATABASE_URL"
+        )
+    log.info("installing postgresql-%s from Debian packages", PG_MAJOR)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", f"postgresql-{PG_MAJOR}"],
+        check=True,
+        env=env,
+    )
+    bindir = _bindir()
+    if bindir is None:
+        raise RuntimeError(f"postgresql-{PG_MAJOR} installed but initdb was not found")
+    return bindir
+
+
+class LocalPostgres:
+    """`start()` creates the cluster on first use and starts it on 127.0.0.1:`port`."""
+
+    def __init__(self, root: Path, port: int, *, durable: bool = True) -> None:
+        self.root = root.resolve()
+        self.datadir = self.root / "data"
+        self.port = port
+        # Tests throw the cluster away afterwards, so they skip fsync for speed.
+        self.durable = durable
+        self._bindir: Path | None = None
+        self._user = "postgres" if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        assert self._bindir is not None
+        cmd = [str(self._bindir / argv[0]), *argv[1:]]
+        return subprocess.run(
+            cmd, user=self._user, capture_output=True, text=True, cwd="/", check=False
+        )
+
+    def _check(self, *argv: str) -> None:
+        res = self._run(*argv)
+        if res.returncode != 0:
+            raise RuntimeError(
+                f"{argv[0]} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}"
+            )
+
+    def _chown(self, path: Path) -> None:
+        if self._user is not None:
+            pw = pwd.getpwnam(self._user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def start(self) -> None:
+        self._bindir = ensure_installed()
+        if self._user is not None:
+            pwd.getpwnam(self._user)  # the Debian package creates it; fail clearly if not
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._chown(self.root)
+        if not (self.datadir / "PG_VERSION").exists():
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            self._check(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                ROLE,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
+        # A previous run that was killed may have left its server running.
+        if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0:
+            self._check("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+        opts = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            f"-c unix_socket_directories={self.root}",
+            "-c max_connections=200",
+        ]
+        if not self.durable:
+            opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._check(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.datadir),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.root / "postgres.log"),
+            "-o",
+            " ".join(opts),
+        )
+        wait_for_port(self.port, 30, what="postgres")
+        exists = self._run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            ROLE,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+        )
+        if exists.stdout.strip() != "1":
+            self._check("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, DATABASE)
+        log.info("postgres ready at %s", self.url)
+
+    def stop(self) -> None:
+        if self._bindir is None:
+            return
+        if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0:
+            self._check("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30")
+        self._bindir = None

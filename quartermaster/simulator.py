@@ -1,0 +1,132 @@
+"""Demo traffic: a few people spend at different rates; their budgets are shown live.
+
+It plays an internal AI gateway: before each model call it asks policy `Check`,
+makes the "call" only when allowed, and reports the usage to `qm.usage.v1` keyed by
+user. Every few seconds it prints where each person stands, and a line whenever a
+decision flips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TextIO
+
+import grpc
+from confluent_kafka import Producer
+
+from quartermaster.telemetry import inject_headers
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
+from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
+from services.policy.decide import credits
+
+
+@dataclass(frozen=True)
+class Persona:
+    user_id: str
+    display_name: str
+    product: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    calls_per_second: float
+
+
+PERSONAS = (
+    Persona("alice", "Alice (chat, light)", "chat", "gpt-5-mini", 3_000, 800, 1.0),
+    Persona("bob", "Bob (coding agent)", "codex", "claude-sonnet-4-5", 30_000, 3_000, 1.0),
+    Persona("carol", "Carol (runaway agent loop)", "agents", "claude-opus-4-1", 20_000, 2_000, 2.0),
+)
+
+_NAMES = {
+    policy_pb2.DECISION_ALLOW: "ALLOW",
+    policy_pb2.DECISION_WARN: "WARN",
+    policy_pb2.DECISION_DENY: "DENY",
+}
+
+
+def usage_event(p: Persona, workspace_id: str) -> usage_pb2.UsageEvent:
+    event = usage_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        workspace_id=workspace_id,
+        user_id=p.user_id,
+        product=p.product,
+        model=p.model,
+        input_tokens=p.input_tokens,
+        output_tokens=p.output_tokens,
+        request_id=str(uuid.uuid4()),
+        source="demo/simulator",
+    )
+    event.occurred_at.GetCurrentTime()
+    return event
+
+
+async def run(
+    bootstrap: str,
+    policy_addr: str,
+    workspace_id: str,
+    out: TextIO = sys.stdout,
+    report_every: float = 3.0,
+) -> None:
+    """Run until cancelled."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 4})
+    last: dict[str, int] = {}
+    next_call = {p.user_id: 0.0 for p in PERSONAS}
+    next_report = 0.0
+    start = time.monotonic()
+    async with grpc.aio.insecure_channel(policy_addr) as channel:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        try:
+            while True:
+                now = time.monotonic()
+                for p in PERSONAS:
+                    if now < next_call[p.user_id]:
+                        continue
+                    next_call[p.user_id] = now + 1.0 / p.calls_per_second
+                    resp = await stub.Check(
+                        policy_pb2.CheckRequest(
+                            user_id=p.user_id, product=p.product, model=p.model, estimated_micros=0
+                        ),
+                        timeout=2.0,
+                    )
+                    if last.get(p.user_id) != resp.decision:
+                        if p.user_id in last:
+                            out.write(
+                                f"{time.monotonic() - start:6.1f}s  >>> {p.user_id} is now "
+                                f"{_NAMES.get(resp.decision, '?')}: {resp.reason}\n"
+                            )
+                        last[p.user_id] = resp.decision
+                    if resp.decision == policy_pb2.DECISION_DENY:
+                        continue  # a gateway would not make the call
+                    producer.produce(
+                        Topic.USAGE.value,
+                        key=p.user_id.encode(),
+                        value=usage_event(p, workspace_id).SerializeToString(),
+                        headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
+                    )
+                producer.poll(0)
+                if now >= next_report:
+                    next_report = now + report_every
+                    await _report(stub, out, now - start)
+                out.flush()
+                await asyncio.sleep(0.05)
+        finally:
+            producer.flush(5)
+
+
+async def _report(
+    stub: policy_pb2_grpc.PolicyServiceAsyncStub, out: TextIO, elapsed: float
+) -> None:
+    lines = [f"{elapsed:6.1f}s  budget this month (credits)"]
+    for p in PERSONAS:
+        b = await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id=p.user_id), timeout=2.0)
+        pct = 100 * b.used_micros // b.limit_micros if b.limit_micros else 0
+        bar = "#" * min(20, pct // 5)
+        lines.append(
+            f"         {p.display_name:<28} {credits(b.used_micros):>7} / "
+            f"{credits(b.limit_micros):<7} {pct:3d}% |{bar:<20}|"
+        )
+    out.write("\n".join(lines) + "\n")

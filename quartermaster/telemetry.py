@@ -1,0 +1,41 @@
+"""Logging and OpenTelemetry set-up, and W3C trace context over Kafka headers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+LOG_FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
+
+
+def setup(service: str, log_level: str = "INFO", console_spans: bool = False) -> None:
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
+    # Noisy libraries stay at WARNING unless we debug.
+    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
+    provider = TracerProvider(resource=Resource.create({"service.name": f"qm-{service}"}))
+    if console_spans:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def inject_headers() -> list[tuple[str, bytes]]:
+    """The current trace context as Kafka headers (`traceparent`, `tracestate`)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def headers_dict(
+    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None,
+) -> dict[str, str]:
+    """Kafka headers (list of pairs or mapping) as a str → str dict; later keys win."""
+    if headers is None:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {k.lower(): (v or b"").decode("utf-8", "replace") for k, v in items}

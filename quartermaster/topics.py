@@ -1,0 +1,42 @@
+"""Every Kafka topic the system uses, in one place, with its schema and key.
+
+Values are protobuf (`content-type: application/x-protobuf`) unless said otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Topic(StrEnum):
+    USAGE = "qm.usage.v1"  # key user_id, UsageEvent (or its proto3 JSON mapping)
+    USAGE_DLQ = "qm.usage.dlq.v1"  # key user_id, the original bytes + qm-error header
+    USAGE_TOTALS = "qm.usage.totals.v1"  # key subject_kind:subject_id:period, UsageTotal
+    REQUESTS = "qm.requests.v1"  # key request_id, RequestEvent
+    NOTIFICATIONS = "qm.notifications.v1"  # key recipient, Notification
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    topic: Topic
+    schema: str
+    config: dict[str, str] = field(default_factory=dict)
+
+
+SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec(Topic.USAGE, "quartermaster.v1.UsageEvent"),
+    TopicSpec(Topic.USAGE_DLQ, "bytes (the rejected record, unchanged)"),
+    TopicSpec(Topic.USAGE_TOTALS, "quartermaster.v1.UsageTotal", {"cleanup.policy": "compact"}),
+    TopicSpec(Topic.REQUESTS, "quartermaster.v1.RequestEvent"),
+    TopicSpec(Topic.NOTIFICATIONS, "quartermaster.v1.Notification"),
+)
+
+CONTENT_TYPE = "content-type"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+# Header names on DLQ records.
+ERROR_HEADER = "qm-error"
+ORIGIN_TOPIC_HEADER = "qm-origin-topic"
+ORIGIN_PARTITION_HEADER = "qm-origin-partition"
+ORIGIN_OFFSET_HEADER = "qm-origin-offset"

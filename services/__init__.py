@@ -1,0 +1,1 @@
+"""The deployable services; each has a thin `__main__` and its domain modules."""

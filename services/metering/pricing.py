@@ -1,0 +1,143 @@
+"""The price catalog: exact integer pricing of token usage into micro-credits."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
+_CLASSES = ("input", "cached_input", "output", "reasoning")
+
+
+class CatalogError(ValueError):
+    """The catalog file is wrong; the message names the place."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """Micro-credits per million tokens for each token class."""
+
+    input: int
+    cached_input: int
+    output: int
+    reasoning: int
+
+
+@dataclass(frozen=True)
+class Tokens:
+    input: int  # all input tokens, cached ones included
+    cached_input: int  # the cached subset of input
+    output: int  # all output tokens, reasoning included
+    reasoning: int  # the reasoning subset of output
+
+
+@dataclass(frozen=True)
+class Priced:
+    micros: int
+    # True when the fallback price was used (unknown model, or no price in force yet).
+    fallback: bool
+
+
+def cost_micros(price: Price, t: Tokens) -> int:
+    """Exact cost: one integer sum over classes, rounded half up once per event.
+
+    Cached tokens are a subset of input and reasoning a subset of output, so each
+    token is priced exactly once, in its most specific class.
+    """
+    numerator = (
+        (t.input - t.cached_input) * price.input
+        + t.cached_input * price.cached_input
+        + (t.output - t.reasoning) * price.output
+        + t.reasoning * price.reasoning
+    )
+    return (numerator + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
+
+
+def _price(raw: Any, where: str) -> Price:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: expected a mapping of token class to price")
+    unknown = set(raw) - {*_CLASSES, "effective_from"}
+    if unknown:
+        raise CatalogError(f"{where}: unknown token class(es) {sorted(unknown)}")
+    values: dict[str, int] = {}
+    for cls in ("input", "cached_input", "output"):
+        v = raw.get(cls)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
+        values[cls] = v
+    reasoning = raw.get("reasoning", values["output"])
+    if not isinstance(reasoning, int) or isinstance(reasoning, bool) or reasoning < 0:
+        raise CatalogError(f"{where}.reasoning: expected a whole number >= 0, got {reasoning!r}")
+    return Price(reasoning=reasoning, **values)
+
+
+def _when(raw: Any, where: str) -> datetime:
+    if isinstance(raw, datetime):
+        value = raw
+    else:
+        try:
+            value = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+        except ValueError:
+            raise CatalogError(f"{where}: not an ISO-8601 time: {raw!r}") from None
+    if value.tzinfo is None:
+        raise CatalogError(f"{where}: needs a time zone (e.g. ...Z)")
+    return value
+
+
+class PriceCatalog:
+    def __init__(self, models: dict[str, list[tuple[datetime, Price]]], fallback: Price) -> None:
+        self._models = {m: sorted(v, key=lambda x: x[0]) for m, v in models.items()}
+        self._starts = {m: [t for t, _ in v] for m, v in self._models.items()}
+        self.fallback = fallback
+
+    @classmethod
+    def from_file(cls, path: Path) -> PriceCatalog:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise CatalogError(f"{path}: {exc}") from None
+        return cls.from_mapping(raw, str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: Any, where: str = "catalog") -> PriceCatalog:
+        if not isinstance(raw, dict) or "fallback" not in raw or "models" not in raw:
+            raise CatalogError(f"{where}: needs top-level 'fallback' and 'models'")
+        fallback = _price(raw["fallback"], f"{where}: fallback")
+        models: dict[str, list[tuple[datetime, Price]]] = {}
+        if not isinstance(raw["models"], dict):
+            raise CatalogError(f"{where}: models must map model names to price versions")
+        for model, versions in raw["models"].items():
+            if not isinstance(versions, list) or not versions:
+                raise CatalogError(f"{where}: models.{model}: expected a list of versions")
+            seen: set[datetime] = set()
+            out: list[tuple[datetime, Price]] = []
+            for i, v in enumerate(versions):
+                here = f"{where}: models.{model}[{i}]"
+                if not isinstance(v, dict):
+                    raise CatalogError(f"{here}: expected a mapping")
+                start = _when(v.get("effective_from"), f"{here}.effective_from")
+                if start in seen:
+                    raise CatalogError(f"{here}: two versions take effect at {start.isoformat()}")
+                seen.add(start)
+                out.append((start, _price(v, here)))
+            models[str(model)] = out
+        return cls(models, fallback)
+
+    def price_at(self, model: str, at: datetime) -> tuple[Price, bool]:
+        """The price in force for `model` at `at`, and whether it is the fallback."""
+        starts = self._starts.get(model)
+        if starts is None:
+            return self.fallback, True
+        i = bisect.bisect_right(starts, at) - 1
+        if i < 0:
+            return self.fallback, True
+        return self._models[model][i][1], False
+
+    def price(self, model: str, at: datetime, tokens: Tokens) -> Priced:
+        price, fallback = self.price_at(model, at)
+        return Priced(cost_micros(price, tokens), fallback)

@@ -1,0 +1,1 @@
+"""policy: answers limit checks from memory and owns limits and the directory."""

@@ -1,0 +1,66 @@
+"""`python -m services.policy`: serve until SIGTERM/SIGINT, then stop gracefully.
+
+`python -m services.policy set-default CREDITS [--soft] [--actor NAME]` sets the
+workspace default limit (audited).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from quartermaster import telemetry
+from quartermaster.db import connect_pool
+from quartermaster.settings import SettingsError
+from services.policy import server, store
+from services.policy.decide import MICROS_PER_CREDIT, Enforcement
+from services.policy.settings import PolicySettings
+
+
+async def _serve(settings: PolicySettings) -> None:
+    running = await server.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop(settings.grace_seconds)
+
+
+async def _set_default(settings: PolicySettings, credits: int, soft: bool, actor: str) -> None:
+    pool = await connect_pool(settings.database_url)
+    try:
+        enforcement = Enforcement.SOFT if soft else Enforcement.HARD
+        await store.set_workspace_default(
+            pool, settings.workspace_id, credits * MICROS_PER_CREDIT, enforcement, actor
+        )
+    finally:
+        await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.policy")
+    sub = parser.add_subparsers(dest="command")
+    sd = sub.add_parser("set-default", help="set the workspace default monthly limit")
+    sd.add_argument("credits", type=int)
+    sd.add_argument("--soft", action="store_true", help="warn instead of deny past the limit")
+    sd.add_argument("--actor", default="cli")
+    ns = parser.parse_args()
+    try:
+        settings = PolicySettings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"policy: {exc}\n")
+        raise SystemExit(2) from None
+    telemetry.setup("policy", settings.log_level)
+    if ns.command == "set-default":
+        if ns.credits < 0:
+            parser.error("credits: must not be negative")
+        asyncio.run(_set_default(settings, ns.credits, ns.soft, ns.actor))
+    else:
+        asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

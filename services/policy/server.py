@@ -1,0 +1,102 @@
+"""Wiring: Postgres, the totals view and the gRPC server (health + reflection)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from quartermaster.db import connect_pool
+from quartermaster.v1 import policy_pb2, policy_pb2_grpc
+from services.policy import store
+from services.policy.service import LimitHolder, PolicyServicer
+from services.policy.settings import PolicySettings
+from services.policy.totals import TotalsView
+
+log = logging.getLogger("qm.policy")
+SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+
+
+@dataclass
+class RunningPolicy:
+    server: grpc.aio.Server
+    port: int
+    pool: asyncpg.Pool
+    totals: TotalsView
+    health: health_aio.HealthServicer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, let in-flight ones finish within `grace`, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.totals.stop()
+        await self.pool.close()
+
+
+async def _refresh_limits(
+    pool: asyncpg.Pool, workspace_id: str, holder: LimitHolder, every: float
+) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            holder.workspace = await store.workspace_limit(pool, workspace_id)
+        except (OSError, asyncpg.PostgresError) as exc:
+            # Keep answering with the last known limits; Postgres may be back soon.
+            log.warning("could not refresh limits, keeping the last ones: %s", exc)
+
+
+async def _set_serving_when_ready(
+    hs: health_aio.HealthServicer, totals: TotalsView, holder: LimitHolder
+) -> None:
+    # Two conditions from two places (a consumer thread, the refresh task): a short
+    # poll is simpler than bridging both into asyncio events, and runs only at start.
+    while not (totals.caught_up and holder.workspace is not None):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    for name in ("", SERVICE_NAME):
+        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("policy is serving (%d totals records read)", totals.records)
+
+
+async def start(settings: PolicySettings, addr: str | None = None) -> RunningPolicy:
+    """Start a policy server on `addr` (default: the setting; port 0 picks a free one)."""
+    pool = await connect_pool(settings.database_url)
+    holder = LimitHolder(await store.workspace_limit(pool, settings.workspace_id))
+    totals = TotalsView(settings.kafka_bootstrap)
+    totals.start()
+
+    server = grpc.aio.server()
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(
+        PolicyServicer(totals, holder, settings.timezone, settings.warn_percent), server
+    )
+    hs = health_aio.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        await hs.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(addr or settings.addr)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {addr or settings.addr}")
+    await server.start()
+    log.info("policy listening on port %d", port)
+    running = RunningPolicy(server, port, pool, totals, hs)
+    running.tasks.append(
+        asyncio.create_task(
+            _refresh_limits(pool, settings.workspace_id, holder, settings.refresh_seconds)
+        )
+    )
+    running.tasks.append(asyncio.create_task(_set_serving_when_ready(hs, totals, holder)))
+    return running
