@@ -43,9 +43,13 @@ migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
 	$(PY) -m quartermaster.db
 
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
-	$(PY) -m scripts.bench_freshness
+	$(PY) scripts/bench_freshness.py
+
+settings-doc: $(STAMP) ## regenerate deploy/settings.example.env (paste `... table` into the README)
+	$(PY) -m quartermaster.settings_doc env > deploy/settings.example.env
+	@$(PY) -m quartermaster.settings_doc table
 
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test lint fmt protos migrate bench-freshness clean
+.PHONY: help venv run test lint fmt protos migrate bench-freshness settings-doc clean

@@ -8,13 +8,9 @@ simulator until Ctrl-C. Then it stops everything it started, children first.
 
 from __future__ import annotations
 
-import os
-
-# Before grpc loads: its core logs an INFO line each time this process forks a child.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -45,6 +41,9 @@ class DevSettings(PolicySettings):
     )
     local_pg_port: int = setting(
         "QM_LOCAL_PG_PORT", 55432, "Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"
+    )
+    local_broker_port: int = setting(
+        "QM_LOCAL_BROKER_PORT", 9092, "Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"
     )
 
 
@@ -89,12 +88,11 @@ async def _wait_serving(addr: str, proc: ChildProcess, within: float) -> None:
 async def _main(settings: DevSettings) -> None:
     """Runs until cancelled (Ctrl-C); every `finally` on the way out stops what it started."""
     logs = settings.run_dir / "logs"
-    broker_port = int(settings.kafka_bootstrap.split(",")[0].rpartition(":")[2])
     say("Quartermaster: starting PostgreSQL and the Kafka-protocol broker ...")
     with open_infra(
         settings.run_dir,
         pg_port=settings.local_pg_port,
-        broker_port=broker_port,
+        broker_port=settings.local_broker_port,
         durable=True,
         partitions=settings.topic_partitions,
     ) as infra:
@@ -142,7 +140,6 @@ async def _main(settings: DevSettings) -> None:
                 child.stop(timeout=10)
                 say(f"  stopped {child.name}")
             say("  stopping the broker and PostgreSQL ...")
-    say("Stopped. Bye.")
 
 
 def main() -> None:
@@ -161,6 +158,7 @@ def main() -> None:
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await _main(settings)
+        say("Stopped. Bye.")
 
     asyncio.run(runner())
 

@@ -31,11 +31,17 @@ def inject_headers() -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
+HeaderValue = str | bytes | None
+
+
 def headers_dict(
-    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None,
+    headers: Iterable[tuple[str, HeaderValue]] | Mapping[str, HeaderValue] | None,
 ) -> dict[str, str]:
     """Kafka headers (list of pairs or mapping) as a str → str dict; later keys win."""
     if headers is None:
         return {}
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k.lower(): (v or b"").decode("utf-8", "replace") for k, v in items}
+    return {
+        k.lower(): v if isinstance(v, str) else (v or b"").decode("utf-8", "replace")
+        for k, v in items
+    }

@@ -34,6 +34,7 @@ from quartermaster.topics import (
     Topic,
 )
 from quartermaster.v1 import usage_pb2
+from services.metering import transport
 from services.metering.decode import InvalidUsage, decode, occurred_at, tokens
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
@@ -49,9 +50,10 @@ def _ts(at: datetime) -> Timestamp:
 
 
 def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
+    transport.register(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
+        broker=[f"{transport.SCHEME}://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,

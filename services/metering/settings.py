@@ -29,6 +29,13 @@ class MeteringSettings(CommonSettings):
         "table recovery (use 16384 on real Kafka)",
     )
 
+    fetch_max_wait_ms: int = setting(
+        "QM_METERING_FETCH_MAX_WAIT_MS",
+        20,
+        "Longest a consumer fetch waits for data; tansu holds every fetch this long "
+        "(real Kafka answers early, so 500 is fine there)",
+    )
+
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
         if not self.prices_file.is_file():
@@ -37,6 +44,8 @@ class MeteringSettings(CommonSettings):
             out.append(("session_timeout", "must be between 1 and 300 seconds"))
         if self.producer_max_batch_size < 1:
             out.append(("producer_max_batch_size", "must be at least 1"))
+        if not 1 <= self.fetch_max_wait_ms <= 30_000:
+            out.append(("fetch_max_wait_ms", "must be between 1 and 30000"))
         if not self.app_id.strip():
             out.append(("app_id", "must not be empty"))
         return out

@@ -31,6 +31,8 @@ class RunningPolicy:
     pool: asyncpg.Pool
     totals: TotalsView
     health: health_aio.HealthServicer
+    # Set once limits are loaded and the totals view has read every partition to its end.
+    serving: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -57,15 +59,15 @@ async def _refresh_limits(
             log.warning("could not refresh limits, keeping the last ones: %s", exc)
 
 
-async def _set_serving_when_ready(
-    hs: health_aio.HealthServicer, totals: TotalsView, holder: LimitHolder
-) -> None:
+async def _set_serving_when_ready(running: RunningPolicy, holder: LimitHolder) -> None:
+    hs, totals = running.health, running.totals
     # Two conditions from two places (a consumer thread, the refresh task): a short
     # poll is simpler than bridging both into asyncio events, and runs only at start.
     while not (totals.caught_up and holder.workspace is not None):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     for name in ("", SERVICE_NAME):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running.serving.set()
     log.info("policy is serving (%d totals records read)", totals.records)
 
 
@@ -98,5 +100,5 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
             _refresh_limits(pool, settings.workspace_id, holder, settings.refresh_seconds)
         )
     )
-    running.tasks.append(asyncio.create_task(_set_serving_when_ready(hs, totals, holder)))
+    running.tasks.append(asyncio.create_task(_set_serving_when_ready(running, holder)))
     return running

@@ -1,0 +1,141 @@
+"""Fixtures for tests against real infrastructure.
+
+A test that needs Kafka or Postgres says so with `@pytest.mark.infra`; the `infra`
+fixture refuses to serve any other test, so nothing touches infrastructure by
+accident. Infrastructure that cannot be had fails the run loudly; nothing skips.
+
+Where it comes from (see quartermaster/localinfra/stack.py): QM_KAFKA_BOOTSTRAP /
+QM_DATABASE_URL when set, testcontainers when QM_USE_TESTCONTAINERS=true and a
+Docker engine answers, else a local PostgreSQL and tansu broker on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quartermaster.db import connect_pool
+from quartermaster.localinfra import free_port
+from quartermaster.localinfra.process import ChildProcess
+from quartermaster.localinfra.stack import Infra, open_infra
+from quartermaster.v1 import policy_pb2_grpc
+from services.policy import server, store
+from services.policy.decide import MICROS_PER_CREDIT, Enforcement
+from services.policy.settings import PolicySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_LIMIT_CREDITS = 10
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="session")
+def _infra_session() -> Iterator[Infra]:
+    run_dir = ROOT / ".run" / f"test-{os.getpid()}"
+    try:
+        with open_infra(
+            run_dir,
+            pg_port=free_port(),
+            broker_port=free_port(),
+            durable=False,
+            partitions=PARTITIONS,
+        ) as infra:
+            yield infra
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def infra(request: pytest.FixtureRequest, _infra_session: Infra) -> Infra:
+    if request.node.get_closest_marker("infra") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses infra without @pytest.mark.infra")
+    return _infra_session
+
+
+@pytest.fixture(scope="session")
+def workspace_id() -> str:
+    return f"ws-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
+    """The environment a service process of this test session runs with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
+    return {
+        **env,
+        **_infra_session.env(),
+        "QM_WORKSPACE_ID": workspace_id,
+        "QM_TOPIC_PARTITIONS": str(PARTITIONS),
+        "QM_METERING_APP_ID": f"qm-metering-test-{uuid.uuid4().hex[:8]}",
+        "QM_METERING_SESSION_TIMEOUT": "4",
+        "QM_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def _metering_session(service_env: dict[str, str]) -> Iterator[ChildProcess]:
+    """One metering worker for the session, as a real process (`python -m services.metering`)."""
+    log_path = ROOT / ".run" / f"test-{os.getpid()}-logs" / "metering.log"
+    proc = ChildProcess(
+        "metering", [sys.executable, "-m", "services.metering"], log_path, env=service_env, cwd=ROOT
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop(timeout=15)
+        shutil.rmtree(log_path.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def metering(request: pytest.FixtureRequest, _metering_session: ChildProcess) -> ChildProcess:
+    if request.node.get_closest_marker("infra") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses metering without @pytest.mark.infra")
+    if _metering_session.poll() is not None:
+        raise AssertionError(f"metering worker died:\n{_metering_session.log_tail()}")
+    return _metering_session
+
+
+@pytest.fixture(scope="session")
+async def _policy_session(
+    _infra_session: Infra, workspace_id: str, service_env: dict[str, str]
+) -> AsyncIterator[server.RunningPolicy]:
+    """A real grpc.aio policy server on a free port, in this process's event loop."""
+    settings = PolicySettings.from_env(service_env)
+    pool = await connect_pool(_infra_session.database_url)
+    try:
+        await store.set_workspace_default(
+            pool, workspace_id, TEST_LIMIT_CREDITS * MICROS_PER_CREDIT, Enforcement.HARD, "tests"
+        )
+    finally:
+        await pool.close()
+    running = await server.start(settings, addr="127.0.0.1:0")
+    try:
+        await asyncio.wait_for(running.serving.wait(), 60)
+        yield running
+    finally:
+        await running.stop(grace=1)
+
+
+@pytest.fixture
+def policy_server(
+    request: pytest.FixtureRequest, _policy_session: server.RunningPolicy
+) -> server.RunningPolicy:
+    if request.node.get_closest_marker("infra") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses policy without @pytest.mark.infra")
+    return _policy_session
+
+
+@pytest.fixture
+async def policy(
+    policy_server: server.RunningPolicy,
+) -> AsyncIterator[policy_pb2_grpc.PolicyServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{policy_server.port}") as channel:
+        yield policy_pb2_grpc.PolicyServiceStub(channel)

@@ -1,0 +1,113 @@
+"""Producing usage, reading topics and waiting, for the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
+from quartermaster.v1 import usage_pb2
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+def usage(user_id: str, **fields: object) -> usage_pb2.UsageEvent:
+    """A valid UsageEvent for `user_id` (gpt-5, 1000 in / 500 out, now) with overrides."""
+    event = usage_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        workspace_id="tests",
+        user_id=user_id,
+        product="chat",
+        model="gpt-5",
+        input_tokens=1000,
+        output_tokens=500,
+        source="tests",
+    )
+    event.occurred_at.FromDatetime(datetime.now(UTC))
+    for name, value in fields.items():
+        if name == "occurred_at":
+            assert isinstance(value, datetime)
+            event.occurred_at.FromDatetime(value)
+        else:
+            setattr(event, name, value)
+    return event
+
+
+def produce(
+    bootstrap: str,
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+    topic: str = Topic.USAGE.value,
+) -> None:
+    """Produce (key, value, headers) records and wait until the broker has them all."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    errors: list[str] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for key, value, headers in records:
+        hdrs: list[tuple[str, str | bytes | None]] = list(headers)
+        producer.produce(topic, key=key, value=value, headers=hdrs, on_delivery=delivered)
+    assert producer.flush(30) == 0, "records still in flight after 30 s"
+    assert not errors, errors
+
+
+def produce_usage(bootstrap: str, events: list[usage_pb2.UsageEvent]) -> None:
+    produce(
+        bootstrap,
+        [
+            (e.user_id.encode(), e.SerializeToString(), [(CONTENT_TYPE, PROTOBUF.encode())])
+            for e in events
+        ],
+    )
+
+
+def read_topic(bootstrap: str, topic: str, idle: float = 1.0, limit: float = 20.0) -> list[Message]:
+    """Every record of `topic` from the beginning, until `idle` s pass with nothing new."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        parts = sorted(meta.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[Message] = []
+        last = time.monotonic()
+        deadline = last + limit
+        while time.monotonic() - last < idle and time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is None or msg.error() is not None:
+                continue
+            out.append(msg)
+            last = time.monotonic()
+        return out
+    finally:
+        consumer.close()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[object]],
+    expect: object,
+    within: float = 30.0,
+) -> None:
+    """Poll `probe` until it returns `expect`; fail with the last value seen."""
+    deadline = time.monotonic() + within
+    seen: object = None
+    while time.monotonic() < deadline:
+        seen = await probe()
+        if seen == expect:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {expect!r} within {within}s, last saw {seen!r}")

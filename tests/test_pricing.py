@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.metering.pricing import (
+    CatalogError,
+    Price,
+    PriceCatalog,
+    Tokens,
+    cost_micros,
+)
+from services.metering.settings import DEFAULT_PRICES
+
+CATALOG = {
+    "fallback": {"input": 5_000_000, "cached_input": 2_500_000, "output": 20_000_000},
+    "models": {
+        "m": [
+            {"effective_from": "2026-01-01T00:00:00Z", "input": 1_000_000, "cached_input": 100_000,
+             "output": 4_000_000},
+            {"effective_from": "2026-06-01T00:00:00Z", "input": 500_000, "cached_input": 50_000,
+             "output": 2_000_000, "reasoning": 3_000_000},
+        ]
+    },
+}  # fmt: skip
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_each_token_is_priced_once_in_its_most_specific_class() -> None:
+    price = Price(input=1_000_000, cached_input=100_000, output=4_000_000, reasoning=3_000_000)
+    # 1000 input of which 400 cached; 500 output of which 200 reasoning
+    tokens = Tokens(input=1000, cached_input=400, output=500, reasoning=200)
+    expected = 600 * 1 + 400 * 0.1 + 300 * 4 + 200 * 3
+    assert cost_micros(price, tokens) == expected == 2440
+
+
+def test_rounding_is_half_up_once_per_event() -> None:
+    price = Price(input=1, cached_input=0, output=0, reasoning=0)
+    assert cost_micros(price, Tokens(499_999, 0, 0, 0)) == 0
+    assert cost_micros(price, Tokens(500_000, 0, 0, 0)) == 1
+
+
+def test_the_price_in_force_at_occurred_at_is_used() -> None:
+    cat = PriceCatalog.from_mapping(CATALOG)
+    tokens = Tokens(input=1_000_000, cached_input=0, output=0, reasoning=0)
+    assert cat.price("m", at("2026-05-31T23:59:59"), tokens).micros == 1_000_000
+    assert cat.price("m", at("2026-06-01T00:00:00"), tokens).micros == 500_000
+
+
+def test_reasoning_defaults_to_the_output_price() -> None:
+    cat = PriceCatalog.from_mapping(CATALOG)
+    price, fallback = cat.price_at("m", at("2026-02-01T00:00:00"))
+    assert (price.reasoning, fallback) == (4_000_000, False)
+
+
+def test_unknown_model_and_time_before_first_price_use_the_fallback_and_say_so() -> None:
+    cat = PriceCatalog.from_mapping(CATALOG)
+    tokens = Tokens(input=1_000_000, cached_input=0, output=0, reasoning=0)
+    unknown = cat.price("nobody-knows", at("2026-07-01T00:00:00"), tokens)
+    early = cat.price("m", at("2025-12-31T00:00:00"), tokens)
+    assert unknown.micros == early.micros == 5_000_000
+    assert unknown.fallback
+    assert early.fallback
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.pop("fallback"), "needs top-level 'fallback' and 'models'"),
+        (lambda c: c["fallback"].update(input=-1), "fallback.input: expected a whole number >= 0"),
+        (lambda c: c["fallback"].update(input=1.5), "fallback.input: expected a whole number >= 0"),
+        (lambda c: c["models"]["m"][0].update(colour=1), "unknown token class(es) ['colour']"),
+        (lambda c: c["models"]["m"][0].update(effective_from="soon"), "not an ISO-8601 time"),
+        (
+            lambda c: c["models"]["m"][0].update(effective_from="2026-01-01T00:00:00"),
+            "needs a time zone",
+        ),
+        (
+            lambda c: c["models"]["m"][1].update(effective_from="2026-01-01T00:00:00Z"),
+            "two versions take effect",
+        ),
+        (lambda c: c["models"].update(m=[]), "models.m: expected a list of versions"),
+    ],
+)
+def test_bad_catalogs_are_refused_with_the_place_named(mutate: object, message: str) -> None:
+    import copy
+
+    raw = copy.deepcopy(CATALOG)
+    mutate(raw)  # type: ignore[operator]
+    with pytest.raises(CatalogError, match=None) as info:
+        PriceCatalog.from_mapping(raw)
+    assert message in str(info.value)
+
+
+def test_the_shipped_catalog_loads_and_prices_known_models() -> None:
+    cat = PriceCatalog.from_file(DEFAULT_PRICES)
+    priced = cat.price("gpt-5", at("2026-11-01T00:00:00"), Tokens(1000, 0, 500, 0))
+    assert priced.micros == 1000 * 1.25 + 500 * 10 == 6250
+    assert not priced.fallback
+
+
+def test_a_missing_catalog_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match=r"nope\.yaml"):
+        PriceCatalog.from_file(tmp_path / "nope.yaml")
