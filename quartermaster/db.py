@@ -11,7 +11,7 @@ import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each service owns one schema and keeps its migrations beside its code.
-SERVICES_WITH_SCHEMA = ("policy",)
+SERVICES_WITH_SCHEMA = ("metering", "policy")
 
 
 def migrations_dir(service: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -43,3 +43,16 @@ def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> Non
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def producer(bootstrap: str, **config: object) -> Producer:
+    """A confluent-kafka producer that partitions keys like every other Kafka client.
+
+    librdkafka's default partitioner (CRC32) sends a key to a different partition than
+    the Java client, aiokafka and faust (murmur2). Usage is keyed by user_id and
+    metering keeps each user's state with one partition, so every producer of ours
+    uses murmur2; other producers must too (kcat: `-X partitioner=murmur2_random`).
+    """
+    return Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "log_level": 4, **config}
+    )

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import grpc
-from confluent_kafka import Producer
 
+from quartermaster import kafka
 from quartermaster.telemetry import inject_headers
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
@@ -72,7 +72,7 @@ async def run(
     report_every: float = 3.0,
 ) -> None:
     """Run until cancelled."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 4})
+    producer = kafka.producer(bootstrap, **{"linger.ms": 5})
     last: dict[str, int] = {}
     next_call = {p.user_id: 0.0 for p in PERSONAS}
     next_report = 0.0

@@ -22,8 +22,8 @@ import uuid
 from pathlib import Path
 
 import grpc
-from confluent_kafka import Producer
 
+from quartermaster import kafka
 from quartermaster.db import connect_pool
 from quartermaster.localinfra import free_port
 from quartermaster.localinfra.process import ChildProcess
@@ -47,7 +47,7 @@ def _event(user: str) -> bytes:
 
 
 async def _measure(bootstrap: str, port: int, samples: int, out: list[float]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+    producer = kafka.producer(bootstrap, **{"linger.ms": 0, "acks": "all"})
     user = f"bench-{uuid.uuid4().hex[:8]}"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = policy_pb2_grpc.PolicyServiceStub(ch)

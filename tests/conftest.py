@@ -75,30 +75,57 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_TOPIC_PARTITIONS": str(PARTITIONS),
         "QM_METERING_APP_ID": f"qm-metering-test-{uuid.uuid4().hex[:8]}",
         "QM_METERING_SESSION_TIMEOUT": "4",
+        "QM_METERING_DLQ_PAUSE_SECONDS": "0.5",
+        "QM_METERING_DLQ_WINDOW": "200",
         "QM_LOG_LEVEL": "INFO",
     }
 
 
+class MeteringWorker:
+    """The session's metering worker process, which tests may kill and restart."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc = self._new(env)
+
+    def _new(self, env: dict[str, str]) -> ChildProcess:
+        argv = [sys.executable, "-m", "services.metering"]
+        return ChildProcess("metering", argv, self.log_path, env=env, cwd=ROOT)
+
+    def start(self, **overrides: str) -> None:
+        """Start it again (after kill/stop), with these settings changed."""
+        self.proc = self._new({**self.env, **overrides})
+        self.proc.start()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.proc.log_tail(lines)
+
+
 @pytest.fixture(scope="session")
-def _metering_session(service_env: dict[str, str]) -> Iterator[ChildProcess]:
+def _metering_session(service_env: dict[str, str]) -> Iterator[MeteringWorker]:
     """One metering worker for the session, as a real process (`python -m services.metering`)."""
     log_path = ROOT / ".run" / f"test-{os.getpid()}-logs" / "metering.log"
-    proc = ChildProcess(
-        "metering", [sys.executable, "-m", "services.metering"], log_path, env=service_env, cwd=ROOT
-    )
-    proc.start()
+    worker = MeteringWorker(service_env, log_path)
+    worker.proc.start()
     try:
-        yield proc
+        yield worker
     finally:
-        proc.stop(timeout=15)
+        worker.proc.stop(timeout=15)
         shutil.rmtree(log_path.parent, ignore_errors=True)
 
 
 @pytest.fixture
-def metering(request: pytest.FixtureRequest, _metering_session: ChildProcess) -> ChildProcess:
+def metering(request: pytest.FixtureRequest, _metering_session: MeteringWorker) -> MeteringWorker:
     if request.node.get_closest_marker("infra") is None:
         raise pytest.UsageError(f"{request.node.nodeid} uses metering without @pytest.mark.infra")
-    if _metering_session.poll() is not None:
+    if not _metering_session.alive():
         raise AssertionError(f"metering worker died:\n{_metering_session.log_tail()}")
     return _metering_session
 

@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from quartermaster import kafka
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import usage_pb2
 
@@ -46,7 +47,7 @@ def produce(
     topic: str = Topic.USAGE.value,
 ) -> None:
     """Produce (key, value, headers) records and wait until the broker has them all."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer = kafka.producer(bootstrap, acks="all")
     errors: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:

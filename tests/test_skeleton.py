@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from quartermaster.localinfra.process import ChildProcess
 from quartermaster.localinfra.stack import Infra
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, JSON, ORIGIN_TOPIC_HEADER, Topic
 from quartermaster.v1 import policy_pb2
-from tests.conftest import TEST_LIMIT_CREDITS
+from tests.conftest import TEST_LIMIT_CREDITS, MeteringWorker
 from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
 
 pytestmark = pytest.mark.infra
@@ -33,7 +32,7 @@ def used_of(policy: Stub, user: str):  # type: ignore[no-untyped-def]
 
 
 async def test_n_identical_events_count_exactly_n_times(
-    infra: Infra, metering: ChildProcess, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     user = new_user()
     n = 25
@@ -47,7 +46,7 @@ async def test_n_identical_events_count_exactly_n_times(
 
 
 async def test_check_goes_from_allow_to_deny_with_exact_amounts(
-    infra: Infra, metering: ChildProcess, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     user = new_user()
 
@@ -81,7 +80,7 @@ async def test_check_goes_from_allow_to_deny_with_exact_amounts(
 
 
 async def test_an_estimate_that_would_pass_the_limit_is_denied(
-    infra: Infra, metering: ChildProcess, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     user = new_user()
     produce_usage(infra.kafka_bootstrap, [usage(user, **ONE_CREDIT) for _ in range(5)])
@@ -99,7 +98,7 @@ async def test_an_estimate_that_would_pass_the_limit_is_denied(
 
 
 async def test_garbage_goes_to_the_dlq_and_good_events_after_it_still_count(
-    infra: Infra, metering: ChildProcess, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     user = new_user()
     key = user.encode()
@@ -125,11 +124,11 @@ async def test_garbage_goes_to_the_dlq_and_good_events_after_it_still_count(
     assert "input_tokens: must not be negative" in reasons[negative]
     assert "user_id: must not be empty" in reasons[bad[3][1]]
     assert all(headers_dict(m.headers())[ORIGIN_TOPIC_HEADER] == Topic.USAGE for m in dlq)
-    assert metering.poll() is None, "the worker must survive garbage"
+    assert metering.alive(), "the worker must survive garbage"
 
 
 async def test_json_events_from_any_producer_are_counted(
-    infra: Infra, metering: ChildProcess, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     user = new_user()
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -151,7 +150,7 @@ async def test_json_events_from_any_producer_are_counted(
 
 
 async def test_usage_from_last_month_does_not_count_against_this_month(
-    infra: Infra, metering: ChildProcess, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     user = new_user()
     long_ago = datetime.now(UTC) - timedelta(days=40)

@@ -59,12 +59,15 @@ def ensure_installed() -> Path:
 class LocalPostgres:
     """`start()` creates the cluster on first use and starts it on 127.0.0.1:`port`."""
 
-    def __init__(self, root: Path, port: int, *, durable: bool = True) -> None:
+    def __init__(self, root: Path, port: int, *, durable: bool = True, fresh: bool = False) -> None:
         self.root = root.resolve()
         self.datadir = self.root / "data"
         self.port = port
         # Tests throw the cluster away afterwards, so they skip fsync for speed.
         self.durable = durable
+        # Start from an empty cluster (the local broker forgets everything on restart,
+        # so state kept beside it must be forgotten too).
+        self.fresh = fresh
         self._bindir: Path | None = None
         self._user = "postgres" if os.geteuid() == 0 else None
 
@@ -97,6 +100,10 @@ class LocalPostgres:
             pwd.getpwnam(self._user)  # the Debian package creates it; fail clearly if not
         self.root.mkdir(parents=True, exist_ok=True)
         self._chown(self.root)
+        if self.fresh and (self.datadir / "PG_VERSION").exists():
+            if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0:
+                self._check("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+            shutil.rmtree(self.datadir)
         if not (self.datadir / "PG_VERSION").exists():
             shutil.rmtree(self.datadir, ignore_errors=True)
             self._check(

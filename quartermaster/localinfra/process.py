@@ -72,6 +72,10 @@ class ChildProcess:
         if self._proc is not None and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, wait up to `timeout`, then SIGKILL it."""

@@ -78,7 +78,7 @@ def open_infra(
             if given_db is None:
                 given_db, db_origin = url, "testcontainers"
         if given_db is None:
-            pg = LocalPostgres(run_dir / "pg", pg_port, durable=durable)
+            pg = LocalPostgres(run_dir / "pg", pg_port, durable=durable, fresh=True)
             stack.callback(pg.stop)
             pg.start()
             given_db, db_origin = pg.url, "local"

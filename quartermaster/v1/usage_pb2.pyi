@@ -209,3 +209,31 @@ class UsageTotal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageTotal: _TypeAlias = UsageTotal  # noqa: Y015
+
+@_typing.final
+class UsageBatch(_message.Message):
+    """Several usage events in one Kafka record, for reporters that send many events a
+    second (one record per event caps a metering worker near 6,000 events/s). Send it
+    with `content-type: application/x-protobuf; type=quartermaster.v1.UsageBatch`.
+    Every event's user must belong to the record's partition under Kafka's default
+    (murmur2) partitioner, as if each had been sent alone keyed by its user_id:
+    metering keeps each user's state with exactly one partition.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___UsageEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageBatch: _TypeAlias = UsageBatch  # noqa: Y015

@@ -1,28 +1,37 @@
-"""The faust application: price each usage event and keep per-user monthly totals.
+"""The faust application: count every usage event exactly once into absolute totals.
 
-Flow per record of `qm.usage.v1`:
-  decode + validate → price with the catalog in force at occurred_at → add to the
-  user's total for the calendar month (faust table, changelog-backed) → publish the
-  new absolute `UsageTotal` to `qm.usage.totals.v1`.
-A record that cannot be used goes to `qm.usage.dlq.v1` unchanged, with the reason in
-the `qm-error` header and its origin in `qm-origin-*` headers; the stream goes on.
+Per batch the agent takes from `qm.usage.v1` (`noack_take`: faust acks nothing by
+itself), for each partition in it:
 
-At-least-once today: faust acks the offset after the agent returns for the record;
-a crash between the table write and the ack replays the record. Deduplication by
-event_id and the kill-test guarantee are the metering issue's work.
+1. plan: decode, validate, skip records below the stored offset (counted before)
+   and event_ids counted in the last 24 h, price the rest;
+2. fold: new absolute totals per user and day/week/month, from state loaded from
+   Postgres;
+3. publish rejects to the DLQ and the new totals to `qm.usage.totals.v1`, and wait
+   until the broker has them. A crash after this repeats them on replay: the DLQ may
+   hold a record twice; totals are absolute, so a repeat is harmless;
+4. commit totals, seen ids and the next offset in one Postgres transaction, fenced
+   on the offset it started from. A crash before this loses nothing (Kafka still
+   has the records; nothing was acked); after it, replayed records are skipped;
+5. only then ack the events, so faust's own offset commits never run ahead of
+   Postgres.
+
+Any I/O failure is retried until it succeeds; the batch is never acked half-done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import UTC, datetime
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import faust
-from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
-from quartermaster.periods import PeriodKind, period_of
+from quartermaster.db import connect_pool
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import (
     CONTENT_TYPE,
@@ -34,19 +43,167 @@ from quartermaster.topics import (
     Topic,
 )
 from quartermaster.v1 import usage_pb2
+from quartermaster.wire import timestamp
 from services.metering import transport
-from services.metering.decode import InvalidUsage, decode, occurred_at, tokens
+from services.metering.aggregate import (
+    DlqLimit,
+    Meter,
+    PartitionState,
+    Plan,
+    Record,
+    Total,
+    TotalKey,
+)
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
+from services.metering.store import Store
 
 log = logging.getLogger("qm.metering")
 tracer = trace.get_tracer("qm.metering")
+PERIOD_KINDS = {
+    "day": usage_pb2.PERIOD_KIND_DAY,
+    "week": usage_pb2.PERIOD_KIND_WEEK,
+    "month": usage_pb2.PERIOD_KIND_MONTH,
+}
 
 
-def _ts(at: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
+def total_message(key: TotalKey, total: Total, now: datetime) -> usage_pb2.UsageTotal:
+    user, kind, period_key = key
+    return usage_pb2.UsageTotal(
+        workspace_id=total.workspace_id,
+        subject_kind=usage_pb2.SUBJECT_KIND_USER,
+        subject_id=user,
+        period_kind=PERIOD_KINDS[kind],
+        period_key=period_key,
+        period_start=timestamp(total.period_start),
+        period_end=timestamp(total.period_end),
+        used_micros=total.used_micros,
+        event_count=total.event_count,
+        unpriced_event_count=total.fallback_count,
+        updated_at=timestamp(now),
+    )
+
+
+class Processor:
+    """Owns the per-partition state and runs steps 1-4 for one partition's records."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        store: Store,
+        totals_topic: Any,
+        dlq_topic: Any,
+        dlq_limit: DlqLimit,
+        retry_seconds: float,
+    ) -> None:
+        self.meter = meter
+        self.store = store
+        self.totals_topic = totals_topic
+        self.dlq_topic = dlq_topic
+        self.dlq_limit = dlq_limit
+        self.retry_seconds = retry_seconds
+        self.states: dict[int, PartitionState] = {}
+        self.paused = False
+        self.counted = 0
+        self.duplicates = 0
+        self.fallback = 0
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop state of partitions this worker no longer owns."""
+        for p in partitions:
+            self.states.pop(p, None)
+
+    async def _state(self, partition: int) -> PartitionState:
+        state = self.states.get(partition)
+        if state is None:
+            since = self.meter.clock() - self.meter.dedupe_window
+            state = await self.store.load_partition(partition, since)
+            self.states[partition] = state
+            log.info(
+                "partition %d: counting from offset %d (%d recent event ids)",
+                partition, state.next_offset, len(state.seen),
+            )  # fmt: skip
+        return state
+
+    async def process(self, partition: int, records: list[Record]) -> None:
+        """Count `records` of `partition` exactly once; retries I/O until it succeeds."""
+        while True:
+            try:
+                if await self._attempt(partition, records):
+                    return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "partition %d: %s; retrying in %.1fs", partition, exc, self.retry_seconds
+                )
+                self.states.pop(partition, None)  # reload: we don't know what was written
+            await asyncio.sleep(self.retry_seconds)
+
+    async def _attempt(self, partition: int, records: list[Record]) -> bool:
+        state = await self._state(partition)
+        plan = self.meter.plan(state, records)
+        if plan.invalid_records and self.dlq_limit.tripped(
+            plan.valid_records, plan.invalid_records
+        ):
+            if not self.paused:
+                log.critical(
+                    "PAUSED: most recent usage records are invalid (%d of %d in this batch); "
+                    "not routing them to the DLQ. Fix the producer, then restart metering. "
+                    "First reason: %s",
+                    plan.invalid_records,
+                    plan.valid_records + plan.invalid_records,
+                    plan.rejects[0].reason if plan.rejects else "?",
+                )
+            self.paused = True
+            return False
+        self.paused = False
+        missing = plan.keys(self.meter.tz) - state.totals.keys()
+        state.totals.update(await self.store.load_totals(missing))
+        changed = self.meter.fold(state, plan)
+        await self._publish(partition, plan, changed)
+        committed = await self.store.commit(
+            partition, state.next_offset, plan.next_offset, changed, plan.new_seen
+        )
+        if not committed:
+            log.warning("partition %d was advanced by another worker; replanning", partition)
+            self.states.pop(partition, None)
+            return False
+        self.meter.apply(state, plan, changed)
+        self.dlq_limit.record(plan.valid_records, plan.invalid_records)
+        self.counted += len(plan.priced)
+        self.duplicates += plan.duplicates
+        self.fallback += sum(1 for p in plan.priced if p.fallback)
+        if plan.duplicates:
+            log.info("partition %d: %d duplicate event(s) not counted", partition, plan.duplicates)
+        return True
+
+    async def _publish(self, partition: int, plan: Plan, changed: dict[TotalKey, Total]) -> None:
+        futures = []
+        for r in plan.rejects:
+            log.warning(
+                "usage record %s[%d]@%d to DLQ: %s", Topic.USAGE, partition, r.offset, r.reason
+            )
+            futures.append(
+                await self.dlq_topic.send(
+                    key=r.key,
+                    value=r.value,
+                    headers=[
+                        (ERROR_HEADER, r.reason.encode()[:4000]),
+                        (ORIGIN_TOPIC_HEADER, Topic.USAGE.value.encode()),
+                        (ORIGIN_PARTITION_HEADER, str(partition).encode()),
+                        (ORIGIN_OFFSET_HEADER, str(r.offset).encode()),
+                    ],
+                )
+            )
+        now = datetime.now(UTC)
+        for key, total in changed.items():
+            futures.append(
+                await self.totals_topic.send(
+                    key=f"user:{key[0]}:{key[2]}".encode(),
+                    value=total_message(key, total, now).SerializeToString(),
+                    headers=[(CONTENT_TYPE, PROTOBUF.encode())],
+                )
+            )
+        await asyncio.gather(*futures)
 
 
 def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
@@ -57,93 +214,78 @@ def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
-        # tansu reports a wrong end offset for multi-record batches, which stops
-        # changelog recovery early; one record per batch keeps recovery exact.
-        producer_max_batch_size=settings.producer_max_batch_size,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
         broker_rebalance_timeout=settings.session_timeout,
+        broker_max_poll_records=settings.batch_max,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
-        table_standby_replicas=0,
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     usage_topic = app.topic(Topic.USAGE.value, value_serializer="raw", **raw)
     totals_topic = app.topic(Topic.USAGE_TOTALS.value, value_serializer="raw", **raw)
     dlq_topic = app.topic(Topic.USAGE_DLQ.value, value_serializer="raw", **raw)
-    # key "user:<user_id>:<period_key>" → [used_micros, event_count, fallback_count]
-    month_totals = app.Table(
-        "user_month_totals", default=None, partitions=settings.topic_partitions
-    )
-    tz = settings.timezone
+    holder: dict[str, Processor] = {}
 
-    async def to_dlq(message: Any, reason: str) -> None:
-        log.warning(
-            "usage record %s[%s]@%s to DLQ: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            reason,
-        )
-        await dlq_topic.send(
-            key=message.key,
-            value=message.value if message.value is not None else b"",
-            headers=[
-                (ERROR_HEADER, reason.encode()[:4000]),
-                (ORIGIN_TOPIC_HEADER, str(message.topic).encode()),
-                (ORIGIN_PARTITION_HEADER, str(message.partition).encode()),
-                (ORIGIN_OFFSET_HEADER, str(message.offset).encode()),
-            ],
-        )
+    async def processor() -> Processor:
+        """The processor, created on the first batch (the pool needs the running loop)."""
+        if "p" not in holder:
+            pool = await connect_pool(settings.database_url, max_size=4)
+            meter = Meter(
+                catalog,
+                settings.timezone,
+                settings.topic_partitions,
+                settings.workspace_id,
+                max_age=timedelta(days=settings.max_event_age_days),
+                dedupe_window=timedelta(hours=settings.dedupe_hours),
+                clock=lambda: datetime.now(UTC),
+            )
+            holder["p"] = Processor(
+                meter,
+                Store(pool, settings.app_id, Topic.USAGE.value),
+                totals_topic,
+                dlq_topic,
+                DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
+                retry_seconds=1.0,
+            )
+        return holder["p"]
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
+    async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
+        if "p" in holder:
+            holder["p"].forget({tp.partition for tp in revoked if tp.topic == Topic.USAGE})
+
+    @app.timer(interval=600.0)  # type: ignore[untyped-decorator]
+    async def prune() -> None:
+        proc = holder.get("p")
+        if proc is None:
+            return
+        for state in proc.states.values():
+            proc.meter.forget_expired(state)
+        before = datetime.now(UTC) - timedelta(hours=settings.dedupe_hours)
+        pruned = await proc.store.prune_seen(before)
+        log.info("pruned %d expired event ids", pruned)
 
     @app.agent(usage_topic)
-    async def meter(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            headers = headers_dict(message.headers)
-            ctx = propagate.extract(headers)
-            with tracer.start_as_current_span("meter usage", context=ctx):
-                try:
-                    usage = decode(message.value, headers)
-                    at = occurred_at(usage)
-                    priced = catalog.price(usage.model, at, tokens(usage))
-                except InvalidUsage as exc:
-                    await to_dlq(message, str(exc))
-                    continue
-                except Exception as exc:  # a bug must not stall the partition
-                    log.exception("unexpected error on a usage record")
-                    await to_dlq(message, f"internal error: {type(exc).__name__}: {exc}")
-                    continue
-                if priced.fallback:
-                    log.warning(
-                        "model %r has no price in force; priced with the fallback", usage.model
-                    )
-                period = period_of(PeriodKind.MONTH, at, tz)
-                key = f"user:{usage.user_id}:{period.key}"
-                current = month_totals.get(key) or [0, 0, 0]
-                total = [
-                    current[0] + priced.micros,
-                    current[1] + 1,
-                    current[2] + (1 if priced.fallback else 0),
-                ]
-                month_totals[key] = total
-                out = usage_pb2.UsageTotal(
-                    workspace_id=usage.workspace_id or settings.workspace_id,
-                    subject_kind=usage_pb2.SUBJECT_KIND_USER,
-                    subject_id=usage.user_id,
-                    period_kind=usage_pb2.PERIOD_KIND_MONTH,
-                    period_key=period.key,
-                    period_start=_ts(period.start),
-                    period_end=_ts(period.end),
-                    used_micros=total[0],
-                    event_count=total[1],
-                    unpriced_event_count=total[2],
-                    updated_at=_ts(datetime.now(UTC)),
+    async def meter_usage(stream: faust.StreamT[bytes]) -> None:
+        take = stream.noack_take(settings.batch_max, within=settings.batch_within)  # type: ignore[attr-defined]
+        async for events in take:
+            proc = await processor()
+            by_partition: dict[int, list[Record]] = defaultdict(list)
+            for ev in events:
+                m = ev.message
+                by_partition[m.partition].append(
+                    Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
                 )
-                await totals_topic.send(
-                    key=key.encode(),
-                    value=out.SerializeToString(),
-                    headers=[(CONTENT_TYPE, PROTOBUF.encode())],
-                )
+            with tracer.start_as_current_span("meter batch") as span:
+                span.set_attribute("qm.records", len(events))
+                for partition, records in by_partition.items():
+                    await proc.process(partition, records)
+                    while proc.paused:  # the DLQ limit tripped: wait for an operator
+                        await asyncio.sleep(settings.dlq_pause_seconds)
+                        await proc.process(partition, records)
+            for ev in events:
+                await stream.ack(ev)
 
     return app

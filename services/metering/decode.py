@@ -1,52 +1,98 @@
 """Decoding and validating records from `qm.usage.v1`.
 
-A record is protobuf unless its `content-type` header says `application/json`, in
-which case it is the proto3 JSON mapping of `UsageEvent` (what kcat or a Java gateway
-sends). Anything wrong raises `InvalidUsage` naming every problem; the worker sends
-the record to the DLQ with that text and goes on.
+A record holds one `UsageEvent`, or several in a `UsageBatch` when its content-type
+says `type=quartermaster.v1.UsageBatch`. It is protobuf unless the content-type is
+`application/json` (the proto3 JSON mapping: what kcat or a Java gateway sends).
+Anything wrong is named: a record that can't be read at all raises `InvalidUsage`;
+inside a batch, each bad event is rejected alone and the good ones go on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF
-from quartermaster.v1.usage_pb2 import UsageEvent
+from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from quartermaster.wire import from_timestamp
 from services.metering.pricing import Tokens
 
 MAX_ID_LENGTH = 256
+BATCH_TYPE = "quartermaster.v1.UsageBatch"
+# An event dated further ahead than this is a clock or a bug, not usage.
+MAX_FUTURE = timedelta(minutes=5)
 
 
 class InvalidUsage(ValueError):
-    """The record is not a usable UsageEvent; the message says why."""
+    """The record or event is not usable; the message says why."""
 
 
-def decode(value: bytes | None, headers: Mapping[str, str]) -> UsageEvent:
-    if not value:
-        raise InvalidUsage("empty record value")
-    content_type = headers.get(CONTENT_TYPE, PROTOBUF).split(";")[0].strip().lower()
-    event = UsageEvent()
+@dataclass
+class Decoded:
+    events: list[UsageEvent] = field(default_factory=list)
+    # (the rejected event serialized alone, why) for bad events inside a batch
+    rejects: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def _content_type(headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    main, *params = headers.get(CONTENT_TYPE, PROTOBUF).split(";")
+    parsed = {}
+    for p in params:
+        k, _, v = p.partition("=")
+        parsed[k.strip().lower()] = v.strip()
+    return main.strip().lower(), parsed
+
+
+def _parse(value: bytes, content_type: str, message: Message) -> None:
+    name = message.DESCRIPTOR.name
     if content_type == JSON:
         try:
-            json_format.Parse(value.decode("utf-8"), event)
+            json_format.Parse(value.decode("utf-8"), message)
         except (json_format.ParseError, UnicodeDecodeError) as exc:
-            raise InvalidUsage(f"not a UsageEvent in proto3 JSON: {exc}") from None
+            raise InvalidUsage(f"not a {name} in proto3 JSON: {exc}") from None
     elif content_type == PROTOBUF:
         try:
-            event.ParseFromString(value)
+            message.ParseFromString(value)
         except DecodeError as exc:
-            raise InvalidUsage(f"not a UsageEvent in protobuf: {exc}") from None
+            raise InvalidUsage(f"not a {name} in protobuf: {exc}") from None
     else:
         raise InvalidUsage(f"unsupported content-type {content_type!r}")
-    validate(event)
-    return event
 
 
-def validate(event: UsageEvent) -> None:
+def decode(
+    value: bytes | None, headers: Mapping[str, str], now: datetime, max_age: timedelta
+) -> Decoded:
+    """The valid events of a record, and the rejected ones of a batch."""
+    if not value:
+        raise InvalidUsage("empty record value")
+    content_type, params = _content_type(headers)
+    kind = params.get("type", "quartermaster.v1.UsageEvent")
+    if kind == BATCH_TYPE:
+        batch = UsageBatch()
+        _parse(value, content_type, batch)
+        if not batch.events:
+            raise InvalidUsage("a UsageBatch with no events")
+        out = Decoded()
+        for i, event in enumerate(batch.events):
+            try:
+                validate(event, now, max_age)
+                out.events.append(event)
+            except InvalidUsage as exc:
+                out.rejects.append((event.SerializeToString(), f"events[{i}]: {exc}"))
+        return out
+    if kind != "quartermaster.v1.UsageEvent":
+        raise InvalidUsage(f"unsupported message type {kind!r}")
+    event = UsageEvent()
+    _parse(value, content_type, event)
+    validate(event, now, max_age)
+    return Decoded(events=[event])
+
+
+def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
     """Raise InvalidUsage listing every bad field of `event`."""
     problems: list[str] = []
     for name in ("event_id", "user_id", "product", "model"):
@@ -57,19 +103,27 @@ def validate(event: UsageEvent) -> None:
             problems.append(f"{name}: longer than {MAX_ID_LENGTH} characters")
     if not event.HasField("occurred_at"):
         problems.append("occurred_at: must be set")
+    else:
+        at = from_timestamp(event.occurred_at)
+        if at > now + MAX_FUTURE:
+            problems.append(f"occurred_at: {at.isoformat()} is more than 5 minutes in the future")
+        elif at < now - max_age:
+            problems.append(
+                f"occurred_at: {at.isoformat()} is older than the {max_age.days}-day horizon"
+            )
     for name in ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens"):
         if getattr(event, name) < 0:
             problems.append(f"{name}: must not be negative")
-    if event.cached_input_tokens > event.input_tokens:
+    if 0 <= event.input_tokens < event.cached_input_tokens:
         problems.append("cached_input_tokens: more than input_tokens (it is their cached subset)")
-    if event.reasoning_tokens > event.output_tokens:
+    if 0 <= event.output_tokens < event.reasoning_tokens:
         problems.append("reasoning_tokens: more than output_tokens (it is their reasoning subset)")
     if problems:
         raise InvalidUsage("; ".join(problems))
 
 
 def occurred_at(event: UsageEvent) -> datetime:
-    return event.occurred_at.ToDatetime(tzinfo=UTC)
+    return from_timestamp(event.occurred_at)
 
 
 def tokens(event: UsageEvent) -> Tokens:

@@ -14,7 +14,7 @@ DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
 @dataclass(frozen=True)
 class MeteringSettings(CommonSettings):
     app_id: str = setting(
-        "QM_METERING_APP_ID", "qm-metering", "Consumer group and changelog-topic prefix"
+        "QM_METERING_APP_ID", "qm-metering", "Consumer group; also names its offsets in Postgres"
     )
     prices_file: Path = setting("QM_METERING_PRICES", DEFAULT_PRICES, "Price catalog YAML file")
     session_timeout: float = setting(
@@ -22,11 +22,33 @@ class MeteringSettings(CommonSettings):
         10.0,
         "Kafka consumer session timeout in seconds (a group join takes ~half of it on tansu)",
     )
-    producer_max_batch_size: int = setting(
-        "QM_METERING_PRODUCER_MAX_BATCH_SIZE",
-        1,
-        "Bytes per producer batch; 1 = one record per batch, which tansu needs for exact "
-        "table recovery (use 16384 on real Kafka)",
+    batch_max: int = setting(
+        "QM_METERING_BATCH_MAX", 5000, "Most records counted in one Postgres transaction"
+    )
+    batch_within: float = setting(
+        "QM_METERING_BATCH_WITHIN", 0.05, "Longest wait (s) to fill a batch before counting it"
+    )
+    dedupe_hours: int = setting(
+        "QM_METERING_DEDUPE_HOURS", 24, "An event_id seen again within this many hours counts once"
+    )
+    max_event_age_days: int = setting(
+        "QM_METERING_MAX_EVENT_AGE_DAYS",
+        35,
+        "Events older than this go to the DLQ (late events younger count in their period)",
+    )
+    dlq_window: int = setting(
+        "QM_METERING_DLQ_WINDOW", 1000, "Recent records the DLQ limit looks at"
+    )
+    dlq_max_ratio: float = setting(
+        "QM_METERING_DLQ_MAX_RATIO",
+        0.5,
+        "Share of invalid recent records above which metering pauses instead of DLQ-ing",
+    )
+    dlq_min_invalid: int = setting(
+        "QM_METERING_DLQ_MIN_INVALID", 100, "Invalid records needed before the limit can trip"
+    )
+    dlq_pause_seconds: float = setting(
+        "QM_METERING_DLQ_PAUSE_SECONDS", 30.0, "How often a paused worker looks again"
     )
 
     fetch_max_wait_ms: int = setting(
@@ -42,8 +64,22 @@ class MeteringSettings(CommonSettings):
             out.append(("prices_file", f"no such file: {self.prices_file}"))
         if not 1.0 <= self.session_timeout <= 300.0:
             out.append(("session_timeout", "must be between 1 and 300 seconds"))
-        if self.producer_max_batch_size < 1:
-            out.append(("producer_max_batch_size", "must be at least 1"))
+        if not 1 <= self.batch_max <= 100_000:
+            out.append(("batch_max", "must be between 1 and 100000"))
+        if not 0.001 <= self.batch_within <= 10:
+            out.append(("batch_within", "must be between 0.001 and 10 seconds"))
+        if not 1 <= self.dedupe_hours <= 24 * 14:
+            out.append(("dedupe_hours", "must be between 1 and 336"))
+        if not 1 <= self.max_event_age_days <= 400:
+            out.append(("max_event_age_days", "must be between 1 and 400"))
+        if self.dlq_window < 1:
+            out.append(("dlq_window", "must be at least 1"))
+        if not 0 < self.dlq_max_ratio <= 1:
+            out.append(("dlq_max_ratio", "must be above 0 and at most 1"))
+        if self.dlq_min_invalid < 1:
+            out.append(("dlq_min_invalid", "must be at least 1"))
+        if not 0.1 <= self.dlq_pause_seconds <= 3600:
+            out.append(("dlq_pause_seconds", "must be between 0.1 and 3600"))
         if not 1 <= self.fetch_max_wait_ms <= 30_000:
             out.append(("fetch_max_wait_ms", "must be between 1 and 30000"))
         if not self.app_id.strip():

@@ -1,0 +1,240 @@
+"""The metering arithmetic, without I/O: what one batch of one partition changes.
+
+State is kept per partition because every event of a user lands in one partition
+(Kafka's murmur2 partitioner on user_id), so one worker owns a user's totals at a
+time. `plan()` turns records into priced events and rejects, skipping records
+already counted (offset below the stored one) and event_ids seen in the last
+`dedupe_window`. `fold()` then computes the new absolute totals. The caller writes
+them, the seen ids and the next offset to Postgres in one transaction, and only then
+updates the state with `apply()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from aiokafka.partitioner import murmur2
+
+from quartermaster.periods import PeriodKind, period_of
+from services.metering.decode import InvalidUsage, decode, occurred_at, tokens
+from services.metering.pricing import PriceCatalog
+
+PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
+
+# (user_id, period kind, period key)
+TotalKey = tuple[str, str, str]
+
+
+def id_hash(event_id: str) -> int:
+    """64-bit signed hash of an event_id: what dedupe remembers (8 bytes, not the id)."""
+    return int.from_bytes(
+        hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2, as the Java client and aiokafka)."""
+    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class Total:
+    workspace_id: str
+    period_start: datetime
+    period_end: datetime
+    used_micros: int
+    event_count: int
+    fallback_count: int
+
+
+@dataclass
+class PartitionState:
+    partition: int
+    # The first offset not yet counted; records below it were counted already.
+    next_offset: int
+    # id_hash → when it was first counted (epoch seconds)
+    seen: dict[int, float] = field(default_factory=dict)
+    totals: dict[TotalKey, Total] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Reject:
+    offset: int
+    key: bytes | None
+    value: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class Priced:
+    user_id: str
+    workspace_id: str
+    at: datetime
+    micros: int
+    fallback: bool
+
+
+@dataclass
+class Plan:
+    next_offset: int
+    priced: list[Priced] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    new_seen: dict[int, float] = field(default_factory=dict)
+    replayed: int = 0  # records below next_offset, counted before
+    duplicates: int = 0  # events whose event_id was counted within the window
+    valid_records: int = 0
+    invalid_records: int = 0
+
+    def keys(self, tz: ZoneInfo) -> set[TotalKey]:
+        return {k for p in self.priced for k, _ in _periods(p, tz)}
+
+
+def _periods(p: Priced, tz: ZoneInfo) -> Iterable[tuple[TotalKey, tuple[datetime, datetime]]]:
+    for kind in PERIOD_KINDS:
+        period = period_of(kind, p.at, tz)
+        yield (p.user_id, kind.value, period.key), (period.start, period.end)
+
+
+class Meter:
+    def __init__(
+        self,
+        catalog: PriceCatalog,
+        tz: ZoneInfo,
+        partitions: int,
+        default_workspace: str,
+        max_age: timedelta,
+        dedupe_window: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.catalog = catalog
+        self.tz = tz
+        self.partitions = partitions
+        self.default_workspace = default_workspace
+        self.max_age = max_age
+        self.dedupe_window = dedupe_window
+        self.clock = clock
+
+    def plan(self, state: PartitionState, records: list[Record]) -> Plan:
+        now = self.clock()
+        cutoff = now.timestamp() - self.dedupe_window.total_seconds()
+        plan = Plan(next_offset=state.next_offset)
+        for rec in sorted(records, key=lambda r: r.offset):
+            if rec.offset < state.next_offset:
+                plan.replayed += 1
+                continue
+            plan.next_offset = rec.offset + 1
+            try:
+                decoded = decode(rec.value, rec.headers, now, self.max_age)
+            except InvalidUsage as exc:
+                plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", str(exc)))
+                plan.invalid_records += 1
+                continue
+            except Exception as exc:  # a bug must not stall the partition
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason))
+                plan.invalid_records += 1
+                continue
+            plan.valid_records += 1
+            for value, reason in decoded.rejects:
+                plan.rejects.append(Reject(rec.offset, rec.key, value, reason))
+            for event in decoded.events:
+                home = partition_of(event.user_id, self.partitions)
+                if home != rec.partition:
+                    plan.rejects.append(
+                        Reject(
+                            rec.offset, rec.key, event.SerializeToString(),
+                            f"user_id {event.user_id!r} belongs to partition {home}, not "
+                            f"{rec.partition}: key records by user_id with Kafka's default "
+                            "(murmur2) partitioner",
+                        )
+                    )  # fmt: skip
+                    continue
+                h = id_hash(event.event_id)
+                first = plan.new_seen.get(h, state.seen.get(h))
+                if first is not None and first >= cutoff:
+                    plan.duplicates += 1
+                    continue
+                plan.new_seen[h] = now.timestamp()
+                at = occurred_at(event)
+                price = self.catalog.price(event.model, at, tokens(event))
+                plan.priced.append(
+                    Priced(
+                        event.user_id, event.workspace_id or self.default_workspace,
+                        at, price.micros, price.fallback,
+                    )
+                )  # fmt: skip
+        return plan
+
+    def fold(self, state: PartitionState, plan: Plan) -> dict[TotalKey, Total]:
+        """The new absolute totals of every key the plan touches (state must hold them)."""
+        changed: dict[TotalKey, Total] = {}
+        for p in plan.priced:
+            for key, (start, end) in _periods(p, self.tz):
+                old = changed.get(key) or state.totals.get(key)
+                changed[key] = Total(
+                    workspace_id=p.workspace_id,
+                    period_start=start,
+                    period_end=end,
+                    used_micros=(old.used_micros if old else 0) + p.micros,
+                    event_count=(old.event_count if old else 0) + 1,
+                    fallback_count=(old.fallback_count if old else 0) + int(p.fallback),
+                )
+        return changed
+
+    def apply(self, state: PartitionState, plan: Plan, changed: dict[TotalKey, Total]) -> None:
+        """Make the state what Postgres now holds (call after the commit)."""
+        state.next_offset = plan.next_offset
+        state.seen.update(plan.new_seen)
+        state.totals.update(changed)
+
+    def forget_expired(self, state: PartitionState) -> int:
+        """Drop seen ids older than the window and totals of ended periods."""
+        now = self.clock()
+        cutoff = now.timestamp() - self.dedupe_window.total_seconds()
+        old = [h for h, t in state.seen.items() if t < cutoff]
+        for h in old:
+            del state.seen[h]
+        horizon = now - self.max_age
+        for key in [k for k, t in state.totals.items() if t.period_end < horizon]:
+            del state.totals[key]
+        return len(old)
+
+
+class DlqLimit:
+    """Stops DLQ routing when most recent records are invalid (a bad deploy upstream).
+
+    Over the last `window` records, if more than `max_ratio` are invalid and at least
+    `min_invalid` of them, `tripped()` is true: the worker then pauses instead of
+    draining a whole topic into the DLQ.
+    """
+
+    def __init__(self, window: int, max_ratio: float, min_invalid: int) -> None:
+        self._recent: deque[bool] = deque(maxlen=window)
+        self.max_ratio = max_ratio
+        self.min_invalid = min_invalid
+
+    def tripped(self, valid: int, invalid: int) -> bool:
+        """Would recording this batch trip the limit? (Nothing is recorded.)"""
+        n = valid + invalid
+        keep = max(0, (self._recent.maxlen or 0) - n)
+        recent = list(self._recent)[-keep:] if keep else []
+        bad = recent.count(False) + invalid
+        total = len(recent) + n
+        return bad >= self.min_invalid and bad > self.max_ratio * total
+
+    def record(self, valid: int, invalid: int) -> None:
+        self._recent.extend([True] * valid + [False] * invalid)

@@ -1,0 +1,134 @@
+"""The metering arithmetic without I/O: replay, dedupe, periods, partitions, DLQ limit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF
+from services.metering.aggregate import (
+    DlqLimit,
+    Meter,
+    PartitionState,
+    Record,
+    id_hash,
+    partition_of,
+)
+from services.metering.pricing import PriceCatalog
+from services.metering.settings import DEFAULT_PRICES
+from tests.helpers import usage
+
+NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
+PARTITIONS = 3
+HDR = {CONTENT_TYPE: PROTOBUF}
+
+
+def meter(now: datetime = NOW) -> Meter:
+    return Meter(
+        PriceCatalog.from_file(DEFAULT_PRICES), ZoneInfo("UTC"), PARTITIONS, "ws",
+        max_age=timedelta(days=35), dedupe_window=timedelta(hours=24), clock=lambda: now,
+    )  # fmt: skip
+
+
+def user_in(partition: int) -> str:
+    return next(f"u{i}" for i in range(1000) if partition_of(f"u{i}", PARTITIONS) == partition)
+
+
+def records(partition: int, events: list[bytes], first_offset: int = 0) -> list[Record]:
+    return [Record(partition, first_offset + i, b"k", v, HDR) for i, v in enumerate(events)]
+
+
+def run(m: Meter, state: PartitionState, recs: list[Record]) -> dict[tuple[str, str, str], int]:
+    plan = m.plan(state, recs)
+    changed = m.fold(state, plan)
+    m.apply(state, plan, changed)
+    return {k: v.used_micros for k, v in changed.items()}
+
+
+def test_one_event_counts_in_its_day_week_and_month() -> None:
+    m, u = meter(), user_in(0)
+    state = PartitionState(0, 0)
+    changed = run(m, state, records(0, [usage(u, occurred_at=NOW).SerializeToString()]))
+    assert changed == {(u, "day", "2026-11-22"): 6250, (u, "week", "2026-W47"): 6250,
+                       (u, "month", "2026-11"): 6250}  # fmt: skip
+    assert state.next_offset == 1
+
+
+def test_records_below_the_stored_offset_are_not_counted_again() -> None:
+    m, u = meter(), user_in(1)
+    state = PartitionState(1, 0)
+    batch = records(1, [usage(u, occurred_at=NOW).SerializeToString() for _ in range(4)])
+    run(m, state, batch[:3])
+    plan = m.plan(state, batch)  # a redelivery of all four
+    assert (plan.replayed, len(plan.priced), plan.next_offset) == (3, 1, 4)
+
+
+def test_an_event_id_seen_within_the_window_counts_once() -> None:
+    m, u = meter(), user_in(2)
+    state = PartitionState(2, 0)
+    e = usage(u, occurred_at=NOW).SerializeToString()
+    plan = m.plan(state, records(2, [e, e]))  # twice in one batch
+    assert (len(plan.priced), plan.duplicates) == (1, 1)
+    m.apply(state, plan, m.fold(state, plan))
+    again = m.plan(state, records(2, [e], first_offset=2))  # and again later
+    assert (len(again.priced), again.duplicates) == (0, 1)
+    tomorrow = meter(NOW + timedelta(hours=24, seconds=1))
+    assert len(tomorrow.plan(state, records(2, [e], first_offset=2)).priced) == 1
+
+
+def test_a_late_event_counts_in_the_period_it_occurred_in() -> None:
+    m, u = meter(), user_in(0)
+    state = PartitionState(0, 0)
+    last_month = datetime(2026, 10, 31, 23, 59, tzinfo=UTC)
+    changed = run(m, state, records(0, [usage(u, occurred_at=last_month).SerializeToString()]))
+    assert (u, "month", "2026-10") in changed
+    assert (u, "month", "2026-11") not in changed
+
+
+def test_an_event_on_the_wrong_partition_is_rejected_not_counted() -> None:
+    m, u = meter(), user_in(0)
+    plan = m.plan(PartitionState(1, 0), records(1, [usage(u, occurred_at=NOW).SerializeToString()]))
+    assert plan.priced == []
+    assert "belongs to partition 0, not 1" in plan.rejects[0].reason
+
+
+def test_garbage_is_rejected_and_the_offset_still_advances() -> None:
+    m = meter()
+    plan = m.plan(PartitionState(0, 5), records(0, [b"\xff\xff"], first_offset=5))
+    assert (plan.invalid_records, plan.next_offset) == (1, 6)
+    assert "not a UsageEvent in protobuf" in plan.rejects[0].reason
+
+
+def test_totals_add_up_exactly_from_the_loaded_state() -> None:
+    m, u = meter(), user_in(0)
+    state = PartitionState(0, 0)
+    run(m, state, records(0, [usage(u, occurred_at=NOW).SerializeToString() for _ in range(3)]))
+    changed = run(
+        m, state, records(0, [usage(u, occurred_at=NOW).SerializeToString()], first_offset=3)
+    )
+    assert changed[(u, "month", "2026-11")] == 4 * 6250
+
+
+def test_forget_expired_drops_old_ids_and_ended_periods() -> None:
+    m, u = meter(), user_in(0)
+    state = PartitionState(0, 0)
+    run(m, state, records(0, [usage(u, occurred_at=NOW).SerializeToString()]))
+    later = meter(NOW + timedelta(days=80))
+    assert later.forget_expired(state) == 1
+    assert state.seen == {}
+    assert state.totals == {}
+
+
+def test_id_hash_is_stable_and_64_bit() -> None:
+    assert id_hash("abc") == id_hash("abc")
+    assert -(2**63) <= id_hash("abc") < 2**63
+
+
+def test_dlq_limit_trips_only_when_most_recent_records_are_bad() -> None:
+    limit = DlqLimit(window=100, max_ratio=0.5, min_invalid=10)
+    assert not limit.tripped(valid=0, invalid=9)  # too few to judge
+    limit.record(valid=90, invalid=0)
+    assert not limit.tripped(valid=0, invalid=10)  # 10 of 100
+    assert limit.tripped(valid=0, invalid=60)  # the window is now 40 good + 60 bad
+    limit.record(valid=0, invalid=40)
+    assert limit.tripped(valid=0, invalid=20)
