@@ -42,6 +42,9 @@ protos: $(STAMP) ## regenerate quartermaster/v1 from protos/
 migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
 	$(PY) -m quartermaster.db
 
+bench-metering: $(STAMP) ## metering events/s, RSS and freshness beside a plain consumer loop
+	$(PY) scripts/bench_metering.py
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -52,4 +55,4 @@ settings-doc: $(STAMP) ## regenerate deploy/settings.example.env (paste `... tab
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test lint fmt protos migrate bench-freshness settings-doc clean
+.PHONY: help venv run test lint fmt protos migrate bench-metering bench-freshness settings-doc clean

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -43,6 +45,13 @@ def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> Non
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2: the Java client, aiokafka,
+    faust, librdkafka's murmur2_random) picks for `key`."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def producer(bootstrap: str, **config: object) -> Producer:

@@ -34,6 +34,8 @@ SPECS: tuple[TopicSpec, ...] = (
 
 CONTENT_TYPE = "content-type"
 PROTOBUF = "application/x-protobuf"
+# content-type parameter naming a UsageBatch: "application/x-protobuf; type=..."
+USAGE_BATCH_TYPE = "quartermaster.v1.UsageBatch"
 JSON = "application/json"
 # Header names on DLQ records.
 ERROR_HEADER = "qm-error"

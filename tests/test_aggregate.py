@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from quartermaster.kafka import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from services.metering.aggregate import (
     DlqLimit,
@@ -12,7 +13,6 @@ from services.metering.aggregate import (
     PartitionState,
     Record,
     id_hash,
-    partition_of,
 )
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES

@@ -5,14 +5,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from quartermaster.topics import CONTENT_TYPE, JSON
+from quartermaster.topics import CONTENT_TYPE, JSON, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
-from services.metering.decode import BATCH_TYPE, Decoded, InvalidUsage, decode, occurred_at, tokens
+from services.metering.decode import Decoded, InvalidUsage, decode, occurred_at, tokens
 from tests.helpers import usage
 
 PB = {CONTENT_TYPE: "application/x-protobuf"}
 JS = {CONTENT_TYPE: JSON}
-BATCH = {CONTENT_TYPE: f"application/x-protobuf; type={BATCH_TYPE}"}
+BATCH = {CONTENT_TYPE: f"application/x-protobuf; type={USAGE_BATCH_TYPE}"}
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 AGE = timedelta(days=35)
 
@@ -67,7 +67,9 @@ def test_a_batch_keeps_its_good_events_and_rejects_each_bad_one_alone() -> None:
 def test_a_batch_in_json() -> None:
     raw = {"events": [{"eventId": "a", "occurredAt": "2026-11-22T11:00:00Z", "userId": "u",
                        "product": "p", "model": "m"}]}  # fmt: skip
-    got = decode(json.dumps(raw).encode(), {CONTENT_TYPE: f"{JSON}; type={BATCH_TYPE}"}, NOW, AGE)
+    got = decode(
+        json.dumps(raw).encode(), {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}, NOW, AGE
+    )
     assert isinstance(got, Decoded)
     assert [e.event_id for e in got.events] == ["a"]
 
@@ -81,7 +83,11 @@ def test_a_batch_in_json() -> None:
         (b'{"userId": "u", "colour": "red"}', JS, "not a UsageEvent in proto3 JSON"),
         (b"x", {CONTENT_TYPE: "text/plain"}, "unsupported content-type 'text/plain'"),
         (b"x", {CONTENT_TYPE: "application/x-protobuf; type=Nope"}, "unsupported message type"),
-        (b'{"events": []}', {CONTENT_TYPE: f"{JSON}; type={BATCH_TYPE}"}, "a UsageBatch with no"),
+        (
+            b'{"events": []}',
+            {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"},
+            "a UsageBatch with no",
+        ),
     ],
 )
 def test_undecodable_records_name_the_problem(

@@ -13,13 +13,12 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from quartermaster.kafka import partition_of
 from quartermaster.localinfra.stack import Infra
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.telemetry import headers_dict
-from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, PROTOBUF, Topic
+from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, PROTOBUF, USAGE_BATCH_TYPE, Topic
 from quartermaster.v1 import policy_pb2, usage_pb2
-from services.metering.aggregate import partition_of
-from services.metering.decode import BATCH_TYPE
 from tests.conftest import PARTITIONS, MeteringWorker
 from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
 
@@ -152,7 +151,7 @@ async def test_batch_records_count_every_event_and_reject_bad_ones_alone(
         events = [usage(u) for u in members for _ in range(10)]
         events.append(usage(members[0], input_tokens=-1))  # one bad event
         batch = usage_pb2.UsageBatch(events=events)
-        headers = [(CONTENT_TYPE, f"{PROTOBUF}; type={BATCH_TYPE}".encode())]
+        headers = [(CONTENT_TYPE, f"{PROTOBUF}; type={USAGE_BATCH_TYPE}".encode())]
         records.append((members[0].encode(), batch.SerializeToString(), headers))
     produce(infra.kafka_bootstrap, records)
     for u in users:

@@ -11,17 +11,17 @@ updates the state with `apply()`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from aiokafka.partitioner import murmur2
-
+from quartermaster.kafka import partition_of
 from quartermaster.periods import PeriodKind, period_of
-from services.metering.decode import InvalidUsage, decode, occurred_at, tokens
+from services.metering.decode import InvalidUsage, decode, epoch_seconds, tokens
 from services.metering.pricing import PriceCatalog
 
 PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
@@ -35,11 +35,6 @@ def id_hash(event_id: str) -> int:
     return int.from_bytes(
         hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True
     )
-
-
-def partition_of(user_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2, as the Java client and aiokafka)."""
-    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)
@@ -79,11 +74,15 @@ class Reject:
     reason: str
 
 
+# (kind, key, start, end) for each budget period kind, in PERIOD_KINDS order
+Periods = tuple[tuple[str, str, datetime, datetime], ...]
+
+
 @dataclass(frozen=True)
 class Priced:
     user_id: str
     workspace_id: str
-    at: datetime
+    periods: Periods
     micros: int
     fallback: bool
 
@@ -99,14 +98,28 @@ class Plan:
     valid_records: int = 0
     invalid_records: int = 0
 
-    def keys(self, tz: ZoneInfo) -> set[TotalKey]:
-        return {k for p in self.priced for k, _ in _periods(p, tz)}
+    def keys(self) -> set[TotalKey]:
+        return {(p.user_id, kind, key) for p in self.priced for kind, key, _, _ in p.periods}
 
 
-def _periods(p: Priced, tz: ZoneInfo) -> Iterable[tuple[TotalKey, tuple[datetime, datetime]]]:
+_BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
+
+
+def periods_at(at: float, tz: ZoneInfo) -> Periods:
+    """The day, week and month containing epoch second `at` (cached per 15-minute
+    bucket, which is exact: a local midnight always falls on a 15-minute UTC boundary)."""
+    bucket = int(at // _BUCKET)
+    return _periods_of_bucket(bucket, tz)
+
+
+@functools.lru_cache(maxsize=8192)
+def _periods_of_bucket(bucket: int, tz: ZoneInfo) -> Periods:
+    at = datetime.fromtimestamp(bucket * _BUCKET, UTC)
+    out = []
     for kind in PERIOD_KINDS:
-        period = period_of(kind, p.at, tz)
-        yield (p.user_id, kind.value, period.key), (period.start, period.end)
+        period = period_of(kind, at, tz)
+        out.append((kind.value, period.key, period.start, period.end))
+    return tuple(out)
 
 
 class Meter:
@@ -169,12 +182,12 @@ class Meter:
                     plan.duplicates += 1
                     continue
                 plan.new_seen[h] = now.timestamp()
-                at = occurred_at(event)
+                at = epoch_seconds(event)
                 price = self.catalog.price(event.model, at, tokens(event))
                 plan.priced.append(
                     Priced(
                         event.user_id, event.workspace_id or self.default_workspace,
-                        at, price.micros, price.fallback,
+                        periods_at(at, self.tz), price.micros, price.fallback,
                     )
                 )  # fmt: skip
         return plan
@@ -183,7 +196,8 @@ class Meter:
         """The new absolute totals of every key the plan touches (state must hold them)."""
         changed: dict[TotalKey, Total] = {}
         for p in plan.priced:
-            for key, (start, end) in _periods(p, self.tz):
+            for kind, period_key, start, end in p.periods:
+                key = (p.user_id, kind, period_key)
                 old = changed.get(key) or state.totals.get(key)
                 changed[key] = Total(
                     workspace_id=p.workspace_id,

@@ -92,7 +92,8 @@ def _when(raw: Any, where: str) -> datetime:
 class PriceCatalog:
     def __init__(self, models: dict[str, list[tuple[datetime, Price]]], fallback: Price) -> None:
         self._models = {m: sorted(v, key=lambda x: x[0]) for m, v in models.items()}
-        self._starts = {m: [t for t, _ in v] for m, v in self._models.items()}
+        # effective_from as epoch seconds, so pricing an event builds no datetime
+        self._starts = {m: [t.timestamp() for t, _ in v] for m, v in self._models.items()}
         self.fallback = fallback
 
     @classmethod
@@ -128,16 +129,18 @@ class PriceCatalog:
             models[str(model)] = out
         return cls(models, fallback)
 
-    def price_at(self, model: str, at: datetime) -> tuple[Price, bool]:
-        """The price in force for `model` at `at`, and whether it is the fallback."""
+    def price_at(self, model: str, at: datetime | float) -> tuple[Price, bool]:
+        """The price in force for `model` at `at` (a datetime or epoch seconds), and
+        whether it is the fallback."""
         starts = self._starts.get(model)
         if starts is None:
             return self.fallback, True
-        i = bisect.bisect_right(starts, at) - 1
+        when = at if isinstance(at, float | int) else at.timestamp()
+        i = bisect.bisect_right(starts, when) - 1
         if i < 0:
             return self.fallback, True
         return self._models[model][i][1], False
 
-    def price(self, model: str, at: datetime, tokens: Tokens) -> Priced:
+    def price(self, model: str, at: datetime | float, tokens: Tokens) -> Priced:
         price, fallback = self.price_at(model, at)
         return Priced(cost_micros(price, tokens), fallback)

@@ -1,0 +1,287 @@
+"""Metering throughput, memory and freshness, beside the ceiling for Python here.
+
+    make bench-metering      # or: .venv/bin/python scripts/bench_metering.py
+
+One run, on its own PostgreSQL and broker (free ports):
+1. workload: --events usage events (default 200,000) for --users people (10,000) with
+   a realistic model mix, reported through `UsageReporter` in batch mode (UsageBatch
+   records per partition, as a busy gateway would);
+2. ceiling: a plain confluent-kafka consumer over the same topic doing decode + price +
+   sum into a dict: what one Python process can do with these records here;
+3. worker: one metering worker process drains the same topic into Postgres; counted
+   from its first committed batch to its last; its peak RSS; and the totals it wrote
+   are checked against the ceiling loop's sums, to the micro;
+4. freshness: with the worker running under a steady load, probe events for fresh
+   users, timed from produce until policy's totals view holds them.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from quartermaster.localinfra import free_port
+from quartermaster.localinfra.process import ChildProcess
+from quartermaster.localinfra.stack import open_infra
+from quartermaster.periods import PeriodKind, period_of
+from quartermaster.reporter import UsageReporter
+from quartermaster.topics import Topic
+from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from services.metering.aggregate import periods_at
+from services.metering.decode import epoch_seconds, tokens, validate
+from services.metering.pricing import PriceCatalog
+from services.metering.settings import DEFAULT_PRICES
+from services.policy.totals import TotalsView
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 3
+# (model, share, input tokens range, cached share, output tokens range)
+MIX = [
+    ("gpt-5-mini", 40, (200, 4_000), 0.3, (50, 800)),
+    ("gpt-5", 25, (1_000, 20_000), 0.5, (100, 3_000)),
+    ("claude-sonnet-4-5", 20, (2_000, 40_000), 0.6, (200, 4_000)),
+    ("gpt-4.1", 10, (500, 8_000), 0.2, (100, 1_500)),
+    ("claude-opus-4-1", 5, (5_000, 60_000), 0.6, (500, 6_000)),
+]
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def workload(n: int, users: int, seed: int = 7) -> list[UsageEvent]:
+    rng = random.Random(seed)
+    models = [m for m in MIX for _ in range(m[1])]
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        model, _, (lo, hi), cached, (olo, ohi) = rng.choice(models)
+        inp = rng.randint(lo, hi)
+        out_tokens = rng.randint(olo, ohi)
+        e = UsageEvent(
+            event_id=f"bench-{i}", workspace_id="bench", user_id=f"user-{rng.randrange(users)}",
+            product=rng.choice(("chat", "codex", "api", "agents")), model=model,
+            input_tokens=inp, cached_input_tokens=int(inp * cached * rng.random()),
+            output_tokens=out_tokens, reasoning_tokens=out_tokens // 3 if model == "gpt-5" else 0,
+        )  # fmt: skip
+        e.occurred_at.FromDatetime(now)
+        out.append(e)
+    return out
+
+
+def ceiling(bootstrap: str, expected: int) -> tuple[float, dict[str, int], dict[int, int]]:
+    """Consume + decode + validate + price + sum, as fast as one process goes."""
+    catalog = PriceCatalog.from_file(DEFAULT_PRICES)
+    tz = ZoneInfo("UTC")
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"ceiling-{uuid.uuid4()}",
+         "enable.auto.commit": False, "fetch.wait.max.ms": 10}
+    )  # fmt: skip
+    consumer.assign([TopicPartition(Topic.USAGE.value, p, OFFSET_BEGINNING) for p in range(3)])
+    sums: dict[str, int] = defaultdict(int)
+    ends: dict[int, int] = {}
+    seen = 0
+    start = None
+    now = datetime.now(UTC)
+    age = timedelta(days=35)
+    while seen < expected:
+        msgs = consumer.consume(1000, 1.0)
+        if start is None and msgs:
+            start = time.perf_counter()
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            ends[m.partition() or 0] = (m.offset() or 0) + 1
+            batch = UsageBatch()
+            batch.ParseFromString(m.value() or b"")
+            for e in batch.events:
+                validate(e, now, age)
+                at = epoch_seconds(e)
+                key = f"{e.user_id}:{periods_at(at, tz)[2][1]}"  # the month
+                sums[key] += catalog.price(e.model, at, tokens(e)).micros
+                seen += 1
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    consumer.close()
+    return seen / elapsed, sums, ends
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MB."""
+    vals = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            vals[k] = int(v.split()[0]) / 1024
+    return vals["VmRSS"], vals["VmHWM"]
+
+
+async def drain(url: str, app_id: str, ends: dict[int, int], worker: ChildProcess) -> float:
+    """Seconds from the worker's first committed batch to its last."""
+    target = sum(ends.values())
+    conn = await asyncpg.connect(url)
+    first = None
+    try:
+        while True:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker died:\n{worker.log_tail()}")
+            done: int = await conn.fetchval(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM metering.offsets"
+                " WHERE consumer = $1",
+                app_id,
+            )
+            now = time.perf_counter()
+            if done and first is None:
+                first = now
+                first_done = done
+            if done >= target:
+                assert first is not None
+                # The first poll saw `first_done` records already: credit them pro rata.
+                return float((now - first) * target / max(1, target - first_done))
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
+def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
+    view = TotalsView(bootstrap)
+    view.start()
+    view.wait_caught_up(60)
+    month = period_of(PeriodKind.MONTH, datetime.now(UTC), ZoneInfo("UTC")).key
+    stop = threading.Event()
+
+    def background() -> None:
+        rep = UsageReporter(bootstrap, batch_max=200, linger_ms=20)
+        i = 0
+        while not stop.is_set():
+            t = time.perf_counter()
+            for e in workload(load_eps // 10, 10_000, seed=i):
+                e.event_id = f"load-{i}-{e.event_id}"
+                rep.report(e)
+            i += 1
+            rep.flush(5)
+            time.sleep(max(0.0, 0.1 - (time.perf_counter() - t)))
+        rep.close()
+
+    load = threading.Thread(target=background)
+    load.start()
+    probe_rep = UsageReporter(bootstrap)
+    out = []
+    try:
+        time.sleep(1)
+        for i in range(probes):
+            user = f"probe-{uuid.uuid4().hex[:8]}"
+            e = workload(1, 1, seed=i)[0]
+            e.user_id, e.event_id = user, f"probe-{user}"
+            start = time.perf_counter()
+            probe_rep.report(e)
+            probe_rep.flush(5)
+            while view.used(user, month) == 0:
+                if time.perf_counter() - start > 30:
+                    raise SystemExit("a probe never became visible")
+                time.sleep(0.0005)
+            out.append((time.perf_counter() - start) * 1000)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        load.join()
+        probe_rep.close()
+        view.stop()
+    return out
+
+
+async def main_async(n: int, users: int, probes: int, load_eps: int) -> dict[str, float | int]:
+    run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    try:
+        with open_infra(
+            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False,
+            partitions=PARTITIONS,
+        ) as infra:  # fmt: skip
+            say(f"workload: {n} events, {users} users ...")
+            events = workload(n, users)
+            rep = UsageReporter(infra.kafka_bootstrap, batch_max=200, linger_ms=50)
+            t = time.perf_counter()
+            for e in events:
+                rep.report(e)
+            rep.close()
+            say(f"  produced in {time.perf_counter() - t:.1f}s")
+
+            ceiling_eps, sums, ends = ceiling(infra.kafka_bootstrap, n)
+            say(f"ceiling (consume+decode+price+sum): {ceiling_eps:,.0f} events/s, "
+                f"{sum(ends.values())} records")  # fmt: skip
+
+            env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
+                   "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING"}  # fmt: skip
+            worker = ChildProcess(
+                "metering", [sys.executable, "-m", "services.metering"],
+                run_dir / "metering.log", env=env, cwd=ROOT,
+            )  # fmt: skip
+            worker.start()
+            try:
+                seconds = await drain(infra.database_url, app_id, ends, worker)
+                eps = n / seconds
+                _, peak = rss_mb(worker.pid)
+                say(f"worker: {eps:,.0f} events/s ({seconds:.2f}s), peak RSS {peak:.0f} MB")
+                conn = await asyncpg.connect(infra.database_url)
+                rows = await conn.fetch(
+                    "SELECT subject_id, period_key, used_micros FROM metering.totals"
+                    " WHERE period_kind = 'month'"
+                )
+                await conn.close()
+                got = {f"{r['subject_id']}:{r['period_key']}": r["used_micros"] for r in rows}
+                if got != dict(sums):
+                    raise SystemExit("the worker's totals differ from the ceiling loop's sums")
+                say(f"  totals exact: {len(got)} user-months, {sum(got.values()):,} micros")
+                fresh = freshness(infra.kafka_bootstrap, probes, load_eps)
+                _, peak = rss_mb(worker.pid)
+            finally:
+                worker.stop()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    q = statistics.quantiles(fresh, n=100)
+    return {
+        "events": n,
+        "users": users,
+        "events_per_s": round(eps),
+        "ceiling_events_per_s": round(ceiling_eps),
+        "ratio": round(eps / ceiling_eps, 3),
+        "rss_mb": round(peak, 1),
+        "freshness_p50_ms": round(statistics.median(fresh), 1),
+        "freshness_p99_ms": round(q[98], 1),
+        "freshness_probes": len(fresh),
+        "freshness_load_events_per_s": load_eps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--load", type=int, default=5_000, help="events/s during freshness")
+    ns = parser.parse_args()
+    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
