@@ -57,7 +57,7 @@ class PartitionState:
     totals: dict[TotalKey, Total] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     partition: int
     offset: int
@@ -78,7 +78,7 @@ class Reject:
 Periods = tuple[tuple[str, str, datetime, datetime], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Priced:
     user_id: str
     workspace_id: str
@@ -194,19 +194,31 @@ class Meter:
 
     def fold(self, state: PartitionState, plan: Plan) -> dict[TotalKey, Total]:
         """The new absolute totals of every key the plan touches (state must hold them)."""
-        changed: dict[TotalKey, Total] = {}
+        # Sum per key first, then build one Total per key (not one per event).
+        sums: dict[TotalKey, list[int]] = {}
+        where: dict[TotalKey, tuple[str, datetime, datetime]] = {}
         for p in plan.priced:
             for kind, period_key, start, end in p.periods:
                 key = (p.user_id, kind, period_key)
-                old = changed.get(key) or state.totals.get(key)
-                changed[key] = Total(
-                    workspace_id=p.workspace_id,
-                    period_start=start,
-                    period_end=end,
-                    used_micros=(old.used_micros if old else 0) + p.micros,
-                    event_count=(old.event_count if old else 0) + 1,
-                    fallback_count=(old.fallback_count if old else 0) + int(p.fallback),
-                )
+                acc = sums.get(key)
+                if acc is None:
+                    sums[key] = acc = [0, 0, 0]
+                    where[key] = (p.workspace_id, start, end)
+                acc[0] += p.micros
+                acc[1] += 1
+                acc[2] += p.fallback
+        changed: dict[TotalKey, Total] = {}
+        for key, (micros, count, fallback) in sums.items():
+            old = state.totals.get(key)
+            workspace, start, end = where[key]
+            changed[key] = Total(
+                workspace_id=workspace,
+                period_start=start,
+                period_end=end,
+                used_micros=(old.used_micros if old else 0) + micros,
+                event_count=(old.event_count if old else 0) + count,
+                fallback_count=(old.fallback_count if old else 0) + fallback,
+            )
         return changed
 
     def apply(self, state: PartitionState, plan: Plan, changed: dict[TotalKey, Total]) -> None:

@@ -94,9 +94,13 @@ def decode(
 def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
     """Raise InvalidUsage listing every bad field of `event`."""
     problems: list[str] = []
-    for name in ("event_id", "user_id", "product", "model"):
-        value = getattr(event, name)
-        if not value.strip():
+    for name, value in (
+        ("event_id", event.event_id),
+        ("user_id", event.user_id),
+        ("product", event.product),
+        ("model", event.model),
+    ):
+        if not value or value.isspace():
             problems.append(f"{name}: must not be empty")
         elif len(value) > MAX_ID_LENGTH:
             problems.append(f"{name}: longer than {MAX_ID_LENGTH} characters")
@@ -112,8 +116,13 @@ def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
         elif at < (now - max_age).timestamp():
             when = from_timestamp(event.occurred_at).isoformat()
             problems.append(f"occurred_at: {when} is older than the {max_age.days}-day horizon")
-    for name in ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens"):
-        if getattr(event, name) < 0:
+    for name, count in (
+        ("input_tokens", event.input_tokens),
+        ("cached_input_tokens", event.cached_input_tokens),
+        ("output_tokens", event.output_tokens),
+        ("reasoning_tokens", event.reasoning_tokens),
+    ):
+        if count < 0:
             problems.append(f"{name}: must not be negative")
     if 0 <= event.input_tokens < event.cached_input_tokens:
         problems.append("cached_input_tokens: more than input_tokens (it is their cached subset)")

@@ -28,7 +28,7 @@ class Price:
     reasoning: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tokens:
     input: int  # all input tokens, cached ones included
     cached_input: int  # the cached subset of input
@@ -36,7 +36,7 @@ class Tokens:
     reasoning: int  # the reasoning subset of output
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Priced:
     micros: int
     # True when the fallback price was used (unknown model, or no price in force yet).
