@@ -43,7 +43,7 @@ migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
 	$(PY) -m quartermaster.db
 
 bench-metering: $(STAMP) ## metering events/s, RSS and freshness beside a plain consumer loop
-	$(PY) scripts/bench_metering.py
+	$(PY) scripts/bench_metering.py $(ARGS)
 
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py

@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -88,7 +89,9 @@ def workload(n: int, users: int, seed: int = 7) -> list[UsageEvent]:
     return out
 
 
-def ceiling(bootstrap: str, expected: int) -> tuple[float, dict[str, int], dict[int, int]]:
+def ceiling(
+    bootstrap: str, expected: int, batched: bool
+) -> tuple[float, dict[str, int], dict[int, int]]:
     """Consume + decode + validate + price + sum, as fast as one process goes."""
     catalog = PriceCatalog.from_file(DEFAULT_PRICES)
     tz = ZoneInfo("UTC")
@@ -111,9 +114,15 @@ def ceiling(bootstrap: str, expected: int) -> tuple[float, dict[str, int], dict[
             if m.error() is not None:
                 continue
             ends[m.partition() or 0] = (m.offset() or 0) + 1
-            batch = UsageBatch()
-            batch.ParseFromString(m.value() or b"")
-            for e in batch.events:
+            if batched:
+                batch = UsageBatch()
+                batch.ParseFromString(m.value() or b"")
+                events: Iterable[UsageEvent] = batch.events
+            else:
+                one = UsageEvent()
+                one.ParseFromString(m.value() or b"")
+                events = (one,)
+            for e in events:
                 validate(e, now, age)
                 at = epoch_seconds(e)
                 key = f"{e.user_id}:{periods_at(at, tz)[2][1]}"  # the month
@@ -208,7 +217,9 @@ def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
     return out
 
 
-async def main_async(n: int, users: int, probes: int, load_eps: int) -> dict[str, float | int]:
+async def main_async(
+    n: int, users: int, probes: int, load_eps: int, batch: int
+) -> dict[str, float | int]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
@@ -218,14 +229,14 @@ async def main_async(n: int, users: int, probes: int, load_eps: int) -> dict[str
         ) as infra:  # fmt: skip
             say(f"workload: {n} events, {users} users ...")
             events = workload(n, users)
-            rep = UsageReporter(infra.kafka_bootstrap, batch_max=200, linger_ms=50)
+            rep = UsageReporter(infra.kafka_bootstrap, batch_max=batch, linger_ms=50)
             t = time.perf_counter()
             for e in events:
                 rep.report(e)
             rep.close()
             say(f"  produced in {time.perf_counter() - t:.1f}s")
 
-            ceiling_eps, sums, ends = ceiling(infra.kafka_bootstrap, n)
+            ceiling_eps, sums, ends = ceiling(infra.kafka_bootstrap, n, batch > 1)
             say(f"ceiling (consume+decode+price+sum): {ceiling_eps:,.0f} events/s, "
                 f"{sum(ends.values())} records")  # fmt: skip
 
@@ -260,6 +271,7 @@ async def main_async(n: int, users: int, probes: int, load_eps: int) -> dict[str
     q = statistics.quantiles(fresh, n=100)
     return {
         "events": n,
+        "events_per_record": batch,
         "users": users,
         "events_per_s": round(eps),
         "ceiling_events_per_s": round(ceiling_eps),
@@ -277,9 +289,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=100)
-    parser.add_argument("--load", type=int, default=5_000, help="events/s during freshness")
+    parser.add_argument("--load", type=int, default=2_000, help="events/s during freshness")
+    parser.add_argument("--batch", type=int, default=200, help="events a record (1: single)")
     ns = parser.parse_args()
-    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load))
+    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load, ns.batch))
     sys.stdout.write(json.dumps(result) + "\n")
 
 
