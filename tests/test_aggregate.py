@@ -132,3 +132,25 @@ def test_dlq_limit_trips_only_when_most_recent_records_are_bad() -> None:
     assert limit.tripped(valid=0, invalid=60)  # the window is now 40 good + 60 bad
     limit.record(valid=0, invalid=40)
     assert limit.tripped(valid=0, invalid=20)
+
+
+def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:
+    m, u = meter(), user_in(0)
+    state = PartitionState(0, 0)
+    at = NOW.replace(hour=11, minute=10)
+    a = usage(u, occurred_at=at, cached_input_tokens=100, reasoning_tokens=50)
+    a.attributes["cost_center"] = "R&D"
+    b = usage(u, occurred_at=at.replace(minute=50), cached_input_tokens=100, reasoning_tokens=50)
+    b.attributes["cost_center"] = "R&D"
+    c = usage(u, occurred_at=at, product="codex")  # another product: its own row
+    plan = m.plan(state, records(0, [x.SerializeToString() for x in (a, b, c)]))
+    rollups = m.fold_rollups(state, plan)
+    hour = int(NOW.timestamp()) - 3600  # 11:00
+    rnd = rollups[(hour, u, "chat", "gpt-5", "R&D")]
+    assert (rnd.input_tokens, rnd.cached_input_tokens, rnd.output_tokens) == (2000, 200, 1000)
+    assert (rnd.reasoning_tokens, rnd.events, rnd.fallback_events) == (100, 2, 0)
+    assert rnd.micros == 2 * (900 * 1.25 + 100 * 0.125 + 450 * 10 + 50 * 10)
+    assert rollups[(hour, u, "codex", "gpt-5", "")].events == 1
+    m.apply(state, plan, m.fold(state, plan), rollups)
+    again = m.plan(state, records(0, [usage(u, occurred_at=at).SerializeToString()], 3))
+    assert m.fold_rollups(state, again)[(hour, u, "chat", "gpt-5", "")].events == 1

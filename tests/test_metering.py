@@ -194,3 +194,32 @@ async def test_when_most_records_are_garbage_metering_pauses_instead_of_draining
     assert len(in_dlq) == 300
     metering.kill()  # back to the defaults for the tests after this one
     metering.start()
+
+
+async def test_hourly_rollups_land_in_postgres_exactly(
+    infra: Infra, metering: MeteringWorker, policy: Stub
+) -> None:
+    user = new_user()
+    events = [usage(user, cached_input_tokens=200) for _ in range(4)]
+    for e in events[:3]:
+        e.attributes["cost_center"] = "CC-42"
+    events.append(usage(user, model="mystery-model-9"))  # priced by the fallback, flagged
+    produce_usage(infra.kafka_bootstrap, events)
+    # gpt-5 with 200 cached: 800 x 1.25 + 200 x 0.125 + 500 x 10 = 6,025 micros;
+    # fallback: 1000 x 5 + 500 x 20 = 15,000 micros
+    await eventually(used_of(policy, user), 4 * 6_025 + 15_000)
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT product, model, cost_center, input_tokens, cached_input_tokens,"
+            " output_tokens, micros, events, fallback_events FROM metering.rollups_hourly"
+            " WHERE user_id = $1 ORDER BY model, cost_center",
+            user,
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("chat", "gpt-5", "", 1000, 200, 500, 6_025, 1, 0),
+        ("chat", "gpt-5", "CC-42", 3000, 600, 1500, 3 * 6_025, 3, 0),
+        ("chat", "mystery-model-9", "", 1000, 0, 500, 15_000, 1, 1),
+    ]

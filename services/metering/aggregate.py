@@ -22,12 +22,16 @@ from zoneinfo import ZoneInfo
 from quartermaster.kafka import partition_of
 from quartermaster.periods import PeriodKind, period_of
 from services.metering.decode import InvalidUsage, decode, epoch_seconds, tokens
-from services.metering.pricing import PriceCatalog
+from services.metering.pricing import PriceCatalog, Tokens
 
 PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
 
 # (user_id, period kind, period key)
 TotalKey = tuple[str, str, str]
+# (hour start as epoch seconds, user_id, product, model, cost center)
+RollupKey = tuple[int, str, str, str, str]
+COST_CENTER = "cost_center"  # the UsageEvent attribute rollups group by
+HOUR = 3600
 
 
 def id_hash(event_id: str) -> int:
@@ -47,6 +51,20 @@ class Total:
     fallback_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One user's usage of one product and model in one hour (absolute)."""
+
+    workspace_id: str
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    micros: int
+    events: int
+    fallback_events: int
+
+
 @dataclass
 class PartitionState:
     partition: int
@@ -55,6 +73,8 @@ class PartitionState:
     # id_hash → when it was first counted (epoch seconds)
     seen: dict[int, float] = field(default_factory=dict)
     totals: dict[TotalKey, Total] = field(default_factory=dict)
+    # recent hourly rollups; older hours are reloaded from Postgres when touched
+    rollups: dict[RollupKey, Rollup] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +105,8 @@ class Priced:
     periods: Periods
     micros: int
     fallback: bool
+    rollup: RollupKey
+    tokens: Tokens
 
 
 @dataclass
@@ -100,6 +122,9 @@ class Plan:
 
     def keys(self) -> set[TotalKey]:
         return {(p.user_id, kind, key) for p in self.priced for kind, key, _, _ in p.periods}
+
+    def rollup_keys(self) -> set[RollupKey]:
+        return {p.rollup for p in self.priced}
 
 
 _BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
@@ -183,11 +208,15 @@ class Meter:
                     continue
                 plan.new_seen[h] = now.timestamp()
                 at = epoch_seconds(event)
-                price = self.catalog.price(event.model, at, tokens(event))
+                used = tokens(event)
+                price = self.catalog.price(event.model, at, used)
+                hour = int(at // HOUR) * HOUR
+                cost_center = event.attributes.get(COST_CENTER, "")
                 plan.priced.append(
                     Priced(
                         event.user_id, event.workspace_id or self.default_workspace,
                         periods_at(at, self.tz), price.micros, price.fallback,
+                        (hour, event.user_id, event.product, event.model, cost_center), used,
                     )
                 )  # fmt: skip
         return plan
@@ -221,11 +250,45 @@ class Meter:
             )
         return changed
 
-    def apply(self, state: PartitionState, plan: Plan, changed: dict[TotalKey, Total]) -> None:
+    def fold_rollups(self, state: PartitionState, plan: Plan) -> dict[RollupKey, Rollup]:
+        """The new absolute hourly rollups the plan touches (state must hold them)."""
+        sums: dict[RollupKey, list[int]] = {}
+        workspace: dict[RollupKey, str] = {}
+        for p in plan.priced:
+            acc = sums.get(p.rollup)
+            if acc is None:
+                old = state.rollups.get(p.rollup)
+                sums[p.rollup] = acc = (
+                    [0] * 7
+                    if old is None
+                    else [
+                        old.input_tokens, old.cached_input_tokens, old.output_tokens,
+                        old.reasoning_tokens, old.micros, old.events, old.fallback_events,
+                    ]
+                )  # fmt: skip
+                workspace[p.rollup] = p.workspace_id
+            t = p.tokens
+            acc[0] += t.input
+            acc[1] += t.cached_input
+            acc[2] += t.output
+            acc[3] += t.reasoning
+            acc[4] += p.micros
+            acc[5] += 1
+            acc[6] += p.fallback
+        return {k: Rollup(workspace[k], *v) for k, v in sums.items()}
+
+    def apply(
+        self,
+        state: PartitionState,
+        plan: Plan,
+        changed: dict[TotalKey, Total],
+        rollups: dict[RollupKey, Rollup] | None = None,
+    ) -> None:
         """Make the state what Postgres now holds (call after the commit)."""
         state.next_offset = plan.next_offset
         state.seen.update(plan.new_seen)
         state.totals.update(changed)
+        state.rollups.update(rollups or {})
 
     def forget_expired(self, state: PartitionState) -> int:
         """Drop seen ids older than the window and totals of ended periods."""
@@ -237,6 +300,9 @@ class Meter:
         horizon = now - self.max_age
         for key in [k for k, t in state.totals.items() if t.period_end < horizon]:
             del state.totals[key]
+        recent = int(now.timestamp() // HOUR) * HOUR - 2 * HOUR
+        for rkey in [k for k in state.rollups if k[0] < recent]:
+            del state.rollups[rkey]
         return len(old)
 
 

@@ -192,16 +192,19 @@ class Processor:
         self.paused = False
         missing = plan.keys() - state.totals.keys()
         state.totals.update(await self.store.load_totals(missing))
+        missing_rollups = plan.rollup_keys() - state.rollups.keys()
+        state.rollups.update(await self.store.load_rollups(missing_rollups))
         changed = self.meter.fold(state, plan)
+        rollups = self.meter.fold_rollups(state, plan)
         await self._publish(partition, plan, changed)
         committed = await self.store.commit(
-            partition, state.next_offset, plan.next_offset, changed, plan.new_seen
+            partition, state.next_offset, plan.next_offset, changed, plan.new_seen, rollups
         )
         if not committed:
             log.warning("partition %d was advanced by another worker; replanning", partition)
             self.states.pop(partition, None)
             return False
-        self.meter.apply(state, plan, changed)
+        self.meter.apply(state, plan, changed, rollups)
         self.dlq_limit.record(plan.valid_records, plan.invalid_records)
         self.counted += len(plan.priced)
         self.duplicates += plan.duplicates

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.metering.aggregate import PartitionState, Total, TotalKey
+from services.metering.aggregate import PartitionState, Rollup, RollupKey, Total, TotalKey
 
 
 class Store:
@@ -64,6 +64,30 @@ class Store:
             for r in rows
         }  # fmt: skip
 
+    async def load_rollups(self, keys: set[RollupKey]) -> dict[RollupKey, Rollup]:
+        if not keys:
+            return {}
+        hours, users, products, models, centers = (list(x) for x in zip(*keys, strict=True))
+        rows = await self.pool.fetch(
+            """
+            SELECT r.* FROM metering.rollups_hourly r
+            JOIN unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[])
+                AS k(hour, user_id, product, model, cost_center)
+              ON r.hour = to_timestamp(k.hour) AND r.user_id = k.user_id
+             AND r.product = k.product AND r.model = k.model AND r.cost_center = k.cost_center
+            """,
+            [float(h) for h in hours], users, products, models, centers,
+        )  # fmt: skip
+        return {
+            (int(r["hour"].timestamp()), r["user_id"], r["product"], r["model"],
+             r["cost_center"]): Rollup(
+                r["workspace_id"], r["input_tokens"], r["cached_input_tokens"],
+                r["output_tokens"], r["reasoning_tokens"], r["micros"], r["events"],
+                r["fallback_events"],
+            )
+            for r in rows
+        }  # fmt: skip
+
     async def commit(
         self,
         partition: int,
@@ -71,9 +95,10 @@ class Store:
         next_offset: int,
         totals: dict[TotalKey, Total],
         seen: dict[int, float],
+        rollups: dict[RollupKey, Rollup] | None = None,
     ) -> bool:
         try:
-            await self._commit(partition, expected_offset, next_offset, totals, seen)
+            await self._commit(partition, expected_offset, next_offset, totals, seen, rollups or {})
         except _Fenced:
             return False
         return True
@@ -85,6 +110,7 @@ class Store:
         next_offset: int,
         totals: dict[TotalKey, Total],
         seen: dict[int, float],
+        rollups: dict[RollupKey, Rollup],
     ) -> None:
         now = datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -135,6 +161,37 @@ class Store:
                     [v.period_end for v in vals], [v.used_micros for v in vals],
                     [v.event_count for v in vals], [v.fallback_count for v in vals],
                     now, partition,
+                )  # fmt: skip
+            if rollups:
+                rk = list(rollups)
+                rv = [rollups[k] for k in rk]
+                await conn.execute(
+                    """
+                    INSERT INTO metering.rollups_hourly AS r (hour, user_id, product, model,
+                        cost_center, workspace_id, partition, input_tokens, cached_input_tokens,
+                        output_tokens, reasoning_tokens, micros, events, fallback_events,
+                        updated_at)
+                    SELECT to_timestamp(h), u, p, m, c, w, $13, i, ci, o, re, mi, e, f, $14
+                    FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::text[], $7::bigint[], $8::bigint[], $9::bigint[],
+                                $10::bigint[], $11::bigint[], $12::bigint[], $15::bigint[])
+                         AS x(h, u, p, m, c, w, i, ci, o, re, mi, e, f)
+                    ON CONFLICT (hour, user_id, product, model, cost_center) DO UPDATE SET
+                        input_tokens = EXCLUDED.input_tokens,
+                        cached_input_tokens = EXCLUDED.cached_input_tokens,
+                        output_tokens = EXCLUDED.output_tokens,
+                        reasoning_tokens = EXCLUDED.reasoning_tokens,
+                        micros = EXCLUDED.micros,
+                        events = EXCLUDED.events,
+                        fallback_events = EXCLUDED.fallback_events,
+                        updated_at = EXCLUDED.updated_at
+                    """,
+                    [float(k[0]) for k in rk], [k[1] for k in rk], [k[2] for k in rk],
+                    [k[3] for k in rk], [k[4] for k in rk], [v.workspace_id for v in rv],
+                    [v.input_tokens for v in rv], [v.cached_input_tokens for v in rv],
+                    [v.output_tokens for v in rv], [v.reasoning_tokens for v in rv],
+                    [v.micros for v in rv], [v.events for v in rv], partition, now,
+                    [v.fallback_events for v in rv],
                 )  # fmt: skip
             if seen:
                 await conn.execute(
