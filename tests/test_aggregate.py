@@ -149,7 +149,8 @@ def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() 
     rnd = rollups[(hour, u, "chat", "gpt-5", "R&D")]
     assert (rnd.input_tokens, rnd.cached_input_tokens, rnd.output_tokens) == (2000, 200, 1000)
     assert (rnd.reasoning_tokens, rnd.events, rnd.fallback_events) == (100, 2, 0)
-    assert rnd.micros == 2 * (900 * 1.25 + 100 * 0.125 + 450 * 10 + 50 * 10)
+    # per event 900 x 1.25 + 100 x 0.125 + 450 x 10 + 50 x 10 = 6137.5, rounded half up once
+    assert rnd.micros == 2 * 6138
     assert rollups[(hour, u, "codex", "gpt-5", "")].events == 1
     m.apply(state, plan, m.fold(state, plan), rollups)
     again = m.plan(state, records(0, [usage(u, occurred_at=at).SerializeToString()], 3))
