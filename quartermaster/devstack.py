@@ -105,21 +105,15 @@ async def _main(settings: DevSettings) -> None:
             f"{len(simulator.PERSONAS)} people"
         )
         env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": settings.addr}
+
+        def spawn(name: str, module: str) -> ChildProcess:
+            argv = [sys.executable, "-m", module]
+            return ChildProcess(name, argv, logs / f"{name}.log", env=env, cwd=ROOT)
+
         children = [
-            ChildProcess(
-                "metering",
-                [sys.executable, "-m", "services.metering"],
-                logs / "metering.log",
-                env=env,
-                cwd=ROOT,
-            ),
-            ChildProcess(
-                "policy",
-                [sys.executable, "-m", "services.policy"],
-                logs / "policy.log",
-                env=env,
-                cwd=ROOT,
-            ),
+            spawn("metering", "services.metering"),
+            spawn("policy", "services.policy"),
+            spawn("cost-api", "services.metering.api"),
         ]
         try:
             for child in children:
@@ -127,6 +121,8 @@ async def _main(settings: DevSettings) -> None:
                 say(f"  started {child.name} (pid {child.pid}), log: {child.log_path}")
             await _wait_serving(settings.addr, children[1], 60)
             say(f"  policy gRPC serving on {settings.addr} (health + reflection on)")
+            api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
+            say(f"  Cost API (UsageService) on {api_addr}: python -m services.metering.cli")
             if settings.demo_traffic:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")

@@ -29,13 +29,14 @@ def _lines(stream: object, out: queue.Queue[str]) -> None:
 
 def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
     run_dir = ROOT / ".run" / f"make-run-test-{os.getpid()}"
-    ports = {"pg": free_port(), "broker": free_port(), "policy": free_port()}
+    ports = {"pg": free_port(), "broker": free_port(), "policy": free_port(), "api": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
     env.update(
         QM_RUN_DIR=str(run_dir),
         QM_LOCAL_PG_PORT=str(ports["pg"]),
         QM_LOCAL_BROKER_PORT=str(ports["broker"]),
         QM_POLICY_ADDR=f"127.0.0.1:{ports['policy']}",
+        QM_USAGE_API_ADDR=f"127.0.0.1:{ports['api']}",
         QM_METERING_SESSION_TIMEOUT="4",
     )
     proc = subprocess.Popen(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quartermaster.config import CommonSettings
-from quartermaster.settings import setting
+from quartermaster.settings import host_port, setting
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
 
@@ -58,6 +58,10 @@ class MeteringSettings(CommonSettings):
         "(real Kafka answers early, so 500 is fine there)",
     )
 
+    api_addr: str = setting(
+        "QM_USAGE_API_ADDR", "127.0.0.1:50052", "Where the Cost API (UsageService) listens"
+    )
+
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
         if not self.prices_file.is_file():
@@ -82,6 +86,8 @@ class MeteringSettings(CommonSettings):
             out.append(("dlq_pause_seconds", "must be between 0.1 and 3600"))
         if not 1 <= self.fetch_max_wait_ms <= 30_000:
             out.append(("fetch_max_wait_ms", "must be between 1 and 30000"))
+        if host_port(self.api_addr) is None:
+            out.append(("api_addr", f"expected host:port, got {self.api_addr!r}"))
         if not self.app_id.strip():
             out.append(("app_id", "must not be empty"))
         return out

@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from quartermaster.db import connect_pool
+from quartermaster.grpcserver import Served, serve
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
 from services.policy.service import LimitHolder, PolicyServicer
@@ -26,19 +24,20 @@ SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
 @dataclass
 class RunningPolicy:
-    server: grpc.aio.Server
-    port: int
+    served: Served
     pool: asyncpg.Pool
     totals: TotalsView
-    health: health_aio.HealthServicer
     # Set once limits are loaded and the totals view has read every partition to its end.
     serving: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def port(self) -> int:
+        return self.served.port
+
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let in-flight ones finish within `grace`, then close."""
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.served.stop(grace)
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -60,15 +59,13 @@ async def _refresh_limits(
 
 
 async def _set_serving_when_ready(running: RunningPolicy, holder: LimitHolder) -> None:
-    hs, totals = running.health, running.totals
     # Two conditions from two places (a consumer thread, the refresh task): a short
     # poll is simpler than bridging both into asyncio events, and runs only at start.
-    while not (totals.caught_up and holder.workspace is not None):  # noqa: ASYNC110
+    while not (running.totals.caught_up and holder.workspace is not None):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    for name in ("", SERVICE_NAME):
-        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await running.served.set_serving(True)
     running.serving.set()
-    log.info("policy is serving (%d totals records read)", totals.records)
+    log.info("policy is serving (%d totals records read)", running.totals.records)
 
 
 async def start(settings: PolicySettings, addr: str | None = None) -> RunningPolicy:
@@ -82,19 +79,9 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(
         PolicyServicer(totals, holder, settings.timezone, settings.warn_percent), server
     )
-    hs = health_aio.HealthServicer()
-    for name in ("", SERVICE_NAME):
-        await hs.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(addr or settings.addr)
-    if port == 0:
-        raise RuntimeError(f"could not listen on {addr or settings.addr}")
-    await server.start()
-    log.info("policy listening on port %d", port)
-    running = RunningPolicy(server, port, pool, totals, hs)
+    served = await serve(addr or settings.addr, [SERVICE_NAME], server)
+    log.info("policy listening on port %d", served.port)
+    running = RunningPolicy(served, pool, totals)
     running.tasks.append(
         asyncio.create_task(
             _refresh_limits(pool, settings.workspace_id, holder, settings.refresh_seconds)

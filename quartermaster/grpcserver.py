@@ -1,0 +1,55 @@
+"""A grpc.aio server with the standard health service and server reflection on.
+
+Every gRPC server of ours starts through `serve()`, so `grpcurl` and Kubernetes
+probes work against all of them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+
+@dataclass
+class Served:
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    services: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Say NOT_SERVING, stop taking calls, let in-flight ones finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def serve(addr: str, services: Sequence[str], server: grpc.aio.Server) -> Served:
+    """Add health + reflection to `server` (servicers already added), listen on `addr`
+    (port 0: a free one), start it, and report NOT_SERVING until told otherwise."""
+    hs = health_aio.HealthServicer()
+    served = Served(server, 0, hs, tuple(services))
+    await served.set_serving(False)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {addr}")
+    await server.start()
+    served.port = port
+    return served

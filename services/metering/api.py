@@ -1,0 +1,65 @@
+"""`python -m services.metering.api`: the Cost API server (UsageService) until
+SIGTERM/SIGINT. It only reads metering's Postgres schema, so it scales by replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+
+from quartermaster import telemetry
+from quartermaster.db import connect_pool
+from quartermaster.grpcserver import Served, serve
+from quartermaster.settings import SettingsError
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from services.metering.costs import UsageServicer
+from services.metering.settings import MeteringSettings
+
+SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+
+
+@dataclass
+class RunningApi:
+    served: Served
+    pool: asyncpg.Pool
+
+    async def stop(self, grace: float) -> None:
+        await self.served.stop(grace)
+        await self.pool.close()
+
+
+async def start(settings: MeteringSettings, addr: str | None = None) -> RunningApi:
+    pool = await connect_pool(settings.database_url)
+    server = grpc.aio.server()
+    cost_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(pool, settings.timezone), server)
+    served = await serve(addr or settings.api_addr, [SERVICE_NAME], server)
+    await served.set_serving(True)
+    return RunningApi(served, pool)
+
+
+async def _serve(settings: MeteringSettings) -> None:
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop(5.0)
+
+
+def main() -> None:
+    try:
+        settings = MeteringSettings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"metering api: {exc}\n")
+        raise SystemExit(2) from None
+    telemetry.setup("metering-api", settings.log_level)
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

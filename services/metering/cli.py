@@ -1,0 +1,137 @@
+"""`python -m services.metering.cli`: the Cost API from a terminal, for people and
+finance. Prints a table, or CSV with `--format csv`.
+
+    python -m services.metering.cli usage --from 2026-11-01 --to 2026-12-01 \\
+        --group-by user,model --granularity day --format csv > november.csv
+    python -m services.metering.cli top --from 2026-11-01 --to 2026-12-01 --limit 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TextIO
+
+import grpc
+
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.wire import from_timestamp, timestamp
+from services.metering.settings import MeteringSettings
+from services.policy.decide import credits
+
+DIMENSIONS = {
+    "user": cost_pb2.DIMENSION_USER,
+    "product": cost_pb2.DIMENSION_PRODUCT,
+    "model": cost_pb2.DIMENSION_MODEL,
+    "cost_center": cost_pb2.DIMENSION_COST_CENTER,
+}
+GRANULARITIES = {
+    "hour": cost_pb2.GRANULARITY_HOUR,
+    "day": cost_pb2.GRANULARITY_DAY,
+    "month": cost_pb2.GRANULARITY_MONTH,
+    "total": cost_pb2.GRANULARITY_TOTAL,
+}
+COLUMNS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+           "events", "fallback_events")  # fmt: skip
+
+
+def _when(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 date or time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _dims(text: str) -> list[str]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in names if d not in DIMENSIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown dimension(s) {unknown}; use {list(DIMENSIONS)}")
+    return names
+
+
+def _filter(ns: argparse.Namespace) -> cost_pb2.UsageFilter:
+    return cost_pb2.UsageFilter(
+        start=timestamp(ns.start), end=timestamp(ns.end),
+        user_ids=ns.user, products=ns.product, models=ns.model, cost_centers=ns.cost_center,
+    )  # fmt: skip
+
+
+def _write(rows: Sequence[Sequence[str]], header: Sequence[str], fmt: str, out: TextIO) -> None:
+    if fmt == "csv":
+        w = csv.writer(out)
+        w.writerow(header)
+        w.writerows(rows)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]  # fmt: skip
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + "\n")
+
+
+def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextIO) -> None:
+    req = cost_pb2.QueryUsageRequest(
+        filter=_filter(ns),
+        group_by=[DIMENSIONS[d] for d in ns.group_by],
+        granularity=GRANULARITIES[ns.granularity],
+        limit=ns.limit,
+    )
+    resp = stub.QueryUsage(req, timeout=60)
+    header = ["bucket_start", *ns.group_by, "credits", "micros", *COLUMNS]
+    rows = []
+    for r in resp.rows:
+        bucket = from_timestamp(r.bucket_start).isoformat() if r.HasField("bucket_start") else ""
+        dims = [getattr(r, "user_id" if d == "user" else d) for d in ns.group_by]
+        rows.append([bucket, *dims, credits(r.micros), str(r.micros),
+                     *(str(getattr(r, c)) for c in COLUMNS)])  # fmt: skip
+    _write(rows, header, ns.format, out)
+    if resp.truncated:
+        sys.stderr.write(f"(cut at {ns.limit or 10000} rows: raise --limit)\n")
+
+
+def top(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextIO) -> None:
+    resp = stub.TopSpenders(cost_pb2.TopSpendersRequest(filter=_filter(ns), limit=ns.limit))
+    rows = [[s.user_id, credits(s.micros), str(s.micros), str(s.events)] for s in resp.spenders]
+    _write(rows, ["user", "credits", "micros", "events"], ns.format, out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.metering.cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--addr", help="Cost API address (default: QM_USAGE_API_ADDR)")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (("usage", "usage rows"), ("top", "top spenders")):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("--from", dest="start", type=_when, required=True)
+        s.add_argument("--to", dest="end", type=_when, required=True)
+        for f in ("user", "product", "model", "cost_center"):
+            s.add_argument(f"--{f.replace('_', '-')}", dest=f, action="append", default=[],
+                           help=f"only this {f} (repeatable)")  # fmt: skip
+        s.add_argument("--format", choices=("table", "csv"), default="table")
+        s.add_argument("--limit", type=int, default=0)
+        if name == "usage":
+            s.add_argument("--group-by", type=_dims, default=["user"])
+            s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    ns = parser().parse_args(argv)
+    addr = ns.addr or MeteringSettings.from_env().api_addr
+    with grpc.insecure_channel(addr) as channel:
+        stub = cost_pb2_grpc.UsageServiceStub(channel)
+        try:
+            (usage if ns.command == "usage" else top)(stub, ns, out)
+        except grpc.RpcError as exc:
+            sys.stderr.write(f"{exc.code().name}: {exc.details()}\n")
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

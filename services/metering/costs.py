@@ -1,0 +1,165 @@
+"""The Cost API (`UsageService`), answered from the hourly rollups in Postgres.
+
+An hour counts in a query when it starts inside [start, end). Day and month buckets
+are calendar days and months in the workspace's time zone.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import grpc
+
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.wire import from_timestamp, timestamp
+
+MAX_RANGE = timedelta(days=400)
+DEFAULT_LIMIT = 10_000
+MAX_LIMIT = 100_000
+_DIMENSIONS = {
+    cost_pb2.DIMENSION_USER: "user_id",
+    cost_pb2.DIMENSION_PRODUCT: "product",
+    cost_pb2.DIMENSION_MODEL: "model",
+    cost_pb2.DIMENSION_COST_CENTER: "cost_center",
+}
+_BUCKETS = {
+    cost_pb2.GRANULARITY_HOUR: "hour",
+    cost_pb2.GRANULARITY_DAY: "date_trunc('day', hour AT TIME ZONE $7) AT TIME ZONE $7",
+    cost_pb2.GRANULARITY_MONTH: "date_trunc('month', hour AT TIME ZONE $7) AT TIME ZONE $7",
+    cost_pb2.GRANULARITY_TOTAL: "NULL::timestamptz",
+}
+_WHERE = """
+    hour >= $1 AND hour < $2
+    AND ($3::text[] IS NULL OR user_id = ANY($3))
+    AND ($4::text[] IS NULL OR product = ANY($4))
+    AND ($5::text[] IS NULL OR model = ANY($5))
+    AND ($6::text[] IS NULL OR cost_center = ANY($6))
+    AND $7::text IS NOT NULL
+"""
+
+
+def filter_problems(f: cost_pb2.UsageFilter, name: str = "filter") -> list[str]:
+    out = []
+    if not f.HasField("start"):
+        out.append(f"{name}.start: must be set")
+    if not f.HasField("end"):
+        out.append(f"{name}.end: must be set")
+    if not out:
+        start, end = from_timestamp(f.start), from_timestamp(f.end)
+        if end <= start:
+            out.append(f"{name}.end: must be after {name}.start")
+        elif end - start > MAX_RANGE:
+            out.append(f"{name}.end: at most {MAX_RANGE.days} days after {name}.start")
+    for field in ("user_ids", "products", "models"):
+        if any(not v.strip() for v in getattr(f, field)):
+            out.append(f"{name}.{field}: empty values are not allowed")
+    return out
+
+
+def query_problems(req: cost_pb2.QueryUsageRequest) -> list[str]:
+    out = filter_problems(req.filter)
+    seen: set[int] = set()
+    for i, d in enumerate(req.group_by):
+        if d not in _DIMENSIONS:
+            out.append(f"group_by[{i}]: unknown dimension {d}")
+        elif d in seen:
+            out.append(f"group_by[{i}]: {cost_pb2.Dimension.Name(d)} twice")
+        seen.add(d)
+    if req.granularity not in _BUCKETS:
+        out.append("granularity: must be HOUR, DAY, MONTH or TOTAL")
+    if not 0 <= req.limit <= MAX_LIMIT:
+        out.append(f"limit: must be between 0 and {MAX_LIMIT}")
+    return out
+
+
+def _args(f: cost_pb2.UsageFilter) -> list[object]:
+    def arr(values: object) -> list[str] | None:
+        items = list(values)  # type: ignore[call-overload]
+        return items or None
+
+    return [
+        from_timestamp(f.start), from_timestamp(f.end),
+        arr(f.user_ids), arr(f.products), arr(f.models), arr(f.cost_centers),
+    ]  # fmt: skip
+
+
+class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo) -> None:
+        self._pool = pool
+        self._tz = tz
+
+    async def QueryUsage(
+        self,
+        request: cost_pb2.QueryUsageRequest,
+        context: grpc.aio.ServicerContext[cost_pb2.QueryUsageRequest, cost_pb2.QueryUsageResponse],
+    ) -> cost_pb2.QueryUsageResponse:
+        problems = query_problems(request)
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        dims = [_DIMENSIONS[d] for d in request.group_by]
+        bucket = _BUCKETS[request.granularity]
+        limit = request.limit or DEFAULT_LIMIT
+        select_dims = "".join(f", {d}" for d in dims)
+        group = ", ".join(["bucket", *dims])
+        sql = f"""
+            SELECT {bucket} AS bucket{select_dims},
+                sum(input_tokens)::bigint AS input_tokens,
+                sum(cached_input_tokens)::bigint AS cached_input_tokens,
+                sum(output_tokens)::bigint AS output_tokens,
+                sum(reasoning_tokens)::bigint AS reasoning_tokens,
+                sum(micros)::bigint AS micros, sum(events)::bigint AS events,
+                sum(fallback_events)::bigint AS fallback_events
+            FROM metering.rollups_hourly
+            WHERE {_WHERE}
+            GROUP BY {group}
+            ORDER BY bucket NULLS FIRST, micros DESC{select_dims}
+            LIMIT $8
+        """
+        rows = await self._pool.fetch(sql, *_args(request.filter), self._tz.key, limit + 1)
+        out = cost_pb2.QueryUsageResponse(truncated=len(rows) > limit)
+        for r in rows[:limit]:
+            row = cost_pb2.UsageRow(
+                input_tokens=r["input_tokens"],
+                cached_input_tokens=r["cached_input_tokens"],
+                output_tokens=r["output_tokens"],
+                reasoning_tokens=r["reasoning_tokens"],
+                micros=r["micros"],
+                events=r["events"],
+                fallback_events=r["fallback_events"],
+                **{d: r[d] for d in dims},
+            )
+            if r["bucket"] is not None:
+                row.bucket_start.CopyFrom(timestamp(r["bucket"]))
+            out.rows.append(row)
+        return out
+
+    async def TopSpenders(
+        self,
+        request: cost_pb2.TopSpendersRequest,
+        context: grpc.aio.ServicerContext[
+            cost_pb2.TopSpendersRequest, cost_pb2.TopSpendersResponse
+        ],
+    ) -> cost_pb2.TopSpendersResponse:
+        problems = filter_problems(request.filter)
+        if not 0 <= request.limit <= 1000:
+            problems.append("limit: must be between 0 and 1000")
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        rows = await self._pool.fetch(
+            f"""
+            SELECT user_id, sum(micros)::bigint AS micros, sum(events)::bigint AS events
+            FROM metering.rollups_hourly WHERE {_WHERE}
+            GROUP BY user_id ORDER BY micros DESC, user_id LIMIT $8
+            """,
+            *_args(request.filter),
+            self._tz.key,
+            request.limit or 10,
+        )
+        return cost_pb2.TopSpendersResponse(
+            spenders=[
+                cost_pb2.Spender(user_id=r["user_id"], micros=r["micros"], events=r["events"])
+                for r in rows
+            ]
+        )
