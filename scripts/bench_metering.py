@@ -69,18 +69,27 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def workload(n: int, users: int, seed: int = 7) -> list[UsageEvent]:
+def workload(n: int, users: int, seed: int = 7, uniform: bool = False) -> list[UsageEvent]:
+    """People as they work: each has a product and a main model (4 calls in 5) and a
+    second one, drawn from the mix. `uniform`: every call a random product and model
+    (the worst case for rollups: nearly one rollup row per event)."""
     rng = random.Random(seed)
     models = [m for m in MIX for _ in range(m[1])]
+    products = ("chat", "codex", "api", "agents")
+    habits = [(rng.choice(products), rng.choice(models), rng.choice(models)) for _ in range(users)]
     now = datetime.now(UTC)
     out = []
     for i in range(n):
-        model, _, (lo, hi), cached, (olo, ohi) = rng.choice(models)
+        user = rng.randrange(users)
+        product, main, other = habits[user]
+        if uniform:
+            product, main, other = rng.choice(products), rng.choice(models), rng.choice(models)
+        model, _, (lo, hi), cached, (olo, ohi) = main if rng.random() < 0.8 else other
         inp = rng.randint(lo, hi)
         out_tokens = rng.randint(olo, ohi)
         e = UsageEvent(
-            event_id=f"bench-{i}", workspace_id="bench", user_id=f"user-{rng.randrange(users)}",
-            product=rng.choice(("chat", "codex", "api", "agents")), model=model,
+            event_id=f"bench-{i}", workspace_id="bench", user_id=f"user-{user}",
+            product=product, model=model,
             input_tokens=inp, cached_input_tokens=int(inp * cached * rng.random()),
             output_tokens=out_tokens, reasoning_tokens=out_tokens // 3 if model == "gpt-5" else 0,
         )  # fmt: skip
@@ -218,8 +227,8 @@ def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
 
 
 async def main_async(
-    n: int, users: int, probes: int, load_eps: int, batch: int
-) -> dict[str, float | int]:
+    n: int, users: int, probes: int, load_eps: int, batch: int, uniform: bool
+) -> dict[str, float | int | bool]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
@@ -228,7 +237,7 @@ async def main_async(
             partitions=PARTITIONS,
         ) as infra:  # fmt: skip
             say(f"workload: {n} events, {users} users ...")
-            events = workload(n, users)
+            events = workload(n, users, uniform=uniform)
             rep = UsageReporter(infra.kafka_bootstrap, batch_max=batch, linger_ms=50)
             t = time.perf_counter()
             for e in events:
@@ -272,6 +281,7 @@ async def main_async(
     return {
         "events": n,
         "events_per_record": batch,
+        "uniform_mix": uniform,
         "users": users,
         "events_per_s": round(eps),
         "ceiling_events_per_s": round(ceiling_eps),
@@ -291,8 +301,11 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--load", type=int, default=2_000, help="events/s during freshness")
     parser.add_argument("--batch", type=int, default=200, help="events a record (1: single)")
+    parser.add_argument(
+        "--uniform", action="store_true", help="every call a random product and model"
+    )
     ns = parser.parse_args()
-    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load, ns.batch))
+    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load, ns.batch, ns.uniform))
     sys.stdout.write(json.dumps(result) + "\n")
 
 

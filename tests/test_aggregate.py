@@ -146,12 +146,32 @@ def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() 
     plan = m.plan(state, records(0, [x.SerializeToString() for x in (a, b, c)]))
     rollups = m.fold_rollups(state, plan)
     hour = int(NOW.timestamp()) - 3600  # 11:00
-    rnd = rollups[(hour, u, "chat", "gpt-5", "R&D")]
+    rnd = rollups[("hour", hour, u, "chat", "gpt-5", "R&D")]
     assert (rnd.input_tokens, rnd.cached_input_tokens, rnd.output_tokens) == (2000, 200, 1000)
     assert (rnd.reasoning_tokens, rnd.events, rnd.fallback_events) == (100, 2, 0)
     # per event 900 x 1.25 + 100 x 0.125 + 450 x 10 + 50 x 10 = 6137.5, rounded half up once
     assert rnd.micros == 2 * 6138
-    assert rollups[(hour, u, "codex", "gpt-5", "")].events == 1
+    assert rollups[("hour", hour, u, "codex", "gpt-5", "")].events == 1
     m.apply(state, plan, m.fold(state, plan), rollups)
     again = m.plan(state, records(0, [usage(u, occurred_at=at).SerializeToString()], 3))
-    assert m.fold_rollups(state, again)[(hour, u, "chat", "gpt-5", "")].events == 1
+    assert m.fold_rollups(state, again)[("hour", hour, u, "chat", "gpt-5", "")].events == 1
+
+
+def test_rollups_past_the_horizon_are_new_and_older_ones_are_looked_up() -> None:
+    state = PartitionState(0, 0, rollup_horizon={"hour": 7200})
+    old, new = ("hour", 3600, "u", "p", "m", ""), ("hour", 10800, "u", "p", "m", "")
+    day = ("day", 0, "u", "p", "m", "")  # no daily rows in Postgres for this partition
+    assert state.rollups_to_load({old, new, day}) == {old}
+
+
+def test_dropping_a_rollup_from_memory_makes_it_looked_up_again() -> None:
+    m, u = meter(), user_in(0)
+    state = PartitionState(0, 0)
+    hour_ago = NOW - timedelta(hours=3)
+    plan = m.plan(state, records(0, [usage(u, occurred_at=hour_ago).SerializeToString()]))
+    m.apply(state, plan, m.fold(state, plan), m.fold_rollups(state, plan))
+    key = next(k for k in state.rollups if k[0] == "hour")
+    assert state.rollups_to_load({key}) == set()  # in memory
+    m.forget_expired(state)
+    assert key not in state.rollups
+    assert state.rollups_to_load({key}) == {key}  # in Postgres only: look it up

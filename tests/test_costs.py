@@ -44,6 +44,20 @@ async def seeded(infra: Infra) -> str:
             """,
             [(h, u, product, m, c, i, ci, o, r, mi, e) for h, u, m, c, i, ci, o, r, mi, e in rows],
         )
+        # the daily rollups metering writes beside them, for a workspace in Tokyo
+        await conn.execute(
+            """
+            INSERT INTO metering.rollups_daily (day, user_id, product, model, cost_center,
+                workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
+                reasoning_tokens, micros, events, fallback_events)
+            SELECT date_trunc('day', hour AT TIME ZONE 'Asia/Tokyo') AT TIME ZONE 'Asia/Tokyo',
+                user_id, product, model, cost_center, 'ws', 0, sum(input_tokens),
+                sum(cached_input_tokens), sum(output_tokens), sum(reasoning_tokens),
+                sum(micros), sum(events), sum(fallback_events)
+            FROM metering.rollups_hourly WHERE product = $1 GROUP BY 1, 2, 3, 4, 5
+            """,
+            product,
+        )
     finally:
         await conn.close()
     return product
@@ -63,9 +77,11 @@ async def stub(
 
 
 def window(product: str, cost_centers: tuple[str, ...] = ()) -> cost_pb2.UsageFilter:
+    # 23:00 Oct 31 to 00:00 Nov 2 in Tokyo: one hour from the hourly rollups, the
+    # whole day of Nov 1 from the daily ones
     return cost_pb2.UsageFilter(
         start=timestamp(T0),
-        end=timestamp(T0 + timedelta(days=1)),
+        end=timestamp(T0 + timedelta(hours=25)),
         products=[product],
         cost_centers=cost_centers,
     )

@@ -19,6 +19,7 @@ from quartermaster.periods import PeriodKind, period_of
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, PROTOBUF, USAGE_BATCH_TYPE, Topic
 from quartermaster.v1 import policy_pb2, usage_pb2
+from services.metering.compaction import compact
 from tests.conftest import PARTITIONS, MeteringWorker
 from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
 
@@ -216,8 +217,23 @@ async def test_hourly_rollups_land_in_postgres_exactly(
             " WHERE user_id = $1 ORDER BY model, cost_center",
             user,
         )
+        pool = await asyncpg.create_pool(infra.database_url)
+        try:  # what the Cost API does every QM_USAGE_COMPACT_SECONDS
+            assert await compact(pool, UTC_ZONE, timedelta(minutes=5))
+        finally:
+            await pool.close()
+        daily = await conn.fetch(
+            "SELECT model, cost_center, micros, events FROM metering.rollups_daily"
+            " WHERE user_id = $1 ORDER BY model, cost_center",
+            user,
+        )
     finally:
         await conn.close()
+    assert [tuple(r) for r in daily] == [
+        ("gpt-5", "", 6_025, 1),
+        ("gpt-5", "CC-42", 3 * 6_025, 3),
+        ("mystery-model-9", "", 15_000, 1),
+    ]
     assert [tuple(r) for r in rows] == [
         ("chat", "gpt-5", "", 1000, 200, 500, 6_025, 1, 0),
         ("chat", "gpt-5", "CC-42", 3000, 600, 1500, 3 * 6_025, 3, 0),

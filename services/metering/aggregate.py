@@ -28,8 +28,11 @@ PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
 
 # (user_id, period kind, period key)
 TotalKey = tuple[str, str, str]
-# (hour start as epoch seconds, user_id, product, model, cost center)
-RollupKey = tuple[int, str, str, str, str]
+# (grain, bucket start as epoch seconds, user_id, product, model, cost center).
+# metering writes hourly rollups only; the Cost API compacts them into daily ones
+# (services/metering/compaction.py), off the counting path.
+RollupKey = tuple[str, int, str, str, str, str]
+GRAINS = ("hour",)
 COST_CENTER = "cost_center"  # the UsageEvent attribute rollups group by
 HOUR = 3600
 
@@ -73,8 +76,20 @@ class PartitionState:
     # id_hash → when it was first counted (epoch seconds)
     seen: dict[int, float] = field(default_factory=dict)
     totals: dict[TotalKey, Total] = field(default_factory=dict)
-    # recent hourly rollups; older hours are reloaded from Postgres when touched
+    # recent hourly and daily rollups; older ones are reloaded from Postgres when touched
     rollups: dict[RollupKey, Rollup] = field(default_factory=dict)
+    # grain → the newest bucket start Postgres may hold a row for that is not in
+    # `rollups`. A key past it is new: this worker is the partition's only writer
+    # since it loaded it, and everything it wrote is in `rollups` (or raised this
+    # mark when it was dropped). Saves looking up every key of every new hour.
+    rollup_horizon: dict[str, int] = field(default_factory=dict)
+
+    def rollups_to_load(self, keys: set[RollupKey]) -> set[RollupKey]:
+        never = -(2**62)
+        return {
+            k for k in keys
+            if k not in self.rollups and k[1] <= self.rollup_horizon.get(k[0], never)
+        }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +120,7 @@ class Priced:
     periods: Periods
     micros: int
     fallback: bool
-    rollup: RollupKey
+    rollups: tuple[RollupKey, ...]
     tokens: Tokens
 
 
@@ -124,7 +139,7 @@ class Plan:
         return {(p.user_id, kind, key) for p in self.priced for kind, key, _, _ in p.periods}
 
     def rollup_keys(self) -> set[RollupKey]:
-        return {p.rollup for p in self.priced}
+        return {k for p in self.priced for k in p.rollups}
 
 
 _BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
@@ -210,13 +225,14 @@ class Meter:
                 at = epoch_seconds(event)
                 used = tokens(event)
                 price = self.catalog.price(event.model, at, used)
-                hour = int(at // HOUR) * HOUR
-                cost_center = event.attributes.get(COST_CENTER, "")
+                periods = periods_at(at, self.tz)
+                dims = (event.user_id, event.product, event.model,
+                        event.attributes.get(COST_CENTER, ""))  # fmt: skip
+                hour = ("hour", int(at // HOUR) * HOUR, *dims)
                 plan.priced.append(
                     Priced(
                         event.user_id, event.workspace_id or self.default_workspace,
-                        periods_at(at, self.tz), price.micros, price.fallback,
-                        (hour, event.user_id, event.product, event.model, cost_center), used,
+                        periods, price.micros, price.fallback, (hour,), used,
                     )
                 )  # fmt: skip
         return plan
@@ -251,30 +267,32 @@ class Meter:
         return changed
 
     def fold_rollups(self, state: PartitionState, plan: Plan) -> dict[RollupKey, Rollup]:
-        """The new absolute hourly rollups the plan touches (state must hold them)."""
+        """The new absolute hourly and daily rollups the plan touches (state must hold
+        them)."""
         sums: dict[RollupKey, list[int]] = {}
         workspace: dict[RollupKey, str] = {}
         for p in plan.priced:
-            acc = sums.get(p.rollup)
-            if acc is None:
-                old = state.rollups.get(p.rollup)
-                sums[p.rollup] = acc = (
-                    [0] * 7
-                    if old is None
-                    else [
-                        old.input_tokens, old.cached_input_tokens, old.output_tokens,
-                        old.reasoning_tokens, old.micros, old.events, old.fallback_events,
-                    ]
-                )  # fmt: skip
-                workspace[p.rollup] = p.workspace_id
             t = p.tokens
-            acc[0] += t.input
-            acc[1] += t.cached_input
-            acc[2] += t.output
-            acc[3] += t.reasoning
-            acc[4] += p.micros
-            acc[5] += 1
-            acc[6] += p.fallback
+            for key in p.rollups:
+                acc = sums.get(key)
+                if acc is None:
+                    old = state.rollups.get(key)
+                    sums[key] = acc = (
+                        [0] * 7
+                        if old is None
+                        else [
+                            old.input_tokens, old.cached_input_tokens, old.output_tokens,
+                            old.reasoning_tokens, old.micros, old.events, old.fallback_events,
+                        ]
+                    )  # fmt: skip
+                    workspace[key] = p.workspace_id
+                acc[0] += t.input
+                acc[1] += t.cached_input
+                acc[2] += t.output
+                acc[3] += t.reasoning
+                acc[4] += p.micros
+                acc[5] += 1
+                acc[6] += p.fallback
         return {k: Rollup(workspace[k], *v) for k, v in sums.items()}
 
     def apply(
@@ -300,9 +318,12 @@ class Meter:
         horizon = now - self.max_age
         for key in [k for k, t in state.totals.items() if t.period_end < horizon]:
             del state.totals[key]
-        recent = int(now.timestamp() // HOUR) * HOUR - 2 * HOUR
-        for rkey in [k for k in state.rollups if k[0] < recent]:
+        keep_from = {"hour": now.timestamp() - 2 * HOUR}
+        for rkey in [k for k in state.rollups if k[1] < keep_from[k[0]]]:
             del state.rollups[rkey]
+            # Postgres holds it: it must be looked up again if touched.
+            grain = rkey[0]
+            state.rollup_horizon[grain] = max(state.rollup_horizon.get(grain, rkey[1]), rkey[1])
         return len(old)
 
 

@@ -4,9 +4,12 @@ SIGTERM/SIGINT. It only reads metering's Postgres schema, so it scales by replic
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -16,9 +19,14 @@ from quartermaster.db import connect_pool
 from quartermaster.grpcserver import Served, serve
 from quartermaster.settings import SettingsError
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from services.metering.compaction import compact
 from services.metering.costs import UsageServicer
 from services.metering.settings import MeteringSettings
 
+log = logging.getLogger("qm.metering.api")
+# Recompute days whose hourly rows changed this long before the last run too: a
+# counting transaction stamps `updated_at` before it commits.
+COMPACT_MARGIN = timedelta(minutes=5)
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 
 
@@ -26,10 +34,24 @@ SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 class RunningApi:
     served: Served
     pool: asyncpg.Pool
+    compactor: asyncio.Task[None]
 
     async def stop(self, grace: float) -> None:
         await self.served.stop(grace)
+        self.compactor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.compactor
         await self.pool.close()
+
+
+async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> None:
+    while True:
+        await asyncio.sleep(settings.compact_seconds)
+        try:
+            await compact(pool, settings.timezone, COMPACT_MARGIN)
+        except (OSError, asyncpg.PostgresError) as exc:
+            # Daily figures lag a little longer; the next round catches up.
+            log.warning("daily rollup compaction failed: %s", exc)
 
 
 async def start(settings: MeteringSettings, addr: str | None = None) -> RunningApi:
@@ -38,7 +60,7 @@ async def start(settings: MeteringSettings, addr: str | None = None) -> RunningA
     cost_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(pool, settings.timezone), server)
     served = await serve(addr or settings.api_addr, [SERVICE_NAME], server)
     await served.set_serving(True)
-    return RunningApi(served, pool)
+    return RunningApi(served, pool, asyncio.create_task(_compact_forever(pool, settings)))
 
 
 async def _serve(settings: MeteringSettings) -> None:

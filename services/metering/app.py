@@ -192,7 +192,7 @@ class Processor:
         self.paused = False
         missing = plan.keys() - state.totals.keys()
         state.totals.update(await self.store.load_totals(missing))
-        missing_rollups = plan.rollup_keys() - state.rollups.keys()
+        missing_rollups = state.rollups_to_load(plan.rollup_keys())
         state.rollups.update(await self.store.load_rollups(missing_rollups))
         changed = self.meter.fold(state, plan)
         rollups = self.meter.fold_rollups(state, plan)

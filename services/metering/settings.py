@@ -62,6 +62,12 @@ class MeteringSettings(CommonSettings):
         "QM_USAGE_API_ADDR", "127.0.0.1:50052", "Where the Cost API (UsageService) listens"
     )
 
+    compact_seconds: float = setting(
+        "QM_USAGE_COMPACT_SECONDS",
+        60.0,
+        "How often the Cost API recomputes daily rollups from hourly ones",
+    )
+
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
         if not self.prices_file.is_file():
@@ -86,6 +92,8 @@ class MeteringSettings(CommonSettings):
             out.append(("dlq_pause_seconds", "must be between 0.1 and 3600"))
         if not 1 <= self.fetch_max_wait_ms <= 30_000:
             out.append(("fetch_max_wait_ms", "must be between 1 and 30000"))
+        if not 1 <= self.compact_seconds <= 86_400:
+            out.append(("compact_seconds", "must be between 1 and 86400"))
         if host_port(self.api_addr) is None:
             out.append(("api_addr", f"expected host:port, got {self.api_addr!r}"))
         if not self.app_id.strip():

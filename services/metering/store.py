@@ -11,7 +11,19 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.metering.aggregate import PartitionState, Rollup, RollupKey, Total, TotalKey
+from services.metering.aggregate import (
+    GRAINS,
+    PartitionState,
+    Rollup,
+    RollupKey,
+    Total,
+    TotalKey,
+)
+
+# grain → (table, bucket column)
+_ROLLUP_TABLES = {
+    "hour": ("metering.rollups_hourly", "hour"),
+}
 
 
 class Store:
@@ -35,10 +47,18 @@ class Store:
                 partition,
                 seen_since,
             )
+            horizon = {}
+            for grain, (table, column) in _ROLLUP_TABLES.items():
+                newest = await conn.fetchval(
+                    f"SELECT max({column}) FROM {table} WHERE partition = $1", partition
+                )
+                if newest is not None:
+                    horizon[grain] = int(newest.timestamp())
         return PartitionState(
             partition=partition,
             next_offset=offset or 0,
             seen={r["id_hash"]: r["seen_at"].timestamp() for r in rows},
+            rollup_horizon=horizon,
         )
 
     async def load_totals(self, keys: set[TotalKey]) -> dict[TotalKey, Total]:
@@ -65,28 +85,33 @@ class Store:
         }  # fmt: skip
 
     async def load_rollups(self, keys: set[RollupKey]) -> dict[RollupKey, Rollup]:
-        if not keys:
-            return {}
-        hours, users, products, models, centers = (list(x) for x in zip(*keys, strict=True))
-        rows = await self.pool.fetch(
-            """
-            SELECT r.* FROM metering.rollups_hourly r
-            JOIN unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[])
-                AS k(hour, user_id, product, model, cost_center)
-              ON r.hour = to_timestamp(k.hour) AND r.user_id = k.user_id
-             AND r.product = k.product AND r.model = k.model AND r.cost_center = k.cost_center
-            """,
-            [float(h) for h in hours], users, products, models, centers,
-        )  # fmt: skip
-        return {
-            (int(r["hour"].timestamp()), r["user_id"], r["product"], r["model"],
-             r["cost_center"]): Rollup(
-                r["workspace_id"], r["input_tokens"], r["cached_input_tokens"],
-                r["output_tokens"], r["reasoning_tokens"], r["micros"], r["events"],
-                r["fallback_events"],
-            )
-            for r in rows
-        }  # fmt: skip
+        out: dict[RollupKey, Rollup] = {}
+        for grain in GRAINS:
+            some = [k for k in keys if k[0] == grain]
+            if not some:
+                continue
+            _, starts, users, products, models, centers = (list(x) for x in zip(*some, strict=True))
+            table, column = _ROLLUP_TABLES[grain]
+            rows = await self.pool.fetch(
+                f"""
+                SELECT r.* FROM {table} r
+                JOIN unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[])
+                    AS k(t, user_id, product, model, cost_center)
+                  ON r.{column} = to_timestamp(k.t) AND r.user_id = k.user_id
+                 AND r.product = k.product AND r.model = k.model
+                 AND r.cost_center = k.cost_center
+                """,
+                [float(t) for t in starts], users, products, models, centers,
+            )  # fmt: skip
+            for r in rows:
+                key = (grain, int(r[column].timestamp()), r["user_id"], r["product"],
+                       r["model"], r["cost_center"])  # fmt: skip
+                out[key] = Rollup(
+                    r["workspace_id"], r["input_tokens"], r["cached_input_tokens"],
+                    r["output_tokens"], r["reasoning_tokens"], r["micros"], r["events"],
+                    r["fallback_events"],
+                )  # fmt: skip
+        return out
 
     async def commit(
         self,
@@ -162,12 +187,15 @@ class Store:
                     [v.event_count for v in vals], [v.fallback_count for v in vals],
                     now, partition,
                 )  # fmt: skip
-            if rollups:
-                rk = list(rollups)
+            for grain in GRAINS:
+                rk = [k for k in rollups if k[0] == grain]
+                if not rk:
+                    continue
                 rv = [rollups[k] for k in rk]
+                table, column = _ROLLUP_TABLES[grain]
                 await conn.execute(
-                    """
-                    INSERT INTO metering.rollups_hourly AS r (hour, user_id, product, model,
+                    f"""
+                    INSERT INTO {table} AS r ({column}, user_id, product, model,
                         cost_center, workspace_id, partition, input_tokens, cached_input_tokens,
                         output_tokens, reasoning_tokens, micros, events, fallback_events,
                         updated_at)
@@ -176,7 +204,7 @@ class Store:
                                 $6::text[], $7::bigint[], $8::bigint[], $9::bigint[],
                                 $10::bigint[], $11::bigint[], $12::bigint[], $15::bigint[])
                          AS x(h, u, p, m, c, w, i, ci, o, re, mi, e, f)
-                    ON CONFLICT (hour, user_id, product, model, cost_center) DO UPDATE SET
+                    ON CONFLICT ({column}, user_id, product, model, cost_center) DO UPDATE SET
                         input_tokens = EXCLUDED.input_tokens,
                         cached_input_tokens = EXCLUDED.cached_input_tokens,
                         output_tokens = EXCLUDED.output_tokens,
@@ -186,8 +214,8 @@ class Store:
                         fallback_events = EXCLUDED.fallback_events,
                         updated_at = EXCLUDED.updated_at
                     """,
-                    [float(k[0]) for k in rk], [k[1] for k in rk], [k[2] for k in rk],
-                    [k[3] for k in rk], [k[4] for k in rk], [v.workspace_id for v in rv],
+                    [float(k[1]) for k in rk], [k[2] for k in rk], [k[3] for k in rk],
+                    [k[4] for k in rk], [k[5] for k in rk], [v.workspace_id for v in rv],
                     [v.input_tokens for v in rv], [v.cached_input_tokens for v in rv],
                     [v.output_tokens for v in rv], [v.reasoning_tokens for v in rv],
                     [v.micros for v in rv], [v.events for v in rv], partition, now,

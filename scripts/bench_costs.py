@@ -1,0 +1,148 @@
+"""Cost API speed: a 30-day query over 10,000 users.
+
+    make bench-costs      # or: .venv/bin/python scripts/bench_costs.py
+
+Seeds metering.rollups_hourly on its own PostgreSQL (free port) with --users people,
+each active --hours-per-day hours a day on --models models for --days days, then
+times QueryUsage (group by user, whole range; group by model per day) and TopSpenders
+through the real gRPC server, --runs times each. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import grpc
+
+from quartermaster.localinfra import free_port
+from quartermaster.localinfra.stack import open_infra
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.wire import timestamp
+from services.metering import api
+from services.metering.compaction import compact
+from services.metering.settings import MeteringSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def seed(url: str, users: int, days: int, hours: int, models: int, end: datetime) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO metering.rollups_hourly (hour, user_id, product, model, cost_center,
+                workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
+                reasoning_tokens, micros, events, fallback_events)
+            SELECT $1::timestamptz - make_interval(days => d + 1)
+                       + make_interval(hours => (h * 3 + u) % 24),
+                   'user-' || u, 'chat', 'model-' || m, 'cc-' || (u % 50), 'bench', u % 3,
+                   1000 + u, 100, 300, 0, 5000 + u * 3 + m, 2, 0
+            FROM generate_series(0, $2 - 1) u, generate_series(0, $3 - 1) d,
+                 generate_series(0, $4 - 1) h, generate_series(0, $5 - 1) m
+            """,
+            end, users, days, hours, models,
+        )  # fmt: skip
+        await conn.execute("ANALYZE metering.rollups_hourly")
+        count: int = await conn.fetchval("SELECT count(*) FROM metering.rollups_hourly")
+    finally:
+        await conn.close()
+    # the daily rollups, as the Cost API's compaction builds them (UTC workspace)
+    pool = await asyncpg.create_pool(url)
+    try:
+        t = time.perf_counter()
+        daily = await compact(pool, ZoneInfo("UTC"), timedelta(minutes=5))
+        say(f"compacted into {daily:,} daily rows in {time.perf_counter() - t:.1f}s")
+        await pool.execute("ANALYZE metering.rollups_daily")
+    finally:
+        await pool.close()
+    return count
+
+
+async def timed(call: object, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        await call()  # type: ignore[operator]
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def main_async(ns: argparse.Namespace) -> dict[str, object]:
+    run_dir = ROOT / ".run" / f"bench-costs-{os.getpid()}"
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    try:
+        with open_infra(
+            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False, partitions=3
+        ) as infra:
+            t = time.perf_counter()
+            rows = await seed(infra.database_url, ns.users, ns.days, ns.hours_per_day,
+                              ns.models, end)  # fmt: skip
+            say(f"seeded {rows:,} hourly rollup rows in {time.perf_counter() - t:.1f}s")
+            settings = MeteringSettings.from_env({**os.environ, **infra.env()})
+            running = await api.start(settings, addr="127.0.0.1:0")
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+                    stub = cost_pb2_grpc.UsageServiceStub(ch)
+                    window = cost_pb2.UsageFilter(
+                        start=timestamp(end - timedelta(days=ns.days)), end=timestamp(end)
+                    )
+                    by_user = cost_pb2.QueryUsageRequest(
+                        filter=window, group_by=[cost_pb2.DIMENSION_USER],
+                        granularity=cost_pb2.GRANULARITY_TOTAL, limit=100_000,
+                    )  # fmt: skip
+                    by_model_day = cost_pb2.QueryUsageRequest(
+                        filter=window, group_by=[cost_pb2.DIMENSION_MODEL],
+                        granularity=cost_pb2.GRANULARITY_DAY,
+                    )  # fmt: skip
+                    first = await stub.QueryUsage(by_user)
+                    assert len(first.rows) == ns.users, len(first.rows)
+                    q1 = await timed(lambda: stub.QueryUsage(by_user, timeout=60), ns.runs)
+                    q2 = await timed(lambda: stub.QueryUsage(by_model_day, timeout=60), ns.runs)
+                    top = cost_pb2.TopSpendersRequest(filter=window, limit=10)
+                    q3 = await timed(lambda: stub.TopSpenders(top, timeout=60), ns.runs)
+            finally:
+                await running.stop(1)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    for name, q in (("by user, 30 days", q1), ("by model per day", q2), ("top 10", q3)):
+        say(f"{name:>18}: median {statistics.median(q):7.1f} ms, max {max(q):7.1f} ms")
+    return {
+        "rollup_rows": rows,
+        "users": ns.users,
+        "days": ns.days,
+        "query_by_user_median_ms": round(statistics.median(q1), 1),
+        "query_by_user_max_ms": round(max(q1), 1),
+        "query_by_model_day_median_ms": round(statistics.median(q2), 1),
+        "top_spenders_median_ms": round(statistics.median(q3), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--hours-per-day", type=int, default=8)
+    parser.add_argument("--models", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    ns = parser.parse_args()
+    sys.stdout.write(json.dumps(asyncio.run(main_async(ns))) + "\n")
+
+
+if __name__ == "__main__":
+    main()
