@@ -116,7 +116,7 @@ def test_every_bad_field_is_named_at_once() -> None:
 
 def test_cached_tokens_cannot_exceed_input() -> None:
     event = usage("u1", occurred_at=NOW, input_tokens=10, cached_input_tokens=11)
-    with pytest.raises(InvalidUsage, match="cached_input_tokens: more than input_tokens"):
+    with pytest.raises(InvalidUsage, match="cached_input_tokens: with cache_write_input_tokens"):
         decode(event.SerializeToString(), PB, NOW, AGE)
 
 

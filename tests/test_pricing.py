@@ -32,15 +32,31 @@ def at(text: str) -> datetime:
 
 
 def test_each_token_is_priced_once_in_its_most_specific_class() -> None:
-    price = Price(input=1_000_000, cached_input=100_000, output=4_000_000, reasoning=3_000_000)
+    price = Price(
+        input=1_000_000, cached_input=100_000, output=4_000_000, reasoning=3_000_000,
+        cache_write=1_250_000,
+    )  # fmt: skip
     # 1000 input of which 400 cached; 500 output of which 200 reasoning
     tokens = Tokens(input=1000, cached_input=400, output=500, reasoning=200)
     expected = 600 * 1 + 400 * 0.1 + 300 * 4 + 200 * 3
     assert cost_micros(price, tokens) == expected == 2440
 
 
+def test_cache_writes_are_priced_as_their_own_class() -> None:
+    price = Price(input=3_000_000, cached_input=0, output=0, reasoning=0, cache_write=4_000_000)
+    # 1000 input: 600 read from the cache (free here), 300 written to it, 100 plain
+    tokens = Tokens(input=1000, cached_input=600, output=0, reasoning=0, cache_write=300)
+    assert cost_micros(price, tokens) == 100 * 3 + 300 * 4
+
+
+def test_cache_write_defaults_to_the_input_price() -> None:
+    cat = PriceCatalog.from_mapping(CATALOG)
+    price, _ = cat.price_at("m", at("2026-02-01T00:00:00"))
+    assert price.cache_write == price.input == 1_000_000
+
+
 def test_rounding_is_half_up_once_per_event() -> None:
-    price = Price(input=1, cached_input=0, output=0, reasoning=0)
+    price = Price(input=1, cached_input=0, output=0, reasoning=0, cache_write=0)
     assert cost_micros(price, Tokens(499_999, 0, 0, 0)) == 0
     assert cost_micros(price, Tokens(500_000, 0, 0, 0)) == 1
 

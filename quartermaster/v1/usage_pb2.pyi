@@ -101,6 +101,7 @@ class UsageEvent(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per model call; the dedupe key at every at-least-once boundary."""
     workspace_id: _builtins.str
@@ -118,6 +119,10 @@ class UsageEvent(_message.Message):
     """The gateway's request id; links usage to a policy reservation."""
     source: _builtins.str
     """Who reported it: "gateway/eu-1", "sdk/python"."""
+    cache_write_input_tokens: _builtins.int
+    """Input tokens written to the provider's prompt cache (a subset of input_tokens,
+    priced as the catalog's cache_write class; Anthropic's cache_creation_input_tokens).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -140,10 +145,11 @@ class UsageEvent(_message.Message):
         request_id: _builtins.str = ...,
         source: _builtins.str = ...,
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cached_input_tokens", b"cached_input_tokens", "event_id", b"event_id", "input_tokens", b"input_tokens", "model", b"model", "occurred_at", b"occurred_at", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "source", b"source", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "event_id", b"event_id", "input_tokens", b"input_tokens", "model", b"model", "occurred_at", b"occurred_at", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "source", b"source", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

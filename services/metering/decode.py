@@ -121,11 +121,16 @@ def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
         ("cached_input_tokens", event.cached_input_tokens),
         ("output_tokens", event.output_tokens),
         ("reasoning_tokens", event.reasoning_tokens),
+        ("cache_write_input_tokens", event.cache_write_input_tokens),
     ):
         if count < 0:
             problems.append(f"{name}: must not be negative")
-    if 0 <= event.input_tokens < event.cached_input_tokens:
-        problems.append("cached_input_tokens: more than input_tokens (it is their cached subset)")
+    cached, written = event.cached_input_tokens, event.cache_write_input_tokens
+    if cached >= 0 and written >= 0 and 0 <= event.input_tokens < cached + written:
+        problems.append(
+            "cached_input_tokens: with cache_write_input_tokens, more than input_tokens "
+            "(they are its cached and cache-written subsets)"
+        )
     if 0 <= event.output_tokens < event.reasoning_tokens:
         problems.append("reasoning_tokens: more than output_tokens (it is their reasoning subset)")
     if problems:
@@ -148,4 +153,5 @@ def tokens(event: UsageEvent) -> Tokens:
         cached_input=event.cached_input_tokens,
         output=event.output_tokens,
         reasoning=event.reasoning_tokens,
+        cache_write=event.cache_write_input_tokens,
     )

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
-_CLASSES = ("input", "cached_input", "output", "reasoning")
+_CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
 
 
 class CatalogError(ValueError):
@@ -26,14 +26,16 @@ class Price:
     cached_input: int
     output: int
     reasoning: int
+    cache_write: int
 
 
 @dataclass(frozen=True, slots=True)
 class Tokens:
-    input: int  # all input tokens, cached ones included
-    cached_input: int  # the cached subset of input
+    input: int  # all input tokens, cached and cache-written ones included
+    cached_input: int  # the subset of input read from the prompt cache
     output: int  # all output tokens, reasoning included
     reasoning: int  # the reasoning subset of output
+    cache_write: int = 0  # the subset of input written to the prompt cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,9 @@ def cost_micros(price: Price, t: Tokens) -> int:
     token is priced exactly once, in its most specific class.
     """
     numerator = (
-        (t.input - t.cached_input) * price.input
+        (t.input - t.cached_input - t.cache_write) * price.input
         + t.cached_input * price.cached_input
+        + t.cache_write * price.cache_write
         + (t.output - t.reasoning) * price.output
         + t.reasoning * price.reasoning
     )
@@ -70,10 +73,13 @@ def _price(raw: Any, where: str) -> Price:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
         values[cls] = v
-    reasoning = raw.get("reasoning", values["output"])
-    if not isinstance(reasoning, int) or isinstance(reasoning, bool) or reasoning < 0:
-        raise CatalogError(f"{where}.reasoning: expected a whole number >= 0, got {reasoning!r}")
-    return Price(reasoning=reasoning, **values)
+    # reasoning defaults to the output price, cache_write to the input price
+    for cls, default in (("reasoning", values["output"]), ("cache_write", values["input"])):
+        v = raw.get(cls, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
+        values[cls] = v
+    return Price(**values)
 
 
 def _when(raw: Any, where: str) -> datetime:
