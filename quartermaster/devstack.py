@@ -24,9 +24,10 @@ from quartermaster import simulator, telemetry
 from quartermaster.db import connect_pool
 from quartermaster.localinfra.process import ChildProcess
 from quartermaster.localinfra.stack import open_infra
+from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import SettingsError, setting
 from services.policy import store
-from services.policy.decide import MICROS_PER_CREDIT, Enforcement
+from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,10 +18,10 @@ from typing import TextIO
 import grpc
 
 from quartermaster import kafka
+from quartermaster.money import credits
 from quartermaster.telemetry import inject_headers
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
-from services.policy.decide import credits
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ from quartermaster.db import connect_pool
 from quartermaster.localinfra import free_port
 from quartermaster.localinfra.process import ChildProcess
 from quartermaster.localinfra.stack import Infra, open_infra
+from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.v1 import policy_pb2_grpc
 from services.policy import server, store
-from services.policy.decide import MICROS_PER_CREDIT, Enforcement
+from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from quartermaster.money import credits
 from quartermaster.v1 import policy_pb2
-from services.policy.decide import Enforcement, Limit, credits, decide
+from services.policy.decide import Enforcement, Limit, decide
 
 HARD = Limit(10_000_000, Enforcement.HARD, "workspace_default")
 SOFT = Limit(10_000_000, Enforcement.SOFT, "workspace_default")

@@ -18,7 +18,7 @@ from quartermaster.localinfra.stack import Infra
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, PROTOBUF, USAGE_BATCH_TYPE, Topic
-from quartermaster.v1 import policy_pb2, usage_pb2
+from quartermaster.v1 import notifications_pb2, policy_pb2, usage_pb2
 from services.metering.compaction import compact
 from tests.conftest import PARTITIONS, MeteringWorker
 from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
@@ -239,3 +239,28 @@ async def test_hourly_rollups_land_in_postgres_exactly(
         ("chat", "gpt-5", "CC-42", 3000, 600, 1500, 3 * 6_025, 3, 0),
         ("chat", "mystery-model-9", "", 1000, 0, 500, 15_000, 1, 1),
     ]
+
+
+async def test_a_runaway_user_gets_one_burn_rate_intent(
+    infra: Infra, metering: MeteringWorker, policy: Stub
+) -> None:
+    user = new_user()
+    one_credit = {"model": "gpt-5", "input_tokens": 400_000, "output_tokens": 50_000}
+    # 12 credits in a minute: 72 credits an hour, past the absolute 50
+    produce_usage(infra.kafka_bootstrap, [usage(user, **one_credit) for _ in range(12)])
+    await eventually(used_of(policy, user), 12_000_000)
+    produce_usage(infra.kafka_bootstrap, [usage(user, **one_credit) for _ in range(3)])
+    await eventually(used_of(policy, user), 15_000_000)
+    await asyncio.sleep(1)
+    notes = [
+        m
+        for m in read_topic(infra.kafka_bootstrap, Topic.NOTIFICATIONS.value)
+        if m.key() == user.encode()
+    ]
+    assert len(notes) == 1, "one intent per episode"
+    note = notifications_pb2.Notification()
+    note.ParseFromString(notes[0].value() or b"")
+    assert note.kind == notifications_pb2.NOTIFICATION_KIND_ANOMALY
+    assert note.recipient_user_id == user
+    assert note.dedupe_key.startswith(f"anomaly:user:{user}:")
+    assert "credits/hour" in note.subject

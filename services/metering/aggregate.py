@@ -122,6 +122,7 @@ class Priced:
     fallback: bool
     rollups: tuple[RollupKey, ...]
     tokens: Tokens
+    at: float  # occurred_at, epoch seconds
 
 
 @dataclass
@@ -232,7 +233,7 @@ class Meter:
                 plan.priced.append(
                     Priced(
                         event.user_id, event.workspace_id or self.default_workspace,
-                        periods, price.micros, price.fallback, (hour,), used,
+                        periods, price.micros, price.fallback, (hour,), used, at,
                     )
                 )  # fmt: skip
         return plan

@@ -33,6 +33,7 @@ from opentelemetry import trace
 
 from quartermaster import kafka
 from quartermaster.db import connect_pool
+from quartermaster.money import credits
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import (
     CONTENT_TYPE,
@@ -43,7 +44,7 @@ from quartermaster.topics import (
     PROTOBUF,
     Topic,
 )
-from quartermaster.v1 import usage_pb2
+from quartermaster.v1 import notifications_pb2, usage_pb2
 from quartermaster.wire import timestamp
 from services.metering import transport
 from services.metering.aggregate import (
@@ -55,6 +56,7 @@ from services.metering.aggregate import (
     Total,
     TotalKey,
 )
+from services.metering.burnrate import Burn, BurnRate, BurnRule
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
 from services.metering.store import Store
@@ -87,6 +89,27 @@ def total_message(key: TotalKey, total: Total, now: datetime) -> usage_pb2.Usage
 
 # (topic, key, value, headers)
 OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+
+
+def burn_notification(burn: Burn, window: int, now: datetime) -> notifications_pb2.Notification:
+    rate, usual = credits(burn.rate_per_hour), credits(burn.baseline_per_hour)
+    return notifications_pb2.Notification(
+        dedupe_key=f"anomaly:user:{burn.user_id}:{burn.minute}",
+        kind=notifications_pb2.NOTIFICATION_KIND_ANOMALY,
+        workspace_id=burn.workspace_id,
+        recipient_user_id=burn.user_id,
+        subject=f"Unusual AI spend: {rate} credits/hour",
+        body=(
+            f"Over the last {window} minutes you spent at {rate} credits an hour "
+            f"(usually {usual}): {burn.reason}. If an agent is looping, stop it."
+        ),
+        data={
+            "rate_per_hour_micros": str(burn.rate_per_hour),
+            "baseline_per_hour_micros": str(burn.baseline_per_hour),
+            "window_minutes": str(window),
+        },
+        created_at=timestamp(now),
+    )
 
 
 class Publisher:
@@ -130,12 +153,14 @@ class Processor:
         publisher: Publisher,
         dlq_limit: DlqLimit,
         retry_seconds: float,
+        burn: BurnRate | None = None,
     ) -> None:
         self.meter = meter
         self.store = store
         self.publisher = publisher
         self.dlq_limit = dlq_limit
         self.retry_seconds = retry_seconds
+        self.burn = burn
         self.states: dict[int, PartitionState] = {}
         self.paused = False
         self.counted = 0
@@ -205,6 +230,8 @@ class Processor:
             self.states.pop(partition, None)
             return False
         self.meter.apply(state, plan, changed, rollups)
+        if self.burn is not None:
+            await self._watch_burn(plan)
         self.dlq_limit.record(plan.valid_records, plan.invalid_records)
         self.counted += len(plan.priced)
         self.duplicates += plan.duplicates
@@ -212,6 +239,37 @@ class Processor:
         if plan.duplicates:
             log.info("partition %d: %d duplicate event(s) not counted", partition, plan.duplicates)
         return True
+
+    async def _watch_burn(self, plan: Plan) -> None:
+        """Feed counted spend to the burn-rate watch; publish an intent per new episode.
+        After the commit: an alert lost to a crash here is advice lost, not money."""
+        assert self.burn is not None
+        users: dict[str, str] = {}
+        for p in plan.priced:
+            self.burn.add(p.user_id, p.at, p.micros)
+            users[p.user_id] = p.workspace_id
+        now = datetime.now(UTC)
+        out: list[OutRecord] = []
+        for user, workspace in users.items():
+            burn = self.burn.check(user, workspace, now.timestamp())
+            if burn is None:
+                continue
+            log.warning(
+                "burn-rate episode: %s at %d micros/hour (%s)",
+                user,
+                burn.rate_per_hour,
+                burn.reason,
+            )
+            note = burn_notification(burn, self.burn.rule.window_minutes, now)
+            content: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
+            out.append(
+                (Topic.NOTIFICATIONS.value, user.encode(), note.SerializeToString(), content)
+            )
+        if out:
+            try:
+                await self.publisher.send(out)
+            except OSError as exc:
+                log.warning("could not publish %d burn-rate intent(s): %s", len(out), exc)
 
     async def _publish(self, partition: int, plan: Plan, changed: dict[TotalKey, Total]) -> None:
         out: list[OutRecord] = []
@@ -276,6 +334,15 @@ def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
                 Publisher(settings.kafka_bootstrap),
                 DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
                 retry_seconds=1.0,
+                burn=BurnRate(
+                    BurnRule(
+                        window_minutes=settings.burn_window_minutes,
+                        multiple=settings.burn_multiple,
+                        min_per_hour=settings.burn_min_credits_per_hour * 1_000_000,
+                        absolute_per_hour=settings.burn_absolute_credits_per_hour * 1_000_000,
+                        baseline_half_life_minutes=settings.burn_half_life_minutes,
+                    )
+                ),
             )
         return holder["p"]
 

@@ -17,10 +17,10 @@ from typing import TextIO
 
 import grpc
 
+from quartermaster.money import credits
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering.settings import MeteringSettings
-from services.policy.decide import credits
 
 DIMENSIONS = {
     "user": cost_pb2.DIMENSION_USER,

@@ -62,6 +62,23 @@ class MeteringSettings(CommonSettings):
         "QM_USAGE_API_ADDR", "127.0.0.1:50052", "Where the Cost API (UsageService) listens"
     )
 
+    burn_window_minutes: int = setting(
+        "QM_METERING_BURN_WINDOW_MINUTES", 10, "Minutes over which a user's burn rate is taken"
+    )
+    burn_multiple: float = setting(
+        "QM_METERING_BURN_MULTIPLE", 5.0, "Alert when a user spends this many times their usual"
+    )
+    burn_min_credits_per_hour: int = setting(
+        "QM_METERING_BURN_MIN_CREDITS_PER_HOUR", 5, "...and at least this many credits an hour"
+    )
+    burn_absolute_credits_per_hour: int = setting(
+        "QM_METERING_BURN_ABSOLUTE_CREDITS_PER_HOUR",
+        50,
+        "Alert whenever a user spends this many credits an hour",
+    )
+    burn_half_life_minutes: float = setting(
+        "QM_METERING_BURN_HALF_LIFE_MINUTES", 360.0, "How fast a user's usual rate forgets"
+    )
     compact_seconds: float = setting(
         "QM_USAGE_COMPACT_SECONDS",
         60.0,
@@ -92,6 +109,14 @@ class MeteringSettings(CommonSettings):
             out.append(("dlq_pause_seconds", "must be between 0.1 and 3600"))
         if not 1 <= self.fetch_max_wait_ms <= 30_000:
             out.append(("fetch_max_wait_ms", "must be between 1 and 30000"))
+        if not 1 <= self.burn_window_minutes <= 1440:
+            out.append(("burn_window_minutes", "must be between 1 and 1440"))
+        if self.burn_multiple <= 1:
+            out.append(("burn_multiple", "must be above 1"))
+        if self.burn_min_credits_per_hour < 0 or self.burn_absolute_credits_per_hour < 1:
+            out.append(("burn_absolute_credits_per_hour", "must be at least 1 (min at least 0)"))
+        if self.burn_half_life_minutes < 1:
+            out.append(("burn_half_life_minutes", "must be at least 1"))
         if not 1 <= self.compact_seconds <= 86_400:
             out.append(("compact_seconds", "must be between 1 and 86400"))
         if host_port(self.api_addr) is None:

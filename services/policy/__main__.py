@@ -13,9 +13,10 @@ import sys
 
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
+from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import SettingsError
 from services.policy import server, store
-from services.policy.decide import MICROS_PER_CREDIT, Enforcement
+from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from quartermaster.money import credits
 from quartermaster.v1 import policy_pb2
-
-MICROS_PER_CREDIT = 1_000_000
 
 
 class Enforcement(StrEnum):
@@ -20,13 +19,6 @@ class Limit:
     micros: int
     enforcement: Enforcement
     source: str  # e.g. "workspace_default"
-
-
-def credits(micros: int) -> str:
-    """Micros as credits with two decimals, for people (exact integer arithmetic)."""
-    sign = "-" if micros < 0 else ""
-    cents = (abs(micros) + 5_000) // 10_000
-    return f"{sign}{cents // 100}.{cents % 100:02d}"
 
 
 def decide(used: int, limit: Limit, estimated: int, warn_percent: int) -> tuple[int, str]:
