@@ -79,22 +79,34 @@ def _event(
     )
 
 
-def from_openai_chat(response: Any, *, user_id: str, product: str, **kw: Any) -> UsageEvent:
-    """A Chat Completions response (or its final streamed chunk) → UsageEvent."""
+def _openai(
+    response: Any, names: tuple[str, str, str, str], source: str,
+    user_id: str, product: str, kw: dict[str, Any],
+) -> UsageEvent:  # fmt: skip
+    """Both OpenAI APIs: (input, input details, output, output details) field names."""
     usage = _get(response, "usage")
     if usage is None:
-        raise UsageMissing("the chat completion has no usage")
+        raise UsageMissing("the OpenAI response has no usage")
+    inp, inp_details, out, out_details = names
     return _event(
-        user_id=user_id, product=product, model=_get(response, "model") or kw.pop("model", ""),
-        input_tokens=_int(usage, "prompt_tokens"),
-        cached=_int(usage, "prompt_tokens_details", "cached_tokens"), cache_write=0,
-        output=_int(usage, "completion_tokens"),
-        reasoning=_int(usage, "completion_tokens_details", "reasoning_tokens"),
-        source=kw.pop("source", "openai/chat"), request_id=kw.pop("request_id", "")
-        or (_get(response, "id") or ""),
+        user_id=user_id, product=product,
+        model=_get(response, "model") or kw.pop("model", ""),
+        input_tokens=_int(usage, inp), cached=_int(usage, inp_details, "cached_tokens"),
+        cache_write=0, output=_int(usage, out),
+        reasoning=_int(usage, out_details, "reasoning_tokens"),
+        source=kw.pop("source", source),
+        request_id=kw.pop("request_id", "") or (_get(response, "id") or ""),
         occurred_at=kw.pop("occurred_at", None), event_id=kw.pop("event_id", None),
         attributes=kw.pop("attributes", None),
     )  # fmt: skip
+
+
+def from_openai_chat(response: Any, *, user_id: str, product: str, **kw: Any) -> UsageEvent:
+    """A Chat Completions response (or its final streamed chunk) → UsageEvent.
+    Optional keywords: model, source, request_id, occurred_at, event_id, attributes."""
+    names = ("prompt_tokens", "prompt_tokens_details", "completion_tokens",
+             "completion_tokens_details")  # fmt: skip
+    return _openai(response, names, "openai/chat", user_id, product, kw)
 
 
 def from_openai_chat_stream(chunks: Iterable[Any], **kw: Any) -> UsageEvent:
@@ -114,20 +126,8 @@ def from_openai_response(response: Any, *, user_id: str, product: str, **kw: Any
     """A Responses API response (or a `response.completed` stream event) → UsageEvent."""
     if _get(response, "type") == "response.completed":
         response = _get(response, "response")
-    usage = _get(response, "usage")
-    if usage is None:
-        raise UsageMissing("the response has no usage")
-    return _event(
-        user_id=user_id, product=product, model=_get(response, "model") or kw.pop("model", ""),
-        input_tokens=_int(usage, "input_tokens"),
-        cached=_int(usage, "input_tokens_details", "cached_tokens"), cache_write=0,
-        output=_int(usage, "output_tokens"),
-        reasoning=_int(usage, "output_tokens_details", "reasoning_tokens"),
-        source=kw.pop("source", "openai/responses"), request_id=kw.pop("request_id", "")
-        or (_get(response, "id") or ""),
-        occurred_at=kw.pop("occurred_at", None), event_id=kw.pop("event_id", None),
-        attributes=kw.pop("attributes", None),
-    )  # fmt: skip
+    names = ("input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details")
+    return _openai(response, names, "openai/responses", user_id, product, kw)
 
 
 def from_openai_response_stream(events: Iterable[Any], **kw: Any) -> UsageEvent:

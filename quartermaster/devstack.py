@@ -25,7 +25,7 @@ from quartermaster.db import connect_pool
 from quartermaster.localinfra.process import ChildProcess
 from quartermaster.localinfra.stack import open_infra
 from quartermaster.money import MICROS_PER_CREDIT
-from quartermaster.settings import SettingsError, setting
+from quartermaster.settings import load_or_exit, setting
 from services.policy import store
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
@@ -140,11 +140,7 @@ async def _main(settings: DevSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = DevSettings.from_env()
-    except SettingsError as exc:
-        sys.stderr.write(f"make run: {exc}\n")
-        raise SystemExit(2) from None
+    settings = load_or_exit(DevSettings, "make run")
     telemetry.setup("devstack", "WARNING")
 
     async def runner() -> None:

@@ -6,7 +6,9 @@ probes work against all of them the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -53,3 +55,13 @@ async def serve(addr: str, services: Sequence[str], server: grpc.aio.Server) -> 
     await server.start()
     served.port = port
     return served
+
+
+async def until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
+    """Wait for SIGTERM or SIGINT, then run `stop` (a graceful shutdown)."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await stop()

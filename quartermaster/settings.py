@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+SettingsT = TypeVar("SettingsT", bound="Settings")
 
 
 class SettingsError(ValueError):
@@ -102,3 +106,12 @@ def host_port(value: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host, int(port)
+
+
+def load_or_exit(cls: type[SettingsT], process: str) -> SettingsT:
+    """`cls.from_env()`, or exit 2 naming every wrong variable (for entrypoints)."""
+    try:
+        return cls.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"{process}: {exc}\n")
+        raise SystemExit(2) from None

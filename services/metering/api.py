@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,8 +14,8 @@ import grpc
 
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
-from quartermaster.grpcserver import Served, serve
-from quartermaster.settings import SettingsError
+from quartermaster.grpcserver import Served, serve, until_signalled
+from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from services.metering.compaction import compact
 from services.metering.costs import UsageServicer
@@ -65,20 +63,11 @@ async def start(settings: MeteringSettings, addr: str | None = None) -> RunningA
 
 async def _serve(settings: MeteringSettings) -> None:
     running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await running.stop(5.0)
+    await until_signalled(lambda: running.stop(5.0))
 
 
 def main() -> None:
-    try:
-        settings = MeteringSettings.from_env()
-    except SettingsError as exc:
-        sys.stderr.write(f"metering api: {exc}\n")
-        raise SystemExit(2) from None
+    settings = load_or_exit(MeteringSettings, "metering api")
     telemetry.setup("metering-api", settings.log_level)
     asyncio.run(_serve(settings))
 

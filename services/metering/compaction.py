@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from services.metering.store import ROLLUP_UPSERT_SET
+
 log = logging.getLogger("qm.metering.compaction")
 _LOCK = 0x716D_636F_6D70  # "qmcomp"
 _NAME = "rollups_daily"
@@ -32,7 +34,7 @@ async def compact(pool: asyncpg.Pool, tz: ZoneInfo, margin: timedelta) -> int | 
         )
         started = await conn.fetchval("SELECT now()")
         status = await conn.execute(
-            """
+            f"""
             WITH touched AS (
                 SELECT DISTINCT date_trunc('day', hour AT TIME ZONE $1) AT TIME ZONE $1 AS day,
                        user_id, product, model, cost_center
@@ -53,15 +55,8 @@ async def compact(pool: asyncpg.Pool, tz: ZoneInfo, margin: timedelta) -> int | 
              AND h.hour >= t.day
              AND h.hour < (((t.day AT TIME ZONE $1) + interval '1 day') AT TIME ZONE $1)
             GROUP BY t.day, t.user_id, t.product, t.model, t.cost_center
-            ON CONFLICT (day, user_id, product, model, cost_center) DO UPDATE SET
-                input_tokens = EXCLUDED.input_tokens,
-                cached_input_tokens = EXCLUDED.cached_input_tokens,
-                output_tokens = EXCLUDED.output_tokens,
-                reasoning_tokens = EXCLUDED.reasoning_tokens,
-                micros = EXCLUDED.micros,
-                events = EXCLUDED.events,
-                fallback_events = EXCLUDED.fallback_events,
-                updated_at = EXCLUDED.updated_at
+            ON CONFLICT (day, user_id, product, model, cost_center) DO UPDATE
+            SET {ROLLUP_UPSERT_SET}
             """,
             tz.key,
             since,

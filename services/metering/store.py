@@ -20,6 +20,16 @@ from services.metering.aggregate import (
     TotalKey,
 )
 
+# Rollups are absolute: a conflicting row takes the new values whole.
+ROLLUP_UPSERT_SET = """input_tokens = EXCLUDED.input_tokens,
+    cached_input_tokens = EXCLUDED.cached_input_tokens,
+    output_tokens = EXCLUDED.output_tokens,
+    reasoning_tokens = EXCLUDED.reasoning_tokens,
+    micros = EXCLUDED.micros,
+    events = EXCLUDED.events,
+    fallback_events = EXCLUDED.fallback_events,
+    updated_at = EXCLUDED.updated_at"""
+
 # grain → (table, bucket column)
 _ROLLUP_TABLES = {
     "hour": ("metering.rollups_hourly", "hour"),
@@ -204,15 +214,8 @@ class Store:
                                 $6::text[], $7::bigint[], $8::bigint[], $9::bigint[],
                                 $10::bigint[], $11::bigint[], $12::bigint[], $15::bigint[])
                          AS x(h, u, p, m, c, w, i, ci, o, re, mi, e, f)
-                    ON CONFLICT ({column}, user_id, product, model, cost_center) DO UPDATE SET
-                        input_tokens = EXCLUDED.input_tokens,
-                        cached_input_tokens = EXCLUDED.cached_input_tokens,
-                        output_tokens = EXCLUDED.output_tokens,
-                        reasoning_tokens = EXCLUDED.reasoning_tokens,
-                        micros = EXCLUDED.micros,
-                        events = EXCLUDED.events,
-                        fallback_events = EXCLUDED.fallback_events,
-                        updated_at = EXCLUDED.updated_at
+                    ON CONFLICT ({column}, user_id, product, model, cost_center) DO UPDATE
+                    SET {ROLLUP_UPSERT_SET}
                     """,
                     [float(k[1]) for k in rk], [k[2] for k in rk], [k[3] for k in rk],
                     [k[4] for k in rk], [k[5] for k in rk], [v.workspace_id for v in rv],

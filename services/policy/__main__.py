@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
+from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
-from quartermaster.settings import SettingsError
+from quartermaster.settings import load_or_exit
 from services.policy import server, store
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
@@ -22,12 +21,7 @@ from services.policy.settings import PolicySettings
 
 async def _serve(settings: PolicySettings) -> None:
     running = await server.start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await running.stop(settings.grace_seconds)
+    await until_signalled(lambda: running.stop(settings.grace_seconds))
 
 
 async def _set_default(settings: PolicySettings, credits: int, soft: bool, actor: str) -> None:
@@ -49,11 +43,7 @@ def main() -> None:
     sd.add_argument("--soft", action="store_true", help="warn instead of deny past the limit")
     sd.add_argument("--actor", default="cli")
     ns = parser.parse_args()
-    try:
-        settings = PolicySettings.from_env()
-    except SettingsError as exc:
-        sys.stderr.write(f"policy: {exc}\n")
-        raise SystemExit(2) from None
+    settings = load_or_exit(PolicySettings, "policy")
     telemetry.setup("policy", settings.log_level)
     if ns.command == "set-default":
         if ns.credits < 0:
