@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquartermaster/v1/policy.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x0c\x43heckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10\x65stimated_micros\x18\x04 \x01(\x03\"\x8a\x02\n\rCheckResponse\x12,\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1a.quartermaster.v1.Decision\x12\x13\n\x0bused_micros\x18\x02 \x01(\x03\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12\x18\n\x10remaining_micros\x18\x04 \x01(\x03\x12\x14\n\x0climit_source\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x08 \x01(\t\"#\n\x10GetBudgetRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xd6\x01\n\x06\x42udget\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bused_micros\x18\x02 \x01(\x03\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12\x18\n\x10remaining_micros\x18\x04 \x01(\x03\x12\x14\n\x0climit_source\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*^\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_WARN\x10\x02\x12\x11\n\rDECISION_DENY\x10\x03\x32\xa4\x01\n\rPolicyService\x12H\n\x05\x43heck\x12\x1e.quartermaster.v1.CheckRequest\x1a\x1f.quartermaster.v1.CheckResponse\x12I\n\tGetBudget\x12\".quartermaster.v1.GetBudgetRequest\x1a\x18.quartermaster.v1.Budgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquartermaster/v1/policy.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x11\x43heckBatchRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.quartermaster.v1.CheckRequest\"F\n\x12\x43heckBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.quartermaster.v1.CheckResponse\"Y\n\x0c\x43heckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10\x65stimated_micros\x18\x04 \x01(\x03\"\x8a\x02\n\rCheckResponse\x12,\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1a.quartermaster.v1.Decision\x12\x13\n\x0bused_micros\x18\x02 \x01(\x03\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12\x18\n\x10remaining_micros\x18\x04 \x01(\x03\x12\x14\n\x0climit_source\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x08 \x01(\t\"#\n\x10GetBudgetRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xd6\x01\n\x06\x42udget\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bused_micros\x18\x02 \x01(\x03\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12\x18\n\x10remaining_micros\x18\x04 \x01(\x03\x12\x14\n\x0climit_source\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*^\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_WARN\x10\x02\x12\x11\n\rDECISION_DENY\x10\x03\x32\xfd\x01\n\rPolicyService\x12H\n\x05\x43heck\x12\x1e.quartermaster.v1.CheckRequest\x1a\x1f.quartermaster.v1.CheckResponse\x12I\n\tGetBudget\x12\".quartermaster.v1.GetBudgetRequest\x1a\x18.quartermaster.v1.Budget\x12W\n\nCheckBatch\x12#.quartermaster.v1.CheckBatchRequest\x1a$.quartermaster.v1.CheckBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartermaster.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=698
-  _globals['_DECISION']._serialized_end=792
-  _globals['_CHECKREQUEST']._serialized_start=84
-  _globals['_CHECKREQUEST']._serialized_end=173
-  _globals['_CHECKRESPONSE']._serialized_start=176
-  _globals['_CHECKRESPONSE']._serialized_end=442
-  _globals['_GETBUDGETREQUEST']._serialized_start=444
-  _globals['_GETBUDGETREQUEST']._serialized_end=479
-  _globals['_BUDGET']._serialized_start=482
-  _globals['_BUDGET']._serialized_end=696
-  _globals['_POLICYSERVICE']._serialized_start=795
-  _globals['_POLICYSERVICE']._serialized_end=959
+  _globals['_DECISION']._serialized_start=839
+  _globals['_DECISION']._serialized_end=933
+  _globals['_CHECKBATCHREQUEST']._serialized_start=84
+  _globals['_CHECKBATCHREQUEST']._serialized_end=151
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=153
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=223
+  _globals['_CHECKREQUEST']._serialized_start=225
+  _globals['_CHECKREQUEST']._serialized_end=314
+  _globals['_CHECKRESPONSE']._serialized_start=317
+  _globals['_CHECKRESPONSE']._serialized_end=583
+  _globals['_GETBUDGETREQUEST']._serialized_start=585
+  _globals['_GETBUDGETREQUEST']._serialized_end=620
+  _globals['_BUDGET']._serialized_start=623
+  _globals['_BUDGET']._serialized_end=837
+  _globals['_POLICYSERVICE']._serialized_start=936
+  _globals['_POLICYSERVICE']._serialized_end=1189
 # @@protoc_insertion_point(module_scope)

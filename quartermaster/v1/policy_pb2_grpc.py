@@ -46,6 +46,11 @@ class PolicyServiceStub:
                 request_serializer=quartermaster_dot_v1_dot_policy__pb2.GetBudgetRequest.SerializeToString,
                 response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Budget.FromString,
                 _registered_method=True)
+        self.CheckBatch = channel.unary_unary(
+                '/quartermaster.v1.PolicyService/CheckBatch',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -65,6 +70,14 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckBatch(self, request, context):
+        """Many checks in one call (a gateway fanning out, or checking a batch of agent
+        steps). Results come in request order. At most 1,000 checks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.GetBudget,
                     request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GetBudgetRequest.FromString,
                     response_serializer=quartermaster_dot_v1_dot_policy__pb2.Budget.SerializeToString,
+            ),
+            'CheckBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckBatch,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class PolicyService:
             '/quartermaster.v1.PolicyService/GetBudget',
             quartermaster_dot_v1_dot_policy__pb2.GetBudgetRequest.SerializeToString,
             quartermaster_dot_v1_dot_policy__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyService/CheckBatch',
+            quartermaster_dot_v1_dot_policy__pb2.CheckBatchRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.CheckBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

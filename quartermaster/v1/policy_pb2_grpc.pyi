@@ -37,6 +37,10 @@ class PolicyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PolicyServiceAsyncStub: ...
     Check: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CheckRequest, _policy_pb2.CheckResponse]
     GetBudget: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetBudgetRequest, _policy_pb2.Budget]
+    CheckBatch: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CheckBatchRequest, _policy_pb2.CheckBatchResponse]
+    """Many checks in one call (a gateway fanning out, or checking a batch of agent
+    steps). Results come in request order. At most 1,000 checks.
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -47,6 +51,10 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Check: _aio.UnaryUnaryMultiCallable[_policy_pb2.CheckRequest, _policy_pb2.CheckResponse]  # type: ignore[assignment]
     GetBudget: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetBudgetRequest, _policy_pb2.Budget]  # type: ignore[assignment]
+    CheckBatch: _aio.UnaryUnaryMultiCallable[_policy_pb2.CheckBatchRequest, _policy_pb2.CheckBatchResponse]  # type: ignore[assignment]
+    """Many checks in one call (a gateway fanning out, or checking a batch of agent
+    steps). Results come in request order. At most 1,000 checks.
+    """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Answers "may this user spend this?" from memory. Gateways call Check before a
@@ -66,5 +74,15 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.GetBudgetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.Budget, _abc.Awaitable[_policy_pb2.Budget]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckBatch(
+        self,
+        request: _policy_pb2.CheckBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.CheckBatchResponse, _abc.Awaitable[_policy_pb2.CheckBatchResponse]]:
+        """Many checks in one call (a gateway fanning out, or checking a batch of agent
+        steps). Results come in request order. At most 1,000 checks.
+        """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

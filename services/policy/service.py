@@ -32,13 +32,16 @@ def _id_problems(name: str, value: str) -> list[str]:
     return []
 
 
-def check_problems(req: policy_pb2.CheckRequest) -> list[str]:
-    """Every bad field of a CheckRequest, each named."""
-    out = _id_problems("user_id", req.user_id)
-    out += _id_problems("product", req.product)
-    out += _id_problems("model", req.model)
+MAX_BATCH = 1000
+
+
+def check_problems(req: policy_pb2.CheckRequest, prefix: str = "") -> list[str]:
+    """Every bad field of a CheckRequest, each named (under `prefix`, in a batch)."""
+    out = _id_problems(f"{prefix}user_id", req.user_id)
+    out += _id_problems(f"{prefix}product", req.product)
+    out += _id_problems(f"{prefix}model", req.model)
     if req.estimated_micros < 0:
-        out.append("estimated_micros: must not be negative")
+        out.append(f"{prefix}estimated_micros: must not be negative")
     return out
 
 
@@ -85,7 +88,29 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         problems = check_problems(request)
         if problems:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
-        limit, period, used = await self._state(request.user_id, context)  # type: ignore[arg-type]
+        return await self._check(request, context)  # type: ignore[arg-type]
+
+    async def CheckBatch(
+        self,
+        request: policy_pb2.CheckBatchRequest,
+        context: grpc.aio.ServicerContext[
+            policy_pb2.CheckBatchRequest, policy_pb2.CheckBatchResponse
+        ],
+    ) -> policy_pb2.CheckBatchResponse:
+        problems = [] if request.checks else ["checks: must not be empty"]
+        if len(request.checks) > MAX_BATCH:
+            problems.append(f"checks: at most {MAX_BATCH}, got {len(request.checks)}")
+        for i, check in enumerate(request.checks[:MAX_BATCH]):
+            problems += check_problems(check, f"checks[{i}].")
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        results = [await self._check(c, context) for c in request.checks]  # type: ignore[arg-type]
+        return policy_pb2.CheckBatchResponse(results=results)
+
+    async def _check(
+        self, request: policy_pb2.CheckRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> policy_pb2.CheckResponse:
+        limit, period, used = await self._state(request.user_id, context)
         decision, reason = decide(used, limit, request.estimated_micros, self._warn_percent)
         return policy_pb2.CheckResponse(
             decision=decision,  # type: ignore[arg-type]

@@ -1,0 +1,108 @@
+"""PolicyClient and CheckBatch against the real policy server, and against nothing."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from quartermaster.localinfra import free_port
+from quartermaster.localinfra.stack import Infra
+from quartermaster.policy_client import FailMode, PolicyClient, PolicyRequestError
+from quartermaster.v1 import policy_pb2
+from services.policy.server import RunningPolicy
+from tests.conftest import MeteringWorker
+from tests.helpers import eventually, new_user, produce_usage, usage
+
+pytestmark = pytest.mark.infra
+ONE_CREDIT = {"model": "gpt-5", "input_tokens": 400_000, "output_tokens": 50_000}
+
+
+def req(user: str, estimated: int = 0) -> policy_pb2.CheckRequest:
+    return policy_pb2.CheckRequest(
+        user_id=user, product="chat", model="gpt-5", estimated_micros=estimated
+    )
+
+
+async def test_check_and_check_batch_answer_in_request_order(
+    infra: Infra, metering: MeteringWorker, policy_server: RunningPolicy
+) -> None:
+    spent, fresh = new_user(), new_user()
+    produce_usage(infra.kafka_bootstrap, [usage(spent, **ONE_CREDIT) for _ in range(10)])
+    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED) as client:
+
+        async def used() -> int:
+            return (await client.check(spent, "chat", "gpt-5")).used_micros
+
+        await eventually(used, 10_000_000)
+        results = await client.check_batch([req(fresh), req(spent), req(fresh, 11_000_000)])
+        assert [r.decision for r in results] == [
+            policy_pb2.DECISION_ALLOW,
+            policy_pb2.DECISION_DENY,
+            policy_pb2.DECISION_DENY,  # the estimate alone passes the 10-credit limit
+        ]
+        assert [r.used_micros for r in results] == [0, 10_000_000, 0]
+        assert client.degraded == 0
+
+
+async def test_bad_requests_raise_naming_the_fields_and_are_not_retried(
+    policy_server: RunningPolicy,
+) -> None:
+    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.OPEN) as client:
+        with pytest.raises(PolicyRequestError, match="user_id: must not be empty"):
+            await client.check("", "chat", "gpt-5")
+        with pytest.raises(PolicyRequestError) as info:
+            await client.check_batch([req("ok"), req("", -1)])
+        assert str(info.value) == (
+            "checks[1].user_id: must not be empty; checks[1].estimated_micros: must not be negative"
+        )
+        with pytest.raises(PolicyRequestError, match="checks: at most 1000, got 1001"):
+            await client.check_batch([req("u")] * 1001)
+        assert client.degraded == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "decision", "source"),
+    [
+        (FailMode.OPEN, policy_pb2.DECISION_ALLOW, "fail_open"),
+        (FailMode.CLOSED, policy_pb2.DECISION_DENY, "fail_closed"),
+    ],
+)
+async def test_when_policy_cannot_be_reached_the_gateways_choice_answers(
+    mode: FailMode, decision: int, source: str
+) -> None:
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens here
+    async with PolicyClient(nobody, fail=mode, deadline_s=0.1, retries=2) as client:
+        started = time.monotonic()
+        got = await client.check("ann", "chat", "gpt-5")
+        batch = await client.check_batch([req("ann"), req("bob")])
+        took = time.monotonic() - started
+    assert (got.decision, got.limit_source) == (decision, source)
+    assert "policy unreachable (UNAVAILABLE" in got.reason
+    assert [b.limit_source for b in batch] == [source, source]
+    assert client.degraded == 3
+    assert took < 5, "bounded by deadlines and retries, not hanging"
+
+
+async def test_other_errors_are_not_hidden_by_the_fail_mode(policy_server: RunningPolicy) -> None:
+    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.OPEN) as client:
+        # No real method of policy answers UNIMPLEMENTED: point Check at one it lacks.
+        client._stub = policy_pb2_grpc_unimplemented(client)  # type: ignore[assignment]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.check("ann", "chat", "gpt-5")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def policy_pb2_grpc_unimplemented(client: PolicyClient) -> object:
+    """A stub whose Check goes to a method name the server does not serve."""
+
+    class Stub:
+        def __init__(self, channel: grpc.aio.Channel) -> None:
+            self.Check = channel.unary_unary(
+                "/quartermaster.v1.PolicyService/NoSuchMethod",
+                request_serializer=policy_pb2.CheckRequest.SerializeToString,
+                response_deserializer=policy_pb2.CheckResponse.FromString,
+            )
+
+    return Stub(client._channel)
