@@ -30,6 +30,8 @@ class RunningPolicy:
     # Set once limits are loaded and the totals view has read every partition to its end.
     serving: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # LISTENs for limit changes (its own connection, outside the pool)
+    listener: asyncpg.Connection | None = None
 
     @property
     def port(self) -> int:
@@ -43,14 +45,22 @@ class RunningPolicy:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.totals.stop()
+        if self.listener is not None:
+            await self.listener.close()
         await self.pool.close()
 
 
 async def _refresh_limits(
-    pool: asyncpg.Pool, workspace_id: str, holder: LimitHolder, every: float
-) -> None:
+    pool: asyncpg.Pool, workspace_id: str, holder: LimitHolder, every: float,
+    changed: asyncio.Event,
+) -> None:  # fmt: skip
+    """Re-read limits when Postgres says they changed (NOTIFY, within milliseconds on
+    every replica) and every `every` seconds anyway (a missed notification, or a
+    listener connection that was lost, costs at most that long)."""
     while True:
-        await asyncio.sleep(every)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), every)
+        changed.clear()
         try:
             holder.workspace = await store.workspace_limit(pool, workspace_id)
         except (OSError, asyncpg.PostgresError) as exc:
@@ -82,9 +92,12 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     served = await serve(addr or settings.addr, [SERVICE_NAME], server)
     log.info("policy listening on port %d", served.port)
     running = RunningPolicy(served, pool, totals)
+    changed = asyncio.Event()
+    running.listener = await asyncpg.connect(settings.database_url)
+    await running.listener.add_listener(store.CHANGED_CHANNEL, lambda *_: changed.set())
     running.tasks.append(
         asyncio.create_task(
-            _refresh_limits(pool, settings.workspace_id, holder, settings.refresh_seconds)
+            _refresh_limits(pool, settings.workspace_id, holder, settings.refresh_seconds, changed)
         )
     )
     running.tasks.append(asyncio.create_task(_set_serving_when_ready(running, holder)))

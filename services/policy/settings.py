@@ -12,7 +12,9 @@ from quartermaster.settings import host_port, setting
 class PolicySettings(CommonSettings):
     addr: str = setting("QM_POLICY_ADDR", "127.0.0.1:50051", "Where the policy gRPC server listens")
     refresh_seconds: float = setting(
-        "QM_POLICY_REFRESH_SECONDS", 1.0, "How often limits are re-read from Postgres"
+        "QM_POLICY_REFRESH_SECONDS",
+        1.0,
+        "Limits are re-read at once on NOTIFY, and this often anyway",
     )
     warn_percent: int = setting(
         "QM_POLICY_WARN_PERCENT", 80, "Share of the limit from which Check answers WARN"

@@ -8,6 +8,9 @@ import asyncpg
 
 from services.policy.decide import Enforcement, Limit
 
+# NOTIFY channel: every replica re-reads limits when it hears it.
+CHANGED_CHANNEL = "qm_policy_limits_changed"
+
 
 async def workspace_limit(pool: asyncpg.Pool, workspace_id: str) -> Limit | None:
     row = await pool.fetchrow(
@@ -54,6 +57,8 @@ async def set_workspace_default(
             json.dumps(dict(before)) if before is not None else None,
             json.dumps(after),
         )
+        # Delivered at commit, to every listening replica.
+        await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, workspace_id)
 
 
 async def upsert_user(
