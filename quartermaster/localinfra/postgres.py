@@ -101,8 +101,7 @@ class LocalPostgres:
         self.root.mkdir(parents=True, exist_ok=True)
         self._chown(self.root)
         if self.fresh and (self.datadir / "PG_VERSION").exists():
-            if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0:
-                self._check("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+            self._stop_if_running()
             shutil.rmtree(self.datadir)
         if not (self.datadir / "PG_VERSION").exists():
             shutil.rmtree(self.datadir, ignore_errors=True)
@@ -119,8 +118,7 @@ class LocalPostgres:
                 "--no-sync",
             )
         # A previous run that was killed may have left its server running.
-        if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0:
-            self._check("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+        self._stop_if_running()
         opts = [
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
@@ -163,6 +161,10 @@ class LocalPostgres:
     def stop(self) -> None:
         if self._bindir is None:
             return
+        self._stop_if_running()
+        self._bindir = None
+
+    def _stop_if_running(self) -> None:
+        """Fast shutdown (clients disconnected) of a server running on our data dir."""
         if self._run("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0:
             self._check("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30")
-        self._bindir = None

@@ -89,6 +89,7 @@ def total_message(key: TotalKey, total: Total, now: datetime) -> usage_pb2.Usage
 
 # (topic, key, value, headers)
 OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+_PROTOBUF_HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
 
 
 def burn_notification(burn: Burn, window: int, now: datetime) -> notifications_pb2.Notification:
@@ -163,9 +164,6 @@ class Processor:
         self.burn = burn
         self.states: dict[int, PartitionState] = {}
         self.paused = False
-        self.counted = 0
-        self.duplicates = 0
-        self.fallback = 0
 
     def forget(self, partitions: set[int]) -> None:
         """Drop state of partitions this worker no longer owns."""
@@ -233,9 +231,6 @@ class Processor:
         if self.burn is not None:
             await self._watch_burn(plan)
         self.dlq_limit.record(plan.valid_records, plan.invalid_records)
-        self.counted += len(plan.priced)
-        self.duplicates += plan.duplicates
-        self.fallback += sum(1 for p in plan.priced if p.fallback)
         if plan.duplicates:
             log.info("partition %d: %d duplicate event(s) not counted", partition, plan.duplicates)
         return True
@@ -261,10 +256,8 @@ class Processor:
                 burn.reason,
             )
             note = burn_notification(burn, self.burn.rule.window_minutes, now)
-            content: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
-            out.append(
-                (Topic.NOTIFICATIONS.value, user.encode(), note.SerializeToString(), content)
-            )
+            value = note.SerializeToString()
+            out.append((Topic.NOTIFICATIONS.value, user.encode(), value, _PROTOBUF_HEADERS))
         if out:
             try:
                 await self.publisher.send(out)
@@ -285,12 +278,10 @@ class Processor:
             ]
             out.append((Topic.USAGE_DLQ.value, r.key, r.value, headers))
         now = datetime.now(UTC)
-        content: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
         for key, total in changed.items():
             value = total_message(key, total, now).SerializeToString()
-            out.append(
-                (Topic.USAGE_TOTALS.value, f"user:{key[0]}:{key[2]}".encode(), value, content)
-            )
+            topic_key = f"user:{key[0]}:{key[2]}".encode()
+            out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
         if out:
             await self.publisher.send(out)
 

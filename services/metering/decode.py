@@ -76,9 +76,10 @@ def decode(
         if not batch.events:
             raise InvalidUsage("a UsageBatch with no events")
         out = Decoded()
+        accepted = Accepted.at(now, max_age)
         for i, event in enumerate(batch.events):
             try:
-                validate(event, now, max_age)
+                _validate(event, accepted)
                 out.events.append(event)
             except InvalidUsage as exc:
                 out.rejects.append((event.SerializeToString(), f"events[{i}]: {exc}"))
@@ -91,8 +92,30 @@ def decode(
     return Decoded(events=[event])
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """The occurred_at range accepted at one moment, in epoch seconds (worked out
+    once per record, not once per event of a batch)."""
+
+    earliest: float
+    latest: float
+    max_age_days: int
+
+    @classmethod
+    def at(cls, now: datetime, max_age: timedelta) -> Accepted:
+        return cls(
+            (now - max_age).timestamp(),
+            now.timestamp() + MAX_FUTURE.total_seconds(),
+            max_age.days,
+        )
+
+
 def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
     """Raise InvalidUsage listing every bad field of `event`."""
+    _validate(event, Accepted.at(now, max_age))
+
+
+def _validate(event: UsageEvent, accepted: Accepted) -> None:
     problems: list[str] = []
     for name, value in (
         ("event_id", event.event_id),
@@ -110,12 +133,14 @@ def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
         # Compared as epoch seconds: building a datetime per event is the costliest
         # step of validation, so it is built only to word a complaint.
         at = epoch_seconds(event)
-        if at > now.timestamp() + MAX_FUTURE.total_seconds():
+        if at > accepted.latest:
             when = from_timestamp(event.occurred_at).isoformat()
             problems.append(f"occurred_at: {when} is more than 5 minutes in the future")
-        elif at < (now - max_age).timestamp():
+        elif at < accepted.earliest:
             when = from_timestamp(event.occurred_at).isoformat()
-            problems.append(f"occurred_at: {when} is older than the {max_age.days}-day horizon")
+            problems.append(
+                f"occurred_at: {when} is older than the {accepted.max_age_days}-day horizon"
+            )
     for name, count in (
         ("input_tokens", event.input_tokens),
         ("cached_input_tokens", event.cached_input_tokens),

@@ -130,10 +130,10 @@ class Store:
         next_offset: int,
         totals: dict[TotalKey, Total],
         seen: dict[int, float],
-        rollups: dict[RollupKey, Rollup] | None = None,
+        rollups: dict[RollupKey, Rollup],
     ) -> bool:
         try:
-            await self._commit(partition, expected_offset, next_offset, totals, seen, rollups or {})
+            await self._commit(partition, expected_offset, next_offset, totals, seen, rollups)
         except _Fenced:
             return False
         return True
