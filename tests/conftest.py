@@ -35,6 +35,7 @@ from services.policy.settings import PolicySettings
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
 PARTITIONS = 3
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +80,7 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_METERING_DLQ_PAUSE_SECONDS": "0.5",
         "QM_METERING_DLQ_WINDOW": "200",
         "QM_LOG_LEVEL": "INFO",
+        "QM_POLICY_ADMIN_TOKENS": f"tests-admin:{ADMIN_TOKEN}",
     }
 
 
@@ -167,3 +169,61 @@ async def policy(
 ) -> AsyncIterator[policy_pb2_grpc.PolicyServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{policy_server.port}") as channel:
         yield policy_pb2_grpc.PolicyServiceStub(channel)
+
+
+ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+class Replicas:
+    """Policy replicas of a workspace of their own (so a test's limits touch nobody)."""
+
+    def __init__(self, env: dict[str, str], database_url: str) -> None:
+        self.workspace_id = f"ws-{uuid.uuid4().hex[:8]}"
+        self.env = {**env, "QM_WORKSPACE_ID": self.workspace_id}
+        self.database_url = database_url
+        self.running: list[server.RunningPolicy] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def start(self, n: int = 1, **overrides: str) -> list[server.RunningPolicy]:
+        env = {**self.env, **overrides}
+        started = []
+        for _ in range(n):
+            r = await server.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
+            self.running.append(r)
+            started.append(r)
+        for r in started:
+            await asyncio.wait_for(r.serving.wait(), 60)
+        return started
+
+    def _channel(self, r: server.RunningPolicy) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(f"127.0.0.1:{r.port}")
+        self._channels.append(ch)
+        return ch
+
+    def policy(self, r: server.RunningPolicy) -> policy_pb2_grpc.PolicyServiceAsyncStub:
+        return policy_pb2_grpc.PolicyServiceStub(self._channel(r))
+
+    def admin(self, r: server.RunningPolicy) -> policy_pb2_grpc.PolicyAdminServiceAsyncStub:
+        return policy_pb2_grpc.PolicyAdminServiceStub(self._channel(r))
+
+    def directory(self, r: server.RunningPolicy) -> policy_pb2_grpc.DirectoryServiceAsyncStub:
+        return policy_pb2_grpc.DirectoryServiceStub(self._channel(r))
+
+    async def close(self) -> None:
+        for ch in self._channels:
+            await ch.close(None)
+        for r in self.running:
+            await r.stop(1)
+
+
+@pytest.fixture
+async def replicas(
+    request: pytest.FixtureRequest, _infra_session: Infra, service_env: dict[str, str]
+) -> AsyncIterator[Replicas]:
+    if request.node.get_closest_marker("infra") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses policy without @pytest.mark.infra")
+    reps = Replicas(service_env, _infra_session.database_url)
+    try:
+        yield reps
+    finally:
+        await reps.close()

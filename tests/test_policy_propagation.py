@@ -64,10 +64,10 @@ async def test_a_new_default_shows_on_two_replicas_long_before_their_poll(
             ("admin@x", "workspace.default_limit.set"),
         ]
         assert json.loads(rows[1]["before"]) == {
-            "default_limit_micros": 5_000_000, "enforcement": "hard"
+            "default_limit_micros": 5_000_000, "period": "month", "enforcement": "hard"
         }  # fmt: skip
         assert json.loads(rows[1]["after"]) == {
-            "default_limit_micros": 7_000_000, "enforcement": "soft"
+            "default_limit_micros": 7_000_000, "period": "month", "enforcement": "soft"
         }  # fmt: skip
     finally:
         for r in replicas:

@@ -32,7 +32,7 @@ class _DecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision.Val
     DECISION_WARN: _Decision.ValueType  # 2
     """Allowed, but the user is near or past a soft limit; show them."""
     DECISION_DENY: _Decision.ValueType  # 3
-    """Past a hard limit: do not make the call."""
+    """Past a hard limit (or a model the user may not use): do not make the call."""
 
 class Decision(_Decision, metaclass=_DecisionEnumTypeWrapper): ...
 
@@ -42,8 +42,48 @@ DECISION_ALLOW: Decision.ValueType  # 1
 DECISION_WARN: Decision.ValueType  # 2
 """Allowed, but the user is near or past a soft limit; show them."""
 DECISION_DENY: Decision.ValueType  # 3
-"""Past a hard limit: do not make the call."""
+"""Past a hard limit (or a model the user may not use): do not make the call."""
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
+
+class _Period:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Period.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERIOD_UNSPECIFIED: _Period.ValueType  # 0
+    PERIOD_DAY: _Period.ValueType  # 1
+    PERIOD_WEEK: _Period.ValueType  # 2
+    PERIOD_MONTH: _Period.ValueType  # 3
+
+class Period(_Period, metaclass=_PeriodEnumTypeWrapper): ...
+
+PERIOD_UNSPECIFIED: Period.ValueType  # 0
+PERIOD_DAY: Period.ValueType  # 1
+PERIOD_WEEK: Period.ValueType  # 2
+PERIOD_MONTH: Period.ValueType  # 3
+Global___Period: _TypeAlias = Period  # noqa: Y015
+
+class _Enforcement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnforcementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Enforcement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENFORCEMENT_UNSPECIFIED: _Enforcement.ValueType  # 0
+    ENFORCEMENT_HARD: _Enforcement.ValueType  # 1
+    """Deny past 100 %."""
+    ENFORCEMENT_SOFT: _Enforcement.ValueType  # 2
+    """Allow past 100 %, warn and notify."""
+
+class Enforcement(_Enforcement, metaclass=_EnforcementEnumTypeWrapper): ...
+
+ENFORCEMENT_UNSPECIFIED: Enforcement.ValueType  # 0
+ENFORCEMENT_HARD: Enforcement.ValueType  # 1
+"""Deny past 100 %."""
+ENFORCEMENT_SOFT: Enforcement.ValueType  # 2
+"""Allow past 100 %, warn and notify."""
+Global___Enforcement: _TypeAlias = Enforcement  # noqa: Y015
 
 @_typing.final
 class CheckBatchRequest(_message.Message):
@@ -93,11 +133,22 @@ class CheckRequest(_message.Message):
     PRODUCT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     ESTIMATED_MICROS_FIELD_NUMBER: _builtins.int
+    RESERVE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     product: _builtins.str
     model: _builtins.str
     estimated_micros: _builtins.int
     """The gateway's estimate of what the call will cost; 0 when unknown."""
+    reserve: _builtins.bool
+    """Reserve `estimated_micros` in the same call when the answer is not DENY (see
+    Reserve); needs request_id.
+    """
+    request_id: _builtins.str
+    """The gateway's id for this model call, also sent as UsageEvent.request_id."""
+    reservation_ttl_seconds: _builtins.int
+    """How long an uncommitted hold lives; 0 = the server's default."""
     def __init__(
         self,
         *,
@@ -105,14 +156,48 @@ class CheckRequest(_message.Message):
         product: _builtins.str = ...,
         model: _builtins.str = ...,
         estimated_micros: _builtins.int = ...,
+        reserve: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+        reservation_ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_micros", b"estimated_micros", "model", b"model", "product", b"product", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_micros", b"estimated_micros", "model", b"model", "product", b"product", "request_id", b"request_id", "reservation_ttl_seconds", b"reservation_ttl_seconds", "reserve", b"reserve", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckRequest: _TypeAlias = CheckRequest  # noqa: Y015
+
+@_typing.final
+class PoolStanding(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    USED_MICROS_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    REMAINING_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    used_micros: _builtins.int
+    limit_micros: _builtins.int
+    remaining_micros: _builtins.int
+    period: Global___Period.ValueType
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+        used_micros: _builtins.int = ...,
+        limit_micros: _builtins.int = ...,
+        remaining_micros: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "limit_micros", b"limit_micros", "period", b"period", "remaining_micros", b"remaining_micros", "used_micros", b"used_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolStanding: _TypeAlias = PoolStanding  # noqa: Y015
 
 @_typing.final
 class CheckResponse(_message.Message):
@@ -126,19 +211,42 @@ class CheckResponse(_message.Message):
     PERIOD_START_FIELD_NUMBER: _builtins.int
     PERIOD_END_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    RESERVED_MICROS_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    SUGGESTED_MODEL_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     used_micros: _builtins.int
+    """Spend counted in the user's period, including reserved_micros."""
     limit_micros: _builtins.int
     remaining_micros: _builtins.int
     """limit - used, never negative."""
     limit_source: _builtins.str
-    """Which rule set the limit, e.g. "workspace_default"."""
+    """Which rule set the limit, e.g. "workspace_default", "group:ml-team",
+    "override:ov-12".
+    """
     reason: _builtins.str
     """A sentence a person can read: why this decision."""
+    period: Global___Period.ValueType
+    enforcement: Global___Enforcement.ValueType
+    reserved_micros: _builtins.int
+    """Unsettled holds counted in used_micros."""
+    reservation_id: _builtins.str
+    """Set when this call reserved (CheckRequest.reserve or Reserve)."""
+    suggested_model: _builtins.str
+    """A cheaper model to use instead: the requested one is not allowed, or the
+    budget is past the group's fallback threshold.
+    """
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def period_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolStanding]:
+        """Every pooled budget this user draws on."""
+
     def __init__(
         self,
         *,
@@ -150,10 +258,16 @@ class CheckResponse(_message.Message):
         period_start: _timestamp_pb2.Timestamp | None = ...,
         period_end: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+        reserved_micros: _builtins.int = ...,
+        reservation_id: _builtins.str = ...,
+        suggested_model: _builtins.str = ...,
+        pools: _abc.Iterable[Global___PoolStanding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "limit_micros", b"limit_micros", "limit_source", b"limit_source", "period_end", b"period_end", "period_start", b"period_start", "reason", b"reason", "remaining_micros", b"remaining_micros", "used_micros", b"used_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "enforcement", b"enforcement", "limit_micros", b"limit_micros", "limit_source", b"limit_source", "period", b"period", "period_end", b"period_end", "period_start", b"period_start", "pools", b"pools", "reason", b"reason", "remaining_micros", b"remaining_micros", "reservation_id", b"reservation_id", "reserved_micros", b"reserved_micros", "suggested_model", b"suggested_model", "used_micros", b"used_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -189,15 +303,24 @@ class Budget(_message.Message):
     LIMIT_SOURCE_FIELD_NUMBER: _builtins.int
     PERIOD_START_FIELD_NUMBER: _builtins.int
     PERIOD_END_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    RESERVED_MICROS_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     used_micros: _builtins.int
     limit_micros: _builtins.int
     remaining_micros: _builtins.int
     limit_source: _builtins.str
+    period: Global___Period.ValueType
+    enforcement: Global___Enforcement.ValueType
+    reserved_micros: _builtins.int
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def period_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolStanding]: ...
     def __init__(
         self,
         *,
@@ -208,11 +331,814 @@ class Budget(_message.Message):
         limit_source: _builtins.str = ...,
         period_start: _timestamp_pb2.Timestamp | None = ...,
         period_end: _timestamp_pb2.Timestamp | None = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+        reserved_micros: _builtins.int = ...,
+        pools: _abc.Iterable[Global___PoolStanding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_micros", b"limit_micros", "limit_source", b"limit_source", "period_end", b"period_end", "period_start", b"period_start", "remaining_micros", b"remaining_micros", "used_micros", b"used_micros", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcement", b"enforcement", "limit_micros", b"limit_micros", "limit_source", b"limit_source", "period", b"period", "period_end", b"period_end", "period_start", b"period_start", "pools", b"pools", "remaining_micros", b"remaining_micros", "reserved_micros", b"reserved_micros", "used_micros", b"used_micros", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Budget: _TypeAlias = Budget  # noqa: Y015
+
+@_typing.final
+class ReserveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PRODUCT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ESTIMATED_MICROS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    product: _builtins.str
+    model: _builtins.str
+    estimated_micros: _builtins.int
+    request_id: _builtins.str
+    ttl_seconds: _builtins.int
+    """0 = the server's default."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        product: _builtins.str = ...,
+        model: _builtins.str = ...,
+        estimated_micros: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_micros", b"estimated_micros", "model", b"model", "product", b"product", "request_id", b"request_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
+
+@_typing.final
+class CommitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    ACTUAL_MICROS_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    actual_micros: _builtins.int
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        actual_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_micros", b"actual_micros", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitRequest: _TypeAlias = CommitRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRequest: _TypeAlias = ReleaseRequest  # noqa: Y015
+
+@_typing.final
+class Reservation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ESTIMATED_MICROS_FIELD_NUMBER: _builtins.int
+    ACTUAL_MICROS_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    user_id: _builtins.str
+    request_id: _builtins.str
+    estimated_micros: _builtins.int
+    actual_micros: _builtins.int
+    """Set by Commit; 0 before."""
+    committed: _builtins.bool
+    released: _builtins.bool
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        estimated_micros: _builtins.int = ...,
+        actual_micros: _builtins.int = ...,
+        committed: _builtins.bool = ...,
+        released: _builtins.bool = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_micros", b"actual_micros", "committed", b"committed", "estimated_micros", b"estimated_micros", "expires_at", b"expires_at", "released", b"released", "request_id", b"request_id", "reservation_id", b"reservation_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class LimitRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    scope: _builtins.str
+    """"workspace", "group_member" (each member gets this), "group_pool" (shared)."""
+    group_id: _builtins.str
+    limit_micros: _builtins.int
+    period: Global___Period.ValueType
+    enforcement: Global___Enforcement.ValueType
+    updated_by: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        scope: _builtins.str = ...,
+        group_id: _builtins.str = ...,
+        limit_micros: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+        updated_by: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcement", b"enforcement", "group_id", b"group_id", "limit_micros", b"limit_micros", "period", b"period", "scope", b"scope", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LimitRule: _TypeAlias = LimitRule  # noqa: Y015
+
+@_typing.final
+class SetDefaultLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    limit_micros: _builtins.int
+    period: Global___Period.ValueType
+    enforcement: Global___Enforcement.ValueType
+    def __init__(
+        self,
+        *,
+        limit_micros: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcement", b"enforcement", "limit_micros", b"limit_micros", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultLimitRequest: _TypeAlias = SetDefaultLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetGroupLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    POOLED_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    pooled: _builtins.bool
+    """false: every member gets this limit; true: the members share this budget."""
+    limit_micros: _builtins.int
+    period: Global___Period.ValueType
+    enforcement: Global___Enforcement.ValueType
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+        pooled: _builtins.bool = ...,
+        limit_micros: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcement", b"enforcement", "group_id", b"group_id", "limit_micros", b"limit_micros", "period", b"period", "pooled", b"pooled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetGroupLimitRequest: _TypeAlias = SetGroupLimitRequest  # noqa: Y015
+
+@_typing.final
+class RemoveGroupLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    POOLED_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    pooled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+        pooled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "pooled", b"pooled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveGroupLimitRequest: _TypeAlias = RemoveGroupLimitRequest  # noqa: Y015
+
+@_typing.final
+class Override(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERRIDE_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ADDITIVE_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    GRANTED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REVIEW_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    override_id: _builtins.str
+    """Empty on SetOverride = the server picks one."""
+    user_id: _builtins.str
+    additive: _builtins.bool
+    """false: the user's limit becomes limit_micros; true: limit_micros is added to
+    whatever the user's limit is (an approved request's extra credits).
+    """
+    limit_micros: _builtins.int
+    period: Global___Period.ValueType
+    """For a replacing override; an additive one takes the base limit's period."""
+    enforcement: Global___Enforcement.ValueType
+    granted_by: _builtins.str
+    reason: _builtins.str
+    request_id: _builtins.str
+    """Set when the override came from an approved credit request."""
+    removed: _builtins.bool
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """One of expires_at or review_at is required: temporary increases end by
+        themselves, permanent ones come up for review.
+        """
+
+    @_builtins.property
+    def review_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        override_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        additive: _builtins.bool = ...,
+        limit_micros: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+        granted_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        review_at: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "review_at", b"review_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additive", b"additive", "enforcement", b"enforcement", "expires_at", b"expires_at", "granted_by", b"granted_by", "limit_micros", b"limit_micros", "override_id", b"override_id", "period", b"period", "reason", b"reason", "removed", b"removed", "request_id", b"request_id", "review_at", b"review_at", "starts_at", b"starts_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Override: _TypeAlias = Override  # noqa: Y015
+
+@_typing.final
+class SetOverrideRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERRIDE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def override(self) -> Global___Override: ...
+    def __init__(
+        self,
+        *,
+        override: Global___Override | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["override", b"override"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override", b"override"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOverrideRequest: _TypeAlias = SetOverrideRequest  # noqa: Y015
+
+@_typing.final
+class RemoveOverrideRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERRIDE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    override_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        override_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_id", b"override_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveOverrideRequest: _TypeAlias = RemoveOverrideRequest  # noqa: Y015
+
+@_typing.final
+class ModelPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_MODELS_FIELD_NUMBER: _builtins.int
+    FALLBACK_MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACK_AT_PERCENT_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    fallback_model: _builtins.str
+    fallback_at_percent: _builtins.int
+    """Suggest fallback_model once this share of the budget is used (1-100; 0 = only
+    when the requested model is not allowed).
+    """
+    @_builtins.property
+    def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty = every model."""
+
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+        allowed_models: _abc.Iterable[_builtins.str] | None = ...,
+        fallback_model: _builtins.str = ...,
+        fallback_at_percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_models", b"allowed_models", "fallback_at_percent", b"fallback_at_percent", "fallback_model", b"fallback_model", "group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelPolicy: _TypeAlias = ModelPolicy  # noqa: Y015
+
+@_typing.final
+class SetModelPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    remove: _builtins.bool
+    """Remove the group's policy instead."""
+    @_builtins.property
+    def policy(self) -> Global___ModelPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___ModelPolicy | None = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelPolicyRequest: _TypeAlias = SetModelPolicyRequest  # noqa: Y015
+
+@_typing.final
+class ListLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLimitsRequest: _TypeAlias = ListLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_DEFAULT_FIELD_NUMBER: _builtins.int
+    GROUP_LIMITS_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    MODEL_POLICIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workspace_default(self) -> Global___LimitRule: ...
+    @_builtins.property
+    def group_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LimitRule]: ...
+    @_builtins.property
+    def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___Override]: ...
+    @_builtins.property
+    def model_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPolicy]: ...
+    def __init__(
+        self,
+        *,
+        workspace_default: Global___LimitRule | None = ...,
+        group_limits: _abc.Iterable[Global___LimitRule] | None = ...,
+        overrides: _abc.Iterable[Global___Override] | None = ...,
+        model_policies: _abc.Iterable[Global___ModelPolicy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workspace_default", b"workspace_default"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_limits", b"group_limits", "model_policies", b"model_policies", "overrides", b"overrides", "workspace_default", b"workspace_default"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLimitsResponse: _TypeAlias = ListLimitsResponse  # noqa: Y015
+
+@_typing.final
+class ExplainLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainLimitRequest: _TypeAlias = ExplainLimitRequest  # noqa: Y015
+
+@_typing.final
+class ExplainStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    APPLIES_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """"override", "group_member", "workspace", "additive_override", "pool", "model"."""
+    source: _builtins.str
+    """e.g. "override:ov-12", "group:ml-team"."""
+    applies: _builtins.bool
+    """True when this step shapes the answer."""
+    detail: _builtins.str
+    """A sentence a person can read."""
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        source: _builtins.str = ...,
+        applies: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applies", b"applies", "detail", b"detail", "rule", b"rule", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainStep: _TypeAlias = ExplainStep  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    LIMIT_SOURCE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    limit_micros: _builtins.int
+    period: Global___Period.ValueType
+    enforcement: Global___Enforcement.ValueType
+    limit_source: _builtins.str
+    summary: _builtins.str
+    """The whole chain as a few lines of text."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExplainStep]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        steps: _abc.Iterable[Global___ExplainStep] | None = ...,
+        limit_micros: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+        enforcement: Global___Enforcement.ValueType = ...,
+        limit_source: _builtins.str = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcement", b"enforcement", "limit_micros", b"limit_micros", "limit_source", b"limit_source", "period", b"period", "steps", b"steps", "summary", b"summary", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+
+@_typing.final
+class User(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SLACK_USER_ID_FIELD_NUMBER: _builtins.int
+    MANAGER_ID_FIELD_NUMBER: _builtins.int
+    GROUP_IDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    email: _builtins.str
+    display_name: _builtins.str
+    slack_user_id: _builtins.str
+    manager_id: _builtins.str
+    @_builtins.property
+    def group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Filled on reads: the groups the user is a direct member of."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        slack_user_id: _builtins.str = ...,
+        manager_id: _builtins.str = ...,
+        group_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "group_ids", b"group_ids", "manager_id", b"manager_id", "slack_user_id", b"slack_user_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class Group(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    COST_CENTER_FIELD_NUMBER: _builtins.int
+    ADMIN_USER_IDS_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    name: _builtins.str
+    kind: _builtins.str
+    """"department", "team", "project", "cost_center" or "group"."""
+    parent_id: _builtins.str
+    cost_center: _builtins.str
+    @_builtins.property
+    def admin_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """User ids of the group's admins (approvers for requests)."""
+
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        parent_id: _builtins.str = ...,
+        cost_center: _builtins.str = ...,
+        admin_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_user_ids", b"admin_user_ids", "cost_center", b"cost_center", "group_id", b"group_id", "kind", b"kind", "name", b"name", "parent_id", b"parent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Group: _TypeAlias = Group  # noqa: Y015
+
+@_typing.final
+class SetMembershipsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    GROUP_IDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The user's direct groups, replacing the current ones."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        group_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_ids", b"group_ids", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMembershipsRequest: _TypeAlias = SetMembershipsRequest  # noqa: Y015
+
+@_typing.final
+class SetMembershipsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        added: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMembershipsResponse: _TypeAlias = SetMembershipsResponse  # noqa: Y015
+
+@_typing.final
+class ImportDirectoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"json" or "csv"."""
+    document: _builtins.bytes
+    dry_run: _builtins.bool
+    """Check and report, change nothing."""
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        document: _builtins.bytes = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "dry_run", b"dry_run", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportDirectoryRequest: _TypeAlias = ImportDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class ImportReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_CREATED_FIELD_NUMBER: _builtins.int
+    USERS_UPDATED_FIELD_NUMBER: _builtins.int
+    USERS_UNCHANGED_FIELD_NUMBER: _builtins.int
+    GROUPS_CREATED_FIELD_NUMBER: _builtins.int
+    GROUPS_UPDATED_FIELD_NUMBER: _builtins.int
+    GROUPS_UNCHANGED_FIELD_NUMBER: _builtins.int
+    MEMBERSHIPS_ADDED_FIELD_NUMBER: _builtins.int
+    MEMBERSHIPS_REMOVED_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    users_created: _builtins.int
+    users_updated: _builtins.int
+    users_unchanged: _builtins.int
+    groups_created: _builtins.int
+    groups_updated: _builtins.int
+    groups_unchanged: _builtins.int
+    memberships_added: _builtins.int
+    memberships_removed: _builtins.int
+    dry_run: _builtins.bool
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One line per change, e.g. "user alice: manager bob -> carol"."""
+
+    def __init__(
+        self,
+        *,
+        users_created: _builtins.int = ...,
+        users_updated: _builtins.int = ...,
+        users_unchanged: _builtins.int = ...,
+        groups_created: _builtins.int = ...,
+        groups_updated: _builtins.int = ...,
+        groups_unchanged: _builtins.int = ...,
+        memberships_added: _builtins.int = ...,
+        memberships_removed: _builtins.int = ...,
+        changes: _abc.Iterable[_builtins.str] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "dry_run", b"dry_run", "groups_created", b"groups_created", "groups_unchanged", b"groups_unchanged", "groups_updated", b"groups_updated", "memberships_added", b"memberships_added", "memberships_removed", b"memberships_removed", "users_created", b"users_created", "users_unchanged", b"users_unchanged", "users_updated", b"users_updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportReport: _TypeAlias = ImportReport  # noqa: Y015
+
+@_typing.final
+class GetUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserRequest: _TypeAlias = GetUserRequest  # noqa: Y015
+
+@_typing.final
+class GroupAdminsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    group_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        group_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupAdminsRequest: _TypeAlias = GroupAdminsRequest  # noqa: Y015
+
+@_typing.final
+class UserList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___User] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserList: _TypeAlias = UserList  # noqa: Y015

@@ -51,6 +51,21 @@ class PolicyServiceStub:
                 request_serializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/quartermaster.v1.PolicyService/Reserve',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.CheckResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/quartermaster.v1.PolicyService/Commit',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.CommitRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Reservation.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/quartermaster.v1.PolicyService/Release',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Reservation.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -78,6 +93,30 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Hold `estimated_micros` of the user's (and their pools') budget for one model
+        call, so that concurrent callers can't all pass the same last credits. The hold
+        counts against the remaining budget until the usage with the same request_id is
+        in metering's totals, or it is released, or it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """The call did not happen: drop the hold now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +134,21 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchRequest.FromString,
                     response_serializer=quartermaster_dot_v1_dot_policy__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.ReserveRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.CheckResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.CommitRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.Reservation.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.ReleaseRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.Reservation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +234,813 @@ class PolicyService:
             '/quartermaster.v1.PolicyService/CheckBatch',
             quartermaster_dot_v1_dot_policy__pb2.CheckBatchRequest.SerializeToString,
             quartermaster_dot_v1_dot_policy__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyService/Reserve',
+            quartermaster_dot_v1_dot_policy__pb2.ReserveRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyService/Commit',
+            quartermaster_dot_v1_dot_policy__pb2.CommitRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyService/Release',
+            quartermaster_dot_v1_dot_policy__pb2.ReleaseRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class PolicyAdminServiceStub:
+    """---------------------------------------------------------------------------
+    Administration. Every call needs an admin credential (gRPC metadata
+    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    is written to an append-only audit log and reaches every replica within a second.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetDefaultLimit = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/SetDefaultLimit',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.SetDefaultLimitRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.LimitRule.FromString,
+                _registered_method=True)
+        self.SetGroupLimit = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/SetGroupLimit',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.SetGroupLimitRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.LimitRule.FromString,
+                _registered_method=True)
+        self.RemoveGroupLimit = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/RemoveGroupLimit',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.RemoveGroupLimitRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.LimitRule.FromString,
+                _registered_method=True)
+        self.SetOverride = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/SetOverride',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.SetOverrideRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Override.FromString,
+                _registered_method=True)
+        self.RemoveOverride = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/RemoveOverride',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.RemoveOverrideRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Override.FromString,
+                _registered_method=True)
+        self.SetModelPolicy = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/SetModelPolicy',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.SetModelPolicyRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.ModelPolicy.FromString,
+                _registered_method=True)
+        self.ListLimits = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/ListLimits',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.ListLimitsRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.ListLimitsResponse.FromString,
+                _registered_method=True)
+        self.ExplainLimit = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/ExplainLimit',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.ExplainLimitRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Explanation.FromString,
+                _registered_method=True)
+        self.UpsertUser = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/UpsertUser',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.User.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.User.FromString,
+                _registered_method=True)
+        self.UpsertGroup = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/UpsertGroup',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.Group.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.Group.FromString,
+                _registered_method=True)
+        self.SetMemberships = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/SetMemberships',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.SetMembershipsRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.SetMembershipsResponse.FromString,
+                _registered_method=True)
+        self.ImportDirectory = channel.unary_unary(
+                '/quartermaster.v1.PolicyAdminService/ImportDirectory',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.ImportDirectoryRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.ImportReport.FromString,
+                _registered_method=True)
+
+
+class PolicyAdminServiceServicer:
+    """---------------------------------------------------------------------------
+    Administration. Every call needs an admin credential (gRPC metadata
+    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    is written to an append-only audit log and reaches every replica within a second.
+    """
+
+    def SetDefaultLimit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetGroupLimit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroupLimit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainLimit(self, request, context):
+        """How a user's limit comes about, rule by rule, in words.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberships(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportDirectory(self, request, context):
+        """A directory sync: upsert users, groups, memberships and group admins from a
+        JSON or CSV document and report what changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PolicyAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetDefaultLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultLimit,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.SetDefaultLimitRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.LimitRule.SerializeToString,
+            ),
+            'SetGroupLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGroupLimit,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.SetGroupLimitRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.LimitRule.SerializeToString,
+            ),
+            'RemoveGroupLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroupLimit,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.RemoveGroupLimitRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.LimitRule.SerializeToString,
+            ),
+            'SetOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOverride,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.SetOverrideRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.Override.SerializeToString,
+            ),
+            'RemoveOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveOverride,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.RemoveOverrideRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.Override.SerializeToString,
+            ),
+            'SetModelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelPolicy,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.SetModelPolicyRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.ModelPolicy.SerializeToString,
+            ),
+            'ListLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLimits,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.ListLimitsRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.ListLimitsResponse.SerializeToString,
+            ),
+            'ExplainLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainLimit,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.ExplainLimitRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.Explanation.SerializeToString,
+            ),
+            'UpsertUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertUser,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.User.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.User.SerializeToString,
+            ),
+            'UpsertGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertGroup,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.Group.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.Group.SerializeToString,
+            ),
+            'SetMemberships': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberships,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.SetMembershipsRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.SetMembershipsResponse.SerializeToString,
+            ),
+            'ImportDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDirectory,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.ImportDirectoryRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.ImportReport.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'quartermaster.v1.PolicyAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('quartermaster.v1.PolicyAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PolicyAdminService:
+    """---------------------------------------------------------------------------
+    Administration. Every call needs an admin credential (gRPC metadata
+    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    is written to an append-only audit log and reaches every replica within a second.
+    """
+
+    @staticmethod
+    def SetDefaultLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/SetDefaultLimit',
+            quartermaster_dot_v1_dot_policy__pb2.SetDefaultLimitRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.LimitRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGroupLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/SetGroupLimit',
+            quartermaster_dot_v1_dot_policy__pb2.SetGroupLimitRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.LimitRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroupLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/RemoveGroupLimit',
+            quartermaster_dot_v1_dot_policy__pb2.RemoveGroupLimitRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.LimitRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/SetOverride',
+            quartermaster_dot_v1_dot_policy__pb2.SetOverrideRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.Override.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/RemoveOverride',
+            quartermaster_dot_v1_dot_policy__pb2.RemoveOverrideRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.Override.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/SetModelPolicy',
+            quartermaster_dot_v1_dot_policy__pb2.SetModelPolicyRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.ModelPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/ListLimits',
+            quartermaster_dot_v1_dot_policy__pb2.ListLimitsRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.ListLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/ExplainLimit',
+            quartermaster_dot_v1_dot_policy__pb2.ExplainLimitRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/UpsertUser',
+            quartermaster_dot_v1_dot_policy__pb2.User.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/UpsertGroup',
+            quartermaster_dot_v1_dot_policy__pb2.Group.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberships(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/SetMemberships',
+            quartermaster_dot_v1_dot_policy__pb2.SetMembershipsRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.SetMembershipsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.PolicyAdminService/ImportDirectory',
+            quartermaster_dot_v1_dot_policy__pb2.ImportDirectoryRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.ImportReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DirectoryServiceStub:
+    """Read-only directory lookups for the other services (requests routes approvals
+    with them; notifier finds Slack ids).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetUser = channel.unary_unary(
+                '/quartermaster.v1.DirectoryService/GetUser',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.GetUserRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.User.FromString,
+                _registered_method=True)
+        self.ManagerChain = channel.unary_unary(
+                '/quartermaster.v1.DirectoryService/ManagerChain',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.GetUserRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.UserList.FromString,
+                _registered_method=True)
+        self.GroupAdmins = channel.unary_unary(
+                '/quartermaster.v1.DirectoryService/GroupAdmins',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.GroupAdminsRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.UserList.FromString,
+                _registered_method=True)
+
+
+class DirectoryServiceServicer:
+    """Read-only directory lookups for the other services (requests routes approvals
+    with them; notifier finds Slack ids).
+    """
+
+    def GetUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ManagerChain(self, request, context):
+        """The user's manager, their manager, ... (nearest first, cycles cut).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GroupAdmins(self, request, context):
+        """Admins of the group and of every ancestor group, nearest group first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DirectoryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GetUserRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.User.SerializeToString,
+            ),
+            'ManagerChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ManagerChain,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GetUserRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.UserList.SerializeToString,
+            ),
+            'GroupAdmins': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupAdmins,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GroupAdminsRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.UserList.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'quartermaster.v1.DirectoryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('quartermaster.v1.DirectoryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DirectoryService:
+    """Read-only directory lookups for the other services (requests routes approvals
+    with them; notifier finds Slack ids).
+    """
+
+    @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.DirectoryService/GetUser',
+            quartermaster_dot_v1_dot_policy__pb2.GetUserRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ManagerChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.DirectoryService/ManagerChain',
+            quartermaster_dot_v1_dot_policy__pb2.GetUserRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.UserList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupAdmins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.DirectoryService/GroupAdmins',
+            quartermaster_dot_v1_dot_policy__pb2.GroupAdminsRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.UserList.FromString,
             options,
             channel_credentials,
             insecure,

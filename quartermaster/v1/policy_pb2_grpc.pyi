@@ -41,6 +41,16 @@ class PolicyServiceStub:
     """Many checks in one call (a gateway fanning out, or checking a batch of agent
     steps). Results come in request order. At most 1,000 checks.
     """
+    Reserve: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ReserveRequest, _policy_pb2.CheckResponse]
+    """Hold `estimated_micros` of the user's (and their pools') budget for one model
+    call, so that concurrent callers can't all pass the same last credits. The hold
+    counts against the remaining budget until the usage with the same request_id is
+    in metering's totals, or it is released, or it expires.
+    """
+    Commit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CommitRequest, _policy_pb2.Reservation]
+    """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it."""
+    Release: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ReleaseRequest, _policy_pb2.Reservation]
+    """The call did not happen: drop the hold now."""
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -55,6 +65,16 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """Many checks in one call (a gateway fanning out, or checking a batch of agent
     steps). Results come in request order. At most 1,000 checks.
     """
+    Reserve: _aio.UnaryUnaryMultiCallable[_policy_pb2.ReserveRequest, _policy_pb2.CheckResponse]  # type: ignore[assignment]
+    """Hold `estimated_micros` of the user's (and their pools') budget for one model
+    call, so that concurrent callers can't all pass the same last credits. The hold
+    counts against the remaining budget until the usage with the same request_id is
+    in metering's totals, or it is released, or it expires.
+    """
+    Commit: _aio.UnaryUnaryMultiCallable[_policy_pb2.CommitRequest, _policy_pb2.Reservation]  # type: ignore[assignment]
+    """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it."""
+    Release: _aio.UnaryUnaryMultiCallable[_policy_pb2.ReleaseRequest, _policy_pb2.Reservation]  # type: ignore[assignment]
+    """The call did not happen: drop the hold now."""
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Answers "may this user spend this?" from memory. Gateways call Check before a
@@ -85,4 +105,241 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         steps). Results come in request order. At most 1,000 checks.
         """
 
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _policy_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.CheckResponse, _abc.Awaitable[_policy_pb2.CheckResponse]]:
+        """Hold `estimated_micros` of the user's (and their pools') budget for one model
+        call, so that concurrent callers can't all pass the same last credits. The hold
+        counts against the remaining budget until the usage with the same request_id is
+        in metering's totals, or it is released, or it expires.
+        """
+
+    @_abc_1.abstractmethod
+    def Commit(
+        self,
+        request: _policy_pb2.CommitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.Reservation, _abc.Awaitable[_policy_pb2.Reservation]]:
+        """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it."""
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _policy_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.Reservation, _abc.Awaitable[_policy_pb2.Reservation]]:
+        """The call did not happen: drop the hold now."""
+
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PolicyAdminServiceStub:
+    """---------------------------------------------------------------------------
+    Administration. Every call needs an admin credential (gRPC metadata
+    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    is written to an append-only audit log and reaches every replica within a second.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PolicyAdminServiceAsyncStub: ...
+    SetDefaultLimit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SetDefaultLimitRequest, _policy_pb2.LimitRule]
+    SetGroupLimit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SetGroupLimitRequest, _policy_pb2.LimitRule]
+    RemoveGroupLimit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.RemoveGroupLimitRequest, _policy_pb2.LimitRule]
+    SetOverride: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SetOverrideRequest, _policy_pb2.Override]
+    RemoveOverride: _grpc.UnaryUnaryMultiCallable[_policy_pb2.RemoveOverrideRequest, _policy_pb2.Override]
+    SetModelPolicy: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SetModelPolicyRequest, _policy_pb2.ModelPolicy]
+    ListLimits: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ListLimitsRequest, _policy_pb2.ListLimitsResponse]
+    ExplainLimit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ExplainLimitRequest, _policy_pb2.Explanation]
+    """How a user's limit comes about, rule by rule, in words."""
+    UpsertUser: _grpc.UnaryUnaryMultiCallable[_policy_pb2.User, _policy_pb2.User]
+    UpsertGroup: _grpc.UnaryUnaryMultiCallable[_policy_pb2.Group, _policy_pb2.Group]
+    SetMemberships: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SetMembershipsRequest, _policy_pb2.SetMembershipsResponse]
+    ImportDirectory: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ImportDirectoryRequest, _policy_pb2.ImportReport]
+    """A directory sync: upsert users, groups, memberships and group admins from a
+    JSON or CSV document and report what changed.
+    """
+
+@_typing.type_check_only
+class PolicyAdminServiceAsyncStub(PolicyAdminServiceStub):
+    """---------------------------------------------------------------------------
+    Administration. Every call needs an admin credential (gRPC metadata
+    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    is written to an append-only audit log and reaches every replica within a second.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SetDefaultLimit: _aio.UnaryUnaryMultiCallable[_policy_pb2.SetDefaultLimitRequest, _policy_pb2.LimitRule]  # type: ignore[assignment]
+    SetGroupLimit: _aio.UnaryUnaryMultiCallable[_policy_pb2.SetGroupLimitRequest, _policy_pb2.LimitRule]  # type: ignore[assignment]
+    RemoveGroupLimit: _aio.UnaryUnaryMultiCallable[_policy_pb2.RemoveGroupLimitRequest, _policy_pb2.LimitRule]  # type: ignore[assignment]
+    SetOverride: _aio.UnaryUnaryMultiCallable[_policy_pb2.SetOverrideRequest, _policy_pb2.Override]  # type: ignore[assignment]
+    RemoveOverride: _aio.UnaryUnaryMultiCallable[_policy_pb2.RemoveOverrideRequest, _policy_pb2.Override]  # type: ignore[assignment]
+    SetModelPolicy: _aio.UnaryUnaryMultiCallable[_policy_pb2.SetModelPolicyRequest, _policy_pb2.ModelPolicy]  # type: ignore[assignment]
+    ListLimits: _aio.UnaryUnaryMultiCallable[_policy_pb2.ListLimitsRequest, _policy_pb2.ListLimitsResponse]  # type: ignore[assignment]
+    ExplainLimit: _aio.UnaryUnaryMultiCallable[_policy_pb2.ExplainLimitRequest, _policy_pb2.Explanation]  # type: ignore[assignment]
+    """How a user's limit comes about, rule by rule, in words."""
+    UpsertUser: _aio.UnaryUnaryMultiCallable[_policy_pb2.User, _policy_pb2.User]  # type: ignore[assignment]
+    UpsertGroup: _aio.UnaryUnaryMultiCallable[_policy_pb2.Group, _policy_pb2.Group]  # type: ignore[assignment]
+    SetMemberships: _aio.UnaryUnaryMultiCallable[_policy_pb2.SetMembershipsRequest, _policy_pb2.SetMembershipsResponse]  # type: ignore[assignment]
+    ImportDirectory: _aio.UnaryUnaryMultiCallable[_policy_pb2.ImportDirectoryRequest, _policy_pb2.ImportReport]  # type: ignore[assignment]
+    """A directory sync: upsert users, groups, memberships and group admins from a
+    JSON or CSV document and report what changed.
+    """
+
+class PolicyAdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------------------
+    Administration. Every call needs an admin credential (gRPC metadata
+    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    is written to an append-only audit log and reaches every replica within a second.
+    """
+
+    @_abc_1.abstractmethod
+    def SetDefaultLimit(
+        self,
+        request: _policy_pb2.SetDefaultLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.LimitRule, _abc.Awaitable[_policy_pb2.LimitRule]]: ...
+
+    @_abc_1.abstractmethod
+    def SetGroupLimit(
+        self,
+        request: _policy_pb2.SetGroupLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.LimitRule, _abc.Awaitable[_policy_pb2.LimitRule]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveGroupLimit(
+        self,
+        request: _policy_pb2.RemoveGroupLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.LimitRule, _abc.Awaitable[_policy_pb2.LimitRule]]: ...
+
+    @_abc_1.abstractmethod
+    def SetOverride(
+        self,
+        request: _policy_pb2.SetOverrideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.Override, _abc.Awaitable[_policy_pb2.Override]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveOverride(
+        self,
+        request: _policy_pb2.RemoveOverrideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.Override, _abc.Awaitable[_policy_pb2.Override]]: ...
+
+    @_abc_1.abstractmethod
+    def SetModelPolicy(
+        self,
+        request: _policy_pb2.SetModelPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ModelPolicy, _abc.Awaitable[_policy_pb2.ModelPolicy]]: ...
+
+    @_abc_1.abstractmethod
+    def ListLimits(
+        self,
+        request: _policy_pb2.ListLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ListLimitsResponse, _abc.Awaitable[_policy_pb2.ListLimitsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExplainLimit(
+        self,
+        request: _policy_pb2.ExplainLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.Explanation, _abc.Awaitable[_policy_pb2.Explanation]]:
+        """How a user's limit comes about, rule by rule, in words."""
+
+    @_abc_1.abstractmethod
+    def UpsertUser(
+        self,
+        request: _policy_pb2.User,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.User, _abc.Awaitable[_policy_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def UpsertGroup(
+        self,
+        request: _policy_pb2.Group,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.Group, _abc.Awaitable[_policy_pb2.Group]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMemberships(
+        self,
+        request: _policy_pb2.SetMembershipsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.SetMembershipsResponse, _abc.Awaitable[_policy_pb2.SetMembershipsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportDirectory(
+        self,
+        request: _policy_pb2.ImportDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ImportReport, _abc.Awaitable[_policy_pb2.ImportReport]]:
+        """A directory sync: upsert users, groups, memberships and group admins from a
+        JSON or CSV document and report what changed.
+        """
+
+def add_PolicyAdminServiceServicer_to_server(servicer: PolicyAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DirectoryServiceStub:
+    """Read-only directory lookups for the other services (requests routes approvals
+    with them; notifier finds Slack ids).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DirectoryServiceAsyncStub: ...
+    GetUser: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetUserRequest, _policy_pb2.User]
+    ManagerChain: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetUserRequest, _policy_pb2.UserList]
+    """The user's manager, their manager, ... (nearest first, cycles cut)."""
+    GroupAdmins: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GroupAdminsRequest, _policy_pb2.UserList]
+    """Admins of the group and of every ancestor group, nearest group first."""
+
+@_typing.type_check_only
+class DirectoryServiceAsyncStub(DirectoryServiceStub):
+    """Read-only directory lookups for the other services (requests routes approvals
+    with them; notifier finds Slack ids).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetUser: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetUserRequest, _policy_pb2.User]  # type: ignore[assignment]
+    ManagerChain: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetUserRequest, _policy_pb2.UserList]  # type: ignore[assignment]
+    """The user's manager, their manager, ... (nearest first, cycles cut)."""
+    GroupAdmins: _aio.UnaryUnaryMultiCallable[_policy_pb2.GroupAdminsRequest, _policy_pb2.UserList]  # type: ignore[assignment]
+    """Admins of the group and of every ancestor group, nearest group first."""
+
+class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Read-only directory lookups for the other services (requests routes approvals
+    with them; notifier finds Slack ids).
+    """
+
+    @_abc_1.abstractmethod
+    def GetUser(
+        self,
+        request: _policy_pb2.GetUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.User, _abc.Awaitable[_policy_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def ManagerChain(
+        self,
+        request: _policy_pb2.GetUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.UserList, _abc.Awaitable[_policy_pb2.UserList]]:
+        """The user's manager, their manager, ... (nearest first, cycles cut)."""
+
+    @_abc_1.abstractmethod
+    def GroupAdmins(
+        self,
+        request: _policy_pb2.GroupAdminsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.UserList, _abc.Awaitable[_policy_pb2.UserList]]:
+        """Admins of the group and of every ancestor group, nearest group first."""
+
+def add_DirectoryServiceServicer_to_server(servicer: DirectoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

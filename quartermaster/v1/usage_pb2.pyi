@@ -175,6 +175,7 @@ class UsageTotal(_message.Message):
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     UNPRICED_EVENT_COUNT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SETTLED_REQUEST_IDS_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     subject_kind: Global___SubjectKind.ValueType
     subject_id: _builtins.str
@@ -193,6 +194,13 @@ class UsageTotal(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When metering last changed this total; consumers keep the newest."""
 
+    @_builtins.property
+    def settled_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request ids (UsageEvent.request_id) of the events this update of the total
+        added: a policy reservation for one of them is settled once its usage is in
+        the total, so it is never counted twice nor dropped before the usage shows.
+        """
+
     def __init__(
         self,
         *,
@@ -207,10 +215,11 @@ class UsageTotal(_message.Message):
         event_count: _builtins.int = ...,
         unpriced_event_count: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        settled_request_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_count", b"event_count", "period_end", b"period_end", "period_key", b"period_key", "period_kind", b"period_kind", "period_start", b"period_start", "subject_id", b"subject_id", "subject_kind", b"subject_kind", "unpriced_event_count", b"unpriced_event_count", "updated_at", b"updated_at", "used_micros", b"used_micros", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_count", b"event_count", "period_end", b"period_end", "period_key", b"period_key", "period_kind", b"period_kind", "period_start", b"period_start", "settled_request_ids", b"settled_request_ids", "subject_id", b"subject_id", "subject_kind", b"subject_kind", "unpriced_event_count", b"unpriced_event_count", "updated_at", b"updated_at", "used_micros", b"used_micros", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -123,6 +123,7 @@ class Priced:
     rollups: tuple[RollupKey, ...]
     tokens: Tokens
     at: float  # occurred_at, epoch seconds
+    request_id: str = ""  # settles a policy reservation made for it
 
 
 @dataclass
@@ -234,6 +235,7 @@ class Meter:
                     Priced(
                         event.user_id, event.workspace_id or self.default_workspace,
                         periods, price.micros, price.fallback, (hour,), used, at,
+                        event.request_id,
                     )
                 )  # fmt: skip
         return plan

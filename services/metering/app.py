@@ -70,7 +70,9 @@ PERIOD_KINDS = {
 }
 
 
-def total_message(key: TotalKey, total: Total, now: datetime) -> usage_pb2.UsageTotal:
+def total_message(
+    key: TotalKey, total: Total, now: datetime, settled: list[str] | None = None
+) -> usage_pb2.UsageTotal:
     user, kind, period_key = key
     return usage_pb2.UsageTotal(
         workspace_id=total.workspace_id,
@@ -84,6 +86,7 @@ def total_message(key: TotalKey, total: Total, now: datetime) -> usage_pb2.Usage
         event_count=total.event_count,
         unpriced_event_count=total.fallback_count,
         updated_at=timestamp(now),
+        settled_request_ids=settled or [],
     )
 
 
@@ -278,8 +281,14 @@ class Processor:
             ]
             out.append((Topic.USAGE_DLQ.value, r.key, r.value, headers))
         now = datetime.now(UTC)
+        # Every record of a user's totals in this batch names the requests it now
+        # includes, so policy settles their reservations whichever period it reads.
+        settled: dict[str, list[str]] = defaultdict(list)
+        for p in plan.priced:
+            if p.request_id:
+                settled[p.user_id].append(p.request_id)
         for key, total in changed.items():
-            value = total_message(key, total, now).SerializeToString()
+            value = total_message(key, total, now, settled.get(key[0])).SerializeToString()
             topic_key = f"user:{key[0]}:{key[2]}".encode()
             out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
         if out:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from quartermaster.money import credits
+from quartermaster.periods import PeriodKind
 from quartermaster.v1 import policy_pb2
 
 
@@ -14,11 +15,12 @@ class Enforcement(StrEnum):
     SOFT = "soft"  # allow, but warn, past the limit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limit:
     micros: int
     enforcement: Enforcement
-    source: str  # e.g. "workspace_default"
+    source: str  # e.g. "workspace_default", "group:ml", "override:ov-1"
+    period: PeriodKind = PeriodKind.MONTH
 
 
 def decide(used: int, limit: Limit, estimated: int, warn_percent: int) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""Wiring: Postgres, the totals view and the gRPC server (health + reflection)."""
+"""Wiring: Postgres, the totals and holds views, and the gRPC server (health +
+reflection) with PolicyService, PolicyAdminService and DirectoryService."""
 
 from __future__ import annotations
 
@@ -14,12 +15,19 @@ from quartermaster.db import connect_pool
 from quartermaster.grpcserver import Served, serve
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
-from services.policy.service import LimitHolder, PolicyServicer
+from services.policy.admin import Credentials, DirectoryServicer, PolicyAdminServicer
+from services.policy.holds import HoldsView
+from services.policy.service import Evaluator, LimitHolder, PolicyServicer
 from services.policy.settings import PolicySettings
 from services.policy.totals import TotalsView
 
 log = logging.getLogger("qm.policy")
-SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+SERVICE_NAMES = [
+    policy_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("PolicyService", "PolicyAdminService", "DirectoryService")
+]
+SERVICE_NAME = SERVICE_NAMES[0]
+HOUSEKEEPING_SECONDS = 60.0
 
 
 @dataclass
@@ -27,15 +35,30 @@ class RunningPolicy:
     served: Served
     pool: asyncpg.Pool
     totals: TotalsView
+    holds: HoldsView
+    limits: LimitHolder
+    evaluator: Evaluator
+    settings: PolicySettings
     # Set once limits are loaded and the totals view has read every partition to its end.
     serving: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # LISTENs for limit changes (its own connection, outside the pool)
+    # LISTENs for limit and hold changes (its own connection, outside the pool)
     listener: asyncpg.Connection | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reloads: int = 0
 
     @property
     def port(self) -> int:
         return self.served.port
+
+    async def reload(self) -> None:
+        """Read the workspace's rules and directory again and swap them in whole."""
+        async with self._reload_lock:
+            snap = await store.load_snapshot(self.pool, self.settings.workspace_id)
+            self.limits.snapshot = snap
+            self.totals.set_pools(snap.pool_members())
+            self.reloads += 1
 
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let in-flight ones finish within `grace`, then close."""
@@ -50,28 +73,46 @@ class RunningPolicy:
         await self.pool.close()
 
 
-async def _refresh_limits(
-    pool: asyncpg.Pool, workspace_id: str, holder: LimitHolder, every: float,
-    changed: asyncio.Event,
-) -> None:  # fmt: skip
-    """Re-read limits when Postgres says they changed (NOTIFY, within milliseconds on
-    every replica) and every `every` seconds anyway (a missed notification, or a
-    listener connection that was lost, costs at most that long)."""
+async def _refresh(running: RunningPolicy) -> None:
+    """Reload when Postgres says the rules changed (NOTIFY, within milliseconds on
+    every replica), and check config_version every refresh_seconds anyway (a missed
+    notification, or a listener connection that was lost, costs at most that long)."""
+    settings = running.settings
     while True:
+        notified = False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), every)
-        changed.clear()
+            await asyncio.wait_for(running.changed.wait(), settings.refresh_seconds)
+            notified = True
+        running.changed.clear()
         try:
-            holder.workspace = await store.workspace_limit(pool, workspace_id)
+            if not notified:
+                version = await store.config_version(running.pool, settings.workspace_id)
+                if version == running.limits.snapshot.version:
+                    continue
+            await running.reload()
         except (OSError, asyncpg.PostgresError) as exc:
-            # Keep answering with the last known limits; Postgres may be back soon.
+            # Keep answering with the last known rules; Postgres may be back soon.
             log.warning("could not refresh limits, keeping the last ones: %s", exc)
 
 
-async def _set_serving_when_ready(running: RunningPolicy, holder: LimitHolder) -> None:
-    # Two conditions from two places (a consumer thread, the refresh task): a short
-    # poll is simpler than bridging both into asyncio events, and runs only at start.
-    while not (running.totals.caught_up and holder.workspace is not None):  # noqa: ASYNC110
+async def _housekeeping(running: RunningPolicy) -> None:
+    """Drop expired holds from memory; delete day-old ones from Postgres."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        running.holds.prune(running.evaluator.clock())
+        try:
+            await store.forget_old_holds(running.pool, 86_400)
+            # Holds whose NOTIFY was missed (a lost listener) come back here.
+            running.holds.replace_all(
+                await store.open_holds(running.pool, running.settings.workspace_id)
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("hold housekeeping failed, will retry: %s", exc)
+
+
+async def _set_serving_when_ready(running: RunningPolicy) -> None:
+    # A short poll (the totals consumer is a thread), and only at start.
+    while not running.totals.caught_up:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     await running.served.set_serving(True)
     running.serving.set()
@@ -80,25 +121,54 @@ async def _set_serving_when_ready(running: RunningPolicy, holder: LimitHolder) -
 
 async def start(settings: PolicySettings, addr: str | None = None) -> RunningPolicy:
     """Start a policy server on `addr` (default: the setting; port 0 picks a free one)."""
-    pool = await connect_pool(settings.database_url)
-    holder = LimitHolder(await store.workspace_limit(pool, settings.workspace_id))
+    ws = settings.workspace_id
+    pool = await connect_pool(settings.database_url, max_size=10)
+    # LISTEN before the first read, so no change can fall between the two.
+    listener = await asyncpg.connect(settings.database_url)
+    changed = asyncio.Event()
+    holds = HoldsView()
+
+    def on_change(_c: object, _pid: object, _channel: object, payload: str) -> None:
+        if payload == ws:
+            changed.set()
+
+    def on_hold(_c: object, _pid: object, _channel: object, payload: str) -> None:
+        workspace, hold = store.hold_from_payload(payload)
+        if workspace == ws:
+            holds.put(hold)
+
+    await listener.add_listener(store.CHANGED_CHANNEL, on_change)
+    await listener.add_listener(store.HOLDS_CHANNEL, on_hold)
+    snap = await store.load_snapshot(pool, ws)
+    holds.replace_all(await store.open_holds(pool, ws))
+    limits = LimitHolder(snap)
     totals = TotalsView(settings.kafka_bootstrap)
+    totals.set_pools(snap.pool_members())
     totals.start()
+    evaluator = Evaluator(limits, totals, holds, settings.timezone, settings.warn_percent)
 
     server = grpc.aio.server()
+    running_ref: list[RunningPolicy] = []
+
+    async def reload() -> None:
+        await running_ref[0].reload()
+
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-        PolicyServicer(totals, holder, settings.timezone, settings.warn_percent), server
+        PolicyServicer(evaluator, pool, ws, settings.reservation_ttl_seconds), server
     )
-    served = await serve(addr or settings.addr, [SERVICE_NAME], server)
+    policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
+        PolicyAdminServicer(pool, ws, limits, Credentials(settings.admin_credentials), reload),
+        server,
+    )
+    policy_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(limits), server)
+    served = await serve(addr or settings.addr, SERVICE_NAMES, server)
     log.info("policy listening on port %d", served.port)
-    running = RunningPolicy(served, pool, totals)
-    changed = asyncio.Event()
-    running.listener = await asyncpg.connect(settings.database_url)
-    await running.listener.add_listener(store.CHANGED_CHANNEL, lambda *_: changed.set())
-    running.tasks.append(
-        asyncio.create_task(
-            _refresh_limits(pool, settings.workspace_id, holder, settings.refresh_seconds, changed)
-        )
-    )
-    running.tasks.append(asyncio.create_task(_set_serving_when_ready(running, holder)))
+    running = RunningPolicy(
+        served, pool, totals, holds, limits, evaluator, settings, listener=listener,
+        changed=changed,
+    )  # fmt: skip
+    running_ref.append(running)
+    running.tasks.append(asyncio.create_task(_refresh(running)))
+    running.tasks.append(asyncio.create_task(_housekeeping(running)))
+    running.tasks.append(asyncio.create_task(_set_serving_when_ready(running)))
     return running

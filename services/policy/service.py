@@ -1,30 +1,53 @@
-"""The PolicyService servicer: validation, then a decision from memory."""
+"""The PolicyService servicer: validation, then a decision from memory.
+
+A decision takes the user's resolved limit (rules.Snapshot), their spend this
+period (metering's totals) plus their open reservations, and does the same for
+every pooled budget they draw on; the worst answer wins. Only Reserve (and Check
+with `reserve`), Commit and Release touch Postgres.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quartermaster.periods import Period, PeriodKind, period_of
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
-from services.policy.decide import Limit, decide
+from services.policy import store
+from services.policy.decide import Enforcement, Limit, decide
+from services.policy.holds import HoldsView, open_micros
+from services.policy.rules import NoLimit, Resolved, Snapshot
 from services.policy.totals import TotalsView
 
 MAX_ID_LENGTH = 256
+MAX_BATCH = 1000
+MAX_TTL_SECONDS = 86_400
+
+PERIODS = {
+    PeriodKind.DAY: policy_pb2.PERIOD_DAY,
+    PeriodKind.WEEK: policy_pb2.PERIOD_WEEK,
+    PeriodKind.MONTH: policy_pb2.PERIOD_MONTH,
+}
+ENFORCEMENTS = {
+    Enforcement.HARD: policy_pb2.ENFORCEMENT_HARD,
+    Enforcement.SOFT: policy_pb2.ENFORCEMENT_SOFT,
+}
+Context = grpc.aio.ServicerContext[object, object]
 
 
-def _ts(at: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
+def ts(at: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(at)
+    return out
 
 
-def _id_problems(name: str, value: str) -> list[str]:
+def id_problems(name: str, value: str) -> list[str]:
     if not value.strip():
         return [f"{name}: must not be empty"]
     if len(value) > MAX_ID_LENGTH:
@@ -32,53 +55,173 @@ def _id_problems(name: str, value: str) -> list[str]:
     return []
 
 
-MAX_BATCH = 1000
-
-
 def check_problems(req: policy_pb2.CheckRequest, prefix: str = "") -> list[str]:
     """Every bad field of a CheckRequest, each named (under `prefix`, in a batch)."""
-    out = _id_problems(f"{prefix}user_id", req.user_id)
-    out += _id_problems(f"{prefix}product", req.product)
-    out += _id_problems(f"{prefix}model", req.model)
+    out = id_problems(f"{prefix}user_id", req.user_id)
+    out += id_problems(f"{prefix}product", req.product)
+    out += id_problems(f"{prefix}model", req.model)
     if req.estimated_micros < 0:
         out.append(f"{prefix}estimated_micros: must not be negative")
+    if req.reserve:
+        out += id_problems(f"{prefix}request_id", req.request_id)
+    out += _ttl_problems(f"{prefix}reservation_ttl_seconds", req.reservation_ttl_seconds)
     return out
+
+
+def _ttl_problems(name: str, ttl: int) -> list[str]:
+    if not 0 <= ttl <= MAX_TTL_SECONDS:
+        return [f"{name}: must be between 0 and {MAX_TTL_SECONDS}"]
+    return []
 
 
 @dataclass
 class LimitHolder:
-    """The current limits, swapped whole by the refresh loop (never mutated in place)."""
+    """The current snapshot, swapped whole by the refresh loop (never mutated in place)."""
 
-    workspace: Limit | None = None
+    snapshot: Snapshot
 
 
-class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+@dataclass
+class Verdict:
+    decision: int
+    reason: str
+    limit: Limit
+    period: Period
+    used: int  # spend in the totals plus open holds
+    reserved: int
+    pools: list[policy_pb2.PoolStanding] = field(default_factory=list)
+    suggested_model: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        return self.decision != policy_pb2.DECISION_DENY
+
+    def response(self, reservation_id: str = "") -> policy_pb2.CheckResponse:
+        return policy_pb2.CheckResponse(
+            decision=self.decision,  # type: ignore[arg-type]
+            used_micros=self.used,
+            limit_micros=self.limit.micros,
+            remaining_micros=max(0, self.limit.micros - self.used),
+            limit_source=self.limit.source,
+            period_start=ts(self.period.start),
+            period_end=ts(self.period.end),
+            reason=self.reason,
+            period=PERIODS[self.limit.period],
+            enforcement=ENFORCEMENTS[self.limit.enforcement],
+            reserved_micros=self.reserved,
+            reservation_id=reservation_id,
+            suggested_model=self.suggested_model,
+            pools=self.pools,
+        )
+
+
+class Evaluator:
+    """Decisions from memory: the snapshot, the totals and the open holds."""
+
     def __init__(
         self,
-        totals: TotalsView,
         limits: LimitHolder,
+        totals: TotalsView,
+        holds: HoldsView,
         tz: ZoneInfo,
         warn_percent: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._totals = totals
-        self._limits = limits
-        self._tz = tz
-        self._warn_percent = warn_percent
-        self._clock = clock
+        self.limits = limits
+        self.totals = totals
+        self.holds = holds
+        self.tz = tz
+        self.warn_percent = warn_percent
+        self.clock = clock
+        self._periods: dict[PeriodKind, Period] = {}
 
-    async def _state(
-        self, user_id: str, context: grpc.aio.ServicerContext[object, object]
-    ) -> tuple[Limit, Period, int]:
-        limit = self._limits.workspace
-        if limit is None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "the workspace has no default limit yet (seed it or set one)",
+    def period(self, kind: PeriodKind, now: datetime) -> Period:
+        p = self._periods.get(kind)
+        if p is None or not p.contains(now):
+            p = self._periods[kind] = period_of(kind, now, self.tz)
+        return p
+
+    def resolve(self, user_id: str, now: datetime) -> Resolved:
+        return self.limits.snapshot.resolve(user_id, now)
+
+    def verdict(
+        self,
+        user_id: str,
+        model: str,
+        estimated: int,
+        now: datetime,
+        resolved: Resolved,
+        holds: Iterable[store.Hold] | None = None,
+    ) -> Verdict:
+        """The decision for one call. `holds`: the open holds read from Postgres under
+        the reservation lock; None means this replica's in-memory view."""
+        settled = self.totals.settled
+        limit = resolved.limit
+        period = self.period(limit.period, now)
+        if holds is not None:
+            holds = list(holds)
+            mine = open_micros((h for h in holds if h.user_id == user_id), now, settled)
+        else:
+            mine = open_micros(self.holds.of_user(user_id), now, settled)
+        used = self.totals.used(user_id, period.key) + mine
+        decision, reason = decide(used, limit, estimated, self.warn_percent)
+        out = Verdict(decision, reason, limit, period, used, mine)
+        for g, rule in resolved.pools:
+            pp = self.period(rule.period, now)
+            held = (
+                open_micros((h for h in holds if g in h.pools), now, settled)
+                if holds is not None
+                else open_micros(self.holds.of_pool(g), now, settled)
             )
-            raise AssertionError("abort returned")
-        period = period_of(PeriodKind.MONTH, self._clock(), self._tz)
-        return limit, period, self._totals.used(user_id, period.key)
+            pool_used = self.totals.pool_used(g, pp.key) + held
+            pool_limit = Limit(rule.micros, rule.enforcement, f"pool:{g}", rule.period)
+            d, why = decide(pool_used, pool_limit, estimated, self.warn_percent)
+            if d > out.decision:
+                out.decision, out.reason = d, f"pooled budget of {g}: {why}"
+            out.pools.append(
+                policy_pb2.PoolStanding(
+                    group_id=g,
+                    used_micros=pool_used,
+                    limit_micros=rule.micros,
+                    remaining_micros=max(0, rule.micros - pool_used),
+                    period=PERIODS[rule.period],
+                )
+            )
+        models = resolved.models
+        if models is not None and model:
+            fallback = models.fallback_model
+            if models.allowed is not None and model not in models.allowed:
+                out.decision = policy_pb2.DECISION_DENY
+                out.reason = (
+                    f"model {model} is not allowed for this user"
+                    f" ({', '.join(models.sources)} allow {', '.join(sorted(models.allowed))})"
+                )
+                out.suggested_model = fallback
+            elif (
+                fallback
+                and fallback != model
+                and models.fallback_at_percent
+                and used * 100 >= limit.micros * models.fallback_at_percent
+            ):
+                out.suggested_model = fallback
+        return out
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(
+        self, evaluator: Evaluator, pool: asyncpg.Pool, workspace_id: str, default_ttl: float
+    ) -> None:
+        self._ev = evaluator
+        self._pool = pool
+        self._workspace_id = workspace_id
+        self._default_ttl = default_ttl
+
+    async def _resolve(self, user_id: str, now: datetime, context: Context) -> Resolved:
+        try:
+            return self._ev.resolve(user_id, now)
+        except NoLimit as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("abort returned") from None
 
     async def Check(
         self,
@@ -88,6 +231,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         problems = check_problems(request)
         if problems:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        if request.reserve:
+            return await self._reserve(
+                request.user_id, request.model, request.estimated_micros, request.request_id,
+                request.reservation_ttl_seconds, context,  # type: ignore[arg-type]
+            )  # fmt: skip
         return await self._check(request, context)  # type: ignore[arg-type]
 
     async def CheckBatch(
@@ -102,42 +250,144 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             problems.append(f"checks: at most {MAX_BATCH}, got {len(request.checks)}")
         for i, check in enumerate(request.checks[:MAX_BATCH]):
             problems += check_problems(check, f"checks[{i}].")
+            if check.reserve:
+                problems.append(f"checks[{i}].reserve: not supported in a batch; use Reserve")
         if problems:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         results = [await self._check(c, context) for c in request.checks]  # type: ignore[arg-type]
         return policy_pb2.CheckBatchResponse(results=results)
 
     async def _check(
-        self, request: policy_pb2.CheckRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: policy_pb2.CheckRequest, context: Context
     ) -> policy_pb2.CheckResponse:
-        limit, period, used = await self._state(request.user_id, context)
-        decision, reason = decide(used, limit, request.estimated_micros, self._warn_percent)
-        return policy_pb2.CheckResponse(
-            decision=decision,  # type: ignore[arg-type]
-            used_micros=used,
-            limit_micros=limit.micros,
-            remaining_micros=max(0, limit.micros - used),
-            limit_source=limit.source,
-            period_start=_ts(period.start),
-            period_end=_ts(period.end),
-            reason=reason,
+        now = self._ev.clock()
+        resolved = await self._resolve(request.user_id, now, context)
+        v = self._ev.verdict(
+            request.user_id, request.model, request.estimated_micros, now, resolved
         )
+        return v.response()
 
     async def GetBudget(
         self,
         request: policy_pb2.GetBudgetRequest,
         context: grpc.aio.ServicerContext[policy_pb2.GetBudgetRequest, policy_pb2.Budget],
     ) -> policy_pb2.Budget:
-        problems = _id_problems("user_id", request.user_id)
+        problems = id_problems("user_id", request.user_id)
         if problems:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
-        limit, period, used = await self._state(request.user_id, context)  # type: ignore[arg-type]
+        now = self._ev.clock()
+        resolved = await self._resolve(request.user_id, now, context)  # type: ignore[arg-type]
+        v = self._ev.verdict(request.user_id, "", 0, now, resolved)
         return policy_pb2.Budget(
             user_id=request.user_id,
-            used_micros=used,
-            limit_micros=limit.micros,
-            remaining_micros=max(0, limit.micros - used),
-            limit_source=limit.source,
-            period_start=_ts(period.start),
-            period_end=_ts(period.end),
+            used_micros=v.used,
+            limit_micros=v.limit.micros,
+            remaining_micros=max(0, v.limit.micros - v.used),
+            limit_source=v.limit.source,
+            period_start=ts(v.period.start),
+            period_end=ts(v.period.end),
+            period=PERIODS[v.limit.period],
+            enforcement=ENFORCEMENTS[v.limit.enforcement],
+            reserved_micros=v.reserved,
+            pools=v.pools,
+        )
+
+    # -- reservations --------------------------------------------------------------
+
+    async def Reserve(
+        self,
+        request: policy_pb2.ReserveRequest,
+        context: grpc.aio.ServicerContext[policy_pb2.ReserveRequest, policy_pb2.CheckResponse],
+    ) -> policy_pb2.CheckResponse:
+        problems = id_problems("user_id", request.user_id)
+        problems += id_problems("product", request.product)
+        problems += id_problems("model", request.model)
+        problems += id_problems("request_id", request.request_id)
+        if request.estimated_micros < 0:
+            problems.append("estimated_micros: must not be negative")
+        problems += _ttl_problems("ttl_seconds", request.ttl_seconds)
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        return await self._reserve(
+            request.user_id, request.model, request.estimated_micros, request.request_id,
+            request.ttl_seconds, context,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    async def _reserve(
+        self, user_id: str, model: str, estimated: int, request_id: str, ttl: int,
+        context: Context,
+    ) -> policy_pb2.CheckResponse:  # fmt: skip
+        now = self._ev.clock()
+        resolved = await self._resolve(user_id, now, context)
+        pools = tuple(g for g, _ in resolved.pools)
+
+        def admit(holds: list[store.Hold]) -> Verdict:
+            return self._ev.verdict(user_id, model, estimated, now, resolved, holds)
+
+        verdict, hold, existed = await store.reserve(
+            self._pool, self._workspace_id, user_id, pools, request_id,
+            estimated, ttl or self._default_ttl, admit,
+        )  # fmt: skip
+        if hold is None:
+            assert verdict is not None
+            return verdict.response()
+        self._ev.holds.put(hold)
+        if existed:
+            v = self._ev.verdict(user_id, model, 0, now, resolved)
+            if hold.user_id != user_id:
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request_id: {request_id!r} is reserved for another user",
+                )
+            v.decision = policy_pb2.DECISION_ALLOW if not hold.released else v.decision
+            v.reason = f"already reserved for this request_id: {v.reason}"
+            return v.response(hold.reservation_id)
+        assert verdict is not None
+        return verdict.response(hold.reservation_id)
+
+    async def Commit(
+        self,
+        request: policy_pb2.CommitRequest,
+        context: grpc.aio.ServicerContext[policy_pb2.CommitRequest, policy_pb2.Reservation],
+    ) -> policy_pb2.Reservation:
+        problems = id_problems("reservation_id", request.reservation_id)
+        if request.actual_micros < 0:
+            problems.append("actual_micros: must not be negative")
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        return await self._settle(request.reservation_id, request.actual_micros, context)  # type: ignore[arg-type]
+
+    async def Release(
+        self,
+        request: policy_pb2.ReleaseRequest,
+        context: grpc.aio.ServicerContext[policy_pb2.ReleaseRequest, policy_pb2.Reservation],
+    ) -> policy_pb2.Reservation:
+        problems = id_problems("reservation_id", request.reservation_id)
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        return await self._settle(request.reservation_id, None, context)  # type: ignore[arg-type]
+
+    async def _settle(
+        self, reservation_id: str, actual: int | None, context: Context
+    ) -> policy_pb2.Reservation:
+        try:
+            hold = await store.settle(
+                self._pool, self._workspace_id, reservation_id, actual, self._default_ttl,
+            )  # fmt: skip
+        except store.NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise AssertionError("abort returned") from None
+        except store.Conflict as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("abort returned") from None
+        self._ev.holds.put(hold)
+        return policy_pb2.Reservation(
+            reservation_id=hold.reservation_id,
+            user_id=hold.user_id,
+            request_id=hold.request_id,
+            estimated_micros=hold.estimated_micros,
+            actual_micros=hold.micros if hold.committed else 0,
+            committed=hold.committed,
+            released=hold.released,
+            expires_at=ts(hold.expires_at),
         )

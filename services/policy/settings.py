@@ -8,6 +8,19 @@ from quartermaster.config import CommonSettings
 from quartermaster.settings import host_port, setting
 
 
+def parse_tokens(spec: str) -> dict[str, str]:
+    """ "name:token,name2:token2" → {token: name}; ValueError names a bad entry."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
+        name, sep, token = part.partition(":")
+        if not sep or not name.strip() or len(token.strip()) < 16:
+            raise ValueError(
+                f"entry {i + 1}: expected name:token with a token of 16 or more characters"
+            )
+        out[token.strip()] = name.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class PolicySettings(CommonSettings):
     addr: str = setting("QM_POLICY_ADDR", "127.0.0.1:50051", "Where the policy gRPC server listens")
@@ -22,6 +35,31 @@ class PolicySettings(CommonSettings):
     grace_seconds: float = setting(
         "QM_POLICY_GRACE_SECONDS", 5.0, "How long in-flight calls may finish on shutdown"
     )
+    admin_tokens: str = setting(
+        "QM_POLICY_ADMIN_TOKENS",
+        "",
+        "Admin credentials, name:token,... (tokens of 16+ characters; the name is the audit"
+        " log's actor). Empty: every admin call is refused",
+    )
+    reservation_ttl_seconds: float = setting(
+        "QM_POLICY_RESERVATION_TTL_SECONDS",
+        600.0,
+        "How long a reservation holds budget unless the request says; a committed one is"
+        " kept this long for its usage to arrive",
+    )
+    thresholds: str = setting(
+        "QM_POLICY_THRESHOLDS",
+        "50,80,100",
+        "Percentages of a budget whose crossing sends one notification per period",
+    )
+
+    @property
+    def threshold_percents(self) -> tuple[int, ...]:
+        return tuple(sorted({int(p) for p in self.thresholds.split(",") if p.strip()}))
+
+    @property
+    def admin_credentials(self) -> dict[str, str]:
+        return parse_tokens(self.admin_tokens)
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
@@ -33,4 +71,18 @@ class PolicySettings(CommonSettings):
             out.append(("warn_percent", "must be between 1 and 100"))
         if not 0 <= self.grace_seconds <= 300:
             out.append(("grace_seconds", "must be between 0 and 300"))
+        try:
+            self.admin_credentials  # noqa: B018 - parsing is the check
+        except ValueError as exc:
+            out.append(("admin_tokens", str(exc)))
+        if not 1 <= self.reservation_ttl_seconds <= 86_400:
+            out.append(("reservation_ttl_seconds", "must be between 1 and 86400"))
+        try:
+            percents = self.threshold_percents
+            if any(not 1 <= p <= 1000 for p in percents):
+                out.append(("thresholds", "each must be between 1 and 1000"))
+        except ValueError:
+            out.append(
+                ("thresholds", f"expected percentages like 50,80,100, got {self.thresholds!r}")
+            )
         return out

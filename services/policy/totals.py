@@ -5,13 +5,20 @@ consumer group, no commits): the topic is compacted and carries absolute totals,
 the newest record per key is the truth and replaying it any number of times is
 harmless. A background thread polls; readers on the event loop only do dict
 look-ups, which are atomic under the GIL.
+
+Pooled budgets are sums over their members, kept up to date as totals arrive (each
+new total adds its difference to the user's pools) and recomputed whole when the
+membership changes. Request ids that a total reports as counted settle the
+reservations made for them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +28,8 @@ from quartermaster.topics import Topic
 from quartermaster.v1 import usage_pb2
 
 log = logging.getLogger("qm.policy.totals")
+# How long a settled request id is remembered: longer than any reservation lives.
+SETTLED_MEMORY_SECONDS = 26 * 3600
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,15 @@ class TotalsView:
         self._thread = threading.Thread(target=self._run, name="totals-consumer", daemon=True)
         self.records = 0
         self.rejected = 0
+        # request_id → when its usage was first seen in a total (monotonic seconds)
+        self._settled: dict[str, float] = {}
+        self._pruned_at = time.monotonic()
+        # user_id → the pooled groups they draw on; (group_id, period_key) → sum
+        self._pools_of: Mapping[str, tuple[str, ...]] = {}
+        self._pool_used: dict[tuple[str, str], int] = {}
+        self._pool_lock = threading.Lock()
+        # Called from the consumer thread with (user_id, period_key) of each change.
+        self.on_change: Callable[[str, str], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -61,6 +79,25 @@ class TotalsView:
         total = self._totals.get((user_id, period_key))
         return total.used_micros if total is not None else 0
 
+    def pool_used(self, group_id: str, period_key: str) -> int:
+        return self._pool_used.get((group_id, period_key), 0)
+
+    def settled(self, request_id: str) -> bool:
+        return request_id in self._settled
+
+    def set_pools(self, pools_of: Mapping[str, tuple[str, ...]]) -> None:
+        """Who draws on which pool; the sums are recomputed when it changed."""
+        with self._pool_lock:
+            if pools_of == self._pools_of:
+                return
+            sums: dict[tuple[str, str], int] = {}
+            for (user_id, period_key), total in list(self._totals.items()):
+                for g in pools_of.get(user_id, ()):
+                    key = (g, period_key)
+                    sums[key] = sums.get(key, 0) + total.used_micros
+            self._pools_of = pools_of
+            self._pool_used = sums
+
     def apply(self, value: bytes | None) -> None:
         """Fold one record's value into the view (newest `updated_at` wins)."""
         msg = usage_pb2.UsageTotal()
@@ -79,10 +116,28 @@ class TotalsView:
             period_end=msg.period_end.ToDatetime(tzinfo=UTC),
             updated_at=msg.updated_at.ToDatetime(tzinfo=UTC),
         )
-        old = self._totals.get(key)
-        if old is None or new.updated_at >= old.updated_at:
-            self._totals[key] = new
+        if msg.settled_request_ids:
+            now = time.monotonic()
+            for rid in msg.settled_request_ids:
+                self._settled.setdefault(rid, now)
+            if now - self._pruned_at > 600:
+                self._forget_settled(now)
+        with self._pool_lock:
+            old = self._totals.get(key)
+            if old is None or new.updated_at >= old.updated_at:
+                self._totals[key] = new
+                delta = new.used_micros - (old.used_micros if old is not None else 0)
+                for g in self._pools_of.get(msg.subject_id, ()):
+                    pool_key = (g, msg.period_key)
+                    self._pool_used[pool_key] = self._pool_used.get(pool_key, 0) + delta
         self.records += 1
+        if self.on_change is not None:
+            self.on_change(msg.subject_id, msg.period_key)
+
+    def _forget_settled(self, now: float) -> None:
+        self._pruned_at = now
+        horizon = now - SETTLED_MEMORY_SECONDS
+        self._settled = {r: t for r, t in self._settled.items() if t >= horizon}
 
     def _run(self) -> None:
         consumer = Consumer(

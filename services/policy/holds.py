@@ -1,0 +1,69 @@
+"""Open reservations held in memory, for Check and GetBudget to count without I/O.
+
+Fed at start from Postgres and then by NOTIFYs that every Reserve / Commit / Release
+sends from its own transaction, so every replica sees a hold within milliseconds.
+Reserve itself never trusts this view: it re-reads the holds under a lock in
+Postgres (see store.reserve). Touched only from the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from services.policy.store import Hold
+
+
+def open_micros(holds: Iterable[Hold], now: datetime, settled: Callable[[str], bool]) -> int:
+    """What the holds still count: not expired, and their usage not yet in the totals."""
+    return sum(h.micros for h in holds if h.expires_at > now and not settled(h.request_id))
+
+
+class HoldsView:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Hold] = {}
+        self._by_user: dict[str, dict[str, Hold]] = {}
+        self._by_pool: dict[str, dict[str, Hold]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def put(self, hold: Hold) -> None:
+        """Add, replace (committed) or drop (released) one hold."""
+        self._drop(hold.reservation_id)
+        if hold.released:
+            return
+        self._by_id[hold.reservation_id] = hold
+        self._by_user.setdefault(hold.user_id, {})[hold.reservation_id] = hold
+        for g in hold.pools:
+            self._by_pool.setdefault(g, {})[hold.reservation_id] = hold
+
+    def _drop(self, reservation_id: str) -> None:
+        old = self._by_id.pop(reservation_id, None)
+        if old is None:
+            return
+        for index, key in [(self._by_user, old.user_id)] + [(self._by_pool, g) for g in old.pools]:
+            held = index.get(key)
+            if held is not None:
+                held.pop(reservation_id, None)
+                if not held:
+                    del index[key]
+
+    def replace_all(self, holds: Iterable[Hold]) -> None:
+        self._by_id.clear()
+        self._by_user.clear()
+        self._by_pool.clear()
+        for h in holds:
+            self.put(h)
+
+    def of_user(self, user_id: str) -> Iterable[Hold]:
+        return self._by_user.get(user_id, {}).values()
+
+    def of_pool(self, group_id: str) -> Iterable[Hold]:
+        return self._by_pool.get(group_id, {}).values()
+
+    def prune(self, now: datetime) -> int:
+        gone = [rid for rid, h in self._by_id.items() if h.expires_at <= now]
+        for rid in gone:
+            self._drop(rid)
+        return len(gone)
