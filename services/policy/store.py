@@ -776,8 +776,8 @@ async def reserve(
     replica), read the open holds and ask `admit(holds)` for a verdict; when it says
     yes (`verdict.admitted`), write the hold. Returns (verdict, hold, existed): a
     request_id that already holds returns that hold unchanged."""
-    keys = sorted([f"{workspace_id}\x00user\x00{user_id}"]
-                  + [f"{workspace_id}\x00pool\x00{g}" for g in pools])  # fmt: skip
+    keys = sorted([f"{workspace_id}\x1fuser\x1f{user_id}"]
+                  + [f"{workspace_id}\x1fpool\x1f{g}" for g in pools])  # fmt: skip
     async with pool.acquire() as conn, conn.transaction():
         for k in keys:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", k)
