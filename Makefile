@@ -48,6 +48,9 @@ bench-metering: $(STAMP) ## metering events/s, RSS and freshness beside a plain 
 bench-costs: $(STAMP) ## Cost API: a 30-day query over 10,000 users
 	$(PY) scripts/bench_costs.py $(ARGS)
 
+bench-policy: $(STAMP) ## policy Check with 100,000 users beside a bare grpc.aio echo service
+	$(PY) scripts/bench_policy.py $(ARGS)
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -58,4 +61,4 @@ settings-doc: $(STAMP) ## regenerate deploy/settings.example.env (paste `... tab
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test lint fmt protos migrate bench-metering bench-costs bench-freshness settings-doc clean
+.PHONY: help venv run test lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean

@@ -33,6 +33,14 @@ if TYPE_CHECKING:
             policy_pb2.CheckRequest(user_id="u" * 300, product="p", model="m"),
             "user_id: longer than 256 characters",
         ),
+        (
+            policy_pb2.CheckRequest(user_id="u", product="  ", model="m"),
+            "product: must not be empty",
+        ),
+        (
+            policy_pb2.CheckRequest(user_id="u", product="p", model="m", reserve=True),
+            "request_id: must not be empty",
+        ),
     ],
 )
 async def test_invalid_checks_name_the_field(

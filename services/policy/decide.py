@@ -22,6 +22,35 @@ class Limit:
     source: str  # e.g. "workspace_default", "group:ml", "override:ov-1"
     period: PeriodKind = PeriodKind.MONTH
 
+    @property
+    def shown(self) -> str:
+        """ "10.00 credits used (group:ml)": the part of every reason that doesn't
+        change between calls, formatted once per limit."""
+        got = _SHOWN.get(self)
+        if got is None:
+            if len(_SHOWN) > 100_000:
+                _SHOWN.clear()
+            got = _SHOWN[self] = f"{credits(self.micros)} credits used ({self.source})"
+        return got
+
+
+_SHOWN: dict[Limit, str] = {}
+
+
+def classify(
+    used: int, limit_micros: int, enforcement: Enforcement, estimated: int, warn_percent: int
+) -> int:
+    """decide()'s Decision alone, without building the reason (the fast path)."""
+    if used >= limit_micros or used + estimated > limit_micros:
+        return (
+            policy_pb2.DECISION_DENY
+            if enforcement is Enforcement.HARD
+            else policy_pb2.DECISION_WARN
+        )
+    if used * 100 >= limit_micros * warn_percent:
+        return policy_pb2.DECISION_WARN
+    return policy_pb2.DECISION_ALLOW
+
 
 def decide(used: int, limit: Limit, estimated: int, warn_percent: int) -> tuple[int, str]:
     """(Decision enum value, reason) for a user who has used `used` micros this period.
@@ -29,7 +58,7 @@ def decide(used: int, limit: Limit, estimated: int, warn_percent: int) -> tuple[
     Hard limit: DENY when nothing is left or when this call's estimate would pass the
     limit. Soft limit: the same cases answer WARN. WARN too from `warn_percent` % up.
     """
-    where = f"{credits(used)} of {credits(limit.micros)} credits used ({limit.source})"
+    where = f"{credits(used)} of {limit.shown}"
     over = used >= limit.micros or used + estimated > limit.micros
     if over:
         why = (

@@ -8,7 +8,7 @@ Postgres (see store.reserve). Touched only from the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 
 from services.policy.store import Hold
@@ -17,6 +17,9 @@ from services.policy.store import Hold
 def open_micros(holds: Iterable[Hold], now: datetime, settled: Callable[[str], bool]) -> int:
     """What the holds still count: not expired, and their usage not yet in the totals."""
     return sum(h.micros for h in holds if h.expires_at > now and not settled(h.request_id))
+
+
+_NONE: dict[str, Hold] = {}
 
 
 class HoldsView:
@@ -56,11 +59,11 @@ class HoldsView:
         for h in holds:
             self.put(h)
 
-    def of_user(self, user_id: str) -> Iterable[Hold]:
-        return self._by_user.get(user_id, {}).values()
+    def of_user(self, user_id: str) -> Collection[Hold]:
+        return self._by_user.get(user_id, _NONE).values()
 
-    def of_pool(self, group_id: str) -> Iterable[Hold]:
-        return self._by_pool.get(group_id, {}).values()
+    def of_pool(self, group_id: str) -> Collection[Hold]:
+        return self._by_pool.get(group_id, _NONE).values()
 
     def prune(self, now: datetime) -> int:
         gone = [rid for rid, h in self._by_id.items() if h.expires_at <= now]

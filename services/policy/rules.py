@@ -153,7 +153,10 @@ class Snapshot:
     model_policies: Mapping[str, ModelPolicy] = field(default_factory=dict)
     version: int = 0
     _chains: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-    _static: dict[str, _Static] = field(default_factory=dict, repr=False)
+    # Keyed by a user's direct groups: everything but overrides follows from them, and
+    # a workspace has far fewer distinct group sets than people.
+    _static: dict[tuple[str, ...], _Static] = field(default_factory=dict, repr=False)
+    _plain: dict[tuple[str, ...], Resolved] = field(default_factory=dict, repr=False)
 
     # -- the directory ------------------------------------------------------------
 
@@ -203,10 +206,10 @@ class Snapshot:
     # -- resolution ---------------------------------------------------------------
 
     def _static_of(self, user_id: str) -> _Static:
-        cached = self._static.get(user_id)
+        direct = self.memberships.get(user_id, ())
+        cached = self._static.get(direct)
         if cached is not None:
             return cached
-        direct = self.memberships.get(user_id, ())
         candidates: list[tuple[str, Rule, str]] = []
         policies: dict[str, ModelPolicy] = {}
         for d in direct:
@@ -222,13 +225,25 @@ class Snapshot:
             (g, self.pool_limits[g]) for g in self.groups_of(user_id) if g in self.pool_limits
         )
         static = _Static(best, tuple(candidates), pools, _merge_models(policies.values()))
-        self._static[user_id] = static
+        self._static[direct] = static
         return static
 
     def resolve(self, user_id: str, now: datetime, steps: list[Step] | None = None) -> Resolved:
         """The user's limit at `now`; `steps`, when given, receives the reasoning."""
-        static = self._static_of(user_id)
         overrides = self.overrides.get(user_id, ())
+        if not overrides and steps is None:
+            # Most people have no override: their answer doesn't depend on the clock.
+            direct = self.memberships.get(user_id, ())
+            plain = self._plain.get(direct)
+            if plain is None:
+                plain = self._plain[direct] = self._resolve(user_id, now, (), None)
+            return plain
+        return self._resolve(user_id, now, overrides, steps)
+
+    def _resolve(
+        self, user_id: str, now: datetime, overrides: tuple[Override, ...], steps: list[Step] | None
+    ) -> Resolved:
+        static = self._static_of(user_id)
         replacing = [o for o in overrides if not o.additive and o.active(now)]
         chosen = max(
             replacing,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from quartermaster.grpcserver import Served, serve
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
 from services.policy.admin import Credentials, DirectoryServicer, PolicyAdminServicer
+from services.policy.events import Approvals, ThresholdWatch
 from services.policy.holds import HoldsView
 from services.policy.service import Evaluator, LimitHolder, PolicyServicer
 from services.policy.settings import PolicySettings
@@ -47,6 +49,9 @@ class RunningPolicy:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reloads: int = 0
+    thresholds: ThresholdWatch | None = None
+    approvals: Approvals | None = None
+    approvals_task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -59,15 +64,25 @@ class RunningPolicy:
             self.limits.snapshot = snap
             self.totals.set_pools(snap.pool_members())
             self.reloads += 1
+            # The snapshot lives until the next change: keep the collector from
+            # walking its hundreds of thousands of objects again and again.
+            gc.freeze()
 
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let in-flight ones finish within `grace`, then close."""
         await self.served.stop(grace)
+        if self.approvals is not None and self.approvals_task is not None:
+            self.approvals.stopping = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.approvals_task
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.totals.on_change = None
         self.totals.stop()
+        if self.thresholds is not None:
+            self.thresholds.close()
         if self.listener is not None:
             await self.listener.close()
         await self.pool.close()
@@ -114,6 +129,10 @@ async def _set_serving_when_ready(running: RunningPolicy) -> None:
     # A short poll (the totals consumer is a thread), and only at start.
     while not running.totals.caught_up:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
+    if running.thresholds is not None:
+        # From here on: a crossing missed while this replica was down is caught at the
+        # person's next total (crossings compare absolute shares, not steps).
+        running.totals.on_change = running.thresholds.changed
     await running.served.set_serving(True)
     running.serving.set()
     log.info("policy is serving (%d totals records read)", running.totals.records)
@@ -144,6 +163,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     limits = LimitHolder(snap)
     totals = TotalsView(settings.kafka_bootstrap)
     totals.set_pools(snap.pool_members())
+    gc.freeze()
     totals.start()
     evaluator = Evaluator(limits, totals, holds, settings.timezone, settings.warn_percent)
 
@@ -168,6 +188,12 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
         changed=changed,
     )  # fmt: skip
     running_ref.append(running)
+    running.thresholds = ThresholdWatch(
+        evaluator, pool, ws, settings.kafka_bootstrap, settings.threshold_percents
+    )
+    running.tasks.append(asyncio.create_task(running.thresholds.run()))
+    running.approvals = Approvals(pool, ws, settings.kafka_bootstrap)
+    running.approvals_task = asyncio.create_task(running.approvals.run())
     running.tasks.append(asyncio.create_task(_refresh(running)))
     running.tasks.append(asyncio.create_task(_housekeeping(running)))
     running.tasks.append(asyncio.create_task(_set_serving_when_ready(running)))

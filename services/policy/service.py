@@ -9,7 +9,7 @@ with `reserve`), Commit and Release touch Postgres.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quartermaster.periods import Period, PeriodKind, period_of
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
-from services.policy.decide import Enforcement, Limit, decide
+from services.policy.decide import Enforcement, Limit, classify, decide
 from services.policy.holds import HoldsView, open_micros
 from services.policy.rules import NoLimit, Resolved, Snapshot
 from services.policy.totals import TotalsView
@@ -81,38 +81,75 @@ class LimitHolder:
     snapshot: Snapshot
 
 
-@dataclass
 class Verdict:
-    decision: int
-    reason: str
-    limit: Limit
-    period: Period
-    used: int  # spend in the totals plus open holds
-    reserved: int
-    pools: list[policy_pb2.PoolStanding] = field(default_factory=list)
-    suggested_model: str = ""
+    """One decision and the standing behind it (a plain slotted class: it is built
+    on every Check, and a dataclass costs more)."""
+
+    __slots__ = (
+        "decision",
+        "limit",
+        "period",
+        "pools",
+        "reason",
+        "reserved",
+        "suggested_model",
+        "used",
+    )
+
+    def __init__(
+        self, decision: int, reason: str, limit: Limit, period: Period, used: int, reserved: int
+    ) -> None:
+        self.decision = decision
+        self.reason = reason
+        self.limit = limit
+        self.period = period
+        self.used = used  # spend in the totals plus open holds
+        self.reserved = reserved
+        self.pools: list[policy_pb2.PoolStanding] = []
+        self.suggested_model = ""
 
     @property
     def admitted(self) -> bool:
         return self.decision != policy_pb2.DECISION_DENY
 
     def response(self, reservation_id: str = "") -> policy_pb2.CheckResponse:
-        return policy_pb2.CheckResponse(
+        start, end = period_stamps(self.period)
+        limit = self.limit
+        out = policy_pb2.CheckResponse(
             decision=self.decision,  # type: ignore[arg-type]
             used_micros=self.used,
-            limit_micros=self.limit.micros,
-            remaining_micros=max(0, self.limit.micros - self.used),
-            limit_source=self.limit.source,
-            period_start=ts(self.period.start),
-            period_end=ts(self.period.end),
+            limit_micros=limit.micros,
+            remaining_micros=max(0, limit.micros - self.used),
+            limit_source=limit.source,
+            period_start=start,
+            period_end=end,
             reason=self.reason,
-            period=PERIODS[self.limit.period],
-            enforcement=ENFORCEMENTS[self.limit.enforcement],
-            reserved_micros=self.reserved,
-            reservation_id=reservation_id,
-            suggested_model=self.suggested_model,
+            period=PERIODS[limit.period],
+            enforcement=ENFORCEMENTS[limit.enforcement],
             pools=self.pools,
         )
+        # Set only when not empty: every keyword costs, even a default one.
+        if self.reserved:
+            out.reserved_micros = self.reserved
+        if reservation_id:
+            out.reservation_id = reservation_id
+        if self.suggested_model:
+            out.suggested_model = self.suggested_model
+        return out
+
+
+_STAMPS: dict[Period, tuple[Timestamp, Timestamp]] = {}
+
+
+def period_stamps(p: Period) -> tuple[Timestamp, Timestamp]:
+    """A period's bounds as protobuf Timestamps, converted once (a conversion costs
+    more than the whole decision)."""
+    got = _STAMPS.get(p)
+    if got is None:
+        if len(_STAMPS) > 64:
+            _STAMPS.clear()
+        got = _STAMPS[p] = (ts(p.start), ts(p.end))
+    return got
 
 
 class Evaluator:
@@ -162,21 +199,23 @@ class Evaluator:
             holds = list(holds)
             mine = open_micros((h for h in holds if h.user_id == user_id), now, settled)
         else:
-            mine = open_micros(self.holds.of_user(user_id), now, settled)
+            held = self.holds.of_user(user_id)
+            mine = open_micros(held, now, settled) if held else 0
         used = self.totals.used(user_id, period.key) + mine
         decision, reason = decide(used, limit, estimated, self.warn_percent)
         out = Verdict(decision, reason, limit, period, used, mine)
         for g, rule in resolved.pools:
             pp = self.period(rule.period, now)
-            held = (
-                open_micros((h for h in holds if g in h.pools), now, settled)
-                if holds is not None
-                else open_micros(self.holds.of_pool(g), now, settled)
-            )
-            pool_used = self.totals.pool_used(g, pp.key) + held
-            pool_limit = Limit(rule.micros, rule.enforcement, f"pool:{g}", rule.period)
-            d, why = decide(pool_used, pool_limit, estimated, self.warn_percent)
+            if holds is not None:
+                pool_held = open_micros((h for h in holds if g in h.pools), now, settled)
+            else:
+                in_pool = self.holds.of_pool(g)
+                pool_held = open_micros(in_pool, now, settled) if in_pool else 0
+            pool_used = self.totals.pool_used(g, pp.key) + pool_held
+            d = classify(pool_used, rule.micros, rule.enforcement, estimated, self.warn_percent)
             if d > out.decision:
+                pool_limit = Limit(rule.micros, rule.enforcement, f"pool:{g}", rule.period)
+                _, why = decide(pool_used, pool_limit, estimated, self.warn_percent)
                 out.decision, out.reason = d, f"pooled budget of {g}: {why}"
             out.pools.append(
                 policy_pb2.PoolStanding(
@@ -228,15 +267,38 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         request: policy_pb2.CheckRequest,
         context: grpc.aio.ServicerContext[policy_pb2.CheckRequest, policy_pb2.CheckResponse],
     ) -> policy_pb2.CheckResponse:
-        problems = check_problems(request)
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        user, model, estimated = request.user_id, request.model, request.estimated_micros
+        product = request.product
+        if not (
+            # The common case, told in a few field reads (strip() returns the very
+            # string when there is nothing to strip); anything else is looked at
+            # field by field.
+            0 < len(user) <= MAX_ID_LENGTH
+            and 0 < len(model) <= MAX_ID_LENGTH
+            and 0 < len(product) <= MAX_ID_LENGTH
+            and estimated >= 0
+            and not request.reserve
+            and not request.reservation_ttl_seconds
+            and user.strip() is user
+            and model.strip() is model
+            and product.strip() is product
+        ):
+            problems = check_problems(request)
+            if problems:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         if request.reserve:
             return await self._reserve(
                 request.user_id, request.model, request.estimated_micros, request.request_id,
                 request.reservation_ttl_seconds, context,  # type: ignore[arg-type]
             )  # fmt: skip
-        return await self._check(request, context)  # type: ignore[arg-type]
+        # The hot path, inline: every gateway call comes through here.
+        ev = self._ev
+        now = ev.clock()
+        try:
+            resolved = ev.resolve(user, now)
+        except NoLimit as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return ev.verdict(user, model, estimated, now, resolved).response()
 
     async def CheckBatch(
         self,
@@ -284,8 +346,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             limit_micros=v.limit.micros,
             remaining_micros=max(0, v.limit.micros - v.used),
             limit_source=v.limit.source,
-            period_start=ts(v.period.start),
-            period_end=ts(v.period.end),
+            period_start=period_stamps(v.period)[0],
+            period_end=period_stamps(v.period)[1],
             period=PERIODS[v.limit.period],
             enforcement=ENFORCEMENTS[v.limit.enforcement],
             reserved_micros=v.reserved,

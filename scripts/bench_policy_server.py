@@ -1,0 +1,121 @@
+"""One server process for `make bench-policy`: the real policy server, or a bare
+grpc.aio echo service that answers the same method shape with a canned response.
+
+    bench_policy_server.py policy PORTFILE TIMINGS   # env: the QM_* settings
+    bench_policy_server.py echo PORTFILE
+
+It writes its port to PORTFILE once serving. The policy server times every Check
+inside the servicer (perf_counter_ns around the handler: validation, resolution,
+decision, response) and writes the durations to TIMINGS on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from quartermaster.v1 import policy_pb2
+
+
+def _echo_response() -> policy_pb2.CheckResponse:
+    """A CheckResponse as large as policy's, so both sides (de)serialize alike."""
+    r = policy_pb2.CheckResponse(
+        decision=policy_pb2.DECISION_ALLOW, used_micros=123_456, limit_micros=10_000_000,
+        remaining_micros=9_876_544, limit_source="group:team-17",
+        reason="within budget: 0.12 of 10.00 credits used (group:team-17)",
+        period=policy_pb2.PERIOD_MONTH, enforcement=policy_pb2.ENFORCEMENT_HARD,
+    )  # fmt: skip
+    r.period_start.FromSeconds(1_793_491_200)
+    r.period_end.FromSeconds(1_796_083_200)
+    return r
+
+
+async def _echo(portfile: Path) -> None:
+    canned = _echo_response()
+
+    async def check(request: policy_pb2.CheckRequest, context: Any) -> policy_pb2.CheckResponse:
+        return canned
+
+    # Parses the request and serializes the response, as a generated servicer does:
+    # the transport and protobuf, with no decision.
+    method = grpc.unary_unary_rpc_method_handler(
+        check,
+        request_deserializer=policy_pb2.CheckRequest.FromString,
+        response_serializer=policy_pb2.CheckResponse.SerializeToString,
+    )
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Check": method})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    portfile.write_text(str(port))  # noqa: ASYNC240 - once, before any call
+    await _until_term()
+    await server.stop(1)
+
+
+async def _policy(portfile: Path, timings: Path) -> None:
+    from services.policy import server
+    from services.policy.service import PolicyServicer
+    from services.policy.settings import PolicySettings
+
+    spent = array("q")  # wall-clock ns, then CPU ns, per call
+    inner = PolicyServicer.Check
+
+    async def timed_check(self: PolicyServicer, request: Any, context: Any) -> Any:
+        t, c = time.perf_counter_ns(), time.thread_time_ns()
+        try:
+            return await inner(self, request, context)
+        finally:
+            spent.append(time.perf_counter_ns() - t)
+            spent.append(time.thread_time_ns() - c)
+
+    running = await server.start(PolicySettings.from_env(), addr="127.0.0.1:0")
+    await asyncio.wait_for(running.serving.wait(), 600)
+    # The servicer alone, before any client runs: the decision without a transport
+    # or a client competing for the CPU.
+    servicer = PolicyServicer(running.evaluator, running.pool, "bench", 600)
+    users = len(running.limits.snapshot.users)
+    rng = random.Random(3)
+    alone = array("q")
+    for _ in range(20_000):
+        req = policy_pb2.CheckRequest(
+            user_id=f"user-{rng.randrange(users)}", product="chat", model="gpt-5",
+            estimated_micros=5_000,
+        )  # fmt: skip
+        t = time.perf_counter_ns()
+        await servicer.Check(req, None)  # type: ignore[arg-type]
+        alone.append(time.perf_counter_ns() - t)
+    timings.with_suffix(".alone").write_bytes(alone.tobytes())
+    PolicyServicer.Check = timed_check  # type: ignore[method-assign]
+    portfile.write_text(str(running.port))  # noqa: ASYNC240 - once, before any call
+    await _until_term()
+    await running.stop(1)
+    timings.write_bytes(spent.tobytes())  # noqa: ASYNC240 - after the last call
+
+
+async def _until_term() -> None:
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+
+
+def main() -> None:
+    kind, portfile = sys.argv[1], Path(sys.argv[2])
+    if kind == "echo":
+        asyncio.run(_echo(portfile))
+    else:
+        asyncio.run(_policy(portfile, Path(sys.argv[3])))
+
+
+if __name__ == "__main__":
+    main()
