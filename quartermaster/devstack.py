@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import time
@@ -106,6 +107,14 @@ async def _main(settings: DevSettings) -> None:
             f"{len(simulator.PERSONAS)} people"
         )
         env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": settings.addr}
+        if not env.get("QM_POLICY_ADMIN_TOKENS"):
+            # A credential for this run only, so admin calls can be tried at once.
+            token = secrets.token_urlsafe(24)
+            env["QM_POLICY_ADMIN_TOKENS"] = f"local-admin:{token}"
+            say(f"  admin token for this run: {token}")
+            say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
+                "'{\"user_id\":\"carol\"}' "
+                f"{settings.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
 
         def spawn(name: str, module: str) -> ChildProcess:
             argv = [sys.executable, "-m", module]

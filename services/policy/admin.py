@@ -30,6 +30,7 @@ from services.policy.service import (
     Context,
     LimitHolder,
     id_problems,
+    refuse,
     ts,
 )
 
@@ -166,8 +167,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
         if not isinstance(who, str):
             await context.abort(*who)
             raise AssertionError("abort returned")
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         try:
             out = await change(who)
         except store.NotFound as exc:
@@ -486,8 +486,7 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
 
     async def _user(self, user_id: str, context: Context) -> UserInfo:
         problems = id_problems("user_id", user_id)
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         u = self._limits.snapshot.users.get(user_id)
         if u is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"user_id: no user {user_id!r}")
@@ -512,8 +511,7 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
         self, request: policy_pb2.GroupAdminsRequest, context: Context
     ) -> policy_pb2.UserList:
         problems = id_problems("group_id", request.group_id)
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         snap = self._limits.snapshot
         if request.group_id not in snap.groups:
             await context.abort(

@@ -176,6 +176,7 @@ class ThresholdWatch:
 
     def close(self) -> None:
         self._producer.flush(5)
+        del self._producer  # librdkafka's threads go with it, not at interpreter exit
 
 
 def override_of(event: requests_pb2.RequestEvent) -> Override:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -53,6 +54,12 @@ def id_problems(name: str, value: str) -> list[str]:
     if len(value) > MAX_ID_LENGTH:
         return [f"{name}: longer than {MAX_ID_LENGTH} characters"]
     return []
+
+
+async def refuse(context: grpc.aio.ServicerContext[Any, Any], problems: list[str]) -> None:
+    """Abort with INVALID_ARGUMENT naming every problem, when there are any."""
+    if problems:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
 
 
 def check_problems(req: policy_pb2.CheckRequest, prefix: str = "") -> list[str]:
@@ -284,8 +291,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             and product.strip() is product
         ):
             problems = check_problems(request)
-            if problems:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+            await refuse(context, problems)
         if request.reserve:
             return await self._reserve(
                 request.user_id, request.model, request.estimated_micros, request.request_id,
@@ -314,8 +320,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             problems += check_problems(check, f"checks[{i}].")
             if check.reserve:
                 problems.append(f"checks[{i}].reserve: not supported in a batch; use Reserve")
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         results = [await self._check(c, context) for c in request.checks]  # type: ignore[arg-type]
         return policy_pb2.CheckBatchResponse(results=results)
 
@@ -335,8 +340,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         context: grpc.aio.ServicerContext[policy_pb2.GetBudgetRequest, policy_pb2.Budget],
     ) -> policy_pb2.Budget:
         problems = id_problems("user_id", request.user_id)
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         now = self._ev.clock()
         resolved = await self._resolve(request.user_id, now, context)  # type: ignore[arg-type]
         v = self._ev.verdict(request.user_id, "", 0, now, resolved)
@@ -368,8 +372,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if request.estimated_micros < 0:
             problems.append("estimated_micros: must not be negative")
         problems += _ttl_problems("ttl_seconds", request.ttl_seconds)
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         return await self._reserve(
             request.user_id, request.model, request.estimated_micros, request.request_id,
             request.ttl_seconds, context,  # type: ignore[arg-type]
@@ -415,8 +418,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         problems = id_problems("reservation_id", request.reservation_id)
         if request.actual_micros < 0:
             problems.append("actual_micros: must not be negative")
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         return await self._settle(request.reservation_id, request.actual_micros, context)  # type: ignore[arg-type]
 
     async def Release(
@@ -425,8 +427,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         context: grpc.aio.ServicerContext[policy_pb2.ReleaseRequest, policy_pb2.Reservation],
     ) -> policy_pb2.Reservation:
         problems = id_problems("reservation_id", request.reservation_id)
-        if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await refuse(context, problems)
         return await self._settle(request.reservation_id, None, context)  # type: ignore[arg-type]
 
     async def _settle(

@@ -504,6 +504,9 @@ class ImportResult:
     memberships_removed: int = 0
     changes: list[str] | None = None
 
+    def count(self, what: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+
 
 _USER_FIELDS = ("email", "display_name", "slack_user_id", "manager_id")
 USER_FIELDS_ALL = ("user_id", *_USER_FIELDS)
@@ -517,6 +520,19 @@ def _diff(kind: str, ident: str, old: Mapping[str, Any], new: Mapping[str, Any],
         for f in fields
         if (old[f] or "") != (new[f] or "")
     ]
+
+
+def _compare(
+    kind: str, ident: str, old: Mapping[str, Any] | None, new: Mapping[str, Any],
+    fields: Iterable[str], created: str, changes: list[str],
+) -> str:  # fmt: skip
+    """ "created", "updated" or "unchanged"; the lines saying what changed go to `changes`."""
+    if old is None:
+        changes.append(f"{kind} {ident}: created ({created})")
+        return "created"
+    lines = _diff(kind, ident, old, new, fields)
+    changes.extend(lines)
+    return "updated" if lines else "unchanged"
 
 
 async def apply_directory(
@@ -558,16 +574,9 @@ async def apply_directory(
                 new = {"name": g.name, "kind": g.kind, "parent_id": g.parent_id,
                        "cost_center": g.cost_center}  # fmt: skip
                 old = old_groups.get(g.group_id)
-                if old is None:
-                    result.groups_created += 1
-                    changes.append(f"group {g.group_id}: created ({g.kind} {g.name!r})")
-                else:
-                    lines = _diff("group", g.group_id, old, new, _GROUP_FIELDS)
-                    if lines:
-                        result.groups_updated += 1
-                        changes.extend(lines)
-                    else:
-                        result.groups_unchanged += 1
+                outcome = _compare("group", g.group_id, old, new, _GROUP_FIELDS,
+                                   f"{g.kind} {g.name!r}", changes)  # fmt: skip
+                result.count(f"groups_{outcome}")
                 await conn.execute(
                     "INSERT INTO policy.groups (workspace_id, group_id, name, kind, parent_id,"
                     " cost_center) VALUES ($1, $2, $3, $4, $5, $6)"
@@ -610,17 +619,9 @@ async def apply_directory(
             }
             for u in doc.users:
                 new = {f: getattr(u, f) for f in _USER_FIELDS}
-                old = old_users.get(u.user_id)
-                if old is None:
-                    result.users_created += 1
-                    changes.append(f"user {u.user_id}: created ({u.email or 'no e-mail'})")
-                else:
-                    lines = _diff("user", u.user_id, old, new, _USER_FIELDS)
-                    if lines:
-                        result.users_updated += 1
-                        changes.extend(lines)
-                    else:
-                        result.users_unchanged += 1
+                outcome = _compare("user", u.user_id, old_users.get(u.user_id), new,
+                                   _USER_FIELDS, u.email or "no e-mail", changes)  # fmt: skip
+                result.count(f"users_{outcome}")
             await conn.executemany(
                 "INSERT INTO policy.users (workspace_id, user_id, email, display_name,"
                 " slack_user_id, manager_id) VALUES ($1, $2, $3, $4, $5, $6)"

@@ -116,12 +116,6 @@ class TotalsView:
             period_end=msg.period_end.ToDatetime(tzinfo=UTC),
             updated_at=msg.updated_at.ToDatetime(tzinfo=UTC),
         )
-        if msg.settled_request_ids:
-            now = time.monotonic()
-            for rid in msg.settled_request_ids:
-                self._settled.setdefault(rid, now)
-            if now - self._pruned_at > 600:
-                self._forget_settled(now)
         with self._pool_lock:
             old = self._totals.get(key)
             if old is None or new.updated_at >= old.updated_at:
@@ -130,6 +124,14 @@ class TotalsView:
                 for g in self._pools_of.get(msg.subject_id, ()):
                     pool_key = (g, msg.period_key)
                     self._pool_used[pool_key] = self._pool_used.get(pool_key, 0) + delta
+        if msg.settled_request_ids:
+            # Only after the total that includes them: a reader in between sees the
+            # hold and the usage both (too much, for a moment), never neither.
+            now = time.monotonic()
+            for rid in msg.settled_request_ids:
+                self._settled.setdefault(rid, now)
+            if now - self._pruned_at > 600:
+                self._forget_settled(now)
         self.records += 1
         if self.on_change is not None:
             self.on_change(msg.subject_id, msg.period_key)
