@@ -107,6 +107,7 @@ async def _main(settings: DevSettings) -> None:
             f"{len(simulator.PERSONAS)} people"
         )
         env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": settings.addr}
+        env.setdefault("QM_METERING_DATA_DIR", str(settings.run_dir / "faust"))
         if not env.get("QM_POLICY_ADMIN_TOKENS"):
             # A credential for this run only, so admin calls can be tried at once.
             token = secrets.token_urlsafe(24)

@@ -85,6 +85,7 @@ async def _run(samples: int) -> list[float]:
         ) as infra:
             env = {
                 **os.environ, **infra.env(), "QM_WORKSPACE_ID": workspace,
+                "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                 "QM_METERING_APP_ID": f"bench-{workspace}", "QM_METERING_SESSION_TIMEOUT": "4",
             }  # fmt: skip
             pool = await connect_pool(infra.database_url)

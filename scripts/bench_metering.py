@@ -250,6 +250,7 @@ async def main_async(
                 f"{sum(ends.values())} records")  # fmt: skip
 
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
+                   "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                    "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING"}  # fmt: skip
             worker = ChildProcess(
                 "metering", [sys.executable, "-m", "services.metering"],

@@ -85,6 +85,12 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         assert leftovers == [], f"processes left behind: {leftovers}"
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            # A failed test still lets make run stop what it started (its children run
+            # in sessions of their own and would outlive a SIGKILL of this group).
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -297,8 +297,10 @@ class Processor:
 
 def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
     transport.register(settings.fetch_max_wait_ms)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
     app = faust.App(
         settings.app_id,
+        datadir=str(settings.data_dir / settings.app_id),
         broker=[f"{transport.SCHEME}://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
         store="memory://",
         topic_partitions=settings.topic_partitions,

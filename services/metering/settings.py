@@ -17,6 +17,11 @@ class MeteringSettings(CommonSettings):
         "QM_METERING_APP_ID", "qm-metering", "Consumer group; also names its offsets in Postgres"
     )
     prices_file: Path = setting("QM_METERING_PRICES", DEFAULT_PRICES, "Price catalog YAML file")
+    data_dir: Path = setting(
+        "QM_METERING_DATA_DIR",
+        Path(".run/faust"),
+        "Where faust keeps its small local files (under <dir>/<app id>); state is in Postgres",
+    )
     session_timeout: float = setting(
         "QM_METERING_SESSION_TIMEOUT",
         10.0,
