@@ -229,7 +229,7 @@ def test_a_pool_denies_when_the_group_has_spent_it_even_if_the_user_has_room() -
     spend(ev, "carol", 5 * C, "2026-11")  # carol: ml, inside eng
     v = check(ev, "alice", estimated=4 * C)  # alice: llm-eval, inside ml, inside eng
     assert v.decision == WARN  # 29 of 30 in the pool: past 80 %
-    assert [(p.group_id, p.used_micros, p.remaining_micros) for p in v.pools] == [
+    assert [(p.group_id, p.used_micros, p.remaining_micros) for p in v.response().pools] == [
         ("eng", 25 * C, 5 * C)
     ]
     denied = check(ev, "alice", estimated=6 * C)
@@ -313,3 +313,15 @@ def test_explain_walks_the_chain_in_words() -> None:
     ]
     assert "expired" in steps[0].detail
     assert "member of llm-eval, inside ml" in steps[1].detail
+
+
+def test_a_hold_settles_per_period_only_once_that_periods_total_has_its_usage() -> None:
+    # Metering publishes a batch's day, week and month totals one after another: the
+    # day's record naming the request must not settle the hold against the month.
+    ev = _evaluator(org())
+    ev.holds.put(Hold("r1", "dave", "req-1", (), 4 * C, NOW + timedelta(minutes=5), 4 * C))
+    spend(ev, "dave", 5 * C, "2026-11")
+    spend(ev, "dave", 4 * C, "2026-11-23", request_ids=("req-1",))  # the day's total first
+    assert (check(ev, "dave").used, check(ev, "dave").reserved) == (9 * C, 4 * C)
+    spend(ev, "dave", 9 * C, "2026-11", request_ids=("req-1",))  # then the month's
+    assert (check(ev, "dave").used, check(ev, "dave").reserved) == (9 * C, 0)

@@ -26,15 +26,17 @@ class Limit:
     def shown(self) -> str:
         """ "10.00 credits used (group:ml)": the part of every reason that doesn't
         change between calls, formatted once per limit."""
-        got = _SHOWN.get(self)
-        if got is None:
+        # Keyed by identity (hashing the dataclass costs more than the rest); the entry
+        # holds the limit, so its id can't be reused while the entry lives.
+        got = _SHOWN.get(id(self))
+        if got is None or got[0] is not self:
             if len(_SHOWN) > 100_000:
                 _SHOWN.clear()
-            got = _SHOWN[self] = f"{credits(self.micros)} credits used ({self.source})"
-        return got
+            got = _SHOWN[id(self)] = (self, f"{credits(self.micros)} credits used ({self.source})")
+        return got[1]
 
 
-_SHOWN: dict[Limit, str] = {}
+_SHOWN: dict[int, tuple[Limit, str]] = {}
 
 
 def classify(

@@ -14,9 +14,14 @@ from datetime import datetime
 from services.policy.store import Hold
 
 
-def open_micros(holds: Iterable[Hold], now: datetime, settled: Callable[[str], bool]) -> int:
-    """What the holds still count: not expired, and their usage not yet in the totals."""
-    return sum(h.micros for h in holds if h.expires_at > now and not settled(h.request_id))
+def open_micros(
+    holds: Iterable[Hold], now: datetime, settled: Callable[[str, str], bool], period_key: str
+) -> int:
+    """What the holds still count against the total of `period_key`: not expired, and
+    their usage not yet in that total."""
+    return sum(
+        h.micros for h in holds if h.expires_at > now and not settled(h.request_id, period_key)
+    )
 
 
 _NONE: dict[str, Hold] = {}

@@ -112,7 +112,8 @@ class Verdict:
         self.period = period
         self.used = used  # spend in the totals plus open holds
         self.reserved = reserved
-        self.pools: list[policy_pb2.PoolStanding] = []
+        # (group_id, used, limit, remaining, Period enum) per pool
+        self.pools: list[tuple[str, int, int, int, int]] = []
         self.suggested_model = ""
 
     @property
@@ -120,22 +121,18 @@ class Verdict:
         return self.decision != policy_pb2.DECISION_DENY
 
     def response(self, reservation_id: str = "") -> policy_pb2.CheckResponse:
-        start, end = period_stamps(self.period)
-        limit = self.limit
-        out = policy_pb2.CheckResponse(
-            decision=self.decision,  # type: ignore[arg-type]
-            used_micros=self.used,
-            limit_micros=limit.micros,
-            remaining_micros=max(0, limit.micros - self.used),
-            limit_source=limit.source,
-            period_start=start,
-            period_end=end,
-            reason=self.reason,
-            period=PERIODS[limit.period],
-            enforcement=ENFORCEMENTS[limit.enforcement],
-            pools=self.pools,
-        )
-        # Set only when not empty: every keyword costs, even a default one.
+        # Copying a prepared message and setting what changed costs half of building
+        # one from keywords; this runs on every Check.
+        out = policy_pb2.CheckResponse()
+        out.CopyFrom(_template(self.limit, self.period))
+        out.decision = self.decision  # type: ignore[assignment]
+        out.used_micros = self.used
+        out.remaining_micros = max(0, self.limit.micros - self.used)
+        out.reason = self.reason
+        add = out.pools.add
+        for p in self.pools:
+            add(group_id=p[0], used_micros=p[1], limit_micros=p[2], remaining_micros=p[3],
+                period=p[4])  # fmt: skip
         if self.reserved:
             out.reserved_micros = self.reserved
         if reservation_id:
@@ -143,6 +140,38 @@ class Verdict:
         if self.suggested_model:
             out.suggested_model = self.suggested_model
         return out
+
+    def pool_standings(self) -> list[policy_pb2.PoolStanding]:
+        return [
+            policy_pb2.PoolStanding(
+                group_id=g, used_micros=used, limit_micros=limit, remaining_micros=left,
+                period=period,  # type: ignore[arg-type]
+            )
+            for g, used, limit, left, period in self.pools
+        ]  # fmt: skip
+
+
+_TEMPLATES: dict[int, tuple[Limit, Period, policy_pb2.CheckResponse]] = {}
+
+
+def _template(limit: Limit, period: Period) -> policy_pb2.CheckResponse:
+    """The parts of a CheckResponse that follow from the limit and the period alone
+    (keyed by the limit's identity, like Limit.shown; the entry keeps both alive)."""
+    got = _TEMPLATES.get(id(limit))
+    if got is None or got[0] is not limit or got[1] is not period:
+        if len(_TEMPLATES) > 10_000:
+            _TEMPLATES.clear()
+        start, end = period_stamps(period)
+        msg = policy_pb2.CheckResponse(
+            limit_micros=limit.micros,
+            limit_source=limit.source,
+            period_start=start,
+            period_end=end,
+            period=PERIODS[limit.period],
+            enforcement=ENFORCEMENTS[limit.enforcement],
+        )
+        got = _TEMPLATES[id(limit)] = (limit, period, msg)
+    return got[2]
 
 
 _STAMPS: dict[Period, tuple[Timestamp, Timestamp]] = {}
@@ -204,20 +233,20 @@ class Evaluator:
         period = self.period(limit.period, now)
         if holds is not None:
             holds = list(holds)
-            mine = open_micros((h for h in holds if h.user_id == user_id), now, settled)
+            mine = open_micros((h for h in holds if h.user_id == user_id), now, settled, period.key)
         else:
             held = self.holds.of_user(user_id)
-            mine = open_micros(held, now, settled) if held else 0
+            mine = open_micros(held, now, settled, period.key) if held else 0
         used = self.totals.used(user_id, period.key) + mine
         decision, reason = decide(used, limit, estimated, self.warn_percent)
         out = Verdict(decision, reason, limit, period, used, mine)
         for g, rule in resolved.pools:
             pp = self.period(rule.period, now)
             if holds is not None:
-                pool_held = open_micros((h for h in holds if g in h.pools), now, settled)
+                pool_held = open_micros((h for h in holds if g in h.pools), now, settled, pp.key)
             else:
                 in_pool = self.holds.of_pool(g)
-                pool_held = open_micros(in_pool, now, settled) if in_pool else 0
+                pool_held = open_micros(in_pool, now, settled, pp.key) if in_pool else 0
             pool_used = self.totals.pool_used(g, pp.key) + pool_held
             d = classify(pool_used, rule.micros, rule.enforcement, estimated, self.warn_percent)
             if d > out.decision:
@@ -225,13 +254,7 @@ class Evaluator:
                 _, why = decide(pool_used, pool_limit, estimated, self.warn_percent)
                 out.decision, out.reason = d, f"pooled budget of {g}: {why}"
             out.pools.append(
-                policy_pb2.PoolStanding(
-                    group_id=g,
-                    used_micros=pool_used,
-                    limit_micros=rule.micros,
-                    remaining_micros=max(0, rule.micros - pool_used),
-                    period=PERIODS[rule.period],
-                )
+                (g, pool_used, rule.micros, max(0, rule.micros - pool_used), PERIODS[rule.period])
             )
         models = resolved.models
         if models is not None and model:
@@ -355,7 +378,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             period=PERIODS[v.limit.period],
             enforcement=ENFORCEMENTS[v.limit.enforcement],
             reserved_micros=v.reserved,
-            pools=v.pools,
+            pools=v.pool_standings(),
         )
 
     # -- reservations --------------------------------------------------------------

@@ -50,8 +50,11 @@ class TotalsView:
         self._thread = threading.Thread(target=self._run, name="totals-consumer", daemon=True)
         self.records = 0
         self.rejected = 0
-        # request_id → when its usage was first seen in a total (monotonic seconds)
-        self._settled: dict[str, float] = {}
+        # (request_id, period_key) → when a total of that period first included the
+        # request's usage (monotonic seconds). Per period: metering publishes the day,
+        # week and month totals one after another, and a hold must keep counting
+        # against the month until the month's total has the usage.
+        self._settled: dict[tuple[str, str], float] = {}
         self._pruned_at = time.monotonic()
         # user_id → the pooled groups they draw on; (group_id, period_key) → sum
         self._pools_of: Mapping[str, tuple[str, ...]] = {}
@@ -82,8 +85,8 @@ class TotalsView:
     def pool_used(self, group_id: str, period_key: str) -> int:
         return self._pool_used.get((group_id, period_key), 0)
 
-    def settled(self, request_id: str) -> bool:
-        return request_id in self._settled
+    def settled(self, request_id: str, period_key: str) -> bool:
+        return (request_id, period_key) in self._settled
 
     def set_pools(self, pools_of: Mapping[str, tuple[str, ...]]) -> None:
         """Who draws on which pool; the sums are recomputed when it changed."""
@@ -129,7 +132,7 @@ class TotalsView:
             # hold and the usage both (too much, for a moment), never neither.
             now = time.monotonic()
             for rid in msg.settled_request_ids:
-                self._settled.setdefault(rid, now)
+                self._settled.setdefault((rid, msg.period_key), now)
             if now - self._pruned_at > 600:
                 self._forget_settled(now)
         self.records += 1
