@@ -325,3 +325,14 @@ def test_a_hold_settles_per_period_only_once_that_periods_total_has_its_usage() 
     assert (check(ev, "dave").used, check(ev, "dave").reserved) == (9 * C, 4 * C)
     spend(ev, "dave", 9 * C, "2026-11", request_ids=("req-1",))  # then the month's
     assert (check(ev, "dave").used, check(ev, "dave").reserved) == (9 * C, 0)
+
+
+def test_syncing_holds_with_postgres_keeps_those_that_arrived_meanwhile() -> None:
+    view = HoldsView()
+    stale = Hold("r-old", "dave", "req-old", (), C, NOW + timedelta(minutes=5), C)
+    view.put(stale)
+    before = view.ids()
+    fresh = Hold("r-new", "dave", "req-new", (), C, NOW + timedelta(minutes=5), C)
+    view.put(fresh)  # a NOTIFY while Postgres was being asked
+    view.sync([], before)  # Postgres: r-old was released (its NOTIFY lost)
+    assert view.ids() == {"r-new"}

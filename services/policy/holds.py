@@ -64,6 +64,18 @@ class HoldsView:
         for h in holds:
             self.put(h)
 
+    def ids(self) -> set[str]:
+        return set(self._by_id)
+
+    def sync(self, fetched: Iterable[Hold], known_before: set[str]) -> None:
+        """Make the view what Postgres said, except for holds that arrived (by NOTIFY)
+        while it was being asked: those stay."""
+        fetched = list(fetched)
+        for rid in known_before - {h.reservation_id for h in fetched}:
+            self._drop(rid)
+        for h in fetched:
+            self.put(h)
+
     def of_user(self, user_id: str) -> Collection[Hold]:
         return self._by_user.get(user_id, _NONE).values()
 

@@ -118,9 +118,9 @@ async def _housekeeping(running: RunningPolicy) -> None:
         try:
             await store.forget_old_holds(running.pool, 86_400)
             # Holds whose NOTIFY was missed (a lost listener) come back here.
-            running.holds.replace_all(
-                await store.open_holds(running.pool, running.settings.workspace_id)
-            )
+            before = running.holds.ids()
+            fetched = await store.open_holds(running.pool, running.settings.workspace_id)
+            running.holds.sync(fetched, before)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("hold housekeeping failed, will retry: %s", exc)
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from quartermaster.periods import PeriodKind
-from services.policy.decide import Enforcement, Limit
+from services.policy.decide import Enforcement
 from services.policy.rules import (
     GroupInfo,
     ModelPolicy,
@@ -178,28 +178,6 @@ async def load_snapshot(pool: asyncpg.Pool, workspace_id: str) -> Snapshot:
             for r in models
         },
         version=ws["config_version"] if ws else 0,
-    )
-
-
-async def workspace_limit(pool: asyncpg.Pool, workspace_id: str) -> Limit | None:
-    row = await pool.fetchrow(
-        "SELECT default_limit_micros, period, enforcement FROM policy.workspaces"
-        " WHERE workspace_id = $1",
-        workspace_id,
-    )
-    if row is None or row["default_limit_micros"] is None:
-        return None
-    return Limit(
-        row["default_limit_micros"], Enforcement(row["enforcement"]), "workspace_default",
-        PeriodKind(row["period"]),
-    )  # fmt: skip
-
-
-async def audit_entries(pool: asyncpg.Pool, workspace_id: str) -> list[asyncpg.Record]:
-    return await pool.fetch(  # type: ignore[no-any-return]
-        "SELECT at, actor, action, subject, before, after FROM policy.audit_log"
-        " WHERE workspace_id = $1 ORDER BY id",
-        workspace_id,
     )
 
 
