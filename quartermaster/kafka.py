@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -65,3 +66,43 @@ def producer(bootstrap: str, **config: object) -> Producer:
     return Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "log_level": 4, **config}
     )
+
+
+# (topic, key, value, headers)
+OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+
+
+class Publisher:
+    """Sends records with confluent-kafka (C; several times faster here than faust's
+    aiokafka producer) and waits until the broker has every one: metering's DLQ
+    records and totals, policy's notification intents."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = producer(
+            bootstrap, **{"linger.ms": 2, "enable.idempotence": True, "acks": "all"}
+        )
+
+    async def send(self, records: list[OutRecord]) -> None:
+        errors: list[str] = []
+
+        def delivered(err: object, _msg: object) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        for topic, key, value, headers in records:
+            while True:
+                try:
+                    self._producer.produce(
+                        topic, key=key, value=value, headers=headers, on_delivery=delivered
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self._producer.poll(0.05)
+        loop = asyncio.get_running_loop()
+        undelivered = await loop.run_in_executor(None, self._producer.flush, 30.0)
+        if undelivered or errors:
+            raise OSError(f"{undelivered} record(s) undelivered; errors: {errors[:3]}")
+
+    def close(self) -> None:
+        self._producer.flush(5)
+        del self._producer  # librdkafka's threads go with it, not at interpreter exit

@@ -90,8 +90,8 @@ def total_message(
     )
 
 
-# (topic, key, value, headers)
-OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+OutRecord = kafka.OutRecord
+Publisher = kafka.Publisher
 _PROTOBUF_HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
 
 
@@ -114,37 +114,6 @@ def burn_notification(burn: Burn, window: int, now: datetime) -> notifications_p
         },
         created_at=timestamp(now),
     )
-
-
-class Publisher:
-    """Sends DLQ records and totals with confluent-kafka (C; several times faster here
-    than faust's aiokafka producer) and waits until the broker has every one."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self._producer = kafka.producer(
-            bootstrap, **{"linger.ms": 2, "enable.idempotence": True, "acks": "all"}
-        )
-
-    async def send(self, records: list[OutRecord]) -> None:
-        errors: list[str] = []
-
-        def delivered(err: object, _msg: object) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for topic, key, value, headers in records:
-            while True:
-                try:
-                    self._producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=delivered
-                    )
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    self._producer.poll(0.05)
-        loop = asyncio.get_running_loop()
-        undelivered = await loop.run_in_executor(None, self._producer.flush, 30.0)
-        if undelivered or errors:
-            raise OSError(f"{undelivered} record(s) undelivered; errors: {errors[:3]}")
 
 
 class Processor:

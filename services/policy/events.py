@@ -50,7 +50,7 @@ class ThresholdWatch:
         self._pool = pool
         self._ws = workspace_id
         self._percents = percents
-        self._producer = kafka.producer(bootstrap, acks="all", **{"linger.ms": 5})
+        self._publisher = kafka.Publisher(bootstrap)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         # (subject, period_key, percent) already claimed here or by another replica
@@ -157,26 +157,22 @@ class ThresholdWatch:
         )
 
     async def _publish(self, notes: list[notifications_pb2.Notification]) -> None:
-        errors: list[str] = []
-
-        def delivered(err: object, _msg: object) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for n in notes:
-            self._producer.produce(
-                Topic.NOTIFICATIONS.value, key=n.recipient_user_id.encode(),
-                value=n.SerializeToString(), headers=[(CONTENT_TYPE, PROTOBUF.encode())],
-                on_delivery=delivered,
-            )  # fmt: skip
-        left = await asyncio.to_thread(self._producer.flush, 10)
-        if left or errors:
-            raise OSError(f"notifications not delivered: {errors or f'{left} pending'}")
+        headers: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
+        await self._publisher.send(
+            [
+                (
+                    Topic.NOTIFICATIONS.value,
+                    n.recipient_user_id.encode(),
+                    n.SerializeToString(),
+                    headers,
+                )
+                for n in notes
+            ]
+        )
         self.published += len(notes)
 
     def close(self) -> None:
-        self._producer.flush(5)
-        del self._producer  # librdkafka's threads go with it, not at interpreter exit
+        self._publisher.close()
 
 
 def override_of(event: requests_pb2.RequestEvent) -> Override:

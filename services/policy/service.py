@@ -419,14 +419,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if hold is None:
             assert verdict is not None
             return verdict.response()
+        if existed and hold.user_id != user_id:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id: {request_id!r} is reserved for another user",
+            )
         self._ev.holds.put(hold)
         if existed:
             v = self._ev.verdict(user_id, model, 0, now, resolved)
-            if hold.user_id != user_id:
-                await context.abort(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"request_id: {request_id!r} is reserved for another user",
-                )
             v.decision = policy_pb2.DECISION_ALLOW if not hold.released else v.decision
             v.reason = f"already reserved for this request_id: {v.reason}"
             return v.response(hold.reservation_id)
