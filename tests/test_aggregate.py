@@ -139,6 +139,7 @@ def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() 
     state = PartitionState(0, 0)
     at = NOW.replace(hour=11, minute=10)
     a = usage(u, occurred_at=at, cached_input_tokens=100, reasoning_tokens=50)
+    a.cache_write_input_tokens = 100  # gpt-5's cache-write rate is its input rate
     a.attributes["cost_center"] = "R&D"
     b = usage(u, occurred_at=at.replace(minute=50), cached_input_tokens=100, reasoning_tokens=50)
     b.attributes["cost_center"] = "R&D"
@@ -149,6 +150,7 @@ def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() 
     rnd = rollups[("hour", hour, u, "chat", "gpt-5", "R&D")]
     assert (rnd.input_tokens, rnd.cached_input_tokens, rnd.output_tokens) == (2000, 200, 1000)
     assert (rnd.reasoning_tokens, rnd.events, rnd.fallback_events) == (100, 2, 0)
+    assert rnd.cache_write_tokens == 100
     # per event 900 x 1.25 + 100 x 0.125 + 450 x 10 + 50 x 10 = 6137.5, rounded half up once
     assert rnd.micros == 2 * 6138
     assert rollups[("hour", hour, u, "codex", "gpt-5", "")].events == 1

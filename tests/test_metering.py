@@ -204,6 +204,7 @@ async def test_hourly_rollups_land_in_postgres_exactly(
     events = [usage(user, cached_input_tokens=200) for _ in range(4)]
     for e in events[:3]:
         e.attributes["cost_center"] = "CC-42"
+    events[3].cache_write_input_tokens = 300  # priced like input in this catalog
     events.append(usage(user, model="mystery-model-9"))  # priced by the fallback, flagged
     produce_usage(infra.kafka_bootstrap, events)
     # gpt-5 with 200 cached: 800 x 1.25 + 200 x 0.125 + 500 x 10 = 6,025 micros;
@@ -215,7 +216,7 @@ async def test_hourly_rollups_land_in_postgres_exactly(
         async def hourly() -> list[tuple[object, ...]]:
             rows = await conn.fetch(
                 "SELECT product, model, cost_center, input_tokens, cached_input_tokens,"
-                " output_tokens, micros, events, fallback_events FROM metering.rollups_hourly"
+                " cache_write_tokens, output_tokens, micros, events, fallback_events FROM metering.rollups_hourly"
                 " WHERE user_id = $1 ORDER BY model, cost_center",
                 user,
             )
@@ -224,9 +225,9 @@ async def test_hourly_rollups_land_in_postgres_exactly(
         # Metering publishes a batch's totals before it commits the batch (rollups
         # included) to Postgres: policy may see the total a moment before the rows land.
         await eventually(hourly, [
-            ("chat", "gpt-5", "", 1000, 200, 500, 6_025, 1, 0),
-            ("chat", "gpt-5", "CC-42", 3000, 600, 1500, 3 * 6_025, 3, 0),
-            ("chat", "mystery-model-9", "", 1000, 0, 500, 15_000, 1, 1),
+            ("chat", "gpt-5", "", 1000, 200, 300, 500, 6_025, 1, 0),
+            ("chat", "gpt-5", "CC-42", 3000, 600, 0, 1500, 3 * 6_025, 3, 0),
+            ("chat", "mystery-model-9", "", 1000, 0, 0, 500, 15_000, 1, 1),
         ], within=10)  # fmt: skip
         pool = await asyncpg.create_pool(infra.database_url)
         try:  # what the Cost API does every QM_USAGE_COMPACT_SECONDS

@@ -157,6 +157,7 @@ class UsageRow(_message.Message):
     MICROS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     FALLBACK_EVENTS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Set for the dimensions grouped by; empty otherwise."""
     product: _builtins.str
@@ -170,6 +171,10 @@ class UsageRow(_message.Message):
     events: _builtins.int
     fallback_events: _builtins.int
     """Events priced with the fallback price (a model the catalog did not know)."""
+    cache_write_tokens: _builtins.int
+    """Input tokens written to the prompt cache (a subset of input_tokens, like
+    cached_input_tokens, priced at the model's cache_write rate).
+    """
     @_builtins.property
     def bucket_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the bucket (unset for GRANULARITY_TOTAL)."""
@@ -189,10 +194,11 @@ class UsageRow(_message.Message):
         micros: _builtins.int = ...,
         events: _builtins.int = ...,
         fallback_events: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

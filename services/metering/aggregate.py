@@ -61,11 +61,20 @@ class Rollup:
     workspace_id: str
     input_tokens: int
     cached_input_tokens: int
+    cache_write_tokens: int
     output_tokens: int
     reasoning_tokens: int
     micros: int
     events: int
     fallback_events: int
+
+
+# Rollup's counters in field order: the columns of metering.rollups_hourly/_daily
+# that are sums (the store, compaction and the Cost API build their SQL from this).
+ROLLUP_COUNTERS = (
+    "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "micros", "events", "fallback_events",
+)  # fmt: skip
 
 
 @dataclass
@@ -281,21 +290,19 @@ class Meter:
                 if acc is None:
                     old = state.rollups.get(key)
                     sums[key] = acc = (
-                        [0] * 7
+                        [0] * len(ROLLUP_COUNTERS)
                         if old is None
-                        else [
-                            old.input_tokens, old.cached_input_tokens, old.output_tokens,
-                            old.reasoning_tokens, old.micros, old.events, old.fallback_events,
-                        ]
-                    )  # fmt: skip
+                        else [getattr(old, c) for c in ROLLUP_COUNTERS]
+                    )
                     workspace[key] = p.workspace_id
                 acc[0] += t.input
                 acc[1] += t.cached_input
-                acc[2] += t.output
-                acc[3] += t.reasoning
-                acc[4] += p.micros
-                acc[5] += 1
-                acc[6] += p.fallback
+                acc[2] += t.cache_write
+                acc[3] += t.output
+                acc[4] += t.reasoning
+                acc[5] += p.micros
+                acc[6] += 1
+                acc[7] += p.fallback
         return {k: Rollup(workspace[k], *v) for k, v in sums.items()}
 
     def apply(

@@ -20,6 +20,7 @@ import grpc
 from quartermaster.money import credits
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
+from services.metering.aggregate import ROLLUP_COUNTERS
 from services.metering.settings import MeteringSettings
 
 DIMENSIONS = {
@@ -34,8 +35,7 @@ GRANULARITIES = {
     "month": cost_pb2.GRANULARITY_MONTH,
     "total": cost_pb2.GRANULARITY_TOTAL,
 }
-COLUMNS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-           "events", "fallback_events")  # fmt: skip
+COLUMNS = tuple(c for c in ROLLUP_COUNTERS if c != "micros")
 
 
 def _when(text: str) -> datetime:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from services.metering.aggregate import ROLLUP_COUNTERS
 from services.metering.store import ROLLUP_UPSERT_SET
 
 log = logging.getLogger("qm.metering.compaction")
@@ -42,12 +43,10 @@ async def compact(pool: asyncpg.Pool, tz: ZoneInfo, margin: timedelta) -> int | 
                 WHERE $2::timestamptz IS NULL OR updated_at >= $2::timestamptz - $3::interval
             )
             INSERT INTO metering.rollups_daily AS d (day, user_id, product, model,
-                cost_center, workspace_id, partition, input_tokens, cached_input_tokens,
-                output_tokens, reasoning_tokens, micros, events, fallback_events, updated_at)
+                cost_center, workspace_id, partition, updated_at, {", ".join(ROLLUP_COUNTERS)})
             SELECT t.day, t.user_id, t.product, t.model, t.cost_center,
-                   min(h.workspace_id), min(h.partition), sum(h.input_tokens),
-                   sum(h.cached_input_tokens), sum(h.output_tokens), sum(h.reasoning_tokens),
-                   sum(h.micros), sum(h.events), sum(h.fallback_events), now()
+                   min(h.workspace_id), min(h.partition), now(),
+                   {", ".join(f"sum(h.{c})" for c in ROLLUP_COUNTERS)}
             FROM touched t
             JOIN metering.rollups_hourly h
               ON h.user_id = t.user_id AND h.product = t.product AND h.model = t.model

@@ -15,6 +15,7 @@ import grpc
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
+from services.metering.aggregate import ROLLUP_COUNTERS
 
 MAX_RANGE = timedelta(days=400)
 DEFAULT_LIMIT = 10_000
@@ -38,8 +39,8 @@ _FILTERS = """
     AND ($6::text[] IS NULL OR cost_center = ANY($6))
     AND $7::text IS NOT NULL
 """
-_COLUMNS = """user_id, product, model, cost_center, input_tokens, cached_input_tokens,
-    output_tokens, reasoning_tokens, micros, events, fallback_events"""
+_COLUMNS = ", ".join(("user_id", "product", "model", "cost_center", *ROLLUP_COUNTERS))
+_SUMS = ", ".join(f"sum({c})::bigint AS {c}" for c in ROLLUP_COUNTERS)
 # Whole local days in [$9, $10) come from the daily rollups, the hours before and
 # after them from the hourly ones: a 30-day range reads ~24x fewer rows.
 _SOURCE = f"""
@@ -129,13 +130,7 @@ class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
         select_dims = "".join(f", {d}" for d in dims)
         group = ", ".join(["bucket", *dims])
         sql = f"""{_SOURCE}
-            SELECT {bucket} AS bucket{select_dims},
-                sum(input_tokens)::bigint AS input_tokens,
-                sum(cached_input_tokens)::bigint AS cached_input_tokens,
-                sum(output_tokens)::bigint AS output_tokens,
-                sum(reasoning_tokens)::bigint AS reasoning_tokens,
-                sum(micros)::bigint AS micros, sum(events)::bigint AS events,
-                sum(fallback_events)::bigint AS fallback_events
+            SELECT {bucket} AS bucket{select_dims}, {_SUMS}
             FROM src
             GROUP BY {group}
             ORDER BY bucket NULLS FIRST, micros DESC{select_dims}
@@ -145,16 +140,7 @@ class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
         rows = await self._pool.fetch(sql, *_args(request.filter, self._tz, limit + 1, days))
         out = cost_pb2.QueryUsageResponse(truncated=len(rows) > limit)
         for r in rows[:limit]:
-            row = cost_pb2.UsageRow(
-                input_tokens=r["input_tokens"],
-                cached_input_tokens=r["cached_input_tokens"],
-                output_tokens=r["output_tokens"],
-                reasoning_tokens=r["reasoning_tokens"],
-                micros=r["micros"],
-                events=r["events"],
-                fallback_events=r["fallback_events"],
-                **{d: r[d] for d in dims},
-            )
+            row = cost_pb2.UsageRow(**{c: r[c] for c in ROLLUP_COUNTERS}, **{d: r[d] for d in dims})
             if r["bucket"] is not None:
                 row.bucket_start.CopyFrom(timestamp(r["bucket"]))
             out.rows.append(row)

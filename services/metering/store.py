@@ -13,6 +13,7 @@ import asyncpg
 
 from services.metering.aggregate import (
     GRAINS,
+    ROLLUP_COUNTERS,
     PartitionState,
     Rollup,
     RollupKey,
@@ -21,14 +22,8 @@ from services.metering.aggregate import (
 )
 
 # Rollups are absolute: a conflicting row takes the new values whole.
-ROLLUP_UPSERT_SET = """input_tokens = EXCLUDED.input_tokens,
-    cached_input_tokens = EXCLUDED.cached_input_tokens,
-    output_tokens = EXCLUDED.output_tokens,
-    reasoning_tokens = EXCLUDED.reasoning_tokens,
-    micros = EXCLUDED.micros,
-    events = EXCLUDED.events,
-    fallback_events = EXCLUDED.fallback_events,
-    updated_at = EXCLUDED.updated_at"""
+ROLLUP_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*ROLLUP_COUNTERS, "updated_at"))
+_COUNTER_LIST = ", ".join(ROLLUP_COUNTERS)
 
 # grain → (table, bucket column)
 _ROLLUP_TABLES = {
@@ -116,11 +111,7 @@ class Store:
             for r in rows:
                 key = (grain, int(r[column].timestamp()), r["user_id"], r["product"],
                        r["model"], r["cost_center"])  # fmt: skip
-                out[key] = Rollup(
-                    r["workspace_id"], r["input_tokens"], r["cached_input_tokens"],
-                    r["output_tokens"], r["reasoning_tokens"], r["micros"], r["events"],
-                    r["fallback_events"],
-                )  # fmt: skip
+                out[key] = Rollup(r["workspace_id"], *(r[c] for c in ROLLUP_COUNTERS))
         return out
 
     async def commit(
@@ -203,26 +194,22 @@ class Store:
                     continue
                 rv = [rollups[k] for k in rk]
                 table, column = _ROLLUP_TABLES[grain]
+                n = len(ROLLUP_COUNTERS)
                 await conn.execute(
                     f"""
                     INSERT INTO {table} AS r ({column}, user_id, product, model,
-                        cost_center, workspace_id, partition, input_tokens, cached_input_tokens,
-                        output_tokens, reasoning_tokens, micros, events, fallback_events,
-                        updated_at)
-                    SELECT to_timestamp(h), u, p, m, c, w, $13, i, ci, o, re, mi, e, f, $14
-                    FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::text[], $7::bigint[], $8::bigint[], $9::bigint[],
-                                $10::bigint[], $11::bigint[], $12::bigint[], $15::bigint[])
-                         AS x(h, u, p, m, c, w, i, ci, o, re, mi, e, f)
+                        cost_center, workspace_id, partition, updated_at, {_COUNTER_LIST})
+                    SELECT to_timestamp(x.h), x.u, x.p, x.m, x.c, x.w, $1, $2, {_COUNTER_LIST}
+                    FROM unnest($3::float8[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                $8::text[], {", ".join(f"${9 + i}::bigint[]" for i in range(n))})
+                         AS x(h, u, p, m, c, w, {_COUNTER_LIST})
                     ON CONFLICT ({column}, user_id, product, model, cost_center) DO UPDATE
                     SET {ROLLUP_UPSERT_SET}
                     """,
+                    partition, now,
                     [float(k[1]) for k in rk], [k[2] for k in rk], [k[3] for k in rk],
                     [k[4] for k in rk], [k[5] for k in rk], [v.workspace_id for v in rv],
-                    [v.input_tokens for v in rv], [v.cached_input_tokens for v in rv],
-                    [v.output_tokens for v in rv], [v.reasoning_tokens for v in rv],
-                    [v.micros for v in rv], [v.events for v in rv], partition, now,
-                    [v.fallback_events for v in rv],
+                    *([getattr(v, c) for v in rv] for c in ROLLUP_COUNTERS),
                 )  # fmt: skip
             if seen:
                 await conn.execute(
