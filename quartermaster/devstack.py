@@ -108,14 +108,16 @@ async def _main(settings: DevSettings) -> None:
         )
         env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": settings.addr}
         env.setdefault("QM_METERING_DATA_DIR", str(settings.run_dir / "faust"))
-        if not env.get("QM_POLICY_ADMIN_TOKENS"):
+        if not env.get("QM_POLICY_ADMIN_TOKENS") and not env.get("QM_METERING_ADMIN_TOKENS"):
             # A credential for this run only, so admin calls can be tried at once.
             token = secrets.token_urlsafe(24)
-            env["QM_POLICY_ADMIN_TOKENS"] = f"local-admin:{token}"
+            env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
             say(f"  admin token for this run: {token}")
             say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
                 "'{\"user_id\":\"carol\"}' "
                 f"{settings.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
+            say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "
+                "prices load prices.yaml --dry-run")  # fmt: skip
 
         def spawn(name: str, module: str) -> ChildProcess:
             argv = [sys.executable, "-m", module]
@@ -133,7 +135,7 @@ async def _main(settings: DevSettings) -> None:
             await _wait_serving(settings.addr, children[1], 60)
             say(f"  policy gRPC serving on {settings.addr} (health + reflection on)")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
-            say(f"  Cost API (UsageService) on {api_addr}: python -m services.metering.cli")
+            say(f"  Cost API and price catalog on {api_addr}: python -m services.metering.cli")
             if settings.demo_traffic:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")

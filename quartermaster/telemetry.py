@@ -5,15 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from prometheus_client import start_http_server
 
 LOG_FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
 
 
-def setup(service: str, log_level: str = "INFO", console_spans: bool = False) -> None:
+def setup(
+    service: str, log_level: str = "INFO", console_spans: bool = False, metrics_addr: str = ""
+) -> None:
+    """Logging and tracing; with `metrics_addr` (host:port) also the process's
+    OpenTelemetry metrics, served at http://<metrics_addr>/metrics for Prometheus."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     # Noisy libraries stay at WARNING unless we debug.
     for noisy in ("aiokafka", "faust", "mode", "kafka"):
@@ -22,6 +29,17 @@ def setup(service: str, log_level: str = "INFO", console_spans: bool = False) ->
     if console_spans:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
+    if metrics_addr:
+        host, _, port = metrics_addr.rpartition(":")
+        readers = [PrometheusMetricReader()]
+        metrics.set_meter_provider(
+            MeterProvider(resource=provider.resource, metric_readers=readers)
+        )
+        try:
+            start_http_server(int(port), addr=host)  # a daemon thread
+        except OSError as exc:
+            raise SystemExit(f"{service}: cannot serve metrics on {metrics_addr}: {exc}") from None
+        logging.getLogger("qm.telemetry").info("metrics on http://%s/metrics", metrics_addr)
 
 
 def inject_headers() -> list[tuple[str, bytes]]:

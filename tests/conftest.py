@@ -81,6 +81,9 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_METERING_DLQ_WINDOW": "200",
         "QM_LOG_LEVEL": "INFO",
         "QM_POLICY_ADMIN_TOKENS": f"tests-admin:{ADMIN_TOKEN}",
+        "QM_METERING_ADMIN_TOKENS": f"tests-admin:{ADMIN_TOKEN}",
+        "QM_METERING_PRICES_POLL_SECONDS": "0.5",
+        "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "QM_METERING_DATA_DIR": str(ROOT / ".run" / f"test-{os.getpid()}" / "faust"),
     }
 

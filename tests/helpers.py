@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from quartermaster import kafka
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
@@ -112,3 +114,16 @@ async def eventually(
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"expected {expect!r} within {within}s, last saw {seen!r}")
+
+
+def scrape(addr: str, name: str, **labels: str) -> float | None:
+    """The value of Prometheus sample `name` with these labels at http://addr/metrics
+    (summed over its other labels), or None when there is no such sample."""
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total = (total or 0.0) + sample.value
+    return total

@@ -17,6 +17,7 @@ import pytest
 
 from quartermaster.localinfra import free_port
 from quartermaster.localinfra.ports import port_open
+from tests.helpers import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.infra  # starts its own PostgreSQL and broker on free ports
@@ -29,7 +30,8 @@ def _lines(stream: object, out: queue.Queue[str]) -> None:
 
 def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
     run_dir = ROOT / ".run" / f"make-run-test-{os.getpid()}"
-    ports = {"pg": free_port(), "broker": free_port(), "policy": free_port(), "api": free_port()}
+    ports = {"pg": free_port(), "broker": free_port(), "policy": free_port(), "api": free_port(),
+             "metrics": free_port()}  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
     env.update(
         QM_RUN_DIR=str(run_dir),
@@ -37,6 +39,7 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         QM_LOCAL_BROKER_PORT=str(ports["broker"]),
         QM_POLICY_ADDR=f"127.0.0.1:{ports['policy']}",
         QM_USAGE_API_ADDR=f"127.0.0.1:{ports['api']}",
+        QM_METERING_METRICS_ADDR=f"127.0.0.1:{ports['metrics']}",
         QM_METERING_SESSION_TIMEOUT="4",
     )
     proc = subprocess.Popen(
@@ -67,6 +70,10 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         assert "policy gRPC serving on" in text
         assert ">>> carol is now WARN" in text
         assert "limit reached" in seen[-1]
+        metrics = f"127.0.0.1:{ports['metrics']}"
+        counted = scrape(metrics, "qm_metering_events_total", outcome="counted")
+        assert counted is not None, "metering serves its metrics"
+        assert counted > 0
 
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         stopped = time.monotonic()

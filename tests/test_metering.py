@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -21,7 +22,15 @@ from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, PROTOBUF, USAGE_BAT
 from quartermaster.v1 import notifications_pb2, policy_pb2, usage_pb2
 from services.metering.compaction import compact
 from tests.conftest import PARTITIONS, MeteringWorker
-from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
+from tests.helpers import (
+    eventually,
+    new_user,
+    produce,
+    produce_usage,
+    read_topic,
+    scrape,
+    usage,
+)
 
 if TYPE_CHECKING:
     from quartermaster.v1.policy_pb2_grpc import PolicyServiceAsyncStub as Stub
@@ -197,6 +206,33 @@ async def test_when_most_records_are_garbage_metering_pauses_instead_of_draining
     metering.start()
 
 
+async def test_unknown_models_and_duplicates_show_in_the_workers_metrics(
+    infra: Infra, metering: MeteringWorker, policy: Stub
+) -> None:
+    addr = metering.env["QM_METERING_METRICS_ADDR"]
+
+    async def metric(name: str, **labels: str) -> float:
+        deadline = time.monotonic() + 60  # a worker just (re)started serves them soon
+        while True:
+            try:
+                return await asyncio.to_thread(scrape, addr, name, **labels) or 0.0
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    model, user = f"mystery-{uuid.uuid4().hex[:8]}", new_user()
+    twice = usage(user, model=model)
+    duplicates_before = await metric("qm_metering_events_total", outcome="duplicate")
+    produce_usage(infra.kafka_bootstrap, [twice, usage(user, model=model), twice])
+    await eventually(used_of(policy, user), 2 * 15_000)  # two counted, at the fallback price
+    # recorded after the commit, which follows the published total
+    unpriced = lambda: metric("qm_metering_unpriced_events_total", model=model)  # noqa: E731
+    await eventually(unpriced, 2.0, within=10)
+    duplicates = await metric("qm_metering_events_total", outcome="duplicate")
+    assert duplicates - duplicates_before >= 1  # other tests' duplicates may land too
+
+
 async def test_hourly_rollups_land_in_postgres_exactly(
     infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
@@ -216,7 +252,8 @@ async def test_hourly_rollups_land_in_postgres_exactly(
         async def hourly() -> list[tuple[object, ...]]:
             rows = await conn.fetch(
                 "SELECT product, model, cost_center, input_tokens, cached_input_tokens,"
-                " cache_write_tokens, output_tokens, micros, events, fallback_events FROM metering.rollups_hourly"
+                " cache_write_tokens, output_tokens, micros, events, fallback_events"
+                " FROM metering.rollups_hourly"
                 " WHERE user_id = $1 ORDER BY model, cost_center",
                 user,
             )

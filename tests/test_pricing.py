@@ -11,6 +11,7 @@ from services.metering.pricing import (
     PriceCatalog,
     Tokens,
     cost_micros,
+    parse_csv,
 )
 from services.metering.settings import DEFAULT_PRICES
 
@@ -87,7 +88,8 @@ def test_unknown_model_and_time_before_first_price_use_the_fallback_and_say_so()
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda c: c.pop("fallback"), "needs top-level 'fallback' and 'models'"),
+        (lambda c: c.pop("fallback"), "a whole catalog needs a 'fallback' price"),
+        (lambda c: c.update(extra=1), "unknown top-level key(s) ['extra']"),
         (lambda c: c["fallback"].update(input=-1), "fallback.input: expected a whole number >= 0"),
         (lambda c: c["fallback"].update(input=1.5), "fallback.input: expected a whole number >= 0"),
         (lambda c: c["models"]["m"][0].update(colour=1), "unknown token class(es) ['colour']"),
@@ -123,3 +125,38 @@ def test_the_shipped_catalog_loads_and_prices_known_models() -> None:
 def test_a_missing_catalog_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match=r"nope\.yaml"):
         PriceCatalog.from_file(tmp_path / "nope.yaml")
+
+
+CSV = """model,effective_from,input,cached_input,cache_write,output,reasoning
+*,,5000000,2500000,,20000000,
+m,2026-01-01T00:00:00Z,1000000,100000,,4000000,
+m,2026-06-01T00:00:00Z,500000,50000,,2000000,3000000
+"""
+
+
+def test_a_csv_catalog_is_the_same_catalog_as_its_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text(CSV)
+    from_csv = PriceCatalog.from_file(path)
+    assert from_csv.to_mapping() == PriceCatalog.from_mapping(CATALOG).to_mapping()
+    # to_mapping spells every class out and reads back as the same catalog
+    again = PriceCatalog.from_mapping(from_csv.to_mapping())
+    assert again.to_mapping() == from_csv.to_mapping()
+    assert again.price_at("m", at("2026-07-01T00:00:00"))[0].reasoning == 3_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no rows under a header"),
+        ("model,input\nm,1\n", "header lacks column(s) ['cached_input', 'effective_from', "),
+        (CSV.replace("1000000,100000", "1000000,lots"), "line 3.cached_input: not a whole number"),
+        (CSV + "*,,1,1,,1,\n", "line 5: a second fallback row"),
+        (CSV + "m,2026-02-01T00:00:00Z,1,1,,1,,9\n", "line 5: more fields than the header"),
+        (CSV.replace("m,2026-06-01", "m,2026-01-01"), "two versions take effect"),
+    ],
+)
+def test_bad_csv_catalogs_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(CatalogError) as info:
+        PriceCatalog.whole(parse_csv(text, "prices.csv"))
+    assert message in str(info.value)

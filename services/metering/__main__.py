@@ -20,7 +20,7 @@ def main() -> None:
     except (SettingsError, CatalogError) as exc:
         sys.stderr.write(f"metering: {exc}\n")
         raise SystemExit(2) from None
-    telemetry.setup("metering", settings.log_level)
+    telemetry.setup("metering", settings.log_level, metrics_addr=settings.metrics_addr)
     app = create_app(settings, catalog)
     # Not faust's CLI: its `worker` command turns the web server back on (port 6066).
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)

@@ -13,12 +13,15 @@ import asyncpg
 import grpc
 
 from quartermaster import telemetry
+from quartermaster.credentials import Credentials
 from quartermaster.db import connect_pool
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
+from services.metering.catalog import CatalogStore, PriceCatalogServicer
 from services.metering.compaction import compact
 from services.metering.costs import UsageServicer
+from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
 
 log = logging.getLogger("qm.metering.api")
@@ -26,6 +29,7 @@ log = logging.getLogger("qm.metering.api")
 # counting transaction stamps `updated_at` before it commits.
 COMPACT_MARGIN = timedelta(minutes=5)
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+PRICES_SERVICE = prices_pb2.DESCRIPTOR.services_by_name["PriceCatalogService"].full_name
 
 
 @dataclass
@@ -54,9 +58,19 @@ async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> No
 
 async def start(settings: MeteringSettings, addr: str | None = None) -> RunningApi:
     pool = await connect_pool(settings.database_url)
+    catalogs = CatalogStore(pool)
+    try:
+        await catalogs.seed(PriceCatalog.from_file(settings.prices_file), str(settings.prices_file))
+    except BaseException:
+        await pool.close()
+        raise
     server = grpc.aio.server()
     cost_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(pool, settings.timezone), server)
-    served = await serve(addr or settings.api_addr, [SERVICE_NAME], server)
+    prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(
+        PriceCatalogServicer(catalogs, Credentials(settings.admin_credentials, "load prices")),
+        server,
+    )
+    served = await serve(addr or settings.api_addr, [SERVICE_NAME, PRICES_SERVICE], server)
     await served.set_serving(True)
     return RunningApi(served, pool, asyncio.create_task(_compact_forever(pool, settings)))
 

@@ -57,6 +57,8 @@ from services.metering.aggregate import (
     TotalKey,
 )
 from services.metering.burnrate import Burn, BurnRate, BurnRule
+from services.metering.catalog import CatalogStore, Follower
+from services.metering.metrics import MeteringMetrics
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
 from services.metering.store import Store
@@ -127,6 +129,7 @@ class Processor:
         dlq_limit: DlqLimit,
         retry_seconds: float,
         burn: BurnRate | None = None,
+        metrics: MeteringMetrics | None = None,
     ) -> None:
         self.meter = meter
         self.store = store
@@ -134,6 +137,7 @@ class Processor:
         self.dlq_limit = dlq_limit
         self.retry_seconds = retry_seconds
         self.burn = burn
+        self.metrics = metrics or MeteringMetrics()
         self.states: dict[int, PartitionState] = {}
         self.paused = False
 
@@ -182,9 +186,9 @@ class Processor:
                     plan.valid_records + plan.invalid_records,
                     plan.rejects[0].reason if plan.rejects else "?",
                 )
-            self.paused = True
+            self.paused = self.metrics.paused = True
             return False
-        self.paused = False
+        self.paused = self.metrics.paused = False
         missing = plan.keys() - state.totals.keys()
         state.totals.update(await self.store.load_totals(missing))
         missing_rollups = state.rollups_to_load(plan.rollup_keys())
@@ -200,6 +204,7 @@ class Processor:
             self.states.pop(partition, None)
             return False
         self.meter.apply(state, plan, changed, rollups)
+        self.metrics.counted(plan)
         if self.burn is not None:
             await self._watch_burn(plan)
         self.dlq_limit.record(plan.valid_records, plan.invalid_records)
@@ -285,11 +290,14 @@ def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     usage_topic = app.topic(Topic.USAGE.value, value_serializer="raw", **raw)
     holder: dict[str, Processor] = {}
+    followers: dict[str, Follower] = {}
 
     async def processor() -> Processor:
         """The processor, created on the first batch (the pool needs the running loop)."""
         if "p" not in holder:
             pool = await connect_pool(settings.database_url, max_size=4)
+            catalogs = CatalogStore(pool)
+            seeded = await catalogs.seed(catalog, str(settings.prices_file))
             meter = Meter(
                 catalog,
                 settings.timezone,
@@ -315,12 +323,34 @@ def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
                     )
                 ),
             )
+
+            def swap(new: PriceCatalog) -> None:
+                meter.catalog = new
+
+            followers["prices"] = Follower(catalogs, seeded, swap)
+            log.info("prices: catalog revision %d in force", seeded.revision)
         return holder["p"]
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         if "p" in holder:
             holder["p"].forget({tp.partition for tp in revoked if tp.topic == Topic.USAGE})
+
+    @app.timer(interval=settings.prices_poll_seconds)  # type: ignore[untyped-decorator]
+    async def follow_prices() -> None:
+        follower = followers.get("prices")
+        if follower is None:
+            return
+        try:
+            new = await follower.poll()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("prices: could not look for a new catalog revision: %s", exc)
+            return
+        if new is not None:
+            log.info(
+                "prices: catalog revision %d in force (%s by %s, %d change(s))",
+                new.revision, new.mode, new.loaded_by, len(new.changes),
+            )  # fmt: skip
 
     @app.timer(interval=600.0)  # type: ignore[untyped-decorator]
     async def prune() -> None:

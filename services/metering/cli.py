@@ -4,21 +4,29 @@ finance. Prints a table, or CSV with `--format csv`.
     python -m services.metering.cli usage --from 2026-11-01 --to 2026-12-01 \\
         --group-by user,model --granularity day --format csv > november.csv
     python -m services.metering.cli top --from 2026-11-01 --to 2026-12-01 --limit 10
+
+and the price catalog (loading needs an admin token, QM_ADMIN_TOKEN or --token):
+
+    python -m services.metering.cli prices load prices.yaml [--replace] [--dry-run]
+    python -m services.metering.cli prices list [--at 2026-06-01] [--model gpt-5]
+    python -m services.metering.cli prices history [gpt-5]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import grpc
 
 from quartermaster.money import credits
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering.aggregate import ROLLUP_COUNTERS
 from services.metering.settings import MeteringSettings
@@ -100,6 +108,77 @@ def top(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextI
     _write(rows, ["user", "credits", "micros", "events"], ns.format, out)
 
 
+PRICE_COLUMNS = ("input", "cached_input", "cache_write", "output", "reasoning")
+_FORMATS = {".csv": prices_pb2.CATALOG_FORMAT_CSV}
+
+
+def _price_row(p: prices_pb2.ModelPrice) -> list[str]:
+    start = from_timestamp(p.effective_from).isoformat() if p.HasField("effective_from") else ""
+    return [p.model or "*", start, *(str(getattr(p, c)) for c in PRICE_COLUMNS)]
+
+
+def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace,
+           out: TextIO) -> None:  # fmt: skip
+    header = ["model", "effective_from", *PRICE_COLUMNS]
+    if ns.action == "load":
+        path = Path(ns.file)
+        try:
+            document = path.read_text()
+        except OSError as exc:
+            raise SystemExit(f"{path}: {exc}") from None
+        token = ns.token or os.environ.get("QM_ADMIN_TOKEN", "")
+        resp = stub.LoadPrices(
+            prices_pb2.LoadPricesRequest(
+                document=document, source=path.name, replace=ns.replace, dry_run=ns.dry_run,
+                format=_FORMATS.get(path.suffix.lower(), prices_pb2.CATALOG_FORMAT_YAML),
+            ),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=60,
+        )  # fmt: skip
+        for line in resp.changes:
+            out.write(f"  {line}\n")
+        if not resp.changes:
+            out.write(f"nothing to change: revision {resp.revision} stays in force\n")
+        elif resp.dry_run:
+            out.write(f"dry run: {len(resp.changes)} change(s), nothing written\n")
+        else:
+            out.write(f"revision {resp.revision} in force ({len(resp.changes)} change(s))\n")
+    elif ns.action == "list":
+        req = prices_pb2.ListPricesRequest(models=ns.model)
+        if ns.at is not None:
+            req.at.CopyFrom(timestamp(ns.at))
+        listed = stub.ListPrices(req, timeout=60)
+        rows = [_price_row(p) for p in (*listed.prices, listed.fallback)]
+        _write(rows, header, ns.format, out)
+    else:
+        history = stub.PriceHistory(prices_pb2.PriceHistoryRequest(model=ns.model), timeout=60)
+        if history.versions:
+            _write([_price_row(p) for p in history.versions], header, ns.format, out)
+        for r in history.revisions:
+            when = from_timestamp(r.loaded_at).isoformat()
+            source = f" from {r.source}" if r.source else ""
+            out.write(f"revision {r.revision}: {r.mode} by {r.loaded_by} at {when}{source}\n")
+            out.writelines(f"  {line}\n" for line in r.changes)
+
+
+def _prices_parser(sub: Any) -> None:
+    p = sub.add_parser("prices", help="the price catalog: load, list, history")
+    actions = p.add_subparsers(dest="action", required=True)
+    load = actions.add_parser("load", help="load a YAML or CSV catalog file (a new revision)")
+    load.add_argument("file")
+    whole = "the file is the whole catalog: models it leaves out are removed"
+    load.add_argument("--replace", action="store_true", help=whole)
+    load.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    load.add_argument("--token", help="admin token (default: QM_ADMIN_TOKEN)")
+    listing = actions.add_parser("list", help="the prices in force (now, or --at)")
+    listing.add_argument("--at", type=_when)
+    listing.add_argument("--model", action="append", default=[], help="repeatable")
+    history = actions.add_parser("history", help="a model's versions and who changed them")
+    history.add_argument("model", nargs="?", default="")
+    for a in (listing, history):
+        a.add_argument("--format", choices=("table", "csv"), default="table")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m services.metering.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -117,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "usage":
             s.add_argument("--group-by", type=_dims, default=["user"])
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
+    _prices_parser(sub)
     return p
 
 
@@ -124,9 +204,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     ns = parser().parse_args(argv)
     addr = ns.addr or MeteringSettings.from_env().api_addr
     with grpc.insecure_channel(addr) as channel:
-        stub = cost_pb2_grpc.UsageServiceStub(channel)
         try:
-            (usage if ns.command == "usage" else top)(stub, ns, out)
+            if ns.command == "prices":
+                prices(prices_pb2_grpc.PriceCatalogServiceStub(channel), ns, out)
+            else:
+                stub = cost_pb2_grpc.UsageServiceStub(channel)
+                (usage if ns.command == "usage" else top)(stub, ns, out)
         except grpc.RpcError as exc:
             sys.stderr.write(f"{exc.code().name}: {exc.details()}\n")
             return 2

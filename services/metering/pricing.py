@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import csv
+import io
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import yaml
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 _CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
+FALLBACK_ROW = "*"  # the fallback price's row in a CSV catalog
 
 
 class CatalogError(ValueError):
@@ -95,8 +98,101 @@ def _when(raw: Any, where: str) -> datetime:
     return value
 
 
+Versions = list[tuple[datetime, Price]]
+
+
+@dataclass(frozen=True)
+class CatalogDocument:
+    """A parsed catalog file: all of a catalog, or (to load on top of one) a part."""
+
+    fallback: Price | None
+    models: dict[str, Versions]
+
+
+def _models(raw: Any, where: str) -> dict[str, Versions]:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: models must map model names to price versions")
+    models: dict[str, Versions] = {}
+    for model, versions in raw.items():
+        if not str(model).strip() or str(model) == FALLBACK_ROW:
+            raise CatalogError(f"{where}: models: {model!r} is not a model name")
+        if not isinstance(versions, list) or not versions:
+            raise CatalogError(f"{where}: models.{model}: expected a list of versions")
+        seen: set[datetime] = set()
+        out: Versions = []
+        for i, v in enumerate(versions):
+            here = f"{where}: models.{model}[{i}]"
+            if not isinstance(v, dict):
+                raise CatalogError(f"{here}: expected a mapping")
+            start = _when(v.get("effective_from"), f"{here}.effective_from")
+            if start in seen:
+                raise CatalogError(f"{here}: two versions take effect at {start.isoformat()}")
+            seen.add(start)
+            out.append((start, _price(v, here)))
+        models[str(model)] = sorted(out, key=lambda x: x[0])
+    return models
+
+
+def parse_document(raw: Any, where: str = "catalog") -> CatalogDocument:
+    """A YAML/JSON-shaped mapping: `fallback` (optional here) and `models`."""
+    if not isinstance(raw, dict) or not ({"fallback", "models"} & raw.keys()):
+        raise CatalogError(f"{where}: needs top-level 'fallback' and/or 'models'")
+    unknown = set(raw) - {"fallback", "models"}
+    if unknown:
+        raise CatalogError(f"{where}: unknown top-level key(s) {sorted(unknown)}")
+    fallback = _price(raw["fallback"], f"{where}: fallback") if "fallback" in raw else None
+    return CatalogDocument(fallback, _models(raw.get("models", {}), where))
+
+
+def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{where}: {exc}") from None
+    return parse_document(raw, where)
+
+
+def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
+    """One price version a row under the header `model,effective_from,input,cached_input,
+    cache_write,output,reasoning` (the last two may be empty: input's and output's price);
+    the model `*` is the fallback, without effective_from."""
+    rows = list(csv.DictReader(io.StringIO(text.strip())))
+    if not rows:
+        raise CatalogError(f"{where}: no rows under a header")
+    missing = {"model", "effective_from", "input", "cached_input", "output"} - set(rows[0])
+    if missing:
+        raise CatalogError(f"{where}: header lacks column(s) {sorted(missing)}")
+    raw: dict[str, Any] = {}
+    models: dict[str, list[dict[str, Any]]] = {}
+    for n, row in enumerate(rows, start=2):
+        here = f"{where}: line {n}"
+        if None in row:
+            raise CatalogError(f"{here}: more fields than the header has")
+        prices: dict[str, Any] = {}
+        for cls in _CLASSES:
+            text_value = (row.get(cls) or "").strip()
+            if not text_value:
+                continue
+            try:
+                prices[cls] = int(text_value)
+            except ValueError:
+                raise CatalogError(f"{here}.{cls}: not a whole number: {text_value!r}") from None
+        model = (row.get("model") or "").strip()
+        if model == FALLBACK_ROW:
+            if "fallback" in raw:
+                raise CatalogError(f"{here}: a second fallback row")
+            raw["fallback"] = prices
+        else:
+            models.setdefault(model, []).append(
+                {"effective_from": (row.get("effective_from") or "").strip(), **prices}
+            )
+    if models:
+        raw["models"] = models
+    return parse_document(raw, where)
+
+
 class PriceCatalog:
-    def __init__(self, models: dict[str, list[tuple[datetime, Price]]], fallback: Price) -> None:
+    def __init__(self, models: dict[str, Versions], fallback: Price) -> None:
         self._models = {m: sorted(v, key=lambda x: x[0]) for m, v in models.items()}
         # effective_from as epoch seconds, so pricing an event builds no datetime
         self._starts = {m: [t.timestamp() for t, _ in v] for m, v in self._models.items()}
@@ -105,35 +201,35 @@ class PriceCatalog:
     @classmethod
     def from_file(cls, path: Path) -> PriceCatalog:
         try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
+            text = path.read_text()
+        except OSError as exc:
             raise CatalogError(f"{path}: {exc}") from None
-        return cls.from_mapping(raw, str(path))
+        parse = parse_csv if path.suffix.lower() == ".csv" else parse_yaml
+        return cls.whole(parse(text, str(path)), str(path))
 
     @classmethod
     def from_mapping(cls, raw: Any, where: str = "catalog") -> PriceCatalog:
-        if not isinstance(raw, dict) or "fallback" not in raw or "models" not in raw:
-            raise CatalogError(f"{where}: needs top-level 'fallback' and 'models'")
-        fallback = _price(raw["fallback"], f"{where}: fallback")
-        models: dict[str, list[tuple[datetime, Price]]] = {}
-        if not isinstance(raw["models"], dict):
-            raise CatalogError(f"{where}: models must map model names to price versions")
-        for model, versions in raw["models"].items():
-            if not isinstance(versions, list) or not versions:
-                raise CatalogError(f"{where}: models.{model}: expected a list of versions")
-            seen: set[datetime] = set()
-            out: list[tuple[datetime, Price]] = []
-            for i, v in enumerate(versions):
-                here = f"{where}: models.{model}[{i}]"
-                if not isinstance(v, dict):
-                    raise CatalogError(f"{here}: expected a mapping")
-                start = _when(v.get("effective_from"), f"{here}.effective_from")
-                if start in seen:
-                    raise CatalogError(f"{here}: two versions take effect at {start.isoformat()}")
-                seen.add(start)
-                out.append((start, _price(v, here)))
-            models[str(model)] = out
-        return cls(models, fallback)
+        return cls.whole(parse_document(raw, where), where)
+
+    @classmethod
+    def whole(cls, doc: CatalogDocument, where: str = "catalog") -> PriceCatalog:
+        if doc.fallback is None:
+            raise CatalogError(f"{where}: a whole catalog needs a 'fallback' price")
+        return cls(doc.models, doc.fallback)
+
+    @property
+    def models(self) -> dict[str, Versions]:
+        return self._models
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The catalog as plain data (every class spelled out) that from_mapping reads."""
+        return {
+            "fallback": asdict(self.fallback),
+            "models": {
+                m: [{"effective_from": t.isoformat(), **asdict(p)} for t, p in v]
+                for m, v in self._models.items()
+            },
+        }
 
     def price_at(self, model: str, at: datetime | float) -> tuple[Price, bool]:
         """The price in force for `model` at `at` (a datetime or epoch seconds), and

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quartermaster.config import CommonSettings
+from quartermaster.credentials import parse_tokens
 from quartermaster.settings import host_port, setting
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
@@ -16,7 +17,28 @@ class MeteringSettings(CommonSettings):
     app_id: str = setting(
         "QM_METERING_APP_ID", "qm-metering", "Consumer group; also names its offsets in Postgres"
     )
-    prices_file: Path = setting("QM_METERING_PRICES", DEFAULT_PRICES, "Price catalog YAML file")
+    prices_file: Path = setting(
+        "QM_METERING_PRICES",
+        DEFAULT_PRICES,
+        "Price catalog (YAML or CSV) that seeds an empty catalog; after that, load prices with"
+        " the CLI's `prices load`",
+    )
+    prices_poll_seconds: float = setting(
+        "QM_METERING_PRICES_POLL_SECONDS",
+        2.0,
+        "How often a worker looks for a new price catalog revision",
+    )
+    metrics_addr: str = setting(
+        "QM_METERING_METRICS_ADDR",
+        "127.0.0.1:9464",
+        "Where a worker serves its Prometheus metrics (/metrics); empty: none",
+    )
+    admin_tokens: str = setting(
+        "QM_METERING_ADMIN_TOKENS",
+        "",
+        "Credentials that may load prices, name:token,... (tokens of 16+ characters; the name"
+        " is kept with the revision). Empty: every load is refused",
+    )
     data_dir: Path = setting(
         "QM_METERING_DATA_DIR",
         Path(".run/faust"),
@@ -90,10 +112,22 @@ class MeteringSettings(CommonSettings):
         "How often the Cost API recomputes daily rollups from hourly ones",
     )
 
+    @property
+    def admin_credentials(self) -> dict[str, str]:
+        return parse_tokens(self.admin_tokens)
+
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
         if not self.prices_file.is_file():
             out.append(("prices_file", f"no such file: {self.prices_file}"))
+        if self.metrics_addr and host_port(self.metrics_addr) is None:
+            out.append(("metrics_addr", f"expected host:port or empty, got {self.metrics_addr!r}"))
+        if not 0.1 <= self.prices_poll_seconds <= 3600:
+            out.append(("prices_poll_seconds", "must be between 0.1 and 3600"))
+        try:
+            self.admin_credentials  # noqa: B018 - parsing is the check
+        except ValueError as exc:
+            out.append(("admin_tokens", str(exc)))
         if not 1.0 <= self.session_timeout <= 300.0:
             out.append(("session_timeout", "must be between 1 and 300 seconds"))
         if not 1 <= self.batch_max <= 100_000:

@@ -8,7 +8,6 @@ the replica's snapshot; writes go to Postgres, which tells every replica.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quartermaster.credentials import Credentials
 from quartermaster.money import credits
 from quartermaster.periods import PeriodKind
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
@@ -40,26 +40,6 @@ MAX_MICROS = 10**15  # a billion credits: larger is a typo, not a budget
 MAX_REASON = 2000
 MAX_DOCUMENT = 32 * 1024 * 1024
 T = TypeVar("T")
-
-
-class Credentials:
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = dict(tokens)
-
-    def actor(self, metadata: Any) -> tuple[grpc.StatusCode, str] | str:
-        """The token's name, or (status, message) when the caller is no admin."""
-        header = next((v for k, v in (metadata or ()) if k == "authorization"), None)
-        if header is None:
-            return grpc.StatusCode.UNAUTHENTICATED, (
-                "admin calls need an admin credential: metadata authorization: Bearer <token>"
-            )
-        scheme, _, token = str(header).partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return grpc.StatusCode.UNAUTHENTICATED, "authorization: expected Bearer <token>"
-        for known, name in self._tokens.items():
-            if hmac.compare_digest(known.encode(), token.strip().encode()):
-                return name
-        return grpc.StatusCode.PERMISSION_DENIED, "this credential may not change policy"
 
 
 def _opt_ts(t: Timestamp, has: bool) -> datetime | None:
@@ -163,10 +143,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
     ) -> T:
         """Authenticate, refuse bad input (every problem named), run the change and
         reload this replica's snapshot before answering (read-your-writes)."""
-        who = self._credentials.actor(context.invocation_metadata())
-        if not isinstance(who, str):
-            await context.abort(*who)
-            raise AssertionError("abort returned")
+        who = await self._credentials.require(context)
         await refuse(context, problems)
         try:
             out = await change(who)

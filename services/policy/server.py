@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 
+from quartermaster.credentials import Credentials
 from quartermaster.db import connect_pool
 from quartermaster.grpcserver import Served, serve
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
-from services.policy.admin import Credentials, DirectoryServicer, PolicyAdminServicer
+from services.policy.admin import DirectoryServicer, PolicyAdminServicer
 from services.policy.events import Approvals, ThresholdWatch
 from services.policy.holds import HoldsView
 from services.policy.service import Evaluator, LimitHolder, PolicyServicer

@@ -5,20 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quartermaster.config import CommonSettings
+from quartermaster.credentials import parse_tokens
 from quartermaster.settings import host_port, setting
-
-
-def parse_tokens(spec: str) -> dict[str, str]:
-    """ "name:token,name2:token2" → {token: name}; ValueError names a bad entry."""
-    out: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
-        name, sep, token = part.partition(":")
-        if not sep or not name.strip() or len(token.strip()) < 16:
-            raise ValueError(
-                f"entry {i + 1}: expected name:token with a token of 16 or more characters"
-            )
-        out[token.strip()] = name.strip()
-    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""Admin credentials for gRPC calls that change money rules: bearer tokens with names.
+
+A service is given `name:token,...` (tokens of 16+ characters); a caller sends
+`authorization: Bearer <token>` metadata; the token's name is the actor recorded
+in the audit trail. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+
+def parse_tokens(spec: str) -> dict[str, str]:
+    """ "name:token,name2:token2" → {token: name}; ValueError names a bad entry."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
+        name, sep, token = part.partition(":")
+        if not sep or not name.strip() or len(token.strip()) < 16:
+            raise ValueError(
+                f"entry {i + 1}: expected name:token with a token of 16 or more characters"
+            )
+        out[token.strip()] = name.strip()
+    return out
+
+
+class Credentials:
+    def __init__(self, tokens: Mapping[str, str], what: str = "change policy") -> None:
+        self._tokens = dict(tokens)
+        self._what = what
+
+    def actor(self, metadata: Any) -> tuple[grpc.StatusCode, str] | str:
+        """The token's name, or (status, message) when the caller is no admin."""
+        header = next((v for k, v in (metadata or ()) if k == "authorization"), None)
+        if header is None:
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                "admin calls need an admin credential: metadata authorization: Bearer <token>"
+            )
+        scheme, _, token = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return grpc.StatusCode.UNAUTHENTICATED, "authorization: expected Bearer <token>"
+        for known, name in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                return name
+        return grpc.StatusCode.PERMISSION_DENIED, f"this credential may not {self._what}"
+
+    async def require(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The caller's name; aborts the call when it is no admin."""
+        who = self.actor(context.invocation_metadata())
+        if not isinstance(who, str):
+            await context.abort(*who)
+            raise AssertionError("abort returned")
+        return who
