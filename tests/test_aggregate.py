@@ -60,7 +60,7 @@ def test_records_below_the_stored_offset_are_not_counted_again() -> None:
     batch = records(1, [usage(u, occurred_at=NOW).SerializeToString() for _ in range(4)])
     run(m, state, batch[:3])
     plan = m.plan(state, batch)  # a redelivery of all four
-    assert (plan.replayed, len(plan.priced), plan.next_offset) == (3, 1, 4)
+    assert (plan.replayed, plan.counted, plan.next_offset) == (3, 1, 4)
 
 
 def test_an_event_id_seen_within_the_window_counts_once() -> None:
@@ -68,12 +68,12 @@ def test_an_event_id_seen_within_the_window_counts_once() -> None:
     state = PartitionState(2, 0)
     e = usage(u, occurred_at=NOW).SerializeToString()
     plan = m.plan(state, records(2, [e, e]))  # twice in one batch
-    assert (len(plan.priced), plan.duplicates) == (1, 1)
+    assert (plan.counted, plan.duplicates) == (1, 1)
     m.apply(state, plan, m.fold(state, plan))
     again = m.plan(state, records(2, [e], first_offset=2))  # and again later
-    assert (len(again.priced), again.duplicates) == (0, 1)
+    assert (again.counted, again.duplicates) == (0, 1)
     tomorrow = meter(NOW + timedelta(hours=24, seconds=1))
-    assert len(tomorrow.plan(state, records(2, [e], first_offset=2)).priced) == 1
+    assert tomorrow.plan(state, records(2, [e], first_offset=2)).counted == 1
 
 
 def test_a_late_event_counts_in_the_period_it_occurred_in() -> None:
@@ -88,7 +88,7 @@ def test_a_late_event_counts_in_the_period_it_occurred_in() -> None:
 def test_an_event_on_the_wrong_partition_is_rejected_not_counted() -> None:
     m, u = meter(), user_in(0)
     plan = m.plan(PartitionState(1, 0), records(1, [usage(u, occurred_at=NOW).SerializeToString()]))
-    assert plan.priced == []
+    assert plan.counted == 0
     assert "belongs to partition 0, not 1" in plan.rejects[0].reason
 
 

@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.kafka import partition_of
 from quartermaster.periods import PeriodKind, period_of
-from services.metering.decode import InvalidUsage, decode, epoch_seconds, tokens
-from services.metering.pricing import PriceCatalog, Tokens
+from services.metering.decode import InvalidUsage, decode
+from services.metering.pricing import Price, PriceCatalog, micros_of
 
 PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
 
@@ -122,35 +122,44 @@ class Reject:
 Periods = tuple[tuple[str, str, datetime, datetime], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
-    user_id: str
-    workspace_id: str
-    periods: Periods
-    micros: int
-    fallback: bool
-    rollups: tuple[RollupKey, ...]
-    tokens: Tokens
-    at: float  # occurred_at, epoch seconds
-    request_id: str = ""  # settles a policy reservation made for it
+# (user_id, occurred_at's epoch minute, product, model, cost center, workspace): the
+# finest grain a batch is summed at. Every hourly rollup, 15-minute period bucket and
+# burn-rate minute is a union of these, so they are all derived from the sums exactly.
+SumKey = tuple[str, int, str, str, str, str]
+MINUTE = 60
 
 
 @dataclass
 class Plan:
+    """What a batch of one partition adds, summed once per SumKey (not kept per event)."""
+
     next_offset: int
-    priced: list[Priced] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     new_seen: dict[int, float] = field(default_factory=dict)
     replayed: int = 0  # records below next_offset, counted before
     duplicates: int = 0  # events whose event_id was counted within the window
     valid_records: int = 0
     invalid_records: int = 0
+    # SumKey → the ROLLUP_COUNTERS of the events counted under it
+    sums: dict[SumKey, list[int]] = field(default_factory=dict)
+    # user → request ids whose usage this batch counts (they settle reservations)
+    settled: dict[str, list[str]] = field(default_factory=dict)
+    # derived from `sums` by Meter.plan:
+    counted: int = 0
+    micros: int = 0
+    totals: dict[TotalKey, list[int]] = field(default_factory=dict)  # [micros, events, fallback]
+    total_where: dict[TotalKey, tuple[str, datetime, datetime]] = field(default_factory=dict)
+    rollups: dict[RollupKey, list[int]] = field(default_factory=dict)  # ROLLUP_COUNTERS
+    rollup_workspace: dict[RollupKey, str] = field(default_factory=dict)
+    burn: dict[tuple[str, int], int] = field(default_factory=dict)  # (user, minute) → micros
+    workspaces: dict[str, str] = field(default_factory=dict)  # user → workspace
+    unpriced: dict[str, int] = field(default_factory=dict)  # model → fallback-priced events
 
     def keys(self) -> set[TotalKey]:
-        return {(p.user_id, kind, key) for p in self.priced for kind, key, _, _ in p.periods}
+        return set(self.totals)
 
     def rollup_keys(self) -> set[RollupKey]:
-        return {k for p in self.priced for k in p.rollups}
+        return set(self.rollups)
 
 
 _BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
@@ -184,6 +193,7 @@ class Meter:
         dedupe_window: timedelta,
         clock: Callable[[], datetime],
     ) -> None:
+        self._versions: dict[str, tuple[float, float, Price, bool]] = {}
         self.catalog = catalog
         self.tz = tz
         self.partitions = partitions
@@ -192,10 +202,29 @@ class Meter:
         self.dedupe_window = dedupe_window
         self.clock = clock
 
+    @property
+    def catalog(self) -> PriceCatalog:
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: PriceCatalog) -> None:
+        self._catalog = catalog
+        self._versions = {}  # model → (from, until, price, fallback) last used
+
+    def _price(self, model: str, at: float) -> tuple[Price, bool]:
+        v = self._versions.get(model)
+        if v is None or not v[0] <= at < v[1]:
+            price, fallback, start, until = self._catalog.version_at(model, at)
+            self._versions[model] = v = (start, until, price, fallback)
+        return v[2], v[3]
+
     def plan(self, state: PartitionState, records: list[Record]) -> Plan:
         now = self.clock()
-        cutoff = now.timestamp() - self.dedupe_window.total_seconds()
+        now_ts = now.timestamp()
+        cutoff = now_ts - self.dedupe_window.total_seconds()
         plan = Plan(next_offset=state.next_offset)
+        seen, new_seen, sums, settled = state.seen, plan.new_seen, plan.sums, plan.settled
+        partitions, default_workspace = self.partitions, self.default_workspace
         for rec in sorted(records, key=lambda r: r.offset):
             if rec.offset < state.next_offset:
                 plan.replayed += 1
@@ -216,58 +245,95 @@ class Meter:
             for value, reason in decoded.rejects:
                 plan.rejects.append(Reject(rec.offset, rec.key, value, reason))
             for event in decoded.events:
-                home = partition_of(event.user_id, self.partitions)
+                user = event.user_id
+                home = partition_of(user, partitions)
                 if home != rec.partition:
                     plan.rejects.append(
                         Reject(
                             rec.offset, rec.key, event.SerializeToString(),
-                            f"user_id {event.user_id!r} belongs to partition {home}, not "
+                            f"user_id {user!r} belongs to partition {home}, not "
                             f"{rec.partition}: key records by user_id with Kafka's default "
                             "(murmur2) partitioner",
                         )
                     )  # fmt: skip
                     continue
                 h = id_hash(event.event_id)
-                first = plan.new_seen.get(h, state.seen.get(h))
+                first = new_seen.get(h)
+                if first is None:
+                    first = seen.get(h)
                 if first is not None and first >= cutoff:
                     plan.duplicates += 1
                     continue
-                plan.new_seen[h] = now.timestamp()
-                at = epoch_seconds(event)
-                used = tokens(event)
-                price = self.catalog.price(event.model, at, used)
-                periods = periods_at(at, self.tz)
-                dims = (event.user_id, event.product, event.model,
-                        event.attributes.get(COST_CENTER, ""))  # fmt: skip
-                hour = ("hour", int(at // HOUR) * HOUR, *dims)
-                plan.priced.append(
-                    Priced(
-                        event.user_id, event.workspace_id or self.default_workspace,
-                        periods, price.micros, price.fallback, (hour,), used, at,
-                        event.request_id,
-                    )
+                new_seen[h] = now_ts
+                ts = event.occurred_at
+                at = ts.seconds + ts.nanos / 1e9
+                model = event.model
+                price, fallback = self._price(model, at)
+                inp, cached, written = (
+                    event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
                 )  # fmt: skip
+                out, reasoning = event.output_tokens, event.reasoning_tokens
+                micros = micros_of(price, inp, cached, written, out, reasoning)
+                key = (user, int(at // MINUTE), event.product, model,
+                       event.attributes.get(COST_CENTER, ""),
+                       event.workspace_id or default_workspace)  # fmt: skip
+                acc = sums.get(key)
+                if acc is None:
+                    sums[key] = [inp, cached, written, out, reasoning, micros, 1, fallback]
+                else:
+                    acc[0] += inp
+                    acc[1] += cached
+                    acc[2] += written
+                    acc[3] += out
+                    acc[4] += reasoning
+                    acc[5] += micros
+                    acc[6] += 1
+                    acc[7] += fallback
+                if event.request_id:
+                    settled.setdefault(user, []).append(event.request_id)
+        self._derive(plan)
         return plan
+
+    def _derive(self, plan: Plan) -> None:
+        """Budget-period totals, hourly rollups and burn minutes from the plan's sums."""
+        totals, where, rollups, rollup_ws = (
+            plan.totals, plan.total_where, plan.rollups, plan.rollup_workspace
+        )  # fmt: skip
+        for (user, minute, product, model, center, workspace), acc in plan.sums.items():
+            at = minute * MINUTE
+            micros, events, fallback = acc[5], acc[6], acc[7]
+            for kind, period_key, start, end in periods_at(at, self.tz):
+                tkey = (user, kind, period_key)
+                t = totals.get(tkey)
+                if t is None:
+                    totals[tkey] = [micros, events, fallback]
+                    where[tkey] = (workspace, start, end)
+                else:
+                    t[0] += micros
+                    t[1] += events
+                    t[2] += fallback
+            rkey = ("hour", at // HOUR * HOUR, user, product, model, center)
+            r = rollups.get(rkey)
+            if r is None:
+                rollups[rkey] = list(acc)
+                rollup_ws[rkey] = workspace
+            else:
+                for i, v in enumerate(acc):
+                    r[i] += v
+            bkey = (user, minute)
+            plan.burn[bkey] = plan.burn.get(bkey, 0) + micros
+            plan.workspaces.setdefault(user, workspace)
+            if fallback:
+                plan.unpriced[model] = plan.unpriced.get(model, 0) + fallback
+            plan.counted += events
+            plan.micros += micros
 
     def fold(self, state: PartitionState, plan: Plan) -> dict[TotalKey, Total]:
         """The new absolute totals of every key the plan touches (state must hold them)."""
-        # Sum per key first, then build one Total per key (not one per event).
-        sums: dict[TotalKey, list[int]] = {}
-        where: dict[TotalKey, tuple[str, datetime, datetime]] = {}
-        for p in plan.priced:
-            for kind, period_key, start, end in p.periods:
-                key = (p.user_id, kind, period_key)
-                acc = sums.get(key)
-                if acc is None:
-                    sums[key] = acc = [0, 0, 0]
-                    where[key] = (p.workspace_id, start, end)
-                acc[0] += p.micros
-                acc[1] += 1
-                acc[2] += p.fallback
         changed: dict[TotalKey, Total] = {}
-        for key, (micros, count, fallback) in sums.items():
+        for key, (micros, count, fallback) in plan.totals.items():
             old = state.totals.get(key)
-            workspace, start, end = where[key]
+            workspace, start, end = plan.total_where[key]
             changed[key] = Total(
                 workspace_id=workspace,
                 period_start=start,
@@ -279,31 +345,16 @@ class Meter:
         return changed
 
     def fold_rollups(self, state: PartitionState, plan: Plan) -> dict[RollupKey, Rollup]:
-        """The new absolute hourly and daily rollups the plan touches (state must hold
-        them)."""
-        sums: dict[RollupKey, list[int]] = {}
-        workspace: dict[RollupKey, str] = {}
-        for p in plan.priced:
-            t = p.tokens
-            for key in p.rollups:
-                acc = sums.get(key)
-                if acc is None:
-                    old = state.rollups.get(key)
-                    sums[key] = acc = (
-                        [0] * len(ROLLUP_COUNTERS)
-                        if old is None
-                        else [getattr(old, c) for c in ROLLUP_COUNTERS]
-                    )
-                    workspace[key] = p.workspace_id
-                acc[0] += t.input
-                acc[1] += t.cached_input
-                acc[2] += t.cache_write
-                acc[3] += t.output
-                acc[4] += t.reasoning
-                acc[5] += p.micros
-                acc[6] += 1
-                acc[7] += p.fallback
-        return {k: Rollup(workspace[k], *v) for k, v in sums.items()}
+        """The new absolute hourly rollups the plan touches (state must hold them)."""
+        out: dict[RollupKey, Rollup] = {}
+        for key, acc in plan.rollups.items():
+            old = state.rollups.get(key)
+            values = (
+                acc if old is None
+                else [getattr(old, c) + a for c, a in zip(ROLLUP_COUNTERS, acc, strict=True)]
+            )  # fmt: skip
+            out[key] = Rollup(plan.rollup_workspace[key], *values)
+        return out
 
     def apply(
         self,

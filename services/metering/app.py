@@ -216,13 +216,11 @@ class Processor:
         """Feed counted spend to the burn-rate watch; publish an intent per new episode.
         After the commit: an alert lost to a crash here is advice lost, not money."""
         assert self.burn is not None
-        users: dict[str, str] = {}
-        for p in plan.priced:
-            self.burn.add(p.user_id, p.at, p.micros)
-            users[p.user_id] = p.workspace_id
+        for (user, minute), micros in plan.burn.items():
+            self.burn.add(user, minute * 60, micros)
         now = datetime.now(UTC)
         out: list[OutRecord] = []
-        for user, workspace in users.items():
+        for user, workspace in plan.workspaces.items():
             burn = self.burn.check(user, workspace, now.timestamp())
             if burn is None:
                 continue
@@ -257,10 +255,7 @@ class Processor:
         now = datetime.now(UTC)
         # Every record of a user's totals in this batch names the requests it now
         # includes, so policy settles their reservations whichever period it reads.
-        settled: dict[str, list[str]] = defaultdict(list)
-        for p in plan.priced:
-            if p.request_id:
-                settled[p.user_id].append(p.request_id)
+        settled = plan.settled
         for key, total in changed.items():
             value = total_message(key, total, now, settled.get(key[0])).SerializeToString()
             topic_key = f"user:{key[0]}:{key[2]}".encode()

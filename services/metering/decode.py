@@ -116,6 +116,25 @@ def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
 
 
 def _validate(event: UsageEvent, accepted: Accepted) -> None:
+    # The common case in few comparisons; anything unusual takes the careful path
+    # below, which names every problem.
+    event_id, user, product, model = event.event_id, event.user_id, event.product, event.model
+    ts = event.occurred_at
+    inp, cached, written = (
+        event.input_tokens,
+        event.cached_input_tokens,
+        event.cache_write_input_tokens,
+    )
+    out, reasoning = event.output_tokens, event.reasoning_tokens
+    if (
+        0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user) <= MAX_ID_LENGTH
+        and 0 < len(product) <= MAX_ID_LENGTH and 0 < len(model) <= MAX_ID_LENGTH
+        and not (event_id.isspace() or user.isspace() or product.isspace() or model.isspace())
+        and accepted.earliest <= ts.seconds + ts.nanos / 1e9 <= accepted.latest
+        and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written
+        and out >= reasoning and event.HasField("occurred_at")
+    ):  # fmt: skip
+        return
     problems: list[str] = []
     for name, value in (
         ("event_id", event.event_id),

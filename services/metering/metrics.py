@@ -57,18 +57,11 @@ class MeteringMetrics:
 
     def counted(self, plan: Plan) -> None:
         """Record a committed batch."""
-        self._events.add(len(plan.priced), {"outcome": "counted"})
+        self._events.add(plan.counted, {"outcome": "counted"})
         if plan.duplicates:
             self._events.add(plan.duplicates, {"outcome": "duplicate"})
         if plan.rejects:
             self._events.add(len(plan.rejects), {"outcome": "rejected"})
-        unpriced: dict[str, int] = {}
-        micros = 0
-        for p in plan.priced:
-            micros += p.micros
-            if p.fallback:
-                model = p.rollups[0][4]  # ("hour", start, user, product, model, cost center)
-                unpriced[model] = unpriced.get(model, 0) + 1
-        self._micros.add(micros)
-        for model, n in unpriced.items():
+        self._micros.add(plan.micros)
+        for model, n in plan.unpriced.items():
             self._unpriced.add(n, {"model": self._model_label(model)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,12 +55,19 @@ def cost_micros(price: Price, t: Tokens) -> int:
     Cached tokens are a subset of input and reasoning a subset of output, so each
     token is priced exactly once, in its most specific class.
     """
+    return micros_of(price, t.input, t.cached_input, t.cache_write, t.output, t.reasoning)
+
+
+def micros_of(
+    price: Price, input: int, cached: int, written: int, output: int, reasoning: int
+) -> int:
+    """cost_micros of one event's token counts (no Tokens built: metering's hot path)."""
     numerator = (
-        (t.input - t.cached_input - t.cache_write) * price.input
-        + t.cached_input * price.cached_input
-        + t.cache_write * price.cache_write
-        + (t.output - t.reasoning) * price.output
-        + t.reasoning * price.reasoning
+        (input - cached - written) * price.input
+        + cached * price.cached_input
+        + written * price.cache_write
+        + (output - reasoning) * price.output
+        + reasoning * price.reasoning
     )
     return (numerator + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
 
@@ -242,6 +250,18 @@ class PriceCatalog:
         if i < 0:
             return self.fallback, True
         return self._models[model][i][1], False
+
+    def version_at(self, model: str, at: float) -> tuple[Price, bool, float, float]:
+        """price_at's answer for epoch second `at`, with the interval [from, until) of
+        epoch seconds over which that answer holds (so a caller can reuse it)."""
+        starts = self._starts.get(model)
+        if starts is None:
+            return self.fallback, True, -math.inf, math.inf
+        i = bisect.bisect_right(starts, at) - 1
+        until = starts[i + 1] if i + 1 < len(starts) else math.inf
+        if i < 0:
+            return self.fallback, True, -math.inf, starts[0]
+        return self._models[model][i][1], False, starts[i], until
 
     def price(self, model: str, at: datetime | float, tokens: Tokens) -> Priced:
         price, fallback = self.price_at(model, at)
