@@ -22,6 +22,7 @@ Any I/O failure is retried until it succeeds; the batch is never acked half-done
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from typing import Any
 
 import asyncpg
 import faust
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from quartermaster import kafka
@@ -72,8 +74,14 @@ PERIOD_KINDS = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
+def _period_stamp(at: datetime) -> Timestamp:
+    """A period boundary as a Timestamp: few distinct ones, each used by every user."""
+    return timestamp(at)
+
+
 def total_message(
-    key: TotalKey, total: Total, now: datetime, settled: list[str] | None = None
+    key: TotalKey, total: Total, now: Timestamp, settled: list[str] | None = None
 ) -> usage_pb2.UsageTotal:
     user, kind, period_key = key
     return usage_pb2.UsageTotal(
@@ -82,18 +90,21 @@ def total_message(
         subject_id=user,
         period_kind=PERIOD_KINDS[kind],
         period_key=period_key,
-        period_start=timestamp(total.period_start),
-        period_end=timestamp(total.period_end),
+        period_start=_period_stamp(total.period_start),
+        period_end=_period_stamp(total.period_end),
         used_micros=total.used_micros,
         event_count=total.event_count,
         unpriced_event_count=total.fallback_count,
-        updated_at=timestamp(now),
+        updated_at=now,
         settled_request_ids=settled or [],
     )
 
 
 OutRecord = kafka.OutRecord
 Publisher = kafka.Publisher
+# Burn-rate episodes logged one by one per batch; the rest in one line (a bad deploy
+# can open thousands at once, and each has its notification intent anyway).
+BURN_LOG_LINES = 5
 _PROTOBUF_HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
 
 
@@ -224,15 +235,16 @@ class Processor:
             burn = self.burn.check(user, workspace, now.timestamp())
             if burn is None:
                 continue
-            log.warning(
-                "burn-rate episode: %s at %d micros/hour (%s)",
-                user,
-                burn.rate_per_hour,
-                burn.reason,
-            )
+            if len(out) < BURN_LOG_LINES:
+                log.warning(
+                    "burn-rate episode: %s at %d micros/hour (%s)",
+                    user, burn.rate_per_hour, burn.reason,
+                )  # fmt: skip
             note = burn_notification(burn, self.burn.rule.window_minutes, now)
             value = note.SerializeToString()
             out.append((Topic.NOTIFICATIONS.value, user.encode(), value, _PROTOBUF_HEADERS))
+        if len(out) > BURN_LOG_LINES:
+            log.warning("%d more burn-rate episodes in this batch", len(out) - BURN_LOG_LINES)
         if out:
             try:
                 await self.publisher.send(out)
@@ -252,7 +264,7 @@ class Processor:
                 (ORIGIN_OFFSET_HEADER, str(r.offset).encode()),
             ]
             out.append((Topic.USAGE_DLQ.value, r.key, r.value, headers))
-        now = datetime.now(UTC)
+        now = timestamp(datetime.now(UTC))
         # Every record of a user's totals in this batch names the requests it now
         # includes, so policy settles their reservations whichever period it reads.
         settled = plan.settled
