@@ -111,5 +111,10 @@ class UsageReporter:
         return remaining
 
     def close(self, timeout: float = 30.0) -> None:
-        if self.flush(timeout):
-            raise TimeoutError("usage records still undelivered at close")
+        """Deliver what is queued, then let librdkafka's threads go (a reporter left
+        open keeps reconnecting to a broker that went away)."""
+        try:
+            if self.flush(timeout):
+                raise TimeoutError("usage records still undelivered at close")
+        finally:
+            self._producer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,13 @@ import asyncpg
 import grpc
 import pytest
 
+from quartermaster.localinfra import free_port
 from quartermaster.localinfra.stack import Infra
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
+from tests.conftest import ADMIN_METADATA, Replicas
 
 pytestmark = pytest.mark.infra
 T0 = datetime(2026, 10, 31, 14, tzinfo=UTC)  # 23:00 in Tokyo: the day flips an hour later
@@ -189,3 +192,77 @@ async def test_the_cli_writes_csv_for_finance(
     )
     assert lines[1] == ",ann,o3,0.01,10000,2000,0,0,800,400,3,0"
     assert len(lines) == 5
+
+
+GROUPS = {
+    "groups": [
+        {"group_id": "eng", "kind": "department"},
+        {"group_id": "ml", "kind": "team", "parent_id": "eng"},
+        {"group_id": "sales", "kind": "department"},
+    ],
+    "users": [
+        {"user_id": "ann", "groups": ["eng"]},
+        {"user_id": "ben", "groups": ["sales"]},
+        {"user_id": "cat", "groups": ["ml"]},  # in eng through ml
+    ],
+}
+
+
+async def test_groups_filter_and_group_spend_with_their_members_now(
+    service_env: dict[str, str], seeded: str, replicas: Replicas
+) -> None:
+    [policy] = await replicas.start(1)
+    await replicas.admin(policy).ImportDirectory(
+        policy_pb2.ImportDirectoryRequest(format="json", document=json.dumps(GROUPS).encode()),
+        metadata=ADMIN_METADATA,
+    )
+    env = {**service_env, "QM_WORKSPACE_TIMEZONE": "Asia/Tokyo",
+           "QM_DIRECTORY_ADDR": f"127.0.0.1:{policy.port}"}  # fmt: skip
+    running = await api.start(MeteringSettings.from_env(env), addr="127.0.0.1:0")
+    total = cost_pb2.GRANULARITY_TOTAL
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+            stub = cost_pb2_grpc.UsageServiceStub(ch)
+            f = window(seeded)
+            f.group_ids.append("eng")
+            eng = await stub.QueryUsage(cost_pb2.QueryUsageRequest(
+                filter=f, group_by=[cost_pb2.DIMENSION_USER], granularity=total))  # fmt: skip
+            assert [(r.user_id, r.micros) for r in eng.rows] == [("ann", 16_000), ("cat", 500)]
+
+            by_group = await stub.QueryUsage(cost_pb2.QueryUsageRequest(
+                filter=window(seeded), group_by=[cost_pb2.DIMENSION_GROUP],
+                granularity=total))  # fmt: skip
+            # cat counts in ml and in eng (ml's parent): each group's own total
+            got = {r.group_id: (r.micros, r.events) for r in by_group.rows}
+            assert got == {"eng": (16_500, 6), "sales": (2_000, 1), "ml": (500, 1)}
+
+            f = window(seeded)
+            f.group_ids.append("sales")
+            top = await stub.TopSpenders(cost_pb2.TopSpendersRequest(filter=f))
+            assert [(s.user_id, s.micros) for s in top.spenders] == [("ben", 2_000)]
+
+            f.group_ids.append("nope")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.TopSpenders(cost_pb2.TopSpendersRequest(filter=f))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "filter.group_ids: no group(s) ['nope']"
+    finally:
+        await running.stop(1)
+
+    # policy gone: a group query says where it looked; other queries still answer
+    env["QM_DIRECTORY_ADDR"] = f"127.0.0.1:{free_port()}"
+    running = await api.start(MeteringSettings.from_env(env), addr="127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+            stub = cost_pb2_grpc.UsageServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.QueryUsage(cost_pb2.QueryUsageRequest(
+                    filter=window(seeded), group_by=[cost_pb2.DIMENSION_GROUP],
+                    granularity=total))  # fmt: skip
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "DirectoryService at 127.0.0.1:" in str(info.value.details())
+            assert "(QM_DIRECTORY_ADDR)" in str(info.value.details())
+            plain = await stub.TopSpenders(cost_pb2.TopSpendersRequest(filter=window(seeded)))
+            assert [s.user_id for s in plain.spenders] == ["ann", "ben", "cat"]
+    finally:
+        await running.stop(1)

@@ -56,6 +56,10 @@ class _DimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Dimension.V
     DIMENSION_PRODUCT: _Dimension.ValueType  # 2
     DIMENSION_MODEL: _Dimension.ValueType  # 3
     DIMENSION_COST_CENTER: _Dimension.ValueType  # 4
+    DIMENSION_GROUP: _Dimension.ValueType  # 5
+    """A directory group (policy's), with everyone in it now, nested groups included:
+    a person in two groups counts in both rows.
+    """
 
 class Dimension(_Dimension, metaclass=_DimensionEnumTypeWrapper): ...
 
@@ -64,6 +68,10 @@ DIMENSION_USER: Dimension.ValueType  # 1
 DIMENSION_PRODUCT: Dimension.ValueType  # 2
 DIMENSION_MODEL: Dimension.ValueType  # 3
 DIMENSION_COST_CENTER: Dimension.ValueType  # 4
+DIMENSION_GROUP: Dimension.ValueType  # 5
+"""A directory group (policy's), with everyone in it now, nested groups included:
+a person in two groups counts in both rows.
+"""
 Global___Dimension: _TypeAlias = Dimension  # noqa: Y015
 
 @_typing.final
@@ -76,6 +84,7 @@ class UsageFilter(_message.Message):
     PRODUCTS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
     COST_CENTERS_FIELD_NUMBER: _builtins.int
+    GROUP_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start(self) -> _timestamp_pb2.Timestamp:
         """[start, end): required, end after start, at most 400 days apart."""
@@ -92,6 +101,12 @@ class UsageFilter(_message.Message):
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def cost_centers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Directory groups: their members now, nested groups included (asked of policy's
+        DirectoryService at QM_DIRECTORY_ADDR). Cost centers are as events recorded them.
+        """
+
     def __init__(
         self,
         *,
@@ -101,10 +116,11 @@ class UsageFilter(_message.Message):
         products: _abc.Iterable[_builtins.str] | None = ...,
         models: _abc.Iterable[_builtins.str] | None = ...,
         cost_centers: _abc.Iterable[_builtins.str] | None = ...,
+        group_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_centers", b"cost_centers", "end", b"end", "models", b"models", "products", b"products", "start", b"start", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_centers", b"cost_centers", "end", b"end", "group_ids", b"group_ids", "models", b"models", "products", b"products", "start", b"start", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,6 +174,7 @@ class UsageRow(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     FALLBACK_EVENTS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Set for the dimensions grouped by; empty otherwise."""
     product: _builtins.str
@@ -175,6 +192,7 @@ class UsageRow(_message.Message):
     """Input tokens written to the prompt cache (a subset of input_tokens, like
     cached_input_tokens, priced at the model's cache_write rate).
     """
+    group_id: _builtins.str
     @_builtins.property
     def bucket_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the bucket (unset for GRANULARITY_TOTAL)."""
@@ -195,10 +213,11 @@ class UsageRow(_message.Message):
         events: _builtins.int = ...,
         fallback_events: _builtins.int = ...,
         cache_write_tokens: _builtins.int = ...,
+        group_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "group_id", b"group_id", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -912,6 +912,11 @@ class DirectoryServiceStub:
                 request_serializer=quartermaster_dot_v1_dot_policy__pb2.GroupAdminsRequest.SerializeToString,
                 response_deserializer=quartermaster_dot_v1_dot_policy__pb2.UserList.FromString,
                 _registered_method=True)
+        self.GroupMembers = channel.unary_unary(
+                '/quartermaster.v1.DirectoryService/GroupMembers',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersResponse.FromString,
+                _registered_method=True)
 
 
 class DirectoryServiceServicer:
@@ -939,6 +944,14 @@ class DirectoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GroupMembers(self, request, context):
+        """Who is in each group now, members of its nested groups included (the Cost API
+        filters and groups spend by group with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DirectoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -956,6 +969,11 @@ def add_DirectoryServiceServicer_to_server(servicer, server):
                     servicer.GroupAdmins,
                     request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GroupAdminsRequest.FromString,
                     response_serializer=quartermaster_dot_v1_dot_policy__pb2.UserList.SerializeToString,
+            ),
+            'GroupMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupMembers,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1041,6 +1059,33 @@ class DirectoryService:
             '/quartermaster.v1.DirectoryService/GroupAdmins',
             quartermaster_dot_v1_dot_policy__pb2.GroupAdminsRequest.SerializeToString,
             quartermaster_dot_v1_dot_policy__pb2.UserList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.DirectoryService/GroupMembers',
+            quartermaster_dot_v1_dot_policy__pb2.GroupMembersRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.GroupMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -300,6 +300,10 @@ class DirectoryServiceStub:
     """The user's manager, their manager, ... (nearest first, cycles cut)."""
     GroupAdmins: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GroupAdminsRequest, _policy_pb2.UserList]
     """Admins of the group and of every ancestor group, nearest group first."""
+    GroupMembers: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GroupMembersRequest, _policy_pb2.GroupMembersResponse]
+    """Who is in each group now, members of its nested groups included (the Cost API
+    filters and groups spend by group with it).
+    """
 
 @_typing.type_check_only
 class DirectoryServiceAsyncStub(DirectoryServiceStub):
@@ -313,6 +317,10 @@ class DirectoryServiceAsyncStub(DirectoryServiceStub):
     """The user's manager, their manager, ... (nearest first, cycles cut)."""
     GroupAdmins: _aio.UnaryUnaryMultiCallable[_policy_pb2.GroupAdminsRequest, _policy_pb2.UserList]  # type: ignore[assignment]
     """Admins of the group and of every ancestor group, nearest group first."""
+    GroupMembers: _aio.UnaryUnaryMultiCallable[_policy_pb2.GroupMembersRequest, _policy_pb2.GroupMembersResponse]  # type: ignore[assignment]
+    """Who is in each group now, members of its nested groups included (the Cost API
+    filters and groups spend by group with it).
+    """
 
 class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only directory lookups for the other services (requests routes approvals
@@ -341,5 +349,15 @@ class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.UserList, _abc.Awaitable[_policy_pb2.UserList]]:
         """Admins of the group and of every ancestor group, nearest group first."""
+
+    @_abc_1.abstractmethod
+    def GroupMembers(
+        self,
+        request: _policy_pb2.GroupMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.GroupMembersResponse, _abc.Awaitable[_policy_pb2.GroupMembersResponse]]:
+        """Who is in each group now, members of its nested groups included (the Cost API
+        filters and groups spend by group with it).
+        """
 
 def add_DirectoryServiceServicer_to_server(servicer: DirectoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

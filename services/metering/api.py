@@ -20,7 +20,7 @@ from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
 from services.metering.catalog import CatalogStore, PriceCatalogServicer
 from services.metering.compaction import compact
-from services.metering.costs import UsageServicer
+from services.metering.costs import Directory, UsageServicer
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
 
@@ -37,9 +37,11 @@ class RunningApi:
     served: Served
     pool: asyncpg.Pool
     compactor: asyncio.Task[None]
+    directory: Directory
 
     async def stop(self, grace: float) -> None:
         await self.served.stop(grace)
+        await self.directory.close()
         self.compactor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.compactor
@@ -65,14 +67,19 @@ async def start(settings: MeteringSettings, addr: str | None = None) -> RunningA
         await pool.close()
         raise
     server = grpc.aio.server()
-    cost_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(pool, settings.timezone), server)
+    directory = Directory(settings.directory_addr)
+    cost_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(pool, settings.timezone, directory), server
+    )
     prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(
         PriceCatalogServicer(catalogs, Credentials(settings.admin_credentials, "load prices")),
         server,
     )
     served = await serve(addr or settings.api_addr, [SERVICE_NAME, PRICES_SERVICE], server)
     await served.set_serving(True)
-    return RunningApi(served, pool, asyncio.create_task(_compact_forever(pool, settings)))
+    return RunningApi(
+        served, pool, asyncio.create_task(_compact_forever(pool, settings)), directory
+    )
 
 
 async def _serve(settings: MeteringSettings) -> None:

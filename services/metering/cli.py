@@ -36,6 +36,7 @@ DIMENSIONS = {
     "product": cost_pb2.DIMENSION_PRODUCT,
     "model": cost_pb2.DIMENSION_MODEL,
     "cost_center": cost_pb2.DIMENSION_COST_CENTER,
+    "group": cost_pb2.DIMENSION_GROUP,
 }
 GRANULARITIES = {
     "hour": cost_pb2.GRANULARITY_HOUR,
@@ -66,6 +67,7 @@ def _filter(ns: argparse.Namespace) -> cost_pb2.UsageFilter:
     return cost_pb2.UsageFilter(
         start=timestamp(ns.start), end=timestamp(ns.end),
         user_ids=ns.user, products=ns.product, models=ns.model, cost_centers=ns.cost_center,
+        group_ids=ns.group,
     )  # fmt: skip
 
 
@@ -94,7 +96,7 @@ def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: Tex
     rows = []
     for r in resp.rows:
         bucket = from_timestamp(r.bucket_start).isoformat() if r.HasField("bucket_start") else ""
-        dims = [getattr(r, "user_id" if d == "user" else d) for d in ns.group_by]
+        dims = [getattr(r, {"user": "user_id", "group": "group_id"}.get(d, d)) for d in ns.group_by]
         rows.append([bucket, *dims, credits(r.micros), str(r.micros),
                      *(str(getattr(r, c)) for c in COLUMNS)])  # fmt: skip
     _write(rows, header, ns.format, out)
@@ -188,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_text)
         s.add_argument("--from", dest="start", type=_when, required=True)
         s.add_argument("--to", dest="end", type=_when, required=True)
-        for f in ("user", "product", "model", "cost_center"):
+        for f in ("user", "product", "model", "cost_center", "group"):
             s.add_argument(f"--{f.replace('_', '-')}", dest=f, action="append", default=[],
                            help=f"only this {f} (repeatable)")  # fmt: skip
         s.add_argument("--format", choices=("table", "csv"), default="table")

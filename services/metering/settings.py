@@ -106,6 +106,11 @@ class MeteringSettings(CommonSettings):
     burn_half_life_minutes: float = setting(
         "QM_METERING_BURN_HALF_LIFE_MINUTES", 360.0, "How fast a user's usual rate forgets"
     )
+    directory_addr: str = setting(
+        "QM_DIRECTORY_ADDR",
+        "127.0.0.1:50051",
+        "policy's DirectoryService, which the Cost API asks for group members",
+    )
     compact_seconds: float = setting(
         "QM_USAGE_COMPACT_SECONDS",
         60.0,
@@ -158,6 +163,8 @@ class MeteringSettings(CommonSettings):
             out.append(("burn_half_life_minutes", "must be at least 1"))
         if not 1 <= self.compact_seconds <= 86_400:
             out.append(("compact_seconds", "must be between 1 and 86400"))
+        if host_port(self.directory_addr) is None:
+            out.append(("directory_addr", f"expected host:port, got {self.directory_addr!r}"))
         if host_port(self.api_addr) is None:
             out.append(("api_addr", f"expected host:port, got {self.api_addr!r}"))
         if not self.app_id.strip():

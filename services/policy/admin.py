@@ -500,3 +500,18 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
                 seen.setdefault(a)
         users = [snap.users.get(a) or UserInfo(a) for a in seen]
         return policy_pb2.UserList(users=[user_msg(snap, u) for u in users])
+
+    async def GroupMembers(
+        self, request: policy_pb2.GroupMembersRequest, context: Context
+    ) -> policy_pb2.GroupMembersResponse:
+        problems = [p for i, g in enumerate(request.group_ids)
+                    for p in id_problems(f"group_ids[{i}]", g)]  # fmt: skip
+        await refuse(context, problems)
+        members = self._limits.snapshot.group_members()
+        unknown = [g for g in request.group_ids if g not in members]
+        if unknown:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"group_ids: no group(s) {unknown}")
+        asked = list(dict.fromkeys(request.group_ids)) or sorted(members)
+        return policy_pb2.GroupMembersResponse(
+            groups=[policy_pb2.GroupMemberList(group_id=g, user_ids=members[g]) for g in asked]
+        )

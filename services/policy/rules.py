@@ -157,6 +157,7 @@ class Snapshot:
     # a workspace has far fewer distinct group sets than people.
     _static: dict[tuple[str, ...], _Static] = field(default_factory=dict, repr=False)
     _plain: dict[tuple[str, ...], Resolved] = field(default_factory=dict, repr=False)
+    _members: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
 
     # -- the directory ------------------------------------------------------------
 
@@ -191,6 +192,17 @@ class Snapshot:
             if pools:
                 out[user_id] = pools
         return out
+
+    def group_members(self) -> dict[str, tuple[str, ...]]:
+        """group_id → everyone in it, through nested groups too (sorted; made once)."""
+        found = self._members
+        if found is None:
+            members: dict[str, set[str]] = {g: set() for g in self.groups}
+            for user_id in self.memberships:
+                for g in self.groups_of(user_id):
+                    members.setdefault(g, set()).add(user_id)
+            found = self._members = {g: tuple(sorted(u)) for g, u in members.items()}
+        return found
 
     def manager_chain(self, user_id: str) -> list[UserInfo]:
         out: list[UserInfo] = []
