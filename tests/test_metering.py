@@ -17,6 +17,7 @@ import pytest
 from quartermaster.kafka import partition_of
 from quartermaster.localinfra.stack import Infra
 from quartermaster.periods import PeriodKind, period_of
+from quartermaster.reporter import UsageReporter
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, PROTOBUF, USAGE_BATCH_TYPE, Topic
 from quartermaster.v1 import notifications_pb2, policy_pb2, usage_pb2
@@ -62,21 +63,29 @@ async def db_total(infra: Infra, user: str, kind: str, key: str) -> int | None:
         await conn.close()
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["event-records", "usage-batches"])
 async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
-    infra: Infra, metering: MeteringWorker, policy: Stub
+    infra: Infra, metering: MeteringWorker, policy: Stub, batched: bool
 ) -> None:
     users = [new_user() for _ in range(6)]  # spread over the partitions
     per_user, chunks = 400, 20
     done = threading.Event()
 
     def producer() -> None:
-        # 20 chunks x 6 users x 20 events, one chunk every 0.1 s: about 2 s of traffic
+        # 20 chunks x 6 users x 20 events, one chunk every 0.1 s: about 2 s of traffic,
+        # one event a record, or UsageBatch records of up to 20 (what busy reporters send)
+        reporter = UsageReporter(infra.kafka_bootstrap, batch_max=20) if batched else None
         for _ in range(chunks):
-            produce_usage(
-                infra.kafka_bootstrap,
-                [usage(u) for u in users for _ in range(per_user // chunks)],
-            )
+            events = [usage(u) for u in users for _ in range(per_user // chunks)]
+            if reporter is None:
+                produce_usage(infra.kafka_bootstrap, events)
+            else:
+                for e in events:
+                    reporter.report(e)
+                assert reporter.flush(30) == 0
             time.sleep(0.1)
+        if reporter is not None:
+            reporter.close()
         done.set()
 
     thread = threading.Thread(target=producer)
