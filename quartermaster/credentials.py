@@ -27,6 +27,15 @@ def parse_tokens(spec: str) -> dict[str, str]:
     return out
 
 
+def token_problems(spec: str) -> list[tuple[str, str]]:
+    """A settings problem (field admin_tokens) when `spec` doesn't parse."""
+    try:
+        parse_tokens(spec)
+    except ValueError as exc:
+        return [("admin_tokens", str(exc))]
+    return []
+
+
 class Credentials:
     def __init__(self, tokens: Mapping[str, str], what: str = "change policy") -> None:
         self._tokens = dict(tokens)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quartermaster.config import CommonSettings
-from quartermaster.credentials import parse_tokens
+from quartermaster.credentials import parse_tokens, token_problems
 from quartermaster.settings import host_port, setting
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
@@ -129,10 +129,7 @@ class MeteringSettings(CommonSettings):
             out.append(("metrics_addr", f"expected host:port or empty, got {self.metrics_addr!r}"))
         if not 0.1 <= self.prices_poll_seconds <= 3600:
             out.append(("prices_poll_seconds", "must be between 0.1 and 3600"))
-        try:
-            self.admin_credentials  # noqa: B018 - parsing is the check
-        except ValueError as exc:
-            out.append(("admin_tokens", str(exc)))
+        out += token_problems(self.admin_tokens)
         if not 1.0 <= self.session_timeout <= 300.0:
             out.append(("session_timeout", "must be between 1 and 300 seconds"))
         if not 1 <= self.batch_max <= 100_000:

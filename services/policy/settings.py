@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quartermaster.config import CommonSettings
-from quartermaster.credentials import parse_tokens
+from quartermaster.credentials import parse_tokens, token_problems
 from quartermaster.settings import host_port, setting
 
 
@@ -59,10 +59,7 @@ class PolicySettings(CommonSettings):
             out.append(("warn_percent", "must be between 1 and 100"))
         if not 0 <= self.grace_seconds <= 300:
             out.append(("grace_seconds", "must be between 0 and 300"))
-        try:
-            self.admin_credentials  # noqa: B018 - parsing is the check
-        except ValueError as exc:
-            out.append(("admin_tokens", str(exc)))
+        out += token_problems(self.admin_tokens)
         if not 1 <= self.reservation_ttl_seconds <= 86_400:
             out.append(("reservation_ttl_seconds", "must be between 1 and 86400"))
         try:
