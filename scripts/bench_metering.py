@@ -251,7 +251,8 @@ async def main_async(
 
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
                    "QM_METERING_DATA_DIR": str(run_dir / "faust"),
-                   "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING"}  # fmt: skip
+                   "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING",
+                   "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
             worker = ChildProcess(
                 "metering", [sys.executable, "-m", "services.metering"],
                 run_dir / "metering.log", env=env, cwd=ROOT,

@@ -169,6 +169,14 @@ class Processor:
             )  # fmt: skip
         return state
 
+    async def count(self, partition: int, records: list[Record], pause_seconds: float) -> None:
+        """process(), and while the DLQ limit holds the worker paused (most recent
+        records invalid), again every `pause_seconds`, until an operator steps in."""
+        await self.process(partition, records)
+        while self.paused:
+            await asyncio.sleep(pause_seconds)
+            await self.process(partition, records)
+
     async def process(self, partition: int, records: list[Record]) -> None:
         """Count `records` of `partition` exactly once; retries I/O until it succeeds."""
         while True:
@@ -383,11 +391,11 @@ def create_app(settings: MeteringSettings, catalog: PriceCatalog) -> faust.App:
                 )
             with tracer.start_as_current_span("meter batch") as span:
                 span.set_attribute("qm.records", len(events))
-                for partition, records in by_partition.items():
-                    await proc.process(partition, records)
-                    while proc.paused:  # the DLQ limit tripped: wait for an operator
-                        await asyncio.sleep(settings.dlq_pause_seconds)
-                        await proc.process(partition, records)
+                # Partitions are independent (own state, own fenced commit): while one
+                # waits on the broker or Postgres, another is planned.
+                await asyncio.gather(
+                    *(proc.count(p, r, settings.dlq_pause_seconds) for p, r in by_partition.items())
+                )
             for ev in events:
                 await stream.ack(ev)
 
