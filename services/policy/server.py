@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 
+from quartermaster import gcpacing
 from quartermaster.credentials import Credentials
 from quartermaster.db import connect_pool
 from quartermaster.grpcserver import Served, serve
@@ -134,6 +135,8 @@ async def _set_serving_when_ready(running: RunningPolicy) -> None:
         # From here on: a crossing missed while this replica was down is caught at the
         # person's next total (crossings compare absolute shares, not steps).
         running.totals.on_change = running.thresholds.changed
+    # Every user's totals are in memory now, for good: out of the collector's way.
+    gcpacing.settle()
     await running.served.set_serving(True)
     running.serving.set()
     log.info("policy is serving (%d totals records read)", running.totals.records)
@@ -198,4 +201,5 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     running.tasks.append(asyncio.create_task(_refresh(running)))
     running.tasks.append(asyncio.create_task(_housekeeping(running)))
     running.tasks.append(asyncio.create_task(_set_serving_when_ready(running)))
+    running.tasks.append(asyncio.create_task(gcpacing.pace()))
     return running
