@@ -42,6 +42,7 @@ class UsageReporter:
         self.topic = topic
         self.batch_max = batch_max
         self.linger = linger_ms / 1000
+        self._closed = False
         self._producer = kafka.producer(
             bootstrap,
             **{"enable.idempotence": True, "linger.ms": linger_ms, **producer_config},
@@ -112,9 +113,12 @@ class UsageReporter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Deliver what is queued, then let librdkafka's threads go (a reporter left
-        open keeps reconnecting to a broker that went away)."""
+        open keeps reconnecting to a broker that went away). Closing twice is fine."""
+        if self._closed:
+            return
         try:
             if self.flush(timeout):
                 raise TimeoutError("usage records still undelivered at close")
         finally:
+            self._closed = True
             self._producer.close()

@@ -53,6 +53,7 @@ async def test_two_lines_report_usage_that_metering_counts(
     for _ in range(20):
         reporter.report(usage(user))
     reporter.close()
+    reporter.close()  # a second close (a finally after an explicit one) is harmless
     assert reporter.errors == []
     await eventually(used_of(policy, user), 20 * 6_250)
 
