@@ -4,6 +4,14 @@
     verdict = await client.check("ann", "chat", "gpt-5", estimated_micros=12_000)
     if verdict.decision == policy_pb2.DECISION_DENY: ...
 
+With reservations (the spend admitted past a limit stays within one estimate however
+many callers race for the last credits):
+
+    hold = await client.reserve("ann", "chat", "gpt-5", 12_000, request_id=call_id)
+    if hold.decision != policy_pb2.DECISION_DENY:
+        ...  # the model call; report its usage with request_id=call_id
+        await client.commit(hold.reservation_id, actual_micros)  # or release() if unused
+
 Every call has a deadline (`deadline_s`, default 250 ms). A call that fails because
 policy is unavailable or slow is retried `retries` times with a short backoff; after
 that the client answers by itself, as the gateway chose: `FailMode.OPEN` allows the
@@ -25,10 +33,12 @@ from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 # Errors that say nothing about the request itself: worth another try, then the
 # fail mode.
-_TRANSIENT = {
+_UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_TRANSIENT = _UNREACHABLE | {
     grpc.StatusCode.FAILED_PRECONDITION,  # e.g. policy has no limits loaded yet
 }
 
@@ -86,7 +96,9 @@ class PolicyClient:
             reason=f"{why}: denied by the gateway's fail-closed choice",
         )
 
-    async def _call(self, method: str, request: object) -> object:
+    async def _call(
+        self, method: str, request: object, retry: set[grpc.StatusCode] = _TRANSIENT
+    ) -> object:
         last: grpc.aio.AioRpcError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -96,7 +108,7 @@ class PolicyClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise PolicyRequestError(exc.details()) from None
-                if exc.code() not in _TRANSIENT:
+                if exc.code() not in retry:
                     raise
                 last = exc
         assert last is not None
@@ -130,3 +142,56 @@ class PolicyClient:
             return [self._fallback(exc) for _ in checks]
         assert isinstance(result, policy_pb2.CheckBatchResponse)
         return list(result.results)
+
+    async def reserve(
+        self,
+        user_id: str,
+        product: str,
+        model: str,
+        estimated_micros: int,
+        request_id: str,
+        ttl_seconds: int = 0,
+    ) -> policy_pb2.CheckResponse:
+        """Check and, when admitted, hold `estimated_micros` until the usage reported
+        with this `request_id` is counted, `commit`/`release`, or `ttl_seconds` (0: the
+        server's default). Retrying is safe: the same request_id gets the same hold.
+        When policy can't answer, the fail mode answers, without a reservation_id."""
+        request = policy_pb2.ReserveRequest(
+            user_id=user_id, product=product, model=model, estimated_micros=estimated_micros,
+            request_id=request_id, ttl_seconds=ttl_seconds,
+        )  # fmt: skip
+        try:
+            result = await self._call("Reserve", request)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _TRANSIENT:
+                raise
+            return self._fallback(exc)
+        assert isinstance(result, policy_pb2.CheckResponse)
+        return result
+
+    async def commit(self, reservation_id: str, actual_micros: int) -> policy_pb2.Reservation:
+        """The call cost `actual_micros`: the hold becomes that until the usage is
+        counted. Retried while policy is unreachable (committing twice is harmless),
+        then raises; an uncommitted hold still ends with its usage or its ttl."""
+        request = policy_pb2.CommitRequest(
+            reservation_id=reservation_id, actual_micros=actual_micros
+        )
+        result = await self._call("Commit", request, retry=_UNREACHABLE)
+        assert isinstance(result, policy_pb2.Reservation)
+        return result
+
+    async def release(self, reservation_id: str) -> policy_pb2.Reservation | None:
+        """The call did not happen: give the held budget back. Retried while policy is
+        unreachable; None when it was released already (say, by an attempt that timed
+        out but landed)."""
+        request = policy_pb2.ReleaseRequest(reservation_id=reservation_id)
+        try:
+            result = await self._call("Release", request, retry=_UNREACHABLE)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            result = None
+            if "already released" not in (exc.details() or ""):
+                raise
+        assert result is None or isinstance(result, policy_pb2.Reservation)
+        return result

@@ -425,13 +425,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 f"request_id: {request_id!r} is reserved for another user",
             )
         self._ev.holds.put(hold)
+        # The standing with this hold counted (used, reserved, remaining, pools)...
+        v = self._ev.verdict(user_id, model, 0, now, resolved)
         if existed:
-            v = self._ev.verdict(user_id, model, 0, now, resolved)
             v.decision = policy_pb2.DECISION_ALLOW if not hold.released else v.decision
             v.reason = f"already reserved for this request_id: {v.reason}"
-            return v.response(hold.reservation_id)
-        assert verdict is not None
-        return verdict.response(hold.reservation_id)
+        else:  # ...and the decision that admitted it
+            assert verdict is not None
+            v.decision, v.reason = verdict.decision, verdict.reason
+            v.suggested_model = verdict.suggested_model
+        return v.response(hold.reservation_id)
 
     async def Commit(
         self,
