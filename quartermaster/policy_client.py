@@ -114,20 +114,24 @@ class PolicyClient:
         assert last is not None
         raise last
 
-    async def check(
-        self, user_id: str, product: str, model: str, estimated_micros: int = 0
-    ) -> policy_pb2.CheckResponse:
-        request = policy_pb2.CheckRequest(
-            user_id=user_id, product=product, model=model, estimated_micros=estimated_micros
-        )
+    async def _answer(self, method: str, request: object) -> policy_pb2.CheckResponse:
+        """A CheckResponse from policy, or from the fail mode when it can't answer."""
         try:
-            result = await self._call("Check", request)
+            result = await self._call(method, request)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in _TRANSIENT:
                 raise
             return self._fallback(exc)
         assert isinstance(result, policy_pb2.CheckResponse)
         return result
+
+    async def check(
+        self, user_id: str, product: str, model: str, estimated_micros: int = 0
+    ) -> policy_pb2.CheckResponse:
+        request = policy_pb2.CheckRequest(
+            user_id=user_id, product=product, model=model, estimated_micros=estimated_micros
+        )
+        return await self._answer("Check", request)
 
     async def check_batch(
         self, checks: Sequence[policy_pb2.CheckRequest]
@@ -160,14 +164,7 @@ class PolicyClient:
             user_id=user_id, product=product, model=model, estimated_micros=estimated_micros,
             request_id=request_id, ttl_seconds=ttl_seconds,
         )  # fmt: skip
-        try:
-            result = await self._call("Reserve", request)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in _TRANSIENT:
-                raise
-            return self._fallback(exc)
-        assert isinstance(result, policy_pb2.CheckResponse)
-        return result
+        return await self._answer("Reserve", request)
 
     async def commit(self, reservation_id: str, actual_micros: int) -> policy_pb2.Reservation:
         """The call cost `actual_micros`: the hold becomes that until the usage is
