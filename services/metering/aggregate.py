@@ -2,11 +2,13 @@
 
 State is kept per partition because every event of a user lands in one partition
 (Kafka's murmur2 partitioner on user_id), so one worker owns a user's totals at a
-time. `plan()` turns records into priced events and rejects, skipping records
-already counted (offset below the stored one) and event_ids seen in the last
-`dedupe_window`. `fold()` then computes the new absolute totals. The caller writes
-them, the seen ids and the next offset to Postgres in one transaction, and only then
-updates the state with `apply()`.
+time. `plan()` prices records' events and sums them once per (user, minute,
+product, model, cost center, workspace) as it reads them, keeping rejects apart and
+skipping records already counted (offset below the stored one) and event_ids seen in
+the last `dedupe_window`; the period totals, hourly rollups and burn-rate minutes of
+the batch are derived from those sums. `fold()` then computes the new absolute
+totals. The caller writes them, the seen ids and the next offset to Postgres in one
+transaction, and only then updates the state with `apply()`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The faust application: count every usage event exactly once into absolute totals.
 
 Per batch the agent takes from `qm.usage.v1` (`noack_take`: faust acks nothing by
-itself), for each partition in it:
+itself), for each partition in it (the partitions concurrently: each has its own
+state and its own fenced commit):
 
 1. plan: decode, validate, skip records below the stored offset (counted before)
-   and event_ids counted in the last 24 h, price the rest;
+   and event_ids counted in the last 24 h, price the rest and sum them;
 2. fold: new absolute totals per user and day/week/month, from state loaded from
    Postgres;
 3. publish rejects to the DLQ and the new totals to `qm.usage.totals.v1`, and wait
