@@ -241,7 +241,7 @@ class Evaluator:
         decision, reason = decide(used, limit, estimated, self.warn_percent)
         out = Verdict(decision, reason, limit, period, used, mine)
         for g, rule in resolved.pools:
-            pp = self.period(rule.period, now)
+            pp = period if rule.period is limit.period else self.period(rule.period, now)
             if holds is not None:
                 pool_held = open_micros((h for h in holds if g in h.pools), now, settled, pp.key)
             else:
