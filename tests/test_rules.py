@@ -121,6 +121,27 @@ def test_an_override_is_more_specific_than_any_group_even_when_smaller() -> None
     assert (limit.micros, limit.source, limit.enforcement) == (3 * C, "override:ov-1", HARD)
 
 
+def test_a_resolution_with_overrides_is_reused_until_one_starts_or_ends() -> None:
+    # The same object while nothing changes: responses and reasons are prepared per
+    # limit object, so a fresh one per call would redo them on every Check.
+    swap = override(
+        "dave", 40 * C, override_id="ov-w", starts_at=NOW, expires_at=NOW + timedelta(hours=2)
+    )
+    extra = override(
+        "dave", 5 * C, override_id="ov-x", additive=True,
+        starts_at=NOW + timedelta(hours=1), expires_at=NOW + timedelta(hours=3),
+    )  # fmt: skip
+    snap = org(overrides={"dave": (swap, extra)})
+    first = snap.resolve("dave", NOW)
+    assert snap.resolve("dave", NOW + timedelta(minutes=59)) is first
+    later = snap.resolve("dave", NOW + timedelta(hours=1))
+    assert later is not first
+    assert (first.limit.micros, later.limit.micros) == (40 * C, 45 * C)
+    assert snap.resolve("dave", NOW + timedelta(hours=2)).limit.micros == 15 * C  # default + 5
+    assert snap.resolve("dave", NOW + timedelta(hours=3)).limit.micros == 10 * C
+    assert snap.resolve("dave", NOW - timedelta(seconds=1)).limit.micros == 10 * C  # and back
+
+
 def test_an_override_applies_from_starts_at_until_expires_at() -> None:
     o = override(
         "dave", 40 * C, override_id="ov-t", starts_at=NOW, expires_at=NOW + timedelta(hours=2)

@@ -158,6 +158,10 @@ class Snapshot:
     _static: dict[tuple[str, ...], _Static] = field(default_factory=dict, repr=False)
     _plain: dict[tuple[str, ...], Resolved] = field(default_factory=dict, repr=False)
     _members: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
+    # user → (from, until, their resolution): valid while no override starts or ends
+    _overridden: dict[str, tuple[datetime | None, datetime | None, Resolved]] = field(
+        default_factory=dict, repr=False
+    )
 
     # -- the directory ------------------------------------------------------------
 
@@ -243,14 +247,30 @@ class Snapshot:
     def resolve(self, user_id: str, now: datetime, steps: list[Step] | None = None) -> Resolved:
         """The user's limit at `now`; `steps`, when given, receives the reasoning."""
         overrides = self.overrides.get(user_id, ())
-        if not overrides and steps is None:
+        if steps is not None:
+            return self._resolve(user_id, now, overrides, steps)
+        if not overrides:
             # Most people have no override: their answer doesn't depend on the clock.
             direct = self.memberships.get(user_id, ())
             plain = self._plain.get(direct)
             if plain is None:
                 plain = self._plain[direct] = self._resolve(user_id, now, (), None)
             return plain
-        return self._resolve(user_id, now, overrides, steps)
+        # With overrides the answer holds until one of them starts or ends: the same
+        # object until then (responses and reasons are prepared per limit object).
+        got = self._overridden.get(user_id)
+        if (
+            got is not None
+            and (got[0] is None or got[0] <= now)
+            and (got[1] is None or now < got[1])
+        ):
+            return got[2]
+        resolved = self._resolve(user_id, now, overrides, None)
+        bounds = [t for o in overrides for t in (o.starts_at, o.expires_at) if t is not None]
+        since = max((t for t in bounds if t <= now), default=None)
+        until = min((t for t in bounds if t > now), default=None)
+        self._overridden[user_id] = (since, until, resolved)
+        return resolved
 
     def _resolve(
         self, user_id: str, now: datetime, overrides: tuple[Override, ...], steps: list[Step] | None
