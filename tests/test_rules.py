@@ -142,6 +142,19 @@ def test_a_resolution_with_overrides_is_reused_until_one_starts_or_ends() -> Non
     assert snap.resolve("dave", NOW - timedelta(seconds=1)).limit.micros == 10 * C  # and back
 
 
+def test_warming_resolves_each_group_set_and_each_overridden_person_ahead() -> None:
+    snap = org(
+        member_limits={"ml": Rule(50 * C, MONTH, HARD)},
+        overrides={"dave": (override("dave", 3 * C),)},
+    )
+    warmed = snap.warm(NOW)
+    assert len(warmed) == 4  # alice's, bob's and carol's group sets; dave's override
+    for user in ("alice", "bob", "carol", "dave"):  # the very objects a Check will get
+        assert any(r is snap.resolve(user, NOW) for r in warmed), user
+    # nobody to resolve without a default: skipped, not an error
+    assert org(default=None).warm(NOW) == []
+
+
 def test_an_override_applies_from_starts_at_until_expires_at() -> None:
     o = override(
         "dave", 40 * C, override_id="ov-t", starts_at=NOW, expires_at=NOW + timedelta(hours=2)
@@ -279,7 +292,9 @@ def test_a_model_outside_the_groups_list_is_denied_with_the_fallback_suggested()
     v = check(ev, "alice", model="o3-pro")
     assert v.decision == DENY
     assert v.suggested_model == "gpt-5-mini"
-    assert "o3-pro is not allowed" in v.reason
+    assert v.reason == (
+        "model o3-pro is not allowed for this user (group:ml allow gpt-5, gpt-5-mini)"
+    )
     assert check(ev, "dave", model="o3-pro").decision == ALLOW  # no policy on dave
 
 

@@ -109,6 +109,8 @@ class ModelRule:
     fallback_model: str
     fallback_at_percent: int
     sources: tuple[str, ...]
+    # "(group:ml allow gpt-5, gpt-5-mini)": the end of a refusal's reason, made once
+    allowed_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +245,21 @@ class Snapshot:
         static = _Static(best, tuple(candidates), pools, _merge_models(policies.values()))
         self._static[direct] = static
         return static
+
+    def warm(self, now: datetime) -> list[Resolved]:
+        """Resolve every distinct set of direct groups and everyone with overrides now,
+        so the first Check of each isn't the one that pays for it (a bench of random
+        people found them in its slowest 1 %). The resolutions, for more preparing."""
+        out: list[Resolved] = []
+        firsts: dict[tuple[str, ...], str] = {}
+        for user_id, direct in self.memberships.items():
+            firsts.setdefault(direct, user_id)
+        for user_id in (*firsts.values(), *self.overrides):
+            try:
+                out.append(self.resolve(user_id, now))
+            except NoLimit:
+                continue
+        return out
 
     def resolve(self, user_id: str, now: datetime, steps: list[Step] | None = None) -> Resolved:
         """The user's limit at `now`; `steps`, when given, receives the reasoning."""
@@ -413,9 +430,15 @@ def _merge_models(policies: Iterable[ModelPolicy]) -> ModelRule | None:
         allowed |= p.allowed
     with_fallback = [p for p in policies if p.fallback_model]
     first = with_fallback[0] if with_fallback else None
+    sources = tuple(f"group:{p.group_id}" for p in policies)
     return ModelRule(
         allowed=frozenset(allowed) if allowed is not None else None,
         fallback_model=first.fallback_model if first else "",
         fallback_at_percent=first.fallback_at_percent if first else 0,
-        sources=tuple(f"group:{p.group_id}" for p in policies),
+        sources=sources,
+        allowed_by=(
+            f"({', '.join(sources)} allow {', '.join(sorted(allowed))})"
+            if allowed is not None
+            else ""
+        ),
     )

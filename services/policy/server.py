@@ -63,6 +63,7 @@ class RunningPolicy:
         """Read the workspace's rules and directory again and swap them in whole."""
         async with self._reload_lock:
             snap = await store.load_snapshot(self.pool, self.settings.workspace_id)
+            self.evaluator.warm(snap)  # before any Check can see it
             self.limits.snapshot = snap
             self.totals.set_pools(snap.pool_members())
             self.reloads += 1
@@ -167,9 +168,10 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     limits = LimitHolder(snap)
     totals = TotalsView(settings.kafka_bootstrap)
     totals.set_pools(snap.pool_members())
+    evaluator = Evaluator(limits, totals, holds, settings.timezone, settings.warn_percent)
+    evaluator.warm()
     gc.freeze()
     totals.start()
-    evaluator = Evaluator(limits, totals, holds, settings.timezone, settings.warn_percent)
 
     server = grpc.aio.server()
     running_ref: list[RunningPolicy] = []

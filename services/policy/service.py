@@ -217,6 +217,16 @@ class Evaluator:
     def resolve(self, user_id: str, now: datetime) -> Resolved:
         return self.limits.snapshot.resolve(user_id, now)
 
+    def warm(self, snapshot: Snapshot | None = None) -> int:
+        """Prepare a snapshot's resolutions (the current one's by default) and each
+        limit's response parts (Snapshot.warm); how many resolutions."""
+        now = self.clock()
+        resolved = (snapshot or self.limits.snapshot).warm(now)
+        for r in resolved:
+            _template(r.limit, self.period(r.limit.period, now))
+            r.limit.shown  # noqa: B018 - computing it is the point
+        return len(resolved)
+
     def verdict(
         self,
         user_id: str,
@@ -261,10 +271,7 @@ class Evaluator:
             fallback = models.fallback_model
             if models.allowed is not None and model not in models.allowed:
                 out.decision = policy_pb2.DECISION_DENY
-                out.reason = (
-                    f"model {model} is not allowed for this user"
-                    f" ({', '.join(models.sources)} allow {', '.join(sorted(models.allowed))})"
-                )
+                out.reason = f"model {model} is not allowed for this user {models.allowed_by}"
                 out.suggested_model = fallback
             elif (
                 fallback
