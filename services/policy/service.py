@@ -129,10 +129,8 @@ class Verdict:
         out.used_micros = self.used
         out.remaining_micros = max(0, self.limit.micros - self.used)
         out.reason = self.reason
-        add = out.pools.add
         for p in self.pools:
-            add(group_id=p[0], used_micros=p[1], limit_micros=p[2], remaining_micros=p[3],
-                period=p[4])  # fmt: skip
+            out.pools.append(_pool_standing(p))
         if self.reserved:
             out.reserved_micros = self.reserved
         if reservation_id:
@@ -149,6 +147,24 @@ class Verdict:
             )
             for g, used, limit, left, period in self.pools
         ]  # fmt: skip
+
+
+_POOL_STANDINGS: dict[str, tuple[tuple[str, int, int, int, int], policy_pb2.PoolStanding]] = {}
+
+
+def _pool_standing(p: tuple[str, int, int, int, int]) -> policy_pb2.PoolStanding:
+    """A pool's standing as a message, made again only when it changed: every member
+    of the pool shows the same one, and copying a message costs less than building it."""
+    got = _POOL_STANDINGS.get(p[0])
+    if got is None or got[0] != p:
+        if len(_POOL_STANDINGS) > 10_000:
+            _POOL_STANDINGS.clear()
+        msg = policy_pb2.PoolStanding(
+            group_id=p[0], used_micros=p[1], limit_micros=p[2], remaining_micros=p[3],
+            period=p[4],  # type: ignore[arg-type]
+        )  # fmt: skip
+        got = _POOL_STANDINGS[p[0]] = (p, msg)
+    return got[1]
 
 
 _TEMPLATES: dict[int, tuple[Limit, Period, policy_pb2.CheckResponse]] = {}
@@ -210,7 +226,7 @@ class Evaluator:
 
     def period(self, kind: PeriodKind, now: datetime) -> Period:
         p = self._periods.get(kind)
-        if p is None or not p.contains(now):
+        if p is None or not p.start <= now < p.end:
             p = self._periods[kind] = period_of(kind, now, self.tz)
         return p
 
