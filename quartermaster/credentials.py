@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from quartermaster.grpcserver import abort
+
 
 def parse_tokens(spec: str) -> dict[str, str]:
     """ "name:token,name2:token2" → {token: name}; ValueError names a bad entry."""
@@ -60,6 +62,5 @@ class Credentials:
         """The caller's name; aborts the call when it is no admin."""
         who = self.actor(context.invocation_metadata())
         if not isinstance(who, str):
-            await context.abort(*who)
-            raise AssertionError("abort returned")
+            await abort(context, *who)
         return who

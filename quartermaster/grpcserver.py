@@ -10,11 +10,20 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    """End the call with `code` and `message` (grpc.aio raises; its stubs don't say so)."""
+    await context.abort(code, message)
+    raise AssertionError("abort returned")
 
 
 @dataclass

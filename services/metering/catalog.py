@@ -25,6 +25,7 @@ import asyncpg
 import grpc
 
 from quartermaster.credentials import Credentials
+from quartermaster.grpcserver import abort
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering.pricing import (
@@ -199,11 +200,6 @@ def _revision_message(r: Revision, lines: Sequence[str]) -> prices_pb2.PriceRevi
     )  # fmt: skip
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> None:
-    await context.abort(code, message)
-    raise AssertionError("abort returned")
-
-
 class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
     def __init__(self, store: CatalogStore, credentials: Credentials) -> None:
         self._store = store
@@ -221,7 +217,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
         if request.format not in _FORMATS:
             problems.append("format: required, CATALOG_FORMAT_YAML or CATALOG_FORMAT_CSV")
         if problems:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         where = request.source or "document"
         try:
             doc = _FORMATS[request.format](request.document, where)
@@ -229,8 +225,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
                 doc, request.replace, request.dry_run, actor, request.source, datetime.now(UTC)
             )
         except CatalogError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return prices_pb2.LoadPricesResponse(
             revision=current.revision if current else 0, changes=diff, dry_run=request.dry_run
         )
@@ -238,7 +233,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
     async def _current(self, context: Context) -> Revision:
         current = await self._store.current()
         if current is None:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no price catalog yet: metering seeds it from QM_METERING_PRICES when it "
@@ -254,7 +249,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
         models = current.catalog.models
         unknown = sorted(set(request.models) - models.keys())
         if unknown:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.NOT_FOUND,
                 f"models: not in the catalog (the fallback prices them): {unknown}",
@@ -286,7 +281,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
         versions = revisions[-1].catalog.models.get(model, []) if revisions else []
         out.versions.extend(model_price(model, t, p) for t, p in versions)
         if not out.revisions:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"model: {model!r} was never priced")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"model: {model!r} was never priced")
         return out
 
 

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import grpc
 
+from quartermaster.grpcserver import abort
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
@@ -172,11 +173,9 @@ class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
         try:
             members = await self._directory.members(list(f.group_ids))
         except LookupError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filter.{exc}")
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"filter.{exc}")
         except ConnectionError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         users = sorted({u for m in members.values() for u in m}) if f.group_ids else None
         return users, members
 

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quartermaster.credentials import Credentials
+from quartermaster.grpcserver import abort
 from quartermaster.money import credits
 from quartermaster.periods import PeriodKind
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
@@ -148,16 +149,14 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
         try:
             out = await change(who)
         except store.NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except (store.Conflict, DirectoryError) as exc:
             code = (
                 grpc.StatusCode.INVALID_ARGUMENT
                 if isinstance(exc, DirectoryError)
                 else grpc.StatusCode.FAILED_PRECONDITION
             )
-            await context.abort(code, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, code, str(exc))
         await self._reload()
         return out
 
@@ -466,8 +465,7 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
         await refuse(context, problems)
         u = self._limits.snapshot.users.get(user_id)
         if u is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"user_id: no user {user_id!r}")
-            raise AssertionError("abort returned")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"user_id: no user {user_id!r}")
         return u
 
     async def GetUser(

@@ -60,12 +60,7 @@ def decide(used: int, limit: Limit, estimated: int, warn_percent: int) -> tuple[
     Hard limit: DENY when nothing is left or when this call's estimate would pass the
     limit. Soft limit: the same cases answer WARN. WARN too from `warn_percent` % up.
     """
-    cents = (used + 5_000) // 10_000  # credits(used), inline: this runs on every Check
-    where = (
-        f"{cents // 100}.{cents % 100:02d} of {limit.shown}"
-        if used >= 0
-        else f"{credits(used)} of {limit.shown}"
-    )
+    where = f"{credits(used)} of {limit.shown}"
     over = used >= limit.micros or used + estimated > limit.micros
     if over:
         why = (

@@ -18,6 +18,7 @@ import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quartermaster.grpcserver import abort
 from quartermaster.periods import Period, PeriodKind, period_of
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
@@ -140,13 +141,7 @@ class Verdict:
         return out
 
     def pool_standings(self) -> list[policy_pb2.PoolStanding]:
-        return [
-            policy_pb2.PoolStanding(
-                group_id=g, used_micros=used, limit_micros=limit, remaining_micros=left,
-                period=period,  # type: ignore[arg-type]
-            )
-            for g, used, limit, left, period in self.pools
-        ]  # fmt: skip
+        return [_pool_standing(p) for p in self.pools]
 
 
 _POOL_STANDINGS: dict[str, tuple[tuple[str, int, int, int, int], policy_pb2.PoolStanding]] = {}
@@ -226,7 +221,7 @@ class Evaluator:
 
     def period(self, kind: PeriodKind, now: datetime) -> Period:
         p = self._periods.get(kind)
-        if p is None or not p.start <= now < p.end:
+        if p is None or not p.contains(now):
             p = self._periods[kind] = period_of(kind, now, self.tz)
         return p
 
@@ -312,8 +307,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         try:
             return self._ev.resolve(user_id, now)
         except NoLimit as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     async def Check(
         self,
@@ -487,11 +481,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 self._pool, self._workspace_id, reservation_id, actual, self._default_ttl,
             )  # fmt: skip
         except store.NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except store.Conflict as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise AssertionError("abort returned") from None
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         self._ev.holds.put(hold)
         return policy_pb2.Reservation(
             reservation_id=hold.reservation_id,
