@@ -246,6 +246,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core has spent on anything but idling, so far."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[int], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * p))] if s else float("nan")
@@ -272,15 +284,25 @@ def main_run(ns: argparse.Namespace) -> dict[str, object]:
             rss = rss_mb(policy.pid)
             echo, echo_port, _ = start_server("echo", run_dir, env)
             procs.append(echo)
-            rounds: dict[str, list[tuple[float, float, float]]] = {"echo": [], "policy": []}
+            # per round: calls/s, p50, p99, server CPU µs a call, machine CPU µs a call
+            rounds: dict[str, list[tuple[float, ...]]] = {"echo": [], "policy": []}
             for r in range(ns.rounds):
-                for name, port, method in (("echo", echo_port, ECHO_METHOD),
-                                           ("policy", policy_port, POLICY_METHOD)):  # fmt: skip
+                for name, proc, port, method in (
+                    ("echo", echo, echo_port, ECHO_METHOD),
+                    ("policy", policy, policy_port, POLICY_METHOD),
+                ):
+                    cpu, busy = cpu_seconds(proc.pid), machine_busy_seconds()
                     rps, lat = run_clients(f"127.0.0.1:{port}", method, ns)
+                    # The clients' warm-up is counted too: per call, a slight overstatement
+                    # alike for both servers.
+                    calls = rps * ns.seconds
+                    cpu_us = (cpu_seconds(proc.pid) - cpu) / calls * 1e6
+                    busy_us = (machine_busy_seconds() - busy) / calls * 1e6
                     p50, p99 = pct(lat, 0.5) / 1e6, pct(lat, 0.99) / 1e6
-                    rounds[name].append((rps, p50, p99))
+                    rounds[name].append((rps, p50, p99, cpu_us, busy_us))
                     say(f"round {r + 1} {name:>6}: {rps:8.0f} calls/s  p50 {p50:.2f} ms"
-                        f"  p99 {p99:.2f} ms")  # fmt: skip
+                        f"  p99 {p99:.2f} ms  server CPU {cpu_us:.0f} us/call"
+                        f"  machine {busy_us:.0f} us/call")  # fmt: skip
             for p in procs:
                 p.send_signal(signal.SIGTERM)
             for p in procs:
@@ -313,6 +335,10 @@ def main_run(ns: argparse.Namespace) -> dict[str, object]:
         "echo_p99_ms": round(med("echo", 2), 3),
         "ratio": round(med("policy", 0) / med("echo", 0), 3),
         "p99_vs_echo": round(med("policy", 2) / med("echo", 2), 3),
+        "server_cpu_us_per_call": round(med("policy", 3), 1),
+        "echo_server_cpu_us_per_call": round(med("echo", 3), 1),
+        "machine_cpu_us_per_call": round(med("policy", 4), 1),
+        "echo_machine_cpu_us_per_call": round(med("echo", 4), 1),
         "handler_p50_us": round(pct(handler, 0.5) / 1e3, 1),
         "handler_p99_us": round(pct(handler, 0.99) / 1e3, 1),
         "handler_cpu_p50_us": round(pct(handler_cpu, 0.5) / 1e3, 1),
