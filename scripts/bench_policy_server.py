@@ -2,11 +2,13 @@
 grpc.aio echo service that answers the same method shape with a canned response.
 
     bench_policy_server.py policy PORTFILE TIMINGS   # env: the QM_* settings
-    bench_policy_server.py echo PORTFILE
+    bench_policy_server.py echo PORTFILE TIMINGS
 
-It writes its port to PORTFILE once serving. The policy server times every Check
-inside the servicer (perf_counter_ns around the handler: validation, resolution,
-decision, response) and writes the durations to TIMINGS on SIGTERM.
+It writes its port to PORTFILE once serving. Both servers time every call inside
+the handler with the same wrapper (wall and CPU ns around it: for policy the
+validation, resolution, decision and response; for the echo, handing back the
+canned answer, the instrument's own floor) and write the durations to TIMINGS on
+SIGTERM. The wrapper's cost is thus paid on both sides of the comparison.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import sys
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +29,49 @@ from quartermaster.v1 import policy_pb2
 
 
 def _echo_response() -> policy_pb2.CheckResponse:
-    """A CheckResponse as large as policy's, so both sides (de)serialize alike."""
+    """A CheckResponse as large as policy's, so both sides (de)serialize alike: every
+    bench user is in a department with a pooled budget, so policy's answers carry that
+    pool's standing too."""
     r = policy_pb2.CheckResponse(
         decision=policy_pb2.DECISION_ALLOW, used_micros=123_456, limit_micros=10_000_000,
         remaining_micros=9_876_544, limit_source="group:team-17",
         reason="within budget: 0.12 of 10.00 credits used (group:team-17)",
         period=policy_pb2.PERIOD_MONTH, enforcement=policy_pb2.ENFORCEMENT_HARD,
+        pools=[policy_pb2.PoolStanding(
+            group_id="dept-7", used_micros=59_617_936_434, limit_micros=500_000_000_000,
+            remaining_micros=440_382_063_566, period=policy_pb2.PERIOD_MONTH,
+        )],
     )  # fmt: skip
     r.period_start.FromSeconds(1_793_491_200)
     r.period_end.FromSeconds(1_796_083_200)
     return r
 
 
-async def _echo(portfile: Path) -> None:
+Handler = Callable[..., Awaitable[Any]]
+
+
+def timed(inner: Handler, spent: array[int]) -> Handler:
+    """`inner`, appending its wall-clock ns and then its CPU ns to `spent` per call."""
+
+    async def timed_call(*args: Any) -> Any:
+        t, c = time.perf_counter_ns(), time.thread_time_ns()
+        try:
+            return await inner(*args)
+        finally:
+            spent.append(time.perf_counter_ns() - t)
+            spent.append(time.thread_time_ns() - c)
+
+    return timed_call
+
+
+async def _echo(portfile: Path, timings: Path) -> None:
     canned = _echo_response()
 
-    async def check(request: policy_pb2.CheckRequest, context: Any) -> policy_pb2.CheckResponse:
+    async def answer(request: policy_pb2.CheckRequest, context: Any) -> policy_pb2.CheckResponse:
         return canned
+
+    spent = array("q")
+    check = timed(answer, spent)
 
     # Parses the request and serializes the response, as a generated servicer does:
     # the transport and protobuf, with no decision.
@@ -59,6 +88,7 @@ async def _echo(portfile: Path) -> None:
     portfile.write_text(str(port))  # noqa: ASYNC240 - once, before any call
     await _until_term()
     await server.stop(1)
+    timings.write_bytes(spent.tobytes())  # noqa: ASYNC240 - after the last call
 
 
 async def _policy(portfile: Path, timings: Path) -> None:
@@ -68,17 +98,8 @@ async def _policy(portfile: Path, timings: Path) -> None:
 
     spent = array("q")  # wall-clock ns, then CPU ns, per call
     inner = PolicyServicer.Check
-
-    async def timed_check(self: PolicyServicer, request: Any, context: Any) -> Any:
-        t, c = time.perf_counter_ns(), time.thread_time_ns()
-        try:
-            return await inner(self, request, context)
-        finally:
-            spent.append(time.perf_counter_ns() - t)
-            spent.append(time.thread_time_ns() - c)
-
     # Before start: the server binds the servicer's methods when it is registered.
-    PolicyServicer.Check = timed_check  # type: ignore[method-assign]
+    PolicyServicer.Check = timed(inner, spent)  # type: ignore[method-assign,assignment]
     running = await server.start(PolicySettings.from_env(), addr="127.0.0.1:0")
     await asyncio.wait_for(running.serving.wait(), 600)
     # The servicer alone, before any client runs: the decision without a transport
@@ -96,7 +117,6 @@ async def _policy(portfile: Path, timings: Path) -> None:
         await inner(servicer, req, None)  # type: ignore[arg-type]
         alone.append(time.perf_counter_ns() - t)
     timings.with_suffix(".alone").write_bytes(alone.tobytes())
-    PolicyServicer.Check = timed_check  # type: ignore[method-assign]
     portfile.write_text(str(running.port))  # noqa: ASYNC240 - once, before any call
     await _until_term()
     await running.stop(1)
@@ -112,11 +132,8 @@ async def _until_term() -> None:
 
 
 def main() -> None:
-    kind, portfile = sys.argv[1], Path(sys.argv[2])
-    if kind == "echo":
-        asyncio.run(_echo(portfile))
-    else:
-        asyncio.run(_policy(portfile, Path(sys.argv[3])))
+    kind, portfile, timings = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    asyncio.run(_echo(portfile, timings) if kind == "echo" else _policy(portfile, timings))
 
 
 if __name__ == "__main__":

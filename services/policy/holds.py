@@ -24,9 +24,6 @@ def open_micros(
     )
 
 
-_NONE: dict[str, Hold] = {}
-
-
 class HoldsView:
     def __init__(self) -> None:
         self._by_id: dict[str, Hold] = {}
@@ -77,10 +74,13 @@ class HoldsView:
             self.put(h)
 
     def of_user(self, user_id: str) -> Collection[Hold]:
-        return self._by_user.get(user_id, _NONE).values()
+        """The user's open holds; an empty tuple (nothing made) for most people."""
+        held = self._by_user.get(user_id)
+        return held.values() if held else ()
 
     def of_pool(self, group_id: str) -> Collection[Hold]:
-        return self._by_pool.get(group_id, _NONE).values()
+        held = self._by_pool.get(group_id)
+        return held.values() if held else ()
 
     def prune(self, now: datetime) -> int:
         gone = [rid for rid, h in self._by_id.items() if h.expires_at <= now]

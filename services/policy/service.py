@@ -8,7 +8,7 @@ with `reserve`), Commit and Release touch Postgres.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -217,13 +217,18 @@ class Evaluator:
         self.tz = tz
         self.warn_percent = warn_percent
         self.clock = clock
-        self._periods: dict[PeriodKind, Period] = {}
+        # kind → the period now, and the totals view's dict of it (user → micros)
+        self._periods: dict[PeriodKind, tuple[Period, Mapping[str, int]]] = {}
 
     def period(self, kind: PeriodKind, now: datetime) -> Period:
-        p = self._periods.get(kind)
-        if p is None or not p.contains(now):
-            p = self._periods[kind] = period_of(kind, now, self.tz)
-        return p
+        return self._current(kind, now)[0]
+
+    def _current(self, kind: PeriodKind, now: datetime) -> tuple[Period, Mapping[str, int]]:
+        got = self._periods.get(kind)
+        if got is None or not got[0].contains(now):
+            p = period_of(kind, now, self.tz)
+            got = self._periods[kind] = (p, self.totals.of_period(p.key))
+        return got
 
     def resolve(self, user_id: str, now: datetime) -> Resolved:
         return self.limits.snapshot.resolve(user_id, now)
@@ -251,14 +256,14 @@ class Evaluator:
         the reservation lock; None means this replica's in-memory view."""
         settled = self.totals.settled
         limit = resolved.limit
-        period = self.period(limit.period, now)
+        period, used_in_period = self._current(limit.period, now)
         if holds is not None:
             holds = list(holds)
             mine = open_micros((h for h in holds if h.user_id == user_id), now, settled, period.key)
         else:
             held = self.holds.of_user(user_id)
             mine = open_micros(held, now, settled, period.key) if held else 0
-        used = self.totals.used(user_id, period.key) + mine
+        used = used_in_period.get(user_id, 0) + mine
         decision, reason = decide(used, limit, estimated, self.warn_percent)
         out = Verdict(decision, reason, limit, period, used, mine)
         for g, rule in resolved.pools:
@@ -341,7 +346,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         ev = self._ev
         now = ev.clock()
         try:
-            resolved = ev.resolve(user, now)
+            resolved = ev.limits.snapshot.resolve(user, now)
         except NoLimit as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return ev.verdict(user, model, estimated, now, resolved).response()

@@ -19,8 +19,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -32,19 +30,15 @@ log = logging.getLogger("qm.policy.totals")
 SETTLED_MEMORY_SECONDS = 26 * 3600
 
 
-@dataclass(frozen=True)
-class UserTotal:
-    used_micros: int
-    period_start: datetime
-    period_end: datetime
-    updated_at: datetime
-
-
 class TotalsView:
     def __init__(self, bootstrap: str) -> None:
         self._bootstrap = bootstrap
-        # (user_id, period_key) → newest total
-        self._totals: dict[tuple[str, str], UserTotal] = {}
+        # period_key → user_id → the newest total's micros, and when metering made it
+        # (ns since the epoch). Plain ints in a dict per period: a Check reads one with
+        # a single look-up (Evaluator keeps the current period's dict at hand), and
+        # 100,000 people's month cost ~150 bytes each.
+        self._used: dict[str, dict[str, int]] = {}
+        self._made: dict[str, dict[str, int]] = {}
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="totals-consumer", daemon=True)
@@ -79,8 +73,15 @@ class TotalsView:
         return self._caught_up.is_set()
 
     def used(self, user_id: str, period_key: str) -> int:
-        total = self._totals.get((user_id, period_key))
-        return total.used_micros if total is not None else 0
+        return self.of_period(period_key).get(user_id, 0)
+
+    def of_period(self, period_key: str) -> Mapping[str, int]:
+        """user_id → micros used in the period: the view's own dict, kept up to date
+        (for readers that look many people up in one period)."""
+        found = self._used.get(period_key)
+        if found is None:
+            found = self._used.setdefault(period_key, {})
+        return found
 
     def pool_used(self, group_id: str, period_key: str) -> int:
         return self._pool_used.get((group_id, period_key), 0)
@@ -94,10 +95,11 @@ class TotalsView:
             if pools_of == self._pools_of:
                 return
             sums: dict[tuple[str, str], int] = {}
-            for (user_id, period_key), total in list(self._totals.items()):
-                for g in pools_of.get(user_id, ()):
-                    key = (g, period_key)
-                    sums[key] = sums.get(key, 0) + total.used_micros
+            for period_key, users in list(self._used.items()):
+                for user_id, used in list(users.items()):
+                    for g in pools_of.get(user_id, ()):
+                        key = (g, period_key)
+                        sums[key] = sums.get(key, 0) + used
             self._pools_of = pools_of
             self._pool_used = sums
 
@@ -112,20 +114,19 @@ class TotalsView:
             return
         if msg.subject_kind != usage_pb2.SUBJECT_KIND_USER or not msg.subject_id:
             return
-        key = (msg.subject_id, msg.period_key)
-        new = UserTotal(
-            used_micros=msg.used_micros,
-            period_start=msg.period_start.ToDatetime(tzinfo=UTC),
-            period_end=msg.period_end.ToDatetime(tzinfo=UTC),
-            updated_at=msg.updated_at.ToDatetime(tzinfo=UTC),
-        )
+        user_id, period_key, micros = msg.subject_id, msg.period_key, msg.used_micros
+        made = msg.updated_at.seconds * 1_000_000_000 + msg.updated_at.nanos
         with self._pool_lock:
-            old = self._totals.get(key)
-            if old is None or new.updated_at >= old.updated_at:
-                self._totals[key] = new
-                delta = new.used_micros - (old.used_micros if old is not None else 0)
-                for g in self._pools_of.get(msg.subject_id, ()):
-                    pool_key = (g, msg.period_key)
+            used = self._used.get(period_key)
+            if used is None:
+                used = self._used.setdefault(period_key, {})
+            stamps = self._made.setdefault(period_key, {})
+            if made >= stamps.get(user_id, made):
+                stamps[user_id] = made
+                delta = micros - used.get(user_id, 0)
+                used[user_id] = micros
+                for g in self._pools_of.get(user_id, ()):
+                    pool_key = (g, period_key)
                     self._pool_used[pool_key] = self._pool_used.get(pool_key, 0) + delta
         if msg.settled_request_ids:
             # Only after the total that includes them: a reader in between sees the
