@@ -14,8 +14,10 @@ SIGTERM. The wrapper's cost is thus paid on both sides of the comparison.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
+import statistics
 import sys
 import time
 from array import array
@@ -117,10 +119,56 @@ async def _policy(portfile: Path, timings: Path) -> None:
         await inner(servicer, req, None)  # type: ignore[arg-type]
         alone.append(time.perf_counter_ns() - t)
     timings.with_suffix(".alone").write_bytes(alone.tobytes())
+    rss = _rss_mb()  # the 100,000 people loaded, before anything else happened
     portfile.write_text(str(running.port))  # noqa: ASYNC240 - once, before any call
     await _until_term()
+    # After the clients: reloads leave a high-water mark in the heap.
+    reloads = await _reloads(running)
+    reloads.update(rss_mb_100k_users=rss, rss_mb_after_reloads=_rss_mb())
+    timings.with_suffix(".reloads").write_text(json.dumps(reloads))
     await running.stop(1)
     timings.write_bytes(spent.tobytes())  # noqa: ASYNC240 - after the last call
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+async def _reloads(running: Any) -> dict[str, float]:
+    """Median ms of a reload after a change of limits only and after a directory
+    change (directory_version moved), and the longest the event loop went without
+    running anything during either kind: how long Checks would wait."""
+    loop = asyncio.get_running_loop()
+    out: dict[str, float] = {}
+    for kind in ("rules", "directory"):
+        spent: list[float] = []
+        stalls = [0.0]
+
+        async def tick(stalls: list[float] = stalls) -> None:
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0)
+                now = loop.time()
+                stalls.append(now - last)
+                last = now
+
+        for _ in range(3):
+            if kind == "directory":
+                await running.pool.execute(
+                    "UPDATE policy.workspaces SET directory_version = directory_version + 1"
+                )
+            ticker = asyncio.create_task(tick())
+            await asyncio.sleep(0.01)
+            t = time.perf_counter()
+            await running.reload()
+            spent.append(time.perf_counter() - t)
+            ticker.cancel()
+        out[f"reload_{kind}_ms"] = round(statistics.median(spent) * 1e3, 1)
+        out[f"reload_{kind}_stall_ms"] = round(max(stalls) * 1e3, 1)
+    return out
 
 
 async def _until_term() -> None:

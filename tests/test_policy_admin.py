@@ -283,6 +283,60 @@ async def test_every_change_reaches_both_replicas_within_a_second_and_is_audited
         await conn.close()
 
 
+async def test_a_change_of_limits_keeps_the_directory_and_a_sync_replaces_it(
+    replicas: Replicas,
+) -> None:
+    """A reload after a change of limits reads only the rules (with 100,000 people the
+    directory is most of a reload); a directory sync is read again on every replica."""
+    a, b = await replicas.start(2, QM_POLICY_REFRESH_SECONDS="60")
+    admin = replicas.admin(a)
+    stubs = [replicas.policy(a), replicas.policy(b)]
+    document = json.dumps(DIRECTORY).encode()
+    await admin.ImportDirectory(
+        policy_pb2.ImportDirectoryRequest(format="json", document=document),
+        metadata=ADMIN_METADATA,
+    )
+    hard, week = policy_pb2.ENFORCEMENT_HARD, policy_pb2.PERIOD_WEEK
+    await admin.SetDefaultLimit(
+        policy_pb2.SetDefaultLimitRequest(limit_micros=10 * C, period=week, enforcement=hard),
+        metadata=ADMIN_METADATA,
+    )
+    check = policy_pb2.CheckRequest(user_id="ben", product="chat", model="gpt-5")
+
+    async def sources(want: str) -> bool:
+        return all([(await s.Check(check)).limit_source == want for s in stubs])
+
+    await until(lambda: sources("workspace_default"))
+    directories = [r.limits.snapshot.directory() for r in (a, b)]
+    versions = [r.limits.snapshot.version for r in (a, b)]
+    await admin.SetGroupLimit(
+        policy_pb2.SetGroupLimitRequest(group_id="ml", limit_micros=50 * C, period=week,
+                                        enforcement=hard),
+        metadata=ADMIN_METADATA,
+    )  # fmt: skip
+    await until(lambda: sources("group:ml"))
+    assert [r.limits.snapshot.version for r in (a, b)] != versions  # reloaded...
+    for r, before in zip((a, b), directories, strict=True):
+        assert r.limits.snapshot.directory() is before  # ...keeping the directory
+
+    # ben moves from ml to a new team with no limit of its own: the default again.
+    moved = json.loads(document)
+    moved["groups"].append({"group_id": "infra", "name": "Infra", "kind": "team"})
+    for u in moved["users"]:
+        if u["user_id"] == "ben":
+            u["groups"] = ["infra"]
+    result = await admin.ImportDirectory(
+        policy_pb2.ImportDirectoryRequest(format="json", document=json.dumps(moved).encode()),
+        metadata=ADMIN_METADATA,
+    )
+    assert (result.memberships_added, result.memberships_removed) == (1, 1)
+    await until(lambda: sources("workspace_default"))
+    for r, before in zip((a, b), directories, strict=True):
+        assert r.limits.snapshot.directory() is not before
+        assert r.limits.snapshot.memberships["ben"] == ("infra",)
+        assert r.limits.snapshot.groups_of("ann") == ("eval", "ml", "eng")
+
+
 async def _audit(replicas: Replicas) -> list[tuple[str, str, dict[str, Any]]]:
     conn = await asyncpg.connect(replicas.database_url)
     try:

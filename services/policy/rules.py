@@ -143,6 +143,25 @@ class NoLimit(Exception):
 
 
 @dataclass
+class Directory:
+    """People, groups and memberships, with what follows from them alone. It changes
+    with a directory sync, not with limits: a reload after a change of limits keeps
+    it (and its caches) while the workspace's directory_version stays."""
+
+    users: Mapping[str, UserInfo] = field(default_factory=dict)
+    groups: Mapping[str, GroupInfo] = field(default_factory=dict)
+    memberships: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    members: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
+    # one person per distinct set of direct groups
+    firsts: tuple[str, ...] | None = field(default=None, repr=False)
+    # the pooled groups it was made for, and user_id → their pools
+    pools_of: tuple[frozenset[str], dict[str, tuple[str, ...]]] | None = field(
+        default=None, repr=False
+    )
+
+
+@dataclass
 class Snapshot:
     workspace_id: str
     default: Rule | None = None
@@ -154,12 +173,13 @@ class Snapshot:
     overrides: Mapping[str, tuple[Override, ...]] = field(default_factory=dict)
     model_policies: Mapping[str, ModelPolicy] = field(default_factory=dict)
     version: int = 0
-    _chains: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    directory_version: int = 0
+    # users, groups and memberships again, with their caches (None: made from them)
+    _known: Directory | None = field(default=None, repr=False)
     # Keyed by a user's direct groups: everything but overrides follows from them, and
     # a workspace has far fewer distinct group sets than people.
     _static: dict[tuple[str, ...], _Static] = field(default_factory=dict, repr=False)
     _plain: dict[tuple[str, ...], Resolved] = field(default_factory=dict, repr=False)
-    _members: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
     # user → (from, until, their resolution): valid while no override starts or ends
     _overridden: dict[str, tuple[datetime | None, datetime | None, Resolved]] = field(
         default_factory=dict, repr=False
@@ -167,9 +187,16 @@ class Snapshot:
 
     # -- the directory ------------------------------------------------------------
 
+    def directory(self) -> Directory:
+        """The snapshot's people, groups and memberships, as a reload may keep them."""
+        if self._known is None:
+            self._known = Directory(self.users, self.groups, self.memberships)
+        return self._known
+
     def chain(self, group_id: str) -> tuple[str, ...]:
         """The group and its ancestors, nearest first (a cycle is cut where it closes)."""
-        found = self._chains.get(group_id)
+        chains = self.directory().chains
+        found = chains.get(group_id)
         if found is None:
             out: list[str] = []
             g: str = group_id
@@ -177,37 +204,50 @@ class Snapshot:
                 out.append(g)
                 info = self.groups.get(g)
                 g = info.parent_id if info is not None else ""
-            found = self._chains[group_id] = tuple(out)
+            found = chains[group_id] = tuple(out)
         return found
 
     def groups_of(self, user_id: str) -> tuple[str, ...]:
         """Every group the user belongs to, directly or through nesting, without repeats."""
+        return self._above(self.memberships.get(user_id, ()))
+
+    def _above(self, direct: tuple[str, ...]) -> tuple[str, ...]:
         seen: dict[str, None] = {}
-        for direct in self.memberships.get(user_id, ()):
-            for g in self.chain(direct):
+        for d in direct:
+            for g in self.chain(d):
                 seen.setdefault(g)
         return tuple(seen)
 
     def pool_members(self) -> dict[str, tuple[str, ...]]:
-        """user_id → the pooled groups whose budget they draw on (users in any pool)."""
-        if not self.pool_limits:
-            return {}
-        out = {}
-        for user_id in self.memberships:
-            pools = tuple(g for g in self.groups_of(user_id) if g in self.pool_limits)
-            if pools:
-                out[user_id] = pools
+        """user_id → the pooled groups whose budget they draw on (users in any pool);
+        the same dict while neither the directory nor the set of pools changed."""
+        known = self.directory()
+        pooled = frozenset(self.pool_limits)
+        if known.pools_of is not None and known.pools_of[0] == pooled:
+            return known.pools_of[1]
+        out: dict[str, tuple[str, ...]] = {}
+        if pooled:
+            # Per distinct set of direct groups: far fewer than people.
+            by_direct: dict[tuple[str, ...], tuple[str, ...]] = {}
+            for user_id, direct in self.memberships.items():
+                pools = by_direct.get(direct)
+                if pools is None:
+                    pools = by_direct[direct] = tuple(g for g in self._above(direct) if g in pooled)
+                if pools:
+                    out[user_id] = pools
+        known.pools_of = (pooled, out)
         return out
 
     def group_members(self) -> dict[str, tuple[str, ...]]:
         """group_id → everyone in it, through nested groups too (sorted; made once)."""
-        found = self._members
+        known = self.directory()
+        found = known.members
         if found is None:
             members: dict[str, set[str]] = {g: set() for g in self.groups}
             for user_id in self.memberships:
                 for g in self.groups_of(user_id):
                     members.setdefault(g, set()).add(user_id)
-            found = self._members = {g: tuple(sorted(u)) for g, u in members.items()}
+            found = known.members = {g: tuple(sorted(u)) for g, u in members.items()}
         return found
 
     def manager_chain(self, user_id: str) -> list[UserInfo]:
@@ -251,10 +291,13 @@ class Snapshot:
         so the first Check of each isn't the one that pays for it (a bench of random
         people found them in its slowest 1 %). The resolutions, for more preparing."""
         out: list[Resolved] = []
-        firsts: dict[tuple[str, ...], str] = {}
-        for user_id, direct in self.memberships.items():
-            firsts.setdefault(direct, user_id)
-        for user_id in (*firsts.values(), *self.overrides):
+        known = self.directory()
+        if known.firsts is None:
+            firsts: dict[tuple[str, ...], str] = {}
+            for user_id, direct in self.memberships.items():
+                firsts.setdefault(direct, user_id)
+            known.firsts = tuple(firsts.values())
+        for user_id in (*known.firsts, *self.overrides):
             try:
                 out.append(self.resolve(user_id, now))
             except NoLimit:

@@ -62,7 +62,9 @@ class RunningPolicy:
     async def reload(self) -> None:
         """Read the workspace's rules and directory again and swap them in whole."""
         async with self._reload_lock:
-            snap = await store.load_snapshot(self.pool, self.settings.workspace_id)
+            snap = await store.load_snapshot(
+                self.pool, self.settings.workspace_id, self.limits.snapshot
+            )
             self.evaluator.warm(snap)  # before any Check can see it
             self.limits.snapshot = snap
             self.totals.set_pools(snap.pool_members())

@@ -92,7 +92,7 @@ class TotalsView:
     def set_pools(self, pools_of: Mapping[str, tuple[str, ...]]) -> None:
         """Who draws on which pool; the sums are recomputed when it changed."""
         with self._pool_lock:
-            if pools_of == self._pools_of:
+            if pools_of is self._pools_of or pools_of == self._pools_of:
                 return
             sums: dict[tuple[str, str], int] = {}
             for period_key, users in list(self._used.items()):
