@@ -243,6 +243,13 @@ class Evaluator:
             r.limit.shown  # noqa: B018 - computing it is the point
         return len(resolved)
 
+    def answer(self, user_id: str, model: str, estimated: int) -> policy_pb2.CheckResponse:
+        """A Check's answer, from memory, now (NoLimit when no limit applies). Every
+        gateway call comes through here."""
+        now = self.clock()
+        resolved = self.limits.snapshot.resolve(user_id, now)
+        return self.verdict(user_id, model, estimated, now, resolved).response()
+
     def verdict(
         self,
         user_id: str,
@@ -342,14 +349,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 request.user_id, request.model, request.estimated_micros, request.request_id,
                 request.reservation_ttl_seconds, context,  # type: ignore[arg-type]
             )  # fmt: skip
-        # The hot path, inline: every gateway call comes through here.
-        ev = self._ev
-        now = ev.clock()
         try:
-            resolved = ev.limits.snapshot.resolve(user, now)
+            return self._ev.answer(user, model, estimated)
         except NoLimit as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return ev.verdict(user, model, estimated, now, resolved).response()
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     async def CheckBatch(
         self,
@@ -366,18 +369,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             if check.reserve:
                 problems.append(f"checks[{i}].reserve: not supported in a batch; use Reserve")
         await refuse(context, problems)
-        results = [await self._check(c, context) for c in request.checks]  # type: ignore[arg-type]
+        answer = self._ev.answer
+        try:
+            results = [answer(c.user_id, c.model, c.estimated_micros) for c in request.checks]
+        except NoLimit as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return policy_pb2.CheckBatchResponse(results=results)
-
-    async def _check(
-        self, request: policy_pb2.CheckRequest, context: Context
-    ) -> policy_pb2.CheckResponse:
-        now = self._ev.clock()
-        resolved = await self._resolve(request.user_id, now, context)
-        v = self._ev.verdict(
-            request.user_id, request.model, request.estimated_micros, now, resolved
-        )
-        return v.response()
 
     async def GetBudget(
         self,
