@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -19,10 +21,12 @@ import pytest
 from quartermaster import kafka
 from quartermaster.db import connect_pool
 from quartermaster.localinfra.stack import Infra
+from quartermaster.periods import PeriodKind
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2
 from services.policy import store
 from services.policy.decide import Enforcement
+from services.policy.holds import open_micros
 from tests.conftest import MeteringWorker, Replicas
 from tests.helpers import eventually, new_user, produce_usage, usage
 
@@ -169,3 +173,54 @@ async def test_reservation_calls_validate_and_release(infra: Infra, replicas: Re
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await stub.Commit(policy_pb2.CommitRequest(reservation_id=str(uuid.uuid4())))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_counted_hold_is_recorded_for_replicas_that_never_read_its_total(
+    infra: Infra, metering: MeteringWorker, replicas: Replicas
+) -> None:
+    """The totals topic is compacted: a replica started later may find only a newer
+    total of the same person and period, without this request among its settled ids.
+    The first replica to read the total records it on the hold in Postgres, so such a
+    replica still counts the hold out of that period (and only that period)."""
+    pool = await connect_pool(infra.database_url)
+    try:
+        await store.set_workspace_default(pool, replicas.workspace_id, LIMIT, Enforcement.HARD, "t")
+        [r] = await replicas.start(1)
+        stub = replicas.policy(r)
+        user, request_id = new_user(), f"req-{uuid.uuid4().hex}"
+        held = await stub.Reserve(
+            policy_pb2.ReserveRequest(user_id=user, product="chat", model="gpt-5",
+                                      estimated_micros=2 * COST, request_id=request_id)
+        )  # fmt: skip
+        await stub.Commit(
+            policy_pb2.CommitRequest(reservation_id=held.reservation_id, actual_micros=COST)
+        )
+        produce_usage(infra.kafka_bootstrap, [usage(user, request_id=request_id)])
+
+        async def standing() -> tuple[int, int]:
+            b = await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id=user))
+            return int(b.used_micros), int(b.reserved_micros)
+
+        await eventually(standing, (COST, 0), within=60)  # counted once, by this replica
+
+        month = r.evaluator.period(PeriodKind.MONTH, datetime.now(UTC)).key
+        week = r.evaluator.period(PeriodKind.WEEK, datetime.now(UTC)).key
+
+        async def recorded() -> tuple[str, ...]:
+            return next(h.settled_in for h in await store.open_holds(pool, replicas.workspace_id)
+                        if h.request_id == request_id)  # fmt: skip
+
+        # metering publishes the day, week and month totals; each is recorded
+        await eventually(lambda: _has(recorded, month, week), True, within=30)
+        holds = await store.open_holds(pool, replicas.workspace_id)
+        never_read = lambda _request_id, _period_key: False  # noqa: E731
+        now = datetime.now(UTC)
+        assert open_micros(holds, now, never_read, month) == 0
+        assert open_micros(holds, now, never_read, "1999-01") == COST  # not that period
+    finally:
+        await pool.close()
+
+
+async def _has(recorded: Callable[[], Awaitable[tuple[str, ...]]], *keys: str) -> bool:
+    got = await recorded()
+    return all(k in got for k in keys)

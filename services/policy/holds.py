@@ -18,9 +18,14 @@ def open_micros(
     holds: Iterable[Hold], now: datetime, settled: Callable[[str, str], bool], period_key: str
 ) -> int:
     """What the holds still count against the total of `period_key`: not expired, and
-    their usage not yet in that total."""
+    their usage not yet in that total (as this replica read it, or as Postgres says a
+    replica did)."""
     return sum(
-        h.micros for h in holds if h.expires_at > now and not settled(h.request_id, period_key)
+        h.micros
+        for h in holds
+        if h.expires_at > now
+        and not settled(h.request_id, period_key)
+        and period_key not in h.settled_in
     )
 
 

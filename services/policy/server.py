@@ -85,12 +85,52 @@ class RunningPolicy:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.totals.on_change = None
+        self.totals.on_settled = None
         self.totals.stop()
         if self.thresholds is not None:
             self.thresholds.close()
         if self.listener is not None:
             await self.listener.close()
         await self.pool.close()
+
+
+class Settlements:
+    """Requests that a total reported as counted, on their way to their holds in
+    Postgres (store.mark_settled): a replica started after the totals topic dropped
+    that total learns it there, instead of counting the hold and its usage both."""
+
+    BATCH = 5_000
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue()
+
+    def seen(self, period_key: str, request_ids: list[str]) -> None:
+        """Called by the totals consumer thread."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (period_key, request_ids))
+
+    async def run(self, pool: asyncpg.Pool, workspace_id: str) -> None:
+        while True:
+            first = await self._queue.get()
+            by_period: dict[str, list[str]] = {}
+            for key, ids in (first, *_drain(self._queue)):
+                by_period.setdefault(key, []).extend(ids)
+            for key, ids in by_period.items():
+                for i in range(0, len(ids), self.BATCH):
+                    chunk = ids[i : i + self.BATCH]
+                    try:
+                        await store.mark_settled(pool, workspace_id, key, chunk)
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        # This replica knows anyway; one started later may count these
+                        # holds until they expire.
+                        log.warning("could not record %d settled requests: %s", len(chunk), exc)
+
+
+def _drain(queue: asyncio.Queue[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
 
 
 async def _refresh(running: RunningPolicy) -> None:
@@ -169,6 +209,8 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     holds.replace_all(await store.open_holds(pool, ws))
     limits = LimitHolder(snap)
     totals = TotalsView(settings.kafka_bootstrap)
+    settlements = Settlements(asyncio.get_running_loop())
+    totals.on_settled = settlements.seen
     totals.set_pools(snap.pool_members())
     evaluator = Evaluator(limits, totals, holds, settings.timezone, settings.warn_percent)
     evaluator.warm()
@@ -203,6 +245,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     running.approvals = Approvals(pool, ws, settings.kafka_bootstrap)
     running.approvals_task = asyncio.create_task(running.approvals.run())
     running.tasks.append(asyncio.create_task(_refresh(running)))
+    running.tasks.append(asyncio.create_task(settlements.run(pool, ws)))
     running.tasks.append(asyncio.create_task(_housekeeping(running)))
     running.tasks.append(asyncio.create_task(_set_serving_when_ready(running)))
     running.tasks.append(asyncio.create_task(gcpacing.pace()))

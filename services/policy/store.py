@@ -735,6 +735,8 @@ class Hold:
     estimated_micros: int = 0
     committed: bool = False
     released: bool = False
+    # period keys whose total already includes this call (recorded in Postgres)
+    settled_in: tuple[str, ...] = ()
 
 
 def _hold(r: Mapping[str, Any]) -> Hold:
@@ -743,6 +745,7 @@ def _hold(r: Mapping[str, Any]) -> Hold:
         str(r["reservation_id"]), r["user_id"], r["request_id"], tuple(r["pools"]),
         actual if actual is not None else r["estimated_micros"], r["expires_at"],
         r["estimated_micros"], actual is not None, r["released_at"] is not None,
+        tuple(r["settled_periods"]),
     )  # fmt: skip
 
 
@@ -757,6 +760,7 @@ def hold_payload(workspace_id: str, h: Hold) -> str:
             "m": h.micros,
             "x": h.expires_at.isoformat(),
             "gone": h.released,
+            "s": list(h.settled_in),
         }
     )
 
@@ -764,7 +768,24 @@ def hold_payload(workspace_id: str, h: Hold) -> str:
 def hold_from_payload(payload: str) -> tuple[str, Hold]:
     d = json.loads(payload)
     return d["w"], Hold(d["id"], d["u"], d["r"], tuple(d["p"]), d["m"],
-                datetime.fromisoformat(d["x"]), released=d["gone"])  # fmt: skip
+                datetime.fromisoformat(d["x"]), released=d["gone"],
+                settled_in=tuple(d.get("s", ())))  # fmt: skip
+
+
+async def mark_settled(
+    pool: asyncpg.Pool, workspace_id: str, period_key: str, request_ids: list[str]
+) -> int:
+    """Record that the total of `period_key` includes these requests' usage, on their
+    holds (most requests have none); how many holds learnt it now."""
+    result = await pool.execute(
+        "UPDATE policy.reservations SET settled_periods = array_append(settled_periods, $3)"
+        " WHERE workspace_id = $1 AND request_id = ANY($2::text[])"
+        " AND NOT ($3 = ANY(settled_periods))",
+        workspace_id,
+        request_ids,
+        period_key,
+    )
+    return int(result.split()[-1])
 
 
 async def open_holds(pool: asyncpg.Pool, workspace_id: str) -> list[Hold]:

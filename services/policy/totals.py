@@ -56,6 +56,9 @@ class TotalsView:
         self._pool_lock = threading.Lock()
         # Called from the consumer thread with (user_id, period_key) of each change.
         self.on_change: Callable[[str, str], None] | None = None
+        # Called from the consumer thread with (period_key, request ids) when a total
+        # reports requests as counted that this view had not seen counted yet.
+        self.on_settled: Callable[[str, list[str]], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -132,8 +135,13 @@ class TotalsView:
             # Only after the total that includes them: a reader in between sees the
             # hold and the usage both (too much, for a moment), never neither.
             now = time.monotonic()
+            fresh = []
             for rid in msg.settled_request_ids:
-                self._settled.setdefault((rid, msg.period_key), now)
+                if (rid, period_key) not in self._settled:
+                    self._settled[(rid, period_key)] = now
+                    fresh.append(rid)
+            if fresh and self.on_settled is not None:
+                self.on_settled(period_key, fresh)
             if now - self._pruned_at > 600:
                 self._forget_settled(now)
         self.records += 1
