@@ -34,6 +34,7 @@ class HoldsView:
         self._by_id: dict[str, Hold] = {}
         self._by_user: dict[str, dict[str, Hold]] = {}
         self._by_pool: dict[str, dict[str, Hold]] = {}
+        self._requests: set[str] = set()  # the request_ids of the open holds
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -44,6 +45,7 @@ class HoldsView:
         if hold.released:
             return
         self._by_id[hold.reservation_id] = hold
+        self._requests.add(hold.request_id)
         self._by_user.setdefault(hold.user_id, {})[hold.reservation_id] = hold
         for g in hold.pools:
             self._by_pool.setdefault(g, {})[hold.reservation_id] = hold
@@ -52,6 +54,7 @@ class HoldsView:
         old = self._by_id.pop(reservation_id, None)
         if old is None:
             return
+        self._requests.discard(old.request_id)
         for index, key in [(self._by_user, old.user_id)] + [(self._by_pool, g) for g in old.pools]:
             held = index.get(key)
             if held is not None:
@@ -63,6 +66,7 @@ class HoldsView:
         self._by_id.clear()
         self._by_user.clear()
         self._by_pool.clear()
+        self._requests.clear()
         for h in holds:
             self.put(h)
 
@@ -77,6 +81,10 @@ class HoldsView:
             self._drop(rid)
         for h in fetched:
             self.put(h)
+
+    def held_for(self, request_ids: Iterable[str]) -> list[str]:
+        """Those of `request_ids` that an open hold was made for."""
+        return [r for r in request_ids if r in self._requests]
 
     def of_user(self, user_id: str) -> Collection[Hold]:
         """The user's open holds; an empty tuple (nothing made) for most people."""

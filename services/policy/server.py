@@ -109,12 +109,15 @@ class Settlements:
         """Called by the totals consumer thread."""
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (period_key, request_ids))
 
-    async def run(self, pool: asyncpg.Pool, workspace_id: str) -> None:
+    async def run(self, pool: asyncpg.Pool, workspace_id: str, holds: HoldsView) -> None:
         while True:
             first = await self._queue.get()
             by_period: dict[str, list[str]] = {}
             for key, ids in (first, *_drain(self._queue)):
-                by_period.setdefault(key, []).extend(ids)
+                # Most counted requests were never reserved: only holds are written.
+                held = holds.held_for(ids)
+                if held:
+                    by_period.setdefault(key, []).extend(held)
             for key, ids in by_period.items():
                 for i in range(0, len(ids), self.BATCH):
                     chunk = ids[i : i + self.BATCH]
@@ -245,7 +248,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     running.approvals = Approvals(pool, ws, settings.kafka_bootstrap)
     running.approvals_task = asyncio.create_task(running.approvals.run())
     running.tasks.append(asyncio.create_task(_refresh(running)))
-    running.tasks.append(asyncio.create_task(settlements.run(pool, ws)))
+    running.tasks.append(asyncio.create_task(settlements.run(pool, ws, holds)))
     running.tasks.append(asyncio.create_task(_housekeeping(running)))
     running.tasks.append(asyncio.create_task(_set_serving_when_ready(running)))
     running.tasks.append(asyncio.create_task(gcpacing.pace()))
