@@ -19,6 +19,7 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -35,6 +36,18 @@ from services.policy.service import Evaluator
 log = logging.getLogger("qm.policy.events")
 APPROVED = "request.approved"
 APPROVALS_ACTOR = "requests-service"
+
+
+T = TypeVar("T")
+
+
+async def take_all(queue: asyncio.Queue[T]) -> list[T]:
+    """Wait for one item, then take every item already queued behind it (work that
+    arrives from another thread in bursts is done once per burst)."""
+    out = [await queue.get()]
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
 
 
 class ThresholdWatch:
@@ -63,9 +76,7 @@ class ThresholdWatch:
 
     async def run(self) -> None:
         while True:
-            users = {await self._queue.get()}
-            while not self._queue.empty():
-                users.add(self._queue.get_nowait())
+            users = set(await take_all(self._queue))
             for user in users:
                 try:
                     await self._check(user)

@@ -19,7 +19,7 @@ from quartermaster.grpcserver import Served, serve
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import store
 from services.policy.admin import DirectoryServicer, PolicyAdminServicer
-from services.policy.events import Approvals, ThresholdWatch
+from services.policy.events import Approvals, ThresholdWatch, take_all
 from services.policy.holds import HoldsView
 from services.policy.service import Evaluator, LimitHolder, PolicyServicer
 from services.policy.settings import PolicySettings
@@ -111,9 +111,8 @@ class Settlements:
 
     async def run(self, pool: asyncpg.Pool, workspace_id: str, holds: HoldsView) -> None:
         while True:
-            first = await self._queue.get()
             by_period: dict[str, list[str]] = {}
-            for key, ids in (first, *_drain(self._queue)):
+            for key, ids in await take_all(self._queue):
                 # Most counted requests were never reserved: only holds are written.
                 held = holds.held_for(ids)
                 if held:
@@ -127,13 +126,6 @@ class Settlements:
                         # This replica knows anyway; one started later may count these
                         # holds until they expire.
                         log.warning("could not record %d settled requests: %s", len(chunk), exc)
-
-
-def _drain(queue: asyncio.Queue[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    out = []
-    while not queue.empty():
-        out.append(queue.get_nowait())
-    return out
 
 
 async def _refresh(running: RunningPolicy) -> None:
