@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from quartermaster.kafka import partition_of
+from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from services.metering.aggregate import (
     DlqLimit,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from quartermaster.kafka import partition_of
+from quartermaster.partitioning import partition_of
 from quartermaster.periods import PeriodKind, period_of
 from services.metering.decode import InvalidUsage, decode
 from services.metering.pricing import Price, PriceCatalog, micros_of
