@@ -1,0 +1,79 @@
+"""The Cost API (`UsageService`): requests mapped to `cost_query` inputs, validated,
+answered by the `UsageStore`.
+
+Filtering or grouping by directory group asks policy's DirectoryService for the
+groups' members per query (membership is now, and the answer is small next to the rows
+it selects): an unknown group is INVALID_ARGUMENT, a directory that can't answer is
+UNAVAILABLE naming its address.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+
+from quartermaster.directory_client import DirectoryRequestError, DirectoryUnavailable
+from quartermaster.grpcserver import abort
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from services.metering import mapping
+from services.metering.cost_query import Dimension, Members, UsageFilter
+from services.metering.usage_store import UsageStore
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Input(Protocol):
+    def problems(self) -> list[str]: ...
+
+
+async def _valid(query: _Input, context: Context) -> None:
+    """Abort with INVALID_ARGUMENT naming every bad field, if any."""
+    problems = query.problems()
+    if problems:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+
+
+class GroupDirectory(Protocol):
+    """Who is in which group now (`quartermaster.directory_client.DirectoryClient`)."""
+
+    async def group_members(self, group_ids: list[str]) -> Members: ...
+
+
+class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
+    def __init__(self, store: UsageStore, directory: GroupDirectory) -> None:
+        self._store = store
+        self._directory = directory
+
+    async def _groups(
+        self, f: UsageFilter, by_group: bool, context: Context
+    ) -> tuple[list[str] | None, Members]:
+        """(the users of the filter's groups or None, group → members to group by)."""
+        if not f.group_ids and not by_group:
+            return None, {}
+        try:
+            members = await self._directory.group_members(list(f.group_ids))
+        except DirectoryRequestError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"filter.{exc}")
+        except DirectoryUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"groups need {exc}")
+        users = sorted({u for m in members.values() for u in m}) if f.group_ids else None
+        return users, members
+
+    async def QueryUsage(
+        self, request: cost_pb2.QueryUsageRequest, context: Context
+    ) -> cost_pb2.QueryUsageResponse:
+        query = mapping.usage_query(request)
+        await _valid(query, context)
+        by_group = Dimension.GROUP in query.group_by
+        users, members = await self._groups(query.filter, by_group, context)
+        rows, truncated = await self._store.usage(query, users, members)
+        return mapping.usage_response(rows, truncated)
+
+    async def TopSpenders(
+        self, request: cost_pb2.TopSpendersRequest, context: Context
+    ) -> cost_pb2.TopSpendersResponse:
+        query = mapping.top_spenders_query(request)
+        await _valid(query, context)
+        users, _ = await self._groups(query.filter, False, context)
+        return mapping.top_spenders_response(await self._store.top_spenders(query, users))
