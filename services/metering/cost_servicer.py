@@ -16,9 +16,7 @@ import grpc
 from quartermaster.directory_client import DirectoryRequestError, DirectoryUnavailable
 from quartermaster.grpcserver import abort
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
-from services.metering import mapping
-from services.metering.cost_query import Dimension, Members, UsageFilter
-from services.metering.usage_store import UsageStore
+from services.metering import cost_query, mapping
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -34,20 +32,32 @@ async def _valid(query: _Input, context: Context) -> None:
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
 
 
+class UsageReads(Protocol):
+    """The reads the Cost API answers from (`usage_store.UsageStore`)."""
+
+    async def usage(
+        self, query: cost_query.UsageQuery, users: list[str] | None, members: cost_query.Members
+    ) -> tuple[list[cost_query.UsageRow], bool]: ...
+
+    async def top_spenders(
+        self, query: cost_query.TopSpendersQuery, users: list[str] | None
+    ) -> list[cost_query.Spender]: ...
+
+
 class GroupDirectory(Protocol):
     """Who is in which group now (`quartermaster.directory_client.DirectoryClient`)."""
 
-    async def group_members(self, group_ids: list[str]) -> Members: ...
+    async def group_members(self, group_ids: list[str]) -> cost_query.Members: ...
 
 
 class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
-    def __init__(self, store: UsageStore, directory: GroupDirectory) -> None:
+    def __init__(self, store: UsageReads, directory: GroupDirectory) -> None:
         self._store = store
         self._directory = directory
 
     async def _groups(
-        self, f: UsageFilter, by_group: bool, context: Context
-    ) -> tuple[list[str] | None, Members]:
+        self, f: cost_query.UsageFilter, by_group: bool, context: Context
+    ) -> tuple[list[str] | None, cost_query.Members]:
         """(the users of the filter's groups or None, group → members to group by)."""
         if not f.group_ids and not by_group:
             return None, {}
@@ -65,7 +75,7 @@ class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
     ) -> cost_pb2.QueryUsageResponse:
         query = mapping.usage_query(request)
         await _valid(query, context)
-        by_group = Dimension.GROUP in query.group_by
+        by_group = cost_query.Dimension.GROUP in query.group_by
         users, members = await self._groups(query.filter, by_group, context)
         rows, truncated = await self._store.usage(query, users, members)
         return mapping.usage_response(rows, truncated)

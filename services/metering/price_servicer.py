@@ -7,7 +7,7 @@ validation and its change lines live in `revisions` and `catalog_store`.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -16,15 +16,32 @@ from quartermaster.grpcserver import abort
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp
 from services.metering import mapping
-from services.metering.catalog_store import CatalogStore
-from services.metering.pricing import CatalogError
+from services.metering.pricing import CatalogDocument, CatalogError
 from services.metering.revisions import Revision
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+class Catalogs(Protocol):
+    """The revisions the servicer reads and writes (`catalog_store.CatalogStore`)."""
+
+    async def load(
+        self,
+        doc: CatalogDocument,
+        replace: bool,
+        dry_run: bool,
+        actor: str,
+        source: str,
+        now: datetime,
+    ) -> tuple[Revision | None, list[str]]: ...
+
+    async def current(self) -> Revision | None: ...
+
+    async def history(self) -> list[Revision]: ...
+
+
 class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
-    def __init__(self, store: CatalogStore, credentials: Credentials) -> None:
+    def __init__(self, store: Catalogs, credentials: Credentials) -> None:
         self._store = store
         self._credentials = credentials
 
