@@ -38,6 +38,8 @@ class DirectoryUnavailable(ConnectionError):
 
 
 class DirectoryClient:
+    """DirectoryService calls over one channel (see the module docstring for errors)."""
+
     def __init__(self, target: str, *, source: str = "", deadline_s: float = 10.0) -> None:
         """`target`: host:port of a policy server; `source`: where the address came from
         (a setting's name), quoted in errors."""

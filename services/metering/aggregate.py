@@ -88,9 +88,11 @@ class Plan:
     unpriced: dict[str, int] = field(default_factory=dict)  # model → fallback-priced events
 
     def keys(self) -> set[TotalKey]:
+        """The totals this plan changes."""
         return set(self.totals)
 
     def rollup_keys(self) -> set[RollupKey]:
+        """The hourly rollups this plan changes."""
         return set(self.rollups)
 
 
@@ -136,6 +138,10 @@ class Meter:
         return v[2], v[3]
 
     def plan(self, state: PartitionState, records: list[Record]) -> Plan:
+        """What `records` (one partition's, any order) add to `state`, summed per SumKey.
+        Reads `state`, changes nothing; bad records and events become rejects (a bug in
+        decoding too: it must not stall the partition). The hot loop of metering: every
+        line here runs once per event."""
         now = self.clock()
         now_ts = now.timestamp()
         cutoff = now_ts - self.dedupe_window.total_seconds()

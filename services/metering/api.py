@@ -30,6 +30,8 @@ PRICES_SERVICE = prices_pb2.DESCRIPTOR.services_by_name["PriceCatalogService"].f
 
 @dataclass
 class RunningApi:
+    """A started API server; `stop` ends calls, the compactor and the pool, in order."""
+
     served: Served
     api: Api
     compactor: asyncio.Task[None]

@@ -33,6 +33,8 @@ class Dimension(StrEnum):
 
 
 class Granularity(StrEnum):
+    """The bucket rows are summed over (TOTAL: the whole range)."""
+
     HOUR = "hour"
     DAY = "day"
     MONTH = "month"
@@ -52,6 +54,7 @@ class UsageFilter:
     group_ids: tuple[str, ...] = ()
 
     def problems(self, name: str = "filter") -> list[str]:
+        """Every bad field, as `{name}.field: why`."""
         out = []
         if self.start is None:
             out.append(f"{name}.start: must be set")
@@ -92,6 +95,7 @@ class UsageQuery:
     limit: int = 0  # 0: DEFAULT_LIMIT
 
     def problems(self) -> list[str]:
+        """Every bad field, the filter's first, as `field: why`."""
         out = self.filter.problems()
         seen: set[Dimension] = set()
         for i, d in enumerate(self.group_by):
@@ -120,6 +124,7 @@ class TopSpendersQuery:
     limit: int = 0
 
     def problems(self) -> list[str]:
+        """Every bad field, the filter's first, as `field: why`."""
         out = self.filter.problems()
         if not 0 <= self.limit <= MAX_TOP_SPENDERS:
             out.append(f"limit: must be between 0 and {MAX_TOP_SPENDERS}")
@@ -138,6 +143,8 @@ class UsageRow:
 
 @dataclass(frozen=True)
 class Spender:
+    """A user's spend over the range: micro-credits and events."""
+
     user_id: str
     micros: int
     events: int

@@ -51,6 +51,9 @@ class GroupDirectory(Protocol):
 
 
 class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
+    """QueryUsage and TopSpenders: map, validate (INVALID_ARGUMENT names every bad
+    field), resolve groups, read, map back."""
+
     def __init__(self, store: UsageReads, directory: GroupDirectory) -> None:
         self._store = store
         self._directory = directory

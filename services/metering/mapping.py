@@ -86,6 +86,7 @@ _GRANULARITIES = {
 
 
 def usage_filter(f: cost_pb2.UsageFilter) -> UsageFilter:
+    """The filter as asked (unset times are None; nothing is judged here)."""
     return UsageFilter(
         start=from_timestamp(f.start) if f.HasField("start") else None,
         end=from_timestamp(f.end) if f.HasField("end") else None,
@@ -98,6 +99,7 @@ def usage_filter(f: cost_pb2.UsageFilter) -> UsageFilter:
 
 
 def usage_query(req: cost_pb2.QueryUsageRequest) -> UsageQuery:
+    """The query as asked; unknown dimension codes stay ints, an unknown granularity None."""
     return UsageQuery(
         filter=usage_filter(req.filter),
         group_by=tuple(_DIMENSIONS.get(d, int(d)) for d in req.group_by),
@@ -107,10 +109,12 @@ def usage_query(req: cost_pb2.QueryUsageRequest) -> UsageQuery:
 
 
 def top_spenders_query(req: cost_pb2.TopSpendersRequest) -> TopSpendersQuery:
+    """The question as asked."""
     return TopSpendersQuery(filter=usage_filter(req.filter), limit=req.limit)
 
 
 def usage_response(rows: Sequence[UsageRow], truncated: bool) -> cost_pb2.QueryUsageResponse:
+    """The answer rows in order; `truncated`: more rows matched than were sent."""
     out = cost_pb2.QueryUsageResponse(truncated=truncated)
     for r in rows:
         fields: dict[str, Any] = {**r.counters, **r.dimensions}
@@ -122,6 +126,7 @@ def usage_response(rows: Sequence[UsageRow], truncated: bool) -> cost_pb2.QueryU
 
 
 def top_spenders_response(spenders: Sequence[Spender]) -> cost_pb2.TopSpendersResponse:
+    """The spenders in order, micros in micro-credits."""
     return cost_pb2.TopSpendersResponse(
         spenders=[
             cost_pb2.Spender(user_id=s.user_id, micros=s.micros, events=s.events) for s in spenders
@@ -138,6 +143,7 @@ _FORMATS = {
 
 
 def price_load(req: prices_pb2.LoadPricesRequest) -> PriceLoad:
+    """The load as asked; an unknown or unset format is None."""
     return PriceLoad(
         document=req.document,
         format=_FORMATS.get(req.format),

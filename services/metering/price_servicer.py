@@ -41,6 +41,9 @@ class Catalogs(Protocol):
 
 
 class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
+    """LoadPrices (admins only; a new revision, or the changes on a dry run), ListPrices
+    (in force now or `at`), PriceHistory (every revision, or one model's)."""
+
     def __init__(self, store: Catalogs, credentials: Credentials) -> None:
         self._store = store
         self._credentials = credentials

@@ -88,6 +88,8 @@ def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[
 
 
 class CatalogFormat(StrEnum):
+    """How a catalog document is written (see `pricing.parse_yaml` / `parse_csv`)."""
+
     YAML = "yaml"
     CSV = "csv"
 

@@ -91,6 +91,7 @@ class PartitionState:
     rollup_horizon: dict[str, int] = field(default_factory=dict)
 
     def rollups_to_load(self, keys: set[RollupKey]) -> set[RollupKey]:
+        """Those of `keys` that Postgres may hold but this state does not."""
         never = -(2**62)
         return {
             k for k in keys

@@ -45,6 +45,7 @@ class Counting:
 
 
 def burn_rule(settings: MeteringSettings) -> BurnRule:
+    """The burn-rate rule from QM_METERING_BURN_* (credits converted to micro-credits)."""
     return BurnRule(
         window_minutes=settings.burn_window_minutes,
         multiple=settings.burn_multiple,
