@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import asyncpg
 import faust
 
 from quartermaster import telemetry
@@ -27,7 +28,13 @@ def main() -> None:
     # bound to it, and the agent gets a finished graph instead of building it late.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    counting = loop.run_until_complete(build_counting(settings, catalog))
+    try:
+        counting = loop.run_until_complete(build_counting(settings, catalog))
+    except (OSError, asyncpg.PostgresError) as exc:
+        # Before joining the consumer group: a worker that can't count must not own
+        # partitions. The supervisor restarts it.
+        sys.stderr.write(f"metering: cannot start on Postgres (QM_DATABASE_URL): {exc}\n")
+        raise SystemExit(1) from None
     app = create_app(settings, counting)
     # Not faust's CLI: its `worker` command turns the web server back on (port 6066).
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
