@@ -1,18 +1,23 @@
-"""Kafka adapters shared by the services (confluent-kafka)."""
+"""Kafka adapters shared by the services (confluent-kafka).
+
+`partition_of` lives in the pure `quartermaster.partitioning` and is re-exported here
+for callers that already hold this module.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 
-from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from quartermaster.partitioning import partition_of
 from quartermaster.topics import SPECS
+
+__all__ = ["OutRecord", "Publisher", "ensure_topics", "partition_of", "producer"]
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +51,6 @@ def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> Non
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2: the Java client, aiokafka,
-    faust, librdkafka's murmur2_random) picks for `key`."""
-    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def producer(bootstrap: str, **config: object) -> Producer:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from confluent_kafka import KafkaException
 
 from quartermaster import kafka
-from quartermaster.kafka import partition_of
+from quartermaster.partitioning import partition_of
 from quartermaster.telemetry import inject_headers
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, USAGE_BATCH_TYPE, Topic
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent

@@ -46,10 +46,10 @@ from quartermaster.periods import PeriodKind, period_of
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
-from services.metering.aggregate import periods_at
 from services.metering.decode import epoch_seconds, tokens, validate
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
+from services.metering.state import periods_at
 from services.policy.totals import TotalsView
 
 ROOT = Path(__file__).resolve().parent.parent

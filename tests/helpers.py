@@ -1,4 +1,5 @@
-"""Producing usage, reading topics and waiting, for the integration tests."""
+"""Producing usage, reading topics and waiting, for the integration tests; serving a
+servicer in process, for the tests without infrastructure."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -127,3 +130,30 @@ def scrape(addr: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total = (total or 0.0) + sample.value
     return total
+
+
+@asynccontextmanager
+async def in_process_server(
+    add: Callable[[grpc.aio.Server], None],
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A real grpc.aio server on a free port around the servicers `add` registers, and
+    a channel to it (servicer tests without infrastructure: the real servicer, small
+    fakes of its stores)."""
+    server = grpc.aio.server()
+    add(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
+async def refusal(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
+    """(status code, details) of a gRPC call that must fail; AssertionError if it didn't."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    raise AssertionError("the call succeeded")

@@ -5,17 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from quartermaster.kafka import partition_of
+from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
-from services.metering.aggregate import (
-    DlqLimit,
-    Meter,
-    PartitionState,
-    Record,
-    id_hash,
-)
+from services.metering.aggregate import Meter, Record
+from services.metering.dlq_limit import DlqLimit
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
+from services.metering.state import PartitionState, id_hash
 from tests.helpers import usage
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from quartermaster import kafka
-from quartermaster.kafka import partition_of
 from quartermaster.localinfra.stack import Infra
+from quartermaster.partitioning import partition_of
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2

@@ -1,110 +1,42 @@
 """The metering arithmetic, without I/O: what one batch of one partition changes.
 
-State is kept per partition because every event of a user lands in one partition
-(Kafka's murmur2 partitioner on user_id), so one worker owns a user's totals at a
-time. `plan()` prices records' events and sums them once per (user, minute,
-product, model, cost center, workspace) as it reads them, keeping rejects apart and
-skipping records already counted (offset below the stored one) and event_ids seen in
-the last `dedupe_window`; the period totals, hourly rollups and burn-rate minutes of
-the batch are derived from those sums. `fold()` then computes the new absolute
-totals. The caller writes them, the seen ids and the next offset to Postgres in one
-transaction, and only then updates the state with `apply()`.
+`plan()` prices records' events and sums them once per (user, minute, product, model,
+cost center, workspace) as it reads them, keeping rejects apart and skipping records
+already counted (offset below the stored one) and event_ids seen in the last
+`dedupe_window`; the period totals, hourly rollups and burn-rate minutes of the batch
+are derived from those sums. `fold()` then computes the new absolute totals. The
+caller writes them, the seen ids and the next offset to Postgres in one transaction,
+and only then updates the state with `apply()` (see `processor.Processor`).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from quartermaster.kafka import partition_of
-from quartermaster.periods import PeriodKind, period_of
+from quartermaster.partitioning import partition_of
 from services.metering.decode import InvalidUsage, decode
 from services.metering.pricing import Price, PriceCatalog, micros_of
-
-PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
-
-# (user_id, period kind, period key)
-TotalKey = tuple[str, str, str]
-# (grain, bucket start as epoch seconds, user_id, product, model, cost center).
-# metering writes hourly rollups only; the Cost API compacts them into daily ones
-# (services/metering/compaction.py), off the counting path.
-RollupKey = tuple[str, int, str, str, str, str]
-GRAINS = ("hour",)
-COST_CENTER = "cost_center"  # the UsageEvent attribute rollups group by
-HOUR = 3600
-
-
-def id_hash(event_id: str) -> int:
-    """64-bit signed hash of an event_id: what dedupe remembers (8 bytes, not the id)."""
-    return int.from_bytes(
-        hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True
-    )
-
-
-@dataclass(frozen=True)
-class Total:
-    workspace_id: str
-    period_start: datetime
-    period_end: datetime
-    used_micros: int
-    event_count: int
-    fallback_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Rollup:
-    """One user's usage of one product and model in one hour (absolute)."""
-
-    workspace_id: str
-    input_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    micros: int
-    events: int
-    fallback_events: int
-
-
-# Rollup's counters in field order: the columns of metering.rollups_hourly/_daily
-# that are sums (the store, compaction and the Cost API build their SQL from this).
-ROLLUP_COUNTERS = (
-    "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-    "reasoning_tokens", "micros", "events", "fallback_events",
-)  # fmt: skip
-
-
-@dataclass
-class PartitionState:
-    partition: int
-    # The first offset not yet counted; records below it were counted already.
-    next_offset: int
-    # id_hash → when it was first counted (epoch seconds)
-    seen: dict[int, float] = field(default_factory=dict)
-    totals: dict[TotalKey, Total] = field(default_factory=dict)
-    # recent hourly and daily rollups; older ones are reloaded from Postgres when touched
-    rollups: dict[RollupKey, Rollup] = field(default_factory=dict)
-    # grain → the newest bucket start Postgres may hold a row for that is not in
-    # `rollups`. A key past it is new: this worker is the partition's only writer
-    # since it loaded it, and everything it wrote is in `rollups` (or raised this
-    # mark when it was dropped). Saves looking up every key of every new hour.
-    rollup_horizon: dict[str, int] = field(default_factory=dict)
-
-    def rollups_to_load(self, keys: set[RollupKey]) -> set[RollupKey]:
-        never = -(2**62)
-        return {
-            k for k in keys
-            if k not in self.rollups and k[1] <= self.rollup_horizon.get(k[0], never)
-        }  # fmt: skip
+from services.metering.state import (
+    COST_CENTER,
+    HOUR,
+    ROLLUP_COUNTERS,
+    PartitionState,
+    Rollup,
+    RollupKey,
+    Total,
+    TotalKey,
+    id_hash,
+    periods_at,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """One Kafka record of `qm.usage.v1`, as the consumer hands it over."""
+
     partition: int
     offset: int
     key: bytes | None
@@ -114,14 +46,12 @@ class Record:
 
 @dataclass(frozen=True)
 class Reject:
+    """A record or event for the DLQ: its original bytes and why it was refused."""
+
     offset: int
     key: bytes | None
     value: bytes
     reason: str
-
-
-# (kind, key, start, end) for each budget period kind, in PERIOD_KINDS order
-Periods = tuple[tuple[str, str, datetime, datetime], ...]
 
 
 # (user_id, occurred_at's epoch minute, product, model, cost center, workspace): the
@@ -158,33 +88,20 @@ class Plan:
     unpriced: dict[str, int] = field(default_factory=dict)  # model → fallback-priced events
 
     def keys(self) -> set[TotalKey]:
+        """The totals this plan changes."""
         return set(self.totals)
 
     def rollup_keys(self) -> set[RollupKey]:
+        """The hourly rollups this plan changes."""
         return set(self.rollups)
 
 
-_BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
-
-
-def periods_at(at: float, tz: ZoneInfo) -> Periods:
-    """The day, week and month containing epoch second `at` (cached per 15-minute
-    bucket, which is exact: a local midnight always falls on a 15-minute UTC boundary)."""
-    bucket = int(at // _BUCKET)
-    return _periods_of_bucket(bucket, tz)
-
-
-@functools.lru_cache(maxsize=8192)
-def _periods_of_bucket(bucket: int, tz: ZoneInfo) -> Periods:
-    at = datetime.fromtimestamp(bucket * _BUCKET, UTC)
-    out = []
-    for kind in PERIOD_KINDS:
-        period = period_of(kind, at, tz)
-        out.append((kind.value, period.key, period.start, period.end))
-    return tuple(out)
-
-
 class Meter:
+    """Plans, folds and applies batches of one partition (see the module docstring).
+
+    `catalog` may be replaced between batches (a new price revision): a batch is
+    planned with one catalog."""
+
     def __init__(
         self,
         catalog: PriceCatalog,
@@ -196,7 +113,7 @@ class Meter:
         clock: Callable[[], datetime],
     ) -> None:
         self._versions: dict[str, tuple[float, float, Price, bool]] = {}
-        self.catalog = catalog
+        self.use_catalog(catalog)
         self.tz = tz
         self.partitions = partitions
         self.default_workspace = default_workspace
@@ -208,8 +125,8 @@ class Meter:
     def catalog(self) -> PriceCatalog:
         return self._catalog
 
-    @catalog.setter
-    def catalog(self, catalog: PriceCatalog) -> None:
+    def use_catalog(self, catalog: PriceCatalog) -> None:
+        """Price the next batches with `catalog` (a new revision came in force)."""
         self._catalog = catalog
         self._versions = {}  # model → (from, until, price, fallback) last used
 
@@ -221,6 +138,10 @@ class Meter:
         return v[2], v[3]
 
     def plan(self, state: PartitionState, records: list[Record]) -> Plan:
+        """What `records` (one partition's, any order) add to `state`, summed per SumKey.
+        Reads `state`, changes nothing; bad records and events become rejects (a bug in
+        decoding too: it must not stall the partition). The hot loop of metering: every
+        line here runs once per event."""
         now = self.clock()
         now_ts = now.timestamp()
         cutoff = now_ts - self.dedupe_window.total_seconds()
@@ -388,29 +309,3 @@ class Meter:
             grain = rkey[0]
             state.rollup_horizon[grain] = max(state.rollup_horizon.get(grain, rkey[1]), rkey[1])
         return len(old)
-
-
-class DlqLimit:
-    """Stops DLQ routing when most recent records are invalid (a bad deploy upstream).
-
-    Over the last `window` records, if more than `max_ratio` are invalid and at least
-    `min_invalid` of them, `tripped()` is true: the worker then pauses instead of
-    draining a whole topic into the DLQ.
-    """
-
-    def __init__(self, window: int, max_ratio: float, min_invalid: int) -> None:
-        self._recent: deque[bool] = deque(maxlen=window)
-        self.max_ratio = max_ratio
-        self.min_invalid = min_invalid
-
-    def tripped(self, valid: int, invalid: int) -> bool:
-        """Would recording this batch trip the limit? (Nothing is recorded.)"""
-        n = valid + invalid
-        keep = max(0, (self._recent.maxlen or 0) - n)
-        recent = list(self._recent)[-keep:] if keep else []
-        bad = recent.count(False) + invalid
-        total = len(recent) + n
-        return bad >= self.min_invalid and bad > self.max_ratio * total
-
-    def record(self, valid: int, invalid: int) -> None:
-        self._recent.extend([True] * valid + [False] * invalid)

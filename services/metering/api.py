@@ -13,16 +13,12 @@ import asyncpg
 import grpc
 
 from quartermaster import telemetry
-from quartermaster.credentials import Credentials
-from quartermaster.db import connect_pool
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
-from services.metering.catalog import CatalogStore, PriceCatalogServicer
 from services.metering.compaction import compact
-from services.metering.costs import Directory, UsageServicer
-from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
+from services.metering.wiring import Api, build_api
 
 log = logging.getLogger("qm.metering.api")
 # Recompute days whose hourly rows changed this long before the last run too: a
@@ -34,18 +30,19 @@ PRICES_SERVICE = prices_pb2.DESCRIPTOR.services_by_name["PriceCatalogService"].f
 
 @dataclass
 class RunningApi:
+    """A started API server; `stop` ends calls, the compactor and the pool, in order."""
+
     served: Served
-    pool: asyncpg.Pool
+    api: Api
     compactor: asyncio.Task[None]
-    directory: Directory
 
     async def stop(self, grace: float) -> None:
         await self.served.stop(grace)
-        await self.directory.close()
+        await self.api.directory.close()
         self.compactor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.compactor
-        await self.pool.close()
+        await self.api.pool.close()
 
 
 async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> None:
@@ -59,27 +56,15 @@ async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> No
 
 
 async def start(settings: MeteringSettings, addr: str | None = None) -> RunningApi:
-    pool = await connect_pool(settings.database_url)
-    catalogs = CatalogStore(pool)
-    try:
-        await catalogs.seed(PriceCatalog.from_file(settings.prices_file), str(settings.prices_file))
-    except BaseException:
-        await pool.close()
-        raise
+    """Serve the Cost API and the price catalog on `addr` (default QM_USAGE_API_ADDR;
+    port 0 picks a free one) and compact daily rollups every QM_METERING_COMPACT_SECONDS."""
+    api = await build_api(settings)
     server = grpc.aio.server()
-    directory = Directory(settings.directory_addr)
-    cost_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(pool, settings.timezone, directory), server
-    )
-    prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(
-        PriceCatalogServicer(catalogs, Credentials(settings.admin_credentials, "load prices")),
-        server,
-    )
+    cost_pb2_grpc.add_UsageServiceServicer_to_server(api.usage, server)
+    prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(api.prices, server)
     served = await serve(addr or settings.api_addr, [SERVICE_NAME, PRICES_SERVICE], server)
     await served.set_serving(True)
-    return RunningApi(
-        served, pool, asyncio.create_task(_compact_forever(pool, settings)), directory
-    )
+    return RunningApi(served, api, asyncio.create_task(_compact_forever(api.pool, settings)))
 
 
 async def _serve(settings: MeteringSettings) -> None:

@@ -22,6 +22,8 @@ MINUTE = 60
 
 @dataclass(frozen=True)
 class BurnRule:
+    """When a user's spend counts as burning (see the module docstring)."""
+
     window_minutes: int = 10
     multiple: float = 5.0
     min_per_hour: int = 5_000_000  # micros an hour: 5 credits
@@ -54,6 +56,8 @@ class Burn:
 
 
 class BurnRate:
+    """Every user's recent spend per minute and baseline; `add` events, then `check`."""
+
     def __init__(self, rule: BurnRule) -> None:
         self.rule = rule
         self._users: dict[str, _User] = {}

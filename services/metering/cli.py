@@ -28,8 +28,8 @@ import grpc
 from quartermaster.money import credits
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
-from services.metering.aggregate import ROLLUP_COUNTERS
 from services.metering.settings import MeteringSettings
+from services.metering.state import ROLLUP_COUNTERS
 
 DIMENSIONS = {
     "user": cost_pb2.DIMENSION_USER,

@@ -25,6 +25,9 @@ OTHER = "(other)"
 
 
 class MeteringMetrics:
+    """The instruments above; `counted` records a committed batch, `paused` is read by
+    the gauge."""
+
     def __init__(self) -> None:
         meter = metrics.get_meter("qm.metering")
         self._events = meter.create_counter(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from quartermaster.adapters import (
+from quartermaster.provider_usage import (
     UsageMissing,
     from_anthropic_message,
     from_anthropic_stream,

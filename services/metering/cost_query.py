@@ -1,0 +1,162 @@
+"""The Cost API's questions and answers, without I/O: what may be asked, and in what terms.
+
+An hour counts in a query when it starts inside [start, end). Day and month buckets
+are calendar days and months in the workspace's time zone. Inputs validate themselves
+(`problems()` names every bad field at once, as `field: why`); the servicer turns that
+into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from quartermaster.periods import PeriodKind, period_of
+
+MAX_RANGE = timedelta(days=400)
+DEFAULT_LIMIT = 10_000
+MAX_LIMIT = 100_000
+MAX_TOP_SPENDERS = 1000
+DEFAULT_TOP_SPENDERS = 10
+
+
+class Dimension(StrEnum):
+    """What rows may be grouped by; the value is the rollup column (or `group_id`)."""
+
+    USER = "user_id"
+    PRODUCT = "product"
+    MODEL = "model"
+    COST_CENTER = "cost_center"
+    GROUP = "group_id"
+
+
+class Granularity(StrEnum):
+    """The bucket rows are summed over (TOTAL: the whole range)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """Which usage: [start, end) (None: not given) and, when non-empty, only these."""
+
+    start: datetime | None
+    end: datetime | None
+    user_ids: tuple[str, ...] = ()
+    products: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    cost_centers: tuple[str, ...] = ()
+    group_ids: tuple[str, ...] = ()
+
+    def problems(self, name: str = "filter") -> list[str]:
+        """Every bad field, as `{name}.field: why`."""
+        out = []
+        if self.start is None:
+            out.append(f"{name}.start: must be set")
+        if self.end is None:
+            out.append(f"{name}.end: must be set")
+        if self.start is not None and self.end is not None:
+            if self.end <= self.start:
+                out.append(f"{name}.end: must be after {name}.start")
+            elif self.end - self.start > MAX_RANGE:
+                out.append(f"{name}.end: at most {MAX_RANGE.days} days after {name}.start")
+        for values, what in (
+            (self.user_ids, "user_ids"),
+            (self.products, "products"),
+            (self.models, "models"),
+            (self.group_ids, "group_ids"),
+        ):
+            if any(not v.strip() for v in values):
+                out.append(f"{name}.{what}: empty values are not allowed")
+        return out
+
+    def window(self) -> tuple[datetime, datetime]:
+        """(start, end); only for a filter without problems."""
+        assert self.start is not None
+        assert self.end is not None
+        return self.start, self.end
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    """Usage rows summed per bucket of `granularity` and the `group_by` dimensions.
+
+    An `int` in `group_by` is a dimension code the API does not know, and `granularity`
+    None one it does not know or none: both are kept so `problems()` can name them."""
+
+    filter: UsageFilter
+    group_by: tuple[Dimension | int, ...] = ()
+    granularity: Granularity | None = None
+    limit: int = 0  # 0: DEFAULT_LIMIT
+
+    def problems(self) -> list[str]:
+        """Every bad field, the filter's first, as `field: why`."""
+        out = self.filter.problems()
+        seen: set[Dimension] = set()
+        for i, d in enumerate(self.group_by):
+            if not isinstance(d, Dimension):
+                out.append(f"group_by[{i}]: unknown dimension {d}")
+            elif d in seen:
+                out.append(f"group_by[{i}]: DIMENSION_{d.name} twice")
+            else:
+                seen.add(d)
+        if self.granularity is None:
+            out.append("granularity: must be HOUR, DAY, MONTH or TOTAL")
+        if not 0 <= self.limit <= MAX_LIMIT:
+            out.append(f"limit: must be between 0 and {MAX_LIMIT}")
+        return out
+
+    def dimensions(self) -> list[Dimension]:
+        """`group_by` as known dimensions (only for a query without problems)."""
+        return [d for d in self.group_by if isinstance(d, Dimension)]
+
+
+@dataclass(frozen=True)
+class TopSpendersQuery:
+    """The users who spent most under `filter`, most first (limit 0: 10)."""
+
+    filter: UsageFilter
+    limit: int = 0
+
+    def problems(self) -> list[str]:
+        """Every bad field, the filter's first, as `field: why`."""
+        out = self.filter.problems()
+        if not 0 <= self.limit <= MAX_TOP_SPENDERS:
+            out.append(f"limit: must be between 0 and {MAX_TOP_SPENDERS}")
+        return out
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One answer row: its bucket's start (None for TOTAL), the values of the grouped
+    dimensions (by column), and the summed rollup counters (by `ROLLUP_COUNTERS` name)."""
+
+    bucket_start: datetime | None
+    dimensions: dict[str, str] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spender:
+    """A user's spend over the range: micro-credits and events."""
+
+    user_id: str
+    micros: int
+    events: int
+
+
+# group id → its members now
+Members = dict[str, tuple[str, ...]]
+
+
+def whole_days(start: datetime, end: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[a, b): the whole local days inside [start, end), empty (a == b) if none."""
+    first = period_of(PeriodKind.DAY, start, tz)
+    a = start if first.start == start else first.end
+    b = period_of(PeriodKind.DAY, end, tz).start
+    return (a, b) if a < b else (end, end)

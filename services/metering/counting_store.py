@@ -1,0 +1,185 @@
+"""metering's counting state in Postgres: offsets (the fence), totals and seen event ids.
+
+`commit()` writes one partition's batch in one transaction, guarded by the offset
+it started from (a fence): if another worker advanced the partition meanwhile, it
+writes nothing and returns False, and the caller reloads and tries again. The batch's
+hourly rollups are written in the same transaction (`RollupStore.write`), so totals,
+rollups, seen ids and the offset are all of one batch or none of it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from services.metering.rollup_store import RollupStore
+from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
+
+
+class CountingStore:
+    """One consumer's (`consumer`, `topic`) offsets, totals and seen ids."""
+
+    def __init__(self, pool: asyncpg.Pool, consumer: str, topic: str, rollups: RollupStore) -> None:
+        self.pool = pool
+        self.consumer = consumer
+        self.topic = topic
+        self._rollups = rollups
+
+    async def load_partition(self, partition: int, seen_since: datetime) -> PartitionState:
+        """A partition's state to count from: its next offset (0 when new), the event ids
+        seen since `seen_since`, and its rollup horizon. Totals load on demand."""
+        async with self.pool.acquire() as conn:
+            offset = await conn.fetchval(
+                "SELECT next_offset FROM metering.offsets"
+                " WHERE consumer = $1 AND topic = $2 AND partition = $3",
+                self.consumer,
+                self.topic,
+                partition,
+            )
+            rows = await conn.fetch(
+                "SELECT id_hash, seen_at FROM metering.seen_events"
+                " WHERE partition = $1 AND seen_at >= $2",
+                partition,
+                seen_since,
+            )
+            horizon = await self._rollups.horizon(conn, partition)
+        return PartitionState(
+            partition=partition,
+            next_offset=offset or 0,
+            seen={r["id_hash"]: r["seen_at"].timestamp() for r in rows},
+            rollup_horizon=horizon,
+        )
+
+    async def load_totals(self, keys: set[TotalKey]) -> dict[TotalKey, Total]:
+        """The stored totals of `keys` (absent keys have none yet)."""
+        if not keys:
+            return {}
+        users, kinds, periods = (list(x) for x in zip(*keys, strict=True))
+        rows = await self.pool.fetch(
+            """
+            SELECT t.* FROM metering.totals t
+            JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(subject_id, kind, key)
+              ON t.subject_kind = 'user' AND t.subject_id = k.subject_id
+             AND t.period_kind = k.kind AND t.period_key = k.key
+            """,
+            users,
+            kinds,
+            periods,
+        )
+        return {
+            (r["subject_id"], r["period_kind"], r["period_key"]): Total(
+                r["workspace_id"], r["period_start"], r["period_end"],
+                r["used_micros"], r["event_count"], r["fallback_count"],
+            )
+            for r in rows
+        }  # fmt: skip
+
+    async def commit(
+        self,
+        partition: int,
+        expected_offset: int,
+        next_offset: int,
+        totals: dict[TotalKey, Total],
+        seen: dict[int, float],
+        rollups: dict[RollupKey, Rollup],
+    ) -> bool:
+        """Write a batch's absolute totals, rollups and seen ids and move the offset from
+        `expected_offset` to `next_offset`, in one transaction; False (nothing written)
+        when the stored offset is not `expected_offset` (another worker moved it).
+        asyncpg errors propagate; the transaction is then rolled back."""
+        now = datetime.now(UTC)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if not await self._advance(conn, partition, expected_offset, next_offset):
+                    # Raising rolls the transaction back; nothing of this batch is written.
+                    raise _Fenced
+                await _write_totals(conn, partition, totals, now)
+                await self._rollups.write(conn, partition, rollups, now)
+                await _write_seen(conn, partition, seen)
+        except _Fenced:
+            return False
+        return True
+
+    async def _advance(
+        self, conn: asyncpg.Connection, partition: int, expected: int, next_offset: int
+    ) -> bool:
+        """Move the partition's offset if it still is `expected` (the fence)."""
+        if expected == 0:
+            moved = await conn.fetchval(
+                """
+                INSERT INTO metering.offsets (consumer, topic, partition, next_offset)
+                VALUES ($1, $2, $3, $4)
+                ON CONFLICT (consumer, topic, partition) DO UPDATE
+                    SET next_offset = EXCLUDED.next_offset, updated_at = now()
+                    WHERE metering.offsets.next_offset = 0
+                RETURNING 1
+                """,
+                self.consumer, self.topic, partition, next_offset,
+            )  # fmt: skip
+        else:
+            moved = await conn.fetchval(
+                """
+                UPDATE metering.offsets SET next_offset = $5, updated_at = now()
+                WHERE consumer = $1 AND topic = $2 AND partition = $3 AND next_offset = $4
+                RETURNING 1
+                """,
+                self.consumer, self.topic, partition, expected, next_offset,
+            )  # fmt: skip
+        return moved is not None
+
+    async def prune_seen(self, before: datetime) -> int:
+        """Forget event ids seen before `before`; how many were forgotten."""
+        status = await self.pool.execute(
+            "DELETE FROM metering.seen_events WHERE seen_at < $1", before
+        )
+        return int(status.split()[-1])
+
+
+async def _write_totals(
+    conn: asyncpg.Connection, partition: int, totals: dict[TotalKey, Total], now: datetime
+) -> None:
+    if not totals:
+        return
+    keys = list(totals)
+    vals = [totals[k] for k in keys]
+    await conn.execute(
+        """
+        INSERT INTO metering.totals AS t (subject_kind, subject_id, period_kind,
+            period_key, workspace_id, partition, period_start, period_end,
+            used_micros, event_count, fallback_count, updated_at)
+        SELECT 'user', u, k, p, w, $11, s, e, m, c, f, $10
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                    $5::timestamptz[], $6::timestamptz[], $7::bigint[],
+                    $8::bigint[], $9::bigint[]) AS x(u, k, p, w, s, e, m, c, f)
+        ON CONFLICT (subject_kind, subject_id, period_kind, period_key) DO UPDATE
+            SET used_micros = EXCLUDED.used_micros,
+                event_count = EXCLUDED.event_count,
+                fallback_count = EXCLUDED.fallback_count,
+                updated_at = EXCLUDED.updated_at
+        """,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        [v.workspace_id for v in vals], [v.period_start for v in vals],
+        [v.period_end for v in vals], [v.used_micros for v in vals],
+        [v.event_count for v in vals], [v.fallback_count for v in vals],
+        now, partition,
+    )  # fmt: skip
+
+
+async def _write_seen(conn: asyncpg.Connection, partition: int, seen: dict[int, float]) -> None:
+    if not seen:
+        return
+    await conn.execute(
+        """
+        INSERT INTO metering.seen_events (partition, id_hash, seen_at)
+        SELECT $1, h, to_timestamp(t) FROM unnest($2::bigint[], $3::float8[]) AS x(h, t)
+        ON CONFLICT (partition, id_hash) DO UPDATE SET seen_at = EXCLUDED.seen_at
+        """,
+        partition,
+        list(seen),
+        list(seen.values()),
+    )
+
+
+class _Fenced(Exception):
+    """Another worker advanced this partition: this batch must be planned again."""

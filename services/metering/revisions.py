@@ -1,0 +1,127 @@
+"""The price catalog's revisions, without I/O: what a load changes, and a load's input.
+
+Every load makes a new revision holding the whole catalog after it (see
+`catalog_store`). `merge` computes that catalog, `changes` the lines a person reads
+about it, and `PriceLoad` is the load request, which validates itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from services.metering.pricing import (
+    CatalogDocument,
+    Price,
+    PriceCatalog,
+    parse_csv,
+    parse_yaml,
+)
+
+MAX_DOCUMENT = 4 * 1024 * 1024  # characters
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One load of the catalog: who, when, how, what changed, and the catalog after it."""
+
+    revision: int
+    loaded_at: datetime
+    loaded_by: str
+    mode: str
+    source: str
+    changes: list[str]
+    catalog: PriceCatalog
+
+
+def _prices(p: Price) -> str:
+    return ", ".join(f"{k} {v}" for k, v in asdict(p).items())
+
+
+def _price_diff(a: Price, b: Price) -> str:
+    old, new = asdict(a), asdict(b)
+    return ", ".join(f"{k} {old[k]} -> {new[k]}" for k in old if old[k] != new[k])
+
+
+def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> PriceCatalog:
+    """The catalog after loading `doc` on top of `old` (or instead of it)."""
+    if replace or old is None:
+        where = "document" if replace else "document (the first catalog)"
+        return PriceCatalog.whole(doc, where)
+    models = {m: list(v) for m, v in old.models.items()}
+    for model, versions in doc.models.items():
+        by_start = dict(models.get(model, []))
+        by_start.update(versions)  # the same effective_from: the document's price wins
+        models[model] = sorted(by_start.items())
+    return PriceCatalog(models, doc.fallback or old.fallback)
+
+
+def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[str]:
+    """One line a person can read per difference between two catalogs."""
+    out: list[str] = []
+    if old is None:
+        out.append(f"fallback: {_prices(new.fallback)}")
+    elif old.fallback != new.fallback:
+        out.append(f"fallback: {_price_diff(old.fallback, new.fallback)}")
+    before = old.models if old is not None else {}
+    for model in sorted(before.keys() | new.models.keys()):
+        a, b = dict(before.get(model, [])), dict(new.models.get(model, []))
+        if not b:
+            out.append(f"{model}: removed ({len(a)} version(s)); the fallback prices it now")
+            continue
+        for start in sorted(a.keys() | b.keys()):
+            when = start.isoformat()
+            late = (
+                " (already in force: it prices events counted from now on, not those counted"
+                " before)"
+                if start <= now and old is not None
+                else ""
+            )
+            if start not in b:
+                out.append(f"{model}: version from {when} removed")
+            elif start not in a:
+                out.append(f"{model}: new version from {when}: {_prices(b[start])}{late}")
+            elif a[start] != b[start]:
+                out.append(f"{model}: version from {when}: {_price_diff(a[start], b[start])}{late}")
+    return out
+
+
+class CatalogFormat(StrEnum):
+    """How a catalog document is written (see `pricing.parse_yaml` / `parse_csv`)."""
+
+    YAML = "yaml"
+    CSV = "csv"
+
+
+_PARSERS = {CatalogFormat.YAML: parse_yaml, CatalogFormat.CSV: parse_csv}
+
+
+@dataclass(frozen=True)
+class PriceLoad:
+    """A request to load a catalog document: on top of the catalog in force, or
+    instead of it (`replace`); `dry_run` reports the changes and writes nothing.
+    `format` is None when the caller named none (or one this version doesn't know)."""
+
+    document: str
+    format: CatalogFormat | None
+    source: str = ""
+    replace: bool = False
+    dry_run: bool = False
+
+    def problems(self) -> list[str]:
+        """Every bad field, each as `field: why` (empty when the load may go ahead)."""
+        out = []
+        if not self.document.strip():
+            out.append("document: empty")
+        elif len(self.document) > MAX_DOCUMENT:
+            out.append(f"document: larger than {MAX_DOCUMENT} characters")
+        if self.format is None:
+            out.append("format: required, CATALOG_FORMAT_YAML or CATALOG_FORMAT_CSV")
+        return out
+
+    def parse(self) -> CatalogDocument:
+        """The document parsed (call after `problems()` came back empty); CatalogError
+        names the place that is wrong."""
+        assert self.format is not None
+        return _PARSERS[self.format](self.document, self.source or "document")

@@ -1,0 +1,123 @@
+"""What metering has counted, per partition: the absolute totals, hourly rollups and
+recently seen event ids of the users whose events land in one partition.
+
+Pure data (no I/O): the counting store loads and writes it, `aggregate.Meter` computes
+what a batch changes in it. Every event of a user lands in one partition (Kafka's
+murmur2 partitioner on user_id), so one worker owns a user's state at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from quartermaster.periods import PeriodKind, period_of
+
+PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
+
+# (user_id, period kind, period key)
+TotalKey = tuple[str, str, str]
+# (grain, bucket start as epoch seconds, user_id, product, model, cost center).
+# metering writes hourly rollups only; the Cost API compacts them into daily ones
+# (services/metering/compaction.py), off the counting path.
+RollupKey = tuple[str, int, str, str, str, str]
+GRAINS = ("hour",)
+COST_CENTER = "cost_center"  # the UsageEvent attribute rollups group by
+HOUR = 3600
+
+
+def id_hash(event_id: str) -> int:
+    """64-bit signed hash of an event_id: what dedupe remembers (8 bytes, not the id)."""
+    return int.from_bytes(
+        hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+@dataclass(frozen=True)
+class Total:
+    """One user's absolute spend in one budget period (micro-credits, event counts)."""
+
+    workspace_id: str
+    period_start: datetime
+    period_end: datetime
+    used_micros: int
+    event_count: int
+    fallback_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One user's usage of one product and model in one hour (absolute)."""
+
+    workspace_id: str
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    micros: int
+    events: int
+    fallback_events: int
+
+
+# Rollup's counters in field order: the columns of metering.rollups_hourly/_daily
+# that are sums (the store, compaction and the Cost API build their SQL from this).
+ROLLUP_COUNTERS = (
+    "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "micros", "events", "fallback_events",
+)  # fmt: skip
+
+
+@dataclass
+class PartitionState:
+    """Everything counted for one partition that a batch may need: what Postgres holds,
+    minus what was dropped as expired (reloaded when touched)."""
+
+    partition: int
+    # The first offset not yet counted; records below it were counted already.
+    next_offset: int
+    # id_hash → when it was first counted (epoch seconds)
+    seen: dict[int, float] = field(default_factory=dict)
+    totals: dict[TotalKey, Total] = field(default_factory=dict)
+    # recent hourly and daily rollups; older ones are reloaded from Postgres when touched
+    rollups: dict[RollupKey, Rollup] = field(default_factory=dict)
+    # grain → the newest bucket start Postgres may hold a row for that is not in
+    # `rollups`. A key past it is new: this worker is the partition's only writer
+    # since it loaded it, and everything it wrote is in `rollups` (or raised this
+    # mark when it was dropped). Saves looking up every key of every new hour.
+    rollup_horizon: dict[str, int] = field(default_factory=dict)
+
+    def rollups_to_load(self, keys: set[RollupKey]) -> set[RollupKey]:
+        """Those of `keys` that Postgres may hold but this state does not."""
+        never = -(2**62)
+        return {
+            k for k in keys
+            if k not in self.rollups and k[1] <= self.rollup_horizon.get(k[0], never)
+        }  # fmt: skip
+
+
+# (kind, key, start, end) for each budget period kind, in PERIOD_KINDS order
+Periods = tuple[tuple[str, str, datetime, datetime], ...]
+
+
+_BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
+
+
+def periods_at(at: float, tz: ZoneInfo) -> Periods:
+    """The day, week and month containing epoch second `at` (cached per 15-minute
+    bucket, which is exact: a local midnight always falls on a 15-minute UTC boundary)."""
+    bucket = int(at // _BUCKET)
+    return _periods_of_bucket(bucket, tz)
+
+
+@functools.lru_cache(maxsize=8192)
+def _periods_of_bucket(bucket: int, tz: ZoneInfo) -> Periods:
+    at = datetime.fromtimestamp(bucket * _BUCKET, UTC)
+    out = []
+    for kind in PERIOD_KINDS:
+        period = period_of(kind, at, tz)
+        out.append((kind.value, period.key, period.start, period.end))
+    return tuple(out)

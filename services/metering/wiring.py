@@ -1,0 +1,114 @@
+"""The one place metering's object graphs are built: the counting worker's and the
+API server's. Every object gets what it uses when it is constructed; nothing is bound
+later. Both need a running event loop (the asyncpg pool binds to it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from quartermaster.credentials import Credentials
+from quartermaster.db import connect_pool
+from quartermaster.directory_client import DirectoryClient
+from quartermaster.kafka import Publisher
+from quartermaster.notifications import NotificationPublisher
+from quartermaster.topics import Topic
+from services.metering.aggregate import Meter
+from services.metering.burn_watch import BurnWatch
+from services.metering.burnrate import BurnRate, BurnRule
+from services.metering.catalog_store import CatalogStore, Follower
+from services.metering.cost_servicer import UsageServicer
+from services.metering.counting_store import CountingStore
+from services.metering.dlq_limit import DlqLimit
+from services.metering.price_servicer import PriceCatalogServicer
+from services.metering.pricing import PriceCatalog
+from services.metering.processor import Processor
+from services.metering.rollup_store import RollupStore
+from services.metering.settings import MeteringSettings
+from services.metering.usage_store import UsageStore
+
+log = logging.getLogger("qm.metering")
+MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Counting:
+    """The counting worker's graph: what the faust agent and timers call."""
+
+    pool: asyncpg.Pool
+    processor: Processor
+    prices: Follower
+
+
+def burn_rule(settings: MeteringSettings) -> BurnRule:
+    """The burn-rate rule from QM_METERING_BURN_* (credits converted to micro-credits)."""
+    return BurnRule(
+        window_minutes=settings.burn_window_minutes,
+        multiple=settings.burn_multiple,
+        min_per_hour=settings.burn_min_credits_per_hour * MICROS,
+        absolute_per_hour=settings.burn_absolute_credits_per_hour * MICROS,
+        baseline_half_life_minutes=settings.burn_half_life_minutes,
+    )
+
+
+async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> Counting:
+    """Connect to Postgres, seed the price catalog with `catalog` when there is none,
+    and build the counting path on the revision in force."""
+    pool = await connect_pool(settings.database_url, max_size=4)
+    catalogs = CatalogStore(pool)
+    seeded = await catalogs.seed(catalog, str(settings.prices_file))
+    log.info("prices: catalog revision %d in force", seeded.revision)
+    meter = Meter(
+        seeded.catalog,
+        settings.timezone,
+        settings.topic_partitions,
+        settings.workspace_id,
+        max_age=timedelta(days=settings.max_event_age_days),
+        dedupe_window=timedelta(hours=settings.dedupe_hours),
+        clock=lambda: datetime.now(UTC),
+    )
+    publisher = Publisher(settings.kafka_bootstrap)
+    rollups = RollupStore(pool)
+    processor = Processor(
+        meter,
+        CountingStore(pool, settings.app_id, Topic.USAGE.value, rollups),
+        rollups,
+        publisher,
+        DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
+        retry_seconds=1.0,
+        burn=BurnWatch(BurnRate(burn_rule(settings)), NotificationPublisher(publisher)),
+    )
+    return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog))
+
+
+@dataclass(frozen=True)
+class Api:
+    """The API server's graph: its servicers and what must be closed after them."""
+
+    pool: asyncpg.Pool
+    usage: UsageServicer
+    prices: PriceCatalogServicer
+    directory: DirectoryClient
+
+
+async def build_api(settings: MeteringSettings) -> Api:
+    """Connect to Postgres and seed the price catalog from QM_METERING_PRICES when there
+    is none (CatalogError when that file is wrong; the pool is closed then)."""
+    pool = await connect_pool(settings.database_url)
+    catalogs = CatalogStore(pool)
+    try:
+        await catalogs.seed(PriceCatalog.from_file(settings.prices_file), str(settings.prices_file))
+    except BaseException:
+        await pool.close()
+        raise
+    directory = DirectoryClient(settings.directory_addr, source="QM_DIRECTORY_ADDR")
+    return Api(
+        pool,
+        UsageServicer(UsageStore(pool, settings.timezone), directory),
+        PriceCatalogServicer(catalogs, Credentials(settings.admin_credentials, "load prices")),
+        directory,
+    )

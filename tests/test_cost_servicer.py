@@ -1,0 +1,168 @@
+"""The Cost API servicer in process: the real UsageServicer behind a real grpc.aio
+server, with small fakes of its store and directory (validation, mapping and error
+mapping need no Postgres; tests/test_costs.py runs the SQL against the real one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from quartermaster.directory_client import DirectoryRequestError, DirectoryUnavailable
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc
+from quartermaster.wire import from_timestamp, timestamp
+from services.metering.cost_query import (
+    Dimension,
+    Granularity,
+    Members,
+    Spender,
+    TopSpendersQuery,
+    UsageQuery,
+    UsageRow,
+)
+from services.metering.cost_servicer import UsageServicer
+from tests.helpers import in_process_server, refusal
+
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+@dataclass
+class FakeStore:
+    rows: list[UsageRow] = field(default_factory=list)
+    asked: list[tuple[object, list[str] | None, Members]] = field(default_factory=list)
+
+    async def usage(
+        self, query: UsageQuery, users: list[str] | None, members: Members
+    ) -> tuple[list[UsageRow], bool]:
+        self.asked.append((query, users, members))
+        return self.rows, True
+
+    async def top_spenders(self, query: TopSpendersQuery, users: list[str] | None) -> list[Spender]:
+        self.asked.append((query, users, {}))
+        return [Spender("ann", 16_000, 5)]
+
+
+@dataclass
+class FakeDirectory:
+    members: Members = field(default_factory=dict)
+    error: Exception | None = None
+
+    async def group_members(self, group_ids: list[str]) -> Members:
+        if self.error is not None:
+            raise self.error
+        return {g: m for g, m in self.members.items() if not group_ids or g in group_ids}
+
+
+async def call(store: FakeStore, directory: FakeDirectory, request: object) -> object:
+    servicer = UsageServicer(store, directory)
+    async with in_process_server(
+        lambda s: cost_pb2_grpc.add_UsageServiceServicer_to_server(servicer, s)
+    ) as channel:
+        stub = cost_pb2_grpc.UsageServiceStub(channel)
+        if isinstance(request, cost_pb2.QueryUsageRequest):
+            return await stub.QueryUsage(request)
+        assert isinstance(request, cost_pb2.TopSpendersRequest)
+        return await stub.TopSpenders(request)
+
+
+def window(**fields: list[str]) -> cost_pb2.UsageFilter:
+    return cost_pb2.UsageFilter(
+        start=timestamp(T0), end=timestamp(T0 + timedelta(days=1)), **fields
+    )
+
+
+async def test_a_query_is_mapped_to_the_domain_and_its_rows_back() -> None:
+    store = FakeStore(
+        rows=[
+            UsageRow(T0, {"user_id": "ann", "model": "gpt-5"}, {"micros": 7, "events": 2}),
+            UsageRow(None, {"user_id": "ben", "model": "o3"}, {"micros": 1, "events": 1}),
+        ]
+    )
+    request = cost_pb2.QueryUsageRequest(
+        filter=window(models=["gpt-5", "o3"]),
+        group_by=[cost_pb2.DIMENSION_USER, cost_pb2.DIMENSION_MODEL],
+        granularity=cost_pb2.GRANULARITY_DAY,
+        limit=2,
+    )
+    resp = await call(store, FakeDirectory(), request)
+    assert isinstance(resp, cost_pb2.QueryUsageResponse)
+    [(query, users, members)] = store.asked
+    assert isinstance(query, UsageQuery)
+    assert query.group_by == (Dimension.USER, Dimension.MODEL)
+    assert query.granularity is Granularity.DAY
+    assert query.filter.models == ("gpt-5", "o3")
+    assert (query.filter.start, query.limit, users, members) == (T0, 2, None, {})
+    assert resp.truncated
+    assert [(r.user_id, r.model, r.micros, r.events) for r in resp.rows] == [
+        ("ann", "gpt-5", 7, 2),
+        ("ben", "o3", 1, 1),
+    ]
+    assert from_timestamp(resp.rows[0].bucket_start) == T0
+    assert not resp.rows[1].HasField("bucket_start")
+
+
+async def test_every_bad_field_is_named_at_once() -> None:
+    request = cost_pb2.QueryUsageRequest(
+        filter=cost_pb2.UsageFilter(
+            start=timestamp(T0), end=timestamp(T0 - timedelta(hours=1)), models=[" "]
+        ),
+        group_by=[cost_pb2.DIMENSION_USER, cost_pb2.DIMENSION_USER, 42],  # type: ignore[list-item]
+        limit=-1,
+    )
+    store = FakeStore()
+    assert await refusal(call(store, FakeDirectory(), request)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter.end: must be after filter.start; filter.models: empty values are not allowed; "
+        "group_by[1]: DIMENSION_USER twice; group_by[2]: unknown dimension 42; "
+        "granularity: must be HOUR, DAY, MONTH or TOTAL; limit: must be between 0 and 100000",
+    )
+    assert store.asked == []
+
+
+async def test_group_filters_and_grouping_ask_the_directory() -> None:
+    store = FakeStore()
+    directory = FakeDirectory({"ml": ("ann", "bob"), "ops": ("bob", "cat")})
+    request = cost_pb2.QueryUsageRequest(
+        filter=window(group_ids=["ml", "ops"]),
+        group_by=[cost_pb2.DIMENSION_GROUP],
+        granularity=cost_pb2.GRANULARITY_TOTAL,
+    )
+    await call(store, directory, request)
+    [(_, users, members)] = store.asked
+    assert users == ["ann", "bob", "cat"]
+    assert members == directory.members
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "details"),
+    [
+        (
+            DirectoryRequestError("group_ids: no group(s) ['nope']"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "filter.group_ids: no group(s) ['nope']",
+        ),
+        (
+            DirectoryUnavailable("policy's DirectoryService at h:1 (QM_DIRECTORY_ADDR): X"),
+            grpc.StatusCode.UNAVAILABLE,
+            "groups need policy's DirectoryService at h:1 (QM_DIRECTORY_ADDR): X",
+        ),
+    ],
+)
+async def test_directory_errors_are_mapped(
+    error: Exception, code: grpc.StatusCode, details: str
+) -> None:
+    request = cost_pb2.TopSpendersRequest(filter=window(group_ids=["nope"]))
+    assert await refusal(call(FakeStore(), FakeDirectory(error=error), request)) == (code, details)
+
+
+async def test_top_spenders_limit_and_answer() -> None:
+    request = cost_pb2.TopSpendersRequest(limit=1001)
+    assert await refusal(call(FakeStore(), FakeDirectory(), request)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter.start: must be set; filter.end: must be set; limit: must be between 0 and 1000",
+    )
+    resp = await call(FakeStore(), FakeDirectory(), cost_pb2.TopSpendersRequest(filter=window()))
+    assert isinstance(resp, cost_pb2.TopSpendersResponse)
+    assert [(s.user_id, s.micros, s.events) for s in resp.spenders] == [("ann", 16_000, 5)]

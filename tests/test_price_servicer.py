@@ -1,0 +1,122 @@
+"""The price catalog servicer in process: the real PriceCatalogServicer behind a real
+grpc.aio server, with a small fake of its revisions store (loading against Postgres,
+and the CLI, are tested in tests/test_prices.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from quartermaster.credentials import Credentials
+from quartermaster.v1 import prices_pb2, prices_pb2_grpc
+from services.metering.price_servicer import PriceCatalogServicer
+from services.metering.pricing import CatalogDocument, Price, PriceCatalog
+from services.metering.revisions import Revision, changes, merge
+from tests.helpers import in_process_server, refusal
+
+TOKEN = "test-token-0123456789"
+ADMIN = (("authorization", f"Bearer {TOKEN}"),)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PRICE = Price(input=1_250_000, cached_input=125_000, output=10_000_000, reasoning=10_000_000,
+              cache_write=1_250_000)  # fmt: skip
+
+
+@dataclass
+class FakeCatalogs:
+    revisions: list[Revision] = field(default_factory=list)
+    loads: list[tuple[CatalogDocument, bool, bool, str, str]] = field(default_factory=list)
+
+    async def load(
+        self, doc: CatalogDocument, replace: bool, dry_run: bool, actor: str, source: str,
+        now: datetime,
+    ) -> tuple[Revision | None, list[str]]:  # fmt: skip
+        self.loads.append((doc, replace, dry_run, actor, source))
+        old = self.revisions[-1].catalog if self.revisions else None
+        new = merge(old, doc, replace)
+        diff = changes(old, new, now)
+        if not dry_run:
+            self.revisions.append(
+                Revision(len(self.revisions) + 1, now, actor, "load", source, diff, new)
+            )
+        return (self.revisions[-1] if self.revisions else None), diff
+
+    async def current(self) -> Revision | None:
+        return self.revisions[-1] if self.revisions else None
+
+    async def history(self) -> list[Revision]:
+        return list(self.revisions)
+
+
+@pytest.fixture
+async def catalogs() -> FakeCatalogs:
+    return FakeCatalogs()
+
+
+@pytest.fixture
+async def stub(
+    catalogs: FakeCatalogs,
+) -> AsyncIterator[prices_pb2_grpc.PriceCatalogServiceAsyncStub]:
+    servicer = PriceCatalogServicer(catalogs, Credentials({TOKEN: "tests"}, "load prices"))
+    async with in_process_server(
+        lambda s: prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(servicer, s)
+    ) as channel:
+        yield prices_pb2_grpc.PriceCatalogServiceStub(channel)
+
+
+async def test_a_load_names_every_bad_field_and_needs_an_admin(
+    stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub, catalogs: FakeCatalogs
+) -> None:
+    code, _ = await refusal(stub.LoadPrices(prices_pb2.LoadPricesRequest()))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    empty = prices_pb2.LoadPricesRequest(document=" ")
+    assert await refusal(stub.LoadPrices(empty, metadata=ADMIN)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "document: empty; format: required, CATALOG_FORMAT_YAML or CATALOG_FORMAT_CSV",
+    )
+    request = prices_pb2.LoadPricesRequest(
+        document="models: {gpt-5: nope}", format=prices_pb2.CATALOG_FORMAT_YAML, source="p.yaml"
+    )
+    assert await refusal(stub.LoadPrices(request, metadata=ADMIN)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "p.yaml: models.gpt-5: expected a list of versions",
+    )
+    assert catalogs.loads == []
+
+
+async def test_load_list_and_history_map_to_messages(
+    stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub, catalogs: FakeCatalogs
+) -> None:
+    code, _ = await refusal(stub.ListPrices(prices_pb2.ListPricesRequest()))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    csv = (
+        "model,effective_from,input,cached_input,cache_write,output,reasoning\n"
+        "*,,1,1,1,1,1\n"
+        "gpt-5,2026-01-01T00:00:00Z,1250000,125000,,10000000,\n"
+    )
+    loaded = await stub.LoadPrices(
+        prices_pb2.LoadPricesRequest(
+            document=csv, format=prices_pb2.CATALOG_FORMAT_CSV, source="all.csv", replace=True
+        ),
+        metadata=ADMIN,
+    )
+    assert loaded.revision == 1
+    [(doc, replace, dry_run, actor, source)] = catalogs.loads
+    assert (replace, dry_run, actor, source) == (True, False, "tests", "all.csv")
+    assert doc.models == {"gpt-5": [(T0, PRICE)]}
+    listed = await stub.ListPrices(prices_pb2.ListPricesRequest(models=["gpt-5"]))
+    assert [(p.model, p.input, p.cache_write) for p in listed.prices] == [
+        ("gpt-5", 1_250_000, 1_250_000)
+    ]
+    assert listed.fallback.model == ""
+    code, _ = await refusal(stub.ListPrices(prices_pb2.ListPricesRequest(models=["nope"])))
+    assert code == grpc.StatusCode.NOT_FOUND
+    history = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model="gpt-5"))
+    assert [(r.revision, r.loaded_by, r.source) for r in history.revisions] == [
+        (1, "tests", "all.csv")
+    ]
+    assert all(line.startswith("gpt-5: ") for line in history.revisions[0].changes)
+    assert isinstance(catalogs.revisions[0].catalog, PriceCatalog)
