@@ -307,17 +307,17 @@ async def test_a_change_of_limits_keeps_the_directory_and_a_sync_replaces_it(
         return all([(await s.Check(check)).limit_source == want for s in stubs])
 
     await until(lambda: sources("workspace_default"))
-    directories = [r.limits.snapshot.directory() for r in (a, b)]
-    versions = [r.limits.snapshot.version for r in (a, b)]
+    directories = [r.evaluator.snapshot.directory() for r in (a, b)]
+    versions = [r.evaluator.snapshot.version for r in (a, b)]
     await admin.SetGroupLimit(
         policy_pb2.SetGroupLimitRequest(group_id="ml", limit_micros=50 * C, period=week,
                                         enforcement=hard),
         metadata=ADMIN_METADATA,
     )  # fmt: skip
     await until(lambda: sources("group:ml"))
-    assert [r.limits.snapshot.version for r in (a, b)] != versions  # reloaded...
+    assert [r.evaluator.snapshot.version for r in (a, b)] != versions  # reloaded...
     for r, before in zip((a, b), directories, strict=True):
-        assert r.limits.snapshot.directory() is before  # ...keeping the directory
+        assert r.evaluator.snapshot.directory() is before  # ...keeping the directory
 
     # ben moves from ml to a new team with no limit of its own: the default again.
     moved = json.loads(document)
@@ -332,9 +332,9 @@ async def test_a_change_of_limits_keeps_the_directory_and_a_sync_replaces_it(
     assert (result.memberships_added, result.memberships_removed) == (1, 1)
     await until(lambda: sources("workspace_default"))
     for r, before in zip((a, b), directories, strict=True):
-        assert r.limits.snapshot.directory() is not before
-        assert r.limits.snapshot.memberships["ben"] == ("infra",)
-        assert r.limits.snapshot.groups_of("ann") == ("eval", "ml", "eng")
+        assert r.evaluator.snapshot.directory() is not before
+        assert r.evaluator.snapshot.memberships["ben"] == ("infra",)
+        assert r.evaluator.snapshot.groups_of("ann") == ("eval", "ml", "eng")
 
 
 async def _audit(replicas: Replicas) -> list[tuple[str, str, dict[str, Any]]]:

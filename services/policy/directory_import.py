@@ -1,4 +1,6 @@
-"""Directory documents (a sync from HR or an identity provider), JSON or CSV.
+"""Directory imports: documents (a sync from HR or an identity provider, JSON or
+CSV) parsed into a `DirectoryDoc`, and the pure parts of applying one (what changed,
+whether the groups form a tree). Pure: stores.directory does the writing.
 
 JSON:
     {"groups": [{"group_id": "eng", "name": "Engineering", "kind": "department",
@@ -21,17 +23,101 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from services.policy.rules import GroupInfo, UserInfo
-from services.policy.store import GROUP_KINDS, DirectoryDoc
+from quartermaster.validation import MAX_ID_LENGTH
+from services.policy.directory import GROUP_KINDS, GroupInfo, UserInfo
+from services.policy.errors import Conflict, NotFound
 
-MAX_ID = 256
 USER_COLUMNS = ("user_id", "email", "display_name", "slack_user_id", "manager_id", "groups")
 
 
 class DirectoryError(ValueError):
     """A document that can't be imported; the message names every problem."""
+
+
+@dataclass
+class DirectoryDoc:
+    """A directory document (import or single upserts): what to make true."""
+
+    users: list[UserInfo]
+    groups: list[GroupInfo]
+    # user_id → direct groups (only for users whose groups the document states)
+    memberships: dict[str, list[str]]
+    # Groups named only by memberships (a CSV): created when missing.
+    implicit_groups: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportResult:
+    """What an import did (or, for a dry run, would do); `changes` says it in lines."""
+
+    users_created: int = 0
+    users_updated: int = 0
+    users_unchanged: int = 0
+    groups_created: int = 0
+    groups_updated: int = 0
+    groups_unchanged: int = 0
+    memberships_added: int = 0
+    memberships_removed: int = 0
+    changes: list[str] = field(default_factory=list)
+
+    def count(self, what: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+
+    def compare(
+        self, kind: str, ident: str, old: Mapping[str, Any] | None, new: Mapping[str, Any],
+        fields: Iterable[str], created: str,
+    ) -> None:  # fmt: skip
+        """Count `kind` `ident` as created, updated or unchanged (`{kind}s_created`...)
+        and say what changed in `changes`."""
+        if old is None:
+            self.changes.append(f"{kind} {ident}: created ({created})")
+            self.count(f"{kind}s_created")
+            return
+        lines = [
+            f"{kind} {ident}: {f} {old[f] or '(none)'!s} -> {new[f] or '(none)'!s}"
+            for f in fields
+            if (old[f] or "") != (new[f] or "")
+        ]
+        self.changes.extend(lines)
+        self.count(f"{kind}s_updated" if lines else f"{kind}s_unchanged")
+
+
+def check_groups(parents: Mapping[str, str]) -> None:
+    """Every parent exists (NotFound) and no group is its own ancestor (Conflict);
+    `parents`: group_id → parent_id ("" for none)."""
+    for g, p in parents.items():
+        if p and p not in parents:
+            raise NotFound(f"group {g}: parent {p!r} is not in the directory or the document")
+    for g in parents:
+        seen = {g}
+        p = parents[g]
+        while p:
+            if p in seen:
+                raise Conflict(f"group {g}: its parents form a cycle through {p!r}")
+            seen.add(p)
+            p = parents.get(p, "")
+
+
+def membership_changes(
+    current: Mapping[str, set[str]], wanted: Mapping[str, list[str]], result: ImportResult
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(user_id, group_id) pairs to add and to remove so that each user of `wanted`
+    is in exactly those direct groups; each change is said in `result.changes`."""
+    adds, removes = [], []
+    for user_id, groups in wanted.items():
+        have, want = current.get(user_id, set()), set(groups)
+        for gid in sorted(want - have):
+            adds.append((user_id, gid))
+            result.changes.append(f"user {user_id}: joined {gid}")
+        for gid in sorted(have - want):
+            removes.append((user_id, gid))
+            result.changes.append(f"user {user_id}: left {gid}")
+    result.memberships_added, result.memberships_removed = len(adds), len(removes)
+    return adds, removes
 
 
 def _text(
@@ -46,8 +132,8 @@ def _text(
     v = v.strip()
     if required and not v:
         problems.append(f"{where}.{key}: must not be empty")
-    if len(v) > MAX_ID and key.endswith("_id"):
-        problems.append(f"{where}.{key}: longer than {MAX_ID} characters")
+    if len(v) > MAX_ID_LENGTH and key.endswith("_id"):
+        problems.append(f"{where}.{key}: longer than {MAX_ID_LENGTH} characters")
     return v
 
 
@@ -61,6 +147,7 @@ def _ids(where: str, v: Any, problems: list[str]) -> list[str]:
 
 
 def user_of(where: str, d: dict[str, Any], problems: list[str]) -> UserInfo:
+    """A user from a document's fields; each bad one is added to `problems`."""
     return UserInfo(
         _text(where, d, "user_id", problems, required=True),
         _text(where, d, "email", problems),
@@ -71,6 +158,7 @@ def user_of(where: str, d: dict[str, Any], problems: list[str]) -> UserInfo:
 
 
 def group_of(where: str, d: dict[str, Any], problems: list[str]) -> GroupInfo:
+    """A group from a document's fields; each bad one is added to `problems`."""
     g = GroupInfo(
         _text(where, d, "group_id", problems, required=True),
         _text(where, d, "name", problems),
@@ -165,6 +253,7 @@ def _checked(doc: DirectoryDoc, problems: list[str]) -> DirectoryDoc:
 
 
 def parse(fmt: str, document: bytes) -> DirectoryDoc:
+    """The document in `fmt` ("json" or "csv"); DirectoryError names every problem."""
     if fmt == "json":
         return parse_json(document)
     if fmt == "csv":
