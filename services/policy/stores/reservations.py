@@ -12,7 +12,8 @@ import asyncpg
 from services.policy.errors import Conflict, NotFound
 from services.policy.reservations import Admission, Reservation, to_notice
 
-# NOTIFY channel: every replica puts the reservation in its ReservationsView.
+# NOTIFY channel: every replica puts the reservation in its ReservationsView. Its old
+# name stays: replicas of the previous release listen on it during a rolling update.
 RESERVATIONS_CHANNEL = "qm_policy_holds_changed"
 V = TypeVar("V", bound=Admission)
 
