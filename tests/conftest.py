@@ -32,6 +32,7 @@ from services.policy import server
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
+from tests.policy_inprocess import InProcess, policy_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
@@ -232,3 +233,10 @@ async def replicas(
         yield reps
     finally:
         await reps.close()
+
+
+@pytest.fixture
+async def inproc() -> AsyncIterator[InProcess]:
+    """policy's servicers on an in-process gRPC server over fake stores (no infra)."""
+    async with policy_in_process() as p:
+        yield p
