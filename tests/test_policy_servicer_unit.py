@@ -43,9 +43,9 @@ async def test_check_maps_the_limit_the_standing_and_the_pools(inproc: InProcess
     assert [(s.group_id, s.used_micros, s.remaining_micros, s.period) for s in got.pools] == [
         ("eng", 7_000_000, 93_000_000, policy_pb2.PERIOD_MONTH)
     ]
-    refused = await inproc.policy.Check(check(model="gpt-4"))
-    assert refused.decision == DENY
-    assert refused.reason.startswith("model gpt-4 is not allowed for this user (group:ml allow")
+    denied = await inproc.policy.Check(check(model="gpt-4"))
+    assert denied.decision == DENY
+    assert denied.reason.startswith("model gpt-4 is not allowed for this user (group:ml allow")
 
 
 async def test_check_names_every_bad_field(inproc: InProcess) -> None:
