@@ -24,7 +24,6 @@ from services.policy.evaluator import Evaluator
 from services.policy.mapping import (
     ENFORCEMENT_OF,
     KINDS,
-    STATUS_OF,
     explanation,
     group_msg,
     import_report,
@@ -34,7 +33,7 @@ from services.policy.mapping import (
     user_msg,
 )
 from services.policy.rules import ModelPolicy, Override, Rule
-from services.policy.servicer import Context
+from services.policy.servicer import STATUS_OF, Context
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quartermaster.money import credits
@@ -22,11 +21,10 @@ from quartermaster.v1 import policy_pb2
 from quartermaster.wire import timestamp
 from services.policy.decide import Enforcement, Limit
 from services.policy.directory import GroupInfo, UserInfo
-from services.policy.directory_import import DirectoryError, ImportResult
-from services.policy.errors import Conflict, NotFound
+from services.policy.directory_import import ImportResult
 from services.policy.evaluator import PoolStanding, Verdict
 from services.policy.reservations import Reservation
-from services.policy.rules import ModelPolicy, NoLimit, Resolved, Snapshot
+from services.policy.rules import ModelPolicy, Resolved, Snapshot
 
 PERIODS = {
     PeriodKind.DAY: policy_pb2.PERIOD_DAY,
@@ -39,14 +37,6 @@ ENFORCEMENTS = {
 }
 KINDS = {v: k for k, v in PERIODS.items()}
 ENFORCEMENT_OF = {v: k for k, v in ENFORCEMENTS.items()}
-
-# The status each domain error ends a call with.
-STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
-    NoLimit: grpc.StatusCode.FAILED_PRECONDITION,
-    DirectoryError: grpc.StatusCode.INVALID_ARGUMENT,
-}
 
 
 def opt_datetime(t: Timestamp, has: bool) -> datetime | None:

@@ -17,14 +17,23 @@ from quartermaster.grpcserver import abort, refuse
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from services.policy import inputs
+from services.policy.directory_import import DirectoryError
 from services.policy.errors import Conflict, NotFound
 from services.policy.evaluator import Evaluator, Verdict
-from services.policy.mapping import STATUS_OF, budget, check_response, reservation_msg
+from services.policy.mapping import budget, check_response, reservation_msg
 from services.policy.reservations import Reservation
 from services.policy.rules import NoLimit, Resolved
 from services.policy.stores.reservations import ReservationStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# The status each domain error ends a call with (for every policy servicer).
+STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    NoLimit: grpc.StatusCode.FAILED_PRECONDITION,
+    DirectoryError: grpc.StatusCode.INVALID_ARGUMENT,
+}
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
