@@ -17,6 +17,8 @@ GROUP_KINDS = ("department", "team", "project", "cost_center", "group")
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
+    """A person in the directory; "" where unknown."""
+
     user_id: str
     email: str = ""
     display_name: str = ""
@@ -32,6 +34,8 @@ GROUP_FIELDS = ("name", "kind", "parent_id", "cost_center")
 
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
+    """A group: `kind` one of GROUP_KINDS, `parent_id` "" at the top, `admins` user ids."""
+
     group_id: str
     name: str = ""
     kind: str = "group"

@@ -185,6 +185,7 @@ def _unique(kind: str, ids: list[str], problems: list[str]) -> None:
 
 
 def parse_json(document: bytes) -> DirectoryDoc:
+    """A JSON directory document (see the module docstring); DirectoryError names every problem."""
     try:
         data = json.loads(document)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -210,6 +211,7 @@ def parse_json(document: bytes) -> DirectoryDoc:
 
 
 def parse_csv(document: bytes) -> DirectoryDoc:
+    """A CSV directory document (see the module docstring); DirectoryError names every problem."""
     try:
         text = document.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

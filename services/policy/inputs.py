@@ -33,6 +33,7 @@ def check(req: policy_pb2.CheckRequest, problems: Problems) -> None:
 
 
 def check_batch(req: policy_pb2.CheckBatchRequest) -> Problems:
+    """A CheckBatch: 1 to MAX_BATCH checks, none reserving; fields named by index."""
     problems = Problems()
     if not req.checks:
         problems.add("checks", "must not be empty")
@@ -48,6 +49,7 @@ def check_batch(req: policy_pb2.CheckBatchRequest) -> Problems:
 
 
 def reserve(req: policy_pb2.ReserveRequest) -> Problems:
+    """A ReserveRequest's bad fields."""
     problems = Problems()
     for field in ("user_id", "product", "model", "request_id"):
         problems.require_id(field, getattr(req, field))
@@ -65,6 +67,7 @@ def ids(**fields: str) -> Problems:
 
 
 def id_list(name: str, values: list[str], problems: Problems) -> None:
+    """Each id of a repeated field, named by index (`group_ids[2]`)."""
     for i, v in enumerate(values):
         problems.require_id(f"{name}[{i}]", v)
 
@@ -87,6 +90,7 @@ def limit(
 
 
 def reason(value: str, problems: Problems, field: str = "reason") -> None:
+    """A reason must say something, in at most MAX_REASON characters."""
     if not value.strip():
         problems.add(field, "must say why")
     elif len(value) > MAX_REASON:
@@ -141,6 +145,7 @@ def model_policy(p: policy_pb2.ModelPolicy, allowed: list[str]) -> Problems:
 
 
 def document(req: policy_pb2.ImportDirectoryRequest) -> Problems:
+    """An import's document: present and at most MAX_DOCUMENT bytes."""
     problems = Problems()
     if len(req.document) > MAX_DOCUMENT:
         problems.add("document", f"larger than {MAX_DOCUMENT} bytes")

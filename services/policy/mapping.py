@@ -146,6 +146,7 @@ def budget(user_id: str, v: Verdict) -> policy_pb2.Budget:
 
 
 def reservation_msg(r: Reservation) -> policy_pb2.Reservation:
+    """Commit's and Release's answer."""
     return policy_pb2.Reservation(
         reservation_id=r.reservation_id,
         user_id=r.user_id,
@@ -202,6 +203,7 @@ def override_msg(r: Mapping[str, Any]) -> policy_pb2.Override:
 
 
 def model_policy_msg(p: ModelPolicy) -> policy_pb2.ModelPolicy:
+    """A model policy as a message (allowed models sorted)."""
     return policy_pb2.ModelPolicy(
         group_id=p.group_id,
         allowed_models=sorted(p.allowed),
@@ -241,6 +243,7 @@ def explanation(snap: Snapshot, user_id: str, now: datetime) -> policy_pb2.Expla
 
 
 def user_msg(snap: Snapshot, u: UserInfo) -> policy_pb2.User:
+    """A user as a message, with their direct groups from the snapshot."""
     return policy_pb2.User(
         user_id=u.user_id,
         email=u.email,
@@ -252,6 +255,7 @@ def user_msg(snap: Snapshot, u: UserInfo) -> policy_pb2.User:
 
 
 def group_msg(g: GroupInfo) -> policy_pb2.Group:
+    """A group as a message."""
     return policy_pb2.Group(
         group_id=g.group_id, name=g.name, kind=g.kind, parent_id=g.parent_id,
         cost_center=g.cost_center, admin_user_ids=list(g.admins),
@@ -259,6 +263,7 @@ def group_msg(g: GroupInfo) -> policy_pb2.Group:
 
 
 def import_report(r: ImportResult, dry_run: bool) -> policy_pb2.ImportReport:
+    """ImportDirectory's answer."""
     return policy_pb2.ImportReport(
         users_created=r.users_created, users_updated=r.users_updated,
         users_unchanged=r.users_unchanged, groups_created=r.groups_created,

@@ -31,6 +31,8 @@ PERIOD_DAYS = {PeriodKind.DAY: 1, PeriodKind.WEEK: 7, PeriodKind.MONTH: 30}
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """A limit as configured: micros per period, and what happens past it."""
+
     micros: int
     period: PeriodKind
     enforcement: Enforcement
@@ -45,6 +47,9 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Override:
+    """An individual limit for one user: replacing (their limit) or additive (extra
+    credits on whichever limit wins), active from starts_at until expires_at."""
+
     override_id: str
     user_id: str
     additive: bool
@@ -77,6 +82,8 @@ class Override:
 
 @dataclass(frozen=True, slots=True)
 class ModelPolicy:
+    """Which models a group's members may call, and which to suggest instead."""
+
     group_id: str
     allowed: frozenset[str]  # empty: every model
     fallback_model: str = ""
@@ -105,6 +112,8 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
+    """A user's resolution: their limit, the pools they draw on, their model rule."""
+
     limit: Limit
     pools: tuple[tuple[str, Rule], ...]  # (group_id, pooled rule)
     models: ModelRule | None
@@ -126,6 +135,9 @@ class NoLimit(Exception):
 
 @dataclass
 class Snapshot:
+    """One workspace's rules and directory at one config_version, immutable once
+    built (but for its caches); resolves limits. Swapped whole on reload."""
+
     workspace_id: str
     default: Rule | None = None
     users: Mapping[str, UserInfo] = field(default_factory=dict)

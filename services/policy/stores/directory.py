@@ -32,6 +32,7 @@ class DirectoryStore:
         self.workspace_id = workspace_id
 
     async def user_exists(self, user_id: str) -> bool:
+        """Whether the directory in Postgres has the user."""
         found = await self._pool.fetchval(
             "SELECT 1 FROM policy.users WHERE workspace_id = $1 AND user_id = $2",
             self.workspace_id,

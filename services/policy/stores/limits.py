@@ -72,6 +72,8 @@ class LimitStore:
     async def set_group_limit(
         self, group_id: str, scope: str, rule: Rule, actor: str
     ) -> dict[str, Any]:
+        """Set a group's limit for each member (scope "member") or for all of them
+        together (scope "pool"); its new row. NotFound when the group does not exist."""
         async with self._pool.acquire() as conn, conn.transaction():
             await begin_change(conn, self.workspace_id, actor)
             await group_exists(conn, self.workspace_id, group_id)
@@ -101,6 +103,7 @@ class LimitStore:
             return dict(row)
 
     async def remove_group_limit(self, group_id: str, scope: str, actor: str) -> dict[str, Any]:
+        """Remove a group's member or pool limit; the removed row (NotFound: none)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await begin_change(conn, self.workspace_id, actor)
             before = await conn.fetchrow(
@@ -172,6 +175,7 @@ class LimitStore:
             return dict(row), True
 
     async def remove_override(self, override_id: str, reason: str, actor: str) -> dict[str, Any]:
+        """End an active override (kept, marked removed); its row (NotFound: none)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await begin_change(conn, self.workspace_id, actor)
             row = await conn.fetchrow(
