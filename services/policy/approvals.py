@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import asyncpg
 from confluent_kafka import Message
@@ -25,6 +25,7 @@ from quartermaster.money import credits
 from quartermaster.topics import Topic
 from quartermaster.v1 import requests_pb2
 from quartermaster.validation import MAX_ID_LENGTH
+from quartermaster.wire import from_timestamp
 from services.policy.inputs import MAX_REASON
 from services.policy.rules import Override
 from services.policy.stores.limits import LimitStore
@@ -45,12 +46,12 @@ def override_of(event: requests_pb2.RequestEvent) -> Override:
     if req.amount_micros <= 0:
         problems.append("request.amount_micros: must be positive")
     starts = (
-        event.override_starts_at.ToDatetime(tzinfo=UTC)
+        from_timestamp(event.override_starts_at)
         if event.HasField("override_starts_at")
-        else event.occurred_at.ToDatetime(tzinfo=UTC)
+        else from_timestamp(event.occurred_at)
     )
     if event.HasField("override_expires_at"):
-        expires = event.override_expires_at.ToDatetime(tzinfo=UTC)
+        expires = from_timestamp(event.override_expires_at)
     elif req.duration_seconds > 0:
         expires = starts + timedelta(seconds=req.duration_seconds)
     else:

@@ -7,10 +7,11 @@ new one); the servicer refuses the call with INVALID_ARGUMENT when any was found
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from quartermaster.v1 import policy_pb2
 from quartermaster.validation import Problems
+from quartermaster.wire import from_timestamp
 from services.policy.mapping import ENFORCEMENT_OF, KINDS, opt_datetime
 
 MAX_BATCH = 1000
@@ -116,7 +117,7 @@ def override(
     reason(o.reason, problems)
     if o.request_id:
         problems.add("request_id", "set only by approved credit requests")
-    starts = o.starts_at.ToDatetime(tzinfo=UTC) if o.HasField("starts_at") else now
+    starts = from_timestamp(o.starts_at) if o.HasField("starts_at") else now
     expires = opt_datetime(o.expires_at, o.HasField("expires_at"))
     review = opt_datetime(o.review_at, o.HasField("review_at"))
     if expires is None and review is None:

@@ -10,7 +10,7 @@ snapshot is warmed), pool standings per pool, period bounds per period.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quartermaster.money import credits
 from quartermaster.periods import Period, PeriodKind
 from quartermaster.v1 import policy_pb2
-from quartermaster.wire import timestamp
+from quartermaster.wire import from_timestamp, timestamp
 from services.policy.decide import Enforcement, Limit
 from services.policy.directory import GroupInfo, UserInfo
 from services.policy.directory_import import ImportResult
@@ -41,7 +41,7 @@ ENFORCEMENT_OF = {v: k for k, v in ENFORCEMENTS.items()}
 
 def opt_datetime(t: Timestamp, has: bool) -> datetime | None:
     """An optional Timestamp field as an aware datetime (None when unset)."""
-    return t.ToDatetime(tzinfo=UTC) if has else None
+    return from_timestamp(t) if has else None
 
 
 # -- Check, GetBudget, reservations -------------------------------------------------
