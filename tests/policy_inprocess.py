@@ -129,19 +129,13 @@ class FakeLimits(LimitStore):
         return _row(limit_micros=rule.micros, period=rule.period.value,
                     enforcement=rule.enforcement.value)  # fmt: skip
 
-    async def set_override(self, o: Override, actor: str) -> tuple[dict[str, Any], bool]:
+    async def set_override(self, o: Override, actor: str) -> tuple[Override, bool]:
         self.calls.append(("override", (o, actor)))
-        row = _row(override_id=o.override_id or "ov-1", user_id=o.user_id, additive=o.additive,
-                   limit_micros=o.micros, granted_by=o.granted_by, reason=o.reason,
-                   starts_at=o.starts_at, expires_at=o.expires_at, review_at=o.review_at,
-                   request_id=None, removed_at=None,
-                   period=o.period.value if o.period else None,
-                   enforcement=o.enforcement.value if o.enforcement else None)  # fmt: skip
-        return row, True
+        return replace(o, override_id=o.override_id or "ov-1"), True
 
     async def listing(
         self,
-    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[Override]]:
         default = _row(default_limit_micros=10_000_000, period="month", enforcement="hard")
         pool = _row(group_id="eng", scope="pool", limit_micros=100_000_000, period="month",
                     enforcement="hard")  # fmt: skip

@@ -132,8 +132,8 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
                 granted_by=o.granted_by.strip() or actor, reason=o.reason.strip(),
                 starts_at=starts, expires_at=expires, review_at=review,
             )  # fmt: skip
-            row, _ = await self._limits.set_override(override, actor)
-            return override_msg(row)
+            stored, _ = await self._limits.set_override(override, actor)
+            return override_msg(stored)
 
         return await self._run(context, problems, change)
 
@@ -146,9 +146,8 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
 
         async def change(actor: str) -> policy_pb2.Override:
             reason = request.reason.strip()
-            return override_msg(
-                await self._limits.remove_override(request.override_id, reason, actor)
-            )
+            ended = await self._limits.remove_override(request.override_id, reason, actor)
+            return override_msg(ended, removed=True)
 
         return await self._run(context, problems, change)
 

@@ -24,7 +24,7 @@ from services.policy.directory import GroupInfo, UserInfo
 from services.policy.directory_import import ImportResult
 from services.policy.evaluator import PoolStanding, Verdict
 from services.policy.reservations import Reservation
-from services.policy.rules import ModelPolicy, Resolved, Snapshot
+from services.policy.rules import ModelPolicy, Override, Resolved, Snapshot
 
 PERIODS = {
     PeriodKind.DAY: policy_pb2.PERIOD_DAY,
@@ -178,27 +178,27 @@ def limit_rule(
     )
 
 
-def override_msg(r: Mapping[str, Any]) -> policy_pb2.Override:
-    """An Override of an override's row (the policy.overrides columns)."""
+def override_msg(o: Override, removed: bool = False) -> policy_pb2.Override:
+    """An override as a message (`removed`: it was just ended)."""
     out = policy_pb2.Override(
-        override_id=r["override_id"],
-        user_id=r["user_id"],
-        additive=r["additive"],
-        limit_micros=r["limit_micros"],
-        granted_by=r["granted_by"],
-        reason=r["reason"],
-        starts_at=timestamp(r["starts_at"]),
-        request_id=r["request_id"] or "",
-        removed=r["removed_at"] is not None,
+        override_id=o.override_id,
+        user_id=o.user_id,
+        additive=o.additive,
+        limit_micros=o.micros,
+        granted_by=o.granted_by,
+        reason=o.reason,
+        starts_at=timestamp(o.starts_at),
+        request_id=o.request_id or "",
+        removed=removed,
     )
-    if r["period"]:
-        out.period = PERIODS[PeriodKind(r["period"])]
-    if r["enforcement"]:
-        out.enforcement = ENFORCEMENTS[Enforcement(r["enforcement"])]
-    if r["expires_at"]:
-        out.expires_at.CopyFrom(timestamp(r["expires_at"]))
-    if r["review_at"]:
-        out.review_at.CopyFrom(timestamp(r["review_at"]))
+    if o.period is not None:
+        out.period = PERIODS[o.period]
+    if o.enforcement is not None:
+        out.enforcement = ENFORCEMENTS[o.enforcement]
+    if o.expires_at is not None:
+        out.expires_at.CopyFrom(timestamp(o.expires_at))
+    if o.review_at is not None:
+        out.review_at.CopyFrom(timestamp(o.review_at))
     return out
 
 

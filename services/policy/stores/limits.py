@@ -7,6 +7,7 @@ replica told) in one transaction; a change is either everywhere or nowhere.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,24 @@ from services.policy.stores.changes import audit, begin_change, changed, group_e
 _LIMIT_COLS = "limit_micros, period, enforcement, updated_at, updated_by"
 _OVERRIDE_AUDIT = ("user_id", "additive", "limit_micros", "period", "enforcement",
                    "reason", "starts_at", "expires_at", "review_at", "request_id")  # fmt: skip
+
+
+def override_of(r: Mapping[str, Any]) -> Override:
+    """The Override of a policy.overrides row."""
+    return Override(
+        override_id=r["override_id"],
+        user_id=r["user_id"],
+        additive=r["additive"],
+        micros=r["limit_micros"],
+        period=PeriodKind(r["period"]) if r["period"] else None,
+        enforcement=Enforcement(r["enforcement"]) if r["enforcement"] else None,
+        granted_by=r["granted_by"],
+        reason=r["reason"],
+        starts_at=r["starts_at"],
+        expires_at=r["expires_at"],
+        review_at=r["review_at"],
+        request_id=r["request_id"],
+    )
 
 
 def _limit_fields(row: asyncpg.Record | None) -> dict[str, Any] | None:
@@ -120,7 +139,7 @@ class LimitStore:
             await changed(conn, self.workspace_id)
             return dict(before)
 
-    async def set_override(self, o: Override, actor: str) -> tuple[dict[str, Any], bool]:
+    async def set_override(self, o: Override, actor: str) -> tuple[Override, bool]:
         """Create or replace an override; (its row, created). An override carrying a
         request_id that already installed one is returned unchanged (created False)."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -132,7 +151,7 @@ class LimitStore:
                     o.request_id,
                 )
                 if same is not None:
-                    return dict(same), False
+                    return override_of(same), False
             override_id = o.override_id or f"ov-{uuid.uuid4().hex[:12]}"
             before = await conn.fetchrow(
                 "SELECT * FROM policy.overrides WHERE workspace_id = $1 AND override_id = $2",
@@ -172,9 +191,9 @@ class LimitStore:
                 {k: row[k] for k in _OVERRIDE_AUDIT},
             )  # fmt: skip
             await changed(conn, self.workspace_id)
-            return dict(row), True
+            return override_of(row), True
 
-    async def remove_override(self, override_id: str, reason: str, actor: str) -> dict[str, Any]:
+    async def remove_override(self, override_id: str, reason: str, actor: str) -> Override:
         """End an active override (kept, marked removed); its row (NotFound: none)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await begin_change(conn, self.workspace_id, actor)
@@ -192,7 +211,7 @@ class LimitStore:
                 {k: row[k] for k in _OVERRIDE_AUDIT}, {"removed": True, "reason": reason},
             )  # fmt: skip
             await changed(conn, self.workspace_id)
-            return dict(row)
+            return override_of(row)
 
     async def set_model_policy(self, policy: ModelPolicy | None, group_id: str, actor: str) -> None:
         """Set the group's model policy, or remove it (policy None)."""
@@ -237,9 +256,9 @@ class LimitStore:
 
     async def listing(
         self,
-    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[Override]]:
         """(the workspace default's row or None when unset, the group limits' rows by
-        group and scope, the active overrides' rows by user and age)."""
+        group and scope, the active overrides by user and age)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             ws = await conn.fetchrow(
                 "SELECT default_limit_micros, period, enforcement, updated_by, updated_at"
@@ -257,4 +276,4 @@ class LimitStore:
                 self.workspace_id,
             )
         default = dict(ws) if ws is not None and ws["default_limit_micros"] is not None else None
-        return default, [dict(r) for r in groups], [dict(r) for r in overrides]
+        return default, [dict(r) for r in groups], [override_of(r) for r in overrides]

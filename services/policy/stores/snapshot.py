@@ -17,6 +17,7 @@ from quartermaster.periods import PeriodKind
 from services.policy.decide import Enforcement
 from services.policy.directory import Directory, GroupInfo, UserInfo
 from services.policy.rules import ModelPolicy, Override, Rule, Snapshot
+from services.policy.stores.limits import override_of
 
 
 class SnapshotStore:
@@ -58,23 +59,6 @@ def _limits(rows: Iterable[Mapping[str, Any]], scope: str) -> dict[str, Rule]:
     }
 
 
-def _override(r: Mapping[str, Any]) -> Override:
-    return Override(
-        override_id=r["override_id"],
-        user_id=r["user_id"],
-        additive=r["additive"],
-        micros=r["limit_micros"],
-        period=PeriodKind(r["period"]) if r["period"] else None,
-        enforcement=Enforcement(r["enforcement"]) if r["enforcement"] else None,
-        granted_by=r["granted_by"],
-        reason=r["reason"],
-        starts_at=r["starts_at"],
-        expires_at=r["expires_at"],
-        review_at=r["review_at"],
-        request_id=r["request_id"],
-    )
-
-
 async def load_snapshot(
     pool: asyncpg.Pool, workspace_id: str, previous: Snapshot | None = None
 ) -> Snapshot:
@@ -110,7 +94,7 @@ async def load_snapshot(
         )
     by_user: dict[str, list[Override]] = {}
     for r in overrides:
-        by_user.setdefault(r["user_id"], []).append(_override(r))
+        by_user.setdefault(r["user_id"], []).append(override_of(r))
     return Snapshot(
         workspace_id=workspace_id,
         default=_rule(ws["default_limit_micros"], ws["period"], ws["enforcement"]) if ws else None,
