@@ -27,9 +27,11 @@ from quartermaster.localinfra.process import ChildProcess
 from quartermaster.localinfra.stack import open_infra
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit, setting
-from services.policy import store
 from services.policy.decide import Enforcement
+from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
+from services.policy.stores.directory import DirectoryStore
+from services.policy.stores.limits import LimitStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,17 +59,14 @@ def say(text: str) -> None:
 async def _seed(settings: DevSettings, database_url: str) -> None:
     pool = await connect_pool(database_url)
     try:
-        await store.set_workspace_default(
-            pool,
-            settings.workspace_id,
+        await LimitStore(pool, settings.workspace_id).set_workspace_default(
             settings.demo_limit_credits * MICROS_PER_CREDIT,
             Enforcement.HARD,
             "make-run-seed",
         )
         for p in simulator.PERSONAS:
-            await store.upsert_user(
-                pool, settings.workspace_id, p.user_id, f"{p.user_id}@example.com", p.display_name
-            )
+            user = UserInfo(p.user_id, f"{p.user_id}@example.com", p.display_name)
+            await DirectoryStore(pool, settings.workspace_id).upsert_user(user, "system")
     finally:
         await pool.close()
 

@@ -17,6 +17,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quartermaster.validation import InvalidRequest, Problems
+
 
 async def abort(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
@@ -24,6 +26,20 @@ async def abort(
     """End the call with `code` and `message` (grpc.aio raises; its stubs don't say so)."""
     await context.abort(code, message)
     raise AssertionError("abort returned")
+
+
+async def refuse(context: grpc.aio.ServicerContext[Any, Any], problems: Problems) -> None:
+    """End the call with INVALID_ARGUMENT naming every problem, when there is any
+    (returns when the request is fine)."""
+    if problems:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+
+
+async def refuse_invalid(
+    context: grpc.aio.ServicerContext[Any, Any], exc: InvalidRequest
+) -> NoReturn:
+    """End the call with INVALID_ARGUMENT naming every problem `exc` carries."""
+    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(exc.problems))
 
 
 @dataclass

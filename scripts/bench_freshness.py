@@ -31,9 +31,10 @@ from quartermaster.localinfra.stack import open_infra
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
-from services.policy import server, store
+from services.policy import server
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
+from services.policy.stores.limits import LimitStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,8 +91,8 @@ async def _run(samples: int) -> list[float]:
                 "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             }  # fmt: skip
             pool = await connect_pool(infra.database_url)
-            await store.set_workspace_default(
-                pool, workspace, 1000 * MICROS_PER_CREDIT, Enforcement.HARD, "bench"
+            await LimitStore(pool, workspace).set_workspace_default(
+                1000 * MICROS_PER_CREDIT, Enforcement.HARD, "bench"
             )
             await pool.close()
             metering = ChildProcess(

@@ -50,7 +50,8 @@ from services.metering.decode import epoch_seconds, tokens, validate
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
 from services.metering.state import periods_at
-from services.policy.totals import TotalsView
+from services.policy.totals import TotalsIndex
+from services.policy.totals_feed import TotalsFeed
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 3
@@ -180,9 +181,10 @@ async def drain(url: str, app_id: str, ends: dict[int, int], worker: ChildProces
 
 
 def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
-    view = TotalsView(bootstrap)
-    view.start()
-    view.wait_caught_up(60)
+    view = TotalsIndex()
+    feed = TotalsFeed(bootstrap, view)
+    feed.start()
+    feed.wait_caught_up(60)
     month = period_of(PeriodKind.MONTH, datetime.now(UTC), ZoneInfo("UTC")).key
     stop = threading.Event()
 
@@ -222,7 +224,7 @@ def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
         stop.set()
         load.join()
         probe_rep.close()
-        view.stop()
+        feed.stop()
     return out
 
 

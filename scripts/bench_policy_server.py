@@ -95,8 +95,9 @@ async def _echo(portfile: Path, timings: Path) -> None:
 
 async def _policy(portfile: Path, timings: Path) -> None:
     from services.policy import server
-    from services.policy.service import PolicyServicer
+    from services.policy.servicer import PolicyServicer
     from services.policy.settings import PolicySettings
+    from services.policy.stores.reservations import ReservationStore
 
     spent = array("q")  # wall-clock ns, then CPU ns, per call
     inner = PolicyServicer.Check
@@ -106,8 +107,8 @@ async def _policy(portfile: Path, timings: Path) -> None:
     await asyncio.wait_for(running.serving.wait(), 600)
     # The servicer alone, before any client runs: the decision without a transport
     # or a client competing for the CPU.
-    servicer = PolicyServicer(running.evaluator, running.pool, "bench", 600)
-    users = len(running.limits.snapshot.users)
+    servicer = PolicyServicer(running.evaluator, ReservationStore(running.pool, "bench"), 600)
+    users = len(running.evaluator.snapshot.users)
     rng = random.Random(3)
     alone = array("q")
     for _ in range(20_000):

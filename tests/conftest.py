@@ -28,9 +28,11 @@ from quartermaster.localinfra.process import ChildProcess
 from quartermaster.localinfra.stack import Infra, open_infra
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.v1 import policy_pb2_grpc
-from services.policy import server, store
+from services.policy import server
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
+from services.policy.stores.limits import LimitStore
+from tests.policy_inprocess import InProcess, policy_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
@@ -145,8 +147,8 @@ async def _policy_session(
     settings = PolicySettings.from_env(service_env)
     pool = await connect_pool(_infra_session.database_url)
     try:
-        await store.set_workspace_default(
-            pool, workspace_id, TEST_LIMIT_CREDITS * MICROS_PER_CREDIT, Enforcement.HARD, "tests"
+        await LimitStore(pool, workspace_id).set_workspace_default(
+            TEST_LIMIT_CREDITS * MICROS_PER_CREDIT, Enforcement.HARD, "tests"
         )
     finally:
         await pool.close()
@@ -231,3 +233,10 @@ async def replicas(
         yield reps
     finally:
         await reps.close()
+
+
+@pytest.fixture
+async def inproc() -> AsyncIterator[InProcess]:
+    """policy's servicers on an in-process gRPC server over fake stores (no infra)."""
+    async with policy_in_process() as p:
+        yield p

@@ -18,7 +18,8 @@ import grpc
 import pytest
 
 from quartermaster.money import MICROS_PER_CREDIT as C
-from quartermaster.v1 import policy_pb2
+from quartermaster.v1 import policy_pb2, policy_pb2_grpc
+from services.policy.server import RunningPolicy
 from tests.conftest import ADMIN_METADATA, Replicas
 
 pytestmark = pytest.mark.infra
@@ -186,25 +187,20 @@ async def test_directory_sync_reports_what_changed_and_serves_lookups(replicas: 
     assert actions == ["directory.import"] * 3  # the unchanged re-import wrote nothing
 
 
-async def test_every_change_reaches_both_replicas_within_a_second_and_is_audited(
-    replicas: Replicas,
-) -> None:
-    a, b = await replicas.start(2, QM_POLICY_REFRESH_SECONDS="60")  # only NOTIFY can be fast
-    admin = replicas.admin(a)
-    stubs = [replicas.policy(a), replicas.policy(b)]
-    await admin.ImportDirectory(
-        policy_pb2.ImportDirectoryRequest(format="json", document=json.dumps(DIRECTORY).encode()),
-        metadata=ADMIN_METADATA,
-    )
+Probe = Callable[[policy_pb2.CheckResponse], bool]
+
+
+def _changes(
+    admin: policy_pb2_grpc.PolicyAdminServiceAsyncStub,
+) -> list[tuple[str, Callable[[], Awaitable[object]], Probe]]:
+    """(name, the change, how a Check for ann shows it) of every kind of admin change."""
     hard, month = policy_pb2.ENFORCEMENT_HARD, policy_pb2.PERIOD_MONTH
-    now = datetime.now(UTC)
     override = policy_pb2.Override(
         override_id="ov-ann", user_id="ann", limit_micros=7 * C, period=month,
         reason="conference demo", granted_by="lead",
     )  # fmt: skip
-    override.expires_at.FromDatetime(now + timedelta(days=2))
-    Probe = Callable[[policy_pb2.CheckResponse], bool]
-    changes: list[tuple[str, Callable[[], Awaitable[object]], Probe]] = [
+    override.expires_at.FromDatetime(datetime.now(UTC) + timedelta(days=2))
+    return [
         ("default", lambda: admin.SetDefaultLimit(
             policy_pb2.SetDefaultLimitRequest(limit_micros=20 * C, period=month, enforcement=hard),
             metadata=ADMIN_METADATA),
@@ -232,19 +228,14 @@ async def test_every_change_reaches_both_replicas_within_a_second_and_is_audited
             metadata=ADMIN_METADATA),
          lambda c: c.limit_micros == 50 * C and c.limit_source == "group:ml"),
     ]  # fmt: skip
-    check = policy_pb2.CheckRequest(user_id="ann", product="chat", model="gpt-5")
-    delays = {}
-    for name, change, visible in changes:
-        await change()
 
-        async def on_both(visible: Callable[[policy_pb2.CheckResponse], bool] = visible) -> bool:
-            return all([visible(await s.Check(check)) for s in stubs])
 
-        delays[name] = await until(on_both)
-    print("propagation to both replicas (s):", {k: round(v, 4) for k, v in delays.items()})  # noqa: T201
-    assert max(delays.values()) < 1.0, delays
-
-    explained = await replicas.admin(b).ExplainLimit(
+async def _reads_show_the_changes(r: RunningPolicy, replicas: Replicas) -> None:
+    """ExplainLimit and ListLimits on `r` show where the changes left ann, and reload
+    nothing (they only read)."""
+    admin = replicas.admin(r)
+    reloads = r.refresh.reloads
+    explained = await admin.ExplainLimit(
         policy_pb2.ExplainLimitRequest(user_id="ann"), metadata=ADMIN_METADATA
     )
     assert explained.limit_source == "group:ml"
@@ -259,6 +250,31 @@ async def test_every_change_reaches_both_replicas_within_a_second_and_is_audited
     ]  # fmt: skip
     assert list(listed.overrides) == []  # removed
     assert [p.group_id for p in listed.model_policies] == ["eval"]
+    assert r.refresh.reloads == reloads
+
+
+async def test_every_change_reaches_both_replicas_within_a_second_and_is_audited(
+    replicas: Replicas,
+) -> None:
+    a, b = await replicas.start(2, QM_POLICY_REFRESH_SECONDS="60")  # only NOTIFY can be fast
+    admin = replicas.admin(a)
+    stubs = [replicas.policy(a), replicas.policy(b)]
+    await admin.ImportDirectory(
+        policy_pb2.ImportDirectoryRequest(format="json", document=json.dumps(DIRECTORY).encode()),
+        metadata=ADMIN_METADATA,
+    )
+    check = policy_pb2.CheckRequest(user_id="ann", product="chat", model="gpt-5")
+    delays = {}
+    for name, change, visible in _changes(admin):
+        await change()
+
+        async def on_both(visible: Probe = visible) -> bool:
+            return all([visible(await s.Check(check)) for s in stubs])
+
+        delays[name] = await until(on_both)
+    print("propagation to both replicas (s):", {k: round(v, 4) for k, v in delays.items()})  # noqa: T201
+    assert max(delays.values()) < 1.0, delays
+    await _reads_show_the_changes(b, replicas)
 
     audit = await _audit(replicas)
     assert [(actor, action) for actor, action, _ in audit] == [
@@ -307,17 +323,17 @@ async def test_a_change_of_limits_keeps_the_directory_and_a_sync_replaces_it(
         return all([(await s.Check(check)).limit_source == want for s in stubs])
 
     await until(lambda: sources("workspace_default"))
-    directories = [r.limits.snapshot.directory() for r in (a, b)]
-    versions = [r.limits.snapshot.version for r in (a, b)]
+    directories = [r.evaluator.snapshot.directory() for r in (a, b)]
+    versions = [r.evaluator.snapshot.version for r in (a, b)]
     await admin.SetGroupLimit(
         policy_pb2.SetGroupLimitRequest(group_id="ml", limit_micros=50 * C, period=week,
                                         enforcement=hard),
         metadata=ADMIN_METADATA,
     )  # fmt: skip
     await until(lambda: sources("group:ml"))
-    assert [r.limits.snapshot.version for r in (a, b)] != versions  # reloaded...
+    assert [r.evaluator.snapshot.version for r in (a, b)] != versions  # reloaded...
     for r, before in zip((a, b), directories, strict=True):
-        assert r.limits.snapshot.directory() is before  # ...keeping the directory
+        assert r.evaluator.snapshot.directory() is before  # ...keeping the directory
 
     # ben moves from ml to a new team with no limit of its own: the default again.
     moved = json.loads(document)
@@ -332,9 +348,9 @@ async def test_a_change_of_limits_keeps_the_directory_and_a_sync_replaces_it(
     assert (result.memberships_added, result.memberships_removed) == (1, 1)
     await until(lambda: sources("workspace_default"))
     for r, before in zip((a, b), directories, strict=True):
-        assert r.limits.snapshot.directory() is not before
-        assert r.limits.snapshot.memberships["ben"] == ("infra",)
-        assert r.limits.snapshot.groups_of("ann") == ("eval", "ml", "eng")
+        assert r.evaluator.snapshot.directory() is not before
+        assert r.evaluator.snapshot.memberships["ben"] == ("infra",)
+        assert r.evaluator.snapshot.groups_of("ann") == ("eval", "ml", "eng")
 
 
 async def _audit(replicas: Replicas) -> list[tuple[str, str, dict[str, Any]]]:

@@ -51,14 +51,14 @@ async def test_reserve_commit_and_release_through_the_client(
 ) -> None:
     user = new_user()
     async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED) as client:
-        hold = await client.reserve(user, "chat", "gpt-5", 3_000_000, request_id=f"a-{user}")
-        assert hold.decision == policy_pb2.DECISION_ALLOW
-        assert (bool(hold.reservation_id), hold.reserved_micros) == (True, 3_000_000)
+        made = await client.reserve(user, "chat", "gpt-5", 3_000_000, request_id=f"a-{user}")
+        assert made.decision == policy_pb2.DECISION_ALLOW
+        assert (bool(made.reservation_id), made.reserved_micros) == (True, 3_000_000)
         again = await client.reserve(user, "chat", "gpt-5", 3_000_000, request_id=f"a-{user}")
-        assert again.reservation_id == hold.reservation_id, "a retry gets the same hold"
+        assert again.reservation_id == made.reservation_id, "a retry gets the same reservation"
         assert (await client.check(user, "chat", "gpt-5")).reserved_micros == 3_000_000
 
-        done = await client.commit(hold.reservation_id, 2_000_000)
+        done = await client.commit(made.reservation_id, 2_000_000)
         assert (done.committed, done.actual_micros) == (True, 2_000_000)
         other = await client.reserve(user, "chat", "gpt-5", 1_000_000, request_id=f"b-{user}")
         assert (await client.check(user, "chat", "gpt-5")).reserved_micros == 3_000_000
@@ -68,7 +68,7 @@ async def test_reserve_commit_and_release_through_the_client(
         assert await client.release(other.reservation_id) is None, "released already"
         assert (await client.check(user, "chat", "gpt-5")).reserved_micros == 2_000_000
         with pytest.raises(PolicyRequestError, match="actual_micros: must not be negative"):
-            await client.commit(hold.reservation_id, -1)
+            await client.commit(made.reservation_id, -1)
         assert client.degraded == 0
 
 
@@ -103,14 +103,14 @@ async def test_when_policy_cannot_be_reached_the_gateways_choice_answers(
         started = time.monotonic()
         got = await client.check("ann", "chat", "gpt-5")
         batch = await client.check_batch([req("ann"), req("bob")])
-        hold = await client.reserve("ann", "chat", "gpt-5", 1_000, request_id="r-1")
+        made = await client.reserve("ann", "chat", "gpt-5", 1_000, request_id="r-1")
         with pytest.raises(grpc.aio.AioRpcError) as info:  # no fail mode for a commit
             await client.commit("7d4c6f0e-0000-4000-8000-000000000000", 1_000)
         took = time.monotonic() - started
     assert (got.decision, got.limit_source) == (decision, source)
     assert "policy unreachable (UNAVAILABLE" in got.reason
     assert [b.limit_source for b in batch] == [source, source]
-    assert (hold.decision, hold.limit_source, hold.reservation_id) == (decision, source, "")
+    assert (made.decision, made.limit_source, made.reservation_id) == (decision, source, "")
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert client.degraded == 4
     assert took < 5, "bounded by deadlines and retries, not hanging"

@@ -17,8 +17,8 @@ from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import notifications_pb2, policy_pb2, requests_pb2
 from quartermaster.wire import timestamp
-from services.policy import store
 from services.policy.decide import Enforcement
+from services.policy.stores.limits import LimitStore
 from tests.conftest import MeteringWorker, Replicas
 from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
 
@@ -30,9 +30,8 @@ COST = 6_250  # micros of one helpers.usage() event
 async def _default(infra: Infra, replicas: Replicas, micros: int) -> None:
     pool = await connect_pool(infra.database_url)
     try:
-        await store.set_workspace_default(
-            pool, replicas.workspace_id, micros, Enforcement.SOFT, "t"
-        )
+        store = LimitStore(pool, replicas.workspace_id)
+        await store.set_workspace_default(micros, Enforcement.SOFT, "t")
     finally:
         await pool.close()
 
@@ -70,8 +69,6 @@ async def test_each_threshold_is_announced_once_per_period_across_replicas(
     assert full.subject == "You have used all of your monthly AI budget"
     assert "Ask for more credits" in full.body
     assert full.recipient_user_id == user
-    assert a.thresholds is not None
-    assert b.thresholds is not None
     assert a.thresholds.published + b.thresholds.published == 3
 
 

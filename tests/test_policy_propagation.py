@@ -13,9 +13,10 @@ import pytest
 from quartermaster.db import connect_pool
 from quartermaster.localinfra.stack import Infra
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
-from services.policy import server, store
+from services.policy import server
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
+from services.policy.stores.limits import LimitStore
 
 pytestmark = pytest.mark.infra
 
@@ -27,7 +28,7 @@ async def test_a_new_default_shows_on_two_replicas_long_before_their_poll(
     pool = await connect_pool(infra.database_url)
     replicas = []
     try:
-        await store.set_workspace_default(pool, workspace, 5_000_000, Enforcement.HARD, "t")
+        await LimitStore(pool, workspace).set_workspace_default(5_000_000, Enforcement.HARD, "t")
         env = {**service_env, "QM_WORKSPACE_ID": workspace, "QM_POLICY_REFRESH_SECONDS": "60"}
         for _ in range(2):
             r = await server.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
@@ -44,7 +45,9 @@ async def test_a_new_default_shows_on_two_replicas_long_before_their_poll(
             return out
 
         assert await limits() == [5_000_000, 5_000_000]
-        await store.set_workspace_default(pool, workspace, 7_000_000, Enforcement.SOFT, "admin@x")
+        await LimitStore(pool, workspace).set_workspace_default(
+            7_000_000, Enforcement.SOFT, "admin@x"
+        )
         deadline = asyncio.get_running_loop().time() + 5  # the poll would take 60 s
         while await limits() != [7_000_000, 7_000_000]:
             assert asyncio.get_running_loop().time() < deadline, await limits()

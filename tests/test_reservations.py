@@ -24,9 +24,10 @@ from quartermaster.localinfra.stack import Infra
 from quartermaster.periods import PeriodKind
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2
-from services.policy import store
 from services.policy.decide import Enforcement
-from services.policy.holds import open_micros
+from services.policy.reservations import open_micros
+from services.policy.stores.limits import LimitStore
+from services.policy.stores.reservations import ReservationStore
 from tests.conftest import MeteringWorker, Replicas
 from tests.helpers import eventually, new_user, produce_usage, usage
 
@@ -93,7 +94,9 @@ async def test_overshoot_is_at_most_one_estimate_with_reservations(
 ) -> None:
     pool = await connect_pool(infra.database_url)
     try:
-        await store.set_workspace_default(pool, replicas.workspace_id, LIMIT, Enforcement.HARD, "t")
+        await LimitStore(pool, replicas.workspace_id).set_workspace_default(
+            LIMIT, Enforcement.HARD, "t"
+        )
     finally:
         await pool.close()
     running = await replicas.start(n_replicas)
@@ -109,8 +112,8 @@ async def test_overshoot_is_at_most_one_estimate_with_reservations(
             b = await stubs[-1].GetBudget(policy_pb2.GetBudgetRequest(user_id=user))  # type: ignore[attr-defined]
             return int(b.used_micros), int(b.reserved_micros)
 
-        # Every admitted call's usage reaches the totals, and its hold is settled by
-        # request_id (counted once: in the totals, not also as a hold).
+        # Every admitted call's usage reaches the totals, and its reservation is settled by
+        # request_id (counted once: in the totals, not also as a reservation).
         await eventually(settled, (expected, 0), within=60)
         results[mode] = {"admitted": admitted, "overshoot_micros": max(0, expected - LIMIT)}
     print(  # noqa: T201
@@ -128,7 +131,9 @@ async def test_overshoot_is_at_most_one_estimate_with_reservations(
 async def test_reservation_calls_validate_and_release(infra: Infra, replicas: Replicas) -> None:
     pool = await connect_pool(infra.database_url)
     try:
-        await store.set_workspace_default(pool, replicas.workspace_id, LIMIT, Enforcement.HARD, "t")
+        await LimitStore(pool, replicas.workspace_id).set_workspace_default(
+            LIMIT, Enforcement.HARD, "t"
+        )
     finally:
         await pool.close()
     [r] = await replicas.start(1)
@@ -148,7 +153,7 @@ async def test_reservation_calls_validate_and_release(infra: Infra, replicas: Re
     first = await stub.Reserve(req)
     assert first.decision == policy_pb2.DECISION_ALLOW
     assert first.reservation_id
-    again = await stub.Reserve(req)  # a retry: the same hold, not a second one
+    again = await stub.Reserve(req)  # a retry: the same reservation, not a second one
     assert again.reservation_id == first.reservation_id
     budget = await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id="u1"))
     assert (budget.reserved_micros, budget.used_micros) == (60 * COST, 60 * COST)
@@ -175,16 +180,18 @@ async def test_reservation_calls_validate_and_release(infra: Infra, replicas: Re
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_counted_hold_is_recorded_for_replicas_that_never_read_its_total(
+async def test_a_counted_reservation_is_recorded_for_replicas_that_never_read_its_total(
     infra: Infra, metering: MeteringWorker, replicas: Replicas
 ) -> None:
     """The totals topic is compacted: a replica started later may find only a newer
     total of the same person and period, without this request among its settled ids.
-    The first replica to read the total records it on the hold in Postgres, so such a
-    replica still counts the hold out of that period (and only that period)."""
+    The first replica to read the total records it on the reservation in Postgres, so such a
+    replica still counts the reservation out of that period (and only that period)."""
     pool = await connect_pool(infra.database_url)
     try:
-        await store.set_workspace_default(pool, replicas.workspace_id, LIMIT, Enforcement.HARD, "t")
+        await LimitStore(pool, replicas.workspace_id).set_workspace_default(
+            LIMIT, Enforcement.HARD, "t"
+        )
         [r] = await replicas.start(1)
         stub = replicas.policy(r)
         user, request_id = new_user(), f"req-{uuid.uuid4().hex}"
@@ -206,17 +213,19 @@ async def test_a_counted_hold_is_recorded_for_replicas_that_never_read_its_total
         month = r.evaluator.period(PeriodKind.MONTH, datetime.now(UTC)).key
         week = r.evaluator.period(PeriodKind.WEEK, datetime.now(UTC)).key
 
+        reservations = ReservationStore(pool, replicas.workspace_id)
+
         async def recorded() -> tuple[str, ...]:
-            return next(h.settled_in for h in await store.open_holds(pool, replicas.workspace_id)
+            return next(h.settled_in for h in await reservations.open_reservations()
                         if h.request_id == request_id)  # fmt: skip
 
         # metering publishes the day, week and month totals; each is recorded
         await eventually(lambda: _has(recorded, month, week), True, within=30)
-        holds = await store.open_holds(pool, replicas.workspace_id)
+        still_open = await reservations.open_reservations()
         never_read = lambda _request_id, _period_key: False  # noqa: E731
         now = datetime.now(UTC)
-        assert open_micros(holds, now, never_read, month) == 0
-        assert open_micros(holds, now, never_read, "1999-01") == COST  # not that period
+        assert open_micros(still_open, now, never_read, month) == 0
+        assert open_micros(still_open, now, never_read, "1999-01") == COST  # not that period
     finally:
         await pool.close()
 

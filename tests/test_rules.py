@@ -19,19 +19,12 @@ from quartermaster.periods import PeriodKind, period_of
 from quartermaster.v1 import policy_pb2, usage_pb2
 from quartermaster.wire import timestamp
 from services.policy.decide import Enforcement
-from services.policy.holds import HoldsView
-from services.policy.rules import (
-    GroupInfo,
-    ModelPolicy,
-    NoLimit,
-    Override,
-    Rule,
-    Snapshot,
-    UserInfo,
-)
-from services.policy.service import Evaluator, LimitHolder
-from services.policy.store import Hold
-from services.policy.totals import TotalsView
+from services.policy.directory import GroupInfo, UserInfo
+from services.policy.evaluator import Evaluator
+from services.policy.mapping import check_response
+from services.policy.reservations import Reservation, ReservationsView
+from services.policy.rules import ModelPolicy, NoLimit, Override, Rule, Snapshot
+from services.policy.totals import TotalsIndex
 
 HARD, SOFT = Enforcement.HARD, Enforcement.SOFT
 DAY, WEEK, MONTH = PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH
@@ -192,7 +185,7 @@ def test_additive_overrides_add_to_whichever_limit_won_and_end_on_time() -> None
 
 def _evaluator(snap: Snapshot, tz: str = "UTC", clock_at: datetime = NOW) -> Evaluator:
     return Evaluator(
-        LimitHolder(snap), TotalsView("127.0.0.1:1"), HoldsView(), ZoneInfo(tz), 80,
+        snap, TotalsIndex(), ReservationsView(), ZoneInfo(tz), 80,
         clock=lambda: clock_at,
     )  # fmt: skip
 
@@ -263,7 +256,7 @@ def test_a_pool_denies_when_the_group_has_spent_it_even_if_the_user_has_room() -
     spend(ev, "carol", 5 * C, "2026-11")  # carol: ml, inside eng
     v = check(ev, "alice", estimated=4 * C)  # alice: llm-eval, inside ml, inside eng
     assert v.decision == WARN  # 29 of 30 in the pool: past 80 %
-    assert [(p.group_id, p.used_micros, p.remaining_micros) for p in v.response().pools] == [
+    assert [(p.group_id, p.used_micros, p.remaining_micros) for p in check_response(v).pools] == [
         ("eng", 25 * C, 5 * C)
     ]
     denied = check(ev, "alice", estimated=6 * C)
@@ -308,10 +301,10 @@ def test_the_fallback_is_suggested_once_the_configured_share_is_used() -> None:
     assert (v.decision, v.suggested_model) == (ALLOW, "gpt-5-mini")
 
 
-def test_open_holds_count_until_their_usage_is_in_the_totals_or_they_expire() -> None:
+def test_open_reservations_count_until_their_usage_is_in_the_totals_or_they_expire() -> None:
     ev = _evaluator(org())
-    hold = Hold("r1", "dave", "req-1", (), 4 * C, NOW + timedelta(minutes=5), 4 * C)
-    ev.holds.put(hold)
+    made = Reservation("r1", "dave", "req-1", (), 4 * C, NOW + timedelta(minutes=5), 4 * C)
+    ev.reservations.put(made)
     spend(ev, "dave", 5 * C, "2026-11")
     v = check(ev, "dave", estimated=2 * C)
     assert (v.used, v.reserved, v.decision) == (9 * C, 4 * C, DENY)
@@ -351,11 +344,13 @@ def test_explain_walks_the_chain_in_words() -> None:
     assert "member of llm-eval, inside ml" in steps[1].detail
 
 
-def test_a_hold_settles_per_period_only_once_that_periods_total_has_its_usage() -> None:
+def test_a_reservation_settles_per_period_only_once_that_periods_total_has_its_usage() -> None:
     # Metering publishes a batch's day, week and month totals one after another: the
-    # day's record naming the request must not settle the hold against the month.
+    # day's record naming the request must not settle the reservation against the month.
     ev = _evaluator(org())
-    ev.holds.put(Hold("r1", "dave", "req-1", (), 4 * C, NOW + timedelta(minutes=5), 4 * C))
+    ev.reservations.put(
+        Reservation("r1", "dave", "req-1", (), 4 * C, NOW + timedelta(minutes=5), 4 * C)
+    )
     spend(ev, "dave", 5 * C, "2026-11")
     spend(ev, "dave", 4 * C, "2026-11-23", request_ids=("req-1",))  # the day's total first
     assert (check(ev, "dave").used, check(ev, "dave").reserved) == (9 * C, 4 * C)
@@ -363,12 +358,12 @@ def test_a_hold_settles_per_period_only_once_that_periods_total_has_its_usage() 
     assert (check(ev, "dave").used, check(ev, "dave").reserved) == (9 * C, 0)
 
 
-def test_syncing_holds_with_postgres_keeps_those_that_arrived_meanwhile() -> None:
-    view = HoldsView()
-    stale = Hold("r-old", "dave", "req-old", (), C, NOW + timedelta(minutes=5), C)
+def test_syncing_reservations_with_postgres_keeps_those_that_arrived_meanwhile() -> None:
+    view = ReservationsView()
+    stale = Reservation("r-old", "dave", "req-old", (), C, NOW + timedelta(minutes=5), C)
     view.put(stale)
     before = view.ids()
-    fresh = Hold("r-new", "dave", "req-new", (), C, NOW + timedelta(minutes=5), C)
+    fresh = Reservation("r-new", "dave", "req-new", (), C, NOW + timedelta(minutes=5), C)
     view.put(fresh)  # a NOTIFY while Postgres was being asked
     view.sync([], before)  # Postgres: r-old was released (its NOTIFY lost)
     assert view.ids() == {"r-new"}

@@ -18,10 +18,10 @@ from google.protobuf.message import DecodeError, Message
 
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import from_timestamp
 from services.metering.pricing import Tokens
 
-MAX_ID_LENGTH = 256
 # An event dated further ahead than this is a clock or a bug, not usage.
 MAX_FUTURE = timedelta(minutes=5)
 
@@ -135,30 +135,27 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         and out >= reasoning and event.HasField("occurred_at")
     ):  # fmt: skip
         return
-    problems: list[str] = []
+    problems = Problems()
     for name, value in (
         ("event_id", event.event_id),
         ("user_id", event.user_id),
         ("product", event.product),
         ("model", event.model),
     ):
-        if not value or value.isspace():
-            problems.append(f"{name}: must not be empty")
-        elif len(value) > MAX_ID_LENGTH:
-            problems.append(f"{name}: longer than {MAX_ID_LENGTH} characters")
+        problems.require_id(name, value)
     if not event.HasField("occurred_at"):
-        problems.append("occurred_at: must be set")
+        problems.add("occurred_at", "must be set")
     else:
         # Compared as epoch seconds: building a datetime per event is the costliest
         # step of validation, so it is built only to word a complaint.
         at = epoch_seconds(event)
         if at > accepted.latest:
             when = from_timestamp(event.occurred_at).isoformat()
-            problems.append(f"occurred_at: {when} is more than 5 minutes in the future")
+            problems.add("occurred_at", f"{when} is more than 5 minutes in the future")
         elif at < accepted.earliest:
             when = from_timestamp(event.occurred_at).isoformat()
-            problems.append(
-                f"occurred_at: {when} is older than the {accepted.max_age_days}-day horizon"
+            problems.add(
+                "occurred_at", f"{when} is older than the {accepted.max_age_days}-day horizon"
             )
     for name, count in (
         ("input_tokens", event.input_tokens),
@@ -168,17 +165,18 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         ("cache_write_input_tokens", event.cache_write_input_tokens),
     ):
         if count < 0:
-            problems.append(f"{name}: must not be negative")
+            problems.add(name, "must not be negative")
     cached, written = event.cached_input_tokens, event.cache_write_input_tokens
     if cached >= 0 and written >= 0 and 0 <= event.input_tokens < cached + written:
-        problems.append(
-            "cached_input_tokens: with cache_write_input_tokens, more than input_tokens "
-            "(they are its cached and cache-written subsets)"
+        problems.add(
+            "cached_input_tokens",
+            "with cache_write_input_tokens, more than input_tokens "
+            "(they are its cached and cache-written subsets)",
         )
     if 0 <= event.output_tokens < event.reasoning_tokens:
-        problems.append("reasoning_tokens: more than output_tokens (it is their reasoning subset)")
+        problems.add("reasoning_tokens", "more than output_tokens (it is their reasoning subset)")
     if problems:
-        raise InvalidUsage("; ".join(problems))
+        raise InvalidUsage("; ".join(problems.items))
 
 
 def occurred_at(event: UsageEvent) -> datetime:

@@ -14,9 +14,10 @@ from quartermaster.db import connect_pool
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit
-from services.policy import server, store
+from services.policy import server
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
+from services.policy.stores.limits import LimitStore
 
 
 async def _serve(settings: PolicySettings) -> None:
@@ -28,9 +29,8 @@ async def _set_default(settings: PolicySettings, credits: int, soft: bool, actor
     pool = await connect_pool(settings.database_url)
     try:
         enforcement = Enforcement.SOFT if soft else Enforcement.HARD
-        await store.set_workspace_default(
-            pool, settings.workspace_id, credits * MICROS_PER_CREDIT, enforcement, actor
-        )
+        store = LimitStore(pool, settings.workspace_id)
+        await store.set_workspace_default(credits * MICROS_PER_CREDIT, enforcement, actor)
     finally:
         await pool.close()
 

@@ -11,12 +11,16 @@ from quartermaster.v1 import policy_pb2
 
 
 class Enforcement(StrEnum):
+    """What happens past a limit."""
+
     HARD = "hard"  # deny once the limit is reached
     SOFT = "soft"  # allow, but warn, past the limit
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
+    """The limit a decision is made against (micros per period) and where it came from."""
+
     micros: int
     enforcement: Enforcement
     source: str  # e.g. "workspace_default", "group:ml", "override:ov-1"

@@ -1,172 +1,147 @@
-"""Directory documents (a sync from HR or an identity provider), JSON or CSV.
+"""The directory: the in-memory picture of a workspace's people, groups and memberships.
 
-JSON:
-    {"groups": [{"group_id": "eng", "name": "Engineering", "kind": "department",
-                 "parent_id": "", "cost_center": "CC-100", "admins": ["carol"]}],
-     "users":  [{"user_id": "alice", "email": "alice@example.com",
-                 "display_name": "Alice", "slack_user_id": "U01", "manager_id": "carol",
-                 "groups": ["ml-team"]}]}
-
-CSV (one row per user; a header row names the columns, `user_id` required):
-    user_id,email,display_name,slack_user_id,manager_id,groups
-    alice,alice@example.com,Alice,U01,carol,ml-team;platform
-
-A user's `groups`, when given, become exactly their direct groups; users and groups
-the document does not mention are left alone. Groups a CSV names that the
-directory doesn't have yet are created (kind "group", named by their id).
+Pure (no I/O). It changes with a directory sync, not with limits: a reload after a
+change of limits keeps it (and its caches) while the workspace's directory_version
+stays. Everything here follows from the people and groups alone: group chains, who is
+in which group through nesting, who draws on which pooled budget, manager chains.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from services.policy.rules import GroupInfo, UserInfo
-from services.policy.store import GROUP_KINDS, DirectoryDoc
-
-MAX_ID = 256
-USER_COLUMNS = ("user_id", "email", "display_name", "slack_user_id", "manager_id", "groups")
+# The kinds a group may be; "group" when a document does not say.
+GROUP_KINDS = ("department", "team", "project", "cost_center", "group")
 
 
-class DirectoryError(ValueError):
-    """A document that can't be imported; the message names every problem."""
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A person in the directory; "" where unknown."""
+
+    user_id: str
+    email: str = ""
+    display_name: str = ""
+    slack_user_id: str = ""
+    manager_id: str = ""
 
 
-def _text(
-    where: str, d: dict[str, Any], key: str, problems: list[str], required: bool = False
-) -> str:
-    v: object = d.get(key, "")
-    if v is None:
-        v = ""
-    if not isinstance(v, str):
-        problems.append(f"{where}.{key}: must be a string")
-        return ""
-    v = v.strip()
-    if required and not v:
-        problems.append(f"{where}.{key}: must not be empty")
-    if len(v) > MAX_ID and key.endswith("_id"):
-        problems.append(f"{where}.{key}: longer than {MAX_ID} characters")
-    return v
+# UserInfo's fields, as a directory document and the users table name them.
+USER_FIELDS = ("email", "display_name", "slack_user_id", "manager_id")
+USER_FIELDS_ALL = ("user_id", *USER_FIELDS)
+GROUP_FIELDS = ("name", "kind", "parent_id", "cost_center")
 
 
-def _ids(where: str, v: Any, problems: list[str]) -> list[str]:
-    if v is None:
-        return []
-    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-        problems.append(f"{where}: must be a list of non-empty ids")
-        return []
-    return [x.strip() for x in v]
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group: `kind` one of GROUP_KINDS, `parent_id` "" at the top, `admins` user ids."""
+
+    group_id: str
+    name: str = ""
+    kind: str = "group"
+    parent_id: str = ""
+    cost_center: str = ""
+    admins: tuple[str, ...] = ()
 
 
-def user_of(where: str, d: dict[str, Any], problems: list[str]) -> UserInfo:
-    return UserInfo(
-        _text(where, d, "user_id", problems, required=True),
-        _text(where, d, "email", problems),
-        _text(where, d, "display_name", problems),
-        _text(where, d, "slack_user_id", problems),
-        _text(where, d, "manager_id", problems),
+@dataclass
+class Directory:
+    """People, groups and memberships (user_id → direct group ids), with caches of
+    what follows from them. Built whole by the snapshot loader and never changed
+    afterwards, except for the caches, which fill on first use."""
+
+    users: Mapping[str, UserInfo] = field(default_factory=dict)
+    groups: Mapping[str, GroupInfo] = field(default_factory=dict)
+    memberships: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    members: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
+    # one person per distinct set of direct groups
+    firsts: tuple[str, ...] | None = field(default=None, repr=False)
+    # the pooled groups it was made for, and user_id → their pools
+    pools_of: tuple[frozenset[str], dict[str, tuple[str, ...]]] | None = field(
+        default=None, repr=False
     )
 
+    def chain(self, group_id: str) -> tuple[str, ...]:
+        """The group and its ancestors, nearest first (a cycle is cut where it closes)."""
+        found = self.chains.get(group_id)
+        if found is None:
+            out: list[str] = []
+            g: str = group_id
+            while g and g not in out:
+                out.append(g)
+                info = self.groups.get(g)
+                g = info.parent_id if info is not None else ""
+            found = self.chains[group_id] = tuple(out)
+        return found
 
-def group_of(where: str, d: dict[str, Any], problems: list[str]) -> GroupInfo:
-    g = GroupInfo(
-        _text(where, d, "group_id", problems, required=True),
-        _text(where, d, "name", problems),
-        _text(where, d, "kind", problems) or "group",
-        _text(where, d, "parent_id", problems),
-        _text(where, d, "cost_center", problems),
-        tuple(_ids(f"{where}.admins", d.get("admins"), problems)),
-    )
-    if g.kind not in GROUP_KINDS:
-        problems.append(f"{where}.kind: {g.kind!r} is not one of {', '.join(GROUP_KINDS)}")
-    if g.parent_id and g.parent_id == g.group_id:
-        problems.append(f"{where}.parent_id: a group can't be its own parent")
-    if not g.name:
-        g = GroupInfo(g.group_id, g.group_id, g.kind, g.parent_id, g.cost_center, g.admins)
-    return g
+    def above(self, direct: tuple[str, ...]) -> tuple[str, ...]:
+        """The groups `direct` and their ancestors, without repeats."""
+        seen: dict[str, None] = {}
+        for d in direct:
+            for g in self.chain(d):
+                seen.setdefault(g)
+        return tuple(seen)
 
+    def groups_of(self, user_id: str) -> tuple[str, ...]:
+        """Every group the user belongs to, directly or through nesting, without repeats."""
+        return self.above(self.memberships.get(user_id, ()))
 
-def _unique(kind: str, ids: list[str], problems: list[str]) -> None:
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            problems.append(f"{kind}: {i!r} appears more than once")
-        seen.add(i)
+    def pool_members(self, pooled: frozenset[str]) -> dict[str, tuple[str, ...]]:
+        """user_id → the groups of `pooled` whose budget they draw on (users in any
+        pool); the same dict while the set of pooled groups is the same."""
+        if self.pools_of is not None and self.pools_of[0] == pooled:
+            return self.pools_of[1]
+        out: dict[str, tuple[str, ...]] = {}
+        if pooled:
+            # Per distinct set of direct groups: far fewer than people.
+            by_direct: dict[tuple[str, ...], tuple[str, ...]] = {}
+            for user_id, direct in self.memberships.items():
+                pools = by_direct.get(direct)
+                if pools is None:
+                    pools = by_direct[direct] = tuple(g for g in self.above(direct) if g in pooled)
+                if pools:
+                    out[user_id] = pools
+        self.pools_of = (pooled, out)
+        return out
 
+    def group_members(self) -> dict[str, tuple[str, ...]]:
+        """group_id → everyone in it, through nested groups too (sorted; made once)."""
+        if self.members is None:
+            members: dict[str, set[str]] = {g: set() for g in self.groups}
+            for user_id in self.memberships:
+                for g in self.groups_of(user_id):
+                    members.setdefault(g, set()).add(user_id)
+            self.members = {g: tuple(sorted(u)) for g, u in members.items()}
+        return self.members
 
-def parse_json(document: bytes) -> DirectoryDoc:
-    try:
-        data = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DirectoryError(f"document: not JSON ({exc})") from None
-    if not isinstance(data, dict) or not set(data) <= {"users", "groups"}:
-        raise DirectoryError('document: expected an object with "users" and/or "groups"')
-    problems: list[str] = []
-    users, groups, memberships = [], [], {}
-    for i, d in enumerate(data.get("groups") or []):
-        if not isinstance(d, dict):
-            problems.append(f"groups[{i}]: must be an object")
-            continue
-        groups.append(group_of(f"groups[{i}]", d, problems))
-    for i, d in enumerate(data.get("users") or []):
-        if not isinstance(d, dict):
-            problems.append(f"users[{i}]: must be an object")
-            continue
-        u = user_of(f"users[{i}]", d, problems)
-        users.append(u)
-        if "groups" in d:
-            memberships[u.user_id] = _ids(f"users[{i}].groups", d["groups"], problems)
-    return _checked(DirectoryDoc(users, groups, memberships), problems)
+    def first_of_each_group_set(self) -> tuple[str, ...]:
+        """One person per distinct set of direct groups (made once)."""
+        if self.firsts is None:
+            firsts: dict[tuple[str, ...], str] = {}
+            for user_id, direct in self.memberships.items():
+                firsts.setdefault(direct, user_id)
+            self.firsts = tuple(firsts.values())
+        return self.firsts
 
+    def manager_chain(self, user_id: str) -> list[UserInfo]:
+        """The user's manager, their manager, and so on (a cycle is cut)."""
+        out: list[UserInfo] = []
+        seen = {user_id}
+        info = self.users.get(user_id)
+        while info is not None and info.manager_id and info.manager_id not in seen:
+            seen.add(info.manager_id)
+            info = self.users.get(info.manager_id)
+            if info is not None:
+                out.append(info)
+        return out
 
-def parse_csv(document: bytes) -> DirectoryDoc:
-    try:
-        text = document.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DirectoryError(f"document: not UTF-8 ({exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    problems: list[str] = []
-    unknown = [c for c in header if c not in USER_COLUMNS]
-    if "user_id" not in header:
-        raise DirectoryError("document: the header row must name a user_id column")
-    if unknown:
-        problems.append(
-            f"header: unknown column(s) {', '.join(unknown)}; expected {', '.join(USER_COLUMNS)}"
-        )
-    users, memberships = [], {}
-    named: set[str] = set()
-    for n, row in enumerate(reader, start=2):
-        if None in row:
-            problems.append(f"line {n}: more fields than the header has columns")
-            continue
-        u = user_of(f"line {n}", {k: v for k, v in row.items() if k != "groups"}, problems)
-        users.append(u)
-        if "groups" in header:
-            gs = [g.strip() for g in (row.get("groups") or "").split(";") if g.strip()]
-            memberships[u.user_id] = gs
-            named.update(gs)
-    doc = DirectoryDoc(users, [], memberships)
-    doc.implicit_groups = sorted(named)
-    return _checked(doc, problems)
-
-
-def _checked(doc: DirectoryDoc, problems: list[str]) -> DirectoryDoc:
-    _unique("users", [u.user_id for u in doc.users if u.user_id], problems)
-    _unique("groups", [g.group_id for g in doc.groups if g.group_id], problems)
-    if problems:
-        raise DirectoryError(
-            "; ".join(problems[:50])
-            + (f" (and {len(problems) - 50} more)" if len(problems) > 50 else "")
-        )
-    return doc
-
-
-def parse(fmt: str, document: bytes) -> DirectoryDoc:
-    if fmt == "json":
-        return parse_json(document)
-    if fmt == "csv":
-        return parse_csv(document)
-    raise DirectoryError(f'format: expected "json" or "csv", got {fmt!r}')
+    def group_admins(self, group_id: str) -> list[UserInfo]:
+        """The admins of the group and of every group above it, nearest first, each
+        once (an admin not in the directory is named by id alone)."""
+        seen: dict[str, None] = {}
+        for g in self.chain(group_id):
+            info = self.groups.get(g)
+            for a in info.admins if info is not None else ():
+                seen.setdefault(a)
+        return [self.users.get(a) or UserInfo(a) for a in seen]

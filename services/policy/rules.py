@@ -24,12 +24,15 @@ from datetime import datetime
 from quartermaster.money import credits
 from quartermaster.periods import PeriodKind
 from services.policy.decide import Enforcement, Limit
+from services.policy.directory import Directory, GroupInfo, UserInfo
 
 PERIOD_DAYS = {PeriodKind.DAY: 1, PeriodKind.WEEK: 7, PeriodKind.MONTH: 30}
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """A limit as configured: micros per period, and what happens past it."""
+
     micros: int
     period: PeriodKind
     enforcement: Enforcement
@@ -44,6 +47,9 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Override:
+    """An individual limit for one user: replacing (their limit) or additive (extra
+    credits on whichever limit wins), active from starts_at until expires_at."""
+
     override_id: str
     user_id: str
     additive: bool
@@ -75,26 +81,9 @@ class Override:
 
 
 @dataclass(frozen=True, slots=True)
-class UserInfo:
-    user_id: str
-    email: str = ""
-    display_name: str = ""
-    slack_user_id: str = ""
-    manager_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GroupInfo:
-    group_id: str
-    name: str = ""
-    kind: str = "group"
-    parent_id: str = ""
-    cost_center: str = ""
-    admins: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class ModelPolicy:
+    """Which models a group's members may call, and which to suggest instead."""
+
     group_id: str
     allowed: frozenset[str]  # empty: every model
     fallback_model: str = ""
@@ -123,6 +112,8 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
+    """A user's resolution: their limit, the pools they draw on, their model rule."""
+
     limit: Limit
     pools: tuple[tuple[str, Rule], ...]  # (group_id, pooled rule)
     models: ModelRule | None
@@ -143,26 +134,10 @@ class NoLimit(Exception):
 
 
 @dataclass
-class Directory:
-    """People, groups and memberships, with what follows from them alone. It changes
-    with a directory sync, not with limits: a reload after a change of limits keeps
-    it (and its caches) while the workspace's directory_version stays."""
-
-    users: Mapping[str, UserInfo] = field(default_factory=dict)
-    groups: Mapping[str, GroupInfo] = field(default_factory=dict)
-    memberships: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    chains: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-    members: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
-    # one person per distinct set of direct groups
-    firsts: tuple[str, ...] | None = field(default=None, repr=False)
-    # the pooled groups it was made for, and user_id → their pools
-    pools_of: tuple[frozenset[str], dict[str, tuple[str, ...]]] | None = field(
-        default=None, repr=False
-    )
-
-
-@dataclass
 class Snapshot:
+    """One workspace's rules and directory at one config_version, immutable once
+    built (but for its caches); resolves limits. Swapped whole on reload."""
+
     workspace_id: str
     default: Rule | None = None
     users: Mapping[str, UserInfo] = field(default_factory=dict)
@@ -185,7 +160,7 @@ class Snapshot:
         default_factory=dict, repr=False
     )
 
-    # -- the directory ------------------------------------------------------------
+    # -- the directory (people, groups, memberships) --------------------------------
 
     def directory(self) -> Directory:
         """The snapshot's people, groups and memberships, as a reload may keep them."""
@@ -194,72 +169,17 @@ class Snapshot:
         return self._known
 
     def chain(self, group_id: str) -> tuple[str, ...]:
-        """The group and its ancestors, nearest first (a cycle is cut where it closes)."""
-        chains = self.directory().chains
-        found = chains.get(group_id)
-        if found is None:
-            out: list[str] = []
-            g: str = group_id
-            while g and g not in out:
-                out.append(g)
-                info = self.groups.get(g)
-                g = info.parent_id if info is not None else ""
-            found = chains[group_id] = tuple(out)
-        return found
+        """The group and its ancestors, nearest first (Directory.chain)."""
+        return self.directory().chain(group_id)
 
     def groups_of(self, user_id: str) -> tuple[str, ...]:
-        """Every group the user belongs to, directly or through nesting, without repeats."""
-        return self._above(self.memberships.get(user_id, ()))
-
-    def _above(self, direct: tuple[str, ...]) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for d in direct:
-            for g in self.chain(d):
-                seen.setdefault(g)
-        return tuple(seen)
+        """Every group the user belongs to, directly or through nesting (Directory)."""
+        return self.directory().groups_of(user_id)
 
     def pool_members(self) -> dict[str, tuple[str, ...]]:
         """user_id → the pooled groups whose budget they draw on (users in any pool);
         the same dict while neither the directory nor the set of pools changed."""
-        known = self.directory()
-        pooled = frozenset(self.pool_limits)
-        if known.pools_of is not None and known.pools_of[0] == pooled:
-            return known.pools_of[1]
-        out: dict[str, tuple[str, ...]] = {}
-        if pooled:
-            # Per distinct set of direct groups: far fewer than people.
-            by_direct: dict[tuple[str, ...], tuple[str, ...]] = {}
-            for user_id, direct in self.memberships.items():
-                pools = by_direct.get(direct)
-                if pools is None:
-                    pools = by_direct[direct] = tuple(g for g in self._above(direct) if g in pooled)
-                if pools:
-                    out[user_id] = pools
-        known.pools_of = (pooled, out)
-        return out
-
-    def group_members(self) -> dict[str, tuple[str, ...]]:
-        """group_id → everyone in it, through nested groups too (sorted; made once)."""
-        known = self.directory()
-        found = known.members
-        if found is None:
-            members: dict[str, set[str]] = {g: set() for g in self.groups}
-            for user_id in self.memberships:
-                for g in self.groups_of(user_id):
-                    members.setdefault(g, set()).add(user_id)
-            found = known.members = {g: tuple(sorted(u)) for g, u in members.items()}
-        return found
-
-    def manager_chain(self, user_id: str) -> list[UserInfo]:
-        out: list[UserInfo] = []
-        seen = {user_id}
-        info = self.users.get(user_id)
-        while info is not None and info.manager_id and info.manager_id not in seen:
-            seen.add(info.manager_id)
-            info = self.users.get(info.manager_id)
-            if info is not None:
-                out.append(info)
-        return out
+        return self.directory().pool_members(frozenset(self.pool_limits))
 
     # -- resolution ---------------------------------------------------------------
 
@@ -291,13 +211,7 @@ class Snapshot:
         so the first Check of each isn't the one that pays for it (a bench of random
         people found them in its slowest 1 %). The resolutions, for more preparing."""
         out: list[Resolved] = []
-        known = self.directory()
-        if known.firsts is None:
-            firsts: dict[tuple[str, ...], str] = {}
-            for user_id, direct in self.memberships.items():
-                firsts.setdefault(direct, user_id)
-            known.firsts = tuple(firsts.values())
-        for user_id in (*known.firsts, *self.overrides):
+        for user_id in (*self.directory().first_of_each_group_set(), *self.overrides):
             try:
                 out.append(self.resolve(user_id, now))
             except NoLimit:

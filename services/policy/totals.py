@@ -1,10 +1,9 @@
-"""Usage totals held in memory, fed from `qm.usage.totals.v1`.
+"""Usage totals held in memory: the index that `qm.usage.totals.v1` records fold into.
 
-Every replica reads the whole topic from the beginning (manual assignment, no
-consumer group, no commits): the topic is compacted and carries absolute totals, so
-the newest record per key is the truth and replaying it any number of times is
-harmless. A background thread polls; readers on the event loop only do dict
-look-ups, which are atomic under the GIL.
+Pure (no Kafka here: totals_feed.TotalsFeed reads the topic and feeds `apply`). The
+topic carries absolute totals, so the newest record per key is the truth and
+applying one any number of times is harmless. The feed applies from its thread;
+readers on the event loop only do dict look-ups, which are atomic under the GIL.
 
 Pooled budgets are sums over their members, kept up to date as totals arrive (each
 new total adds its difference to the user's pools) and recomputed whole when the
@@ -17,12 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
-from quartermaster.topics import Topic
 from quartermaster.v1 import usage_pb2
 
 log = logging.getLogger("qm.policy.totals")
@@ -30,23 +26,31 @@ log = logging.getLogger("qm.policy.totals")
 SETTLED_MEMORY_SECONDS = 26 * 3600
 
 
-class TotalsView:
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
+class Applied(NamedTuple):
+    """What one applied total was about, and the request ids it reported as counted
+    that had not been seen counted before (their reservations are settled)."""
+
+    user_id: str
+    period_key: str
+    settled: list[str]
+
+
+class TotalsIndex:
+    """user → micros used per period, pooled sums per (group, period), and which
+    requests' usage the totals already include."""
+
+    def __init__(self) -> None:
         # period_key → user_id → the newest total's micros, and when metering made it
         # (ns since the epoch). Plain ints in a dict per period: a Check reads one with
         # a single look-up (Evaluator keeps the current period's dict at hand), and
         # 100,000 people's month cost ~150 bytes each.
         self._used: dict[str, dict[str, int]] = {}
         self._made: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
-        self._caught_up = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="totals-consumer", daemon=True)
         self.records = 0
         self.rejected = 0
         # (request_id, period_key) → when a total of that period first included the
         # request's usage (monotonic seconds). Per period: metering publishes the day,
-        # week and month totals one after another, and a hold must keep counting
+        # week and month totals one after another, and a reservation must keep counting
         # against the month until the month's total has the usage.
         self._settled: dict[tuple[str, str], float] = {}
         self._pruned_at = time.monotonic()
@@ -54,26 +58,6 @@ class TotalsView:
         self._pools_of: Mapping[str, tuple[str, ...]] = {}
         self._pool_used: dict[tuple[str, str], int] = {}
         self._pool_lock = threading.Lock()
-        # Called from the consumer thread with (user_id, period_key) of each change.
-        self.on_change: Callable[[str, str], None] | None = None
-        # Called from the consumer thread with (period_key, request ids) when a total
-        # reports requests as counted that this view had not seen counted yet.
-        self.on_settled: Callable[[str, list[str]], None] | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def wait_caught_up(self, timeout: float) -> bool:
-        """True once every partition has been read to its end at least once."""
-        return self._caught_up.wait(timeout)
-
-    @property
-    def caught_up(self) -> bool:
-        return self._caught_up.is_set()
 
     def used(self, user_id: str, period_key: str) -> int:
         return self.of_period(period_key).get(user_id, 0)
@@ -106,17 +90,19 @@ class TotalsView:
             self._pools_of = pools_of
             self._pool_used = sums
 
-    def apply(self, value: bytes | None) -> None:
-        """Fold one record's value into the view (newest `updated_at` wins)."""
+    def apply(self, value: bytes | None) -> Applied | None:
+        """Fold one record's value (a UsageTotal) into the index (newest `updated_at`
+        wins); None for a record that is not a user's total (counted in `rejected`
+        when it is not a UsageTotal at all)."""
         msg = usage_pb2.UsageTotal()
         try:
             msg.ParseFromString(value or b"")
         except Exception:
             self.rejected += 1
             log.warning("ignoring a totals record that is not a UsageTotal")
-            return
+            return None
         if msg.subject_kind != usage_pb2.SUBJECT_KIND_USER or not msg.subject_id:
-            return
+            return None
         user_id, period_key, micros = msg.subject_id, msg.period_key, msg.used_micros
         made = msg.updated_at.seconds * 1_000_000_000 + msg.updated_at.nanos
         with self._pool_lock:
@@ -131,65 +117,21 @@ class TotalsView:
                 for g in self._pools_of.get(user_id, ()):
                     pool_key = (g, period_key)
                     self._pool_used[pool_key] = self._pool_used.get(pool_key, 0) + delta
+        fresh = []
         if msg.settled_request_ids:
             # Only after the total that includes them: a reader in between sees the
-            # hold and the usage both (too much, for a moment), never neither.
+            # reservation and the usage both (too much, for a moment), never neither.
             now = time.monotonic()
-            fresh = []
             for rid in msg.settled_request_ids:
                 if (rid, period_key) not in self._settled:
                     self._settled[(rid, period_key)] = now
                     fresh.append(rid)
-            if fresh and self.on_settled is not None:
-                self.on_settled(period_key, fresh)
             if now - self._pruned_at > 600:
                 self._forget_settled(now)
         self.records += 1
-        if self.on_change is not None:
-            self.on_change(msg.subject_id, msg.period_key)
+        return Applied(user_id, period_key, fresh)
 
     def _forget_settled(self, now: float) -> None:
         self._pruned_at = now
         horizon = now - SETTLED_MEMORY_SECONDS
         self._settled = {r: t for r, t in self._settled.items() if t >= horizon}
-
-    def _run(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._bootstrap,
-                # Required by the client even without group membership; never committed.
-                "group.id": f"qm-policy-view-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": 10,
-                "fetch.error.backoff.ms": 50,
-            }
-        )
-        try:
-            topic = Topic.USAGE_TOTALS.value
-            meta = consumer.list_topics(topic, timeout=30)
-            partitions = sorted(meta.topics[topic].partitions)
-            if not partitions:
-                raise RuntimeError(f"topic {topic} has no partitions")
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            pending = set(partitions)
-            while not self._stop.is_set():
-                msg = consumer.poll(0.05)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        if not pending and not self._caught_up.is_set():
-                            log.info("totals view caught up: %d records", self.records)
-                            self._caught_up.set()
-                    else:
-                        log.warning("totals consumer: %s", err)
-                    continue
-                self.apply(msg.value())
-        except Exception:
-            log.exception("totals consumer stopped")
-            raise
-        finally:
-            consumer.close()

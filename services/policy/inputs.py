@@ -1,0 +1,155 @@
+"""What a valid request to each policy RPC is: every bad field, named, at once.
+
+Each function adds to a quartermaster.validation.Problems collector (or returns a
+new one); the servicer refuses the call with INVALID_ARGUMENT when any was found
+(quartermaster.grpcserver.refuse). Pure: request messages in, problems out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from quartermaster.v1 import policy_pb2
+from quartermaster.validation import Problems
+from quartermaster.wire import from_timestamp
+from services.policy.mapping import ENFORCEMENT_OF, KINDS, opt_datetime
+
+MAX_BATCH = 1000
+MAX_TTL_SECONDS = 86_400
+MAX_MICROS = 10**15  # a billion credits: larger is a typo, not a budget
+MAX_REASON = 2000
+MAX_DOCUMENT = 32 * 1024 * 1024
+
+
+def check(req: policy_pb2.CheckRequest, problems: Problems) -> None:
+    """A CheckRequest's bad fields (under `problems.prefix`, in a batch)."""
+    problems.require_id("user_id", req.user_id)
+    problems.require_id("product", req.product)
+    problems.require_id("model", req.model)
+    problems.require_not_negative("estimated_micros", req.estimated_micros)
+    if req.reserve:
+        problems.require_id("request_id", req.request_id)
+    problems.require_between("reservation_ttl_seconds", req.reservation_ttl_seconds, 0,
+                             MAX_TTL_SECONDS)  # fmt: skip
+
+
+def check_batch(req: policy_pb2.CheckBatchRequest) -> Problems:
+    """A CheckBatch: 1 to MAX_BATCH checks, none reserving; fields named by index."""
+    problems = Problems()
+    if not req.checks:
+        problems.add("checks", "must not be empty")
+    if len(req.checks) > MAX_BATCH:
+        problems.add("checks", f"at most {MAX_BATCH}, got {len(req.checks)}")
+    for i, c in enumerate(req.checks[:MAX_BATCH]):
+        item = Problems(f"checks[{i}].")
+        check(c, item)
+        if c.reserve:
+            item.add("reserve", "not supported in a batch; use Reserve")
+        problems.extend(item)
+    return problems
+
+
+def reserve(req: policy_pb2.ReserveRequest) -> Problems:
+    """A ReserveRequest's bad fields."""
+    problems = Problems()
+    for field in ("user_id", "product", "model", "request_id"):
+        problems.require_id(field, getattr(req, field))
+    problems.require_not_negative("estimated_micros", req.estimated_micros)
+    problems.require_between("ttl_seconds", req.ttl_seconds, 0, MAX_TTL_SECONDS)
+    return problems
+
+
+def ids(**fields: str) -> Problems:
+    """Problems of requests made of ids alone (GetBudget, Release, lookups...)."""
+    problems = Problems()
+    for name, value in fields.items():
+        problems.require_id(name, value)
+    return problems
+
+
+def id_list(name: str, values: list[str], problems: Problems) -> None:
+    """Each id of a repeated field, named by index (`group_ids[2]`)."""
+    for i, v in enumerate(values):
+        problems.require_id(f"{name}[{i}]", v)
+
+
+def limit(
+    micros: int, period: int, enforcement: int, prefix: str = "",
+    period_required: bool = True, enforcement_required: bool = True,
+) -> Problems:  # fmt: skip
+    """A limit's amount, period and enforcement (each unset one is a problem when
+    required)."""
+    problems = Problems(prefix)
+    problems.require_between("limit_micros", micros, 0, MAX_MICROS)
+    unset = period == policy_pb2.PERIOD_UNSPECIFIED
+    if not (period in KINDS or (unset and not period_required)):
+        problems.add("period", "required, one of PERIOD_DAY, PERIOD_WEEK, PERIOD_MONTH")
+    unset = enforcement == policy_pb2.ENFORCEMENT_UNSPECIFIED
+    if not (enforcement in ENFORCEMENT_OF or (unset and not enforcement_required)):
+        problems.add("enforcement", "required, ENFORCEMENT_HARD or ENFORCEMENT_SOFT")
+    return problems
+
+
+def reason(value: str, problems: Problems, field: str = "reason") -> None:
+    """A reason must say something, in at most MAX_REASON characters."""
+    if not value.strip():
+        problems.add(field, "must say why")
+    elif len(value) > MAX_REASON:
+        problems.add(field, f"longer than {MAX_REASON} characters")
+
+
+def override(
+    o: policy_pb2.Override, now: datetime
+) -> tuple[Problems, datetime, datetime | None, datetime | None]:
+    """(problems, starts_at, expires_at, review_at) of a SetOverride's override."""
+    problems = Problems("override.")
+    problems.require_id("user_id", o.user_id)
+    if o.override_id:
+        problems.require_id("override_id", o.override_id)
+    problems.extend(
+        limit(o.limit_micros, o.period, o.enforcement, "override.",
+              period_required=not o.additive, enforcement_required=False)
+    )  # fmt: skip
+    if o.additive and o.limit_micros == 0:
+        problems.add("limit_micros", "an additive override must add something")
+    if o.additive and o.period:
+        problems.add("period", "an additive override takes the base limit's period")
+    reason(o.reason, problems)
+    if o.request_id:
+        problems.add("request_id", "set only by approved credit requests")
+    starts = from_timestamp(o.starts_at) if o.HasField("starts_at") else now
+    expires = opt_datetime(o.expires_at, o.HasField("expires_at"))
+    review = opt_datetime(o.review_at, o.HasField("review_at"))
+    if expires is None and review is None:
+        problems.add("expires_at", "an override needs expires_at (temporary) or"
+                     " review_at (permanent, reviewed)")  # fmt: skip
+    if expires is not None and expires <= max(starts, now):
+        problems.add("expires_at", "must be after starts_at and in the future")
+    if review is not None and review <= now:
+        problems.add("review_at", "must be in the future")
+    return problems, starts, expires, review
+
+
+def model_policy(p: policy_pb2.ModelPolicy, allowed: list[str]) -> Problems:
+    """A SetModelPolicy's policy; `allowed`: its allowed models, stripped."""
+    problems = Problems("policy.")
+    problems.require_id("group_id", p.group_id)
+    if any(not m for m in allowed):
+        problems.add("allowed_models", "empty model name")
+    if not 0 <= p.fallback_at_percent <= 100:
+        problems.add("fallback_at_percent", "must be between 0 and 100")
+    if p.fallback_at_percent and not p.fallback_model:
+        problems.add("fallback_model", "needed when fallback_at_percent is set")
+    if p.fallback_model and allowed and p.fallback_model not in allowed:
+        problems.add("fallback_model", "must be one of allowed_models")
+    return problems
+
+
+def document(req: policy_pb2.ImportDirectoryRequest) -> Problems:
+    """An import's document: present and at most MAX_DOCUMENT bytes."""
+    problems = Problems()
+    if len(req.document) > MAX_DOCUMENT:
+        problems.add("document", f"larger than {MAX_DOCUMENT} bytes")
+    if not req.document:
+        problems.add("document", "empty")
+    return problems

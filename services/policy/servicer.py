@@ -1,0 +1,180 @@
+"""The PolicyService servicer: validation, then a decision from memory.
+
+Check, CheckBatch and GetBudget answer from the Evaluator alone (no I/O). Only
+Reserve (and Check with `reserve`), Commit and Release touch Postgres, through the
+ReservationStore. Check is the hot path: its common case is told valid in a few
+field reads, and its answer is a copy of a prepared message (mapping).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from quartermaster.grpcserver import abort, refuse
+from quartermaster.v1 import policy_pb2, policy_pb2_grpc
+from quartermaster.validation import MAX_ID_LENGTH, Problems
+from services.policy import inputs
+from services.policy.directory_import import DirectoryError
+from services.policy.errors import Conflict, NotFound
+from services.policy.evaluator import Evaluator, Verdict
+from services.policy.mapping import budget, check_response, reservation_msg
+from services.policy.reservations import Reservation
+from services.policy.rules import NoLimit, Resolved
+from services.policy.stores.reservations import ReservationStore
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# The status each domain error ends a call with (for every policy servicer).
+STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    NoLimit: grpc.StatusCode.FAILED_PRECONDITION,
+    DirectoryError: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    """PolicyService over one Evaluator and one workspace's ReservationStore;
+    `default_ttl`: seconds a reservation lives when the call does not say."""
+
+    def __init__(self, evaluator: Evaluator, store: ReservationStore, default_ttl: float) -> None:
+        self._ev = evaluator
+        self._store = store
+        self._default_ttl = default_ttl
+
+    async def _resolve(self, user_id: str, now: datetime, context: Context) -> Resolved:
+        try:
+            return self._ev.snapshot.resolve(user_id, now)
+        except NoLimit as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+    def _answer(self, user_id: str, model: str, estimated: int) -> policy_pb2.CheckResponse:
+        """A Check's answer, from memory, now (NoLimit when no limit applies)."""
+        ev = self._ev
+        now = ev.clock()
+        resolved = ev.snapshot.resolve(user_id, now)
+        return check_response(ev.verdict(user_id, model, estimated, now, resolved))
+
+    async def Check(
+        self, request: policy_pb2.CheckRequest, context: Context
+    ) -> policy_pb2.CheckResponse:
+        user, model, estimated = request.user_id, request.model, request.estimated_micros
+        product = request.product
+        if not (
+            # The common case, told in a few field reads (strip() returns the very
+            # string when there is nothing to strip); anything else is looked at
+            # field by field.
+            0 < len(user) <= MAX_ID_LENGTH
+            and 0 < len(model) <= MAX_ID_LENGTH
+            and 0 < len(product) <= MAX_ID_LENGTH
+            and estimated >= 0
+            and not request.reserve
+            and not request.reservation_ttl_seconds
+            and user.strip() is user
+            and model.strip() is model
+            and product.strip() is product
+        ):
+            problems = Problems()
+            inputs.check(request, problems)
+            await refuse(context, problems)
+            if request.reserve:
+                return await self._reserve(
+                    user, model, estimated, request.request_id, request.reservation_ttl_seconds,
+                    context,
+                )  # fmt: skip
+        try:
+            return self._answer(user, model, estimated)
+        except NoLimit as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+    async def CheckBatch(
+        self, request: policy_pb2.CheckBatchRequest, context: Context
+    ) -> policy_pb2.CheckBatchResponse:
+        await refuse(context, inputs.check_batch(request))
+        answer = self._answer
+        try:
+            results = [answer(c.user_id, c.model, c.estimated_micros) for c in request.checks]
+        except NoLimit as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return policy_pb2.CheckBatchResponse(results=results)
+
+    async def GetBudget(
+        self, request: policy_pb2.GetBudgetRequest, context: Context
+    ) -> policy_pb2.Budget:
+        await refuse(context, inputs.ids(user_id=request.user_id))
+        now = self._ev.clock()
+        resolved = await self._resolve(request.user_id, now, context)
+        return budget(request.user_id, self._ev.verdict(request.user_id, "", 0, now, resolved))
+
+    # -- reservations --------------------------------------------------------------
+
+    async def Reserve(
+        self, request: policy_pb2.ReserveRequest, context: Context
+    ) -> policy_pb2.CheckResponse:
+        await refuse(context, inputs.reserve(request))
+        return await self._reserve(
+            request.user_id, request.model, request.estimated_micros, request.request_id,
+            request.ttl_seconds, context,
+        )  # fmt: skip
+
+    async def _reserve(
+        self, user_id: str, model: str, estimated: int, request_id: str, ttl: int,
+        context: Context,
+    ) -> policy_pb2.CheckResponse:  # fmt: skip
+        now = self._ev.clock()
+        resolved = await self._resolve(user_id, now, context)
+        pools = tuple(g for g, _ in resolved.pools)
+
+        def admit(open_now: list[Reservation]) -> Verdict:
+            return self._ev.verdict(user_id, model, estimated, now, resolved, open_now)
+
+        verdict, made, existed = await self._store.reserve(
+            user_id, pools, request_id, estimated, ttl or self._default_ttl, admit
+        )
+        if made is None:
+            assert verdict is not None
+            return check_response(verdict)
+        if existed and made.user_id != user_id:
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id: {request_id!r} is reserved for another user",
+            )
+        self._ev.reservations.put(made)
+        # The standing with this reservation counted (used, reserved, remaining, pools)...
+        v = self._ev.verdict(user_id, model, 0, now, resolved)
+        if existed:
+            v.decision = policy_pb2.DECISION_ALLOW if not made.released else v.decision
+            v.reason = f"already reserved for this request_id: {v.reason}"
+        else:  # ...and the decision that admitted it
+            assert verdict is not None
+            v.decision, v.reason = verdict.decision, verdict.reason
+            v.suggested_model = verdict.suggested_model
+        return check_response(v, made.reservation_id)
+
+    async def Commit(
+        self, request: policy_pb2.CommitRequest, context: Context
+    ) -> policy_pb2.Reservation:
+        problems = inputs.ids(reservation_id=request.reservation_id)
+        problems.require_not_negative("actual_micros", request.actual_micros)
+        await refuse(context, problems)
+        return await self._settle(request.reservation_id, request.actual_micros, context)
+
+    async def Release(
+        self, request: policy_pb2.ReleaseRequest, context: Context
+    ) -> policy_pb2.Reservation:
+        await refuse(context, inputs.ids(reservation_id=request.reservation_id))
+        return await self._settle(request.reservation_id, None, context)
+
+    async def _settle(
+        self, reservation_id: str, actual: int | None, context: Context
+    ) -> policy_pb2.Reservation:
+        try:
+            settled = await self._store.settle(reservation_id, actual, self._default_ttl)
+        except (NotFound, Conflict) as exc:
+            await abort(context, STATUS_OF[type(exc)], str(exc))
+        self._ev.reservations.put(settled)
+        return reservation_msg(settled)

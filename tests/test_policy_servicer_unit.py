@@ -1,0 +1,142 @@
+"""PolicyService in process: validation (every bad field named) and mapping of Check,
+CheckBatch, GetBudget and Reserve / Commit / Release.
+
+The real servicer, Evaluator and gRPC transport; the ReservationStore is a fake
+(tests/policy_inprocess.py) because what is tested here is the servicer's side of
+the store (what it asks, what it maps back), not Postgres: the real store's locking
+and SQL are tested against real Postgres in test_reservations.py. No infrastructure.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from quartermaster.v1 import policy_pb2, usage_pb2
+from quartermaster.wire import timestamp
+from tests.policy_inprocess import NOW, InProcess, refused
+
+ALLOW, DENY = policy_pb2.DECISION_ALLOW, policy_pb2.DECISION_DENY
+
+
+def _spend(p: InProcess, user: str, micros: int) -> None:
+    p.evaluator.totals.apply(
+        usage_pb2.UsageTotal(
+            subject_kind=usage_pb2.SUBJECT_KIND_USER, subject_id=user, period_key="2026-11",
+            used_micros=micros, updated_at=timestamp(NOW),
+        ).SerializeToString()
+    )  # fmt: skip
+
+
+def check(user: str = "ann", **kw: object) -> policy_pb2.CheckRequest:
+    fields: dict[str, object] = {"user_id": user, "product": "chat", "model": "gpt-5", **kw}
+    return policy_pb2.CheckRequest(**fields)  # type: ignore[arg-type]
+
+
+async def test_check_maps_the_limit_the_standing_and_the_pools(inproc: InProcess) -> None:
+    _spend(inproc, "ann", 3_000_000)
+    _spend(inproc, "ben", 4_000_000)
+    got = await inproc.policy.Check(check(estimated_micros=1_000))
+    assert (got.decision, got.used_micros, got.remaining_micros) == (ALLOW, 3_000_000, 7_000_000)
+    assert (got.limit_micros, got.limit_source) == (10_000_000, "workspace_default")
+    assert (got.period, got.enforcement) == (policy_pb2.PERIOD_MONTH, policy_pb2.ENFORCEMENT_HARD)
+    assert got.period_start.ToDatetime().isoformat() == "2026-11-01T00:00:00"
+    assert [(s.group_id, s.used_micros, s.remaining_micros, s.period) for s in got.pools] == [
+        ("eng", 7_000_000, 93_000_000, policy_pb2.PERIOD_MONTH)
+    ]
+    denied = await inproc.policy.Check(check(model="gpt-4"))
+    assert denied.decision == DENY
+    assert denied.reason.startswith("model gpt-4 is not allowed for this user (group:ml allow")
+
+
+async def test_check_names_every_bad_field(inproc: InProcess) -> None:
+    err = await refused(inproc.policy.Check(
+        policy_pb2.CheckRequest(user_id=" ", estimated_micros=-1, reserve=True,
+                                reservation_ttl_seconds=90_000)
+    ))  # fmt: skip
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == (
+        "user_id: must not be empty; product: must not be empty; model: must not be empty;"
+        " estimated_micros: must not be negative; request_id: must not be empty;"
+        " reservation_ttl_seconds: must be between 0 and 86400"
+    )
+
+
+async def test_check_batch_answers_in_order_and_names_fields_by_index(inproc: InProcess) -> None:
+    _spend(inproc, "ben", 9_500_000)
+    got = await inproc.policy.CheckBatch(
+        policy_pb2.CheckBatchRequest(checks=[check("ann"), check("ben", estimated_micros=10**6)])
+    )
+    assert [r.decision for r in got.results] == [ALLOW, DENY]
+    err = await refused(inproc.policy.CheckBatch(
+        policy_pb2.CheckBatchRequest(checks=[check(), check(model=""), check(reserve=True,
+                                                                             request_id="r")])
+    ))  # fmt: skip
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == (
+        "checks[1].model: must not be empty;"
+        " checks[2].reserve: not supported in a batch; use Reserve"
+    )
+    empty = await refused(inproc.policy.CheckBatch(policy_pb2.CheckBatchRequest()))
+    assert empty.details() == "checks: must not be empty"
+
+
+async def test_get_budget_maps_the_standing(inproc: InProcess) -> None:
+    _spend(inproc, "ann", 2_500_000)
+    got = await inproc.policy.GetBudget(policy_pb2.GetBudgetRequest(user_id="ann"))
+    assert (got.user_id, got.used_micros, got.remaining_micros) == ("ann", 2_500_000, 7_500_000)
+    assert [p.group_id for p in got.pools] == ["eng"]
+    err = await refused(inproc.policy.GetBudget(policy_pb2.GetBudgetRequest(user_id="u" * 257)))
+    assert err.details() == "user_id: longer than 256 characters"
+
+
+async def test_reserve_commit_release_map_both_ways(inproc: InProcess) -> None:
+    reserve = policy_pb2.ReserveRequest(
+        user_id="ann", product="chat", model="gpt-5", request_id="req-1",
+        estimated_micros=4_000_000,
+    )  # fmt: skip
+    made = await inproc.policy.Reserve(reserve)
+    assert (made.decision, made.reserved_micros, made.used_micros) == (ALLOW, 4_000_000, 4_000_000)
+    again = await inproc.policy.Reserve(reserve)
+    assert again.reservation_id == made.reservation_id
+    assert again.reason.startswith("already reserved for this request_id: ")
+    # Check counts it from this replica's view, which the servicer fed.
+    assert (await inproc.policy.Check(check())).reserved_micros == 4_000_000
+
+    done = await inproc.policy.Commit(
+        policy_pb2.CommitRequest(reservation_id=made.reservation_id, actual_micros=3_000_000)
+    )
+    assert (done.committed, done.actual_micros, done.estimated_micros) == (
+        True, 3_000_000, 4_000_000,
+    )  # fmt: skip
+    assert done.expires_at.ToDatetime().year == 2026
+    released = await inproc.policy.Release(
+        policy_pb2.ReleaseRequest(reservation_id=made.reservation_id)
+    )
+    assert released.released
+    twice = await refused(
+        inproc.policy.Release(policy_pb2.ReleaseRequest(reservation_id=made.reservation_id))
+    )
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
+    unknown = await refused(inproc.policy.Commit(policy_pb2.CommitRequest(reservation_id="x")))
+    assert (unknown.code(), unknown.details()) == (
+        grpc.StatusCode.NOT_FOUND, "reservation_id: no reservation 'x'",
+    )  # fmt: skip
+
+
+async def test_reserve_names_every_bad_field_and_denies_past_the_limit(inproc: InProcess) -> None:
+    err = await refused(inproc.policy.Reserve(
+        policy_pb2.ReserveRequest(user_id="ann", estimated_micros=-5, ttl_seconds=-1)
+    ))  # fmt: skip
+    assert err.details() == (
+        "product: must not be empty; model: must not be empty; request_id: must not be empty;"
+        " estimated_micros: must not be negative; ttl_seconds: must be between 0 and 86400"
+    )
+    denied = await inproc.policy.Check(
+        check(reserve=True, request_id="big", estimated_micros=11_000_000)
+    )
+    assert (denied.decision, denied.reservation_id) == (DENY, "")
+    assert inproc.reservations.by_id == {}
+    commit = await refused(inproc.policy.Commit(policy_pb2.CommitRequest(actual_micros=-1)))
+    assert commit.details() == (
+        "reservation_id: must not be empty; actual_micros: must not be negative"
+    )
