@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project with its dev tools
 
 run: $(STAMP) ## run the whole system locally with demo traffic (Ctrl-C stops it)
-	@$(PY) -m quartermaster.devstack
+	@$(PY) -m devtools.run
 
 test: $(STAMP) ## lint, type-check and run every test against real infrastructure
 	$(PY) -m ruff check .
@@ -40,7 +40,7 @@ protos: $(STAMP) ## regenerate quartermaster/v1 from protos/
 	$(PY) scripts/gen_protos.py
 
 migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
-	$(PY) -m quartermaster.db
+	$(PY) -m devtools.migrate
 
 bench-metering: $(STAMP) ## metering events/s, RSS and freshness beside a plain consumer loop
 	$(PY) scripts/bench_metering.py $(ARGS)
@@ -55,8 +55,8 @@ bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflectin
 	$(PY) scripts/bench_freshness.py
 
 settings-doc: $(STAMP) ## regenerate deploy/settings.example.env (paste `... table` into the README)
-	$(PY) -m quartermaster.settings_doc env > deploy/settings.example.env
-	@$(PY) -m quartermaster.settings_doc table
+	$(PY) -m devtools.settings_doc env > deploy/settings.example.env
+	@$(PY) -m devtools.settings_doc table
 
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -108,10 +108,22 @@ def host_port(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def load_or_exit(cls: type[SettingsT], process: str) -> SettingsT:
-    """`cls.from_env()`, or exit 2 naming every wrong variable (for entrypoints)."""
+def load_or_exit(cls: type[SettingsT], process: str, *also: type[Settings]) -> SettingsT:
+    """`cls.from_env()`, or exit 2 naming every wrong variable (for entrypoints). The
+    classes in `also` are checked too (say, those of the children a launcher starts),
+    so that every wrong variable of all of them is named at once."""
+    problems: list[str] = []
+    loaded: SettingsT | None = None
     try:
-        return cls.from_env()
+        loaded = cls.from_env()
     except SettingsError as exc:
-        sys.stderr.write(f"{process}: {exc}\n")
-        raise SystemExit(2) from None
+        problems += exc.problems
+    for other in also:
+        try:
+            other.from_env()
+        except SettingsError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems or loaded is None:
+        sys.stderr.write(f"{process}: {SettingsError(problems)}\n")
+        raise SystemExit(2)
+    return loaded

@@ -4,7 +4,7 @@ A test that needs Kafka or Postgres says so with `@pytest.mark.infra`; the `infr
 fixture refuses to serve any other test, so nothing touches infrastructure by
 accident. Infrastructure that cannot be had fails the run loudly; nothing skips.
 
-Where it comes from (see quartermaster/localinfra/stack.py): QM_KAFKA_BOOTSTRAP /
+Where it comes from (see devtools/localinfra/stack.py): QM_KAFKA_BOOTSTRAP /
 QM_DATABASE_URL when set, testcontainers when QM_USE_TESTCONTAINERS=true and a
 Docker engine answers, else a local PostgreSQL and tansu broker on free ports.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devtools.localinfra import free_port
+from devtools.localinfra.process import ChildProcess
+from devtools.localinfra.stack import Infra, open_infra
 from quartermaster.db import connect_pool
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.process import ChildProcess
-from quartermaster.localinfra.stack import Infra, open_infra
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.v1 import policy_pb2_grpc
 from services.policy import server, store

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from devtools.localinfra.stack import Infra
 from quartermaster.kafka import partition_of
-from quartermaster.localinfra.stack import Infra
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.reporter import UsageReporter
 from quartermaster.telemetry import headers_dict

@@ -7,8 +7,8 @@ import time
 import grpc
 import pytest
 
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.stack import Infra
+from devtools.localinfra import free_port
+from devtools.localinfra.stack import Infra
 from quartermaster.policy_client import FailMode, PolicyClient, PolicyRequestError
 from quartermaster.v1 import policy_pb2
 from services.policy.server import RunningPolicy

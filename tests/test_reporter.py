@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from devtools.localinfra.stack import Infra
 from quartermaster import kafka
 from quartermaster.kafka import partition_of
-from quartermaster.localinfra.stack import Infra
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.run import DevSettings
+from devtools.settings_doc import EXAMPLE, env_file, groups, rows
 from quartermaster.config import CommonSettings
-from quartermaster.devstack import DevSettings
 from quartermaster.settings import SettingsError
-from quartermaster.settings_doc import EXAMPLE, GROUPS, env_file, rows
 from services.metering.settings import MeteringSettings
 from services.policy.settings import PolicySettings
 
@@ -27,7 +27,7 @@ def load_env_file(path: Path) -> dict[str, str]:
 
 
 def test_defaults_are_valid() -> None:
-    for _, cls in GROUPS:
+    for _, cls in groups():
         cls.from_env({})
 
 
@@ -35,7 +35,7 @@ def test_the_example_file_is_current_and_loads_into_every_service() -> None:
     assert EXAMPLE.read_text() == env_file(), "run: make settings-doc"
     env = load_env_file(EXAMPLE)
     assert set(env) == {env for _, env, _, _ in rows()}
-    for _, cls in GROUPS:
+    for _, cls in groups():
         cls.from_env(env)
 
 

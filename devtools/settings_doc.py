@@ -1,7 +1,7 @@
 """Every setting of every process, for the README table and the example env file.
 
-`python -m quartermaster.settings_doc env` prints the example file;
-`python -m quartermaster.settings_doc table` prints the README's Markdown table.
+`python -m devtools.settings_doc env` prints the example file;
+`python -m devtools.settings_doc table` prints the README's Markdown table.
 """
 
 from __future__ import annotations
@@ -10,22 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from devtools.discovery import settings_classes
+from devtools.run import DevSettings
 from quartermaster.config import CommonSettings
-from quartermaster.devstack import DevSettings
 from quartermaster.settings import Settings
-from services.metering.settings import MeteringSettings
-from services.policy.settings import PolicySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "settings.example.env"
 
-# (who reads them, class); a class's inherited settings are listed under its parent.
-GROUPS: tuple[tuple[str, type[Settings]], ...] = (
-    ("every service", CommonSettings),
-    ("metering", MeteringSettings),
-    ("policy", PolicySettings),
-    ("make run", DevSettings),
-)
+
+def groups() -> list[tuple[str, type[Settings]]]:
+    """(who reads them, class): the shared settings, each service's, then `make run`'s.
+    A class's inherited settings are listed under its parent."""
+    return [("every service", CommonSettings), *settings_classes(), ("make run", DevSettings)]
 
 
 def _shown(value: Any) -> str:
@@ -43,7 +40,7 @@ def rows() -> list[tuple[str, str, str, str]]:
     """(who, variable, default, help), each variable once, under its first reader."""
     seen: set[str] = set()
     out: list[tuple[str, str, str, str]] = []
-    for who, cls in GROUPS:
+    for who, cls in groups():
         for env, default, help_text in cls.documented():
             if env not in seen:
                 seen.add(env)
