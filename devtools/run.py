@@ -15,11 +15,11 @@ import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import Field
 
 from devtools import simulator
 from devtools.discovery import settings_classes
@@ -28,7 +28,7 @@ from devtools.localinfra.stack import Infra, open_infra
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
-from quartermaster.settings import Settings, load_or_exit, setting
+from quartermaster.settings import Settings, load_or_exit
 from services.policy import store  # the one place devtools writes policy's tables
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
@@ -36,21 +36,20 @@ from services.policy.settings import PolicySettings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass(frozen=True)
 class DevSettings(Settings):
-    """What `make run` itself reads; the services' own settings are read beside it."""
+    """What `make run` itself reads (QM_<FIELD>); the services' own settings are read
+    beside it."""
 
-    run_dir: Path = setting("QM_RUN_DIR", ROOT / ".run", "Where `make run` keeps data and logs")
-    demo_traffic: bool = setting("QM_DEMO_TRAFFIC", True, "Run the demo traffic simulator")
-    demo_limit_credits: int = setting(
-        "QM_DEMO_LIMIT_CREDITS", 20, "The demo workspace's default monthly limit"
-    )
-    local_pg_port: int = setting(
-        "QM_LOCAL_PG_PORT", 55432, "Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"
-    )
-    local_broker_port: int = setting(
-        "QM_LOCAL_BROKER_PORT", 9092, "Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"
-    )
+    run_dir: Path = ROOT / ".run"
+    """Where `make run` keeps data and logs"""
+    demo_traffic: bool = True
+    """Run the demo traffic simulator"""
+    demo_limit_credits: int = Field(20, ge=0)
+    """The demo workspace's default monthly limit"""
+    local_pg_port: int = Field(55432, gt=0, lt=65536)
+    """Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"""
+    local_broker_port: int = Field(9092, gt=0, lt=65536)
+    """Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"""
 
 
 def say(text: str) -> None:
