@@ -54,9 +54,8 @@ bench-policy: $(STAMP) ## policy Check with 100,000 users beside a bare grpc.aio
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
-settings-doc: $(STAMP) ## regenerate deploy/settings.example.env (paste `... table` into the README)
-	$(PY) -m devtools.settings_doc env > deploy/settings.example.env
-	@$(PY) -m devtools.settings_doc table
+settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.example.env from the settings classes
+	$(PY) -m devtools.settings_doc
 
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

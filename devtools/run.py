@@ -46,9 +46,9 @@ class DevSettings(Settings):
     """Run the demo traffic simulator"""
     demo_limit_credits: int = Field(20, ge=0)
     """The demo workspace's default monthly limit"""
-    local_pg_port: int = Field(55432, gt=0, lt=65536)
+    local_pg_port: int = Field(55432, ge=1, le=65535)
     """Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"""
-    local_broker_port: int = Field(9092, gt=0, lt=65536)
+    local_broker_port: int = Field(9092, ge=1, le=65535)
     """Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"""
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, NamedTuple, Self, TypeVar
 
+import annotated_types
 from pydantic import AfterValidator, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -46,6 +47,27 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+
+
+class Documented(NamedTuple):
+    """One setting as the settings reference shows it."""
+
+    variable: str
+    default: Any
+    meaning: str
+    bounds: str  # "1 to 100", "at least 1", "above 0, at most 1", or "" when unbounded
+
+
+def _bounds(metadata: list[Any]) -> str:
+    found: dict[str, Any] = {}
+    for m in metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if isinstance(m, getattr(annotated_types, kind.capitalize())):
+                found[kind] = getattr(m, kind)
+    if "ge" in found and "le" in found:
+        return f"{found['ge']} to {found['le']}"
+    words = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+    return ", ".join(f"{words[k]} {v}" for k, v in found.items())
 
 
 class _MappingSource(EnvSettingsSource):
@@ -93,10 +115,16 @@ class Settings(BaseSettings):
         return f"{cls.model_config.get('env_prefix', '')}{field_name}".upper()
 
     @classmethod
-    def documented(cls) -> list[tuple[str, Any, str]]:
-        """(variable, default, meaning) for each setting, for docs and the example file."""
+    def documented(cls) -> list[Documented]:
+        """Each setting's variable, default, meaning and bounds, for docs and the example
+        file."""
         return [
-            (cls.env_name(name), f.default, " ".join((f.description or "").split()))
+            Documented(
+                cls.env_name(name),
+                f.default,
+                " ".join((f.description or "").split()),
+                _bounds(f.metadata),
+            )
             for name, f in cls.model_fields.items()
         ]
 
