@@ -27,7 +27,7 @@ raise `PolicyRequestError`, naming the fields.
 One difference from the hand-written loop this replaced: that loop gave each attempt its
 own deadline and retried a slow answer; gRPC retries only statuses the server sent,
 within the call's one deadline. A slow policy therefore meets the fail mode after
-`deadline_s`, not after (retries + 1) × `deadline_s`: the gateway's wait is bounded by
+`deadline_s`, not after (retries + 1) * `deadline_s`: the gateway's wait is bounded by
 the number it chose.
 """
 
