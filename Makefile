@@ -27,6 +27,9 @@ test: $(STAMP) ## lint, type-check and run every test against real infrastructur
 	$(PY) -m mypy
 	$(PY) -m pytest
 
+test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker (-m "not infra"), in under 30 s
+	$(PY) -m pytest -m "not infra" -q
+
 lint: $(STAMP) ## ruff lint + format check and mypy strict
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -60,4 +63,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean

@@ -38,6 +38,21 @@ PARTITIONS = 3
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that would start infrastructure (through any fixture, however indirect)
+    must say so with @pytest.mark.infra, so `-m "not infra"` never starts any."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "_infra_session" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("infra") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"these need infrastructure but lack @pytest.mark.infra: {unmarked}"
+        )
+
+
 @pytest.fixture(scope="session")
 def _infra_session() -> Iterator[Infra]:
     run_dir = ROOT / ".run" / f"test-{os.getpid()}"
