@@ -6,8 +6,9 @@ Each process declares a `Settings` subclass: fields with defaults, constraints
 docstring that says what it means (the settings reference, docs/settings.md, is
 generated from these). A field is read from `env_prefix` + its name upper-cased
 (`QM_POLICY_` + `warn_percent`), or from its `validation_alias` where the variable is
-named otherwise. An empty variable means the default. Booleans take pydantic's words
-(true/false, 1/0, yes/no, on/off, t/f, y/n): "false" is False, "nope" is an error.
+named otherwise; names match in any case (pydantic-settings' default). An empty
+variable means the default. Booleans take pydantic's words (true/false, 1/0, yes/no,
+on/off, t/f, y/n): "false" is False, "nope" is an error.
 
 A wrong value raises `SettingsError` naming the variable; every bad variable is named
 at once. `load_or_exit` turns that into a message and exit status 2 for entrypoints.
