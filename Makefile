@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project with its dev tools
 
 run: $(STAMP) ## run the whole system locally with demo traffic (Ctrl-C stops it)
-	@$(PY) -m quartermaster.devstack
+	@$(PY) -m devtools.run
 
 test: $(STAMP) ## lint, type-check and run every test against real infrastructure
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker (-m "not infra"), in under 30 s
+	$(PY) -m pytest -m "not infra" -q
 
 lint: $(STAMP) ## ruff lint + format check and mypy strict
 	$(PY) -m ruff check .
@@ -40,7 +43,7 @@ protos: $(STAMP) ## regenerate quartermaster/v1 from protos/
 	$(PY) scripts/gen_protos.py
 
 migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
-	$(PY) -m quartermaster.db
+	$(PY) -m devtools.migrate
 
 bench-metering: $(STAMP) ## metering events/s, RSS and freshness beside a plain consumer loop
 	$(PY) scripts/bench_metering.py $(ARGS)
@@ -54,11 +57,10 @@ bench-policy: $(STAMP) ## policy Check with 100,000 users beside a bare grpc.aio
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
-settings-doc: $(STAMP) ## regenerate deploy/settings.example.env (paste `... table` into the README)
-	$(PY) -m quartermaster.settings_doc env > deploy/settings.example.env
-	@$(PY) -m quartermaster.settings_doc table
+settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.example.env from the settings classes
+	$(PY) -m devtools.settings_doc
 
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean

@@ -1,5 +1,5 @@
-"""Quartermaster's shared code: settings, Kafka and Postgres adapters, telemetry,
-local infrastructure, and the generated protobuf code (`quartermaster.v1`)."""
+"""Quartermaster's shared platform code: settings, Kafka and Postgres adapters, telemetry,
+clients, and the generated protobuf code (`quartermaster.v1`)."""
 
 import os
 

@@ -2,52 +2,58 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from quartermaster.settings import Settings, host_port, setting
+from pydantic import AfterValidator, Field
+
+from quartermaster.settings import HostPorts, NonBlank, Settings
 
 
-@dataclass(frozen=True)
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+def _postgres_url(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a postgresql:// URL")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"unknown level {value!r}")
+    return value.upper()
+
+
 class CommonSettings(Settings):
-    kafka_bootstrap: str = setting(
-        "QM_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port])"
-    )
-    database_url: str = setting(
-        "QM_DATABASE_URL",
-        "postgresql://qm@127.0.0.1:55432/quartermaster",
-        "PostgreSQL URL; each service uses its own schema in it",
-    )
-    workspace_id: str = setting(
-        "QM_WORKSPACE_ID", "default", "The workspace this deployment governs"
-    )
-    workspace_timezone: str = setting(
-        "QM_WORKSPACE_TIMEZONE", "UTC", "IANA time zone whose calendar sets budget periods"
-    )
-    topic_partitions: int = setting(
-        "QM_TOPIC_PARTITIONS", 3, "Partitions for topics this deployment creates"
-    )
-    log_level: str = setting("QM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    """Read by every service. Its variables are named in full (`validation_alias`), as
+    services that extend it read their own under a prefix of their own."""
 
-    def problems(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        for server in self.kafka_bootstrap.split(","):
-            if host_port(server.strip()) is None:
-                out.append(("kafka_bootstrap", f"expected host:port, got {server!r}"))
-        if not self.database_url.startswith(("postgresql://", "postgres://")):
-            out.append(("database_url", "expected a postgresql:// URL"))
-        try:
-            ZoneInfo(self.workspace_timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            out.append(("workspace_timezone", f"unknown time zone {self.workspace_timezone!r}"))
-        if not self.workspace_id.strip():
-            out.append(("workspace_id", "must not be empty"))
-        if self.topic_partitions < 1:
-            out.append(("topic_partitions", "must be at least 1"))
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            out.append(("log_level", f"unknown level {self.log_level!r}"))
-        return out
+    kafka_bootstrap: HostPorts = Field("127.0.0.1:9092", validation_alias="QM_KAFKA_BOOTSTRAP")
+    """Kafka bootstrap servers (host:port[,host:port])"""
+    database_url: Annotated[str, AfterValidator(_postgres_url)] = Field(
+        "postgresql://qm@127.0.0.1:55432/quartermaster", validation_alias="QM_DATABASE_URL"
+    )
+    """PostgreSQL URL; each service uses its own schema in it"""
+    workspace_id: NonBlank = Field("default", validation_alias="QM_WORKSPACE_ID")
+    """The workspace this deployment governs"""
+    workspace_timezone: Annotated[str, AfterValidator(_time_zone)] = Field(
+        "UTC", validation_alias="QM_WORKSPACE_TIMEZONE"
+    )
+    """IANA time zone whose calendar sets budget periods"""
+    topic_partitions: int = Field(3, ge=1, validation_alias="QM_TOPIC_PARTITIONS")
+    """Partitions for topics this deployment creates"""
+    log_level: Annotated[str, AfterValidator(_log_level)] = Field(
+        "INFO", validation_alias="QM_LOG_LEVEL"
+    )
+    """DEBUG, INFO, WARNING or ERROR"""
 
     @property
     def timezone(self) -> ZoneInfo:
+        """The workspace's time zone."""
         return ZoneInfo(self.workspace_timezone)

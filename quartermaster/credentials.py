@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
+from pydantic import AfterValidator
 
 from quartermaster.grpcserver import abort
 
@@ -29,13 +30,13 @@ def parse_tokens(spec: str) -> dict[str, str]:
     return out
 
 
-def token_problems(spec: str) -> list[tuple[str, str]]:
-    """A settings problem (field admin_tokens) when `spec` doesn't parse."""
-    try:
-        parse_tokens(spec)
-    except ValueError as exc:
-        return [("admin_tokens", str(exc))]
-    return []
+def _valid_spec(spec: str) -> str:
+    parse_tokens(spec)  # its ValueError names the bad entry
+    return spec
+
+
+TokenSpec = Annotated[str, AfterValidator(_valid_spec)]
+"""A settings field holding "name:token,..." (empty: no credential at all)."""
 
 
 class Credentials:

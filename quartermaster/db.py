@@ -1,21 +1,19 @@
-"""PostgreSQL adapters: migrations (dbmate, plain SQL) and asyncpg pools."""
+"""PostgreSQL adapters: migrations (dbmate, plain SQL) and asyncpg pools.
+
+Each service owns one schema and keeps its migrations beside its code; which services
+those are is not known here (`devtools.discovery.migration_dirs()` finds them, and
+`python -m devtools.migrate` applies them).
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
-
-ROOT = Path(__file__).resolve().parent.parent
-# Each service owns one schema and keeps its migrations beside its code.
-SERVICES_WITH_SCHEMA = ("metering", "policy")
-
-
-def migrations_dir(service: str) -> Path:
-    return ROOT / "services" / service / "migrations"
 
 
 def _dbmate() -> str:
@@ -35,18 +33,23 @@ def _dbmate_url(database_url: str) -> str:
     return database_url + ("&" if "?" in database_url else "?") + "sslmode=disable"
 
 
-def migrate(database_url: str, services: tuple[str, ...] = SERVICES_WITH_SCHEMA) -> None:
-    """Apply every pending migration of each service, each into its own schema."""
-    for service in services:
+def migrate(database_url: str, dirs: Mapping[str, Path]) -> None:
+    """Apply every pending migration of `dirs` ({schema: folder of dbmate .sql files}),
+    each schema keeping its own `<schema>.schema_migrations` table.
+
+    Raises RuntimeError naming the schema and quoting dbmate's output when one fails;
+    the schemas before it stay migrated (each migration runs in its own transaction).
+    """
+    for schema, folder in dirs.items():
         res = subprocess.run(
             [
                 _dbmate(),
                 "--url",
                 _dbmate_url(database_url),
                 "--migrations-dir",
-                str(migrations_dir(service)),
+                str(folder),
                 "--migrations-table",
-                f"{service}.schema_migrations",
+                f"{schema}.schema_migrations",
                 "--no-dump-schema",
                 "--wait",
                 "--wait-timeout",
@@ -58,22 +61,11 @@ def migrate(database_url: str, services: tuple[str, ...] = SERVICES_WITH_SCHEMA)
             check=False,
         )
         if res.returncode != 0:
-            raise RuntimeError(f"migrations for {service} failed:\n{res.stdout}{res.stderr}")
+            raise RuntimeError(f"migrations for {schema} failed:\n{res.stdout}{res.stderr}")
 
 
 async def connect_pool(database_url: str, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    """An asyncpg pool of `min_size`..`max_size` connections to `database_url`."""
     pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size)
     assert pool is not None
     return pool
-
-
-def main() -> None:
-    """`python -m quartermaster.db [URL]`: apply all migrations."""
-    from quartermaster.config import CommonSettings
-
-    url = sys.argv[1] if len(sys.argv) > 1 else CommonSettings.from_env().database_url
-    migrate(url)
-
-
-if __name__ == "__main__":
-    main()

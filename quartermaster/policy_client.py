@@ -12,18 +12,28 @@ many callers race for the last credits):
         ...  # the model call; report its usage with request_id=call_id
         await client.commit(hold.reservation_id, actual_micros)  # or release() if unused
 
-Every call has a deadline (`deadline_s`, default 250 ms). A call that fails because
-policy is unavailable or slow is retried `retries` times with a short backoff; after
-that the client answers by itself, as the gateway chose: `FailMode.OPEN` allows the
-call, `FailMode.CLOSED` denies it. Such an answer says so: `limit_source` is
+Every call has a deadline (`deadline_s`, default 250 ms), retries included. A call that
+fails because policy is unavailable (or has no limits loaded yet) is retried up to
+`retries` times with an exponential, jittered backoff from `backoff_s`, by gRPC itself:
+the channel's service config carries the retry policy (retryable codes, backoff, max
+attempts) and a retry throttle, so a fleet of gateways stops multiplying its load by
+the attempts while policy is down. When the deadline passes or the retries are spent,
+the client answers by itself, as the gateway chose: `FailMode.OPEN` allows the call,
+`FailMode.CLOSED` denies it. Such an answer says so: `limit_source` is
 "fail_open" or "fail_closed" and `reason` names the error, so the gateway can log and
 count degraded decisions. Bad requests (INVALID_ARGUMENT) are never retried: they
 raise `PolicyRequestError`, naming the fields.
+
+One difference from the hand-written loop this replaced: that loop gave each attempt its
+own deadline and retried a slow answer; gRPC retries only statuses the server sent,
+within the call's one deadline. A slow policy therefore meets the fail mode after
+`deadline_s`, not after (retries + 1) * `deadline_s`: the gateway's wait is bounded by
+the number it chose.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import Sequence
 from enum import StrEnum
 
@@ -31,16 +41,42 @@ import grpc
 
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
-# Errors that say nothing about the request itself: worth another try, then the
-# fail mode.
-_UNREACHABLE = {
-    grpc.StatusCode.UNAVAILABLE,
+SERVICE = "quartermaster.v1.PolicyService"
+# Errors that say nothing about the request itself: the fail mode answers them. A
+# deadline is not retried (gRPC retries within the call's one deadline).
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_TRANSIENT = {
+    *_UNREACHABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-_TRANSIENT = _UNREACHABLE | {
     grpc.StatusCode.FAILED_PRECONDITION,  # e.g. policy has no limits loaded yet
 }
+# Commit and Release answer FAILED_PRECONDITION for a hold that has ended: final.
+_RETRIED = {
+    ("Check", "CheckBatch", "Reserve"): _TRANSIENT - {grpc.StatusCode.DEADLINE_EXCEEDED},
+    ("Commit", "Release"): _UNREACHABLE,
+}
+MAX_RETRIES = 4  # gRPC caps maxAttempts at 5
+
+
+def service_config(retries: int, backoff_s: float) -> str:
+    """The channel's gRPC service config (JSON): the retry policy per method group,
+    and a throttle that stops retrying while most calls fail (gRFC A6)."""
+    methods: list[dict[str, object]] = []
+    for names, codes in _RETRIED.items():
+        methods.append(
+            {
+                "name": [{"service": SERVICE, "method": name} for name in names],
+                "retryPolicy": {
+                    "maxAttempts": retries + 1,
+                    "initialBackoff": f"{backoff_s:.6f}s",
+                    "maxBackoff": f"{backoff_s * 2**retries:.6f}s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": sorted(code.name for code in codes),
+                },
+            }
+        )
+    throttle = {"maxTokens": 20, "tokenRatio": 0.1}
+    return json.dumps({"methodConfig": methods if retries else [], "retryThrottling": throttle})
 
 
 class FailMode(StrEnum):
@@ -62,13 +98,16 @@ class PolicyClient:
         retries: int = 2,
         backoff_s: float = 0.02,
     ) -> None:
-        if deadline_s <= 0 or retries < 0 or backoff_s < 0:
-            raise ValueError("deadline_s must be > 0; retries and backoff_s must be >= 0")
+        if deadline_s <= 0 or not 0 <= retries <= MAX_RETRIES or backoff_s <= 0:
+            raise ValueError(
+                f"deadline_s and backoff_s must be > 0; retries between 0 and {MAX_RETRIES}"
+            )
         self.fail = fail
         self.deadline_s = deadline_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._channel = grpc.aio.insecure_channel(target)
+        options = [("grpc.service_config", service_config(retries, backoff_s))]
+        self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self.degraded = 0  # answers the client gave by itself
 
@@ -96,23 +135,15 @@ class PolicyClient:
             reason=f"{why}: denied by the gateway's fail-closed choice",
         )
 
-    async def _call(
-        self, method: str, request: object, retry: set[grpc.StatusCode] = _TRANSIENT
-    ) -> object:
-        last: grpc.aio.AioRpcError | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                return await getattr(self._stub, method)(request, timeout=self.deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise PolicyRequestError(exc.details()) from None
-                if exc.code() not in retry:
-                    raise
-                last = exc
-        assert last is not None
-        raise last
+    async def _call(self, method: str, request: object) -> object:
+        """One call, retried by the channel's policy; INVALID_ARGUMENT becomes
+        PolicyRequestError, any other failure is raised as grpc.aio.AioRpcError."""
+        try:
+            return await getattr(self._stub, method)(request, timeout=self.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise PolicyRequestError(exc.details()) from None
+            raise
 
     async def _answer(self, method: str, request: object) -> policy_pb2.CheckResponse:
         """A CheckResponse from policy, or from the fail mode when it can't answer."""
@@ -173,7 +204,7 @@ class PolicyClient:
         request = policy_pb2.CommitRequest(
             reservation_id=reservation_id, actual_micros=actual_micros
         )
-        result = await self._call("Commit", request, retry=_UNREACHABLE)
+        result = await self._call("Commit", request)
         assert isinstance(result, policy_pb2.Reservation)
         return result
 
@@ -183,7 +214,7 @@ class PolicyClient:
         out but landed)."""
         request = policy_pb2.ReleaseRequest(reservation_id=reservation_id)
         try:
-            result = await self._call("Release", request, retry=_UNREACHABLE)
+            result = await self._call("Release", request)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise

@@ -1,103 +1,144 @@
-"""Typed settings read from the environment once and validated at start-up.
+"""Typed settings read from the environment once and validated at start-up, on
+pydantic-settings.
 
-Each service declares a frozen dataclass whose fields use `setting(...)`. A wrong
-value stops the process with the variable's name; every bad variable is reported at
-once. Booleans accept true/false/1/0/yes/no/on/off and nothing else.
+Each process declares a `Settings` subclass: fields with defaults, constraints
+(`Field(ge=..., le=...)`, the annotated types below) and, under each field, a
+docstring that says what it means (the settings reference, docs/settings.md, is
+generated from these). A field is read from `env_prefix` + its name upper-cased
+(`QM_POLICY_` + `warn_percent`), or from its `validation_alias` where the variable is
+named otherwise; names match in any case (pydantic-settings' default). An empty
+variable means the default. Booleans take pydantic's words (true/false, 1/0, yes/no,
+on/off, t/f, y/n): "false" is False, "nope" is an error.
+
+A wrong value raises `SettingsError` naming the variable; every bad variable is named
+at once. `load_or_exit` turns that into a message and exit status 2 for entrypoints.
+
+Measured here (2 shared cores, Python 3.11, pydantic 2.14): importing pydantic-settings
+with pydantic adds 0.15-0.35 s to a process's start, and reading metering's 30 settings
+takes about 4 ms. Both happen once, at start-up, on no request path; the hand-written
+framework this replaced was faster to import and nothing else.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, NamedTuple, Self, TypeVar
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
+import annotated_types
+from pydantic import AfterValidator, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 SettingsT = TypeVar("SettingsT", bound="Settings")
 
+# pydantic's words for a value that does not parse, in ours.
+_PARSE_ERRORS = {
+    "bool_parsing": "expected true or false",
+    "int_parsing": "expected a whole number",
+    "float_parsing": "expected a number",
+}
+
 
 class SettingsError(ValueError):
-    """One or more environment variables are wrong; `problems` names each."""
+    """One or more environment variables are wrong; `problems` has one "VAR: why" each."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid settings:\n  " + "\n  ".join(problems))
 
 
-def setting(env: str, default: Any, help: str) -> Any:
-    """Declare a field read from environment variable `env` (documented by `help`)."""
-    return dataclasses.field(default=default, metadata={"env": env, "help": help})
+class Documented(NamedTuple):
+    """One setting as the settings reference shows it."""
+
+    variable: str
+    default: Any
+    meaning: str
+    bounds: str  # "1 to 100", "at least 1", "above 0, at most 1", or "" when unbounded
 
 
-def _parse(kind: Any, raw: str) -> Any:
-    if kind is bool:
-        low = raw.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ValueError(f"expected true or false, got {raw!r}")
-    if kind is int:
-        return int(raw.strip())
-    if kind is float:
-        return float(raw.strip())
-    if kind is Path:
-        return Path(raw)
-    if kind is str:
-        return raw
-    raise TypeError(f"unsupported setting type {kind!r}")
+def _bounds(metadata: list[Any]) -> str:
+    found: dict[str, Any] = {}
+    for m in metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if isinstance(m, getattr(annotated_types, kind.capitalize())):
+                found[kind] = getattr(m, kind)
+    if "ge" in found and "le" in found:
+        return f"{found['ge']} to {found['le']}"
+    words = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+    return ", ".join(f"{words[k]} {v}" for k, v in found.items())
 
 
-class Settings:
-    """Base for the per-service settings dataclasses."""
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source reading a given mapping, not os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class Settings(BaseSettings):
+    """Base for every process's settings: immutable, `QM_` variables, others ignored."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QM_",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        env = os.environ if environ is None else environ
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            name = f.metadata["env"]
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            try:
-                values[f.name] = _parse(hints[f.name], raw)
-            except ValueError as exc:
-                problems.append(f"{name}: {exc}")
-        if problems:
-            raise SettingsError(problems)
-        instance = cls(**values)
-        problems = [f"{env_name(cls, k)}: {msg}" for k, msg in instance.problems()]
-        if problems:
-            raise SettingsError(problems)
-        return instance
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every value that parses but makes no sense."""
-        return []
+        """Read `environ` (default: the process's environment); SettingsError names
+        every wrong variable."""
+        try:
+            if environ is None:
+                return cls()
+            return cls.model_validate(_MappingSource(cls, environ)())
+        except ValidationError as exc:
+            raise SettingsError([cls._problem(e) for e in exc.errors()]) from None
 
     @classmethod
-    def documented(cls) -> list[tuple[str, Any, str]]:
-        """(variable, default, help) for each setting, for docs and the example file."""
+    def env_name(cls, field_name: str) -> str:
+        """The environment variable a field is read from."""
+        alias = cls.model_fields[field_name].validation_alias
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field_name}".upper()
+
+    @classmethod
+    def documented(cls) -> list[Documented]:
+        """Each setting's variable, default, meaning and bounds, for docs and the example
+        file."""
         return [
-            (f.metadata["env"], f.default, f.metadata["help"])
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            Documented(
+                cls.env_name(name),
+                f.default,
+                " ".join((f.description or "").split()),
+                _bounds(f.metadata),
+            )
+            for name, f in cls.model_fields.items()
         ]
 
-
-def env_name(cls: type[Settings], field_name: str) -> str:
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name == field_name:
-            return str(f.metadata["env"])
-    raise KeyError(field_name)
+    @classmethod
+    def _problem(cls, error: ErrorDetails) -> str:
+        by_key = {name: cls.env_name(name) for name in cls.model_fields}
+        by_key |= {env: env for env in by_key.values()}
+        where = str(error["loc"][0]) if error["loc"] else ""
+        variable = by_key.get(where, where or cls.__name__)
+        if error["type"] == "value_error":
+            return f"{variable}: {error.get('ctx', {}).get('error', error['msg'])}"
+        why = _PARSE_ERRORS.get(error["type"], error["msg"])
+        return f"{variable}: {why}, got {error['input']!r}"
 
 
 def host_port(value: str) -> tuple[str, int] | None:
@@ -108,10 +149,64 @@ def host_port(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def load_or_exit(cls: type[SettingsT], process: str) -> SettingsT:
-    """`cls.from_env()`, or exit 2 naming every wrong variable (for entrypoints)."""
+def _host_port(value: str) -> str:
+    if host_port(value) is None:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+def _host_ports(value: str) -> str:
+    for server in value.split(","):
+        _host_port(server.strip())
+    return value
+
+
+def _host_port_or_empty(value: str) -> str:
+    if value and host_port(value) is None:
+        raise ValueError(f"expected host:port or empty, got {value!r}")
+    return value
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+"""An address "host:port"."""
+HostPorts = Annotated[str, AfterValidator(_host_ports)]
+"""Addresses "host:port[,host:port...]" (Kafka bootstrap servers)."""
+HostPortOrEmpty = Annotated[str, AfterValidator(_host_port_or_empty)]
+"""An address "host:port", or empty for "none"."""
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+"""A path to a file that exists when the settings are read."""
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+"""A string with something besides white space in it."""
+
+
+def load_or_exit(cls: type[SettingsT], process: str, *also: type[Settings]) -> SettingsT:
+    """`cls.from_env()`, or exit 2 naming every wrong variable (for entrypoints). The
+    classes in `also` are checked too (say, those of the children a launcher starts),
+    so that every wrong variable of all of them is named at once."""
+    problems: list[str] = []
+    loaded: SettingsT | None = None
     try:
-        return cls.from_env()
+        loaded = cls.from_env()
     except SettingsError as exc:
-        sys.stderr.write(f"{process}: {exc}\n")
-        raise SystemExit(2) from None
+        problems += exc.problems
+    for other in also:
+        try:
+            other.from_env()
+        except SettingsError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems or loaded is None:
+        sys.stderr.write(f"{process}: {SettingsError(problems)}\n")
+        raise SystemExit(2)
+    return loaded

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import grpc
 
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.stack import open_infra
+from devtools.localinfra import free_port
+from devtools.localinfra.stack import open_infra
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import timestamp
 from services.metering import api

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import grpc
 
+from devtools.localinfra import free_port
+from devtools.localinfra.process import ChildProcess
+from devtools.localinfra.stack import open_infra
 from quartermaster import kafka
 from quartermaster.db import connect_pool
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.process import ChildProcess
-from quartermaster.localinfra.stack import open_infra
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2

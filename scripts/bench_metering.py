@@ -39,9 +39,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.process import ChildProcess
-from quartermaster.localinfra.stack import open_infra
+from devtools.localinfra import free_port
+from devtools.localinfra.process import ChildProcess
+from devtools.localinfra.stack import open_infra
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic

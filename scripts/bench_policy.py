@@ -41,9 +41,9 @@ from pathlib import Path
 import asyncpg
 import grpc
 
+from devtools.localinfra import free_port
+from devtools.localinfra.stack import open_infra
 from quartermaster import kafka
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.stack import open_infra
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2, usage_pb2

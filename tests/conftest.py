@@ -4,7 +4,7 @@ A test that needs Kafka or Postgres says so with `@pytest.mark.infra`; the `infr
 fixture refuses to serve any other test, so nothing touches infrastructure by
 accident. Infrastructure that cannot be had fails the run loudly; nothing skips.
 
-Where it comes from (see quartermaster/localinfra/stack.py): QM_KAFKA_BOOTSTRAP /
+Where it comes from (see devtools/localinfra/stack.py): QM_KAFKA_BOOTSTRAP /
 QM_DATABASE_URL when set, testcontainers when QM_USE_TESTCONTAINERS=true and a
 Docker engine answers, else a local PostgreSQL and tansu broker on free ports.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devtools.localinfra import free_port
+from devtools.localinfra.process import ChildProcess
+from devtools.localinfra.stack import Infra, open_infra
 from quartermaster.db import connect_pool
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.process import ChildProcess
-from quartermaster.localinfra.stack import Infra, open_infra
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.v1 import policy_pb2_grpc
 from services.policy import server
@@ -38,6 +38,21 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
 PARTITIONS = 3
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that would start infrastructure (through any fixture, however indirect)
+    must say so with @pytest.mark.infra, so `-m "not infra"` never starts any."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "_infra_session" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("infra") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"these need infrastructure but lack @pytest.mark.infra: {unmarked}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from devtools.localinfra.stack import Infra
 from quartermaster.consumers import GroupConsumer, ReplayConsumer
-from quartermaster.localinfra.stack import Infra
 from tests.helpers import produce
 
 pytestmark = pytest.mark.infra

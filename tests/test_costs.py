@@ -13,8 +13,8 @@ import asyncpg
 import grpc
 import pytest
 
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.stack import Infra
+from devtools.localinfra import free_port
+from devtools.localinfra.stack import Infra
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering import api, cli

@@ -8,13 +8,13 @@ from typing import Any
 import grpc
 import pytest
 
+from devtools.localinfra import free_port
 from quartermaster.directory_client import (
     DirectoryClient,
     DirectoryRequestError,
     DirectoryUnavailable,
 )
 from quartermaster.grpcserver import abort
-from quartermaster.localinfra import free_port
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 GROUPS = {"ml": ["ann", "bob"], "ops": ["cat"]}

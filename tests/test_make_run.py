@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.ports import port_open
+from devtools.localinfra import free_port
+from devtools.localinfra.ports import port_open
 from tests.helpers import scrape
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from quartermaster.localinfra.stack import Infra
+from devtools.localinfra.stack import Infra
 from quartermaster.partitioning import partition_of
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.reporter import UsageReporter

@@ -1,21 +1,23 @@
-"""PolicyClient and CheckBatch against the real policy server, and against nothing."""
+"""PolicyClient and CheckBatch against the real policy server, against nothing, and
+against a small in-process server that fails on purpose (the retries are gRPC's)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
-from quartermaster.localinfra import free_port
-from quartermaster.localinfra.stack import Infra
-from quartermaster.policy_client import FailMode, PolicyClient, PolicyRequestError
+from devtools.localinfra import free_port
+from devtools.localinfra.stack import Infra
+from quartermaster.policy_client import SERVICE, FailMode, PolicyClient, PolicyRequestError
 from quartermaster.v1 import policy_pb2
 from services.policy.server import RunningPolicy
 from tests.conftest import MeteringWorker
 from tests.helpers import eventually, new_user, produce_usage, usage
 
-pytestmark = pytest.mark.infra
 ONE_CREDIT = {"model": "gpt-5", "input_tokens": 400_000, "output_tokens": 50_000}
 
 
@@ -25,6 +27,7 @@ def req(user: str, estimated: int = 0) -> policy_pb2.CheckRequest:
     )
 
 
+@pytest.mark.infra
 async def test_check_and_check_batch_answer_in_request_order(
     infra: Infra, metering: MeteringWorker, policy_server: RunningPolicy
 ) -> None:
@@ -46,6 +49,7 @@ async def test_check_and_check_batch_answer_in_request_order(
         assert client.degraded == 0
 
 
+@pytest.mark.infra
 async def test_reserve_commit_and_release_through_the_client(
     policy_server: RunningPolicy,
 ) -> None:
@@ -72,6 +76,7 @@ async def test_reserve_commit_and_release_through_the_client(
         assert client.degraded == 0
 
 
+@pytest.mark.infra
 async def test_bad_requests_raise_naming_the_fields_and_are_not_retried(
     policy_server: RunningPolicy,
 ) -> None:
@@ -116,6 +121,7 @@ async def test_when_policy_cannot_be_reached_the_gateways_choice_answers(
     assert took < 5, "bounded by deadlines and retries, not hanging"
 
 
+@pytest.mark.infra
 async def test_other_errors_are_not_hidden_by_the_fail_mode(policy_server: RunningPolicy) -> None:
     async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.OPEN) as client:
         # No real method of policy answers UNIMPLEMENTED: point Check at one it lacks.
@@ -137,3 +143,66 @@ def policy_pb2_grpc_unimplemented(client: PolicyClient) -> object:
             )
 
     return Stub(client._channel)
+
+
+class Flaky:
+    """Answers UNAVAILABLE `failures` times, then ALLOW; Commit always says the hold
+    ended (FAILED_PRECONDITION, which must not be retried). Counts the calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def Check(self, request: Any, context: Any) -> policy_pb2.CheckResponse:
+        self.calls += 1
+        if self.calls <= self.failures:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return policy_pb2.CheckResponse(decision=policy_pb2.DECISION_ALLOW)
+
+    async def Commit(self, request: Any, context: Any) -> policy_pb2.Reservation:
+        self.calls += 1
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "reservation released")
+        raise AssertionError("abort raises")
+
+
+async def _serve(servicer: Flaky) -> AsyncIterator[str]:
+    def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_unary_rpc_method_handler(
+            method, request.FromString, response.SerializeToString
+        )
+
+    server = grpc.aio.server()
+    handlers = {
+        "Check": unary(servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
+        "Commit": unary(servicer.Commit, policy_pb2.CommitRequest, policy_pb2.Reservation),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(("retries", "decision", "calls"), [(2, "ALLOW", 3), (1, "DENY", 2)])
+async def test_unavailable_is_retried_by_grpc_then_the_fail_mode_answers(
+    retries: int, decision: str, calls: int
+) -> None:
+    flaky = Flaky(failures=2)
+    async for target in _serve(flaky):
+        async with PolicyClient(target, fail=FailMode.CLOSED, retries=retries) as client:
+            got = await client.check("ann", "chat", "gpt-5")
+    assert policy_pb2.Decision.Name(got.decision) == f"DECISION_{decision}"
+    assert flaky.calls == calls
+    assert client.degraded == (0 if decision == "ALLOW" else 1)
+
+
+async def test_a_final_answer_is_not_retried() -> None:
+    flaky = Flaky(failures=0)
+    async for target in _serve(flaky):
+        async with PolicyClient(target, fail=FailMode.OPEN, retries=4) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.commit("7d4c6f0e-0000-4000-8000-000000000000", 1)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert flaky.calls == 1

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
-from quartermaster.localinfra.stack import Infra
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import notifications_pb2, policy_pb2, requests_pb2

@@ -10,8 +10,8 @@ import asyncpg
 import grpc
 import pytest
 
+from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
-from quartermaster.localinfra.stack import Infra
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import server
 from services.policy.decide import Enforcement

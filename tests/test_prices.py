@@ -20,7 +20,7 @@ import grpc
 import pytest
 import yaml
 
-from quartermaster.localinfra.stack import Infra
+from devtools.localinfra.stack import Infra
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from services.metering import api, cli
 from services.metering.catalog_store import CatalogStore

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from devtools.localinfra.stack import Infra
 from quartermaster import kafka
-from quartermaster.localinfra.stack import Infra
 from quartermaster.partitioning import partition_of
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
+from devtools.localinfra.stack import Infra
 from quartermaster import kafka
 from quartermaster.db import connect_pool
-from quartermaster.localinfra.stack import Infra
 from quartermaster.periods import PeriodKind
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2

@@ -22,8 +22,9 @@ from services.policy.decide import Enforcement
 from services.policy.directory import GroupInfo, UserInfo
 from services.policy.evaluator import Evaluator
 from services.policy.mapping import check_response
+from services.policy.model_rules import ModelPolicy
 from services.policy.reservations import Reservation, ReservationsView
-from services.policy.rules import ModelPolicy, NoLimit, Override, Rule, Snapshot
+from services.policy.rules import NoLimit, Override, Rule, Snapshot
 from services.policy.totals import TotalsIndex
 
 HARD, SOFT = Enforcement.HARD, Enforcement.SOFT

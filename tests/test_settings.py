@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.discovery import migration_dirs, settings_classes
+from devtools.run import DevSettings
+from devtools.settings_doc import EXAMPLE, REFERENCE, generated, groups, rows
 from quartermaster.config import CommonSettings
-from quartermaster.devstack import DevSettings
 from quartermaster.settings import SettingsError
-from quartermaster.settings_doc import EXAMPLE, GROUPS, env_file, rows
 from services.metering.settings import MeteringSettings
 from services.policy.settings import PolicySettings
 
@@ -27,22 +28,32 @@ def load_env_file(path: Path) -> dict[str, str]:
 
 
 def test_defaults_are_valid() -> None:
-    for _, cls in GROUPS:
+    for _, cls in groups():
         cls.from_env({})
 
 
-def test_the_example_file_is_current_and_loads_into_every_service() -> None:
-    assert EXAMPLE.read_text() == env_file(), "run: make settings-doc"
+def test_the_reference_and_the_example_file_are_current() -> None:
+    for path, text in generated().items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} is stale: make settings-doc"
+
+
+def test_the_example_file_loads_into_every_service() -> None:
     env = load_env_file(EXAMPLE)
-    assert set(env) == {env for _, env, _, _ in rows()}
-    for _, cls in GROUPS:
+    assert set(env) == {row.variable for row in rows()}
+    for _, cls in groups():
         cls.from_env(env)
 
 
-def test_the_readme_documents_every_setting() -> None:
-    readme = (ROOT / "README.md").read_text()
-    missing = [env for _, env, _, _ in rows() if f"`{env}`" not in readme]
-    assert not missing, f"README lacks {missing}: paste `make settings-doc` output"
+def test_every_setting_says_what_it_means() -> None:
+    assert [row.variable for row in rows() if not row.meaning] == []
+    reference = REFERENCE.read_text()
+    assert all(f"`{row.variable}`" in reference for row in rows())
+
+
+def test_services_and_their_settings_are_discovered() -> None:
+    assert {"metering", "policy"} <= set(migration_dirs())
+    found = dict(settings_classes())
+    assert (found["metering"], found["policy"]) == (MeteringSettings, PolicySettings)
 
 
 @pytest.mark.parametrize("raw", ["false", "False", "0", "no", "off"])
@@ -86,14 +97,24 @@ def test_a_bool_is_not_truthy_by_accident() -> None:
         DevSettings.from_env({"QM_DEMO_TRAFFIC": "nope"})
 
 
-@pytest.mark.parametrize("module", ["services.metering", "services.policy"])
-def test_a_service_with_a_wrong_setting_stops_naming_the_variable(module: str) -> None:
+def test_each_process_with_a_wrong_setting_stops_naming_the_variable() -> None:
     env = {**os.environ, "QM_LOG_LEVEL": "CHATTY"}
-    res = subprocess.run(
-        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert res.returncode == 2
-    assert "QM_LOG_LEVEL: unknown level 'CHATTY'" in res.stderr
+    modules = ["services.metering", "services.policy", "devtools.run"]
+    # All at once: each spends seconds importing before it reads its settings.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", m],
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        for m in modules
+    ]
+    for module, proc in zip(modules, procs, strict=True):
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (module, stderr)
+        assert "QM_LOG_LEVEL: unknown level 'CHATTY'" in stderr, module
 
 
 def test_common_settings_share_one_workspace_time_zone() -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from quartermaster.localinfra.stack import Infra
+from devtools.localinfra.stack import Infra
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import CONTENT_TYPE, ERROR_HEADER, JSON, ORIGIN_TOPIC_HEADER, Topic
 from quartermaster.v1 import policy_pb2

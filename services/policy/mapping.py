@@ -23,8 +23,9 @@ from services.policy.decide import Enforcement, Limit
 from services.policy.directory import GroupInfo, UserInfo
 from services.policy.directory_import import ImportResult
 from services.policy.evaluator import PoolStanding, Verdict
+from services.policy.model_rules import ModelPolicy
 from services.policy.reservations import Reservation
-from services.policy.rules import ModelPolicy, Override, Resolved, Snapshot
+from services.policy.rules import Override, Resolved, Snapshot
 
 PERIODS = {
     PeriodKind.DAY: policy_pb2.PERIOD_DAY,

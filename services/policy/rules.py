@@ -25,6 +25,7 @@ from quartermaster.money import credits
 from quartermaster.periods import PeriodKind
 from services.policy.decide import Enforcement, Limit
 from services.policy.directory import Directory, GroupInfo, UserInfo
+from services.policy.model_rules import ModelPolicy, ModelRule, merge_models
 
 PERIOD_DAYS = {PeriodKind.DAY: 1, PeriodKind.WEEK: 7, PeriodKind.MONTH: 30}
 
@@ -78,28 +79,6 @@ class Override:
             else f"{credits(self.micros)} credits per {self.period}"
         )
         return f"{what}, granted by {self.granted_by} ({self.reason!r}), {until}"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPolicy:
-    """Which models a group's members may call, and which to suggest instead."""
-
-    group_id: str
-    allowed: frozenset[str]  # empty: every model
-    fallback_model: str = ""
-    fallback_at_percent: int = 0  # 0: suggest only when the model is not allowed
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRule:
-    """The model policies that bind one user, merged."""
-
-    allowed: frozenset[str] | None  # None: every model
-    fallback_model: str
-    fallback_at_percent: int
-    sources: tuple[str, ...]
-    # "(group:ml allow gpt-5, gpt-5-mini)": the end of a refusal's reason, made once
-    allowed_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +181,7 @@ class Snapshot:
         pools = tuple(
             (g, self.pool_limits[g]) for g in self.groups_of(user_id) if g in self.pool_limits
         )
-        static = _Static(best, tuple(candidates), pools, _merge_models(policies.values()))
+        static = _Static(best, tuple(candidates), pools, merge_models(policies.values()))
         self._static[direct] = static
         return static
 
@@ -371,31 +350,3 @@ def _when(o: Override, now: datetime, detail: str) -> str:
     if not o.active(now):
         return f"{detail}; expired"
     return detail
-
-
-def _merge_models(policies: Iterable[ModelPolicy]) -> ModelRule | None:
-    """A user under several model policies may use what any of them allows."""
-    policies = list(policies)
-    if not policies:
-        return None
-    allowed: set[str] | None = set()
-    for p in policies:
-        if not p.allowed:
-            allowed = None
-            break
-        assert allowed is not None
-        allowed |= p.allowed
-    with_fallback = [p for p in policies if p.fallback_model]
-    first = with_fallback[0] if with_fallback else None
-    sources = tuple(f"group:{p.group_id}" for p in policies)
-    return ModelRule(
-        allowed=frozenset(allowed) if allowed is not None else None,
-        fallback_model=first.fallback_model if first else "",
-        fallback_at_percent=first.fallback_at_percent if first else 0,
-        sources=sources,
-        allowed_by=(
-            f"({', '.join(sources)} allow {', '.join(sorted(allowed))})"
-            if allowed is not None
-            else ""
-        ),
-    )

@@ -15,7 +15,8 @@ import asyncpg
 from quartermaster.periods import PeriodKind
 from services.policy.decide import Enforcement
 from services.policy.errors import Conflict, NotFound
-from services.policy.rules import ModelPolicy, Override, Rule
+from services.policy.model_rules import ModelPolicy
+from services.policy.rules import Override, Rule
 from services.policy.stores.changes import audit, begin_change, changed, group_exists
 
 _LIMIT_COLS = "limit_micros, period, enforcement, updated_at, updated_by"

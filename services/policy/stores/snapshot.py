@@ -16,7 +16,8 @@ import asyncpg
 from quartermaster.periods import PeriodKind
 from services.policy.decide import Enforcement
 from services.policy.directory import Directory, GroupInfo, UserInfo
-from services.policy.rules import ModelPolicy, Override, Rule, Snapshot
+from services.policy.model_rules import ModelPolicy
+from services.policy.rules import Override, Rule, Snapshot
 from services.policy.stores.limits import override_of
 
 

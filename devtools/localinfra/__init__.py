@@ -5,8 +5,8 @@ Kafka-wire broker (tansu) started as child processes in a project-local director
 `QM_KAFKA_BOOTSTRAP` are given, callers use those instead and nothing starts here.
 """
 
-from quartermaster.localinfra.broker import LocalBroker
-from quartermaster.localinfra.ports import free_port, wait_for_port
-from quartermaster.localinfra.postgres import LocalPostgres
+from devtools.localinfra.broker import LocalBroker
+from devtools.localinfra.ports import free_port, wait_for_port
+from devtools.localinfra.postgres import LocalPostgres
 
 __all__ = ["LocalBroker", "LocalPostgres", "free_port", "wait_for_port"]

@@ -15,18 +15,20 @@ import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import Field
 
-from quartermaster import simulator, telemetry
+from devtools import simulator
+from devtools.discovery import settings_classes
+from devtools.localinfra.process import ChildProcess
+from devtools.localinfra.stack import Infra, open_infra
+from quartermaster import telemetry
 from quartermaster.db import connect_pool
-from quartermaster.localinfra.process import ChildProcess
-from quartermaster.localinfra.stack import open_infra
 from quartermaster.money import MICROS_PER_CREDIT
-from quartermaster.settings import load_or_exit, setting
+from quartermaster.settings import Settings, load_or_exit
 from services.policy.decide import Enforcement
 from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
@@ -36,19 +38,20 @@ from services.policy.stores.limits import LimitStore
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass(frozen=True)
-class DevSettings(PolicySettings):
-    run_dir: Path = setting("QM_RUN_DIR", ROOT / ".run", "Where `make run` keeps data and logs")
-    demo_traffic: bool = setting("QM_DEMO_TRAFFIC", True, "Run the demo traffic simulator")
-    demo_limit_credits: int = setting(
-        "QM_DEMO_LIMIT_CREDITS", 20, "The demo workspace's default monthly limit"
-    )
-    local_pg_port: int = setting(
-        "QM_LOCAL_PG_PORT", 55432, "Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"
-    )
-    local_broker_port: int = setting(
-        "QM_LOCAL_BROKER_PORT", 9092, "Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"
-    )
+class DevSettings(Settings):
+    """What `make run` itself reads (QM_<FIELD>); the services' own settings are read
+    beside it."""
+
+    run_dir: Path = ROOT / ".run"
+    """Where `make run` keeps data and logs"""
+    demo_traffic: bool = True
+    """Run the demo traffic simulator"""
+    demo_limit_credits: int = Field(20, ge=0)
+    """The demo workspace's default monthly limit"""
+    local_pg_port: int = Field(55432, ge=1, le=65535)
+    """Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"""
+    local_broker_port: int = Field(9092, ge=1, le=65535)
+    """Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"""
 
 
 def say(text: str) -> None:
@@ -56,17 +59,19 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-async def _seed(settings: DevSettings, database_url: str) -> None:
+async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> None:
+    """The demo workspace's default limit and its people, written as policy's admin would."""
     pool = await connect_pool(database_url)
     try:
-        await LimitStore(pool, settings.workspace_id).set_workspace_default(
-            settings.demo_limit_credits * MICROS_PER_CREDIT,
+        # The one place devtools writes policy's tables: the demo's seed.
+        await LimitStore(pool, workspace_id).set_workspace_default(
+            limit_credits * MICROS_PER_CREDIT,
             Enforcement.HARD,
             "make-run-seed",
-        )
+        )  # fmt: skip
         for p in simulator.PERSONAS:
             user = UserInfo(p.user_id, f"{p.user_id}@example.com", p.display_name)
-            await DirectoryStore(pool, settings.workspace_id).upsert_user(user, "system")
+            await DirectoryStore(pool, workspace_id).upsert_user(user, "system")
     finally:
         await pool.close()
 
@@ -86,41 +91,45 @@ async def _wait_serving(addr: str, proc: ChildProcess, within: float) -> None:
     raise TimeoutError(f"policy was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
 
 
-async def _main(settings: DevSettings) -> None:
+def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
+    """The children's environment: ours, pointed at `infra`, with an admin token for
+    this run when none is configured (so admin calls can be tried at once)."""
+    env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": policy.addr}
+    env.setdefault("QM_METERING_DATA_DIR", str(dev.run_dir / "faust"))
+    if not env.get("QM_POLICY_ADMIN_TOKENS") and not env.get("QM_METERING_ADMIN_TOKENS"):
+        token = secrets.token_urlsafe(24)
+        env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
+        say(f"  admin token for this run: {token}")
+        say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
+            "'{\"user_id\":\"carol\"}' "
+            f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
+        say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "
+            "prices load prices.yaml --dry-run")  # fmt: skip
+    return env
+
+
+async def _main(dev: DevSettings, policy: PolicySettings) -> None:
     """Runs until cancelled (Ctrl-C); every `finally` on the way out stops what it started."""
-    logs = settings.run_dir / "logs"
     say("Quartermaster: starting PostgreSQL and the Kafka-protocol broker ...")
     with open_infra(
-        settings.run_dir,
-        pg_port=settings.local_pg_port,
-        broker_port=settings.local_broker_port,
+        dev.run_dir,
+        pg_port=dev.local_pg_port,
+        broker_port=dev.local_broker_port,
         durable=True,
-        partitions=settings.topic_partitions,
+        partitions=policy.topic_partitions,
     ) as infra:
         say(f"  kafka     {infra.kafka_bootstrap} ({infra.kafka_origin})")
         say(f"  postgres  {infra.database_url} ({infra.database_origin})")
-        await _seed(settings, infra.database_url)
+        await _seed(policy.workspace_id, dev.demo_limit_credits, infra.database_url)
         say(
-            f"  seeded workspace {settings.workspace_id!r}: default limit "
-            f"{settings.demo_limit_credits} credits/month (hard), "
-            f"{len(simulator.PERSONAS)} people"
+            f"  seeded workspace {policy.workspace_id!r}: default limit "
+            f"{dev.demo_limit_credits} credits/month (hard), {len(simulator.PERSONAS)} people"
         )
-        env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": settings.addr}
-        env.setdefault("QM_METERING_DATA_DIR", str(settings.run_dir / "faust"))
-        if not env.get("QM_POLICY_ADMIN_TOKENS") and not env.get("QM_METERING_ADMIN_TOKENS"):
-            # A credential for this run only, so admin calls can be tried at once.
-            token = secrets.token_urlsafe(24)
-            env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
-            say(f"  admin token for this run: {token}")
-            say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
-                "'{\"user_id\":\"carol\"}' "
-                f"{settings.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
-            say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "
-                "prices load prices.yaml --dry-run")  # fmt: skip
+        env = _child_env(dev, policy, infra)
 
         def spawn(name: str, module: str) -> ChildProcess:
             argv = [sys.executable, "-m", module]
-            return ChildProcess(name, argv, logs / f"{name}.log", env=env, cwd=ROOT)
+            return ChildProcess(name, argv, dev.run_dir / "logs" / f"{name}.log", env=env, cwd=ROOT)
 
         children = [
             spawn("metering", "services.metering"),
@@ -131,14 +140,14 @@ async def _main(settings: DevSettings) -> None:
             for child in children:
                 child.start()
                 say(f"  started {child.name} (pid {child.pid}), log: {child.log_path}")
-            await _wait_serving(settings.addr, children[1], 60)
-            say(f"  policy gRPC serving on {settings.addr} (health + reflection on)")
+            await _wait_serving(policy.addr, children[1], 60)
+            say(f"  policy gRPC serving on {policy.addr} (health + reflection on)")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
             say(f"  Cost API and price catalog on {api_addr}: python -m services.metering.cli")
-            if settings.demo_traffic:
+            if dev.demo_traffic:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")
-                await simulator.run(infra.kafka_bootstrap, settings.addr, settings.workspace_id)
+                await simulator.run(infra.kafka_bootstrap, policy.addr, policy.workspace_id)
             else:
                 say("QM_DEMO_TRAFFIC=0: no demo traffic. Press Ctrl-C to stop.")
                 await asyncio.Event().wait()
@@ -151,7 +160,10 @@ async def _main(settings: DevSettings) -> None:
 
 
 def main() -> None:
-    settings = load_or_exit(DevSettings, "make run")
+    """Check every service's settings first (a wrong one stops here, named), then run."""
+    services = [cls for _, cls in settings_classes()]
+    dev = load_or_exit(DevSettings, "make run", *services)
+    policy = PolicySettings.from_env()  # valid: checked just above
     telemetry.setup("devstack", "WARNING")
 
     async def runner() -> None:
@@ -161,7 +173,7 @@ def main() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await _main(settings)
+            await _main(dev, policy)
         say("Stopped. Bye.")
 
     asyncio.run(runner())

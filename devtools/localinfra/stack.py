@@ -14,10 +14,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.discovery import migration_dirs
+from devtools.localinfra.broker import LocalBroker
+from devtools.localinfra.postgres import LocalPostgres
 from quartermaster.db import migrate
 from quartermaster.kafka import ensure_topics
-from quartermaster.localinfra.broker import LocalBroker
-from quartermaster.localinfra.postgres import LocalPostgres
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,6 @@ def open_infra(
             stack.callback(broker.stop)
             broker.start()
             given_kafka, kafka_origin = broker.bootstrap, "local"
-        migrate(given_db)
+        migrate(given_db, migration_dirs())
         ensure_topics(given_kafka, partitions)
         yield Infra(given_kafka, given_db, kafka_origin, db_origin)

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from quartermaster.localinfra.ports import wait_for_port
+from devtools.localinfra.ports import wait_for_port
 
 log = logging.getLogger(__name__)
 

