@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import grpc
 
+from quartermaster.grpcclient import ChannelClient
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 _BAD_REQUEST = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
@@ -37,7 +38,7 @@ class DirectoryUnavailable(ConnectionError):
     """The directory could not answer; the message names its address."""
 
 
-class DirectoryClient:
+class DirectoryClient(ChannelClient):
     """DirectoryService calls over one channel (see the module docstring for errors)."""
 
     def __init__(self, target: str, *, source: str = "", deadline_s: float = 10.0) -> None:
@@ -45,20 +46,10 @@ class DirectoryClient:
         (a setting's name), quoted in errors."""
         if deadline_s <= 0:
             raise ValueError("deadline_s must be > 0")
-        self.target = target
+        super().__init__(target)
         self.source = source
         self.deadline_s = deadline_s
-        self._channel = grpc.aio.insecure_channel(target)
         self._stub = policy_pb2_grpc.DirectoryServiceStub(self._channel)
-
-    async def close(self) -> None:
-        await self._channel.close(None)
-
-    async def __aenter__(self) -> DirectoryClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
 
     async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
         try:

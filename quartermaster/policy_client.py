@@ -39,6 +39,7 @@ from enum import StrEnum
 
 import grpc
 
+from quartermaster.grpcclient import ChannelClient
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 SERVICE = "quartermaster.v1.PolicyService"
@@ -88,7 +89,7 @@ class PolicyRequestError(ValueError):
     """Policy refused the request as invalid; the message names the fields."""
 
 
-class PolicyClient:
+class PolicyClient(ChannelClient):
     def __init__(
         self,
         target: str,
@@ -106,19 +107,9 @@ class PolicyClient:
         self.deadline_s = deadline_s
         self.retries = retries
         self.backoff_s = backoff_s
-        options = [("grpc.service_config", service_config(retries, backoff_s))]
-        self._channel = grpc.aio.insecure_channel(target, options=options)
+        super().__init__(target, [("grpc.service_config", service_config(retries, backoff_s))])
         self._stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self.degraded = 0  # answers the client gave by itself
-
-    async def close(self) -> None:
-        await self._channel.close(None)
-
-    async def __aenter__(self) -> PolicyClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
 
     def _fallback(self, error: grpc.aio.AioRpcError) -> policy_pb2.CheckResponse:
         self.degraded += 1

@@ -205,6 +205,18 @@ class Replicas:
         self.running: list[server.RunningPolicy] = []
         self._channels: list[grpc.aio.Channel] = []
 
+    async def set_default(
+        self, limit_micros: int, enforcement: Enforcement = Enforcement.HARD
+    ) -> None:
+        """The workspace's default limit, written as an admin would (audited as "tests")."""
+        pool = await connect_pool(self.database_url)
+        try:
+            await LimitStore(pool, self.workspace_id).set_workspace_default(
+                limit_micros, enforcement, "tests"
+            )
+        finally:
+            await pool.close()
+
     async def start(self, n: int = 1, **overrides: str) -> list[server.RunningPolicy]:
         env = {**self.env, **overrides}
         started = []

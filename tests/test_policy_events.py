@@ -12,13 +12,11 @@ import asyncpg
 import pytest
 
 from devtools.localinfra.stack import Infra
-from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import notifications_pb2, policy_pb2, requests_pb2
 from quartermaster.wire import timestamp
 from services.policy.decide import Enforcement
-from services.policy.stores.limits import LimitStore
 from tests.conftest import MeteringWorker, Replicas
 from tests.helpers import eventually, new_user, produce, produce_usage, read_topic, usage
 
@@ -27,19 +25,10 @@ pytestmark = pytest.mark.infra
 COST = 6_250  # micros of one helpers.usage() event
 
 
-async def _default(infra: Infra, replicas: Replicas, micros: int) -> None:
-    pool = await connect_pool(infra.database_url)
-    try:
-        store = LimitStore(pool, replicas.workspace_id)
-        await store.set_workspace_default(micros, Enforcement.SOFT, "t")
-    finally:
-        await pool.close()
-
-
 async def test_each_threshold_is_announced_once_per_period_across_replicas(
     infra: Infra, metering: MeteringWorker, replicas: Replicas
 ) -> None:
-    await _default(infra, replicas, 20 * COST)  # soft: spending goes on past 100 %
+    await replicas.set_default(20 * COST, Enforcement.SOFT)  # soft: spending goes on past 100 %
     a, b = await replicas.start(2)
     user = new_user()
     stub = replicas.policy(a)
@@ -94,7 +83,7 @@ def _approval(
 async def test_an_approval_installs_its_override_once_however_often_it_arrives(
     infra: Infra, replicas: Replicas
 ) -> None:
-    await _default(infra, replicas, 10 * C)
+    await replicas.set_default(10 * C, Enforcement.SOFT)
     a, b = await replicas.start(2)
     user, request_id = new_user(), f"cr-{uuid.uuid4().hex[:8]}"
     approval = _approval(request_id, user, replicas.workspace_id, 5 * C, "ev-1")

@@ -24,9 +24,7 @@ from quartermaster.db import connect_pool
 from quartermaster.periods import PeriodKind
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2
-from services.policy.decide import Enforcement
 from services.policy.reservations import open_micros
-from services.policy.stores.limits import LimitStore
 from services.policy.stores.reservations import ReservationStore
 from tests.conftest import MeteringWorker, Replicas
 from tests.helpers import eventually, new_user, produce_usage, usage
@@ -92,13 +90,7 @@ async def _user_at_the_edge(infra: Infra, replicas: Replicas, stub: object, call
 async def test_overshoot_is_at_most_one_estimate_with_reservations(
     infra: Infra, metering: MeteringWorker, replicas: Replicas, n_replicas: int
 ) -> None:
-    pool = await connect_pool(infra.database_url)
-    try:
-        await LimitStore(pool, replicas.workspace_id).set_workspace_default(
-            LIMIT, Enforcement.HARD, "t"
-        )
-    finally:
-        await pool.close()
+    await replicas.set_default(LIMIT)
     running = await replicas.start(n_replicas)
     stubs: list[object] = [replicas.policy(r) for r in running]
 
@@ -129,13 +121,7 @@ async def test_overshoot_is_at_most_one_estimate_with_reservations(
 
 
 async def test_reservation_calls_validate_and_release(infra: Infra, replicas: Replicas) -> None:
-    pool = await connect_pool(infra.database_url)
-    try:
-        await LimitStore(pool, replicas.workspace_id).set_workspace_default(
-            LIMIT, Enforcement.HARD, "t"
-        )
-    finally:
-        await pool.close()
+    await replicas.set_default(LIMIT)
     [r] = await replicas.start(1)
     stub = replicas.policy(r)
     bad = policy_pb2.ReserveRequest(
@@ -187,11 +173,9 @@ async def test_a_counted_reservation_is_recorded_for_replicas_that_never_read_it
     total of the same person and period, without this request among its settled ids.
     The first replica to read the total records it on the reservation in Postgres, so such a
     replica still counts the reservation out of that period (and only that period)."""
+    await replicas.set_default(LIMIT)
     pool = await connect_pool(infra.database_url)
     try:
-        await LimitStore(pool, replicas.workspace_id).set_workspace_default(
-            LIMIT, Enforcement.HARD, "t"
-        )
         [r] = await replicas.start(1)
         stub = replicas.policy(r)
         user, request_id = new_user(), f"req-{uuid.uuid4().hex}"
