@@ -18,6 +18,14 @@ from quartermaster.localinfra import free_port
 from tests.docs_blocks import ROOT, Command, normalized
 
 LOGS = ROOT / ".run" / f"test-docs-{os.getpid()}"
+# Set by an enclosing `make test`; a command from the docs runs as a person's shell would.
+_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
+def as_typed(env: dict[str, str]) -> dict[str, str]:
+    """`env` without what an enclosing make adds (nested make's "Entering directory"
+    lines and inherited flags would change what a documented command prints)."""
+    return {k: v for k, v in env.items() if k not in _MAKE_VARS}
 
 
 def shown_lines_missing(shown: tuple[str, ...], printed: str) -> list[str]:
@@ -35,7 +43,7 @@ def shown_lines_missing(shown: tuple[str, ...], printed: str) -> list[str]:
 async def shell(text: str, env: dict[str, str], within_s: float = 300) -> tuple[int, str]:
     """Run `text` with bash (pipefail) in the repository; (exit code, stdout + stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        "bash", "-o", "pipefail", "-c", text, cwd=ROOT, env=env,
+        "bash", "-o", "pipefail", "-c", text, cwd=ROOT, env=as_typed(env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), within_s)
@@ -76,7 +84,7 @@ class Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                "bash", "-c", f"exec {self.text}", cwd=ROOT, env=self.env,
+                "bash", "-c", f"exec {self.text}", cwd=ROOT, env=as_typed(self.env),
                 stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         loop = asyncio.get_running_loop()

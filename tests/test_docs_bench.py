@@ -17,6 +17,7 @@ import subprocess
 import pytest
 
 from tests.docs_blocks import ROOT
+from tests.docs_stack import as_typed
 from tests.test_docs import BENCH_SMOKE, SHOWN, kind_of
 
 # Sizes appended to each bench's ARGS; a target the Makefile passes no ARGS to (None)
@@ -46,7 +47,7 @@ def small(text: str) -> list[str]:
 @pytest.mark.infra  # each bench starts its own PostgreSQL and broker
 @pytest.mark.parametrize("text", [c.text for c in BENCHES])
 def test_bench_commands_run_small(text: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
+    env = as_typed({k: v for k, v in os.environ.items() if not k.startswith("QM_")})
     done = subprocess.run(
         small(text), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
