@@ -97,6 +97,9 @@ COMMANDS: dict[str, Runner] = {
     f"{PY} -m services.policy set-default": Session(),
     f"{PY} -m services.policy": Serve("QM_POLICY_ADDR"),
     f"{PY} -m services.metering.api": Serve("QM_USAGE_API_ADDR"),
+    # The session's metering worker is this command (a second one here would join its
+    # consumer group and move its partitions under the other tests).
+    f"{PY} -m services.metering": RunBy("tests/conftest.py", '"-m", "services.metering"]'),
     "curl -s http://127.0.0.1:9464/metrics": Session(),
 }
 
