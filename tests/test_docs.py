@@ -140,9 +140,11 @@ def test_commands_run_elsewhere_are_run_there() -> None:
             assert runner.evidence in path.read_text(), f"{key!r}: not in {runner.file}"
 
 
-def test_no_dates_written_out_in_commands() -> None:
-    dated = [f"{c.where}: {c.text}" for c in SHOWN if re.search(r"\b20\d\d-\d\d", c.text)]
-    assert not dated, "compute dates (date -u ...) instead:\n" + "\n".join(dated)
+def test_no_dates_written_out_in_commands_or_code() -> None:
+    shown = [(c.where, c.text) for c in SHOWN]
+    shown += [(b.where, "\n".join(b.lines)) for b in all_blocks("python")]
+    dated = [f"{where}: {text}" for where, text in shown if re.search(r"\b20\d\d-\d\d", text)]
+    assert not dated, "compute dates (date -u ..., datetime.now()) instead:\n" + "\n".join(dated)
 
 
 def _needs(block: Block, kinds: tuple[type, ...]) -> bool:
