@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import subprocess
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -20,13 +21,25 @@ from tests.docs_blocks import ROOT
 from tests.docs_stack import as_typed
 from tests.test_docs import BENCH_SMOKE, SHOWN, kind_of
 
-# Sizes appended to each bench's ARGS; a target the Makefile passes no ARGS to (None)
-# runs as shown.
-SHRINK: dict[str, str | None] = {
-    "bench-metering": "--events 2000 --users 100 --probes 3 --load 200",
-    "bench-policy": "--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1",
-    "bench-costs": "--users 50 --days 2 --runs 1",
-    "bench-freshness": None,
+
+@dataclass(frozen=True)
+class Small:
+    """What makes a bench small: `args` appended to its ARGS (None: the Makefile passes
+    it none, so it runs as shown) and settings for the processes it starts."""
+
+    args: str | None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SHRINK: dict[str, Small] = {
+    # The worker's rate is taken from its first committed batch to its last: at most
+    # two records a batch, so a tiny workload still takes several.
+    "bench-metering": Small(
+        "--events 1000 --users 100 --probes 3 --load 200", {"QM_METERING_BATCH_MAX": "2"}
+    ),
+    "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
+    "bench-costs": Small("--users 50 --days 2 --runs 1"),
+    "bench-freshness": Small(None),
 }
 BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]
 
@@ -36,7 +49,7 @@ def small(text: str) -> list[str]:
     argv = shlex.split(text)
     assert argv[0] == "make", text
     assert len(argv) >= 2, text
-    shrink = SHRINK[argv[1]]
+    shrink = SHRINK[argv[1]].args
     if shrink is None:
         return argv
     given = [a.removeprefix("ARGS=") for a in argv[2:] if a.startswith("ARGS=")]
@@ -48,6 +61,7 @@ def small(text: str) -> list[str]:
 @pytest.mark.parametrize("text", [c.text for c in BENCHES])
 def test_bench_commands_run_small(text: str) -> None:
     env = as_typed({k: v for k, v in os.environ.items() if not k.startswith("QM_")})
+    env.update(SHRINK[shlex.split(text)[1]].env)
     done = subprocess.run(
         small(text), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
