@@ -1,0 +1,77 @@
+"""Every `make bench-*` command the docs show runs, at a tiny size.
+
+A bench takes minutes at the size its figures come from; here each documented command
+runs with its sizes cut down (appended to its ARGS: argparse takes the last value), to
+prove the command, its ARGS and the bench's whole path still work and end with the one
+JSON line of results. The figures themselves come from full runs on a quiet machine
+(docs/benchmarks.md). Each bench starts its own PostgreSQL and broker on free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.docs_blocks import ROOT
+from tests.docs_stack import as_typed
+from tests.test_docs import BENCH_SMOKE, SHOWN, kind_of
+
+
+@dataclass(frozen=True)
+class Small:
+    """What makes a bench small: `args` appended to its ARGS (None: the Makefile passes
+    it none, so it runs as shown) and settings for the processes it starts."""
+
+    args: str | None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SHRINK: dict[str, Small] = {
+    # The worker's rate is taken from its first committed batch to its last: at most
+    # two records a batch, so a tiny workload still takes several.
+    "bench-metering": Small(
+        "--events 1000 --users 100 --probes 3 --load 200", {"QM_METERING_BATCH_MAX": "2"}
+    ),
+    "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
+    "bench-costs": Small("--users 50 --days 2 --runs 1"),
+    "bench-freshness": Small(None),
+}
+BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]
+
+
+def small(text: str) -> list[str]:
+    """The argv of documented bench command `text`, with SHRINK's sizes added to ARGS."""
+    argv = shlex.split(text)
+    assert argv[0] == "make", text
+    assert len(argv) >= 2, text
+    shrink = SHRINK[argv[1]].args
+    if shrink is None:
+        return argv
+    given = [a.removeprefix("ARGS=") for a in argv[2:] if a.startswith("ARGS=")]
+    rest = [a for a in argv[2:] if not a.startswith("ARGS=")]
+    return [*argv[:2], *rest, f"ARGS={' '.join([*given, shrink])}"]
+
+
+@pytest.mark.infra  # each bench starts its own PostgreSQL and broker
+@pytest.mark.parametrize("text", [c.text for c in BENCHES])
+def test_bench_commands_run_small(text: str) -> None:
+    env = as_typed({k: v for k, v in os.environ.items() if not k.startswith("QM_")})
+    env.update(SHRINK[shlex.split(text)[1]].env)
+    done = subprocess.run(
+        small(text), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, f"`{text}` exited {done.returncode}:\n{printed[-3000:]}"
+    last = done.stdout.strip().splitlines()[-1]
+    assert isinstance(json.loads(last), dict), f"`{text}` did not end with its JSON line: {last}"
+
+
+def test_every_bench_has_a_size() -> None:
+    assert BENCHES, "the docs show no bench"
+    for c in BENCHES:
+        assert shlex.split(c.text)[1] in SHRINK, f"{c.text}: add its sizes to SHRINK"
