@@ -27,8 +27,8 @@ test: $(STAMP) ## lint, type-check and run every test against real infrastructur
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker (-m "not infra"), in under 30 s
-	$(PY) -m pytest -m "not infra" -q
+test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker, in under 30 s
+	$(PY) -m pytest -m "not infra and not suite" -q
 
 lint: $(STAMP) ## ruff lint + format check and mypy strict
 	$(PY) -m ruff check .

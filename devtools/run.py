@@ -55,8 +55,14 @@ class DevSettings(Settings):
 
 
 def say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    """A line for the person at the terminal. Ctrl-C also ends a pipe reader such as
+    `make run | tee log`: a closed stdout must not stop the shutdown that follows it
+    (which would leave the services running), so later lines go nowhere."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError:  # BrokenPipeError and friends
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> None:
@@ -100,11 +106,12 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
         token = secrets.token_urlsafe(24)
         env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
         say(f"  admin token for this run: {token}")
+        say("  with grpcurl, where it is installed:")
         say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
             "'{\"user_id\":\"carol\"}' "
             f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
         say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "
-            "prices load prices.yaml --dry-run")  # fmt: skip
+            "prices load services/metering/prices.yaml --dry-run")  # fmt: skip
     return env
 
 
@@ -127,6 +134,11 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
         )
         env = _child_env(dev, policy, infra)
 
+        # Every run starts from nothing, its logs too (ChildProcess appends, so that a
+        # restarted service keeps one log within a run).
+        for old_log in (dev.run_dir / "logs").glob("*.log"):
+            old_log.unlink()
+
         def spawn(name: str, module: str) -> ChildProcess:
             argv = [sys.executable, "-m", module]
             return ChildProcess(name, argv, dev.run_dir / "logs" / f"{name}.log", env=env, cwd=ROOT)
@@ -143,7 +155,10 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             await _wait_serving(policy.addr, children[1], 60)
             say(f"  policy gRPC serving on {policy.addr} (health + reflection on)")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
-            say(f"  Cost API and price catalog on {api_addr}: python -m services.metering.cli")
+            say(
+                f"  Cost API and price catalog on {api_addr}: "
+                ".venv/bin/python -m services.metering.cli"
+            )
             if dev.demo_traffic:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")

@@ -7,7 +7,7 @@ checks every event against this function; reporters and producers of ours use it
 pick the partition up front. Pure: domain modules import it instead of a Kafka client.
 
 `murmur2` follows the Java client's `org.apache.kafka.common.utils.Utils.murmur2`
-(as aiokafka's pure-Python copy does, Apache-2.0); `tests/test_partitioning.py`
+(as aiokafka's pure-Python copy does, Apache-2.0); `tests/platform/test_partitioning.py`
 checks it against aiokafka's on many keys.
 """
 

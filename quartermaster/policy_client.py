@@ -7,10 +7,10 @@
 With reservations (the spend admitted past a limit stays within one estimate however
 many callers race for the last credits):
 
-    hold = await client.reserve("ann", "chat", "gpt-5", 12_000, request_id=call_id)
-    if hold.decision != policy_pb2.DECISION_DENY:
+    reservation = await client.reserve("ann", "chat", "gpt-5", 12_000, request_id=call_id)
+    if reservation.decision != policy_pb2.DECISION_DENY:
         ...  # the model call; report its usage with request_id=call_id
-        await client.commit(hold.reservation_id, actual_micros)  # or release() if unused
+        await client.commit(reservation.reservation_id, actual_micros)  # or release() if unused
 
 Every call has a deadline (`deadline_s`, default 250 ms), retries included. A call that
 fails because policy is unavailable (or has no limits loaded yet) is retried up to
@@ -51,7 +51,7 @@ _TRANSIENT = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.FAILED_PRECONDITION,  # e.g. policy has no limits loaded yet
 }
-# Commit and Release answer FAILED_PRECONDITION for a hold that has ended: final.
+# Commit and Release answer FAILED_PRECONDITION for a reservation that has ended: final.
 _RETRIED = {
     ("Check", "CheckBatch", "Reserve"): _TRANSIENT - {grpc.StatusCode.DEADLINE_EXCEEDED},
     ("Commit", "Release"): _UNREACHABLE,
@@ -178,9 +178,9 @@ class PolicyClient(ChannelClient):
         request_id: str,
         ttl_seconds: int = 0,
     ) -> policy_pb2.CheckResponse:
-        """Check and, when admitted, hold `estimated_micros` until the usage reported
+        """Check and, when admitted, reserve `estimated_micros` until the usage reported
         with this `request_id` is counted, `commit`/`release`, or `ttl_seconds` (0: the
-        server's default). Retrying is safe: the same request_id gets the same hold.
+        server's default). Retrying is safe: the same request_id gets the same reservation.
         When policy can't answer, the fail mode answers, without a reservation_id."""
         request = policy_pb2.ReserveRequest(
             user_id=user_id, product=product, model=model, estimated_micros=estimated_micros,
@@ -189,9 +189,9 @@ class PolicyClient(ChannelClient):
         return await self._answer("Reserve", request)
 
     async def commit(self, reservation_id: str, actual_micros: int) -> policy_pb2.Reservation:
-        """The call cost `actual_micros`: the hold becomes that until the usage is
+        """The call cost `actual_micros`: the reservation becomes that until the usage is
         counted. Retried while policy is unreachable (committing twice is harmless),
-        then raises; an uncommitted hold still ends with its usage or its ttl."""
+        then raises; an uncommitted reservation still ends with its usage or its ttl."""
         request = policy_pb2.CommitRequest(
             reservation_id=reservation_id, actual_micros=actual_micros
         )

@@ -31,7 +31,7 @@ from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
-from services.policy import server
+from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
@@ -100,7 +100,7 @@ async def _run(samples: int) -> list[float]:
                 run_dir / "metering.log", env=env, cwd=ROOT,
             )  # fmt: skip
             metering.start()
-            policy = await server.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
+            policy = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
             try:
                 await asyncio.wait_for(policy.serving.wait(), 60)
                 await _measure(infra.kafka_bootstrap, policy.port, samples, results)

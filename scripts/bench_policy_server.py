@@ -94,8 +94,8 @@ async def _echo(portfile: Path, timings: Path) -> None:
 
 
 async def _policy(portfile: Path, timings: Path) -> None:
-    from services.policy import server
-    from services.policy.servicer import PolicyServicer
+    from services.policy import wiring
+    from services.policy.policy_servicer import PolicyServicer
     from services.policy.settings import PolicySettings
     from services.policy.stores.reservations import ReservationStore
 
@@ -103,7 +103,7 @@ async def _policy(portfile: Path, timings: Path) -> None:
     inner = PolicyServicer.Check
     # Before start: the server binds the servicer's methods when it is registered.
     PolicyServicer.Check = timed(inner, spent)  # type: ignore[method-assign,assignment]
-    running = await server.start(PolicySettings.from_env(), addr="127.0.0.1:0")
+    running = await wiring.start(PolicySettings.from_env(), addr="127.0.0.1:0")
     await asyncio.wait_for(running.serving.wait(), 600)
     # The servicer alone, before any client runs: the decision without a transport
     # or a client competing for the CPU.

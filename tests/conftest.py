@@ -28,11 +28,11 @@ from devtools.localinfra.stack import Infra, open_infra
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.v1 import policy_pb2_grpc
-from services.policy import server
+from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
-from tests.policy_inprocess import InProcess, policy_in_process
+from tests.policy.inprocess import InProcess, policy_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
@@ -157,7 +157,7 @@ def metering(request: pytest.FixtureRequest, _metering_session: MeteringWorker) 
 @pytest.fixture(scope="session")
 async def _policy_session(
     _infra_session: Infra, workspace_id: str, service_env: dict[str, str]
-) -> AsyncIterator[server.RunningPolicy]:
+) -> AsyncIterator[wiring.RunningPolicy]:
     """A real grpc.aio policy server on a free port, in this process's event loop."""
     settings = PolicySettings.from_env(service_env)
     pool = await connect_pool(_infra_session.database_url)
@@ -167,7 +167,7 @@ async def _policy_session(
         )
     finally:
         await pool.close()
-    running = await server.start(settings, addr="127.0.0.1:0")
+    running = await wiring.start(settings, addr="127.0.0.1:0")
     try:
         await asyncio.wait_for(running.serving.wait(), 60)
         yield running
@@ -177,8 +177,8 @@ async def _policy_session(
 
 @pytest.fixture
 def policy_server(
-    request: pytest.FixtureRequest, _policy_session: server.RunningPolicy
-) -> server.RunningPolicy:
+    request: pytest.FixtureRequest, _policy_session: wiring.RunningPolicy
+) -> wiring.RunningPolicy:
     if request.node.get_closest_marker("infra") is None:
         raise pytest.UsageError(f"{request.node.nodeid} uses policy without @pytest.mark.infra")
     return _policy_session
@@ -186,7 +186,7 @@ def policy_server(
 
 @pytest.fixture
 async def policy(
-    policy_server: server.RunningPolicy,
+    policy_server: wiring.RunningPolicy,
 ) -> AsyncIterator[policy_pb2_grpc.PolicyServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{policy_server.port}") as channel:
         yield policy_pb2_grpc.PolicyServiceStub(channel)
@@ -202,7 +202,7 @@ class Replicas:
         self.workspace_id = f"ws-{uuid.uuid4().hex[:8]}"
         self.env = {**env, "QM_WORKSPACE_ID": self.workspace_id}
         self.database_url = database_url
-        self.running: list[server.RunningPolicy] = []
+        self.running: list[wiring.RunningPolicy] = []
         self._channels: list[grpc.aio.Channel] = []
 
     async def set_default(
@@ -217,29 +217,29 @@ class Replicas:
         finally:
             await pool.close()
 
-    async def start(self, n: int = 1, **overrides: str) -> list[server.RunningPolicy]:
+    async def start(self, n: int = 1, **overrides: str) -> list[wiring.RunningPolicy]:
         env = {**self.env, **overrides}
         started = []
         for _ in range(n):
-            r = await server.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
+            r = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
             self.running.append(r)
             started.append(r)
         for r in started:
             await asyncio.wait_for(r.serving.wait(), 60)
         return started
 
-    def _channel(self, r: server.RunningPolicy) -> grpc.aio.Channel:
+    def _channel(self, r: wiring.RunningPolicy) -> grpc.aio.Channel:
         ch = grpc.aio.insecure_channel(f"127.0.0.1:{r.port}")
         self._channels.append(ch)
         return ch
 
-    def policy(self, r: server.RunningPolicy) -> policy_pb2_grpc.PolicyServiceAsyncStub:
+    def policy(self, r: wiring.RunningPolicy) -> policy_pb2_grpc.PolicyServiceAsyncStub:
         return policy_pb2_grpc.PolicyServiceStub(self._channel(r))
 
-    def admin(self, r: server.RunningPolicy) -> policy_pb2_grpc.PolicyAdminServiceAsyncStub:
+    def admin(self, r: wiring.RunningPolicy) -> policy_pb2_grpc.PolicyAdminServiceAsyncStub:
         return policy_pb2_grpc.PolicyAdminServiceStub(self._channel(r))
 
-    def directory(self, r: server.RunningPolicy) -> policy_pb2_grpc.DirectoryServiceAsyncStub:
+    def directory(self, r: wiring.RunningPolicy) -> policy_pb2_grpc.DirectoryServiceAsyncStub:
         return policy_pb2_grpc.DirectoryServiceStub(self._channel(r))
 
     async def close(self) -> None:

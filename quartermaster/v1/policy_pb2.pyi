@@ -148,7 +148,7 @@ class CheckRequest(_message.Message):
     request_id: _builtins.str
     """The gateway's id for this model call, also sent as UsageEvent.request_id."""
     reservation_ttl_seconds: _builtins.int
-    """How long an uncommitted hold lives; 0 = the server's default."""
+    """How long an uncommitted reservation lives; 0 = the server's default."""
     def __init__(
         self,
         *,
@@ -232,7 +232,7 @@ class CheckResponse(_message.Message):
     period: Global___Period.ValueType
     enforcement: Global___Enforcement.ValueType
     reserved_micros: _builtins.int
-    """Unsettled holds counted in used_micros."""
+    """Unsettled reservations counted in used_micros."""
     reservation_id: _builtins.str
     """Set when this call reserved (CheckRequest.reserve or Reserve)."""
     suggested_model: _builtins.str

@@ -94,8 +94,8 @@ class PolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reserve(self, request, context):
-        """Hold `estimated_micros` of the user's (and their pools') budget for one model
-        call, so that concurrent callers can't all pass the same last credits. The hold
+        """Set aside `estimated_micros` of the user's (and their pools') budget for one model
+        call, so that concurrent callers can't all pass the same last credits. The reservation
         counts against the remaining budget until the usage with the same request_id is
         in metering's totals, or it is released, or it expires.
         """
@@ -104,14 +104,14 @@ class PolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Commit(self, request, context):
-        """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it.
+        """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """The call did not happen: drop the hold now.
+        """The call did not happen: drop the reservation now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,15 +42,15 @@ class PolicyServiceStub:
     steps). Results come in request order. At most 1,000 checks.
     """
     Reserve: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ReserveRequest, _policy_pb2.CheckResponse]
-    """Hold `estimated_micros` of the user's (and their pools') budget for one model
-    call, so that concurrent callers can't all pass the same last credits. The hold
+    """Set aside `estimated_micros` of the user's (and their pools') budget for one model
+    call, so that concurrent callers can't all pass the same last credits. The reservation
     counts against the remaining budget until the usage with the same request_id is
     in metering's totals, or it is released, or it expires.
     """
     Commit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CommitRequest, _policy_pb2.Reservation]
-    """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it."""
+    """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it."""
     Release: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ReleaseRequest, _policy_pb2.Reservation]
-    """The call did not happen: drop the hold now."""
+    """The call did not happen: drop the reservation now."""
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -66,15 +66,15 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     steps). Results come in request order. At most 1,000 checks.
     """
     Reserve: _aio.UnaryUnaryMultiCallable[_policy_pb2.ReserveRequest, _policy_pb2.CheckResponse]  # type: ignore[assignment]
-    """Hold `estimated_micros` of the user's (and their pools') budget for one model
-    call, so that concurrent callers can't all pass the same last credits. The hold
+    """Set aside `estimated_micros` of the user's (and their pools') budget for one model
+    call, so that concurrent callers can't all pass the same last credits. The reservation
     counts against the remaining budget until the usage with the same request_id is
     in metering's totals, or it is released, or it expires.
     """
     Commit: _aio.UnaryUnaryMultiCallable[_policy_pb2.CommitRequest, _policy_pb2.Reservation]  # type: ignore[assignment]
-    """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it."""
+    """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it."""
     Release: _aio.UnaryUnaryMultiCallable[_policy_pb2.ReleaseRequest, _policy_pb2.Reservation]  # type: ignore[assignment]
-    """The call did not happen: drop the hold now."""
+    """The call did not happen: drop the reservation now."""
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Answers "may this user spend this?" from memory. Gateways call Check before a
@@ -111,8 +111,8 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.ReserveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.CheckResponse, _abc.Awaitable[_policy_pb2.CheckResponse]]:
-        """Hold `estimated_micros` of the user's (and their pools') budget for one model
-        call, so that concurrent callers can't all pass the same last credits. The hold
+        """Set aside `estimated_micros` of the user's (and their pools') budget for one model
+        call, so that concurrent callers can't all pass the same last credits. The reservation
         counts against the remaining budget until the usage with the same request_id is
         in metering's totals, or it is released, or it expires.
         """
@@ -123,7 +123,7 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.CommitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.Reservation, _abc.Awaitable[_policy_pb2.Reservation]]:
-        """The call is done and cost `actual_micros`: the hold shrinks (or grows) to it."""
+        """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it."""
 
     @_abc_1.abstractmethod
     def Release(
@@ -131,7 +131,7 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.Reservation, _abc.Awaitable[_policy_pb2.Reservation]]:
-        """The call did not happen: drop the hold now."""
+        """The call did not happen: drop the reservation now."""
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from services.metering.rollup_store import ROLLUP_UPSERT_SET
 from services.metering.state import ROLLUP_COUNTERS
+from services.metering.stores.rollups import ROLLUP_UPSERT_SET
 
 log = logging.getLogger("qm.metering.compaction")
 _LOCK = 0x716D_636F_6D70  # "qmcomp"

@@ -33,7 +33,7 @@ async def _valid(query: _Input, context: Context) -> None:
 
 
 class UsageReads(Protocol):
-    """The reads the Cost API answers from (`usage_store.UsageStore`)."""
+    """The reads the Cost API answers from (`stores.usage.UsageStore`)."""
 
     async def usage(
         self, query: cost_query.UsageQuery, users: list[str] | None, members: cost_query.Members

@@ -1,7 +1,7 @@
 """`PriceCatalogService`: load, list and trace the price catalog's revisions.
 
 Loading needs an admin token (QM_METERING_ADMIN_TOKENS); the load itself, its
-validation and its change lines live in `revisions` and `catalog_store`.
+validation and its change lines live in `revisions` and `stores.catalog`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Catalogs(Protocol):
-    """The revisions the servicer reads and writes (`catalog_store.CatalogStore`)."""
+    """The revisions the servicer reads and writes (`stores.catalog.CatalogStore`)."""
 
     async def load(
         self,

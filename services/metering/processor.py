@@ -42,12 +42,12 @@ from quartermaster.topics import (
 from quartermaster.wire import timestamp
 from services.metering.aggregate import Meter, Plan, Record
 from services.metering.burn_watch import BurnWatch
-from services.metering.counting_store import CountingStore
 from services.metering.dlq_limit import DlqLimit
 from services.metering.mapping import total_message
 from services.metering.metrics import MeteringMetrics
-from services.metering.rollup_store import RollupStore
 from services.metering.state import PartitionState, Total, TotalKey
+from services.metering.stores.counting import CountingStore
+from services.metering.stores.rollups import RollupStore
 
 log = logging.getLogger("qm.metering")
 _PROTOBUF_HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]

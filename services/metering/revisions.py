@@ -1,7 +1,7 @@
 """The price catalog's revisions, without I/O: what a load changes, and a load's input.
 
 Every load makes a new revision holding the whole catalog after it (see
-`catalog_store`). `merge` computes that catalog, `changes` the lines a person reads
+`stores.catalog`). `merge` computes that catalog, `changes` the lines a person reads
 about it, and `PriceLoad` is the load request, which validates itself.
 """
 

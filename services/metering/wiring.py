@@ -20,16 +20,16 @@ from quartermaster.topics import Topic
 from services.metering.aggregate import Meter
 from services.metering.burn_watch import BurnWatch
 from services.metering.burnrate import BurnRate, BurnRule
-from services.metering.catalog_store import CatalogStore, Follower
 from services.metering.cost_servicer import UsageServicer
-from services.metering.counting_store import CountingStore
 from services.metering.dlq_limit import DlqLimit
 from services.metering.price_servicer import PriceCatalogServicer
 from services.metering.pricing import PriceCatalog
 from services.metering.processor import Processor
-from services.metering.rollup_store import RollupStore
 from services.metering.settings import MeteringSettings
-from services.metering.usage_store import UsageStore
+from services.metering.stores.catalog import CatalogStore, Follower
+from services.metering.stores.counting import CountingStore
+from services.metering.stores.rollups import RollupStore
+from services.metering.stores.usage import UsageStore
 
 log = logging.getLogger("qm.metering")
 MICROS = 1_000_000

@@ -14,14 +14,14 @@ from quartermaster.db import connect_pool
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit
-from services.policy import server
+from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
 
 
 async def _serve(settings: PolicySettings) -> None:
-    running = await server.start(settings)
+    running = await wiring.start(settings)
     await until_signalled(lambda: running.stop(settings.grace_seconds))
 
 

@@ -33,8 +33,8 @@ from services.policy.mapping import (
     user_msg,
 )
 from services.policy.model_rules import ModelPolicy
+from services.policy.policy_servicer import STATUS_OF, Context
 from services.policy.rules import Override, Rule
-from services.policy.servicer import STATUS_OF, Context
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
 

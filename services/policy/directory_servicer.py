@@ -11,7 +11,7 @@ from services.policy import inputs
 from services.policy.directory import UserInfo
 from services.policy.evaluator import Evaluator
 from services.policy.mapping import user_msg
-from services.policy.servicer import Context
+from services.policy.policy_servicer import Context
 
 
 class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):

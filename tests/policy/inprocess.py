@@ -30,9 +30,9 @@ from services.policy.errors import Conflict, NotFound
 from services.policy.evaluator import Evaluator
 from services.policy.mapping import prepare_response
 from services.policy.model_rules import ModelPolicy
+from services.policy.policy_servicer import PolicyServicer
 from services.policy.reservations import Admission, Reservation, ReservationsView
 from services.policy.rules import Override, Rule, Snapshot
-from services.policy.servicer import PolicyServicer
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
 from services.policy.stores.reservations import ReservationStore

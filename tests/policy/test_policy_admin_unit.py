@@ -2,7 +2,7 @@
 bad field named), mapping, and which calls reload the snapshot.
 
 The real servicers and gRPC transport; LimitStore and DirectoryStore are fakes
-(tests/policy_inprocess.py) because what is tested here is what the servicers ask
+(tests/policy/inprocess.py) because what is tested here is what the servicers ask
 of a store and how they map its answers; the stores' SQL, audit log and NOTIFYs are
 tested against real Postgres in test_policy_admin.py. No infrastructure.
 """
@@ -17,7 +17,7 @@ from quartermaster.periods import PeriodKind
 from quartermaster.v1 import policy_pb2
 from services.policy.decide import Enforcement
 from services.policy.rules import Rule
-from tests.policy_inprocess import ADMIN, InProcess, refused
+from tests.policy.inprocess import ADMIN, InProcess, refused
 
 
 async def test_admin_calls_need_a_credential(inproc: InProcess) -> None:

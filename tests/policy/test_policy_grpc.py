@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from quartermaster.v1 import policy_pb2
-from services.policy.server import RunningPolicy
+from services.policy.wiring import RunningPolicy
 
 pytestmark = pytest.mark.infra
 

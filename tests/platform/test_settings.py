@@ -15,7 +15,7 @@ from quartermaster.settings import SettingsError
 from services.metering.settings import MeteringSettings
 from services.policy.settings import PolicySettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_env_file(path: Path) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """DirectoryClient against a real grpc.aio server holding a tiny DirectoryService (the
-real one needs policy's Postgres; tests/test_costs.py uses it through the Cost API)."""
+real one needs policy's Postgres; tests/metering/test_costs.py uses it through the Cost API)."""
 
 from __future__ import annotations
 

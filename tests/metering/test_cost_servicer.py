@@ -1,6 +1,6 @@
 """The Cost API servicer in process: the real UsageServicer behind a real grpc.aio
 server, with small fakes of its store and directory (validation, mapping and error
-mapping need no Postgres; tests/test_costs.py runs the SQL against the real one)."""
+mapping need no Postgres; tests/metering/test_costs.py runs the SQL against the real one)."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import yaml
 from devtools.localinfra.stack import Infra
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from services.metering import api, cli
-from services.metering.catalog_store import CatalogStore
 from services.metering.settings import MeteringSettings
+from services.metering.stores.catalog import CatalogStore
 from tests.conftest import ADMIN_TOKEN, MeteringWorker
 from tests.helpers import eventually, new_user, produce_usage, usage
 

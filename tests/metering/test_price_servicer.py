@@ -1,6 +1,6 @@
 """The price catalog servicer in process: the real PriceCatalogServicer behind a real
 grpc.aio server, with a small fake of its revisions store (loading against Postgres,
-and the CLI, are tested in tests/test_prices.py)."""
+and the CLI, are tested in tests/metering/test_prices.py)."""
 
 from __future__ import annotations
 

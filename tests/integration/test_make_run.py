@@ -19,7 +19,7 @@ from devtools.localinfra import free_port
 from devtools.localinfra.ports import port_open
 from tests.helpers import scrape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.infra  # starts its own PostgreSQL and broker on free ports
 
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.metering.rollup_store import RollupStore
 from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
+from services.metering.stores.rollups import RollupStore
 
 
 class CountingStore:

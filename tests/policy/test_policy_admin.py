@@ -19,7 +19,7 @@ import pytest
 
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
-from services.policy.server import RunningPolicy
+from services.policy.wiring import RunningPolicy
 from tests.conftest import ADMIN_METADATA, Replicas
 
 pytestmark = pytest.mark.infra

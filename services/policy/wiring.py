@@ -26,8 +26,8 @@ from services.policy.approvals import Approvals
 from services.policy.directory_servicer import DirectoryServicer
 from services.policy.evaluator import Evaluator
 from services.policy.mapping import prepare_response
+from services.policy.policy_servicer import PolicyServicer
 from services.policy.reservations import ReservationsView, from_notice
-from services.policy.servicer import PolicyServicer
 from services.policy.settings import PolicySettings
 from services.policy.stores.changes import CHANGED_CHANNEL
 from services.policy.stores.directory import DirectoryStore

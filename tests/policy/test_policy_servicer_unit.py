@@ -2,7 +2,7 @@
 CheckBatch, GetBudget and Reserve / Commit / Release.
 
 The real servicer, Evaluator and gRPC transport; the ReservationStore is a fake
-(tests/policy_inprocess.py) because what is tested here is the servicer's side of
+(tests/policy/inprocess.py) because what is tested here is the servicer's side of
 the store (what it asks, what it maps back), not Postgres: the real store's locking
 and SQL are tested against real Postgres in test_reservations.py. No infrastructure.
 """
@@ -13,7 +13,7 @@ import grpc
 
 from quartermaster.v1 import policy_pb2, usage_pb2
 from quartermaster.wire import timestamp
-from tests.policy_inprocess import NOW, InProcess, refused
+from tests.policy.inprocess import NOW, InProcess, refused
 
 ALLOW, DENY = policy_pb2.DECISION_ALLOW, policy_pb2.DECISION_DENY
 

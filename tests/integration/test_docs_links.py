@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.docs_blocks import ROOT, blocks, doc_files
+from tests.integration.docs_blocks import ROOT, blocks, doc_files
 
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.docs_blocks import ROOT
-from tests.docs_stack import as_typed
-from tests.test_docs import BENCH_SMOKE, SHOWN, kind_of
+from tests.integration.docs_blocks import ROOT
+from tests.integration.docs_stack import as_typed
+from tests.integration.test_docs import BENCH_SMOKE, SHOWN, kind_of
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.localinfra import free_port
-from tests.docs_blocks import ROOT, Command, normalized
+from tests.integration.docs_blocks import ROOT, Command, normalized
 
 LOGS = ROOT / ".run" / f"test-docs-{os.getpid()}"
 # Set by an enclosing `make test`; a command from the docs runs as a person's shell would.

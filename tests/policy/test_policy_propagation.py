@@ -13,7 +13,7 @@ import pytest
 from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
-from services.policy import server
+from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
@@ -31,7 +31,7 @@ async def test_a_new_default_shows_on_two_replicas_long_before_their_poll(
         await LimitStore(pool, workspace).set_workspace_default(5_000_000, Enforcement.HARD, "t")
         env = {**service_env, "QM_WORKSPACE_ID": workspace, "QM_POLICY_REFRESH_SECONDS": "60"}
         for _ in range(2):
-            r = await server.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
+            r = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
             await asyncio.wait_for(r.serving.wait(), 60)
             replicas.append(r)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("quartermaster", "services", "devtools")
 IO_LIBRARIES = ("asyncpg", "confluent_kafka", "aiokafka", "faust", "mode", "grpc")
 MAX_FILE_LINES = 400

@@ -14,7 +14,7 @@ from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
 from quartermaster.policy_client import SERVICE, FailMode, PolicyClient, PolicyRequestError
 from quartermaster.v1 import policy_pb2
-from services.policy.server import RunningPolicy
+from services.policy.wiring import RunningPolicy
 from tests.conftest import MeteringWorker
 from tests.helpers import eventually, new_user, produce_usage, usage
 

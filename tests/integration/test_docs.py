@@ -42,8 +42,8 @@ from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from tests.conftest import ADMIN_TOKEN, MeteringWorker
-from tests.docs_blocks import ROOT, Block, all_blocks, commands
-from tests.docs_stack import LOGS, DocsStack, Server, run_shown, shell
+from tests.integration.docs_blocks import ROOT, Block, all_blocks, commands
+from tests.integration.docs_stack import LOGS, DocsStack, Server, run_shown, shell
 
 
 @dataclass(frozen=True)
@@ -73,21 +73,26 @@ class RunBy:
 
 
 Runner = Offline | Session | Serve | RunBy
-BENCH_SMOKE = RunBy("tests/test_docs_bench.py", "def test_bench_commands_run_small")
+BENCH_SMOKE = RunBy("tests/integration/test_docs_bench.py", "def test_bench_commands_run_small")
 PY = ".venv/bin/python"
 CLI = f"{PY} -m services.metering.cli"
 
 # Every command the docs show, by the start of its text (the longest matching key wins).
 COMMANDS: dict[str, Runner] = {
-    "make run": RunBy("tests/test_make_run.py", '["make", "--no-print-directory", "run"]'),
+    "make run": RunBy(
+        "tests/integration/test_make_run.py", '["make", "--no-print-directory", "run"]'
+    ),
     "make test": RunBy(".ci/run", "make test"),
     "make help": Offline(),
+    "make test-unit": RunBy(
+        "tests/integration/test_unit_target.py", '"--no-print-directory", "test-unit"]'
+    ),
     "make migrate": Session(),
     "make bench-metering": BENCH_SMOKE,
     "make bench-freshness": BENCH_SMOKE,
     "make bench-costs": BENCH_SMOKE,
     "make bench-policy": BENCH_SMOKE,
-    f"{PY} -m pytest tests/test_periods.py": Offline(),
+    f"{PY} -m pytest tests/platform/test_periods.py": Offline(),
     f"{PY} -c 'import secrets": Offline(),
     f"{PY} -c 'from quartermaster.kafka import ensure_topics": Session(),
     f"{PY} -c '\nimport datetime, json, uuid\nfrom confluent_kafka import Producer": Session(),

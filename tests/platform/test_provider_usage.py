@@ -24,7 +24,7 @@ from services.metering.decode import decode, tokens
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 WHO = {"user_id": "ann", "product": "chat"}
 
 
