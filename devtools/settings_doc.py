@@ -8,6 +8,7 @@ the same, so a setting added without regenerating fails the suite).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -113,8 +114,15 @@ def generated() -> dict[Path, str]:
 
 def main() -> None:
     """Write both files, or with --check exit 1 naming those that differ."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.settings_doc",
+        description="Write docs/settings.md and deploy/settings.example.env from the "
+        "settings classes.",
+    )
+    parser.add_argument("--check", action="store_true", help="only say which are stale")
+    args = parser.parse_args()
     stale = [p for p, text in generated().items() if not p.exists() or p.read_text() != text]
-    if "--check" in sys.argv[1:]:
+    if args.check:
         for path in stale:
             sys.stderr.write(f"stale: {path.relative_to(ROOT)} (run: make settings-doc)\n")
         raise SystemExit(1 if stale else 0)

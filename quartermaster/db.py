@@ -69,3 +69,13 @@ async def connect_pool(database_url: str, min_size: int = 1, max_size: int = 5) 
     pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size)
     assert pool is not None
     return pool
+
+
+if __name__ == "__main__":
+    # This module was once the migration command; the platform can't know the services'
+    # migrations (it imports no service), so say where the command went instead of
+    # exiting 0 having migrated nothing (a deploy job would have carried on).
+    raise SystemExit(
+        "quartermaster.db is a library; apply migrations with `python -m devtools.migrate [URL]`"
+        " (make migrate)"
+    )

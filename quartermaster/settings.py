@@ -21,6 +21,7 @@ framework this replaced was faster to import and nothing else.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,7 +76,10 @@ class _MappingSource(EnvSettingsSource):
     """pydantic-settings' environment source reading a given mapping, not os.environ."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        # Read by _load_env_vars, which the base __init__ calls. Only upper-case names:
+        # pydantic-settings matches names in any case, so a stray `qm_x` would override
+        # (or break) the `QM_X` a deployment set, as it never did before.
+        self._environ = {k: v for k, v in environ.items() if k == k.upper()}
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
@@ -101,9 +105,8 @@ class Settings(BaseSettings):
         """Read `environ` (default: the process's environment); SettingsError names
         every wrong variable."""
         try:
-            if environ is None:
-                return cls()
-            return cls.model_validate(_MappingSource(cls, environ)())
+            source = _MappingSource(cls, os.environ if environ is None else environ)
+            return cls.model_validate(source())
         except ValidationError as exc:
             raise SettingsError([cls._problem(e) for e in exc.errors()]) from None
 

@@ -57,7 +57,7 @@ async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> No
 
 async def start(settings: MeteringSettings, addr: str | None = None) -> RunningApi:
     """Serve the Cost API and the price catalog on `addr` (default QM_USAGE_API_ADDR;
-    port 0 picks a free one) and compact daily rollups every QM_METERING_COMPACT_SECONDS."""
+    port 0 picks a free one) and compact daily rollups every QM_USAGE_COMPACT_SECONDS."""
     api = await build_api(settings)
     server = grpc.aio.server()
     cost_pb2_grpc.add_UsageServiceServicer_to_server(api.usage, server)

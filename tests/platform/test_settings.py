@@ -120,3 +120,10 @@ def test_each_process_with_a_wrong_setting_stops_naming_the_variable() -> None:
 def test_common_settings_share_one_workspace_time_zone() -> None:
     s = CommonSettings.from_env({"QM_WORKSPACE_TIMEZONE": "Europe/Berlin"})
     assert s.timezone.key == "Europe/Berlin"
+
+
+def test_only_upper_case_names_are_read() -> None:
+    # pydantic-settings matches names in any case; a stray lower-case variable must not
+    # override or break the upper-case one a deployment set.
+    got = PolicySettings.from_env({"QM_POLICY_WARN_PERCENT": "70", "qm_policy_warn_percent": "x"})
+    assert got.warn_percent == 70
