@@ -81,6 +81,9 @@ class Publisher:
         )
 
     async def send(self, records: list[OutRecord]) -> None:
+        """Send `records` and wait until the broker has them all; OSError when any was
+        not delivered within 30 s or the client was not ready (retry it); a
+        non-retriable KafkaException for a record the producer refuses outright."""
         errors: list[str] = []
 
         def delivered(err: object, _msg: object) -> None:
@@ -96,6 +99,16 @@ class Publisher:
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.05)
+                except KafkaException as exc:
+                    # Refused before sending. A retriable error (the client is not
+                    # ready yet) is an outage: OSError, which callers retry. Any other
+                    # (a record past message.max.bytes, a fatal idempotence error) is
+                    # a bug in what we built or a producer that must be recreated:
+                    # raised as it is, so the process ends and is restarted.
+                    error = exc.args[0]
+                    if error.retriable():
+                        raise OSError(f"{topic}: {error.str()}") from exc
+                    raise
         loop = asyncio.get_running_loop()
         undelivered = await loop.run_in_executor(None, self._producer.flush, 30.0)
         if undelivered or errors:

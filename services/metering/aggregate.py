@@ -17,7 +17,9 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from quartermaster.partitioning import partition_of
-from services.metering.decode import InvalidUsage, decode
+from quartermaster.v1.usage_pb2 import UsageEvent
+from services.metering.bounds import MAX_EVENT_MICROS, Headroom
+from services.metering.decode import Decoded, InvalidUsage, decode
 from services.metering.pricing import Price, PriceCatalog, micros_of
 from services.metering.state import (
     COST_CENTER,
@@ -137,48 +139,40 @@ class Meter:
             self._versions[model] = v = (start, until, price, fallback)
         return v[2], v[3]
 
-    def plan(self, state: PartitionState, records: list[Record]) -> Plan:
+    def plan(
+        self,
+        state: PartitionState,
+        records: list[Record],
+        refused: Mapping[int, str] | None = None,
+        guarded: set[str] | None = None,
+    ) -> Plan:
         """What `records` (one partition's, any order) add to `state`, summed per SumKey.
         Reads `state`, changes nothing; bad records and events become rejects (a bug in
-        decoding too: it must not stall the partition). The hot loop of metering: every
-        line here runs once per event."""
+        decoding too: it must not stall the partition), and so do the records at the
+        offsets in `refused` (offset → why: PostgreSQL refused to store them) and an
+        event costing more than MAX_EVENT_MICROS. The events of `guarded` users (whose
+        sums a first plan found past MAX_SUM) are admitted one by one by a `Headroom`:
+        `state` must then hold their totals and rollups. The hot loop of metering:
+        every line here runs once per event."""
         now = self.clock()
         now_ts = now.timestamp()
         cutoff = now_ts - self.dedupe_window.total_seconds()
         plan = Plan(next_offset=state.next_offset)
         seen, new_seen, sums, settled = state.seen, plan.new_seen, plan.sums, plan.settled
         partitions, default_workspace = self.partitions, self.default_workspace
+        headroom = Headroom(guarded, state, self.tz) if guarded else None
         for rec in sorted(records, key=lambda r: r.offset):
             if rec.offset < state.next_offset:
                 plan.replayed += 1
                 continue
             plan.next_offset = rec.offset + 1
-            try:
-                decoded = decode(rec.value, rec.headers, now, self.max_age)
-            except InvalidUsage as exc:
-                plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", str(exc)))
-                plan.invalid_records += 1
+            decoded = self._decode(plan, rec, now, refused)
+            if decoded is None:
                 continue
-            except Exception as exc:  # a bug must not stall the partition
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-                plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason))
-                plan.invalid_records += 1
-                continue
-            plan.valid_records += 1
-            for value, reason in decoded.rejects:
-                plan.rejects.append(Reject(rec.offset, rec.key, value, reason))
             for event in decoded.events:
                 user = event.user_id
-                home = partition_of(user, partitions)
-                if home != rec.partition:
-                    plan.rejects.append(
-                        Reject(
-                            rec.offset, rec.key, event.SerializeToString(),
-                            f"user_id {user!r} belongs to partition {home}, not "
-                            f"{rec.partition}: key records by user_id with Kafka's default "
-                            "(murmur2) partitioner",
-                        )
-                    )  # fmt: skip
+                if partition_of(user, partitions) != rec.partition:
+                    _misplaced(plan, rec, event, partitions)
                     continue
                 h = id_hash(event.event_id)
                 first = new_seen.get(h)
@@ -187,7 +181,6 @@ class Meter:
                 if first is not None and first >= cutoff:
                     plan.duplicates += 1
                     continue
-                new_seen[h] = now_ts
                 ts = event.occurred_at
                 at = ts.seconds + ts.nanos / 1e9
                 model = event.model
@@ -197,8 +190,14 @@ class Meter:
                 )  # fmt: skip
                 out, reasoning = event.output_tokens, event.reasoning_tokens
                 micros = micros_of(price, inp, cached, written, out, reasoning)
-                key = (user, int(at // MINUTE), event.product, model,
-                       event.attributes.get(COST_CENTER, ""),
+                center = event.attributes.get(COST_CENTER, "")
+                if (micros > MAX_EVENT_MICROS or headroom is not None) and _refused(
+                    plan, rec, event, headroom, at, center,
+                    [inp, cached, written, out, reasoning, micros, 1, fallback],
+                ):  # fmt: skip
+                    continue
+                new_seen[h] = now_ts
+                key = (user, int(at // MINUTE), event.product, model, center,
                        event.workspace_id or default_workspace)  # fmt: skip
                 acc = sums.get(key)
                 if acc is None:
@@ -216,6 +215,29 @@ class Meter:
                     settled.setdefault(user, []).append(event.request_id)
         self._derive(plan)
         return plan
+
+    def _decode(
+        self, plan: Plan, rec: Record, now: datetime, refused: Mapping[int, str] | None
+    ) -> Decoded | None:
+        """The record's events, its bad events added to the plan's rejects; None (the
+        record a reject) when it can't be read or was refused before."""
+        if refused and rec.offset in refused:
+            reason = refused[rec.offset]
+        else:
+            try:
+                decoded = decode(rec.value, rec.headers, now, self.max_age)
+            except InvalidUsage as exc:
+                reason = str(exc)
+            except Exception as exc:  # a bug must not stall the partition
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+            else:
+                plan.valid_records += 1
+                for value, why in decoded.rejects:
+                    plan.rejects.append(Reject(rec.offset, rec.key, value, why))
+                return decoded
+        plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason))
+        plan.invalid_records += 1
+        return None
 
     def _derive(self, plan: Plan) -> None:
         """Budget-period totals, hourly rollups and burn minutes from the plan's sums."""
@@ -309,3 +331,43 @@ class Meter:
             grain = rkey[0]
             state.rollup_horizon[grain] = max(state.rollup_horizon.get(grain, rkey[1]), rkey[1])
         return len(old)
+
+
+def _misplaced(plan: Plan, rec: Record, event: UsageEvent, partitions: int) -> None:
+    user = event.user_id
+    plan.rejects.append(
+        Reject(
+            rec.offset, rec.key, event.SerializeToString(),
+            f"user_id {user!r} belongs to partition {partition_of(user, partitions)}, not "
+            f"{rec.partition}: key records by user_id with Kafka's default (murmur2) "
+            "partitioner",
+        )
+    )  # fmt: skip
+
+
+def _refused(
+    plan: Plan,
+    rec: Record,
+    event: UsageEvent,
+    headroom: Headroom | None,
+    at: float,
+    center: str,
+    counters: list[int],
+) -> bool:
+    """True (and the event a reject) when it costs more than one event may, or would
+    take a sum of its user past MAX_SUM."""
+    micros = counters[5]
+    why: str | None = None
+    if micros > MAX_EVENT_MICROS:
+        why = (
+            f"costs {micros:,} micro-credits, more than one event may "
+            f"({MAX_EVENT_MICROS:,}): check its token counts and the price of {event.model!r}"
+        )
+    elif headroom is not None and event.user_id in headroom.users:
+        why = headroom.refuse(event.user_id, at, event.product, event.model, center, counters)
+        if why is None:
+            return False
+    else:
+        return False
+    plan.rejects.append(Reject(rec.offset, rec.key, event.SerializeToString(), why))
+    return True

@@ -4,11 +4,16 @@ A record holds one `UsageEvent`, or several in a `UsageBatch` when its content-t
 says `type=quartermaster.v1.UsageBatch`. It is protobuf unless the content-type is
 `application/json` (the proto3 JSON mapping: what kcat or a Java gateway sends).
 Anything wrong is named: a record that can't be read at all raises `InvalidUsage`;
-inside a batch, each bad event is rejected alone and the good ones go on.
+inside a batch, each bad event is rejected alone and the good ones go on. Unknown
+fields are ignored in JSON as in protobuf (a producer on a newer schema is counted).
+An event passes only within `bounds`: token counts, and every string PostgreSQL will
+store (ids, workspace, request id, the cost_center attribute) short enough for its
+keys and free of NUL.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +25,9 @@ from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import from_timestamp
+from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
 from services.metering.pricing import Tokens
+from services.metering.state import COST_CENTER
 
 # An event dated further ahead than this is a clock or a bug, not usage.
 MAX_FUTURE = timedelta(minutes=5)
@@ -46,13 +53,14 @@ def _content_type(headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), parsed
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}  # fmt: skip
+
+
 def _parse(value: bytes, content_type: str, message: Message) -> None:
     name = message.DESCRIPTOR.name
     if content_type == JSON:
-        try:
-            json_format.Parse(value.decode("utf-8"), message)
-        except (json_format.ParseError, UnicodeDecodeError) as exc:
-            raise InvalidUsage(f"not a {name} in proto3 JSON: {exc}") from None
+        _parse_json(value, message)
     elif content_type == PROTOBUF:
         try:
             message.ParseFromString(value)
@@ -60,6 +68,29 @@ def _parse(value: bytes, content_type: str, message: Message) -> None:
             raise InvalidUsage(f"not a {name} in protobuf: {exc}") from None
     else:
         raise InvalidUsage(f"unsupported content-type {content_type!r}")
+
+
+def _parse_json(value: bytes, message: Message) -> None:
+    """The proto3 JSON mapping of `message`. Unknown fields are ignored, as protobuf
+    ignores unknown field numbers: a producer on a newer schema keeps being counted."""
+    where = f"not a {message.DESCRIPTOR.name} in proto3 JSON"
+    try:
+        raw = json.loads(value.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidUsage(f"{where}: not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidUsage(f"{where}: not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidUsage(f"{where}: nested too deeply") from None
+    if not isinstance(raw, dict):
+        got = _JSON_KINDS.get(type(raw), type(raw).__name__)
+        raise InvalidUsage(f"{where}: expected a JSON object, got {got}")
+    try:
+        json_format.ParseDict(raw, message, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise InvalidUsage(f"{where}: {exc}") from None
+    except RecursionError:
+        raise InvalidUsage(f"{where}: nested too deeply") from None
 
 
 def decode(
@@ -116,9 +147,12 @@ def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
 
 
 def _validate(event: UsageEvent, accepted: Accepted) -> None:
-    # The common case in few comparisons; anything unusual takes the careful path
-    # below, which names every problem.
+    # The common case in few comparisons, no allocation; anything unusual takes the
+    # careful path below, which names every problem. isascii() is O(1) in CPython and
+    # makes a length in characters a length in bytes.
     event_id, user, product, model = event.event_id, event.user_id, event.product, event.model
+    ws, rid = event.workspace_id, event.request_id
+    center = event.attributes.get(COST_CENTER, "") if event.attributes else ""
     ts = event.occurred_at
     inp, cached, written = (
         event.input_tokens,
@@ -129,34 +163,81 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
     if (
         0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user) <= MAX_ID_LENGTH
         and 0 < len(product) <= MAX_ID_LENGTH and 0 < len(model) <= MAX_ID_LENGTH
+        and len(ws) <= MAX_ID_LENGTH and len(rid) <= MAX_ID_LENGTH
+        and len(center) <= MAX_ID_LENGTH
+        and user.isascii() and product.isascii() and model.isascii() and ws.isascii()
+        and rid.isascii() and center.isascii()
+        and "\0" not in user and "\0" not in product and "\0" not in model
+        and "\0" not in ws and "\0" not in rid and "\0" not in center
         and not (event_id.isspace() or user.isspace() or product.isspace() or model.isspace())
         and accepted.earliest <= ts.seconds + ts.nanos / 1e9 <= accepted.latest
         and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written
-        and out >= reasoning and event.HasField("occurred_at")
+        and out >= reasoning and inp <= MAX_EVENT_TOKENS and out <= MAX_EVENT_TOKENS
+        and event.HasField("occurred_at")
     ):  # fmt: skip
         return
     problems = Problems()
+    _check_texts(event, problems)
+    _check_time(event, accepted, problems)
+    _check_tokens(event, problems)
+    if problems:
+        raise InvalidUsage("; ".join(problems.items))
+
+
+def _check_text(problems: Problems, name: str, value: str, required: bool) -> None:
+    """A string that reaches PostgreSQL (a column, a key, an index): not blank when
+    `required`, at most MAX_ID_LENGTH characters and MAX_KEY_BYTES bytes, no NUL."""
+    if required:
+        problems.require_id(name, value)
+    elif len(value) > MAX_ID_LENGTH:
+        problems.add(name, f"longer than {MAX_ID_LENGTH} characters")
+    if len(value) <= MAX_ID_LENGTH and utf8_length(value) > MAX_KEY_BYTES:
+        problems.add(name, f"longer than {MAX_KEY_BYTES} bytes of UTF-8")
+    if "\0" in value:
+        problems.add(name, "contains a NUL character (PostgreSQL cannot store it)")
+
+
+def _check_texts(event: UsageEvent, problems: Problems) -> None:
+    # event_id is only hashed (state.id_hash): never stored, so its bytes and NULs
+    # do no harm; its length and blankness are checked like the others'.
+    problems.require_id("event_id", event.event_id)
     for name, value in (
-        ("event_id", event.event_id),
         ("user_id", event.user_id),
         ("product", event.product),
         ("model", event.model),
     ):
-        problems.require_id(name, value)
+        _check_text(problems, name, value, required=True)
+    _check_text(problems, "workspace_id", event.workspace_id, required=False)
+    _check_text(problems, "request_id", event.request_id, required=False)
+    center = event.attributes.get(COST_CENTER, "")
+    _check_text(problems, f"attributes[{COST_CENTER!r}]", center, required=False)
+
+
+def _check_time(event: UsageEvent, accepted: Accepted, problems: Problems) -> None:
     if not event.HasField("occurred_at"):
         problems.add("occurred_at", "must be set")
-    else:
-        # Compared as epoch seconds: building a datetime per event is the costliest
-        # step of validation, so it is built only to word a complaint.
-        at = epoch_seconds(event)
-        if at > accepted.latest:
-            when = from_timestamp(event.occurred_at).isoformat()
-            problems.add("occurred_at", f"{when} is more than 5 minutes in the future")
-        elif at < accepted.earliest:
-            when = from_timestamp(event.occurred_at).isoformat()
-            problems.add(
-                "occurred_at", f"{when} is older than the {accepted.max_age_days}-day horizon"
-            )
+        return
+    # Compared as epoch seconds: building a datetime per event is the costliest
+    # step of validation, so it is built only to word a complaint.
+    at = epoch_seconds(event)
+    if at > accepted.latest:
+        when = _when(event)
+        problems.add("occurred_at", f"{when} is more than 5 minutes in the future")
+    elif at < accepted.earliest:
+        when = _when(event)
+        problems.add("occurred_at", f"{when} is older than the {accepted.max_age_days}-day horizon")
+
+
+def _when(event: UsageEvent) -> str:
+    """occurred_at in ISO 8601, or in seconds when no datetime can hold it (past 9999)."""
+    try:
+        return from_timestamp(event.occurred_at).isoformat()
+    except (ValueError, OverflowError):
+        ts = event.occurred_at
+        return f"{ts.seconds} s (+{ts.nanos} ns) after 1970-01-01"
+
+
+def _check_tokens(event: UsageEvent, problems: Problems) -> None:
     for name, count in (
         ("input_tokens", event.input_tokens),
         ("cached_input_tokens", event.cached_input_tokens),
@@ -166,6 +247,8 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
     ):
         if count < 0:
             problems.add(name, "must not be negative")
+        elif count > MAX_EVENT_TOKENS:
+            problems.add(name, f"more than {MAX_EVENT_TOKENS:,} (the most one event may report)")
     cached, written = event.cached_input_tokens, event.cache_write_input_tokens
     if cached >= 0 and written >= 0 and 0 <= event.input_tokens < cached + written:
         problems.add(
@@ -175,8 +258,6 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         )
     if 0 <= event.output_tokens < event.reasoning_tokens:
         problems.add("reasoning_tokens", "more than output_tokens (it is their reasoning subset)")
-    if problems:
-        raise InvalidUsage("; ".join(problems.items))
 
 
 def occurred_at(event: UsageEvent) -> datetime:

@@ -7,16 +7,25 @@ and its own fenced commit):
    and event_ids counted in the last 24 h, price the rest and sum them;
 2. fold: new absolute totals per user and day/week/month, from state loaded from
    Postgres;
-3. publish rejects to the DLQ and the new totals to `qm.usage.totals.v1`, and wait
-   until the broker has them. A crash after this repeats them on replay: the DLQ may
-   hold a record twice; totals are absolute, so a repeat is harmless;
-4. commit totals, seen ids and the next offset in one Postgres transaction, fenced
-   on the offset it started from. A crash before this loses nothing (Kafka still
-   has the records; nothing was acked); after it, replayed records are skipped;
-5. the caller (`worker`) only then acks the records, so faust's own offset commits
+3. write totals, rollups, seen ids and the next offset in one Postgres transaction,
+   fenced on the offset it started from; inside it, once every write succeeded,
+   publish rejects to the DLQ and the new totals to `qm.usage.totals.v1` and wait
+   until the broker has them; then COMMIT. A crash before the COMMIT loses nothing
+   (Kafka still has the records; nothing was acked) and repeats the publishing on
+   replay: the DLQ may hold a record twice; totals are absolute, so a repeat is
+   harmless. After it, replayed records are skipped;
+4. the caller (`worker`) only then acks the records, so faust's own offset commits
    never run ahead of Postgres.
 
-Any I/O failure is retried until it succeeds; the batch is never acked half-done.
+What fails is told apart (`RECORD_ERRORS`, `OUTAGE`):
+- an outage (no connection, Postgres shutting down or out of resources, a broker
+  that does not answer) is retried until it ends; the batch is never acked half-done;
+- a row PostgreSQL refuses (a value it cannot store, a constraint, an index row too
+  big) is the fault of a record that validation let through: the batch is counted
+  again one record at a time and the record refused goes to the DLQ with
+  PostgreSQL's reason, so it never stops the partition;
+- anything else is a bug or a broken installation (a missing table): it propagates,
+  and the worker ends the process for its supervisor to restart (`worker`).
 """
 
 from __future__ import annotations
@@ -28,29 +37,49 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
 
 from quartermaster.kafka import OutRecord
-from quartermaster.topics import (
-    CONTENT_TYPE,
-    ERROR_HEADER,
-    ORIGIN_OFFSET_HEADER,
-    ORIGIN_PARTITION_HEADER,
-    ORIGIN_TOPIC_HEADER,
-    PROTOBUF,
-    Topic,
-)
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.wire import timestamp
 from services.metering.aggregate import Meter, Plan, Record
+from services.metering.bounds import overflowing
 from services.metering.burn_watch import BurnWatch
+from services.metering.dead_letter import dead_letter, short_reason
 from services.metering.dlq_limit import DlqLimit
 from services.metering.mapping import total_message
 from services.metering.metrics import MeteringMetrics
-from services.metering.state import PartitionState, Total, TotalKey
+from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
 from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
 
 log = logging.getLogger("qm.metering")
 _PROTOBUF_HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
+# Settled request ids carried by one UsageTotal record (each id at most 256 characters
+# of ASCII or 512 bytes): a user with more in one batch gets the same total several
+# times, each with a share, so no record nears the broker's size limit.
+SETTLED_PER_RECORD = 256
+
+# PostgreSQL refused a value of this batch (SQLSTATE classes 22 data exception, 23
+# integrity constraint, 54 program limit: "index row size exceeds btree maximum"), or
+# asyncpg could not encode an argument (its client-side DataError, an InterfaceError
+# that is also a ValueError: an int past int64). A record caused it, not an outage.
+RECORD_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    asyncpg_base.DataError,  # not exported under its own name (asyncpg 0.32, pinned)
+)
+# What an outage looks like: retried until it ends. (OSError covers a refused
+# connection, a timeout and Publisher.send's undelivered records.)
+OUTAGE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
 
 
 class RecordSink(Protocol):
@@ -108,12 +137,45 @@ class Processor:
             await self.process(partition, records)
 
     async def process(self, partition: int, records: list[Record]) -> None:
-        """Count `records` of `partition` exactly once; retries I/O until it succeeds."""
+        """Count `records` of `partition` exactly once: outages are retried until they
+        end; a record PostgreSQL refuses goes to the DLQ (see the module docstring)."""
+        await self._split(partition, sorted(records, key=lambda r: r.offset), {})
+
+    async def _split(self, partition: int, records: list[Record], refused: dict[int, str]) -> None:
+        """Count `records` (in offset order); when PostgreSQL refuses a row, count each
+        half alone, down to the one record it refuses, which becomes a reject with
+        PostgreSQL's reason (a few attempts per refused record, not one per record)."""
+        try:
+            await self._until_done(partition, records, refused)
+            return
+        except RECORD_ERRORS as exc:
+            if len(records) > 1:
+                log.warning(
+                    "partition %d: PostgreSQL refused a row of offsets %d-%d (%s); "
+                    "counting each half alone to find the record",
+                    partition, records[0].offset, records[-1].offset, short_reason(str(exc)),
+                )  # fmt: skip
+                half = len(records) // 2
+                await self._split(partition, records[:half], refused)
+                await self._split(partition, records[half:], refused)
+                return
+            if records[0].offset in refused:  # refused as a reject too: not the record
+                raise
+            reason = f"PostgreSQL refused to store it: {type(exc).__name__}: {exc}"
+        refused[records[0].offset] = reason
+        await self._until_done(partition, records, refused)
+
+    async def _until_done(
+        self, partition: int, records: list[Record], refused: dict[int, str]
+    ) -> None:
         while True:
             try:
-                if await self._attempt(partition, records):
+                if await self._attempt(partition, records, refused):
                     return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except RECORD_ERRORS:
+                self.states.pop(partition, None)  # reload: we don't know what was written
+                raise
+            except OUTAGE as exc:
                 log.warning(
                     "partition %d: %s; retrying in %.1fs", partition, exc, self.retry_seconds
                 )
@@ -134,59 +196,84 @@ class Processor:
                 "First reason: %s",
                 plan.invalid_records,
                 plan.valid_records + plan.invalid_records,
-                plan.rejects[0].reason if plan.rejects else "?",
+                short_reason(plan.rejects[0].reason) if plan.rejects else "?",
             )
         self.paused = self.metrics.paused = True
         return True
 
-    async def _attempt(self, partition: int, records: list[Record]) -> bool:
+    async def _attempt(
+        self, partition: int, records: list[Record], refused: dict[int, str]
+    ) -> bool:
         state = await self._state(partition)
-        plan = self.meter.plan(state, records)
+        plan = self.meter.plan(state, records, refused)
         if self._pause_for(plan):
             return False
-        missing = plan.keys() - state.totals.keys()
-        state.totals.update(await self.counting.load_totals(missing))
-        missing_rollups = state.rollups_to_load(plan.rollup_keys())
-        state.rollups.update(await self.rollups.load(missing_rollups))
-        changed = self.meter.fold(state, plan)
-        rollups = self.meter.fold_rollups(state, plan)
-        await self._publish(partition, plan, changed)
+        await self._load(state, plan)
+        changed, rollups = self.meter.fold(state, plan), self.meter.fold_rollups(state, plan)
+        users = overflowing(changed, rollups)
+        if users:
+            # Rare: their sums would pass MAX_SUM. Plan again admitting their events one
+            # by one, so the events that would overflow are rejects and the rest count.
+            plan = self.meter.plan(state, records, refused, users)
+            changed, rollups = self.meter.fold(state, plan), self.meter.fold_rollups(state, plan)
+            if overflowing(changed, rollups):
+                raise AssertionError(f"sums past the bound after a guarded plan: {users}")
+
+        async def publish() -> None:
+            await self._publish(partition, plan, changed)
+
         committed = await self.counting.commit(
-            partition, state.next_offset, plan.next_offset, changed, plan.new_seen, rollups
-        )
+            partition, state.next_offset, plan.next_offset, changed, plan.new_seen, rollups,
+            publish,
+        )  # fmt: skip
         if not committed:
             log.warning("partition %d was advanced by another worker; replanning", partition)
             self.states.pop(partition, None)
             return False
-        self.meter.apply(state, plan, changed, rollups)
-        self.metrics.counted(plan)
+        self._committed(state, plan, changed, rollups)
         if self.burn is not None:
             await self.burn.watch(plan)
-        self.dlq_limit.record(plan.valid_records, plan.invalid_records)
         if plan.duplicates:
             log.info("partition %d: %d duplicate event(s) not counted", partition, plan.duplicates)
         return True
 
+    async def _load(self, state: PartitionState, plan: Plan) -> None:
+        """Load into `state` the stored totals and rollups `plan` touches."""
+        missing = plan.keys() - state.totals.keys()
+        state.totals.update(await self.counting.load_totals(missing))
+        missing_rollups = state.rollups_to_load(plan.rollup_keys())
+        state.rollups.update(await self.rollups.load(missing_rollups))
+
+    def _committed(
+        self,
+        state: PartitionState,
+        plan: Plan,
+        changed: dict[TotalKey, Total],
+        rollups: dict[RollupKey, Rollup],
+    ) -> None:
+        self.meter.apply(state, plan, changed, rollups)
+        self.metrics.counted(plan)
+        self.dlq_limit.record(plan.valid_records, plan.invalid_records)
+
     async def _publish(self, partition: int, plan: Plan, changed: dict[TotalKey, Total]) -> None:
         out: list[OutRecord] = []
         for r in plan.rejects:
+            record = dead_letter(r, partition)
             log.warning(
-                "usage record %s[%d]@%d to DLQ: %s", Topic.USAGE, partition, r.offset, r.reason
-            )
-            headers: list[tuple[str, str | bytes | None]] = [
-                (ERROR_HEADER, r.reason.encode()[:4000]),
-                (ORIGIN_TOPIC_HEADER, Topic.USAGE.value.encode()),
-                (ORIGIN_PARTITION_HEADER, str(partition).encode()),
-                (ORIGIN_OFFSET_HEADER, str(r.offset).encode()),
-            ]
-            out.append((Topic.USAGE_DLQ.value, r.key, r.value, headers))
+                "usage record %s[%d]@%d to DLQ: %s",
+                Topic.USAGE, partition, r.offset, short_reason(r.reason),
+            )  # fmt: skip
+            out.append(record)
         now = timestamp(datetime.now(UTC))
         # Every record of a user's totals in this batch names the requests it now
         # includes, so policy settles their reservations whichever period it reads.
         settled = plan.settled
         for key, total in changed.items():
-            value = total_message(key, total, now, settled.get(key[0])).SerializeToString()
             topic_key = f"user:{key[0]}:{key[2]}".encode()
-            out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
+            ids = settled.get(key[0]) or []
+            for i in range(0, max(len(ids), 1), SETTLED_PER_RECORD):
+                chunk = ids[i : i + SETTLED_PER_RECORD]
+                value = total_message(key, total, now, chunk).SerializeToString()
+                out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
         if out:
             await self.sink.send(out)

@@ -5,6 +5,11 @@ partition's records to the `Processor` (partitions concurrently), and acks the r
 only once every partition of the batch is committed to Postgres. Timers follow the
 price catalog and prune expired state. See `processor` for the steps and their
 failure consequences.
+
+An exception that escapes the agent or a timer (a bug, a broken installation: not a
+bad record, not an outage) is given to `on_fatal`, which ends the process for its
+supervisor to restart: faust would otherwise restart the agent alone or leave it
+dead, in a live process that counts nothing and acks nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +29,7 @@ from quartermaster.telemetry import headers_dict
 from quartermaster.topics import Topic
 from services.metering import transport
 from services.metering.aggregate import Record
+from services.metering.processor import OUTAGE, Processor
 from services.metering.settings import MeteringSettings
 from services.metering.wiring import Counting
 
@@ -50,9 +57,11 @@ def _app(settings: MeteringSettings) -> faust.App:
     )
 
 
-def create_app(settings: MeteringSettings, counting: Counting) -> faust.App:
+def create_app(
+    settings: MeteringSettings, counting: Counting, on_fatal: Callable[[BaseException], None]
+) -> faust.App:
     """The faust app counting `qm.usage.v1` with `counting` (built on the loop the
-    faust worker will run)."""
+    faust worker will run); `on_fatal(exc)` must end the process (see above)."""
     app = _app(settings)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     usage_topic = app.topic(Topic.USAGE.value, value_serializer="raw", **raw)
@@ -69,6 +78,9 @@ def create_app(settings: MeteringSettings, counting: Counting) -> faust.App:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("prices: could not look for a new catalog revision: %s", exc)
             return
+        except Exception as exc:  # a revision this worker can't read: restart, loudly
+            on_fatal(exc)
+            return
         if new is not None:
             log.info(
                 "prices: catalog revision %d in force (%s by %s, %d change(s))",
@@ -77,27 +89,41 @@ def create_app(settings: MeteringSettings, counting: Counting) -> faust.App:
 
     @app.timer(interval=600.0)  # type: ignore[untyped-decorator]
     async def prune() -> None:
-        pruned = await proc.prune(timedelta(hours=settings.dedupe_hours))
+        try:
+            pruned = await proc.prune(timedelta(hours=settings.dedupe_hours))
+        except OUTAGE as exc:
+            log.warning("could not prune expired event ids (next try in 600 s): %s", exc)
+            return
+        except Exception as exc:
+            on_fatal(exc)
+            return
         log.info("pruned %d expired event ids", pruned)
 
     @app.agent(usage_topic)
     async def meter_usage(stream: faust.StreamT[bytes]) -> None:
-        take = stream.noack_take(settings.batch_max, within=settings.batch_within)  # type: ignore[attr-defined]
-        async for events in take:
-            by_partition: dict[int, list[Record]] = defaultdict(list)
-            for ev in events:
-                m = ev.message
-                by_partition[m.partition].append(
-                    Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
-                )
-            with tracer.start_as_current_span("meter batch") as span:
-                span.set_attribute("qm.records", len(events))
-                # Partitions are independent (own state, own fenced commit): while one
-                # waits on the broker or Postgres, another is planned.
-                await asyncio.gather(
-                    *(proc.count(p, r, settings.dlq_pause_seconds) for p, r in by_partition.items())
-                )
-            for ev in events:
-                await stream.ack(ev)
+        try:
+            await _count(stream, proc, settings)
+        except Exception as exc:
+            on_fatal(exc)
 
     return app
+
+
+async def _count(stream: faust.StreamT[bytes], proc: Processor, settings: MeteringSettings) -> None:
+    take = stream.noack_take(settings.batch_max, within=settings.batch_within)  # type: ignore[attr-defined]
+    async for events in take:
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        for ev in events:
+            m = ev.message
+            by_partition[m.partition].append(
+                Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
+            )
+        with tracer.start_as_current_span("meter batch") as span:
+            span.set_attribute("qm.records", len(events))
+            # Partitions are independent (own state, own fenced commit): while one
+            # waits on the broker or Postgres, another is planned.
+            await asyncio.gather(
+                *(proc.count(p, r, settings.dlq_pause_seconds) for p, r in by_partition.items())
+            )
+        for ev in events:
+            await stream.ack(ev)

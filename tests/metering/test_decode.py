@@ -4,9 +4,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf import json_format
 
 from quartermaster.topics import CONTENT_TYPE, JSON, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from services.metering.bounds import MAX_EVENT_TOKENS
 from services.metering.decode import Decoded, InvalidUsage, decode, occurred_at, tokens
 from tests.helpers import usage
 
@@ -80,7 +82,16 @@ def test_a_batch_in_json() -> None:
         (b"", PB, "empty record value"),
         (b"\xff\xff\xff", PB, "not a UsageEvent in protobuf"),
         (b"{not json", JS, "not a UsageEvent in proto3 JSON"),
-        (b'{"userId": "u", "colour": "red"}', JS, "not a UsageEvent in proto3 JSON"),
+        (b"[]", JS, "not a UsageEvent in proto3 JSON: expected a JSON object, got an array"),
+        (b'"hi"', JS, "expected a JSON object, got a string"),
+        (b"null", JS, "expected a JSON object, got null"),
+        (b"1", JS, "expected a JSON object, got a number"),
+        (b"true", JS, "expected a JSON object, got true or false"),
+        (b"\xff{}", JS, "not a UsageEvent in proto3 JSON: not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, JS, "not a UsageEvent in proto3 JSON: nested too deeply"),
+        (b'{"userId": "a\\ud800"}', JS, "Unpaired surrogate"),
+        (b'{"outputTokens": "9223372036854775808"}', JS, "not a UsageEvent in proto3 JSON"),
+        (b"[]", {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}, "got an array"),
         (b"x", {CONTENT_TYPE: "text/plain"}, "unsupported content-type 'text/plain'"),
         (b"x", {CONTENT_TYPE: "application/x-protobuf; type=Nope"}, "unsupported message type"),
         (
@@ -134,3 +145,83 @@ def test_events_older_than_the_horizon_are_refused() -> None:
     old = usage("u1", occurred_at=NOW - timedelta(days=35, seconds=1))
     with pytest.raises(InvalidUsage, match="older than the 35-day horizon"):
         decode(old.SerializeToString(), PB, NOW, AGE)
+
+
+def test_unknown_json_fields_are_ignored_as_protobuf_ignores_unknown_fields() -> None:
+    """A producer on a newer schema keeps being counted, in either encoding."""
+    event = usage("u1", occurred_at=NOW)
+    raw = json.loads(json_format.MessageToJson(event))
+    raw["colour"] = "red"
+    raw["attributes"] = {"cost_center": "R&D"}
+    got = one(json.dumps(raw).encode(), JS)
+    assert (got.event_id, got.attributes["cost_center"]) == (event.event_id, "R&D")
+    batch = {"events": [raw], "compression": "none"}
+    headers = {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}
+    assert len(decode(json.dumps(batch).encode(), headers, NOW, AGE).events) == 1
+    # field 99 (a varint), unknown to this schema
+    newer = event.SerializeToString() + b"\x98\x06\x07"
+    assert one(newer, PB).event_id == event.event_id
+
+
+def reason_of(event: UsageEvent) -> str:
+    with pytest.raises(InvalidUsage) as info:
+        decode(event.SerializeToString(), PB, NOW, AGE)
+    return str(info.value)
+
+
+STORED_TEXTS = ["user_id", "product", "model", "workspace_id", "request_id", "cost_center"]
+
+
+def with_text(name: str, value: str) -> UsageEvent:
+    event = usage("u1", occurred_at=NOW)
+    if name == "cost_center":
+        event.attributes["cost_center"] = value
+    else:
+        setattr(event, name, value)
+    return event
+
+
+def field_name(name: str) -> str:
+    return "attributes['cost_center']" if name == "cost_center" else name
+
+
+@pytest.mark.parametrize("name", STORED_TEXTS)
+def test_a_nul_in_any_string_postgres_stores_is_named(name: str) -> None:
+    reason = reason_of(with_text(name, "nul\0user"))
+    assert f"{field_name(name)}: contains a NUL character" in reason
+
+
+@pytest.mark.parametrize("name", STORED_TEXTS)
+def test_every_string_postgres_keys_or_indexes_is_bounded_in_characters_and_bytes(
+    name: str,
+) -> None:
+    assert f"{field_name(name)}: longer than 256 characters" in reason_of(
+        with_text(name, "c" * 4000)
+    )
+    # 200 characters of 4 bytes: 800 bytes, past what four key columns may take each
+    assert f"{field_name(name)}: longer than 512 bytes" in reason_of(with_text(name, "𝄞" * 200))
+    # at the bounds: 256 ASCII characters, 128 four-byte characters (512 bytes)
+    for value in ("c" * 256, "𝄞" * 128):
+        assert one(with_text(name, value).SerializeToString(), PB)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["input_tokens", "cached_input_tokens", "cache_write_input_tokens", "output_tokens",
+     "reasoning_tokens"],
+)  # fmt: skip
+def test_token_counts_are_bounded(name: str) -> None:
+    event = usage("u1", occurred_at=NOW, input_tokens=2**63 - 1, output_tokens=2**63 - 1)
+    setattr(event, name, 2**63 - 1)
+    assert f"{name}: more than {MAX_EVENT_TOKENS:,}" in reason_of(event)
+    at_bound = usage("u1", occurred_at=NOW, input_tokens=MAX_EVENT_TOKENS)
+    at_bound.output_tokens = MAX_EVENT_TOKENS
+    setattr(at_bound, name, MAX_EVENT_TOKENS)
+    assert one(at_bound.SerializeToString(), PB) == at_bound
+
+
+def test_output_tokens_of_int64_max_in_json_is_a_reason() -> None:
+    raw = json.loads(json_format.MessageToJson(usage("u1", occurred_at=NOW)))
+    raw["outputTokens"] = str(2**63 - 1)
+    with pytest.raises(InvalidUsage, match="output_tokens: more than 1,000,000,000"):
+        decode(json.dumps(raw).encode(), JS, NOW, AGE)

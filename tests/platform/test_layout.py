@@ -39,7 +39,9 @@ DOMAIN_MODULES = {
     ],
     "metering": [
         "services.metering.aggregate",
+        "services.metering.bounds",
         "services.metering.burnrate",
+        "services.metering.dead_letter",
         "services.metering.decode",
         "services.metering.pricing",
     ],

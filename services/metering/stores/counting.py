@@ -4,11 +4,14 @@
 it started from (a fence): if another worker advanced the partition meanwhile, it
 writes nothing and returns False, and the caller reloads and tries again. The batch's
 hourly rollups are written in the same transaction (`RollupStore.write`), so totals,
-rollups, seen ids and the offset are all of one batch or none of it.
+rollups, seen ids and the offset are all of one batch or none of it. The caller's
+`publish` runs inside it, after every write succeeded and before COMMIT: a row
+PostgreSQL refuses, or a fence lost, is known before anything is published.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -83,11 +86,16 @@ class CountingStore:
         totals: dict[TotalKey, Total],
         seen: dict[int, float],
         rollups: dict[RollupKey, Rollup],
+        publish: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Write a batch's absolute totals, rollups and seen ids and move the offset from
-        `expected_offset` to `next_offset`, in one transaction; False (nothing written)
-        when the stored offset is not `expected_offset` (another worker moved it).
-        asyncpg errors propagate; the transaction is then rolled back."""
+        `expected_offset` to `next_offset`, in one transaction; False (nothing written,
+        nothing published) when the stored offset is not `expected_offset` (another
+        worker moved it). `publish` is awaited after the writes, before COMMIT: the
+        fenced offset row stays locked meanwhile, so no other worker can count the
+        partition while this one publishes. asyncpg errors and `publish`'s propagate;
+        the transaction is then rolled back (a publish that went out before a failed
+        COMMIT is repeated on replay: totals are absolute, so that is harmless)."""
         now = datetime.now(UTC)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -97,6 +105,8 @@ class CountingStore:
                 await _write_totals(conn, partition, totals, now)
                 await self._rollups.write(conn, partition, rollups, now)
                 await _write_seen(conn, partition, seen)
+                if publish is not None:
+                    await publish()
         except _Fenced:
             return False
         return True
