@@ -105,12 +105,8 @@ class Problems:
         """An id must be non-blank, at most MAX_ID_LENGTH characters, and storable."""
         if not value.strip():
             self.add(field, "must not be empty")
-        elif len(value) > MAX_ID_LENGTH:
-            self.add(field, f"longer than {MAX_ID_LENGTH} characters")
         else:
-            bad = text_problem(value)
-            if bad:
-                self.add(field, bad)
+            self.require_text(field, value, MAX_ID_LENGTH)
 
     def require_text(self, field: str, value: str, max_length: int = MAX_TEXT_LENGTH) -> None:
         """Free text (may be empty): at most `max_length` characters, and storable."""

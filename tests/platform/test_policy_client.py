@@ -171,17 +171,19 @@ class Flaky:
         raise AssertionError("abort raises")
 
 
-async def _serve(servicer: Flaky) -> AsyncIterator[str]:
-    def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            method, request.FromString, response.SerializeToString
-        )
+Behavior = Any  # an async servicer method
+Methods = dict[str, tuple[Behavior, Any, Any]]  # name: (behavior, request, response class)
 
-    server = grpc.aio.server()
+
+async def _serve_methods(methods: Methods) -> AsyncIterator[str]:
+    """A grpc.aio server of PolicyService's `methods` only, on a free port."""
     handlers = {
-        "Check": unary(servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
-        "Commit": unary(servicer.Commit, policy_pb2.CommitRequest, policy_pb2.Reservation),
+        name: grpc.unary_unary_rpc_method_handler(
+            behavior, request.FromString, response.SerializeToString
+        )
+        for name, (behavior, request, response) in methods.items()
     }
+    server = grpc.aio.server()
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -189,6 +191,15 @@ async def _serve(servicer: Flaky) -> AsyncIterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+async def _serve(servicer: Flaky) -> AsyncIterator[str]:
+    methods: Methods = {
+        "Check": (servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
+        "Commit": (servicer.Commit, policy_pb2.CommitRequest, policy_pb2.Reservation),
+    }
+    async for target in _serve_methods(methods):
+        yield target
 
 
 @pytest.mark.parametrize(("retries", "decision", "calls"), [(2, "ALLOW", 3), (1, "DENY", 2)])
@@ -227,24 +238,17 @@ class Refusing:
 
 
 async def _serve_refusing(servicer: Refusing) -> AsyncIterator[str]:
-    def unary(request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            servicer.answer, request.FromString, response.SerializeToString
-        )
-
-    server = grpc.aio.server()
-    handlers = {
-        "Check": unary(policy_pb2.CheckRequest, policy_pb2.CheckResponse),
-        "CheckBatch": unary(policy_pb2.CheckBatchRequest, policy_pb2.CheckBatchResponse),
-        "Reserve": unary(policy_pb2.ReserveRequest, policy_pb2.CheckResponse),
+    methods: Methods = {
+        "Check": (servicer.answer, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
+        "CheckBatch": (
+            servicer.answer,
+            policy_pb2.CheckBatchRequest,
+            policy_pb2.CheckBatchResponse,
+        ),
+        "Reserve": (servicer.answer, policy_pb2.ReserveRequest, policy_pb2.CheckResponse),
     }
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async for target in _serve_methods(methods):
+        yield target
 
 
 REFUSALS = [c for c in grpc.StatusCode if c not in OUTAGES and c != grpc.StatusCode.OK]
