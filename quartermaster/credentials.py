@@ -44,8 +44,10 @@ class Credentials:
         self._tokens = dict(tokens)
         self._what = what
 
-    def actor(self, metadata: Any) -> tuple[grpc.StatusCode, str] | str:
-        """The token's name, or (status, message) when the caller is no admin."""
+    def actor(self, metadata: Any, what: str = "") -> tuple[grpc.StatusCode, str] | str:
+        """The token's name, or (status, message) when the caller is no admin;
+        `what` the call needed the credential for (default: the one given at
+        construction), said when the credential is refused."""
         header = next((v for k, v in (metadata or ()) if k == "authorization"), None)
         if header is None:
             return grpc.StatusCode.UNAUTHENTICATED, (
@@ -57,11 +59,11 @@ class Credentials:
         for known, name in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.strip().encode()):
                 return name
-        return grpc.StatusCode.PERMISSION_DENIED, f"this credential may not {self._what}"
+        return grpc.StatusCode.PERMISSION_DENIED, f"this credential may not {what or self._what}"
 
-    async def require(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        """The caller's name; aborts the call when it is no admin."""
-        who = self.actor(context.invocation_metadata())
+    async def require(self, context: grpc.aio.ServicerContext[Any, Any], what: str = "") -> str:
+        """The caller's name; aborts the call when it is no admin (see `actor`)."""
+        who = self.actor(context.invocation_metadata(), what)
         if not isinstance(who, str):
             await abort(context, *who)
         return who

@@ -19,27 +19,46 @@ from grpc_reflection.v1alpha import reflection
 
 from quartermaster.validation import InvalidRequest, Problems
 
+# The longest status message we send, in UTF-8 bytes. It travels in the grpc-message
+# trailer, percent-encoded (up to 3 bytes per byte), and a client refuses trailers over
+# its metadata limit (8 KB by default) with RESOURCE_EXHAUSTED: the caller would hear
+# "resource exhausted" instead of what was wrong with its request.
+MAX_DETAILS_BYTES = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_DETAILS_BYTES of UTF-8 (on a character boundary) with
+    a note of how much was cut."""
+    if len(message) <= MAX_DETAILS_BYTES // 4:
+        return message  # fits whatever its characters are
+    raw = message.encode("utf-8", "replace")
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    head = raw[: MAX_DETAILS_BYTES - 40].decode("utf-8", "ignore")
+    return f"{head} ... ({len(raw)} bytes, cut)"
+
 
 async def abort(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
 ) -> NoReturn:
-    """End the call with `code` and `message` (grpc.aio raises; its stubs don't say so)."""
-    await context.abort(code, message)
+    """End the call with `code` and `message`, bounded (see `bounded`); grpc.aio
+    raises AbortError (its stubs don't say so)."""
+    await context.abort(code, bounded(message))
     raise AssertionError("abort returned")
 
 
 async def refuse(context: grpc.aio.ServicerContext[Any, Any], problems: Problems) -> None:
-    """End the call with INVALID_ARGUMENT naming every problem, when there is any
-    (returns when the request is fine)."""
+    """End the call with INVALID_ARGUMENT naming the problems (the first few, and how
+    many more: Problems.message), when there is any (returns when the request is fine)."""
     if problems:
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problems.message())
 
 
 async def refuse_invalid(
     context: grpc.aio.ServicerContext[Any, Any], exc: InvalidRequest
 ) -> NoReturn:
-    """End the call with INVALID_ARGUMENT naming every problem `exc` carries."""
-    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(exc.problems))
+    """End the call with INVALID_ARGUMENT naming the problems `exc` carries."""
+    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 @dataclass

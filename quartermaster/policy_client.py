@@ -13,7 +13,7 @@ many callers race for the last credits):
         await client.commit(reservation.reservation_id, actual_micros)  # or release() if unused
 
 Every call has a deadline (`deadline_s`, default 250 ms), retries included. A call that
-fails because policy is unavailable (or has no limits loaded yet) is retried up to
+fails because policy is unavailable is retried up to
 `retries` times with an exponential, jittered backoff from `backoff_s`, by gRPC itself:
 the channel's service config carries the retry policy (retryable codes, backoff, max
 attempts; no retry throttle: see `service_config`). When the deadline passes or the
@@ -23,6 +23,15 @@ allows the call,
 "fail_open" or "fail_closed" and `reason` names the error, so the gateway can log and
 count degraded decisions. Bad requests (INVALID_ARGUMENT) are never retried: they
 raise `PolicyRequestError`, naming the fields.
+
+Only an outage takes the fail mode: UNAVAILABLE (policy unreachable, restarting, or
+its database away) and DEADLINE_EXCEEDED (too slow). Every other status is policy
+refusing this request, and raises (grpc.aio.AioRpcError): a refused request is not an
+outage, and a fail-open gateway must not allow what policy refused. That includes
+RESOURCE_EXHAUSTED (a request or an answer over gRPC's size limits: a batch of 441
+checks once came back so, and was allowed whole) and FAILED_PRECONDITION (no limit
+applies to the user: a configuration to fix, not to paper over). A request over the
+4 MB policy accepts is refused before it is sent (PolicyRequestError).
 
 One difference from the hand-written loop this replaced: that loop gave each attempt its
 own deadline and retried a slow answer; gRPC retries only statuses the server sent,
@@ -38,25 +47,24 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 import grpc
+from google.protobuf.message import Message
 
 from quartermaster.grpcclient import ChannelClient
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 SERVICE = "quartermaster.v1.PolicyService"
-# Errors that say nothing about the request itself: the fail mode answers them. A
-# deadline is not retried (gRPC retries within the call's one deadline).
-_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-_TRANSIENT = {
-    *_UNREACHABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.FAILED_PRECONDITION,  # e.g. policy has no limits loaded yet
-}
-# Commit and Release answer FAILED_PRECONDITION for a reservation that has ended: final.
+# The statuses that say policy could not answer, nothing about the request: the only
+# ones the fail mode answers. Any other is an answer about this request (see above).
+OUTAGES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# What gRPC retries: an unreachable policy. Not a deadline (gRPC retries within the
+# call's one deadline), and never a refusal (asking again gets the same answer).
 _RETRIED = {
-    ("Check", "CheckBatch", "Reserve"): _TRANSIENT - {grpc.StatusCode.DEADLINE_EXCEEDED},
-    ("Commit", "Release"): _UNREACHABLE,
+    ("Check", "CheckBatch", "Reserve"): {grpc.StatusCode.UNAVAILABLE},
+    ("Commit", "Release"): {grpc.StatusCode.UNAVAILABLE},
 }
 MAX_RETRIES = 4  # gRPC caps maxAttempts at 5
+# The largest request policy's server accepts (gRPC's default receive limit).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 RETRY_BUFFER_BYTES = 4 * 1024 * 1024
@@ -140,9 +148,16 @@ class PolicyClient(ChannelClient):
             reason=f"{why}: denied by the gateway's fail-closed choice",
         )
 
-    async def _call(self, method: str, request: object) -> object:
+    async def _call(self, method: str, request: Message) -> object:
         """One call, retried by the channel's policy; INVALID_ARGUMENT becomes
-        PolicyRequestError, any other failure is raised as grpc.aio.AioRpcError."""
+        PolicyRequestError, any other failure is raised as grpc.aio.AioRpcError.
+        A request larger than policy accepts is refused here, unsent: sending it
+        could spend the whole deadline, and a deadline takes the fail mode."""
+        size = request.ByteSize()
+        if size > MAX_REQUEST_BYTES:
+            raise PolicyRequestError(
+                f"request: {size} bytes, more than the {MAX_REQUEST_BYTES} policy accepts"
+            )
         try:
             return await getattr(self._stub, method)(request, timeout=self.deadline_s)
         except grpc.aio.AioRpcError as exc:
@@ -150,12 +165,12 @@ class PolicyClient(ChannelClient):
                 raise PolicyRequestError(exc.details()) from None
             raise
 
-    async def _answer(self, method: str, request: object) -> policy_pb2.CheckResponse:
+    async def _answer(self, method: str, request: Message) -> policy_pb2.CheckResponse:
         """A CheckResponse from policy, or from the fail mode when it can't answer."""
         try:
             result = await self._call(method, request)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in _TRANSIENT:
+            if exc.code() not in OUTAGES:
                 raise
             return self._fallback(exc)
         assert isinstance(result, policy_pb2.CheckResponse)
@@ -177,7 +192,7 @@ class PolicyClient(ChannelClient):
         try:
             result = await self._call("CheckBatch", policy_pb2.CheckBatchRequest(checks=checks))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in _TRANSIENT:
+            if exc.code() not in OUTAGES:
                 raise
             return [self._fallback(exc) for _ in checks]
         assert isinstance(result, policy_pb2.CheckBatchResponse)
@@ -204,8 +219,10 @@ class PolicyClient(ChannelClient):
 
     async def commit(self, reservation_id: str, actual_micros: int) -> policy_pb2.Reservation:
         """The call cost `actual_micros`: the reservation becomes that until the usage is
-        counted. Retried while policy is unreachable (committing twice is harmless),
-        then raises; an uncommitted reservation still ends with its usage or its ttl."""
+        counted. Retried while policy is unreachable (the same commit again answers the
+        same), then raises; an uncommitted reservation still ends with its usage or its
+        ttl. A settled reservation is final: committing one that was released, expired,
+        or committed with another amount raises (FAILED_PRECONDITION naming its state)."""
         request = policy_pb2.CommitRequest(
             reservation_id=reservation_id, actual_micros=actual_micros
         )
@@ -215,8 +232,10 @@ class PolicyClient(ChannelClient):
 
     async def release(self, reservation_id: str) -> policy_pb2.Reservation | None:
         """The call did not happen: give the held budget back. Retried while policy is
-        unreachable; None when it was released already (say, by an attempt that timed
-        out but landed)."""
+        unreachable; None when nothing is held any more: released already (say, by an
+        attempt that timed out but landed) or expired. A committed reservation can't be
+        released (its spend stays counted until metered): that raises
+        (FAILED_PRECONDITION)."""
         request = policy_pb2.ReleaseRequest(reservation_id=reservation_id)
         try:
             result = await self._call("Release", request)
@@ -224,7 +243,8 @@ class PolicyClient(ChannelClient):
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
             result = None
-            if "already released" not in (exc.details() or ""):
+            details = exc.details() or ""
+            if "already released" not in details and "already expired" not in details:
                 raise
         assert result is None or isinstance(result, policy_pb2.Reservation)
         return result

@@ -105,13 +105,18 @@ class PolicyServiceServicer:
 
     def Commit(self, request, context):
         """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it.
+        A settled reservation is final: committing one that is released, expired, or
+        committed with another amount answers FAILED_PRECONDITION naming its state; the
+        same Commit again answers the reservation as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """The call did not happen: drop the reservation now.
+        """The call did not happen: drop the reservation now. FAILED_PRECONDITION when it is
+        settled already: committed (its spend stays counted until metered), released or
+        expired.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

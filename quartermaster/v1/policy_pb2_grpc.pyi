@@ -48,9 +48,16 @@ class PolicyServiceStub:
     in metering's totals, or it is released, or it expires.
     """
     Commit: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CommitRequest, _policy_pb2.Reservation]
-    """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it."""
+    """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it.
+    A settled reservation is final: committing one that is released, expired, or
+    committed with another amount answers FAILED_PRECONDITION naming its state; the
+    same Commit again answers the reservation as it is.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ReleaseRequest, _policy_pb2.Reservation]
-    """The call did not happen: drop the reservation now."""
+    """The call did not happen: drop the reservation now. FAILED_PRECONDITION when it is
+    settled already: committed (its spend stays counted until metered), released or
+    expired.
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -72,9 +79,16 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     in metering's totals, or it is released, or it expires.
     """
     Commit: _aio.UnaryUnaryMultiCallable[_policy_pb2.CommitRequest, _policy_pb2.Reservation]  # type: ignore[assignment]
-    """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it."""
+    """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it.
+    A settled reservation is final: committing one that is released, expired, or
+    committed with another amount answers FAILED_PRECONDITION naming its state; the
+    same Commit again answers the reservation as it is.
+    """
     Release: _aio.UnaryUnaryMultiCallable[_policy_pb2.ReleaseRequest, _policy_pb2.Reservation]  # type: ignore[assignment]
-    """The call did not happen: drop the reservation now."""
+    """The call did not happen: drop the reservation now. FAILED_PRECONDITION when it is
+    settled already: committed (its spend stays counted until metered), released or
+    expired.
+    """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Answers "may this user spend this?" from memory. Gateways call Check before a
@@ -123,7 +137,11 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.CommitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.Reservation, _abc.Awaitable[_policy_pb2.Reservation]]:
-        """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it."""
+        """The call is done and cost `actual_micros`: the reservation shrinks (or grows) to it.
+        A settled reservation is final: committing one that is released, expired, or
+        committed with another amount answers FAILED_PRECONDITION naming its state; the
+        same Commit again answers the reservation as it is.
+        """
 
     @_abc_1.abstractmethod
     def Release(
@@ -131,7 +149,10 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.Reservation, _abc.Awaitable[_policy_pb2.Reservation]]:
-        """The call did not happen: drop the reservation now."""
+        """The call did not happen: drop the reservation now. FAILED_PRECONDITION when it is
+        settled already: committed (its spend stays counted until metered), released or
+        expired.
+        """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

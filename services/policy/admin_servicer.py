@@ -63,12 +63,12 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
 
     async def _run(
         self, context: Context, problems: Problems, call: Callable[[str], Awaitable[T]],
-        changes: bool = True,
+        changes: bool = True, needs: str = "change policy",
     ) -> T:  # fmt: skip
-        """Authenticate, refuse bad input (every problem named), run the call (mapping
-        domain errors to status codes) and, after a change, reload this replica's
-        snapshot before answering."""
-        who = await self._credentials.require(context)
+        """Authenticate (`needs`: what a refused credential may not do), refuse bad
+        input (every problem named), run the call (mapping domain errors to status
+        codes) and, after a change, reload this replica's snapshot before answering."""
+        who = await self._credentials.require(context, needs)
         await refuse(context, problems)
         try:
             out = await call(who)
@@ -142,8 +142,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
         self, request: policy_pb2.RemoveOverrideRequest, context: Context
     ) -> policy_pb2.Override:
         problems = inputs.ids(override_id=request.override_id)
-        if not request.reason.strip():
-            problems.add("reason", "must say why")
+        inputs.reason(request.reason, problems)
 
         async def change(actor: str) -> policy_pb2.Override:
             reason = request.reason.strip()
@@ -187,7 +186,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
             out.model_policies.extend(model_policy_msg(policies[g]) for g in sorted(policies))
             return out
 
-        return await self._run(context, Problems(), read, changes=False)
+        return await self._run(context, Problems(), read, changes=False, needs="list limits")
 
     async def ExplainLimit(
         self, request: policy_pb2.ExplainLimitRequest, context: Context
@@ -196,7 +195,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
             return explanation(self._ev.snapshot, request.user_id, self._clock())
 
         problems = inputs.ids(user_id=request.user_id)
-        return await self._run(context, problems, read, changes=False)
+        return await self._run(context, problems, read, changes=False, needs="explain limits")
 
     # -- the directory -------------------------------------------------------------
 
@@ -204,6 +203,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
         found: list[str] = []
         u = user_of("user", {f: getattr(request, f) for f in USER_FIELDS_ALL}, found)
         problems = _unprefixed(found, "user.")
+        inputs.id_list("group_ids", list(request.group_ids), problems)
 
         async def change(actor: str) -> policy_pb2.User:
             groups = list(request.group_ids) if request.group_ids else None
@@ -259,5 +259,6 @@ def _unprefixed(found: list[str], where: str) -> Problems:
     """A document's problems for one message sent on its own (its fields are named
     without the document's `where.`)."""
     problems = Problems()
-    problems.items = [p.replace(where, "", 1) for p in found]
+    for p in found:
+        problems.note(p.replace(where, "", 1))
     return problems

@@ -27,11 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from quartermaster.validation import MAX_ID_LENGTH
+from quartermaster.validation import MAX_ID_LENGTH, MAX_TEXT_LENGTH, summarize, text_problem
 from services.policy.directory import GROUP_KINDS, GroupInfo, UserInfo
 from services.policy.errors import Conflict, NotFound
 
 USER_COLUMNS = ("user_id", "email", "display_name", "slack_user_id", "manager_id", "groups")
+MAX_IDS = 1000  # ids in one list of a document (a user's groups, a group's admins)
 
 
 class DirectoryError(ValueError):
@@ -132,8 +133,10 @@ def _text(
     v = v.strip()
     if required and not v:
         problems.append(f"{where}.{key}: must not be empty")
-    if len(v) > MAX_ID_LENGTH and key.endswith("_id"):
-        problems.append(f"{where}.{key}: longer than {MAX_ID_LENGTH} characters")
+    longest = MAX_ID_LENGTH if key.endswith("_id") else MAX_TEXT_LENGTH
+    bad = f"longer than {longest} characters" if len(v) > longest else text_problem(v)
+    if bad:
+        problems.append(f"{where}.{key}: {bad}")
     return v
 
 
@@ -143,7 +146,16 @@ def _ids(where: str, v: Any, problems: list[str]) -> list[str]:
     if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
         problems.append(f"{where}: must be a list of non-empty ids")
         return []
-    return [x.strip() for x in v]
+    if len(v) > MAX_IDS:
+        problems.append(f"{where}: at most {MAX_IDS} items, got {len(v)}")
+        return []
+    ids = [x.strip() for x in v]
+    for i, x in enumerate(ids):
+        bad = f"longer than {MAX_ID_LENGTH} characters" if len(x) > MAX_ID_LENGTH else None
+        bad = bad or text_problem(x)
+        if bad:
+            problems.append(f"{where}[{i}]: {bad}")
+    return ids
 
 
 def user_of(where: str, d: dict[str, Any], problems: list[str]) -> UserInfo:
@@ -188,11 +200,19 @@ def parse_json(document: bytes) -> DirectoryDoc:
     """A JSON directory document (see the module docstring); DirectoryError names every problem."""
     try:
         data = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or a number of more digits than Python
+        # parses; RecursionError: nested deeper than the parser goes.
         raise DirectoryError(f"document: not JSON ({exc})") from None
     if not isinstance(data, dict) or not set(data) <= {"users", "groups"}:
         raise DirectoryError('document: expected an object with "users" and/or "groups"')
-    problems: list[str] = []
+    problems: list[str] = [
+        f'document: "{key}" must be a list'
+        for key in ("groups", "users")
+        if not isinstance(data.get(key) or [], list)
+    ]
+    if problems:
+        raise DirectoryError(summarize(problems))
     users, groups, memberships = [], [], {}
     for i, d in enumerate(data.get("groups") or []):
         if not isinstance(d, dict):
@@ -235,7 +255,8 @@ def parse_csv(document: bytes) -> DirectoryDoc:
         u = user_of(f"line {n}", {k: v for k, v in row.items() if k != "groups"}, problems)
         users.append(u)
         if "groups" in header:
-            gs = [g.strip() for g in (row.get("groups") or "").split(";") if g.strip()]
+            named_groups = [g.strip() for g in (row.get("groups") or "").split(";") if g.strip()]
+            gs = _ids(f"line {n}.groups", named_groups, problems)
             memberships[u.user_id] = gs
             named.update(gs)
     doc = DirectoryDoc(users, [], memberships)
@@ -247,10 +268,7 @@ def _checked(doc: DirectoryDoc, problems: list[str]) -> DirectoryDoc:
     _unique("users", [u.user_id for u in doc.users if u.user_id], problems)
     _unique("groups", [g.group_id for g in doc.groups if g.group_id], problems)
     if problems:
-        raise DirectoryError(
-            "; ".join(problems[:50])
-            + (f" (and {len(problems) - 50} more)" if len(problems) > 50 else "")
-        )
+        raise DirectoryError(summarize(problems))
     return doc
 
 
@@ -259,5 +277,8 @@ def parse(fmt: str, document: bytes) -> DirectoryDoc:
     if fmt == "json":
         return parse_json(document)
     if fmt == "csv":
-        return parse_csv(document)
+        try:
+            return parse_csv(document)
+        except csv.Error as exc:  # e.g. a field longer than the csv module's limit
+            raise DirectoryError(f"document: not CSV ({exc})") from None
     raise DirectoryError(f'format: expected "json" or "csv", got {fmt!r}')

@@ -7,6 +7,7 @@ import grpc
 
 from quartermaster.grpcserver import abort, refuse
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
+from quartermaster.validation import MAX_SHOWN
 from services.policy import inputs
 from services.policy.directory import UserInfo
 from services.policy.evaluator import Evaluator
@@ -61,7 +62,12 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
         members = self._ev.snapshot.directory().group_members()
         unknown = [g for g in request.group_ids if g not in members]
         if unknown:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"group_ids: no group(s) {unknown}")
+            more = f" and {len(unknown) - MAX_SHOWN} more" if len(unknown) > MAX_SHOWN else ""
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"group_ids: no group(s) {unknown[:MAX_SHOWN]}{more}",
+            )
         asked = list(dict.fromkeys(request.group_ids)) or sorted(members)
         return policy_pb2.GroupMembersResponse(
             groups=[policy_pb2.GroupMemberList(group_id=g, user_ids=members[g]) for g in asked]

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from quartermaster.v1 import policy_pb2
-from quartermaster.validation import Problems
+from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import from_timestamp
-from services.policy.mapping import ENFORCEMENT_OF, KINDS, opt_datetime
+from services.policy.mapping import ENFORCEMENT_OF, KINDS
 
 MAX_BATCH = 1000
 MAX_TTL_SECONDS = 86_400
-MAX_MICROS = 10**15  # a billion credits: larger is a typo, not a budget
+# Every amount a request carries (estimates, actual costs, limits, overrides): a
+# billion credits. Larger is a typo or an attack, not a budget, and sums of such
+# amounts would pass int64 (the wire's and PostgreSQL's bigint).
+MAX_MICROS = 10**15
 MAX_REASON = 2000
 MAX_DOCUMENT = 32 * 1024 * 1024
+MAX_LIST = 1000  # ids in one repeated field (group_ids, admins, allowed models)
+# Timestamps a request may carry: from 1970 to the end of 9999 (what a datetime holds).
+MIN_SECONDS, MAX_SECONDS = 0, 253_402_300_799
 
 
 def check(req: policy_pb2.CheckRequest, problems: Problems) -> None:
@@ -26,7 +34,7 @@ def check(req: policy_pb2.CheckRequest, problems: Problems) -> None:
     problems.require_id("user_id", req.user_id)
     problems.require_id("product", req.product)
     problems.require_id("model", req.model)
-    problems.require_not_negative("estimated_micros", req.estimated_micros)
+    problems.require_amount("estimated_micros", req.estimated_micros, MAX_MICROS)
     if req.reserve:
         problems.require_id("request_id", req.request_id)
     problems.require_between("reservation_ttl_seconds", req.reservation_ttl_seconds, 0,
@@ -54,8 +62,15 @@ def reserve(req: policy_pb2.ReserveRequest) -> Problems:
     problems = Problems()
     for field in ("user_id", "product", "model", "request_id"):
         problems.require_id(field, getattr(req, field))
-    problems.require_not_negative("estimated_micros", req.estimated_micros)
+    problems.require_amount("estimated_micros", req.estimated_micros, MAX_MICROS)
     problems.require_between("ttl_seconds", req.ttl_seconds, 0, MAX_TTL_SECONDS)
+    return problems
+
+
+def commit(req: policy_pb2.CommitRequest) -> Problems:
+    """A CommitRequest's bad fields."""
+    problems = ids(reservation_id=req.reservation_id)
+    problems.require_amount("actual_micros", req.actual_micros, MAX_MICROS)
     return problems
 
 
@@ -68,9 +83,23 @@ def ids(**fields: str) -> Problems:
 
 
 def id_list(name: str, values: list[str], problems: Problems) -> None:
-    """Each id of a repeated field, named by index (`group_ids[2]`)."""
-    for i, v in enumerate(values):
+    """At most MAX_LIST ids, each named by index (`group_ids[2]`)."""
+    problems.require_list(name, len(values), MAX_LIST)
+    for i, v in enumerate(values[:MAX_LIST]):
         problems.require_id(f"{name}[{i}]", v)
+
+
+def timestamp(
+    name: str, ts: Timestamp, problems: Problems, present: bool = True
+) -> datetime | None:
+    """A Timestamp field as an aware datetime: None when absent (`present` False) or
+    out of range (a problem then: 1970 to 9999, nanos below a second)."""
+    if not present:
+        return None
+    if not (MIN_SECONDS <= ts.seconds <= MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        problems.add(name, "must be a time between 1970 and 9999")
+        return None
+    return from_timestamp(ts)
 
 
 def limit(
@@ -94,8 +123,8 @@ def reason(value: str, problems: Problems, field: str = "reason") -> None:
     """A reason must say something, in at most MAX_REASON characters."""
     if not value.strip():
         problems.add(field, "must say why")
-    elif len(value) > MAX_REASON:
-        problems.add(field, f"longer than {MAX_REASON} characters")
+    else:
+        problems.require_text(field, value, MAX_REASON)
 
 
 def override(
@@ -115,12 +144,13 @@ def override(
     if o.additive and o.period:
         problems.add("period", "an additive override takes the base limit's period")
     reason(o.reason, problems)
+    problems.require_text("granted_by", o.granted_by, MAX_ID_LENGTH)
     if o.request_id:
         problems.add("request_id", "set only by approved credit requests")
-    starts = from_timestamp(o.starts_at) if o.HasField("starts_at") else now
-    expires = opt_datetime(o.expires_at, o.HasField("expires_at"))
-    review = opt_datetime(o.review_at, o.HasField("review_at"))
-    if expires is None and review is None:
+    starts = timestamp("starts_at", o.starts_at, problems, o.HasField("starts_at")) or now
+    expires = timestamp("expires_at", o.expires_at, problems, o.HasField("expires_at"))
+    review = timestamp("review_at", o.review_at, problems, o.HasField("review_at"))
+    if not (o.HasField("expires_at") or o.HasField("review_at")):
         problems.add("expires_at", "an override needs expires_at (temporary) or"
                      " review_at (permanent, reviewed)")  # fmt: skip
     if expires is not None and expires <= max(starts, now):
@@ -136,6 +166,9 @@ def model_policy(p: policy_pb2.ModelPolicy, allowed: list[str]) -> Problems:
     problems.require_id("group_id", p.group_id)
     if any(not m for m in allowed):
         problems.add("allowed_models", "empty model name")
+    else:
+        id_list("allowed_models", allowed, problems)
+    problems.require_text("fallback_model", p.fallback_model, MAX_ID_LENGTH)
     if not 0 <= p.fallback_at_percent <= 100:
         problems.add("fallback_at_percent", "must be between 0 and 100")
     if p.fallback_at_percent and not p.fallback_model:

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quartermaster.money import credits
 from quartermaster.periods import Period, PeriodKind
 from quartermaster.v1 import policy_pb2
-from quartermaster.wire import from_timestamp, timestamp
+from quartermaster.wire import timestamp
 from services.policy.decide import Enforcement, Limit
 from services.policy.directory import GroupInfo, UserInfo
 from services.policy.directory_import import ImportResult
@@ -38,11 +38,13 @@ ENFORCEMENTS = {
 }
 KINDS = {v: k for k, v in PERIODS.items()}
 ENFORCEMENT_OF = {v: k for k, v in ENFORCEMENTS.items()}
+INT64_MAX = 2**63 - 1
 
 
-def opt_datetime(t: Timestamp, has: bool) -> datetime | None:
-    """An optional Timestamp field as an aware datetime (None when unset)."""
-    return from_timestamp(t) if has else None
+def int64(micros: int) -> int:
+    """An amount as an int64 wire field holds it: at most INT64_MAX (a sum past it
+    is shown as INT64_MAX, not refused by protobuf mid-answer)."""
+    return micros if micros < INT64_MAX else INT64_MAX
 
 
 # -- Check, GetBudget, reservations -------------------------------------------------
@@ -54,13 +56,17 @@ def check_response(v: Verdict, reservation_id: str = "") -> policy_pb2.CheckResp
     out = policy_pb2.CheckResponse()
     out.CopyFrom(_template(v.limit, v.period))
     out.decision = v.decision  # type: ignore[assignment]
-    out.used_micros = v.used
-    out.remaining_micros = max(0, v.limit.micros - v.used)
+    used = v.used
+    # Sums (totals plus reservations, pooled totals, stacked overrides) are Python
+    # ints that may pass int64 with enough large entries; the wire field would raise.
+    out.used_micros = used if used < INT64_MAX else INT64_MAX
+    remaining = v.limit.micros - used
+    out.remaining_micros = 0 if remaining < 0 else remaining if remaining < INT64_MAX else INT64_MAX
     out.reason = v.reason
     for p in v.pools:
         out.pools.append(_pool_standing(p))
     if v.reserved:
-        out.reserved_micros = v.reserved
+        out.reserved_micros = int64(v.reserved)
     if reservation_id:
         out.reservation_id = reservation_id
     if v.suggested_model:
@@ -79,7 +85,8 @@ def _pool_standing(p: PoolStanding) -> policy_pb2.PoolStanding:
         if len(_POOL_STANDINGS) > 10_000:
             _POOL_STANDINGS.clear()
         msg = policy_pb2.PoolStanding(
-            group_id=p[0], used_micros=p[1], limit_micros=p[2], remaining_micros=p[3],
+            group_id=p[0], used_micros=int64(p[1]), limit_micros=int64(p[2]),
+            remaining_micros=int64(p[3]),
             period=PERIODS[p[4]],
         )  # fmt: skip
         got = _POOL_STANDINGS[p[0]] = (p, msg)
@@ -98,7 +105,7 @@ def _template(limit: Limit, period: Period) -> policy_pb2.CheckResponse:
             _TEMPLATES.clear()
         start, end = period_stamps(period)
         msg = policy_pb2.CheckResponse(
-            limit_micros=limit.micros,
+            limit_micros=int64(limit.micros),
             limit_source=limit.source,
             period_start=start,
             period_end=end,
@@ -133,15 +140,15 @@ def budget(user_id: str, v: Verdict) -> policy_pb2.Budget:
     start, end = period_stamps(v.period)
     return policy_pb2.Budget(
         user_id=user_id,
-        used_micros=v.used,
-        limit_micros=v.limit.micros,
-        remaining_micros=max(0, v.limit.micros - v.used),
+        used_micros=int64(v.used),
+        limit_micros=int64(v.limit.micros),
+        remaining_micros=int64(max(0, v.limit.micros - v.used)),
         limit_source=v.limit.source,
         period_start=start,
         period_end=end,
         period=PERIODS[v.limit.period],
         enforcement=ENFORCEMENTS[v.limit.enforcement],
-        reserved_micros=v.reserved,
+        reserved_micros=int64(v.reserved),
         pools=[_pool_standing(p) for p in v.pools],
     )
 
@@ -228,7 +235,7 @@ def explanation(snap: Snapshot, user_id: str, now: datetime) -> policy_pb2.Expla
         lines.append(f"{user_id} has no limit: Check refuses until a default is set.")
     else:
         lim = resolved.limit
-        out.limit_micros = lim.micros
+        out.limit_micros = int64(lim.micros)
         out.period = PERIODS[lim.period]
         out.enforcement = ENFORCEMENTS[lim.enforcement]
         out.limit_source = lim.source
@@ -263,12 +270,30 @@ def group_msg(g: GroupInfo) -> policy_pb2.Group:
     )  # fmt: skip
 
 
+# Change lines an ImportReport lists, and their characters (the counts cover them
+# all): a document near gRPC's 4 MB limit could otherwise make an answer past the
+# client's 4 MB limit (each line quotes old and new values).
+MAX_CHANGE_LINES = 1000
+MAX_CHANGE_CHARS = 500_000
+
+
 def import_report(r: ImportResult, dry_run: bool) -> policy_pb2.ImportReport:
-    """ImportDirectory's answer."""
+    """ImportDirectory's answer: the counts, and the first changes (at most
+    MAX_CHANGE_LINES lines and MAX_CHANGE_CHARS characters; then a line saying how
+    many more)."""
+    changes: list[str] = []
+    size = 0
+    for line in r.changes[:MAX_CHANGE_LINES]:
+        size += len(line)
+        if size > MAX_CHANGE_CHARS:
+            break
+        changes.append(line)
+    if len(changes) < len(r.changes):
+        changes.append(f"... and {len(r.changes) - len(changes)} more changes")
     return policy_pb2.ImportReport(
         users_created=r.users_created, users_updated=r.users_updated,
         users_unchanged=r.users_unchanged, groups_created=r.groups_created,
         groups_updated=r.groups_updated, groups_unchanged=r.groups_unchanged,
         memberships_added=r.memberships_added, memberships_removed=r.memberships_removed,
-        changes=r.changes, dry_run=dry_run,
+        changes=changes, dry_run=dry_run,
     )  # fmt: skip

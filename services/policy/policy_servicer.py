@@ -20,6 +20,7 @@ from services.policy import inputs
 from services.policy.directory_import import DirectoryError
 from services.policy.errors import Conflict, NotFound
 from services.policy.evaluator import Evaluator, Verdict
+from services.policy.inputs import MAX_MICROS
 from services.policy.mapping import budget, check_response, reservation_msg
 from services.policy.reservations import Reservation
 from services.policy.rules import NoLimit, Resolved
@@ -64,13 +65,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         user, model, estimated = request.user_id, request.model, request.estimated_micros
         product = request.product
         if not (
-            # The common case, told in a few field reads (strip() returns the very
-            # string when there is nothing to strip); anything else is looked at
-            # field by field.
+            # The common case, told in a few field reads and integer comparisons
+            # (strip() returns the very string when there is nothing to strip);
+            # anything else is looked at field by field. No NUL is looked for here:
+            # this path stores nothing (a Check that reserves goes field by field).
             0 < len(user) <= MAX_ID_LENGTH
             and 0 < len(model) <= MAX_ID_LENGTH
             and 0 < len(product) <= MAX_ID_LENGTH
-            and estimated >= 0
+            and 0 <= estimated <= MAX_MICROS
             and not request.reserve
             and not request.reservation_ttl_seconds
             and user.strip() is user
@@ -158,9 +160,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Commit(
         self, request: policy_pb2.CommitRequest, context: Context
     ) -> policy_pb2.Reservation:
-        problems = inputs.ids(reservation_id=request.reservation_id)
-        problems.require_not_negative("actual_micros", request.actual_micros)
-        await refuse(context, problems)
+        await refuse(context, inputs.commit(request))
         return await self._settle(request.reservation_id, request.actual_micros, context)
 
     async def Release(

@@ -44,9 +44,42 @@ class Admission(Protocol):
     def admitted(self) -> bool: ...
 
 
+def settle_refusal(r: Reservation, expired: bool, actual: int | None) -> str | None:
+    """Why a Commit (`actual` given) or a Release (None) of `r` is refused, or None
+    when it may go ahead. A settled reservation is final: released, committed or
+    expired, it is refused naming that state (FAILED_PRECONDITION), so a Release can
+    no longer take committed spend out of the budget before metering counts it, nor
+    a second Commit overwrite the first. The one exception is the same Commit again
+    (same actual amount, e.g. a retry whose first answer was lost): not refused, the
+    caller answers it with the reservation unchanged (`is_repeat`). A repeated Release
+    is refused as "already released" (PolicyClient.release reads that as done)."""
+    rid = r.reservation_id
+    if r.released:
+        return f"reservation_id: {rid!r} is already released; a settled reservation is final"
+    if r.committed:
+        if actual is not None and actual == r.micros:
+            return None
+        return (
+            f"reservation_id: {rid!r} is already committed (actual_micros={r.micros});"
+            " a settled reservation is final"
+        )
+    if expired:
+        return (
+            f"reservation_id: {rid!r} is already expired (at {r.expires_at.isoformat()});"
+            " its budget is free again and its usage counts when metered"
+        )
+    return None
+
+
+def is_repeat(r: Reservation, actual: int | None) -> bool:
+    """Whether a Commit of `actual` is the one `r` already had (answer `r` as it is)."""
+    return r.committed and actual is not None and actual == r.micros
+
+
 def to_notice(workspace_id: str, r: Reservation) -> str:
     """The NOTIFY payload that tells every replica of a new or changed reservation
-    (short keys: a NOTIFY payload is limited to 8,000 bytes)."""
+    (short keys, and UTF-8 rather than JSON escapes, which take up to 12 bytes a
+    character: a NOTIFY payload is limited to 8,000 bytes)."""
     return json.dumps(
         {
             "w": workspace_id,
@@ -58,7 +91,8 @@ def to_notice(workspace_id: str, r: Reservation) -> str:
             "x": r.expires_at.isoformat(),
             "gone": r.released,
             "s": list(r.settled_in),
-        }
+        },
+        ensure_ascii=False,
     )
 
 

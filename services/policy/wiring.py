@@ -18,6 +18,7 @@ import grpc
 from quartermaster import gcpacing, kafka
 from quartermaster.credentials import Credentials
 from quartermaster.db import connect_pool
+from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
 from quartermaster.notifications import NotificationPublisher
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
@@ -128,6 +129,24 @@ async def _listen(
     return listener
 
 
+def add_servicers(
+    server: grpc.aio.Server,
+    policy: PolicyServicer,
+    admin: PolicyAdminServicer,
+    directory: DirectoryServicer,
+) -> None:
+    """Add policy's three services to `server`, every method guarded
+    (quartermaster.grpcguard: unparsable requests and NUL characters are refused
+    naming the field, a database out of reach answers UNAVAILABLE). Check skips the
+    NUL walk: its common case answers from memory and stores nothing, and a Check
+    that reserves validates its ids itself (inputs.check)."""
+    add_guarded(
+        server, policy_pb2_grpc.add_PolicyServiceServicer_to_server, policy, unchecked={"Check"}
+    )
+    add_guarded(server, policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server, admin)
+    add_guarded(server, policy_pb2_grpc.add_DirectoryServiceServicer_to_server, directory)
+
+
 async def start(settings: PolicySettings, addr: str | None = None) -> RunningPolicy:
     """Start a policy server on `addr` (default: the setting; port 0 picks a free one)."""
     ws, bootstrap = settings.workspace_id, settings.kafka_bootstrap
@@ -159,14 +178,13 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     feed.start()
 
     server = grpc.aio.server()
-    policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-        PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds), server
-    )
     credentials = Credentials(settings.admin_credentials)
-    policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
-        PolicyAdminServicer(limits, directory, evaluator, credentials, refresh.reload), server
+    add_servicers(
+        server,
+        PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds),
+        PolicyAdminServicer(limits, directory, evaluator, credentials, refresh.reload),
+        DirectoryServicer(evaluator),
     )
-    policy_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(evaluator), server)
     served = await serve(addr or settings.addr, SERVICE_NAMES, server)
     log.info("policy listening on port %d", served.port)
 

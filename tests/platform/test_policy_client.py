@@ -12,7 +12,13 @@ import pytest
 
 from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
-from quartermaster.policy_client import SERVICE, FailMode, PolicyClient, PolicyRequestError
+from quartermaster.policy_client import (
+    OUTAGES,
+    SERVICE,
+    FailMode,
+    PolicyClient,
+    PolicyRequestError,
+)
 from quartermaster.v1 import policy_pb2
 from services.policy.wiring import RunningPolicy
 from tests.conftest import MeteringWorker
@@ -165,17 +171,19 @@ class Flaky:
         raise AssertionError("abort raises")
 
 
-async def _serve(servicer: Flaky) -> AsyncIterator[str]:
-    def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            method, request.FromString, response.SerializeToString
-        )
+Behavior = Any  # an async servicer method
+Methods = dict[str, tuple[Behavior, Any, Any]]  # name: (behavior, request, response class)
 
-    server = grpc.aio.server()
+
+async def _serve_methods(methods: Methods) -> AsyncIterator[str]:
+    """A grpc.aio server of PolicyService's `methods` only, on a free port."""
     handlers = {
-        "Check": unary(servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
-        "Commit": unary(servicer.Commit, policy_pb2.CommitRequest, policy_pb2.Reservation),
+        name: grpc.unary_unary_rpc_method_handler(
+            behavior, request.FromString, response.SerializeToString
+        )
+        for name, (behavior, request, response) in methods.items()
     }
+    server = grpc.aio.server()
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -183,6 +191,15 @@ async def _serve(servicer: Flaky) -> AsyncIterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+async def _serve(servicer: Flaky) -> AsyncIterator[str]:
+    methods: Methods = {
+        "Check": (servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
+        "Commit": (servicer.Commit, policy_pb2.CommitRequest, policy_pb2.Reservation),
+    }
+    async for target in _serve_methods(methods):
+        yield target
 
 
 @pytest.mark.parametrize(("retries", "decision", "calls"), [(2, "ALLOW", 3), (1, "DENY", 2)])
@@ -206,3 +223,61 @@ async def test_a_final_answer_is_not_retried() -> None:
                 await client.commit("7d4c6f0e-0000-4000-8000-000000000000", 1)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert flaky.calls == 1
+
+
+class Refusing:
+    """Answers every Check, CheckBatch and Reserve with one status."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+        self.calls = 0
+
+    async def answer(self, request: Any, context: Any) -> Any:
+        self.calls += 1
+        await context.abort(self.code, f"answered {self.code.name}")
+
+
+async def _serve_refusing(servicer: Refusing) -> AsyncIterator[str]:
+    methods: Methods = {
+        "Check": (servicer.answer, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
+        "CheckBatch": (
+            servicer.answer,
+            policy_pb2.CheckBatchRequest,
+            policy_pb2.CheckBatchResponse,
+        ),
+        "Reserve": (servicer.answer, policy_pb2.ReserveRequest, policy_pb2.CheckResponse),
+    }
+    async for target in _serve_methods(methods):
+        yield target
+
+
+REFUSALS = [c for c in grpc.StatusCode if c not in OUTAGES and c != grpc.StatusCode.OK]
+
+
+@pytest.mark.parametrize("code", [*sorted(OUTAGES, key=str), *REFUSALS], ids=lambda c: c.name)
+async def test_only_an_outage_takes_the_fail_mode(code: grpc.StatusCode) -> None:
+    """Issue 14, item 3: a refused request (RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+    PERMISSION_DENIED, ...) raises; a fail-open gateway allows only when policy could
+    not answer. Refusals are asked once (asking again gets the same answer)."""
+    refusing = Refusing(code)
+    async for target in _serve_refusing(refusing):
+        async with PolicyClient(target, fail=FailMode.OPEN, retries=2) as client:
+            batch = [req("ann"), req("bob")]
+            if code in OUTAGES:
+                answers = [
+                    await client.check("ann", "chat", "gpt-5"),
+                    *await client.check_batch(batch),
+                    await client.reserve("ann", "chat", "gpt-5", 1_000, request_id="r-1"),
+                ]
+                assert {a.limit_source for a in answers} == {"fail_open"}
+            else:
+                raised = (grpc.aio.AioRpcError, PolicyRequestError)
+                with pytest.raises(raised):
+                    await client.check("ann", "chat", "gpt-5")
+                with pytest.raises(raised):
+                    await client.check_batch(batch)
+                with pytest.raises(raised):
+                    await client.reserve("ann", "chat", "gpt-5", 1_000, request_id="r-1")
+            assert client.degraded == (4 if code in OUTAGES else 0)
+    retried = code == grpc.StatusCode.UNAVAILABLE
+    assert refusing.calls == (9 if retried else 3)

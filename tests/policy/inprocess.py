@@ -31,12 +31,19 @@ from services.policy.evaluator import Evaluator
 from services.policy.mapping import prepare_response
 from services.policy.model_rules import ModelPolicy
 from services.policy.policy_servicer import PolicyServicer
-from services.policy.reservations import Admission, Reservation, ReservationsView
+from services.policy.reservations import (
+    Admission,
+    Reservation,
+    ReservationsView,
+    is_repeat,
+    settle_refusal,
+)
 from services.policy.rules import Override, Rule, Snapshot
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
 from services.policy.stores.reservations import ReservationStore
 from services.policy.totals import TotalsIndex
+from services.policy.wiring import add_servicers
 
 V = TypeVar("V", bound=Admission)
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -91,8 +98,11 @@ class FakeReservations(ReservationStore):
         found = self.by_id.get(reservation_id)
         if found is None:
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
-        if found.released:
-            raise Conflict(f"reservation_id: {reservation_id!r} was already released")
+        refusal = settle_refusal(found, found.expires_at <= NOW, actual)
+        if refusal is not None:
+            raise Conflict(refusal)
+        if is_repeat(found, actual):
+            return found
         done = (
             replace(found, released=True)
             if actual is None
@@ -189,13 +199,9 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
         reloads.append(1)
 
     server = grpc.aio.server()
-    policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-        PolicyServicer(ev, reservations, 600), server
-    )
     admin = PolicyAdminServicer(limits, dir_store, ev, Credentials({TOKEN: "unit"}), reload,
                                 clock=lambda: NOW)  # fmt: skip
-    policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(admin, server)
-    policy_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(ev), server)
+    add_servicers(server, PolicyServicer(ev, reservations, 600), admin, DirectoryServicer(ev))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -9,10 +9,13 @@ and SQL are tested against real Postgres in test_reservations.py. No infrastruct
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 
 from quartermaster.v1 import policy_pb2, usage_pb2
 from quartermaster.wire import timestamp
+from services.policy.reservations import Reservation
 from tests.policy.inprocess import NOW, InProcess, refused
 
 ALLOW, DENY = policy_pb2.DECISION_ALLOW, policy_pb2.DECISION_DENY
@@ -109,12 +112,33 @@ async def test_reserve_commit_release_map_both_ways(inproc: InProcess) -> None:
         True, 3_000_000, 4_000_000,
     )  # fmt: skip
     assert done.expires_at.ToDatetime().year == 2026
+    # A settled reservation is final: the same Commit again answers the same, any other
+    # settle names its state.
+    repeat = await inproc.policy.Commit(
+        policy_pb2.CommitRequest(reservation_id=made.reservation_id, actual_micros=3_000_000)
+    )
+    assert repeat == done
+    rid = made.reservation_id
+    for late in (
+        inproc.policy.Release(policy_pb2.ReleaseRequest(reservation_id=rid)),
+        inproc.policy.Commit(policy_pb2.CommitRequest(reservation_id=rid, actual_micros=1)),
+    ):
+        err = await refused(late)
+        assert (err.code(), err.details()) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"reservation_id: {rid!r} is already committed (actual_micros=3000000);"
+            " a settled reservation is final",
+        )  # fmt: skip
+    other = await inproc.policy.Reserve(
+        policy_pb2.ReserveRequest(user_id="ann", product="chat", model="gpt-5",
+                                  estimated_micros=1_000, request_id="r-other")
+    )  # fmt: skip
     released = await inproc.policy.Release(
-        policy_pb2.ReleaseRequest(reservation_id=made.reservation_id)
+        policy_pb2.ReleaseRequest(reservation_id=other.reservation_id)
     )
     assert released.released
     twice = await refused(
-        inproc.policy.Release(policy_pb2.ReleaseRequest(reservation_id=made.reservation_id))
+        inproc.policy.Release(policy_pb2.ReleaseRequest(reservation_id=other.reservation_id))
     )
     assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
     unknown = await refused(inproc.policy.Commit(policy_pb2.CommitRequest(reservation_id="x")))
@@ -140,3 +164,17 @@ async def test_reserve_names_every_bad_field_and_denies_past_the_limit(inproc: I
     assert commit.details() == (
         "reservation_id: must not be empty; actual_micros: must not be negative"
     )
+
+
+async def test_sums_past_int64_are_shown_as_int64_not_an_error(inproc: InProcess) -> None:
+    """Issue 14, item 12: a total near int64's end plus a reservation made Check answer
+    UNKNOWN "Value out of range" for that user; sums are shown capped instead."""
+    top = 2**63 - 1
+    _spend(inproc, "ann", top)
+    held = Reservation("r-x", "ann", "req-x", ("eng",), 10**15, NOW + timedelta(days=1))
+    inproc.evaluator.reservations.put(held)
+    got = await inproc.policy.Check(check())
+    assert (got.decision, got.used_micros, got.remaining_micros) == (DENY, top, 0)
+    budget = await inproc.policy.GetBudget(policy_pb2.GetBudgetRequest(user_id="ann"))
+    assert (budget.used_micros, budget.reserved_micros) == (top, 10**15)
+    assert [p.used_micros for p in budget.pools] == [top]

@@ -10,7 +10,13 @@ from typing import Any, TypeVar
 import asyncpg
 
 from services.policy.errors import Conflict, NotFound
-from services.policy.reservations import Admission, Reservation, to_notice
+from services.policy.reservations import (
+    Admission,
+    Reservation,
+    is_repeat,
+    settle_refusal,
+    to_notice,
+)
 
 # NOTIFY channel: every replica puts the reservation in its ReservationsView. Its old
 # name stays: replicas of the previous release listen on it during a rolling update.
@@ -106,22 +112,28 @@ class ReservationStore:
         self, reservation_id: str, actual: int | None, keep_seconds: float
     ) -> Reservation:
         """Commit (actual given: the reservation becomes the actual cost, kept
-        `keep_seconds` for the usage to reach the totals) or release (actual None)."""
+        `keep_seconds` for the usage to reach the totals) or release (actual None).
+        Conflict when it is settled already (reservations.settle_refusal); the same
+        Commit again returns the reservation unchanged."""
         try:
             rid = uuid.UUID(reservation_id)
         except ValueError:
             raise NotFound(f"reservation_id: {reservation_id!r} is not a reservation id") from None
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT * FROM policy.reservations WHERE reservation_id = $1"
-                " AND workspace_id = $2 FOR UPDATE",
+                "SELECT *, expires_at <= now() AS expired FROM policy.reservations"
+                " WHERE reservation_id = $1 AND workspace_id = $2 FOR UPDATE",
                 rid,
                 self.workspace_id,
             )
             if row is None:
                 raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
-            if row["released_at"] is not None:
-                raise Conflict(f"reservation_id: {reservation_id!r} was already released")
+            found = _reservation(row)
+            refusal = settle_refusal(found, row["expired"], actual)
+            if refusal is not None:
+                raise Conflict(refusal)
+            if is_repeat(found, actual):
+                return found
             if actual is None:
                 row = await conn.fetchrow(
                     "UPDATE policy.reservations SET released_at = now()"
