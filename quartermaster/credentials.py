@@ -2,41 +2,22 @@
 
 A service is given `name:token,...` (tokens of 16+ characters); a caller sends
 `authorization: Bearer <token>` metadata; the token's name is the actor recorded
-in the audit trail. Tokens are compared in constant time.
+in the audit trail. Tokens are compared in constant time. The `name:token,...` spec
+itself is parsed by `quartermaster.tokens` (pure: settings import it without gRPC).
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import grpc
-from pydantic import AfterValidator
 
 from quartermaster.grpcserver import abort
+from quartermaster.tokens import TokenSpec, parse_tokens
 
-
-def parse_tokens(spec: str) -> dict[str, str]:
-    """ "name:token,name2:token2" → {token: name}; ValueError names a bad entry."""
-    out: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
-        name, sep, token = part.partition(":")
-        if not sep or not name.strip() or len(token.strip()) < 16:
-            raise ValueError(
-                f"entry {i + 1}: expected name:token with a token of 16 or more characters"
-            )
-        out[token.strip()] = name.strip()
-    return out
-
-
-def _valid_spec(spec: str) -> str:
-    parse_tokens(spec)  # its ValueError names the bad entry
-    return spec
-
-
-TokenSpec = Annotated[str, AfterValidator(_valid_spec)]
-"""A settings field holding "name:token,..." (empty: no credential at all)."""
+__all__ = ["Credentials", "TokenSpec", "parse_tokens"]
 
 
 class Credentials:

