@@ -186,15 +186,15 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
 
 def _check_text(problems: Problems, name: str, value: str, required: bool) -> None:
     """A string that reaches PostgreSQL (a column, a key, an index): not blank when
-    `required`, at most MAX_ID_LENGTH characters and MAX_KEY_BYTES bytes, no NUL."""
-    if required:
-        problems.require_id(name, value)
-    elif len(value) > MAX_ID_LENGTH:
-        problems.add(name, f"longer than {MAX_ID_LENGTH} characters")
-    if len(value) <= MAX_ID_LENGTH and utf8_length(value) > MAX_KEY_BYTES:
+    `required`, at most MAX_ID_LENGTH characters and MAX_KEY_BYTES bytes, storable (no
+    NUL, no lone surrogate: the platform's one wording, `quartermaster.validation`)."""
+    if required and not value.strip():
+        problems.add(name, "must not be empty")
+        return
+    found = len(problems.items)
+    problems.require_text(name, value, MAX_ID_LENGTH)
+    if len(problems.items) == found and utf8_length(value) > MAX_KEY_BYTES:
         problems.add(name, f"longer than {MAX_KEY_BYTES} bytes of UTF-8")
-    if "\0" in value:
-        problems.add(name, "contains a NUL character (PostgreSQL cannot store it)")
 
 
 def _check_texts(event: UsageEvent, problems: Problems) -> None:

@@ -169,7 +169,7 @@ async def test_a_1_mb_invalid_record_goes_to_the_dlq_cut_with_its_size_and_diges
         m for m in found if (m.value() or b"") == big_event.SerializeToString()[:MAX_VALUE_BYTES]
     ]
     assert headers_dict(bad_event.headers())[ERROR_HEADER].startswith(
-        "events[0]: product: contains a NUL character"
+        "events[0]: product: must not contain NUL (U+0000)"
     )
     [keyed] = [m for m in found if m.key() != user.encode()]
     assert keyed.key() == long_key[:MAX_KEY_BYTES]
@@ -240,7 +240,7 @@ async def test_a_nul_in_any_string_that_reaches_postgres_is_a_dlq_reason(
     await eventually(used_of(policy, user), 2 * EVENT_MICROS)
     name = "attributes['cost_center']" if field == "cost_center" else field
     [reason] = await dlq_reasons(infra, user, 1)
-    assert reason == f"{name}: contains a NUL character (PostgreSQL cannot store it)"
+    assert reason == f"{name}: must not contain NUL (U+0000)"
 
 
 async def test_strings_past_what_a_btree_row_holds_are_refused_and_the_longest_allowed_count(
