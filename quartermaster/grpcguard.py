@@ -35,7 +35,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from quartermaster.grpcserver import abort
-from quartermaster.validation import NUL
+from quartermaster.validation import NUL, NUL_PROBLEM
 
 log = logging.getLogger("qm.grpc")
 
@@ -176,7 +176,7 @@ def _behavior(behavior: Behavior, method: str, check_strings: bool) -> Behavior:
         if check_strings:
             bad = nul_field(request)
             if bad is not None:
-                problem = f"{bad}: must not contain NUL (U+0000)"
+                problem = f"{bad}: {NUL_PROBLEM}"
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             return await behavior(request, context)

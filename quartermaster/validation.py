@@ -23,6 +23,8 @@ MAX_TEXT_LENGTH = 2000
 MAX_KEPT = 100
 MAX_SHOWN = 10
 NUL = "\x00"
+# What is said of a field holding NUL, by every service and the gRPC guard alike.
+NUL_PROBLEM = "must not contain NUL (U+0000)"
 
 
 class InvalidRequest(ValueError):
@@ -49,7 +51,7 @@ def text_problem(value: str) -> str | None:
     """Why `value` can't be stored as text, or None: PostgreSQL's text refuses NUL,
     and UTF-8 has no lone surrogates (a JSON document may carry "\\ud800")."""
     if NUL in value:
-        return "must not contain NUL (U+0000)"
+        return NUL_PROBLEM
     if not value.isascii():
         try:
             value.encode()
