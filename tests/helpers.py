@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -146,6 +147,30 @@ async def in_process_server(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield channel
+    finally:
+        await server.stop(None)
+
+
+# name: (async servicer method, request class, response class)
+PolicyMethods = dict[str, tuple[Any, Any, Any]]
+
+
+async def serve_policy_methods(methods: PolicyMethods) -> AsyncIterator[str]:
+    """A grpc.aio stand-in serving only `methods` of PolicyService on a free port; yields
+    its address (for PolicyClient tests that need failures the real server can't make)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            behavior, request.FromString, response.SerializeToString
+        )
+        for name, (behavior, request, response) in methods.items()
+    }
+    server = grpc.aio.server()
+    service = "quartermaster.v1.PolicyService"
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
 

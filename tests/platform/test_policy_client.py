@@ -14,7 +14,6 @@ from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
 from quartermaster.policy_client import (
     OUTAGES,
-    SERVICE,
     FailMode,
     PolicyClient,
     PolicyRequestError,
@@ -22,7 +21,14 @@ from quartermaster.policy_client import (
 from quartermaster.v1 import policy_pb2
 from services.policy.wiring import RunningPolicy
 from tests.conftest import MeteringWorker
-from tests.helpers import eventually, new_user, produce_usage, usage
+from tests.helpers import (
+    PolicyMethods,
+    eventually,
+    new_user,
+    produce_usage,
+    serve_policy_methods,
+    usage,
+)
 
 ONE_CREDIT = {"model": "gpt-5", "input_tokens": 400_000, "output_tokens": 50_000}
 
@@ -171,34 +177,12 @@ class Flaky:
         raise AssertionError("abort raises")
 
 
-Behavior = Any  # an async servicer method
-Methods = dict[str, tuple[Behavior, Any, Any]]  # name: (behavior, request, response class)
-
-
-async def _serve_methods(methods: Methods) -> AsyncIterator[str]:
-    """A grpc.aio server of PolicyService's `methods` only, on a free port."""
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            behavior, request.FromString, response.SerializeToString
-        )
-        for name, (behavior, request, response) in methods.items()
-    }
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
-
-
 async def _serve(servicer: Flaky) -> AsyncIterator[str]:
-    methods: Methods = {
+    methods: PolicyMethods = {
         "Check": (servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
         "Commit": (servicer.Commit, policy_pb2.CommitRequest, policy_pb2.Reservation),
     }
-    async for target in _serve_methods(methods):
+    async for target in serve_policy_methods(methods):
         yield target
 
 
@@ -238,7 +222,7 @@ class Refusing:
 
 
 async def _serve_refusing(servicer: Refusing) -> AsyncIterator[str]:
-    methods: Methods = {
+    methods: PolicyMethods = {
         "Check": (servicer.answer, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
         "CheckBatch": (
             servicer.answer,
@@ -247,7 +231,7 @@ async def _serve_refusing(servicer: Refusing) -> AsyncIterator[str]:
         ),
         "Reserve": (servicer.answer, policy_pb2.ReserveRequest, policy_pb2.CheckResponse),
     }
-    async for target in _serve_methods(methods):
+    async for target in serve_policy_methods(methods):
         yield target
 
 

@@ -16,8 +16,7 @@ import pytest
 
 from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.v1 import policy_pb2
-
-SERVICE = "quartermaster.v1.PolicyService"
+from tests.helpers import PolicyMethods, serve_policy_methods
 
 
 class EveryOtherFails:
@@ -44,26 +43,16 @@ class EveryOtherFails:
 @pytest.fixture
 async def blips() -> AsyncIterator[tuple[str, EveryOtherFails]]:
     servicer = EveryOtherFails()
-
-    def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            method, request.FromString, response.SerializeToString
-        )
-
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
-    handlers = {
-        "Check": unary(servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
-        "CheckBatch": unary(
-            servicer.CheckBatch, policy_pb2.CheckBatchRequest, policy_pb2.CheckBatchResponse
+    methods: PolicyMethods = {
+        "Check": (servicer.Check, policy_pb2.CheckRequest, policy_pb2.CheckResponse),
+        "CheckBatch": (
+            servicer.CheckBatch,
+            policy_pb2.CheckBatchRequest,
+            policy_pb2.CheckBatchResponse,
         ),
     }
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        await server.stop(None)
+    async for target in serve_policy_methods(methods):
+        yield target, servicer
 
 
 async def test_transient_failures_keep_being_retried_over_many_calls(

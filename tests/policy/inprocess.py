@@ -44,6 +44,7 @@ from services.policy.stores.limits import LimitStore
 from services.policy.stores.reservations import ReservationStore
 from services.policy.totals import TotalsIndex
 from services.policy.wiring import add_servicers
+from tests.helpers import in_process_server
 
 V = TypeVar("V", bound=Admission)
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -198,21 +199,18 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
     async def reload() -> None:
         reloads.append(1)
 
-    server = grpc.aio.server()
     admin = PolicyAdminServicer(limits, dir_store, ev, Credentials({TOKEN: "unit"}), reload,
                                 clock=lambda: NOW)  # fmt: skip
-    add_servicers(server, PolicyServicer(ev, reservations, 600), admin, DirectoryServicer(ev))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            yield InProcess(
-                policy_pb2_grpc.PolicyServiceStub(ch), policy_pb2_grpc.PolicyAdminServiceStub(ch),
-                policy_pb2_grpc.DirectoryServiceStub(ch), ev, reservations, limits, dir_store,
-                reloads,
-            )  # fmt: skip
-    finally:
-        await server.stop(0)
+
+    def add(server: grpc.aio.Server) -> None:
+        add_servicers(server, PolicyServicer(ev, reservations, 600), admin, DirectoryServicer(ev))
+
+    async with in_process_server(add) as ch:
+        yield InProcess(
+            policy_pb2_grpc.PolicyServiceStub(ch), policy_pb2_grpc.PolicyAdminServiceStub(ch),
+            policy_pb2_grpc.DirectoryServiceStub(ch), ev, reservations, limits, dir_store,
+            reloads,
+        )  # fmt: skip
 
 
 async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
