@@ -15,9 +15,6 @@ from typing import Any
 import grpc
 
 from quartermaster.grpcserver import abort
-from quartermaster.tokens import TokenSpec, parse_tokens
-
-__all__ = ["Credentials", "TokenSpec", "parse_tokens"]
 
 
 class Credentials:

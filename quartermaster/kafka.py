@@ -1,8 +1,5 @@
-"""Kafka adapters shared by the services (confluent-kafka).
-
-`partition_of` lives in the pure `quartermaster.partitioning` and is re-exported here
-for callers that already hold this module.
-"""
+"""Kafka adapters shared by the services (confluent-kafka). The partition function
+lives in the pure `quartermaster.partitioning`."""
 
 from __future__ import annotations
 
@@ -14,10 +11,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from quartermaster.partitioning import partition_of
 from quartermaster.topics import SPECS
-
-__all__ = ["OutRecord", "Publisher", "ensure_topics", "partition_of", "producer"]
 
 log = logging.getLogger(__name__)
 
