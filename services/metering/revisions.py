@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from services.metering.pricing import (
     CatalogDocument,
+    CatalogError,
     Price,
     PriceCatalog,
     parse_csv,
@@ -54,7 +55,11 @@ def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> Pric
         by_start = dict(models.get(model, []))
         by_start.update(versions)  # the same effective_from: the document's price wins
         models[model] = sorted(by_start.items())
-    return PriceCatalog(models, doc.fallback or old.fallback)
+    aliases = {**old.aliases, **doc.aliases}  # the same alias: the document's model wins
+    try:
+        return PriceCatalog(models, doc.fallback or old.fallback, aliases)
+    except CatalogError as exc:
+        raise CatalogError(f"document: {exc}") from None
 
 
 def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[str]:
@@ -84,6 +89,11 @@ def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[
                 out.append(f"{model}: new version from {when}: {_prices(b[start])}{late}")
             elif a[start] != b[start]:
                 out.append(f"{model}: version from {when}: {_price_diff(a[start], b[start])}{late}")
+    old_aliases = old.aliases if old is not None else {}
+    for alias in sorted(old_aliases.keys() | new.aliases.keys()):
+        was, now_names = old_aliases.get(alias), new.aliases.get(alias)
+        if was != now_names:
+            out.append(f"alias {alias}: {was or '(none)'} -> {now_names or '(none)'}")
     return out
 
 
