@@ -125,6 +125,8 @@ class ModelPrice(_message.Message):
     CACHE_WRITE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    LONG_CONTEXT_ABOVE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    LONG_CONTEXT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty for the fallback price."""
     input: _builtins.int
@@ -133,10 +135,17 @@ class ModelPrice(_message.Message):
     cache_write: _builtins.int
     output: _builtins.int
     reasoning: _builtins.int
+    long_context_above_input_tokens: _builtins.int
+    """Long-context pricing: an event with more input tokens than this (cached and
+    cache-written ones included) has every token priced at `long_context`'s prices.
+    0 and unset: none.
+    """
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
         """Unset for the fallback price."""
 
+    @_builtins.property
+    def long_context(self) -> Global___ModelPrice: ...
     def __init__(
         self,
         *,
@@ -147,10 +156,12 @@ class ModelPrice(_message.Message):
         cache_write: _builtins.int = ...,
         output: _builtins.int = ...,
         reasoning: _builtins.int = ...,
+        long_context_above_input_tokens: _builtins.int = ...,
+        long_context: Global___ModelPrice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "long_context", b"long_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write", b"cache_write", "cached_input", b"cached_input", "effective_from", b"effective_from", "input", b"input", "model", b"model", "output", b"output", "reasoning", b"reasoning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write", b"cache_write", "cached_input", b"cached_input", "effective_from", b"effective_from", "input", b"input", "long_context", b"long_context", "long_context_above_input_tokens", b"long_context_above_input_tokens", "model", b"model", "output", b"output", "reasoning", b"reasoning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import bisect
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -33,13 +33,32 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Price:
-    """Micro-credits per million tokens for each token class."""
+    """Micro-credits per million tokens for each token class, and an optional
+    long-context tier: an event whose input tokens (cached and cache-written ones
+    included) exceed `long_context_above` has every token priced at `long_context`'s
+    prices. Anthropic prices Sonnet 4/4.5 so past 200,000 input tokens (its "long
+    context pricing"; genai-prices' `Tier(start=200000)`)."""
 
     input: int
     cached_input: int
     output: int
     reasoning: int
     cache_write: int
+    long_context_above: int = 0
+    long_context: Price | None = None
+
+    def classes(self) -> dict[str, int]:
+        """{token class: price} of the base tier (in the order changes are told)."""
+        return {"input": self.input, "cached_input": self.cached_input, "output": self.output,
+                "reasoning": self.reasoning, "cache_write": self.cache_write}  # fmt: skip
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The price as the catalog file writes it (what `_price` reads)."""
+        out: dict[str, Any] = self.classes()
+        if self.long_context is not None:
+            tier = {"above_input_tokens": self.long_context_above, **self.long_context.classes()}
+            out["long_context"] = tier
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,9 @@ def micros_of(
     price: Price, input: int, cached: int, written: int, output: int, reasoning: int
 ) -> int:
     """cost_micros of one event's token counts (no Tokens built: metering's hot path)."""
+    tier = price.long_context
+    if tier is not None and input > price.long_context_above:
+        price = tier
     numerator = (
         (input - cached - written) * price.input
         + cached * price.cached_input
@@ -81,10 +103,13 @@ def micros_of(
     return (numerator + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
 
 
-def _price(raw: Any, where: str) -> Price:
+def _price(raw: Any, where: str, tier: bool = False) -> Price:
+    """A version's prices (`tier`: a long-context tier's, with `above_input_tokens`
+    and no tier of its own)."""
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: expected a mapping of token class to price")
-    unknown = set(raw) - {*_CLASSES, "effective_from"}
+    extra = {"above_input_tokens"} if tier else {"effective_from", "long_context"}
+    unknown = set(raw) - {*_CLASSES, *extra}
     if unknown:
         raise CatalogError(f"{where}: unknown token class(es) {sorted(unknown)}")
     values: dict[str, int] = {}
@@ -99,7 +124,18 @@ def _price(raw: Any, where: str) -> Price:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
         values[cls] = v
-    return Price(**values)
+    base = Price(values["input"], values["cached_input"], values["output"], values["reasoning"],
+                 values["cache_write"])  # fmt: skip
+    if tier:
+        above = raw.get("above_input_tokens")
+        if not isinstance(above, int) or isinstance(above, bool) or above < 1:
+            raise CatalogError(f"{where}.above_input_tokens: expected a whole number >= 1")
+        return replace(base, long_context_above=above)
+    if raw.get("long_context") is not None:
+        long = _price(raw["long_context"], f"{where}.long_context", tier=True)
+        return replace(base, long_context_above=long.long_context_above,
+                       long_context=replace(long, long_context_above=0))  # fmt: skip
+    return base
 
 
 def _when(raw: Any, where: str) -> datetime:
@@ -286,9 +322,9 @@ class PriceCatalog:
     def to_mapping(self) -> dict[str, Any]:
         """The catalog as plain data (every class spelled out) that from_mapping reads."""
         return {
-            "fallback": asdict(self.fallback),
+            "fallback": self.fallback.to_mapping(),
             "models": {
-                m: [{"effective_from": t.isoformat(), **asdict(p)} for t, p in v]
+                m: [{"effective_from": t.isoformat(), **p.to_mapping()} for t, p in v]
                 for m, v in self._models.items()
             },
             "aliases": dict(self.aliases),

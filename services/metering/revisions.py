@@ -7,7 +7,7 @@ about it, and `PriceLoad` is the load request, which validates itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -36,13 +36,26 @@ class Revision:
     catalog: PriceCatalog
 
 
+def _flat(p: Price) -> dict[str, int]:
+    """A price's classes, and its long-context tier's as `long_context.<class>`."""
+    out = p.classes()
+    if p.long_context is not None:
+        out["long_context.above_input_tokens"] = p.long_context_above
+        out.update({f"long_context.{k}": v for k, v in p.long_context.classes().items()})
+    return out
+
+
 def _prices(p: Price) -> str:
-    return ", ".join(f"{k} {v}" for k, v in asdict(p).items())
+    return ", ".join(f"{k} {v}" for k, v in _flat(p).items())
 
 
 def _price_diff(a: Price, b: Price) -> str:
-    old, new = asdict(a), asdict(b)
-    return ", ".join(f"{k} {old[k]} -> {new[k]}" for k in old if old[k] != new[k])
+    old, new = _flat(a), _flat(b)
+    return ", ".join(
+        f"{k} {old.get(k, '(none)')} -> {new.get(k, '(none)')}"
+        for k in [*old, *(k for k in new if k not in old)]
+        if old.get(k) != new.get(k)
+    )
 
 
 def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> PriceCatalog:
