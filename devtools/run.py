@@ -15,6 +15,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -115,8 +116,47 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
     return env
 
 
+class ServiceDied(Exception):
+    """A service `make run` started has exited by itself: the run stops (exit status 1)
+    rather than go on showing a system with a part missing."""
+
+
+async def _first_exit(children: list[ChildProcess], every: float = 0.5) -> ServiceDied:
+    """Wait until one of `children` exits by itself; then what to tell the person at the
+    terminal: which one, its exit status, the end of its log."""
+    while True:
+        for child in children:
+            status = child.poll()
+            if status is not None:
+                return ServiceDied(
+                    f"{child.name} exited by itself (status {status}); the end of "
+                    f"{child.log_path}:\n{child.log_tail(20)}"
+                )
+        await asyncio.sleep(every)
+
+
+async def _until_first_exit(work: Awaitable[object], children: list[ChildProcess]) -> None:
+    """Run `work` (the simulator, or waiting for Ctrl-C) while watching `children`.
+
+    Raises ServiceDied when a child exits first (work is cancelled); an error in
+    `work` itself is raised as it is."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_first_exit(children))
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if job.done():
+            job.result()
+            return
+        raise watch.result()
+    finally:
+        for task in (job, watch):
+            task.cancel()
+        await asyncio.gather(job, watch, return_exceptions=True)
+
+
 async def _main(dev: DevSettings, policy: PolicySettings) -> None:
-    """Runs until cancelled (Ctrl-C); every `finally` on the way out stops what it started."""
+    """Runs until cancelled (Ctrl-C) or until a service dies (ServiceDied); every
+    `finally` on the way out stops what it started."""
     say("Quartermaster: starting PostgreSQL and the Kafka-protocol broker ...")
     with open_infra(
         dev.run_dir,
@@ -162,10 +202,16 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             if dev.demo_traffic:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")
-                await simulator.run(infra.kafka_bootstrap, policy.addr, policy.workspace_id)
+                work: Awaitable[object] = simulator.run(
+                    infra.kafka_bootstrap, policy.addr, policy.workspace_id
+                )
             else:
                 say("QM_DEMO_TRAFFIC=0: no demo traffic. Press Ctrl-C to stop.")
-                await asyncio.Event().wait()
+                work = asyncio.Event().wait()
+            await _until_first_exit(work, children)
+        except ServiceDied as died:
+            say(f"\n{died}")  # first, before the shutdown's lines
+            raise
         finally:
             say("\nStopping ...")
             for child in reversed(children):
@@ -181,17 +227,24 @@ def main() -> None:
     policy = PolicySettings.from_env()  # valid: checked just above
     telemetry.setup("devstack", "WARNING")
 
-    async def runner() -> None:
+    async def runner() -> int:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await _main(dev, policy)
+        except asyncio.CancelledError:
+            pass
+        except ServiceDied:
+            say("Stopped everything, as a part of the system had died: fix what its log "
+                "says, then `make run` again.")  # fmt: skip
+            return 1
         say("Stopped. Bye.")
+        return 0
 
-    asyncio.run(runner())
+    sys.exit(asyncio.run(runner()))
 
 
 if __name__ == "__main__":

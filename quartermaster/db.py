@@ -15,6 +15,28 @@ from pathlib import Path
 
 import asyncpg
 
+# Exceptions that mean PostgreSQL is out of reach, not that a request or the code is
+# wrong: retried by workers, UNAVAILABLE to gRPC callers (quartermaster.grpcguard).
+# OSError covers refused and reset connections, DNS failures and (since Python 3.11)
+# TimeoutError, which asyncpg and asyncio.wait_for raise; asyncpg's own say a
+# connection was lost, or PostgreSQL is starting, stopping, cancelled the statement
+# (statement_timeout) or is out of connections, memory or disk.
+OUTAGES: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says PostgreSQL (or the network to it) is out of reach (OUTAGES).
+    asyncpg also raises a plain InterfaceError for a connection or pool that was closed
+    under the call (PostgreSQL went away, or the server is stopping): only those count."""
+    if isinstance(exc, OUTAGES):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
 
 def _dbmate() -> str:
     beside = Path(sys.executable).parent / "dbmate"

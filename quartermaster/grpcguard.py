@@ -28,38 +28,16 @@ import uuid
 from collections.abc import Callable, Collection
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from quartermaster.db import is_outage
 from quartermaster.grpcserver import abort
 from quartermaster.validation import NUL, NUL_PROBLEM
 
 log = logging.getLogger("qm.grpc")
-
-# Exceptions that mean a dependency is out of reach, not that the request or the code
-# is wrong. OSError covers refused and reset connections, DNS failures, and (since
-# Python 3.11) TimeoutError, which asyncpg and asyncio.wait_for raise; asyncpg's own
-# say a connection was lost or PostgreSQL is starting, stopping or full.
-OUTAGES: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether `exc` says a dependency is out of reach (see OUTAGES). asyncpg also
-    raises a plain InterfaceError for a connection or pool that was closed under the
-    call (PostgreSQL went away, or the server is stopping): only those count."""
-    if isinstance(exc, OUTAGES):
-        return True
-    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
 class Undecodable:

@@ -1,18 +1,35 @@
-"""From providers' usage objects to `UsageEvent`, exactly as they bill.
+"""From providers' usage objects to `UsageEvent`, exactly as they bill, however the call ended.
 
 - OpenAI Chat Completions: `usage.prompt_tokens` (cached ones included, detailed in
   `prompt_tokens_details.cached_tokens`) and `completion_tokens` (reasoning included,
   `completion_tokens_details.reasoning_tokens`). A streamed completion carries its
   usage only on the final chunk, and only with `stream_options={"include_usage":
   True}`: `from_openai_chat_stream` refuses a stream without it rather than record
-  a free call.
+  a free call. `finish_reason` "length" or "content_filter" is an INCOMPLETE ending.
 - OpenAI Responses: `usage.input_tokens` / `input_tokens_details.cached_tokens`,
   `output_tokens` / `output_tokens_details.reasoning_tokens`; streamed, on the
-  `response.completed` event's `response.usage`.
+  terminal event's `response.usage`: `response.completed`, `response.incomplete`
+  (stopped at `max_output_tokens` or by a content filter, billed for what it
+  produced) or `response.failed` (billed when it carries usage).
 - Anthropic Messages: `usage.input_tokens` counts only uncached input;
   `cache_read_input_tokens` and `cache_creation_input_tokens` come on top. Streamed,
   `message_start` carries the input side and each `message_delta` the cumulative
-  output so far.
+  output so far; a stream without `message_stop` (a dropped connection, an `error`
+  event such as `overloaded_error`) is recorded with what it showed, CUT_OFF.
+  `stop_reason` "max_tokens", "refusal" or "model_context_window_exceeded" is an
+  INCOMPLETE ending.
+
+Sources: OpenAI's API reference (Chat Completions `usage` and `stream_options`;
+Responses streaming events), Anthropic's Messages API and streaming reference.
+
+Each event's `ending` (UsageEvent.CallEnding) says how the call ended; its tokens are
+priced the same either way. Only what carries no usage at all is refused
+(`UsageMissing`): recording it would make the call free.
+
+`event_id`, unless given, is derived from the provider's id of the call
+(`openai:chatcmpl-...`, `openai:resp_...`, `anthropic:msg_...`), so reporting the
+same response twice (a gateway retrying after a crash) counts it once: metering
+dedupes on event_id. A response without an id gets a random one.
 
 Objects may be dicts (parsed JSON) or the SDKs' models (anything with attributes).
 """
@@ -24,8 +41,24 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from quartermaster.v1.usage_pb2 import UsageEvent
+from quartermaster.v1.usage_pb2 import CallEnding, UsageEvent
+from quartermaster.validation import MAX_ID_LENGTH
 from quartermaster.wire import timestamp
+
+COMPLETED = CallEnding.CALL_ENDING_COMPLETED
+INCOMPLETE = CallEnding.CALL_ENDING_INCOMPLETE
+FAILED = CallEnding.CALL_ENDING_FAILED
+CUT_OFF = CallEnding.CALL_ENDING_CUT_OFF
+
+# How each provider says a call was stopped early (billed for what it produced).
+_OPENAI_STOPPED_EARLY = frozenset({"length", "content_filter"})
+_ANTHROPIC_STOPPED_EARLY = frozenset({"max_tokens", "refusal", "model_context_window_exceeded"})
+# Responses API `status` → ending; "cancelled" is a background response stopped early.
+_RESPONSE_STATUS = {"completed": COMPLETED, "incomplete": INCOMPLETE, "cancelled": INCOMPLETE,
+                    "failed": FAILED}  # fmt: skip
+_RESPONSE_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_ANTHROPIC_USAGE = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
+                    "output_tokens")  # fmt: skip
 
 
 class UsageMissing(ValueError):
@@ -46,41 +79,47 @@ def _int(obj: Any, *path: str) -> int:
     return int(obj or 0)
 
 
+def event_id_of(provider: str, call_id: str) -> str:
+    """The event id of the call `call_id` of `provider` ("openai", "anthropic"): the
+    same for every report of that call; random when there is no id. An id too long to
+    be an event id is replaced by a UUID derived from it (uuid5), the same every time."""
+    if not call_id:
+        return str(uuid.uuid4())
+    derived = f"{provider}:{call_id}"
+    if len(derived) <= MAX_ID_LENGTH:
+        return derived
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, derived))
+
+
 def _event(
-    *,
-    user_id: str,
-    product: str,
-    model: str,
-    input_tokens: int,
-    cached: int,
-    cache_write: int,
-    output: int,
-    reasoning: int,
-    source: str,
-    request_id: str,
-    occurred_at: datetime | None,
-    event_id: str | None,
-    attributes: Mapping[str, str] | None,
-) -> UsageEvent:
+    *, provider: str, call: Any, usage: Mapping[str, int], ending: int, source: str,
+    user_id: str, product: str, kw: dict[str, Any],
+) -> UsageEvent:  # fmt: skip
+    """The event of one call: `call` gives the model and the provider's id, `usage`
+    the token counts (input, cached, cache_write, output, reasoning), `kw` the caller's
+    optional keywords (model, source, request_id, occurred_at, event_id, attributes)."""
+    call_id = str(_get(call, "id") or "")
+    occurred_at = kw.pop("occurred_at", None) or datetime.now(UTC)
     return UsageEvent(
-        event_id=event_id or str(uuid.uuid4()),
-        occurred_at=timestamp(occurred_at or datetime.now(UTC)),
+        event_id=kw.pop("event_id", None) or event_id_of(provider, call_id),
+        occurred_at=timestamp(occurred_at),
         user_id=user_id,
         product=product,
-        model=model,
-        input_tokens=input_tokens,
-        cached_input_tokens=cached,
-        cache_write_input_tokens=cache_write,
-        output_tokens=output,
-        reasoning_tokens=reasoning,
-        request_id=request_id,
-        source=source,
-        attributes=dict(attributes or {}),
+        model=_get(call, "model") or kw.pop("model", ""),
+        input_tokens=usage["input"],
+        cached_input_tokens=usage["cached"],
+        cache_write_input_tokens=usage["cache_write"],
+        output_tokens=usage["output"],
+        reasoning_tokens=usage["reasoning"],
+        request_id=kw.pop("request_id", "") or call_id,
+        source=kw.pop("source", source),
+        attributes=dict(kw.pop("attributes", None) or {}),
+        ending=ending,  # type: ignore[arg-type]  # the stub wants the enum's own type
     )
 
 
 def _openai(
-    response: Any, names: tuple[str, str, str, str], source: str,
+    response: Any, names: tuple[str, str, str, str], source: str, ending: int,
     user_id: str, product: str, kw: dict[str, Any],
 ) -> UsageEvent:  # fmt: skip
     """Both OpenAI APIs: (input, input details, output, output details) field names."""
@@ -88,94 +127,122 @@ def _openai(
     if usage is None:
         raise UsageMissing("the OpenAI response has no usage")
     inp, inp_details, out, out_details = names
-    return _event(
-        user_id=user_id, product=product,
-        model=_get(response, "model") or kw.pop("model", ""),
-        input_tokens=_int(usage, inp), cached=_int(usage, inp_details, "cached_tokens"),
-        cache_write=0, output=_int(usage, out),
-        reasoning=_int(usage, out_details, "reasoning_tokens"),
-        source=kw.pop("source", source),
-        request_id=kw.pop("request_id", "") or (_get(response, "id") or ""),
-        occurred_at=kw.pop("occurred_at", None), event_id=kw.pop("event_id", None),
-        attributes=kw.pop("attributes", None),
-    )  # fmt: skip
+    counts = {
+        "input": _int(usage, inp), "cached": _int(usage, inp_details, "cached_tokens"),
+        "cache_write": 0, "output": _int(usage, out),
+        "reasoning": _int(usage, out_details, "reasoning_tokens"),
+    }  # fmt: skip
+    return _event(provider="openai", call=response, usage=counts, ending=ending, source=source,
+                  user_id=user_id, product=product, kw=kw)  # fmt: skip
+
+
+def _chat_ending(finish_reasons: Iterable[Any]) -> int:
+    reasons = {r for r in finish_reasons if r}
+    return INCOMPLETE if reasons & _OPENAI_STOPPED_EARLY else COMPLETED
 
 
 def from_openai_chat(response: Any, *, user_id: str, product: str, **kw: Any) -> UsageEvent:
     """A Chat Completions response (or its final streamed chunk) → UsageEvent.
-    Optional keywords: model, source, request_id, occurred_at, event_id, attributes."""
+    Optional keywords: model, source, request_id, occurred_at, event_id, attributes.
+    Raises UsageMissing when it has no usage."""
     names = ("prompt_tokens", "prompt_tokens_details", "completion_tokens",
              "completion_tokens_details")  # fmt: skip
-    return _openai(response, names, "openai/chat", user_id, product, kw)
+    ending = kw.pop("ending", None)
+    if ending is None:
+        ending = _chat_ending(_get(c, "finish_reason") for c in _get(response, "choices") or ())
+    return _openai(response, names, "openai/chat", ending, user_id, product, kw)
 
 
 def from_openai_chat_stream(chunks: Iterable[Any], **kw: Any) -> UsageEvent:
-    """The usage of a streamed chat completion, from its final chunk."""
+    """The usage of a streamed chat completion, from its final chunk; the ending from
+    the chunks' `finish_reason`. Raises UsageMissing when no chunk carried usage (the
+    request lacked `include_usage`, or the stream was cut before its last chunk)."""
     last = None
+    reasons: list[Any] = []
     for chunk in chunks:
+        reasons.extend(_get(c, "finish_reason") for c in _get(chunk, "choices") or ())
         if _get(chunk, "usage") is not None:
             last = chunk
     if last is None:
-        raise UsageMissing(
-            'the stream carried no usage: request it with stream_options={"include_usage": True}'
+        why = (
+            "it was cut off before its final chunk"
+            if not any(reasons)
+            else 'request it with stream_options={"include_usage": True}'
         )
-    return from_openai_chat(last, **kw)
+        raise UsageMissing(f"the stream carried no usage: {why}")
+    return from_openai_chat(last, ending=_chat_ending(reasons), **kw)
 
 
 def from_openai_response(response: Any, *, user_id: str, product: str, **kw: Any) -> UsageEvent:
-    """A Responses API response (or a `response.completed` stream event) → UsageEvent."""
-    if _get(response, "type") == "response.completed":
+    """A Responses API response, or a stream's terminal event (`response.completed`,
+    `response.incomplete`, `response.failed`) → UsageEvent, its ending from the
+    response's `status`. Raises UsageMissing when it has no usage (a failed response
+    that billed nothing)."""
+    if _get(response, "type") in _RESPONSE_TERMINAL:
         response = _get(response, "response")
+    ending = _RESPONSE_STATUS.get(_get(response, "status") or "completed", COMPLETED)
+    if _get(response, "usage") is None and ending == FAILED:
+        raise UsageMissing("the response failed and carries no usage: nothing was billed")
     names = ("input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details")
-    return _openai(response, names, "openai/responses", user_id, product, kw)
+    return _openai(response, names, "openai/responses", ending, user_id, product, kw)
 
 
 def from_openai_response_stream(events: Iterable[Any], **kw: Any) -> UsageEvent:
+    """A Responses stream's usage, from its terminal event (see from_openai_response).
+    Raises UsageMissing when the stream ended without one: usage comes only there."""
     for event in events:
-        if _get(event, "type") == "response.completed":
+        if _get(event, "type") in _RESPONSE_TERMINAL:
             return from_openai_response(event, **kw)
-    raise UsageMissing("the stream ended without a response.completed event")
+    raise UsageMissing(
+        "the stream ended without a terminal event (response.completed, response.incomplete"
+        " or response.failed), the only ones that carry usage"
+    )
 
 
 def from_anthropic_message(message: Any, *, user_id: str, product: str, **kw: Any) -> UsageEvent:
-    """An Anthropic Messages response → UsageEvent (input counts every input token)."""
+    """An Anthropic Messages response → UsageEvent (input counts every input token);
+    its ending from `stop_reason`. Raises UsageMissing when it has no usage."""
     usage = _get(message, "usage")
     if usage is None:
         raise UsageMissing("the message has no usage")
     plain = _int(usage, "input_tokens")
     read = _int(usage, "cache_read_input_tokens")
     written = _int(usage, "cache_creation_input_tokens")
-    return _event(
-        user_id=user_id, product=product, model=_get(message, "model") or kw.pop("model", ""),
-        input_tokens=plain + read + written, cached=read, cache_write=written,
-        output=_int(usage, "output_tokens"), reasoning=0,
-        source=kw.pop("source", "anthropic/messages"), request_id=kw.pop("request_id", "")
-        or (_get(message, "id") or ""),
-        occurred_at=kw.pop("occurred_at", None), event_id=kw.pop("event_id", None),
-        attributes=kw.pop("attributes", None),
-    )  # fmt: skip
+    counts = {"input": plain + read + written, "cached": read, "cache_write": written,
+              "output": _int(usage, "output_tokens"), "reasoning": 0}  # fmt: skip
+    ending = kw.pop("ending", None)
+    if ending is None:
+        stopped_early = _get(message, "stop_reason") in _ANTHROPIC_STOPPED_EARLY
+        ending = INCOMPLETE if stopped_early else COMPLETED
+    return _event(provider="anthropic", call=message, usage=counts, ending=ending,
+                  source="anthropic/messages", user_id=user_id, product=product, kw=kw)  # fmt: skip
 
 
 def from_anthropic_stream(events: Iterable[Any], **kw: Any) -> UsageEvent:
     """A streamed Anthropic message: input from `message_start`, output (cumulative)
-    from the last `message_delta`."""
+    from the last `message_delta`, the ending from its `stop_reason`, or CUT_OFF when
+    the stream ended before `message_stop`. Raises UsageMissing without `message_start`."""
     message: Any = None
     usage: dict[str, int] = {}
+    stop_reason = None
+    stopped = False
     for event in events:
         kind = _get(event, "type")
         if kind == "message_start":
             message = _get(event, "message")
             start = _get(message, "usage")
-            for name in ("input_tokens", "cache_read_input_tokens",
-                         "cache_creation_input_tokens", "output_tokens"):  # fmt: skip
-                usage[name] = _int(start, name)
+            usage = {name: _int(start, name) for name in _ANTHROPIC_USAGE}
         elif kind == "message_delta":
             delta = _get(event, "usage")
-            for name in ("input_tokens", "cache_read_input_tokens",
-                         "cache_creation_input_tokens", "output_tokens"):  # fmt: skip
+            for name in _ANTHROPIC_USAGE:
                 if _get(delta, name) is not None:  # cumulative: the latest wins
                     usage[name] = _int(delta, name)
+            stop_reason = _get(_get(event, "delta"), "stop_reason") or stop_reason
+        elif kind == "message_stop":
+            stopped = True
     if message is None:
         raise UsageMissing("the stream had no message_start event")
-    whole = {"model": _get(message, "model"), "id": _get(message, "id"), "usage": usage}
-    return from_anthropic_message(whole, **kw)
+    whole = {"model": _get(message, "model"), "id": _get(message, "id"), "usage": usage,
+             "stop_reason": stop_reason}  # fmt: skip
+    ending = kw.pop("ending", None) or (None if stopped else CUT_OFF)
+    return from_anthropic_message(whole, ending=ending, **kw)

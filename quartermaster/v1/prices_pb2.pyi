@@ -125,6 +125,8 @@ class ModelPrice(_message.Message):
     CACHE_WRITE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    LONG_CONTEXT_ABOVE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    LONG_CONTEXT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty for the fallback price."""
     input: _builtins.int
@@ -133,10 +135,17 @@ class ModelPrice(_message.Message):
     cache_write: _builtins.int
     output: _builtins.int
     reasoning: _builtins.int
+    long_context_above_input_tokens: _builtins.int
+    """Long-context pricing: an event with more input tokens than this (cached and
+    cache-written ones included) has every token priced at `long_context`'s prices.
+    0 and unset: none.
+    """
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
         """Unset for the fallback price."""
 
+    @_builtins.property
+    def long_context(self) -> Global___ModelPrice: ...
     def __init__(
         self,
         *,
@@ -147,10 +156,12 @@ class ModelPrice(_message.Message):
         cache_write: _builtins.int = ...,
         output: _builtins.int = ...,
         reasoning: _builtins.int = ...,
+        long_context_above_input_tokens: _builtins.int = ...,
+        long_context: Global___ModelPrice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "long_context", b"long_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write", b"cache_write", "cached_input", b"cached_input", "effective_from", b"effective_from", "input", b"input", "model", b"model", "output", b"output", "reasoning", b"reasoning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write", b"cache_write", "cached_input", b"cached_input", "effective_from", b"effective_from", "input", b"input", "long_context", b"long_context", "long_context_above_input_tokens", b"long_context_above_input_tokens", "model", b"model", "output", b"output", "reasoning", b"reasoning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,7 +177,9 @@ class ListPricesRequest(_message.Message):
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Empty means all models."""
+        """Empty means all models. Each is the model its id names (a dated snapshot lists
+        its family unless priced on its own); NOT_FOUND names those naming none.
+        """
 
     def __init__(
         self,
@@ -186,9 +199,30 @@ Global___ListPricesRequest: _TypeAlias = ListPricesRequest  # noqa: Y015
 class ListPricesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AliasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REVISION_FIELD_NUMBER: _builtins.int
     PRICES_FIELD_NUMBER: _builtins.int
     FALLBACK_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     @_builtins.property
     def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPrice]:
@@ -198,16 +232,25 @@ class ListPricesResponse(_message.Message):
 
     @_builtins.property
     def fallback(self) -> Global___ModelPrice: ...
+    @_builtins.property
+    def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Other names for catalog models: an id (lower case) or an fnmatch glob -> the
+        model. Dated snapshots, routing prefixes, Bedrock, Vertex and -latest ids need
+        none (quartermaster.model_ids). Only those naming a listed model when `models`
+        was given.
+        """
+
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
         prices: _abc.Iterable[Global___ModelPrice] | None = ...,
         fallback: Global___ModelPrice | None = ...,
+        aliases: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fallback", b"fallback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback", b"fallback", "prices", b"prices", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "fallback", b"fallback", "prices", b"prices", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,50 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CallEnding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallEndingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallEnding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_ENDING_UNSPECIFIED: _CallEnding.ValueType  # 0
+    """Not said (reporters from before this field): taken as completed."""
+    CALL_ENDING_COMPLETED: _CallEnding.ValueType  # 1
+    """It finished: a stop, a stop sequence, a tool call."""
+    CALL_ENDING_INCOMPLETE: _CallEnding.ValueType  # 2
+    """The provider stopped it early and billed what it produced: the output-token
+    limit, a content filter, a refusal, a cancellation. OpenAI `response.incomplete`,
+    `finish_reason` "length" or "content_filter"; Anthropic `stop_reason`
+    "max_tokens", "refusal" or "model_context_window_exceeded".
+    """
+    CALL_ENDING_FAILED: _CallEnding.ValueType  # 3
+    """The provider failed it and still reported usage (OpenAI `response.failed`)."""
+    CALL_ENDING_CUT_OFF: _CallEnding.ValueType  # 4
+    """The stream ended before its final event (a dropped connection, an error event):
+    the tokens are those seen so far, a lower bound of what was billed.
+    """
+
+class CallEnding(_CallEnding, metaclass=_CallEndingEnumTypeWrapper):
+    """How a model call ended, as its provider told it (quartermaster.provider_usage)."""
+
+CALL_ENDING_UNSPECIFIED: CallEnding.ValueType  # 0
+"""Not said (reporters from before this field): taken as completed."""
+CALL_ENDING_COMPLETED: CallEnding.ValueType  # 1
+"""It finished: a stop, a stop sequence, a tool call."""
+CALL_ENDING_INCOMPLETE: CallEnding.ValueType  # 2
+"""The provider stopped it early and billed what it produced: the output-token
+limit, a content filter, a refusal, a cancellation. OpenAI `response.incomplete`,
+`finish_reason` "length" or "content_filter"; Anthropic `stop_reason`
+"max_tokens", "refusal" or "model_context_window_exceeded".
+"""
+CALL_ENDING_FAILED: CallEnding.ValueType  # 3
+"""The provider failed it and still reported usage (OpenAI `response.failed`)."""
+CALL_ENDING_CUT_OFF: CallEnding.ValueType  # 4
+"""The stream ended before its final event (a dropped connection, an error event):
+the tokens are those seen so far, a lower bound of what was billed.
+"""
+Global___CallEnding: _TypeAlias = CallEnding  # noqa: Y015
+
 class _SubjectKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -102,6 +146,7 @@ class UsageEvent(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    ENDING_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per model call; the dedupe key at every at-least-once boundary."""
     workspace_id: _builtins.str
@@ -122,6 +167,10 @@ class UsageEvent(_message.Message):
     cache_write_input_tokens: _builtins.int
     """Input tokens written to the provider's prompt cache (a subset of input_tokens,
     priced as the catalog's cache_write class; Anthropic's cache_creation_input_tokens).
+    """
+    ending: Global___CallEnding.ValueType
+    """How the call ended. Its tokens are priced the same whatever the ending: a
+    provider bills a call that stopped early for what it used.
     """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -146,10 +195,11 @@ class UsageEvent(_message.Message):
         source: _builtins.str = ...,
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cache_write_input_tokens: _builtins.int = ...,
+        ending: Global___CallEnding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "event_id", b"event_id", "input_tokens", b"input_tokens", "model", b"model", "occurred_at", b"occurred_at", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "source", b"source", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "ending", b"ending", "event_id", b"event_id", "input_tokens", b"input_tokens", "model", b"model", "occurred_at", b"occurred_at", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "source", b"source", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

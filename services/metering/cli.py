@@ -152,6 +152,8 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
         listed = stub.ListPrices(req, timeout=60)
         rows = [_price_row(p) for p in (*listed.prices, listed.fallback)]
         _write(rows, header, ns.format, out)
+        if ns.format != "csv":  # the CSV stays one table a spreadsheet reads
+            out.writelines(f"alias {a} -> {m}\n" for a, m in sorted(listed.aliases.items()))
     else:
         history = stub.PriceHistory(prices_pb2.PriceHistoryRequest(model=ns.model), timeout=60)
         if history.versions:

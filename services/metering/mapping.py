@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -155,7 +154,13 @@ def price_load(req: prices_pb2.LoadPricesRequest) -> PriceLoad:
 
 def model_price(model: str, start: datetime | None, p: Price) -> prices_pb2.ModelPrice:
     """A model's price version (`model` "" and `start` None: the fallback price)."""
-    out = prices_pb2.ModelPrice(model=model, **asdict(p))
+    out = prices_pb2.ModelPrice(
+        model=model, input=p.input, cached_input=p.cached_input, cache_write=p.cache_write,
+        output=p.output, reasoning=p.reasoning,
+    )  # fmt: skip
+    if p.long_context is not None:
+        out.long_context_above_input_tokens = p.long_context_above
+        out.long_context.CopyFrom(model_price(model, None, p.long_context))
     if start is not None:
         out.effective_from.CopyFrom(timestamp(start))
     return out

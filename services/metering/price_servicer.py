@@ -81,8 +81,10 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
         self, request: prices_pb2.ListPricesRequest, context: Context
     ) -> prices_pb2.ListPricesResponse:
         current = await self._current(context)
-        models = current.catalog.models
-        unknown = sorted(set(request.models) - models.keys())
+        catalog = current.catalog
+        models = catalog.models
+        asked = {m: catalog.resolve(m) for m in request.models}
+        unknown = sorted(m for m, key in asked.items() if key is None)
         if unknown:
             await abort(
                 context,
@@ -94,10 +96,12 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
             revision=current.revision,
             fallback=mapping.model_price("", None, current.catalog.fallback),
         )
-        for model in sorted(request.models or models):
+        listed = {key for key in asked.values() if key is not None} or models.keys()
+        for model in sorted(listed):
             in_force = [(t, p) for t, p in models[model] if t <= at]
             if in_force:
                 out.prices.append(mapping.model_price(model, *in_force[-1]))
+        out.aliases.update({a: m for a, m in catalog.aliases.items() if m in listed})
         return out
 
     async def PriceHistory(

@@ -1,4 +1,10 @@
-"""The price catalog: exact integer pricing of token usage into micro-credits."""
+"""The price catalog: exact integer pricing of token usage into micro-credits.
+
+A model id is priced as the catalog model it names (quartermaster.model_ids): a key,
+a dated snapshot or routed form of one, or an alias the catalog lists (`aliases`:
+exact ids such as Azure deployment names, or fnmatch globs), so `gpt-5-2025-08-07`
+and `openai/gpt-5` pay gpt-5's price, while a snapshot with a price of its own keeps it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,15 @@ import bisect
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from quartermaster.model_ids import resolve_model
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 _CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
@@ -24,13 +33,32 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Price:
-    """Micro-credits per million tokens for each token class."""
+    """Micro-credits per million tokens for each token class, and an optional
+    long-context tier: an event whose input tokens (cached and cache-written ones
+    included) exceed `long_context_above` has every token priced at `long_context`'s
+    prices. Anthropic prices Sonnet 4/4.5 so past 200,000 input tokens (its "long
+    context pricing"; genai-prices' `Tier(start=200000)`)."""
 
     input: int
     cached_input: int
     output: int
     reasoning: int
     cache_write: int
+    long_context_above: int = 0
+    long_context: Price | None = None
+
+    def classes(self) -> dict[str, int]:
+        """{token class: price} of the base tier (in the order changes are told)."""
+        return {"input": self.input, "cached_input": self.cached_input, "output": self.output,
+                "reasoning": self.reasoning, "cache_write": self.cache_write}  # fmt: skip
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The price as the catalog file writes it (what `_price` reads)."""
+        out: dict[str, Any] = self.classes()
+        if self.long_context is not None:
+            tier = {"above_input_tokens": self.long_context_above, **self.long_context.classes()}
+            out["long_context"] = tier
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +90,9 @@ def micros_of(
     price: Price, input: int, cached: int, written: int, output: int, reasoning: int
 ) -> int:
     """cost_micros of one event's token counts (no Tokens built: metering's hot path)."""
+    tier = price.long_context
+    if tier is not None and input > price.long_context_above:
+        price = tier
     numerator = (
         (input - cached - written) * price.input
         + cached * price.cached_input
@@ -72,10 +103,13 @@ def micros_of(
     return (numerator + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
 
 
-def _price(raw: Any, where: str) -> Price:
+def _price(raw: Any, where: str, tier: bool = False) -> Price:
+    """A version's prices (`tier`: a long-context tier's, with `above_input_tokens`
+    and no tier of its own)."""
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: expected a mapping of token class to price")
-    unknown = set(raw) - {*_CLASSES, "effective_from"}
+    extra = {"above_input_tokens"} if tier else {"effective_from", "long_context"}
+    unknown = set(raw) - {*_CLASSES, *extra}
     if unknown:
         raise CatalogError(f"{where}: unknown token class(es) {sorted(unknown)}")
     values: dict[str, int] = {}
@@ -90,7 +124,18 @@ def _price(raw: Any, where: str) -> Price:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
         values[cls] = v
-    return Price(**values)
+    base = Price(values["input"], values["cached_input"], values["output"], values["reasoning"],
+                 values["cache_write"])  # fmt: skip
+    if tier:
+        above = raw.get("above_input_tokens")
+        if not isinstance(above, int) or isinstance(above, bool) or above < 1:
+            raise CatalogError(f"{where}.above_input_tokens: expected a whole number >= 1")
+        return replace(base, long_context_above=above)
+    if raw.get("long_context") is not None:
+        long = _price(raw["long_context"], f"{where}.long_context", tier=True)
+        return replace(base, long_context_above=long.long_context_above,
+                       long_context=replace(long, long_context_above=0))  # fmt: skip
+    return base
 
 
 def _when(raw: Any, where: str) -> datetime:
@@ -115,6 +160,23 @@ class CatalogDocument:
 
     fallback: Price | None
     models: dict[str, Versions]
+    # {alias: model}: exact ids (lower case) or fnmatch globs (with * ? or [)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+_GLOB = frozenset("*?[")
+MAX_ALIASES = 10_000
+
+
+def _aliases(raw: Any, where: str) -> dict[str, str]:
+    if not isinstance(raw, dict) or len(raw) > MAX_ALIASES:
+        raise CatalogError(f"{where}: aliases must map at most {MAX_ALIASES} ids to models")
+    out: dict[str, str] = {}
+    for alias, model in raw.items():
+        if not isinstance(alias, str) or not alias.strip() or not isinstance(model, str):
+            raise CatalogError(f"{where}: aliases: {alias!r}: expected 'id or glob: model'")
+        out[alias.strip().lower()] = model.strip()
+    return out
 
 
 def _models(raw: Any, where: str) -> dict[str, Versions]:
@@ -142,14 +204,15 @@ def _models(raw: Any, where: str) -> dict[str, Versions]:
 
 
 def parse_document(raw: Any, where: str = "catalog") -> CatalogDocument:
-    """A YAML/JSON-shaped mapping: `fallback` (optional here) and `models`."""
-    if not isinstance(raw, dict) or not ({"fallback", "models"} & raw.keys()):
-        raise CatalogError(f"{where}: needs top-level 'fallback' and/or 'models'")
-    unknown = set(raw) - {"fallback", "models"}
+    """A YAML/JSON-shaped mapping: `fallback` (optional here), `models` and `aliases`."""
+    if not isinstance(raw, dict) or not ({"fallback", "models", "aliases"} & raw.keys()):
+        raise CatalogError(f"{where}: needs top-level 'fallback', 'models' and/or 'aliases'")
+    unknown = set(raw) - {"fallback", "models", "aliases"}
     if unknown:
         raise CatalogError(f"{where}: unknown top-level key(s) {sorted(unknown)}")
     fallback = _price(raw["fallback"], f"{where}: fallback") if "fallback" in raw else None
-    return CatalogDocument(fallback, _models(raw.get("models", {}), where))
+    aliases = _aliases(raw.get("aliases", {}), where)
+    return CatalogDocument(fallback, _models(raw.get("models", {}), where), aliases)
 
 
 def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
@@ -200,11 +263,35 @@ def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
 
 
 class PriceCatalog:
-    def __init__(self, models: dict[str, Versions], fallback: Price) -> None:
+    """Versions of prices per model, a fallback, and aliases naming models.
+
+    Raises CatalogError when an alias names a model the catalog lacks."""
+
+    def __init__(
+        self, models: dict[str, Versions], fallback: Price, aliases: dict[str, str] | None = None
+    ) -> None:
         self._models = {m: sorted(v, key=lambda x: x[0]) for m, v in models.items()}
         # effective_from as epoch seconds, so pricing an event builds no datetime
         self._starts = {m: [t.timestamp() for t, _ in v] for m, v in self._models.items()}
         self.fallback = fallback
+        self.aliases = dict(aliases or {})
+        dangling = sorted(a for a, m in self.aliases.items() if m not in self._models)
+        if dangling:
+            raise CatalogError(
+                "aliases name models the catalog lacks: "
+                + ", ".join(f"{a} -> {self.aliases[a]}" for a in dangling[:10])
+            )
+        exact = {a: m for a, m in self.aliases.items() if not _GLOB & set(a)}
+        globs = tuple((a, m) for a, m in self.aliases.items() if _GLOB & set(a))
+        starts = self._starts
+
+        # Bounded: ids come from producers, and random ones must not grow memory.
+        @lru_cache(maxsize=4096)
+        def resolve(model: str) -> str | None:
+            return resolve_model(model, starts, exact, globs)
+
+        self.resolve = resolve
+        """The catalog model `model` names, or None (unknown: the fallback prices it)."""
 
     @classmethod
     def from_file(cls, path: Path) -> PriceCatalog:
@@ -223,7 +310,10 @@ class PriceCatalog:
     def whole(cls, doc: CatalogDocument, where: str = "catalog") -> PriceCatalog:
         if doc.fallback is None:
             raise CatalogError(f"{where}: a whole catalog needs a 'fallback' price")
-        return cls(doc.models, doc.fallback)
+        try:
+            return cls(doc.models, doc.fallback, doc.aliases)
+        except CatalogError as exc:
+            raise CatalogError(f"{where}: {exc}") from None
 
     @property
     def models(self) -> dict[str, Versions]:
@@ -232,36 +322,39 @@ class PriceCatalog:
     def to_mapping(self) -> dict[str, Any]:
         """The catalog as plain data (every class spelled out) that from_mapping reads."""
         return {
-            "fallback": asdict(self.fallback),
+            "fallback": self.fallback.to_mapping(),
             "models": {
-                m: [{"effective_from": t.isoformat(), **asdict(p)} for t, p in v]
+                m: [{"effective_from": t.isoformat(), **p.to_mapping()} for t, p in v]
                 for m, v in self._models.items()
             },
+            "aliases": dict(self.aliases),
         }
 
     def price_at(self, model: str, at: datetime | float) -> tuple[Price, bool]:
         """The price in force for `model` at `at` (a datetime or epoch seconds), and
         whether it is the fallback."""
-        starts = self._starts.get(model)
-        if starts is None:
+        key = model if model in self._starts else self.resolve(model)
+        if key is None:
             return self.fallback, True
+        starts = self._starts[key]
         when = at if isinstance(at, float | int) else at.timestamp()
         i = bisect.bisect_right(starts, when) - 1
         if i < 0:
             return self.fallback, True
-        return self._models[model][i][1], False
+        return self._models[key][i][1], False
 
     def version_at(self, model: str, at: float) -> tuple[Price, bool, float, float]:
         """price_at's answer for epoch second `at`, with the interval [from, until) of
         epoch seconds over which that answer holds (so a caller can reuse it)."""
-        starts = self._starts.get(model)
-        if starts is None:
+        key = model if model in self._starts else self.resolve(model)
+        if key is None:
             return self.fallback, True, -math.inf, math.inf
+        starts = self._starts[key]
         i = bisect.bisect_right(starts, at) - 1
         until = starts[i + 1] if i + 1 < len(starts) else math.inf
         if i < 0:
             return self.fallback, True, -math.inf, starts[0]
-        return self._models[model][i][1], False, starts[i], until
+        return self._models[key][i][1], False, starts[i], until
 
     def price(self, model: str, at: datetime | float, tokens: Tokens) -> Priced:
         price, fallback = self.price_at(model, at)

@@ -39,6 +39,7 @@ from typing import Protocol
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
+from quartermaster.db import OUTAGES
 from quartermaster.kafka import OutRecord
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.wire import timestamp
@@ -70,14 +71,14 @@ RECORD_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.ProgramLimitExceededError,
     asyncpg_base.DataError,  # not exported under its own name (asyncpg 0.32, pinned)
 )
-# What an outage looks like: retried until it ends. (OSError covers a refused
-# connection, a timeout and Publisher.send's undelivered records.)
+# What is retried until it ends: PostgreSQL out of reach (quartermaster.db.OUTAGES),
+# Publisher.send's undelivered records (an OSError), and two the worker can retry
+# where a gRPC call could not: any InterfaceError (a connection a cancelled batch left
+# mid-operation is released, and the batch runs again on a fresh one) and a
+# serialization failure or deadlock of the fenced write.
 OUTAGE: tuple[type[Exception], ...] = (
-    OSError,
+    *OUTAGES,
     asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
 )
 

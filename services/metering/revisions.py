@@ -7,12 +7,13 @@ about it, and `PriceLoad` is the load request, which validates itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from services.metering.pricing import (
     CatalogDocument,
+    CatalogError,
     Price,
     PriceCatalog,
     parse_csv,
@@ -35,13 +36,26 @@ class Revision:
     catalog: PriceCatalog
 
 
+def _flat(p: Price) -> dict[str, int]:
+    """A price's classes, and its long-context tier's as `long_context.<class>`."""
+    out = p.classes()
+    if p.long_context is not None:
+        out["long_context.above_input_tokens"] = p.long_context_above
+        out.update({f"long_context.{k}": v for k, v in p.long_context.classes().items()})
+    return out
+
+
 def _prices(p: Price) -> str:
-    return ", ".join(f"{k} {v}" for k, v in asdict(p).items())
+    return ", ".join(f"{k} {v}" for k, v in _flat(p).items())
 
 
 def _price_diff(a: Price, b: Price) -> str:
-    old, new = asdict(a), asdict(b)
-    return ", ".join(f"{k} {old[k]} -> {new[k]}" for k in old if old[k] != new[k])
+    old, new = _flat(a), _flat(b)
+    return ", ".join(
+        f"{k} {old.get(k, '(none)')} -> {new.get(k, '(none)')}"
+        for k in [*old, *(k for k in new if k not in old)]
+        if old.get(k) != new.get(k)
+    )
 
 
 def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> PriceCatalog:
@@ -54,7 +68,11 @@ def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> Pric
         by_start = dict(models.get(model, []))
         by_start.update(versions)  # the same effective_from: the document's price wins
         models[model] = sorted(by_start.items())
-    return PriceCatalog(models, doc.fallback or old.fallback)
+    aliases = {**old.aliases, **doc.aliases}  # the same alias: the document's model wins
+    try:
+        return PriceCatalog(models, doc.fallback or old.fallback, aliases)
+    except CatalogError as exc:
+        raise CatalogError(f"document: {exc}") from None
 
 
 def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[str]:
@@ -84,6 +102,11 @@ def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[
                 out.append(f"{model}: new version from {when}: {_prices(b[start])}{late}")
             elif a[start] != b[start]:
                 out.append(f"{model}: version from {when}: {_price_diff(a[start], b[start])}{late}")
+    old_aliases = old.aliases if old is not None else {}
+    for alias in sorted(old_aliases.keys() | new.aliases.keys()):
+        was, now_names = old_aliases.get(alias), new.aliases.get(alias)
+        if was != now_names:
+            out.append(f"alias {alias}: {was or '(none)'} -> {now_names or '(none)'}")
     return out
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from quartermaster.model_ids import allows
 from quartermaster.periods import Period, PeriodKind, period_of
 from quartermaster.v1 import policy_pb2
 from services.policy.decide import Limit, classify, decide
@@ -160,7 +161,7 @@ class Evaluator:
         models = resolved.models
         if models is not None and model:
             fallback = models.fallback_model
-            if models.allowed is not None and model not in models.allowed:
+            if models.allowed is not None and not allows(models.allowed, model):
                 out.decision = policy_pb2.DECISION_DENY
                 out.reason = f"model {model} is not allowed for this user {models.allowed_by}"
                 out.suggested_model = fallback

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -28,10 +29,8 @@ def _lines(stream: object, out: queue.Queue[str]) -> None:
         out.put(line)
 
 
-def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
-    run_dir = ROOT / ".run" / f"make-run-test-{os.getpid()}"
-    ports = {"pg": free_port(), "broker": free_port(), "policy": free_port(), "api": free_port(),
-             "metrics": free_port()}  # fmt: skip
+def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Popen[str]:
+    """`make run` on free ports with its data in `run_dir`, as a terminal's foreground job."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
     env.update(
         QM_RUN_DIR=str(run_dir),
@@ -41,8 +40,9 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         QM_USAGE_API_ADDR=f"127.0.0.1:{ports['api']}",
         QM_METERING_METRICS_ADDR=f"127.0.0.1:{ports['metrics']}",
         QM_METERING_SESSION_TIMEOUT="4",
+        **extra,
     )
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=ROOT,
         env=env,
@@ -51,6 +51,38 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
+
+
+def _ports() -> dict[str, int]:
+    return {name: free_port() for name in ("pg", "broker", "policy", "api", "metrics")}
+
+
+def _left_behind(run_dir: Path, ports: dict[str, int]) -> list[str]:
+    """What make run left running: listening ports and processes under `run_dir`."""
+    left = [f"{name} still listening on {port}" for name, port in ports.items() if port_open(port)]
+    pids = subprocess.run(
+        ["pgrep", "-f", str(run_dir)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return left + [f"process {pid}" for pid in pids]
+
+
+def _end(proc: subprocess.Popen[str], run_dir: Path) -> None:
+    """A failed test still lets make run stop what it started (its children run in
+    sessions of their own and would outlive a SIGKILL of this group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
+    run_dir = ROOT / ".run" / f"make-run-test-{os.getpid()}"
+    ports = _ports()
+    proc = _start(run_dir, ports)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     seen: list[str] = []
@@ -84,20 +116,35 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
             seen.append(lines.get())
         assert "Stopped. Bye." in "".join(seen), "".join(seen[-20:])
         assert took < 30
-        for name, port in ports.items():
-            assert not port_open(port), f"{name} still listening on {port} after Ctrl-C"
-        leftovers = subprocess.run(
-            ["pgrep", "-f", str(run_dir)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        assert leftovers == [], f"processes left behind: {leftovers}"
+        assert _left_behind(run_dir, ports) == []
     finally:
-        if proc.poll() is None:
-            # A failed test still lets make run stop what it started (its children run
-            # in sessions of their own and would outlive a SIGKILL of this group).
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _end(proc, run_dir)
+
+
+def test_make_run_says_when_a_service_dies_and_stops_everything() -> None:
+    """A service that dies is named with the end of its log, and the run stops (status
+    non-zero) instead of going on as if the system were whole."""
+    run_dir = ROOT / ".run" / f"make-run-dies-{os.getpid()}"
+    ports = _ports()
+    proc = _start(run_dir, ports, QM_DEMO_TRAFFIC="0")
+    try:
+        out = proc.stdout
+        assert out is not None
+        seen: list[str] = []
+        for line in out:
+            seen.append(line)
+            if "policy gRPC serving on" in line:
+                break
+        pids = dict(re.findall(r"started ([a-z-]+) \(pid (\d+)\)", "".join(seen)))
+        assert set(pids) == {"metering", "policy", "cost-api"}, "".join(seen)
+        os.kill(int(pids["cost-api"]), signal.SIGKILL)
+        status = proc.wait(timeout=60)
+        text = "".join(seen) + out.read()
+        assert status != 0
+        assert "cost-api exited by itself (status -9)" in text, text
+        assert "Stopped everything" in text
+        assert "stopped policy" in text
+        assert "stopped metering" in text
+        assert _left_behind(run_dir, ports) == []
+    finally:
+        _end(proc, run_dir)

@@ -112,8 +112,13 @@ async def test_load_list_and_history_map_to_messages(
         ("gpt-5", 1_250_000, 1_250_000)
     ]
     assert listed.fallback.model == ""
-    code, _ = await refusal(stub.ListPrices(prices_pb2.ListPricesRequest(models=["nope"])))
+    code, details = await refusal(
+        stub.ListPrices(prices_pb2.ListPricesRequest(models=["nope", "gpt-5-2025-08-07"]))
+    )
     assert code == grpc.StatusCode.NOT_FOUND
+    assert details.endswith("['nope']"), details  # a dated gpt-5 names gpt-5
+    snapshot = await stub.ListPrices(prices_pb2.ListPricesRequest(models=["openai/gpt-5"]))
+    assert [p.model for p in snapshot.prices] == ["gpt-5"]
     history = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model="gpt-5"))
     assert [(r.revision, r.loaded_by, r.source) for r in history.revisions] == [
         (1, "tests", "all.csv")

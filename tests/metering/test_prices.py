@@ -214,7 +214,9 @@ async def test_a_running_worker_prices_with_a_new_revision_at_each_events_time(
             assert len(priced) < 20, f"the new revision was never picked up: {priced}"
             probe = new_user()
             produce_usage(infra.kafka_bootstrap, [usage(probe, model=model)])
-            deadline = asyncio.get_running_loop().time() + 10
+            # The first probe also waits for a worker started for this test alone to
+            # join its group (tens of seconds on a loaded machine).
+            deadline = asyncio.get_running_loop().time() + (60 if not priced else 10)
             while not (cost := await spent(probe)):
                 assert asyncio.get_running_loop().time() < deadline, "probe never counted"
                 await asyncio.sleep(0.05)

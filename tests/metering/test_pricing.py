@@ -13,6 +13,7 @@ from services.metering.pricing import (
     cost_micros,
     parse_csv,
 )
+from services.metering.revisions import changes
 from services.metering.settings import DEFAULT_PRICES
 
 CATALOG = {
@@ -160,3 +161,60 @@ def test_bad_csv_catalogs_name_the_line(text: str, message: str) -> None:
     with pytest.raises(CatalogError) as info:
         PriceCatalog.whole(parse_csv(text, "prices.csv"))
     assert message in str(info.value)
+
+
+# -- long-context tiers (issue 13, item 2) ---------------------------------------------
+
+TIERED = {
+    "fallback": {"input": 1, "cached_input": 1, "output": 1},
+    "models": {"s": [{
+        "effective_from": "2026-01-01T00:00:00Z", "input": 3_000_000, "cached_input": 300_000,
+        "cache_write": 3_750_000, "output": 15_000_000,
+        "long_context": {"above_input_tokens": 200_000, "input": 6_000_000,
+                         "cached_input": 600_000, "output": 22_500_000},
+    }]},
+}  # fmt: skip
+AT = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def test_past_the_threshold_every_token_of_the_request_is_at_the_tiers_prices() -> None:
+    catalog = PriceCatalog.from_mapping(TIERED)
+    at_threshold = Tokens(input=200_000, cached_input=0, output=1000, reasoning=0)
+    assert catalog.price("s", AT, at_threshold).micros == 600_000 + 15_000
+    past = Tokens(input=250_000, cached_input=50_000, output=1000, reasoning=0,
+                  cache_write=10_000)  # fmt: skip
+    # 190,000 x 6 + 50,000 x 0.6 + 10,000 x 6 (cache_write defaults to the tier's input)
+    # + 1,000 x 22.5
+    assert catalog.price("s", AT, past).micros == 1_140_000 + 30_000 + 60_000 + 22_500
+
+
+def test_a_tier_survives_storage_and_loads_and_is_told_in_the_changes() -> None:
+    catalog = PriceCatalog.from_mapping(TIERED)
+    again = PriceCatalog.from_mapping(catalog.to_mapping())
+    assert again.models == catalog.models
+    raised = {**TIERED, "models": {"s": [{**TIERED["models"]["s"][0],  # type: ignore[index]
+                                          "long_context": {"above_input_tokens": 128_000,
+                                                           "input": 6_000_000, "cached_input": 1,
+                                                           "output": 1}}]}}  # fmt: skip
+    lines = changes(catalog, PriceCatalog.from_mapping(raised), AT)
+    assert lines == [
+        "s: version from 2026-01-01T00:00:00+00:00: long_context.above_input_tokens 200000"
+        " -> 128000, long_context.cached_input 600000 -> 1, long_context.output 22500000 -> 1,"
+        " long_context.reasoning 22500000 -> 1"
+        " (already in force: it prices events counted from now on, not those counted before)"
+    ]
+
+
+@pytest.mark.parametrize(("tier", "problem"), [
+    ({"input": 1, "cached_input": 1, "output": 1}, "above_input_tokens: expected a whole number"),
+    ({"above_input_tokens": 0, "input": 1, "cached_input": 1, "output": 1}, "above_input_tokens"),
+    ({"above_input_tokens": 5, "input": 1, "cached_input": 1, "output": 1,
+      "long_context": {}}, "unknown token class(es) ['long_context']"),
+    ({"above_input_tokens": 5, "input": 1, "output": 1}, "long_context.cached_input"),
+    ([1, 2], "long_context: expected a mapping"),
+])  # fmt: skip
+def test_a_bad_tier_is_refused_naming_the_place(tier: object, problem: str) -> None:
+    bad = {**TIERED, "models": {"s": [{**TIERED["models"]["s"][0], "long_context": tier}]}}  # type: ignore[index]
+    with pytest.raises(CatalogError, match=r"models\.s") as err:
+        PriceCatalog.from_mapping(bad)
+    assert problem in str(err.value), err.value

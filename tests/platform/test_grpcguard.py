@@ -48,6 +48,8 @@ OUTAGE = [
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     asyncpg.TooManyConnectionsError("sorry, too many clients already"),
     asyncpg.InterfaceError("connection is closed"),
+    asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+    asyncpg.DiskFullError("could not extend file: No space left on device"),
 ]
 BUGS = [
     ValueError("Value out of range: 9223372036854775808"),

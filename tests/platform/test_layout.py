@@ -31,6 +31,7 @@ WHOLE_MARK = "better whole"
 
 DOMAIN_MODULES = {
     "platform": [
+        "quartermaster.model_ids",
         "quartermaster.money",
         "quartermaster.periods",
         "quartermaster.partitioning",

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from quartermaster.provider_usage import (
+    COMPLETED,
+    CUT_OFF,
+    FAILED,
+    INCOMPLETE,
     UsageMissing,
+    event_id_of,
     from_anthropic_message,
     from_anthropic_stream,
     from_openai_chat,
@@ -54,6 +59,7 @@ def test_openai_chat_completion_with_cached_prompt() -> None:
     assert e.request_id == "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
     # gpt-4.1: 93 x 2 + 1024 x 0.5 + 46 x 8 = 1066 micros, not 1117 x 2 + 46 x 8
     assert priced(e) == 1066
+    assert e.ending == COMPLETED
 
 
 def test_openai_chat_stream_counts_the_final_chunk_with_reasoning() -> None:
@@ -113,3 +119,123 @@ def test_sdk_objects_with_attributes_work_like_dicts() -> None:
 def test_a_response_without_usage_is_refused() -> None:
     with pytest.raises(UsageMissing):
         from_anthropic_message({"id": "m", "model": "x"}, **WHO)
+
+
+# -- how calls end (issue 13, item 3): record what was billed, flag what is partial ----
+
+
+def test_a_responses_stream_ending_incomplete_is_recorded_as_billed() -> None:
+    """20 in, 1,024 out of which 1,000 reasoning, stopped at max_output_tokens: gpt-5
+    bills 20 x 1.25 + 1024 x 10 = 10,265 micros (it raised UsageMissing)."""
+    e = from_openai_response_stream(lines("openai_response_incomplete_stream.jsonl"), **WHO)
+    assert (e.model, e.input_tokens, e.output_tokens, e.reasoning_tokens) == (
+        "gpt-5", 20, 1024, 1000,
+    )  # fmt: skip
+    assert e.ending == INCOMPLETE
+    assert priced(e) == 10_265
+    terminal = lines("openai_response_incomplete_stream.jsonl")[-1]
+    assert from_openai_response(terminal, **WHO).ending == INCOMPLETE
+    assert from_openai_response(terminal["response"], **WHO).ending == INCOMPLETE
+
+
+def test_a_failed_response_with_usage_is_recorded_and_one_without_is_refused() -> None:
+    e = from_openai_response_stream(lines("openai_response_failed_stream.jsonl"), **WHO)
+    assert (e.input_tokens, e.output_tokens, e.ending) == (300, 40, FAILED)
+    assert priced(e) == 775  # 300 x 1.25 + 40 x 10 micros
+    billed_nothing = {"id": "resp_x", "status": "failed", "model": "gpt-5", "usage": None}
+    failed = {"type": "response.failed", "response": billed_nothing}
+    with pytest.raises(UsageMissing, match="failed and carries no usage"):
+        from_openai_response_stream([failed], **WHO)
+    cancelled = {**load("openai_response.json"), "status": "cancelled"}
+    assert from_openai_response(cancelled, **WHO).ending == INCOMPLETE
+
+
+def test_a_responses_stream_cut_before_its_terminal_event_is_refused_naming_why() -> None:
+    cut = lines("openai_response_incomplete_stream.jsonl")[:-1]
+    with pytest.raises(UsageMissing, match="without a terminal event"):
+        from_openai_response_stream(cut, **WHO)
+
+
+def _chat_stopped_by(reason: str) -> list[Any]:
+    chunks = lines("openai_chat_stream.jsonl")
+    for chunk in chunks:
+        for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                choice["finish_reason"] = reason
+    return chunks
+
+
+@pytest.mark.parametrize(("reason", "ending"), [
+    ("stop", COMPLETED), ("tool_calls", COMPLETED), ("length", INCOMPLETE),
+    ("content_filter", INCOMPLETE),
+])  # fmt: skip
+def test_a_chat_completion_stopped_early_is_incomplete_and_billed_in_full(
+    reason: str, ending: int
+) -> None:
+    streamed = from_openai_chat_stream(_chat_stopped_by(reason), **WHO)
+    assert (streamed.output_tokens, streamed.ending) == (1250, ending)
+    response = load("openai_chat_completion.json")
+    response["choices"][0]["finish_reason"] = reason
+    assert from_openai_chat(response, **WHO).ending == ending
+
+
+def test_a_chat_stream_cut_before_any_finish_says_it_was_cut_off() -> None:
+    chunks = [c for c in lines("openai_chat_stream.jsonl")[:-1]
+              if not any(ch.get("finish_reason") for ch in c.get("choices") or ())]  # fmt: skip
+    with pytest.raises(UsageMissing, match="cut off before its final chunk"):
+        from_openai_chat_stream(chunks, **WHO)
+
+
+def test_an_anthropic_stream_stopped_at_max_tokens_is_incomplete_and_billed() -> None:
+    e = from_anthropic_stream(lines("anthropic_stream_max_tokens.jsonl"), **WHO)
+    assert (e.input_tokens, e.output_tokens, e.ending) == (12, 256, INCOMPLETE)
+    assert priced(e) == 12 * 3 + 256 * 15  # 3,876 micros: sonnet 4.5 at $3 / $15
+
+
+def test_an_anthropic_stream_cut_off_is_recorded_with_what_it_showed() -> None:
+    """An `error` event (overloaded) and no message_stop: the input is billed; the
+    output seen so far (1 token) is a lower bound, flagged CUT_OFF."""
+    e = from_anthropic_stream(lines("anthropic_stream_cut_off.jsonl"), **WHO)
+    assert (e.input_tokens, e.output_tokens, e.ending) == (1500, 1, CUT_OFF)
+    assert priced(e) == 1500 * 3 + 1 * 15
+    assert e.event_id == "anthropic:msg_01CutOffAbC"
+
+
+@pytest.mark.parametrize(("stop_reason", "ending"), [
+    ("end_turn", COMPLETED), ("stop_sequence", COMPLETED), ("tool_use", COMPLETED),
+    ("pause_turn", COMPLETED), ("max_tokens", INCOMPLETE), ("refusal", INCOMPLETE),
+    ("model_context_window_exceeded", INCOMPLETE),
+])  # fmt: skip
+def test_every_anthropic_stop_reason_has_its_ending(stop_reason: str, ending: int) -> None:
+    message = {**load("anthropic_message.json"), "stop_reason": stop_reason}
+    assert from_anthropic_message(message, **WHO).ending == ending
+
+
+# -- idempotent at the source (issue 13, item 4) ----------------------------------------
+
+
+def test_the_same_response_reported_twice_has_one_event_id() -> None:
+    """The event id is the provider's id of the call, so metering's dedupe counts a
+    re-report once (it was a fresh UUID each time: 12,500 for a 6,250 call)."""
+    chat = load("openai_chat_completion.json")
+    first, again = from_openai_chat(chat, **WHO), from_openai_chat(chat, **WHO)
+    assert first.event_id == again.event_id == "openai:chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
+    streamed = lines("openai_chat_stream.jsonl")
+    assert from_openai_chat_stream(streamed, **WHO).event_id == "openai:chatcmpl-123"
+    response = load("openai_response.json")
+    completed = [{"type": "response.completed", "response": response}]
+    assert from_openai_response(response, **WHO).event_id == (
+        from_openai_response_stream(completed, **WHO).event_id
+    )
+    message = load("anthropic_message.json")
+    assert from_anthropic_message(message, **WHO).event_id == f"anthropic:{message['id']}"
+    assert from_openai_chat(chat, **WHO, event_id="mine").event_id == "mine"
+
+
+def test_event_ids_without_a_provider_id_are_random_and_long_ids_stay_valid() -> None:
+    assert event_id_of("openai", "") != event_id_of("openai", "")
+    long = event_id_of("openai", "x" * 1000)
+    assert long == event_id_of("openai", "x" * 1000)
+    assert len(long) == 36  # a uuid5, valid as an event id
+    no_id = {k: v for k, v in load("openai_chat_completion.json").items() if k != "id"}
+    assert from_openai_chat(no_id, **WHO).event_id != from_openai_chat(no_id, **WHO).event_id

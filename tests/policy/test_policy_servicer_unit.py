@@ -49,6 +49,10 @@ async def test_check_maps_the_limit_the_standing_and_the_pools(inproc: InProcess
     denied = await inproc.policy.Check(check(model="gpt-4"))
     assert denied.decision == DENY
     assert denied.reason.startswith("model gpt-4 is not allowed for this user (group:ml allow")
+    # ml allows gpt-5: its dated snapshots and routed ids too (issue 13, item 1), as
+    # pricing reads them; they were denied as models nobody allowed.
+    for snapshot in ("gpt-5-2025-08-07", "openai/gpt-5", "gpt-5-mini-2025-08-07"):
+        assert (await inproc.policy.Check(check(model=snapshot))).decision == ALLOW, snapshot
 
 
 async def test_check_names_every_bad_field(inproc: InProcess) -> None:

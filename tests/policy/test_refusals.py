@@ -209,6 +209,11 @@ NULS: list[tuple[str, str, Any, str]] = [
     ("policy", "Reserve", policy_pb2.ReserveRequest(
         user_id="nul\x00user", product="p", model="m", request_id="r"), "user_id"),
     ("policy", "Check", check("a", 1, reserve=True, request_id="nul\x00req"), "request_id"),
+    ("policy", "Check", check("nul\x00user"), "user_id"),
+    ("policy", "Check", policy_pb2.CheckRequest(user_id="a", product="p\x00", model="m"),
+     "product"),
+    ("policy", "Check", policy_pb2.CheckRequest(user_id="a", product="p", model="m\x00"),
+     "model"),
     ("policy", "CheckBatch", policy_pb2.CheckBatchRequest(checks=[check("a"), check("b\x00")]),
      "checks[1].user_id"),
     ("policy", "GetBudget", policy_pb2.GetBudgetRequest(user_id="\x00"), "user_id"),

@@ -8,7 +8,8 @@ a change is either everywhere (audited) or nowhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,17 @@ from services.policy.errors import NotFound
 
 # NOTIFY channel: every replica reloads its snapshot when it hears the workspace's id.
 CHANGED_CHANNEL = "qm_policy_limits_changed"
+
+
+@asynccontextmanager
+async def change(
+    pool: asyncpg.Pool, workspace_id: str, actor: str
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction that has begun a change of `workspace_id` by
+    `actor` (see begin_change); commits when the block ends, rolls back when it raises."""
+    async with pool.acquire() as conn, conn.transaction():
+        await begin_change(conn, workspace_id, actor)
+        yield conn
 
 
 async def begin_change(conn: asyncpg.Connection, workspace_id: str, actor: str) -> None:

@@ -17,7 +17,7 @@ from services.policy.decide import Enforcement
 from services.policy.errors import Conflict, NotFound
 from services.policy.model_rules import ModelPolicy
 from services.policy.rules import Override, Rule
-from services.policy.stores.changes import audit, begin_change, changed, group_exists
+from services.policy.stores.changes import audit, change, changed, group_exists
 
 _LIMIT_COLS = "limit_micros, period, enforcement, updated_at, updated_by"
 _OVERRIDE_AUDIT = ("user_id", "additive", "limit_micros", "period", "enforcement",
@@ -62,8 +62,7 @@ class LimitStore:
         actor: str, period: PeriodKind = PeriodKind.MONTH,
     ) -> dict[str, Any]:  # fmt: skip
         """Set the workspace default; returns the new rule (with updated_at/updated_by)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await begin_change(conn, self.workspace_id, actor)
+        async with change(self._pool, self.workspace_id, actor) as conn:
             before = await conn.fetchrow(
                 "SELECT default_limit_micros, period, enforcement FROM policy.workspaces"
                 " WHERE workspace_id = $1",
@@ -94,8 +93,7 @@ class LimitStore:
     ) -> dict[str, Any]:
         """Set a group's limit for each member (scope "member") or for all of them
         together (scope "pool"); its new row. NotFound when the group does not exist."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await begin_change(conn, self.workspace_id, actor)
+        async with change(self._pool, self.workspace_id, actor) as conn:
             await group_exists(conn, self.workspace_id, group_id)
             before = await conn.fetchrow(
                 f"SELECT {_LIMIT_COLS} FROM policy.group_limits"
@@ -124,8 +122,7 @@ class LimitStore:
 
     async def remove_group_limit(self, group_id: str, scope: str, actor: str) -> dict[str, Any]:
         """Remove a group's member or pool limit; the removed row (NotFound: none)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await begin_change(conn, self.workspace_id, actor)
+        async with change(self._pool, self.workspace_id, actor) as conn:
             before = await conn.fetchrow(
                 f"DELETE FROM policy.group_limits WHERE workspace_id = $1 AND group_id = $2"
                 f" AND scope = $3 RETURNING {_LIMIT_COLS}",
@@ -143,8 +140,7 @@ class LimitStore:
     async def set_override(self, o: Override, actor: str) -> tuple[Override, bool]:
         """Create or replace an override; (its row, created). An override carrying a
         request_id that already installed one is returned unchanged (created False)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await begin_change(conn, self.workspace_id, actor)
+        async with change(self._pool, self.workspace_id, actor) as conn:
             if o.request_id:
                 same = await conn.fetchrow(
                     "SELECT * FROM policy.overrides WHERE workspace_id = $1 AND request_id = $2",
@@ -196,8 +192,7 @@ class LimitStore:
 
     async def remove_override(self, override_id: str, reason: str, actor: str) -> Override:
         """End an active override (kept, marked removed); its row (NotFound: none)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await begin_change(conn, self.workspace_id, actor)
+        async with change(self._pool, self.workspace_id, actor) as conn:
             row = await conn.fetchrow(
                 "UPDATE policy.overrides SET removed_at = now(), removed_by = $3"
                 " WHERE workspace_id = $1 AND override_id = $2 AND removed_at IS NULL RETURNING *",
@@ -216,8 +211,7 @@ class LimitStore:
 
     async def set_model_policy(self, policy: ModelPolicy | None, group_id: str, actor: str) -> None:
         """Set the group's model policy, or remove it (policy None)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await begin_change(conn, self.workspace_id, actor)
+        async with change(self._pool, self.workspace_id, actor) as conn:
             await group_exists(conn, self.workspace_id, group_id)
             before = await conn.fetchrow(
                 "DELETE FROM policy.model_policies WHERE workspace_id = $1 AND group_id = $2"
