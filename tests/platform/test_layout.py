@@ -33,6 +33,7 @@ DOMAIN_MODULES = {
     "platform": [
         "quartermaster.money",
         "quartermaster.periods",
+        "quartermaster.redact",
         "quartermaster.partitioning",
         "quartermaster.tokens",
         "quartermaster.validation",
