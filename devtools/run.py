@@ -102,6 +102,15 @@ async def _wait_serving(
     raise TimeoutError(f"policy was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
 
 
+def _grpcurl_tls(policy: PolicySettings) -> str:
+    """grpcurl's flags for reaching policy as this run's settings say."""
+    if policy.tls_cert_file is None:
+        return "-plaintext"
+    files = {"-cacert": policy.tls_ca_file, "-cert": policy.tls_client_cert_file,
+             "-key": policy.tls_client_key_file}  # fmt: skip
+    return " ".join(f"{flag} {path}" for flag, path in files.items() if path is not None)
+
+
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
     """The children's environment: ours, pointed at `infra`, with an admin token for
     this run when none is configured (so admin calls can be tried at once)."""
@@ -112,7 +121,7 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
         env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
         say(f"  admin token for this run: {token}")
         say("  with grpcurl, where it is installed:")
-        say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
+        say(f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {token}' -d "
             "'{\"user_id\":\"carol\"}' "
             f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
         say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "

@@ -4,13 +4,15 @@ gRPC calls (so that credentials added to every call later change this file only)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quartermaster.v1 import policy_pb2, policy_pb2_grpc
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
+from quartermaster.wire import timestamp
 
 # What the server certificates are issued for: the address the tests dial.
 SERVER_NAMES = ("127.0.0.1", "localhost")
@@ -85,3 +87,20 @@ async def health(channel: grpc.aio.Channel) -> str:
     stub = health_pb2_grpc.HealthStub(channel)
     resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+async def usage_of_groups(
+    channel: grpc.aio.Channel, *group_ids: str
+) -> cost_pb2.QueryUsageResponse:
+    """UsageService.QueryUsage over `channel`: the last day's totals of these groups'
+    members (the Cost API asks policy's DirectoryService who they are)."""
+    stub = cost_pb2_grpc.UsageServiceStub(channel)
+    now = datetime.now(UTC)
+    request = cost_pb2.QueryUsageRequest(
+        filter=cost_pb2.UsageFilter(
+            start=timestamp(now - timedelta(days=1)), end=timestamp(now), group_ids=group_ids
+        ),
+        group_by=[cost_pb2.DIMENSION_USER],
+        granularity=cost_pb2.GRANULARITY_TOTAL,
+    )
+    return await stub.QueryUsage(request, timeout=10)
