@@ -108,14 +108,17 @@ class CommonSettings(Settings):
 
     @property
     def server_tls(self) -> ServerTls | None:
-        """What this process's gRPC server serves with; None: plaintext."""
+        """What this process's gRPC server serves with; None: plaintext. The files are
+        read again here (checked when the settings were read: TlsFileError only if one
+        changed since)."""
         if self.tls_cert_file is None or self.tls_key_file is None:
             return None
         return ServerTls.from_files(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
 
     @property
     def client_tls(self) -> ClientTls | None:
-        """What this process's gRPC clients connect with; None: plaintext."""
+        """What this process's gRPC clients connect with; None: plaintext (files read
+        as for `server_tls`)."""
         if self.tls_ca_file is None:
             return None
         return ClientTls.from_files(
