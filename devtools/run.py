@@ -28,8 +28,11 @@ from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
+from quartermaster.grpcclient import open_channel
 from quartermaster.money import MICROS_PER_CREDIT
+from quartermaster.redact import mask_url
 from quartermaster.settings import Settings, load_or_exit
+from quartermaster.tls import ClientTls
 from services.policy.decide import Enforcement
 from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
@@ -83,9 +86,11 @@ async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> Non
         await pool.close()
 
 
-async def _wait_serving(addr: str, proc: ChildProcess, within: float) -> None:
+async def _wait_serving(
+    addr: str, tls: ClientTls | None, proc: ChildProcess, within: float
+) -> None:
     deadline = time.monotonic() + within
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with open_channel(addr, tls) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -98,6 +103,15 @@ async def _wait_serving(addr: str, proc: ChildProcess, within: float) -> None:
     raise TimeoutError(f"policy was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
 
 
+def _grpcurl_tls(policy: PolicySettings) -> str:
+    """grpcurl's flags for reaching policy as this run's settings say."""
+    if policy.tls_cert_file is None:
+        return "-plaintext"
+    files = {"-cacert": policy.tls_ca_file, "-cert": policy.tls_client_cert_file,
+             "-key": policy.tls_client_key_file}  # fmt: skip
+    return " ".join(f"{flag} {path}" for flag, path in files.items() if path is not None)
+
+
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
     """The children's environment: ours, pointed at `infra`, with an admin token for
     this run when none is configured (so admin calls can be tried at once)."""
@@ -108,7 +122,7 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
         env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
         say(f"  admin token for this run: {token}")
         say("  with grpcurl, where it is installed:")
-        say(f"    grpcurl -plaintext -H 'authorization: Bearer {token}' -d "
+        say(f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {token}' -d "
             "'{\"user_id\":\"carol\"}' "
             f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
         say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "
@@ -166,7 +180,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
         partitions=policy.topic_partitions,
     ) as infra:
         say(f"  kafka     {infra.kafka_bootstrap} ({infra.kafka_origin})")
-        say(f"  postgres  {infra.database_url} ({infra.database_origin})")
+        say(f"  postgres  {mask_url(infra.database_url)} ({infra.database_origin})")
         await _seed(policy.workspace_id, dev.demo_limit_credits, infra.database_url)
         say(
             f"  seeded workspace {policy.workspace_id!r}: default limit "
@@ -192,7 +206,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             for child in children:
                 child.start()
                 say(f"  started {child.name} (pid {child.pid}), log: {child.log_path}")
-            await _wait_serving(policy.addr, children[1], 60)
+            await _wait_serving(policy.addr, policy.client_tls, children[1], 60)
             say(f"  policy gRPC serving on {policy.addr} (health + reflection on)")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
             say(
@@ -203,7 +217,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")
                 work: Awaitable[object] = simulator.run(
-                    infra.kafka_bootstrap, policy.addr, policy.workspace_id
+                    infra.kafka_bootstrap, policy.addr, policy.workspace_id, tls=policy.client_tls
                 )
             else:
                 say("QM_DEMO_TRAFFIC=0: no demo traffic. Press Ctrl-C to stop.")

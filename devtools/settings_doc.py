@@ -45,7 +45,7 @@ def groups() -> list[tuple[str, type[Settings]]]:
 
 
 def _shown(value: Any) -> str:
-    if value == "":
+    if value == "" or value is None:
         return "(empty)"
     if isinstance(value, bool):
         return "true" if value else "false"

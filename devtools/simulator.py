@@ -15,11 +15,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TextIO
 
-import grpc
-
 from quartermaster import kafka
+from quartermaster.grpcclient import open_channel
 from quartermaster.money import credits
 from quartermaster.telemetry import inject_headers
+from quartermaster.tls import ClientTls
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
 
@@ -70,14 +70,15 @@ async def run(
     workspace_id: str,
     out: TextIO = sys.stdout,
     report_every: float = 3.0,
+    tls: ClientTls | None = None,
 ) -> None:
-    """Run until cancelled."""
+    """Run until cancelled; `tls`: how to reach policy over TLS (None: plaintext)."""
     producer = kafka.producer(bootstrap, **{"linger.ms": 5})
     last: dict[str, int] = {}
     next_call = {p.user_id: 0.0 for p in PERSONAS}
     next_report = 0.0
     start = time.monotonic()
-    async with grpc.aio.insecure_channel(policy_addr) as channel:
+    async with open_channel(policy_addr, tls) as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         try:
             while True:

@@ -1,13 +1,19 @@
-"""Settings every service shares: where Kafka and Postgres are, the workspace."""
+"""Settings every service shares: where Kafka and Postgres are, the workspace, and the
+TLS of every gRPC server and client (`QM_TLS_*`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
-from quartermaster.settings import HostPorts, NonBlank, Settings
+from quartermaster.settings import HostPorts, NonBlank, Settings, SettingsError
+from quartermaster.tls import ClientTls, ServerTls, TlsFileError, check_certificates, check_key_pair
+
+# A PEM file of certificates that exists and parses (checked when settings are read).
+Certificates = Annotated[Path, AfterValidator(check_certificates)]
 
 
 def _time_zone(value: str) -> str:
@@ -52,8 +58,87 @@ class CommonSettings(Settings):
         "INFO", validation_alias="QM_LOG_LEVEL"
     )
     """DEBUG, INFO, WARNING or ERROR"""
+    tls_cert_file: Certificates | None = Field(None, validation_alias="QM_TLS_CERT_FILE")
+    """Certificate chain (PEM) of this process's gRPC server; set (with QM_TLS_KEY_FILE),
+    the server speaks TLS only. Unset: plaintext, and a WARNING at start"""
+    tls_key_file: Path | None = Field(None, validation_alias="QM_TLS_KEY_FILE")
+    """Private key (PEM, unencrypted) of QM_TLS_CERT_FILE; checked to match it at start"""
+    tls_client_ca_file: Certificates | None = Field(None, validation_alias="QM_TLS_CLIENT_CA_FILE")
+    """Mutual TLS: set, every client must present a certificate signed by this CA (PEM)
+    or is refused in the handshake. Needs QM_TLS_CERT_FILE"""
+    tls_ca_file: Certificates | None = Field(None, validation_alias="QM_TLS_CA_FILE")
+    """CA (PEM) this process's gRPC clients trust; set, they connect with TLS, unset in
+    plaintext"""
+    tls_client_cert_file: Certificates | None = Field(
+        None, validation_alias="QM_TLS_CLIENT_CERT_FILE"
+    )
+    """Certificate chain (PEM) this process's gRPC clients present to servers that ask
+    (mutual TLS); with QM_TLS_CLIENT_KEY_FILE and QM_TLS_CA_FILE"""
+    tls_client_key_file: Path | None = Field(None, validation_alias="QM_TLS_CLIENT_KEY_FILE")
+    """Private key (PEM, unencrypted) of QM_TLS_CLIENT_CERT_FILE"""
+    tls_server_name: str = Field("", validation_alias="QM_TLS_SERVER_NAME")
+    """Name clients expect in servers' certificates when the address's host is not in
+    them (empty: the host)"""
 
     @property
     def timezone(self) -> ZoneInfo:
         """The workspace's time zone."""
         return ZoneInfo(self.workspace_timezone)
+
+    @model_validator(mode="after")
+    def _tls_together(self) -> Self:
+        """The TLS files that go together are given together, and each key matches its
+        certificate; SettingsError names every variable at fault."""
+        problems = _pair_problems(
+            ("QM_TLS_CERT_FILE", self.tls_cert_file), ("QM_TLS_KEY_FILE", self.tls_key_file)
+        )
+        problems += _pair_problems(
+            ("QM_TLS_CLIENT_CERT_FILE", self.tls_client_cert_file),
+            ("QM_TLS_CLIENT_KEY_FILE", self.tls_client_key_file),
+        )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("QM_TLS_CLIENT_CA_FILE: mutual TLS needs QM_TLS_CERT_FILE too")
+        if self.tls_client_cert_file and not self.tls_ca_file:
+            problems.append("QM_TLS_CLIENT_CERT_FILE: a client certificate needs QM_TLS_CA_FILE")
+        if self.tls_server_name and not self.tls_ca_file:
+            problems.append("QM_TLS_SERVER_NAME: only used with QM_TLS_CA_FILE, which is unset")
+        if problems:
+            raise SettingsError(problems)
+        return self
+
+    @property
+    def server_tls(self) -> ServerTls | None:
+        """What this process's gRPC server serves with; None: plaintext. The files are
+        read again here (checked when the settings were read: TlsFileError only if one
+        changed since)."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTls.from_files(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """What this process's gRPC clients connect with; None: plaintext (files read
+        as for `server_tls`)."""
+        if self.tls_ca_file is None:
+            return None
+        return ClientTls.from_files(
+            self.tls_ca_file, self.tls_client_cert_file, self.tls_client_key_file,
+            self.tls_server_name,
+        )  # fmt: skip
+
+
+def _pair_problems(cert: tuple[str, Path | None], key: tuple[str, Path | None]) -> list[str]:
+    """A certificate and its key: both or neither, and matching (checked once both are
+    there: a missing one is named instead)."""
+    (cert_var, cert_path), (key_var, key_path) = cert, key
+    if cert_path is None and key_path is None:
+        return []
+    if cert_path is None:
+        return [f"{cert_var}: needed with {key_var}"]
+    if key_path is None:
+        return [f"{key_var}: needed with {cert_var}"]
+    try:
+        check_key_pair(cert_path, key_path)
+    except TlsFileError as exc:
+        return [f"{key_var}: {exc}"]
+    return []

@@ -24,6 +24,7 @@ from typing import TypeVar
 import grpc
 
 from quartermaster.grpcclient import ChannelClient
+from quartermaster.tls import ClientTls
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 _BAD_REQUEST = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
@@ -41,12 +42,19 @@ class DirectoryUnavailable(ConnectionError):
 class DirectoryClient(ChannelClient):
     """DirectoryService calls over one channel (see the module docstring for errors)."""
 
-    def __init__(self, target: str, *, source: str = "", deadline_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        source: str = "",
+        deadline_s: float = 10.0,
+        tls: ClientTls | None = None,
+    ) -> None:
         """`target`: host:port of a policy server; `source`: where the address came from
-        (a setting's name), quoted in errors."""
+        (a setting's name), quoted in errors; `tls`: None for plaintext."""
         if deadline_s <= 0:
             raise ValueError("deadline_s must be > 0")
-        super().__init__(target)
+        super().__init__(target, tls=tls)
         self.source = source
         self.deadline_s = deadline_s
         self._stub = policy_pb2_grpc.DirectoryServiceStub(self._channel)

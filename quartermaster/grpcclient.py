@@ -1,8 +1,13 @@
-"""What every gRPC client of ours shares: one channel, opened at construction and
-closed by `close()` or by leaving `async with`.
+"""What every gRPC client of ours shares: how a channel is opened (TLS or plaintext),
+and `ChannelClient`, one channel opened at construction and closed by `close()` or by
+leaving `async with`.
 
-The place where channel-wide choices live, so that each client makes them the same
-way (today the channel options; TLS credentials will join them here).
+Every channel of ours, grpc.aio or blocking, is opened by `open_channel` or
+`open_blocking_channel`, so TLS is chosen in one place: with a `ClientTls` the channel
+verifies the server's certificate against its CA (and shows a client certificate when
+it has one); with None it is plaintext. A server whose certificate the client does not
+trust, or one that wants a client certificate it lacks, fails every call with
+UNAVAILABLE, as an unreachable server does.
 """
 
 from __future__ import annotations
@@ -12,14 +17,51 @@ from typing import Any, Self
 
 import grpc
 
+from quartermaster.tls import ClientTls
+
+Options = Sequence[tuple[str, Any]]
+
+
+def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
+    """gRPC channel credentials from `tls` (its CA, or gRPC's default roots when it has
+    none; its client certificate and key, when it has them)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.root_ca,
+        private_key=tls.private_key,
+        certificate_chain=tls.cert_chain,
+    )
+
+
+def _options(tls: ClientTls | None, options: Options) -> list[tuple[str, Any]]:
+    if tls is not None and tls.server_name:
+        return [*options, ("grpc.ssl_target_name_override", tls.server_name)]
+    return list(options)
+
+
+def open_channel(target: str, tls: ClientTls | None, options: Options = ()) -> grpc.aio.Channel:
+    """A grpc.aio channel to `target` (host:port): TLS with `tls`, plaintext with None."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=_options(tls, options))
+    return grpc.aio.secure_channel(target, channel_credentials(tls), _options(tls, options))
+
+
+def open_blocking_channel(
+    target: str, tls: ClientTls | None, options: Options = ()
+) -> grpc.Channel:
+    """A blocking channel (for CLIs) to `target`, as `open_channel` opens one."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=_options(tls, options))
+    return grpc.secure_channel(target, channel_credentials(tls), _options(tls, options))
+
 
 class ChannelClient:
-    """Owns one `grpc.aio` channel to `target` (host:port). Subclasses build their stubs
-    on `self._channel`. Closing twice is harmless (grpc ignores the second close)."""
+    """Owns one `grpc.aio` channel to `target` (host:port), TLS with `tls` (None:
+    plaintext). Subclasses build their stubs on `self._channel`. Closing twice is
+    harmless (grpc ignores the second close)."""
 
-    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, target: str, options: Options = (), *, tls: ClientTls | None) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        self._channel = open_channel(target, tls, options)
 
     async def close(self) -> None:
         await self._channel.close(None)

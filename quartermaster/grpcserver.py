@@ -1,12 +1,14 @@
 """A grpc.aio server with the standard health service and server reflection on.
 
 Every gRPC server of ours starts through `serve()`, so `grpcurl` and Kubernetes
-probes work against all of them the same way.
+probes work against all of them the same way, and each listens with TLS (mutual when
+its settings say so) or, when none is configured, in plaintext with a WARNING.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quartermaster.tls import ServerTls
 from quartermaster.validation import InvalidRequest, Problems
+
+log = logging.getLogger("qm.grpc")
 
 # The longest status message we send, in UTF-8 bytes. It travels in the grpc-message
 # trailer, percent-encoded (up to 3 bytes per byte), and a client refuses trailers over
@@ -83,9 +88,34 @@ class Served:
         await self.server.stop(grace)
 
 
-async def serve(addr: str, services: Sequence[str], server: grpc.aio.Server) -> Served:
+def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """gRPC server credentials from `tls`: its certificate and key, and with a client CA
+    a demand for a client certificate signed by it (a client without one is refused in
+    the handshake, before any call)."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
+
+
+def _listen(server: grpc.aio.Server, addr: str, tls: ServerTls | None) -> int:
+    if tls is None:
+        # Said once per server at start: bearer tokens and budgets travel in clear.
+        log.warning(
+            "gRPC on %s is plaintext (no TLS): set QM_TLS_CERT_FILE and QM_TLS_KEY_FILE", addr
+        )
+        return server.add_insecure_port(addr)
+    log.info("gRPC on %s with TLS%s", addr, " (mutual)" if tls.client_ca else "")
+    return server.add_secure_port(addr, server_credentials(tls))
+
+
+async def serve(
+    addr: str, services: Sequence[str], server: grpc.aio.Server, *, tls: ServerTls | None
+) -> Served:
     """Add health + reflection to `server` (servicers already added), listen on `addr`
-    (port 0: a free one), start it, and report NOT_SERVING until told otherwise."""
+    (port 0: a free one) with `tls` (None: plaintext, logged as a WARNING), start it,
+    and report NOT_SERVING until told otherwise. RuntimeError when it can't listen."""
     hs = health_aio.HealthServicer()
     served = Served(server, 0, hs, tuple(services))
     await served.set_serving(False)
@@ -93,7 +123,7 @@ async def serve(addr: str, services: Sequence[str], server: grpc.aio.Server) -> 
     reflection.enable_server_reflection(
         (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(addr)
+    port = _listen(server, addr, tls)
     if port == 0:
         raise RuntimeError(f"could not listen on {addr}")
     await server.start()

@@ -1,6 +1,7 @@
 """`PolicyClient`: how a gateway asks policy before each model call.
 
     client = PolicyClient("policy:50051", fail=FailMode.OPEN)
+    # over TLS: PolicyClient(..., tls=ClientTls.from_files(ca=Path("ca.pem")))
     verdict = await client.check("ann", "chat", "gpt-5", estimated_micros=12_000)
     if verdict.decision == policy_pb2.DECISION_DENY: ...
 
@@ -50,6 +51,7 @@ import grpc
 from google.protobuf.message import Message
 
 from quartermaster.grpcclient import ChannelClient
+from quartermaster.tls import ClientTls
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 
 SERVICE = "quartermaster.v1.PolicyService"
@@ -112,7 +114,11 @@ class PolicyClient(ChannelClient):
         deadline_s: float = 0.25,
         retries: int = 2,
         backoff_s: float = 0.02,
+        tls: ClientTls | None = None,
     ) -> None:
+        """`target`: host:port of policy; `tls`: how to reach it over TLS (None:
+        plaintext). A server `tls` does not trust is an outage like any other
+        UNAVAILABLE: the fail mode answers. ValueError for out-of-range numbers."""
         if deadline_s <= 0 or not 0 <= retries <= MAX_RETRIES or backoff_s <= 0:
             raise ValueError(
                 f"deadline_s and backoff_s must be > 0; retries between 0 and {MAX_RETRIES}"
@@ -129,6 +135,7 @@ class PolicyClient(ChannelClient):
                 # never retried. Up to the default 4 MiB message size, it is.
                 ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
             ],
+            tls=tls,
         )
         self._stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self.degraded = 0  # answers the client gave by itself

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, Self, TypeVar
 
@@ -32,6 +32,8 @@ from pydantic import AfterValidator, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
+
+from quartermaster.redact import mask_url, mask_urls
 
 SettingsT = TypeVar("SettingsT", bound="Settings")
 
@@ -97,6 +99,9 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         validate_default=True,
+        # pydantic's own error text (a Settings built with arguments, not from_env)
+        # would quote the value, a password in QM_DATABASE_URL with it.
+        hide_input_in_errors=True,
         use_attribute_docstrings=True,
     )
 
@@ -108,7 +113,7 @@ class Settings(BaseSettings):
             source = _MappingSource(cls, os.environ if environ is None else environ)
             return cls.model_validate(source())
         except ValidationError as exc:
-            raise SettingsError([cls._problem(e) for e in exc.errors()]) from None
+            raise SettingsError([p for e in exc.errors() for p in cls._problems(e)]) from None
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
@@ -132,16 +137,27 @@ class Settings(BaseSettings):
             for name, f in cls.model_fields.items()
         ]
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A settings object in a log line or a traceback shows no password.
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if isinstance(value, str) else value
+
     @classmethod
-    def _problem(cls, error: ErrorDetails) -> str:
+    def _problems(cls, error: ErrorDetails) -> list[str]:
+        """ "VAR: why" for one pydantic error; a validator of several variables raises
+        SettingsError with its own such lines. URLs in them are shown without their
+        passwords (QM_DATABASE_URL's included)."""
         by_key = {name: cls.env_name(name) for name in cls.model_fields}
         by_key |= {env: env for env in by_key.values()}
         where = str(error["loc"][0]) if error["loc"] else ""
         variable = by_key.get(where, where or cls.__name__)
+        cause = error.get("ctx", {}).get("error", error["msg"])
+        if isinstance(cause, SettingsError):
+            return [mask_urls(p) for p in cause.problems]
         if error["type"] == "value_error":
-            return f"{variable}: {error.get('ctx', {}).get('error', error['msg'])}"
+            return [mask_urls(f"{variable}: {cause}")]
         why = _PARSE_ERRORS.get(error["type"], error["msg"])
-        return f"{variable}: {why}, got {error['input']!r}"
+        return [mask_urls(f"{variable}: {why}, got {error['input']!r}")]
 
 
 def host_port(value: str) -> tuple[str, int] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -12,6 +13,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from prometheus_client import start_http_server
+
+from quartermaster.redact import mask_urls
 
 LOG_FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
 
@@ -22,6 +25,7 @@ def setup(
     """Logging and tracing; with `metrics_addr` (host:port) also the process's
     OpenTelemetry metrics, served at http://<metrics_addr>/metrics for Prometheus."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
+    mask_passwords_in_logs()
     # Noisy libraries stay at WARNING unless we debug.
     for noisy in ("aiokafka", "faust", "mode", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
@@ -40,6 +44,32 @@ def setup(
         except OSError as exc:
             raise SystemExit(f"{service}: cannot serve metrics on {metrics_addr}: {exc}") from None
         logging.getLogger("qm.telemetry").info("metrics on http://%s/metrics", metrics_addr)
+
+
+def mask_passwords_in_logs() -> None:
+    """From now on every log record of this process shows URLs without their passwords
+    (`quartermaster.redact`), its message and its traceback alike, whichever handler
+    writes it: done where records are made, since faust replaces the handlers. Calling
+    it again changes nothing."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "masks_passwords", False):
+        return
+
+    def masked(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return record  # a bad format: the handler reports it, as without us
+        if "://" in message:
+            record.msg, record.args = mask_urls(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            # The formatters use exc_text when it is set instead of formatting again.
+            record.exc_text = mask_urls(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    masked.masks_passwords = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked)
 
 
 def inject_headers() -> list[tuple[str, bytes]]:

@@ -23,10 +23,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
-import grpc
 
 from devtools.localinfra import free_port
 from devtools.localinfra.stack import open_infra
+from quartermaster.grpcclient import open_channel
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import timestamp
 from services.metering import api
@@ -97,7 +97,8 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
             settings = MeteringSettings.from_env({**os.environ, **infra.env()})
             running = await api.start(settings, addr="127.0.0.1:0")
             try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+                target = f"127.0.0.1:{running.served.port}"
+                async with open_channel(target, settings.client_tls) as ch:
                     stub = cost_pb2_grpc.UsageServiceStub(ch)
                     window = cost_pb2.UsageFilter(
                         start=timestamp(end - timedelta(days=ns.days)), end=timestamp(end)

@@ -21,14 +21,14 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
-
 from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import open_infra
 from quartermaster import kafka
 from quartermaster.db import connect_pool
+from quartermaster.grpcclient import open_channel
 from quartermaster.money import MICROS_PER_CREDIT
+from quartermaster.tls import ClientTls
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
 from services.policy import wiring
@@ -48,10 +48,12 @@ def _event(user: str) -> bytes:
     return e.SerializeToString()
 
 
-async def _measure(bootstrap: str, port: int, samples: int, out: list[float]) -> None:
+async def _measure(
+    bootstrap: str, port: int, tls: ClientTls | None, samples: int, out: list[float]
+) -> None:
     producer = kafka.producer(bootstrap, **{"linger.ms": 0, "acks": "all"})
     user = f"bench-{uuid.uuid4().hex[:8]}"
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with open_channel(f"127.0.0.1:{port}", tls) as ch:
         stub = policy_pb2_grpc.PolicyServiceStub(ch)
         for i in range(samples + 3):  # the first 3 warm the path up and are not counted
             before = (await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id=user))).used_micros
@@ -100,10 +102,12 @@ async def _run(samples: int) -> list[float]:
                 run_dir / "metering.log", env=env, cwd=ROOT,
             )  # fmt: skip
             metering.start()
-            policy = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
+            settings = PolicySettings.from_env(env)
+            policy = await wiring.start(settings, addr="127.0.0.1:0")
             try:
                 await asyncio.wait_for(policy.serving.wait(), 60)
-                await _measure(infra.kafka_bootstrap, policy.port, samples, results)
+                tls = settings.client_tls
+                await _measure(infra.kafka_bootstrap, policy.port, tls, samples, results)
             finally:
                 await policy.stop(1)
                 metering.stop()

@@ -39,11 +39,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import grpc
 
 from devtools.localinfra import free_port
 from devtools.localinfra.stack import open_infra
 from quartermaster import kafka
+from quartermaster.grpcclient import open_channel
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2, usage_pb2
@@ -165,7 +165,8 @@ async def client(
         for _ in range(2000)
     ]
     latencies = array("q")
-    async with grpc.aio.insecure_channel(target) as ch:
+    # Plaintext, as the servers it measures are (their environment has no QM_TLS_*).
+    async with open_channel(target, None) as ch:
         call = ch.unary_unary(
             method,
             request_serializer=lambda b: b,

@@ -15,6 +15,7 @@ import asyncpg
 import faust
 
 from quartermaster import telemetry
+from quartermaster.redact import mask_urls
 from quartermaster.settings import SettingsError
 from services.metering.pricing import CatalogError, PriceCatalog
 from services.metering.settings import MeteringSettings
@@ -68,7 +69,8 @@ def main() -> None:
     except (OSError, asyncpg.PostgresError) as exc:
         # Before joining the consumer group: a worker that can't count must not own
         # partitions. The supervisor restarts it.
-        sys.stderr.write(f"metering: cannot start on Postgres (QM_DATABASE_URL): {exc}\n")
+        why = mask_urls(str(exc))
+        sys.stderr.write(f"metering: cannot start on Postgres (QM_DATABASE_URL): {why}\n")
         raise SystemExit(1) from None
     crash = Crash()
     app = create_app(settings, counting, crash)

@@ -62,7 +62,8 @@ async def start(settings: MeteringSettings, addr: str | None = None) -> RunningA
     server = grpc.aio.server()
     cost_pb2_grpc.add_UsageServiceServicer_to_server(api.usage, server)
     prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(api.prices, server)
-    served = await serve(addr or settings.api_addr, [SERVICE_NAME, PRICES_SERVICE], server)
+    services = [SERVICE_NAME, PRICES_SERVICE]
+    served = await serve(addr or settings.api_addr, services, server, tls=settings.server_tls)
     await served.set_serving(True)
     return RunningApi(served, api, asyncio.create_task(_compact_forever(api.pool, settings)))
 

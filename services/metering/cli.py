@@ -25,7 +25,9 @@ from typing import Any, TextIO
 
 import grpc
 
+from quartermaster.grpcclient import open_blocking_channel
 from quartermaster.money import credits
+from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering.settings import MeteringSettings
@@ -206,8 +208,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     ns = parser().parse_args(argv)
-    addr = ns.addr or MeteringSettings.from_env().api_addr
-    with grpc.insecure_channel(addr) as channel:
+    settings = load_or_exit(MeteringSettings, "metering cli")
+    # TLS as the services' own clients: QM_TLS_CA_FILE and, for mutual TLS, the
+    # client certificate settings.
+    with open_blocking_channel(ns.addr or settings.api_addr, settings.client_tls) as channel:
         try:
             if ns.command == "prices":
                 prices(prices_pb2_grpc.PriceCatalogServiceStub(channel), ns, out)

@@ -116,7 +116,9 @@ async def build_api(settings: MeteringSettings) -> Api:
     except BaseException:
         await pool.close()
         raise
-    directory = DirectoryClient(settings.directory_addr, source="QM_DIRECTORY_ADDR")
+    directory = DirectoryClient(
+        settings.directory_addr, source="QM_DIRECTORY_ADDR", tls=settings.client_tls
+    )
     return Api(
         pool,
         UsageServicer(UsageStore(pool, settings.timezone), directory),

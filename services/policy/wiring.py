@@ -185,7 +185,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
         PolicyAdminServicer(limits, directory, evaluator, credentials, refresh.reload),
         DirectoryServicer(evaluator),
     )
-    served = await serve(addr or settings.addr, SERVICE_NAMES, server)
+    served = await serve(addr or settings.addr, SERVICE_NAMES, server, tls=settings.server_tls)
     log.info("policy listening on port %d", served.port)
 
     approvals = Approvals(limits, bootstrap)

@@ -34,6 +34,7 @@ DOMAIN_MODULES = {
         "quartermaster.model_ids",
         "quartermaster.money",
         "quartermaster.periods",
+        "quartermaster.redact",
         "quartermaster.partitioning",
         "quartermaster.tokens",
         "quartermaster.validation",

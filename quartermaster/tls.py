@@ -1,0 +1,126 @@
+"""TLS material for gRPC servers and clients: PEM files read once and checked, so a
+wrong file stops a process at start naming the setting, not at the first handshake.
+
+`ServerTls` and `ClientTls` hold the PEM bytes gRPC wants; `grpcserver.serve` and
+`grpcclient.open_channel` turn them into credentials. `None` in their place means
+plaintext. The settings that fill them are `quartermaster.config.CommonSettings`'
+`QM_TLS_*`; a gateway using `PolicyClient` as a library builds a `ClientTls` with
+`ClientTls.from_files`.
+
+Checks use the standard library's `ssl` (OpenSSL, as gRPC's own): a file holds PEM
+certificates (`load_verify_locations`), a key opens and matches its certificate
+(`load_cert_chain`). Failures raise `TlsFileError` (a ValueError) saying what is wrong
+with which file; the settings layer puts the variable's name in front.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TlsFileError(ValueError):
+    """A certificate, key or CA file that can't be used; the message says why."""
+
+
+def check_certificates(path: Path) -> Path:
+    """`path` when it holds at least one PEM certificate; TlsFileError when it is
+    missing, unreadable or holds none (a key, garbage, DER)."""
+    if not path.is_file():
+        raise TlsFileError(f"no such file: {path}")
+    try:
+        ssl.create_default_context(cafile=str(path))  # parses every certificate in it
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise TlsFileError(f"no PEM certificate in {path} ({_why(exc)})") from None
+    return path
+
+
+def check_key_pair(cert: Path, key: Path) -> None:
+    """Nothing when `key` is a readable PEM private key (unencrypted) for the first
+    certificate in `cert`; TlsFileError saying which of the two is wrong otherwise."""
+    if not key.is_file():
+        raise TlsFileError(f"no such file: {key}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key would make OpenSSL ask for a passphrase; gRPC can't use one.
+        context.load_cert_chain(str(cert), str(key), password=_no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TlsFileError(
+                f"the key in {key} does not match the certificate in {cert}"
+            ) from None
+        raise TlsFileError(f"no usable PEM private key in {key} ({_why(exc)})") from None
+    except (OSError, TypeError) as exc:
+        raise TlsFileError(f"no usable PEM private key in {key} ({_why(exc)})") from None
+
+
+def _no_passphrase() -> str:
+    raise TypeError("the key is encrypted; give an unencrypted key")
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else path.read_bytes()
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else str(exc)
+
+
+@dataclass(frozen=True, repr=False)
+class ServerTls:
+    """A server's certificate chain and private key (PEM bytes); with `client_ca`, the
+    CA whose certificates clients must present (mutual TLS: a client without one, or
+    with one from another CA, is refused in the handshake)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
+        """Read and check the files (TlsFileError names the bad one)."""
+        check_certificates(cert)
+        check_key_pair(cert, key)
+        if client_ca is not None:
+            check_certificates(client_ca)
+        return cls(cert.read_bytes(), key.read_bytes(), _read(client_ca))
+
+    def __repr__(self) -> str:  # never the key
+        return f"ServerTls(mutual={self.client_ca is not None})"
+
+
+@dataclass(frozen=True, repr=False)
+class ClientTls:
+    """What a client trusts and shows: `root_ca` (PEM; None: gRPC's default roots),
+    an optional certificate chain and key for mutual TLS, and `server_name`, the name
+    to expect in the server's certificate when it differs from the target's host
+    ("" : the target's host)."""
+
+    root_ca: bytes | None = None
+    cert_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name: str = ""
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        server_name: str = "",
+    ) -> ClientTls:
+        """Read and check the files (TlsFileError names the bad one); `cert` and `key`
+        go together."""
+        if (cert is None) != (key is None):
+            raise TlsFileError("a client certificate and its key go together: give both")
+        if ca is not None:
+            check_certificates(ca)
+        if cert is not None and key is not None:
+            check_certificates(cert)
+            check_key_pair(cert, key)
+        return cls(_read(ca), _read(cert), _read(key), server_name)
+
+    def __repr__(self) -> str:  # never the key
+        return f"ClientTls(mutual={self.cert_chain is not None}, server_name={self.server_name!r})"
