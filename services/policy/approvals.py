@@ -123,7 +123,7 @@ class Approvals:
             try:
                 await asyncio.to_thread(self._consumer.assign)
                 return
-            except KafkaException as exc:
+            except (KafkaException, RuntimeError) as exc:  # broker away, or no topic yet
                 log.warning("can't list %s's partitions yet: %s", Topic.REQUESTS.value, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

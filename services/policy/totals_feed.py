@@ -41,7 +41,8 @@ TOPIC_RECREATED_ADVICE = (
 class TotalsFeed:
     """The consumer thread that keeps one TotalsIndex up to date and says in
     `readiness` whether its totals can be answered from. `check_seconds`: how often
-    the topic is checked for having been recreated (a few small broker requests)."""
+    the topic is checked for having been recreated (a few small broker requests); two
+    checks in a row must see it before the feed gives up."""
 
     def __init__(
         self,
@@ -101,14 +102,14 @@ class TotalsFeed:
                 self._consumer.assign()
                 self._assigned = True
                 return True
-            except KafkaException as exc:
+            except (KafkaException, RuntimeError) as exc:  # broker away, or no topic yet
                 log.warning("can't list %s's partitions yet: %s", self._consumer.topic, exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
         return False
 
     def _follow(self) -> None:
-        consumer, known = self._consumer, False
+        consumer, known, suspect = self._consumer, False, None
         next_check = time.monotonic() + self._check_seconds
         while not self._stop.is_set():
             msg = consumer.poll(0.05)
@@ -119,9 +120,12 @@ class TotalsFeed:
                 self.readiness.known(PART)
             if time.monotonic() >= next_check:
                 problem = self._recreated()
-                if problem is not None:
+                # Only when two checks in a row see it: a new partition leader's end
+                # offset can lag for a moment, and giving up takes a restart.
+                if problem is not None and suspect is not None:
                     self._give_up(problem)
                     return
+                suspect = problem
                 next_check = time.monotonic() + self._check_seconds
 
     def _recreated(self) -> str | None:

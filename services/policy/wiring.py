@@ -120,8 +120,10 @@ async def _follow_readiness(
         if ready:
             serving.set()
             log.info("policy is serving")
-        else:
+        elif serving.is_set():  # it was serving: something went wrong
             log.warning("policy is NOT serving: %s", readiness.message())
+        else:
+            log.info("policy is starting: %s", readiness.message())
 
 
 def add_servicers(

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -94,9 +95,27 @@ async def _health(port: int) -> int:
 
 # -- (a) a replica killed and restarted ------------------------------------------------
 
+# Other users' totals ahead of the ones checked, so a restarted replica takes a moment
+# to reach them (as with a real workspace's totals) on a broker of the test's own.
+FILLER = 60_000
+
+
+@pytest.fixture
+def own_broker(infra: Infra) -> Iterator[LocalBroker]:
+    root = ROOT / ".run" / f"test-{os.getpid()}-broker-{uuid.uuid4().hex[:6]}"
+    root.mkdir(parents=True)
+    broker = LocalBroker(root, free_port())
+    try:
+        broker.start()
+        ensure_topics(broker.bootstrap, PARTITIONS)
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
 
 async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_allow(
-    infra: Infra, service_env: dict[str, str]
+    infra: Infra, own_broker: LocalBroker, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     over, pooled, mate, pool = new_user(), new_user(), new_user(), f"g-{uuid.uuid4().hex[:6]}"
     workspace = await _workspace(infra.database_url, 20 * CREDIT)
@@ -112,20 +131,25 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
         )
     finally:
         await db.close()
-    _publish_totals(
-        infra.kafka_bootstrap, {over: 30 * CREDIT, pooled: 1 * CREDIT, mate: 10 * CREDIT}
-    )
+    bootstrap = own_broker.bootstrap
+    _publish_totals(bootstrap, {f"filler-{i}": CREDIT for i in range(FILLER)})
+    _publish_totals(bootstrap, {over: 30 * CREDIT, pooled: 1 * CREDIT, mate: 10 * CREDIT})
 
     port = free_port()
-    env = {**service_env, "QM_WORKSPACE_ID": workspace, "QM_POLICY_ADDR": f"127.0.0.1:{port}"}
-    log = ROOT / ".run" / f"test-{os.getpid()}-logs" / f"policy-{workspace}.log"
+    env = {**service_env, "QM_WORKSPACE_ID": workspace, "QM_POLICY_ADDR": f"127.0.0.1:{port}",
+           "QM_KAFKA_BOOTSTRAP": bootstrap}  # fmt: skip
+    log = tmp_path / "policy.log"
     argv = [sys.executable, "-m", "services.policy"]
     answers: list[tuple[str, object]] = []
 
     async def loop_until_settled() -> None:
         """Check both users from the moment the process starts until each got ten
         answers in a row from a serving replica."""
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # Reconnect at once once the port opens (gRPC's default backoff waits a second
+        # or more after a refused connection, past the moment this test is about).
+        fast = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 50),
+                ("grpc.min_reconnect_backoff_ms", 20)]  # fmt: skip
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=fast) as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
             streak = {over: 0, pooled: 0}
 
@@ -137,7 +161,7 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
                         answers.append((user, got))
                         streak[user] += 1
                     except grpc.aio.AioRpcError as exc:
-                        answers.append((user, exc.code()))
+                        answers.append((user, (exc.code(), exc.details() or "")))
                         streak[user] = 0
                 return min(streak.values()) >= 10
 
@@ -154,15 +178,22 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
     finally:
         proc.stop(timeout=10)
 
-    assert answers
+    not_ready = 0
     for user, got in answers:
         if not isinstance(got, policy_pb2.CheckResponse):
-            assert got in (DOWN, grpc.StatusCode.DEADLINE_EXCEEDED), (user, got)
+            assert isinstance(got, tuple)
+            code, details = got
+            assert code in (DOWN, grpc.StatusCode.DEADLINE_EXCEEDED), (user, got)
+            not_ready += details.startswith("policy is not ready: ")
         elif user == over:
             assert (got.decision, got.used_micros) == (DENY, 30 * CREDIT), got
         else:
             assert (got.decision, got.used_micros) == (DENY, 1 * CREDIT), got
             assert [(p.group_id, p.used_micros) for p in got.pools] == [(pool, 11 * CREDIT)]
+    # The replica was reached while it read the filler, and said so (not only
+    # "connection refused" before it listened).
+    assert not_ready > 0, answers[:20]
+    print(f"answers: {len(answers)}, of them UNAVAILABLE not ready: {not_ready}")  # noqa: T201
 
 
 # -- (b) PostgreSQL restarted under two replicas ----------------------------------------
@@ -249,20 +280,6 @@ async def test_after_postgres_restarts_a_hold_on_one_replica_shows_on_the_other_
 
 
 # -- (c) the broker restarted under a replica --------------------------------------------
-
-
-@pytest.fixture
-def own_broker(infra: Infra) -> Iterator[LocalBroker]:
-    root = ROOT / ".run" / f"test-{os.getpid()}-broker-{uuid.uuid4().hex[:6]}"
-    root.mkdir(parents=True)
-    broker = LocalBroker(root, free_port())
-    try:
-        broker.start()
-        ensure_topics(broker.bootstrap, PARTITIONS)
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_after_the_broker_restarts_empty_policy_stops_answering_from_stale_totals(
