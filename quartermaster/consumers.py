@@ -25,7 +25,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +71,12 @@ class ReplayConsumer:
             }
         )
         self._pending: set[int] = set()
+        self._partitions: list[int] = []
+        # Per partition: the offset after the last record read, the end offset seen
+        # when assigned, and the highest end offset seen since (see `recreated`).
+        self._next: dict[int, int] = {}
+        self._start: dict[int, tuple[int, int]] = {}
+        self._ends: dict[int, int] = {}
         self.caught_up = threading.Event()
 
     def assign(self, timeout: float = 30.0) -> list[int]:
@@ -73,9 +86,58 @@ class ReplayConsumer:
         partitions = sorted(meta.topics[self.topic].partitions)
         if not partitions:
             raise RuntimeError(f"topic {self.topic} has no partitions")
+        for p in partitions:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=timeout, cached=False
+            )
+            self._start[p] = (low, high)
+            self._ends[p] = high
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         self._pending = set(partitions)
+        self._partitions = partitions
         return partitions
+
+    def progress(self) -> tuple[int, int]:
+        """(records read, records the partitions held when assigned by their end
+        offsets). Only a guide: a compacted topic has gaps, and the local broker
+        reports end offsets short (docs/development.md)."""
+        read = sum(self._next.get(p, low) - low for p, (low, _) in self._start.items())
+        return read, sum(high - low for low, high in self._start.values())
+
+    def recreated(self, timeout: float = 5.0) -> str | None:
+        """What shows that the topic is no longer the one read (deleted, recreated
+        with another partition count, or an end offset gone back below one seen or
+        below what was read), as a sentence; None when nothing does. Real Kafka never
+        moves an end offset back. Raises KafkaException when the broker can't be
+        asked now (nothing can be told then)."""
+        topic = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        if topic is None or (
+            topic.error is not None and topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        ):
+            return f"topic {self.topic} is gone from the broker"
+        if topic.error is not None:
+            raise KafkaException(topic.error)
+        partitions = sorted(topic.partitions)
+        if partitions != self._partitions:
+            return (
+                f"topic {self.topic} has {len(partitions)} partitions now, "
+                f"{len(self._partitions)} when they were read: it was recreated"
+            )
+        for p in partitions:
+            tp = TopicPartition(self.topic, p)
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            # The end offset the last fetch reported (the true one even where the
+            # broker's ListOffsets answer is short): -1001 before any fetch.
+            _, fetched = self._consumer.get_watermark_offsets(tp, cached=True)
+            read = self._next.get(p, 0)
+            if high < self._ends[p] or 0 <= fetched < read:
+                return (
+                    f"{self.topic} partition {p} ends at offset {max(high, fetched)} now, "
+                    f"below the {max(self._ends[p], read)} already seen: it was recreated "
+                    "or lost records"
+                )
+            self._ends[p] = high
+        return None
 
     def poll(self, timeout: float) -> Message | None:
         """The next data record, or None when there was none within `timeout` seconds."""
@@ -84,6 +146,7 @@ class ReplayConsumer:
             return None
         err = msg.error()
         if err is None:
+            self._next[msg.partition() or 0] = (msg.offset() or 0) + 1
             return msg
         if err.code() == KafkaError._PARTITION_EOF:
             self._pending.discard(msg.partition() or 0)

@@ -107,7 +107,8 @@ async def _policy(portfile: Path, timings: Path) -> None:
     await asyncio.wait_for(running.serving.wait(), 600)
     # The servicer alone, before any client runs: the decision without a transport
     # or a client competing for the CPU.
-    servicer = PolicyServicer(running.evaluator, ReservationStore(running.pool, "bench"), 600)
+    store = ReservationStore(running.pool, "bench")
+    servicer = PolicyServicer(running.evaluator, store, 600, running.readiness)
     users = len(running.evaluator.snapshot.users)
     rng = random.Random(3)
     alone = array("q")

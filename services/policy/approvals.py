@@ -8,7 +8,11 @@ rebalances to wait for; approvals are few) and the first to install an approval
 wins; a replay finds each one already there with one indexed read.
 
 Failure: while Postgres is away the same event is tried again every second (its
-offset is kept); an event that can't be an override is logged and skipped.
+offset is kept); an event that can't be an override is logged and skipped; while the
+broker can't list the topic's partitions, that is tried again.
+
+Readiness (part "approvals"): waiting until every partition was read to its end once,
+so no replica denies a user the credit an approval already granted.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 from datetime import timedelta
 
 import asyncpg
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from quartermaster.consumers import ReplayConsumer
 from quartermaster.money import credits
@@ -27,12 +31,14 @@ from quartermaster.v1 import requests_pb2
 from quartermaster.validation import MAX_ID_LENGTH
 from quartermaster.wire import from_timestamp
 from services.policy.inputs import MAX_REASON
+from services.policy.readiness import Readiness
 from services.policy.rules import Override
 from services.policy.stores.limits import LimitStore
 
 log = logging.getLogger("qm.policy.approvals")
 APPROVED = "request.approved"
 APPROVALS_ACTOR = "requests-service"
+PART = "approvals"
 
 
 def override_of(event: requests_pb2.RequestEvent) -> Override:
@@ -81,7 +87,9 @@ def override_of(event: requests_pb2.RequestEvent) -> Override:
 class Approvals:
     """Installs approved requests' overrides through a LimitStore."""
 
-    def __init__(self, limits: LimitStore, bootstrap: str) -> None:
+    def __init__(
+        self, limits: LimitStore, bootstrap: str, readiness: Readiness | None = None
+    ) -> None:
         self._limits = limits
         self._ws = limits.workspace_id
         self._consumer = ReplayConsumer(
@@ -91,17 +99,34 @@ class Approvals:
         self.repeated = 0
         self.rejected = 0
         self.stopping = False
+        self._readiness = readiness or Readiness()
+        self._readiness.waiting(PART, lambda: f"reading {Topic.REQUESTS.value} to its end")
 
     async def run(self) -> None:
         """Until `stopping`; then closes the consumer (never while a poll runs)."""
         try:
-            await asyncio.to_thread(self._consumer.assign)
+            await self._assign()
+            known = False
             while not self.stopping:
                 msg = await asyncio.to_thread(self._consumer.poll, 0.2)
                 if msg is not None:
                     await self._until_handled(msg)
+                if not known and self._consumer.caught_up.is_set():
+                    known = True
+                    self._readiness.known(PART)
         finally:
             self._consumer.close()
+
+    async def _assign(self) -> None:
+        delay = 0.1
+        while not self.stopping:
+            try:
+                await asyncio.to_thread(self._consumer.assign)
+                return
+            except (KafkaException, RuntimeError) as exc:  # broker away, or no topic yet
+                log.warning("can't list %s's partitions yet: %s", Topic.REQUESTS.value, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _until_handled(self, msg: Message) -> None:
         while not self.stopping:

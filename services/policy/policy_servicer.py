@@ -9,7 +9,7 @@ field reads, and its answer is a copy of a prepared message (mapping).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -22,6 +22,7 @@ from services.policy.errors import Conflict, NotFound
 from services.policy.evaluator import Evaluator, Verdict
 from services.policy.inputs import MAX_MICROS
 from services.policy.mapping import budget, check_response, reservation_msg
+from services.policy.readiness import Readiness
 from services.policy.reservations import Reservation
 from services.policy.rules import NoLimit, Resolved
 from services.policy.stores.reservations import ReservationStore
@@ -39,12 +40,25 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     """PolicyService over one Evaluator and one workspace's ReservationStore;
-    `default_ttl`: seconds a reservation lives when the call does not say."""
+    `default_ttl`: seconds a reservation lives when the call does not say. Every call
+    that answers from memory (Check, CheckBatch, GetBudget, Reserve) ends UNAVAILABLE
+    with `readiness.message()` while `readiness` is not ready (default: always ready);
+    Commit and Release only settle a reservation in Postgres and always run."""
 
-    def __init__(self, evaluator: Evaluator, store: ReservationStore, default_ttl: float) -> None:
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        store: ReservationStore,
+        default_ttl: float,
+        readiness: Readiness | None = None,
+    ) -> None:
         self._ev = evaluator
         self._store = store
         self._default_ttl = default_ttl
+        self._readiness = readiness or Readiness()
+
+    async def _not_ready(self, context: Context) -> NoReturn:
+        await abort(context, grpc.StatusCode.UNAVAILABLE, self._readiness.message())
 
     async def _resolve(self, user_id: str, now: datetime, context: Context) -> Resolved:
         try:
@@ -62,6 +76,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Check(
         self, request: policy_pb2.CheckRequest, context: Context
     ) -> policy_pb2.CheckResponse:
+        if not self._readiness.ready:
+            await self._not_ready(context)
         user, model, estimated = request.user_id, request.model, request.estimated_micros
         product = request.product
         if not (
@@ -99,6 +115,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def CheckBatch(
         self, request: policy_pb2.CheckBatchRequest, context: Context
     ) -> policy_pb2.CheckBatchResponse:
+        if not self._readiness.ready:
+            await self._not_ready(context)
         await refuse(context, inputs.check_batch(request))
         answer = self._answer
         try:
@@ -110,6 +128,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def GetBudget(
         self, request: policy_pb2.GetBudgetRequest, context: Context
     ) -> policy_pb2.Budget:
+        if not self._readiness.ready:
+            await self._not_ready(context)
         await refuse(context, inputs.ids(user_id=request.user_id))
         now = self._ev.clock()
         resolved = await self._resolve(request.user_id, now, context)
@@ -120,6 +140,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Reserve(
         self, request: policy_pb2.ReserveRequest, context: Context
     ) -> policy_pb2.CheckResponse:
+        if not self._readiness.ready:
+            await self._not_ready(context)
         await refuse(context, inputs.reserve(request))
         return await self._reserve(
             request.user_id, request.model, request.estimated_micros, request.request_id,

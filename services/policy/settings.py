@@ -43,6 +43,10 @@ class PolicySettings(CommonSettings):
     reservation_ttl_seconds: float = Field(600.0, ge=1, le=86_400)
     """How long a reservation holds budget unless the request says; a committed one is
     kept this long for its usage to arrive"""
+    totals_check_seconds: float = Field(5.0, ge=0.1, le=3600)
+    """How often the totals topic is checked for having been recreated (partitions
+    changed, end offsets gone back); when it was, the replica stops answering
+    (docs/operations.md, "Readiness")"""
     thresholds: Annotated[str, AfterValidator(_valid_percents)] = "50,80,100"
     """Percentages of a budget whose crossing sends one notification per period"""
 

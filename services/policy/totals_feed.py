@@ -1,26 +1,48 @@
-"""Feeds the TotalsIndex from `qm.usage.totals.v1`, in a thread of its own.
+"""policy's totals: a thread consumes the compacted `qm.usage.totals.v1` and applies
+every record to the TotalsIndex the Evaluator reads. Every replica reads the whole
+topic from its beginning (quartermaster.consumers.ReplayConsumer: no group, no
+commits). After each total, `on_change(user_id, period_key)` (threshold crossings) and,
+for request ids newly reported as counted, `on_settled(period_key, request_ids)`
+(their reservations are settled); both run on the consumer thread and must only hand
+the work over.
 
-Every replica reads the whole topic from its beginning (quartermaster.consumers.
-ReplayConsumer: no group, no commits). After each total, `on_change(user_id,
-period_key)` (threshold crossings) and, for request ids newly reported as counted,
-`on_settled(period_key, request_ids)` (their reservations are settled); both run
-on the consumer thread and must only hand the work over.
+Readiness (part "totals"): waiting until every partition was read to the end it had
+when assigned; broken for good when the topic turns out not to be the one read (see
+`TOPIC_RECREATED_ADVICE`): from then on this replica answers nothing from its totals.
+It recovers by being restarted once the topic holds every total again: an empty
+recreated topic can't be told from a restored one, so it never picks one up by itself.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from quartermaster.consumers import ReplayConsumer
 from quartermaster.topics import Topic
+from services.policy.readiness import Readiness
 from services.policy.totals import TotalsIndex
+
+log = logging.getLogger("qm.policy.totals")
+PART = "totals"
+TOPIC_RECREATED_ADVICE = (
+    "this replica stopped answering from its totals (UNAVAILABLE, health NOT_SERVING): "
+    "they may be stale, and a recreated topic would start them at zero. What to do: "
+    "bring back every total on the topic (no command re-publishes them from metering's "
+    "PostgreSQL yet: restore the topic, or stop metering and replay usage into a fresh "
+    "deployment), then restart the policy replicas; each reads the totals again at start"
+)
 
 
 class TotalsFeed:
-    """The consumer thread that keeps one TotalsIndex up to date."""
+    """The consumer thread that keeps one TotalsIndex up to date and says in
+    `readiness` whether its totals can be answered from. `check_seconds`: how often
+    the topic is checked for having been recreated (a few small broker requests); two
+    checks in a row must see it before the feed gives up."""
 
     def __init__(
         self,
@@ -28,18 +50,27 @@ class TotalsFeed:
         index: TotalsIndex,
         on_change: Callable[[str, str], None] = lambda _user, _period: None,
         on_settled: Callable[[str, list[str]], None] = lambda _period, _ids: None,
+        readiness: Readiness | None = None,
+        check_seconds: float = 5.0,
     ) -> None:
         self.index = index
         self._on_change = on_change
         self._on_settled = on_settled
         self._consumer = ReplayConsumer(bootstrap, Topic.USAGE_TOTALS.value, "policy-totals")
+        self._check_seconds = check_seconds
+        self._assigned = False
+        # What showed the topic is not the one read, once it did (then the thread ends).
+        self.problem: str | None = None
+        self.readiness = readiness or Readiness()
+        self.readiness.waiting(PART, self._describe)
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._consumer.run_thread,
-            args=(self._handle, self._stop),
-            name="totals-consumer",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._run, name="totals-consumer", daemon=True)
+
+    def _describe(self) -> str:
+        if not self._assigned:
+            return f"waiting for the broker to list {self._consumer.topic}'s partitions"
+        read, total = self._consumer.progress()
+        return f"{read:,} of {total:,} records read"
 
     def _handle(self, msg: Message) -> None:
         applied = self.index.apply(msg.value())
@@ -48,6 +79,67 @@ class TotalsFeed:
         if applied.settled:
             self._on_settled(applied.period_key, applied.settled)
         self._on_change(applied.user_id, applied.period_key)
+
+    def _run(self) -> None:
+        try:
+            if self._assign():
+                self._follow()
+        except Exception as exc:
+            # Whatever ended the thread, these totals stop moving: answering from them
+            # would be answering from stale state.
+            log.exception("the totals consumer stopped")
+            stopped = f"the totals consumer stopped ({exc}); restart this replica"
+            self.readiness.broken(PART, stopped)
+        finally:
+            self._consumer.close()
+
+    def _assign(self) -> bool:
+        """Assign every partition, trying again while the broker can't say which
+        (readiness says it waits for that); False when stopped first."""
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self._consumer.assign()
+                self._assigned = True
+                return True
+            except (KafkaException, RuntimeError) as exc:  # broker away, or no topic yet
+                log.warning("can't list %s's partitions yet: %s", self._consumer.topic, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return False
+
+    def _follow(self) -> None:
+        consumer, known, suspect = self._consumer, False, None
+        next_check = time.monotonic() + self._check_seconds
+        while not self._stop.is_set():
+            msg = consumer.poll(0.05)
+            if msg is not None:
+                self._handle(msg)
+            if not known and consumer.caught_up.is_set():
+                known = True
+                self.readiness.known(PART)
+            if time.monotonic() >= next_check:
+                problem = self._recreated()
+                # Only when two checks in a row see it: a new partition leader's end
+                # offset can lag for a moment, and giving up takes a restart.
+                if problem is not None and suspect is not None:
+                    self._give_up(problem)
+                    return
+                suspect = problem
+                next_check = time.monotonic() + self._check_seconds
+
+    def _recreated(self) -> str | None:
+        try:
+            return self._consumer.recreated()
+        except KafkaException as exc:
+            # The broker is away: nothing new can be read, nor told; ask again later.
+            log.warning("could not check %s for being recreated: %s", self._consumer.topic, exc)
+            return None
+
+    def _give_up(self, problem: str) -> None:
+        self.problem = problem
+        log.error("%s; %s", problem, TOPIC_RECREATED_ADVICE)
+        self.readiness.broken(PART, f"{problem}; restart policy once the totals are restored")
 
     @property
     def caught_up(self) -> bool:

@@ -28,13 +28,14 @@ from services.policy.directory_servicer import DirectoryServicer
 from services.policy.evaluator import Evaluator
 from services.policy.mapping import prepare_response
 from services.policy.policy_servicer import PolicyServicer
-from services.policy.reservations import ReservationsView, from_notice
+from services.policy.readiness import Readiness
+from services.policy.reservations import ReservationsView
 from services.policy.settings import PolicySettings
-from services.policy.stores.changes import CHANGED_CHANNEL
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
+from services.policy.stores.listen import ChangeListener
 from services.policy.stores.notices import NoticeStore
-from services.policy.stores.reservations import RESERVATIONS_CHANNEL, ReservationStore
+from services.policy.stores.reservations import ReservationStore
 from services.policy.stores.snapshot import SnapshotStore
 from services.policy.thresholds import ThresholdWatch
 from services.policy.totals import TotalsIndex
@@ -56,14 +57,16 @@ class RunningPolicy:
     served: Served
     pool: asyncpg.Pool
     # LISTENs for limit and reservation changes (its own connection, outside the pool)
-    listener: asyncpg.Connection
+    listener: ChangeListener
+    # What this replica knows yet; every RPC answering from memory consults it.
+    readiness: Readiness
     evaluator: Evaluator
     feed: TotalsFeed
     refresh: SnapshotRefresh
     thresholds: ThresholdWatch
     approvals: Approvals
     publisher: kafka.Publisher
-    # Set once limits are loaded and the totals feed has read every partition to its end.
+    # Set the first time `readiness` is ready (limits, totals and approvals read).
     serving: asyncio.Event
     tasks: list[asyncio.Task[None]]
     approvals_task: asyncio.Task[None]
@@ -92,9 +95,7 @@ class RunningPolicy:
         await self.pool.close()
 
 
-async def _set_serving_when_ready(
-    served: Served, feed: TotalsFeed, thresholds: ThresholdWatch, serving: asyncio.Event
-) -> None:
+async def _when_totals_read(feed: TotalsFeed, thresholds: ThresholdWatch) -> None:
     # A short poll (the totals consumer is a thread), and only at start.
     while not feed.caught_up:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
@@ -103,30 +104,26 @@ async def _set_serving_when_ready(
     thresholds.arm()
     # Every user's totals are in memory now, for good: out of the collector's way.
     gcpacing.settle()
-    await served.set_serving(True)
-    serving.set()
-    log.info("policy is serving (%d totals records read)", feed.index.records)
+    log.info("totals read (%d records)", feed.index.records)
 
 
-async def _listen(
-    database_url: str, workspace_id: str, changed: asyncio.Event, view: ReservationsView
-) -> asyncpg.Connection:
-    """A connection that sets `changed` when the workspace's limits or directory
-    change and puts every reservation made or settled on any replica in `view`."""
-    listener = await asyncpg.connect(database_url)
-
-    def on_change(_c: object, _pid: object, _channel: object, payload: str) -> None:
-        if payload == workspace_id:
-            changed.set()
-
-    def on_reservation(_c: object, _pid: object, _channel: object, payload: str) -> None:
-        workspace, reservation = from_notice(payload)
-        if workspace == workspace_id:
-            view.put(reservation)
-
-    await listener.add_listener(CHANGED_CHANNEL, on_change)
-    await listener.add_listener(RESERVATIONS_CHANNEL, on_reservation)
-    return listener
+async def _follow_readiness(
+    served: Served, readiness: Readiness, flipped: asyncio.Event, serving: asyncio.Event
+) -> None:
+    """Health says what `readiness` says, each time it flips (`flipped` is set from
+    whichever thread flipped it); `serving` is set the first time it is ready."""
+    while True:
+        await flipped.wait()
+        flipped.clear()
+        ready = readiness.ready
+        await served.set_serving(ready)
+        if ready:
+            serving.set()
+            log.info("policy is serving")
+        elif serving.is_set():  # it was serving: something went wrong
+            log.warning("policy is NOT serving: %s", readiness.message())
+        else:
+            log.info("policy is starting: %s", readiness.message())
 
 
 def add_servicers(
@@ -155,9 +152,18 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     snapshots, reservations = SnapshotStore(pool, ws), ReservationStore(pool, ws)
     limits, directory = LimitStore(pool, ws), DirectoryStore(pool, ws)
     view = ReservationsView()
-    changed = asyncio.Event()
+    changed, flipped = asyncio.Event(), asyncio.Event()
+    readiness = Readiness(lambda: loop.call_soon_threadsafe(flipped.set))
+    readiness.waiting("limits", lambda: "reading limits and the directory from PostgreSQL")
+
+    async def resync() -> None:
+        view.sync(await reservations.open_reservations(), view.ids())
+
+    listener = ChangeListener(
+        settings.database_url, ws, changed, view, resync, settings.refresh_seconds
+    )
     # LISTEN before the first read, so no change can fall between the two.
-    listener = await _listen(settings.database_url, ws, changed, view)
+    await listener.connect()
     snap = await snapshots.load()
     view.replace_all(await reservations.open_reservations())
     totals = TotalsIndex()
@@ -174,31 +180,37 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
         settings.threshold_percents, loop,
     )  # fmt: skip
     settlements = Settlements(reservations, view, loop)
-    feed = TotalsFeed(bootstrap, totals, thresholds.changed, settlements.seen)
+    feed = TotalsFeed(
+        bootstrap, totals, thresholds.changed, settlements.seen, readiness,
+        settings.totals_check_seconds,
+    )  # fmt: skip
+    approvals = Approvals(limits, bootstrap, readiness)
+    readiness.known("limits")  # after the other parts said they wait: never ready early
     feed.start()
 
     server = grpc.aio.server()
     credentials = Credentials(settings.admin_credentials)
     add_servicers(
         server,
-        PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds),
+        PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds, readiness),
         PolicyAdminServicer(limits, directory, evaluator, credentials, refresh.reload),
         DirectoryServicer(evaluator),
     )
     served = await serve(addr or settings.addr, SERVICE_NAMES, server, tls=settings.server_tls)
     log.info("policy listening on port %d", served.port)
 
-    approvals = Approvals(limits, bootstrap)
     serving = asyncio.Event()
     tasks = [
         asyncio.create_task(thresholds.run()),
         asyncio.create_task(refresh.run()),
         asyncio.create_task(settlements.run()),
         asyncio.create_task(housekeeping(reservations, evaluator)),
-        asyncio.create_task(_set_serving_when_ready(served, feed, thresholds, serving)),
+        asyncio.create_task(_when_totals_read(feed, thresholds)),
+        asyncio.create_task(_follow_readiness(served, readiness, flipped, serving)),
+        asyncio.create_task(listener.run()),
         asyncio.create_task(gcpacing.pace()),
     ]
     return RunningPolicy(
-        served, pool, listener, evaluator, feed, refresh, thresholds, approvals, publisher,
-        serving, tasks, asyncio.create_task(approvals.run()),
+        served, pool, listener, readiness, evaluator, feed, refresh, thresholds, approvals,
+        publisher, serving, tasks, asyncio.create_task(approvals.run()),
     )  # fmt: skip

@@ -52,6 +52,7 @@ DOMAIN_MODULES = {
         "services.policy.decide",
         "services.policy.evaluator",
         "services.policy.model_rules",
+        "services.policy.readiness",
         "services.policy.reservations",
         "services.policy.rules",
         "services.policy.totals",

@@ -31,6 +31,7 @@ from services.policy.evaluator import Evaluator
 from services.policy.mapping import prepare_response
 from services.policy.model_rules import ModelPolicy
 from services.policy.policy_servicer import PolicyServicer
+from services.policy.readiness import Readiness
 from services.policy.reservations import (
     Admission,
     Reservation,
@@ -184,6 +185,8 @@ class InProcess:
     limits: FakeLimits
     dir_store: FakeDirectory
     reloads: list[int] = field(default_factory=list)
+    # What the PolicyService consults before answering from memory (ready here).
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 @asynccontextmanager
@@ -195,6 +198,7 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
                    clock=lambda: NOW, prepare=prepare_response)  # fmt: skip
     reservations, limits, dir_store = FakeReservations(), FakeLimits(), FakeDirectory()
     reloads: list[int] = []
+    readiness = Readiness()
 
     async def reload() -> None:
         reloads.append(1)
@@ -203,13 +207,14 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
                                 clock=lambda: NOW)  # fmt: skip
 
     def add(server: grpc.aio.Server) -> None:
-        add_servicers(server, PolicyServicer(ev, reservations, 600), admin, DirectoryServicer(ev))
+        policy = PolicyServicer(ev, reservations, 600, readiness)
+        add_servicers(server, policy, admin, DirectoryServicer(ev))
 
     async with in_process_server(add) as ch:
         yield InProcess(
             policy_pb2_grpc.PolicyServiceStub(ch), policy_pb2_grpc.PolicyAdminServiceStub(ch),
             policy_pb2_grpc.DirectoryServiceStub(ch), ev, reservations, limits, dir_store,
-            reloads,
+            reloads, readiness,
         )  # fmt: skip
 
 
