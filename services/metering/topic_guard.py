@@ -88,12 +88,16 @@ async def accept(guard: TopicGuard, sink: RecordSink, by: str, reason: str) -> A
     offsets to each partition's first record, marks replaced, an audit row) and, in
     the same transaction, publish every open period's total from Postgres to the
     totals topic again, so policy, reading that topic from the beginning, has them
-    back. ValueError for an
-    empty `by`/`reason` or a missing topic; OSError when the broker does not answer
-    (run it again: both steps can be repeated)."""
+    back. ValueError for an empty `by`/`reason`, a missing topic, or topics with
+    nothing wrong; OSError when the broker does not answer (run it again: both steps
+    can be repeated)."""
     if not by.strip() or not reason.strip():
         raise ValueError("say who accepts (--by) and why (--reason): both are kept")
     _stored, observed, found = await guard.check()
+    if not found:
+        # Moving offsets that are right would count every record of the topic again
+        # (the event_id dedupe covers only QM_METERING_DEDUPE_HOURS).
+        raise ValueError("nothing to accept: the topics are the ones the stored offsets count")
     published = 0
 
     async def publish(totals: dict[TotalKey, Total]) -> None:

@@ -146,6 +146,9 @@ async def test_a_restarted_broker_is_refused_loudly_then_accepted_and_counted_ex
     assert accepted.returncode == 0, accepted
     assert "offsets now {0: 0, 1: 0, 2: 0}; 3 open totals published" in accepted.stdout
     assert cli(worker.env, "topic", "check").returncode == 0
+    again = cli(worker.env, "topic", "accept", "--by", "ops", "--reason", "twice")
+    assert again.returncode == 2, again
+    assert "nothing to accept" in again.stderr, "right offsets are never moved"
 
     # Policy's topic has the user's totals again (day, week, month), before any new count.
     republished = _totals(own_broker.bootstrap, user)
