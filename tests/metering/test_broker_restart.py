@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -48,6 +49,7 @@ def own_broker(infra: Infra) -> Iterator[LocalBroker]:
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class Worker:
@@ -80,6 +82,7 @@ def worker(own_broker: LocalBroker, service_env: dict[str, str]) -> Iterator[Wor
         yield w
     finally:
         w.proc.stop(timeout=15)
+        log_path.unlink(missing_ok=True)
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
