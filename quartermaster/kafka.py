@@ -7,8 +7,10 @@ import asyncio
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # not re-exported for mypy
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from quartermaster.topics import SPECS
@@ -16,11 +18,30 @@ from quartermaster.topics import SPECS
 log = logging.getLogger(__name__)
 
 
+class TopicMismatch(Exception):
+    """Existing topics differ from `quartermaster.topics.SPECS`: `problems` (one
+    sentence each) and what to do, in `str()`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            " ".join(problems) + " A topic the broker auto-created (a producer or consumer "
+            "came first, or the broker lost its data and recreated it) has the broker's "
+            "defaults: delete it and run ensure_topics again, or change its configuration "
+            "to match (kafka-configs / kafka-topics); then see docs/operations.md, "
+            "'When the broker lost its data'."
+        )
+
+
 def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> None:
-    """Create every topic in `quartermaster.topics.SPECS` that does not exist yet.
+    """Create every topic in `quartermaster.topics.SPECS` that does not exist yet, with
+    `partitions` partitions and its spec's configuration; then check every one:
+    TopicMismatch naming each topic whose partition count or configuration (say
+    `qm.usage.totals.v1` not compacted) differs. KafkaException when the broker does
+    not answer within `timeout` seconds.
 
     Topics are created explicitly so their partition counts are ours, not whatever the
-    broker auto-creates. An existing topic is left as it is.
+    broker auto-creates. An existing topic is never changed: it is reported.
     """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout
@@ -40,11 +61,36 @@ def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> Non
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
-            return
+            break
         except KafkaException:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+    problems = _differences(admin, partitions, timeout)
+    if problems:
+        raise TopicMismatch(problems)
+
+
+def _differences(admin: AdminClient, partitions: int, timeout: float) -> list[str]:
+    """How the existing topics differ from SPECS (`partitions` each)."""
+    names = [spec.topic.value for spec in SPECS]
+    described = admin.describe_topics(TopicCollection(names), request_timeout=timeout)
+    resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
+    configs = admin.describe_configs(resources, request_timeout=timeout)
+    by_name = {r.name: fut for r, fut in configs.items()}
+    out = []
+    for spec in SPECS:
+        name = spec.topic.value
+        found = len(described[name].result().partitions)
+        if found != partitions:
+            out.append(f"{name} has {found} partitions, not {partitions}.")
+        entries = by_name[name].result()
+        for key, wanted in spec.config.items():
+            entry = entries.get(key)
+            value = None if entry is None else entry.value
+            if value != wanted:
+                out.append(f"{name} has {key}={value}, not {wanted}.")
+    return out
 
 
 def producer(bootstrap: str, **config: object) -> Producer:

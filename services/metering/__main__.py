@@ -1,6 +1,8 @@
 """`python -m services.metering`: run one metering worker until SIGTERM/SIGINT, or
 until its counting fails in a way it cannot handle (then exit status EXIT_CRASHED,
-for the supervisor to restart it)."""
+for the supervisor to restart it), or until it finds the broker's topics are not the
+ones its stored offsets count (exit status EXIT_REFUSED, with an ERROR saying what to
+do: restarting alone will not help; see `topic_check`)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ from quartermaster.redact import mask_urls
 from quartermaster.settings import SettingsError
 from services.metering.pricing import CatalogError, PriceCatalog
 from services.metering.settings import MeteringSettings
-from services.metering.wiring import build_counting
+from services.metering.topic_check import TopicRefused
+from services.metering.wiring import Counting, build_counting
 from services.metering.worker import create_app
 
 log = logging.getLogger("qm.metering")
 EXIT_CRASHED = 70  # EX_SOFTWARE
+EXIT_REFUSED = 78  # EX_CONFIG: the topics need an operator (topic_check.TopicRefused)
 # How long a graceful stop after a crash may take before the process is ended hard.
 STOP_GRACE_SECONDS = 20.0
 
@@ -41,15 +45,22 @@ class Crash:
         if self.reason is not None:
             return
         self.reason = exc
-        log.critical(
-            "metering stops: counting crashed (%s: %s); nothing of the batch in hand was "
-            "acked, so a restarted worker counts it again",
-            type(exc).__name__, exc, exc_info=exc,
-        )  # fmt: skip
-        timer = threading.Timer(STOP_GRACE_SECONDS, os._exit, args=(EXIT_CRASHED,))
+        if isinstance(exc, TopicRefused):
+            log.error("%s", exc)
+        else:
+            log.critical(
+                "metering stops: counting crashed (%s: %s); nothing of the batch in hand "
+                "was acked, so a restarted worker counts it again",
+                type(exc).__name__, exc, exc_info=exc,
+            )  # fmt: skip
+        timer = threading.Timer(STOP_GRACE_SECONDS, os._exit, args=(self.exit_status(),))
         timer.daemon = True
         timer.start()
         os.kill(os.getpid(), signal.SIGTERM)
+
+    def exit_status(self) -> int:
+        """EXIT_REFUSED for a refusal of the topics, EXIT_CRASHED for anything else."""
+        return EXIT_REFUSED if isinstance(self.reason, TopicRefused) else EXIT_CRASHED
 
 
 def main() -> None:
@@ -72,6 +83,7 @@ def main() -> None:
         why = mask_urls(str(exc))
         sys.stderr.write(f"metering: cannot start on Postgres (QM_DATABASE_URL): {why}\n")
         raise SystemExit(1) from None
+    _verify_topics(loop, counting)
     crash = Crash()
     app = create_app(settings, counting, crash)
     # Not faust's CLI: its `worker` command turns the web server back on (port 6066).
@@ -81,7 +93,21 @@ def main() -> None:
     finally:
         if crash.reason is not None:
             # in place of the SystemExit(0) of a stop on SIGTERM
-            raise SystemExit(EXIT_CRASHED)
+            raise SystemExit(crash.exit_status())
+
+
+def _verify_topics(loop: asyncio.AbstractEventLoop, counting: Counting) -> None:
+    """Before joining the consumer group: refuse (EXIT_REFUSED) when the broker's
+    topics are not the ones the stored offsets count. A broker that does not answer
+    yet is not a refusal: each partition is checked again before it is counted."""
+    try:
+        loop.run_until_complete(counting.guard.verify())
+    except TopicRefused as exc:
+        log.error("%s", exc)
+        loop.run_until_complete(counting.pool.close())
+        raise SystemExit(EXIT_REFUSED) from None
+    except OSError as exc:
+        log.warning("topics not checked at start (%s); checked before counting", exc)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,19 @@ and the price catalog (loading needs an admin token, QM_ADMIN_TOKEN or --token):
     python -m services.metering.cli prices load prices.yaml [--replace] [--dry-run]
     python -m services.metering.cli prices list [--at 2026-06-01] [--model gpt-5]
     python -m services.metering.cli prices history [gpt-5]
+
+and the topics metering counts (straight to Kafka and Postgres, QM_KAFKA_BOOTSTRAP
+and QM_DATABASE_URL): whether they are the ones its stored offsets belong to, and,
+after a broker lost its data, accepting them as they are now:
+
+    python -m services.metering.cli topic check
+    python -m services.metering.cli topic accept --by ann --reason "broker restarted"
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import os
 import sys
@@ -185,6 +193,55 @@ def _prices_parser(sub: Any) -> None:
         a.add_argument("--format", choices=("table", "csv"), default="table")
 
 
+def _topic_parser(sub: Any) -> None:
+    p = sub.add_parser("topic", help="are the topics the ones the stored offsets count?")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("check", help="say what is wrong, if anything (exit 1 if so)")
+    accept = actions.add_parser(
+        "accept", help="count the topics as they are now (offsets to their start)"
+    )
+    accept.add_argument("--by", required=True, help="who accepts (kept with the change)")
+    accept.add_argument("--reason", required=True, help="why (kept with the change)")
+
+
+def topic(ns: argparse.Namespace, out: TextIO) -> int:
+    """`topic check` / `topic accept`: 0 when the topics may be counted (or were
+    accepted), 1 when check found problems, 2 for an accept refused (its reason on
+    stderr)."""
+    from quartermaster.db import connect_pool
+    from quartermaster.kafka import Publisher
+    from services.metering.topic_guard import accept
+    from services.metering.wiring import topic_guard
+
+    settings = MeteringSettings.from_env()
+
+    async def run() -> int:
+        pool = await connect_pool(settings.database_url, max_size=2)
+        try:
+            guard = topic_guard(settings, pool)
+            if ns.action == "check":
+                stored, _observed, found = await guard.check()
+                out.writelines(f"problem: {p}\n" for p in found)
+                out.write(f"stored offsets: {stored.offsets or 'none'}\n")
+                out.write("ok: metering may count\n" if not found else "refused\n")
+                return 1 if found else 0
+            publisher = Publisher(settings.kafka_bootstrap)
+            try:
+                done = await accept(guard, publisher, ns.by, ns.reason)
+            except ValueError as exc:
+                sys.stderr.write(f"topic accept: {exc}\n")
+                return 2
+            finally:
+                publisher.close()
+            out.writelines(f"accepted: {p}\n" for p in done.problems)
+            out.write(f"offsets now {done.offsets}; {done.republished} open totals published\n")
+            return 0
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m services.metering.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -203,11 +260,14 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--group-by", type=_dims, default=["user"])
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
     _prices_parser(sub)
+    _topic_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     ns = parser().parse_args(argv)
+    if ns.command == "topic":
+        return topic(ns, out)
     settings = load_or_exit(MeteringSettings, "metering cli")
     # TLS as the services' own clients: QM_TLS_CA_FILE and, for mutual TLS, the
     # client certificate settings.

@@ -83,6 +83,14 @@ OUTAGE: tuple[type[Exception], ...] = (
 )
 
 
+class TopicVerifier(Protocol):
+    """Whether the broker's topics are still the ones the stored offsets count
+    (`topic_guard.TopicGuard`): `verify` returns, or raises TopicRefused (counting must
+    stop: it propagates and ends the worker) or OSError (an outage: retried)."""
+
+    async def verify(self) -> None: ...
+
+
 class RecordSink(Protocol):
     """Where DLQ records and totals go (`quartermaster.kafka.Publisher`): `send` returns
     once the broker has every record and raises OSError otherwise."""
@@ -102,8 +110,13 @@ class Processor:
     retry_seconds: float
     burn: BurnWatch | None = None
     metrics: MeteringMetrics = field(default_factory=MeteringMetrics)
+    guard: TopicVerifier | None = None
     states: dict[int, PartitionState] = field(default_factory=dict, init=False)
     paused: bool = field(default=False, init=False)
+    # partition → totals published inside a transaction whose COMMIT then failed: the
+    # topic may hold values Postgres never took (see `_attempt`). The next commit of
+    # the partition publishes their committed values again.
+    unsure: dict[int, set[TotalKey]] = field(default_factory=dict, init=False)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop state of partitions this worker no longer owns."""
@@ -122,6 +135,10 @@ class Processor:
         if state is None:
             since = self.meter.clock() - self.meter.dedupe_window
             state = await self.counting.load_partition(partition, since)
+            if self.guard is not None:
+                # Before any record is counted or skipped on the strength of the
+                # stored offset: is it still this topic's offset?
+                await self.guard.verify()
             self.states[partition] = state
             log.info(
                 "partition %d: counting from offset %d (%d recent event ids)",
@@ -205,8 +222,14 @@ class Processor:
     async def _attempt(
         self, partition: int, records: list[Record], refused: dict[int, str]
     ) -> bool:
+        fresh = partition not in self.states
         state = await self._state(partition)
         plan = self.meter.plan(state, records, refused)
+        if plan.replayed and not fresh and self.guard is not None:
+            # Records below the stored offset: a redelivery after a crash, or a topic
+            # recreated under this worker (a broker that lost its data) whose new
+            # records would be skipped as counted. Tell them apart before skipping.
+            await self.guard.verify()
         if self._pause_for(plan):
             return False
         await self._load(state, plan)
@@ -220,13 +243,7 @@ class Processor:
             if overflowing(changed, rollups):
                 raise AssertionError(f"sums past the bound after a guarded plan: {users}")
 
-        async def publish() -> None:
-            await self._publish(partition, plan, changed)
-
-        committed = await self.counting.commit(
-            partition, state.next_offset, plan.next_offset, changed, plan.new_seen, rollups,
-            publish,
-        )  # fmt: skip
+        committed = await self._commit(partition, state, plan, changed, rollups)
         if not committed:
             log.warning("partition %d was advanced by another worker; replanning", partition)
             self.states.pop(partition, None)
@@ -237,6 +254,50 @@ class Processor:
         if plan.duplicates:
             log.info("partition %d: %d duplicate event(s) not counted", partition, plan.duplicates)
         return True
+
+    async def _commit(
+        self,
+        partition: int,
+        state: PartitionState,
+        plan: Plan,
+        changed: dict[TotalKey, Total],
+        rollups: dict[RollupKey, Rollup],
+    ) -> bool:
+        """The fenced commit, publishing inside it once the writes succeeded (the
+        offset row locked: no other worker commits or publishes this partition
+        meanwhile, and a worker whose fence failed publishes nothing).
+
+        Should the transaction fail after the publishing began (the COMMIT refused, the
+        connection lost, Postgres ending the session of a worker frozen mid-publish
+        while another took the partition over), the topic may hold totals Postgres
+        never took, possibly below what the other worker committed: they are marked
+        unsure, and the next commit of the partition (the retry that follows, however
+        it is planned) publishes their committed values again under the lock, so the
+        newest record of each key is a committed value. A process that dies in between
+        leaves them until that user's next event."""
+        again = self.unsure.get(partition, set()) - changed.keys()
+        if again:
+            state.totals.update(await self.counting.load_totals(again - state.totals.keys()))
+        republish = {k: state.totals[k] for k in again if k in state.totals}
+        began = False
+
+        async def publish() -> None:
+            nonlocal began
+            began = True
+            await self._publish(partition, plan, {**republish, **changed})
+
+        try:
+            committed = await self.counting.commit(
+                partition, state.next_offset, plan.next_offset, changed, plan.new_seen,
+                rollups, publish,
+            )  # fmt: skip
+        except BaseException:
+            if began:
+                self.unsure.setdefault(partition, set()).update(changed.keys() | again)
+            raise
+        if committed:
+            self.unsure.pop(partition, None)
+        return committed
 
     async def _load(self, state: PartitionState, plan: Plan) -> None:
         """Load into `state` the stored totals and rollups `plan` touches."""

@@ -21,6 +21,7 @@ from quartermaster.kafka import Publisher
 from quartermaster.notifications import NotificationPublisher
 from quartermaster.topics import Topic
 from services.metering.aggregate import Meter
+from services.metering.broker_view import BrokerView
 from services.metering.burn_watch import BurnWatch
 from services.metering.burnrate import BurnRate, BurnRule
 from services.metering.dlq_limit import DlqLimit
@@ -30,6 +31,8 @@ from services.metering.settings import MeteringSettings
 from services.metering.stores.catalog import CatalogStore, Follower
 from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
+from services.metering.stores.topics import TopicStore
+from services.metering.topic_guard import TopicGuard
 
 if TYPE_CHECKING:
     from quartermaster.directory_client import DirectoryClient
@@ -47,6 +50,7 @@ class Counting:
     pool: asyncpg.Pool
     processor: Processor
     prices: Follower
+    guard: TopicGuard
 
 
 def burn_rule(settings: MeteringSettings) -> BurnRule:
@@ -78,6 +82,7 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
     )
     publisher = Publisher(settings.kafka_bootstrap)
     rollups = RollupStore(pool)
+    guard = topic_guard(settings, pool)
     processor = Processor(
         meter,
         CountingStore(pool, settings.app_id, Topic.USAGE.value, rollups),
@@ -86,8 +91,16 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
         DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
         retry_seconds=1.0,
         burn=BurnWatch(BurnRate(burn_rule(settings)), NotificationPublisher(publisher)),
+        guard=guard,
     )
-    return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog))
+    return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog), guard)
+
+
+def topic_guard(settings: MeteringSettings, pool: asyncpg.Pool) -> TopicGuard:
+    """The check of the broker's topics against the stored offsets and marks (the
+    worker's, and the CLI's `topic` commands')."""
+    store = TopicStore(pool, settings.app_id, Topic.USAGE.value, Topic.USAGE_TOTALS.value)
+    return TopicGuard(BrokerView(settings.kafka_bootstrap), store, settings.topic_partitions)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,12 @@ COMMANDS: dict[str, Runner] = {
     f"{CLI} top": Session(),
     f"{CLI} usage": Session(),
     f"{CLI} prices": Session(),
+    f"{CLI} topic check": Session(),
+    # Accepting moves the stored offsets: run against a broker of its own that was
+    # restarted, never the session's.
+    f"{CLI} topic accept": RunBy(
+        "tests/metering/test_broker_restart.py", '"topic", "accept", "--by"'
+    ),
     f"{PY} -m services.policy set-default": Session(),
     f"{PY} -m services.policy": Serve("QM_POLICY_ADDR"),
     f"{PY} -m services.metering.api": Serve("QM_USAGE_API_ADDR"),

@@ -47,6 +47,7 @@ DOMAIN_MODULES = {
         "services.metering.dead_letter",
         "services.metering.decode",
         "services.metering.pricing",
+        "services.metering.topic_check",
     ],
     "policy": [
         "services.policy.decide",
