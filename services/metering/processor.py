@@ -105,9 +105,12 @@ class Processor:
     paused: bool = field(default=False, init=False)
 
     def forget(self, partitions: set[int]) -> None:
-        """Drop state of partitions this worker no longer owns."""
+        """Drop state of partitions this worker no longer owns (and the burn-rate state
+        of their users: another worker counts them meanwhile)."""
         for p in partitions:
             self.states.pop(p, None)
+        if self.burn is not None:
+            self.burn.forget(partitions)
 
     async def prune(self, dedupe_window: timedelta) -> int:
         """Drop expired ids and totals from memory and expired ids from Postgres; how

@@ -67,6 +67,9 @@ class MeteringSettings(CommonSettings):
     """Alert whenever a user spends this many credits an hour"""
     burn_half_life_minutes: float = Field(360.0, ge=1)
     """How fast a user's usual rate forgets"""
+    burn_warm_minutes: int = Field(60, ge=0, le=1440)
+    """History a user's usual rate needs (stored rollups or live) before it can alert;
+    until then only the absolute rate does"""
     directory_addr: HostPort = Field("127.0.0.1:50051", validation_alias="QM_DIRECTORY_ADDR")
     """policy's DirectoryService, which the Cost API asks for group members"""
     compact_seconds: float = Field(

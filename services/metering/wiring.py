@@ -57,6 +57,7 @@ def burn_rule(settings: MeteringSettings) -> BurnRule:
         min_per_hour=settings.burn_min_credits_per_hour * MICROS,
         absolute_per_hour=settings.burn_absolute_credits_per_hour * MICROS,
         baseline_half_life_minutes=settings.burn_half_life_minutes,
+        warm_minutes=settings.burn_warm_minutes,
     )
 
 
@@ -85,7 +86,12 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
         publisher,
         DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
         retry_seconds=1.0,
-        burn=BurnWatch(BurnRate(burn_rule(settings)), NotificationPublisher(publisher)),
+        burn=BurnWatch(
+            BurnRate(burn_rule(settings)),
+            NotificationPublisher(publisher),
+            history=rollups.spend_by_hour,
+            partitions=settings.topic_partitions,
+        ),
     )
     return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog))
 
