@@ -23,10 +23,12 @@ from quartermaster.topics import Topic
 from services.metering.aggregate import Meter
 from services.metering.burn_watch import BurnWatch
 from services.metering.burnrate import BurnRate, BurnRule
-from services.metering.dlq_limit import DlqLimit
+from services.metering.dlq_limit import DlqLimit, SourceLimits
+from services.metering.metrics import MeteringMetrics
 from services.metering.pricing import PriceCatalog
 from services.metering.processor import Processor
 from services.metering.settings import MeteringSettings
+from services.metering.source_watch import SourceWatch
 from services.metering.stores.catalog import CatalogStore, Follower
 from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
@@ -61,6 +63,17 @@ def burn_rule(settings: MeteringSettings) -> BurnRule:
     )
 
 
+def dlq_limit(settings: MeteringSettings) -> DlqLimit:
+    """The per-source DLQ limit from QM_METERING_DLQ_*."""
+    return DlqLimit(
+        window=settings.dlq_window,
+        max_ratio=settings.dlq_max_ratio,
+        min_invalid=settings.dlq_min_invalid,
+        max_sources=settings.dlq_max_sources,
+        idle_seconds=settings.dlq_source_idle_seconds,
+    )
+
+
 async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> Counting:
     """Connect to Postgres, seed the price catalog with `catalog` when there is none,
     and build the counting path on the revision in force."""
@@ -79,18 +92,27 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
     )
     publisher = Publisher(settings.kafka_bootstrap)
     rollups = RollupStore(pool)
+    notifications = NotificationPublisher(publisher)
+    metrics = MeteringMetrics()
     processor = Processor(
         meter,
         CountingStore(pool, settings.app_id, Topic.USAGE.value, rollups),
         rollups,
         publisher,
-        DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
         retry_seconds=1.0,
         burn=BurnWatch(
             BurnRate(burn_rule(settings)),
-            NotificationPublisher(publisher),
+            notifications,
             history=rollups.spend_by_hour,
             partitions=settings.topic_partitions,
+        ),
+        metrics=metrics,
+        sources=SourceWatch(
+            SourceLimits(dlq_limit(settings)),
+            notifications,
+            metrics,
+            recipient=settings.alert_recipient,
+            workspace_id=settings.workspace_id,
         ),
     )
     return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog))
