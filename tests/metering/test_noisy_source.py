@@ -75,7 +75,7 @@ async def test_a_noisy_source_is_dead_lettered_and_told_once_while_everyone_is_c
     produce(infra.kafka_bootstrap, records)
 
     for user, n in good.items():
-        await eventually(used_of(policy, user), n * EVENT_MICROS, within=60)
+        await eventually(used_of(policy, user), n * EVENT_MICROS, within=120)
 
     async def told() -> int:
         return len(await asyncio.to_thread(intents_about, infra, noisy))
