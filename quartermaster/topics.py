@@ -37,6 +37,9 @@ PROTOBUF = "application/x-protobuf"
 # content-type parameter naming a UsageBatch: "application/x-protobuf; type=..."
 USAGE_BATCH_TYPE = "quartermaster.v1.UsageBatch"
 JSON = "application/json"
+# Optional on a usage record: the producer's own id ("gateway/eu-1"), what metering's
+# DLQ limit counts a record under (services/metering/dlq_limit.py); kept on its DLQ copy.
+SOURCE_HEADER = "qm-source"
 # Header names on DLQ records.
 ERROR_HEADER = "qm-error"
 ORIGIN_TOPIC_HEADER = "qm-origin-topic"

@@ -94,7 +94,6 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_TOPIC_PARTITIONS": str(PARTITIONS),
         "QM_METERING_APP_ID": f"qm-metering-test-{uuid.uuid4().hex[:8]}",
         "QM_METERING_SESSION_TIMEOUT": "4",
-        "QM_METERING_DLQ_PAUSE_SECONDS": "0.5",
         "QM_METERING_DLQ_WINDOW": "200",
         "QM_LOG_LEVEL": "INFO",
         "QM_POLICY_ADMIN_TOKENS": f"tests-admin:{ADMIN_TOKEN}",

@@ -20,6 +20,7 @@ from quartermaster.partitioning import partition_of
 from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.bounds import MAX_EVENT_MICROS, Headroom
 from services.metering.decode import Decoded, InvalidUsage, decode
+from services.metering.dlq_limit import source_of
 from services.metering.pricing import Price, PriceCatalog, micros_of
 from services.metering.state import (
     COST_CENTER,
@@ -54,6 +55,7 @@ class Reject:
     key: bytes | None
     value: bytes
     reason: str
+    source: str = ""  # dlq_limit.source_of the record; "" when not worked out
 
 
 # (user_id, occurred_at's epoch minute, product, model, cost center, workspace): the
@@ -74,6 +76,8 @@ class Plan:
     duplicates: int = 0  # events whose event_id was counted within the window
     valid_records: int = 0
     invalid_records: int = 0
+    # dlq_limit.source_of → [valid records, invalid records] (what the DLQ limit counts)
+    sources: dict[str, list[int]] = field(default_factory=dict)
     # SumKey → the ROLLUP_COUNTERS of the events counted under it
     sums: dict[SumKey, list[int]] = field(default_factory=dict)
     # user → request ids whose usage this batch counts (they settle reservations)
@@ -221,21 +225,26 @@ class Meter:
     ) -> Decoded | None:
         """The record's events, its bad events added to the plan's rejects; None (the
         record a reject) when it can't be read or was refused before."""
+        event_source = ""
         if refused and rec.offset in refused:
             reason = refused[rec.offset]
         else:
             try:
                 decoded = decode(rec.value, rec.headers, now, self.max_age)
             except InvalidUsage as exc:
-                reason = str(exc)
+                reason, event_source = str(exc), exc.source
             except Exception as exc:  # a bug must not stall the partition
                 reason = f"internal error: {type(exc).__name__}: {exc}"
             else:
                 plan.valid_records += 1
+                source = source_of(rec.headers, decoded.source)
+                _tally(plan, source, 0)
                 for value, why in decoded.rejects:
-                    plan.rejects.append(Reject(rec.offset, rec.key, value, why))
+                    plan.rejects.append(Reject(rec.offset, rec.key, value, why, source))
                 return decoded
-        plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason))
+        source = source_of(rec.headers, event_source)
+        _tally(plan, source, 1)
+        plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason, source))
         plan.invalid_records += 1
         return None
 
@@ -331,6 +340,14 @@ class Meter:
             grain = rkey[0]
             state.rollup_horizon[grain] = max(state.rollup_horizon.get(grain, rkey[1]), rkey[1])
         return len(old)
+
+
+def _tally(plan: Plan, source: str, invalid: int) -> None:
+    """Count one record of `source` in the plan, valid (0) or invalid (1)."""
+    counts = plan.sources.get(source)
+    if counts is None:
+        counts = plan.sources[source] = [0, 0]
+    counts[invalid] += 1
 
 
 def _misplaced(plan: Plan, rec: Record, event: UsageEvent, partitions: int) -> None:

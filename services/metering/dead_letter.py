@@ -1,7 +1,8 @@
 """A rejected usage record or event as a `qm.usage.dlq.v1` record that always fits.
 
 The DLQ copy keeps the original bytes, so a fixed record can be replayed, with the
-reason and the origin (topic, partition, offset) in headers. A copy must never be
+reason, the origin (topic, partition, offset) and the source the DLQ limit counted it
+under (`qm-source`, see `dlq_limit`) in headers. A copy must never be
 refused by the producer or the broker (both refuse records over ~1 MB by default):
 a refused DLQ record used to crash the worker, and the record came back on every
 restart. So the value is cut at MAX_VALUE_BYTES, the key at MAX_KEY_BYTES and the
@@ -23,6 +24,7 @@ from quartermaster.topics import (
     ORIGINAL_KEY_SIZE_HEADER,
     ORIGINAL_SHA256_HEADER,
     ORIGINAL_SIZE_HEADER,
+    SOURCE_HEADER,
     Topic,
 )
 from services.metering.aggregate import Reject
@@ -56,6 +58,8 @@ def dead_letter(reject: Reject, partition: int) -> DeadLetter:
         (ORIGIN_PARTITION_HEADER, str(partition).encode()),
         (ORIGIN_OFFSET_HEADER, str(reject.offset).encode()),
     ]
+    if reject.source:  # who sent it, as the DLQ limit counted it (filter the DLQ by it)
+        headers.append((SOURCE_HEADER, reject.source.encode("utf-8", "backslashreplace")))
     if len(value) > MAX_VALUE_BYTES:
         headers.append((ORIGINAL_SIZE_HEADER, str(len(value)).encode()))
         headers.append((ORIGINAL_SHA256_HEADER, hashlib.sha256(value).hexdigest().encode()))

@@ -34,7 +34,13 @@ MAX_FUTURE = timedelta(minutes=5)
 
 
 class InvalidUsage(ValueError):
-    """The record or event is not usable; the message says why."""
+    """The record or event is not usable; the message says why. `source` is the
+    `source` field of an event that parsed but is invalid ("" when nothing parsed):
+    what the DLQ limit counts the record under (`dlq_limit.source_of`)."""
+
+    def __init__(self, message: str, source: str = "") -> None:
+        super().__init__(message)
+        self.source = source
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Decoded:
     events: list[UsageEvent] = field(default_factory=list)
     # (the rejected event serialized alone, why) for bad events inside a batch
     rejects: list[tuple[bytes, str]] = field(default_factory=list)
+    # the `source` field of the (first) event: what the DLQ limit counts the record under
+    source: str = ""
 
 
 def _content_type(headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
@@ -106,7 +114,7 @@ def decode(
         _parse(value, content_type, batch)
         if not batch.events:
             raise InvalidUsage("a UsageBatch with no events")
-        out = Decoded()
+        out = Decoded(source=batch.events[0].source)
         accepted = Accepted.at(now, max_age)
         for i, event in enumerate(batch.events):
             try:
@@ -119,8 +127,11 @@ def decode(
         raise InvalidUsage(f"unsupported message type {kind!r}")
     event = UsageEvent()
     _parse(value, content_type, event)
-    validate(event, now, max_age)
-    return Decoded(events=[event])
+    try:
+        validate(event, now, max_age)
+    except InvalidUsage as exc:
+        raise InvalidUsage(str(exc), source=event.source) from None
+    return Decoded(events=[event], source=event.source)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,12 @@ QM_METERING_METRICS_ADDR; a no-op when that is empty):
   price (a model the catalog does not know, or none in force at occurred_at), by model
   (at most MAX_MODEL_LABELS names, then `(other)`): the catalog needs a price;
 - `qm_metering_counted_micros_total`: spend counted, in micro-credits;
-- `qm_metering_paused`: 1 while most recent records are invalid and the worker waits.
+- `qm_metering_dlq_source_episodes_total{source}`: how many times a source went over
+  its DLQ limit (`dlq_limit`): once per episode, not per record;
+- `qm_metering_dlq_source_over_limit{source}`: 1 for each source over its limit now.
+
+Label values that come from input (models, sources) are bounded: at most
+MAX_MODEL_LABELS / MAX_SOURCE_LABELS distinct values, then `(other)`.
 """
 
 from __future__ import annotations
@@ -21,12 +26,28 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from services.metering.aggregate import Plan
 
 MAX_MODEL_LABELS = 200
+MAX_SOURCE_LABELS = 200
 OTHER = "(other)"
 
 
+class Labels:
+    """At most `limit` distinct label values; later new ones are OTHER."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen or len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return OTHER
+
+
 class MeteringMetrics:
-    """The instruments above; `counted` records a committed batch, `paused` is read by
-    the gauge."""
+    """The instruments above; `counted` records a committed batch, `episode` a source
+    going over its DLQ limit; `sources_over` (the sources over it now) is read by the
+    gauge."""
 
     def __init__(self) -> None:
         meter = metrics.get_meter("qm.metering")
@@ -41,22 +62,26 @@ class MeteringMetrics:
         self._micros = meter.create_counter(
             "qm_metering_counted_micros", description="Spend counted, in micro-credits"
         )
-        meter.create_observable_gauge(
-            "qm_metering_paused",
-            callbacks=[self._observe_paused],
-            description="1 while the DLQ limit holds the worker paused",
+        self._episodes = meter.create_counter(
+            "qm_metering_dlq_source_episodes",
+            description="Times a source went over its DLQ limit (once per episode)",
         )
-        self._models: set[str] = set()
-        self.paused = False
+        meter.create_observable_gauge(
+            "qm_metering_dlq_source_over_limit",
+            callbacks=[self._observe_over],
+            description="1 for each source whose recent records are mostly invalid",
+        )
+        self._model_label = Labels(MAX_MODEL_LABELS)
+        self._source_label = Labels(MAX_SOURCE_LABELS)
+        self.sources_over: list[str] = []
 
-    def _observe_paused(self, _options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(1 if self.paused else 0)]
+    def _observe_over(self, _options: CallbackOptions) -> Iterable[Observation]:
+        labels = {self._source_label(s) for s in self.sources_over}
+        return [Observation(1, {"source": label}) for label in sorted(labels)]
 
-    def _model_label(self, model: str) -> str:
-        if model in self._models or len(self._models) < MAX_MODEL_LABELS:
-            self._models.add(model)
-            return model
-        return OTHER
+    def episode(self, source: str) -> None:
+        """A source went over its DLQ limit."""
+        self._episodes.add(1, {"source": self._source_label(source)})
 
     def counted(self, plan: Plan) -> None:
         """Record a committed batch."""

@@ -47,9 +47,9 @@ from services.metering.aggregate import Meter, Plan, Record
 from services.metering.bounds import overflowing
 from services.metering.burn_watch import BurnWatch
 from services.metering.dead_letter import dead_letter, short_reason
-from services.metering.dlq_limit import DlqLimit
 from services.metering.mapping import total_message
 from services.metering.metrics import MeteringMetrics
+from services.metering.source_watch import SourceWatch
 from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
 from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
@@ -106,22 +106,24 @@ class Processor:
     counting: CountingStore
     rollups: RollupStore
     sink: RecordSink
-    dlq_limit: DlqLimit
     retry_seconds: float
     burn: BurnWatch | None = None
     metrics: MeteringMetrics = field(default_factory=MeteringMetrics)
     guard: TopicVerifier | None = None
+    sources: SourceWatch | None = None
     states: dict[int, PartitionState] = field(default_factory=dict, init=False)
-    paused: bool = field(default=False, init=False)
     # partition → totals published inside a transaction whose COMMIT then failed: the
     # topic may hold values Postgres never took (see `_attempt`). The next commit of
     # the partition publishes their committed values again.
     unsure: dict[int, set[TotalKey]] = field(default_factory=dict, init=False)
 
     def forget(self, partitions: set[int]) -> None:
-        """Drop state of partitions this worker no longer owns."""
+        """Drop state of partitions this worker no longer owns (and the burn-rate state
+        of their users: another worker counts them meanwhile)."""
         for p in partitions:
             self.states.pop(p, None)
+        if self.burn is not None:
+            self.burn.forget(partitions)
 
     async def prune(self, dedupe_window: timedelta) -> int:
         """Drop expired ids and totals from memory and expired ids from Postgres; how
@@ -145,14 +147,6 @@ class Processor:
                 partition, state.next_offset, len(state.seen),
             )  # fmt: skip
         return state
-
-    async def count(self, partition: int, records: list[Record], pause_seconds: float) -> None:
-        """process(), and while the DLQ limit holds the worker paused (most recent
-        records invalid), again every `pause_seconds`, until an operator steps in."""
-        await self.process(partition, records)
-        while self.paused:
-            await asyncio.sleep(pause_seconds)
-            await self.process(partition, records)
 
     async def process(self, partition: int, records: list[Record]) -> None:
         """Count `records` of `partition` exactly once: outages are retried until they
@@ -200,25 +194,6 @@ class Processor:
                 self.states.pop(partition, None)  # reload: we don't know what was written
             await asyncio.sleep(self.retry_seconds)
 
-    def _pause_for(self, plan: Plan) -> bool:
-        """True (and paused) when this batch would trip the DLQ limit."""
-        if not plan.invalid_records or not self.dlq_limit.tripped(
-            plan.valid_records, plan.invalid_records
-        ):
-            self.paused = self.metrics.paused = False
-            return False
-        if not self.paused:
-            log.critical(
-                "PAUSED: most recent usage records are invalid (%d of %d in this batch); "
-                "not routing them to the DLQ. Fix the producer, then restart metering. "
-                "First reason: %s",
-                plan.invalid_records,
-                plan.valid_records + plan.invalid_records,
-                short_reason(plan.rejects[0].reason) if plan.rejects else "?",
-            )
-        self.paused = self.metrics.paused = True
-        return True
-
     async def _attempt(
         self, partition: int, records: list[Record], refused: dict[int, str]
     ) -> bool:
@@ -230,8 +205,6 @@ class Processor:
             # recreated under this worker (a broker that lost its data) whose new
             # records would be skipped as counted. Tell them apart before skipping.
             await self.guard.verify()
-        if self._pause_for(plan):
-            return False
         await self._load(state, plan)
         changed, rollups = self.meter.fold(state, plan), self.meter.fold_rollups(state, plan)
         users = overflowing(changed, rollups)
@@ -251,6 +224,8 @@ class Processor:
         self._committed(state, plan, changed, rollups)
         if self.burn is not None:
             await self.burn.watch(plan)
+        if self.sources is not None:
+            await self.sources.watch(plan)
         if plan.duplicates:
             log.info("partition %d: %d duplicate event(s) not counted", partition, plan.duplicates)
         return True
@@ -315,7 +290,6 @@ class Processor:
     ) -> None:
         self.meter.apply(state, plan, changed, rollups)
         self.metrics.counted(plan)
-        self.dlq_limit.record(plan.valid_records, plan.invalid_records)
 
     async def _publish(self, partition: int, plan: Plan, changed: dict[TotalKey, Total]) -> None:
         out: list[OutRecord] = []

@@ -45,13 +45,19 @@ class MeteringSettings(CommonSettings):
     max_event_age_days: int = Field(35, ge=1, le=400)
     """Events older than this go to the DLQ (late events younger count in their period)"""
     dlq_window: int = Field(1000, ge=1)
-    """Recent records the DLQ limit looks at"""
+    """Recent records of one source the DLQ limit looks at (a decaying count)"""
     dlq_max_ratio: float = Field(0.5, gt=0, le=1)
-    """Share of invalid recent records above which metering pauses instead of DLQ-ing"""
+    """Share of a source's recent records that may be invalid before it is over its
+    limit and operators are told (its records still go to the DLQ; counting goes on)"""
     dlq_min_invalid: int = Field(100, ge=1)
-    """Invalid records needed before the limit can trip"""
-    dlq_pause_seconds: float = Field(30.0, ge=0.1, le=3600)
-    """How often a paused worker looks again"""
+    """Invalid records a source needs before it can be over its limit"""
+    dlq_max_sources: int = Field(10_000, ge=1, le=1_000_000)
+    """Sources the DLQ limit remembers at once (the least recently seen is forgotten)"""
+    dlq_source_idle_seconds: float = Field(3600.0, ge=1, le=7 * 86_400)
+    """A source not seen for this long is forgotten (an open episode ends)"""
+    alert_recipient: NonBlank = "ops"
+    """Who is told when a source is over its DLQ limit (a user id or an alias the
+    notifier knows)"""
     fetch_max_wait_ms: int = Field(20, ge=1, le=30_000)
     """Longest a consumer fetch waits for data; tansu holds every fetch this long (real
     Kafka answers early, so 500 is fine there)"""
@@ -67,6 +73,9 @@ class MeteringSettings(CommonSettings):
     """Alert whenever a user spends this many credits an hour"""
     burn_half_life_minutes: float = Field(360.0, ge=1)
     """How fast a user's usual rate forgets"""
+    burn_warm_minutes: int = Field(60, ge=0, le=1440)
+    """History a user's usual rate needs (stored rollups or live) before it can alert;
+    until then only the absolute rate does"""
     directory_addr: HostPort = Field("127.0.0.1:50051", validation_alias="QM_DIRECTORY_ADDR")
     """policy's DirectoryService, which the Cost API asks for group members"""
     compact_seconds: float = Field(

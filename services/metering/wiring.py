@@ -24,10 +24,12 @@ from services.metering.aggregate import Meter
 from services.metering.broker_view import BrokerView
 from services.metering.burn_watch import BurnWatch
 from services.metering.burnrate import BurnRate, BurnRule
-from services.metering.dlq_limit import DlqLimit
+from services.metering.dlq_limit import DlqLimit, SourceLimits
+from services.metering.metrics import MeteringMetrics
 from services.metering.pricing import PriceCatalog
 from services.metering.processor import Processor
 from services.metering.settings import MeteringSettings
+from services.metering.source_watch import SourceWatch
 from services.metering.stores.catalog import CatalogStore, Follower
 from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
@@ -61,6 +63,18 @@ def burn_rule(settings: MeteringSettings) -> BurnRule:
         min_per_hour=settings.burn_min_credits_per_hour * MICROS,
         absolute_per_hour=settings.burn_absolute_credits_per_hour * MICROS,
         baseline_half_life_minutes=settings.burn_half_life_minutes,
+        warm_minutes=settings.burn_warm_minutes,
+    )
+
+
+def dlq_limit(settings: MeteringSettings) -> DlqLimit:
+    """The per-source DLQ limit from QM_METERING_DLQ_*."""
+    return DlqLimit(
+        window=settings.dlq_window,
+        max_ratio=settings.dlq_max_ratio,
+        min_invalid=settings.dlq_min_invalid,
+        max_sources=settings.dlq_max_sources,
+        idle_seconds=settings.dlq_source_idle_seconds,
     )
 
 
@@ -83,15 +97,29 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
     publisher = Publisher(settings.kafka_bootstrap)
     rollups = RollupStore(pool)
     guard = topic_guard(settings, pool)
+    notifications = NotificationPublisher(publisher)
+    metrics = MeteringMetrics()
     processor = Processor(
         meter,
         CountingStore(pool, settings.app_id, Topic.USAGE.value, rollups),
         rollups,
         publisher,
-        DlqLimit(settings.dlq_window, settings.dlq_max_ratio, settings.dlq_min_invalid),
         retry_seconds=1.0,
-        burn=BurnWatch(BurnRate(burn_rule(settings)), NotificationPublisher(publisher)),
+        burn=BurnWatch(
+            BurnRate(burn_rule(settings)),
+            notifications,
+            history=rollups.spend_by_hour,
+            partitions=settings.topic_partitions,
+        ),
         guard=guard,
+        metrics=metrics,
+        sources=SourceWatch(
+            SourceLimits(dlq_limit(settings)),
+            notifications,
+            metrics,
+            recipient=settings.alert_recipient,
+            workspace_id=settings.workspace_id,
+        ),
     )
     return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog), guard)
 

@@ -122,8 +122,6 @@ async def _count(stream: faust.StreamT[bytes], proc: Processor, settings: Meteri
             span.set_attribute("qm.records", len(events))
             # Partitions are independent (own state, own fenced commit): while one
             # waits on the broker or Postgres, another is planned.
-            await asyncio.gather(
-                *(proc.count(p, r, settings.dlq_pause_seconds) for p, r in by_partition.items())
-            )
+            await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
         for ev in events:
             await stream.ack(ev)

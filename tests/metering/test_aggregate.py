@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from services.metering.aggregate import Meter, Record
-from services.metering.dlq_limit import DlqLimit
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
 from services.metering.state import PartitionState, id_hash
@@ -118,16 +117,6 @@ def test_forget_expired_drops_old_ids_and_ended_periods() -> None:
 def test_id_hash_is_stable_and_64_bit() -> None:
     assert id_hash("abc") == id_hash("abc")
     assert -(2**63) <= id_hash("abc") < 2**63
-
-
-def test_dlq_limit_trips_only_when_most_recent_records_are_bad() -> None:
-    limit = DlqLimit(window=100, max_ratio=0.5, min_invalid=10)
-    assert not limit.tripped(valid=0, invalid=9)  # too few to judge
-    limit.record(valid=90, invalid=0)
-    assert not limit.tripped(valid=0, invalid=10)  # 10 of 100
-    assert limit.tripped(valid=0, invalid=60)  # the window is now 40 good + 60 bad
-    limit.record(valid=0, invalid=40)
-    assert limit.tripped(valid=0, invalid=20)
 
 
 def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:

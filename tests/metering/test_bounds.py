@@ -23,7 +23,6 @@ from quartermaster.v1.usage_pb2 import UsageBatch, UsageTotal
 from services.metering.aggregate import Meter, Record, Reject
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_SUM, overflowing
 from services.metering.dead_letter import MAX_KEY_BYTES, MAX_VALUE_BYTES, dead_letter
-from services.metering.dlq_limit import DlqLimit
 from services.metering.pricing import Price, PriceCatalog
 from services.metering.processor import Processor
 from services.metering.state import PartitionState, Total
@@ -137,7 +136,7 @@ async def test_many_settled_request_ids_are_spread_over_totals_records_that_fit(
     plan = m.plan(PartitionState(0, 0), [Record(0, 0, b"k", batch, header)])
     changed = m.fold(PartitionState(0, 0), plan)
     sink = CapturingSink()
-    processor = Processor(m, None, None, sink, DlqLimit(10, 0.5, 5), 1.0)  # type: ignore[arg-type]
+    processor = Processor(m, None, None, sink, 1.0)  # type: ignore[arg-type]
     await processor._publish(0, plan, changed)
     settled: dict[str, list[str]] = {}
     for _topic, key, value, _headers in sink.records:

@@ -1,5 +1,5 @@
 """metering against the real broker and Postgres: exactly once across a SIGKILL,
-duplicates, late and future events, batch records, and the DLQ pause."""
+duplicates, late and future events, batch records, metrics, rollups and burn rate."""
 
 from __future__ import annotations
 
@@ -175,44 +175,6 @@ async def test_batch_records_count_every_event_and_reject_bad_ones_alone(
     produce(infra.kafka_bootstrap, records)
     for u in users:
         await eventually(used_of(policy, u), 10 * EVENT_MICROS)
-
-
-async def test_when_most_records_are_garbage_metering_pauses_instead_of_draining_to_the_dlq(
-    infra: Infra, metering: MeteringWorker, policy: Stub
-) -> None:
-    user = new_user()
-    garbage: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = [
-        (user.encode(), b"\xff garbage %d" % i, []) for i in range(300)
-    ]
-    produce(infra.kafka_bootstrap, garbage)
-    produce_usage(infra.kafka_bootstrap, [usage(user)])
-    deadline = time.monotonic() + 30
-    while "PAUSED" not in metering.log_tail(200) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
-    assert "PAUSED: most recent usage records are invalid" in metering.log_tail(200)
-    await asyncio.sleep(1)
-    in_dlq = [
-        m
-        for m in read_topic(infra.kafka_bootstrap, Topic.USAGE_DLQ.value)
-        if m.key() == user.encode()
-    ]
-    # The window (200 in these tests) still held good records at first, so a few
-    # may have gone to the DLQ before the limit tripped, never the whole run.
-    assert len(in_dlq) < 200, f"{len(in_dlq)} of 300 garbage records went to the DLQ"
-    assert await used_of(policy, user)() == 0
-
-    # The operator decides the records are garbage and lets them drain into the DLQ.
-    metering.kill()
-    metering.start(QM_METERING_DLQ_MAX_RATIO="1.0", QM_METERING_DLQ_MIN_INVALID="1000000")
-    await eventually(used_of(policy, user), EVENT_MICROS, within=90)
-    in_dlq = [
-        m
-        for m in read_topic(infra.kafka_bootstrap, Topic.USAGE_DLQ.value)
-        if m.key() == user.encode()
-    ]
-    assert len(in_dlq) == 300
-    metering.kill()  # back to the defaults for the tests after this one
-    metering.start()
 
 
 async def test_unknown_models_and_duplicates_show_in_the_workers_metrics(

@@ -46,6 +46,7 @@ DOMAIN_MODULES = {
         "services.metering.burnrate",
         "services.metering.dead_letter",
         "services.metering.decode",
+        "services.metering.dlq_limit",
         "services.metering.pricing",
         "services.metering.topic_check",
     ],

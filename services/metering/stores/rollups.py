@@ -43,6 +43,26 @@ class RollupStore:
                 out[grain] = int(newest.timestamp())
         return out
 
+    async def spend_by_hour(
+        self, users: list[str], since: datetime
+    ) -> dict[str, list[tuple[float, int]]]:
+        """user → [(hour start in epoch seconds, micros spent in it)] for the hours from
+        `since` on (what burn-rate baselines are rebuilt from; users without rows are
+        left out). Uses the (user_id, hour) index: rows read are the users' own."""
+        rows = await self._pool.fetch(
+            """
+            SELECT user_id, extract(epoch FROM hour)::float8 AS at, sum(micros)::bigint AS m
+            FROM metering.rollups_hourly
+            WHERE user_id = ANY($1::text[]) AND hour >= $2
+            GROUP BY user_id, hour
+            """,
+            users, since,
+        )  # fmt: skip
+        out: dict[str, list[tuple[float, int]]] = {}
+        for r in rows:
+            out.setdefault(r["user_id"], []).append((r["at"], r["m"]))
+        return out
+
     async def load(self, keys: set[RollupKey]) -> dict[RollupKey, Rollup]:
         """The rows of `keys` that exist (absent keys are new)."""
         out: dict[RollupKey, Rollup] = {}
