@@ -1,8 +1,20 @@
-"""The Cost API's reads: usage rows and top spenders from the hourly and daily rollups.
+"""The Cost API's reads: usage rows and top spenders from the 15-minute and daily rollups.
 
-Whole local days of a range come from the daily rollups (`compaction`), the hours
-before and after them from the hourly ones: a 30-day range reads ~24x fewer rows.
-Read-only; queries take validated `cost_query` inputs.
+Whole local days of a range come from the daily rollups (`compaction`) when they are
+compacted through every partition's latest change of the day, and from the 15-minute
+rows otherwise; the minutes before and after whole days always from the 15-minute
+rows. One statement, so one snapshot: a day is read from one kind of row or the other,
+never both, never a daily row older than its 15-minute rows. A 30-day range reads ~96x
+fewer rows than from 15-minute rows alone.
+
+Money is summed exact (pico-credits) and rounded once per user: each user's micros in
+an answer are that user's exact spend under the query rounded half up, exactly what
+GetBudget shows for a budget period, and the user's part of each row is apportioned
+by the largest-remainder method (`quartermaster.money.apportion`): the parts of a
+user's spend add up to it exactly, each within one micro of its exact value. So for
+any grouping and granularity over a budget period, a user's rows sum to the user's
+GetBudget, and all rows to the sum of the users' GetBudget. Read-only; queries take
+validated `cost_query` inputs.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from quartermaster.money import PICOS_PER_MICRO
 from services.metering.cost_query import (
     DEFAULT_LIMIT,
     DEFAULT_TOP_SPENDERS,
@@ -23,12 +36,14 @@ from services.metering.cost_query import (
     UsageRow,
     whole_days,
 )
-from services.metering.state import ROLLUP_COUNTERS
+from services.metering.state import PICOS, ROLLUP_COUNTERS
+from services.metering.stores.rollups import COLUMNS, exact_picos
 
+_LOCAL = "t AT TIME ZONE $7"
 _BUCKETS = {
-    Granularity.HOUR: "t",
-    Granularity.DAY: "date_trunc('day', t AT TIME ZONE $7) AT TIME ZONE $7",
-    Granularity.MONTH: "date_trunc('month', t AT TIME ZONE $7) AT TIME ZONE $7",
+    Granularity.HOUR: f"date_trunc('hour', {_LOCAL}) AT TIME ZONE $7",
+    Granularity.DAY: f"date_trunc('day', {_LOCAL}) AT TIME ZONE $7",
+    Granularity.MONTH: f"date_trunc('month', {_LOCAL}) AT TIME ZONE $7",
     Granularity.TOTAL: "NULL::timestamptz",
 }
 _FILTERS = """
@@ -46,17 +61,30 @@ _BY_GROUP = """
         JOIN unnest($12::text[], $13::text[]) AS m(group_id, member) ON m.member = src.user_id
     )
 """
-_COLUMNS = ", ".join(("user_id", "product", "model", "cost_center", *ROLLUP_COUNTERS))
-_SUMS = ", ".join(f"sum({c})::bigint AS {c}" for c in ROLLUP_COUNTERS)
-# Whole local days in [$9, $10) come from the daily rollups, the hours before and
-# after them from the hourly ones.
+_COLUMNS = ", ".join(("user_id", "product", "model", "cost_center", *COLUMNS))
+# The counters summed as they are (money is summed exact apart)
+_PLAIN = [c for i, c in enumerate(ROLLUP_COUNTERS) if i != PICOS]
+_HALF = PICOS_PER_MICRO // 2
+# Whole local days in [$9, $10) come from the daily rollups unless a partition changed
+# them since they were compacted (`dirty`), the rest from the 15-minute ones.
 _SOURCE = f"""
-    WITH src AS (
-        SELECT hour AS t, {_COLUMNS} FROM metering.rollups_hourly
-        WHERE ((hour >= $1 AND hour < $9) OR (hour >= $10 AND hour < $2)) AND {_FILTERS}
+    WITH dirty AS (
+        SELECT DISTINCT r.day,
+               ((r.day AT TIME ZONE $7) + interval '1 day') AT TIME ZONE $7 AS next
+        FROM metering.rollup_days r
+        LEFT JOIN metering.compacted_days c ON c.day = r.day AND c.partition = r.partition
+        WHERE r.day >= $9 AND r.day < $10 AND c.version IS DISTINCT FROM r.version
+    ),
+    src AS (
+        SELECT bucket AS t, {_COLUMNS} FROM metering.rollups_15m
+        WHERE ((bucket >= $1 AND bucket < $9) OR (bucket >= $10 AND bucket < $2)) AND {_FILTERS}
+        UNION ALL
+        SELECT q.bucket AS t, {_COLUMNS} FROM metering.rollups_15m q
+        JOIN dirty d ON q.bucket >= d.day AND q.bucket < d.next
+        WHERE {_FILTERS}
         UNION ALL
         SELECT day AS t, {_COLUMNS} FROM metering.rollups_daily
-        WHERE day >= $9 AND day < $10 AND {_FILTERS}
+        WHERE day >= $9 AND day < $10 AND day NOT IN (SELECT day FROM dirty) AND {_FILTERS}
     )
 """
 
@@ -90,23 +118,16 @@ class UsageStore:
         dims = [d.value for d in query.dimensions()]
         assert query.granularity is not None
         limit = query.limit or DEFAULT_LIMIT
-        select_dims = "".join(f", {d}" for d in dims)
         by_group = "group_id" in dims
         days = query.granularity != Granularity.HOUR
         args = _args(query.filter, self._tz, limit + 1, days, users)
         if by_group:
             pairs = [(g, u) for g, us in members.items() for u in us]
             args += [[g for g, _ in pairs], [u for _, u in pairs]]
-        sql = f"""{_SOURCE}{_BY_GROUP if by_group else ""}
-            SELECT {_BUCKETS[query.granularity]} AS bucket{select_dims}, {_SUMS}
-            FROM {"grouped" if by_group else "src"}
-            GROUP BY {", ".join(["bucket", *dims])}
-            ORDER BY bucket NULLS FIRST, micros DESC{select_dims}
-            LIMIT $8
-        """
+        sql = f"""{_SOURCE}{_BY_GROUP if by_group else ""}{_apportioned(query.granularity, dims)}"""
         rows = await self._pool.fetch(sql, *args)
         out = [
-            UsageRow(r["bucket"], {d: r[d] for d in dims}, {c: r[c] for c in ROLLUP_COUNTERS})
+            UsageRow(r["bucket"], {d: r[d] for d in dims}, {c: r[c] for c in _ROW_COUNTERS})
             for r in rows[:limit]
         ]
         return out, len(rows) > limit
@@ -116,9 +137,49 @@ class UsageStore:
         limit = query.limit or DEFAULT_TOP_SPENDERS
         rows = await self._pool.fetch(
             f"""{_SOURCE}
-            SELECT user_id, sum(micros)::bigint AS micros, sum(events)::bigint AS events
+            SELECT user_id,
+                   div(sum({exact_picos()}) + {_HALF}, {PICOS_PER_MICRO})::bigint AS micros,
+                   sum(events)::bigint AS events
             FROM src GROUP BY user_id ORDER BY micros DESC, user_id LIMIT $8
             """,
             *_args(query.filter, self._tz, limit, True, users),
         )
         return [Spender(r["user_id"], r["micros"], r["events"]) for r in rows]
+
+
+# What an answer row carries: the summed counters, money as micros.
+_ROW_COUNTERS = (*_PLAIN, "micros")
+
+
+def _apportioned(granularity: Granularity, dims: list[str]) -> str:
+    """The answer's SELECT over `src` (or `grouped`): rows per bucket and `dims`, each
+    user's exact spend rounded once and apportioned over the user's cells (within a
+    group, when grouped by group: a user in two groups counts in both) by largest
+    remainder, ties to the earlier row in answer order."""
+    by_group = "group_id" in dims
+    d = "".join(f", {x}" for x in dims)
+    owner = "cell_user, group_id" if by_group else "cell_user"
+    return f"""
+    , cells AS (
+        SELECT {_BUCKETS[granularity]} AS bucket{d}, user_id AS cell_user,
+               {", ".join(f"sum({c}) AS {c}" for c in _PLAIN)},
+               sum({exact_picos()}) AS picos
+        FROM {"grouped" if by_group else "src"}
+        GROUP BY bucket{d}, user_id
+    ),
+    shares AS (
+        SELECT *, div(picos, {PICOS_PER_MICRO}) AS floor_micros,
+               div(sum(picos) OVER owner + {_HALF}, {PICOS_PER_MICRO})
+                   - sum(div(picos, {PICOS_PER_MICRO})) OVER owner AS extra,
+               row_number() OVER (owner ORDER BY picos % {PICOS_PER_MICRO} DESC,
+                                  bucket NULLS FIRST{d}) AS place
+        FROM cells
+        WINDOW owner AS (PARTITION BY {owner})
+    )
+    SELECT bucket{d}, {", ".join(f"sum({c})::bigint AS {c}" for c in _PLAIN)},
+           sum(floor_micros + CASE WHEN place <= extra THEN 1 ELSE 0 END)::bigint AS micros
+    FROM shares
+    GROUP BY bucket{d}
+    ORDER BY bucket NULLS FIRST, micros DESC{d}
+    LIMIT $8
+    """
