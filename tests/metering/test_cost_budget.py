@@ -225,6 +225,9 @@ async def test_an_event_at_a_quarter_past_midnight_in_kolkata_is_in_november_eve
             ]
         )
         budget = counted.budgets()[(user, "month", "2026-11")]
+        # burn-rate baselines' read: UTC hours, whatever the zone
+        hours = await counted.rollups.hourly_spend([user], NOW - timedelta(days=60), NOW)
+        assert hours == {user: [(datetime(2026, 10, 31, 18, tzinfo=UTC), 6_250)]}
     finally:
         await pool.close()
     assert budget.used_micros == 6_250
