@@ -30,24 +30,31 @@ def micros_of_picos(picos: int) -> int:
 
 
 def apportion(picos: Sequence[int], total: int | None = None) -> list[int]:
-    """Micro-credits for each exact amount of `picos` (pico-credits) that add up to
-    exactly `total` micros (default: their exact sum rounded once, half up), by the
+    """Micro-credits for each exact amount of `picos` (pico-credits, >= 0) that add up
+    to exactly `total` micros (default: their exact sum rounded once, half up), by the
     largest-remainder method: every part gets its floor, and the micros left over go
-    one each to the parts with the largest remainders (ties: the earlier part).
+    one each to the parts with the largest remainders (ties: the earlier part). Each
+    part is then within one micro of its exact value.
 
-    So displayed parts always sum to the rounded whole, and each part differs from
-    its own exact value by less than one micro when `total` is the default. Raises
-    ValueError when `total` can't be reached that way (more than one micro away per
-    part from the floors)."""
+    A `total` that floors can't reach that way (it differs from the exact sum by more
+    than rounding: a sum of amounts each rounded on its own, say) is shared in
+    proportion to the parts (Hamilton's method: quotas part x total / sum, floors,
+    then largest remainders). Raises ValueError for a non-zero `total` of nothing."""
+    whole = sum(picos)
+    want = micros_of_picos(whole) if total is None else total
     floors = [p // PICOS_PER_MICRO for p in picos]
-    want = micros_of_picos(sum(picos)) if total is None else total
+    remainders = [p - f * PICOS_PER_MICRO for p, f in zip(picos, floors, strict=True)]
     extra = want - sum(floors)
     if not 0 <= extra <= len(floors):
-        raise ValueError(f"can't apportion {want} micros over {len(floors)} parts")
+        if whole == 0:
+            if want:
+                raise ValueError(f"can't share {want} micros among parts that are all 0")
+            return floors
+        floors = [p * want // whole for p in picos]
+        remainders = [p * want - f * whole for p, f in zip(picos, floors, strict=True)]
+        extra = want - sum(floors)
     if extra:
-        order = sorted(
-            range(len(floors)), key=lambda i: (-(picos[i] - floors[i] * PICOS_PER_MICRO), i)
-        )
+        order = sorted(range(len(floors)), key=lambda i: (-remainders[i], i))
         for i in order[:extra]:
             floors[i] += 1
     return floors

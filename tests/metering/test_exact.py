@@ -243,3 +243,15 @@ def test_apportioned_parts_add_up_to_the_whole_each_within_a_micro(picos: list[i
     assert all(
         abs(p * PICOS_PER_MICRO - x) < PICOS_PER_MICRO for p, x in zip(parts, picos, strict=True)
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 10**13), min_size=1, max_size=50), st.integers(0, 10**8))
+def test_apportioning_any_total_gives_parts_that_add_up_to_it(picos: list[int], total: int) -> None:
+    """A total far from the exact sum (a sum of users' amounts each rounded on its own)
+    is shared in proportion: never a negative part, always the total."""
+    if sum(picos) == 0:
+        total = 0
+    parts = apportion(picos, total)
+    assert sum(parts) == total
+    assert min(parts) >= 0
