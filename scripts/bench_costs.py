@@ -2,7 +2,7 @@
 
     make bench-costs      # or: .venv/bin/python scripts/bench_costs.py
 
-Seeds metering.rollups_hourly on its own PostgreSQL (free port) with --users people,
+Seeds metering.rollups_15m on its own PostgreSQL (free port) with --users people,
 each active --hours-per-day hours a day on --models models for --days days, then
 times QueryUsage (group by user, whole range; group by model per day) and TopSpenders
 through the real gRPC server, --runs times each. The last line is one JSON object.
@@ -46,7 +46,7 @@ async def seed(url: str, users: int, days: int, hours: int, models: int, end: da
     try:
         await conn.execute(
             """
-            INSERT INTO metering.rollups_hourly (hour, user_id, product, model, cost_center,
+            INSERT INTO metering.rollups_15m (bucket, user_id, product, model, cost_center,
                 workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
                 reasoning_tokens, micros, events, fallback_events)
             SELECT $1::timestamptz - make_interval(days => d + 1)
@@ -58,15 +58,23 @@ async def seed(url: str, users: int, days: int, hours: int, models: int, end: da
             """,
             end, users, days, hours, models,
         )  # fmt: skip
-        await conn.execute("ANALYZE metering.rollups_hourly")
-        count: int = await conn.fetchval("SELECT count(*) FROM metering.rollups_hourly")
+        # the days metering would have marked as changed, for compaction to sum
+        await conn.execute(
+            """
+            INSERT INTO metering.rollup_days (partition, day, version)
+            SELECT DISTINCT partition, date_trunc('day', bucket, 'UTC'), 1
+            FROM metering.rollups_15m
+            """
+        )
+        await conn.execute("ANALYZE metering.rollups_15m")
+        count: int = await conn.fetchval("SELECT count(*) FROM metering.rollups_15m")
     finally:
         await conn.close()
     # the daily rollups, as the Cost API's compaction builds them (UTC workspace)
     pool = await asyncpg.create_pool(url)
     try:
         t = time.perf_counter()
-        daily = await compact(pool, ZoneInfo("UTC"), timedelta(minutes=5))
+        daily = await compact(pool, ZoneInfo("UTC"))
         say(f"compacted into {daily:,} daily rows in {time.perf_counter() - t:.1f}s")
         await pool.execute("ANALYZE metering.rollups_daily")
     finally:
@@ -93,7 +101,7 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
             t = time.perf_counter()
             rows = await seed(infra.database_url, ns.users, ns.days, ns.hours_per_day,
                               ns.models, end)  # fmt: skip
-            say(f"seeded {rows:,} hourly rollup rows in {time.perf_counter() - t:.1f}s")
+            say(f"seeded {rows:,} 15-minute rollup rows in {time.perf_counter() - t:.1f}s")
             settings = MeteringSettings.from_env({**os.environ, **infra.env()})
             running = await api.start(settings, addr="127.0.0.1:0")
             try:

@@ -42,12 +42,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import open_infra
+from quartermaster.money import micros_of_picos
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
-from services.metering.decode import epoch_seconds, tokens, validate
-from services.metering.pricing import PriceCatalog
+from services.metering.decode import epoch_nanos, validate
+from services.metering.pricing import PriceCatalog, picos_of
 from services.metering.settings import DEFAULT_PRICES
 from services.metering.state import periods_at
 from services.policy.totals import TotalsIndex
@@ -134,13 +135,21 @@ def ceiling(
                 events = (one,)
             for e in events:
                 validate(e, now, age)
-                at = epoch_seconds(e)
-                key = f"{e.user_id}:{periods_at(at, tz)[2][1]}"  # the month
-                sums[key] += catalog.price(e.model, at, tokens(e)).micros
+                at = epoch_nanos(e)
+                key = f"{e.user_id}:{periods_at(e.occurred_at.seconds, tz)[2][1]}"  # the month
+                price = catalog.version_at(e.model, at)[0]
+                sums[key] += picos_of(
+                    price,
+                    e.input_tokens,
+                    e.cached_input_tokens,
+                    e.cache_write_input_tokens,
+                    e.output_tokens,
+                    e.reasoning_tokens,
+                )  # exact: a total is rounded once
                 seen += 1
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
-    return seen / elapsed, sums, ends
+    return seen / elapsed, {k: micros_of_picos(v) for k, v in sums.items()}, ends
 
 
 def rss_mb(pid: int) -> tuple[float, float]:

@@ -3,10 +3,17 @@
 `plan()` prices records' events and sums them once per (user, minute, product, model,
 cost center, workspace) as it reads them, keeping rejects apart and skipping records
 already counted (offset below the stored one) and event_ids seen in the last
-`dedupe_window`; the period totals, hourly rollups and burn-rate minutes of the batch
-are derived from those sums. `fold()` then computes the new absolute totals. The
-caller writes them, the seen ids and the next offset to Postgres in one transaction,
-and only then updates the state with `apply()` (see `processor.Processor`).
+`dedupe_window`; the period totals, 15-minute rollups and burn-rate minutes of the
+batch are derived from those sums.
+
+Exact throughout: instants are integers (epoch seconds for buckets and periods, epoch
+nanoseconds for the price in force), never float seconds, which round an instant up
+into the next period from ~120 ns before it; money is summed in exact pico-credits
+and rounded once, where a total leaves metering (`state.Total.used_micros`).
+
+`fold()` then computes the new absolute totals. The caller writes them, the seen ids
+and the next offset to Postgres in one transaction, and only then updates the state
+with `apply()` (see `processor.Processor`).
 """
 
 from __future__ import annotations
@@ -16,15 +23,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from quartermaster.money import micros_of_picos
 from quartermaster.partitioning import partition_of
 from quartermaster.v1.usage_pb2 import UsageEvent
-from services.metering.bounds import MAX_EVENT_MICROS, Headroom
+from quartermaster.wire import NS_PER_SECOND
+from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
 from services.metering.decode import Decoded, InvalidUsage, decode
 from services.metering.dlq_limit import source_of
-from services.metering.pricing import Price, PriceCatalog, micros_of
+from services.metering.pricing import Price, PriceCatalog, picos_of
 from services.metering.state import (
     COST_CENTER,
     HOUR,
+    QUARTER,
+    QUARTER_SECONDS,
     ROLLUP_COUNTERS,
     PartitionState,
     Rollup,
@@ -59,7 +70,7 @@ class Reject:
 
 
 # (user_id, occurred_at's epoch minute, product, model, cost center, workspace): the
-# finest grain a batch is summed at. Every hourly rollup, 15-minute period bucket and
+# finest grain a batch is summed at. Every 15-minute rollup, 15-minute period bucket and
 # burn-rate minute is a union of these, so they are all derived from the sums exactly.
 SumKey = tuple[str, int, str, str, str, str]
 MINUTE = 60
@@ -85,11 +96,12 @@ class Plan:
     # derived from `sums` by Meter.plan:
     counted: int = 0
     micros: int = 0
-    totals: dict[TotalKey, list[int]] = field(default_factory=dict)  # [micros, events, fallback]
+    totals: dict[TotalKey, list[int]] = field(default_factory=dict)  # [picos, events, fallback]
     total_where: dict[TotalKey, tuple[str, datetime, datetime]] = field(default_factory=dict)
     rollups: dict[RollupKey, list[int]] = field(default_factory=dict)  # ROLLUP_COUNTERS
     rollup_workspace: dict[RollupKey, str] = field(default_factory=dict)
-    burn: dict[tuple[str, int], int] = field(default_factory=dict)  # (user, minute) → micros
+    # (user, epoch minute) → micros (each minute's exact spend rounded once)
+    burn: dict[tuple[str, int], int] = field(default_factory=dict)
     workspaces: dict[str, str] = field(default_factory=dict)  # user → workspace
     unpriced: dict[str, int] = field(default_factory=dict)  # model → fallback-priced events
 
@@ -98,8 +110,12 @@ class Plan:
         return set(self.totals)
 
     def rollup_keys(self) -> set[RollupKey]:
-        """The hourly rollups this plan changes."""
+        """The 15-minute rollups this plan changes."""
         return set(self.rollups)
+
+    def days(self) -> set[datetime]:
+        """The starts (UTC) of the workspace-zone days whose usage this plan changes."""
+        return {where[1] for key, where in self.total_where.items() if key[1] == "day"}
 
 
 class Meter:
@@ -118,7 +134,7 @@ class Meter:
         dedupe_window: timedelta,
         clock: Callable[[], datetime],
     ) -> None:
-        self._versions: dict[str, tuple[float, float, Price, bool]] = {}
+        self._versions: dict[str, tuple[int, int, Price, bool]] = {}
         self.use_catalog(catalog)
         self.tz = tz
         self.partitions = partitions
@@ -136,7 +152,9 @@ class Meter:
         self._catalog = catalog
         self._versions = {}  # model → (from, until, price, fallback) last used
 
-    def _price(self, model: str, at: float) -> tuple[Price, bool]:
+    def _price(self, model: str, at: int) -> tuple[Price, bool]:
+        """The price in force for `model` at epoch nanosecond `at`, and whether it is
+        the fallback (the version last used per model is kept: it nearly always holds)."""
         v = self._versions.get(model)
         if v is None or not v[0] <= at < v[1]:
             price, fallback, start, until = self._catalog.version_at(model, at)
@@ -154,8 +172,9 @@ class Meter:
         Reads `state`, changes nothing; bad records and events become rejects (a bug in
         decoding too: it must not stall the partition), and so do the records at the
         offsets in `refused` (offset → why: PostgreSQL refused to store them) and an
-        event costing more than MAX_EVENT_MICROS. The events of `guarded` users (whose
-        sums a first plan found past MAX_SUM) are admitted one by one by a `Headroom`:
+        event costing more than MAX_EVENT_MICROS (exactly: MAX_EVENT_PICOS). The events
+        of `guarded` users (whose sums a first plan found past MAX_SUM) are admitted
+        one by one by a `Headroom`:
         `state` must then hold their totals and rollups. The hot loop of metering:
         every line here runs once per event."""
         now = self.clock()
@@ -186,33 +205,35 @@ class Meter:
                     plan.duplicates += 1
                     continue
                 ts = event.occurred_at
-                at = ts.seconds + ts.nanos / 1e9
+                # Integers: the second's floor places the event in its minute (nanos are
+                # never negative), the exact nanosecond picks its price.
+                second = ts.seconds
                 model = event.model
-                price, fallback = self._price(model, at)
+                price, fallback = self._price(model, second * NS_PER_SECOND + ts.nanos)
                 inp, cached, written = (
                     event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
                 )  # fmt: skip
                 out, reasoning = event.output_tokens, event.reasoning_tokens
-                micros = micros_of(price, inp, cached, written, out, reasoning)
+                picos = picos_of(price, inp, cached, written, out, reasoning)
                 center = event.attributes.get(COST_CENTER, "")
-                if (micros > MAX_EVENT_MICROS or headroom is not None) and _refused(
-                    plan, rec, event, headroom, at, center,
-                    [inp, cached, written, out, reasoning, micros, 1, fallback],
+                if (picos > MAX_EVENT_PICOS or headroom is not None) and _refused(
+                    plan, rec, event, headroom, second, center,
+                    [inp, cached, written, out, reasoning, picos, 1, fallback],
                 ):  # fmt: skip
                     continue
                 new_seen[h] = now_ts
-                key = (user, int(at // MINUTE), event.product, model, center,
+                key = (user, second // MINUTE, event.product, model, center,
                        event.workspace_id or default_workspace)  # fmt: skip
                 acc = sums.get(key)
                 if acc is None:
-                    sums[key] = [inp, cached, written, out, reasoning, micros, 1, fallback]
+                    sums[key] = [inp, cached, written, out, reasoning, picos, 1, fallback]
                 else:
                     acc[0] += inp
                     acc[1] += cached
                     acc[2] += written
                     acc[3] += out
                     acc[4] += reasoning
-                    acc[5] += micros
+                    acc[5] += picos
                     acc[6] += 1
                     acc[7] += fallback
                 if event.request_id:
@@ -249,24 +270,26 @@ class Meter:
         return None
 
     def _derive(self, plan: Plan) -> None:
-        """Budget-period totals, hourly rollups and burn minutes from the plan's sums."""
+        """Budget-period totals, 15-minute rollups and burn minutes from the plan's sums."""
         totals, where, rollups, rollup_ws = (
             plan.totals, plan.total_where, plan.rollups, plan.rollup_workspace
         )  # fmt: skip
+        burn: dict[tuple[str, int], int] = {}
+        all_picos = 0
         for (user, minute, product, model, center, workspace), acc in plan.sums.items():
             at = minute * MINUTE
-            micros, events, fallback = acc[5], acc[6], acc[7]
+            picos, events, fallback = acc[5], acc[6], acc[7]
             for kind, period_key, start, end in periods_at(at, self.tz):
                 tkey = (user, kind, period_key)
                 t = totals.get(tkey)
                 if t is None:
-                    totals[tkey] = [micros, events, fallback]
+                    totals[tkey] = [picos, events, fallback]
                     where[tkey] = (workspace, start, end)
                 else:
-                    t[0] += micros
+                    t[0] += picos
                     t[1] += events
                     t[2] += fallback
-            rkey = ("hour", at // HOUR * HOUR, user, product, model, center)
+            rkey = (QUARTER, at - at % QUARTER_SECONDS, user, product, model, center)
             r = rollups.get(rkey)
             if r is None:
                 rollups[rkey] = list(acc)
@@ -275,31 +298,33 @@ class Meter:
                 for i, v in enumerate(acc):
                     r[i] += v
             bkey = (user, minute)
-            plan.burn[bkey] = plan.burn.get(bkey, 0) + micros
+            burn[bkey] = burn.get(bkey, 0) + picos
             plan.workspaces.setdefault(user, workspace)
             if fallback:
                 plan.unpriced[model] = plan.unpriced.get(model, 0) + fallback
             plan.counted += events
-            plan.micros += micros
+            all_picos += picos
+        plan.burn = {k: micros_of_picos(v) for k, v in burn.items()}
+        plan.micros = micros_of_picos(all_picos)
 
     def fold(self, state: PartitionState, plan: Plan) -> dict[TotalKey, Total]:
         """The new absolute totals of every key the plan touches (state must hold them)."""
         changed: dict[TotalKey, Total] = {}
-        for key, (micros, count, fallback) in plan.totals.items():
+        for key, (picos, count, fallback) in plan.totals.items():
             old = state.totals.get(key)
             workspace, start, end = plan.total_where[key]
             changed[key] = Total(
                 workspace_id=workspace,
                 period_start=start,
                 period_end=end,
-                used_micros=(old.used_micros if old else 0) + micros,
+                used_picos=(old.used_picos if old else 0) + picos,
                 event_count=(old.event_count if old else 0) + count,
                 fallback_count=(old.fallback_count if old else 0) + fallback,
             )
         return changed
 
     def fold_rollups(self, state: PartitionState, plan: Plan) -> dict[RollupKey, Rollup]:
-        """The new absolute hourly rollups the plan touches (state must hold them)."""
+        """The new absolute 15-minute rollups the plan touches (state must hold them)."""
         out: dict[RollupKey, Rollup] = {}
         for key, acc in plan.rollups.items():
             old = state.rollups.get(key)
@@ -333,7 +358,7 @@ class Meter:
         horizon = now - self.max_age
         for key in [k for k, t in state.totals.items() if t.period_end < horizon]:
             del state.totals[key]
-        keep_from = {"hour": now.timestamp() - 2 * HOUR}
+        keep_from = {QUARTER: now.timestamp() - 2 * HOUR}
         for rkey in [k for k in state.rollups if k[1] < keep_from[k[0]]]:
             del state.rollups[rkey]
             # Postgres holds it: it must be looked up again if touched.
@@ -367,17 +392,17 @@ def _refused(
     rec: Record,
     event: UsageEvent,
     headroom: Headroom | None,
-    at: float,
+    at: int,
     center: str,
     counters: list[int],
 ) -> bool:
     """True (and the event a reject) when it costs more than one event may, or would
-    take a sum of its user past MAX_SUM."""
-    micros = counters[5]
+    take a sum of its user past MAX_SUM. `at`: epoch second; counters[5]: picos."""
+    picos = counters[5]
     why: str | None = None
-    if micros > MAX_EVENT_MICROS:
+    if picos > MAX_EVENT_PICOS:
         why = (
-            f"costs {micros:,} micro-credits, more than one event may "
+            f"costs {micros_of_picos(picos):,} micro-credits, more than one event may "
             f"({MAX_EVENT_MICROS:,}): check its token counts and the price of {event.model!r}"
         )
     elif headroom is not None and event.user_id in headroom.users:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -21,9 +20,6 @@ from services.metering.settings import MeteringSettings
 from services.metering.wiring import Api, build_api
 
 log = logging.getLogger("qm.metering.api")
-# Recompute days whose hourly rows changed this long before the last run too: a
-# counting transaction stamps `updated_at` before it commits.
-COMPACT_MARGIN = timedelta(minutes=5)
 SERVICE_NAME = cost_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 PRICES_SERVICE = prices_pb2.DESCRIPTOR.services_by_name["PriceCatalogService"].full_name
 
@@ -49,7 +45,7 @@ async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> No
     while True:
         await asyncio.sleep(settings.compact_seconds)
         try:
-            await compact(pool, settings.timezone, COMPACT_MARGIN)
+            await compact(pool, settings.timezone)
         except (OSError, asyncpg.PostgresError) as exc:
             # Daily figures lag a little longer; the next round catches up.
             log.warning("daily rollup compaction failed: %s", exc)

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
+from quartermaster.money import PICOS_PER_MICRO
 from services.metering.state import (
-    HOUR,
+    PICOS,
+    QUARTER,
+    QUARTER_SECONDS,
     ROLLUP_COUNTERS,
     PartitionState,
     Rollup,
@@ -37,10 +40,14 @@ from services.metering.state import (
 MAX_EVENT_TOKENS = 1_000_000_000
 # One million credits: no single model call costs that; a price or a count is wrong.
 MAX_EVENT_MICROS = 1_000_000_000_000
+MAX_EVENT_PICOS = MAX_EVENT_MICROS * PICOS_PER_MICRO  # its exact amount
 # Half of int64: a total or rollup counter never passes it, so a reader that adds a
 # bounded amount to it (policy adds held reservations; the Cost API adds a few rows)
 # stays within int64 too.
 MAX_SUM = 2**62
+# The same bound on an exact sum of money (pico-credits: Python ints, stored as
+# micro-credits and a remainder, each within a bigint).
+MAX_SUM_PICOS = MAX_SUM * PICOS_PER_MICRO
 # The rollups' primary key holds four strings (user, product, model, cost center)
 # and PostgreSQL refuses a btree row over 2,704 bytes: 4 x 512 bytes stay below it.
 MAX_KEY_BYTES = 512
@@ -57,12 +64,13 @@ def overflowing(changed: dict[TotalKey, Total], rollups: dict[RollupKey, Rollup]
     users = {
         key[0]
         for key, t in changed.items()
-        if max(t.used_micros, t.event_count, t.fallback_count) > MAX_SUM
+        if max(t.event_count, t.fallback_count) > MAX_SUM or t.used_picos > MAX_SUM_PICOS
     }
     for key, r in rollups.items():
         # spelled out: this runs for every rollup of every batch
-        if max(r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens,
-               r.reasoning_tokens, r.micros, r.events, r.fallback_events) > MAX_SUM:  # fmt: skip
+        if (max(r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens,
+                r.reasoning_tokens, r.events, r.fallback_events) > MAX_SUM
+                or r.picos > MAX_SUM_PICOS):  # fmt: skip
             users.add(key[2])
     return users
 
@@ -80,34 +88,38 @@ class Headroom:
         self._rollups: dict[RollupKey, list[int]] = {}
 
     def refuse(
-        self, user: str, at: float, product: str, model: str, center: str, counters: list[int]
+        self, user: str, at: int, product: str, model: str, center: str, counters: list[int]
     ) -> str | None:
-        """Why the event of `user` at epoch second `at` with these ROLLUP_COUNTERS
-        values would take a sum past MAX_SUM; None when it fits (then it is admitted:
-        later events are measured with it included)."""
-        micros, events, fallback = counters[5], counters[6], counters[7]
+        """Why the event of `user` at integer epoch second `at` with these
+        ROLLUP_COUNTERS values would take a sum past MAX_SUM (money: MAX_SUM_PICOS);
+        None when it fits (then it is admitted: later events are measured with it
+        included)."""
+        picos, events, fallback = counters[5], counters[6], counters[7]
         totals = []
         for kind, period_key, _start, _end in periods_at(at, self._tz):
             tkey = (user, kind, period_key)
             sums = self._totals.get(tkey)
             if sums is None:
                 old = self._state.totals.get(tkey)
-                base = [old.used_micros, old.event_count, old.fallback_count] if old else [0] * 3
+                base = [old.used_picos, old.event_count, old.fallback_count] if old else [0] * 3
                 sums = self._totals[tkey] = base
-            if max(sums[0] + micros, sums[1] + events, sums[2] + fallback) > MAX_SUM:
+            over = max(sums[1] + events, sums[2] + fallback) > MAX_SUM
+            if over or sums[0] + picos > MAX_SUM_PICOS:
                 return f"it would take the {kind} total of user_id past {MAX_SUM} micro-credits"
             totals.append(sums)
-        rkey = ("hour", int(at) // HOUR * HOUR, user, product, model, center)
+        rkey = (QUARTER, at - at % QUARTER_SECONDS, user, product, model, center)
         acc = self._rollups.get(rkey)
         if acc is None:
             old_r = self._state.rollups.get(rkey)
             acc = [getattr(old_r, c) for c in ROLLUP_COUNTERS] if old_r else [0] * len(counters)
             self._rollups[rkey] = acc
-        for name, have, add in zip(ROLLUP_COUNTERS, acc, counters, strict=True):
-            if have + add > MAX_SUM:
-                return f"it would take the hourly {name} of user_id past {MAX_SUM}"
+        for i, (name, have, add) in enumerate(zip(ROLLUP_COUNTERS, acc, counters, strict=True)):
+            if i == PICOS and have + add > MAX_SUM_PICOS:
+                return f"it would take the 15-minute cost of user_id past {MAX_SUM} micro-credits"
+            if i != PICOS and have + add > MAX_SUM:
+                return f"it would take the 15-minute {name} of user_id past {MAX_SUM}"
         for sums in totals:
-            sums[0] += micros
+            sums[0] += picos
             sums[1] += events
             sums[2] += fallback
         for i, add in enumerate(counters):

@@ -54,7 +54,7 @@ GRANULARITIES = {
     "month": cost_pb2.GRANULARITY_MONTH,
     "total": cost_pb2.GRANULARITY_TOTAL,
 }
-COLUMNS = tuple(c for c in ROLLUP_COUNTERS if c != "micros")
+COLUMNS = tuple(c for c in ROLLUP_COUNTERS if c != "picos")  # money: the micros column
 
 
 def _when(text: str) -> datetime:

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
-from quartermaster.wire import from_timestamp
+from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
 from services.metering.pricing import Tokens
 from services.metering.state import COST_CENTER
@@ -136,20 +136,17 @@ def decode(
 
 @dataclass(frozen=True)
 class Accepted:
-    """The occurred_at range accepted at one moment, in epoch seconds (worked out
-    once per record, not once per event of a batch)."""
+    """The occurred_at range accepted at one moment, inclusive, in integer epoch
+    nanoseconds (worked out once per record, not once per event of a batch; integers,
+    so an instant a nanosecond past a bound is outside it)."""
 
-    earliest: float
-    latest: float
+    earliest: int
+    latest: int
     max_age_days: int
 
     @classmethod
     def at(cls, now: datetime, max_age: timedelta) -> Accepted:
-        return cls(
-            (now - max_age).timestamp(),
-            now.timestamp() + MAX_FUTURE.total_seconds(),
-            max_age.days,
-        )
+        return cls(epoch_ns(now - max_age), epoch_ns(now + MAX_FUTURE), max_age.days)
 
 
 def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
@@ -181,7 +178,7 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         and "\0" not in user and "\0" not in product and "\0" not in model
         and "\0" not in ws and "\0" not in rid and "\0" not in center
         and not (event_id.isspace() or user.isspace() or product.isspace() or model.isspace())
-        and accepted.earliest <= ts.seconds + ts.nanos / 1e9 <= accepted.latest
+        and accepted.earliest <= ts.seconds * NS_PER_SECOND + ts.nanos <= accepted.latest
         and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written
         and out >= reasoning and inp <= MAX_EVENT_TOKENS and out <= MAX_EVENT_TOKENS
         and event.HasField("occurred_at")
@@ -228,9 +225,9 @@ def _check_time(event: UsageEvent, accepted: Accepted, problems: Problems) -> No
     if not event.HasField("occurred_at"):
         problems.add("occurred_at", "must be set")
         return
-    # Compared as epoch seconds: building a datetime per event is the costliest
+    # Compared as epoch nanoseconds: building a datetime per event is the costliest
     # step of validation, so it is built only to word a complaint.
-    at = epoch_seconds(event)
+    at = epoch_nanos(event)
     if at > accepted.latest:
         when = _when(event)
         problems.add("occurred_at", f"{when} is more than 5 minutes in the future")
@@ -275,10 +272,10 @@ def occurred_at(event: UsageEvent) -> datetime:
     return from_timestamp(event.occurred_at)
 
 
-def epoch_seconds(event: UsageEvent) -> float:
-    """occurred_at as seconds since the epoch (no datetime built)."""
+def epoch_nanos(event: UsageEvent) -> int:
+    """occurred_at as integer nanoseconds since the epoch (exact; no datetime built)."""
     ts = event.occurred_at
-    return ts.seconds + ts.nanos / 1e9
+    return ts.seconds * NS_PER_SECOND + ts.nanos
 
 
 def tokens(event: UsageEvent) -> Tokens:

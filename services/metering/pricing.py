@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import csv
 import io
-import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from quartermaster.model_ids import resolve_model
+from quartermaster.wire import epoch_ns
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 _CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
@@ -78,7 +78,8 @@ class Priced:
 
 
 def cost_micros(price: Price, t: Tokens) -> int:
-    """Exact cost: one integer sum over classes, rounded half up once per event.
+    """One event's cost on its own: its exact cost (`picos_of`) rounded half up once.
+    Metering does not add these up: it adds exact pico-credits and rounds the total.
 
     Cached tokens are a subset of input and reasoning a subset of output, so each
     token is priced exactly once, in its most specific class.
@@ -89,18 +90,27 @@ def cost_micros(price: Price, t: Tokens) -> int:
 def micros_of(
     price: Price, input: int, cached: int, written: int, output: int, reasoning: int
 ) -> int:
-    """cost_micros of one event's token counts (no Tokens built: metering's hot path)."""
+    """cost_micros of one event's token counts, rounded half up once."""
+    picos = picos_of(price, input, cached, written, output, reasoning)
+    return (picos + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
+
+
+def picos_of(
+    price: Price, input: int, cached: int, written: int, output: int, reasoning: int
+) -> int:
+    """The exact cost of one event's token counts in pico-credits (10^-6 micro-credit:
+    a price per million tokens times a count is a whole number of them), not rounded:
+    metering's hot path (no Tokens built)."""
     tier = price.long_context
     if tier is not None and input > price.long_context_above:
         price = tier
-    numerator = (
+    return (
         (input - cached - written) * price.input
         + cached * price.cached_input
         + written * price.cache_write
         + (output - reasoning) * price.output
         + reasoning * price.reasoning
     )
-    return (numerator + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
 
 
 def _price(raw: Any, where: str, tier: bool = False) -> Price:
@@ -152,6 +162,10 @@ def _when(raw: Any, where: str) -> datetime:
 
 
 Versions = list[tuple[datetime, Price]]
+
+# Before and after every instant a Timestamp can hold (years 1 to 9999), as epoch ns.
+NEVER_BEFORE = -(2**64)
+NEVER_AFTER = 2**64
 
 
 @dataclass(frozen=True)
@@ -271,8 +285,10 @@ class PriceCatalog:
         self, models: dict[str, Versions], fallback: Price, aliases: dict[str, str] | None = None
     ) -> None:
         self._models = {m: sorted(v, key=lambda x: x[0]) for m, v in models.items()}
-        # effective_from as epoch seconds, so pricing an event builds no datetime
-        self._starts = {m: [t.timestamp() for t, _ in v] for m, v in self._models.items()}
+        # effective_from as integer epoch nanoseconds, so pricing an event builds no
+        # datetime and an instant a nanosecond before a new price still gets the old one
+        # (float seconds rounded up past the boundary ~120 ns before it).
+        self._starts = {m: [epoch_ns(t) for t, _ in v] for m, v in self._models.items()}
         self.fallback = fallback
         self.aliases = dict(aliases or {})
         dangling = sorted(a for a, m in self.aliases.items() if m not in self._models)
@@ -330,32 +346,27 @@ class PriceCatalog:
             "aliases": dict(self.aliases),
         }
 
-    def price_at(self, model: str, at: datetime | float) -> tuple[Price, bool]:
-        """The price in force for `model` at `at` (a datetime or epoch seconds), and
-        whether it is the fallback."""
-        key = model if model in self._starts else self.resolve(model)
-        if key is None:
-            return self.fallback, True
-        starts = self._starts[key]
-        when = at if isinstance(at, float | int) else at.timestamp()
-        i = bisect.bisect_right(starts, when) - 1
-        if i < 0:
-            return self.fallback, True
-        return self._models[key][i][1], False
+    def price_at(self, model: str, at: datetime) -> tuple[Price, bool]:
+        """The price in force for `model` at instant `at` (aware), and whether it is
+        the fallback."""
+        price, fallback, _, _ = self.version_at(model, epoch_ns(at))
+        return price, fallback
 
-    def version_at(self, model: str, at: float) -> tuple[Price, bool, float, float]:
-        """price_at's answer for epoch second `at`, with the interval [from, until) of
-        epoch seconds over which that answer holds (so a caller can reuse it)."""
+    def version_at(self, model: str, at_ns: int) -> tuple[Price, bool, int, int]:
+        """The price in force for `model` at `at_ns` (integer epoch nanoseconds) and
+        whether it is the fallback, with the interval [from, until) of epoch ns over
+        which that answer holds (so a caller can reuse it; NEVER_BEFORE/NEVER_AFTER
+        when unbounded)."""
         key = model if model in self._starts else self.resolve(model)
         if key is None:
-            return self.fallback, True, -math.inf, math.inf
+            return self.fallback, True, NEVER_BEFORE, NEVER_AFTER
         starts = self._starts[key]
-        i = bisect.bisect_right(starts, at) - 1
-        until = starts[i + 1] if i + 1 < len(starts) else math.inf
+        i = bisect.bisect_right(starts, at_ns) - 1
+        until = starts[i + 1] if i + 1 < len(starts) else NEVER_AFTER
         if i < 0:
-            return self.fallback, True, -math.inf, starts[0]
+            return self.fallback, True, NEVER_BEFORE, starts[0]
         return self._models[key][i][1], False, starts[i], until
 
-    def price(self, model: str, at: datetime | float, tokens: Tokens) -> Priced:
+    def price(self, model: str, at: datetime, tokens: Tokens) -> Priced:
         price, fallback = self.price_at(model, at)
         return Priced(cost_micros(price, tokens), fallback)

@@ -81,7 +81,7 @@ class MeteringSettings(CommonSettings):
     compact_seconds: float = Field(
         60.0, ge=1, le=86_400, validation_alias="QM_USAGE_COMPACT_SECONDS"
     )
-    """How often the Cost API recomputes daily rollups from hourly ones"""
+    """How often the Cost API recomputes daily rollups from 15-minute ones"""
 
     @property
     def admin_credentials(self) -> dict[str, str]:

@@ -1,5 +1,8 @@
-"""What metering has counted, per partition: the absolute totals, hourly rollups and
-recently seen event ids of the users whose events land in one partition.
+"""What metering has counted, per partition: the absolute totals, 15-minute rollups
+and recently seen event ids of the users whose events land in one partition.
+
+Money is kept exact here, in pico-credits (`quartermaster.money`): a total's
+micro-credits are its exact sum rounded once (`Total.used_micros`).
 
 Pure data (no I/O): the counting store loads and writes it, `aggregate.Meter` computes
 what a batch changes in it. Every event of a user lands in one partition (Kafka's
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from quartermaster.money import micros_of_picos
 from quartermaster.periods import PeriodKind, period_of
 
 PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
@@ -21,11 +25,15 @@ PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
 # (user_id, period kind, period key)
 TotalKey = tuple[str, str, str]
 # (grain, bucket start as epoch seconds, user_id, product, model, cost center).
-# metering writes hourly rollups only; the Cost API compacts them into daily ones
-# (services/metering/compaction.py), off the counting path.
+# metering writes 15-minute rollups only (every zone's offset is a multiple of 15
+# minutes, so every local day, month and hour of every workspace zone is a union of
+# them); the Cost API compacts them into daily ones (services/metering/compaction.py),
+# off the counting path.
 RollupKey = tuple[str, int, str, str, str, str]
-GRAINS = ("hour",)
+QUARTER = "quarter"  # the grain: 15 minutes, starting on the UTC quarter hour
+GRAINS = (QUARTER,)
 COST_CENTER = "cost_center"  # the UsageEvent attribute rollups group by
+QUARTER_SECONDS = 900
 HOUR = 3600
 
 
@@ -38,19 +46,26 @@ def id_hash(event_id: str) -> int:
 
 @dataclass(frozen=True)
 class Total:
-    """One user's absolute spend in one budget period (micro-credits, event counts)."""
+    """One user's absolute spend in one budget period: exact pico-credits, events."""
 
     workspace_id: str
     period_start: datetime
     period_end: datetime
-    used_micros: int
+    used_picos: int
     event_count: int
     fallback_count: int
+
+    @property
+    def used_micros(self) -> int:
+        """The spend in micro-credits: the exact sum rounded once, half up (what is
+        published and what GetBudget shows)."""
+        return micros_of_picos(self.used_picos)
 
 
 @dataclass(frozen=True, slots=True)
 class Rollup:
-    """One user's usage of one product and model in one hour (absolute)."""
+    """One user's usage of one product and model in one 15-minute bucket (absolute;
+    `picos`: its exact cost in pico-credits)."""
 
     workspace_id: str
     input_tokens: int
@@ -58,17 +73,18 @@ class Rollup:
     cache_write_tokens: int
     output_tokens: int
     reasoning_tokens: int
-    micros: int
+    picos: int
     events: int
     fallback_events: int
 
 
-# Rollup's counters in field order: the columns of metering.rollups_hourly/_daily
-# that are sums (the store, compaction and the Cost API build their SQL from this).
+# Rollup's counters in field order: sums. PostgreSQL holds `picos` as two bigint
+# columns (stores.rollups.COLUMNS), the others as one column each.
 ROLLUP_COUNTERS = (
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-    "reasoning_tokens", "micros", "events", "fallback_events",
+    "reasoning_tokens", "picos", "events", "fallback_events",
 )  # fmt: skip
+PICOS = ROLLUP_COUNTERS.index("picos")
 
 
 @dataclass
@@ -82,7 +98,7 @@ class PartitionState:
     # id_hash → when it was first counted (epoch seconds)
     seen: dict[int, float] = field(default_factory=dict)
     totals: dict[TotalKey, Total] = field(default_factory=dict)
-    # recent hourly and daily rollups; older ones are reloaded from Postgres when touched
+    # recent rollups; older ones are reloaded from Postgres when touched
     rollups: dict[RollupKey, Rollup] = field(default_factory=dict)
     # grain → the newest bucket start Postgres may hold a row for that is not in
     # `rollups`. A key past it is new: this worker is the partition's only writer
@@ -103,19 +119,16 @@ class PartitionState:
 Periods = tuple[tuple[str, str, datetime, datetime], ...]
 
 
-_BUCKET = 900  # seconds: every zone's offset is a multiple of 15 minutes
-
-
-def periods_at(at: float, tz: ZoneInfo) -> Periods:
-    """The day, week and month containing epoch second `at` (cached per 15-minute
-    bucket, which is exact: a local midnight always falls on a 15-minute UTC boundary)."""
-    bucket = int(at // _BUCKET)
-    return _periods_of_bucket(bucket, tz)
+def periods_at(at: int, tz: ZoneInfo) -> Periods:
+    """The day, week and month containing integer epoch second `at` (the instant's
+    floor: exact, as every boundary is a whole second), cached per 15-minute bucket,
+    which is exact: a local midnight always falls on a 15-minute UTC boundary."""
+    return _periods_of_bucket(at // QUARTER_SECONDS, tz)
 
 
 @functools.lru_cache(maxsize=8192)
 def _periods_of_bucket(bucket: int, tz: ZoneInfo) -> Periods:
-    at = datetime.fromtimestamp(bucket * _BUCKET, UTC)
+    at = datetime.fromtimestamp(bucket * QUARTER_SECONDS, UTC)
     out = []
     for kind in PERIOD_KINDS:
         period = period_of(kind, at, tz)

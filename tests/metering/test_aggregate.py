@@ -10,7 +10,7 @@ from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from services.metering.aggregate import Meter, Record
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
-from services.metering.state import PartitionState, id_hash
+from services.metering.state import QUARTER, PartitionState, id_hash
 from tests.helpers import usage
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
@@ -119,34 +119,39 @@ def test_id_hash_is_stable_and_64_bit() -> None:
     assert -(2**63) <= id_hash("abc") < 2**63
 
 
-def test_hourly_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:
+def test_15_minute_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:
     m, u = meter(), user_in(0)
     state = PartitionState(0, 0)
     at = NOW.replace(hour=11, minute=10)
     a = usage(u, occurred_at=at, cached_input_tokens=100, reasoning_tokens=50)
     a.cache_write_input_tokens = 100  # gpt-5's cache-write rate is its input rate
     a.attributes["cost_center"] = "R&D"
-    b = usage(u, occurred_at=at.replace(minute=50), cached_input_tokens=100, reasoning_tokens=50)
+    b = usage(u, occurred_at=at.replace(minute=14), cached_input_tokens=100, reasoning_tokens=50)
     b.attributes["cost_center"] = "R&D"
     c = usage(u, occurred_at=at, product="codex")  # another product: its own row
     plan = m.plan(state, records(0, [x.SerializeToString() for x in (a, b, c)]))
     rollups = m.fold_rollups(state, plan)
-    hour = int(NOW.timestamp()) - 3600  # 11:00
-    rnd = rollups[("hour", hour, u, "chat", "gpt-5", "R&D")]
+    quarter = int(NOW.timestamp()) - 3600  # 11:00 to 11:15
+    rnd = rollups[(QUARTER, quarter, u, "chat", "gpt-5", "R&D")]
     assert (rnd.input_tokens, rnd.cached_input_tokens, rnd.output_tokens) == (2000, 200, 1000)
     assert (rnd.reasoning_tokens, rnd.events, rnd.fallback_events) == (100, 2, 0)
     assert rnd.cache_write_tokens == 100
-    # per event 900 x 1.25 + 100 x 0.125 + 450 x 10 + 50 x 10 = 6137.5, rounded half up once
-    assert rnd.micros == 2 * 6138
-    assert rollups[("hour", hour, u, "codex", "gpt-5", "")].events == 1
+    # per event 900 x 1.25 + 100 x 0.125 + 450 x 10 + 50 x 10 = 6137.5 micros, kept exact
+    assert rnd.picos == 2 * 6_137_500_000
+    assert rollups[(QUARTER, quarter, u, "codex", "gpt-5", "")].events == 1
+    # an event at 11:15 is in the next bucket
+    late = m.plan(
+        state, records(0, [usage(u, occurred_at=at.replace(minute=15)).SerializeToString()])
+    )
+    assert set(late.rollups) == {(QUARTER, quarter + 900, u, "chat", "gpt-5", "")}
     m.apply(state, plan, m.fold(state, plan), rollups)
     again = m.plan(state, records(0, [usage(u, occurred_at=at).SerializeToString()], 3))
-    assert m.fold_rollups(state, again)[("hour", hour, u, "chat", "gpt-5", "")].events == 1
+    assert m.fold_rollups(state, again)[(QUARTER, quarter, u, "chat", "gpt-5", "")].events == 1
 
 
 def test_rollups_past_the_horizon_are_new_and_older_ones_are_looked_up() -> None:
-    state = PartitionState(0, 0, rollup_horizon={"hour": 7200})
-    old, new = ("hour", 3600, "u", "p", "m", ""), ("hour", 10800, "u", "p", "m", "")
+    state = PartitionState(0, 0, rollup_horizon={QUARTER: 7200})
+    old, new = (QUARTER, 3600, "u", "p", "m", ""), (QUARTER, 8100, "u", "p", "m", "")
     day = ("day", 0, "u", "p", "m", "")  # no daily rows in Postgres for this partition
     assert state.rollups_to_load({old, new, day}) == {old}
 
@@ -157,7 +162,7 @@ def test_dropping_a_rollup_from_memory_makes_it_looked_up_again() -> None:
     hour_ago = NOW - timedelta(hours=3)
     plan = m.plan(state, records(0, [usage(u, occurred_at=hour_ago).SerializeToString()]))
     m.apply(state, plan, m.fold(state, plan), m.fold_rollups(state, plan))
-    key = next(k for k in state.rollups if k[0] == "hour")
+    key = next(k for k in state.rollups if k[0] == QUARTER)
     assert state.rollups_to_load({key}) == set()  # in memory
     m.forget_expired(state)
     assert key not in state.rollups

@@ -7,6 +7,7 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
+from quartermaster.money import PICOS_PER_MICRO
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.topics import (
     CONTENT_TYPE,
@@ -37,7 +38,7 @@ def stored(user: str, micros: int, at: datetime = NOW) -> dict[tuple[str, str, s
     out = {}
     for kind in (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH):
         p = period_of(kind, at, UTC_ZONE)
-        out[(user, kind.value, p.key)] = Total("ws", p.start, p.end, micros, 1, 0)
+        out[(user, kind.value, p.key)] = Total("ws", p.start, p.end, micros * PICOS_PER_MICRO, 1, 0)
     return out
 
 

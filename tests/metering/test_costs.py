@@ -40,7 +40,7 @@ async def seeded(infra: Infra) -> str:
     try:
         await conn.executemany(
             """
-            INSERT INTO metering.rollups_hourly (hour, user_id, product, model, cost_center,
+            INSERT INTO metering.rollups_15m (bucket, user_id, product, model, cost_center,
                 workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
                 reasoning_tokens, micros, events, fallback_events)
             VALUES ($1, $2, $3, $4, $5, 'ws', 0, $6, $7, $8, $9, $10, $11, 0)
@@ -53,11 +53,11 @@ async def seeded(infra: Infra) -> str:
             INSERT INTO metering.rollups_daily (day, user_id, product, model, cost_center,
                 workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
                 reasoning_tokens, micros, events, fallback_events)
-            SELECT date_trunc('day', hour AT TIME ZONE 'Asia/Tokyo') AT TIME ZONE 'Asia/Tokyo',
+            SELECT date_trunc('day', bucket AT TIME ZONE 'Asia/Tokyo') AT TIME ZONE 'Asia/Tokyo',
                 user_id, product, model, cost_center, 'ws', 0, sum(input_tokens),
                 sum(cached_input_tokens), sum(output_tokens), sum(reasoning_tokens),
                 sum(micros), sum(events), sum(fallback_events)
-            FROM metering.rollups_hourly WHERE product = $1 GROUP BY 1, 2, 3, 4, 5
+            FROM metering.rollups_15m WHERE product = $1 GROUP BY 1, 2, 3, 4, 5
             """,
             product,
         )

@@ -242,7 +242,7 @@ async def test_hourly_rollups_land_in_postgres_exactly(
         ], within=10)  # fmt: skip
         pool = await asyncpg.create_pool(infra.database_url)
         try:  # what the Cost API does every QM_USAGE_COMPACT_SECONDS
-            assert await compact(pool, UTC_ZONE, timedelta(minutes=5))
+            assert await compact(pool, UTC_ZONE)
         finally:
             await pool.close()
         daily = await conn.fetch(

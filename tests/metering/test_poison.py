@@ -285,7 +285,7 @@ async def test_a_row_postgres_refuses_sends_its_record_to_the_dlq_and_the_rest_c
     user, other = new_user(), new_user()
     refused = f"refused-{uuid.uuid4().hex[:8]}"
     when = f"NEW.product = '{refused}'"
-    async with refusing(infra, "rollups_hourly", when, "22023", "product refused"):
+    async with refusing(infra, "rollups_15m", when, "22023", "product refused"):
         events = [usage(other), usage(user), usage(user, product=refused), usage(user)]
         events += [usage(other) for _ in range(5)]
         produce_usage(infra.kafka_bootstrap, events)

@@ -29,7 +29,6 @@ from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import usage_pb2
 from services.metering.aggregate import Meter, Record
-from services.metering.dlq_limit import DlqLimit
 from services.metering.pricing import PriceCatalog
 from services.metering.processor import Processor
 from services.metering.settings import DEFAULT_PRICES
@@ -113,8 +112,7 @@ class Workers:
                       clock=lambda: datetime.now(UTC))  # fmt: skip
         rollups = RollupStore(pool)
         counting = GatedCounting(pool, self.consumer, Topic.USAGE.value, rollups)
-        dlq = DlqLimit(100, 0.5, 100)
-        return Processor(meter, counting, rollups, sink, dlq, retry_seconds=0.05), counting
+        return Processor(meter, counting, rollups, sink, retry_seconds=0.05), counting
 
     async def close(self) -> None:
         for pool in self.pools:

@@ -3,8 +3,10 @@
 `commit()` writes one partition's batch in one transaction, guarded by the offset
 it started from (a fence): if another worker advanced the partition meanwhile, it
 writes nothing and returns False, and the caller reloads and tries again. The batch's
-hourly rollups are written in the same transaction (`RollupStore.write`), so totals,
-rollups, seen ids and the offset are all of one batch or none of it. The caller's
+15-minute rollups, and the days they changed (`RollupStore.mark_days`), are written in
+the same transaction, so totals, rollups, seen ids and the offset are all of one batch
+or none of it. A total's money is stored exact: `used_micros` (rounded half up once,
+what a reader of it alone sees) and `picos_remainder` (`stores.rollups.split_picos`). The caller's
 `publish` runs inside it, after every write succeeded and before COMMIT: a row
 PostgreSQL refuses, or a fence lost, is known before anything is published.
 """
@@ -16,8 +18,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from quartermaster.money import PICOS_PER_MICRO
 from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
-from services.metering.stores.rollups import RollupStore
+from services.metering.stores.rollups import RollupStore, split_picos
 
 
 class CountingStore:
@@ -73,7 +76,8 @@ class CountingStore:
         return {
             (r["subject_id"], r["period_kind"], r["period_key"]): Total(
                 r["workspace_id"], r["period_start"], r["period_end"],
-                r["used_micros"], r["event_count"], r["fallback_count"],
+                r["used_micros"] * PICOS_PER_MICRO + r["picos_remainder"],
+                r["event_count"], r["fallback_count"],
             )
             for r in rows
         }  # fmt: skip
@@ -104,6 +108,8 @@ class CountingStore:
                     raise _Fenced
                 await _write_totals(conn, partition, totals, now)
                 await self._rollups.write(conn, partition, rollups, now)
+                days = {t.period_start for k, t in totals.items() if k[1] == "day"}
+                await self._rollups.mark_days(conn, partition, days)
                 await _write_seen(conn, partition, seen)
                 if publish is not None:
                     await publish()
@@ -153,26 +159,28 @@ async def _write_totals(
         return
     keys = list(totals)
     vals = [totals[k] for k in keys]
+    split = [split_picos(v.used_picos) for v in vals]
     await conn.execute(
         """
         INSERT INTO metering.totals AS t (subject_kind, subject_id, period_kind,
             period_key, workspace_id, partition, period_start, period_end,
-            used_micros, event_count, fallback_count, updated_at)
-        SELECT 'user', u, k, p, w, $11, s, e, m, c, f, $10
+            used_micros, picos_remainder, event_count, fallback_count, updated_at)
+        SELECT 'user', u, k, p, w, $11, s, e, m, r, c, f, $10
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                     $5::timestamptz[], $6::timestamptz[], $7::bigint[],
-                    $8::bigint[], $9::bigint[]) AS x(u, k, p, w, s, e, m, c, f)
+                    $8::bigint[], $9::bigint[], $12::bigint[]) AS x(u, k, p, w, s, e, m, c, f, r)
         ON CONFLICT (subject_kind, subject_id, period_kind, period_key) DO UPDATE
             SET used_micros = EXCLUDED.used_micros,
+                picos_remainder = EXCLUDED.picos_remainder,
                 event_count = EXCLUDED.event_count,
                 fallback_count = EXCLUDED.fallback_count,
                 updated_at = EXCLUDED.updated_at
         """,
         [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
         [v.workspace_id for v in vals], [v.period_start for v in vals],
-        [v.period_end for v in vals], [v.used_micros for v in vals],
+        [v.period_end for v in vals], [m for m, _ in split],
         [v.event_count for v in vals], [v.fallback_count for v in vals],
-        now, partition,
+        now, partition, [r for _, r in split],
     )  # fmt: skip
 
 

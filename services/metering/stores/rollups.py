@@ -1,9 +1,12 @@
-"""metering's hourly rollups in Postgres (`metering.rollups_hourly`).
+"""metering's 15-minute rollups in Postgres (`metering.rollups_15m`).
 
 Rollups are absolute: a write replaces a row's counters whole, so a batch replayed
 after a crash writes the same values again. The counting store writes them inside its
 fenced transaction (`write` takes that connection); `load` and `horizon` read what a
 partition's state needs. Daily rollups are derived from these by `compaction`.
+
+Money is exact: a Rollup's `picos` is stored as `micros` (rounded half up once) and
+`picos_remainder` (exact minus micros x 10^6), both bigints (`split_picos`).
 """
 
 from __future__ import annotations
@@ -12,16 +15,44 @@ from datetime import datetime
 
 import asyncpg
 
-from services.metering.state import GRAINS, ROLLUP_COUNTERS, Rollup, RollupKey
+from quartermaster.money import PICOS_PER_MICRO, micros_of_picos
+from services.metering.state import GRAINS, PICOS, QUARTER, ROLLUP_COUNTERS, Rollup, RollupKey
 
+# The columns of metering.rollups_15m/_daily holding Rollup's counters: `picos` is two.
+COLUMNS = (*ROLLUP_COUNTERS[:PICOS], "micros", "picos_remainder", *ROLLUP_COUNTERS[PICOS + 1 :])
 # Rollups are absolute: a conflicting row takes the new values whole.
-ROLLUP_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*ROLLUP_COUNTERS, "updated_at"))
-_COUNTER_LIST = ", ".join(ROLLUP_COUNTERS)
+ROLLUP_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*COLUMNS, "updated_at"))
+_COLUMN_LIST = ", ".join(COLUMNS)
+_COUNTER_PARAMS = ", ".join(f"${9 + i}::bigint[]" for i in range(len(COLUMNS)))  # see write
+
+
+def exact_picos(table: str = "") -> str:
+    """SQL for a row's exact cost in pico-credits (numeric: sums of it can pass
+    bigint); `table`: the alias to qualify the columns with."""
+    t = f"{table}." if table else ""
+    return f"({t}micros::numeric * {PICOS_PER_MICRO} + {t}picos_remainder)"
+
 
 # grain → (table, bucket column)
 _TABLES = {
-    "hour": ("metering.rollups_hourly", "hour"),
+    QUARTER: ("metering.rollups_15m", "bucket"),
 }
+
+
+def split_picos(picos: int) -> tuple[int, int]:
+    """(micros rounded half up, remainder): what PostgreSQL stores of an exact amount."""
+    micros = micros_of_picos(picos)
+    return micros, picos - micros * PICOS_PER_MICRO
+
+
+def rollup_of(row: asyncpg.Record) -> Rollup:
+    """A Rollup from a row of metering.rollups_15m or _daily (every COLUMNS column)."""
+    picos = row["micros"] * PICOS_PER_MICRO + row["picos_remainder"]
+    return Rollup(
+        row["workspace_id"], row["input_tokens"], row["cached_input_tokens"],
+        row["cache_write_tokens"], row["output_tokens"], row["reasoning_tokens"], picos,
+        row["events"], row["fallback_events"],
+    )  # fmt: skip
 
 
 class RollupStore:
@@ -75,18 +106,18 @@ class RollupStore:
             rows = await self._pool.fetch(
                 f"""
                 SELECT r.* FROM {table} r
-                JOIN unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[])
+                JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
                     AS k(t, user_id, product, model, cost_center)
                   ON r.{column} = to_timestamp(k.t) AND r.user_id = k.user_id
                  AND r.product = k.product AND r.model = k.model
                  AND r.cost_center = k.cost_center
                 """,
-                [float(t) for t in starts], users, products, models, centers,
+                starts, users, products, models, centers,
             )  # fmt: skip
             for r in rows:
                 key = (grain, int(r[column].timestamp()), r["user_id"], r["product"],
                        r["model"], r["cost_center"])  # fmt: skip
-                out[key] = Rollup(r["workspace_id"], *(r[c] for c in ROLLUP_COUNTERS))
+                out[key] = rollup_of(r)
         return out
 
     @staticmethod
@@ -102,21 +133,62 @@ class RollupStore:
             if not rk:
                 continue
             rv = [rollups[k] for k in rk]
+            split = [split_picos(v.picos) for v in rv]
+            columns = [[getattr(v, c) for v in rv] for c in ROLLUP_COUNTERS]
+            columns[PICOS : PICOS + 1] = [[m for m, _ in split], [r for _, r in split]]
             table, column = _TABLES[grain]
-            n = len(ROLLUP_COUNTERS)
             await conn.execute(
                 f"""
                 INSERT INTO {table} AS r ({column}, user_id, product, model,
-                    cost_center, workspace_id, partition, updated_at, {_COUNTER_LIST})
-                SELECT to_timestamp(x.h), x.u, x.p, x.m, x.c, x.w, $1, $2, {_COUNTER_LIST}
-                FROM unnest($3::float8[], $4::text[], $5::text[], $6::text[], $7::text[],
-                            $8::text[], {", ".join(f"${9 + i}::bigint[]" for i in range(n))})
-                     AS x(h, u, p, m, c, w, {_COUNTER_LIST})
+                    cost_center, workspace_id, partition, updated_at, {_COLUMN_LIST})
+                SELECT to_timestamp(x.h), x.u, x.p, x.m, x.c, x.w, $1, $2, {_COLUMN_LIST}
+                FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                            $8::text[], {_COUNTER_PARAMS})
+                     AS x(h, u, p, m, c, w, {_COLUMN_LIST})
                 ON CONFLICT ({column}, user_id, product, model, cost_center) DO UPDATE
                 SET {ROLLUP_UPSERT_SET}
                 """,
                 partition, now,
-                [float(k[1]) for k in rk], [k[2] for k in rk], [k[3] for k in rk],
+                [k[1] for k in rk], [k[2] for k in rk], [k[3] for k in rk],
                 [k[4] for k in rk], [k[5] for k in rk], [v.workspace_id for v in rv],
-                *([getattr(v, c) for v in rv] for c in ROLLUP_COUNTERS),
+                *columns,
             )  # fmt: skip
+
+    @staticmethod
+    async def mark_days(conn: asyncpg.Connection, partition: int, days: set[datetime]) -> None:
+        """Note, inside the counting transaction, that `partition` changed the rows of
+        these workspace-zone days (their starts, UTC): the Cost API then reads them from
+        the 15-minute rows until compaction has summed them again."""
+        if not days:
+            return
+        await conn.execute(
+            """
+            INSERT INTO metering.rollup_days AS d (partition, day, version)
+            SELECT $1, x, 1 FROM unnest($2::timestamptz[]) AS x
+            ON CONFLICT (day, partition) DO UPDATE SET version = d.version + 1
+            """,
+            partition,
+            sorted(days),
+        )
+
+    async def hourly_spend(
+        self, users: list[str], since: datetime, until: datetime
+    ) -> dict[str, list[tuple[datetime, int]]]:
+        """Per user of `users`: (UTC hour start, micro-credits) for each hour in
+        [since, until) with spend, oldest first; each hour's exact spend rounded once,
+        half up. (For burn-rate baselines: read from the 15-minute rows.)"""
+        rows = await self._pool.fetch(
+            f"""
+            SELECT user_id, date_trunc('hour', bucket, 'UTC') AS hour,
+                   div(sum({exact_picos()}) + {PICOS_PER_MICRO // 2}, {PICOS_PER_MICRO})::bigint
+                       AS micros
+            FROM metering.rollups_15m
+            WHERE user_id = ANY($1::text[]) AND bucket >= $2 AND bucket < $3
+            GROUP BY 1, 2 ORDER BY 1, 2
+            """,
+            users, since, until,
+        )  # fmt: skip
+        out: dict[str, list[tuple[datetime, int]]] = {}
+        for r in rows:
+            out.setdefault(r["user_id"], []).append((r["hour"], r["micros"]))
+        return out
