@@ -45,8 +45,12 @@ class RequestStore:
     async def create(self, out: Outcome) -> tuple[Request, bool]:
         """Store a new request (from machine.create) with its entry and event; (the
         request, created). A request_id stored already returns that request, unchanged
-        (created False): the caller's id makes asking idempotent."""
+        (created False): the caller's id makes asking idempotent. ValueError for a
+        request of another workspace."""
         req = out.request
+        if req.workspace_id != self.workspace_id:
+            raise ValueError(f"workspace_id: {req.workspace_id!r} is not this store's "
+                             f"{self.workspace_id!r}")  # fmt: skip
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """
