@@ -41,20 +41,19 @@ def log_text(path: Path) -> str:
 
 async def approved(
     store: RequestStore, user: str, credits: int, approvers: Sequence[str] = ("lead",),
-    seconds: int = 3600,
+    seconds: int = 3600, granted_credits: int = 0,
 ) -> Request:  # fmt: skip
-    """A request of `credits` by `user`, created and approved by approvers[0] now."""
+    """A request of `credits` for `seconds` by `user`, created and approved now by
+    approvers[0] (granting `granted_credits` when set, else as asked)."""
     now = datetime.now(UTC)
-    out = machine.create(
-        request_id=f"cr-{uuid.uuid4().hex[:10]}", workspace_id=store.workspace_id,
-        requester=user, amount_micros=credits * C, duration_seconds=seconds,
-        justification="eval run", steps=[PlannedStep("manager", tuple(approvers), 1, ())],
-        now=now, pending_for=TIMING.pending_for,
-    )  # fmt: skip
-    req, _ = await store.create(out)
-    done = await store.apply(
-        req.request_id, lambda r: machine.decide(r, approvers[0], True, r.version, now, "go")
-    )
+    made = machine_create(store.workspace_id, user, credits, approvers, seconds)
+    req, _ = await store.create(made)
+    granted = granted_credits * C
+
+    def approve(r: Request) -> machine.Outcome:
+        return machine.decide(r, approvers[0], True, r.version, now, "go", granted_micros=granted)
+
+    done = await store.apply(req.request_id, approve)
     assert done is not None
     return done.request
 
@@ -65,3 +64,15 @@ async def limit_of(replicas: Replicas, user: str) -> int:
         policy_pb2.CheckRequest(user_id=user, product="chat", model="gpt-5")
     )
     return int(check.limit_micros)
+
+
+def machine_create(
+    workspace_id: str, user: str, credits: int, approvers: Sequence[str], seconds: int = 3600
+) -> machine.Outcome:
+    """A new one-step request of `credits` by `user` asking any one of `approvers`."""
+    return machine.create(
+        request_id=f"cr-{uuid.uuid4().hex[:10]}", workspace_id=workspace_id, requester=user,
+        amount_micros=credits * C, duration_seconds=seconds, justification="eval run",
+        steps=[PlannedStep("admins", tuple(approvers), 1, ())], now=datetime.now(UTC),
+        pending_for=TIMING.pending_for,
+    )  # fmt: skip
