@@ -25,17 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fquartermaster/v1/requests.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x02\n\rCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x19\n\x11requester_user_id\x18\x03 \x01(\t\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x03\x12\x15\n\rjustification\x18\x06 \x01(\t\x12\x18\n\x10\x61pprover_user_id\x18\x07 \x01(\t\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x1e.quartermaster.v1.RequestState\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x02\n\x0cRequestEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x30\n\x07request\x18\x03 \x01(\x0b\x32\x1f.quartermaster.v1.CreditRequest\x12\x15\n\ractor_user_id\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12override_starts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13override_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb6\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n\x16REQUEST_STATE_APPROVED\x10\x02\x12\x18\n\x14REQUEST_STATE_DENIED\x10\x03\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x04\x12\x19\n\x15REQUEST_STATE_EXPIRED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fquartermaster/v1/requests.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\nSpendShare\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06micros\x18\x02 \x01(\x03\"\xaf\x01\n\x0bPastRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.quartermaster.v1.RequestState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0egranted_micros\x18\x05 \x01(\x03\"\xa0\x02\n\x08Standing\x12\x13\n\x0bused_micros\x18\x01 \x01(\x03\x12\x14\n\x0climit_micros\x18\x02 \x01(\x03\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x30\n\nby_product\x18\x04 \x03(\x0b\x32\x1c.quartermaster.v1.SpendShare\x12.\n\x08\x62y_model\x18\x05 \x03(\x0b\x32\x1c.quartermaster.v1.SpendShare\x12\x16\n\x0e\x62urn_7d_micros\x18\x06 \x01(\x03\x12/\n\x0bruns_out_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07history\x18\x08 \x03(\x0b\x32\x1d.quartermaster.v1.PastRequest\"\xb5\x01\n\x0c\x41pprovalStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x61pprover_user_ids\x18\x02 \x03(\t\x12\x10\n\x08required\x18\x03 \x01(\x05\x12\x13\n\x0b\x61pproved_by\x18\x04 \x03(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08reminded\x18\x06 \x01(\x08\x12\x13\n\x0b\x65scalations\x18\x07 \x01(\x05\"\xe5\x01\n\rTimelineEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ractor_user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x32\n\nfrom_state\x18\x04 \x01(\x0e\x32\x1e.quartermaster.v1.RequestState\x12\x30\n\x08to_state\x18\x05 \x01(\x0e\x32\x1e.quartermaster.v1.RequestState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\"\x8e\x06\n\rCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x19\n\x11requester_user_id\x18\x03 \x01(\t\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x03\x12\x15\n\rjustification\x18\x06 \x01(\t\x12\x18\n\x10\x61pprover_user_id\x18\x07 \x01(\t\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x1e.quartermaster.v1.RequestState\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\r\n\x05links\x18\x0c \x03(\t\x12\x0f\n\x07product\x18\r \x01(\t\x12\x0f\n\x07project\x18\x0e \x01(\t\x12,\n\x08standing\x18\x0f \x01(\x0b\x32\x1a.quartermaster.v1.Standing\x12\x16\n\x0egranted_micros\x18\x10 \x01(\x03\x12 \n\x18granted_duration_seconds\x18\x11 \x01(\x03\x12/\n\x0b\x61pproved_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05steps\x18\x14 \x03(\x0b\x32\x1e.quartermaster.v1.ApprovalStep\x12\x14\n\x0c\x63urrent_step\x18\x15 \x01(\x05\x12\x31\n\x08timeline\x18\x16 \x03(\x0b\x32\x1f.quartermaster.v1.TimelineEntry\x12.\n\ndecided_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x18 \x01(\t\"\xf3\x02\n\x0cRequestEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x30\n\x07request\x18\x03 \x01(\x0b\x32\x1f.quartermaster.v1.CreditRequest\x12\x15\n\ractor_user_id\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12override_starts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13override_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\t \x01(\r\x12\x0f\n\x07version\x18\n \x01(\x03\x12!\n\x19\x63urrent_approver_user_ids\x18\x0b \x03(\t\"\xa2\x01\n\x13\x43reateCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x03\x12\x15\n\rjustification\x18\x04 \x01(\t\x12\r\n\x05links\x18\x05 \x03(\t\x12\x0f\n\x07product\x18\x06 \x01(\t\x12\x0f\n\x07project\x18\x07 \x01(\t\"&\n\x10GetCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"J\n\x13\x43\x61ncelCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xaa\x01\n\x13\x44\x65\x63ideCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x04vote\x18\x03 \x01(\x0e\x32\x16.quartermaster.v1.Vote\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0egranted_micros\x18\x05 \x01(\x03\x12 \n\x18granted_duration_seconds\x18\x06 \x01(\x03\"J\n\x13RevokeCreditRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"g\n\x12ListCreditRequests\x12.\n\x06states\x18\x01 \x03(\x0e\x32\x1e.quartermaster.v1.RequestState\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x1aListCreditRequestsResponse\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.quartermaster.v1.CreditRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xea\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n\x16REQUEST_STATE_APPROVED\x10\x02\x12\x18\n\x14REQUEST_STATE_DENIED\x10\x03\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x04\x12\x19\n\x15REQUEST_STATE_EXPIRED\x10\x05\x12\x17\n\x13REQUEST_STATE_ENDED\x10\x06\x12\x19\n\x15REQUEST_STATE_REVOKED\x10\x07*=\n\x04Vote\x12\x14\n\x10VOTE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVOTE_APPROVE\x10\x01\x12\r\n\tVOTE_DENY\x10\x02\x32\xc9\x05\n\x0eRequestService\x12P\n\x06\x43reate\x12%.quartermaster.v1.CreateCreditRequest\x1a\x1f.quartermaster.v1.CreditRequest\x12J\n\x03Get\x12\".quartermaster.v1.GetCreditRequest\x1a\x1f.quartermaster.v1.CreditRequest\x12P\n\x06\x43\x61ncel\x12%.quartermaster.v1.CancelCreditRequest\x1a\x1f.quartermaster.v1.CreditRequest\x12P\n\x06\x44\x65\x63ide\x12%.quartermaster.v1.DecideCreditRequest\x1a\x1f.quartermaster.v1.CreditRequest\x12P\n\x06Revoke\x12%.quartermaster.v1.RevokeCreditRequest\x1a\x1f.quartermaster.v1.CreditRequest\x12^\n\x08ListMine\x12$.quartermaster.v1.ListCreditRequests\x1a,.quartermaster.v1.ListCreditRequestsResponse\x12\x64\n\x0eListAwaitingMe\x12$.quartermaster.v1.ListCreditRequests\x1a,.quartermaster.v1.ListCreditRequestsResponse\x12]\n\x07ListAll\x12$.quartermaster.v1.ListCreditRequests\x1a,.quartermaster.v1.ListCreditRequestsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartermaster.v1.requests_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=713
-  _globals['_REQUESTSTATE']._serialized_end=895
-  _globals['_CREDITREQUEST']._serialized_start=87
-  _globals['_CREDITREQUEST']._serialized_end=412
-  _globals['_REQUESTEVENT']._serialized_start=415
-  _globals['_REQUESTEVENT']._serialized_end=710
+  _globals['_REQUESTSTATE']._serialized_start=2916
+  _globals['_REQUESTSTATE']._serialized_end=3150
+  _globals['_VOTE']._serialized_start=3152
+  _globals['_VOTE']._serialized_end=3213
+  _globals['_SPENDSHARE']._serialized_start=86
+  _globals['_SPENDSHARE']._serialized_end=128
+  _globals['_PASTREQUEST']._serialized_start=131
+  _globals['_PASTREQUEST']._serialized_end=306
+  _globals['_STANDING']._serialized_start=309
+  _globals['_STANDING']._serialized_end=597
+  _globals['_APPROVALSTEP']._serialized_start=600
+  _globals['_APPROVALSTEP']._serialized_end=781
+  _globals['_TIMELINEENTRY']._serialized_start=784
+  _globals['_TIMELINEENTRY']._serialized_end=1013
+  _globals['_CREDITREQUEST']._serialized_start=1016
+  _globals['_CREDITREQUEST']._serialized_end=1798
+  _globals['_REQUESTEVENT']._serialized_start=1801
+  _globals['_REQUESTEVENT']._serialized_end=2172
+  _globals['_CREATECREDITREQUEST']._serialized_start=2175
+  _globals['_CREATECREDITREQUEST']._serialized_end=2337
+  _globals['_GETCREDITREQUEST']._serialized_start=2339
+  _globals['_GETCREDITREQUEST']._serialized_end=2377
+  _globals['_CANCELCREDITREQUEST']._serialized_start=2379
+  _globals['_CANCELCREDITREQUEST']._serialized_end=2453
+  _globals['_DECIDECREDITREQUEST']._serialized_start=2456
+  _globals['_DECIDECREDITREQUEST']._serialized_end=2626
+  _globals['_REVOKECREDITREQUEST']._serialized_start=2628
+  _globals['_REVOKECREDITREQUEST']._serialized_end=2702
+  _globals['_LISTCREDITREQUESTS']._serialized_start=2704
+  _globals['_LISTCREDITREQUESTS']._serialized_end=2807
+  _globals['_LISTCREDITREQUESTSRESPONSE']._serialized_start=2809
+  _globals['_LISTCREDITREQUESTSRESPONSE']._serialized_end=2913
+  _globals['_REQUESTSERVICE']._serialized_start=3216
+  _globals['_REQUESTSERVICE']._serialized_end=3929
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -27,22 +29,254 @@ class _RequestStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestS
     REQUEST_STATE_UNSPECIFIED: _RequestState.ValueType  # 0
     REQUEST_STATE_PENDING: _RequestState.ValueType  # 1
     REQUEST_STATE_APPROVED: _RequestState.ValueType  # 2
+    """Approved: the grant is active until CreditRequest.ends_at."""
     REQUEST_STATE_DENIED: _RequestState.ValueType  # 3
     REQUEST_STATE_CANCELLED: _RequestState.ValueType  # 4
+    """Withdrawn by the requester while pending."""
     REQUEST_STATE_EXPIRED: _RequestState.ValueType  # 5
+    """Nobody decided before CreditRequest.expires_at."""
+    REQUEST_STATE_ENDED: _RequestState.ValueType  # 6
+    """The grant's time ran out."""
+    REQUEST_STATE_REVOKED: _RequestState.ValueType  # 7
+    """A person ended the grant early."""
 
 class RequestState(_RequestState, metaclass=_RequestStateEnumTypeWrapper):
-    """First draft: the credit-increase workflow's event, published on `qm.requests.v1`
-    (key: request_id) from the requests service's transactional outbox.
+    """The credit-increase workflow: its event, published on `qm.requests.v1` (key:
+    request_id) from the requests service's transactional outbox, and its gRPC service.
+
+    Compatibility: fields are only ever added (never renumbered or reused). A consumer of
+    the first draft (schema_version 0/absent) keeps working: every field it read means what
+    it meant. RequestEvent.schema_version says which fields a producer knew of.
     """
 
 REQUEST_STATE_UNSPECIFIED: RequestState.ValueType  # 0
 REQUEST_STATE_PENDING: RequestState.ValueType  # 1
 REQUEST_STATE_APPROVED: RequestState.ValueType  # 2
+"""Approved: the grant is active until CreditRequest.ends_at."""
 REQUEST_STATE_DENIED: RequestState.ValueType  # 3
 REQUEST_STATE_CANCELLED: RequestState.ValueType  # 4
+"""Withdrawn by the requester while pending."""
 REQUEST_STATE_EXPIRED: RequestState.ValueType  # 5
+"""Nobody decided before CreditRequest.expires_at."""
+REQUEST_STATE_ENDED: RequestState.ValueType  # 6
+"""The grant's time ran out."""
+REQUEST_STATE_REVOKED: RequestState.ValueType  # 7
+"""A person ended the grant early."""
 Global___RequestState: _TypeAlias = RequestState  # noqa: Y015
+
+class _Vote:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VoteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Vote.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VOTE_UNSPECIFIED: _Vote.ValueType  # 0
+    VOTE_APPROVE: _Vote.ValueType  # 1
+    VOTE_DENY: _Vote.ValueType  # 2
+
+class Vote(_Vote, metaclass=_VoteEnumTypeWrapper): ...
+
+VOTE_UNSPECIFIED: Vote.ValueType  # 0
+VOTE_APPROVE: Vote.ValueType  # 1
+VOTE_DENY: Vote.ValueType  # 2
+Global___Vote: _TypeAlias = Vote  # noqa: Y015
+
+@_typing.final
+class SpendShare(_message.Message):
+    """One share of the requester's spend this period (by product or by model)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MICROS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    micros: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["micros", b"micros", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendShare: _TypeAlias = SpendShare  # noqa: Y015
+
+@_typing.final
+class PastRequest(_message.Message):
+    """One of the requester's earlier requests, for the approver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    GRANTED_MICROS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    amount_micros: _builtins.int
+    state: Global___RequestState.ValueType
+    granted_micros: _builtins.int
+    """What was granted (0 when nothing was)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        amount_micros: _builtins.int = ...,
+        state: Global___RequestState.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        granted_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "created_at", b"created_at", "granted_micros", b"granted_micros", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PastRequest: _TypeAlias = PastRequest  # noqa: Y015
+
+@_typing.final
+class Standing(_message.Message):
+    """The requester's standing when they asked, for the approver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USED_MICROS_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    BY_PRODUCT_FIELD_NUMBER: _builtins.int
+    BY_MODEL_FIELD_NUMBER: _builtins.int
+    BURN_7D_MICROS_FIELD_NUMBER: _builtins.int
+    RUNS_OUT_AT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    used_micros: _builtins.int
+    """Spend and limit of the current budget period, in micro-credits."""
+    limit_micros: _builtins.int
+    period: _builtins.str
+    """"day", "week" or "month"."""
+    burn_7d_micros: _builtins.int
+    """Spend over the last 7 days, in micro-credits."""
+    @_builtins.property
+    def by_product(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendShare]: ...
+    @_builtins.property
+    def by_model(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendShare]: ...
+    @_builtins.property
+    def runs_out_at(self) -> _timestamp_pb2.Timestamp:
+        """When, at the last 7 days' rate, the budget runs out; absent when it doesn't this period."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___PastRequest]: ...
+    def __init__(
+        self,
+        *,
+        used_micros: _builtins.int = ...,
+        limit_micros: _builtins.int = ...,
+        period: _builtins.str = ...,
+        by_product: _abc.Iterable[Global___SpendShare] | None = ...,
+        by_model: _abc.Iterable[Global___SpendShare] | None = ...,
+        burn_7d_micros: _builtins.int = ...,
+        runs_out_at: _timestamp_pb2.Timestamp | None = ...,
+        history: _abc.Iterable[Global___PastRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["runs_out_at", b"runs_out_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burn_7d_micros", b"burn_7d_micros", "by_model", b"by_model", "by_product", b"by_product", "history", b"history", "limit_micros", b"limit_micros", "period", b"period", "runs_out_at", b"runs_out_at", "used_micros", b"used_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Standing: _TypeAlias = Standing  # noqa: Y015
+
+@_typing.final
+class ApprovalStep(_message.Message):
+    """One approval step: `required` of `approver_user_ids` must approve; one deny ends it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    APPROVER_USER_IDS_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    REMINDED_FIELD_NUMBER: _builtins.int
+    ESCALATIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    required: _builtins.int
+    reminded: _builtins.bool
+    """Reminder sent for this step (since it started or was last escalated)."""
+    escalations: _builtins.int
+    """How often it was escalated up the chain."""
+    @_builtins.property
+    def approver_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        approver_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        required: _builtins.int = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        reminded: _builtins.bool = ...,
+        escalations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "approver_user_ids", b"approver_user_ids", "escalations", b"escalations", "name", b"name", "reminded", b"reminded", "required", b"required", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalStep: _TypeAlias = ApprovalStep  # noqa: Y015
+
+@_typing.final
+class TimelineEntry(_message.Message):
+    """One transition or decision, append-only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_USER_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    actor_user_id: _builtins.str
+    action: _builtins.str
+    """"created", "voted", "approved", "denied", "cancelled", "expired", "ended",
+    "revoked", "reminded", "escalated".
+    """
+    from_state: Global___RequestState.ValueType
+    to_state: Global___RequestState.ValueType
+    reason: _builtins.str
+    version: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor_user_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        from_state: Global___RequestState.ValueType = ...,
+        to_state: Global___RequestState.ValueType = ...,
+        reason: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_user_id", b"actor_user_id", "at", b"at", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineEntry: _TypeAlias = TimelineEntry  # noqa: Y015
 
 @_typing.final
 class CreditRequest(_message.Message):
@@ -58,20 +292,67 @@ class CreditRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    PRODUCT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    STANDING_FIELD_NUMBER: _builtins.int
+    GRANTED_MICROS_FIELD_NUMBER: _builtins.int
+    GRANTED_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    APPROVED_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    CURRENT_STEP_FIELD_NUMBER: _builtins.int
+    TIMELINE_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    DECISION_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     workspace_id: _builtins.str
     requester_user_id: _builtins.str
     amount_micros: _builtins.int
+    """What was asked, in micro-credits."""
     duration_seconds: _builtins.int
-    """How long the extra credits last once approved, in seconds."""
+    """How long the extra credits last once approved (from approval, not from asking), in
+    seconds, as asked.
+    """
     justification: _builtins.str
     """The context of the work, in the requester's words."""
     approver_user_id: _builtins.str
+    """The person whose approval decided it (the last approver, or the one who denied)."""
     state: Global___RequestState.ValueType
+    version: _builtins.int
+    """Bumped by every change; a decision carries the version it was made on."""
+    product: _builtins.str
+    """What it is for (optional)."""
+    project: _builtins.str
+    granted_micros: _builtins.int
+    """What was granted: at most what was asked (an approver may grant less or shorter)."""
+    granted_duration_seconds: _builtins.int
+    current_step: _builtins.int
+    """Index into steps of the step awaiting decisions."""
+    decision_reason: _builtins.str
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """A pending request expires at this time."""
+
+    @_builtins.property
+    def links(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def standing(self) -> Global___Standing: ...
+    @_builtins.property
+    def approved_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """When the grant ends (approved_at + granted_duration_seconds, or when revoked)."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalStep]: ...
+    @_builtins.property
+    def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEntry]: ...
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -85,10 +366,24 @@ class CreditRequest(_message.Message):
         state: Global___RequestState.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
+        links: _abc.Iterable[_builtins.str] | None = ...,
+        product: _builtins.str = ...,
+        project: _builtins.str = ...,
+        standing: Global___Standing | None = ...,
+        granted_micros: _builtins.int = ...,
+        granted_duration_seconds: _builtins.int = ...,
+        approved_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        steps: _abc.Iterable[Global___ApprovalStep] | None = ...,
+        current_step: _builtins.int = ...,
+        timeline: _abc.Iterable[Global___TimelineEntry] | None = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        decision_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "decided_at", b"decided_at", "ends_at", b"ends_at", "expires_at", b"expires_at", "standing", b"standing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "approver_user_id", b"approver_user_id", "created_at", b"created_at", "duration_seconds", b"duration_seconds", "expires_at", b"expires_at", "justification", b"justification", "request_id", b"request_id", "requester_user_id", b"requester_user_id", "state", b"state", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "approved_at", b"approved_at", "approver_user_id", b"approver_user_id", "created_at", b"created_at", "current_step", b"current_step", "decided_at", b"decided_at", "decision_reason", b"decision_reason", "duration_seconds", b"duration_seconds", "ends_at", b"ends_at", "expires_at", b"expires_at", "granted_duration_seconds", b"granted_duration_seconds", "granted_micros", b"granted_micros", "justification", b"justification", "links", b"links", "product", b"product", "project", b"project", "request_id", b"request_id", "requester_user_id", b"requester_user_id", "standing", b"standing", "state", b"state", "steps", b"steps", "timeline", b"timeline", "version", b"version", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -106,15 +401,23 @@ class RequestEvent(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     OVERRIDE_STARTS_AT_FIELD_NUMBER: _builtins.int
     OVERRIDE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CURRENT_APPROVER_USER_IDS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Unique per event; consumers dedupe on it."""
+    """Unique per event; consumers dedupe on it. Deterministic: "<request_id>:<version>:<type>"."""
     type: _builtins.str
     """"request.created", "request.approved", "request.denied", "request.cancelled",
-    "request.expired"; each a versioned v1 event.
+    "request.expired", "request.ended", "request.revoked"; from schema_version 1 also
+    "request.voted", "request.reminded", "request.escalated".
     """
     actor_user_id: _builtins.str
     """Who acted (the approver, the requester, or "system" for expiry)."""
     note: _builtins.str
+    schema_version: _builtins.int
+    """0 (absent): the first draft; 1: the fields below and CreditRequest's 11-24."""
+    version: _builtins.int
+    """The request's version after this event."""
     @_builtins.property
     def request(self) -> Global___CreditRequest: ...
     @_builtins.property
@@ -125,6 +428,10 @@ class RequestEvent(_message.Message):
 
     @_builtins.property
     def override_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def current_approver_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who may decide now (the current step's remaining approvers), for the notifier."""
+
     def __init__(
         self,
         *,
@@ -136,11 +443,210 @@ class RequestEvent(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         override_starts_at: _timestamp_pb2.Timestamp | None = ...,
         override_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        schema_version: _builtins.int = ...,
+        version: _builtins.int = ...,
+        current_approver_user_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "override_expires_at", b"override_expires_at", "override_starts_at", b"override_starts_at", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_user_id", b"actor_user_id", "event_id", b"event_id", "note", b"note", "occurred_at", b"occurred_at", "override_expires_at", b"override_expires_at", "override_starts_at", b"override_starts_at", "request", b"request", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_user_id", b"actor_user_id", "current_approver_user_ids", b"current_approver_user_ids", "event_id", b"event_id", "note", b"note", "occurred_at", b"occurred_at", "override_expires_at", b"override_expires_at", "override_starts_at", b"override_starts_at", "request", b"request", "schema_version", b"schema_version", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestEvent: _TypeAlias = RequestEvent  # noqa: Y015
+
+@_typing.final
+class CreateCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    PRODUCT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The caller's id for this ask: the same id again returns the same request."""
+    amount_micros: _builtins.int
+    duration_seconds: _builtins.int
+    justification: _builtins.str
+    product: _builtins.str
+    project: _builtins.str
+    @_builtins.property
+    def links(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        amount_micros: _builtins.int = ...,
+        duration_seconds: _builtins.int = ...,
+        justification: _builtins.str = ...,
+        links: _abc.Iterable[_builtins.str] | None = ...,
+        product: _builtins.str = ...,
+        project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "duration_seconds", b"duration_seconds", "justification", b"justification", "links", b"links", "product", b"product", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCreditRequest: _TypeAlias = CreateCreditRequest  # noqa: Y015
+
+@_typing.final
+class GetCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCreditRequest: _TypeAlias = GetCreditRequest  # noqa: Y015
+
+@_typing.final
+class CancelCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    version: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCreditRequest: _TypeAlias = CancelCreditRequest  # noqa: Y015
+
+@_typing.final
+class DecideCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    VOTE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    GRANTED_MICROS_FIELD_NUMBER: _builtins.int
+    GRANTED_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    version: _builtins.int
+    """The version the decision was made on; a stale or replayed one is refused."""
+    vote: Global___Vote.ValueType
+    reason: _builtins.str
+    granted_micros: _builtins.int
+    """Grant less or shorter than asked (0: as asked)."""
+    granted_duration_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        vote: Global___Vote.ValueType = ...,
+        reason: _builtins.str = ...,
+        granted_micros: _builtins.int = ...,
+        granted_duration_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_duration_seconds", b"granted_duration_seconds", "granted_micros", b"granted_micros", "reason", b"reason", "request_id", b"request_id", "version", b"version", "vote", b"vote"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideCreditRequest: _TypeAlias = DecideCreditRequest  # noqa: Y015
+
+@_typing.final
+class RevokeCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    version: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCreditRequest: _TypeAlias = RevokeCreditRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditRequests(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    page_token: _builtins.str
+    """From ListCreditRequestsResponse.next_page_token."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___RequestState.ValueType]:
+        """Only these states (empty: all)."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[Global___RequestState.ValueType] | None = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditRequests: _TypeAlias = ListCreditRequests  # noqa: Y015
+
+@_typing.final
+class ListCreditRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreditRequest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditRequestsResponse: _TypeAlias = ListCreditRequestsResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from quartermaster.v1 import requests_pb2 as quartermaster_dot_v1_dot_requests__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,384 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class RequestServiceStub:
+    """The workflow's API (implemented in a later step). The caller is whoever the
+    credentials name; a requester is never an approver of their own request.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Create = channel.unary_unary(
+                '/quartermaster.v1.RequestService/Create',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.CreateCreditRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/quartermaster.v1.RequestService/Get',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.GetCreditRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/quartermaster.v1.RequestService/Cancel',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.CancelCreditRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+                _registered_method=True)
+        self.Decide = channel.unary_unary(
+                '/quartermaster.v1.RequestService/Decide',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.DecideCreditRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/quartermaster.v1.RequestService/Revoke',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.RevokeCreditRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+                _registered_method=True)
+        self.ListMine = channel.unary_unary(
+                '/quartermaster.v1.RequestService/ListMine',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.FromString,
+                _registered_method=True)
+        self.ListAwaitingMe = channel.unary_unary(
+                '/quartermaster.v1.RequestService/ListAwaitingMe',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.FromString,
+                _registered_method=True)
+        self.ListAll = channel.unary_unary(
+                '/quartermaster.v1.RequestService/ListAll',
+                request_serializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.FromString,
+                _registered_method=True)
+
+
+class RequestServiceServicer:
+    """The workflow's API (implemented in a later step). The caller is whoever the
+    credentials name; a requester is never an approver of their own request.
+    """
+
+    def Create(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decide(self, request, context):
+        """FAILED_PRECONDITION naming who decided and when once it is no longer pending, or
+        that the version is stale; PERMISSION_DENIED for the requester or a non-approver.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAwaitingMe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RequestServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.CreateCreditRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.GetCreditRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.CancelCreditRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.SerializeToString,
+            ),
+            'Decide': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.DecideCreditRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.RevokeCreditRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.CreditRequest.SerializeToString,
+            ),
+            'ListMine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMine,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.SerializeToString,
+            ),
+            'ListAwaitingMe': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAwaitingMe,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.SerializeToString,
+            ),
+            'ListAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAll,
+                    request_deserializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'quartermaster.v1.RequestService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('quartermaster.v1.RequestService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RequestService:
+    """The workflow's API (implemented in a later step). The caller is whoever the
+    credentials name; a requester is never an approver of their own request.
+    """
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/Create',
+            quartermaster_dot_v1_dot_requests__pb2.CreateCreditRequest.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/Get',
+            quartermaster_dot_v1_dot_requests__pb2.GetCreditRequest.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/Cancel',
+            quartermaster_dot_v1_dot_requests__pb2.CancelCreditRequest.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/Decide',
+            quartermaster_dot_v1_dot_requests__pb2.DecideCreditRequest.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/Revoke',
+            quartermaster_dot_v1_dot_requests__pb2.RevokeCreditRequest.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.CreditRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/ListMine',
+            quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAwaitingMe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/ListAwaitingMe',
+            quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.RequestService/ListAll',
+            quartermaster_dot_v1_dot_requests__pb2.ListCreditRequests.SerializeToString,
+            quartermaster_dot_v1_dot_requests__pb2.ListCreditRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

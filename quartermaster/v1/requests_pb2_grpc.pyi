@@ -5,9 +5,16 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from quartermaster.v1 import requests_pb2 as _requests_pb2
 import abc as _abc_1
 import grpc as _grpc
+import sys
 import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -18,3 +25,109 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class RequestServiceStub:
+    """The workflow's API (implemented in a later step). The caller is whoever the
+    credentials name; a requester is never an approver of their own request.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RequestServiceAsyncStub: ...
+    Create: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CreateCreditRequest, _requests_pb2.CreditRequest]
+    Get: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetCreditRequest, _requests_pb2.CreditRequest]
+    Cancel: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CancelCreditRequest, _requests_pb2.CreditRequest]
+    Decide: _grpc.UnaryUnaryMultiCallable[_requests_pb2.DecideCreditRequest, _requests_pb2.CreditRequest]
+    """FAILED_PRECONDITION naming who decided and when once it is no longer pending, or
+    that the version is stale; PERMISSION_DENIED for the requester or a non-approver.
+    """
+    Revoke: _grpc.UnaryUnaryMultiCallable[_requests_pb2.RevokeCreditRequest, _requests_pb2.CreditRequest]
+    ListMine: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]
+    ListAwaitingMe: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]
+    ListAll: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]
+
+@_typing.type_check_only
+class RequestServiceAsyncStub(RequestServiceStub):
+    """The workflow's API (implemented in a later step). The caller is whoever the
+    credentials name; a requester is never an approver of their own request.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Create: _aio.UnaryUnaryMultiCallable[_requests_pb2.CreateCreditRequest, _requests_pb2.CreditRequest]  # type: ignore[assignment]
+    Get: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetCreditRequest, _requests_pb2.CreditRequest]  # type: ignore[assignment]
+    Cancel: _aio.UnaryUnaryMultiCallable[_requests_pb2.CancelCreditRequest, _requests_pb2.CreditRequest]  # type: ignore[assignment]
+    Decide: _aio.UnaryUnaryMultiCallable[_requests_pb2.DecideCreditRequest, _requests_pb2.CreditRequest]  # type: ignore[assignment]
+    """FAILED_PRECONDITION naming who decided and when once it is no longer pending, or
+    that the version is stale; PERMISSION_DENIED for the requester or a non-approver.
+    """
+    Revoke: _aio.UnaryUnaryMultiCallable[_requests_pb2.RevokeCreditRequest, _requests_pb2.CreditRequest]  # type: ignore[assignment]
+    ListMine: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]  # type: ignore[assignment]
+    ListAwaitingMe: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]  # type: ignore[assignment]
+    ListAll: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]  # type: ignore[assignment]
+
+class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The workflow's API (implemented in a later step). The caller is whoever the
+    credentials name; a requester is never an approver of their own request.
+    """
+
+    @_abc_1.abstractmethod
+    def Create(
+        self,
+        request: _requests_pb2.CreateCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.CreditRequest, _abc.Awaitable[_requests_pb2.CreditRequest]]: ...
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _requests_pb2.GetCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.CreditRequest, _abc.Awaitable[_requests_pb2.CreditRequest]]: ...
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _requests_pb2.CancelCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.CreditRequest, _abc.Awaitable[_requests_pb2.CreditRequest]]: ...
+
+    @_abc_1.abstractmethod
+    def Decide(
+        self,
+        request: _requests_pb2.DecideCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.CreditRequest, _abc.Awaitable[_requests_pb2.CreditRequest]]:
+        """FAILED_PRECONDITION naming who decided and when once it is no longer pending, or
+        that the version is stale; PERMISSION_DENIED for the requester or a non-approver.
+        """
+
+    @_abc_1.abstractmethod
+    def Revoke(
+        self,
+        request: _requests_pb2.RevokeCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.CreditRequest, _abc.Awaitable[_requests_pb2.CreditRequest]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMine(
+        self,
+        request: _requests_pb2.ListCreditRequests,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ListCreditRequestsResponse, _abc.Awaitable[_requests_pb2.ListCreditRequestsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAwaitingMe(
+        self,
+        request: _requests_pb2.ListCreditRequests,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ListCreditRequestsResponse, _abc.Awaitable[_requests_pb2.ListCreditRequestsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAll(
+        self,
+        request: _requests_pb2.ListCreditRequests,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ListCreditRequestsResponse, _abc.Awaitable[_requests_pb2.ListCreditRequestsResponse]]: ...
+
+def add_RequestServiceServicer_to_server(servicer: RequestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,8 +1,10 @@
 """Approvals: `request.approved` events on `qm.requests.v1` install the additive
-override the approval carries.
+override the approval carries; `request.revoked` and `request.ended` remove that one
+override (other grants of the same person stay: approved requests stack).
 
 The override is keyed by request_id, so a redelivered or duplicated event changes
-nothing. Every replica reads the whole topic from its beginning
+nothing: an approval finds its override there (removed or not) and a removal finds it
+removed already. Every replica reads the whole topic from its beginning
 (quartermaster.consumers.ReplayConsumer: no consumer group, no joins, leaves or
 rebalances to wait for; approvals are few) and the first to install an approval
 wins; a replay finds each one already there with one indexed read.
@@ -30,6 +32,7 @@ from quartermaster.topics import Topic
 from quartermaster.v1 import requests_pb2
 from quartermaster.validation import MAX_ID_LENGTH
 from quartermaster.wire import from_timestamp
+from services.policy.errors import NotFound
 from services.policy.inputs import MAX_REASON
 from services.policy.readiness import Readiness
 from services.policy.rules import Override
@@ -37,6 +40,9 @@ from services.policy.stores.limits import LimitStore
 
 log = logging.getLogger("qm.policy.approvals")
 APPROVED = "request.approved"
+# A grant ended early by a person, or at its end (the override also lapses by itself
+# then; removing it too keeps policy's view the requests service's).
+ENDING = ("request.revoked", "request.ended")
 APPROVALS_ACTOR = "requests-service"
 PART = "approvals"
 
@@ -49,7 +55,9 @@ def override_of(event: requests_pb2.RequestEvent) -> Override:
         problems.append("request.request_id: empty")
     if not req.requester_user_id:
         problems.append("request.requester_user_id: empty")
-    if req.amount_micros <= 0:
+    # Events of schema_version 1 carry what was granted, which may be less than asked.
+    micros = req.granted_micros or req.amount_micros
+    if micros <= 0:
         problems.append("request.amount_micros: must be positive")
     starts = (
         from_timestamp(event.override_starts_at)
@@ -72,7 +80,7 @@ def override_of(event: requests_pb2.RequestEvent) -> Override:
         override_id=f"req-{req.request_id}"[:MAX_ID_LENGTH],
         user_id=req.requester_user_id,
         additive=True,
-        micros=req.amount_micros,
+        micros=micros,
         period=None,
         enforcement=None,
         granted_by=event.actor_user_id or req.approver_user_id or APPROVALS_ACTOR,
@@ -96,6 +104,7 @@ class Approvals:
             bootstrap, Topic.REQUESTS.value, "policy-approvals", fetch_wait_ms=50
         )
         self.installed = 0
+        self.removed = 0
         self.repeated = 0
         self.rejected = 0
         self.stopping = False
@@ -146,7 +155,12 @@ class Approvals:
             self.rejected += 1
             log.warning("qm.requests.v1 offset %s: not a RequestEvent; skipped", msg.offset())
             return
-        if event.type != APPROVED or event.request.workspace_id not in ("", self._ws):
+        if event.request.workspace_id not in ("", self._ws):
+            return
+        if event.type in ENDING:
+            await self._remove(event)
+            return
+        if event.type != APPROVED:
             return
         try:
             override = override_of(event)
@@ -165,3 +179,21 @@ class Approvals:
                      override.user_id, credits(override.micros), override.expires_at)  # fmt: skip
         else:
             self.repeated += 1
+
+    async def _remove(self, event: requests_pb2.RequestEvent) -> None:
+        """Remove the override of a revoked or ended grant; already gone: nothing to do."""
+        request_id = event.request.request_id
+        if not request_id:
+            self.rejected += 1
+            log.warning("%s %s has no request.request_id; skipped", event.type, event.event_id)
+            return
+        why = f"{event.type} by {event.actor_user_id or APPROVALS_ACTOR}: {event.note}"
+        try:
+            await self._limits.remove_override(
+                f"req-{request_id}"[:MAX_ID_LENGTH], why[:MAX_REASON], APPROVALS_ACTOR
+            )
+        except NotFound:
+            self.repeated += 1
+            return
+        self.removed += 1
+        log.info("removed req-%s (%s)", request_id, event.type)

@@ -59,6 +59,14 @@ DOMAIN_MODULES = {
         "services.policy.rules",
         "services.policy.totals",
     ],
+    "requests": [
+        "services.requests.ask",
+        "services.requests.grants",
+        "services.requests.machine",
+        "services.requests.routing",
+        "services.requests.standing",
+        "services.requests.timing",
+    ],
 }
 
 

@@ -1,0 +1,27 @@
+"""`python -m services.requests`: run the outbox relay and the reconciler until
+SIGTERM/SIGINT, then stop. (The gRPC RequestService joins this process later.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+from quartermaster import telemetry
+from quartermaster.grpcserver import until_signalled
+from quartermaster.settings import load_or_exit
+from services.requests import wiring
+from services.requests.settings import RequestsSettings
+
+
+async def _run(settings: RequestsSettings) -> None:
+    running = await wiring.start(settings)
+    await until_signalled(running.stop)
+
+
+def main() -> None:
+    settings = load_or_exit(RequestsSettings, "requests")
+    telemetry.setup("requests", settings.log_level)
+    asyncio.run(_run(settings))
+
+
+if __name__ == "__main__":
+    main()

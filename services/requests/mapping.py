@@ -1,0 +1,104 @@
+"""The one module between the requests domain and its wire messages
+(quartermaster.v1.requests_pb2): a request as a `CreditRequest`, each timeline entry
+as a `RequestEvent` for qm.requests.v1. The servicer (a later step) maps through here
+too, so a field rename touches one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from quartermaster.v1 import requests_pb2
+from quartermaster.wire import timestamp
+from services.requests.machine import Entry, Request, State, Step
+from services.requests.standing import Standing
+
+SCHEMA_VERSION = 1  # RequestEvent.schema_version this service writes
+_STATES = {
+    State.PENDING: requests_pb2.REQUEST_STATE_PENDING,
+    State.APPROVED: requests_pb2.REQUEST_STATE_APPROVED,
+    State.DENIED: requests_pb2.REQUEST_STATE_DENIED,
+    State.CANCELLED: requests_pb2.REQUEST_STATE_CANCELLED,
+    State.EXPIRED: requests_pb2.REQUEST_STATE_EXPIRED,
+    State.ENDED: requests_pb2.REQUEST_STATE_ENDED,
+    State.REVOKED: requests_pb2.REQUEST_STATE_REVOKED,
+}
+
+
+def state_pb(state: State | str) -> requests_pb2.RequestState.ValueType:
+    """The wire enum of a State (or its value)."""
+    return _STATES[State(state)]
+
+
+def standing_pb(s: Standing) -> requests_pb2.Standing:
+    out = requests_pb2.Standing(
+        used_micros=s.used_micros, limit_micros=s.limit_micros, period=s.period,
+        by_product=[requests_pb2.SpendShare(name=n, micros=m) for n, m in s.by_product],
+        by_model=[requests_pb2.SpendShare(name=n, micros=m) for n, m in s.by_model],
+        burn_7d_micros=s.burn_7d_micros,
+        history=[requests_pb2.PastRequest(request_id=h.request_id, amount_micros=h.amount_micros,
+                                          state=state_pb(h.state), granted_micros=h.granted_micros,
+                                          created_at=timestamp(h.created_at))
+                 for h in s.history],
+    )  # fmt: skip
+    if s.runs_out_at is not None:
+        out.runs_out_at.CopyFrom(timestamp(s.runs_out_at))
+    return out
+
+
+def _step_pb(s: Step) -> requests_pb2.ApprovalStep:
+    return requests_pb2.ApprovalStep(
+        name=s.name, approver_user_ids=s.approvers, required=s.required,
+        approved_by=s.approved_by, started_at=timestamp(s.started_at), reminded=s.reminded,
+        escalations=s.escalations,
+    )  # fmt: skip
+
+
+def entry_pb(e: Entry) -> requests_pb2.TimelineEntry:
+    return requests_pb2.TimelineEntry(
+        at=timestamp(e.at), actor_user_id=e.actor, action=e.action,
+        from_state=state_pb(e.from_state), to_state=state_pb(e.to_state), reason=e.reason,
+        version=e.version,
+    )  # fmt: skip
+
+
+def credit_request_pb(req: Request, timeline: Sequence[Entry] = ()) -> requests_pb2.CreditRequest:
+    """`req` on the wire; `approver_user_id` is who decided it (empty while pending)."""
+    out = requests_pb2.CreditRequest(
+        request_id=req.request_id, workspace_id=req.workspace_id,
+        requester_user_id=req.requester, amount_micros=req.amount_micros,
+        duration_seconds=req.duration_seconds, justification=req.justification,
+        approver_user_id=req.decided_by, state=state_pb(req.state),
+        created_at=timestamp(req.created_at), expires_at=timestamp(req.expires_at),
+        version=req.version, links=req.links, product=req.product, project=req.project,
+        standing=standing_pb(req.standing), granted_micros=req.granted_micros,
+        granted_duration_seconds=req.granted_seconds,
+        steps=[_step_pb(s) for s in req.steps], current_step=req.current_step,
+        timeline=[entry_pb(e) for e in timeline], decision_reason=req.decision_reason,
+    )  # fmt: skip
+    for field, at in (("approved_at", req.approved_at), ("ends_at", req.ends_at),
+                      ("decided_at", req.decided_at)):  # fmt: skip
+        if at is not None:
+            getattr(out, field).CopyFrom(timestamp(at))
+    return out
+
+
+def event_id(request_id: str, version: int, action: str) -> str:
+    """Deterministic, so the same change always announces itself with the same id."""
+    return f"{request_id}:{version}:request.{action}"
+
+
+def event_pb(req: Request, entry: Entry) -> requests_pb2.RequestEvent:
+    """The qm.requests.v1 event announcing `entry`, with `req` as it is after it. A
+    grant's override window (approval to end, or to revocation) rides on approved,
+    ended and revoked events, as policy installs and removes the override from them."""
+    event = requests_pb2.RequestEvent(
+        event_id=event_id(req.request_id, entry.version, entry.action),
+        type=f"request.{entry.action}", request=credit_request_pb(req), actor_user_id=entry.actor,
+        note=entry.reason, occurred_at=timestamp(entry.at), schema_version=SCHEMA_VERSION,
+        version=entry.version, current_approver_user_ids=req.awaiting(),
+    )  # fmt: skip
+    if req.approved_at is not None and req.ends_at is not None:
+        event.override_starts_at.CopyFrom(timestamp(req.approved_at))
+        event.override_expires_at.CopyFrom(timestamp(req.ends_at))
+    return event

@@ -1,0 +1,196 @@
+"""The requests store: credit requests, their append-only timeline, votes and the
+outbox, in schema `requests`. The I/O edge around services.requests.machine.
+
+Every change is one transaction: the request's new row (only if it is still at the
+version the change was computed from), its timeline entries, the vote, and one outbox
+row per entry. So a change and its event commit together or not at all; the relay
+(services.requests.relay) publishes the outbox afterwards.
+
+Concurrency: `apply` reads the request, computes the change with the pure machine and
+writes it with `UPDATE ... WHERE version = <read version>`. Of concurrent changes one
+matches; the others find 0 rows, read the request again and compute again, and the
+machine then refuses them on what it says now (decided already: by whom and when).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+
+from quartermaster.topics import Topic
+from services.requests.machine import Entry, Outcome, Request
+from services.requests.mapping import event_id, event_pb
+from services.requests.stores.codec import entry_of, request_of, standing_json, steps_json
+from services.requests.timing import Timing, next_due
+
+# Changes of one request are few; this many rounds means something is wrong.
+MAX_ATTEMPTS = 100
+
+
+class Contended(RuntimeError):
+    """A change lost the race MAX_ATTEMPTS times in a row (retry later)."""
+
+
+class RequestStore:
+    """Credit requests of one workspace over an asyncpg pool. `timing` sets each row's
+    next_due_at (when the reconciler next has something to do for it)."""
+
+    def __init__(self, pool: asyncpg.Pool, workspace_id: str, timing: Timing) -> None:
+        self._pool = pool
+        self.workspace_id = workspace_id
+        self._timing = timing
+
+    async def create(self, out: Outcome) -> tuple[Request, bool]:
+        """Store a new request (from machine.create) with its entry and event; (the
+        request, created). A request_id stored already returns that request, unchanged
+        (created False): the caller's id makes asking idempotent. ValueError for a
+        request of another workspace."""
+        req = out.request
+        if req.workspace_id != self.workspace_id:
+            raise ValueError(f"workspace_id: {req.workspace_id!r} is not this store's "
+                             f"{self.workspace_id!r}")  # fmt: skip
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """
+                INSERT INTO requests.requests
+                    (workspace_id, request_id, requester, amount_micros, duration_seconds,
+                     justification, links, product, project, standing, state, version, steps,
+                     current_step, granted_micros, granted_seconds, created_at, expires_at,
+                     next_due_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                        $17, $18, $19)
+                ON CONFLICT DO NOTHING RETURNING 1
+                """,
+                self.workspace_id, req.request_id, req.requester, req.amount_micros,
+                req.duration_seconds, req.justification, list(req.links), req.product,
+                req.project, standing_json(req.standing), req.state.value, req.version,
+                steps_json(req.steps), req.current_step, req.granted_micros,
+                req.granted_seconds, req.created_at, req.expires_at, next_due(req, self._timing),
+            )  # fmt: skip
+            if not inserted:
+                existing = await self.get(req.request_id, conn)
+                assert existing is not None
+                return existing, False
+            await self._record(conn, req, out)
+        return req, True
+
+    async def get(
+        self, request_id: str, conn: asyncpg.Connection | asyncpg.Pool | None = None
+    ) -> Request | None:
+        """The request as stored, or None."""
+        row = await (conn or self._pool).fetchrow(
+            "SELECT * FROM requests.requests WHERE workspace_id = $1 AND request_id = $2",
+            self.workspace_id,
+            request_id,
+        )
+        return request_of(row) if row is not None else None
+
+    async def timeline(self, request_id: str) -> list[Entry]:
+        """The request's timeline, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM requests.timeline WHERE workspace_id = $1 AND request_id = $2"
+            " ORDER BY id",
+            self.workspace_id,
+            request_id,
+        )
+        return [entry_of(r) for r in rows]
+
+    async def apply(
+        self, request_id: str, change: Callable[[Request], Outcome | None]
+    ) -> Outcome | None:
+        """Apply `change` (a pure machine operation on the stored request) and store its
+        outcome in one transaction. Returns the outcome (None: `change` had nothing to
+        do). Raises KeyError for an unknown request, whatever `change` raises (Refused),
+        and Contended when it lost MAX_ATTEMPTS races in a row."""
+        for _ in range(MAX_ATTEMPTS):
+            req = await self.get(request_id)
+            if req is None:
+                raise KeyError(f"request_id: no request {request_id!r}")
+            out = change(req)
+            if out is None:
+                return None
+            async with self._pool.acquire() as conn, conn.transaction():
+                if await self._update(conn, req.version, out.request):
+                    await self._record(conn, out.request, out)
+                    return out
+        raise Contended(f"request {request_id}: {MAX_ATTEMPTS} concurrent changes won over this")
+
+    async def _update(self, conn: asyncpg.Connection, version: int, new: Request) -> bool:
+        """Write `new` if the row is still at `version`; whether it was."""
+        status = await conn.execute(
+            """
+            UPDATE requests.requests SET
+                state = $4, version = $5, steps = $6, current_step = $7, granted_micros = $8,
+                granted_seconds = $9, approved_at = $10, ends_at = $11, decided_by = $12,
+                decided_at = $13, decision_reason = $14, next_due_at = $15
+            WHERE workspace_id = $1 AND request_id = $2 AND version = $3
+            """,
+            self.workspace_id, new.request_id, version, new.state.value, new.version,
+            steps_json(new.steps), new.current_step, new.granted_micros, new.granted_seconds,
+            new.approved_at, new.ends_at, new.decided_by, new.decided_at, new.decision_reason,
+            next_due(new, self._timing),
+        )  # fmt: skip
+        return bool(status == "UPDATE 1")
+
+    async def _record(self, conn: asyncpg.Connection, req: Request, out: Outcome) -> None:
+        """The outcome's timeline entries, vote and outbox events, in `conn`'s transaction."""
+        await conn.executemany(
+            "INSERT INTO requests.timeline (workspace_id, request_id, version, at, actor,"
+            " action, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [(self.workspace_id, req.request_id, e.version, e.at, e.actor, e.action,
+              e.from_state.value, e.to_state.value, e.reason) for e in out.entries],
+        )  # fmt: skip
+        if out.vote is not None:
+            v = out.vote
+            await conn.execute(
+                "INSERT INTO requests.votes (workspace_id, request_id, user_id, step, approve,"
+                " version, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                self.workspace_id, req.request_id, v.user_id, v.step, v.approve, req.version,
+                out.entries[-1].at,
+            )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO requests.outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)",
+            [(event_id(req.request_id, e.version, e.action), Topic.REQUESTS.value,
+              req.request_id.encode(), event_pb(req, e).SerializeToString())
+             for e in out.entries],
+        )  # fmt: skip
+
+    async def due(self, now: datetime, limit: int = 100) -> list[str]:
+        """Ids of requests the reconciler has something to do for at `now`, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT request_id FROM requests.requests WHERE workspace_id = $1"
+            " AND next_due_at <= $2 ORDER BY next_due_at LIMIT $3",
+            self.workspace_id,
+            now,
+            limit,
+        )
+        return [r["request_id"] for r in rows]
+
+    async def of_requester(self, requester: str, limit: int = 50) -> list[Request]:
+        """The requester's requests, newest first (their history, for the approver)."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM requests.requests WHERE workspace_id = $1 AND requester = $2"
+            " ORDER BY created_at DESC LIMIT $3",
+            self.workspace_id,
+            requester,
+            limit,
+        )
+        return [request_of(r) for r in rows]
+
+    async def awaiting(self, user_id: str, limit: int = 50) -> list[Request]:
+        """Pending requests whose current step asks `user_id` and that they haven't
+        approved yet, oldest first."""
+        rows = await self._pool.fetch(
+            """
+            SELECT * FROM requests.requests WHERE workspace_id = $1 AND state = 'pending'
+              AND steps -> current_step -> 'approvers' ? $2
+              AND NOT steps -> current_step -> 'approved_by' ? $2
+            ORDER BY created_at LIMIT $3
+            """,
+            self.workspace_id,
+            user_id,
+            limit,
+        )
+        return [request_of(r) for r in rows]
