@@ -3,30 +3,43 @@ lives in the pure `quartermaster.partitioning`."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import sys
 import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from quartermaster.config import CommonSettings
+from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
 
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> None:
-    """Create every topic in `quartermaster.topics.SPECS` that does not exist yet.
+def ensure_topics(
+    bootstrap: str, partitions: int, timeout: float = 30.0, replication_factor: int = 1
+) -> None:
+    """Create every topic in `quartermaster.topics.SPECS` that does not exist yet, with
+    `partitions` partitions, `replication_factor` copies and the spec's config (e.g.
+    compaction).
 
     Topics are created explicitly so their partition counts are ours, not whatever the
-    broker auto-creates. An existing topic is left as it is.
+    broker auto-creates. An existing topic is left as it is (partitions are raised by an
+    operator, docs/operations.md). Raises KafkaException when the broker refuses (a
+    replication factor above its broker count, say) or is unreachable for `timeout` s.
     """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout
     new = [
         NewTopic(
-            spec.topic.value, num_partitions=partitions, replication_factor=1, config=spec.config
+            spec.topic.value,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=spec.config,
         )
         for spec in SPECS
     ]
@@ -111,3 +124,29 @@ class Publisher:
     def close(self) -> None:
         self._producer.flush(5)
         del self._producer  # librdkafka's threads go with it, not at interpreter exit
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m quartermaster.kafka ensure-topics --partitions N --replication-factor R`:
+    create the missing topics on QM_KAFKA_BOOTSTRAP (the Helm chart's topics Job).
+    Exits 2 naming the variable when QM_KAFKA_BOOTSTRAP is wrong, 1 with the broker's
+    error when it refuses or can't be reached."""
+    parser = argparse.ArgumentParser(prog="python -m quartermaster.kafka")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("ensure-topics", help="create every topic that does not exist yet")
+    create.add_argument("--partitions", type=int, required=True)
+    create.add_argument("--replication-factor", type=int, default=1)
+    create.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    args = parser.parse_args(argv)
+    if args.partitions < 1 or args.replication_factor < 1:
+        parser.error("--partitions and --replication-factor must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    bootstrap = load_or_exit(CommonSettings, "topics").kafka_bootstrap
+    try:
+        ensure_topics(bootstrap, args.partitions, args.timeout, args.replication_factor)
+    except KafkaException as exc:
+        sys.exit(f"creating topics on {bootstrap} failed: {exc}")
+
+
+if __name__ == "__main__":
+    main()
