@@ -10,6 +10,9 @@ import kubernetes_validate
 import pytest
 from helm_python import HelmRenderError, HelmValuesError, lint
 
+from quartermaster.config import CommonSettings
+from services.metering.settings import MeteringSettings
+from services.policy.settings import PolicySettings
 from tests.deploy.chart import (
     CHART,
     CHART_OWNED,
@@ -250,3 +253,35 @@ def test_schema_refuses_bad_values(file: str, message: str) -> None:
 def test_latest_tag_is_refused_by_name() -> None:
     with pytest.raises(HelmRenderError, match=r"image\.tag: 'latest'"):
         render(load_values(VALUES / "bad-tag.yaml"))
+
+
+def test_each_container_environment_loads_as_its_service_settings(
+    case: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """What the chart gives a container is what the service accepts at start-up (an
+    empty value means the setting's default), and values arrive as set."""
+    name, docs = case
+    (configmap,) = by_kind(docs, "ConfigMap").values()
+    loaders: dict[str, type[CommonSettings]] = {
+        "metering": MeteringSettings,
+        "cost-api": MeteringSettings,
+        "policy": PolicySettings,
+    }
+    secret = {"QM_DATABASE_URL": "postgresql://qm:pw@db:5432/qm"}
+    for process, cls in loaders.items():
+        (container,) = _containers(
+            by_kind(docs, "Deployment")[f"{RELEASE}-quartermaster-{process}"]
+        )
+        env = dict(configmap["data"])
+        for entry in container["env"]:
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+            elif entry["name"] in secret:
+                env[entry["name"]] = secret[entry["name"]]
+            else:  # a credential from secretEnv
+                env[entry["name"]] = "ops:" + "x" * 24
+        loaded = cls.from_env(env)
+        settings = CASES[name].get("settings", {})
+        if "QM_WORKSPACE_TIMEZONE" in settings:
+            assert loaded.workspace_timezone == settings["QM_WORKSPACE_TIMEZONE"]
+        assert loaded.kafka_bootstrap == configmap["data"]["QM_KAFKA_BOOTSTRAP"]
