@@ -138,8 +138,13 @@ def test_hooks_migrate_then_create_topics_before_any_pod(
         notes = job["metadata"]["annotations"]
         assert notes["helm.sh/hook"] == "pre-install,pre-upgrade"
         assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation"
-        (container,) = job["spec"]["template"]["spec"]["containers"]
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        # Hooks run before the release's objects exist on install: none may be needed.
+        assert "serviceAccountName" not in pod
+        assert pod["automountServiceAccountToken"] is False
+        assert "envFrom" not in container
     weights = [int(j["metadata"]["annotations"]["helm.sh/hook-weight"]) for j in (migrate, topics)]
     assert weights[0] < weights[1], "migrations first"
     assert _containers_args(migrate) == ["-m", "devtools.migrate"]

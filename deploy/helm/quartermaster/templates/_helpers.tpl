@@ -60,9 +60,15 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
       key: {{ .Values.database.urlKey }}
 {{- end -}}
 
-{{/* Pod-level settings every pod of the chart (services and hook Jobs) shares. */}}
+{{/* Pod-level settings every pod of the chart shares. A hook Job runs before the
+release's own objects exist on install, so it names no ServiceAccount of ours (the
+namespace's default, with no token mounted) and reads no ConfigMap. */}}
 {{- define "qm.podCommon" -}}
+{{- $root := .root | default . -}}
+{{- with $root -}}
+{{- if not $.hook -}}
 serviceAccountName: {{ include "qm.serviceAccountName" . }}
+{{ end -}}
 automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
 enableServiceLinks: false
 securityContext:
@@ -70,6 +76,7 @@ securityContext:
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
