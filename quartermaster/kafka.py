@@ -3,8 +3,10 @@ lives in the pure `quartermaster.partitioning`."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import sys
 import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
@@ -13,6 +15,8 @@ from confluent_kafka.admin._config import ConfigResource  # not re-exported for 
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
+from quartermaster.config import CommonSettings
+from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,15 @@ class TopicMismatch(Exception):
         )
 
 
-def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> None:
+def ensure_topics(
+    bootstrap: str, partitions: int, timeout: float = 30.0, replication_factor: int = 1
+) -> None:
     """Create every topic in `quartermaster.topics.SPECS` that does not exist yet, with
-    `partitions` partitions and its spec's configuration; then check every one:
-    TopicMismatch naming each topic whose partition count or configuration (say
-    `qm.usage.totals.v1` not compacted) differs. KafkaException when the broker does
-    not answer within `timeout` seconds.
+    `partitions` partitions, `replication_factor` copies and its spec's configuration;
+    then check every one: TopicMismatch naming each topic whose partition count or
+    configuration (say `qm.usage.totals.v1` not compacted) differs. KafkaException when
+    the broker refuses (a replication factor above its broker count, say) or does not
+    answer within `timeout` seconds.
 
     Topics are created explicitly so their partition counts are ours, not whatever the
     broker auto-creates. An existing topic is never changed: it is reported.
@@ -47,7 +54,10 @@ def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> Non
     deadline = time.monotonic() + timeout
     new = [
         NewTopic(
-            spec.topic.value, num_partitions=partitions, replication_factor=1, config=spec.config
+            spec.topic.value,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=spec.config,
         )
         for spec in SPECS
     ]
@@ -157,3 +167,29 @@ class Publisher:
     def close(self) -> None:
         self._producer.flush(5)
         del self._producer  # librdkafka's threads go with it, not at interpreter exit
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m quartermaster.kafka ensure-topics --partitions N --replication-factor R`:
+    create the missing topics on QM_KAFKA_BOOTSTRAP (the Helm chart's topics Job).
+    Exits 2 naming the variable when QM_KAFKA_BOOTSTRAP is wrong, 1 with the broker's
+    error when it refuses or can't be reached."""
+    parser = argparse.ArgumentParser(prog="python -m quartermaster.kafka")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("ensure-topics", help="create every topic that does not exist yet")
+    create.add_argument("--partitions", type=int, required=True)
+    create.add_argument("--replication-factor", type=int, default=1)
+    create.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    args = parser.parse_args(argv)
+    if args.partitions < 1 or args.replication_factor < 1:
+        parser.error("--partitions and --replication-factor must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    bootstrap = load_or_exit(CommonSettings, "topics").kafka_bootstrap
+    try:
+        ensure_topics(bootstrap, args.partitions, args.timeout, args.replication_factor)
+    except KafkaException as exc:
+        sys.exit(f"creating topics on {bootstrap} failed: {exc}")
+
+
+if __name__ == "__main__":
+    main()

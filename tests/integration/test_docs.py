@@ -94,7 +94,7 @@ COMMANDS: dict[str, Runner] = {
     "make bench-policy": BENCH_SMOKE,
     f"{PY} -m pytest tests/platform/test_periods.py": Offline(),
     f"{PY} -c 'import secrets": Offline(),
-    f"{PY} -c 'from quartermaster.kafka import ensure_topics": Session(),
+    f"{PY} -m quartermaster.kafka ensure-topics": Session(),
     f"{PY} -c '\nimport datetime, json, uuid\nfrom confluent_kafka import Producer": Session(),
     f"{CLI} top": Session(),
     f"{CLI} usage": Session(),

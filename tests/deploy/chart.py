@@ -1,0 +1,90 @@
+"""Rendering deploy/helm/quartermaster with Helm's own Go SDK (helm-python-sdk), no helm
+binary, and the facts the chart tests share."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from helm_python import Chart
+from pydantic.fields import FieldInfo
+
+from devtools.discovery import settings_classes
+from quartermaster.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "quartermaster"
+VALUES = Path(__file__).resolve().parent / "values"
+PRODUCTION = ROOT / "deploy" / "helm" / "examples" / "production.yaml"
+# The Kubernetes versions every manifest must be valid for.
+KUBE_VERSIONS = ("1.28.0", "1.31.0")
+RELEASE = "qm"
+NAMESPACE = "quartermaster"
+
+# Set by the templates from structured values (addresses, the broker, the data dir) or
+# from the database Secret; not keys of `settings`.
+CHART_OWNED = frozenset(
+    {
+        "QM_KAFKA_BOOTSTRAP",
+        "QM_DATABASE_URL",
+        "QM_TOPIC_PARTITIONS",
+        "QM_DIRECTORY_ADDR",
+        "QM_POLICY_ADDR",
+        "QM_USAGE_API_ADDR",
+        "QM_METERING_METRICS_ADDR",
+        "QM_METERING_DATA_DIR",
+    }
+)
+# Credentials: only ever from a Secret (services.<name>.secretEnv), never in the ConfigMap.
+SECRET_NAME = re.compile(r"(TOKENS?|SECRET|PASSWORD|KEY)$")
+# Which Deployments run a service's code (its settings reach at least one of them).
+PROCESSES = {"metering": ("metering", "cost-api"), "policy": ("policy",)}
+
+
+def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:
+    """The variable a settings field is read from."""
+    if isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def service_settings() -> Iterator[tuple[str, str]]:
+    """(service, variable) for every setting of every service's settings classes."""
+    for service, cls in settings_classes():
+        for field, info in cls.model_fields.items():
+            yield service, env_name(cls, field, info)
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@cache
+def _chart() -> Chart:
+    return Chart.load(str(CHART))
+
+
+def render(values: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """{template path: rendered YAML} for `values` over the chart's defaults."""
+    return dict(_chart().render(dict(values or {}), name=RELEASE, namespace=NAMESPACE))
+
+
+def manifests(rendered: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every Kubernetes object rendered (NOTES.txt left out)."""
+    docs: list[dict[str, Any]] = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """{metadata.name: object} of one kind."""
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}

@@ -1,0 +1,292 @@
+"""The Helm chart, rendered by Helm's Go SDK: lint --strict, every manifest valid for
+Kubernetes 1.28 and 1.31, and what an SRE checks first (probes, securityContext, hooks,
+NetworkPolicy, PDB, secrets, every setting reaching its container)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from helm_python import HelmRenderError, HelmValuesError, lint
+
+from quartermaster.config import CommonSettings
+from services.metering.settings import MeteringSettings
+from services.policy.settings import PolicySettings
+from tests.deploy.chart import (
+    CHART,
+    CHART_OWNED,
+    KUBE_VERSIONS,
+    PROCESSES,
+    PRODUCTION,
+    RELEASE,
+    SECRET_NAME,
+    VALUES,
+    by_kind,
+    load_values,
+    manifests,
+    render,
+    service_settings,
+)
+
+CASES = {
+    "default": {},
+    "external-db": load_values(VALUES / "external-db.yaml"),
+    "production": load_values(PRODUCTION),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, manifests(render(CASES[request.param]))
+
+
+def _containers(deploy: dict[str, Any]) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = deploy["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def test_lint_strict() -> None:
+    for kube in KUBE_VERSIONS:
+        result = lint(str(CHART), strict=True, kube_version=f"v{kube}")
+        assert result["errors"] == []
+        # Helm's severities: 1 info (e.g. "icon is recommended"), 2 warning, 3 error.
+        assert [m for m in result["messages"] if m["severity"] > 1] == [], result["messages"]
+
+
+@pytest.mark.suite  # ~20 s of schema validation: `make test` runs it, test-unit doesn't
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_every_manifest_is_valid_kubernetes(
+    case: tuple[str, list[dict[str, Any]]], kube: str
+) -> None:
+    name, docs = case
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "Job", "NetworkPolicy"} <= kinds, name
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: no schema in Kubernetes' own OpenAPI
+        kubernetes_validate.validate(doc, kube, strict=True)
+
+
+def test_a_deployment_per_service_with_probes_and_hardening(
+    case: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = case
+    deployments = by_kind(docs, "Deployment")
+    assert set(deployments) == {
+        f"{RELEASE}-quartermaster-{c}" for c in ("metering", "cost-api", "policy")
+    }
+    for name, deploy in deployments.items():
+        pod = deploy["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "checksum/config" in deploy["spec"]["template"]["metadata"]["annotations"]
+        (container,) = _containers(deploy)
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert "memory" in container["resources"]["limits"]
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/tmp" in mounts
+        port = container["ports"][0]["containerPort"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            spec = container[probe]
+            if name.endswith("metering"):  # HTTP /metrics
+                assert spec["httpGet"]["path"] == "/metrics", (name, probe)
+            else:  # the standard gRPC health service
+                assert spec["grpc"] == {"port": port}, (name, probe)
+        startup = container["startupProbe"]
+        # A slow consumer-group join or database must not get the pod killed.
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, name
+    worker = _containers(deployments[f"{RELEASE}-quartermaster-metering"])[0]
+    data = {e["name"]: e.get("value") for e in worker["env"]}["QM_METERING_DATA_DIR"]
+    assert data in {m["mountPath"] for m in worker["volumeMounts"]}
+
+
+def test_pdb_and_network_policy_per_service(case: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = case
+    deployments = by_kind(docs, "Deployment")
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    policies = by_kind(docs, "NetworkPolicy")
+    for name, deploy in deployments.items():
+        labels = deploy["spec"]["selector"]["matchLabels"]
+        assert pdbs[name]["spec"]["selector"]["matchLabels"] == labels
+        assert pdbs[name]["spec"]["maxUnavailable"] == 1
+        policy = policies[name]
+        assert policy["spec"]["podSelector"]["matchLabels"] == labels
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        port = _containers(deploy)[0]["ports"][0]["containerPort"]
+        (ingress,) = policy["spec"]["ingress"]
+        assert ingress["ports"] == [{"port": port, "protocol": "TCP"}]
+        egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+        assert {53, 9092, 5432} <= egress_ports, name
+        assert all(rule.get("to") for rule in policy["spec"]["egress"]), "egress to anywhere"
+
+
+def test_hooks_migrate_then_create_topics_before_any_pod(
+    case: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = case
+    jobs = by_kind(docs, "Job")
+    migrate, topics = (
+        jobs[f"{RELEASE}-quartermaster-migrate"],
+        jobs[f"{RELEASE}-quartermaster-topics"],
+    )
+    for job in (migrate, topics):
+        notes = job["metadata"]["annotations"]
+        assert notes["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation"
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        # Hooks run before the release's objects exist on install: none may be needed.
+        assert "serviceAccountName" not in pod
+        assert pod["automountServiceAccountToken"] is False
+        assert "envFrom" not in container
+    weights = [int(j["metadata"]["annotations"]["helm.sh/hook-weight"]) for j in (migrate, topics)]
+    assert weights[0] < weights[1], "migrations first"
+    assert _containers_args(migrate) == ["-m", "devtools.migrate"]
+    args = _containers_args(topics)
+    assert args[:3] == ["-m", "quartermaster.kafka", "ensure-topics"]
+    values = {**{"partitions": 6, "replicationFactor": 3}, **CASES[case[0]].get("topics", {})}
+    assert args[args.index("--partitions") + 1] == str(values["partitions"])
+    assert args[args.index("--replication-factor") + 1] == str(values["replicationFactor"])
+
+
+def _containers_args(job: dict[str, Any]) -> list[str]:
+    args: list[str] = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_secrets_come_from_existing_secrets_only(case: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = case
+    assert not by_kind(docs, "Secret"), "the chart must never create (or regenerate) a secret"
+    values = CASES[name]
+    db = {
+        "existingSecret": "quartermaster-database",
+        "urlKey": "database-url",
+        **values.get("database", {}),
+    }
+    for obj in [
+        *by_kind(docs, "Deployment").values(),
+        by_kind(docs, "Job")[f"{RELEASE}-quartermaster-migrate"],
+    ]:
+        env = {e["name"]: e for e in _containers(obj)[0]["env"]}
+        ref = env["QM_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": db["existingSecret"], "key": db["urlKey"]}
+    configmap = next(iter(by_kind(docs, "ConfigMap").values()))
+    assert not [k for k in configmap["data"] if SECRET_NAME.search(k)]
+    assert "QM_DATABASE_URL" not in configmap["data"]
+
+
+def test_every_setting_reaches_its_container(case: tuple[str, list[dict[str, Any]]]) -> None:
+    """Walks the settings classes: a new setting that neither values.yaml's `settings`
+    nor the chart provides fails here (credentials count when a secretEnv maps them)."""
+    name, docs = case
+    (configmap,) = by_kind(docs, "ConfigMap").values()
+    deployments = by_kind(docs, "Deployment")
+    missing = []
+    for service, env in service_settings():
+        if SECRET_NAME.search(env) and name == "default":
+            continue  # no credentials configured: the setting's default (refuse all) holds
+        reached = False
+        for process in PROCESSES[service]:
+            deploy = deployments[f"{RELEASE}-quartermaster-{process}"]
+            (container,) = _containers(deploy)
+            own = {e["name"] for e in container["env"]}
+            from_map = set(configmap["data"]) if container["envFrom"] else set()
+            reached = reached or env in own | from_map
+        if not reached:
+            missing.append(f"{service}: {env}")
+    assert not missing, missing
+
+
+def test_values_name_every_setting_the_chart_does_not_own() -> None:
+    values = load_values(CHART / "values.yaml")
+    expected = {
+        env
+        for _, env in service_settings()
+        if env not in CHART_OWNED and not SECRET_NAME.search(env)
+    }
+    assert set(values["settings"]) == expected
+    schema = load_values(CHART / "values.schema.json")  # JSON is YAML
+    assert set(schema["properties"]["settings"]["properties"]) == expected
+
+
+def test_values_reach_the_configmap() -> None:
+    docs = manifests(render(load_values(PRODUCTION)))
+    (configmap,) = by_kind(docs, "ConfigMap").values()
+    data = configmap["data"]
+    assert data["QM_WORKSPACE_TIMEZONE"] == "Europe/Berlin"
+    assert data["QM_METERING_FETCH_MAX_WAIT_MS"] == "500"
+    assert data["QM_TOPIC_PARTITIONS"] == "12"
+    assert data["QM_KAFKA_BOOTSTRAP"].startswith("kafka-0.kafka.data:9092")
+    assert data["QM_DIRECTORY_ADDR"] == f"{RELEASE}-quartermaster-policy:50051"
+    assert "HorizontalPodAutoscaler" in {d["kind"] for d in docs}
+    policy = by_kind(docs, "Deployment")[f"{RELEASE}-quartermaster-policy"]
+    assert "replicas" not in policy["spec"]  # the HPA owns it
+    assert _containers(policy)[0]["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
+    tls = [m for m in _containers(policy)[0]["volumeMounts"] if m["name"] == "tls"]
+    assert tls == [{"name": "tls", "mountPath": "/etc/quartermaster/tls", "readOnly": True}]
+
+
+def test_more_consumers_than_partitions_is_refused() -> None:
+    values = {"topics": {"partitions": 2}, "services": {"metering": {"replicas": 3}}}
+    with pytest.raises(
+        HelmRenderError,
+        match=r"services\.metering\.replicas \(3\) is more than topics\.partitions \(2\)",
+    ):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ("bad-replicas.yaml", r"/services/policy/replicas': minimum"),
+        ("bad-setting.yaml", r"'QM_METERING_BATCH_MAXX' not allowed"),
+        ("bad-network.yaml", r"/networkPolicy/enabled': got string, want boolean"),
+    ],
+)
+def test_schema_refuses_bad_values(file: str, message: str) -> None:
+    with pytest.raises(HelmValuesError, match=message) as refused:
+        render(load_values(VALUES / file))
+    assert "schema" in str(refused.value)
+
+
+def test_latest_tag_is_refused_by_name() -> None:
+    with pytest.raises(HelmRenderError, match=r"image\.tag: 'latest'"):
+        render(load_values(VALUES / "bad-tag.yaml"))
+
+
+def test_each_container_environment_loads_as_its_service_settings(
+    case: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """What the chart gives a container is what the service accepts at start-up (an
+    empty value means the setting's default), and values arrive as set."""
+    name, docs = case
+    (configmap,) = by_kind(docs, "ConfigMap").values()
+    loaders: dict[str, type[CommonSettings]] = {
+        "metering": MeteringSettings,
+        "cost-api": MeteringSettings,
+        "policy": PolicySettings,
+    }
+    secret = {"QM_DATABASE_URL": "postgresql://qm:pw@db:5432/qm"}
+    for process, cls in loaders.items():
+        (container,) = _containers(
+            by_kind(docs, "Deployment")[f"{RELEASE}-quartermaster-{process}"]
+        )
+        env = dict(configmap["data"])
+        for entry in container["env"]:
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+            elif entry["name"] in secret:
+                env[entry["name"]] = secret[entry["name"]]
+            else:  # a credential from secretEnv
+                env[entry["name"]] = "ops:" + "x" * 24
+        loaded = cls.from_env(env)
+        settings = CASES[name].get("settings", {})
+        if "QM_WORKSPACE_TIMEZONE" in settings:
+            assert loaded.workspace_timezone == settings["QM_WORKSPACE_TIMEZONE"]
+        assert loaded.kafka_bootstrap == configmap["data"]["QM_KAFKA_BOOTSTRAP"]

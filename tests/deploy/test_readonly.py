@@ -1,0 +1,197 @@
+"""The image's assumptions, proven on the real services: every process the chart runs
+works from a read-only tree, as a non-root user, with only the directories the chart
+mounts writable (/tmp and the metering worker's data dir).
+
+No image can be built here, so the tree is a copy of the packages with every write bit
+taken away. Root ignores permission bits, and CI runs as root: there the processes run
+under `setpriv` with every capability dropped (CAP_DAC_OVERRIDE above all), so the mode
+bits bind them as they bind the pod's uid 10001. (Switching to `nobody` instead fails:
+the interpreter lives under /root, mode 0700.) The test first proves the copy can't be
+written to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devtools.localinfra import free_port
+from devtools.localinfra.process import ChildProcess
+from devtools.localinfra.stack import Infra
+from tests.deploy.chart import ROOT
+from tests.helpers import eventually, produce_usage, scrape, usage
+
+PACKAGES = ("quartermaster", "services", "devtools")
+
+
+class Sandbox:
+    """A read-only copy of the packages (`app`), the writable dirs the chart mounts
+    (`tmp`, `data`), and the argv prefix (`drop`) that takes root's powers away."""
+
+    def __init__(self, base: Path) -> None:
+        self.app = base / "app"
+        self.tmp = base / "tmp"
+        self.data = base / "faust"
+        self.logs = base / "logs"
+        # argv prefix that makes the mode bits bind (nothing needed when not root)
+        self.drop = (
+            ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
+            if os.geteuid() == 0
+            else []
+        )
+        for package in PACKAGES:
+            shutil.copytree(
+                ROOT / package,
+                self.app / package,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+        for path in (self.tmp, self.data):
+            path.mkdir()
+        self._set_writable(False)
+
+    def _set_writable(self, writable: bool) -> None:
+        for path in [self.app, *self.app.rglob("*")]:
+            mode = path.stat().st_mode
+            bits = stat.S_IWUSR if writable else 0
+            path.chmod((mode & ~0o222) | bits)
+
+    def files(self) -> set[Path]:
+        return set(self.app.rglob("*"))
+
+    def restore(self) -> None:
+        self._set_writable(True)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path)
+    try:
+        yield box
+    finally:
+        box.restore()
+
+
+def _env(box: Sandbox, service_env: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in service_env.items() if k != "PYTHONPATH"}
+    return {
+        **env,
+        "PYTHONPATH": str(box.app),
+        "TMPDIR": str(box.tmp),
+        "HOME": str(box.tmp),
+        "QM_METERING_DATA_DIR": str(box.data),
+        **extra,
+    }
+
+
+def _run(box: Sandbox, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*box.drop, sys.executable, *args],
+        env=env,
+        cwd=box.app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _ok(box: Sandbox, env: dict[str, str], *args: str) -> str:
+    res = _run(box, env, *args)
+    assert res.returncode == 0, f"{args} failed:\n{res.stdout}{res.stderr}"
+    return res.stdout
+
+
+async def _serving(addr: str) -> bool:
+    try:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.infra
+async def test_every_process_runs_from_a_read_only_tree(
+    infra: Infra, service_env: dict[str, str], sandbox: Sandbox
+) -> None:
+    policy_addr = f"127.0.0.1:{free_port()}"
+    api_addr = f"127.0.0.1:{free_port()}"
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    env = _env(
+        sandbox,
+        service_env,
+        QM_POLICY_ADDR=policy_addr,
+        QM_USAGE_API_ADDR=api_addr,
+        QM_DIRECTORY_ADDR=policy_addr,
+        QM_METERING_METRICS_ADDR=metrics_addr,
+        QM_METERING_APP_ID=f"qm-metering-readonly-{uuid.uuid4().hex[:8]}",
+    )
+    before = sandbox.files()
+    # The sandbox is real: the copy can't be written to, the mounted dirs can.
+    refused = _run(sandbox, env, "-c", "open('services/x', 'w')")
+    assert "PermissionError" in refused.stderr, refused.stderr
+    _ok(sandbox, env, "-c", f"open({str(sandbox.tmp / 'x')!r}, 'w')")
+    # The code that runs is the read-only copy, not the checkout.
+    where = _ok(sandbox, env, "-c", "import quartermaster, services; print(services.__path__[0])")
+    assert where.strip() == str(sandbox.app / "services"), where
+    # The hook Jobs first, as Helm runs them.
+    _ok(sandbox, env, "-m", "devtools.migrate")
+    _ok(sandbox, env, "-m", "quartermaster.kafka", "ensure-topics", "--partitions", "3")
+
+    commands = {
+        "policy": ["-m", "services.policy"],
+        "cost-api": ["-m", "services.metering.api"],
+        "metering": ["-m", "services.metering"],
+    }
+    procs = [
+        ChildProcess(
+            name,
+            [*sandbox.drop, sys.executable, *args],
+            sandbox.logs / f"{name}.log",
+            env=env,
+            cwd=sandbox.app,
+        )
+        for name, args in commands.items()
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+
+        async def up() -> bool:
+            dead = [p.name for p in procs if p.poll() is not None]
+            assert not dead, "\n".join(f"{p.name}:\n{p.log_tail()}" for p in procs)
+            return await _serving(policy_addr) and await _serving(api_addr)
+
+        await eventually(up, True, within=90)
+
+        # The worker counts a real event: it joined its group and wrote what it needs.
+        user = f"readonly-{uuid.uuid4().hex[:8]}"
+        produce_usage(infra.kafka_bootstrap, [usage(user)])
+
+        async def counted() -> bool:
+            assert procs[2].poll() is None, procs[2].log_tail()
+            try:
+                value = await asyncio.to_thread(
+                    scrape, metrics_addr, "qm_metering_events_total", outcome="counted"
+                )
+            except OSError:
+                return False
+            return (value or 0) >= 1
+
+        await eventually(counted, True, within=90)
+    finally:
+        for proc in procs:
+            proc.stop(timeout=15)
+    assert sandbox.files() == before, "something was written into the read-only tree"
+    assert any(sandbox.data.rglob("*")), "faust's data dir was not the one used"
