@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field
 
 from quartermaster.settings import HostPorts, NonBlank, Settings
+from quartermaster.tokens import Grant, TokenSpec, parse_tokens
+
+_OLD_TOKENS = (
+    "replaced by QM_TOKENS, one list for every service: name:role[+role]:token,... "
+    "(an admin token of before is name:admin:token; one that loads prices, "
+    "name:prices:token; see docs/security.md)"
+)
 
 
 def _time_zone(value: str) -> str:
@@ -52,6 +60,21 @@ class CommonSettings(Settings):
         "INFO", validation_alias="QM_LOG_LEVEL"
     )
     """DEBUG, INFO, WARNING or ERROR"""
+
+    tokens: TokenSpec = Field("", validation_alias="QM_TOKENS")
+    """Credentials every gRPC server accepts, name:role[+role]:token,... (roles gateway,
+    reader, admin, prices; tokens of 16+ characters; the name is the audit actor; see
+    docs/security.md). Empty: every call but health is refused"""
+
+    removed: ClassVar[Mapping[str, str]] = {
+        "QM_POLICY_ADMIN_TOKENS": _OLD_TOKENS,
+        "QM_METERING_ADMIN_TOKENS": _OLD_TOKENS,
+    }
+
+    @property
+    def grants(self) -> dict[str, Grant]:
+        """{token: Grant} from QM_TOKENS."""
+        return parse_tokens(self.tokens)
 
     @property
     def timezone(self) -> ZoneInfo:

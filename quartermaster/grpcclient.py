@@ -2,7 +2,7 @@
 closed by `close()` or by leaving `async with`.
 
 The place where channel-wide choices live, so that each client makes them the same
-way (today the channel options; TLS credentials will join them here).
+way (the channel options and the caller's credential; TLS will join them here).
 """
 
 from __future__ import annotations
@@ -13,12 +13,24 @@ from typing import Any, Self
 import grpc
 
 
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents `token` (quartermaster.auth); () for no token."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 class ChannelClient:
     """Owns one `grpc.aio` channel to `target` (host:port). Subclasses build their stubs
-    on `self._channel`. Closing twice is harmless (grpc ignores the second close)."""
+    on `self._channel` and send `self._metadata` with every call: the bearer `token`
+    (a credential of the server's QM_TOKENS; empty: none, and the server refuses).
+    Per call rather than by a channel interceptor: grpc.aio's client interceptors
+    cost every call a chain of coroutines. Closing twice is harmless (grpc ignores
+    the second close)."""
 
-    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self, target: str, options: Sequence[tuple[str, Any]] = (), token: str = ""
+    ) -> None:
         self.target = target
+        self._metadata = bearer(token)
         self._channel = grpc.aio.insecure_channel(target, options=list(options))
 
     async def close(self) -> None:

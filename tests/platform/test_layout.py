@@ -34,6 +34,7 @@ DOMAIN_MODULES = {
         "quartermaster.money",
         "quartermaster.periods",
         "quartermaster.partitioning",
+        "quartermaster.roles",
         "quartermaster.tokens",
         "quartermaster.validation",
         "quartermaster.wire",
