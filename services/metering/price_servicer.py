@@ -15,7 +15,7 @@ import grpc
 from quartermaster.auth import caller
 from quartermaster.grpcserver import abort
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
-from quartermaster.wire import from_timestamp
+from quartermaster.wire import in_request
 from services.metering import mapping
 from services.metering.pricing import CatalogDocument, CatalogError
 from services.metering.revisions import Revision
@@ -89,7 +89,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"models: not in the catalog (the fallback prices them): {unknown}",
             )
-        at = from_timestamp(request.at) if request.HasField("at") else datetime.now(UTC)
+        at = in_request("at", request.at) if request.HasField("at") else datetime.now(UTC)
         out = prices_pb2.ListPricesResponse(
             revision=current.revision,
             fallback=mapping.model_price("", None, current.catalog.fallback),
