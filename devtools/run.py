@@ -179,15 +179,16 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
-            if dev.demo_traffic:
+            gateway = _token_with(env["QM_TOKENS"], "gateway")
+            if dev.demo_traffic and gateway:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")
                 await simulator.run(
-                    infra.kafka_bootstrap, policy.addr, policy.workspace_id,
-                    token=_token_with(env["QM_TOKENS"], "gateway"),
-                )  # fmt: skip
+                    infra.kafka_bootstrap, policy.addr, policy.workspace_id, token=gateway
+                )
             else:
-                say("QM_DEMO_TRAFFIC=0: no demo traffic. Press Ctrl-C to stop.")
+                why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
+                say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
                 await asyncio.Event().wait()
         finally:
             say("\nStopping ...")
