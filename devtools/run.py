@@ -33,6 +33,7 @@ from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.redact import mask_url
 from quartermaster.settings import Settings, load_or_exit
 from quartermaster.tls import ClientTls
+from quartermaster.tokens import parse_tokens
 from services.policy.decide import Enforcement
 from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
@@ -112,21 +113,40 @@ def _grpcurl_tls(policy: PolicySettings) -> str:
     return " ".join(f"{flag} {path}" for flag, path in files.items() if path is not None)
 
 
+def _demo_tokens() -> str:
+    """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices)."""
+    made = {name: secrets.token_urlsafe(24) for name in ("gateway", "reader", "ops")}
+    roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader"}
+    return ",".join(f"local-{name}:{roles[name]}:{token}" for name, token in made.items())
+
+
+def _token_with(spec: str, role: str) -> str:
+    """The first token of `spec` (QM_TOKENS) holding `role`; "" when none does."""
+    return next((t for t, grant in parse_tokens(spec).items() if role in grant.roles), "")
+
+
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
-    """The children's environment: ours, pointed at `infra`, with an admin token for
-    this run when none is configured (so admin calls can be tried at once)."""
+    """The children's environment: ours, pointed at `infra`, with a token per role for
+    this run when QM_TOKENS is not configured (so every call can be tried at once),
+    and the Cost API given a reader token for policy's directory."""
     env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": policy.addr}
     env.setdefault("QM_METERING_DATA_DIR", str(dev.run_dir / "faust"))
-    if not env.get("QM_POLICY_ADMIN_TOKENS") and not env.get("QM_METERING_ADMIN_TOKENS"):
-        token = secrets.token_urlsafe(24)
-        env["QM_POLICY_ADMIN_TOKENS"] = env["QM_METERING_ADMIN_TOKENS"] = f"local-admin:{token}"
-        say(f"  admin token for this run: {token}")
+    if not env.get("QM_TOKENS"):
+        env["QM_TOKENS"] = _demo_tokens()
+        reader, admin = (
+            _token_with(env["QM_TOKENS"], "reader"),
+            _token_with(env["QM_TOKENS"], "admin"),
+        )
+        say(f"  tokens for this run (QM_TOKENS; roles: docs/security.md): reader {reader}")
+        say(f"    ops (admin+prices+reader) {admin}")
         say("  with grpcurl, where it is installed:")
-        say(f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {token}' -d "
+        say(f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {admin}' -d "
             "'{\"user_id\":\"carol\"}' "
             f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
-        say(f"    QM_ADMIN_TOKEN={token} .venv/bin/python -m services.metering.cli "
+        say(f"    QM_TOKEN={admin} .venv/bin/python -m services.metering.cli "
             "prices load services/metering/prices.yaml --dry-run")  # fmt: skip
+    if not env.get("QM_DIRECTORY_TOKEN"):
+        env["QM_DIRECTORY_TOKEN"] = _token_with(env["QM_TOKENS"], "reader")
     return env
 
 
@@ -213,14 +233,17 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
-            if dev.demo_traffic:
+            gateway = _token_with(env["QM_TOKENS"], "gateway")
+            if dev.demo_traffic and gateway:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
                 say("Press Ctrl-C to stop.\n")
                 work: Awaitable[object] = simulator.run(
-                    infra.kafka_bootstrap, policy.addr, policy.workspace_id, tls=policy.client_tls
-                )
+                    infra.kafka_bootstrap, policy.addr, policy.workspace_id,
+                    tls=policy.client_tls, token=gateway,
+                )  # fmt: skip
             else:
-                say("QM_DEMO_TRAFFIC=0: no demo traffic. Press Ctrl-C to stop.")
+                why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
+                say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
                 work = asyncio.Event().wait()
             await _until_first_exit(work, children)
         except ServiceDied as died:

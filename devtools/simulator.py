@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from quartermaster import kafka
-from quartermaster.grpcclient import open_channel
+from quartermaster.grpcclient import bearer, open_channel
 from quartermaster.money import credits
 from quartermaster.telemetry import inject_headers
 from quartermaster.tls import ClientTls
@@ -71,13 +71,16 @@ async def run(
     out: TextIO = sys.stdout,
     report_every: float = 3.0,
     tls: ClientTls | None = None,
+    token: str = "",
 ) -> None:
-    """Run until cancelled; `tls`: how to reach policy over TLS (None: plaintext)."""
+    """Run until cancelled, calling policy with `token` (role gateway); `tls`: how to
+    reach policy over TLS (None: plaintext)."""
     producer = kafka.producer(bootstrap, **{"linger.ms": 5})
     last: dict[str, int] = {}
     next_call = {p.user_id: 0.0 for p in PERSONAS}
     next_report = 0.0
     start = time.monotonic()
+    auth = bearer(token)
     async with open_channel(policy_addr, tls) as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         try:
@@ -92,6 +95,7 @@ async def run(
                             user_id=p.user_id, product=p.product, model=p.model, estimated_micros=0
                         ),
                         timeout=2.0,
+                        metadata=auth,
                     )
                     if last.get(p.user_id) != resp.decision:
                         if p.user_id in last:
@@ -111,7 +115,7 @@ async def run(
                 producer.poll(0)
                 if now >= next_report:
                     next_report = now + report_every
-                    await _report(stub, out, now - start)
+                    await _report(stub, out, now - start, auth)
                 out.flush()
                 await asyncio.sleep(0.05)
         finally:
@@ -119,11 +123,15 @@ async def run(
 
 
 async def _report(
-    stub: policy_pb2_grpc.PolicyServiceAsyncStub, out: TextIO, elapsed: float
+    stub: policy_pb2_grpc.PolicyServiceAsyncStub,
+    out: TextIO,
+    elapsed: float,
+    auth: tuple[tuple[str, str], ...],
 ) -> None:
     lines = [f"{elapsed:6.1f}s  budget this month (credits)"]
     for p in PERSONAS:
-        b = await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id=p.user_id), timeout=2.0)
+        request = policy_pb2.GetBudgetRequest(user_id=p.user_id)
+        b = await stub.GetBudget(request, timeout=2.0, metadata=auth)
         pct = 100 * b.used_micros // b.limit_micros if b.limit_micros else 0
         bar = "#" * min(20, pct // 5)
         lines.append(

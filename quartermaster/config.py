@@ -3,17 +3,25 @@ TLS of every gRPC server and client (`QM_TLS_*`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, ClassVar, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, model_validator
 
 from quartermaster.settings import HostPorts, NonBlank, Settings, SettingsError
 from quartermaster.tls import ClientTls, ServerTls, TlsFileError, check_certificates, check_key_pair
+from quartermaster.tokens import Grant, TokenSpec, parse_tokens
 
 # A PEM file of certificates that exists and parses (checked when settings are read).
 Certificates = Annotated[Path, AfterValidator(check_certificates)]
+
+_OLD_TOKENS = (
+    "replaced by QM_TOKENS, one list for every service: name:role[+role]:token,... "
+    "(an admin token of before is name:admin:token; one that loads prices, "
+    "name:prices:token; see docs/security.md)"
+)
 
 
 def _time_zone(value: str) -> str:
@@ -79,6 +87,21 @@ class CommonSettings(Settings):
     tls_server_name: str = Field("", validation_alias="QM_TLS_SERVER_NAME")
     """Name clients expect in servers' certificates when the address's host is not in
     them (empty: the host)"""
+
+    tokens: TokenSpec = Field("", validation_alias="QM_TOKENS")
+    """Credentials every gRPC server accepts, name:role[+role]:token,... (roles gateway,
+    reader, admin, prices; tokens of 16+ characters; the name is the audit actor; see
+    docs/security.md). Empty: every call but health is refused"""
+
+    removed: ClassVar[Mapping[str, str]] = {
+        "QM_POLICY_ADMIN_TOKENS": _OLD_TOKENS,
+        "QM_METERING_ADMIN_TOKENS": _OLD_TOKENS,
+    }
+
+    @property
+    def grants(self) -> dict[str, Grant]:
+        """{token: Grant} from QM_TOKENS."""
+        return parse_tokens(self.tokens)
 
     @property
     def timezone(self) -> ZoneInfo:

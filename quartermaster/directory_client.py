@@ -1,6 +1,6 @@
 """`DirectoryClient`: how a service asks policy's DirectoryService who is who.
 
-    async with DirectoryClient("policy:50051", source="QM_DIRECTORY_ADDR") as directory:
+    async with DirectoryClient("policy:50051", token=reader_token) as directory:
         members = await directory.group_members(["ml"])  # {"ml": ("ann", "bob")}
         chain = await directory.manager_chain("ann")  # [User(bob), User(cat)]
 
@@ -13,7 +13,9 @@ kinds a caller can tell apart:
   the server's, naming what is wrong. Asking again will not help.
 - `DirectoryUnavailable` (a `ConnectionError`): any other failure (unreachable, slow,
   no directory loaded yet); the message names the address and, when given, the setting
-  it came from (`source`), so an operator knows what to fix.
+  it came from (`source`), so an operator knows what to fix. A refused credential
+  (UNAUTHENTICATED, PERMISSION_DENIED) is one of these too: the server's message says
+  what the call needed.
 """
 
 from __future__ import annotations
@@ -49,19 +51,21 @@ class DirectoryClient(ChannelClient):
         source: str = "",
         deadline_s: float = 10.0,
         tls: ClientTls | None = None,
+        token: str = "",
     ) -> None:
         """`target`: host:port of a policy server; `source`: where the address came from
-        (a setting's name), quoted in errors; `tls`: None for plaintext."""
+        (a setting's name), quoted in errors; `tls`: None for plaintext; `token`: a
+        bearer token with role reader."""
         if deadline_s <= 0:
             raise ValueError("deadline_s must be > 0")
-        super().__init__(target, tls=tls)
+        super().__init__(target, tls=tls, token=token)
         self.source = source
         self.deadline_s = deadline_s
         self._stub = policy_pb2_grpc.DirectoryServiceStub(self._channel)
 
     async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
         try:
-            return await rpc(request, timeout=self.deadline_s)
+            return await rpc(request, timeout=self.deadline_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _BAD_REQUEST:
                 raise DirectoryRequestError(exc.details()) from None

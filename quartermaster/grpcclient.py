@@ -8,6 +8,7 @@ verifies the server's certificate against its CA (and shows a client certificate
 it has one); with None it is plaintext. A server whose certificate the client does not
 trust, or one that wants a client certificate it lacks, fails every call with
 UNAVAILABLE, as an unreachable server does.
+The caller's bearer credential is sent per call (`bearer`).
 """
 
 from __future__ import annotations
@@ -54,13 +55,24 @@ def open_blocking_channel(
     return grpc.secure_channel(target, channel_credentials(tls), _options(tls, options))
 
 
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents `token` (quartermaster.auth); () for no token."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 class ChannelClient:
     """Owns one `grpc.aio` channel to `target` (host:port), TLS with `tls` (None:
-    plaintext). Subclasses build their stubs on `self._channel`. Closing twice is
-    harmless (grpc ignores the second close)."""
+    plaintext). Subclasses build their stubs on `self._channel` and send
+    `self._metadata` with every call: the bearer `token` (a credential of the server's
+    QM_TOKENS; empty: none, and the server refuses). Per call rather than by a channel
+    interceptor: grpc.aio's client interceptors cost every call a chain of coroutines.
+    Closing twice is harmless (grpc ignores the second close)."""
 
-    def __init__(self, target: str, options: Options = (), *, tls: ClientTls | None) -> None:
+    def __init__(
+        self, target: str, options: Options = (), *, tls: ClientTls | None, token: str = ""
+    ) -> None:
         self.target = target
+        self._metadata = bearer(token)
         self._channel = open_channel(target, tls, options)
 
     async def close(self) -> None:

@@ -5,6 +5,8 @@ methods wrapped.
 - A request protobuf can't parse (invalid UTF-8 in a string field, a truncated or
   garbled message): INVALID_ARGUMENT naming the field, not grpc's UNKNOWN quoting a
   DecodeError.
+- InvalidRequest raised by the method (a mapping that found a field no domain type
+  can hold, such as a Timestamp out of range): INVALID_ARGUMENT naming the fields.
 - A NUL character in any string field: INVALID_ARGUMENT naming the field (PostgreSQL's
   text can't hold one; it would fail deep in a store). A method that answers from
   memory on a hot path may skip this walk (`unchecked`) and validate its own ids.
@@ -35,7 +37,7 @@ from google.protobuf.message import DecodeError, Message
 
 from quartermaster.db import is_outage
 from quartermaster.grpcserver import abort
-from quartermaster.validation import NUL, NUL_PROBLEM
+from quartermaster.validation import NUL, NUL_PROBLEM, InvalidRequest
 
 log = logging.getLogger("qm.grpc")
 
@@ -160,6 +162,8 @@ def _behavior(behavior: Behavior, method: str, check_strings: bool) -> Behavior:
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise  # the method ended the call itself
+        except InvalidRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
             if is_outage(exc):
                 # What failed goes to the log; the caller learns to come back later.

@@ -1,6 +1,6 @@
 """`PolicyClient`: how a gateway asks policy before each model call.
 
-    client = PolicyClient("policy:50051", fail=FailMode.OPEN)
+    client = PolicyClient("policy:50051", fail=FailMode.OPEN, token=gateway_token)
     # over TLS: PolicyClient(..., tls=ClientTls.from_files(ca=Path("ca.pem")))
     verdict = await client.check("ann", "chat", "gpt-5", estimated_micros=12_000)
     if verdict.decision == policy_pb2.DECISION_DENY: ...
@@ -29,6 +29,9 @@ Only an outage takes the fail mode: UNAVAILABLE (policy unreachable, restarting,
 its database away) and DEADLINE_EXCEEDED (too slow). Every other status is policy
 refusing this request, and raises (grpc.aio.AioRpcError): a refused request is not an
 outage, and a fail-open gateway must not allow what policy refused. That includes
+UNAUTHENTICATED and PERMISSION_DENIED (a missing, unknown or under-privileged `token`:
+the gateway's credential needs role gateway; a fail-open gateway with a bad token must
+not allow everything),
 RESOURCE_EXHAUSTED (a request or an answer over gRPC's size limits: a batch of 441
 checks once came back so, and was allowed whole) and FAILED_PRECONDITION (no limit
 applies to the user: a configuration to fix, not to paper over). A request over the
@@ -115,10 +118,13 @@ class PolicyClient(ChannelClient):
         retries: int = 2,
         backoff_s: float = 0.02,
         tls: ClientTls | None = None,
+        token: str = "",
     ) -> None:
         """`target`: host:port of policy; `tls`: how to reach it over TLS (None:
         plaintext). A server `tls` does not trust is an outage like any other
-        UNAVAILABLE: the fail mode answers. ValueError for out-of-range numbers."""
+        UNAVAILABLE: the fail mode answers. `token`: the bearer token sent with every
+        call (a credential of policy's QM_TOKENS with role gateway). ValueError for a
+        deadline, backoff or retry count out of range."""
         if deadline_s <= 0 or not 0 <= retries <= MAX_RETRIES or backoff_s <= 0:
             raise ValueError(
                 f"deadline_s and backoff_s must be > 0; retries between 0 and {MAX_RETRIES}"
@@ -136,6 +142,7 @@ class PolicyClient(ChannelClient):
                 ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
             ],
             tls=tls,
+            token=token,
         )
         self._stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self.degraded = 0  # answers the client gave by itself
@@ -166,7 +173,9 @@ class PolicyClient(ChannelClient):
                 f"request: {size} bytes, more than the {MAX_REQUEST_BYTES} policy accepts"
             )
         try:
-            return await getattr(self._stub, method)(request, timeout=self.deadline_s)
+            return await getattr(self._stub, method)(
+                request, timeout=self.deadline_s, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise PolicyRequestError(exc.details()) from None

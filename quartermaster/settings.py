@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, Self, TypeVar
+from typing import Annotated, Any, ClassVar, NamedTuple, Self, TypeVar
 
 import annotated_types
 from pydantic import AfterValidator, ValidationError
@@ -105,15 +105,26 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
+    removed: ClassVar[Mapping[str, str]] = {}
+    """Variables no longer read → what replaced them (setting one is an error)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """Read `environ` (default: the process's environment); SettingsError names
         every wrong variable."""
+        environ = os.environ if environ is None else environ
+        # A variable a release renamed stops the process: ignored, it would leave the
+        # deployment running on defaults it never chose.
+        removed = [f"{var}: {why}" for var, why in cls.removed.items() if environ.get(var)]
         try:
-            source = _MappingSource(cls, os.environ if environ is None else environ)
-            return cls.model_validate(source())
+            settings = cls.model_validate(_MappingSource(cls, environ)())
         except ValidationError as exc:
-            raise SettingsError([p for e in exc.errors() for p in cls._problems(e)]) from None
+            raise SettingsError(
+                removed + [p for e in exc.errors() for p in cls._problems(e)]
+            ) from None
+        if removed:
+            raise SettingsError(removed)
+        return settings
 
     @classmethod
     def env_name(cls, field_name: str) -> str:

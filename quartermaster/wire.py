@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quartermaster.validation import InvalidRequest
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NS_PER_SECOND = 1_000_000_000
 _MICROSECOND = timedelta(microseconds=1)
@@ -31,7 +33,22 @@ def timestamp(at: datetime) -> Timestamp:
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
+# The times a Timestamp field may hold: 0001 to 9999 (what datetime and protobuf both
+# take), with nanos below a second.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
 def from_timestamp(ts: Timestamp) -> datetime:
     """`ts` as an aware UTC datetime, its nanoseconds truncated to microseconds (never
-    rounded up: 23:59:59.999999999 stays in its second, its day and its month)."""
+    rounded up: 23:59:59.999999999 stays in its second, its day and its month);
+    ValueError for one out of range (see `in_request`)."""
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def in_request(name: str, ts: Timestamp) -> datetime:
+    """A request's Timestamp field `name` as an aware UTC datetime; InvalidRequest naming
+    the field when it is out of range (years 1 to 9999, nanos 0 to 999,999,999), which
+    the gRPC guard answers INVALID_ARGUMENT."""
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidRequest([f"{name}: not a time (years 1 to 9999, nanos below a second)"])
+    return from_timestamp(ts)

@@ -34,6 +34,8 @@ from services.metering.compaction import compact
 from services.metering.settings import MeteringSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-reader-token-0123456789"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def say(text: str) -> None:
@@ -102,7 +104,8 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
             rows = await seed(infra.database_url, ns.users, ns.days, ns.hours_per_day,
                               ns.models, end)  # fmt: skip
             say(f"seeded {rows:,} 15-minute rollup rows in {time.perf_counter() - t:.1f}s")
-            settings = MeteringSettings.from_env({**os.environ, **infra.env()})
+            tokens = {"QM_TOKENS": f"bench:reader:{TOKEN}"}
+            settings = MeteringSettings.from_env({**os.environ, **infra.env(), **tokens})
             running = await api.start(settings, addr="127.0.0.1:0")
             try:
                 target = f"127.0.0.1:{running.served.port}"
@@ -119,12 +122,15 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                         filter=window, group_by=[cost_pb2.DIMENSION_MODEL],
                         granularity=cost_pb2.GRANULARITY_DAY,
                     )  # fmt: skip
-                    first = await stub.QueryUsage(by_user)
+                    first = await stub.QueryUsage(by_user, metadata=AUTH)
                     assert len(first.rows) == ns.users, len(first.rows)
-                    q1 = await timed(lambda: stub.QueryUsage(by_user, timeout=60), ns.runs)
-                    q2 = await timed(lambda: stub.QueryUsage(by_model_day, timeout=60), ns.runs)
+                    query, ranking = stub.QueryUsage, stub.TopSpenders
+                    q1 = await timed(lambda: query(by_user, timeout=60, metadata=AUTH), ns.runs)
+                    q2 = await timed(
+                        lambda: query(by_model_day, timeout=60, metadata=AUTH), ns.runs
+                    )
                     top = cost_pb2.TopSpendersRequest(filter=window, limit=10)
-                    q3 = await timed(lambda: stub.TopSpenders(top, timeout=60), ns.runs)
+                    q3 = await timed(lambda: ranking(top, timeout=60, metadata=AUTH), ns.runs)
             finally:
                 await running.stop(1)
     finally:

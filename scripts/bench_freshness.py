@@ -37,6 +37,8 @@ from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
 
 ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-reader-token-0123456789"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def _event(user: str) -> bytes:
@@ -56,7 +58,8 @@ async def _measure(
     async with open_channel(f"127.0.0.1:{port}", tls) as ch:
         stub = policy_pb2_grpc.PolicyServiceStub(ch)
         for i in range(samples + 3):  # the first 3 warm the path up and are not counted
-            before = (await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id=user))).used_micros
+            request = policy_pb2.GetBudgetRequest(user_id=user)
+            before = (await stub.GetBudget(request, metadata=AUTH)).used_micros
             start = time.perf_counter()
             producer.produce(
                 Topic.USAGE.value, key=user.encode(), value=_event(user),
@@ -65,7 +68,7 @@ async def _measure(
             producer.poll(0)
             deadline = start + 60
             while True:
-                b = await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id=user))
+                b = await stub.GetBudget(request, metadata=AUTH)
                 if b.used_micros > before:
                     break
                 if time.perf_counter() > deadline:
@@ -88,6 +91,7 @@ async def _run(samples: int) -> list[float]:
         ) as infra:
             env = {
                 **os.environ, **infra.env(), "QM_WORKSPACE_ID": workspace,
+                "QM_TOKENS": f"bench:reader:{TOKEN}",
                 "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                 "QM_METERING_APP_ID": f"bench-{workspace}", "QM_METERING_SESSION_TIMEOUT": "4",
                 "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",

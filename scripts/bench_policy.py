@@ -54,6 +54,10 @@ SERVER = ROOT / "scripts" / "bench_policy_server.py"
 POLICY_METHOD = "/quartermaster.v1.PolicyService/Check"
 ECHO_METHOD = "/bench.Echo/Check"
 WORKSPACE = "bench"
+# Both servers get it on every call (the echo ignores it), so the ratio includes what
+# authenticating a call costs policy (quartermaster.auth) and nothing of the transport.
+TOKEN = "bench-gateway-token-0123456789"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def say(text: str) -> None:
@@ -172,7 +176,7 @@ async def client(
             request_serializer=lambda b: b,
             response_deserializer=policy_pb2.CheckResponse.FromString,
         )
-        await call(requests[0])
+        await call(requests[0], metadata=AUTH)
         start = time.perf_counter() + warmup
         stop = start + seconds
 
@@ -182,7 +186,7 @@ async def client(
                 t = time.perf_counter()
                 if t >= stop:
                     return
-                await call(requests[k % len(requests)])
+                await call(requests[k % len(requests)], metadata=AUTH)
                 k += concurrency
                 if t >= start:
                     latencies.append(time.perf_counter_ns() - int(t * 1e9))
@@ -276,6 +280,7 @@ def main_run(ns: argparse.Namespace) -> dict[str, object]:
             say(f"loaded {ns.users:,} users and their totals in {time.perf_counter() - t:.1f}s")
             env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
             env.update(infra.env(), QM_WORKSPACE_ID=WORKSPACE, QM_LOG_LEVEL="WARNING")
+            env.update(QM_TOKENS=f"bench:gateway:{TOKEN}")
             t = time.perf_counter()
             policy, policy_port, timings = start_server("policy", run_dir, env)
             procs.append(policy)

@@ -32,12 +32,13 @@ from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
+from tests.helpers import TOKENS, TOKENS_SPEC, channel, metadata
 from tests.policy.inprocess import InProcess, policy_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
 PARTITIONS = 3
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = TOKENS["admin"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,8 +97,8 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_METERING_SESSION_TIMEOUT": "4",
         "QM_METERING_DLQ_WINDOW": "200",
         "QM_LOG_LEVEL": "INFO",
-        "QM_POLICY_ADMIN_TOKENS": f"tests-admin:{ADMIN_TOKEN}",
-        "QM_METERING_ADMIN_TOKENS": f"tests-admin:{ADMIN_TOKEN}",
+        "QM_TOKENS": TOKENS_SPEC,
+        "QM_DIRECTORY_TOKEN": TOKENS["reader"],
         "QM_METERING_PRICES_POLL_SECONDS": "0.5",
         "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "QM_METERING_DATA_DIR": str(ROOT / ".run" / f"test-{os.getpid()}" / "faust"),
@@ -187,11 +188,16 @@ def policy_server(
 async def policy(
     policy_server: wiring.RunningPolicy,
 ) -> AsyncIterator[policy_pb2_grpc.PolicyServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{policy_server.port}") as channel:
-        yield policy_pb2_grpc.PolicyServiceStub(channel)
+    async with channel(f"127.0.0.1:{policy_server.port}", "gateway") as ch:
+        yield policy_pb2_grpc.PolicyServiceStub(ch)
 
 
-ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+# Call metadata with the tests' token of one role (tests.helpers.TOKENS).
+ADMIN_METADATA = metadata("admin")
+GATEWAY_METADATA = metadata("gateway")
+READER_METADATA = metadata("reader")
+PRICES_METADATA = metadata("prices")
+ALL_METADATA = metadata("all")  # every role: for tests about something else
 
 
 class Replicas:
@@ -227,19 +233,22 @@ class Replicas:
             await asyncio.wait_for(r.serving.wait(), 60)
         return started
 
-    def _channel(self, r: wiring.RunningPolicy) -> grpc.aio.Channel:
-        ch = grpc.aio.insecure_channel(f"127.0.0.1:{r.port}")
+    def _channel(self, r: wiring.RunningPolicy, role: str) -> grpc.aio.Channel:
+        ch = channel(f"127.0.0.1:{r.port}", role)
         self._channels.append(ch)
         return ch
 
     def policy(self, r: wiring.RunningPolicy) -> policy_pb2_grpc.PolicyServiceAsyncStub:
-        return policy_pb2_grpc.PolicyServiceStub(self._channel(r))
+        """A stub whose calls present the gateway's token unless they bring one."""
+        return policy_pb2_grpc.PolicyServiceStub(self._channel(r, "gateway"))
 
     def admin(self, r: wiring.RunningPolicy) -> policy_pb2_grpc.PolicyAdminServiceAsyncStub:
-        return policy_pb2_grpc.PolicyAdminServiceStub(self._channel(r))
+        """A stub whose calls present the admin's token unless they bring one."""
+        return policy_pb2_grpc.PolicyAdminServiceStub(self._channel(r, "admin"))
 
     def directory(self, r: wiring.RunningPolicy) -> policy_pb2_grpc.DirectoryServiceAsyncStub:
-        return policy_pb2_grpc.DirectoryServiceStub(self._channel(r))
+        """A stub whose calls present the reader's token unless they bring one."""
+        return policy_pb2_grpc.DirectoryServiceStub(self._channel(r, "reader"))
 
     async def close(self) -> None:
         for ch in self._channels:

@@ -1,5 +1,5 @@
 """Producing usage, reading topics and waiting, for the integration tests; serving a
-servicer in process, for the tests without infrastructure."""
+servicer in process, for the tests without infrastructure; the tests' credentials."""
 
 from __future__ import annotations
 
@@ -10,15 +10,64 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from quartermaster import kafka
+from quartermaster.auth import Authenticator
+from quartermaster.grpcclient import bearer
+from quartermaster.tokens import parse_tokens
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import usage_pb2
+
+# The tests' credentials (QM_TOKENS of every server they start): one token per role,
+# named tests-<role>, and "tests" holding every role, which channels made by
+# `channel()` send unless a call brings its own (tests about roles give their own).
+TOKENS = {
+    role: f"test-{role}-token-0123456789" for role in ("gateway", "reader", "admin", "prices")
+}
+TOKENS["all"] = "test-all-roles-token-0123456789"
+TOKENS_SPEC = ",".join(
+    [f"tests-{role}:{role}:{token}" for role, token in TOKENS.items() if role != "all"]
+    + [f"tests:gateway+reader+admin+prices:{TOKENS['all']}"]
+)
+
+
+def metadata(role: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata presenting the tests' token for `role` ("all": every role)."""
+    return bearer(TOKENS[role])
+
+
+if TYPE_CHECKING:  # grpc-stubs make it generic; grpcio's class is not subscriptable
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class _DefaultCredential(_Interceptor):
+    """Adds a bearer token to every call that does not bring its own."""
+
+    def __init__(self, token: str) -> None:
+        self._auth = bearer(token)
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        given = tuple(client_call_details.metadata or ())
+        if not any(k == "authorization" for k, _ in given):
+            client_call_details = client_call_details._replace(metadata=(*given, *self._auth))
+        return await continuation(client_call_details, request)
+
+
+def channel(target: str, role: str = "all") -> grpc.aio.Channel:
+    """A channel to `target` whose calls present the tests' token for `role` unless a
+    call gives its own `authorization` metadata."""
+    # grpc-stubs type the interceptor list for stubs, not interceptors like this one
+    interceptors = [_DefaultCredential(TOKENS[role])]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)  # type: ignore[arg-type]
 
 
 def new_user() -> str:
@@ -139,14 +188,15 @@ async def in_process_server(
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A real grpc.aio server on a free port around the servicers `add` registers, and
     a channel to it (servicer tests without infrastructure: the real servicer, small
-    fakes of its stores)."""
-    server = grpc.aio.server()
+    fakes of its stores). The server authenticates as ours do (TOKENS); the channel
+    presents the every-role token unless a call gives its own."""
+    server = grpc.aio.server(interceptors=[Authenticator(parse_tokens(TOKENS_SPEC))])
     add(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel
+        async with channel(f"127.0.0.1:{port}") as ch:
+            yield ch
     finally:
         await server.stop(None)
 

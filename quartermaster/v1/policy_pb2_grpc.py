@@ -333,8 +333,9 @@ class PolicyService:
 
 class PolicyAdminServiceStub:
     """---------------------------------------------------------------------------
-    Administration. Every call needs an admin credential (gRPC metadata
-    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    Administration. Changes need a credential with role admin (gRPC metadata
+    `authorization: Bearer <token>`), reads role admin or reader (every call of
+    every service needs one: quartermaster/roles.py, docs/security.md). Every change
     is written to an append-only audit log and reaches every replica within a second.
     """
 
@@ -408,8 +409,9 @@ class PolicyAdminServiceStub:
 
 class PolicyAdminServiceServicer:
     """---------------------------------------------------------------------------
-    Administration. Every call needs an admin credential (gRPC metadata
-    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    Administration. Changes need a credential with role admin (gRPC metadata
+    `authorization: Bearer <token>`), reads role admin or reader (every call of
+    every service needs one: quartermaster/roles.py, docs/security.md). Every change
     is written to an append-only audit log and reaches every replica within a second.
     """
 
@@ -561,8 +563,9 @@ def add_PolicyAdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PolicyAdminService:
     """---------------------------------------------------------------------------
-    Administration. Every call needs an admin credential (gRPC metadata
-    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    Administration. Changes need a credential with role admin (gRPC metadata
+    `authorization: Bearer <token>`), reads role admin or reader (every call of
+    every service needs one: quartermaster/roles.py, docs/security.md). Every change
     is written to an append-only audit log and reaches every replica within a second.
     """
 

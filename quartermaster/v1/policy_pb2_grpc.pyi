@@ -158,8 +158,9 @@ def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server:
 
 class PolicyAdminServiceStub:
     """---------------------------------------------------------------------------
-    Administration. Every call needs an admin credential (gRPC metadata
-    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    Administration. Changes need a credential with role admin (gRPC metadata
+    `authorization: Bearer <token>`), reads role admin or reader (every call of
+    every service needs one: quartermaster/roles.py, docs/security.md). Every change
     is written to an append-only audit log and reaches every replica within a second.
     """
 
@@ -187,8 +188,9 @@ class PolicyAdminServiceStub:
 @_typing.type_check_only
 class PolicyAdminServiceAsyncStub(PolicyAdminServiceStub):
     """---------------------------------------------------------------------------
-    Administration. Every call needs an admin credential (gRPC metadata
-    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    Administration. Changes need a credential with role admin (gRPC metadata
+    `authorization: Bearer <token>`), reads role admin or reader (every call of
+    every service needs one: quartermaster/roles.py, docs/security.md). Every change
     is written to an append-only audit log and reaches every replica within a second.
     """
 
@@ -212,8 +214,9 @@ class PolicyAdminServiceAsyncStub(PolicyAdminServiceStub):
 
 class PolicyAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
-    Administration. Every call needs an admin credential (gRPC metadata
-    `authorization: Bearer <token>`); employees and gateways have none. Every change
+    Administration. Changes need a credential with role admin (gRPC metadata
+    `authorization: Bearer <token>`), reads role admin or reader (every call of
+    every service needs one: quartermaster/roles.py, docs/security.md). Every change
     is written to an append-only audit log and reaches every replica within a second.
     """
 

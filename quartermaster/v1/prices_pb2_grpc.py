@@ -67,8 +67,8 @@ class PriceCatalogServiceServicer:
     """
 
     def LoadPrices(self, request, context):
-        """Load prices from a YAML or CSV document. Needs an admin credential
-        (`authorization: Bearer <token>` of QM_METERING_ADMIN_TOKENS).
+        """Load prices from a YAML or CSV document. Needs a credential with role prices
+        (`authorization: Bearer <token>` of QM_TOKENS; docs/security.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,8 +40,8 @@ class PriceCatalogServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PriceCatalogServiceAsyncStub: ...
     LoadPrices: _grpc.UnaryUnaryMultiCallable[_prices_pb2.LoadPricesRequest, _prices_pb2.LoadPricesResponse]
-    """Load prices from a YAML or CSV document. Needs an admin credential
-    (`authorization: Bearer <token>` of QM_METERING_ADMIN_TOKENS).
+    """Load prices from a YAML or CSV document. Needs a credential with role prices
+    (`authorization: Bearer <token>` of QM_TOKENS; docs/security.md).
     """
     ListPrices: _grpc.UnaryUnaryMultiCallable[_prices_pb2.ListPricesRequest, _prices_pb2.ListPricesResponse]
     """The versions in force at a time (now when unset), one per model."""
@@ -60,8 +60,8 @@ class PriceCatalogServiceAsyncStub(PriceCatalogServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     LoadPrices: _aio.UnaryUnaryMultiCallable[_prices_pb2.LoadPricesRequest, _prices_pb2.LoadPricesResponse]  # type: ignore[assignment]
-    """Load prices from a YAML or CSV document. Needs an admin credential
-    (`authorization: Bearer <token>` of QM_METERING_ADMIN_TOKENS).
+    """Load prices from a YAML or CSV document. Needs a credential with role prices
+    (`authorization: Bearer <token>` of QM_TOKENS; docs/security.md).
     """
     ListPrices: _aio.UnaryUnaryMultiCallable[_prices_pb2.ListPricesRequest, _prices_pb2.ListPricesResponse]  # type: ignore[assignment]
     """The versions in force at a time (now when unset), one per model."""
@@ -83,8 +83,8 @@ class PriceCatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prices_pb2.LoadPricesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prices_pb2.LoadPricesResponse, _abc.Awaitable[_prices_pb2.LoadPricesResponse]]:
-        """Load prices from a YAML or CSV document. Needs an admin credential
-        (`authorization: Bearer <token>` of QM_METERING_ADMIN_TOKENS).
+        """Load prices from a YAML or CSV document. Needs a credential with role prices
+        (`authorization: Bearer <token>` of QM_TOKENS; docs/security.md).
         """
 
     @_abc_1.abstractmethod

@@ -9,9 +9,9 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
-import grpc
 
-from quartermaster import telemetry
+from quartermaster import auth, telemetry
+from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
@@ -55,9 +55,11 @@ async def start(settings: MeteringSettings, addr: str | None = None) -> RunningA
     """Serve the Cost API and the price catalog on `addr` (default QM_USAGE_API_ADDR;
     port 0 picks a free one) and compact daily rollups every QM_USAGE_COMPACT_SECONDS."""
     api = await build_api(settings)
-    server = grpc.aio.server()
-    cost_pb2_grpc.add_UsageServiceServicer_to_server(api.usage, server)
-    prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(api.prices, server)
+    server = auth.server(settings.grants, "metering api")
+    # Guarded as policy's are (quartermaster.grpcguard): an unparsable request or a NUL
+    # is refused naming the field, a database out of reach answers UNAVAILABLE.
+    add_guarded(server, cost_pb2_grpc.add_UsageServiceServicer_to_server, api.usage)
+    add_guarded(server, prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server, api.prices)
     services = [SERVICE_NAME, PRICES_SERVICE]
     served = await serve(addr or settings.api_addr, services, server, tls=settings.server_tls)
     await served.set_serving(True)

@@ -5,7 +5,7 @@ finance. Prints a table, or CSV with `--format csv`.
         --group-by user,model --granularity day --format csv > november.csv
     python -m services.metering.cli top --from 2026-11-01 --to 2026-12-01 --limit 10
 
-and the price catalog (loading needs an admin token, QM_ADMIN_TOKEN or --token):
+and the price catalog:
 
     python -m services.metering.cli prices load prices.yaml [--replace] [--dry-run]
     python -m services.metering.cli prices list [--at 2026-06-01] [--model gpt-5]
@@ -17,6 +17,10 @@ after a broker lost its data, accepting them as they are now:
 
     python -m services.metering.cli topic check
     python -m services.metering.cli topic accept --by ann --reason "broker restarted"
+
+Every command sends a bearer token, QM_TOKEN or --token: one with role reader (or
+admin) for usage, top and the price listings, role prices for loading prices (see
+docs/security.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from quartermaster.grpcclient import open_blocking_channel
+from quartermaster.grpcclient import bearer, open_blocking_channel
 from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
@@ -101,7 +105,7 @@ def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: Tex
         granularity=GRANULARITIES[ns.granularity],
         limit=ns.limit,
     )
-    resp = stub.QueryUsage(req, timeout=60)
+    resp = stub.QueryUsage(req, timeout=60, metadata=ns.metadata)
     header = ["bucket_start", *ns.group_by, "credits", "micros", *COLUMNS]
     rows = []
     for r in resp.rows:
@@ -115,7 +119,8 @@ def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: Tex
 
 
 def top(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextIO) -> None:
-    resp = stub.TopSpenders(cost_pb2.TopSpendersRequest(filter=_filter(ns), limit=ns.limit))
+    request = cost_pb2.TopSpendersRequest(filter=_filter(ns), limit=ns.limit)
+    resp = stub.TopSpenders(request, metadata=ns.metadata)
     rows = [[s.user_id, credits(s.micros), str(s.micros), str(s.events)] for s in resp.spenders]
     _write(rows, ["user", "credits", "micros", "events"], ns.format, out)
 
@@ -138,13 +143,12 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
             document = path.read_text()
         except OSError as exc:
             raise SystemExit(f"{path}: {exc}") from None
-        token = ns.token or os.environ.get("QM_ADMIN_TOKEN", "")
         resp = stub.LoadPrices(
             prices_pb2.LoadPricesRequest(
                 document=document, source=path.name, replace=ns.replace, dry_run=ns.dry_run,
                 format=_FORMATS.get(path.suffix.lower(), prices_pb2.CATALOG_FORMAT_YAML),
             ),
-            metadata=(("authorization", f"Bearer {token}"),),
+            metadata=ns.metadata,
             timeout=60,
         )  # fmt: skip
         for line in resp.changes:
@@ -159,13 +163,14 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
         req = prices_pb2.ListPricesRequest(models=ns.model)
         if ns.at is not None:
             req.at.CopyFrom(timestamp(ns.at))
-        listed = stub.ListPrices(req, timeout=60)
+        listed = stub.ListPrices(req, timeout=60, metadata=ns.metadata)
         rows = [_price_row(p) for p in (*listed.prices, listed.fallback)]
         _write(rows, header, ns.format, out)
         if ns.format != "csv":  # the CSV stays one table a spreadsheet reads
             out.writelines(f"alias {a} -> {m}\n" for a, m in sorted(listed.aliases.items()))
     else:
-        history = stub.PriceHistory(prices_pb2.PriceHistoryRequest(model=ns.model), timeout=60)
+        request = prices_pb2.PriceHistoryRequest(model=ns.model)
+        history = stub.PriceHistory(request, timeout=60, metadata=ns.metadata)
         if history.versions:
             _write([_price_row(p) for p in history.versions], header, ns.format, out)
         for r in history.revisions:
@@ -183,7 +188,6 @@ def _prices_parser(sub: Any) -> None:
     whole = "the file is the whole catalog: models it leaves out are removed"
     load.add_argument("--replace", action="store_true", help=whole)
     load.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
-    load.add_argument("--token", help="admin token (default: QM_ADMIN_TOKEN)")
     listing = actions.add_parser("list", help="the prices in force (now, or --at)")
     listing.add_argument("--at", type=_when)
     listing.add_argument("--model", action="append", default=[], help="repeatable")
@@ -191,6 +195,12 @@ def _prices_parser(sub: Any) -> None:
     history.add_argument("model", nargs="?", default="")
     for a in (listing, history):
         a.add_argument("--format", choices=("table", "csv"), default="table")
+    for a in (load, listing, history):
+        _token_argument(a)
+
+
+def _token_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", help="bearer token (default: QM_TOKEN; see docs/security.md)")
 
 
 def _topic_parser(sub: Any) -> None:
@@ -256,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
                            help=f"only this {f} (repeatable)")  # fmt: skip
         s.add_argument("--format", choices=("table", "csv"), default="table")
         s.add_argument("--limit", type=int, default=0)
+        _token_argument(s)
         if name == "usage":
             s.add_argument("--group-by", type=_dims, default=["user"])
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
@@ -268,6 +279,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     ns = parser().parse_args(argv)
     if ns.command == "topic":
         return topic(ns, out)
+    if os.environ.get("QM_ADMIN_TOKEN") and not os.environ.get("QM_TOKEN"):
+        sys.stderr.write("QM_ADMIN_TOKEN was renamed QM_TOKEN (see docs/security.md)\n")
+        return 2
+    ns.metadata = bearer(ns.token or os.environ.get("QM_TOKEN", ""))
     settings = load_or_exit(MeteringSettings, "metering cli")
     # TLS as the services' own clients: QM_TLS_CA_FILE and, for mutual TLS, the
     # client certificate settings.

@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quartermaster.v1 import cost_pb2, prices_pb2, usage_pb2
-from quartermaster.wire import from_timestamp, timestamp
+from quartermaster.wire import in_request, timestamp
 from services.metering.cost_query import (
     Dimension,
     Granularity,
@@ -85,10 +85,11 @@ _GRANULARITIES = {
 
 
 def usage_filter(f: cost_pb2.UsageFilter) -> UsageFilter:
-    """The filter as asked (unset times are None; nothing is judged here)."""
+    """The filter as asked (unset times are None; nothing else is judged here).
+    InvalidRequest for a time no datetime can hold."""
     return UsageFilter(
-        start=from_timestamp(f.start) if f.HasField("start") else None,
-        end=from_timestamp(f.end) if f.HasField("end") else None,
+        start=in_request("filter.start", f.start) if f.HasField("start") else None,
+        end=in_request("filter.end", f.end) if f.HasField("end") else None,
         user_ids=tuple(f.user_ids),
         products=tuple(f.products),
         models=tuple(f.models),

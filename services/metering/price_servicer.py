@@ -1,7 +1,8 @@
 """`PriceCatalogService`: load, list and trace the price catalog's revisions.
 
-Loading needs an admin token (QM_METERING_ADMIN_TOKENS); the load itself, its
-validation and its change lines live in `revisions` and `stores.catalog`.
+Loading needs role prices (quartermaster.roles, checked by quartermaster.auth); the
+load itself, its validation and its change lines live in `revisions` and
+`stores.catalog`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any, Protocol
 
 import grpc
 
-from quartermaster.credentials import Credentials
+from quartermaster.auth import caller
 from quartermaster.grpcserver import abort
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
-from quartermaster.wire import from_timestamp
+from quartermaster.wire import in_request
 from services.metering import mapping
 from services.metering.pricing import CatalogDocument, CatalogError
 from services.metering.revisions import Revision
@@ -41,17 +42,16 @@ class Catalogs(Protocol):
 
 
 class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
-    """LoadPrices (admins only; a new revision, or the changes on a dry run), ListPrices
+    """LoadPrices (role prices; a new revision, or the changes on a dry run), ListPrices
     (in force now or `at`), PriceHistory (every revision, or one model's)."""
 
-    def __init__(self, store: Catalogs, credentials: Credentials) -> None:
+    def __init__(self, store: Catalogs) -> None:
         self._store = store
-        self._credentials = credentials
 
     async def LoadPrices(
         self, request: prices_pb2.LoadPricesRequest, context: Context
     ) -> prices_pb2.LoadPricesResponse:
-        actor = await self._credentials.require(context)
+        actor = caller().name  # the credential's name; its role was checked
         load = mapping.price_load(request)
         problems = load.problems()
         if problems:
@@ -91,7 +91,7 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"models: not in the catalog (the fallback prices them): {unknown}",
             )
-        at = from_timestamp(request.at) if request.HasField("at") else datetime.now(UTC)
+        at = in_request("at", request.at) if request.HasField("at") else datetime.now(UTC)
         out = prices_pb2.ListPricesResponse(
             revision=current.revision,
             fallback=mapping.model_price("", None, current.catalog.fallback),

@@ -10,7 +10,6 @@ from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
 from quartermaster.settings import ExistingFile, HostPort, HostPortOrEmpty, NonBlank
-from quartermaster.tokens import TokenSpec, parse_tokens
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
 
@@ -27,9 +26,6 @@ class MeteringSettings(CommonSettings):
     """How often a worker looks for a new price catalog revision"""
     metrics_addr: HostPortOrEmpty = "127.0.0.1:9464"
     """Where a worker serves its Prometheus metrics (/metrics); empty: none"""
-    admin_tokens: TokenSpec = ""
-    """Credentials that may load prices, name:token,... (tokens of 16+ characters; the
-    name is kept with the revision). Empty: every load is refused"""
     data_dir: Path = Path(".run/faust")
     """Where faust keeps its small local files (under <dir>/<app id>); state is in
     Postgres"""
@@ -78,12 +74,10 @@ class MeteringSettings(CommonSettings):
     until then only the absolute rate does"""
     directory_addr: HostPort = Field("127.0.0.1:50051", validation_alias="QM_DIRECTORY_ADDR")
     """policy's DirectoryService, which the Cost API asks for group members"""
+    directory_token: str = Field("", validation_alias="QM_DIRECTORY_TOKEN")
+    """The bearer token the Cost API sends to policy's DirectoryService (a credential
+    of policy's QM_TOKENS with role reader). Empty: group queries are refused by policy"""
     compact_seconds: float = Field(
         60.0, ge=1, le=86_400, validation_alias="QM_USAGE_COMPACT_SECONDS"
     )
     """How often the Cost API recomputes daily rollups from 15-minute ones"""
-
-    @property
-    def admin_credentials(self) -> dict[str, str]:
-        """{token: name} from `admin_tokens`."""
-        return parse_tokens(self.admin_tokens)

@@ -144,7 +144,6 @@ class Api:
 async def build_api(settings: MeteringSettings) -> Api:
     """Connect to Postgres and seed the price catalog from QM_METERING_PRICES when there
     is none (CatalogError when that file is wrong; the pool is closed then)."""
-    from quartermaster.credentials import Credentials
     from quartermaster.directory_client import DirectoryClient
     from services.metering.cost_servicer import UsageServicer
     from services.metering.price_servicer import PriceCatalogServicer
@@ -158,11 +157,14 @@ async def build_api(settings: MeteringSettings) -> Api:
         await pool.close()
         raise
     directory = DirectoryClient(
-        settings.directory_addr, source="QM_DIRECTORY_ADDR", tls=settings.client_tls
+        settings.directory_addr,
+        source="QM_DIRECTORY_ADDR",
+        tls=settings.client_tls,
+        token=settings.directory_token,
     )
     return Api(
         pool,
         UsageServicer(UsageStore(pool, settings.timezone), directory),
-        PriceCatalogServicer(catalogs, Credentials(settings.admin_credentials, "load prices")),
+        PriceCatalogServicer(catalogs),
         directory,
     )

@@ -1,9 +1,9 @@
 """PolicyAdminService: limits, overrides, model policies and directory changes.
 
-Admin calls need `authorization: Bearer <token>` naming one of QM_POLICY_ADMIN_TOKENS;
-the token's name is the actor in the audit log. A change goes to Postgres (which
-tells every replica) and then reloads this replica's snapshot before answering
-(read-your-writes); a read (ListLimits, ExplainLimit) reloads nothing.
+Who may call which method is quartermaster.roles' table, enforced before a call gets
+here (quartermaster.auth); the credential's name is the actor in the audit log. A
+change goes to Postgres (which tells every replica) and then reloads this replica's
+snapshot before answering (read-your-writes); a read (ListLimits, ExplainLimit) reloads nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from quartermaster.credentials import Credentials
+from quartermaster.auth import caller
 from quartermaster.grpcserver import abort, refuse
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from quartermaster.validation import Problems
@@ -50,25 +50,24 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
         limits: LimitStore,
         directory: DirectoryStore,
         evaluator: Evaluator,
-        credentials: Credentials,
         reload: Callable[[], Awaitable[None]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._limits = limits
         self._directory = directory
         self._ev = evaluator
-        self._credentials = credentials
         self._reload = reload
         self._clock = clock
 
     async def _run(
         self, context: Context, problems: Problems, call: Callable[[str], Awaitable[T]],
-        changes: bool = True, needs: str = "change policy",
+        changes: bool = True,
     ) -> T:  # fmt: skip
-        """Authenticate (`needs`: what a refused credential may not do), refuse bad
-        input (every problem named), run the call (mapping domain errors to status
-        codes) and, after a change, reload this replica's snapshot before answering."""
-        who = await self._credentials.require(context, needs)
+        """Refuse bad input (every problem named), run the call as the caller (the
+        credential's name, for the audit log; the interceptor checked its role),
+        mapping domain errors to status codes, and, after a change, reload this
+        replica's snapshot before answering."""
+        who = caller().name
         await refuse(context, problems)
         try:
             out = await call(who)
@@ -186,7 +185,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
             out.model_policies.extend(model_policy_msg(policies[g]) for g in sorted(policies))
             return out
 
-        return await self._run(context, Problems(), read, changes=False, needs="list limits")
+        return await self._run(context, Problems(), read, changes=False)
 
     async def ExplainLimit(
         self, request: policy_pb2.ExplainLimitRequest, context: Context
@@ -195,7 +194,7 @@ class PolicyAdminServicer(policy_pb2_grpc.PolicyAdminServiceServicer):
             return explanation(self._ev.snapshot, request.user_id, self._clock())
 
         problems = inputs.ids(user_id=request.user_id)
-        return await self._run(context, problems, read, changes=False, needs="explain limits")
+        return await self._run(context, problems, read, changes=False)
 
     # -- the directory -------------------------------------------------------------
 

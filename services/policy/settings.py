@@ -9,7 +9,6 @@ from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
 from quartermaster.settings import HostPort
-from quartermaster.tokens import TokenSpec, parse_tokens
 
 
 def _percents(spec: str) -> tuple[int, ...]:
@@ -37,9 +36,6 @@ class PolicySettings(CommonSettings):
     """Share of the limit from which Check answers WARN"""
     grace_seconds: float = Field(5.0, ge=0, le=300)
     """How long in-flight calls may finish on shutdown"""
-    admin_tokens: TokenSpec = ""
-    """Admin credentials, name:token,... (tokens of 16+ characters; the name is the audit
-    log's actor). Empty: every admin call is refused"""
     reservation_ttl_seconds: float = Field(600.0, ge=1, le=86_400)
     """How long a reservation holds budget unless the request says; a committed one is
     kept this long for its usage to arrive"""
@@ -54,8 +50,3 @@ class PolicySettings(CommonSettings):
     def threshold_percents(self) -> tuple[int, ...]:
         """`thresholds` as sorted distinct whole percentages."""
         return _percents(self.thresholds)
-
-    @property
-    def admin_credentials(self) -> dict[str, str]:
-        """{token: name} from `admin_tokens`."""
-        return parse_tokens(self.admin_tokens)

@@ -1,6 +1,7 @@
 """The one place policy's object graph is built: Postgres stores, the totals index and
 its feed, the reservations view, the Evaluator, the background loops and the gRPC
-server (health + reflection) with PolicyService, PolicyAdminService and
+server (health + reflection; every other call authenticated, quartermaster.auth)
+with PolicyService, PolicyAdminService and
 DirectoryService. Everything is made once, in order, and handed what it needs.
 """
 
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 
-from quartermaster import gcpacing, kafka
-from quartermaster.credentials import Credentials
+from quartermaster import auth, gcpacing, kafka
 from quartermaster.db import connect_pool
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
@@ -188,12 +188,11 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     readiness.known("limits")  # after the other parts said they wait: never ready early
     feed.start()
 
-    server = grpc.aio.server()
-    credentials = Credentials(settings.admin_credentials)
+    server = auth.server(settings.grants, "policy")
     add_servicers(
         server,
         PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds, readiness),
-        PolicyAdminServicer(limits, directory, evaluator, credentials, refresh.reload),
+        PolicyAdminServicer(limits, directory, evaluator, refresh.reload),
         DirectoryServicer(evaluator),
     )
     served = await serve(addr or settings.addr, SERVICE_NAMES, server, tls=settings.server_tls)

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
-import grpc
 import pytest
 
 from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from tests.conftest import ADMIN_TOKEN, MeteringWorker
+from tests.helpers import TOKENS, channel
 from tests.integration.docs_blocks import ROOT, Block, all_blocks, commands
 from tests.integration.docs_stack import LOGS, DocsStack, Server, run_shown, shell
 
@@ -190,7 +190,8 @@ async def docs_stack(
         "QM_POLICY_ADDR": policy_addr,
         "QM_DIRECTORY_ADDR": policy_addr,
         "QM_USAGE_API_ADDR": api_addr,
-        "QM_ADMIN_TOKEN": ADMIN_TOKEN,
+        # What make run prints for "ops": reading, admin calls and loading prices.
+        "QM_TOKEN": TOKENS["all"],
     }
     stack = DocsStack(env, {
         "127.0.0.1:9092": _infra_session.kafka_bootstrap,
@@ -251,8 +252,8 @@ def _openai_completion() -> dict[str, Any]:
 
 
 async def _erin_counted(stack: DocsStack, _printed: str) -> None:
-    async with grpc.aio.insecure_channel(stack.env["QM_POLICY_ADDR"]) as channel:
-        policy = policy_pb2_grpc.PolicyServiceStub(channel)
+    async with channel(stack.env["QM_POLICY_ADDR"], "reader") as ch:
+        policy = policy_pb2_grpc.PolicyServiceStub(ch)
         for _ in range(300):
             budget = await policy.GetBudget(policy_pb2.GetBudgetRequest(user_id="erin"))
             if budget.used_micros > 0:
@@ -268,8 +269,8 @@ async def _explained(_stack: DocsStack, printed: str) -> None:
 # Every `python id=NAME` block of the docs, by NAME.
 SNIPPETS: dict[str, Snippet] = {
     "reporter": Snippet(_openai_completion, _erin_counted),
-    "gateway": Snippet(),
-    "reserve": Snippet(),
+    "gateway": Snippet(lambda: {"gateway_token": TOKENS["gateway"]}),
+    "reserve": Snippet(lambda: {"gateway_token": TOKENS["gateway"]}),
     "override": Snippet(lambda: {"admin_token": ADMIN_TOKEN}, _explained),
 }
 PYTHON = all_blocks("python")

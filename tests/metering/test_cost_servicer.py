@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from quartermaster.directory_client import DirectoryRequestError, DirectoryUnavailable
+from quartermaster.grpcguard import add_guarded
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering.cost_query import (
@@ -58,7 +59,7 @@ class FakeDirectory:
 async def call(store: FakeStore, directory: FakeDirectory, request: object) -> object:
     servicer = UsageServicer(store, directory)
     async with in_process_server(
-        lambda s: cost_pb2_grpc.add_UsageServiceServicer_to_server(servicer, s)
+        lambda s: add_guarded(s, cost_pb2_grpc.add_UsageServiceServicer_to_server, servicer)
     ) as channel:
         stub = cost_pb2_grpc.UsageServiceStub(channel)
         if isinstance(request, cost_pb2.QueryUsageRequest):
@@ -71,6 +72,19 @@ def window(**fields: list[str]) -> cost_pb2.UsageFilter:
     return cost_pb2.UsageFilter(
         start=timestamp(T0), end=timestamp(T0 + timedelta(days=1)), **fields
     )
+
+
+async def test_a_time_no_datetime_can_hold_is_refused_naming_the_field() -> None:
+    bad = cost_pb2.UsageFilter(start=timestamp(T0), end=timestamp(T0))
+    bad.start.nanos = -1
+    bad.end.seconds = 10**12
+    store = FakeStore()
+    code, said = await refusal(call(store, FakeDirectory(), cost_pb2.QueryUsageRequest(filter=bad)))
+    assert (code, said) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter.start: not a time (years 1 to 9999, nanos below a second)",
+    )
+    assert store.asked == []
 
 
 async def test_a_query_is_mapped_to_the_domain_and_its_rows_back() -> None:

@@ -20,6 +20,7 @@ from quartermaster.wire import from_timestamp, timestamp
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
 from tests.conftest import ADMIN_METADATA, Replicas
+from tests.helpers import TOKENS, channel
 
 pytestmark = pytest.mark.infra
 T0 = datetime(2026, 10, 31, 14, tzinfo=UTC)  # 23:00 in Tokyo: the day flips an hour later
@@ -73,7 +74,7 @@ async def stub(
     settings = MeteringSettings.from_env({**service_env, "QM_WORKSPACE_TIMEZONE": "Asia/Tokyo"})
     running = await api.start(settings, addr="127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+        async with channel(f"127.0.0.1:{running.served.port}", "reader") as ch:
             yield cost_pb2_grpc.UsageServiceStub(ch)
     finally:
         await running.stop(1)
@@ -179,7 +180,7 @@ async def test_the_cli_writes_csv_for_finance(
         argv = ["--addr", f"127.0.0.1:{running.served.port}", "usage",
                 "--from", "2026-10-31T14:00:00Z", "--to", "2026-11-01T14:00:00Z",
                 "--product", seeded, "--group-by", "user,model", "--granularity", "total",
-                "--format", "csv"]  # fmt: skip
+                "--format", "csv", "--token", TOKENS["reader"]]  # fmt: skip
         # the CLI is synchronous; run it off the loop that serves the API
         code = await asyncio.to_thread(cli.main, argv, out)
     finally:
@@ -221,7 +222,7 @@ async def test_groups_filter_and_group_spend_with_their_members_now(
     running = await api.start(MeteringSettings.from_env(env), addr="127.0.0.1:0")
     total = cost_pb2.GRANULARITY_TOTAL
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+        async with channel(f"127.0.0.1:{running.served.port}", "reader") as ch:
             stub = cost_pb2_grpc.UsageServiceStub(ch)
             f = window(seeded)
             f.group_ids.append("eng")
@@ -253,7 +254,7 @@ async def test_groups_filter_and_group_spend_with_their_members_now(
     env["QM_DIRECTORY_ADDR"] = f"127.0.0.1:{free_port()}"
     running = await api.start(MeteringSettings.from_env(env), addr="127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+        async with channel(f"127.0.0.1:{running.served.port}", "reader") as ch:
             stub = cost_pb2_grpc.UsageServiceStub(ch)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.QueryUsage(cost_pb2.QueryUsageRequest(

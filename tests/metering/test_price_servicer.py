@@ -11,15 +11,13 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from quartermaster.credentials import Credentials
 from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from services.metering.price_servicer import PriceCatalogServicer
 from services.metering.pricing import CatalogDocument, Price, PriceCatalog
 from services.metering.revisions import Revision, changes, merge
-from tests.helpers import in_process_server, refusal
+from tests.helpers import in_process_server, metadata, refusal
 
-TOKEN = "test-token-0123456789"
-ADMIN = (("authorization", f"Bearer {TOKEN}"),)
+ADMIN = metadata("prices")  # the actor "tests-prices"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PRICE = Price(input=1_250_000, cached_input=125_000, output=10_000_000, reasoning=10_000_000,
               cache_write=1_250_000)  # fmt: skip
@@ -60,18 +58,21 @@ async def catalogs() -> FakeCatalogs:
 async def stub(
     catalogs: FakeCatalogs,
 ) -> AsyncIterator[prices_pb2_grpc.PriceCatalogServiceAsyncStub]:
-    servicer = PriceCatalogServicer(catalogs, Credentials({TOKEN: "tests"}, "load prices"))
+    servicer = PriceCatalogServicer(catalogs)
     async with in_process_server(
         lambda s: prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server(servicer, s)
     ) as channel:
         yield prices_pb2_grpc.PriceCatalogServiceStub(channel)
 
 
-async def test_a_load_names_every_bad_field_and_needs_an_admin(
+async def test_a_load_names_every_bad_field_and_needs_role_prices(
     stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub, catalogs: FakeCatalogs
 ) -> None:
-    code, _ = await refusal(stub.LoadPrices(prices_pb2.LoadPricesRequest()))
-    assert code == grpc.StatusCode.UNAUTHENTICATED
+    call = stub.LoadPrices(prices_pb2.LoadPricesRequest(), metadata=metadata("admin"))
+    assert await refusal(call) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PriceCatalogService/LoadPrices needs role prices; credential 'tests-admin' has admin",
+    )
     empty = prices_pb2.LoadPricesRequest(document=" ")
     assert await refusal(stub.LoadPrices(empty, metadata=ADMIN)) == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -105,7 +106,7 @@ async def test_load_list_and_history_map_to_messages(
     )
     assert loaded.revision == 1
     [(doc, replace, dry_run, actor, source)] = catalogs.loads
-    assert (replace, dry_run, actor, source) == (True, False, "tests", "all.csv")
+    assert (replace, dry_run, actor, source) == (True, False, "tests-prices", "all.csv")
     assert doc.models == {"gpt-5": [(T0, PRICE)]}
     listed = await stub.ListPrices(prices_pb2.ListPricesRequest(models=["gpt-5"]))
     assert [(p.model, p.input, p.cache_write) for p in listed.prices] == [
@@ -121,7 +122,7 @@ async def test_load_list_and_history_map_to_messages(
     assert [p.model for p in snapshot.prices] == ["gpt-5"]
     history = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model="gpt-5"))
     assert [(r.revision, r.loaded_by, r.source) for r in history.revisions] == [
-        (1, "tests", "all.csv")
+        (1, "tests-prices", "all.csv")
     ]
     assert all(line.startswith("gpt-5: ") for line in history.revisions[0].changes)
     assert isinstance(catalogs.revisions[0].catalog, PriceCatalog)

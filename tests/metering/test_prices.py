@@ -25,11 +25,11 @@ from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
 from services.metering.stores.catalog import CatalogStore
-from tests.conftest import ADMIN_TOKEN, MeteringWorker
-from tests.helpers import eventually, new_user, produce_usage, usage
+from tests.conftest import PRICES_METADATA, MeteringWorker
+from tests.helpers import TOKENS, channel, eventually, new_user, produce_usage, usage
 
 pytestmark = pytest.mark.infra
-ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+ADMIN = PRICES_METADATA  # the actor "tests-prices"
 if TYPE_CHECKING:
     from quartermaster.v1.prices_pb2_grpc import PriceCatalogServiceAsyncStub as Stub
 
@@ -54,7 +54,7 @@ async def running(infra: Infra, service_env: dict[str, str]) -> AsyncIterator[in
 
 @pytest.fixture
 async def stub(running: int) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running}") as ch:
+    async with channel(f"127.0.0.1:{running}", "reader") as ch:
         yield prices_pb2_grpc.PriceCatalogServiceStub(ch)
 
 
@@ -67,15 +67,17 @@ def load(
     )  # fmt: skip
 
 
-async def test_loading_prices_needs_an_admin_credential_and_a_valid_document(stub: Stub) -> None:
+async def test_loading_prices_needs_role_prices_and_a_valid_document(stub: Stub) -> None:
     doc = catalog_yaml("m-auth", ("2026-01-01T00:00:00Z", 1_000_000))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.LoadPrices(load(doc))
+        await stub.LoadPrices(load(doc), metadata=(("authorization", "Bearer " + "x" * 20),))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.LoadPrices(load(doc), metadata=(("authorization", "Bearer " + "x" * 20),))
+        await stub.LoadPrices(load(doc))  # the channel's reader token
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert info.value.details() == "this credential may not load prices"
+    assert info.value.details() == (
+        "PriceCatalogService/LoadPrices needs role prices; credential 'tests-reader' has reader"
+    )
     empty = prices_pb2.LoadPricesRequest()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.LoadPrices(empty, metadata=ADMIN)
@@ -150,8 +152,8 @@ async def test_a_load_is_a_new_revision_listed_by_time_with_its_history(
     revisions = [(r.revision, r.loaded_by, r.mode, r.source, len(r.changes))
                  for r in history.revisions]  # fmt: skip
     assert revisions == [
-        (first.revision, "tests-admin", "load", "t.yaml", 1),
-        (second.revision, "tests-admin", "load", "t.yaml", 2),
+        (first.revision, "tests-prices", "load", "t.yaml", 1),
+        (second.revision, "tests-prices", "load", "t.yaml", 2),
     ]
     everything = await stub.PriceHistory(prices_pb2.PriceHistoryRequest())
     assert (everything.revisions[0].mode, everything.revisions[0].loaded_by) == ("seed", "seed")
@@ -242,6 +244,7 @@ async def test_the_cli_loads_lists_and_shows_history(running: int, tmp_path: Pat
         f"{model},2026-02-01T00:00:00Z,3000000,300000,3750000,15000000,\n"
     )
     addr = ["--addr", f"127.0.0.1:{running}"]
+    reader = ("--token", TOKENS["reader"])
 
     def run(*argv: str) -> tuple[int, str]:
         out = io.StringIO()
@@ -250,19 +253,23 @@ async def test_the_cli_loads_lists_and_shows_history(running: int, tmp_path: Pat
     code, _ = await asyncio.to_thread(run, "prices", "load", str(path), "--token", "wrong" * 4)
     assert code == 2
     code, out = await asyncio.to_thread(
-        run, "prices", "load", str(path), "--token", ADMIN_TOKEN, "--dry-run"
+        run, "prices", "load", str(path), "--token", TOKENS["prices"], "--dry-run"
     )
     assert (code, out.splitlines()[-1]) == (0, "dry run: 1 change(s), nothing written")
-    code, out = await asyncio.to_thread(run, "prices", "load", str(path), "--token", ADMIN_TOKEN)
+    code, out = await asyncio.to_thread(
+        run, "prices", "load", str(path), "--token", TOKENS["prices"]
+    )
     assert code == 0
     assert out.splitlines()[-1].startswith("revision ")
-    code, out = await asyncio.to_thread(run, "prices", "list", "--model", model, "--format", "csv")
+    code, out = await asyncio.to_thread(
+        run, "prices", "list", "--model", model, "--format", "csv", *reader
+    )
     assert out.splitlines() == [
         "model,effective_from,input,cached_input,cache_write,output,reasoning",
         f"{model},2026-02-01T00:00:00+00:00,3000000,300000,3750000,15000000,15000000",
         "*,,5000000,2500000,5000000,20000000,20000000",
     ]
-    code, out = await asyncio.to_thread(run, "prices", "history", model)
+    code, out = await asyncio.to_thread(run, "prices", "history", model, *reader)
     assert code == 0
-    assert "load by tests-admin at " in out
+    assert "load by tests-prices at " in out
     assert "from more.csv" in out

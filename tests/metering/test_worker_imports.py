@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 API_ONLY = (
-    "quartermaster.credentials",
+    "quartermaster.auth",
     "quartermaster.directory_client",
     "services.metering.cost_servicer",
     "services.metering.price_servicer",

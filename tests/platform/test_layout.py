@@ -36,6 +36,7 @@ DOMAIN_MODULES = {
         "quartermaster.periods",
         "quartermaster.redact",
         "quartermaster.partitioning",
+        "quartermaster.roles",
         "quartermaster.tokens",
         "quartermaster.validation",
         "quartermaster.wire",

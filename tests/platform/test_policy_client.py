@@ -22,6 +22,7 @@ from quartermaster.v1 import policy_pb2
 from services.policy.wiring import RunningPolicy
 from tests.conftest import MeteringWorker
 from tests.helpers import (
+    TOKENS,
     PolicyMethods,
     eventually,
     new_user,
@@ -30,6 +31,7 @@ from tests.helpers import (
     usage,
 )
 
+GATEWAY = TOKENS["gateway"]
 ONE_CREDIT = {"model": "gpt-5", "input_tokens": 400_000, "output_tokens": 50_000}
 
 
@@ -45,7 +47,8 @@ async def test_check_and_check_batch_answer_in_request_order(
 ) -> None:
     spent, fresh = new_user(), new_user()
     produce_usage(infra.kafka_bootstrap, [usage(spent, **ONE_CREDIT) for _ in range(10)])
-    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED) as client:
+    target = f"127.0.0.1:{policy_server.port}"
+    async with PolicyClient(target, fail=FailMode.CLOSED, token=GATEWAY) as client:
 
         async def used() -> int:
             return (await client.check(spent, "chat", "gpt-5")).used_micros
@@ -66,7 +69,8 @@ async def test_reserve_commit_and_release_through_the_client(
     policy_server: RunningPolicy,
 ) -> None:
     user = new_user()
-    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED) as client:
+    target = f"127.0.0.1:{policy_server.port}"
+    async with PolicyClient(target, fail=FailMode.CLOSED, token=GATEWAY) as client:
         made = await client.reserve(user, "chat", "gpt-5", 3_000_000, request_id=f"a-{user}")
         assert made.decision == policy_pb2.DECISION_ALLOW
         assert (bool(made.reservation_id), made.reserved_micros) == (True, 3_000_000)
@@ -92,7 +96,8 @@ async def test_reserve_commit_and_release_through_the_client(
 async def test_bad_requests_raise_naming_the_fields_and_are_not_retried(
     policy_server: RunningPolicy,
 ) -> None:
-    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.OPEN) as client:
+    target = f"127.0.0.1:{policy_server.port}"
+    async with PolicyClient(target, fail=FailMode.OPEN, token=GATEWAY) as client:
         with pytest.raises(PolicyRequestError, match="user_id: must not be empty"):
             await client.check("", "chat", "gpt-5")
         with pytest.raises(PolicyRequestError) as info:
@@ -135,12 +140,15 @@ async def test_when_policy_cannot_be_reached_the_gateways_choice_answers(
 
 @pytest.mark.infra
 async def test_other_errors_are_not_hidden_by_the_fail_mode(policy_server: RunningPolicy) -> None:
-    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.OPEN) as client:
-        # No real method of policy answers UNIMPLEMENTED: point Check at one it lacks.
+    target = f"127.0.0.1:{policy_server.port}"
+    async with PolicyClient(target, fail=FailMode.OPEN, token=GATEWAY) as client:
+        # Point Check at a method policy lacks: refused (deny by default: no role may
+        # call a method the roles table does not name), and raised, not the fail mode.
         client._stub = policy_pb2_grpc_unimplemented(client)  # type: ignore[assignment]
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await client.check("ann", "chat", "gpt-5")
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert client.degraded == 0
 
 
 def policy_pb2_grpc_unimplemented(client: PolicyClient) -> object:

@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from quartermaster.credentials import Credentials
 from quartermaster.periods import PeriodKind
 from quartermaster.v1 import policy_pb2_grpc
 from services.policy.admin_servicer import PolicyAdminServicer
@@ -45,12 +44,11 @@ from services.policy.stores.limits import LimitStore
 from services.policy.stores.reservations import ReservationStore
 from services.policy.totals import TotalsIndex
 from services.policy.wiring import add_servicers
-from tests.helpers import in_process_server
+from tests.helpers import in_process_server, metadata
 
 V = TypeVar("V", bound=Admission)
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
-TOKEN = "unit-admin-token-0123456789"
-ADMIN = (("authorization", f"Bearer {TOKEN}"),)
+ADMIN = metadata("admin")  # the actor "tests-admin"
 
 
 def snapshot() -> Snapshot:
@@ -115,7 +113,7 @@ class FakeReservations(ReservationStore):
 
 
 def _row(**fields: Any) -> dict[str, Any]:
-    return {"updated_by": "unit", "updated_at": NOW, **fields}
+    return {"updated_by": "tests-admin", "updated_at": NOW, **fields}
 
 
 class FakeLimits(LimitStore):
@@ -203,8 +201,7 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
     async def reload() -> None:
         reloads.append(1)
 
-    admin = PolicyAdminServicer(limits, dir_store, ev, Credentials({TOKEN: "unit"}), reload,
-                                clock=lambda: NOW)  # fmt: skip
+    admin = PolicyAdminServicer(limits, dir_store, ev, reload, clock=lambda: NOW)
 
     def add(server: grpc.aio.Server) -> None:
         policy = PolicyServicer(ev, reservations, 600, readiness)

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from quartermaster.grpcserver import MAX_DETAILS_BYTES
 from quartermaster.v1 import policy_pb2
-from tests.conftest import ADMIN_METADATA, Replicas
+from tests.conftest import ADMIN_METADATA, ALL_METADATA, GATEWAY_METADATA, Replicas
 
 pytestmark = pytest.mark.infra
 
@@ -158,8 +158,12 @@ def messages(
 
 
 def credentials() -> st.SearchStrategy[tuple[tuple[str, str], ...]]:
+    """Mostly every role (so calls get past authentication), sometimes one role, none,
+    an unknown token or a malformed header."""
     wrong = (("authorization", "Bearer not-a-token-0123456789"),)
-    return st.sampled_from([ADMIN_METADATA, ADMIN_METADATA, ADMIN_METADATA, (), wrong])
+    odd = (("authorization", "Basic dXNlcjpwYXNz"),)
+    every = [ALL_METADATA] * 4
+    return st.sampled_from([*every, ADMIN_METADATA, GATEWAY_METADATA, (), wrong, odd])
 
 
 @dataclass
@@ -257,4 +261,4 @@ async def test_random_messages_never_get_unknown_or_internal(
 async def test_random_bytes_never_get_unknown_or_internal(
     target: Target, path: str, body: bytes
 ) -> None:
-    await target.send(path, body, ADMIN_METADATA)
+    await target.send(path, body, ALL_METADATA)

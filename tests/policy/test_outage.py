@@ -30,7 +30,8 @@ from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
 from tests.conftest import ADMIN_METADATA, ROOT
-from tests.helpers import eventually, refusal
+from tests.helpers import TOKENS, eventually, refusal
+from tests.helpers import channel as authed_channel
 
 pytestmark = pytest.mark.infra
 DOWN = grpc.StatusCode.UNAVAILABLE
@@ -81,7 +82,7 @@ async def test_with_postgres_down_its_calls_answer_unavailable_and_the_fail_mode
     own_postgres: LocalPostgres, policy_on_it: wiring.RunningPolicy
 ) -> None:
     target = f"127.0.0.1:{policy_on_it.port}"
-    channel = grpc.aio.insecure_channel(target)
+    channel = authed_channel(target, "gateway")
     policy = policy_pb2_grpc.PolicyServiceStub(channel)
     admin = policy_pb2_grpc.PolicyAdminServiceStub(channel)
 
@@ -115,7 +116,9 @@ async def test_with_postgres_down_its_calls_answer_unavailable_and_the_fail_mode
         assert (await policy.Check(check)).decision == policy_pb2.DECISION_ALLOW
 
         for mode, source in ((FailMode.CLOSED, "fail_closed"), (FailMode.OPEN, "fail_open")):
-            async with PolicyClient(target, fail=mode, deadline_s=2.0) as client:
+            async with PolicyClient(
+                target, fail=mode, deadline_s=2.0, token=TOKENS["gateway"]
+            ) as client:
                 got = await client.reserve("ann", "chat", "gpt-5", 1_000, request_id="gw")
                 assert (got.limit_source, got.reservation_id) == (source, "")
                 with pytest.raises(grpc.aio.AioRpcError) as info:

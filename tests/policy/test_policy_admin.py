@@ -20,7 +20,7 @@ import pytest
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy.wiring import RunningPolicy
-from tests.conftest import ADMIN_METADATA, Replicas
+from tests.conftest import ADMIN_METADATA, GATEWAY_METADATA, Replicas
 
 pytestmark = pytest.mark.infra
 
@@ -73,17 +73,19 @@ async def test_admin_calls_need_an_admin_credential(replicas: Replicas) -> None:
     req = policy_pb2.SetDefaultLimitRequest(
         limit_micros=C, period=policy_pb2.PERIOD_MONTH, enforcement=policy_pb2.ENFORCEMENT_HARD
     )
-    with pytest.raises(grpc.aio.AioRpcError) as none:
-        await admin.SetDefaultLimit(req)
-    assert none.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.aio.AioRpcError) as wrong:
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await admin.SetDefaultLimit(
-            req, metadata=(("authorization", "Bearer a-gateway-token-not-an-admin"),)
+            req, metadata=(("authorization", "Bearer a-token-no-one-was-given"),)
         )
+    assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as wrong:
+        await admin.SetDefaultLimit(req, metadata=GATEWAY_METADATA)
     assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as reads:
-        await admin.ExplainLimit(policy_pb2.ExplainLimitRequest(user_id="ann"))
-    assert reads.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await admin.ExplainLimit(
+            policy_pb2.ExplainLimitRequest(user_id="ann"), metadata=GATEWAY_METADATA
+        )
+    assert reads.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await _audit(replicas) == []
 
 

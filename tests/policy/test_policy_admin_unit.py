@@ -17,16 +17,23 @@ from quartermaster.periods import PeriodKind
 from quartermaster.v1 import policy_pb2
 from services.policy.decide import Enforcement
 from services.policy.rules import Rule
+from tests.helpers import metadata
 from tests.policy.inprocess import ADMIN, InProcess, refused
 
 
-async def test_admin_calls_need_a_credential(inproc: InProcess) -> None:
-    err = await refused(inproc.admin.ListLimits(policy_pb2.ListLimitsRequest()))
-    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-    wrong = await refused(inproc.admin.ListLimits(
+async def test_admin_calls_need_a_credential_with_role_admin(inproc: InProcess) -> None:
+    err = await refused(inproc.admin.ListLimits(
         policy_pb2.ListLimitsRequest(), metadata=(("authorization", "Bearer nope"),)
     ))  # fmt: skip
-    assert wrong.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown token"
+    )  # fmt: skip
+    request = policy_pb2.SetDefaultLimitRequest(limit_micros=1)
+    wrong = await refused(inproc.admin.SetDefaultLimit(request, metadata=metadata("reader")))
+    assert (wrong.code(), wrong.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PolicyAdminService/SetDefaultLimit needs role admin; credential 'tests-reader' has reader",
+    )
 
 
 async def test_changes_map_their_input_and_reload_but_reads_do_not(inproc: InProcess) -> None:
@@ -38,10 +45,10 @@ async def test_changes_map_their_input_and_reload_but_reads_do_not(inproc: InPro
         metadata=ADMIN,
     )  # fmt: skip
     assert inproc.limits.calls == [
-        ("group", ("ml", "pool", Rule(5_000_000, PeriodKind.WEEK, Enforcement.SOFT), "unit"))
+        ("group", ("ml", "pool", Rule(5_000_000, PeriodKind.WEEK, Enforcement.SOFT), "tests-admin"))
     ]
     assert (rule.scope, rule.group_id, rule.limit_micros, rule.updated_by) == (
-        "group_pool", "ml", 5_000_000, "unit",
+        "group_pool", "ml", 5_000_000, "tests-admin",
     )  # fmt: skip
     assert (rule.period, rule.enforcement) == (policy_pb2.PERIOD_WEEK, policy_pb2.ENFORCEMENT_SOFT)
     assert len(inproc.reloads) == 1
@@ -103,7 +110,7 @@ async def test_override_input_maps_to_the_domain(inproc: InProcess) -> None:
     assert (override.additive, override.micros, override.period, override.reason) == (
         True, 2_000_000, None, "launch",
     )  # fmt: skip
-    assert (override.granted_by, actor) == ("unit", "unit")
+    assert (override.granted_by, actor) == ("tests-admin", "tests-admin")
     assert (got.user_id, got.additive, got.review_at.seconds > 0) == ("ann", True, True)
 
 

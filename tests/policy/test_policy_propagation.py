@@ -7,7 +7,6 @@ import json
 import uuid
 
 import asyncpg
-import grpc
 import pytest
 
 from devtools.localinfra.stack import Infra
@@ -17,6 +16,7 @@ from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
+from tests.helpers import channel
 
 pytestmark = pytest.mark.infra
 
@@ -38,7 +38,7 @@ async def test_a_new_default_shows_on_two_replicas_long_before_their_poll(
         async def limits() -> list[int]:
             out = []
             for r in replicas:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{r.port}") as ch:
+                async with channel(f"127.0.0.1:{r.port}", "reader") as ch:
                     stub = policy_pb2_grpc.PolicyServiceStub(ch)
                     b = await stub.GetBudget(policy_pb2.GetBudgetRequest(user_id="x"))
                     out.append(b.limit_micros)

@@ -25,8 +25,14 @@ from quartermaster.grpcserver import MAX_DETAILS_BYTES
 from quartermaster.policy_client import FailMode, PolicyClient, PolicyRequestError
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy.wiring import RunningPolicy
-from tests.conftest import ADMIN_METADATA, TEST_LIMIT_CREDITS
-from tests.helpers import new_user, refusal
+from tests.conftest import (
+    ADMIN_METADATA,
+    ALL_METADATA,
+    GATEWAY_METADATA,
+    READER_METADATA,
+    TEST_LIMIT_CREDITS,
+)
+from tests.helpers import TOKENS, channel, new_user, refusal
 
 pytestmark = pytest.mark.infra
 
@@ -49,8 +55,8 @@ class Stubs:
 
 @pytest.fixture
 async def stubs(policy_server: RunningPolicy) -> AsyncIterator[Stubs]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{policy_server.port}") as channel:
-        yield Stubs(policy_server, channel)
+    async with channel(f"127.0.0.1:{policy_server.port}") as ch:
+        yield Stubs(policy_server, ch)
 
 
 def check(user: str, estimated: int = 0, **fields: Any) -> policy_pb2.CheckRequest:
@@ -68,7 +74,9 @@ async def test_a_batch_of_many_bad_checks_is_refused_in_one_bounded_message(
 ) -> None:
     user = new_user()
     batch = [check(user, LIMIT + 1)] + [check("", -1) for _ in range(440)]
-    async with PolicyClient(f"127.0.0.1:{stubs.port}", fail=FailMode.OPEN) as client:
+    async with PolicyClient(
+        f"127.0.0.1:{stubs.port}", fail=FailMode.OPEN, token=TOKENS["gateway"]
+    ) as client:
         with pytest.raises(PolicyRequestError) as info:
             await client.check_batch(batch)
         assert client.degraded == 0, "a refused batch is not an outage"
@@ -112,7 +120,9 @@ async def test_a_request_past_grpc_size_limit_is_refused_not_allowed(stubs: Stub
     """Sent, it is refused RESOURCE_EXHAUSTED (or meets the deadline while it is being
     sent, which a fail-open client would allow): the client refuses it unsent."""
     huge = [check("u" * 5000)] * 1000  # 5 MB: past gRPC's 4 MB default
-    async with PolicyClient(f"127.0.0.1:{stubs.port}", fail=FailMode.OPEN) as client:
+    async with PolicyClient(
+        f"127.0.0.1:{stubs.port}", fail=FailMode.OPEN, token=TOKENS["gateway"]
+    ) as client:
         with pytest.raises(
             PolicyRequestError, match="request: 5019000 bytes, more than the 4194304"
         ):
@@ -200,7 +210,7 @@ async def test_every_amount_ttl_and_time_is_bounded_naming_the_field(
     stubs: Stubs, service: str, method: str, request_: Any, problem: str
 ) -> None:
     stub = stubs.policy if service == "policy" else stubs.admin
-    code, details = await refusal(getattr(stub, method)(request_, metadata=ADMIN_METADATA))
+    code, details = await refusal(getattr(stub, method)(request_, metadata=ALL_METADATA))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert problem in details.split("; "), details
 
@@ -245,7 +255,7 @@ NULS: list[tuple[str, str, Any, str]] = [
 async def test_a_nul_anywhere_is_refused_naming_the_field(
     stubs: Stubs, service: str, method: str, request_: Any, field: str
 ) -> None:
-    call = getattr(getattr(stubs, service), method)(request_, metadata=ADMIN_METADATA)
+    call = getattr(getattr(stubs, service), method)(request_, metadata=ALL_METADATA)
     code, details = await refusal(call)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith(f"{field}: must "), details
@@ -278,20 +288,27 @@ BAD_UTF8: list[tuple[str, bytes, str]] = [
 async def test_bytes_protobuf_cannot_parse_are_refused_naming_the_field(
     stubs: Stubs, method: str, body: bytes, problem: str
 ) -> None:
-    call = _raw(stubs.channel, f"/quartermaster.v1.{method}")(body, metadata=ADMIN_METADATA)
+    call = _raw(stubs.channel, f"/quartermaster.v1.{method}")(body, metadata=ALL_METADATA)
     assert await refusal(call) == (grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
 async def test_a_refused_credential_hears_what_the_call_needed(stubs: Stubs) -> None:
-    admin, wrong = stubs.admin, (("authorization", f"Bearer {uuid.uuid4().hex}"),)
+    admin, gateway = stubs.admin, GATEWAY_METADATA
     calls: list[tuple[Awaitable[object], str]] = [
-        (admin.ListLimits(policy_pb2.ListLimitsRequest(), metadata=wrong), "list limits"),
-        (admin.ExplainLimit(policy_pb2.ExplainLimitRequest(user_id="a"), metadata=wrong),
-         "explain limits"),
-        (admin.SetDefaultLimit(policy_pb2.SetDefaultLimitRequest(), metadata=wrong),
-         "change policy"),
+        (admin.ListLimits(policy_pb2.ListLimitsRequest(), metadata=gateway),
+         "PolicyAdminService/ListLimits needs role admin or reader"),
+        (admin.ExplainLimit(policy_pb2.ExplainLimitRequest(user_id="a"), metadata=gateway),
+         "PolicyAdminService/ExplainLimit needs role admin or reader"),
+        (admin.SetDefaultLimit(policy_pb2.SetDefaultLimitRequest(), metadata=READER_METADATA),
+         "PolicyAdminService/SetDefaultLimit needs role admin"),
+        (stubs.policy.Check(policy_pb2.CheckRequest(), metadata=READER_METADATA),
+         "PolicyService/Check needs role gateway"),
     ]  # fmt: skip
     for call, needed in calls:
-        assert await refusal(call) == (
-            grpc.StatusCode.PERMISSION_DENIED, f"this credential may not {needed}",
-        )  # fmt: skip
+        code, details = await refusal(call)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert details.startswith(f"{needed}; credential 'tests-")
+    unknown = (("authorization", f"Bearer {uuid.uuid4().hex}"),)
+    assert await refusal(admin.ListLimits(policy_pb2.ListLimitsRequest(), metadata=unknown)) == (
+        grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown token",
+    )  # fmt: skip

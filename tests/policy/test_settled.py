@@ -18,7 +18,7 @@ import pytest
 from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.v1 import policy_pb2
 from services.policy.wiring import RunningPolicy
-from tests.helpers import new_user, refusal
+from tests.helpers import TOKENS, new_user, refusal
 
 pytestmark = pytest.mark.infra
 FINAL = grpc.StatusCode.FAILED_PRECONDITION
@@ -26,7 +26,9 @@ FINAL = grpc.StatusCode.FAILED_PRECONDITION
 
 @pytest.fixture
 async def client(policy_server: RunningPolicy) -> AsyncIterator[PolicyClient]:
-    async with PolicyClient(f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED) as c:
+    async with PolicyClient(
+        f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED, token=TOKENS["gateway"]
+    ) as c:
         yield c
 
 
@@ -47,7 +49,9 @@ async def test_release_after_commit_is_refused_and_the_spend_stays_counted(
     user = new_user()
     rid = await _reserved(client, user)
     await client.commit(rid, 2_000_000)
-    release = client._stub.Release(policy_pb2.ReleaseRequest(reservation_id=rid))
+    release = client._stub.Release(
+        policy_pb2.ReleaseRequest(reservation_id=rid), metadata=client._metadata
+    )
     assert await refusal(release) == (
         FINAL, f"reservation_id: {rid!r} is already committed (actual_micros=2000000);"
         " a settled reservation is final",
@@ -65,7 +69,9 @@ async def test_a_second_commit_is_refused_and_the_same_one_answers_the_same(
     first = await client.commit(rid, 2_000_000)
     again = await client.commit(rid, 2_000_000)  # a retry whose answer was lost
     assert again == first
-    other = client._stub.Commit(policy_pb2.CommitRequest(reservation_id=rid, actual_micros=5))
+    other = client._stub.Commit(
+        policy_pb2.CommitRequest(reservation_id=rid, actual_micros=5), metadata=client._metadata
+    )
     assert await refusal(other) == (
         FINAL, f"reservation_id: {rid!r} is already committed (actual_micros=2000000);"
         " a settled reservation is final",
@@ -80,8 +86,12 @@ async def test_commit_after_release_and_release_twice_are_refused(client: Policy
     assert released is not None
     assert released.released
     for call in (
-        client._stub.Commit(policy_pb2.CommitRequest(reservation_id=rid, actual_micros=1)),
-        client._stub.Release(policy_pb2.ReleaseRequest(reservation_id=rid)),
+        client._stub.Commit(
+            policy_pb2.CommitRequest(reservation_id=rid, actual_micros=1), metadata=client._metadata
+        ),
+        client._stub.Release(
+            policy_pb2.ReleaseRequest(reservation_id=rid), metadata=client._metadata
+        ),
     ):
         assert await refusal(call) == (
             FINAL, f"reservation_id: {rid!r} is already released; a settled reservation is final"
@@ -95,7 +105,9 @@ async def test_an_expired_reservation_is_final_too(client: PolicyClient) -> None
     rid = await _reserved(client, user, ttl=1)
     await asyncio.sleep(1.2)
     code, details = await refusal(
-        client._stub.Commit(policy_pb2.CommitRequest(reservation_id=rid, actual_micros=1))
+        client._stub.Commit(
+            policy_pb2.CommitRequest(reservation_id=rid, actual_micros=1), metadata=client._metadata
+        )
     )
     assert code == FINAL
     assert details.startswith(f"reservation_id: {rid!r} is already expired (at ")

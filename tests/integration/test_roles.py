@@ -1,0 +1,116 @@
+"""Every RPC of every service against the real servers (the session's policy server and
+a Cost API on the session's PostgreSQL): without a credential UNAUTHENTICATED, with a
+credential lacking the role PERMISSION_DENIED naming what the call needed, with each
+role the table allows not refused. Health and reflection answer without one. And the
+clients: a fail-open PolicyClient with a refused token raises, never allows.
+
+Calls carry an empty request: the ones let through are refused by validation or
+answer for nobody, so no test's data changes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devtools.localinfra.stack import Infra
+from quartermaster import roles
+from quartermaster.directory_client import DirectoryClient, DirectoryUnavailable
+from quartermaster.policy_client import FailMode, PolicyClient
+from quartermaster.tokens import ROLES
+from services.metering import api
+from services.metering.settings import MeteringSettings
+from services.policy.wiring import RunningPolicy
+from tests.helpers import TOKENS, metadata, refusal
+
+pytestmark = pytest.mark.infra
+REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# Answers that would mean the call never reached its servicer properly.
+NEVER = REFUSED | {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+METERING = ("UsageService", "PriceCatalogService")
+
+
+@pytest.fixture
+async def addresses(
+    infra: Infra, service_env: dict[str, str], policy_server: RunningPolicy
+) -> AsyncIterator[dict[str, str]]:
+    """service name → address of the real server that serves it."""
+    running = await api.start(MeteringSettings.from_env(service_env), addr="127.0.0.1:0")
+    try:
+        policy, metering = f"127.0.0.1:{policy_server.port}", f"127.0.0.1:{running.served.port}"
+        services = {roles.short(m).split("/")[0] for m in roles.METHOD_ROLES}
+        yield {s: metering if s in METERING else policy for s in services}
+    finally:
+        await running.stop(1)
+
+
+async def _status(
+    target: str, method: str, md: tuple[tuple[str, str], ...]
+) -> tuple[grpc.StatusCode, str]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        try:
+            await ch.unary_unary(method, None, None)(b"", metadata=md, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize("method", sorted(roles.METHOD_ROLES), ids=roles.short)
+async def test_every_method_needs_a_credential_with_its_role(
+    addresses: dict[str, str], method: str
+) -> None:
+    target = addresses[roles.short(method).split("/")[0]]
+    allowed = roles.METHOD_ROLES[method]
+    code, said = await _status(target, method, ())
+    assert code == grpc.StatusCode.UNAUTHENTICATED, said
+    assert said.startswith(f"{roles.short(method)} needs a credential")
+    for role in ROLES:
+        code, said = await _status(target, method, metadata(role))
+        if role in allowed:
+            assert code not in NEVER, (role, code, said)
+        else:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (role, code, said)
+            needed = " or ".join(sorted(allowed))
+            who = f"credential 'tests-{role}' has {role}"
+            assert said == f"{roles.short(method)} needs role {needed}; {who}"
+
+
+async def test_health_and_reflection_answer_without_a_credential(
+    addresses: dict[str, str],
+) -> None:
+    for target in set(addresses.values()):
+        async with grpc.aio.insecure_channel(target) as ch:
+            answer = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_fail_open_client_with_a_refused_token_raises_and_never_allows(
+    policy_server: RunningPolicy,
+) -> None:
+    target = f"127.0.0.1:{policy_server.port}"
+    for token, code in (
+        ("", grpc.StatusCode.UNAUTHENTICATED),
+        ("an-unknown-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),
+        (TOKENS["reader"], grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        async with PolicyClient(target, fail=FailMode.OPEN, token=token) as client:
+            assert (await refusal(client.check("ann", "chat", "gpt-5")))[0] == code
+            assert (await refusal(client.check_batch([])))[0] == code
+            assert client.degraded == 0
+    async with PolicyClient(target, fail=FailMode.OPEN, token=TOKENS["gateway"]) as client:
+        verdict = await client.check("ann", "chat", "gpt-5")
+        assert verdict.limit_source != "fail_open"
+
+
+async def test_a_directory_client_sends_its_token(policy_server: RunningPolicy) -> None:
+    target = f"127.0.0.1:{policy_server.port}"
+    async with DirectoryClient(target, token=TOKENS["reader"]) as directory:
+        assert isinstance(await directory.group_members([]), dict)
+    async with DirectoryClient(target, token=TOKENS["gateway"]) as directory:
+        with pytest.raises(
+            DirectoryUnavailable,
+            match="PERMISSION_DENIED: DirectoryService/GroupMembers needs role admin or reader",
+        ):
+            await directory.group_members([])
