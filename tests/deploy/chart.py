@@ -43,6 +43,9 @@ CHART_OWNED = frozenset(
 SECRET_NAME = re.compile(r"(TOKENS?|SECRET|PASSWORD|KEY)$")
 # Which Deployments run a service's code (its settings reach at least one of them).
 PROCESSES = {"metering": ("metering", "cost-api"), "policy": ("policy",)}
+# Services that exist in the code but not yet in the chart, and why: named here, so a
+# new service is a decision, not a silent gap (a service in neither list fails).
+NOT_IN_CHART = {"requests": "its gRPC servicer is not built yet (issue 15); issue 17 adds it"}
 
 
 def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:
@@ -55,6 +58,9 @@ def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:
 def service_settings() -> Iterator[tuple[str, str]]:
     """(service, variable) for every setting of every service's settings classes."""
     for service, cls in settings_classes():
+        if service in NOT_IN_CHART:
+            continue
+        assert service in PROCESSES, f"{service}: neither deployed by the chart nor NOT_IN_CHART"
         for field, info in cls.model_fields.items():
             yield service, env_name(cls, field, info)
 
