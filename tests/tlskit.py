@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
 from quartermaster.wire import timestamp
+from tests.helpers import metadata
 
 # What the server certificates are issued for: the address the tests dial.
 SERVER_NAMES = ("127.0.0.1", "localhost")
@@ -79,7 +80,7 @@ async def check(channel: grpc.aio.Channel, user_id: str = "ann") -> policy_pb2.C
     """PolicyService.Check over `channel` (raises grpc.aio.AioRpcError when refused)."""
     stub = policy_pb2_grpc.PolicyServiceStub(channel)
     request = policy_pb2.CheckRequest(user_id=user_id, product="chat", model="gpt-5")
-    return await stub.Check(request, timeout=10)
+    return await stub.Check(request, timeout=10, metadata=metadata("gateway"))
 
 
 async def health(channel: grpc.aio.Channel) -> str:
@@ -103,4 +104,4 @@ async def usage_of_groups(
         group_by=[cost_pb2.DIMENSION_USER],
         granularity=cost_pb2.GRANULARITY_TOTAL,
     )
-    return await stub.QueryUsage(request, timeout=10)
+    return await stub.QueryUsage(request, timeout=10, metadata=metadata("reader"))

@@ -27,7 +27,7 @@ from quartermaster.v1 import policy_pb2
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
 from tests.conftest import Replicas
-from tests.helpers import refusal
+from tests.helpers import TOKENS, refusal
 from tests.tlskit import Pki, check, health, make_pki, usage_of_groups
 
 pytestmark = pytest.mark.infra
@@ -65,7 +65,9 @@ async def test_policy_over_tls_answers_clients_that_trust_its_ca(
     async with open_channel(target, client_tls(pki.client_env())) as channel:
         assert (await check(channel)).decision == ALLOW
         assert await health(channel) == "SERVING"
-    async with PolicyClient(target, fail=FailMode.CLOSED, tls=client_tls(pki.client_env())) as pc:
+    async with PolicyClient(
+        target, fail=FailMode.CLOSED, token=TOKENS["gateway"], tls=client_tls(pki.client_env())
+    ) as pc:
         answer = await pc.check("ann", "chat", "gpt-5")
         assert (answer.decision, pc.degraded) == (ALLOW, 0)
 
@@ -89,7 +91,9 @@ async def test_a_client_that_does_not_trust_the_ca_meets_unavailable_and_its_fai
     assert (await refused(target, ClientTls()))[0] == DOWN  # gRPC's default roots
 
     for mode, source in ((FailMode.OPEN, "fail_open"), (FailMode.CLOSED, "fail_closed")):
-        async with PolicyClient(target, fail=mode, deadline_s=2.0, tls=strangers) as pc:
+        async with PolicyClient(
+            target, fail=mode, deadline_s=2.0, token=TOKENS["gateway"], tls=strangers
+        ) as pc:
             answer = await pc.check("ann", "chat", "gpt-5")
             assert answer.limit_source == source
             assert "policy unreachable (UNAVAILABLE" in answer.reason
@@ -109,7 +113,9 @@ async def test_mutual_tls_policy_answers_only_clients_with_a_certificate_of_its_
     async with open_channel(target, gateway) as channel:
         assert (await check(channel)).decision == ALLOW
         assert await health(channel) == "SERVING"
-    async with PolicyClient(target, fail=FailMode.CLOSED, tls=gateway) as pc:
+    async with PolicyClient(
+        target, fail=FailMode.CLOSED, token=TOKENS["gateway"], tls=gateway
+    ) as pc:
         assert (await pc.check("ann", "chat", "gpt-5")).decision == ALLOW
 
 
@@ -176,6 +182,7 @@ async def test_the_metering_cli_uses_the_tls_settings(
     argv = ["--addr", cost_api, "top", "--from", "2026-01-01", "--to", "2026-01-02"]
     for name, value in pki.client_env(with_cert=True).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("QM_TOKEN", TOKENS["reader"])
     assert await asyncio.to_thread(cli.main, argv, io.StringIO()) == 0
     monkeypatch.delenv("QM_TLS_CLIENT_CERT_FILE")
     monkeypatch.delenv("QM_TLS_CLIENT_KEY_FILE")
