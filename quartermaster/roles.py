@@ -77,6 +77,21 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
             "PriceHistory": (READER, ADMIN, PRICES),
         },
     ),
+    # Defined, not served yet: admins only until the requests servicer (issue 15) gives
+    # people their own identities (a trusted service acting for a person).
+    **_service(
+        "RequestService",
+        {
+            "Create": (ADMIN,),
+            "Get": (ADMIN,),
+            "Cancel": (ADMIN,),
+            "Decide": (ADMIN,),
+            "Revoke": (ADMIN,),
+            "ListMine": (ADMIN,),
+            "ListAwaitingMe": (ADMIN,),
+            "ListAll": (ADMIN,),
+        },
+    ),
 }
 """gRPC method path (`/package.Service/Method`, as a server sees it) → roles that may
 call it (any one of them suffices)."""
