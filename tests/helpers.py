@@ -7,7 +7,7 @@ import asyncio
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -62,12 +62,18 @@ class _DefaultCredential(_Interceptor):
         return await continuation(client_call_details, request)
 
 
-def channel(target: str, role: str = "all") -> grpc.aio.Channel:
+def channel(
+    target: str, role: str = "all", options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
     """A channel to `target` whose calls present the tests' token for `role` unless a
     call gives its own `authorization` metadata."""
     # grpc-stubs type the interceptor list for stubs, not interceptors like this one
     interceptors = [_DefaultCredential(TOKENS[role])]
-    return grpc.aio.insecure_channel(target, interceptors=interceptors)  # type: ignore[arg-type]
+    return grpc.aio.insecure_channel(
+        target,
+        options=list(options),
+        interceptors=interceptors,  # type: ignore[arg-type]
+    )
 
 
 def new_user() -> str:

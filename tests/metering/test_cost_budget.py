@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, available_timezones
 
 import asyncpg
-import grpc
 import pytest
 
 from devtools.discovery import migration_dirs
@@ -48,6 +47,7 @@ from services.metering.stores.counting import CountingStore
 from services.metering.stores.rollups import RollupStore
 from services.metering.stores.usage import UsageStore
 from tests.conftest import MeteringWorker
+from tests.helpers import channel as credentialed_channel
 from tests.helpers import eventually, new_user, produce_usage, usage
 from tests.metering.test_aggregate import HDR, PARTITIONS
 
@@ -201,7 +201,7 @@ async def kolkata(
     env = {**service_env, "QM_WORKSPACE_TIMEZONE": "Asia/Kolkata", "QM_DATABASE_URL": fresh_db}
     running = await api.start(MeteringSettings.from_env(env), addr="127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+        async with credentialed_channel(f"127.0.0.1:{running.served.port}") as ch:
             yield cost_pb2_grpc.UsageServiceStub(ch)
     finally:
         await running.stop(1)
@@ -272,7 +272,7 @@ async def test_right_after_counting_the_cost_api_agrees_with_get_budget(
         return int((await policy.GetBudget(policy_pb2.GetBudgetRequest(user_id=user))).used_micros)
 
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.served.port}") as ch:
+        async with credentialed_channel(f"127.0.0.1:{running.served.port}") as ch:
             stub = cost_pb2_grpc.UsageServiceStub(ch)
 
             async def answers() -> tuple[int, int, int]:

@@ -43,6 +43,7 @@ from services.policy.settings import PolicySettings
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
 from tests.conftest import PARTITIONS, ROOT
+from tests.helpers import channel as credentialed_channel
 from tests.helpers import eventually, new_user, produce
 
 pytestmark = pytest.mark.infra
@@ -88,7 +89,7 @@ async def _workspace(database_url: str, limit_micros: int) -> str:
 
 
 async def _health(port: int) -> int:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with credentialed_channel(f"127.0.0.1:{port}") as channel:
         got = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         return int(got.status)
 
@@ -149,7 +150,7 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
         # or more after a refused connection, past the moment this test is about).
         fast = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 50),
                 ("grpc.min_reconnect_backoff_ms", 20)]  # fmt: skip
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=fast) as channel:
+        async with credentialed_channel(f"127.0.0.1:{port}", options=fast) as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
             streak = {over: 0, pooled: 0}
 
@@ -239,8 +240,8 @@ async def test_after_postgres_restarts_a_hold_on_one_replica_shows_on_the_other_
     a, b = two_replicas
     user = new_user()
     async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch_a,
-        grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as ch_b,
+        credentialed_channel(f"127.0.0.1:{a.port}") as ch_a,
+        credentialed_channel(f"127.0.0.1:{b.port}") as ch_b,
     ):
         on_a, on_b = (
             policy_pb2_grpc.PolicyServiceStub(ch_a),
@@ -296,7 +297,7 @@ async def test_after_the_broker_restarts_empty_policy_stops_answering_from_stale
     running = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
     try:
         await asyncio.wait_for(running.serving.wait(), 60)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with credentialed_channel(f"127.0.0.1:{running.port}") as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
             got = await _call(stub, "Check", _check(over))
             assert (got.decision, got.used_micros) == (DENY, 30 * CREDIT)  # type: ignore[attr-defined]

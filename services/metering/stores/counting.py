@@ -23,6 +23,16 @@ from services.metering.state import PartitionState, Rollup, RollupKey, Total, To
 from services.metering.stores.rollups import RollupStore, split_picos
 
 
+def total_of(row: asyncpg.Record) -> Total:
+    """A `metering.totals` row as a Total: its exact picos are the rounded-down micros
+    column and the remainder column together."""
+    return Total(
+        row["workspace_id"], row["period_start"], row["period_end"],
+        row["used_micros"] * PICOS_PER_MICRO + row["picos_remainder"],
+        row["event_count"], row["fallback_count"],
+    )  # fmt: skip
+
+
 class CountingStore:
     """One consumer's (`consumer`, `topic`) offsets, totals and seen ids."""
 
@@ -73,14 +83,7 @@ class CountingStore:
             kinds,
             periods,
         )
-        return {
-            (r["subject_id"], r["period_kind"], r["period_key"]): Total(
-                r["workspace_id"], r["period_start"], r["period_end"],
-                r["used_micros"] * PICOS_PER_MICRO + r["picos_remainder"],
-                r["event_count"], r["fallback_count"],
-            )
-            for r in rows
-        }  # fmt: skip
+        return {(r["subject_id"], r["period_kind"], r["period_key"]): total_of(r) for r in rows}
 
     async def commit(
         self,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.metering.state import Total, TotalKey
+from services.metering.stores.counting import total_of
 from services.metering.topic_check import Observed, Stored, TopicMark
 
 
@@ -129,13 +130,9 @@ async def _open_totals(conn: asyncpg.Connection, now: datetime) -> dict[TotalKey
     rows = await conn.fetch(
         "SELECT * FROM metering.totals WHERE subject_kind = 'user' AND period_end > $1", now
     )
-    return {
-        (r["subject_id"], r["period_kind"], r["period_key"]): Total(
-            r["workspace_id"], r["period_start"], r["period_end"],
-            r["used_micros"], r["event_count"], r["fallback_count"],
-        )
-        for r in rows
-    }  # fmt: skip
+    # total_of reads the exact amount (micros and the picos remainder): the micros
+    # column alone, taken as picos, republished every total as 0
+    return {(r["subject_id"], r["period_kind"], r["period_key"]): total_of(r) for r in rows}
 
 
 async def _offsets(
