@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import uuid
@@ -35,21 +34,6 @@ from tests.metering.test_metering import EVENT_MICROS
 
 pytestmark = pytest.mark.infra
 REFUSAL = "metering refuses to count qm.usage.v1: qm.usage.v1 was recreated"
-
-
-@pytest.fixture
-def own_broker(infra: Infra) -> Iterator[LocalBroker]:
-    """A broker of this test's own with every topic created; stopped afterwards."""
-    root = ROOT / ".run" / f"test-{os.getpid()}-broker-{uuid.uuid4().hex[:6]}"
-    root.mkdir(parents=True)
-    broker = LocalBroker(root, free_port())
-    try:
-        broker.start()
-        ensure_topics(broker.bootstrap, PARTITIONS)
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 class Worker:

@@ -6,39 +6,19 @@ A broker of the test's own, since it is restarted.
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import KafkaException
 
-from devtools.localinfra import free_port
 from devtools.localinfra.broker import LocalBroker
-from devtools.localinfra.stack import Infra
 from quartermaster.consumers import ReplayConsumer
 from quartermaster.kafka import ensure_topics
 from quartermaster.topics import Topic
-from tests.conftest import ROOT
 from tests.helpers import produce
 
 pytestmark = pytest.mark.infra
 TOPIC = Topic.USAGE_TOTALS.value
-
-
-@pytest.fixture
-def own_broker(infra: Infra) -> Iterator[LocalBroker]:
-    root = ROOT / ".run" / f"test-replay-broker-{uuid.uuid4().hex[:6]}"
-    root.mkdir(parents=True)
-    broker = LocalBroker(root, free_port())
-    try:
-        broker.start()
-        ensure_topics(broker.bootstrap, 3)
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _read_to_end(consumer: ReplayConsumer) -> int:

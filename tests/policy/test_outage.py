@@ -10,45 +10,26 @@ broker, then starts it again.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
 
-from devtools.discovery import migration_dirs
-from devtools.localinfra import free_port
 from devtools.localinfra.postgres import LocalPostgres
-from devtools.localinfra.stack import Infra
-from quartermaster.db import connect_pool, migrate
+from quartermaster.db import connect_pool
 from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
-from tests.conftest import ADMIN_METADATA, ROOT
+from tests.conftest import ADMIN_METADATA
 from tests.helpers import TOKENS, eventually, refusal
 from tests.helpers import channel as authed_channel
 
 pytestmark = pytest.mark.infra
 DOWN = grpc.StatusCode.UNAVAILABLE
-
-
-@pytest.fixture
-def own_postgres(infra: Infra) -> Iterator[LocalPostgres]:
-    """A PostgreSQL of this test's own, migrated; stopped and removed afterwards."""
-    root = ROOT / ".run" / f"test-{os.getpid()}-pg-down-{uuid.uuid4().hex[:6]}"
-    pg = LocalPostgres(root, free_port(), durable=False, fresh=True)
-    try:
-        pg.start()
-        migrate(pg.url, migration_dirs())
-        yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,14 +19,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devtools.discovery import migration_dirs
 from devtools.localinfra import free_port
 from devtools.localinfra.broker import LocalBroker
 from devtools.localinfra.postgres import LocalPostgres
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra
-from quartermaster.db import connect_pool, migrate
-from quartermaster.kafka import ensure_topics
+from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.periods import PeriodKind
 from quartermaster.topics import Topic
@@ -42,7 +38,7 @@ from services.policy.rules import Rule
 from services.policy.settings import PolicySettings
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
-from tests.conftest import PARTITIONS, ROOT
+from tests.conftest import ROOT
 from tests.helpers import channel as credentialed_channel
 from tests.helpers import eventually, new_user, produce
 
@@ -99,20 +95,6 @@ async def _health(port: int) -> int:
 # Other users' totals ahead of the ones checked, so a restarted replica takes a moment
 # to reach them (as with a real workspace's totals) on a broker of the test's own.
 FILLER = 60_000
-
-
-@pytest.fixture
-def own_broker(infra: Infra) -> Iterator[LocalBroker]:
-    root = ROOT / ".run" / f"test-{os.getpid()}-broker-{uuid.uuid4().hex[:6]}"
-    root.mkdir(parents=True)
-    broker = LocalBroker(root, free_port())
-    try:
-        broker.start()
-        ensure_topics(broker.bootstrap, PARTITIONS)
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_allow(
@@ -198,20 +180,6 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
 
 
 # -- (b) PostgreSQL restarted under two replicas ----------------------------------------
-
-
-@pytest.fixture
-def own_postgres(infra: Infra) -> Iterator[LocalPostgres]:
-    """A PostgreSQL of this test's own, migrated; stopped and removed afterwards."""
-    root = ROOT / ".run" / f"test-{os.getpid()}-pg-listen-{uuid.uuid4().hex[:6]}"
-    pg = LocalPostgres(root, free_port(), durable=False, fresh=True)
-    try:
-        pg.start()
-        migrate(pg.url, migration_dirs())
-        yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
