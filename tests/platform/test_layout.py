@@ -51,6 +51,9 @@ DOMAIN_MODULES = {
         "services.metering.pricing",
         "services.metering.topic_check",
     ],
+    "notifier": [
+        "services.notifier.channel",
+    ],
     "policy": [
         "services.policy.decide",
         "services.policy.evaluator",

@@ -1,0 +1,1 @@
+"""The notifier: intents and request events in, Slack / e-mail / webhook messages out."""
