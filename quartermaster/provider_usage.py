@@ -1,18 +1,24 @@
 """From providers' usage objects to `UsageEvent`, exactly as they bill, however the call ended.
 
-- OpenAI Chat Completions: `usage.prompt_tokens` (cached ones included, detailed in
-  `prompt_tokens_details.cached_tokens`) and `completion_tokens` (reasoning included,
-  `completion_tokens_details.reasoning_tokens`). A streamed completion carries its
-  usage only on the final chunk, and only with `stream_options={"include_usage":
-  True}`: `from_openai_chat_stream` refuses a stream without it rather than record
-  a free call. `finish_reason` "length" or "content_filter" is an INCOMPLETE ending.
+- OpenAI Chat Completions: `usage.prompt_tokens` (cached and audio ones included,
+  detailed in `prompt_tokens_details.cached_tokens` / `.audio_tokens`) and
+  `completion_tokens` (reasoning and audio included, `completion_tokens_details.
+  reasoning_tokens` / `.audio_tokens`); `service_tier` "flex" or "priority" (what the
+  call ran on; "default", "auto" and "scale" are standard). A streamed completion
+  carries its usage only on the final chunk, and only with `stream_options=
+  {"include_usage": True}`: `from_openai_chat_stream` refuses a stream without it
+  rather than record a free call. `finish_reason` "length" or "content_filter" is an
+  INCOMPLETE ending.
 - OpenAI Responses: `usage.input_tokens` / `input_tokens_details.cached_tokens`,
   `output_tokens` / `output_tokens_details.reasoning_tokens`; streamed, on the
   terminal event's `response.usage`: `response.completed`, `response.incomplete`
   (stopped at `max_output_tokens` or by a content filter, billed for what it
   produced) or `response.failed` (billed when it carries usage).
 - Anthropic Messages: `usage.input_tokens` counts only uncached input;
-  `cache_read_input_tokens` and `cache_creation_input_tokens` come on top. Streamed,
+  `cache_read_input_tokens` and `cache_creation_input_tokens` come on top, the latter
+  split by how long the cache keeps them in `usage.cache_creation`
+  (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`: 1.25x and 2x input);
+  `usage.service_tier` "standard", "priority" or "batch". Streamed,
   `message_start` carries the input side and each `message_delta` the cumulative
   output so far; a stream without `message_stop` (a dropped connection, an `error`
   event such as `overloaded_error`) is recorded with what it showed, CUT_OFF.
@@ -21,6 +27,11 @@
 
 Sources: OpenAI's API reference (Chat Completions `usage` and `stream_options`;
 Responses streaming events), Anthropic's Messages API and streaming reference.
+
+A call made through a batch API (OpenAI Batch, whose result lines carry a plain
+completion) is told by the caller: `service_tier=BATCH`; the keyword overrides what the
+response says. Audio read from the prompt cache (OpenAI Realtime) is priced as cached
+input: the catalog has no cached-audio class.
 
 Each event's `ending` (UsageEvent.CallEnding) says how the call ended; its tokens are
 priced the same either way. Only what carries no usage at all is refused
@@ -41,7 +52,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from quartermaster.v1.usage_pb2 import CallEnding, UsageEvent
+from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH
 from quartermaster.wire import timestamp
 
@@ -49,6 +60,12 @@ COMPLETED = CallEnding.CALL_ENDING_COMPLETED
 INCOMPLETE = CallEnding.CALL_ENDING_INCOMPLETE
 FAILED = CallEnding.CALL_ENDING_FAILED
 CUT_OFF = CallEnding.CALL_ENDING_CUT_OFF
+STANDARD = ServiceTier.SERVICE_TIER_STANDARD
+BATCH = ServiceTier.SERVICE_TIER_BATCH
+FLEX = ServiceTier.SERVICE_TIER_FLEX
+PRIORITY = ServiceTier.SERVICE_TIER_PRIORITY
+# What providers call their tiers; any other name ("default", "auto", "scale") is standard.
+_TIERS = {"batch": BATCH, "flex": FLEX, "priority": PRIORITY}
 
 # How each provider says a call was stopped early (billed for what it produced).
 _OPENAI_STOPPED_EARLY = frozenset({"length", "content_filter"})
@@ -58,7 +75,7 @@ _RESPONSE_STATUS = {"completed": COMPLETED, "incomplete": INCOMPLETE, "cancelled
                     "failed": FAILED}  # fmt: skip
 _RESPONSE_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _ANTHROPIC_USAGE = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
-                    "output_tokens")  # fmt: skip
+                    "output_tokens", "cache_creation", "service_tier")  # fmt: skip
 
 
 class UsageMissing(ValueError):
@@ -96,9 +113,11 @@ def _event(
     user_id: str, product: str, kw: dict[str, Any],
 ) -> UsageEvent:  # fmt: skip
     """The event of one call: `call` gives the model and the provider's id, `usage`
-    the token counts (input, cached, cache_write, output, reasoning), `kw` the caller's
-    optional keywords (model, source, request_id, occurred_at, event_id, attributes)."""
+    the token counts (input, cached, cache_write, output, reasoning and, when known,
+    cache_write_1h, audio_in, audio_out, tier), `kw` the caller's optional keywords
+    (model, source, request_id, occurred_at, event_id, attributes, service_tier)."""
     call_id = str(_get(call, "id") or "")
+    tier = kw.pop("service_tier", None) or usage.get("tier") or STANDARD
     occurred_at = kw.pop("occurred_at", None) or datetime.now(UTC)
     return UsageEvent(
         event_id=kw.pop("event_id", None) or event_id_of(provider, call_id),
@@ -111,6 +130,10 @@ def _event(
         cache_write_input_tokens=usage["cache_write"],
         output_tokens=usage["output"],
         reasoning_tokens=usage["reasoning"],
+        cache_write_1h_input_tokens=usage.get("cache_write_1h", 0),
+        audio_input_tokens=usage.get("audio_in", 0),
+        audio_output_tokens=usage.get("audio_out", 0),
+        service_tier=tier,  # type: ignore[arg-type]  # as ending
         request_id=kw.pop("request_id", "") or call_id,
         source=kw.pop("source", source),
         attributes=dict(kw.pop("attributes", None) or {}),
@@ -131,9 +154,16 @@ def _openai(
         "input": _int(usage, inp), "cached": _int(usage, inp_details, "cached_tokens"),
         "cache_write": 0, "output": _int(usage, out),
         "reasoning": _int(usage, out_details, "reasoning_tokens"),
+        "audio_in": _int(usage, inp_details, "audio_tokens"),
+        "audio_out": _int(usage, out_details, "audio_tokens"),
+        "tier": _tier(_get(response, "service_tier")),
     }  # fmt: skip
     return _event(provider="openai", call=response, usage=counts, ending=ending, source=source,
                   user_id=user_id, product=product, kw=kw)  # fmt: skip
+
+
+def _tier(name: Any) -> int:
+    return _TIERS.get(str(name or "").lower(), STANDARD)
 
 
 def _chat_ending(finish_reasons: Iterable[Any]) -> int:
@@ -207,9 +237,13 @@ def from_anthropic_message(message: Any, *, user_id: str, product: str, **kw: An
         raise UsageMissing("the message has no usage")
     plain = _int(usage, "input_tokens")
     read = _int(usage, "cache_read_input_tokens")
-    written = _int(usage, "cache_creation_input_tokens")
+    hour = _int(usage, "cache_creation", "ephemeral_1h_input_tokens")
+    # The total, or the split's sum where a reporter kept only the split.
+    written = max(_int(usage, "cache_creation_input_tokens"),
+                  hour + _int(usage, "cache_creation", "ephemeral_5m_input_tokens"))  # fmt: skip
     counts = {"input": plain + read + written, "cached": read, "cache_write": written,
-              "output": _int(usage, "output_tokens"), "reasoning": 0}  # fmt: skip
+              "output": _int(usage, "output_tokens"), "reasoning": 0, "cache_write_1h": hour,
+              "tier": _tier(_get(usage, "service_tier"))}  # fmt: skip
     ending = kw.pop("ending", None)
     if ending is None:
         stopped_early = _get(message, "stop_reason") in _ANTHROPIC_STOPPED_EARLY
@@ -223,7 +257,7 @@ def from_anthropic_stream(events: Iterable[Any], **kw: Any) -> UsageEvent:
     from the last `message_delta`, the ending from its `stop_reason`, or CUT_OFF when
     the stream ended before `message_stop`. Raises UsageMissing without `message_start`."""
     message: Any = None
-    usage: dict[str, int] = {}
+    usage: dict[str, Any] = {}  # the fields as reported: counts, cache_creation, tier
     stop_reason = None
     stopped = False
     for event in events:
@@ -231,12 +265,12 @@ def from_anthropic_stream(events: Iterable[Any], **kw: Any) -> UsageEvent:
         if kind == "message_start":
             message = _get(event, "message")
             start = _get(message, "usage")
-            usage = {name: _int(start, name) for name in _ANTHROPIC_USAGE}
+            usage = {name: _get(start, name) for name in _ANTHROPIC_USAGE}
         elif kind == "message_delta":
             delta = _get(event, "usage")
             for name in _ANTHROPIC_USAGE:
                 if _get(delta, name) is not None:  # cumulative: the latest wins
-                    usage[name] = _int(delta, name)
+                    usage[name] = _get(delta, name)
             stop_reason = _get(_get(event, "delta"), "stop_reason") or stop_reason
         elif kind == "message_stop":
             stopped = True

@@ -118,6 +118,27 @@ Global___LoadPricesResponse: _TypeAlias = LoadPricesResponse  # noqa: Y015
 class ModelPrice(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ServiceTiersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ModelPrice: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ModelPrice | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
@@ -127,6 +148,10 @@ class ModelPrice(_message.Message):
     REASONING_FIELD_NUMBER: _builtins.int
     LONG_CONTEXT_ABOVE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     LONG_CONTEXT_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_FIELD_NUMBER: _builtins.int
+    AUDIO_INPUT_FIELD_NUMBER: _builtins.int
+    AUDIO_OUTPUT_FIELD_NUMBER: _builtins.int
+    SERVICE_TIERS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty for the fallback price."""
     input: _builtins.int
@@ -140,12 +165,22 @@ class ModelPrice(_message.Message):
     cache-written ones included) has every token priced at `long_context`'s prices.
     0 and unset: none.
     """
+    cache_write_1h: _builtins.int
+    """Cache writes kept for an hour (Anthropic: 2x input; cache_write is the 5-minute rate)."""
+    audio_input: _builtins.int
+    audio_output: _builtins.int
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
         """Unset for the fallback price."""
 
     @_builtins.property
     def long_context(self) -> Global___ModelPrice: ...
+    @_builtins.property
+    def service_tiers(self) -> _containers.MessageMap[_builtins.str, Global___ModelPrice]:
+        """Prices on a discounted or premium service tier: "batch", "flex", "priority" ->
+        its prices (effective_from unset). A tier not listed is priced as standard.
+        """
+
     def __init__(
         self,
         *,
@@ -158,10 +193,14 @@ class ModelPrice(_message.Message):
         reasoning: _builtins.int = ...,
         long_context_above_input_tokens: _builtins.int = ...,
         long_context: Global___ModelPrice | None = ...,
+        cache_write_1h: _builtins.int = ...,
+        audio_input: _builtins.int = ...,
+        audio_output: _builtins.int = ...,
+        service_tiers: _abc.Mapping[_builtins.str, Global___ModelPrice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "long_context", b"long_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write", b"cache_write", "cached_input", b"cached_input", "effective_from", b"effective_from", "input", b"input", "long_context", b"long_context", "long_context_above_input_tokens", b"long_context_above_input_tokens", "model", b"model", "output", b"output", "reasoning", b"reasoning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_input", b"audio_input", "audio_output", b"audio_output", "cache_write", b"cache_write", "cache_write_1h", b"cache_write_1h", "cached_input", b"cached_input", "effective_from", b"effective_from", "input", b"input", "long_context", b"long_context", "long_context_above_input_tokens", b"long_context_above_input_tokens", "model", b"model", "output", b"output", "reasoning", b"reasoning", "service_tiers", b"service_tiers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

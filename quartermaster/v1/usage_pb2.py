@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cquartermaster/v1/usage.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x03\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0f\n\x07product\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x03\x12\x15\n\routput_tokens\x18\t \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x0e\n\x06source\x18\x0c \x01(\t\x12@\n\nattributes\x18\r \x03(\x0b\x32,.quartermaster.v1.UsageEvent.AttributesEntry\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x0e \x01(\x03\x12,\n\x06\x65nding\x18\x0f \x01(\x0e\x32\x1c.quartermaster.v1.CallEnding\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x03\n\nUsageTotal\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x33\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x1d.quartermaster.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x31\n\x0bperiod_kind\x18\x04 \x01(\x0e\x32\x1c.quartermaster.v1.PeriodKind\x12\x12\n\nperiod_key\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bused_micros\x18\x08 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\t \x01(\x03\x12\x1c\n\x14unpriced_event_count\x18\n \x01(\x03\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13settled_request_ids\x18\x0c \x03(\t\":\n\nUsageBatch\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.quartermaster.v1.UsageEvent*\x91\x01\n\nCallEnding\x12\x1b\n\x17\x43\x41LL_ENDING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41LL_ENDING_COMPLETED\x10\x01\x12\x1a\n\x16\x43\x41LL_ENDING_INCOMPLETE\x10\x02\x12\x16\n\x12\x43\x41LL_ENDING_FAILED\x10\x03\x12\x17\n\x13\x43\x41LL_ENDING_CUT_OFF\x10\x04*v\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x16\n\x12SUBJECT_KIND_GROUP\x10\x02\x12\x1a\n\x16SUBJECT_KIND_WORKSPACE\x10\x03*k\n\nPeriodKind\x12\x1b\n\x17PERIOD_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fPERIOD_KIND_DAY\x10\x01\x12\x14\n\x10PERIOD_KIND_WEEK\x10\x02\x12\x15\n\x11PERIOD_KIND_MONTH\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cquartermaster/v1/usage.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x04\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0f\n\x07product\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x03\x12\x15\n\routput_tokens\x18\t \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x0e\n\x06source\x18\x0c \x01(\t\x12@\n\nattributes\x18\r \x03(\x0b\x32,.quartermaster.v1.UsageEvent.AttributesEntry\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x0e \x01(\x03\x12,\n\x06\x65nding\x18\x0f \x01(\x0e\x32\x1c.quartermaster.v1.CallEnding\x12#\n\x1b\x63\x61\x63he_write_1h_input_tokens\x18\x10 \x01(\x03\x12\x1a\n\x12\x61udio_input_tokens\x18\x11 \x01(\x03\x12\x1b\n\x13\x61udio_output_tokens\x18\x12 \x01(\x03\x12\x33\n\x0cservice_tier\x18\x13 \x01(\x0e\x32\x1d.quartermaster.v1.ServiceTier\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x03\n\nUsageTotal\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x33\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x1d.quartermaster.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x31\n\x0bperiod_kind\x18\x04 \x01(\x0e\x32\x1c.quartermaster.v1.PeriodKind\x12\x12\n\nperiod_key\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bused_micros\x18\x08 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\t \x01(\x03\x12\x1c\n\x14unpriced_event_count\x18\n \x01(\x03\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13settled_request_ids\x18\x0c \x03(\t\":\n\nUsageBatch\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.quartermaster.v1.UsageEvent*\x90\x01\n\x0bServiceTier\x12\x1c\n\x18SERVICE_TIER_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVICE_TIER_STANDARD\x10\x01\x12\x16\n\x12SERVICE_TIER_BATCH\x10\x02\x12\x15\n\x11SERVICE_TIER_FLEX\x10\x03\x12\x19\n\x15SERVICE_TIER_PRIORITY\x10\x04*\x91\x01\n\nCallEnding\x12\x1b\n\x17\x43\x41LL_ENDING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41LL_ENDING_COMPLETED\x10\x01\x12\x1a\n\x16\x43\x41LL_ENDING_INCOMPLETE\x10\x02\x12\x16\n\x12\x43\x41LL_ENDING_FAILED\x10\x03\x12\x17\n\x13\x43\x41LL_ENDING_CUT_OFF\x10\x04*v\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x16\n\x12SUBJECT_KIND_GROUP\x10\x02\x12\x1a\n\x16SUBJECT_KIND_WORKSPACE\x10\x03*k\n\nPeriodKind\x12\x1b\n\x17PERIOD_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fPERIOD_KIND_DAY\x10\x01\x12\x14\n\x10PERIOD_KIND_WEEK\x10\x02\x12\x15\n\x11PERIOD_KIND_MONTH\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGEEVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_USAGEEVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_CALLENDING']._serialized_start=1058
-  _globals['_CALLENDING']._serialized_end=1203
-  _globals['_SUBJECTKIND']._serialized_start=1205
-  _globals['_SUBJECTKIND']._serialized_end=1323
-  _globals['_PERIODKIND']._serialized_start=1325
-  _globals['_PERIODKIND']._serialized_end=1432
+  _globals['_SERVICETIER']._serialized_start=1205
+  _globals['_SERVICETIER']._serialized_end=1349
+  _globals['_CALLENDING']._serialized_start=1352
+  _globals['_CALLENDING']._serialized_end=1497
+  _globals['_SUBJECTKIND']._serialized_start=1499
+  _globals['_SUBJECTKIND']._serialized_end=1617
+  _globals['_PERIODKIND']._serialized_start=1619
+  _globals['_PERIODKIND']._serialized_end=1726
   _globals['_USAGEEVENT']._serialized_start=84
-  _globals['_USAGEEVENT']._serialized_end=567
-  _globals['_USAGEEVENT_ATTRIBUTESENTRY']._serialized_start=518
-  _globals['_USAGEEVENT_ATTRIBUTESENTRY']._serialized_end=567
-  _globals['_USAGETOTAL']._serialized_start=570
-  _globals['_USAGETOTAL']._serialized_end=995
-  _globals['_USAGEBATCH']._serialized_start=997
-  _globals['_USAGEBATCH']._serialized_end=1055
+  _globals['_USAGEEVENT']._serialized_end=714
+  _globals['_USAGEEVENT_ATTRIBUTESENTRY']._serialized_start=665
+  _globals['_USAGEEVENT_ATTRIBUTESENTRY']._serialized_end=714
+  _globals['_USAGETOTAL']._serialized_start=717
+  _globals['_USAGETOTAL']._serialized_end=1142
+  _globals['_USAGEBATCH']._serialized_start=1144
+  _globals['_USAGEBATCH']._serialized_end=1202
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ServiceTier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ServiceTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServiceTier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERVICE_TIER_UNSPECIFIED: _ServiceTier.ValueType  # 0
+    """Not said: standard prices."""
+    SERVICE_TIER_STANDARD: _ServiceTier.ValueType  # 1
+    """Standard prices (OpenAI "default", Anthropic "standard")."""
+    SERVICE_TIER_BATCH: _ServiceTier.ValueType  # 2
+    """A batch API (OpenAI Batch, Anthropic Message Batches; "batch")."""
+    SERVICE_TIER_FLEX: _ServiceTier.ValueType  # 3
+    """OpenAI's "flex": slower, cheaper."""
+    SERVICE_TIER_PRIORITY: _ServiceTier.ValueType  # 4
+    """OpenAI's and Anthropic's "priority"."""
+
+class ServiceTier(_ServiceTier, metaclass=_ServiceTierEnumTypeWrapper):
+    """The provider's service tier of a call (OpenAI `service_tier`, the Batch API;
+    Anthropic `usage.service_tier`, Message Batches).
+    """
+
+SERVICE_TIER_UNSPECIFIED: ServiceTier.ValueType  # 0
+"""Not said: standard prices."""
+SERVICE_TIER_STANDARD: ServiceTier.ValueType  # 1
+"""Standard prices (OpenAI "default", Anthropic "standard")."""
+SERVICE_TIER_BATCH: ServiceTier.ValueType  # 2
+"""A batch API (OpenAI Batch, Anthropic Message Batches; "batch")."""
+SERVICE_TIER_FLEX: ServiceTier.ValueType  # 3
+"""OpenAI's "flex": slower, cheaper."""
+SERVICE_TIER_PRIORITY: ServiceTier.ValueType  # 4
+"""OpenAI's and Anthropic's "priority"."""
+Global___ServiceTier: _TypeAlias = ServiceTier  # noqa: Y015
+
 class _CallEnding:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -147,6 +181,10 @@ class UsageEvent(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     ENDING_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    AUDIO_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    AUDIO_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per model call; the dedupe key at every at-least-once boundary."""
     workspace_id: _builtins.str
@@ -172,6 +210,23 @@ class UsageEvent(_message.Message):
     """How the call ended. Its tokens are priced the same whatever the ending: a
     provider bills a call that stopped early for what it used.
     """
+    cache_write_1h_input_tokens: _builtins.int
+    """The part of cache_write_input_tokens written for an hour (priced at the catalog's
+    cache_write_1h class; Anthropic's usage.cache_creation.ephemeral_1h_input_tokens).
+    The rest of cache_write_input_tokens is priced at the 5-minute cache_write rate.
+    """
+    audio_input_tokens: _builtins.int
+    """Audio input tokens (a subset of input_tokens not read from the cache, priced at
+    the catalog's audio_input class; OpenAI's prompt_tokens_details.audio_tokens).
+    """
+    audio_output_tokens: _builtins.int
+    """Audio output tokens (a subset of output_tokens, not reasoning; priced at the
+    audio_output class; OpenAI's completion_tokens_details.audio_tokens).
+    """
+    service_tier: Global___ServiceTier.ValueType
+    """The provider's service tier the call ran on: batch and flex are discounted,
+    priority costs more (the catalog's service_tiers of the model's price version).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -196,10 +251,14 @@ class UsageEvent(_message.Message):
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cache_write_input_tokens: _builtins.int = ...,
         ending: Global___CallEnding.ValueType = ...,
+        cache_write_1h_input_tokens: _builtins.int = ...,
+        audio_input_tokens: _builtins.int = ...,
+        audio_output_tokens: _builtins.int = ...,
+        service_tier: Global___ServiceTier.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "ending", b"ending", "event_id", b"event_id", "input_tokens", b"input_tokens", "model", b"model", "occurred_at", b"occurred_at", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "source", b"source", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "audio_input_tokens", b"audio_input_tokens", "audio_output_tokens", b"audio_output_tokens", "cache_write_1h_input_tokens", b"cache_write_1h_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "ending", b"ending", "event_id", b"event_id", "input_tokens", b"input_tokens", "model", b"model", "occurred_at", b"occurred_at", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "service_tier", b"service_tier", "source", b"source", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

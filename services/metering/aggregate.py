@@ -31,7 +31,7 @@ from quartermaster.wire import NS_PER_SECOND
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
 from services.metering.decode import Decoded, InvalidUsage, decode
 from services.metering.dlq_limit import source_of
-from services.metering.pricing import Price, PriceCatalog, picos_of
+from services.metering.pricing import SERVICE_TIERS, Price, PriceCatalog, picos_of
 from services.metering.state import (
     COST_CENTER,
     HOUR,
@@ -215,7 +215,11 @@ class Meter:
                     event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
                 )  # fmt: skip
                 out, reasoning = event.output_tokens, event.reasoning_tokens
-                picos = picos_of(price, inp, cached, written, out, reasoning)
+                if event.service_tier:  # batch, flex, priority: the tier's prices
+                    price = price.at_tier(SERVICE_TIERS.get(event.service_tier, ""))
+                picos = picos_of(price, inp, cached, written, out, reasoning,
+                                 event.cache_write_1h_input_tokens, event.audio_input_tokens,
+                                 event.audio_output_tokens)  # fmt: skip
                 center = event.attributes.get(COST_CENTER, "")
                 if (picos > MAX_EVENT_PICOS or headroom is not None) and _refused(
                     plan, rec, event, headroom, second, center,

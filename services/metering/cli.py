@@ -125,13 +125,27 @@ def top(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextI
     _write(rows, ["user", "credits", "micros", "events"], ns.format, out)
 
 
-PRICE_COLUMNS = ("input", "cached_input", "cache_write", "output", "reasoning")
+PRICE_COLUMNS = ("input", "cached_input", "cache_write", "output", "reasoning",
+                 "cache_write_1h", "audio_input", "audio_output")  # fmt: skip
 _FORMATS = {".csv": prices_pb2.CATALOG_FORMAT_CSV}
+PRICE_UNITS = "prices: micro-credits per million tokens (1 credit = 1,000,000 micros)"
 
 
-def _price_row(p: prices_pb2.ModelPrice) -> list[str]:
+def _price_row(p: prices_pb2.ModelPrice, label: str = "") -> list[str]:
     start = from_timestamp(p.effective_from).isoformat() if p.HasField("effective_from") else ""
-    return [p.model or "*", start, *(str(getattr(p, c)) for c in PRICE_COLUMNS)]
+    return [label or p.model or "*", start, *(str(getattr(p, c)) for c in PRICE_COLUMNS)]
+
+
+def _price_rows(p: prices_pb2.ModelPrice, tiers: bool) -> list[list[str]]:
+    """A version's row and, with `tiers` (the table, not the CSV a load reads back), one
+    row per long-context and service tier, labelled `model [tier]`."""
+    rows = [_price_row(p)]
+    if tiers and p.HasField("long_context"):
+        above = p.long_context_above_input_tokens
+        rows.append(_price_row(p.long_context, f"{p.model} [input > {above:,}]"))
+    for name, tier in sorted(p.service_tiers.items()) if tiers else ():
+        rows.append(_price_row(tier, f"{p.model} [{name}]"))
+    return rows
 
 
 def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace,
@@ -164,15 +178,18 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
         if ns.at is not None:
             req.at.CopyFrom(timestamp(ns.at))
         listed = stub.ListPrices(req, timeout=60, metadata=ns.metadata)
-        rows = [_price_row(p) for p in (*listed.prices, listed.fallback)]
+        table = ns.format != "csv"  # the CSV stays one table a spreadsheet (or a load) reads
+        rows = [r for p in (*listed.prices, listed.fallback) for r in _price_rows(p, table)]
         _write(rows, header, ns.format, out)
-        if ns.format != "csv":  # the CSV stays one table a spreadsheet reads
+        if table:
+            out.write(PRICE_UNITS + "\n")
             out.writelines(f"alias {a} -> {m}\n" for a, m in sorted(listed.aliases.items()))
     else:
         request = prices_pb2.PriceHistoryRequest(model=ns.model)
         history = stub.PriceHistory(request, timeout=60, metadata=ns.metadata)
         if history.versions:
-            _write([_price_row(p) for p in history.versions], header, ns.format, out)
+            rows = [r for p in history.versions for r in _price_rows(p, ns.format != "csv")]
+            _write(rows, header, ns.format, out)
         for r in history.revisions:
             when = from_timestamp(r.loaded_at).isoformat()
             source = f" from {r.source}" if r.source else ""

@@ -22,11 +22,11 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
-from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from quartermaster.v1.usage_pb2 import ServiceTier, UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
-from services.metering.pricing import Tokens
+from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
 # An event dated further ahead than this is a clock or a bug, not usage.
@@ -182,6 +182,7 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written
         and out >= reasoning and inp <= MAX_EVENT_TOKENS and out <= MAX_EVENT_TOKENS
         and event.HasField("occurred_at")
+        and _plain_classes(event)
     ):  # fmt: skip
         return
     problems = Problems()
@@ -190,6 +191,24 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
     _check_tokens(event, problems)
     if problems:
         raise InvalidUsage("; ".join(problems.items))
+
+
+def _plain_classes(event: UsageEvent) -> bool:
+    """The newer classes are absent (nearly every event) or consistent subsets, and
+    the service tier is one UsageEvent names."""
+    w1h, a_in, a_out = (
+        event.cache_write_1h_input_tokens, event.audio_input_tokens, event.audio_output_tokens
+    )  # fmt: skip
+    tier = event.service_tier
+    if not (w1h or a_in or a_out or tier):
+        return True
+    return (
+        0 <= w1h <= event.cache_write_input_tokens and a_in >= 0 and a_out >= 0
+        and event.input_tokens - event.cached_input_tokens - event.cache_write_input_tokens
+        >= a_in
+        and event.output_tokens - event.reasoning_tokens >= a_out
+        and tier in ServiceTier.values()
+    )  # fmt: skip
 
 
 def _check_text(problems: Problems, name: str, value: str, required: bool) -> None:
@@ -252,6 +271,9 @@ def _check_tokens(event: UsageEvent, problems: Problems) -> None:
         ("output_tokens", event.output_tokens),
         ("reasoning_tokens", event.reasoning_tokens),
         ("cache_write_input_tokens", event.cache_write_input_tokens),
+        ("cache_write_1h_input_tokens", event.cache_write_1h_input_tokens),
+        ("audio_input_tokens", event.audio_input_tokens),
+        ("audio_output_tokens", event.audio_output_tokens),
     ):
         if count < 0:
             problems.add(name, "must not be negative")
@@ -266,6 +288,18 @@ def _check_tokens(event: UsageEvent, problems: Problems) -> None:
         )
     if 0 <= event.output_tokens < event.reasoning_tokens:
         problems.add("reasoning_tokens", "more than output_tokens (it is their reasoning subset)")
+    if 0 <= written < event.cache_write_1h_input_tokens:
+        why = "more than cache_write_input_tokens (it is their one-hour subset)"
+        problems.add("cache_write_1h_input_tokens", why)
+    uncached = event.input_tokens - cached - written
+    if cached >= 0 and written >= 0 and 0 <= uncached < event.audio_input_tokens:
+        why = "more than the input_tokens neither cached nor cache-written (its audio subset)"
+        problems.add("audio_input_tokens", why)
+    plain = event.output_tokens - event.reasoning_tokens
+    if 0 <= plain < event.audio_output_tokens:
+        problems.add("audio_output_tokens", "with reasoning_tokens, more than output_tokens")
+    if event.service_tier not in ServiceTier.values():
+        problems.add("service_tier", f"unknown tier {event.service_tier} (see ServiceTier)")
 
 
 def occurred_at(event: UsageEvent) -> datetime:
@@ -285,4 +319,8 @@ def tokens(event: UsageEvent) -> Tokens:
         output=event.output_tokens,
         reasoning=event.reasoning_tokens,
         cache_write=event.cache_write_input_tokens,
+        cache_write_1h=event.cache_write_1h_input_tokens,
+        audio_input=event.audio_input_tokens,
+        audio_output=event.audio_output_tokens,
+        service_tier=SERVICE_TIERS.get(event.service_tier, ""),
     )

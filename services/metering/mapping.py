@@ -157,11 +157,14 @@ def model_price(model: str, start: datetime | None, p: Price) -> prices_pb2.Mode
     """A model's price version (`model` "" and `start` None: the fallback price)."""
     out = prices_pb2.ModelPrice(
         model=model, input=p.input, cached_input=p.cached_input, cache_write=p.cache_write,
-        output=p.output, reasoning=p.reasoning,
+        output=p.output, reasoning=p.reasoning, cache_write_1h=p.cache_write_1h,
+        audio_input=p.audio_input, audio_output=p.audio_output,
     )  # fmt: skip
     if p.long_context is not None:
         out.long_context_above_input_tokens = p.long_context_above
         out.long_context.CopyFrom(model_price(model, None, p.long_context))
+    for name, tier in p.service_tiers:
+        out.service_tiers[name].CopyFrom(model_price(model, None, tier))
     if start is not None:
         out.effective_from.CopyFrom(timestamp(start))
     return out

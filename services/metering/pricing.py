@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import csv
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -21,131 +21,40 @@ import yaml
 
 from quartermaster.model_ids import resolve_model
 from quartermaster.wire import epoch_ns
+from services.metering.token_prices import (
+    SERVICE_TIERS,
+    TOKEN_CLASSES,
+    TOKENS_PER_PRICE_UNIT,
+    CatalogError,
+    Price,
+    Priced,
+    Tokens,
+    cost_micros,
+    micros_of,
+    parse_price,
+    picos_of,
+)
 
-TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
-_CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
+# Token classes and their arithmetic live in token_prices; importers read them here too.
+__all__ = [
+    "FALLBACK_ROW",
+    "SERVICE_TIERS",
+    "TOKENS_PER_PRICE_UNIT",
+    "CatalogDocument",
+    "CatalogError",
+    "Price",
+    "PriceCatalog",
+    "Priced",
+    "Tokens",
+    "cost_micros",
+    "micros_of",
+    "parse_csv",
+    "parse_document",
+    "parse_yaml",
+    "picos_of",
+]  # fmt: skip
+
 FALLBACK_ROW = "*"  # the fallback price's row in a CSV catalog
-
-
-class CatalogError(ValueError):
-    """The catalog file is wrong; the message names the place."""
-
-
-@dataclass(frozen=True)
-class Price:
-    """Micro-credits per million tokens for each token class, and an optional
-    long-context tier: an event whose input tokens (cached and cache-written ones
-    included) exceed `long_context_above` has every token priced at `long_context`'s
-    prices. Anthropic prices Sonnet 4/4.5 so past 200,000 input tokens (its "long
-    context pricing"; genai-prices' `Tier(start=200000)`)."""
-
-    input: int
-    cached_input: int
-    output: int
-    reasoning: int
-    cache_write: int
-    long_context_above: int = 0
-    long_context: Price | None = None
-
-    def classes(self) -> dict[str, int]:
-        """{token class: price} of the base tier (in the order changes are told)."""
-        return {"input": self.input, "cached_input": self.cached_input, "output": self.output,
-                "reasoning": self.reasoning, "cache_write": self.cache_write}  # fmt: skip
-
-    def to_mapping(self) -> dict[str, Any]:
-        """The price as the catalog file writes it (what `_price` reads)."""
-        out: dict[str, Any] = self.classes()
-        if self.long_context is not None:
-            tier = {"above_input_tokens": self.long_context_above, **self.long_context.classes()}
-            out["long_context"] = tier
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    input: int  # all input tokens, cached and cache-written ones included
-    cached_input: int  # the subset of input read from the prompt cache
-    output: int  # all output tokens, reasoning included
-    reasoning: int  # the reasoning subset of output
-    cache_write: int = 0  # the subset of input written to the prompt cache
-
-
-@dataclass(frozen=True, slots=True)
-class Priced:
-    micros: int
-    # True when the fallback price was used (unknown model, or no price in force yet).
-    fallback: bool
-
-
-def cost_micros(price: Price, t: Tokens) -> int:
-    """One event's cost on its own: its exact cost (`picos_of`) rounded half up once.
-    Metering does not add these up: it adds exact pico-credits and rounds the total.
-
-    Cached tokens are a subset of input and reasoning a subset of output, so each
-    token is priced exactly once, in its most specific class.
-    """
-    return micros_of(price, t.input, t.cached_input, t.cache_write, t.output, t.reasoning)
-
-
-def micros_of(
-    price: Price, input: int, cached: int, written: int, output: int, reasoning: int
-) -> int:
-    """cost_micros of one event's token counts, rounded half up once."""
-    picos = picos_of(price, input, cached, written, output, reasoning)
-    return (picos + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
-
-
-def picos_of(
-    price: Price, input: int, cached: int, written: int, output: int, reasoning: int
-) -> int:
-    """The exact cost of one event's token counts in pico-credits (10^-6 micro-credit:
-    a price per million tokens times a count is a whole number of them), not rounded:
-    metering's hot path (no Tokens built)."""
-    tier = price.long_context
-    if tier is not None and input > price.long_context_above:
-        price = tier
-    return (
-        (input - cached - written) * price.input
-        + cached * price.cached_input
-        + written * price.cache_write
-        + (output - reasoning) * price.output
-        + reasoning * price.reasoning
-    )
-
-
-def _price(raw: Any, where: str, tier: bool = False) -> Price:
-    """A version's prices (`tier`: a long-context tier's, with `above_input_tokens`
-    and no tier of its own)."""
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: expected a mapping of token class to price")
-    extra = {"above_input_tokens"} if tier else {"effective_from", "long_context"}
-    unknown = set(raw) - {*_CLASSES, *extra}
-    if unknown:
-        raise CatalogError(f"{where}: unknown token class(es) {sorted(unknown)}")
-    values: dict[str, int] = {}
-    for cls in ("input", "cached_input", "output"):
-        v = raw.get(cls)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
-        values[cls] = v
-    # reasoning defaults to the output price, cache_write to the input price
-    for cls, default in (("reasoning", values["output"]), ("cache_write", values["input"])):
-        v = raw.get(cls, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
-        values[cls] = v
-    base = Price(values["input"], values["cached_input"], values["output"], values["reasoning"],
-                 values["cache_write"])  # fmt: skip
-    if tier:
-        above = raw.get("above_input_tokens")
-        if not isinstance(above, int) or isinstance(above, bool) or above < 1:
-            raise CatalogError(f"{where}.above_input_tokens: expected a whole number >= 1")
-        return replace(base, long_context_above=above)
-    if raw.get("long_context") is not None:
-        long = _price(raw["long_context"], f"{where}.long_context", tier=True)
-        return replace(base, long_context_above=long.long_context_above,
-                       long_context=replace(long, long_context_above=0))  # fmt: skip
-    return base
 
 
 def _when(raw: Any, where: str) -> datetime:
@@ -212,7 +121,7 @@ def _models(raw: Any, where: str) -> dict[str, Versions]:
             if start in seen:
                 raise CatalogError(f"{here}: two versions take effect at {start.isoformat()}")
             seen.add(start)
-            out.append((start, _price(v, here)))
+            out.append((start, parse_price(v, here)))
         models[str(model)] = sorted(out, key=lambda x: x[0])
     return models
 
@@ -224,7 +133,7 @@ def parse_document(raw: Any, where: str = "catalog") -> CatalogDocument:
     unknown = set(raw) - {"fallback", "models", "aliases"}
     if unknown:
         raise CatalogError(f"{where}: unknown top-level key(s) {sorted(unknown)}")
-    fallback = _price(raw["fallback"], f"{where}: fallback") if "fallback" in raw else None
+    fallback = parse_price(raw["fallback"], f"{where}: fallback") if "fallback" in raw else None
     aliases = _aliases(raw.get("aliases", {}), where)
     return CatalogDocument(fallback, _models(raw.get("models", {}), where), aliases)
 
@@ -239,7 +148,8 @@ def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
 
 def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
     """One price version a row under the header `model,effective_from,input,cached_input,
-    cache_write,output,reasoning` (the last two may be empty: input's and output's price);
+    cache_write,output,reasoning` and optionally `cache_write_1h,audio_input,audio_output`
+    (all but input, cached_input and output may be empty: their defaults, token_prices);
     the model `*` is the fallback, without effective_from."""
     rows = list(csv.DictReader(io.StringIO(text.strip())))
     if not rows:
@@ -254,7 +164,7 @@ def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
         if None in row:
             raise CatalogError(f"{here}: more fields than the header has")
         prices: dict[str, Any] = {}
-        for cls in _CLASSES:
+        for cls in TOKEN_CLASSES:
             text_value = (row.get(cls) or "").strip()
             if not text_value:
                 continue

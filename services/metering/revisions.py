@@ -36,12 +36,15 @@ class Revision:
     catalog: PriceCatalog
 
 
-def _flat(p: Price) -> dict[str, int]:
-    """A price's classes, and its long-context tier's as `long_context.<class>`."""
-    out = p.classes()
+def _flat(p: Price, prefix: str = "") -> dict[str, int]:
+    """A price's classes, its long-context tier's as `long_context.<class>` and its
+    service tiers' as `service_tiers.<tier>.<class>`."""
+    out = {f"{prefix}{k}": v for k, v in p.classes().items()}
     if p.long_context is not None:
-        out["long_context.above_input_tokens"] = p.long_context_above
-        out.update({f"long_context.{k}": v for k, v in p.long_context.classes().items()})
+        out[f"{prefix}long_context.above_input_tokens"] = p.long_context_above
+        out.update(_flat(p.long_context, f"{prefix}long_context."))
+    for name, tier in p.service_tiers:
+        out.update(_flat(tier, f"{prefix}service_tiers.{name}."))
     return out
 
 

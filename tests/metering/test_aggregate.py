@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
+from quartermaster.v1.usage_pb2 import ServiceTier
 from services.metering.aggregate import Meter, Record
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
@@ -167,3 +168,19 @@ def test_dropping_a_rollup_from_memory_makes_it_looked_up_again() -> None:
     m.forget_expired(state)
     assert key not in state.rollups
     assert state.rollups_to_load({key}) == {key}  # in Postgres only: look it up
+
+
+def test_metering_prices_one_hour_writes_audio_and_service_tiers() -> None:
+    """The counting path prices every class as the catalog does: issue 13's Sonnet 4.5
+    call with 5,424 one-hour cache writes is 34,053 micros, gpt-5 on batch half of its
+    6,250, gpt-audio's audio at its own rate (1,000 in x 32 + 500 out x 64)."""
+    m, u = meter(), user_in(0)
+    hour = usage(u, occurred_at=NOW, model="claude-sonnet-4-5", input_tokens=5427,
+                 output_tokens=100, cache_write_input_tokens=5424,
+                 cache_write_1h_input_tokens=5424)  # fmt: skip
+    batch = usage(u, occurred_at=NOW, service_tier=ServiceTier.SERVICE_TIER_BATCH)
+    audio = usage(u, occurred_at=NOW, model="gpt-audio", audio_input_tokens=1000,
+                  audio_output_tokens=500)  # fmt: skip
+    for event, micros in ((hour, 34_053), (batch, 3_125), (audio, 64_000)):
+        changed = run(m, PartitionState(0, 0), records(0, [event.SerializeToString()]))
+        assert changed[(u, "day", "2026-11-22")] == micros, event.model

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import json_format
 
 from quartermaster.topics import CONTENT_TYPE, JSON, USAGE_BATCH_TYPE
-from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from quartermaster.v1.usage_pb2 import ServiceTier, UsageBatch, UsageEvent
 from services.metering.bounds import MAX_EVENT_TOKENS
 from services.metering.decode import Decoded, InvalidUsage, decode, occurred_at, tokens
 from tests.helpers import usage
@@ -225,3 +225,41 @@ def test_output_tokens_of_int64_max_in_json_is_a_reason() -> None:
     raw["outputTokens"] = str(2**63 - 1)
     with pytest.raises(InvalidUsage, match="output_tokens: more than 1,000,000,000"):
         decode(json.dumps(raw).encode(), JS, NOW, AGE)
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"cache_write_input_tokens": 10, "cache_write_1h_input_tokens": 11},
+     "cache_write_1h_input_tokens: more than cache_write_input_tokens"),
+    ({"cached_input_tokens": 900, "audio_input_tokens": 101}, "audio_input_tokens: more than"),
+    ({"reasoning_tokens": 400, "audio_output_tokens": 101}, "audio_output_tokens: with reasoning"),
+    ({"audio_input_tokens": -1}, "audio_input_tokens: must not be negative"),
+    ({"service_tier": 9}, "service_tier: unknown tier 9"),
+])  # fmt: skip
+def test_the_newer_token_classes_are_subsets_and_the_tier_is_known(
+    fields: dict[str, int], named: str
+) -> None:
+    """input 1,000 and output 500 (tests.helpers.usage): each class within its superset."""
+    event = usage("u1", occurred_at=NOW)
+    for name, value in fields.items():
+        setattr(event, name, value)
+    assert named in reason_of(event)
+
+
+def test_the_newer_classes_and_tier_reach_pricing() -> None:
+    event = usage("u1", occurred_at=NOW, cached_input_tokens=100)
+    event.cache_write_input_tokens, event.cache_write_1h_input_tokens = 300, 200
+    event.audio_input_tokens, event.audio_output_tokens = 600, 500
+    event.service_tier = ServiceTier.SERVICE_TIER_BATCH
+    t = tokens(one(event.SerializeToString(), PB))
+    assert (t.cache_write, t.cache_write_1h, t.audio_input, t.audio_output) == (300, 200, 600, 500)
+    assert t.service_tier == "batch"
+
+
+def test_the_catalogs_tier_names_are_the_protos() -> None:
+    from services.metering.pricing import SERVICE_TIERS
+
+    assert {
+        number: name.removeprefix("SERVICE_TIER_").lower()
+        for name, number in ServiceTier.items()
+        if number > ServiceTier.SERVICE_TIER_STANDARD
+    } == SERVICE_TIERS

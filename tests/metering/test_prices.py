@@ -265,10 +265,30 @@ async def test_the_cli_loads_lists_and_shows_history(running: int, tmp_path: Pat
         run, "prices", "list", "--model", model, "--format", "csv", *reader
     )
     assert out.splitlines() == [
-        "model,effective_from,input,cached_input,cache_write,output,reasoning",
-        f"{model},2026-02-01T00:00:00+00:00,3000000,300000,3750000,15000000,15000000",
-        "*,,5000000,2500000,5000000,20000000,20000000",
+        "model,effective_from,input,cached_input,cache_write,output,reasoning,"
+        "cache_write_1h,audio_input,audio_output",
+        f"{model},2026-02-01T00:00:00+00:00,3000000,300000,3750000,15000000,15000000,"
+        "3750000,3000000,15000000",
+        "*,,5000000,2500000,5000000,20000000,20000000,5000000,5000000,20000000",
     ]
+    tiered = tmp_path / "tiered.yaml"
+    version = {"effective_from": "2026-02-01T00:00:00Z", "input": 1_250_000,
+               "cached_input": 125_000, "output": 10_000_000,
+               "service_tiers": {"batch": {"input": 625_000, "cached_input": 62_500,
+                                           "output": 5_000_000}}}  # fmt: skip
+    tiered.write_text(yaml.safe_dump({"models": {f"{model}-t": [version]}}))
+    code, _ = await asyncio.to_thread(run, "prices", "load", str(tiered), "--token",
+                                      TOKENS["prices"])  # fmt: skip
+    assert code == 0
+    code, out = await asyncio.to_thread(run, "prices", "list", "--model", f"{model}-t", *reader)
+    listed = out.splitlines()
+    assert listed[0].split()[:5] == ["model", "effective_from", "input", "cached_input",
+                                     "cache_write"]  # fmt: skip
+    assert [line.split()[:4] for line in listed[1:3]] == [
+        [f"{model}-t", "2026-02-01T00:00:00+00:00", "1250000", "125000"],
+        [f"{model}-t", "[batch]", "625000", "62500"],
+    ]
+    assert "prices: micro-credits per million tokens (1 credit = 1,000,000 micros)" in listed
     code, out = await asyncio.to_thread(run, "prices", "history", model, *reader)
     assert code == 0
     assert "load by tests-prices at " in out

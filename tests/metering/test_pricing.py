@@ -218,3 +218,48 @@ def test_a_bad_tier_is_refused_naming_the_place(tier: object, problem: str) -> N
     with pytest.raises(CatalogError, match=r"models\.s") as err:
         PriceCatalog.from_mapping(bad)
     assert problem in str(err.value), err.value
+
+
+SERVICE_TIERED = {
+    "fallback": {"input": 1, "cached_input": 1, "output": 1},
+    "models": {"m": [{
+        "effective_from": "2026-01-01T00:00:00Z", "input": 2_000_000, "cached_input": 500_000,
+        "output": 8_000_000, "cache_write_1h": 4_000_000, "audio_input": 40_000_000,
+        "service_tiers": {"batch": {"input": 1_000_000, "cached_input": 250_000,
+                                    "output": 4_000_000}},
+    }]},
+}  # fmt: skip
+
+
+def test_service_tiers_and_the_newer_classes_are_read_stored_and_told() -> None:
+    catalog = PriceCatalog.from_mapping(SERVICE_TIERED)
+    assert PriceCatalog.from_mapping(catalog.to_mapping()).models == catalog.models
+    price = catalog.models["m"][0][1]
+    # left out: audio_output takes output's price; a tier's classes default within it
+    assert (price.cache_write_1h, price.audio_input, price.audio_output) == (
+        4_000_000, 40_000_000, 8_000_000,
+    )  # fmt: skip
+    batch = price.at_tier("batch")
+    assert (batch.input, batch.cache_write, batch.cache_write_1h) == (1_000_000,) * 3
+    assert price.at_tier("priority") is price  # not listed: the standard prices
+    t = Tokens(input=1000, cached_input=0, output=1000, reasoning=0, service_tier="batch")
+    assert catalog.price("m", AT, t).micros == 1000 + 4000
+    raised = {**SERVICE_TIERED, "models": {"m": [{**SERVICE_TIERED["models"]["m"][0],  # type: ignore[index]
+              "service_tiers": {"batch": {"input": 900_000, "cached_input": 250_000,
+                                          "output": 4_000_000}}}]}}  # fmt: skip
+    (line,) = changes(catalog, PriceCatalog.from_mapping(raised), AT)
+    assert "service_tiers.batch.input 1000000 -> 900000" in line
+
+
+@pytest.mark.parametrize(("tiers", "named"), [
+    ({"scale": {"input": 1, "cached_input": 1, "output": 1}}, "expected a mapping of batch"),
+    ({"batch": {"input": 1, "cached_input": 1, "output": 1, "service_tiers": {}}},
+     "service_tiers.batch: unknown token class(es) ['service_tiers']"),
+    ({"batch": {"input": -1, "cached_input": 1, "output": 1}}, "service_tiers.batch.input"),
+])  # fmt: skip
+def test_a_bad_service_tier_is_named(tiers: object, named: str) -> None:
+    bad = {**SERVICE_TIERED, "models": {"m": [{**SERVICE_TIERED["models"]["m"][0],  # type: ignore[index]
+           "service_tiers": tiers}]}}  # fmt: skip
+    with pytest.raises(CatalogError) as info:
+        PriceCatalog.from_mapping(bad)
+    assert named in str(info.value)

@@ -49,6 +49,7 @@ DOMAIN_MODULES = {
         "services.metering.decode",
         "services.metering.dlq_limit",
         "services.metering.pricing",
+        "services.metering.token_prices",
         "services.metering.topic_check",
     ],
     "notifier": [

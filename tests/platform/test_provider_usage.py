@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,10 +12,14 @@ from typing import Any
 import pytest
 
 from quartermaster.provider_usage import (
+    BATCH,
     COMPLETED,
     CUT_OFF,
     FAILED,
+    FLEX,
     INCOMPLETE,
+    PRIORITY,
+    STANDARD,
     UsageMissing,
     event_id_of,
     from_anthropic_message,
@@ -25,6 +30,7 @@ from quartermaster.provider_usage import (
     from_openai_response_stream,
 )
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
+from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.decode import decode, tokens
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
@@ -239,3 +245,91 @@ def test_event_ids_without_a_provider_id_are_random_and_long_ids_stay_valid() ->
     assert len(long) == 36  # a uuid5, valid as an event id
     no_id = {k: v for k, v in load("openai_chat_completion.json").items() if k != "id"}
     assert from_openai_chat(no_id, **WHO).event_id != from_openai_chat(no_id, **WHO).event_id
+
+
+# -- every billed token class (issue 13, item 2) ------------------------------------------
+
+
+def test_an_anthropic_one_hour_cache_write_is_priced_at_the_one_hour_rate() -> None:
+    """Issue 13's case: 5,424 cache-write tokens, all ephemeral_1h, 3 input, 100 output
+    on claude-sonnet-4-5 cost 5,424 x 6 + 3 x 3 + 100 x 15 = 34,053 micros; we charged
+    21,849 (every cache write at the 5-minute 3.75)."""
+    e = from_anthropic_message(load("anthropic_message_cache_1h.json"), **WHO)
+    assert (e.input_tokens, e.cache_write_input_tokens, e.cache_write_1h_input_tokens) == (
+        5427, 5424, 5424,
+    )  # fmt: skip
+    assert (e.output_tokens, e.service_tier, e.ending) == (100, STANDARD, COMPLETED)
+    assert priced(e) == 34_053
+    without_split = load("anthropic_message_cache_1h.json")
+    del without_split["usage"]["cache_creation"]  # an older API version: all 5-minute
+    assert priced(from_anthropic_message(without_split, **WHO)) == 21_849
+
+
+def test_an_anthropic_stream_carries_both_cache_lifetimes_and_its_batch_tier() -> None:
+    """Sonnet 4.5 on Message Batches (half of every class): 10 in x 1.5, 500 read x 0.15,
+    1,000 5-minute writes x 1.875, 2,000 one-hour writes x 3, 40 out x 7.5 = 8,265 micros."""
+    e = from_anthropic_stream(lines("anthropic_stream_cache_1h_batch.jsonl"), **WHO)
+    assert (e.input_tokens, e.cached_input_tokens, e.cache_write_input_tokens) == (
+        3510, 500, 3000,
+    )  # fmt: skip
+    assert (e.cache_write_1h_input_tokens, e.output_tokens) == (2000, 40)
+    assert (e.service_tier, e.ending) == (BATCH, COMPLETED)
+    assert priced(e) == 15 + 75 + 1875 + 6000 + 300
+
+
+def test_openai_audio_tokens_are_priced_as_audio() -> None:
+    """gpt-audio: 200 text in x 2.5 + 1,000 audio in x 32 + 50 text out x 10 + 250
+    audio out x 64 = 500 + 32,000 + 500 + 16,000 = 49,000 micros (as text: 6,000)."""
+    e = from_openai_chat(load("openai_chat_audio.json"), **WHO)
+    assert (e.input_tokens, e.audio_input_tokens, e.output_tokens, e.audio_output_tokens) == (
+        1200, 1000, 300, 250,
+    )  # fmt: skip
+    assert (e.service_tier, e.ending) == (STANDARD, COMPLETED)
+    assert priced(e) == 49_000
+
+
+def test_openai_service_tiers_as_the_response_says_or_the_caller_knows() -> None:
+    """A flex response (gpt-5 at half: 1,000 x 0.625 + 1,000 cached x 0.0625 + 500 x 5
+    = 3,187.5 -> 3,188 micros; standard 6,375); priority doubles; the Batch API is told by
+    the caller."""
+    streamed = lines("openai_response_completed_flex_stream.jsonl")
+    e = from_openai_response_stream(streamed, **WHO)
+    assert (e.model, e.service_tier, e.ending) == ("gpt-5-2025-08-07", FLEX, COMPLETED)
+    assert (e.input_tokens, e.cached_input_tokens, e.reasoning_tokens) == (2000, 1000, 300)
+    assert priced(e) == 3_188
+    terminal = streamed[-1]["response"]
+    for tier, micros in (("default", 6_375), ("priority", 12_750)):
+        assert priced(from_openai_response({**terminal, "service_tier": tier}, **WHO)) == micros
+    chat = load("openai_chat_completion.json")
+    assert from_openai_chat(chat, **WHO).service_tier == STANDARD
+    assert from_openai_chat(chat, **WHO, service_tier=BATCH).service_tier == BATCH
+    assert from_openai_chat({**chat, "service_tier": "priority"}, **WHO).service_tier == PRIORITY
+
+
+# -- every terminal stream event of both providers (issue 13, item 3) --------------------
+
+
+def test_every_terminal_stream_event_gives_its_ending() -> None:
+    """OpenAI Responses response.completed / .incomplete / .failed, the Chat Completions
+    final chunk with usage, Anthropic message_delta end_turn / max_tokens and a stream
+    cut off before message_stop, each from a recorded stream."""
+    read: dict[str, Callable[..., UsageEvent]] = {
+        "anthropic": from_anthropic_stream, "chat": from_openai_chat_stream,
+    }  # fmt: skip
+    seen = {
+        "response.completed": from_openai_response_stream(
+            lines("openai_response_completed_flex_stream.jsonl"), **WHO).ending,
+        "response.incomplete": from_openai_response_stream(
+            lines("openai_response_incomplete_stream.jsonl"), **WHO).ending,
+        "response.failed": from_openai_response_stream(
+            lines("openai_response_failed_stream.jsonl"), **WHO).ending,
+        "chat final chunk": read["chat"](lines("openai_chat_stream.jsonl"), **WHO).ending,
+        "end_turn": read["anthropic"](lines("anthropic_stream.jsonl"), **WHO).ending,
+        "max_tokens": read["anthropic"](lines("anthropic_stream_max_tokens.jsonl"), **WHO).ending,
+        "cut off": read["anthropic"](lines("anthropic_stream_cut_off.jsonl"), **WHO).ending,
+    }  # fmt: skip
+    assert seen == {
+        "response.completed": COMPLETED, "response.incomplete": INCOMPLETE,
+        "response.failed": FAILED, "chat final chunk": COMPLETED, "end_turn": COMPLETED,
+        "max_tokens": INCOMPLETE, "cut off": CUT_OFF,
+    }  # fmt: skip
