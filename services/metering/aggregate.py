@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.money import micros_of_picos
 from quartermaster.partitioning import partition_of
-from quartermaster.v1.usage_pb2 import UsageEvent
+from quartermaster.v1.usage_pb2 import CallEnding, UsageEvent
 from quartermaster.wire import NS_PER_SECOND
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
 from services.metering.decode import Decoded, InvalidUsage, decode
@@ -75,6 +75,7 @@ class Reject:
 # burn-rate minute is a union of these, so they are all derived from the sums exactly.
 SumKey = tuple[str, int, str, str, str, str]
 MINUTE = 60
+COMPLETED = CallEnding.CALL_ENDING_COMPLETED  # endings above it are partial calls
 
 
 @dataclass
@@ -105,6 +106,9 @@ class Plan:
     burn: dict[tuple[str, int], int] = field(default_factory=dict)
     workspaces: dict[str, str] = field(default_factory=dict)  # user → workspace
     unpriced: dict[str, int] = field(default_factory=dict)  # model → fallback-priced events
+    # UsageEvent.ending → counted events of calls that ended early (INCOMPLETE, FAILED,
+    # CUT_OFF); the rest of `counted` completed (or did not say)
+    partial: dict[int, int] = field(default_factory=dict)
 
     def keys(self) -> set[TotalKey]:
         """The totals this plan changes."""
@@ -183,6 +187,7 @@ class Meter:
         cutoff = now_ts - self.dedupe_window.total_seconds()
         plan = Plan(next_offset=state.next_offset)
         seen, new_seen, sums, settled = state.seen, plan.new_seen, plan.sums, plan.settled
+        partial = plan.partial
         partitions, default_workspace = self.partitions, self.default_workspace
         headroom = Headroom(guarded, state, self.tz) if guarded else None
         for rec in sorted(records, key=lambda r: r.offset):
@@ -227,6 +232,8 @@ class Meter:
                 ):  # fmt: skip
                     continue
                 new_seen[h] = now_ts
+                if event.ending > COMPLETED:
+                    partial[event.ending] = partial.get(event.ending, 0) + 1
                 key = (user, second // MINUTE, event.product, model, center,
                        event.workspace_id or default_workspace)  # fmt: skip
                 acc = sums.get(key)

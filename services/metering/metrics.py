@@ -8,6 +8,10 @@ QM_METERING_METRICS_ADDR; a no-op when that is empty):
   price (a model the catalog does not know, or none in force at occurred_at), by model
   (at most MAX_MODEL_LABELS names, then `(other)`): the catalog needs a price;
 - `qm_metering_counted_micros_total`: spend counted, in micro-credits;
+- `qm_metering_call_endings_total{ending}`: counted events by how their call ended
+  (UsageEvent.ending): `completed` (or not said), `incomplete` (stopped early: output
+  limit, content filter), `failed`, `cut_off` (a stream cut before its end: the tokens
+  are a lower bound of what was billed). A rise in cut_off is lost usage to look into;
 - `qm_metering_dlq_source_episodes_total{source}`: how many times a source went over
   its DLQ limit (`dlq_limit`): once per episode, not per record;
 - `qm_metering_dlq_source_over_limit{source}`: 1 for each source over its limit now.
@@ -23,11 +27,16 @@ from collections.abc import Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from quartermaster.v1.usage_pb2 import CallEnding
 from services.metering.aggregate import Plan
 
 MAX_MODEL_LABELS = 200
 MAX_SOURCE_LABELS = 200
 OTHER = "(other)"
+# UsageEvent.ending → the `ending` label (CALL_ENDING_CUT_OFF → "cut_off")
+ENDINGS: dict[int, str] = {
+    n: name.removeprefix("CALL_ENDING_").lower() for name, n in CallEnding.items()
+}
 
 
 class Labels:
@@ -62,6 +71,11 @@ class MeteringMetrics:
         self._micros = meter.create_counter(
             "qm_metering_counted_micros", description="Spend counted, in micro-credits"
         )
+        self._endings = meter.create_counter(
+            "qm_metering_call_endings",
+            description="Counted events by how the call ended (completed, incomplete, "
+            "failed, cut_off)",
+        )
         self._episodes = meter.create_counter(
             "qm_metering_dlq_source_episodes",
             description="Times a source went over its DLQ limit (once per episode)",
@@ -91,5 +105,10 @@ class MeteringMetrics:
         if plan.rejects:
             self._events.add(len(plan.rejects), {"outcome": "rejected"})
         self._micros.add(plan.micros)
+        partial = sum(plan.partial.values())
+        if plan.counted > partial:
+            self._endings.add(plan.counted - partial, {"ending": "completed"})
+        for ending, n in plan.partial.items():
+            self._endings.add(n, {"ending": ENDINGS.get(ending, str(ending))})
         for model, n in plan.unpriced.items():
             self._unpriced.add(n, {"model": self._model_label(model)})

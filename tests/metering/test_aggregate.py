@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
-from quartermaster.v1.usage_pb2 import ServiceTier
+from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier
 from services.metering.aggregate import Meter, Record
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import DEFAULT_PRICES
@@ -184,3 +184,15 @@ def test_metering_prices_one_hour_writes_audio_and_service_tiers() -> None:
     for event, micros in ((hour, 34_053), (batch, 3_125), (audio, 64_000)):
         changed = run(m, PartitionState(0, 0), records(0, [event.SerializeToString()]))
         assert changed[(u, "day", "2026-11-22")] == micros, event.model
+
+
+def test_a_plan_counts_partial_calls_by_ending_and_prices_them_in_full() -> None:
+    m, u = meter(), user_in(0)
+    endings = [CallEnding.CALL_ENDING_UNSPECIFIED, CallEnding.CALL_ENDING_COMPLETED,
+               CallEnding.CALL_ENDING_INCOMPLETE, CallEnding.CALL_ENDING_CUT_OFF,
+               CallEnding.CALL_ENDING_CUT_OFF]  # fmt: skip
+    events = [usage(u, occurred_at=NOW, ending=e).SerializeToString() for e in endings]
+    plan = m.plan(PartitionState(0, 0), records(0, events))
+    assert plan.counted == 5
+    assert plan.partial == {CallEnding.CALL_ENDING_INCOMPLETE: 1, CallEnding.CALL_ENDING_CUT_OFF: 2}
+    assert plan.micros == 5 * 6250

@@ -194,12 +194,20 @@ async def test_unknown_models_and_duplicates_show_in_the_workers_metrics(
 
     model, user = f"mystery-{uuid.uuid4().hex[:8]}", new_user()
     twice = usage(user, model=model)
+    cut = usage(user, model=model, ending=usage_pb2.CallEnding.CALL_ENDING_CUT_OFF)
     duplicates_before = await metric("qm_metering_events_total", outcome="duplicate")
-    produce_usage(infra.kafka_bootstrap, [twice, usage(user, model=model), twice])
-    await eventually(used_of(policy, user), 2 * 15_000)  # two counted, at the fallback price
+    cut_before = await metric("qm_metering_call_endings_total", ending="cut_off")
+    produce_usage(infra.kafka_bootstrap, [twice, usage(user, model=model), twice, cut])
+    await eventually(used_of(policy, user), 3 * 15_000)  # three counted, at the fallback price
     # recorded after the commit, which follows the published total
     unpriced = lambda: metric("qm_metering_unpriced_events_total", model=model)  # noqa: E731
-    await eventually(unpriced, 2.0, within=10)
+    await eventually(unpriced, 3.0, within=10)
+
+    async def cut_off() -> bool:  # the partial call shows by its ending (issue 13, item 3)
+        return await metric("qm_metering_call_endings_total", ending="cut_off") > cut_before
+
+    await eventually(cut_off, True, within=10)
+    assert await metric("qm_metering_call_endings_total", ending="completed") >= 2
 
     async def duplicated() -> bool:  # other tests' duplicates may land too
         return await metric("qm_metering_events_total", outcome="duplicate") > duplicates_before
