@@ -29,6 +29,7 @@ from quartermaster.db import migrate
 from quartermaster.partitioning import partition_of
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
+from quartermaster.v1.usage_pb2 import ServiceTier
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering import api
 from services.metering.aggregate import Meter, Record
@@ -54,11 +55,14 @@ from tests.metering.test_aggregate import HDR, PARTITIONS
 pytestmark = pytest.mark.infra
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 FIXED = [
-    "UTC", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide", "Australia/Lord_Howe",
-    "Pacific/Chatham", "America/St_Johns", "America/New_York", "Europe/London",
+    "UTC", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide", "Australia/Darwin",
+    "Australia/Lord_Howe", "Pacific/Chatham", "America/St_Johns", "America/New_York",
+    "Europe/London",
 ]  # fmt: skip
 USERS = [u for u in (f"user-{i}" for i in range(40)) if partition_of(u, PARTITIONS) == 0][:4]
-MODELS = ["gpt-5", "gpt-5-mini", "o3", "claude-sonnet-4-5", "unknown-model"]
+# catalog models, dated and routed forms of them, and one no catalog model names
+MODELS = ["gpt-5", "gpt-5-2025-08-07", "gpt-5-mini", "o3", "claude-sonnet-4-5",
+          "anthropic/claude-sonnet-4-5-20250929", "gpt-audio", "unknown-model"]  # fmt: skip
 
 
 @pytest.fixture
@@ -122,6 +126,12 @@ def random_events(rnd: random.Random, users: list[str], tz: ZoneInfo) -> list[by
                   input_tokens=rnd.randint(1, 3_000),
                   output_tokens=rnd.randint(0, 900))  # fmt: skip
         e.occurred_at.seconds, e.occurred_at.nanos = divmod(ns, 1_000_000_000)
+        # every token class and service tier (issue 13, item 2), each a valid subset
+        e.cache_write_input_tokens = rnd.randint(0, e.input_tokens // 2)
+        e.cache_write_1h_input_tokens = rnd.randint(0, e.cache_write_input_tokens)
+        e.audio_input_tokens = rnd.randint(0, e.input_tokens - e.cache_write_input_tokens)
+        e.audio_output_tokens = rnd.randint(0, e.output_tokens)
+        e.service_tier = rnd.choice(list(ServiceTier.values()))
         if rnd.random() < 0.5:
             e.attributes["cost_center"] = rnd.choice(["R&D", "Sales"])
         out.append(e.SerializeToString())
