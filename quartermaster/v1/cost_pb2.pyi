@@ -55,11 +55,17 @@ class _DimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Dimension.V
     DIMENSION_USER: _Dimension.ValueType  # 1
     DIMENSION_PRODUCT: _Dimension.ValueType  # 2
     DIMENSION_MODEL: _Dimension.ValueType  # 3
+    """The catalog model the reported id names (quartermaster.model_ids: "gpt-5" for
+    "gpt-5-2025-08-07", "openai/gpt-5" and an Azure deployment aliased to it); an id
+    naming no catalog model as reported.
+    """
     DIMENSION_COST_CENTER: _Dimension.ValueType  # 4
     DIMENSION_GROUP: _Dimension.ValueType  # 5
     """A directory group (policy's), with everyone in it now, nested groups included:
     a person in two groups counts in both rows.
     """
+    DIMENSION_MODEL_ID: _Dimension.ValueType  # 6
+    """The model id exactly as the events reported it (what exactly was called)."""
 
 class Dimension(_Dimension, metaclass=_DimensionEnumTypeWrapper): ...
 
@@ -67,11 +73,17 @@ DIMENSION_UNSPECIFIED: Dimension.ValueType  # 0
 DIMENSION_USER: Dimension.ValueType  # 1
 DIMENSION_PRODUCT: Dimension.ValueType  # 2
 DIMENSION_MODEL: Dimension.ValueType  # 3
+"""The catalog model the reported id names (quartermaster.model_ids: "gpt-5" for
+"gpt-5-2025-08-07", "openai/gpt-5" and an Azure deployment aliased to it); an id
+naming no catalog model as reported.
+"""
 DIMENSION_COST_CENTER: Dimension.ValueType  # 4
 DIMENSION_GROUP: Dimension.ValueType  # 5
 """A directory group (policy's), with everyone in it now, nested groups included:
 a person in two groups counts in both rows.
 """
+DIMENSION_MODEL_ID: Dimension.ValueType  # 6
+"""The model id exactly as the events reported it (what exactly was called)."""
 Global___Dimension: _TypeAlias = Dimension  # noqa: Y015
 
 @_typing.final
@@ -98,7 +110,9 @@ class UsageFilter(_message.Message):
     @_builtins.property
     def products(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Catalog models (each matches every id naming it) or reported ids."""
+
     @_builtins.property
     def cost_centers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -175,6 +189,7 @@ class UsageRow(_message.Message):
     FALLBACK_EVENTS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     GROUP_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Set for the dimensions grouped by; empty otherwise."""
     product: _builtins.str
@@ -193,6 +208,8 @@ class UsageRow(_message.Message):
     cached_input_tokens, priced at the model's cache_write rate).
     """
     group_id: _builtins.str
+    model_id: _builtins.str
+    """The reported model id, when grouped by DIMENSION_MODEL_ID."""
     @_builtins.property
     def bucket_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the bucket (unset for GRANULARITY_TOTAL)."""
@@ -214,10 +231,11 @@ class UsageRow(_message.Message):
         fallback_events: _builtins.int = ...,
         cache_write_tokens: _builtins.int = ...,
         group_id: _builtins.str = ...,
+        model_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "group_id", b"group_id", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "group_id", b"group_id", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "model_id", b"model_id", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

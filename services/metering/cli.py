@@ -51,6 +51,7 @@ DIMENSIONS = {
     "model": cost_pb2.DIMENSION_MODEL,
     "cost_center": cost_pb2.DIMENSION_COST_CENTER,
     "group": cost_pb2.DIMENSION_GROUP,
+    "model_id": cost_pb2.DIMENSION_MODEL_ID,  # the id as reported; "model": its catalog model
 }
 GRANULARITIES = {
     "hour": cost_pb2.GRANULARITY_HOUR,

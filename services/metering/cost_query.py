@@ -27,7 +27,8 @@ class Dimension(StrEnum):
 
     USER = "user_id"
     PRODUCT = "product"
-    MODEL = "model"
+    MODEL = "model"  # the catalog model the reported id names
+    MODEL_ID = "model_id"  # the id as reported
     COST_CENTER = "cost_center"
     GROUP = "group_id"
 

@@ -75,6 +75,7 @@ _DIMENSIONS = {
     cost_pb2.DIMENSION_MODEL: Dimension.MODEL,
     cost_pb2.DIMENSION_COST_CENTER: Dimension.COST_CENTER,
     cost_pb2.DIMENSION_GROUP: Dimension.GROUP,
+    cost_pb2.DIMENSION_MODEL_ID: Dimension.MODEL_ID,
 }
 _GRANULARITIES = {
     cost_pb2.GRANULARITY_HOUR: Granularity.HOUR,

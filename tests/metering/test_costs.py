@@ -19,8 +19,8 @@ from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
-from tests.conftest import ADMIN_METADATA, Replicas
-from tests.helpers import TOKENS, channel
+from tests.conftest import ADMIN_METADATA, MeteringWorker, Replicas
+from tests.helpers import TOKENS, channel, eventually, new_user, produce_usage, usage
 
 pytestmark = pytest.mark.infra
 T0 = datetime(2026, 10, 31, 14, tzinfo=UTC)  # 23:00 in Tokyo: the day flips an hour later
@@ -267,3 +267,81 @@ async def test_groups_filter_and_group_spend_with_their_members_now(
             assert [s.user_id for s in plain.spenders] == ["ann", "ben", "cat"]
     finally:
         await running.stop(1)
+
+
+async def test_models_group_by_the_catalog_model_and_the_reported_id_is_kept(
+    infra: Infra, stub: cost_pb2_grpc.UsageServiceAsyncStub
+) -> None:
+    """Issue 13, item 1: gpt-5, its dated snapshot and a routed id are one `model` row,
+    gpt-5, with their money summed before it is rounded; the reported ids stay apart as
+    `model_id`; a filter on gpt-5 finds all of them. (Catalog aliases resolve the same
+    way, through PriceCatalog.resolve; the session's catalog in force may predate one.)"""
+    product = f"cost-test-{uuid.uuid4().hex[:8]}"
+    ids = ["gpt-5", "gpt-5-2025-08-07", "openai/gpt-5", "o3-2025-04-16", "mystery-model"]
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        for i, model in enumerate(ids):  # 1,000.4 micros each: the 0.4s add up
+            await conn.execute(
+                """
+                INSERT INTO metering.rollups_15m (bucket, user_id, product, model, cost_center,
+                    workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
+                    reasoning_tokens, micros, picos_remainder, events, fallback_events)
+                VALUES ($1, 'ann', $2, $3, '', 'ws', 0, $4, 0, 0, 0, 1000, 400000, 1, 0)
+                """,
+                T0 + timedelta(minutes=15 * i), product, model, 100 + i,
+            )  # fmt: skip
+        # what the counting store writes beside the rollups of a new id
+        await conn.executemany(
+            "INSERT INTO metering.model_ids (model) VALUES ($1) ON CONFLICT DO NOTHING",
+            [(m,) for m in ids],
+        )
+    finally:
+        await conn.close()
+    f = cost_pb2.UsageFilter(start=timestamp(T0), end=timestamp(T0 + timedelta(hours=2)),
+                             products=[product])  # fmt: skip
+
+    async def rows(
+        by: list[cost_pb2.Dimension.ValueType], models: tuple[str, ...] = ()
+    ) -> list[cost_pb2.UsageRow]:
+        g = cost_pb2.UsageFilter()
+        g.CopyFrom(f)
+        g.models.extend(models)
+        request = cost_pb2.QueryUsageRequest(filter=g, group_by=by,
+                                             granularity=cost_pb2.GRANULARITY_TOTAL)  # fmt: skip
+        return list((await stub.QueryUsage(request)).rows)
+
+    by_model = {r.model: (r.input_tokens, r.micros, r.events)
+                for r in await rows([cost_pb2.DIMENSION_MODEL])}  # fmt: skip
+    # 3 x 1,000.4 = 3,001.2 -> 3,001 for gpt-5; the three rows share 5,002 (5 x 1,000.4)
+    assert by_model == {"gpt-5": (100 + 101 + 102, 3_001, 3), "o3": (103, 1_000, 1),
+                        "mystery-model": (104, 1_001, 1)}  # fmt: skip
+    by_id = {(r.model_id, r.model) for r in await rows([cost_pb2.DIMENSION_MODEL_ID])}
+    assert by_id == {(m, "") for m in ids}
+    both = await rows([cost_pb2.DIMENSION_MODEL, cost_pb2.DIMENSION_MODEL_ID])
+    assert {(r.model, r.model_id) for r in both} == {
+        ("gpt-5", "gpt-5"), ("gpt-5", "gpt-5-2025-08-07"), ("gpt-5", "openai/gpt-5"),
+        ("o3", "o3-2025-04-16"), ("mystery-model", "mystery-model"),
+    }  # fmt: skip
+    only = await rows([cost_pb2.DIMENSION_MODEL_ID], models=("gpt-5",))
+    assert sorted(r.model_id for r in only) == sorted(ids[:3])
+    exact = await rows([cost_pb2.DIMENSION_MODEL_ID], models=("openai/gpt-5",))
+    assert [r.model_id for r in exact] == ["openai/gpt-5"]
+    by_user = await rows([cost_pb2.DIMENSION_USER, cost_pb2.DIMENSION_MODEL])
+    assert sum(r.micros for r in by_user) == 5_002  # ann's exact 5,002, rounded once
+
+
+async def test_the_counting_worker_records_each_reported_model_id(
+    infra: Infra, metering: MeteringWorker
+) -> None:
+    model = f"gpt-5-{uuid.uuid4().hex[:6]}-routed"
+    produce_usage(infra.kafka_bootstrap, [usage(new_user(), model=model)])
+
+    async def recorded() -> bool:
+        conn = await asyncpg.connect(infra.database_url)
+        try:
+            found = await conn.fetchval("SELECT 1 FROM metering.model_ids WHERE model = $1", model)
+        finally:
+            await conn.close()
+        return bool(found == 1)
+
+    await eventually(recorded, True, within=120)

@@ -33,6 +33,9 @@ def total_of(row: asyncpg.Record) -> Total:
     )  # fmt: skip
 
 
+MAX_MODELS_REMEMBERED = 10_000
+
+
 class CountingStore:
     """One consumer's (`consumer`, `topic`) offsets, totals and seen ids."""
 
@@ -41,6 +44,9 @@ class CountingStore:
         self.consumer = consumer
         self.topic = topic
         self._rollups = rollups
+        # Model ids already in metering.model_ids (bounded: random ids must not grow it;
+        # past the bound a batch writes its ids again, a no-op upsert).
+        self._models_written: set[str] = set()
 
     async def load_partition(self, partition: int, seen_since: datetime) -> PartitionState:
         """A partition's state to count from: its next offset (0 when new), the event ids
@@ -111,6 +117,13 @@ class CountingStore:
                     raise _Fenced
                 await _write_totals(conn, partition, totals, now)
                 await self._rollups.write(conn, partition, rollups, now)
+                models = {k[4] for k in rollups} - self._models_written
+                if models:  # sorted: concurrent workers lock new ids in one order
+                    await conn.execute(
+                        "INSERT INTO metering.model_ids (model) SELECT unnest($1::text[])"
+                        " ON CONFLICT DO NOTHING",
+                        sorted(models),
+                    )
                 days = {t.period_start for k, t in totals.items() if k[1] == "day"}
                 await self._rollups.mark_days(conn, partition, days)
                 await _write_seen(conn, partition, seen)
@@ -118,6 +131,8 @@ class CountingStore:
                     await publish()
         except _Fenced:
             return False
+        if len(self._models_written) < MAX_MODELS_REMEMBERED:  # only once committed
+            self._models_written |= models
         return True
 
     async def _advance(

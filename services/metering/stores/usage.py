@@ -17,7 +17,12 @@ sum is more than a micro per row from the exact one). So for any grouping and
 granularity over a budget period, a user's rows sum to the user's GetBudget, and all
 rows to the sum of the users' GetBudget (as a group's budget pool sums its members').
 (Doing the per-user split for rows without a user too cost 5x on a 30-day query.)
-Read-only; queries take validated `cost_query` inputs.
+Models: `model` is the catalog model each reported id names (quartermaster.model_ids,
+under the catalog in force), `model_id` the id as reported. The few distinct ids
+(metering.model_ids, written by the counting store) are resolved in Python and the
+mapping joined in SQL, so a grouping by model sums `gpt-5-2025-08-07` and `gpt-5`
+before money is rounded, as one row. Read-only; queries take validated `cost_query`
+inputs.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from services.metering.cost_query import (
     UsageRow,
     whole_days,
 )
+from services.metering.pricing import PriceCatalog
 from services.metering.state import PICOS, ROLLUP_COUNTERS
+from services.metering.stores.catalog import CatalogStore
 from services.metering.stores.rollups import COLUMNS
 
 _LOCAL = "t AT TIME ZONE $7"
@@ -57,21 +64,26 @@ _FILTERS = """
     AND ($11::text[] IS NULL OR user_id = ANY($11))
     AND $7::text IS NOT NULL
 """
-# Grouping by directory group: each row once per group its user is in ($12, $13).
+# Grouping by directory group: each row once per group its user is in ($14, $15).
 _BY_GROUP = """
     , grouped AS (
         SELECT m.group_id, src.* FROM src
-        JOIN unnest($12::text[], $13::text[]) AS m(group_id, member) ON m.member = src.user_id
+        JOIN unnest($14::text[], $15::text[]) AS m(group_id, member) ON m.member = src.user_id
     )
 """
-_COLUMNS = ", ".join(("user_id", "product", "model", "cost_center", *COLUMNS))
+_COLUMNS = ", ".join(("user_id", "product", "model", "model AS model_id", "cost_center",
+                      *COLUMNS))  # fmt: skip
+# With ids to resolve ($12 reported -> $13 catalog model): joined to each branch's rows.
+_RESOLVED = _COLUMNS.replace("model, model AS", "coalesce(i.resolved, model) AS model, model AS")
+_JOIN_IDS = "LEFT JOIN ids i ON i.reported = model"
 # The counters summed as they are (money is summed exact apart)
 _PLAIN = [c for i, c in enumerate(ROLLUP_COUNTERS) if i != PICOS]
 _HALF = PICOS_PER_MICRO // 2
 # Whole local days in [$9, $10) come from the daily rollups unless a partition changed
 # them since they were compacted (`dirty`), the rest from the 15-minute ones.
 _SOURCE = f"""
-    WITH dirty AS (
+    WITH ids AS (SELECT * FROM unnest($12::text[], $13::text[]) AS i(reported, resolved)),
+    dirty AS (
         SELECT DISTINCT r.day,
                ((r.day AT TIME ZONE $7) + interval '1 day') AT TIME ZONE $7 AS next
         FROM metering.rollup_days r
@@ -79,30 +91,45 @@ _SOURCE = f"""
         WHERE r.day >= $9 AND r.day < $10 AND c.version IS DISTINCT FROM r.version
     ),
     src AS (
-        SELECT bucket AS t, {_COLUMNS} FROM metering.rollups_15m
+        SELECT bucket AS t, {{columns}} FROM metering.rollups_15m {{join}}
         WHERE ((bucket >= $1 AND bucket < $9) OR (bucket >= $10 AND bucket < $2)) AND {_FILTERS}
         UNION ALL
-        SELECT q.bucket AS t, {_COLUMNS} FROM metering.rollups_15m q
+        SELECT q.bucket AS t, {{columns}} FROM metering.rollups_15m q {{join}}
         JOIN dirty d ON q.bucket >= d.day AND q.bucket < d.next
         WHERE {_FILTERS}
         UNION ALL
-        SELECT day AS t, {_COLUMNS} FROM metering.rollups_daily
+        SELECT day AS t, {{columns}} FROM metering.rollups_daily {{join}}
         WHERE day >= $9 AND day < $10 AND day NOT IN (SELECT day FROM dirty) AND {_FILTERS}
     )
 """
 
 
+def _source(resolved: dict[str, str]) -> str:
+    """_SOURCE, joining the id → model mapping only when some id needs it (a catalog
+    whose traffic reports only catalog names reads as before)."""
+    if resolved:
+        return _SOURCE.format(columns=_RESOLVED, join=_JOIN_IDS)
+    return _SOURCE.format(columns=_COLUMNS, join="")
+
+
 def _args(
-    f: UsageFilter, tz: ZoneInfo, limit: int, days: bool, users: list[str] | None
-) -> list[object]:
-    """Query parameters $1..$11 (see _SOURCE); `days`: read whole days from daily rollups;
-    `users`: the users of the filter's groups (None: no group filter)."""
+    f: UsageFilter, tz: ZoneInfo, limit: int, days: bool, users: list[str] | None,
+    resolved: dict[str, str],
+) -> list[object]:  # fmt: skip
+    """Query parameters $1..$13 (see _SOURCE); `days`: read whole days from daily rollups;
+    `users`: the users of the filter's groups (None: no group filter); `resolved`:
+    reported id → catalog model, for the ids that name another. A model in the filter
+    matches itself and every id naming it."""
     start, end = f.window()
     a, b = whole_days(start, end, tz) if days else (end, end)
+    models = None
+    if f.models:
+        asked = set(f.models)
+        models = sorted(asked | {i for i, m in resolved.items() if m in asked})
     return [
         start, end, list(f.user_ids) or None, list(f.products) or None,
-        list(f.models) or None, list(f.cost_centers) or None,
-        tz.key, limit, a, b, users,
+        models, list(f.cost_centers) or None, tz.key, limit, a, b, users,
+        list(resolved), list(resolved.values()),
     ]  # fmt: skip
 
 
@@ -112,6 +139,30 @@ class UsageStore:
     def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo) -> None:
         self._pool = pool
         self._tz = tz
+        self._catalogs = CatalogStore(pool)
+        # (catalog revision, reported ids) → {id: catalog model} for ids naming another
+        self._ids: tuple[int, list[str]] = (-1, [])
+        self._resolved: dict[str, str] = {}
+
+    async def resolved(self) -> dict[str, str]:
+        """Reported model id → the catalog model it names, for the ids counted so far
+        that name a model other than themselves; read again when the catalog or the ids
+        changed (one small query per call: both are small tables)."""
+        row = await self._pool.fetchrow(
+            "SELECT (SELECT max(revision) FROM metering.price_catalogs) AS revision,"
+            " (SELECT array_agg(model ORDER BY model) FROM metering.model_ids) AS ids"
+        )
+        key = (int(row["revision"] or 0), list(row["ids"] or []))
+        if key != self._ids:
+            revision = await self._catalogs.current()
+            catalog: PriceCatalog | None = revision.catalog if revision else None
+            out = {}
+            for model in key[1] if catalog else ():
+                named = catalog.resolve(model) if catalog else None
+                if named is not None and named != model:
+                    out[model] = named
+            self._ids, self._resolved = key, out
+        return self._resolved
 
     async def _fetch(self, sql: str, args: list[object], jit: bool) -> list[asyncpg.Record]:
         """Run one read, with JIT off unless `jit`: the planner can't know how many
@@ -136,13 +187,15 @@ class UsageStore:
         limit = query.limit or DEFAULT_LIMIT
         by_group = "group_id" in dims
         days = query.granularity != Granularity.HOUR
-        args = _args(query.filter, self._tz, limit + 1, days, users)
+        resolved = await self.resolved()
+        args = _args(query.filter, self._tz, limit + 1, days, users, resolved)
         if by_group:
             pairs = [(g, u) for g, us in members.items() for u in us]
             args += [[g for g, _ in pairs], [u for _, u in pairs]]
         per_user = "user_id" in dims
         select = _apportioned if per_user else _pooled
-        sql = f"""{_SOURCE}{_BY_GROUP if by_group else ""}{select(query.granularity, dims)}"""
+        grouped = _BY_GROUP if by_group else ""
+        sql = f"""{_source(resolved)}{grouped}{select(query.granularity, dims)}"""
         rows = await self._fetch(sql, args, jit=not per_user)
         truncated = len(rows) > limit
         if per_user:
@@ -167,14 +220,15 @@ class UsageStore:
     async def top_spenders(self, query: TopSpendersQuery, users: list[str] | None) -> list[Spender]:
         """The users who spent most, most first (ties by user id)."""
         limit = query.limit or DEFAULT_TOP_SPENDERS
+        resolved = await self.resolved()
         rows = await self._fetch(
-            f"""{_SOURCE}
+            f"""{_source(resolved)}
             SELECT user_id, sum(events)::bigint AS events,
                    sum(micros)::bigint + {_floor(f"sum(picos_remainder)::bigint + {_HALF}")}
                        AS micros
             FROM src GROUP BY user_id ORDER BY micros DESC, user_id LIMIT $8
             """,
-            _args(query.filter, self._tz, limit, True, users),
+            _args(query.filter, self._tz, limit, True, users, resolved),
             jit=False,
         )
         return [Spender(r["user_id"], r["micros"], r["events"]) for r in rows]
