@@ -5,7 +5,9 @@
 Seeds metering.rollups_15m on its own PostgreSQL (free port) with --users people,
 each active --hours-per-day hours a day on --models models for --days days, then
 times QueryUsage (group by user, whole range; group by model per day) and TopSpenders
-through the real gRPC server, --runs times each. The last line is one JSON object.
+through the real gRPC server, --runs times each. The baseline, in the same run on the
+same data: by model per day with the SQL before GROUPING SETS (`baseline_pooled`),
+alternating with the current SQL call by call. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import timestamp
 from services.metering import api
 from services.metering.compaction import compact
+from services.metering.cost_query import DEFAULT_LIMIT, Granularity, UsageFilter
 from services.metering.settings import MeteringSettings
+from services.metering.stores import usage
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-reader-token-0123456789"
@@ -84,6 +88,46 @@ async def seed(url: str, users: int, days: int, hours: int, models: int, end: da
     return count
 
 
+def baseline_pooled(granularity: Granularity, dims: list[str]) -> str:
+    """The Cost API's rows-not-split-by-user SELECT as it was before GROUPING SETS (issue
+    13, item 4): `src` read twice, so materialized whole. Timed beside the current one.
+    The answer's SELECT over `src` (or `grouped`) when rows are not split by user:
+    rows per bucket and `dims` with their exact cost (m micros + r picos), and `budget`,
+    the sum of each user's exact spend under the query rounded once (per group, when
+    grouped by group), which the rows' micros are apportioned to (`money.apportion`)."""
+    by_group = "group_id" in dims
+    d = "".join(f", {x}" for x in dims)
+    src = "grouped" if by_group else "src"
+    return f"""
+    , owners AS (
+        SELECT sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r
+        FROM {src} GROUP BY user_id{", group_id" if by_group else ""}
+    )
+    SELECT {usage._BUCKETS[granularity]} AS bucket{d},
+           {", ".join(f"sum({c})::bigint AS {c}" for c in usage._PLAIN)},
+           sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r,
+           (SELECT sum(m + {usage._floor(f"r + {usage._HALF}")})::bigint FROM owners) AS budget
+    FROM {src}
+    GROUP BY bucket{d}
+    ORDER BY bucket NULLS FIRST, m DESC{d}
+    LIMIT $8
+    """
+
+
+async def explain(url: str, start: datetime, end: datetime) -> None:
+    """EXPLAIN ANALYZE of by model per day, current SQL and baseline (--explain)."""
+    f = UsageFilter(start, end)
+    args = usage._args(f, ZoneInfo("UTC"), DEFAULT_LIMIT + 1, True, None, {})
+    conn = await asyncpg.connect(url)
+    try:
+        for name, select in (("current", usage._pooled), ("baseline", baseline_pooled)):
+            sql = usage._source({}) + select(Granularity.DAY, ["model"])
+            plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
+            say(f"-- {name}\n" + "\n".join(r[0] for r in plan))
+    finally:
+        await conn.close()
+
+
 async def timed(call: object, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
@@ -104,6 +148,8 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
             rows = await seed(infra.database_url, ns.users, ns.days, ns.hours_per_day,
                               ns.models, end)  # fmt: skip
             say(f"seeded {rows:,} 15-minute rollup rows in {time.perf_counter() - t:.1f}s")
+            if ns.explain:
+                await explain(infra.database_url, end - timedelta(days=ns.days), end)
             tokens = {"QM_TOKENS": f"bench:reader:{TOKEN}"}
             settings = MeteringSettings.from_env({**os.environ, **infra.env(), **tokens})
             running = await api.start(settings, addr="127.0.0.1:0")
@@ -126,17 +172,27 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                     assert len(first.rows) == ns.users, len(first.rows)
                     query, ranking = stub.QueryUsage, stub.TopSpenders
                     q1 = await timed(lambda: query(by_user, timeout=60, metadata=AUTH), ns.runs)
-                    q2 = await timed(
-                        lambda: query(by_model_day, timeout=60, metadata=AUTH), ns.runs
-                    )
+                    current = usage._pooled
+                    q2, q2_baseline = [], []
+                    for _ in range(ns.runs):  # alternating, so load drifts hit both alike
+                        q2 += await timed(lambda: query(by_model_day, timeout=60, metadata=AUTH), 1)
+                        usage._pooled = baseline_pooled
+                        try:
+                            q2_baseline += await timed(
+                                lambda: query(by_model_day, timeout=60, metadata=AUTH), 1
+                            )
+                        finally:
+                            usage._pooled = current
                     top = cost_pb2.TopSpendersRequest(filter=window, limit=10)
                     q3 = await timed(lambda: ranking(top, timeout=60, metadata=AUTH), ns.runs)
             finally:
                 await running.stop(1)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    for name, q in (("by user, 30 days", q1), ("by model per day", q2), ("top 10", q3)):
-        say(f"{name:>18}: median {statistics.median(q):7.1f} ms, max {max(q):7.1f} ms")
+    for name, q in (("by user, 30 days", q1), ("by model per day", q2),
+                    ("baseline by model", q2_baseline), ("top 10", q3)):  # fmt: skip
+        say(f"{name:>18}: median {statistics.median(q):7.1f} ms, min {min(q):7.1f} ms,"
+            f" max {max(q):7.1f} ms")  # fmt: skip
     return {
         "rollup_rows": rows,
         "users": ns.users,
@@ -144,6 +200,7 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
         "query_by_user_median_ms": round(statistics.median(q1), 1),
         "query_by_user_max_ms": round(max(q1), 1),
         "query_by_model_day_median_ms": round(statistics.median(q2), 1),
+        "query_by_model_day_baseline_median_ms": round(statistics.median(q2_baseline), 1),
         "top_spenders_median_ms": round(statistics.median(q3), 1),
     }
 
@@ -155,6 +212,7 @@ def main() -> None:
     parser.add_argument("--hours-per-day", type=int, default=8)
     parser.add_argument("--models", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--explain", action="store_true", help="print the query plans too")
     ns = parser.parse_args()
     sys.stdout.write(json.dumps(asyncio.run(main_async(ns))) + "\n")
 

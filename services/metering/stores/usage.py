@@ -251,21 +251,28 @@ def _pooled(granularity: Granularity, dims: list[str]) -> str:
     """The answer's SELECT over `src` (or `grouped`) when rows are not split by user:
     rows per bucket and `dims` with their exact cost (m micros + r picos), and `budget`,
     the sum of each user's exact spend under the query rounded once (per group, when
-    grouped by group), which the rows' micros are apportioned to (`money.apportion`)."""
+    grouped by group), which the rows' micros are apportioned to (`money.apportion`).
+
+    One pass over the rows computes both groupings (GROUPING SETS: the answer's rows,
+    and each user's sum for `budget`); only that small result is read twice. Reading
+    `src` in two places made PostgreSQL materialize all of it (~150,000 rows for 30
+    days of 10,000 people) and scan it twice: 2.6x the time of the sums alone."""
     by_group = "group_id" in dims
     d = "".join(f", {x}" for x in dims)
-    src = "grouped" if by_group else "src"
+    owner = "user_id, group_id" if by_group else "user_id"
+    bucket = _BUCKETS[granularity]
     return f"""
-    , owners AS (
-        SELECT sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r
-        FROM {src} GROUP BY user_id{", group_id" if by_group else ""}
+    , sets AS (
+        SELECT {bucket} AS bucket{d}, GROUPING(user_id) AS answer,
+               {", ".join(f"sum({c})::bigint AS {c}" for c in _PLAIN)},
+               sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r
+        FROM {"grouped" if by_group else "src"}
+        GROUP BY GROUPING SETS (({bucket}{d}), ({owner}))
     )
-    SELECT {_BUCKETS[granularity]} AS bucket{d},
-           {", ".join(f"sum({c})::bigint AS {c}" for c in _PLAIN)},
-           sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r,
-           (SELECT sum(m + {_floor(f"r + {_HALF}")})::bigint FROM owners) AS budget
-    FROM {src}
-    GROUP BY bucket{d}
+    SELECT bucket{d}, {", ".join(_PLAIN)}, m, r,
+           (SELECT sum(m + {_floor(f"r + {_HALF}")})::bigint FROM sets WHERE answer = 0)
+               AS budget
+    FROM sets WHERE answer = 1
     ORDER BY bucket NULLS FIRST, m DESC{d}
     LIMIT $8
     """
