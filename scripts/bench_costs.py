@@ -6,7 +6,8 @@ Seeds metering.rollups_15m on its own PostgreSQL (free port) with --users people
 each active --hours-per-day hours a day on --models models for --days days, then
 times QueryUsage (group by user, whole range; group by model per day) and TopSpenders
 through the real gRPC server, --runs times each. The baseline, in the same run on the
-same data: by model per day with the SQL before GROUPING SETS (`baseline_pooled`),
+same data: by model per day with the SQL before issue 13 item 4 (`baseline_source`:
+changed days as a CTE the planner overestimates; `baseline_pooled`: rows read twice),
 alternating with the current SQL call by call. The last line is one JSON object.
 """
 
@@ -91,6 +92,7 @@ async def seed(url: str, users: int, days: int, hours: int, models: int, end: da
 def baseline_pooled(granularity: Granularity, dims: list[str]) -> str:
     """The Cost API's rows-not-split-by-user SELECT as it was before GROUPING SETS (issue
     13, item 4): `src` read twice, so materialized whole. Timed beside the current one.
+
     The answer's SELECT over `src` (or `grouped`) when rows are not split by user:
     rows per bucket and `dims` with their exact cost (m micros + r picos), and `budget`,
     the sum of each user's exact spend under the query rounded once (per group, when
@@ -114,14 +116,44 @@ def baseline_pooled(granularity: Granularity, dims: list[str]) -> str:
     """
 
 
+def baseline_source(resolved: dict[str, str], dirty: list[tuple[datetime, datetime]]) -> str:
+    """The Cost API's rows as read before the changed days were read first (issue 13,
+    item 4): a CTE of them, guessed at one per day of the range, joined by range."""
+    columns, filters = usage._COLUMNS, usage._FILTERS
+    return f"""
+    WITH dirty AS (
+        SELECT DISTINCT r.day,
+               ((r.day AT TIME ZONE $7) + interval '1 day') AT TIME ZONE $7 AS next
+        FROM metering.rollup_days r
+        LEFT JOIN metering.compacted_days c ON c.day = r.day AND c.partition = r.partition
+        WHERE r.day >= $9 AND r.day < $10 AND c.version IS DISTINCT FROM r.version
+    ),
+    ids AS (SELECT * FROM unnest($12::text[], $13::text[]) AS i(reported, resolved)),
+    src AS (
+        SELECT bucket AS t, {columns} FROM metering.rollups_15m
+        WHERE ((bucket >= $1 AND bucket < $9) OR (bucket >= $10 AND bucket < $2)) AND {filters}
+        UNION ALL
+        SELECT q.bucket AS t, {columns} FROM metering.rollups_15m q
+        JOIN dirty d ON q.bucket >= d.day AND q.bucket < d.next
+        WHERE {filters}
+        UNION ALL
+        SELECT day AS t, {columns} FROM metering.rollups_daily
+        WHERE day >= $9 AND day < $10 AND day NOT IN (SELECT day FROM dirty) AND {filters}
+    )
+"""
+
+
 async def explain(url: str, start: datetime, end: datetime) -> None:
     """EXPLAIN ANALYZE of by model per day, current SQL and baseline (--explain)."""
     f = UsageFilter(start, end)
     args = usage._args(f, ZoneInfo("UTC"), DEFAULT_LIMIT + 1, True, None, {})
     conn = await asyncpg.connect(url)
     try:
-        for name, select in (("current", usage._pooled), ("baseline", baseline_pooled)):
-            sql = usage._source({}) + select(Granularity.DAY, ["model"])
+        for name, source, select in (
+            ("current", usage._source, usage._pooled),
+            ("baseline", baseline_source, baseline_pooled),
+        ):
+            sql = source({}, []) + select(Granularity.DAY, ["model"])
             plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
             say(f"-- {name}\n" + "\n".join(r[0] for r in plan))
     finally:
@@ -172,17 +204,17 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                     assert len(first.rows) == ns.users, len(first.rows)
                     query, ranking = stub.QueryUsage, stub.TopSpenders
                     q1 = await timed(lambda: query(by_user, timeout=60, metadata=AUTH), ns.runs)
-                    current = usage._pooled
+                    current = usage._pooled, usage._source
                     q2, q2_baseline = [], []
                     for _ in range(ns.runs):  # alternating, so load drifts hit both alike
                         q2 += await timed(lambda: query(by_model_day, timeout=60, metadata=AUTH), 1)
-                        usage._pooled = baseline_pooled
+                        usage._pooled, usage._source = baseline_pooled, baseline_source
                         try:
                             q2_baseline += await timed(
                                 lambda: query(by_model_day, timeout=60, metadata=AUTH), 1
                             )
                         finally:
-                            usage._pooled = current
+                            usage._pooled, usage._source = current
                     top = cost_pb2.TopSpendersRequest(filter=window, limit=10)
                     q3 = await timed(lambda: ranking(top, timeout=60, metadata=AUTH), ns.runs)
             finally:
