@@ -284,26 +284,23 @@ def _pooled(granularity: Granularity, dims: list[str]) -> str:
     the sum of each user's exact spend under the query rounded once (per group, when
     grouped by group), which the rows' micros are apportioned to (`money.apportion`).
 
-    One pass over the rows computes both groupings (GROUPING SETS: the answer's rows,
-    and each user's sum for `budget`); only that small result is read twice. Reading
-    `src` in two places made PostgreSQL materialize all of it (~150,000 rows for 30
-    days of 10,000 people) and scan it twice: 2.6x the time of the sums alone."""
+    `src` is read twice (so materialized): with the changed days known, both reads
+    are hash aggregates. GROUPING SETS over one read measured slower (issue 13, item
+    4): PostgreSQL grouped its sets by sorting the rows, on disk for 30 days."""
     by_group = "group_id" in dims
     d = "".join(f", {x}" for x in dims)
-    owner = "user_id, group_id" if by_group else "user_id"
-    bucket = _BUCKETS[granularity]
+    src = "grouped" if by_group else "src"
     return f"""
-    , sets AS (
-        SELECT {bucket} AS bucket{d}, GROUPING(user_id) AS answer,
-               {", ".join(f"sum({c})::bigint AS {c}" for c in _PLAIN)},
-               sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r
-        FROM {"grouped" if by_group else "src"}
-        GROUP BY GROUPING SETS (({bucket}{d}), ({owner}))
+    , owners AS (
+        SELECT sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r
+        FROM {src} GROUP BY user_id{", group_id" if by_group else ""}
     )
-    SELECT bucket{d}, {", ".join(_PLAIN)}, m, r,
-           (SELECT sum(m + {_floor(f"r + {_HALF}")})::bigint FROM sets WHERE answer = 0)
-               AS budget
-    FROM sets WHERE answer = 1
+    SELECT {_BUCKETS[granularity]} AS bucket{d},
+           {", ".join(f"sum({c})::bigint AS {c}" for c in _PLAIN)},
+           sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r,
+           (SELECT sum(m + {_floor(f"r + {_HALF}")})::bigint FROM owners) AS budget
+    FROM {src}
+    GROUP BY bucket{d}
     ORDER BY bucket NULLS FIRST, m DESC{d}
     LIMIT $8
     """
