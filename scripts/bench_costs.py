@@ -7,8 +7,8 @@ each active --hours-per-day hours a day on --models models for --days days, then
 times QueryUsage (group by user, whole range; group by model per day) and TopSpenders
 through the real gRPC server, --runs times each. The baseline, in the same run on the
 same data: by model per day with the SQL before issue 13 item 4 (`baseline_source`:
-changed days as a CTE the planner overestimates; `baseline_pooled`: rows read twice),
-alternating with the current SQL call by call. The last line is one JSON object.
+the changed days as a CTE the planner guessed at one a day, so its range join at
+millions of rows), alternating with the current SQL call by call. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -89,33 +89,6 @@ async def seed(url: str, users: int, days: int, hours: int, models: int, end: da
     return count
 
 
-def baseline_pooled(granularity: Granularity, dims: list[str]) -> str:
-    """The Cost API's rows-not-split-by-user SELECT as it was before GROUPING SETS (issue
-    13, item 4): `src` read twice, so materialized whole. Timed beside the current one.
-
-    The answer's SELECT over `src` (or `grouped`) when rows are not split by user:
-    rows per bucket and `dims` with their exact cost (m micros + r picos), and `budget`,
-    the sum of each user's exact spend under the query rounded once (per group, when
-    grouped by group), which the rows' micros are apportioned to (`money.apportion`)."""
-    by_group = "group_id" in dims
-    d = "".join(f", {x}" for x in dims)
-    src = "grouped" if by_group else "src"
-    return f"""
-    , owners AS (
-        SELECT sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r
-        FROM {src} GROUP BY user_id{", group_id" if by_group else ""}
-    )
-    SELECT {usage._BUCKETS[granularity]} AS bucket{d},
-           {", ".join(f"sum({c})::bigint AS {c}" for c in usage._PLAIN)},
-           sum(micros)::bigint AS m, sum(picos_remainder)::bigint AS r,
-           (SELECT sum(m + {usage._floor(f"r + {usage._HALF}")})::bigint FROM owners) AS budget
-    FROM {src}
-    GROUP BY bucket{d}
-    ORDER BY bucket NULLS FIRST, m DESC{d}
-    LIMIT $8
-    """
-
-
 def baseline_source(resolved: dict[str, str], dirty: list[tuple[datetime, datetime]]) -> str:
     """The Cost API's rows as read before the changed days were read first (issue 13,
     item 4): a CTE of them, guessed at one per day of the range, joined by range."""
@@ -149,11 +122,11 @@ async def explain(url: str, start: datetime, end: datetime) -> None:
     args = usage._args(f, ZoneInfo("UTC"), DEFAULT_LIMIT + 1, True, None, {})
     conn = await asyncpg.connect(url)
     try:
-        for name, source, select in (
-            ("current", usage._source, usage._pooled),
-            ("baseline", baseline_source, baseline_pooled),
+        for name, source in (
+            ("current", usage._source),
+            ("baseline", baseline_source),
         ):
-            sql = source({}, []) + select(Granularity.DAY, ["model"])
+            sql = source({}, []) + usage._pooled(Granularity.DAY, ["model"])
             plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
             say(f"-- {name}\n" + "\n".join(r[0] for r in plan))
     finally:
@@ -204,17 +177,17 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                     assert len(first.rows) == ns.users, len(first.rows)
                     query, ranking = stub.QueryUsage, stub.TopSpenders
                     q1 = await timed(lambda: query(by_user, timeout=60, metadata=AUTH), ns.runs)
-                    current = usage._pooled, usage._source
+                    current = usage._source
                     q2, q2_baseline = [], []
                     for _ in range(ns.runs):  # alternating, so load drifts hit both alike
                         q2 += await timed(lambda: query(by_model_day, timeout=60, metadata=AUTH), 1)
-                        usage._pooled, usage._source = baseline_pooled, baseline_source
+                        usage._source = baseline_source
                         try:
                             q2_baseline += await timed(
                                 lambda: query(by_model_day, timeout=60, metadata=AUTH), 1
                             )
                         finally:
-                            usage._pooled, usage._source = current
+                            usage._source = current
                     top = cost_pb2.TopSpendersRequest(filter=window, limit=10)
                     q3 = await timed(lambda: ranking(top, timeout=60, metadata=AUTH), ns.runs)
             finally:
