@@ -108,16 +108,19 @@ def producer(bootstrap: str, **config: object) -> Producer:
 
     librdkafka's default partitioner (CRC32) sends a key to a different partition than
     the Java client, aiokafka and faust (murmur2). Usage is keyed by user_id and
-    metering keeps each user's state with one partition, so every producer of ours
-    uses murmur2; other producers must too (kcat: `-X partitioner=murmur2_random`).
+    metering counts each user on one partition, the murmur2 one, so every producer of
+    ours uses murmur2: its records arrive home (others are forwarded there, one hop
+    later).
     """
     return Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "log_level": 4, **config}
     )
 
 
-# (topic, key, value, headers)
-OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+Headers = list[tuple[str, str | bytes | None]]
+# (topic, key, value, headers), or with a fifth element: the partition to send it to
+# (else the producer's murmur2 partitioner picks it from the key)
+OutRecord = tuple[str, bytes | None, bytes, Headers] | tuple[str, bytes | None, bytes, Headers, int]
 
 
 class Publisher:
@@ -140,12 +143,16 @@ class Publisher:
             if err is not None:
                 errors.append(str(err))
 
-        for topic, key, value, headers in records:
+        for record in records:
+            topic, key, value, headers = record[0], record[1], record[2], record[3]
+            # confluent-kafka: a negative partition means "let the partitioner choose"
+            partition = record[4] if len(record) == 5 else -1
             while True:
                 try:
                     self._producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=delivered
-                    )
+                        topic, key=key, value=value, headers=headers, partition=partition,
+                        on_delivery=delivered,
+                    )  # fmt: skip
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.05)

@@ -6,6 +6,15 @@ already counted (offset below the stored one) and event_ids seen in the last
 `dedupe_window`; the period totals, 15-minute rollups and burn-rate minutes of the
 batch are derived from those sums.
 
+An event is counted by its user's home partition (`partitioning.partition_of`: Kafka's
+murmur2 of the user id), which holds the user's state. An event that arrives on
+another partition (a producer with another partitioner, no key, a request-id key or an
+explicit partition) is not counted here but *forwarded*: the plan lists it under its
+home partition, and the processor sends it there inside the same fenced commit that
+moves this partition's offset past it. Counting it stays exactly once: a crash before
+that commit forwards it again on replay, and the home partition skips the second copy
+by its event_id, as it skips any event reported twice within `dedupe_window`.
+
 Exact throughout: instants are integers (epoch seconds for buckets and periods, epoch
 nanoseconds for the price in force), never float seconds, which round an instant up
 into the next period from ~120 ns before it; money is summed in exact pico-credits
@@ -105,6 +114,8 @@ class Plan:
     burn: dict[tuple[str, int], int] = field(default_factory=dict)
     workspaces: dict[str, str] = field(default_factory=dict)  # user → workspace
     unpriced: dict[str, int] = field(default_factory=dict)  # model → fallback-priced events
+    # (home partition, source) → events that arrived on another partition, to forward
+    forwards: dict[tuple[int, str], list[UsageEvent]] = field(default_factory=dict)
 
     def keys(self) -> set[TotalKey]:
         """The totals this plan changes."""
@@ -195,8 +206,9 @@ class Meter:
                 continue
             for event in decoded.events:
                 user = event.user_id
-                if partition_of(user, partitions) != rec.partition:
-                    _misplaced(plan, rec, event, partitions)
+                home = partition_of(user, partitions)
+                if home != rec.partition:
+                    _forward(plan, rec, event, home, decoded.source)
                     continue
                 h = id_hash(event.event_id)
                 first = new_seen.get(h)
@@ -373,13 +385,11 @@ def _tally(plan: Plan, source: str, invalid: int) -> None:
     plan.sources.setdefault(source, [0, 0])[invalid] += 1
 
 
-def _misplaced(plan: Plan, rec: Record, event: UsageEvent, partitions: int) -> None:
-    user = event.user_id
-    why = (
-        f"user_id {user!r} belongs to partition {partition_of(user, partitions)}, not "
-        f"{rec.partition}: key records by user_id with Kafka's default (murmur2) partitioner"
-    )
-    plan.rejects.append(Reject(rec.offset, rec.key, event.SerializeToString(), why))  # fmt: skip
+def _forward(plan: Plan, rec: Record, event: UsageEvent, home: int, event_source: str) -> None:
+    """List `event` (of `rec`, away from its user's `home` partition) for forwarding,
+    under its record's source so the DLQ limit at home still knows the producer."""
+    source = source_of(rec.headers, event_source)
+    plan.forwards.setdefault((home, source), []).append(event)
 
 
 def _refused(

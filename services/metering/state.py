@@ -5,8 +5,9 @@ Money is kept exact here, in pico-credits (`quartermaster.money`): a total's
 micro-credits are its exact sum rounded once (`Total.used_micros`).
 
 Pure data (no I/O): the counting store loads and writes it, `aggregate.Meter` computes
-what a batch changes in it. Every event of a user lands in one partition (Kafka's
-murmur2 partitioner on user_id), so one worker owns a user's state at a time.
+what a batch changes in it. Every event of a user is counted on one partition, its
+home (Kafka's murmur2 partitioner on user_id; events arriving elsewhere are forwarded
+there, see `aggregate`), so one worker owns a user's state at a time.
 """
 
 from __future__ import annotations
