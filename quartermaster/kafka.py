@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
@@ -133,7 +134,7 @@ class Publisher:
             bootstrap, **{"linger.ms": 2, "enable.idempotence": True, "acks": "all"}
         )
 
-    async def send(self, records: list[OutRecord]) -> None:
+    async def send(self, records: Sequence[OutRecord]) -> None:
         """Send `records` and wait until the broker has them all; OSError when any was
         not delivered within 30 s or the client was not ready (retry it); a
         non-retriable KafkaException for a record the producer refuses outright."""

@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.money import micros_of_picos
 from quartermaster.partitioning import partition_of
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from quartermaster.v1.usage_pb2 import UsageEvent
 from quartermaster.wire import NS_PER_SECOND
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
@@ -77,6 +78,8 @@ class Reject:
     value: bytes
     reason: str
     source: str = ""  # dlq_limit.source_of the record; "" when not worked out
+    # the value's content-type header ("": none), so the DLQ copy can be replayed as is
+    content_type: str = PROTOBUF
 
 
 # (user_id, occurred_at's epoch minute, product, model, cost center, workspace): the
@@ -145,6 +148,7 @@ class Meter:
         max_age: timedelta,
         dedupe_window: timedelta,
         clock: Callable[[], datetime],
+        reject_unpriced: bool = False,
     ) -> None:
         self._versions: dict[str, tuple[int, int, Price, bool]] = {}
         self.use_catalog(catalog)
@@ -154,6 +158,7 @@ class Meter:
         self.max_age = max_age
         self.dedupe_window = dedupe_window
         self.clock = clock
+        self.reject_unpriced = reject_unpriced  # else counted at the fallback price
 
     @property
     def catalog(self) -> PriceCatalog:
@@ -223,6 +228,9 @@ class Meter:
                 second = ts.seconds
                 model = event.model
                 price, fallback = self._price(model, second * NS_PER_SECOND + ts.nanos)
+                if fallback and self.reject_unpriced:
+                    _unpriced(plan, rec, event, decoded.source)
+                    continue
                 inp, cached, written = (
                     event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
                 )  # fmt: skip
@@ -274,11 +282,15 @@ class Meter:
                 source = source_of(rec.headers, decoded.source)
                 _tally(plan, source, 0)
                 for value, why in decoded.rejects:
+                    # an event of a batch, serialized alone: a protobuf UsageEvent
                     plan.rejects.append(Reject(rec.offset, rec.key, value, why, source))
                 return decoded
         source = source_of(rec.headers, event_source)
         _tally(plan, source, 1)
-        plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason, source))
+        content_type = rec.headers.get(CONTENT_TYPE, "")
+        plan.rejects.append(
+            Reject(rec.offset, rec.key, rec.value or b"", reason, source, content_type)
+        )
         plan.invalid_records += 1
         return None
 
@@ -383,6 +395,16 @@ class Meter:
 def _tally(plan: Plan, source: str, invalid: int) -> None:
     """Count one record of `source` in the plan, valid (0) or invalid (1)."""
     plan.sources.setdefault(source, [0, 0])[invalid] += 1
+
+
+def _unpriced(plan: Plan, rec: Record, event: UsageEvent, event_source: str) -> None:
+    why = (
+        f"no price for model {event.model!r} at {event.occurred_at.ToJsonString()} "
+        "(QM_METERING_UNPRICED=reject): load its price (cli prices load), then replay "
+        "(cli dlq replay)"
+    )
+    source = source_of(rec.headers, event_source)
+    plan.rejects.append(Reject(rec.offset, rec.key, event.SerializeToString(), why, source))
 
 
 def _forward(plan: Plan, rec: Record, event: UsageEvent, home: int, event_source: str) -> None:

@@ -18,6 +18,12 @@ after a broker lost its data, accepting them as they are now:
     python -m services.metering.cli topic check
     python -m services.metering.cli topic accept --by ann --reason "broker restarted"
 
+and the usage DLQ (the same way): what is in it, and replaying a selection once its
+cause is fixed (see services/metering/dlq.py):
+
+    python -m services.metering.cli dlq list [--reason-contains "no price"]
+    python -m services.metering.cli dlq replay --by ann --reason "gpt-9 priced" [...]
+
 Every command sends a bearer token, QM_TOKEN or --token: one with role reader (or
 admin) for usage, top and the price listings, role prices for loading prices (see
 docs/security.md).
@@ -42,6 +48,7 @@ from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
+from services.metering import dlq
 from services.metering.settings import MeteringSettings
 from services.metering.state import ROLLUP_COUNTERS
 
@@ -272,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
     _prices_parser(sub)
     _topic_parser(sub)
+    dlq.add_parser(sub)
     return p
 
 
@@ -279,6 +287,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     ns = parser().parse_args(argv)
     if ns.command == "topic":
         return topic(ns, out)
+    if ns.command == "dlq":
+        settings = load_or_exit(MeteringSettings, "metering cli")
+        return dlq.run(ns, settings.kafka_bootstrap, settings.database_url, out)
     if os.environ.get("QM_ADMIN_TOKEN") and not os.environ.get("QM_TOKEN"):
         sys.stderr.write("QM_ADMIN_TOKEN was renamed QM_TOKEN (see docs/security.md)\n")
         return 2
