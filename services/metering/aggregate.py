@@ -215,7 +215,7 @@ class Meter:
                 if home != rec.partition:
                     _forward(plan, rec, event, home, decoded.source)
                     continue
-                h = id_hash(event.event_id)
+                h = id_hash(user, event.event_id)
                 first = new_seen.get(h)
                 if first is None:
                     first = seen.get(h)

@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 import grpc
 
+from quartermaster import kafka
 from quartermaster.grpcclient import bearer, open_blocking_channel
 from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
@@ -231,6 +232,7 @@ def topic(ns: argparse.Namespace, out: TextIO) -> int:
     from services.metering.wiring import topic_guard
 
     settings = MeteringSettings.from_env()
+    kafka.configure(settings)
 
     async def run() -> int:
         pool = await connect_pool(settings.database_url, max_size=2)
@@ -289,6 +291,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         return topic(ns, out)
     if ns.command == "dlq":
         settings = load_or_exit(MeteringSettings, "metering cli")
+        kafka.configure(settings)
         return dlq.run(ns, settings.kafka_bootstrap, settings.database_url, out)
     if os.environ.get("QM_ADMIN_TOKEN") and not os.environ.get("QM_TOKEN"):
         sys.stderr.write("QM_ADMIN_TOKEN was renamed QM_TOKEN (see docs/security.md)\n")

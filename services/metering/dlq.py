@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from quartermaster import kafka
 from quartermaster.topics import Topic
 from services.metering.dead_letter import (
     DeadLetterView,
@@ -43,10 +44,9 @@ def read(bootstrap: str, selection: Selection, timeout: float = 10.0) -> Iterato
     """The DLQ's records that `selection` picks, oldest offset first per partition,
     read from the start of every partition to its end as it was when reading began.
     Raises OSError when the broker does not answer within `timeout` seconds."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "qm-dlq-reader",
-        "enable.auto.commit": False, "log_level": 3,
-    })  # fmt: skip
+    consumer = Consumer(kafka.client_config(
+        bootstrap, **{"group.id": "qm-dlq-reader", "enable.auto.commit": False, "log_level": 3}
+    ))  # fmt: skip
     try:
         topic = Topic.USAGE_DLQ.value
         try:

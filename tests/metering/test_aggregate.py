@@ -102,7 +102,7 @@ def test_an_event_away_from_its_users_partition_is_forwarded_home_not_counted() 
     assert (plan.counted, plan.rejects, plan.next_offset) == (1, [], 1)
     ((home, _source), events), *more = plan.forwards.items()
     assert (home, [e.user_id for e in events], more) == (0, [u], [])
-    assert plan.new_seen.keys() == {id_hash(batch.events[1].event_id)}
+    assert plan.new_seen.keys() == {id_hash(v, batch.events[1].event_id)}
 
 
 def test_forwarded_events_go_to_their_home_partition_in_batches_with_their_source() -> None:
@@ -146,9 +146,25 @@ def test_forget_expired_drops_old_ids_and_ended_periods() -> None:
     assert state.totals == {}
 
 
+def test_another_users_event_with_the_same_id_is_not_a_duplicate() -> None:
+    # a tester's input: attacker1 reports id predictable-call-id-123 for 1 token, then
+    # victim1 (same partition) the same id for 20M tokens: victim1's spend must count
+    m, state = meter(), PartitionState(0, 0)
+    attacker, victim = [f"u{i}" for i in range(1000) if partition_of(f"u{i}", PARTITIONS) == 0][:2]
+    first = usage(attacker, occurred_at=NOW, event_id="predictable-call-id-123", input_tokens=1)
+    run(m, state, records(0, [first.SerializeToString()]))
+    big = usage(victim, occurred_at=NOW, event_id="predictable-call-id-123",
+                input_tokens=20_000_000, output_tokens=0)  # fmt: skip
+    plan = m.plan(state, records(0, [big.SerializeToString(), first.SerializeToString()], 1))
+    assert (plan.counted, plan.duplicates) == (1, 1)
+    assert plan.totals[(victim, "month", "2026-11")][1] == 1
+
+
 def test_id_hash_is_stable_and_64_bit() -> None:
-    assert id_hash("abc") == id_hash("abc")
-    assert -(2**63) <= id_hash("abc") < 2**63
+    assert id_hash("u", "abc") == id_hash("u", "abc")
+    assert -(2**63) <= id_hash("u", "abc") < 2**63
+    assert id_hash("u", "abc") != id_hash("v", "abc"), "per user"
+    assert id_hash("ab", "c") != id_hash("a", "bc"), "the separator keeps them apart"
 
 
 def test_15_minute_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:
