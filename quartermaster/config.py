@@ -1,11 +1,12 @@
-"""Settings every service shares: where Kafka and Postgres are, the workspace, and the
-TLS of every gRPC server and client (`QM_TLS_*`)."""
+"""Settings every service shares: where Kafka and Postgres are and how to reach Kafka
+securely (`QM_KAFKA_*`), the workspace, and the TLS of every gRPC server and client
+(`QM_TLS_*`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, ClassVar, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, model_validator
@@ -50,6 +51,29 @@ class CommonSettings(Settings):
 
     kafka_bootstrap: HostPorts = Field("127.0.0.1:9092", validation_alias="QM_KAFKA_BOOTSTRAP")
     """Kafka bootstrap servers (host:port[,host:port])"""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias="QM_KAFKA_SECURITY_PROTOCOL"
+    )
+    """How every Kafka client of this process connects: PLAINTEXT (the local broker),
+    SSL (TLS, optionally with a client certificate), SASL_SSL (TLS and a user name and
+    password) or SASL_PLAINTEXT. Anyone who can write to Kafka can change what policy
+    enforces: see docs/security.md, 'Kafka'"""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", validation_alias="QM_KAFKA_SASL_MECHANISM"
+    )
+    """SASL mechanism for SASL_SSL / SASL_PLAINTEXT"""
+    kafka_sasl_username: str = Field("", validation_alias="QM_KAFKA_SASL_USERNAME")
+    """SASL user (one per service, so broker ACLs can tell them apart)"""
+    kafka_sasl_password: str = Field("", validation_alias="QM_KAFKA_SASL_PASSWORD")
+    """SASL password of QM_KAFKA_SASL_USERNAME"""
+    kafka_ssl_ca_file: Certificates | None = Field(None, validation_alias="QM_KAFKA_SSL_CA_FILE")
+    """CA (PEM) Kafka clients trust for the brokers' certificates (unset: the system's)"""
+    kafka_ssl_cert_file: Certificates | None = Field(
+        None, validation_alias="QM_KAFKA_SSL_CERT_FILE"
+    )
+    """Client certificate (PEM) presented to brokers that ask (mutual TLS, SSL only)"""
+    kafka_ssl_key_file: Path | None = Field(None, validation_alias="QM_KAFKA_SSL_KEY_FILE")
+    """Private key (PEM, unencrypted) of QM_KAFKA_SSL_CERT_FILE"""
     database_url: Annotated[str, AfterValidator(_postgres_url)] = Field(
         "postgresql://qm@127.0.0.1:55432/quartermaster", validation_alias="QM_DATABASE_URL"
     )
@@ -125,9 +149,50 @@ class CommonSettings(Settings):
             problems.append("QM_TLS_CLIENT_CERT_FILE: a client certificate needs QM_TLS_CA_FILE")
         if self.tls_server_name and not self.tls_ca_file:
             problems.append("QM_TLS_SERVER_NAME: only used with QM_TLS_CA_FILE, which is unset")
+        problems += self._kafka_problems()
         if problems:
             raise SettingsError(problems)
         return self
+
+    def _kafka_problems(self) -> list[str]:
+        protocol = self.kafka_security_protocol
+        problems = _pair_problems(
+            ("QM_KAFKA_SSL_CERT_FILE", self.kafka_ssl_cert_file),
+            ("QM_KAFKA_SSL_KEY_FILE", self.kafka_ssl_key_file),
+        )
+        if protocol.startswith("SASL"):
+            for var, value in (("QM_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                               ("QM_KAFKA_SASL_PASSWORD", self.kafka_sasl_password)):  # fmt: skip
+                if not value:
+                    problems.append(f"{var}: needed with QM_KAFKA_SECURITY_PROTOCOL={protocol}")
+        elif self.kafka_sasl_username or self.kafka_sasl_password:
+            problems.append(
+                f"QM_KAFKA_SASL_USERNAME/PASSWORD: unused with QM_KAFKA_SECURITY_PROTOCOL="
+                f"{protocol} (SASL_SSL uses them)"
+            )
+        if not protocol.endswith("SSL") and (self.kafka_ssl_ca_file or self.kafka_ssl_cert_file):
+            problems.append(
+                f"QM_KAFKA_SSL_*: unused with QM_KAFKA_SECURITY_PROTOCOL={protocol} (SSL or "
+                "SASL_SSL use them)"
+            )
+        return problems
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """The librdkafka properties every Kafka client of this process connects with
+        (see QM_KAFKA_*): {} for PLAINTEXT. Contains the SASL password: never log it."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        config = {"security.protocol": self.kafka_security_protocol.lower()}
+        if self.kafka_security_protocol.startswith("SASL"):
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username
+            config["sasl.password"] = self.kafka_sasl_password
+        for key, path in (("ssl.ca.location", self.kafka_ssl_ca_file),
+                          ("ssl.certificate.location", self.kafka_ssl_cert_file),
+                          ("ssl.key.location", self.kafka_ssl_key_file)):  # fmt: skip
+            if path is not None:
+                config[key] = str(path)
+        return config
 
     @property
     def server_tls(self) -> ServerTls | None:

@@ -34,6 +34,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from quartermaster import kafka
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -60,15 +62,17 @@ class ReplayConsumer:
         self.topic = topic
         self._name = name
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.client_config(
+                bootstrap,
                 # Required by the client even without group membership; never committed.
-                "group.id": f"qm-{name}-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": fetch_wait_ms,
-                "fetch.error.backoff.ms": 50,
-            }
+                **{
+                    "group.id": f"qm-{name}-{uuid.uuid4()}",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "fetch.wait.max.ms": fetch_wait_ms,
+                    "fetch.error.backoff.ms": 50,
+                },
+            )
         )
         self._pending: set[int] = set()
         self._partitions: list[int] = []
@@ -200,13 +204,15 @@ class GroupConsumer:
         **config: Any,
     ) -> None:
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                **config,
-            }
+            kafka.client_config(
+                bootstrap,
+                **{
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    **config,
+                },
+            )
         )
         self._consumer.subscribe(topics)
         self._handle = handle

@@ -1,5 +1,9 @@
 """Kafka adapters shared by the services (confluent-kafka). The partition function
-lives in the pure `quartermaster.partitioning`."""
+lives in the pure `quartermaster.partitioning`.
+
+Every Kafka client of a process is made with `client_config`, which adds the
+security the process was configured with (`configure`, once, from QM_KAFKA_*: TLS,
+SASL); a test checks that no client is made another way."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
@@ -20,6 +26,53 @@ from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
 
 log = logging.getLogger(__name__)
+
+# librdkafka properties for TLS / SASL, set once per process by `configure`
+_security: dict[str, str] = {}
+
+
+def configure(settings: CommonSettings) -> None:
+    """Make every Kafka client this process creates from now on connect as `settings`
+    say (QM_KAFKA_SECURITY_PROTOCOL and friends). Each service's entry point calls it
+    once, before it creates a client."""
+    _security.clear()
+    _security.update(settings.kafka_client_config())
+    if _security:
+        log.info("Kafka clients connect with %s", settings.kafka_security_protocol)
+
+
+def client_config(bootstrap: str, **config: Any) -> dict[str, Any]:
+    """The configuration of a confluent-kafka client of `bootstrap`: the process's
+    security (`configure`), then `config`."""
+    return {"bootstrap.servers": bootstrap, **_security, **config}
+
+
+def faust_credentials(settings: CommonSettings) -> object | None:
+    """faust's `broker_credentials` for `settings` (aiokafka underneath): None for
+    PLAINTEXT, else SSL or SASL credentials with an SSL context trusting
+    QM_KAFKA_SSL_CA_FILE (the system's CAs when unset) and presenting the client
+    certificate when set."""
+    import ssl
+
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        ca = settings.kafka_ssl_ca_file
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        if settings.kafka_ssl_cert_file and settings.kafka_ssl_key_file:
+            context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=context,
+    )
 
 
 class TopicMismatch(Exception):
@@ -50,7 +103,7 @@ def ensure_topics(
     Topics are created explicitly so their partition counts are ours, not whatever the
     broker auto-creates. An existing topic is never changed: it is reported.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     deadline = time.monotonic() + timeout
     new = [
         NewTopic(
@@ -108,16 +161,19 @@ def producer(bootstrap: str, **config: object) -> Producer:
 
     librdkafka's default partitioner (CRC32) sends a key to a different partition than
     the Java client, aiokafka and faust (murmur2). Usage is keyed by user_id and
-    metering keeps each user's state with one partition, so every producer of ours
-    uses murmur2; other producers must too (kcat: `-X partitioner=murmur2_random`).
+    metering counts each user on one partition, the murmur2 one, so every producer of
+    ours uses murmur2: its records arrive home (others are forwarded there, one hop
+    later).
     """
     return Producer(
-        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "log_level": 4, **config}
+        client_config(bootstrap, **{"partitioner": "murmur2_random", "log_level": 4, **config})
     )
 
 
-# (topic, key, value, headers)
-OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+Headers = list[tuple[str, str | bytes | None]]
+# (topic, key, value, headers), or with a fifth element: the partition to send it to
+# (else the producer's murmur2 partitioner picks it from the key)
+OutRecord = tuple[str, bytes | None, bytes, Headers] | tuple[str, bytes | None, bytes, Headers, int]
 
 
 class Publisher:
@@ -130,7 +186,7 @@ class Publisher:
             bootstrap, **{"linger.ms": 2, "enable.idempotence": True, "acks": "all"}
         )
 
-    async def send(self, records: list[OutRecord]) -> None:
+    async def send(self, records: Sequence[OutRecord]) -> None:
         """Send `records` and wait until the broker has them all; OSError when any was
         not delivered within 30 s or the client was not ready (retry it); a
         non-retriable KafkaException for a record the producer refuses outright."""
@@ -140,12 +196,16 @@ class Publisher:
             if err is not None:
                 errors.append(str(err))
 
-        for topic, key, value, headers in records:
+        for record in records:
+            topic, key, value, headers = record[0], record[1], record[2], record[3]
+            # confluent-kafka: a negative partition means "let the partitioner choose"
+            partition = record[4] if len(record) == 5 else -1
             while True:
                 try:
                     self._producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=delivered
-                    )
+                        topic, key=key, value=value, headers=headers, partition=partition,
+                        on_delivery=delivered,
+                    )  # fmt: skip
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.05)
@@ -184,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.partitions < 1 or args.replication_factor < 1:
         parser.error("--partitions and --replication-factor must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    bootstrap = load_or_exit(CommonSettings, "topics").kafka_bootstrap
+    settings = load_or_exit(CommonSettings, "topics")
+    configure(settings)
+    bootstrap = settings.kafka_bootstrap
     try:
         ensure_topics(bootstrap, args.partitions, args.timeout, args.replication_factor)
     except KafkaException as exc:

@@ -339,9 +339,9 @@ class UsageBatch(_message.Message):
     """Several usage events in one Kafka record, for reporters that send many events a
     second (one record per event caps a metering worker near 6,000 events/s). Send it
     with `content-type: application/x-protobuf; type=quartermaster.v1.UsageBatch`.
-    Every event's user must belong to the record's partition under Kafka's default
-    (murmur2) partitioner, as if each had been sent alone keyed by its user_id:
-    metering keeps each user's state with exactly one partition.
+    Its events may be of any users: metering keeps each user's state with one
+    partition (Kafka's murmur2 of user_id) and forwards the events of users at home on
+    other partitions there, so a batch of one partition's users saves a hop.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -16,7 +16,7 @@ import threading
 import asyncpg
 import faust
 
-from quartermaster import telemetry
+from quartermaster import kafka, telemetry
 from quartermaster.redact import mask_urls
 from quartermaster.settings import SettingsError
 from services.metering.pricing import CatalogError, PriceCatalog
@@ -71,6 +71,7 @@ def main() -> None:
         sys.stderr.write(f"metering: {exc}\n")
         raise SystemExit(2) from None
     telemetry.setup("metering", settings.log_level, metrics_addr=settings.metrics_addr)
+    kafka.configure(settings)
     # The graph is built on the loop the faust worker then runs: the asyncpg pool is
     # bound to it, and the agent gets a finished graph instead of building it late.
     loop = asyncio.new_event_loop()

@@ -6,6 +6,15 @@ already counted (offset below the stored one) and event_ids seen in the last
 `dedupe_window`; the period totals, 15-minute rollups and burn-rate minutes of the
 batch are derived from those sums.
 
+An event is counted by its user's home partition (`partitioning.partition_of`: Kafka's
+murmur2 of the user id), which holds the user's state. An event that arrives on
+another partition (a producer with another partitioner, no key, a request-id key or an
+explicit partition) is not counted here but *forwarded*: the plan lists it under its
+home partition, and the processor sends it there inside the same fenced commit that
+moves this partition's offset past it. Counting it stays exactly once: a crash before
+that commit forwards it again on replay, and the home partition skips the second copy
+by its event_id, as it skips any event reported twice within `dedupe_window`.
+
 Exact throughout: instants are integers (epoch seconds for buckets and periods, epoch
 nanoseconds for the price in force), never float seconds, which round an instant up
 into the next period from ~120 ns before it; money is summed in exact pico-credits
@@ -26,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.money import micros_of_picos
 from quartermaster.partitioning import partition_of
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from quartermaster.v1.usage_pb2 import CallEnding, UsageEvent
 from quartermaster.wire import NS_PER_SECOND
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
@@ -68,6 +78,8 @@ class Reject:
     value: bytes
     reason: str
     source: str = ""  # dlq_limit.source_of the record; "" when not worked out
+    # the value's content-type header ("": none), so the DLQ copy can be replayed as is
+    content_type: str = PROTOBUF
 
 
 # (user_id, occurred_at's epoch minute, product, model, cost center, workspace): the
@@ -109,6 +121,8 @@ class Plan:
     # UsageEvent.ending → counted events of calls that ended early (INCOMPLETE, FAILED,
     # CUT_OFF); the rest of `counted` completed (or did not say)
     partial: dict[int, int] = field(default_factory=dict)
+    # (home partition, source) → events that arrived on another partition, to forward
+    forwards: dict[tuple[int, str], list[UsageEvent]] = field(default_factory=dict)
 
     def keys(self) -> set[TotalKey]:
         """The totals this plan changes."""
@@ -138,6 +152,7 @@ class Meter:
         max_age: timedelta,
         dedupe_window: timedelta,
         clock: Callable[[], datetime],
+        reject_unpriced: bool = False,
     ) -> None:
         self._versions: dict[str, tuple[int, int, Price, bool]] = {}
         self.use_catalog(catalog)
@@ -147,6 +162,7 @@ class Meter:
         self.max_age = max_age
         self.dedupe_window = dedupe_window
         self.clock = clock
+        self.reject_unpriced = reject_unpriced  # else counted at the fallback price
 
     @property
     def catalog(self) -> PriceCatalog:
@@ -200,10 +216,11 @@ class Meter:
                 continue
             for event in decoded.events:
                 user = event.user_id
-                if partition_of(user, partitions) != rec.partition:
-                    _misplaced(plan, rec, event, partitions)
+                home = partition_of(user, partitions)
+                if home != rec.partition:
+                    _forward(plan, rec, event, home, decoded.source)
                     continue
-                h = id_hash(event.event_id)
+                h = id_hash(user, event.event_id)
                 first = new_seen.get(h)
                 if first is None:
                     first = seen.get(h)
@@ -216,6 +233,9 @@ class Meter:
                 second = ts.seconds
                 model = event.model
                 price, fallback = self._price(model, second * NS_PER_SECOND + ts.nanos)
+                if fallback and self.reject_unpriced:
+                    _unpriced(plan, rec, event, decoded.source)
+                    continue
                 inp, cached, written = (
                     event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
                 )  # fmt: skip
@@ -273,11 +293,15 @@ class Meter:
                 source = source_of(rec.headers, decoded.source)
                 _tally(plan, source, 0)
                 for value, why in decoded.rejects:
+                    # an event of a batch, serialized alone: a protobuf UsageEvent
                     plan.rejects.append(Reject(rec.offset, rec.key, value, why, source))
                 return decoded
         source = source_of(rec.headers, event_source)
         _tally(plan, source, 1)
-        plan.rejects.append(Reject(rec.offset, rec.key, rec.value or b"", reason, source))
+        content_type = rec.headers.get(CONTENT_TYPE, "")
+        plan.rejects.append(
+            Reject(rec.offset, rec.key, rec.value or b"", reason, source, content_type)
+        )
         plan.invalid_records += 1
         return None
 
@@ -384,13 +408,21 @@ def _tally(plan: Plan, source: str, invalid: int) -> None:
     plan.sources.setdefault(source, [0, 0])[invalid] += 1
 
 
-def _misplaced(plan: Plan, rec: Record, event: UsageEvent, partitions: int) -> None:
-    user = event.user_id
+def _unpriced(plan: Plan, rec: Record, event: UsageEvent, event_source: str) -> None:
     why = (
-        f"user_id {user!r} belongs to partition {partition_of(user, partitions)}, not "
-        f"{rec.partition}: key records by user_id with Kafka's default (murmur2) partitioner"
+        f"no price for model {event.model!r} at {event.occurred_at.ToJsonString()} "
+        "(QM_METERING_UNPRICED=reject): load its price (cli prices load), then replay "
+        "(cli dlq replay)"
     )
-    plan.rejects.append(Reject(rec.offset, rec.key, event.SerializeToString(), why))  # fmt: skip
+    source = source_of(rec.headers, event_source)
+    plan.rejects.append(Reject(rec.offset, rec.key, event.SerializeToString(), why, source))
+
+
+def _forward(plan: Plan, rec: Record, event: UsageEvent, home: int, event_source: str) -> None:
+    """List `event` (of `rec`, away from its user's `home` partition) for forwarding,
+    under its record's source so the DLQ limit at home still knows the producer."""
+    source = source_of(rec.headers, event_source)
+    plan.forwards.setdefault((home, source), []).append(event)
 
 
 def _refused(

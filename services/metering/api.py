@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from quartermaster import auth, telemetry
+from quartermaster import auth, kafka, telemetry
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
@@ -74,6 +74,7 @@ async def _serve(settings: MeteringSettings) -> None:
 def main() -> None:
     settings = load_or_exit(MeteringSettings, "metering api")
     telemetry.setup("metering-api", settings.log_level)
+    kafka.configure(settings)
     asyncio.run(_serve(settings))
 
 

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported for mypy
 from confluent_kafka.admin._resource import ResourceType
 
+from quartermaster import kafka
 from services.metering.topic_check import LogRange, TopicMark
 
 # How a broker that gives no topic ids (Kafka before 2.8) says so.
@@ -30,7 +31,7 @@ class BrokerView:
         # past the end with nothing rather than an error, so this is spent when it
         # doesn't, that is when metering is about to refuse anyway).
         self.probe_seconds = probe_seconds
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+        self._admin = AdminClient(kafka.client_config(bootstrap, log_level=3))
 
     def mark(self, topic: str) -> TopicMark | None:
         """The topic's id and partition count; None when it does not exist."""
@@ -84,14 +85,16 @@ class BrokerView:
 
     def _consumer(self) -> Consumer:
         return Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"qm-metering-topic-check-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                # An offset past the end is an error, not a silent jump elsewhere.
-                "auto.offset.reset": "error",
-                "log_level": 3,
-            }
+            kafka.client_config(
+                self.bootstrap,
+                **{
+                    "group.id": f"qm-metering-topic-check-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    # An offset past the end is an error, not a silent jump elsewhere.
+                    "auto.offset.reset": "error",
+                    "log_level": 3,
+                },
+            )
         )
 
     def _has(self, consumer: Consumer, topic: str, partition: int, offset: int) -> bool:

@@ -18,6 +18,12 @@ after a broker lost its data, accepting them as they are now:
     python -m services.metering.cli topic check
     python -m services.metering.cli topic accept --by ann --reason "broker restarted"
 
+and the usage DLQ (the same way): what is in it, and replaying a selection once its
+cause is fixed (see services/metering/dlq.py):
+
+    python -m services.metering.cli dlq list [--reason-contains "no price"]
+    python -m services.metering.cli dlq replay --by ann --reason "gpt-9 priced" [...]
+
 Every command sends a bearer token, QM_TOKEN or --token: one with role reader (or
 admin) for usage, top and the price listings, role prices for loading prices (see
 docs/security.md).
@@ -37,11 +43,13 @@ from typing import Any, TextIO
 
 import grpc
 
+from quartermaster import kafka
 from quartermaster.grpcclient import bearer, open_blocking_channel
 from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
+from services.metering import dlq
 from services.metering.settings import MeteringSettings
 from services.metering.state import ROLLUP_COUNTERS
 
@@ -242,6 +250,7 @@ def topic(ns: argparse.Namespace, out: TextIO) -> int:
     from services.metering.wiring import topic_guard
 
     settings = MeteringSettings.from_env()
+    kafka.configure(settings)
 
     async def run() -> int:
         pool = await connect_pool(settings.database_url, max_size=2)
@@ -290,6 +299,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
     _prices_parser(sub)
     _topic_parser(sub)
+    dlq.add_parser(sub)
     return p
 
 
@@ -297,6 +307,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     ns = parser().parse_args(argv)
     if ns.command == "topic":
         return topic(ns, out)
+    if ns.command == "dlq":
+        settings = load_or_exit(MeteringSettings, "metering cli")
+        kafka.configure(settings)
+        return dlq.run(ns, settings.kafka_bootstrap, settings.database_url, out)
     if os.environ.get("QM_ADMIN_TOKEN") and not os.environ.get("QM_TOKEN"):
         sys.stderr.write("QM_ADMIN_TOKEN was renamed QM_TOKEN (see docs/security.md)\n")
         return 2

@@ -3,7 +3,8 @@ QM_METERING_METRICS_ADDR; a no-op when that is empty):
 
 - `qm_metering_events_total{outcome}`: usage events, by what became of them:
   `counted`, `duplicate` (an event_id counted within the window, not again),
-  `rejected` (to the DLQ, with the reason);
+  `rejected` (to the DLQ, with the reason), `forwarded` (arrived away from its user's
+  partition and sent there, where it counts as `counted`);
 - `qm_metering_unpriced_events_total{model}`: counted events priced by the fallback
   price (a model the catalog does not know, or none in force at occurred_at), by model
   (at most MAX_MODEL_LABELS names, then `(other)`): the catalog needs a price;
@@ -62,7 +63,7 @@ class MeteringMetrics:
         meter = metrics.get_meter("qm.metering")
         self._events = meter.create_counter(
             "qm_metering_events",
-            description="Usage events by outcome (counted, duplicate, rejected)",
+            description="Usage events by outcome (counted, duplicate, rejected, forwarded)",
         )
         self._unpriced = meter.create_counter(
             "qm_metering_unpriced_events",
@@ -104,6 +105,10 @@ class MeteringMetrics:
             self._events.add(plan.duplicates, {"outcome": "duplicate"})
         if plan.rejects:
             self._events.add(len(plan.rejects), {"outcome": "rejected"})
+        forwarded = sum(len(events) for events in plan.forwards.values())
+        if forwarded:
+            # sent on to the user's home partition, counted there (aggregate's docstring)
+            self._events.add(forwarded, {"outcome": "forwarded"})
         self._micros.add(plan.micros)
         partial = sum(plan.partial.values())
         if plan.counted > partial:

@@ -9,11 +9,13 @@ and its own fenced commit):
    Postgres;
 3. write totals, rollups, seen ids and the next offset in one Postgres transaction,
    fenced on the offset it started from; inside it, once every write succeeded,
-   publish rejects to the DLQ and the new totals to `qm.usage.totals.v1` and wait
-   until the broker has them; then COMMIT. A crash before the COMMIT loses nothing
-   (Kafka still has the records; nothing was acked) and repeats the publishing on
-   replay: the DLQ may hold a record twice; totals are absolute, so a repeat is
-   harmless. After it, replayed records are skipped;
+   publish rejects to the DLQ, events of other partitions' users to their home
+   partitions of `qm.usage.v1` (see `aggregate`) and the new totals to
+   `qm.usage.totals.v1`, and wait until the broker has them; then COMMIT. A crash
+   before the COMMIT loses nothing (Kafka still has the records; nothing was acked)
+   and repeats the publishing on replay: the DLQ may hold a record twice; a forwarded
+   event arrives home twice and is counted once (its event_id); totals are absolute,
+   so a repeat is harmless. After it, replayed records are skipped;
 4. the caller (`worker`) only then acks the records, so faust's own offset commits
    never run ahead of Postgres.
 
@@ -41,7 +43,8 @@ from asyncpg.exceptions import _base as asyncpg_base
 
 from quartermaster.db import OUTAGES
 from quartermaster.kafka import OutRecord
-from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, USAGE_BATCH_TYPE, Topic
+from quartermaster.v1.usage_pb2 import UsageBatch
 from quartermaster.wire import timestamp
 from services.metering.aggregate import Meter, Plan, Record
 from services.metering.bounds import overflowing
@@ -60,6 +63,10 @@ _PROTOBUF_HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOB
 # of ASCII or 512 bytes): a user with more in one batch gets the same total several
 # times, each with a share, so no record nears the broker's size limit.
 SETTLED_PER_RECORD = 256
+# Events per forwarded UsageBatch record: at most ~5 KB each after validation (ids and
+# attributes are bounded), so a record stays well under the broker's 1 MB default.
+FORWARD_PER_RECORD = 100
+_BATCH_CONTENT_TYPE = f"{PROTOBUF}; type={USAGE_BATCH_TYPE}".encode()
 
 # PostgreSQL refused a value of this batch (SQLSTATE classes 22 data exception, 23
 # integrity constraint, 54 program limit: "index row size exceeds btree maximum"), or
@@ -300,6 +307,7 @@ class Processor:
                 Topic.USAGE, partition, r.offset, short_reason(r.reason),
             )  # fmt: skip
             out.append(record)
+        out.extend(forward_records(plan))
         now = timestamp(datetime.now(UTC))
         # Every record of a user's totals in this batch names the requests it now
         # includes, so policy settles their reservations whichever period it reads.
@@ -313,3 +321,20 @@ class Processor:
                 out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
         if out:
             await self.sink.send(out)
+
+
+def forward_records(plan: Plan) -> list[OutRecord]:
+    """The plan's forwarded events as UsageBatch records, each sent to its home
+    partition of `qm.usage.v1` (explicitly: the partition metering counts the user
+    on, whatever the producer's partitioner), keyed by the first event's user and
+    carrying the source it came from."""
+    out: list[OutRecord] = []
+    for (home, source), events in plan.forwards.items():
+        headers: list[tuple[str, str | bytes | None]] = [
+            (CONTENT_TYPE, _BATCH_CONTENT_TYPE), (SOURCE_HEADER, source.encode())
+        ]  # fmt: skip
+        for i in range(0, len(events), FORWARD_PER_RECORD):
+            chunk = events[i : i + FORWARD_PER_RECORD]
+            value = UsageBatch(events=chunk).SerializeToString()
+            out.append((Topic.USAGE.value, chunk[0].user_id.encode(), value, headers, home))
+    return out

@@ -4,6 +4,7 @@ the Cost API's and the directory's, which are named where they are declared."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -40,6 +41,11 @@ class MeteringSettings(CommonSettings):
     """An event_id seen again within this many hours counts once"""
     max_event_age_days: int = Field(35, ge=1, le=400)
     """Events older than this go to the DLQ (late events younger count in their period)"""
+    unpriced: Literal["fallback", "reject"] = "fallback"
+    """An event of a model the catalog has no price for (or none in force at its time):
+    `fallback` counts it at the catalog's fallback price and flags it (metric
+    qm_metering_unpriced_events_total); `reject` sends it to the DLQ, to be replayed
+    once a price is loaded (`cli dlq replay`)"""
     dlq_window: int = Field(1000, ge=1)
     """Recent records of one source the DLQ limit looks at (a decaying count)"""
     dlq_max_ratio: float = Field(0.5, gt=0, le=1)

@@ -5,8 +5,9 @@ Money is kept exact here, in pico-credits (`quartermaster.money`): a total's
 micro-credits are its exact sum rounded once (`Total.used_micros`).
 
 Pure data (no I/O): the counting store loads and writes it, `aggregate.Meter` computes
-what a batch changes in it. Every event of a user lands in one partition (Kafka's
-murmur2 partitioner on user_id), so one worker owns a user's state at a time.
+what a batch changes in it. Every event of a user is counted on one partition, its
+home (Kafka's murmur2 partitioner on user_id; events arriving elsewhere are forwarded
+there, see `aggregate`), so one worker owns a user's state at a time.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ QUARTER_SECONDS = 900
 HOUR = 3600
 
 
-def id_hash(event_id: str) -> int:
-    """64-bit signed hash of an event_id: what dedupe remembers (8 bytes, not the id)."""
-    return int.from_bytes(
-        hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True
-    )
+def id_hash(user_id: str, event_id: str) -> int:
+    """64-bit signed hash of a user's event_id: what dedupe remembers (8 bytes, not the
+    id). Per user: an id another person's producer happens to use (or reuses on
+    purpose) never hides this user's event. A user_id holds no NUL (validation refuses
+    one), so the NUL between them keeps ("ab", "c") and ("a", "bc") apart."""
+    key = f"{user_id}\0{event_id}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True)

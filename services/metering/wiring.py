@@ -93,6 +93,7 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
         max_age=timedelta(days=settings.max_event_age_days),
         dedupe_window=timedelta(hours=settings.dedupe_hours),
         clock=lambda: datetime.now(UTC),
+        reject_unpriced=settings.unpriced == "reject",
     )
     publisher = Publisher(settings.kafka_bootstrap)
     rollups = RollupStore(pool)

@@ -25,6 +25,7 @@ import asyncpg
 import faust
 from opentelemetry import trace
 
+from quartermaster import kafka
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import Topic
 from services.metering import transport
@@ -54,6 +55,7 @@ def _app(settings: MeteringSettings) -> faust.App:
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        broker_credentials=kafka.faust_credentials(settings),
     )
 
 

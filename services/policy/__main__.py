@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from quartermaster import telemetry
+from quartermaster import kafka, telemetry
 from quartermaster.db import connect_pool
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
@@ -45,6 +45,7 @@ def main() -> None:
     ns = parser.parse_args()
     settings = load_or_exit(PolicySettings, "policy")
     telemetry.setup("policy", settings.log_level)
+    kafka.configure(settings)
     if ns.command == "set-default":
         if ns.credits < 0:
             parser.error("credits: must not be negative")

@@ -100,6 +100,10 @@ COMMANDS: dict[str, Runner] = {
     f"{CLI} usage": Session(),
     f"{CLI} prices": Session(),
     f"{CLI} topic check": Session(),
+    f"{CLI} dlq list": Session(),
+    # Replaying (even a dry run, which exits 2 when nothing matches) is run with records
+    # of its own by the DLQ replay test.
+    f"{CLI} dlq replay": RunBy("tests/metering/test_dlq_replay.py", '"dlq", "replay", "--by"'),
     # Accepting moves the stored offsets: run against a broker of its own that was
     # restarted, never the session's.
     f"{CLI} topic accept": RunBy(

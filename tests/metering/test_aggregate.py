@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from quartermaster.partitioning import partition_of
-from quartermaster.topics import CONTENT_TYPE, PROTOBUF
-from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, USAGE_BATCH_TYPE
+from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch
 from services.metering.aggregate import Meter, Record
 from services.metering.pricing import PriceCatalog
+from services.metering.processor import FORWARD_PER_RECORD, forward_records
 from services.metering.settings import DEFAULT_PRICES
 from services.metering.state import QUARTER, PartitionState, id_hash
 from tests.helpers import usage
@@ -30,8 +31,14 @@ def user_in(partition: int) -> str:
     return next(f"u{i}" for i in range(1000) if partition_of(f"u{i}", PARTITIONS) == partition)
 
 
-def records(partition: int, events: list[bytes], first_offset: int = 0) -> list[Record]:
-    return [Record(partition, first_offset + i, b"k", v, HDR) for i, v in enumerate(events)]
+def records(
+    partition: int,
+    events: list[bytes],
+    first_offset: int = 0,
+    headers: dict[str, str] | None = None,
+) -> list[Record]:
+    hdr = {**HDR, **(headers or {})}
+    return [Record(partition, first_offset + i, b"k", v, hdr) for i, v in enumerate(events)]
 
 
 def run(m: Meter, state: PartitionState, recs: list[Record]) -> dict[tuple[str, str, str], int]:
@@ -81,11 +88,35 @@ def test_a_late_event_counts_in_the_period_it_occurred_in() -> None:
     assert (u, "month", "2026-11") not in changed
 
 
-def test_an_event_on_the_wrong_partition_is_rejected_not_counted() -> None:
+def test_an_event_away_from_its_users_partition_is_forwarded_home_not_counted() -> None:
+    m, u, v = meter(), user_in(0), user_in(1)
+    batch = UsageBatch(events=[usage(u, occurred_at=NOW), usage(v, occurred_at=NOW)])
+    record = Record(
+        1,
+        0,
+        None,
+        batch.SerializeToString(),
+        {CONTENT_TYPE: f"{PROTOBUF}; type={USAGE_BATCH_TYPE}"},
+    )
+    plan = m.plan(PartitionState(1, 0), [record])
+    assert (plan.counted, plan.rejects, plan.next_offset) == (1, [], 1)
+    ((home, _source), events), *more = plan.forwards.items()
+    assert (home, [e.user_id for e in events], more) == (0, [u], [])
+    assert plan.new_seen.keys() == {id_hash(v, batch.events[1].event_id)}
+
+
+def test_forwarded_events_go_to_their_home_partition_in_batches_with_their_source() -> None:
     m, u = meter(), user_in(0)
-    plan = m.plan(PartitionState(1, 0), records(1, [usage(u, occurred_at=NOW).SerializeToString()]))
-    assert plan.counted == 0
-    assert "belongs to partition 0, not 1" in plan.rejects[0].reason
+    events = [usage(u, occurred_at=NOW).SerializeToString() for _ in range(FORWARD_PER_RECORD + 1)]
+    plan = m.plan(PartitionState(1, 0), records(1, events, headers={SOURCE_HEADER: "gw-7"}))
+    out = forward_records(plan)
+    assert [(r[0], r[1], r[4]) for r in out] == [("qm.usage.v1", u.encode(), 0)] * 2  # type: ignore[misc]
+    assert dict(out[0][3])[SOURCE_HEADER] == b"gw-7"
+    sizes = [len(UsageBatch.FromString(r[2]).events) for r in out]
+    assert sizes == [FORWARD_PER_RECORD, 1]
+    # what arrives home decodes as a batch and counts there
+    home = [Record(0, 0, r[1], r[2], {k: v.decode() for k, v in r[3]}) for r in out]  # type: ignore[union-attr]
+    assert m.plan(PartitionState(0, 0), home).counted == FORWARD_PER_RECORD + 1
 
 
 def test_garbage_is_rejected_and_the_offset_still_advances() -> None:
@@ -115,9 +146,25 @@ def test_forget_expired_drops_old_ids_and_ended_periods() -> None:
     assert state.totals == {}
 
 
+def test_another_users_event_with_the_same_id_is_not_a_duplicate() -> None:
+    # a tester's input: attacker1 reports id predictable-call-id-123 for 1 token, then
+    # victim1 (same partition) the same id for 20M tokens: victim1's spend must count
+    m, state = meter(), PartitionState(0, 0)
+    attacker, victim = [f"u{i}" for i in range(1000) if partition_of(f"u{i}", PARTITIONS) == 0][:2]
+    first = usage(attacker, occurred_at=NOW, event_id="predictable-call-id-123", input_tokens=1)
+    run(m, state, records(0, [first.SerializeToString()]))
+    big = usage(victim, occurred_at=NOW, event_id="predictable-call-id-123",
+                input_tokens=20_000_000, output_tokens=0)  # fmt: skip
+    plan = m.plan(state, records(0, [big.SerializeToString(), first.SerializeToString()], 1))
+    assert (plan.counted, plan.duplicates) == (1, 1)
+    assert plan.totals[(victim, "month", "2026-11")][1] == 1
+
+
 def test_id_hash_is_stable_and_64_bit() -> None:
-    assert id_hash("abc") == id_hash("abc")
-    assert -(2**63) <= id_hash("abc") < 2**63
+    assert id_hash("u", "abc") == id_hash("u", "abc")
+    assert -(2**63) <= id_hash("u", "abc") < 2**63
+    assert id_hash("u", "abc") != id_hash("v", "abc"), "per user"
+    assert id_hash("ab", "c") != id_hash("a", "bc"), "the separator keeps them apart"
 
 
 def test_15_minute_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:
