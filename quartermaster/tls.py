@@ -15,18 +15,23 @@ with which file; the settings layer puts the variable's name in front.
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+StrPath = str | os.PathLike[str]
+"""A file's path as callers hold it: a str or any PathLike (pathlib.Path)."""
 
 
 class TlsFileError(ValueError):
     """A certificate, key or CA file that can't be used; the message says why."""
 
 
-def check_certificates(path: Path) -> Path:
-    """`path` when it holds at least one PEM certificate; TlsFileError when it is
-    missing, unreadable or holds none (a key, garbage, DER)."""
+def check_certificates(path: StrPath) -> Path:
+    """`path` (as a Path) when it holds at least one PEM certificate; TlsFileError when
+    it is missing, unreadable or holds none (a key, garbage, DER)."""
+    path = Path(path)
     if not path.is_file():
         raise TlsFileError(f"no such file: {path}")
     try:
@@ -36,9 +41,10 @@ def check_certificates(path: Path) -> Path:
     return path
 
 
-def check_key_pair(cert: Path, key: Path) -> None:
+def check_key_pair(cert: StrPath, key: StrPath) -> None:
     """Nothing when `key` is a readable PEM private key (unencrypted) for the first
     certificate in `cert`; TlsFileError saying which of the two is wrong otherwise."""
+    cert, key = Path(cert), Path(key)
     if not key.is_file():
         raise TlsFileError(f"no such file: {key}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -59,8 +65,8 @@ def _no_passphrase() -> str:
     raise TypeError("the key is encrypted; give an unencrypted key")
 
 
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
+def _read(path: StrPath | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
 
 
 def _why(exc: BaseException) -> str:
@@ -79,13 +85,13 @@ class ServerTls:
     client_ca: bytes | None = None
 
     @classmethod
-    def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
-        """Read and check the files (TlsFileError names the bad one)."""
+    def from_files(cls, cert: StrPath, key: StrPath, client_ca: StrPath | None = None) -> ServerTls:
+        """Read and check the files, each a str or Path (TlsFileError names the bad one)."""
         check_certificates(cert)
         check_key_pair(cert, key)
         if client_ca is not None:
             check_certificates(client_ca)
-        return cls(cert.read_bytes(), key.read_bytes(), _read(client_ca))
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), _read(client_ca))
 
     def __repr__(self) -> str:  # never the key
         return f"ServerTls(mutual={self.client_ca is not None})"
@@ -106,13 +112,13 @@ class ClientTls:
     @classmethod
     def from_files(
         cls,
-        ca: Path | None = None,
-        cert: Path | None = None,
-        key: Path | None = None,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
         server_name: str = "",
     ) -> ClientTls:
-        """Read and check the files (TlsFileError names the bad one); `cert` and `key`
-        go together."""
+        """Read and check the files, each a str or Path (TlsFileError names the bad
+        one); `cert` and `key` go together."""
         if (cert is None) != (key is None):
             raise TlsFileError("a client certificate and its key go together: give both")
         if ca is not None:

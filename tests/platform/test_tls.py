@@ -140,3 +140,14 @@ def test_server_material_refuses_a_key_that_does_not_match(pki: Pki) -> None:
         ServerTls.from_files(pki.server_cert, pki.client_key)
     with pytest.raises(ValueError, match="go together"):
         ClientTls.from_files(pki.ca, cert=pki.client_cert)
+
+
+def test_files_are_taken_as_str_or_path(pki: Pki) -> None:
+    # A gateway's own config gives strings: ClientTls.from_files once crashed on them
+    # ("'str' object has no attribute 'is_file'").
+    as_str = ClientTls.from_files(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    assert as_str == ClientTls.from_files(pki.ca, pki.client_cert, pki.client_key)
+    server = ServerTls.from_files(str(pki.server_cert), str(pki.server_key), str(pki.ca))
+    assert server.client_ca == pki.ca.read_bytes()
+    with pytest.raises(ValueError, match=r"no such file: nowhere\.pem"):
+        ClientTls.from_files("nowhere.pem")
