@@ -130,3 +130,47 @@ class ClientTls:
 
     def __repr__(self) -> str:  # never the key
         return f"ClientTls(mutual={self.cert_chain is not None}, server_name={self.server_name!r})"
+
+
+def handshake_hint(details: str, tls: ClientTls | None) -> str:
+    """What a failed connection's `details` (an UNAVAILABLE status's text) most likely
+    means about TLS, naming the setting to look at; "" when it shows no TLS pattern.
+
+    gRPC reports every TLS mistake as UNAVAILABLE, like a server that is down, and
+    a server that closes a connection in the handshake shows only "Socket closed":
+    the hint says "likely" because a server restarting mid-connection closes it too.
+    Settings are named as the services and CLIs read them; a library caller sets the
+    same through `ClientTls.from_files(ca, cert, key, server_name)`."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "TLS: this client does not trust the server's certificate: QM_TLS_CA_FILE "
+            "(ClientTls ca) must hold the CA that signed it, for the name it is reached "
+            "by (QM_TLS_SERVER_NAME)"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            "TLS: this client speaks TLS (QM_TLS_CA_FILE) but the server answers in "
+            "plaintext: is the server's QM_TLS_CERT_FILE set?"
+        )
+    if "handshake" in details.lower():
+        return (
+            "TLS handshake failed: check QM_TLS_CA_FILE, the client certificate "
+            "(QM_TLS_CLIENT_CERT_FILE, QM_TLS_CLIENT_KEY_FILE) and QM_TLS_SERVER_NAME"
+        )
+    if "Socket closed" not in details:
+        return ""
+    if tls is None:
+        return (
+            "TLS: the server closed the connection; it likely wants TLS, and this client "
+            "is plaintext: set QM_TLS_CA_FILE (ClientTls ca) to the CA of its certificate"
+        )
+    if tls.cert_chain is None:
+        return (
+            "TLS: the server closed the connection in the handshake; it likely wants "
+            "mutual TLS: give a client certificate (QM_TLS_CLIENT_CERT_FILE and "
+            "QM_TLS_CLIENT_KEY_FILE; ClientTls cert, key)"
+        )
+    return (
+        "TLS: the server closed the connection in the handshake; it likely refused this "
+        "client certificate: is it signed by the CA in the server's QM_TLS_CLIENT_CA_FILE?"
+    )

@@ -112,6 +112,13 @@ def test_refusals_say_what_the_call_needed_and_unknown_methods_are_denied() -> N
         grpc.StatusCode.PERMISSION_DENIED,
         "PolicyService/Check needs role gateway; credential 'tests-admin' has admin",
     )
+    # An unknown token: the refusal names the server and where the token would be.
+    unknown = (("authorization", "Bearer not-one-of-ours-0123456789"),)
+    assert Authenticator(parse_tokens(TOKENS_SPEC), server_name="policy").check(CHECK, unknown) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "authorization: unknown token: policy accepts no such token (is it in this "
+        "server's QM_TOKENS?)",
+    )
     # Deny by default: a method the table does not name, whatever the credential.
     refused = auth.check("/quartermaster.v1.PolicyService/Unheard", metadata("all"))
     assert isinstance(refused, tuple)
