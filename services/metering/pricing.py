@@ -17,10 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from quartermaster.model_ids import resolve_model
 from quartermaster.wire import epoch_ns
+from services.metering.catalog_limits import load_yaml, price_problem
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 _CLASSES = ("input", "cached_input", "cache_write", "output", "reasoning")
@@ -124,15 +123,15 @@ def _price(raw: Any, where: str, tier: bool = False) -> Price:
         raise CatalogError(f"{where}: unknown token class(es) {sorted(unknown)}")
     values: dict[str, int] = {}
     for cls in ("input", "cached_input", "output"):
-        v = raw.get(cls)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
+        v: Any = raw.get(cls)
+        if price_problem(v):
+            raise CatalogError(f"{where}.{cls}: {price_problem(v)}")
         values[cls] = v
     # reasoning defaults to the output price, cache_write to the input price
     for cls, default in (("reasoning", values["output"]), ("cache_write", values["input"])):
         v = raw.get(cls, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
+        if price_problem(v):
+            raise CatalogError(f"{where}.{cls}: {price_problem(v)}")
         values[cls] = v
     base = Price(values["input"], values["cached_input"], values["output"], values["reasoning"],
                  values["cache_write"])  # fmt: skip
@@ -230,9 +229,11 @@ def parse_document(raw: Any, where: str = "catalog") -> CatalogDocument:
 
 
 def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
+    """A YAML catalog document; CatalogError for one that isn't YAML, nests too deep
+    (catalog_limits) or fails parse_document's checks."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = load_yaml(text)
+    except ValueError as exc:
         raise CatalogError(f"{where}: {exc}") from None
     return parse_document(raw, where)
 
