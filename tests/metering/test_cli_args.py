@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import grpc
 import pytest
 
 from quartermaster import auth
 from quartermaster.cliargs import hide_long_values
 from quartermaster.grpcserver import Served, serve
+from quartermaster.tls import ServerTls
 from quartermaster.tokens import parse_tokens
 from services.metering import cli
 from tests.helpers import TOKENS, TOKENS_SPEC
+from tests.tlskit import make_pki
 
 TOKEN = TOKENS["reader"]
 WINDOW = ["--from", "2026-11-01", "--to", "2026-12-01"]
@@ -95,3 +99,23 @@ async def test_refusals_say_what_to_set(
     assert "metering api accepts no such token (is it in this server's QM_TOKENS?)" in err
     assert "the token in QM_TOKEN or --token is not one this server accepts" in err
     assert wrong not in err
+
+
+async def test_a_plaintext_cli_against_a_tls_server_is_told_about_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = make_pki(tmp_path)
+    served = await serve(
+        "127.0.0.1:0", [], grpc.aio.server(),
+        tls=ServerTls.from_files(pki.server_cert, pki.server_key),
+    )  # fmt: skip
+    for name in ("QM_TLS_CA_FILE", "QM_TLS_CLIENT_CERT_FILE", "QM_TLS_CLIENT_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        argv = ["--addr", f"127.0.0.1:{served.port}", "--token", TOKEN, "top", *WINDOW]
+        assert await asyncio.to_thread(cli.main, argv, io.StringIO()) == 2
+    finally:
+        await served.stop(0)
+    err = capsys.readouterr().err
+    assert err.startswith("UNAVAILABLE: "), err
+    assert "it likely wants TLS, and this client is plaintext: set QM_TLS_CA_FILE" in err
