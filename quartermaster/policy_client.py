@@ -41,8 +41,9 @@ gRPC reports TLS mistakes as UNAVAILABLE too (a plaintext client and a TLS serve
 CA the server's certificate is not signed by, no client certificate for a mutual-TLS
 server): they take the fail mode like an outage, so a fail-open gateway that forgot
 its CA allows everything. When the error shows a TLS pattern, the answer's `reason`
-(or the raised error) carries a hint naming the likely setting, and the client logs
-it once at WARNING (quartermaster.tls.handshake_hint).
+carries a hint naming the likely setting, and the client logs it once at WARNING
+(also when `commit`/`release`, which raise the error as it is, meet it; the hints:
+quartermaster.tls.handshake_hint).
 
 One difference from the hand-written loop this replaced: that loop gave each attempt its
 own deadline and retried a slow answer; gRPC retries only statuses the server sent,
