@@ -11,6 +11,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@echo "Installing Quartermaster's packages into $(VENV): the first time takes a few minutes ..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -19,7 +20,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project with its dev tools
 
 run: $(STAMP) ## run the whole system locally with demo traffic (Ctrl-C stops it)
-	@$(PY) -m devtools.run
+	@# gRPC's fork handlers only log "skipping fork() handlers" when make run stops
+	@# PostgreSQL (a fork, then exec of pg_ctl, which uses no gRPC).
+	@GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m devtools.run
 
 test: $(STAMP) ## lint, type-check and run every test against real infrastructure
 	$(PY) -m ruff check .

@@ -125,26 +125,59 @@ def _token_with(spec: str, role: str) -> str:
     return next((t for t, grant in parse_tokens(spec).items() if role in grant.roles), "")
 
 
+def _tls_line(policy: PolicySettings) -> str:
+    """Whether this run's servers speak TLS, said once at start."""
+    if policy.tls_cert_file is None:
+        return (
+            "  TLS: off (plaintext, for this machine only; QM_TLS_CERT_FILE and "
+            "QM_TLS_KEY_FILE in the environment turn it on: docs/security.md#tls)"
+        )
+    mutual = ", mutual: clients need a certificate" if policy.tls_client_ca_file else ""
+    return f"  TLS: on (QM_TLS_* from the environment{mutual})"
+
+
+def _credential_lines(spec: str, made: bool, policy: PolicySettings) -> list[str]:
+    """What to tell the person at the terminal about this run's credentials (`spec`:
+    its QM_TOKENS): with tokens `made` for this run, each token with its name and
+    roles; with QM_TOKENS from the environment, names and roles only (the tokens are
+    that person's secrets: never printed), and the hints with a placeholder."""
+    grants = parse_tokens(spec)
+
+    def token(role: str) -> str:
+        found = _token_with(spec, role)
+        return found if made and found else f"<a token with role {role}>"
+
+    lines = [_tls_line(policy)]
+    if made:
+        lines.append("  tokens made for this run (QM_TOKENS; roles: docs/security.md):")
+        lines += [f"    {g.name} ({'+'.join(sorted(g.roles))}) {t}" for t, g in grants.items()]
+        lines.append("    (the gateway one is the README's gateway_token, for PolicyClient)")
+    else:
+        said = ", ".join(f"{g.name} ({'+'.join(sorted(g.roles))})" for g in grants.values())
+        lines.append(f"  tokens: QM_TOKENS from the environment, not shown: {said or 'none'}")
+    admin = token("admin")
+    lines += [
+        "  with grpcurl, where it is installed:",
+        f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {admin}' -d "
+        "'{\"user_id\":\"carol\"}' "
+        f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit",
+        f"    QM_TOKEN={token('prices')} .venv/bin/python -m services.metering.cli "
+        "prices load services/metering/prices.yaml --dry-run",
+    ]  # fmt: skip
+    return lines
+
+
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
     """The children's environment: ours, pointed at `infra`, with a token per role for
     this run when QM_TOKENS is not configured (so every call can be tried at once),
     and the Cost API given a reader token for policy's directory."""
     env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": policy.addr}
     env.setdefault("QM_METERING_DATA_DIR", str(dev.run_dir / "faust"))
-    if not env.get("QM_TOKENS"):
+    made = not env.get("QM_TOKENS")
+    if made:
         env["QM_TOKENS"] = _demo_tokens()
-        reader, admin = (
-            _token_with(env["QM_TOKENS"], "reader"),
-            _token_with(env["QM_TOKENS"], "admin"),
-        )
-        say(f"  tokens for this run (QM_TOKENS; roles: docs/security.md): reader {reader}")
-        say(f"    ops (admin+prices+reader) {admin}")
-        say("  with grpcurl, where it is installed:")
-        say(f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {admin}' -d "
-            "'{\"user_id\":\"carol\"}' "
-            f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit")  # fmt: skip
-        say(f"    QM_TOKEN={admin} .venv/bin/python -m services.metering.cli "
-            "prices load services/metering/prices.yaml --dry-run")  # fmt: skip
+    for line in _credential_lines(env["QM_TOKENS"], made, policy):
+        say(line)
     if not env.get("QM_DIRECTORY_TOKEN"):
         env["QM_DIRECTORY_TOKEN"] = _token_with(env["QM_TOKENS"], "reader")
     return env

@@ -125,7 +125,12 @@ class Authenticator(_Interceptor):
                     f"{self._server_name} accepts no credential (QM_TOKENS is empty): "
                     "every call is refused"
                 )
-            return grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown token"
+            # Said with the server's name: a caller with several servers' tokens learns
+            # which one refused, and where the token would have to be.
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                f"authorization: unknown token: {self._server_name} accepts no such "
+                "token (is it in this server's QM_TOKENS?)"
+            )
         allowed = self._table.get(method)
         if not allowed or found.roles.isdisjoint(allowed):
             return grpc.StatusCode.PERMISSION_DENIED, (

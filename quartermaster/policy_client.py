@@ -27,15 +27,23 @@ raise `PolicyRequestError`, naming the fields.
 
 Only an outage takes the fail mode: UNAVAILABLE (policy unreachable, restarting, or
 its database away) and DEADLINE_EXCEEDED (too slow). Every other status is policy
-refusing this request, and raises (grpc.aio.AioRpcError): a refused request is not an
-outage, and a fail-open gateway must not allow what policy refused. That includes
-UNAUTHENTICATED and PERMISSION_DENIED (a missing, unknown or under-privileged `token`:
-the gateway's credential needs role gateway; a fail-open gateway with a bad token must
-not allow everything),
-RESOURCE_EXHAUSTED (a request or an answer over gRPC's size limits: a batch of 441
-checks once came back so, and was allowed whole) and FAILED_PRECONDITION (no limit
-applies to the user: a configuration to fix, not to paper over). A request over the
-4 MB policy accepts is refused before it is sent (PolicyRequestError).
+refusing this request, and raises: a refused request is not an outage, and a
+fail-open gateway must not allow what policy refused. A refused credential
+(UNAUTHENTICATED: a missing or unknown `token`; PERMISSION_DENIED: one without role
+gateway) raises `PolicyRefused`, saying what to fix; a fail-open gateway with a bad
+token must not allow everything. Others raise grpc.aio.AioRpcError (PolicyRefused is
+one too): RESOURCE_EXHAUSTED (a request or an answer over gRPC's size limits: a batch
+of 441 checks once came back so, and was allowed whole) and FAILED_PRECONDITION (no
+limit applies to the user: a configuration to fix, not to paper over). A request over
+the 4 MB policy accepts is refused before it is sent (PolicyRequestError).
+
+gRPC reports TLS mistakes as UNAVAILABLE too (a plaintext client and a TLS server, a
+CA the server's certificate is not signed by, no client certificate for a mutual-TLS
+server): they take the fail mode like an outage, so a fail-open gateway that forgot
+its CA allows everything. When the error shows a TLS pattern, the answer's `reason`
+carries a hint naming the likely setting, and the client logs it once at WARNING
+(also when `commit`/`release`, which raise the error as it is, meet it; the hints:
+quartermaster.tls.handshake_hint).
 
 One difference from the hand-written loop this replaced: that loop gave each attempt its
 own deadline and retried a slow answer; gRPC retries only statuses the server sent,
@@ -47,6 +55,7 @@ the number it chose.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from enum import StrEnum
 
@@ -54,8 +63,10 @@ import grpc
 from google.protobuf.message import Message
 
 from quartermaster.grpcclient import ChannelClient
-from quartermaster.tls import ClientTls
+from quartermaster.tls import ClientTls, handshake_hint
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 SERVICE = "quartermaster.v1.PolicyService"
 # The statuses that say policy could not answer, nothing about the request: the only
@@ -108,6 +119,33 @@ class PolicyRequestError(ValueError):
     """Policy refused the request as invalid; the message names the fields."""
 
 
+# The statuses that refuse the caller's credential, not the request.
+_CREDENTIAL_REFUSALS = {
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "is the token given to PolicyClient(token=...) one of policy's QM_TOKENS?"
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: "the gateway's token needs role gateway (docs/security.md)",
+}
+
+
+class PolicyRefused(grpc.aio.AioRpcError):
+    """Policy refused the client's credential: UNAUTHENTICATED (no such token) or
+    PERMISSION_DENIED (a token without the role). Never an outage: the fail mode does
+    not answer it. `code()` and `details()` are policy's; `str()` adds what to fix. A
+    grpc.aio.AioRpcError, so code catching those catches it too."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(
+            error.code(), error.initial_metadata(),
+            error.trailing_metadata(),  # type: ignore[arg-type]  # grpc-stubs: a tuple, same pairs
+            error.details(), error.debug_error_string(),
+        )  # fmt: skip
+        self.hint = _CREDENTIAL_REFUSALS.get(error.code(), "")
+
+    def __str__(self) -> str:
+        return f"policy refused the credential ({self.code().name}: {self.details()}): {self.hint}"
+
+
 class PolicyClient(ChannelClient):
     def __init__(
         self,
@@ -118,13 +156,20 @@ class PolicyClient(ChannelClient):
         retries: int = 2,
         backoff_s: float = 0.02,
         tls: ClientTls | None = None,
-        token: str = "",
+        token: str,
     ) -> None:
         """`target`: host:port of policy; `tls`: how to reach it over TLS (None:
         plaintext). A server `tls` does not trust is an outage like any other
-        UNAVAILABLE: the fail mode answers. `token`: the bearer token sent with every
-        call (a credential of policy's QM_TOKENS with role gateway). ValueError for a
-        deadline, backoff or retry count out of range."""
+        UNAVAILABLE: the fail mode answers (with a hint naming the TLS setting).
+        `token`: the bearer token sent with every call (a credential of policy's
+        QM_TOKENS with role gateway). ValueError for an empty or missing token (policy
+        refuses every call without one: there is no no-auth mode), or a deadline,
+        backoff or retry count out of range."""
+        if not token or not isinstance(token, str):
+            raise ValueError(
+                "token: empty; PolicyClient needs a bearer token with role gateway, one of "
+                "policy's QM_TOKENS (docs/security.md)"
+            )
         if deadline_s <= 0 or not 0 <= retries <= MAX_RETRIES or backoff_s <= 0:
             raise ValueError(
                 f"deadline_s and backoff_s must be > 0; retries between 0 and {MAX_RETRIES}"
@@ -146,10 +191,26 @@ class PolicyClient(ChannelClient):
         )
         self._stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self.degraded = 0  # answers the client gave by itself
+        self._tls = tls
+        self._hinted = False  # the TLS hint is logged once per client, not per call
+
+    def _tls_hint(self, error: grpc.aio.AioRpcError) -> str:
+        """The TLS hint for an UNAVAILABLE `error` ("" for none), logged at WARNING
+        the first time: a gateway with a wrong TLS setting sees it once, not per call."""
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            return ""
+        hint = handshake_hint(error.details() or "", self._tls)
+        if hint and not self._hinted:
+            self._hinted = True
+            log.warning("policy at %s unreachable: %s", self.target, hint)
+        return hint
 
     def _fallback(self, error: grpc.aio.AioRpcError) -> policy_pb2.CheckResponse:
         self.degraded += 1
         why = f"policy unreachable ({error.code().name}: {error.details()})"
+        hint = self._tls_hint(error)
+        if hint:
+            why = f"{why} [{hint}]"
         if self.fail is FailMode.OPEN:
             return policy_pb2.CheckResponse(
                 decision=policy_pb2.DECISION_ALLOW,
@@ -164,7 +225,8 @@ class PolicyClient(ChannelClient):
 
     async def _call(self, method: str, request: Message) -> object:
         """One call, retried by the channel's policy; INVALID_ARGUMENT becomes
-        PolicyRequestError, any other failure is raised as grpc.aio.AioRpcError.
+        PolicyRequestError, UNAUTHENTICATED and PERMISSION_DENIED PolicyRefused, any
+        other failure is raised as grpc.aio.AioRpcError.
         A request larger than policy accepts is refused here, unsent: sending it
         could spend the whole deadline, and a deadline takes the fail mode."""
         size = request.ByteSize()
@@ -179,6 +241,9 @@ class PolicyClient(ChannelClient):
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise PolicyRequestError(exc.details()) from None
+            if exc.code() in _CREDENTIAL_REFUSALS:
+                raise PolicyRefused(exc) from None
+            self._tls_hint(exc)  # logged once; commit and release raise it as it is
             raise
 
     async def _answer(self, method: str, request: Message) -> policy_pb2.CheckResponse:
@@ -199,6 +264,16 @@ class PolicyClient(ChannelClient):
             user_id=user_id, product=product, model=model, estimated_micros=estimated_micros
         )
         return await self._answer("Check", request)
+
+    async def budget(self, user_id: str) -> policy_pb2.Budget:
+        """Where `user_id` stands this period (GetBudget): used, limit and remaining
+        micros, the limit's source, reserved micros and the pools'. A read, so no fail
+        mode answers for it: an outage raises grpc.aio.AioRpcError (UNAVAILABLE or
+        DEADLINE_EXCEEDED), as does any refusal (PolicyRefused for the credential,
+        NOT_FOUND or FAILED_PRECONDITION when no limit applies)."""
+        result = await self._call("GetBudget", policy_pb2.GetBudgetRequest(user_id=user_id))
+        assert isinstance(result, policy_pb2.Budget)
+        return result
 
     async def check_batch(
         self, checks: Sequence[policy_pb2.CheckRequest]

@@ -15,18 +15,23 @@ with which file; the settings layer puts the variable's name in front.
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+StrPath = str | os.PathLike[str]
+"""A file's path as callers hold it: a str or any PathLike (pathlib.Path)."""
 
 
 class TlsFileError(ValueError):
     """A certificate, key or CA file that can't be used; the message says why."""
 
 
-def check_certificates(path: Path) -> Path:
-    """`path` when it holds at least one PEM certificate; TlsFileError when it is
-    missing, unreadable or holds none (a key, garbage, DER)."""
+def check_certificates(path: StrPath) -> Path:
+    """`path` (as a Path) when it holds at least one PEM certificate; TlsFileError when
+    it is missing, unreadable or holds none (a key, garbage, DER)."""
+    path = Path(path)
     if not path.is_file():
         raise TlsFileError(f"no such file: {path}")
     try:
@@ -36,9 +41,10 @@ def check_certificates(path: Path) -> Path:
     return path
 
 
-def check_key_pair(cert: Path, key: Path) -> None:
+def check_key_pair(cert: StrPath, key: StrPath) -> None:
     """Nothing when `key` is a readable PEM private key (unencrypted) for the first
     certificate in `cert`; TlsFileError saying which of the two is wrong otherwise."""
+    cert, key = Path(cert), Path(key)
     if not key.is_file():
         raise TlsFileError(f"no such file: {key}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -59,8 +65,8 @@ def _no_passphrase() -> str:
     raise TypeError("the key is encrypted; give an unencrypted key")
 
 
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
+def _read(path: StrPath | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
 
 
 def _why(exc: BaseException) -> str:
@@ -79,13 +85,13 @@ class ServerTls:
     client_ca: bytes | None = None
 
     @classmethod
-    def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
-        """Read and check the files (TlsFileError names the bad one)."""
+    def from_files(cls, cert: StrPath, key: StrPath, client_ca: StrPath | None = None) -> ServerTls:
+        """Read and check the files, each a str or Path (TlsFileError names the bad one)."""
         check_certificates(cert)
         check_key_pair(cert, key)
         if client_ca is not None:
             check_certificates(client_ca)
-        return cls(cert.read_bytes(), key.read_bytes(), _read(client_ca))
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), _read(client_ca))
 
     def __repr__(self) -> str:  # never the key
         return f"ServerTls(mutual={self.client_ca is not None})"
@@ -106,13 +112,13 @@ class ClientTls:
     @classmethod
     def from_files(
         cls,
-        ca: Path | None = None,
-        cert: Path | None = None,
-        key: Path | None = None,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
         server_name: str = "",
     ) -> ClientTls:
-        """Read and check the files (TlsFileError names the bad one); `cert` and `key`
-        go together."""
+        """Read and check the files, each a str or Path (TlsFileError names the bad
+        one); `cert` and `key` go together."""
         if (cert is None) != (key is None):
             raise TlsFileError("a client certificate and its key go together: give both")
         if ca is not None:
@@ -124,3 +130,47 @@ class ClientTls:
 
     def __repr__(self) -> str:  # never the key
         return f"ClientTls(mutual={self.cert_chain is not None}, server_name={self.server_name!r})"
+
+
+def handshake_hint(details: str, tls: ClientTls | None) -> str:
+    """What a failed connection's `details` (an UNAVAILABLE status's text) most likely
+    means about TLS, naming the setting to look at; "" when it shows no TLS pattern.
+
+    gRPC reports every TLS mistake as UNAVAILABLE, like a server that is down, and
+    a server that closes a connection in the handshake shows only "Socket closed":
+    the hint says "likely" because a server restarting mid-connection closes it too.
+    Settings are named as the services and CLIs read them; a library caller sets the
+    same through `ClientTls.from_files(ca, cert, key, server_name)`."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "TLS: this client does not trust the server's certificate: QM_TLS_CA_FILE "
+            "(ClientTls ca) must hold the CA that signed it, for the name it is reached "
+            "by (QM_TLS_SERVER_NAME)"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            "TLS: this client speaks TLS (QM_TLS_CA_FILE) but the server answers in "
+            "plaintext: is the server's QM_TLS_CERT_FILE set?"
+        )
+    if "handshake" in details.lower():
+        return (
+            "TLS handshake failed: check QM_TLS_CA_FILE, the client certificate "
+            "(QM_TLS_CLIENT_CERT_FILE, QM_TLS_CLIENT_KEY_FILE) and QM_TLS_SERVER_NAME"
+        )
+    if "Socket closed" not in details:
+        return ""
+    if tls is None:
+        return (
+            "TLS: the server closed the connection; it likely wants TLS, and this client "
+            "is plaintext: set QM_TLS_CA_FILE (ClientTls ca) to the CA of its certificate"
+        )
+    if tls.cert_chain is None:
+        return (
+            "TLS: the server closed the connection in the handshake; it likely wants "
+            "mutual TLS: give a client certificate (QM_TLS_CLIENT_CERT_FILE and "
+            "QM_TLS_CLIENT_KEY_FILE; ClientTls cert, key)"
+        )
+    return (
+        "TLS: the server closed the connection in the handshake; it likely refused this "
+        "client certificate: is it signed by the CA in the server's QM_TLS_CLIENT_CA_FILE?"
+    )

@@ -4,8 +4,11 @@ One variable for every service, so one secret serves a whole deployment (one Hel
 secret, one place to rotate): each server honours the roles its methods need
 (quartermaster.roles) and ignores the rest. The name is who the audit trail records;
 roles are `gateway`, `reader`, `admin` and `prices` (what each may call:
-quartermaster.roles, docs/security.md); the token is 16 or more characters, told to
-the caller, who sends `authorization: Bearer <token>`.
+quartermaster.roles, docs/security.md); the token is 16 or more characters without
+':', ',', quotes or spaces, told to the caller, who sends `authorization: Bearer <token>`.
+Quotes and extra `:fields` are refused rather than read as part of a name or token:
+both are quoting or pasting mistakes, and taken literally they make a credential no
+caller can present.
 
 Pure (no gRPC): every service's settings parse these, including the metering worker's,
 which serves no gRPC and so never imports grpcio (~17 MB of RSS, measured). Checking a
@@ -21,6 +24,7 @@ from pydantic import AfterValidator
 
 ROLES = ("gateway", "reader", "admin", "prices")
 MIN_TOKEN_CHARS = 16
+_QUOTES = frozenset("\"'`")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,28 +37,45 @@ class Grant:
 
 def parse_tokens(spec: str) -> dict[str, Grant]:
     """ "ops:admin+prices:tok,gw:gateway:tok2" → {token: Grant}. ValueError names the
-    bad entry (by position, never quoting a token): a missing part, an unknown role, a
-    short token, a token given twice. A token may hold ':' (the first two split)."""
+    bad entry (by position and name, never quoting a token): a missing or extra part,
+    a quote, a space in the token, an unknown role, a short token, a token given
+    twice."""
     out: dict[str, Grant] = {}
     for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
-        where = f"entry {i + 1}"
-        fields = part.split(":", 2)
-        if len(fields) != 3:
-            raise ValueError(f"{where}: expected name:role[+role]:token")
-        name, roles_spec, token = (f.strip() for f in fields)
-        roles = frozenset(r.strip() for r in roles_spec.split("+") if r.strip())
-        if not name:
-            raise ValueError(f"{where}: the name is empty")
-        unknown = sorted(roles - set(ROLES))
-        if unknown or not roles:
-            said = ", ".join(unknown) or "none"
-            raise ValueError(f"{where} ({name}): unknown role {said}; roles: {', '.join(ROLES)}")
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"{where} ({name}): the token needs {MIN_TOKEN_CHARS}+ characters")
+        name, roles, token = _entry(f"entry {i + 1}", part)
         if token in out:
-            raise ValueError(f"{where} ({name}): the same token as {out[token].name}")
+            raise ValueError(f"entry {i + 1} ({name}): the same token as {out[token].name}")
         out[token] = Grant(name, roles)
     return out
+
+
+def _entry(where: str, part: str) -> tuple[str, frozenset[str], str]:
+    """One `name:role[+role]:token` entry, checked; `where` says which in errors."""
+    fields = [f.strip() for f in part.split(":")]
+    # The name may be shown (it is what logs say anyway), never the token.
+    shown = fields[0].strip("\"'` ") if len(fields) > 1 else ""
+    label = f"{where} ({shown})" if shown else where
+    if any(c in _QUOTES for c in part):
+        raise ValueError(
+            f"{label}: has a quote; write QM_TOKENS without quotes inside "
+            "(quote the whole value once, if your shell or .env file needs it)"
+        )
+    if len(fields) != 3:
+        said = "a part is missing" if len(fields) < 3 else "too many ':' (a token has none)"
+        raise ValueError(f"{label}: expected name:role[+role]:token, {said}")
+    name, roles_spec, token = fields
+    roles = frozenset(r.strip() for r in roles_spec.split("+") if r.strip())
+    if not name:
+        raise ValueError(f"{where}: the name is empty")
+    unknown = sorted(roles - set(ROLES))
+    if unknown or not roles:
+        said = ", ".join(unknown) or "none"
+        raise ValueError(f"{label}: unknown role {said}; roles: {', '.join(ROLES)}")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"{label}: the token needs {MIN_TOKEN_CHARS}+ characters")
+    if any(c.isspace() for c in token):
+        raise ValueError(f"{label}: the token has a space in it")
+    return name, roles, token
 
 
 def _valid_spec(spec: str) -> str:

@@ -24,9 +24,10 @@ cause is fixed (see services/metering/dlq.py):
     python -m services.metering.cli dlq list [--reason-contains "no price"]
     python -m services.metering.cli dlq replay --by ann --reason "gpt-9 priced" [...]
 
-Every command sends a bearer token, QM_TOKEN or --token: one with role reader (or
-admin) for usage, top and the price listings, role prices for loading prices (see
-docs/security.md).
+Every command sends a bearer token, QM_TOKEN or --token (before or after the
+command): one with role reader (or admin) for usage, top and the price listings, role
+prices for loading prices (see docs/security.md). Errors never repeat a value that
+could be a token.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any, TextIO
 import grpc
 
 from quartermaster import kafka
+from quartermaster.cliargs import Parser, rpc_hint, token_argument
 from quartermaster.grpcclient import bearer, open_blocking_channel
 from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
@@ -222,11 +224,7 @@ def _prices_parser(sub: Any) -> None:
     for a in (listing, history):
         a.add_argument("--format", choices=("table", "csv"), default="table")
     for a in (load, listing, history):
-        _token_argument(a)
-
-
-def _token_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--token", help="bearer token (default: QM_TOKEN; see docs/security.md)")
+        token_argument(a, top=False)
 
 
 def _topic_parser(sub: Any) -> None:
@@ -280,9 +278,10 @@ def topic(ns: argparse.Namespace, out: TextIO) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m services.metering.cli", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = Parser(prog="python -m services.metering.cli", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--addr", help="Cost API address (default: QM_USAGE_API_ADDR)")
+    token_argument(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (("usage", "usage rows"), ("top", "top spenders")):
         s = sub.add_parser(name, help=help_text)
@@ -293,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
                            help=f"only this {f} (repeatable)")  # fmt: skip
         s.add_argument("--format", choices=("table", "csv"), default="table")
         s.add_argument("--limit", type=int, default=0)
-        _token_argument(s)
+        token_argument(s, top=False)
         if name == "usage":
             s.add_argument("--group-by", type=_dims, default=["user"])
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
@@ -314,11 +313,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if os.environ.get("QM_ADMIN_TOKEN") and not os.environ.get("QM_TOKEN"):
         sys.stderr.write("QM_ADMIN_TOKEN was renamed QM_TOKEN (see docs/security.md)\n")
         return 2
-    ns.metadata = bearer(ns.token or os.environ.get("QM_TOKEN", ""))
+    token = ns.token or os.environ.get("QM_TOKEN", "")
+    ns.metadata = bearer(token)
     settings = load_or_exit(MeteringSettings, "metering cli")
+    tls = settings.client_tls
     # TLS as the services' own clients: QM_TLS_CA_FILE and, for mutual TLS, the
     # client certificate settings.
-    with open_blocking_channel(ns.addr or settings.api_addr, settings.client_tls) as channel:
+    with open_blocking_channel(ns.addr or settings.api_addr, tls) as channel:
         try:
             if ns.command == "prices":
                 prices(prices_pb2_grpc.PriceCatalogServiceStub(channel), ns, out)
@@ -326,7 +327,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 stub = cost_pb2_grpc.UsageServiceStub(channel)
                 (usage if ns.command == "usage" else top)(stub, ns, out)
         except grpc.RpcError as exc:
-            sys.stderr.write(f"{exc.code().name}: {exc.details()}\n")
+            code, details = exc.code().name, exc.details() or ""
+            sys.stderr.write(f"{code}: {details}\n")
+            hint = rpc_hint(code, details, token_given=bool(token), tls=tls)
+            if hint:
+                sys.stderr.write(f"  {hint}\n")
             return 2
     return 0
 

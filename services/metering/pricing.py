@@ -17,10 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from quartermaster.model_ids import resolve_model
 from quartermaster.wire import epoch_ns
+from services.metering.catalog_limits import load_yaml
 from services.metering.token_prices import (
     SERVICE_TIERS,
     TOKEN_CLASSES,
@@ -140,8 +140,8 @@ def parse_document(raw: Any, where: str = "catalog") -> CatalogDocument:
 
 def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = load_yaml(text)  # refuses nesting past catalog_limits.MAX_YAML_DEPTH
+    except ValueError as exc:
         raise CatalogError(f"{where}: {exc}") from None
     return parse_document(raw, where)
 

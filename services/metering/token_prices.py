@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from services.metering.catalog_limits import price_problem
+
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 _REQUIRED = ("input", "cached_input", "output")
 # Classes a version may leave out, each defaulting to another class's price.
@@ -166,8 +168,9 @@ def picos_of(
 
 def _count(raw: dict[str, Any], cls: str, where: str, default: int | None = None) -> int:
     v = raw.get(cls, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise CatalogError(f"{where}.{cls}: expected a whole number >= 0, got {v!r}")
+    problem = price_problem(v)  # bounded: catalog_limits.MAX_PRICE
+    if problem:
+        raise CatalogError(f"{where}.{cls}: {problem}")
     return v
 
 

@@ -6,10 +6,10 @@ workspace default limit (audited).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 from quartermaster import kafka, telemetry
+from quartermaster.cliargs import Parser
 from quartermaster.db import connect_pool
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
@@ -36,7 +36,7 @@ async def _set_default(settings: PolicySettings, credits: int, soft: bool, actor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.policy")
+    parser = Parser(prog="python -m services.policy")  # errors hide token-like values
     sub = parser.add_subparsers(dest="command")
     sd = sub.add_parser("set-default", help="set the workspace default monthly limit")
     sd.add_argument("credits", type=int)

@@ -100,6 +100,9 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
             raise AssertionError("no DENY within 180 s:\n" + "".join(seen[-40:]))
         text = "".join(seen)
         assert "policy gRPC serving on" in text
+        assert "  TLS: off (plaintext" in text
+        # The README's gateway_token: printed with its name and role.
+        assert re.search(r"\n    local-gateway \(gateway\) \S{16,}\n", text), text[:2000]
         assert ">>> carol is now WARN" in text
         assert "limit reached" in seen[-1]
         metrics = f"127.0.0.1:{ports['metrics']}"
@@ -115,6 +118,10 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         while not lines.empty():
             seen.append(lines.get())
         assert "Stopped. Bye." in "".join(seen), "".join(seen[-20:])
+        # Ctrl-C's shutdown without librdkafka's or gRPC's noise.
+        shutdown = "".join(seen[seen.index(next(s for s in seen if "Stopping" in s)) :])
+        assert "rdkafka" not in shutdown, shutdown
+        assert "fork_posix" not in shutdown, shutdown
         assert took < 30
         assert _left_behind(run_dir, ports) == []
     finally:

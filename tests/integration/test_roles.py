@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devtools.localinfra.stack import Infra
 from quartermaster import roles
 from quartermaster.directory_client import DirectoryClient, DirectoryUnavailable
-from quartermaster.policy_client import FailMode, PolicyClient
+from quartermaster.policy_client import FailMode, PolicyClient, PolicyRefused
 from quartermaster.tokens import ROLES
 from services.metering import api
 from services.metering.settings import MeteringSettings
@@ -93,18 +93,27 @@ async def test_a_fail_open_client_with_a_refused_token_raises_and_never_allows(
     policy_server: RunningPolicy,
 ) -> None:
     target = f"127.0.0.1:{policy_server.port}"
-    for token, code in (
-        ("", grpc.StatusCode.UNAUTHENTICATED),
-        ("an-unknown-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),
-        (TOKENS["reader"], grpc.StatusCode.PERMISSION_DENIED),
+    for empty in ("", None):
+        with pytest.raises(ValueError, match="token: empty; PolicyClient needs a bearer token"):
+            PolicyClient(target, fail=FailMode.OPEN, token=empty)  # type: ignore[arg-type]
+    for token, code, said in (
+        ("an-unknown-token-0123456789", grpc.StatusCode.UNAUTHENTICATED, "QM_TOKENS?"),
+        (TOKENS["reader"], grpc.StatusCode.PERMISSION_DENIED, "needs role gateway"),
     ):
         async with PolicyClient(target, fail=FailMode.OPEN, token=token) as client:
-            assert (await refusal(client.check("ann", "chat", "gpt-5")))[0] == code
-            assert (await refusal(client.check_batch([])))[0] == code
+            with pytest.raises(PolicyRefused) as info:
+                await client.check("ann", "chat", "gpt-5")
+            assert info.value.code() == code
+            assert said in str(info.value)
+            assert token not in str(info.value)
+            assert (await refusal(client.check_batch([])))[0] == code  # an AioRpcError too
             assert client.degraded == 0
     async with PolicyClient(target, fail=FailMode.OPEN, token=TOKENS["gateway"]) as client:
         verdict = await client.check("ann", "chat", "gpt-5")
         assert verdict.limit_source != "fail_open"
+        # security.md: role gateway reads budgets; the client has the call for it.
+        budget = await client.budget("ann")
+        assert (budget.user_id, budget.limit_micros) == ("ann", verdict.limit_micros)
 
 
 async def test_a_directory_client_sends_its_token(policy_server: RunningPolicy) -> None:

@@ -126,3 +126,37 @@ async def test_load_list_and_history_map_to_messages(
     ]
     assert all(line.startswith("gpt-5: ") for line in history.revisions[0].changes)
     assert isinstance(catalogs.revisions[0].catalog, PriceCatalog)
+
+
+HOSTILE = [
+        # A tester's: accepted once, then every event of the model went to the DLQ.
+        ("fallback: {input: 99999999999999999999999, cached_input: 0, output: 1}",
+         prices_pb2.CATALOG_FORMAT_YAML,
+         "p: fallback.input: expected a whole number >= 0 and <= 1000000000000"),
+        ("model,effective_from,input,cached_input,output\n"
+         "*,,1,0,1000000000001\n",
+         prices_pb2.CATALOG_FORMAT_CSV,
+         "p: fallback.output: expected a whole number >= 0 and <= 1000000000000"),
+        ("fallback: {input: " + "9" * 5000 + "}", prices_pb2.CATALOG_FORMAT_YAML,
+         "p: Exceeds the limit (4300 digits)"),
+        # A tester's: INTERNAL after 7.4 s of CPU.
+        ("[" * 2000 + "]" * 2000, prices_pb2.CATALOG_FORMAT_YAML, "p: nested more than 16 deep"),
+        ("fallback: {input: [1", prices_pb2.CATALOG_FORMAT_YAML,
+         "p: not a YAML document the catalog reads"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("document", "fmt", "said"), HOSTILE)
+async def test_out_of_bounds_prices_and_hostile_documents_are_invalid_arguments(
+    stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub,
+    catalogs: FakeCatalogs,
+    document: str,
+    fmt: prices_pb2.CatalogFormat.ValueType,
+    said: str,
+) -> None:
+    request = prices_pb2.LoadPricesRequest(document=document, format=fmt, source="p")
+    code, details = await refusal(stub.LoadPrices(request, metadata=ADMIN))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(said), details
+    assert len(details) < 400  # the 5000-digit number is not repeated whole
+    assert catalogs.loads == []

@@ -62,9 +62,13 @@ def test_token_specs_parse_and_bad_entries_are_named_without_their_token() -> No
         SECRET: Grant("ops", frozenset({"admin", "reader"})),
         f"{SECRET}x": Grant("gw", frozenset({"gateway"})),
     }
-    assert parse_tokens(f"a:prices:{SECRET}:with:colons")[f"{SECRET}:with:colons"].name == "a"
     bad = {
-        f"ops:{SECRET}": "entry 1: expected name:role[+role]:token",
+        f"ops:{SECRET}": "entry 1 (ops): expected name:role[+role]:token, a part is missing",
+        # A quoting or pasting mistake, never read as a name '"gw' or a token 'tok"'.
+        f'"gw-eu:gateway:{SECRET}"': "entry 1 (gw-eu): has a quote; write QM_TOKENS without",
+        f"ok:reader:{SECRET}x,'gw:gateway:{SECRET}'": "entry 2 (gw): has a quote",
+        f"gw-eu:gateway:{SECRET}:extra": "entry 1 (gw-eu): expected name:role[+role]:token, too",
+        f"gw:gateway:{SECRET} {SECRET}": "entry 1 (gw): the token has a space in it",
         f":admin:{SECRET}": "entry 1: the name is empty",
         f"ops:root:{SECRET}": "entry 1 (ops): unknown role root; roles: gateway, reader",
         f"ops::{SECRET}": "entry 1 (ops): unknown role none",
@@ -107,6 +111,13 @@ def test_refusals_say_what_the_call_needed_and_unknown_methods_are_denied() -> N
     assert auth.check(CHECK, metadata("admin")) == (
         grpc.StatusCode.PERMISSION_DENIED,
         "PolicyService/Check needs role gateway; credential 'tests-admin' has admin",
+    )
+    # An unknown token: the refusal names the server and where the token would be.
+    unknown = (("authorization", "Bearer not-one-of-ours-0123456789"),)
+    assert Authenticator(parse_tokens(TOKENS_SPEC), server_name="policy").check(CHECK, unknown) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "authorization: unknown token: policy accepts no such token (is it in this "
+        "server's QM_TOKENS?)",
     )
     # Deny by default: a method the table does not name, whatever the credential.
     refused = auth.check("/quartermaster.v1.PolicyService/Unheard", metadata("all"))

@@ -45,6 +45,7 @@ DOMAIN_MODULES = {
         "services.metering.aggregate",
         "services.metering.bounds",
         "services.metering.burnrate",
+        "services.metering.catalog_limits",
         "services.metering.dead_letter",
         "services.metering.decode",
         "services.metering.dlq_limit",

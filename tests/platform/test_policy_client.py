@@ -16,6 +16,7 @@ from quartermaster.policy_client import (
     OUTAGES,
     FailMode,
     PolicyClient,
+    PolicyRefused,
     PolicyRequestError,
 )
 from quartermaster.v1 import policy_pb2
@@ -121,7 +122,7 @@ async def test_when_policy_cannot_be_reached_the_gateways_choice_answers(
     mode: FailMode, decision: int, source: str
 ) -> None:
     nobody = f"127.0.0.1:{free_port()}"  # nothing listens here
-    async with PolicyClient(nobody, fail=mode, deadline_s=0.1, retries=2) as client:
+    async with PolicyClient(nobody, fail=mode, deadline_s=0.1, retries=2, token=GATEWAY) as client:
         started = time.monotonic()
         got = await client.check("ann", "chat", "gpt-5")
         batch = await client.check_batch([req("ann"), req("bob")])
@@ -200,7 +201,9 @@ async def test_unavailable_is_retried_by_grpc_then_the_fail_mode_answers(
 ) -> None:
     flaky = Flaky(failures=2)
     async for target in _serve(flaky):
-        async with PolicyClient(target, fail=FailMode.CLOSED, retries=retries) as client:
+        async with PolicyClient(
+            target, fail=FailMode.CLOSED, retries=retries, token=GATEWAY
+        ) as client:
             got = await client.check("ann", "chat", "gpt-5")
     assert policy_pb2.Decision.Name(got.decision) == f"DECISION_{decision}"
     assert flaky.calls == calls
@@ -210,7 +213,7 @@ async def test_unavailable_is_retried_by_grpc_then_the_fail_mode_answers(
 async def test_a_final_answer_is_not_retried() -> None:
     flaky = Flaky(failures=0)
     async for target in _serve(flaky):
-        async with PolicyClient(target, fail=FailMode.OPEN, retries=4) as client:
+        async with PolicyClient(target, fail=FailMode.OPEN, retries=4, token=GATEWAY) as client:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await client.commit("7d4c6f0e-0000-4000-8000-000000000000", 1)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -253,7 +256,7 @@ async def test_only_an_outage_takes_the_fail_mode(code: grpc.StatusCode) -> None
     not answer. Refusals are asked once (asking again gets the same answer)."""
     refusing = Refusing(code)
     async for target in _serve_refusing(refusing):
-        async with PolicyClient(target, fail=FailMode.OPEN, retries=2) as client:
+        async with PolicyClient(target, fail=FailMode.OPEN, retries=2, token=GATEWAY) as client:
             batch = [req("ann"), req("bob")]
             if code in OUTAGES:
                 answers = [
@@ -262,6 +265,17 @@ async def test_only_an_outage_takes_the_fail_mode(code: grpc.StatusCode) -> None
                     await client.reserve("ann", "chat", "gpt-5", 1_000, request_id="r-1"),
                 ]
                 assert {a.limit_source for a in answers} == {"fail_open"}
+            elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # A refused credential: PolicyRefused, for every call, never the fail mode.
+                for call in (
+                    client.check("ann", "chat", "gpt-5"),
+                    client.check_batch(batch),
+                    client.reserve("ann", "chat", "gpt-5", 1_000, request_id="r-1"),
+                ):
+                    with pytest.raises(PolicyRefused) as info:
+                        await call
+                    assert info.value.code() == code
+                    assert str(info.value).startswith("policy refused the credential")
             else:
                 raised = (grpc.aio.AioRpcError, PolicyRequestError)
                 with pytest.raises(raised):

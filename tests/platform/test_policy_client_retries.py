@@ -16,7 +16,9 @@ import pytest
 
 from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.v1 import policy_pb2
-from tests.helpers import PolicyMethods, serve_policy_methods
+from tests.helpers import TOKENS, PolicyMethods, serve_policy_methods
+
+GATEWAY = TOKENS["gateway"]
 
 
 class EveryOtherFails:
@@ -61,7 +63,7 @@ async def test_transient_failures_keep_being_retried_over_many_calls(
     # The first throttle (20 tokens, 0.1 back per success) stopped retrying after ~10
     # failures: half of these 100 calls got the fail mode's DENY.
     target, servicer = blips
-    async with PolicyClient(target, fail=FailMode.CLOSED, deadline_s=2.0) as client:
+    async with PolicyClient(target, fail=FailMode.CLOSED, deadline_s=2.0, token=GATEWAY) as client:
         answers = [await client.check("ann", "chat", "gpt-5") for _ in range(100)]
     assert {a.limit_source for a in answers} == {"server"}
     assert client.degraded == 0
@@ -78,7 +80,7 @@ async def test_a_batch_larger_than_grpcs_default_retry_buffer_is_retried(
         for i in range(1000)
     ]
     assert sum(c.ByteSize() for c in checks) > 256 * 1024
-    async with PolicyClient(target, fail=FailMode.CLOSED, deadline_s=5.0) as client:
+    async with PolicyClient(target, fail=FailMode.CLOSED, deadline_s=5.0, token=GATEWAY) as client:
         answers = await client.check_batch(checks)
     assert len(answers) == 1000
     assert {a.limit_source for a in answers} == {"server"}

@@ -19,8 +19,9 @@ import pytest
 from quartermaster.config import CommonSettings
 from quartermaster.grpcclient import open_channel
 from quartermaster.grpcserver import Served, serve
+from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.settings import SettingsError
-from quartermaster.tls import ClientTls, ServerTls
+from quartermaster.tls import ClientTls, ServerTls, handshake_hint
 from tests.helpers import refusal
 from tests.tlskit import Pki, health, make_pki
 
@@ -140,3 +141,66 @@ def test_server_material_refuses_a_key_that_does_not_match(pki: Pki) -> None:
         ServerTls.from_files(pki.server_cert, pki.client_key)
     with pytest.raises(ValueError, match="go together"):
         ClientTls.from_files(pki.ca, cert=pki.client_cert)
+
+
+def test_files_are_taken_as_str_or_path(pki: Pki) -> None:
+    # A gateway's own config gives strings: ClientTls.from_files once crashed on them
+    # ("'str' object has no attribute 'is_file'").
+    as_str = ClientTls.from_files(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    assert as_str == ClientTls.from_files(pki.ca, pki.client_cert, pki.client_key)
+    server = ServerTls.from_files(str(pki.server_cert), str(pki.server_key), str(pki.ca))
+    assert server.client_ca == pki.ca.read_bytes()
+    with pytest.raises(ValueError, match=r"no such file: nowhere\.pem"):
+        ClientTls.from_files("nowhere.pem")
+
+
+async def _served(tls: ServerTls | None) -> Served:
+    served = await serve("127.0.0.1:0", [], grpc.aio.server(), tls=tls)
+    await served.set_serving(True)
+    return served
+
+
+async def test_tls_mistakes_are_named_in_the_fail_modes_answer_and_warned_once(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each mistake a tester made, against a real TLS, mutual-TLS or plaintext server:
+    gRPC says only UNAVAILABLE ("Socket closed", a handshake failure), so a fail-open
+    gateway allowed everything without a word about TLS. The answer's reason now names
+    the setting to look at, and the client warns once (not once per call)."""
+    tls = ServerTls.from_files(pki.server_cert, pki.server_key)
+    mutual = ServerTls.from_files(pki.server_cert, pki.server_key, pki.ca)
+    servers = {"tls": await _served(tls), "mutual": await _served(mutual),
+               "plain": await _served(None)}  # fmt: skip
+    trusting = ClientTls.from_files(pki.ca)
+    cases = [
+        ("tls", None, "it likely wants TLS, and this client is plaintext: set QM_TLS_CA_FILE"),
+        ("tls", ClientTls.from_files(pki.other_ca), "does not trust the server's certificate"),
+        ("mutual", trusting, "likely wants mutual TLS: give a client certificate"),
+        ("mutual", ClientTls.from_files(pki.ca, pki.stranger_cert, pki.stranger_key),
+         "likely refused this client certificate"),
+        ("plain", trusting, "the server answers in plaintext: is the server's QM_TLS_CERT_FILE"),
+    ]  # fmt: skip
+    try:
+        for server, client_tls, hint in cases:
+            target = f"localhost:{servers[server].port}"
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="quartermaster.policy_client"):
+                async with PolicyClient(
+                    target, fail=FailMode.OPEN, tls=client_tls, token="t" * 16, retries=0
+                ) as client:
+                    answers = [await client.check("ann", "chat", "gpt-5") for _ in range(2)]
+            assert {a.limit_source for a in answers} == {"fail_open"}, server
+            assert all(hint in a.reason for a in answers), (hint, answers[0].reason)
+            warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warned) == 1, warned
+            assert hint in warned[0], (hint, warned)
+    finally:
+        for served in servers.values():
+            await served.stop(0)
+
+
+def test_an_unreachable_server_gets_no_tls_hint() -> None:
+    refused = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: " \
+        "Failed to connect to remote host: Connection refused"  # fmt: skip
+    assert handshake_hint(refused, None) == ""
+    assert handshake_hint(refused, ClientTls()) == ""

@@ -26,8 +26,10 @@ async def test_admin_calls_need_a_credential_with_role_admin(inproc: InProcess) 
         policy_pb2.ListLimitsRequest(), metadata=(("authorization", "Bearer nope"),)
     ))  # fmt: skip
     assert (err.code(), err.details()) == (
-        grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown token"
-    )  # fmt: skip
+        grpc.StatusCode.UNAUTHENTICATED,
+        "authorization: unknown token: this server accepts no such token (is it in this "
+        "server's QM_TOKENS?)",
+    )
     request = policy_pb2.SetDefaultLimitRequest(limit_micros=1)
     wrong = await refused(inproc.admin.SetDefaultLimit(request, metadata=metadata("reader")))
     assert (wrong.code(), wrong.details()) == (

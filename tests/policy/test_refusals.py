@@ -310,5 +310,7 @@ async def test_a_refused_credential_hears_what_the_call_needed(stubs: Stubs) -> 
         assert details.startswith(f"{needed}; credential 'tests-")
     unknown = (("authorization", f"Bearer {uuid.uuid4().hex}"),)
     assert await refusal(admin.ListLimits(policy_pb2.ListLimitsRequest(), metadata=unknown)) == (
-        grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown token",
-    )  # fmt: skip
+        grpc.StatusCode.UNAUTHENTICATED,
+        "authorization: unknown token: policy accepts no such token (is it in this "
+        "server's QM_TOKENS?)",
+    )

@@ -1,0 +1,51 @@
+"""What `make run` says about credentials and TLS before the demo starts (issue 14's
+follow-up: a newcomer found no gateway token to try PolicyClient with, no word on
+TLS, and, with QM_TOKENS of their own, no hints at all). The lines themselves, with no
+infrastructure; tests/integration/test_make_run.py runs the whole of `make run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devtools.run import _credential_lines, _demo_tokens
+from services.policy.settings import PolicySettings
+from tests.tlskit import make_pki
+
+OWN = "gw-eu:gateway:own-gateway-token-0123456789,ops:admin+prices:own-ops-token-0123456789"
+
+
+def _policy(env: dict[str, str] | None = None) -> PolicySettings:
+    return PolicySettings.from_env({"QM_TOKENS": OWN, **(env or {})})
+
+
+def test_made_tokens_are_shown_each_with_its_name_and_roles() -> None:
+    spec = _demo_tokens()
+    lines = _credential_lines(spec, True, _policy())
+    text = "\n".join(lines)
+    assert lines[0].startswith("  TLS: off (plaintext, for this machine only")
+    for entry in spec.split(","):
+        name, roles, token = entry.split(":")
+        assert f"    {name} ({'+'.join(sorted(roles.split('+')))}) {token}" in lines
+    assert "local-gateway (gateway)" in text
+    assert "the README's gateway_token, for PolicyClient" in text
+    assert "grpcurl -plaintext -H 'authorization: Bearer " in text
+    assert "<a token with role" not in text
+
+
+def test_tokens_from_the_environment_are_named_never_shown_and_the_hints_stay() -> None:
+    text = "\n".join(_credential_lines(OWN, False, _policy()))
+    assert "QM_TOKENS from the environment, not shown: gw-eu (gateway), ops (admin+prices)" in text
+    assert "own-gateway-token" not in text
+    assert "own-ops-token" not in text
+    assert "-H 'authorization: Bearer <a token with role admin>'" in text
+    assert "QM_TOKEN=<a token with role prices> .venv/bin/python -m services.metering.cli" in text
+
+
+def test_tls_from_the_environment_is_said_with_grpcurls_flags(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    policy = _policy(pki.server_env(mutual=True) | pki.client_env(with_cert=True))
+    lines = _credential_lines(OWN, False, policy)
+    assert (
+        lines[0] == "  TLS: on (QM_TLS_* from the environment, mutual: clients need a certificate)"
+    )
+    assert f"grpcurl -cacert {pki.ca} -cert {pki.client_cert}" in "\n".join(lines)
