@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from quartermaster import telemetry
-from quartermaster.db import connect_pool
+from quartermaster.db import connect_pool, is_outage
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit
@@ -19,9 +20,19 @@ from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
 
+log = logging.getLogger("qm.policy")
+
 
 async def _serve(settings: PolicySettings) -> None:
-    running = await wiring.start(settings)
+    try:
+        running = await wiring.start(settings)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # Exit at once, non-zero, saying what: a supervisor restarts us with backoff,
+        # while a process waiting here would look alive and answer nothing.
+        log.error("policy can't start: PostgreSQL is out of reach (%r)", exc)
+        raise SystemExit(1) from None
     await until_signalled(lambda: running.stop(settings.grace_seconds))
 
 
