@@ -61,6 +61,7 @@ DOMAIN_MODULES = {
         "services.policy.readiness",
         "services.policy.reservations",
         "services.policy.rules",
+        "services.policy.topic_mark",
         "services.policy.totals",
     ],
     "requests": [

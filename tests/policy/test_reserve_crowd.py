@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -25,13 +24,12 @@ from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.policy_client import FailMode, PolicyClient
-from quartermaster.topics import Topic
-from quartermaster.v1 import policy_pb2, policy_pb2_grpc, usage_pb2
-from quartermaster.wire import timestamp
+from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy.decide import Enforcement
 from services.policy.stores.limits import LimitStore
 from tests.conftest import ROOT
-from tests.helpers import TOKENS, channel, eventually, new_user, produce
+from tests.helpers import TOKENS, channel, eventually, new_user
+from tests.policy.test_readiness_faults import _publish_totals
 
 pytestmark = pytest.mark.infra
 CREDIT = MICROS_PER_CREDIT
@@ -39,18 +37,6 @@ LIMIT = 20 * CREDIT
 ESTIMATE = CREDIT // 2
 CALLERS = 200
 DENY = policy_pb2.DECISION_DENY
-
-
-def _publish_totals(bootstrap: str, used: dict[str, int]) -> None:
-    period = datetime.now(UTC).strftime("%Y-%m")
-    records = []
-    for user, micros in used.items():
-        total = usage_pb2.UsageTotal(
-            subject_kind=usage_pb2.SUBJECT_KIND_USER, subject_id=user, period_key=period,
-            used_micros=micros, updated_at=timestamp(datetime.now(UTC)),
-        )  # fmt: skip
-        records.append((f"user:{user}:{period}".encode(), total.SerializeToString(), []))
-    produce(bootstrap, records, topic=Topic.USAGE_TOTALS.value)
 
 
 @pytest.fixture
