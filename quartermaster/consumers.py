@@ -68,6 +68,10 @@ class ReplayConsumer:
                 **{
                     "group.id": f"qm-{name}-{uuid.uuid4()}",
                     "enable.auto.commit": False,
+                    # A topic missing (the broker lost it) stays missing: auto-created,
+                    # it would get the broker's defaults (partitions, no compaction) and
+                    # be read as an empty topic that holds everything.
+                    "allow.auto.create.topics": False,
                     "enable.partition.eof": True,
                     "fetch.wait.max.ms": fetch_wait_ms,
                     "fetch.error.backoff.ms": 50,
@@ -86,7 +90,11 @@ class ReplayConsumer:
     def assign(self, timeout: float = 30.0) -> list[int]:
         """Assign every partition from its first offset; the partitions. Raises
         RuntimeError when the topic has none (KafkaException when the broker is away)."""
-        meta = self._consumer.list_topics(self.topic, timeout=timeout)
+        # Every topic's metadata, not this one's: a request naming a missing topic lets
+        # some brokers create it whatever the client asks.
+        meta = self._consumer.list_topics(timeout=timeout)
+        if self.topic not in meta.topics:
+            raise RuntimeError(f"topic {self.topic} does not exist (create the topics)")
         partitions = sorted(meta.topics[self.topic].partitions)
         if not partitions:
             raise RuntimeError(f"topic {self.topic} has no partitions")
@@ -114,7 +122,8 @@ class ReplayConsumer:
         below what was read), as a sentence; None when nothing does. Real Kafka never
         moves an end offset back. Raises KafkaException when the broker can't be
         asked now (nothing can be told then)."""
-        topic = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        # All topics' metadata (a few small ones): naming a missing topic could create it.
+        topic = self._consumer.list_topics(timeout=timeout).topics.get(self.topic)
         if topic is None or (
             topic.error is not None and topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
         ):
@@ -210,6 +219,7 @@ class GroupConsumer:
                     "group.id": group_id,
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
+                    "allow.auto.create.topics": False,  # see ReplayConsumer
                     **config,
                 },
             )

@@ -86,9 +86,24 @@ def migrate(database_url: str, dirs: Mapping[str, Path]) -> None:
             raise RuntimeError(f"migrations for {schema} failed:\n{res.stdout}{res.stderr}")
 
 
-async def connect_pool(database_url: str, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
-    """An asyncpg pool of `min_size`..`max_size` connections to `database_url`."""
-    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size)
+# Seconds a new connection may take, handshake included. asyncpg's default is 60: a
+# process starting against an address that drops packets (or a server that accepts
+# and never answers) sat there a minute before saying anything.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+async def connect_pool(
+    database_url: str,
+    min_size: int = 1,
+    max_size: int = 5,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> asyncpg.Pool:
+    """An asyncpg pool of `min_size`..`max_size` connections to `database_url`, each
+    connection made within `connect_timeout` seconds (TimeoutError otherwise; OSError or an
+    asyncpg error when refused)."""
+    pool = await asyncpg.create_pool(
+        database_url, min_size=min_size, max_size=max_size, timeout=connect_timeout
+    )
     assert pool is not None
     return pool
 

@@ -3,21 +3,32 @@
 Every gRPC server of ours starts through `serve()`, so `grpcurl` and Kubernetes
 probes work against all of them the same way, and each listens with TLS (mutual when
 its settings say so) or, when none is configured, in plaintext with a WARNING.
+
+Health and reflection need no credential, so anyone can send them anything: their
+methods are hardened like our own (grpcguard): a request that doesn't parse is
+INVALID_ARGUMENT naming the problem, a method the library leaves unimplemented
+(Health/List) UNIMPLEMENTED with a plain message, and neither logs anything. The health
+service "liveness" is SERVING while the process runs (for liveness probes); the
+overall one ("") and each service's name follow the server's readiness.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from quartermaster.tls import ServerTls
 from quartermaster.validation import InvalidRequest, Problems
@@ -29,6 +40,10 @@ log = logging.getLogger("qm.grpc")
 # its metadata limit (8 KB by default) with RESOURCE_EXHAUSTED: the caller would hear
 # "resource exhausted" instead of what was wrong with its request.
 MAX_DETAILS_BYTES = 1024
+# The health service name that is SERVING while the process runs, whatever the
+# readiness: a liveness probe asks it, so a replica is never restarted for being not
+# ready (e.g. waiting for an operator), only for not answering at all.
+LIVENESS_SERVICE = "liveness"
 
 
 def bounded(message: str) -> str:
@@ -81,6 +96,7 @@ class Served:
         )
         for name in ("", *self.services):
             await self.health.set(name, status)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
         """Say NOT_SERVING, stop taking calls, let in-flight ones finish within `grace`."""
@@ -119,16 +135,132 @@ async def serve(
     hs = health_aio.HealthServicer()
     served = Served(server, 0, hs, tuple(services))
     await served.set_serving(False)
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection(
-        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    names = (*services, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    _add_hardened(server, health_pb2_grpc.add_HealthServicer_to_server, hs)
+    _add_hardened(
+        server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+        ReflectionServicer(names),
+    )  # fmt: skip
     port = _listen(server, addr, tls)
     if port == 0:
         raise RuntimeError(f"could not listen on {addr}")
     await server.start()
     served.port = port
     return served
+
+
+class _Garbled:
+    """What the hardened parser hands a method instead of a request it could not parse."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _parser(parse: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    def parse_or_garbled(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _Garbled(f"request: not a valid {method} request message")
+
+    return parse_or_garbled
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    await abort(context, grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented here")
+
+
+async def _failed(context: grpc.aio.ServicerContext[Any, Any], method: str) -> NoReturn:
+    # One line with the traceback per failure, under a reference the caller is given.
+    ref = uuid.uuid4().hex[:12]
+    log.exception("%s failed (ref %s)", method, ref)
+    await abort(context, grpc.StatusCode.INTERNAL, f"{method} failed in the server (log ref {ref})")
+
+
+def _behavior(behavior: Any, method: str, streaming_in: bool, streaming_out: bool) -> Any:
+    """`behavior` with a garbled request answered INVALID_ARGUMENT and an unexpected
+    exception INTERNAL (grpc would answer UNKNOWN quoting the class and log a
+    traceback per call: anyone could flood the log through these open methods)."""
+
+    async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for r in requests:
+            if r.__class__ is _Garbled:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, r.problem)
+            yield r
+
+    async def unary(request: Any, context: Any) -> Any:
+        if request.__class__ is _Garbled:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+        try:
+            return await behavior(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            await _failed(context, method)
+
+    async def streams(request: Any, context: Any) -> AsyncIterator[Any]:
+        if streaming_in:
+            request = checked(request, context)
+        elif request.__class__ is _Garbled:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+        try:
+            if inspect.isasyncgenfunction(behavior):
+                async for answer in behavior(request, context):
+                    yield answer
+            else:  # writes its answers itself (context.write), e.g. Health/Watch
+                await behavior(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            await _failed(context, method)
+
+    if not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
+        # A generated base class's default: grpc would answer UNIMPLEMENTED quoting
+        # NotImplementedError and log its traceback.
+        behavior = _unimplemented
+    return streams if streaming_in or streaming_out else unary
+
+
+def _harden(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> Any:
+    """`handler` (any kind) with the answers of `_behavior`."""
+    h: Any = handler
+    parse = _parser(h.request_deserializer, method)
+    ins, outs = h.request_streaming, h.response_streaming
+    if ins and not outs:  # none in health or reflection
+        raise ValueError(f"{method}: stream-unary methods are not hardened")
+    behavior = h.unary_unary or h.unary_stream or h.stream_stream
+    wrapped = _behavior(behavior, method, ins, outs)
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(ins, outs)]
+    return make(wrapped, request_deserializer=parse, response_serializer=h.response_serializer)
+
+
+class _Recorder:
+    """Stands in for the server while a generated add_*_to_server runs."""
+
+    def __init__(self) -> None:
+        self.services: list[tuple[str, dict[str, Any]]] = []
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.services.append((service, handlers))
+
+
+def _add_hardened(server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: Any) -> None:
+    """Add `servicer` as the generated `add` would, every method hardened (`_behavior`)."""
+    recorder = _Recorder()
+    add(servicer, recorder)
+    for service, handlers in recorder.services:
+        hardened = {name: _harden(h, f"{service}/{name}") for name, h in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, hardened),))
+        server.add_registered_method_handlers(service, hardened)  # type: ignore[attr-defined]
 
 
 async def until_signalled(stop: Callable[[], Awaitable[None]]) -> None:

@@ -2,26 +2,44 @@
 
 `python -m services.policy set-default CREDITS [--soft] [--actor NAME]` sets the
 workspace default limit (audited).
+
+`python -m services.policy topic accept --by NAME --reason TEXT` accepts the totals
+topic as the broker holds it now as the one policy serves from (audited in
+policy.topic_accepts; services.policy.topic_mark says when that is needed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from quartermaster import kafka, telemetry
 from quartermaster.cliargs import Parser
-from quartermaster.db import connect_pool
+from quartermaster.db import connect_pool, is_outage
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit
+from quartermaster.topics import Topic
 from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
+from services.policy.stores.topics import TopicMarkStore
+from services.policy.topic_guard import broker_mark
+
+log = logging.getLogger("qm.policy")
 
 
 async def _serve(settings: PolicySettings) -> None:
-    running = await wiring.start(settings)
+    try:
+        running = await wiring.start(settings)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # Exit at once, non-zero, saying what: a supervisor restarts us with backoff,
+        # while a process waiting here would look alive and answer nothing.
+        log.error("policy can't start: PostgreSQL is out of reach (%r)", exc)
+        raise SystemExit(1) from None
     await until_signalled(lambda: running.stop(settings.grace_seconds))
 
 
@@ -35,6 +53,21 @@ async def _set_default(settings: PolicySettings, credits: int, soft: bool, actor
         await pool.close()
 
 
+async def _accept_topic(settings: PolicySettings, by: str, reason: str) -> str:
+    topic = Topic.USAGE_TOTALS.value
+    now = await asyncio.to_thread(broker_mark, settings.kafka_bootstrap, topic)
+    if now is None:
+        raise SystemExit(f"{topic} does not exist on the broker: create the topics first")
+    pool = await connect_pool(settings.database_url)
+    try:
+        old = await TopicMarkStore(pool, settings.workspace_id, topic).accept(now, by, reason)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        await pool.close()
+    return f"{topic}: accepted {now} (was {old or 'nothing recorded'})"
+
+
 def main() -> None:
     parser = Parser(prog="python -m services.policy")  # errors hide token-like values
     sub = parser.add_subparsers(dest="command")
@@ -42,6 +75,12 @@ def main() -> None:
     sd.add_argument("credits", type=int)
     sd.add_argument("--soft", action="store_true", help="warn instead of deny past the limit")
     sd.add_argument("--actor", default="cli")
+    topic = sub.add_parser("topic", help="the totals topic policy serves from")
+    accept = topic.add_subparsers(dest="action", required=True).add_parser(
+        "accept", help="accept the totals topic as the broker holds it now (audited)"
+    )
+    accept.add_argument("--by", required=True, help="who accepts it (audited)")
+    accept.add_argument("--reason", required=True, help="why (audited)")
     ns = parser.parse_args()
     settings = load_or_exit(PolicySettings, "policy")
     telemetry.setup("policy", settings.log_level)
@@ -50,6 +89,8 @@ def main() -> None:
         if ns.credits < 0:
             parser.error("credits: must not be negative")
         asyncio.run(_set_default(settings, ns.credits, ns.soft, ns.actor))
+    elif ns.command == "topic":
+        print(asyncio.run(_accept_topic(settings, ns.by, ns.reason)))  # noqa: T201
     else:
         asyncio.run(_serve(settings))
 

@@ -10,7 +10,8 @@ Readiness (part "totals"): waiting until every partition was read to the end it 
 when assigned; broken for good when the topic turns out not to be the one read (see
 `TOPIC_RECREATED_ADVICE`): from then on this replica answers nothing from its totals.
 It recovers by being restarted once the topic holds every total again: an empty
-recreated topic can't be told from a restored one, so it never picks one up by itself.
+recreated topic can't be told from a restored one, so it never picks one up by itself
+(and a restarted replica waits for an operator to accept it: topic_guard).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ PART = "totals"
 TOPIC_RECREATED_ADVICE = (
     "this replica stopped answering from its totals (UNAVAILABLE, health NOT_SERVING): "
     "they may be stale, and a recreated topic would start them at zero. What to do: "
-    "bring back every total on the topic (no command re-publishes them from metering's "
-    "PostgreSQL yet: restore the topic, or stop metering and replay usage into a fresh "
-    "deployment), then restart the policy replicas; each reads the totals again at start"
+    "bring back every total on the topic (metering's `topic accept` republishes the open "
+    "totals from its PostgreSQL, or restore the topic), accept it for policy "
+    "(`python -m services.policy topic accept --by NAME --reason TEXT`), then restart the "
+    "policy replicas; each reads the totals again at start"
 )
 
 

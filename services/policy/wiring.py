@@ -21,6 +21,7 @@ from quartermaster.db import connect_pool
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
 from quartermaster.notifications import NotificationPublisher
+from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy.admin_servicer import PolicyAdminServicer
 from services.policy.approvals import Approvals
@@ -37,7 +38,9 @@ from services.policy.stores.listen import ChangeListener
 from services.policy.stores.notices import NoticeStore
 from services.policy.stores.reservations import ReservationStore
 from services.policy.stores.snapshot import SnapshotStore
+from services.policy.stores.topics import TopicMarkStore
 from services.policy.thresholds import ThresholdWatch
+from services.policy.topic_guard import TopicGuard
 from services.policy.totals import TotalsIndex
 from services.policy.totals_feed import TotalsFeed
 from services.policy.upkeep import Settlements, SnapshotRefresh, housekeeping
@@ -185,6 +188,10 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
         settings.totals_check_seconds,
     )  # fmt: skip
     approvals = Approvals(limits, bootstrap, readiness)
+    topic_guard = TopicGuard(
+        TopicMarkStore(pool, ws, Topic.USAGE_TOTALS.value), bootstrap, readiness,
+        settings.totals_check_seconds,
+    )  # fmt: skip
     readiness.known("limits")  # after the other parts said they wait: never ready early
     feed.start()
 
@@ -208,6 +215,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
         asyncio.create_task(_follow_readiness(served, readiness, flipped, serving)),
         asyncio.create_task(listener.run()),
         asyncio.create_task(gcpacing.pace()),
+        asyncio.create_task(topic_guard.run()),
     ]
     return RunningPolicy(
         served, pool, listener, readiness, evaluator, feed, refresh, thresholds, approvals,

@@ -11,6 +11,7 @@ import pytest
 from helm_python import HelmRenderError, HelmValuesError, lint
 
 from quartermaster.config import CommonSettings
+from quartermaster.grpcserver import LIVENESS_SERVICE
 from services.metering.settings import MeteringSettings
 from services.policy.settings import PolicySettings
 from tests.deploy.chart import (
@@ -95,7 +96,9 @@ def test_a_deployment_per_service_with_probes_and_hardening(
             spec = container[probe]
             if name.endswith("metering"):  # HTTP /metrics
                 assert spec["httpGet"]["path"] == "/metrics", (name, probe)
-            else:  # the standard gRPC health service
+            elif probe == "livenessProbe":  # alive, ready or not (grpcserver.LIVENESS_SERVICE)
+                assert spec["grpc"] == {"port": port, "service": LIVENESS_SERVICE}, name
+            else:  # the standard gRPC health service, overall: ready
                 assert spec["grpc"] == {"port": port}, (name, probe)
         startup = container["startupProbe"]
         # A slow consumer-group join or database must not get the pod killed.

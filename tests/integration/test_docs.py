@@ -110,6 +110,10 @@ COMMANDS: dict[str, Runner] = {
         "tests/metering/test_broker_restart.py", '"topic", "accept", "--by"'
     ),
     f"{PY} -m services.policy set-default": Session(),
+    # Accepting a recreated totals topic: against a broker of its own, restarted empty.
+    f"{PY} -m services.policy topic accept": RunBy(
+        "tests/policy/test_topic_accept.py", '"services.policy", "topic", "accept", "--by"'
+    ),
     f"{PY} -m services.policy": Serve("QM_POLICY_ADDR"),
     f"{PY} -m services.metering.api": Serve("QM_USAGE_API_ADDR"),
     # The session's metering worker is this command (a second one here would join its

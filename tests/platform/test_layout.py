@@ -63,6 +63,7 @@ DOMAIN_MODULES = {
         "services.policy.readiness",
         "services.policy.reservations",
         "services.policy.rules",
+        "services.policy.topic_mark",
         "services.policy.totals",
     ],
     "requests": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -75,37 +76,43 @@ class ReservationStore:
         returns that one unchanged (verdict None)."""
         ws = self.workspace_id
         keys = sorted([f"{ws}\x1fuser\x1f{user_id}"] + [f"{ws}\x1fpool\x1f{g}" for g in pools])
+        # Three round trips under the locks (read; write and notify; commit): the locks
+        # serialize every Reserve of one user, so their hold time bounds how many a
+        # second one user's callers get through.
         async with self._pool.acquire() as conn, conn.transaction():
-            for k in keys:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", k)
-            same = await conn.fetchrow(
-                "SELECT * FROM policy.reservations WHERE workspace_id = $1 AND request_id = $2",
-                ws,
-                request_id,
+            # Every lock in one statement, in `keys` order (volatile functions in the
+            # select list run after ORDER BY), and the transaction's now() with them.
+            now = await conn.fetchval(
+                "SELECT max(now()) FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+                " FROM unnest($1::text[]) WITH ORDINALITY AS t(k, i) ORDER BY i) AS locked",
+                keys,
             )
-            if same is not None:
-                return None, _reservation(same), True
             rows = await conn.fetch(
-                "SELECT * FROM policy.reservations WHERE workspace_id = $1"
-                " AND released_at IS NULL AND expires_at > now()"
-                " AND (user_id = $2 OR pools && $3::text[])",
-                ws,
-                user_id,
-                list(pools),
-            )
+                "SELECT *, request_id = $4 AS same FROM policy.reservations"
+                " WHERE workspace_id = $1 AND (request_id = $4 OR (released_at IS NULL"
+                " AND expires_at > now() AND (user_id = $2 OR pools && $3::text[])))",
+                ws, user_id, list(pools), request_id,
+            )  # fmt: skip
+            for r in rows:
+                if r["same"]:
+                    return None, _reservation(r), True
             verdict = admit([_reservation(r) for r in rows])
             if not verdict.admitted:
                 return verdict, None, False
-            row = await conn.fetchrow(
-                "INSERT INTO policy.reservations (reservation_id, workspace_id, user_id,"
-                " request_id, pools, estimated_micros, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7)) RETURNING *",
-                uuid.uuid4(), ws, user_id, request_id, list(pools), estimated, float(ttl_seconds),
+            # The row as it will be, so that the INSERT and its NOTIFY are one statement
+            # (a data-modifying WITH runs whether or not the query reads it).
+            reservation = Reservation(
+                str(uuid.uuid4()), user_id, request_id, pools, estimated,
+                now + timedelta(seconds=float(ttl_seconds)), estimated,
             )  # fmt: skip
-            reservation = _reservation(row)
             await conn.execute(
-                "SELECT pg_notify($1, $2)", RESERVATIONS_CHANNEL, to_notice(ws, reservation)
-            )
+                "WITH made AS (INSERT INTO policy.reservations (reservation_id, workspace_id,"
+                " user_id, request_id, pools, estimated_micros, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)) SELECT pg_notify($8, $9)",
+                uuid.UUID(reservation.reservation_id), ws, user_id, request_id, list(pools),
+                estimated, reservation.expires_at, RESERVATIONS_CHANNEL,
+                to_notice(ws, reservation),
+            )  # fmt: skip
             return verdict, reservation, False
 
     async def settle(

@@ -80,11 +80,15 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* A probe: native gRPC health for gRPC ports, an HTTP GET for HTTP ones. */}}
+{{/* A probe: native gRPC health for gRPC ports (of `service`: default the overall
+    one), an HTTP GET for HTTP ones. */}}
 {{- define "qm.probe" -}}
 {{- if eq .port.protocol "grpc" -}}
 grpc:
   port: {{ .port.number }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
 {{- else -}}
 httpGet:
   path: {{ .port.path | default "/" }}
