@@ -3,8 +3,9 @@
 One variable for every service, so one secret serves a whole deployment (one Helm
 secret, one place to rotate): each server honours the roles its methods need
 (quartermaster.roles) and ignores the rest. The name is who the audit trail records;
-roles are `gateway`, `reader`, `admin` and `prices` (what each may call:
-quartermaster.roles, docs/security.md); the token is 16 or more characters, told to
+roles are `gateway`, `reader`, `admin`, `prices`, `member` and `delegate` (what each
+may call: quartermaster.roles, docs/security.md; for `member` and `admin` the name is
+the person's directory user id); the token is 16 or more characters, told to
 the caller, who sends `authorization: Bearer <token>`.
 
 Pure (no gRPC): every service's settings parse these, including the metering worker's,
@@ -19,7 +20,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-ROLES = ("gateway", "reader", "admin", "prices")
+ROLES = ("gateway", "reader", "admin", "prices", "member", "delegate")
 MIN_TOKEN_CHARS = 16
 
 
