@@ -139,6 +139,8 @@ class Entry:
     to_state: State
     reason: str
     version: int
+    # The trusted service that acted for `actor` ("" when they acted themself).
+    via: str = ""
 
 
 @dataclass(frozen=True)

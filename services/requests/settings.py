@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
+from quartermaster.settings import HostPort
 from services.requests.routing import StepRule, parse_rules
 from services.requests.timing import Timing
 
@@ -21,6 +22,23 @@ def _valid_rules(spec: str) -> str:
 class RequestsSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="QM_REQUESTS_")
 
+    addr: HostPort = "127.0.0.1:50053"
+    """Where RequestService listens (gRPC, with health and reflection)"""
+    grace_seconds: float = Field(5.0, ge=0, le=300)
+    """How long calls in flight may finish at shutdown"""
+    policy_addr: HostPort = "127.0.0.1:50051"
+    """policy's gRPC address: its DirectoryService routes requests, GetBudget gives the
+    requester's standing, ListLimits confirms a grant's override"""
+    usage_api_addr: HostPort = "127.0.0.1:50052"
+    """metering's Cost API: the requester's spend by product and model, and the last 7 days'"""
+    client_token: str = ""
+    """The bearer token this service presents to policy and metering (role reader; one of
+    their QM_TOKENS)"""
+    inputs_deadline_seconds: float = Field(2.0, gt=0, le=60)
+    """How long a create waits for each directory, budget and Cost API answer"""
+    workspace_admins: str = ""
+    """Comma-separated user ids who approve the workspace_admins step (empty: only the
+    fallback approver, else such requests are refused)"""
     rules: Annotated[str, AfterValidator(_valid_rules)] = (
         "manager:1:0,group_admins:1:50,workspace_admins:1:500"
     )
@@ -53,6 +71,11 @@ class RequestsSettings(CommonSettings):
                 " QM_REQUESTS_ESCALATE_AFTER_SECONDS"
             )
         return self
+
+    @property
+    def workspace_admin_ids(self) -> tuple[str, ...]:
+        """`workspace_admins` as user ids."""
+        return tuple(a.strip() for a in self.workspace_admins.split(",") if a.strip())
 
     @property
     def step_rules(self) -> tuple[StepRule, ...]:

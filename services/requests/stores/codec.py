@@ -43,6 +43,7 @@ def standing_json(s: Standing) -> str:
         "history": [{"request_id": h.request_id, "amount_micros": h.amount_micros,
                      "state": h.state, "created_at": h.created_at.isoformat(),
                      "granted_micros": h.granted_micros} for h in s.history],
+        "unavailable": s.unavailable,
     })  # fmt: skip
 
 
@@ -58,6 +59,7 @@ def standing_of(raw: str) -> Standing:
         history=tuple(PastRequest(h["request_id"], h["amount_micros"], h["state"],
                                   datetime.fromisoformat(h["created_at"]), h["granted_micros"])
                       for h in d["history"]),
+        unavailable=d.get("unavailable", ""),
     )  # fmt: skip
 
 
@@ -80,4 +82,4 @@ def request_of(r: Mapping[str, Any]) -> Request:
 def entry_of(r: Mapping[str, Any]) -> Entry:
     """A `requests.timeline` row as an Entry."""
     return Entry(r["at"], r["actor"], r["action"], State(r["from_state"]),
-                 State(r["to_state"]), r["reason"], r["version"])  # fmt: skip
+                 State(r["to_state"]), r["reason"], r["version"], r["via"])  # fmt: skip

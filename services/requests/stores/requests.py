@@ -14,7 +14,7 @@ machine then refuses them on what it says now (decided already: by whom and when
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -138,9 +138,10 @@ class RequestStore:
         """The outcome's timeline entries, vote and outbox events, in `conn`'s transaction."""
         await conn.executemany(
             "INSERT INTO requests.timeline (workspace_id, request_id, version, at, actor,"
-            " action, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            " action, from_state, to_state, reason, via)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             [(self.workspace_id, req.request_id, e.version, e.at, e.actor, e.action,
-              e.from_state.value, e.to_state.value, e.reason) for e in out.entries],
+              e.from_state.value, e.to_state.value, e.reason, e.via) for e in out.entries],
         )  # fmt: skip
         if out.vote is not None:
             v = out.vote
@@ -179,18 +180,36 @@ class RequestStore:
         )
         return [request_of(r) for r in rows]
 
-    async def awaiting(self, user_id: str, limit: int = 50) -> list[Request]:
+    async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]:
         """Pending requests whose current step asks `user_id` and that they haven't
-        approved yet, oldest first."""
+        approved yet, oldest first (the partial GIN index requests_awaiting finds them)."""
         rows = await self._pool.fetch(
             """
             SELECT * FROM requests.requests WHERE workspace_id = $1 AND state = 'pending'
               AND steps -> current_step -> 'approvers' ? $2
               AND NOT steps -> current_step -> 'approved_by' ? $2
-            ORDER BY created_at LIMIT $3
+            ORDER BY created_at, request_id LIMIT $3 OFFSET $4
             """,
             self.workspace_id,
             user_id,
             limit,
+            offset,
+        )
+        return [request_of(r) for r in rows]
+
+    async def page(
+        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50, offset: int = 0
+    ) -> list[Request]:
+        """Requests newest first: `requester`'s ("": everyone's), in `states` (empty:
+        any), `limit` of them after the first `offset`."""
+        where = ["workspace_id = $1", "state = ANY($2::text[]) OR cardinality($2::text[]) = 0"]
+        args: list[object] = [self.workspace_id, list(states), limit, offset]
+        if requester:
+            where.append("requester = $5")
+            args.append(requester)
+        rows = await self._pool.fetch(
+            f"SELECT * FROM requests.requests WHERE {' AND '.join(f'({w})' for w in where)}"
+            " ORDER BY created_at DESC, request_id DESC LIMIT $3 OFFSET $4",
+            *args,
         )
         return [request_of(r) for r in rows]
