@@ -318,6 +318,7 @@ class CreditRequest(_message.Message):
     TIMELINE_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     DECISION_REASON_FIELD_NUMBER: _builtins.int
+    OVERRIDE_STATUS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     workspace_id: _builtins.str
     requester_user_id: _builtins.str
@@ -343,6 +344,11 @@ class CreditRequest(_message.Message):
     current_step: _builtins.int
     """Index into steps of the step awaiting decisions."""
     decision_reason: _builtins.str
+    override_status: _builtins.str
+    """Whether policy has the grant's override: "installing" from approval until policy
+    confirms it in place ("installed"); "removing" from its end or revocation until
+    policy confirms it gone ("removed"); empty before approval.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -392,10 +398,11 @@ class CreditRequest(_message.Message):
         timeline: _abc.Iterable[Global___TimelineEntry] | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         decision_reason: _builtins.str = ...,
+        override_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "decided_at", b"decided_at", "ends_at", b"ends_at", "expires_at", b"expires_at", "standing", b"standing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "approved_at", b"approved_at", "approver_user_id", b"approver_user_id", "created_at", b"created_at", "current_step", b"current_step", "decided_at", b"decided_at", "decision_reason", b"decision_reason", "duration_seconds", b"duration_seconds", "ends_at", b"ends_at", "expires_at", b"expires_at", "granted_duration_seconds", b"granted_duration_seconds", "granted_micros", b"granted_micros", "justification", b"justification", "links", b"links", "product", b"product", "project", b"project", "request_id", b"request_id", "requester_user_id", b"requester_user_id", "standing", b"standing", "state", b"state", "steps", b"steps", "timeline", b"timeline", "version", b"version", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "approved_at", b"approved_at", "approver_user_id", b"approver_user_id", "created_at", b"created_at", "current_step", b"current_step", "decided_at", b"decided_at", "decision_reason", b"decision_reason", "duration_seconds", b"duration_seconds", "ends_at", b"ends_at", "expires_at", b"expires_at", "granted_duration_seconds", b"granted_duration_seconds", "granted_micros", b"granted_micros", "justification", b"justification", "links", b"links", "override_status", b"override_status", "product", b"product", "project", b"project", "request_id", b"request_id", "requester_user_id", b"requester_user_id", "standing", b"standing", "state", b"state", "steps", b"steps", "timeline", b"timeline", "version", b"version", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -77,6 +77,7 @@ def credit_request_pb(req: Request, timeline: Sequence[Entry] = ()) -> requests_
         granted_duration_seconds=req.granted_seconds,
         steps=[_step_pb(s) for s in req.steps], current_step=req.current_step,
         timeline=[entry_pb(e) for e in timeline], decision_reason=req.decision_reason,
+        override_status=req.override_status,
     )  # fmt: skip
     for field, at in (("approved_at", req.approved_at), ("ends_at", req.ends_at),
                       ("decided_at", req.decided_at)):  # fmt: skip

@@ -59,6 +59,9 @@ class RequestsSettings(CommonSettings):
     """How often the relay looks for new outbox events when it found none"""
     reconcile_seconds: float = Field(5.0, ge=0.05, le=3600)
     """How often the reconciler looks for reminders, escalations, expiries and ends due"""
+    confirm_retry_seconds: float = Field(60.0, ge=1, le=86_400)
+    """A grant policy has not confirmed installed (or removed) this long after its change
+    has its event published again, and again after as long, until policy confirms"""
     relay_hold: Literal["", "after_read", "after_publish"] = ""
     """Testing only: the relay stops for good after reading (or after publishing) its
     first batch, so a kill test can SIGKILL it in that window"""

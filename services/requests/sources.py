@@ -176,3 +176,32 @@ class SpendStanding(ChannelClient):
             log.warning("standing of %s incomplete: %s", user_id, "; ".join(missing))
             out = replace(out, unavailable="could not read " + "; ".join(missing))
         return out
+
+
+class OverrideSource(Protocol):
+    async def granted(self) -> set[str]:
+        """Request ids whose override policy has in place now. Raises Unreachable."""
+        ...
+
+
+class PolicyOverrides(ChannelClient):
+    """Which requests' overrides policy has, from PolicyAdminService.ListLimits (its
+    active overrides, read from PostgreSQL: what every replica loads). `token` has role
+    reader."""
+
+    def __init__(
+        self, policy_addr: str, *, tls: ClientTls | None, token: str, deadline_s: float = 5.0
+    ) -> None:
+        super().__init__(policy_addr, tls=tls, token=token)
+        self._stub = policy_pb2_grpc.PolicyAdminServiceStub(self._channel)
+        self._deadline = deadline_s
+
+    async def granted(self) -> set[str]:
+        try:
+            listing = await self._stub.ListLimits(
+                policy_pb2.ListLimitsRequest(), timeout=self._deadline, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unreachable(f"policy's ListLimits at {self.target}: {exc.code().name}: "
+                              f"{exc.details()}") from None  # fmt: skip
+        return {o.request_id for o in listing.overrides if o.request_id and not o.removed}

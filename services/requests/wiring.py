@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
@@ -20,11 +21,12 @@ from quartermaster.directory_client import DirectoryClient
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
+from services.requests.confirm import Confirmer
 from services.requests.reconciler import Reconciler
 from services.requests.relay import Relay
 from services.requests.servicer import RequestServicer, Routing
 from services.requests.settings import RequestsSettings
-from services.requests.sources import DirectoryPeople, SpendStanding
+from services.requests.sources import DirectoryPeople, PolicyOverrides, SpendStanding
 from services.requests.stores.outbox import OutboxStore
 from services.requests.stores.requests import RequestStore
 
@@ -46,6 +48,8 @@ class RunningRequests:
     served: Served
     directory: DirectoryClient
     standing: SpendStanding
+    overrides: PolicyOverrides
+    confirmer: Confirmer
 
     @property
     def port(self) -> int:
@@ -56,7 +60,9 @@ class RunningRequests:
         await self.served.stop(grace)
         await self.directory.close()
         await self.standing.close()
+        await self.overrides.close()
         self.relay.stopping = True
+        self.confirmer.stopping = True
         self.reconciler.stopping = True
         for task in self.tasks:
             task.cancel()
@@ -95,8 +101,12 @@ async def start(settings: RequestsSettings, addr: str | None = None) -> RunningR
     )
     server = auth.server(settings.grants, "requests")
     add_guarded(server, requests_pb2_grpc.add_RequestServiceServicer_to_server, servicer)
+    overrides = PolicyOverrides(settings.policy_addr, tls=tls, token=token)
+    retry_after = timedelta(seconds=settings.confirm_retry_seconds)
+    confirmer = Confirmer(store, overrides, settings.reconcile_seconds, retry_after)
+    tasks.append(asyncio.create_task(confirmer.run()))
     served = await serve(addr or settings.addr, [SERVICE_NAME], server, tls=settings.server_tls)
     await served.set_serving(True)
     log.info("RequestService listening on port %d", served.port)
     return RunningRequests(pool, store, publisher, relay, reconciler, tasks, served, directory,
-                           standing)  # fmt: skip
+                           standing, overrides, confirmer)  # fmt: skip

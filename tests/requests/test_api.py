@@ -17,17 +17,21 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
 
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.v1 import policy_pb2, requests_pb2, requests_pb2_grpc
+from quartermaster.wire import from_timestamp
 from services.metering import api
 from services.metering.settings import MeteringSettings
 from services.policy.decide import Enforcement
 from services.requests import wiring
+from services.requests.confirm import Confirmer
 from services.requests.settings import RequestsSettings
+from services.requests.stores.requests import RequestStore
 from tests.conftest import ROOT, Replicas
 from tests.helpers import TOKENS, TOKENS_SPEC, eventually, new_user, refusal
 
@@ -139,13 +143,14 @@ async def test_request_approve_allow_with_the_exact_limit_then_the_grant_ends(st
     # the grant's 4 s pass: the reconciler ends it and policy drops the override
     await eventually(decision, (policy_pb2.DECISION_DENY, 10 * C), within=30)
 
-    async def state() -> int:
+    async def state() -> tuple[int, str]:
         got = await stack.stub.Get(
             requests_pb2.GetCreditRequest(request_id=made.request_id), metadata=md("ops")
         )
-        return got.state
+        return got.state, got.override_status
 
-    await eventually(state, requests_pb2.REQUEST_STATE_ENDED, within=30)
+    # ended, and policy confirmed the override gone
+    await eventually(state, (requests_pb2.REQUEST_STATE_ENDED, "removed"), within=30)
 
 
 async def test_20_concurrent_decides_one_transition_one_override_19_refusals(stack: Stack) -> None:
@@ -195,6 +200,65 @@ async def test_20_concurrent_decides_one_transition_one_override_19_refusals(sta
 
     await eventually(limit, 160 * C)
     assert stack.replicas.running[0].approvals.installed == 1
+
+    async def status() -> str:
+        got = await stack.stub.Get(
+            requests_pb2.GetCreditRequest(request_id=made.request_id), metadata=md("ann")
+        )
+        return got.override_status
+
+    await eventually(status, "installed")  # policy confirmed it (ListLimits)
+
+
+class NothingGranted:
+    """Policy as a confirmer sees it when an event never arrived."""
+
+    async def granted(self) -> set[str]:
+        return set()
+
+
+async def test_an_unconfirmed_grant_has_its_event_sent_again_until_policy_confirms(
+    stack: Stack,
+) -> None:
+    # the service's own confirmer stops, so this test alone decides what is confirmed
+    stack.running.confirmer.stopping = True
+    await asyncio.wait_for(stack.running.tasks[-1], 30)
+    await stack.person("ben")
+    await stack.person("ann", manager="ben")
+    made = await stack.stub.Create(ask(5), metadata=md("ann"))
+    done = await stack.stub.Decide(
+        requests_pb2.DecideCreditRequest(
+            request_id=made.request_id, version=1, vote=requests_pb2.VOTE_APPROVE
+        ),
+        metadata=md("ben"),
+    )
+    assert done.override_status == "installing"
+    store = stack.running.store
+    approved_at = from_timestamp(done.approved_at)
+    blind = Confirmer(store, NothingGranted(), retry_after=timedelta(seconds=60),
+                      clock=lambda: approved_at + timedelta(seconds=61))  # fmt: skip
+    await eventually(lambda: _sent(store, made.request_id), True)
+    assert await blind.pass_once() == 0
+    assert blind.resent == 1  # marked unsent: the relay publishes it again
+    await eventually(lambda: _sent(store, made.request_id), True)
+    assert await blind.pass_once() == 0
+    assert blind.resent == 1  # not again before another minute
+
+    seeing = Confirmer(store, stack.running.overrides)
+
+    async def status() -> str:
+        await seeing.pass_once()
+        got = await store.get(made.request_id)
+        return got.override_status if got else ""
+
+    await eventually(status, "installed")
+
+
+async def _sent(store: RequestStore, request_id: str) -> bool:
+    event = f"{request_id}:2:request.approved"
+    async with store._pool.acquire() as conn:
+        at = await conn.fetchval("SELECT sent_at FROM requests.outbox WHERE event_id = $1", event)
+    return at is not None
 
 
 async def test_self_approval_is_refused_on_every_path(stack: Stack) -> None:

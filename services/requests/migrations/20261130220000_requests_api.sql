@@ -14,8 +14,11 @@ CREATE INDEX requests_created ON requests.requests (workspace_id, created_at DES
 -- or gone (removing → removed); '' before approval. The reconciler asks policy.
 ALTER TABLE requests.requests ADD COLUMN override_status text NOT NULL DEFAULT ''
     CHECK (override_status IN ('', 'installing', 'installed', 'removing', 'removed'));
+CREATE INDEX requests_unconfirmed ON requests.requests (workspace_id, ends_at)
+    WHERE override_status IN ('installing', 'removing');
 
 -- migrate:down
+DROP INDEX requests.requests_unconfirmed;
 ALTER TABLE requests.requests DROP COLUMN override_status;
 DROP INDEX requests.requests_created;
 DROP INDEX requests.requests_awaiting;

@@ -75,7 +75,7 @@ def request_of(r: Mapping[str, Any]) -> Request:
         current_step=r["current_step"], granted_micros=r["granted_micros"],
         granted_seconds=r["granted_seconds"], approved_at=r["approved_at"],
         ends_at=r["ends_at"], decided_by=r["decided_by"], decided_at=r["decided_at"],
-        decision_reason=r["decision_reason"],
+        decision_reason=r["decision_reason"], override_status=r["override_status"],
     )  # fmt: skip
 
 
