@@ -20,6 +20,7 @@ Refusals (each message names the field, the person or the state):
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -187,20 +188,26 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
                 await abort(context, grpc.StatusCode.ALREADY_EXISTS,
                             f"request_id: {request_id!r} is another person's request")  # fmt: skip
             return await self._answer(existing)
+        now = self._clock()
+        # The three reads are independent: asked at once, a create waits for the slowest.
+        standing_read = asyncio.ensure_future(self._standing.standing(person.user_id, now))
+        past_read = asyncio.ensure_future(self._store.page(requester=person.user_id, limit=HISTORY))
         try:
             people = await self._people.people(person.user_id)
         except Unreachable as exc:
+            standing_read.cancel()
+            past_read.cancel()
             said = f"can't route the request: the directory is unreachable: {exc}"
             await abort(context, grpc.StatusCode.UNAVAILABLE, said)
         r = self._routing
         try:
             steps = route(ask.amount_micros, person.user_id, people, r.rules, r.fallback)
         except RoutingError as exc:
+            standing_read.cancel()
+            past_read.cancel()
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                         f"no one can approve this request: {exc}")  # fmt: skip
-        now = self._clock()
-        standing = await self._standing.standing(person.user_id, now)
-        past = await self._store.page(requester=person.user_id, limit=HISTORY)
+        standing, past = await standing_read, await past_read
         history = tuple(PastRequest(p.request_id, p.amount_micros, p.state.value, p.created_at,
                                     p.granted_micros if p.approved_at else 0)
                         for p in past)  # fmt: skip

@@ -88,10 +88,11 @@ class DirectoryPeople:
         if self._workspace_admins:
             chains[Source.WORKSPACE_ADMINS] = (self._workspace_admins,)
         try:
-            user = await self._client.get_user(user_id)
-            managers = await self._client.manager_chain(user_id)
-            groups = [levels_by_group(await self._client.group_admins(g))
-                      for g in user.group_ids]  # fmt: skip
+            user, managers = await asyncio.gather(
+                self._client.get_user(user_id), self._client.manager_chain(user_id)
+            )
+            admins = await asyncio.gather(*(self._client.group_admins(g) for g in user.group_ids))
+            groups = [levels_by_group(a) for a in admins]
         except DirectoryRequestError as exc:
             # Someone the directory doesn't know has no manager or groups: routing falls
             # back to the workspace admins and the fallback approver, or refuses.
