@@ -171,6 +171,13 @@ async def test_20_concurrent_decides_one_transition_one_override_19_refusals(sta
     assert voted.current_step == 1
     assert sorted(voted.steps[1].approver_user_ids) == admins
 
+    async def awaiting(who: str) -> list[str]:
+        page = await stack.stub.ListAwaitingMe(requests_pb2.ListCreditRequests(), metadata=md(who))
+        return [r.request_id for r in page.requests]
+
+    assert await awaiting("ben") == []  # voted: the request moved on to the group admins
+    assert await awaiting("adm-03") == [made.request_id]
+
     async def decide(who: str) -> tuple[grpc.StatusCode, str]:
         call = stack.stub.Decide(
             requests_pb2.DecideCreditRequest(
@@ -194,6 +201,7 @@ async def test_20_concurrent_decides_one_transition_one_override_19_refusals(sta
         requests_pb2.GetCreditRequest(request_id=made.request_id), metadata=md("ann")
     )
     assert [e.action for e in got.timeline] == ["created", "voted", "approved"]
+    assert await awaiting("adm-03") == []
 
     async def limit() -> int:
         return (await stack.check("ann", 0)).limit_micros

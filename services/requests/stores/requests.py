@@ -96,6 +96,7 @@ class RequestStore:
                 assert existing is not None
                 return existing, False
             await self._record(conn, req, out)
+            await self._awaiting(conn, req, fresh=True)
         return req, True
 
     async def get(
@@ -139,6 +140,8 @@ class RequestStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 if await self._update(conn, req.version, out.request):
                     await self._record(conn, out.request, out)
+                    if out.request.awaiting() != req.awaiting():
+                        await self._awaiting(conn, out.request)
                     return out
         raise Contended(f"request {request_id}: {MAX_ATTEMPTS} concurrent changes won over this")
 
@@ -158,6 +161,19 @@ class RequestStore:
             next_due(new, self._timing), new.override_status,
         )  # fmt: skip
         return bool(status == "UPDATE 1")
+
+    async def _awaiting(self, conn: asyncpg.Connection, req: Request, fresh: bool = False) -> None:
+        """Who `req` waits on now (requests.awaiting), in `conn`'s transaction."""
+        if not fresh:
+            await conn.execute(
+                "DELETE FROM requests.awaiting WHERE workspace_id = $1 AND request_id = $2",
+                self.workspace_id, req.request_id,
+            )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO requests.awaiting (workspace_id, user_id, request_id, created_at)"
+            " VALUES ($1, $2, $3, $4)",
+            [(self.workspace_id, u, req.request_id, req.created_at) for u in req.awaiting()],
+        )
 
     async def _record(self, conn: asyncpg.Connection, req: Request, out: Outcome) -> None:
         """The outcome's timeline entries, vote and outbox events, in `conn`'s transaction."""
@@ -207,13 +223,13 @@ class RequestStore:
 
     async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]:
         """Pending requests whose current step asks `user_id` and that they haven't
-        approved yet, oldest first (the partial GIN index requests_awaiting finds them)."""
+        approved yet, oldest first (read in order from requests.awaiting)."""
         rows = await self._pool.fetch(
             """
-            SELECT * FROM requests.requests WHERE workspace_id = $1 AND state = 'pending'
-              AND steps -> current_step -> 'approvers' ? $2
-              AND NOT steps -> current_step -> 'approved_by' ? $2
-            ORDER BY created_at, request_id LIMIT $3 OFFSET $4
+            SELECT r.* FROM requests.awaiting a
+            JOIN requests.requests r USING (workspace_id, request_id)
+            WHERE a.workspace_id = $1 AND a.user_id = $2
+            ORDER BY a.created_at, a.request_id LIMIT $3 OFFSET $4
             """,
             self.workspace_id,
             user_id,
