@@ -57,6 +57,9 @@ bench-costs: $(STAMP) ## Cost API: a 30-day query over 10,000 users
 bench-policy: $(STAMP) ## policy Check with 100,000 users beside a bare grpc.aio echo service
 	$(PY) scripts/bench_policy.py $(ARGS)
 
+bench-requests: $(STAMP) ## requests: create + decide and ListAwaitingMe with 100,000 past requests
+	$(PY) scripts/bench_requests.py $(ARGS)
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -66,4 +69,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-requests bench-freshness settings-doc clean

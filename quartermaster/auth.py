@@ -45,9 +45,8 @@ EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 class Caller:
     """Who is calling: the credential's `name` (the audit actor) and its `roles`.
 
-    Made from a credential only. A trusted service acting for a person (the requests
-    service's gateway) will add who it acts for here, as a field set from what that
-    service's own role allows, never from the request."""
+    Made from a credential only. Who a person is (their own credential, or a delegate
+    acting for them) is `person()`, for the servicers that act for people."""
 
     name: str
     roles: frozenset[str]
@@ -61,6 +60,67 @@ def caller() -> Caller:
     task). Raises LookupError outside a call that went through `Authenticator`: a
     server without it must fail, not serve anonymous callers."""
     return _CALLER.get()
+
+
+ON_BEHALF_OF = "qm-on-behalf-of"
+MAX_USER_ID = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """The person a call acts for: `user_id` (their directory id), `via` the delegate
+    service's credential name ("" when they called with their own credential), and
+    `admin` when their own credential holds role admin (a delegate never lends it)."""
+
+    user_id: str
+    via: str = ""
+    admin: bool = False
+
+    @property
+    def shown(self) -> str:
+        """ "ann", or "ann via notifier" when a delegate acted for her."""
+        return f"{self.user_id} via {self.via}" if self.via else self.user_id
+
+
+class NotAPerson(Exception):
+    """The call names no person it may act for; `invalid` True when the metadata is
+    missing or malformed (INVALID_ARGUMENT), False when the credential may not act for
+    the person named (PERMISSION_DENIED)."""
+
+    def __init__(self, message: str, *, invalid: bool) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
+def person(found: Caller, metadata: Any) -> Person:
+    """Who the call of `found` (an authenticated caller) acts for. A `member` or `admin`
+    credential is the person it names; a `delegate` names the person in metadata
+    `qm-on-behalf-of` (the person it authenticated itself). Raises NotAPerson: a
+    delegate naming nobody or a malformed id (invalid), metadata qm-on-behalf-of from
+    a credential without role delegate, or a credential that is no person (not invalid)."""
+    named = None
+    for key, value in metadata or ():
+        if key == ON_BEHALF_OF:
+            named = str(value).strip()
+            break
+    if named is not None:
+        if roles.DELEGATE not in found.roles:
+            raise NotAPerson(
+                f"{ON_BEHALF_OF}: only a credential with role delegate may act for someone; "
+                f"{found.name!r} has {' + '.join(sorted(found.roles))}", invalid=False
+            )  # fmt: skip
+        if not named or len(named) > MAX_USER_ID or not named.isprintable() or " " in named:
+            raise NotAPerson(f"{ON_BEHALF_OF}: expected a user id (1-{MAX_USER_ID} printable "
+                             "characters, no spaces)", invalid=True)  # fmt: skip
+        return Person(named, via=found.name)
+    if found.roles & {roles.MEMBER, roles.ADMIN}:
+        return Person(found.name, admin=roles.ADMIN in found.roles)
+    if roles.DELEGATE in found.roles:
+        raise NotAPerson(f"{ON_BEHALF_OF}: a delegate credential must name the person it acts "
+                         "for (metadata qm-on-behalf-of: <user id>)", invalid=True)  # fmt: skip
+    raise NotAPerson(f"credential {found.name!r} is no person (roles "
+                     f"{' + '.join(sorted(found.roles))}): this needs member, delegate or admin",
+                     invalid=False)  # fmt: skip
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"

@@ -13,6 +13,13 @@ The roles (a credential holds one or more, quartermaster.tokens):
 - admin: changes limits and the directory; may read what a reader reads.
 - prices: loads the price catalog (money rules of their own, often another team);
   may read prices.
+- member: a person acting for themself (the credential's name is their directory user
+  id): asks for credits, decides what awaits them, sees their own requests.
+- delegate: a trusted service (the notifier, a console backend) acting for a person it
+  authenticated, named in metadata `qm-on-behalf-of` (quartermaster.auth.person); the
+  timeline records "<person> via <service>". It never holds an admin's powers.
+An admin is a person too (name = user id) and may also list every request, revoke and
+decide as a workspace admin, but never on their own request.
 
 Pure (no gRPC): a table and its rendering.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 GATEWAY, READER, ADMIN, PRICES = "gateway", "reader", "admin", "prices"
+MEMBER, DELEGATE = "member", "delegate"
 _V1 = "/quartermaster.v1."
 
 
@@ -30,6 +38,7 @@ def _service(name: str, methods: Mapping[str, tuple[str, ...]]) -> dict[str, fro
 
 
 _READ = (READER, ADMIN)
+_PEOPLE = (MEMBER, DELEGATE, ADMIN)
 METHOD_ROLES: Mapping[str, frozenset[str]] = {
     **_service(
         "PolicyService",
@@ -77,19 +86,19 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
             "PriceHistory": (READER, ADMIN, PRICES),
         },
     ),
-    # Defined, not served yet: admins only until the requests servicer (issue 15) gives
-    # people their own identities (a trusted service acting for a person).
+    # People act through member and admin credentials, or through a delegate acting for
+    # them; who may see or change which request is the servicer's (services.requests).
     **_service(
         "RequestService",
         {
-            "Create": (ADMIN,),
-            "Get": (ADMIN,),
-            "Cancel": (ADMIN,),
-            "Decide": (ADMIN,),
-            "Revoke": (ADMIN,),
-            "ListMine": (ADMIN,),
-            "ListAwaitingMe": (ADMIN,),
-            "ListAll": (ADMIN,),
+            "Create": _PEOPLE,
+            "Get": (*_PEOPLE, READER),
+            "Cancel": _PEOPLE,
+            "Decide": _PEOPLE,
+            "Revoke": _PEOPLE,
+            "ListMine": _PEOPLE,
+            "ListAwaitingMe": _PEOPLE,
+            "ListAll": (ADMIN, READER),
         },
     ),
 }

@@ -3,9 +3,10 @@
 One variable for every service, so one secret serves a whole deployment (one Helm
 secret, one place to rotate): each server honours the roles its methods need
 (quartermaster.roles) and ignores the rest. The name is who the audit trail records;
-roles are `gateway`, `reader`, `admin` and `prices` (what each may call:
-quartermaster.roles, docs/security.md); the token is 16 or more characters without
-':', ',', quotes or spaces, told to the caller, who sends `authorization: Bearer <token>`.
+roles are `gateway`, `reader`, `admin`, `prices`, `member` and `delegate` (what each
+may call: quartermaster.roles, docs/security.md; for `member` and `admin` the name is
+the person's directory user id); the token is 16 or more characters without ':', ',',
+quotes or spaces, told to the caller, who sends `authorization: Bearer <token>`.
 Quotes and extra `:fields` are refused rather than read as part of a name or token:
 both are quoting or pasting mistakes, and taken literally they make a credential no
 caller can present.
@@ -22,7 +23,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-ROLES = ("gateway", "reader", "admin", "prices")
+ROLES = ("gateway", "reader", "admin", "prices", "member", "delegate")
 MIN_TOKEN_CHARS = 16
 _QUOTES = frozenset("\"'`")
 

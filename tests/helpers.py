@@ -27,12 +27,13 @@ from quartermaster.v1 import usage_pb2
 # named tests-<role>, and "tests" holding every role, which channels made by
 # `channel()` send unless a call brings its own (tests about roles give their own).
 TOKENS = {
-    role: f"test-{role}-token-0123456789" for role in ("gateway", "reader", "admin", "prices")
+    role: f"test-{role}-token-0123456789"
+    for role in ("gateway", "reader", "admin", "prices", "member", "delegate")
 }
 TOKENS["all"] = "test-all-roles-token-0123456789"
 TOKENS_SPEC = ",".join(
     [f"tests-{role}:{role}:{token}" for role, token in TOKENS.items() if role != "all"]
-    + [f"tests:gateway+reader+admin+prices:{TOKENS['all']}"]
+    + [f"tests:gateway+reader+admin+prices+member+delegate:{TOKENS['all']}"]
 )
 
 

@@ -895,11 +895,16 @@ class User(_message.Message):
     SLACK_USER_ID_FIELD_NUMBER: _builtins.int
     MANAGER_ID_FIELD_NUMBER: _builtins.int
     GROUP_IDS_FIELD_NUMBER: _builtins.int
+    ADMIN_OF_GROUP_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     email: _builtins.str
     display_name: _builtins.str
     slack_user_id: _builtins.str
     manager_id: _builtins.str
+    admin_of_group_id: _builtins.str
+    """Set in GroupAdmins answers: the group (the one asked or an ancestor) whose admin
+    this person is, the nearest one, so a caller can tell the levels apart.
+    """
     @_builtins.property
     def group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Filled on reads: the groups the user is a direct member of."""
@@ -913,10 +918,11 @@ class User(_message.Message):
         slack_user_id: _builtins.str = ...,
         manager_id: _builtins.str = ...,
         group_ids: _abc.Iterable[_builtins.str] | None = ...,
+        admin_of_group_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "group_ids", b"group_ids", "manager_id", b"manager_id", "slack_user_id", b"slack_user_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_of_group_id", b"admin_of_group_id", "display_name", b"display_name", "email", b"email", "group_ids", b"group_ids", "manager_id", b"manager_id", "slack_user_id", b"slack_user_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -154,6 +154,7 @@ class Standing(_message.Message):
     BURN_7D_MICROS_FIELD_NUMBER: _builtins.int
     RUNS_OUT_AT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
     used_micros: _builtins.int
     """Spend and limit of the current budget period, in micro-credits."""
     limit_micros: _builtins.int
@@ -161,6 +162,10 @@ class Standing(_message.Message):
     """"day", "week" or "month"."""
     burn_7d_micros: _builtins.int
     """Spend over the last 7 days, in micro-credits."""
+    unavailable: _builtins.str
+    """Why part of the standing could not be gathered when the request was made (policy
+    or metering unreachable); empty when it is complete.
+    """
     @_builtins.property
     def by_product(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendShare]: ...
     @_builtins.property
@@ -182,10 +187,11 @@ class Standing(_message.Message):
         burn_7d_micros: _builtins.int = ...,
         runs_out_at: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___PastRequest] | None = ...,
+        unavailable: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["runs_out_at", b"runs_out_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burn_7d_micros", b"burn_7d_micros", "by_model", b"by_model", "by_product", b"by_product", "history", b"history", "limit_micros", b"limit_micros", "period", b"period", "runs_out_at", b"runs_out_at", "used_micros", b"used_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burn_7d_micros", b"burn_7d_micros", "by_model", b"by_model", "by_product", b"by_product", "history", b"history", "limit_micros", b"limit_micros", "period", b"period", "runs_out_at", b"runs_out_at", "unavailable", b"unavailable", "used_micros", b"used_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,6 +254,7 @@ class TimelineEntry(_message.Message):
     TO_STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
     actor_user_id: _builtins.str
     action: _builtins.str
     """"created", "voted", "approved", "denied", "cancelled", "expired", "ended",
@@ -257,6 +264,10 @@ class TimelineEntry(_message.Message):
     to_state: Global___RequestState.ValueType
     reason: _builtins.str
     version: _builtins.int
+    via: _builtins.str
+    """The trusted service that acted for actor_user_id ("" when they acted themself):
+    the entry reads "<actor> via <service>".
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -269,10 +280,11 @@ class TimelineEntry(_message.Message):
         to_state: Global___RequestState.ValueType = ...,
         reason: _builtins.str = ...,
         version: _builtins.int = ...,
+        via: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_user_id", b"actor_user_id", "at", b"at", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_user_id", b"actor_user_id", "at", b"at", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state", "version", b"version", "via", b"via"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -306,6 +318,7 @@ class CreditRequest(_message.Message):
     TIMELINE_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     DECISION_REASON_FIELD_NUMBER: _builtins.int
+    OVERRIDE_STATUS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     workspace_id: _builtins.str
     requester_user_id: _builtins.str
@@ -331,6 +344,11 @@ class CreditRequest(_message.Message):
     current_step: _builtins.int
     """Index into steps of the step awaiting decisions."""
     decision_reason: _builtins.str
+    override_status: _builtins.str
+    """Whether policy has the grant's override: "installing" from approval until policy
+    confirms it in place ("installed"); "removing" from its end or revocation until
+    policy confirms it gone ("removed"); empty before approval.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -380,10 +398,11 @@ class CreditRequest(_message.Message):
         timeline: _abc.Iterable[Global___TimelineEntry] | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         decision_reason: _builtins.str = ...,
+        override_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "decided_at", b"decided_at", "ends_at", b"ends_at", "expires_at", b"expires_at", "standing", b"standing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "approved_at", b"approved_at", "approver_user_id", b"approver_user_id", "created_at", b"created_at", "current_step", b"current_step", "decided_at", b"decided_at", "decision_reason", b"decision_reason", "duration_seconds", b"duration_seconds", "ends_at", b"ends_at", "expires_at", b"expires_at", "granted_duration_seconds", b"granted_duration_seconds", "granted_micros", b"granted_micros", "justification", b"justification", "links", b"links", "product", b"product", "project", b"project", "request_id", b"request_id", "requester_user_id", b"requester_user_id", "standing", b"standing", "state", b"state", "steps", b"steps", "timeline", b"timeline", "version", b"version", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "approved_at", b"approved_at", "approver_user_id", b"approver_user_id", "created_at", b"created_at", "current_step", b"current_step", "decided_at", b"decided_at", "decision_reason", b"decision_reason", "duration_seconds", b"duration_seconds", "ends_at", b"ends_at", "expires_at", b"expires_at", "granted_duration_seconds", b"granted_duration_seconds", "granted_micros", b"granted_micros", "justification", b"justification", "links", b"links", "override_status", b"override_status", "product", b"product", "project", b"project", "request_id", b"request_id", "requester_user_id", b"requester_user_id", "standing", b"standing", "state", b"state", "steps", b"steps", "timeline", b"timeline", "version", b"version", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +423,7 @@ class RequestEvent(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CURRENT_APPROVER_USER_IDS_FIELD_NUMBER: _builtins.int
+    ACTOR_VIA_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event; consumers dedupe on it. Deterministic: "<request_id>:<version>:<type>"."""
     type: _builtins.str
@@ -418,6 +438,8 @@ class RequestEvent(_message.Message):
     """0 (absent): the first draft; 1: the fields below and CreditRequest's 11-24."""
     version: _builtins.int
     """The request's version after this event."""
+    actor_via: _builtins.str
+    """The trusted service that acted for actor_user_id ("" when they acted themself)."""
     @_builtins.property
     def request(self) -> Global___CreditRequest: ...
     @_builtins.property
@@ -446,10 +468,11 @@ class RequestEvent(_message.Message):
         schema_version: _builtins.int = ...,
         version: _builtins.int = ...,
         current_approver_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        actor_via: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "override_expires_at", b"override_expires_at", "override_starts_at", b"override_starts_at", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_user_id", b"actor_user_id", "current_approver_user_ids", b"current_approver_user_ids", "event_id", b"event_id", "note", b"note", "occurred_at", b"occurred_at", "override_expires_at", b"override_expires_at", "override_starts_at", b"override_starts_at", "request", b"request", "schema_version", b"schema_version", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_user_id", b"actor_user_id", "actor_via", b"actor_via", "current_approver_user_ids", b"current_approver_user_ids", "event_id", b"event_id", "note", b"note", "occurred_at", b"occurred_at", "override_expires_at", b"override_expires_at", "override_starts_at", b"override_starts_at", "request", b"request", "schema_version", b"schema_version", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

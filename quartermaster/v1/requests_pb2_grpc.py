@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class RequestServiceStub:
-    """The workflow's API (implemented in a later step). The caller is whoever the
-    credentials name; a requester is never an approver of their own request.
+    """The workflow's API (services.requests.servicer). The caller is whoever the
+    credential names (role member or admin: the credential's name is the user id), or
+    the person a delegate credential acts for (metadata qm-on-behalf-of); a requester is
+    never an approver of their own request, an admin's included.
     """
 
     def __init__(self, channel):
@@ -79,8 +81,10 @@ class RequestServiceStub:
 
 
 class RequestServiceServicer:
-    """The workflow's API (implemented in a later step). The caller is whoever the
-    credentials name; a requester is never an approver of their own request.
+    """The workflow's API (services.requests.servicer). The caller is whoever the
+    credential names (role member or admin: the credential's name is the user id), or
+    the person a delegate credential acts for (metadata qm-on-behalf-of); a requester is
+    never an approver of their own request, an admin's included.
     """
 
     def Create(self, request, context):
@@ -185,8 +189,10 @@ def add_RequestServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RequestService:
-    """The workflow's API (implemented in a later step). The caller is whoever the
-    credentials name; a requester is never an approver of their own request.
+    """The workflow's API (services.requests.servicer). The caller is whoever the
+    credential names (role member or admin: the credential's name is the user id), or
+    the person a delegate credential acts for (metadata qm-on-behalf-of); a requester is
+    never an approver of their own request, an admin's included.
     """
 
     @staticmethod

@@ -27,8 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RequestServiceStub:
-    """The workflow's API (implemented in a later step). The caller is whoever the
-    credentials name; a requester is never an approver of their own request.
+    """The workflow's API (services.requests.servicer). The caller is whoever the
+    credential names (role member or admin: the credential's name is the user id), or
+    the person a delegate credential acts for (metadata qm-on-behalf-of); a requester is
+    never an approver of their own request, an admin's included.
     """
 
     @_typing.overload
@@ -49,8 +51,10 @@ class RequestServiceStub:
 
 @_typing.type_check_only
 class RequestServiceAsyncStub(RequestServiceStub):
-    """The workflow's API (implemented in a later step). The caller is whoever the
-    credentials name; a requester is never an approver of their own request.
+    """The workflow's API (services.requests.servicer). The caller is whoever the
+    credential names (role member or admin: the credential's name is the user id), or
+    the person a delegate credential acts for (metadata qm-on-behalf-of); a requester is
+    never an approver of their own request, an admin's included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -67,8 +71,10 @@ class RequestServiceAsyncStub(RequestServiceStub):
     ListAll: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListCreditRequests, _requests_pb2.ListCreditRequestsResponse]  # type: ignore[assignment]
 
 class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The workflow's API (implemented in a later step). The caller is whoever the
-    credentials name; a requester is never an approver of their own request.
+    """The workflow's API (services.requests.servicer). The caller is whoever the
+    credential names (role member or admin: the credential's name is the user id), or
+    the person a delegate credential acts for (metadata qm-on-behalf-of); a requester is
+    never an approver of their own request, an admin's included.
     """
 
     @_abc_1.abstractmethod

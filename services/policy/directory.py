@@ -139,9 +139,14 @@ class Directory:
     def group_admins(self, group_id: str) -> list[UserInfo]:
         """The admins of the group and of every group above it, nearest first, each
         once (an admin not in the directory is named by id alone)."""
-        seen: dict[str, None] = {}
+        return [u for _, u in self.admins_by_group(group_id)]
+
+    def admins_by_group(self, group_id: str) -> list[tuple[str, UserInfo]]:
+        """(group id, admin) for the group and every group above it, nearest first, each
+        admin once, at the nearest group naming them (levels for approval routing)."""
+        seen: dict[str, str] = {}
         for g in self.chain(group_id):
             info = self.groups.get(g)
             for a in info.admins if info is not None else ():
-                seen.setdefault(a)
-        return [self.users.get(a) or UserInfo(a) for a in seen]
+                seen.setdefault(a, g)
+        return [(g, self.users.get(a) or UserInfo(a)) for a, g in seen.items()]

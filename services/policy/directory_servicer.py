@@ -50,8 +50,12 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, f"group_id: no group {request.group_id!r}"
             )
-        admins = snap.directory().group_admins(request.group_id)
-        return policy_pb2.UserList(users=[user_msg(snap, u) for u in admins])
+        users = []
+        for group_id, admin in snap.directory().admins_by_group(request.group_id):
+            msg = user_msg(snap, admin)
+            msg.admin_of_group_id = group_id
+            users.append(msg)
+        return policy_pb2.UserList(users=users)
 
     async def GroupMembers(
         self, request: policy_pb2.GroupMembersRequest, context: Context

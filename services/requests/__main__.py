@@ -1,5 +1,5 @@
-"""`python -m services.requests`: run the outbox relay and the reconciler until
-SIGTERM/SIGINT, then stop. (The gRPC RequestService joins this process later.)"""
+"""`python -m services.requests`: serve RequestService and run the outbox relay and the
+reconciler until SIGTERM/SIGINT, then stop gracefully."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from services.requests.settings import RequestsSettings
 
 async def _run(settings: RequestsSettings) -> None:
     running = await wiring.start(settings)
-    await until_signalled(running.stop)
+    await until_signalled(lambda: running.stop(settings.grace_seconds))
 
 
 def main() -> None:

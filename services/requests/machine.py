@@ -109,6 +109,10 @@ class Request:
     decided_by: str = ""
     decided_at: datetime | None = None
     decision_reason: str = ""
+    # Whether policy has the grant's override: "installing" → "installed" once approved,
+    # "removing" → "removed" once ended or revoked ("" before). Kept by the store from
+    # policy's answers (services.requests.confirm); no operation here reads it.
+    override_status: str = ""
 
     @property
     def step(self) -> Step | None:
@@ -139,6 +143,8 @@ class Entry:
     to_state: State
     reason: str
     version: int
+    # The trusted service that acted for `actor` ("" when they acted themself).
+    via: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The one module between the requests domain and its wire messages
 (quartermaster.v1.requests_pb2): a request as a `CreditRequest`, each timeline entry
-as a `RequestEvent` for qm.requests.v1. The servicer (a later step) maps through here
-too, so a field rename touches one place.
+as a `RequestEvent` for qm.requests.v1, and the RequestService's messages to the
+servicer's inputs. So a field rename touches one place.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quartermaster.v1 import requests_pb2
+from quartermaster.validation import Problems
 from quartermaster.wire import timestamp
+from services.requests.ask import Ask
 from services.requests.machine import Entry, Request, State, Step
 from services.requests.standing import Standing
 
@@ -35,7 +37,7 @@ def standing_pb(s: Standing) -> requests_pb2.Standing:
         used_micros=s.used_micros, limit_micros=s.limit_micros, period=s.period,
         by_product=[requests_pb2.SpendShare(name=n, micros=m) for n, m in s.by_product],
         by_model=[requests_pb2.SpendShare(name=n, micros=m) for n, m in s.by_model],
-        burn_7d_micros=s.burn_7d_micros,
+        burn_7d_micros=s.burn_7d_micros, unavailable=s.unavailable,
         history=[requests_pb2.PastRequest(request_id=h.request_id, amount_micros=h.amount_micros,
                                           state=state_pb(h.state), granted_micros=h.granted_micros,
                                           created_at=timestamp(h.created_at))
@@ -58,7 +60,7 @@ def entry_pb(e: Entry) -> requests_pb2.TimelineEntry:
     return requests_pb2.TimelineEntry(
         at=timestamp(e.at), actor_user_id=e.actor, action=e.action,
         from_state=state_pb(e.from_state), to_state=state_pb(e.to_state), reason=e.reason,
-        version=e.version,
+        version=e.version, via=e.via,
     )  # fmt: skip
 
 
@@ -75,6 +77,7 @@ def credit_request_pb(req: Request, timeline: Sequence[Entry] = ()) -> requests_
         granted_duration_seconds=req.granted_seconds,
         steps=[_step_pb(s) for s in req.steps], current_step=req.current_step,
         timeline=[entry_pb(e) for e in timeline], decision_reason=req.decision_reason,
+        override_status=req.override_status,
     )  # fmt: skip
     for field, at in (("approved_at", req.approved_at), ("ends_at", req.ends_at),
                       ("decided_at", req.decided_at)):  # fmt: skip
@@ -96,9 +99,36 @@ def event_pb(req: Request, entry: Entry) -> requests_pb2.RequestEvent:
         event_id=event_id(req.request_id, entry.version, entry.action),
         type=f"request.{entry.action}", request=credit_request_pb(req), actor_user_id=entry.actor,
         note=entry.reason, occurred_at=timestamp(entry.at), schema_version=SCHEMA_VERSION,
-        version=entry.version, current_approver_user_ids=req.awaiting(),
+        version=entry.version, current_approver_user_ids=req.awaiting(), actor_via=entry.via,
     )  # fmt: skip
     if req.approved_at is not None and req.ends_at is not None:
         event.override_starts_at.CopyFrom(timestamp(req.approved_at))
         event.override_expires_at.CopyFrom(timestamp(req.ends_at))
     return event
+
+
+_FROM_PB = {v: k for k, v in _STATES.items()}
+
+
+def ask_of(msg: requests_pb2.CreateCreditRequest) -> Ask:
+    """What a CreateCreditRequest asks (validated by Ask.problems)."""
+    return Ask(msg.amount_micros, msg.duration_seconds, msg.justification, tuple(msg.links),
+               msg.product, msg.project)  # fmt: skip
+
+
+def states_of(msg: requests_pb2.ListCreditRequests, problems: Problems) -> list[str]:
+    """The states a list asks for, as State values; an unknown one is a problem."""
+    out = []
+    for i, s in enumerate(msg.states):
+        if s not in _FROM_PB:
+            problems.add(f"states[{i}]", f"{s} is not a request state")
+        else:
+            out.append(_FROM_PB[s].value)
+    return out
+
+
+def page_pb(reqs: Sequence[Request], next_token: str) -> requests_pb2.ListCreditRequestsResponse:
+    """A page of requests (without timelines: Get has them)."""
+    return requests_pb2.ListCreditRequestsResponse(
+        requests=[credit_request_pb(r) for r in reqs], next_page_token=next_token
+    )

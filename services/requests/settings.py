@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
+from quartermaster.settings import HostPort
 from services.requests.routing import StepRule, parse_rules
 from services.requests.timing import Timing
 
@@ -21,6 +22,23 @@ def _valid_rules(spec: str) -> str:
 class RequestsSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="QM_REQUESTS_")
 
+    addr: HostPort = "127.0.0.1:50053"
+    """Where RequestService listens (gRPC, with health and reflection)"""
+    grace_seconds: float = Field(5.0, ge=0, le=300)
+    """How long calls in flight may finish at shutdown"""
+    policy_addr: HostPort = "127.0.0.1:50051"
+    """policy's gRPC address: its DirectoryService routes requests, GetBudget gives the
+    requester's standing, ListLimits confirms a grant's override"""
+    usage_api_addr: HostPort = "127.0.0.1:50052"
+    """metering's Cost API: the requester's spend by product and model, and the last 7 days'"""
+    client_token: str = ""
+    """The bearer token this service presents to policy and metering (role reader; one of
+    their QM_TOKENS)"""
+    inputs_deadline_seconds: float = Field(2.0, gt=0, le=60)
+    """How long a create waits for each directory, budget and Cost API answer"""
+    workspace_admins: str = ""
+    """Comma-separated user ids who approve the workspace_admins step (empty: only the
+    fallback approver, else such requests are refused)"""
     rules: Annotated[str, AfterValidator(_valid_rules)] = (
         "manager:1:0,group_admins:1:50,workspace_admins:1:500"
     )
@@ -41,6 +59,9 @@ class RequestsSettings(CommonSettings):
     """How often the relay looks for new outbox events when it found none"""
     reconcile_seconds: float = Field(5.0, ge=0.05, le=3600)
     """How often the reconciler looks for reminders, escalations, expiries and ends due"""
+    confirm_retry_seconds: float = Field(60.0, ge=1, le=86_400)
+    """A grant policy has not confirmed installed (or removed) this long after its change
+    has its event published again, and again after as long, until policy confirms"""
     relay_hold: Literal["", "after_read", "after_publish"] = ""
     """Testing only: the relay stops for good after reading (or after publishing) its
     first batch, so a kill test can SIGKILL it in that window"""
@@ -53,6 +74,11 @@ class RequestsSettings(CommonSettings):
                 " QM_REQUESTS_ESCALATE_AFTER_SECONDS"
             )
         return self
+
+    @property
+    def workspace_admin_ids(self) -> tuple[str, ...]:
+        """`workspace_admins` as user ids."""
+        return tuple(a.strip() for a in self.workspace_admins.split(",") if a.strip())
 
     @property
     def step_rules(self) -> tuple[StepRule, ...]:

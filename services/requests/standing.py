@@ -28,8 +28,8 @@ class PastRequest:
 @dataclass(frozen=True)
 class Standing:
     """Used / limit this period, spend by product and by model (name, micros), the last
-    7 days' spend, when at that rate the budget runs out (None: not this period), and
-    past requests."""
+    7 days' spend, when at that rate the budget runs out (None: not this period), past
+    requests, and what could not be gathered (`unavailable`)."""
 
     used_micros: int = 0
     limit_micros: int = 0
@@ -39,6 +39,8 @@ class Standing:
     burn_7d_micros: int = 0
     runs_out_at: datetime | None = None
     history: tuple[PastRequest, ...] = field(default_factory=tuple)
+    # Why part of it could not be gathered (policy or metering away); "" when complete.
+    unavailable: str = ""
 
 
 def runs_out_at(

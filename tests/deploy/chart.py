@@ -37,15 +37,22 @@ CHART_OWNED = frozenset(
         "QM_USAGE_API_ADDR",
         "QM_METERING_METRICS_ADDR",
         "QM_METERING_DATA_DIR",
+        "QM_REQUESTS_ADDR",
+        "QM_REQUESTS_POLICY_ADDR",
+        "QM_REQUESTS_USAGE_API_ADDR",
     }
 )
 # Credentials: only ever from a Secret (services.<name>.secretEnv), never in the ConfigMap.
 SECRET_NAME = re.compile(r"(TOKENS?|SECRET|PASSWORD|KEY)$")
 # Which Deployments run a service's code (its settings reach at least one of them).
-PROCESSES = {"metering": ("metering", "cost-api"), "policy": ("policy",)}
+PROCESSES = {
+    "metering": ("metering", "cost-api"),
+    "policy": ("policy",),
+    "requests": ("requests",),
+}
 # Services that exist in the code but not yet in the chart, and why: named here, so a
 # new service is a decision, not a silent gap (a service in neither list fails).
-NOT_IN_CHART = {"requests": "its gRPC servicer is not built yet (issue 15); issue 17 adds it"}
+NOT_IN_CHART: dict[str, str] = {}
 
 
 def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:

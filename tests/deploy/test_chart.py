@@ -14,6 +14,7 @@ from quartermaster.config import CommonSettings
 from quartermaster.grpcserver import LIVENESS_SERVICE
 from services.metering.settings import MeteringSettings
 from services.policy.settings import PolicySettings
+from services.requests.settings import RequestsSettings
 from tests.deploy.chart import (
     CHART,
     CHART_OWNED,
@@ -75,7 +76,7 @@ def test_a_deployment_per_service_with_probes_and_hardening(
     _, docs = case
     deployments = by_kind(docs, "Deployment")
     assert set(deployments) == {
-        f"{RELEASE}-quartermaster-{c}" for c in ("metering", "cost-api", "policy")
+        f"{RELEASE}-quartermaster-{c}" for c in ("metering", "cost-api", "policy", "requests")
     }
     for name, deploy in deployments.items():
         pod = deploy["spec"]["template"]["spec"]
@@ -274,6 +275,7 @@ def test_each_container_environment_loads_as_its_service_settings(
         "metering": MeteringSettings,
         "cost-api": MeteringSettings,
         "policy": PolicySettings,
+        "requests": RequestsSettings,
     }
     secret = {"QM_DATABASE_URL": "postgresql://qm:pw@db:5432/qm"}
     for process, cls in loaders.items():

@@ -39,6 +39,9 @@ SHRINK: dict[str, Small] = {
     ),
     "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
     "bench-costs": Small("--users 50 --days 2 --runs 1"),
+    "bench-requests": Small(
+        "--past 500 --awaiting 60 --others 40 --users 20 --seconds 0.5 --lists 5 --concurrency 2"
+    ),
     "bench-freshness": Small(None),
 }
 BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]

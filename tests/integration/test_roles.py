@@ -23,6 +23,8 @@ from quartermaster.tokens import ROLES
 from services.metering import api
 from services.metering.settings import MeteringSettings
 from services.policy.wiring import RunningPolicy
+from services.requests import wiring as requests_wiring
+from services.requests.settings import RequestsSettings
 from tests.helpers import TOKENS, metadata, refusal
 
 pytestmark = pytest.mark.infra
@@ -31,7 +33,8 @@ REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 NEVER = REFUSED | {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 METERING = ("UsageService", "PriceCatalogService")
 # Defined in the protos and the roles table, served by no server yet: named, not missed.
-NOT_SERVED = {"RequestService": "its servicer comes with issue 15"}
+NOT_SERVED: dict[str, str] = {}
+REQUESTS = ("RequestService",)
 SERVED = [m for m in sorted(roles.METHOD_ROLES) if roles.short(m).split("/")[0] not in NOT_SERVED]
 
 
@@ -41,11 +44,16 @@ async def addresses(
 ) -> AsyncIterator[dict[str, str]]:
     """service name → address of the real server that serves it."""
     running = await api.start(MeteringSettings.from_env(service_env), addr="127.0.0.1:0")
+    requests = await requests_wiring.start(
+        RequestsSettings.from_env(service_env), addr="127.0.0.1:0"
+    )
     try:
         policy, metering = f"127.0.0.1:{policy_server.port}", f"127.0.0.1:{running.served.port}"
         services = {roles.short(m).split("/")[0] for m in roles.METHOD_ROLES}
-        yield {s: metering if s in METERING else policy for s in services}
+        where = {s: metering if s in METERING else policy for s in services}
+        yield {**where, **{s: f"127.0.0.1:{requests.port}" for s in REQUESTS}}
     finally:
+        await requests.stop(1)
         await running.stop(1)
 
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from quartermaster import roles
+from quartermaster import auth, roles
 from quartermaster.auth import Authenticator, Caller
 from quartermaster.config import CommonSettings
 from quartermaster.grpcserver import serve
@@ -158,3 +158,27 @@ async def test_health_and_reflection_need_no_credential_and_the_rest_does() -> N
             assert code == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await served.stop(None)  # type: ignore[arg-type]
+
+
+def test_a_person_is_named_by_their_credential_or_by_a_delegate_acting_for_them() -> None:
+    member = Caller("ann", frozenset({"member"}))
+    admin = Caller("ops-lee", frozenset({"admin"}))
+    notifier = Caller("notifier", frozenset({"delegate"}))
+    assert auth.person(member, ()) == auth.Person("ann")
+    assert auth.person(admin, ()) == auth.Person("ops-lee", admin=True)
+    acting = auth.person(notifier, [("qm-on-behalf-of", "bob")])
+    assert acting == auth.Person("bob", via="notifier")
+    assert acting.shown == "bob via notifier"
+    refusals = {
+        (member, "bob"): (False, "only a credential with role delegate may act for someone"),
+        (admin, "bob"): (False, "only a credential with role delegate"),
+        (notifier, None): (True, "a delegate credential must name the person it acts for"),
+        (notifier, "bo b"): (True, "expected a user id"),
+        (notifier, ""): (True, "expected a user id"),
+        (Caller("dash", frozenset({"reader"})), None): (False, "credential 'dash' is no person"),
+    }
+    for (who, named), (invalid, said) in refusals.items():
+        md = [("qm-on-behalf-of", named)] if named is not None else []
+        with pytest.raises(auth.NotAPerson, match=said) as refused:
+            auth.person(who, md)
+        assert refused.value.invalid is invalid

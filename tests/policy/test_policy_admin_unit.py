@@ -139,6 +139,8 @@ async def test_directory_edits_and_lookups(inproc: InProcess) -> None:
     assert [u.user_id for u in chain.users] == ["lead"]
     admins = await inproc.directory.GroupAdmins(policy_pb2.GroupAdminsRequest(group_id="ml"))
     assert [u.user_id for u in admins.users] == ["lead", "cto"]
+    # each admin's group, so requests' routing can tell the levels apart
+    assert [u.admin_of_group_id for u in admins.users] == ["ml", "eng"]
     members = await inproc.directory.GroupMembers(policy_pb2.GroupMembersRequest(group_ids=["eng"]))
     assert [(g.group_id, list(g.user_ids)) for g in members.groups] == [("eng", ["ann", "ben"])]
     nobody = await refused(inproc.directory.GetUser(policy_pb2.GetUserRequest(user_id="zed")))

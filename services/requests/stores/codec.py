@@ -43,6 +43,7 @@ def standing_json(s: Standing) -> str:
         "history": [{"request_id": h.request_id, "amount_micros": h.amount_micros,
                      "state": h.state, "created_at": h.created_at.isoformat(),
                      "granted_micros": h.granted_micros} for h in s.history],
+        "unavailable": s.unavailable,
     })  # fmt: skip
 
 
@@ -58,6 +59,7 @@ def standing_of(raw: str) -> Standing:
         history=tuple(PastRequest(h["request_id"], h["amount_micros"], h["state"],
                                   datetime.fromisoformat(h["created_at"]), h["granted_micros"])
                       for h in d["history"]),
+        unavailable=d.get("unavailable", ""),
     )  # fmt: skip
 
 
@@ -73,11 +75,11 @@ def request_of(r: Mapping[str, Any]) -> Request:
         current_step=r["current_step"], granted_micros=r["granted_micros"],
         granted_seconds=r["granted_seconds"], approved_at=r["approved_at"],
         ends_at=r["ends_at"], decided_by=r["decided_by"], decided_at=r["decided_at"],
-        decision_reason=r["decision_reason"],
+        decision_reason=r["decision_reason"], override_status=r["override_status"],
     )  # fmt: skip
 
 
 def entry_of(r: Mapping[str, Any]) -> Entry:
     """A `requests.timeline` row as an Entry."""
     return Entry(r["at"], r["actor"], r["action"], State(r["from_state"]),
-                 State(r["to_state"]), r["reason"], r["version"])  # fmt: skip
+                 State(r["to_state"]), r["reason"], r["version"], r["via"])  # fmt: skip

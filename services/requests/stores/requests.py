@@ -14,19 +14,41 @@ machine then refuses them on what it says now (decided already: by whom and when
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
 
 from quartermaster.topics import Topic
-from services.requests.machine import Entry, Outcome, Request
+from services.requests.machine import Entry, Outcome, Request, State
 from services.requests.mapping import event_id, event_pb
 from services.requests.stores.codec import entry_of, request_of, standing_json, steps_json
 from services.requests.timing import Timing, next_due
 
 # Changes of one request are few; this many rounds means something is wrong.
 MAX_ATTEMPTS = 100
+
+
+def override_status(old: Request, new: Request) -> str:
+    """What a change does to the grant's override: an approval starts "installing", an
+    end or revocation of an approved grant "removing"; otherwise it stays."""
+    if new.state is State.APPROVED and old.state is not State.APPROVED:
+        return "installing"
+    if new.state in (State.ENDED, State.REVOKED) and old.state is State.APPROVED:
+        return "removing"
+    return old.override_status
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A grant whose override policy has not confirmed installed or removed yet, and the
+    event (id) that asked for it, republished when confirmation is late."""
+
+    request_id: str
+    status: str
+    since: datetime
+    event_id: str
 
 
 class Contended(RuntimeError):
@@ -74,6 +96,7 @@ class RequestStore:
                 assert existing is not None
                 return existing, False
             await self._record(conn, req, out)
+            await self._awaiting(conn, req, fresh=True)
         return req, True
 
     async def get(
@@ -111,9 +134,14 @@ class RequestStore:
             out = change(req)
             if out is None:
                 return None
+            status = override_status(req, out.request)
+            if status != out.request.override_status:
+                out = replace(out, request=replace(out.request, override_status=status))
             async with self._pool.acquire() as conn, conn.transaction():
                 if await self._update(conn, req.version, out.request):
                     await self._record(conn, out.request, out)
+                    if out.request.awaiting() != req.awaiting():
+                        await self._awaiting(conn, out.request)
                     return out
         raise Contended(f"request {request_id}: {MAX_ATTEMPTS} concurrent changes won over this")
 
@@ -124,23 +152,37 @@ class RequestStore:
             UPDATE requests.requests SET
                 state = $4, version = $5, steps = $6, current_step = $7, granted_micros = $8,
                 granted_seconds = $9, approved_at = $10, ends_at = $11, decided_by = $12,
-                decided_at = $13, decision_reason = $14, next_due_at = $15
+                decided_at = $13, decision_reason = $14, next_due_at = $15, override_status = $16
             WHERE workspace_id = $1 AND request_id = $2 AND version = $3
             """,
             self.workspace_id, new.request_id, version, new.state.value, new.version,
             steps_json(new.steps), new.current_step, new.granted_micros, new.granted_seconds,
             new.approved_at, new.ends_at, new.decided_by, new.decided_at, new.decision_reason,
-            next_due(new, self._timing),
+            next_due(new, self._timing), new.override_status,
         )  # fmt: skip
         return bool(status == "UPDATE 1")
+
+    async def _awaiting(self, conn: asyncpg.Connection, req: Request, fresh: bool = False) -> None:
+        """Who `req` waits on now (requests.awaiting), in `conn`'s transaction."""
+        if not fresh:
+            await conn.execute(
+                "DELETE FROM requests.awaiting WHERE workspace_id = $1 AND request_id = $2",
+                self.workspace_id, req.request_id,
+            )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO requests.awaiting (workspace_id, user_id, request_id, created_at)"
+            " VALUES ($1, $2, $3, $4)",
+            [(self.workspace_id, u, req.request_id, req.created_at) for u in req.awaiting()],
+        )
 
     async def _record(self, conn: asyncpg.Connection, req: Request, out: Outcome) -> None:
         """The outcome's timeline entries, vote and outbox events, in `conn`'s transaction."""
         await conn.executemany(
             "INSERT INTO requests.timeline (workspace_id, request_id, version, at, actor,"
-            " action, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            " action, from_state, to_state, reason, via)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             [(self.workspace_id, req.request_id, e.version, e.at, e.actor, e.action,
-              e.from_state.value, e.to_state.value, e.reason) for e in out.entries],
+              e.from_state.value, e.to_state.value, e.reason, e.via) for e in out.entries],
         )  # fmt: skip
         if out.vote is not None:
             v = out.vote
@@ -179,18 +221,75 @@ class RequestStore:
         )
         return [request_of(r) for r in rows]
 
-    async def awaiting(self, user_id: str, limit: int = 50) -> list[Request]:
+    async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]:
         """Pending requests whose current step asks `user_id` and that they haven't
-        approved yet, oldest first."""
+        approved yet, oldest first (read in order from requests.awaiting)."""
         rows = await self._pool.fetch(
             """
-            SELECT * FROM requests.requests WHERE workspace_id = $1 AND state = 'pending'
-              AND steps -> current_step -> 'approvers' ? $2
-              AND NOT steps -> current_step -> 'approved_by' ? $2
-            ORDER BY created_at LIMIT $3
+            SELECT r.* FROM requests.awaiting a
+            JOIN requests.requests r USING (workspace_id, request_id)
+            WHERE a.workspace_id = $1 AND a.user_id = $2
+            ORDER BY a.created_at, a.request_id LIMIT $3 OFFSET $4
             """,
             self.workspace_id,
             user_id,
             limit,
+            offset,
         )
         return [request_of(r) for r in rows]
+
+    async def page(
+        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50, offset: int = 0
+    ) -> list[Request]:
+        """Requests newest first: `requester`'s ("": everyone's), in `states` (empty:
+        any), `limit` of them after the first `offset`."""
+        where = ["workspace_id = $1", "state = ANY($2::text[]) OR cardinality($2::text[]) = 0"]
+        args: list[object] = [self.workspace_id, list(states), limit, offset]
+        if requester:
+            where.append("requester = $5")
+            args.append(requester)
+        rows = await self._pool.fetch(
+            f"SELECT * FROM requests.requests WHERE {' AND '.join(f'({w})' for w in where)}"
+            " ORDER BY created_at DESC, request_id DESC LIMIT $3 OFFSET $4",
+            *args,
+        )
+        return [request_of(r) for r in rows]
+
+    async def unconfirmed(self, limit: int = 500) -> list[Unconfirmed]:
+        """Grants whose override policy has yet to confirm installed or removed, oldest
+        change first (the partial index requests_unconfirmed finds them)."""
+        rows = await self._pool.fetch(
+            "SELECT request_id, override_status, state, version, approved_at, ends_at"
+            " FROM requests.requests WHERE workspace_id = $1"
+            " AND override_status IN ('installing', 'removing') ORDER BY ends_at LIMIT $2",
+            self.workspace_id,
+            limit,
+        )
+        out = []
+        for r in rows:
+            installing = r["override_status"] == "installing"
+            action = "approved" if installing else r["state"]
+            since = r["approved_at"] if installing else r["ends_at"]
+            out.append(Unconfirmed(r["request_id"], r["override_status"], since,
+                                   event_id(r["request_id"], r["version"], action)))  # fmt: skip
+        return out
+
+    async def confirm(self, request_ids: Sequence[str], was: str, now: str) -> int:
+        """Mark these grants' override `now` ("installed", "removed") where it still is
+        `was`; how many. Not a transition: the request's version stays."""
+        status = await self._pool.execute(
+            "UPDATE requests.requests SET override_status = $4 WHERE workspace_id = $1"
+            " AND request_id = ANY($2::text[]) AND override_status = $3",
+            self.workspace_id, list(request_ids), was, now,
+        )  # fmt: skip
+        return int(status.split()[-1])
+
+    async def resend(self, event_ids: Sequence[str]) -> int:
+        """Mark these outbox events unsent, so the relay publishes them again (policy,
+        keyed by request id, applies an event it has seen once); how many."""
+        status = await self._pool.execute(
+            "UPDATE requests.outbox SET sent_at = NULL WHERE event_id = ANY($1::text[])"
+            " AND sent_at IS NOT NULL",
+            list(event_ids),
+        )
+        return int(status.split()[-1])
