@@ -88,13 +88,20 @@ class Intake:
         return Audience(people, prefs, self._default, self._available)
 
     async def plan(self, topic: str, value: bytes) -> Plan:
-        """The plan of one record's value; ValueError (or DecodeError) when bad."""
+        """The plan of one record's value (nothing for another workspace's record);
+        ValueError (or DecodeError) when bad."""
         if topic == Topic.NOTIFICATIONS.value:
-            intent = intent_of(notifications_pb2.Notification.FromString(value))
+            note = notifications_pb2.Notification.FromString(value)
+            if note.workspace_id != self._store.workspace_id:
+                return Plan([], [])  # another deployment's: the topics may be shared
+            intent = intent_of(note)
             first = await self._people.get(intent.recipient_user_id)
             users = [intent.recipient_user_id, first.manager_id if first else ""]
             return plan_intent(intent, await self._audience(users), self._style)
-        fact = fact_of(requests_pb2.RequestEvent.FromString(value))
+        event = requests_pb2.RequestEvent.FromString(value)
+        if event.request.workspace_id != self._store.workspace_id:
+            return Plan([], [])
+        fact = fact_of(event)
         users = [fact.requester, fact.actor, *fact.approvers]
         return plan_request(fact, await self._audience(users), self._style)
 

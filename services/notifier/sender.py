@@ -60,8 +60,8 @@ class Sender:
             try:
                 claimed = await self._store.claim(self._batch, self._lease)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("claiming deliveries failed (tried again): %s", exc)
-                await asyncio.sleep(self._poll)
+                log.warning("claiming deliveries failed (tried again in 1 s): %s", exc)
+                await asyncio.sleep(max(self._poll, 1.0))
                 continue
             if not claimed:
                 await asyncio.sleep(self._poll)
@@ -77,6 +77,8 @@ class Sender:
                 if found is not None:
                     if found.kind == "delivered":
                         self.confirmed += 1
+                        log.info("delivery %d was there already (%s): not sent again",
+                                 d.id, found.ref)  # fmt: skip
                     return found
             return await channel.send(to, d.message, key)
         except Exception as exc:  # a channel's bug must not stop the others

@@ -34,6 +34,7 @@ from services.notifier.plan import Plan
 
 _COLUMNS = """id, recipient, channel, address, display_name, message, attempts, unsure,
     intent_at, state, reason, ref, dedupe_key, created_at, delivered_at"""
+_QUALIFIED = ", ".join("d." + c.strip() for c in _COLUMNS.split(","))
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,15 @@ class DeliveryStore:
         for (SKIP LOCKED), so no row is ever claimed twice."""
         rows = await self._pool.fetch(
             f"""
-            WITH due AS (
+            WITH picked AS (
                 SELECT id FROM notifier.deliveries
                 WHERE workspace_id = $1 AND state IN ('pending', 'retrying') AND due <= now()
                 ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED)
             UPDATE notifier.deliveries d SET state = 'sending', claimed_by = $3,
-                claimed_until = now() + make_interval(secs => $4), attempts = attempts + 1,
+                claimed_until = now() + make_interval(secs => $4), attempts = d.attempts + 1,
                 updated_at = now()
-            FROM due WHERE d.id = due.id
-            RETURNING {_COLUMNS}
+            FROM picked WHERE d.id = picked.id
+            RETURNING {_QUALIFIED}
             """,
             self.workspace_id, limit, self.sender, lease_seconds,
         )  # fmt: skip
