@@ -54,6 +54,9 @@ bench-costs: $(STAMP) ## Cost API: a 30-day query over 10,000 users
 bench-policy: $(STAMP) ## policy Check with 100,000 users beside a bare grpc.aio echo service
 	$(PY) scripts/bench_policy.py $(ARGS)
 
+bench-notifier: $(STAMP) ## notifier intents/s through dedupe and delivery to the Slack stand-in, lag p50/p99
+	$(PY) scripts/bench_notifier.py $(ARGS)
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -63,4 +66,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-freshness bench-notifier settings-doc clean

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from services.notifier.audience import (
     Addressee,
@@ -21,7 +21,7 @@ from services.notifier.audience import (
 )
 from services.notifier.channel import Message
 from services.notifier.render import Style, render_ask, render_decided, render_edit, render_intent
-from services.notifier.schedule import Queued
+from services.notifier.schedule import Queued, digests
 
 SLACK, EMAIL = "slack", "email"
 # The recipient of the one delivery that edits every approver's Slack copy of a request.
@@ -147,4 +147,12 @@ def plan_request(fact: RequestFact, who: Audience, style: Style) -> Plan:
         edit = render_edit(fact, requester, actor, style)
         out.append(Planned(edit.dedupe_key, APPROVERS_COPIES, SLACK, "", "", edit,
                            fact.occurred_at))  # fmt: skip
+    return Plan(out, [])
+
+
+def plan_digest(waiting: list[Queued], day: date, who: Audience, at: datetime) -> Plan:
+    """One digest delivery per person (and channel) of the facts waiting for them."""
+    out: list[Planned] = []
+    for user, message in sorted(digests(waiting, day).items()):
+        out += _fan_out(Addressee(user, Role.MANAGER), message, at, who)
     return Plan(out, [])

@@ -11,7 +11,8 @@ import html
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from services.notifier.audience import Kind
 from services.notifier.channel import Message
@@ -82,3 +83,11 @@ def digests(waiting: Iterable[Queued], day: date) -> dict[str, Message]:
             html="<ul>" + "".join(f"<li>{html.escape(x[2:])}</li>" for x in lines) + "</ul>",
         )  # fmt: skip
     return out
+
+
+def digest_cut(now: datetime, hour: int, tz: ZoneInfo) -> datetime:
+    """The latest digest instant at or before `now`: `hour` o'clock in `tz` today,
+    else yesterday (aware)."""
+    local = now.astimezone(tz)
+    cut = local.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return cut if cut <= local else cut - timedelta(days=1)

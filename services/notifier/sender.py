@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from services.notifier.channel import Channel, Message, Outcome, Recipient
-from services.notifier.schedule import gives_up, retry_delay
+from services.notifier.intake import Intake
+from services.notifier.plan import Plan, plan_digest
+from services.notifier.schedule import Queued, digest_cut, gives_up, retry_delay
 from services.notifier.stores.deliveries import Delivery, DeliveryStore
 
 log = logging.getLogger("qm.notifier.sender")
@@ -135,4 +139,45 @@ class Reconciler:
                 self.returned += n
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("reconciling deliveries failed (tried again): %s", exc)
+            await asyncio.sleep(self._every)
+
+
+class Digester:
+    """Every `every` seconds: the facts queued for managers' digests before the latest
+    digest hour become one digest delivery per manager (and channel) for that day.
+    A replica that was down catches up at its next look; two replicas never take
+    one fact twice (store.take_digests)."""
+
+    def __init__(
+        self, store: DeliveryStore, intake: Intake, hour: int, tz: ZoneInfo, every: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:  # fmt: skip
+        self._store = store
+        self._intake = intake
+        self._hour = hour
+        self._tz = tz
+        self._every = every
+        self._clock = clock
+        self.stopping = False
+        self.taken = 0
+
+    async def once(self) -> int:
+        """Take what is due now; how many facts."""
+        now = self._clock()
+        cut = digest_cut(now, self._hour, self._tz)
+
+        async def build(waiting: list[Queued]) -> Plan:
+            who = await self._intake.audience([q.user_id for q in waiting])
+            return plan_digest(waiting, cut.date(), who, now)
+
+        n = await self._store.take_digests(cut, build)
+        self.taken += n
+        return n
+
+    async def run(self) -> None:
+        while not self.stopping:
+            try:
+                await self.once()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("digests not taken (tried again in %s s): %s", self._every, exc)
             await asyncio.sleep(self._every)

@@ -50,8 +50,10 @@ class Copies(Protocol):
 
 def client(token: str, base_url: str = "", retries: int = 3) -> AsyncWebClient:
     """An AsyncWebClient for `token` at `base_url` (empty: Slack's own) that waits out
-    429s (Retry-After) up to `retries` times per call."""
-    kwargs: dict[str, Any] = {"token": token}
+    429s (Retry-After) up to `retries` times per call, over one aiohttp session
+    (without one the SDK opens a session, and a connection, per call). Call it from a
+    running event loop; close `client.session` when done."""
+    kwargs: dict[str, Any] = {"token": token, "session": aiohttp.ClientSession()}
     if base_url:
         kwargs["base_url"] = base_url if base_url.endswith("/") else base_url + "/"
     handler = AsyncRateLimitErrorRetryHandler(max_retry_count=retries)

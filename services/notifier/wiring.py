@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from quartermaster.consumers import GroupConsumer
 from quartermaster.db import connect_pool
 from quartermaster.directory_client import DirectoryClient
 from services.notifier import intake, slack
 from services.notifier.channel import Channel
 from services.notifier.plan import preference_of
 from services.notifier.render import Style
-from services.notifier.sender import Reconciler, Sender
+from services.notifier.sender import Digester, Reconciler, Sender
 from services.notifier.settings import NotifierSettings
 from services.notifier.stores.deliveries import DeliveryStore
 from services.notifier.stores.people import PreferenceStore, SlackCopies
@@ -41,22 +40,27 @@ class RunningNotifier:
 
     pool: asyncpg.Pool
     store: DeliveryStore
-    consumer: GroupConsumer
+    consumer: intake.BatchConsumer
     intake: intake.Intake
     sender: Sender
     reconciler: Reconciler
+    digester: Digester
     directory: DirectoryClient
+    slack: slack.SlackChannel
     tasks: list[asyncio.Task[None]]
 
     async def stop(self) -> None:
         self.consumer.stopping = True
         self.sender.stopping = True
         self.reconciler.stopping = True
+        self.digester.stopping = True
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.directory.close()
+        if self.slack.web.session is not None:
+            await self.slack.web.session.close()
         await self.pool.close()
 
 
@@ -83,7 +87,8 @@ async def start(
     ws = settings.workspace_id
     sender_id = f"{socket.gethostname()}:{os.getpid()}"
     store = DeliveryStore(pool, ws, sender_id)
-    channels: dict[str, Channel] = {"slack": slack_channel(settings, SlackCopies(pool, ws))}
+    slack_ = slack_channel(settings, SlackCopies(pool, ws))
+    channels: dict[str, Channel] = {"slack": slack_}
     channels.update(extra_channels or {})
     directory = DirectoryClient(
         settings.directory_addr, source="QM_DIRECTORY_ADDR", tls=settings.client_tls,
@@ -94,15 +99,18 @@ async def start(
         store, PreferenceStore(pool, ws), intake.People(directory),
         preference_of(settings.default_channels), channels, style,
     )  # fmt: skip
-    consumer = intake.consumer(take, settings.kafka_bootstrap, settings.group_id,
-                               settings.session_timeout_seconds)  # fmt: skip
+    consumer = intake.BatchConsumer(take, settings.kafka_bootstrap, settings.group_id,
+                                    settings.session_timeout_seconds)  # fmt: skip
     sender = Sender(
         store, channels, batch=settings.senders, lease_seconds=settings.claim_seconds,
         poll_seconds=settings.poll_seconds, max_attempts=settings.max_attempts,
         hold_after_send=settings.hold_after_send,
     )  # fmt: skip
     reconciler = Reconciler(store, settings.reconcile_seconds)
-    tasks = [asyncio.create_task(t.run()) for t in (consumer, sender, reconciler)]
+    digester = Digester(store, take, settings.digest_hour, settings.timezone)
+    tasks = [asyncio.create_task(t.run()) for t in (consumer, sender, reconciler, digester)]
     log.info("notifier %s running for workspace %s: channels %s", sender_id, ws,
              ", ".join(sorted(channels)))  # fmt: skip
-    return RunningNotifier(pool, store, consumer, take, sender, reconciler, directory, tasks)
+    return RunningNotifier(
+        pool, store, consumer, take, sender, reconciler, digester, directory, slack_, tasks
+    )

@@ -40,6 +40,7 @@ SHRINK: dict[str, Small] = {
     "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
     "bench-costs": Small("--users 50 --days 2 --runs 1"),
     "bench-freshness": Small(None),
+    "bench-notifier": Small("--intents 30 --users 5"),
 }
 BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]
 

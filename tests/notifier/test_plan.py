@@ -16,12 +16,20 @@ from services.notifier.plan import (
     APPROVERS_COPIES,
     Audience,
     Preference,
+    plan_digest,
     plan_intent,
     plan_request,
     preference_of,
 )
 from services.notifier.render import Style, runs_out_at
-from services.notifier.schedule import MAX_DELAY_S, Queued, digests, gives_up, retry_delay
+from services.notifier.schedule import (
+    MAX_DELAY_S,
+    Queued,
+    digest_cut,
+    digests,
+    gives_up,
+    retry_delay,
+)
 
 NOW = datetime(2026, 11, 16, 0, 0, tzinfo=UTC)  # half of November gone
 PEOPLE = {
@@ -165,3 +173,19 @@ def test_a_digest_is_one_message_a_person_a_day_anomalies_first() -> None:
     assert sorted(out) == ["lu", "mo"]
     assert out["mo"].dedupe_key == "digest:mo:2026-11-16"
     assert out["mo"].text.splitlines()[1:] == ["• Ann: unusual: b", "• Bob: 80%: a"]
+
+
+def test_the_digest_hour_is_today_once_past_else_yesterday_in_the_workspace_zone() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    at = datetime(2026, 11, 16, 7, 30, tzinfo=UTC)  # 08:30 in Berlin
+    assert digest_cut(at, 8, berlin) == datetime(2026, 11, 16, 7, 0, tzinfo=UTC)
+    assert digest_cut(at, 9, berlin) == datetime(2026, 11, 15, 8, 0, tzinfo=UTC)
+
+
+def test_a_digest_goes_to_the_manager_by_their_channels() -> None:
+    queued = [Queued("mo", "anomaly:user:bob:1", "anomaly", "Bob: unusual", "b")]
+    plan = plan_digest(queued, date(2026, 11, 16), who({"mo": preference_of("both")},
+                       available=("slack", "email")), NOW)  # fmt: skip
+    assert [(d.recipient, d.channel, d.dedupe_key) for d in plan.deliveries] == [
+        ("mo", "slack", "digest:mo:2026-11-16"), ("mo", "email", "digest:mo:2026-11-16"),
+    ]  # fmt: skip

@@ -7,7 +7,7 @@ import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -16,7 +16,7 @@ from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
 from services.notifier import cli
 from services.notifier.channel import Message
-from services.notifier.plan import Plan, Planned
+from services.notifier.plan import Audience, Plan, Planned, Preference, plan_digest
 from services.notifier.schedule import Queued
 from services.notifier.stores.deliveries import DeliveryStore
 
@@ -110,3 +110,23 @@ async def test_the_cli_lists_failed_deliveries_and_replays_one(
     assert (await asyncio.to_thread(run, "replay", str(d.id)))[0] == 1  # not failed now
     [again] = await store.claim(1, 30)
     assert (again.id, again.attempts) == (d.id, 1)
+
+
+@pytest.mark.infra
+async def test_queued_facts_are_taken_into_one_digest_once(pool: asyncpg.Pool) -> None:
+    ws = f"ws-{uuid.uuid4().hex[:8]}"
+    store = DeliveryStore(pool, ws, "a")
+    facts = [Queued("mo", f"anomaly:user:{u}:1", "anomaly", f"{u}: unusual", "x") for u in "ab"]
+    await store.record(Plan([], facts))
+    now = datetime.now(UTC)
+    who = Audience({}, {}, Preference(("slack",)), ("slack",))
+
+    async def build(waiting: list[Queued]) -> Plan:
+        return plan_digest(waiting, now.date(), who, now)
+
+    later = now + timedelta(seconds=5)
+    assert await store.take_digests(later, build) == 2
+    assert await store.take_digests(later, build) == 0
+    [d] = await store.list()
+    assert (d.recipient, d.dedupe_key) == ("mo", f"digest:mo:{now.date().isoformat()}")
+    assert d.message.text.count("unusual") == 2

@@ -22,7 +22,7 @@ where at-least-once shows, and it is said so there.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +31,7 @@ import asyncpg
 from services.notifier.channel import Message
 from services.notifier.mapping import message_json, message_of
 from services.notifier.plan import Plan
+from services.notifier.schedule import Queued
 
 _COLUMNS = """id, recipient, channel, address, display_name, message, attempts, unsure,
     intent_at, state, reason, ref, dedupe_key, created_at, delivered_at"""
@@ -82,37 +83,70 @@ class DeliveryStore:
         """Insert the plan's deliveries and digest entries that are not there yet, in
         one transaction; the number of deliveries new. Raises asyncpg/OS errors (then
         nothing was written and the caller must not commit the intent's offset)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await self._insert(conn, plan)
+
+    async def _insert(self, conn: asyncpg.Connection, plan: Plan) -> int:
         rows = [(self.workspace_id, p.dedupe_key, p.recipient, p.channel, p.message.kind,
                  p.address, p.display_name, message_json(p.message), p.intent_at)
                 for p in plan.deliveries]  # fmt: skip
         queued = [(self.workspace_id, q.user_id, q.dedupe_key, q.kind, q.subject, q.line)
                   for q in plan.digest]  # fmt: skip
+        new = 0
+        if rows:
+            new = await conn.fetchval(
+                """
+                WITH ins AS (
+                    INSERT INTO notifier.deliveries (workspace_id, dedupe_key, recipient,
+                        channel, kind, address, display_name, message, intent_at)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                        $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[])
+                    ON CONFLICT (workspace_id, dedupe_key, recipient, channel) DO NOTHING
+                    RETURNING 1)
+                SELECT count(*) FROM ins
+                """,
+                *[list(col) for col in zip(*rows, strict=True)],
+            )
+        if queued:
+            await conn.executemany(
+                """
+                INSERT INTO notifier.digest_queue
+                    (workspace_id, user_id, dedupe_key, kind, subject, line)
+                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+                """,
+                queued,
+            )
+        return int(new or 0)
+
+    async def take_digests(
+        self, before: datetime, build: Callable[[list[Queued]], Awaitable[Plan]]
+    ) -> int:
+        """The facts queued before `before` and not yet in a digest, made into the
+        deliveries `build` plans, in one transaction (rows another replica is taking
+        are skipped, so each fact goes into one digest); how many facts were taken."""
         async with self._pool.acquire() as conn, conn.transaction():
-            new = 0
-            if rows:
-                new = await conn.fetchval(
-                    """
-                    WITH ins AS (
-                        INSERT INTO notifier.deliveries (workspace_id, dedupe_key, recipient,
-                            channel, kind, address, display_name, message, intent_at)
-                        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                            $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[])
-                        ON CONFLICT (workspace_id, dedupe_key, recipient, channel) DO NOTHING
-                        RETURNING 1)
-                    SELECT count(*) FROM ins
-                    """,
-                    *[list(col) for col in zip(*rows, strict=True)],
-                )
-            if queued:
-                await conn.executemany(
-                    """
-                    INSERT INTO notifier.digest_queue
-                        (workspace_id, user_id, dedupe_key, kind, subject, line)
-                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
-                    """,
-                    queued,
-                )
-            return int(new or 0)
+            rows = await conn.fetch(
+                """
+                SELECT user_id, dedupe_key, kind, subject, line FROM notifier.digest_queue
+                WHERE workspace_id = $1 AND digest_key IS NULL AND queued_at < $2
+                FOR UPDATE SKIP LOCKED
+                """,
+                self.workspace_id, before,
+            )  # fmt: skip
+            if not rows:
+                return 0
+            waiting = [Queued(r["user_id"], r["dedupe_key"], r["kind"], r["subject"], r["line"])
+                       for r in rows]  # fmt: skip
+            plan = await build(waiting)
+            await self._insert(conn, plan)
+            keys = {p.recipient: p.dedupe_key for p in plan.deliveries}
+            await conn.executemany(
+                "UPDATE notifier.digest_queue SET digest_key = $4"
+                " WHERE workspace_id = $1 AND user_id = $2 AND dedupe_key = $3",
+                [(self.workspace_id, q.user_id, q.dedupe_key, keys.get(q.user_id, "none"))
+                 for q in waiting],
+            )  # fmt: skip
+            return len(waiting)
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Delivery]:
         """Up to `limit` due rows, now this sender's for `lease_seconds`, oldest due
