@@ -131,6 +131,13 @@ class Intake:
             log.warning("skipping %s record at partition %s offset %s: %s",
                         topic, msg.partition(), msg.offset(), exc)  # fmt: skip
             return Plan([], [])
+        except (OSError, asyncpg.PostgresError):
+            raise  # transient: the batch is tried again
+        except Exception:  # a bug planning one record must not stop the others
+            self.rejected += 1
+            log.exception("skipping %s record at partition %s offset %s", topic,
+                          msg.partition(), msg.offset())  # fmt: skip
+            return Plan([], [])
 
     async def handle(self, msgs: list[KafkaMessage]) -> None:
         """Plan every record and record all their deliveries in one transaction; a bad
