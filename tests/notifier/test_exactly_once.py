@@ -81,6 +81,7 @@ async def test_two_replicas_a_sigkill_and_a_full_redelivery_send_one_message_eac
     finally:
         for proc in (a, b, c):
             proc.stop(timeout=10)
+            proc.log_path.unlink(missing_ok=True)
     counts = delivery_ids(standin)
     assert len(counts) == USERS * PER_USER + PARTITIONS
     assert set(counts.values()) == {1}, [k for k, v in counts.items() if v > 1]
