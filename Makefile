@@ -60,6 +60,9 @@ bench-policy: $(STAMP) ## policy Check with 100,000 users beside a bare grpc.aio
 bench-requests: $(STAMP) ## requests: create + decide and ListAwaitingMe with 100,000 past requests
 	$(PY) scripts/bench_requests.py $(ARGS)
 
+bench-notifier: $(STAMP) ## notifier intents/s through dedupe and delivery to the Slack stand-in, lag p50/p99
+	$(PY) scripts/bench_notifier.py $(ARGS)
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -69,4 +72,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-requests bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-requests bench-notifier bench-freshness settings-doc clean

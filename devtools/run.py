@@ -26,6 +26,7 @@ from devtools import simulator
 from devtools.discovery import settings_classes
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
+from devtools.slack_standin import SlackStandin
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
 from quartermaster.grpcclient import open_channel
@@ -57,6 +58,12 @@ class DevSettings(Settings):
     """Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"""
     local_broker_port: int = Field(9092, ge=1, le=65535)
     """Port of the local broker (when QM_KAFKA_BOOTSTRAP is unset)"""
+    slack_standin_port: int = Field(8787, ge=1, le=65535)
+    """Port of the local Slack stand-in, started when neither QM_NOTIFIER_SLACK_BOT_TOKEN
+    nor QM_NOTIFIER_SLACK_BASE_URL is set; its page shows what the notifier sent"""
+    slack_interactivity_url: str = ""
+    """Where the stand-in page's buttons post signed clicks (the notifier's Slack
+    interactivity endpoint); empty: the page says no URL is configured"""
 
 
 def say(text: str) -> None:
@@ -183,6 +190,24 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
     return env
 
 
+async def _slack_standin(
+    dev: DevSettings, env: dict[str, str], policy: PolicySettings
+) -> SlackStandin | None:
+    """Without a Slack bot token or base URL: the local Slack stand-in, started on
+    dev.slack_standin_port in this process, knowing the demo people's e-mails, and the
+    notifier pointed at it (`env` is changed). None when Slack is configured."""
+    env.setdefault("QM_DIRECTORY_ADDR", policy.addr)
+    if env.get("QM_NOTIFIER_SLACK_BOT_TOKEN") or env.get("QM_NOTIFIER_SLACK_BASE_URL"):
+        return None
+    secret = env.setdefault("QM_NOTIFIER_SLACK_SIGNING_SECRET", secrets.token_hex(16))
+    standin = SlackStandin(secret, dev.slack_interactivity_url)
+    for p in simulator.PERSONAS:
+        standin.add_user(f"{p.user_id}@example.com", f"U{p.user_id.upper()}")
+    await standin.start(port=dev.slack_standin_port)
+    env["QM_NOTIFIER_SLACK_BASE_URL"] = standin.api_url
+    return standin
+
+
 class ServiceDied(Exception):
     """A service `make run` started has exited by itself: the run stops (exit status 1)
     rather than go on showing a system with a part missing."""
@@ -246,6 +271,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
         for old_log in (dev.run_dir / "logs").glob("*.log"):
             old_log.unlink()
 
+        standin = await _slack_standin(dev, env, policy)
+
         def spawn(name: str, module: str) -> ChildProcess:
             argv = [sys.executable, "-m", module]
             return ChildProcess(name, argv, dev.run_dir / "logs" / f"{name}.log", env=env, cwd=ROOT)
@@ -254,6 +281,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             spawn("metering", "services.metering"),
             spawn("policy", "services.policy"),
             spawn("cost-api", "services.metering.api"),
+            spawn("notifier", "services.notifier"),
         ]
         try:
             for child in children:
@@ -261,6 +289,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 say(f"  started {child.name} (pid {child.pid}), log: {child.log_path}")
             await _wait_serving(policy.addr, policy.client_tls, children[1], 60)
             say(f"  policy gRPC serving on {policy.addr} (health + reflection on)")
+            if standin is not None:
+                say(f"  Slack stand-in: what the notifier sends shows on {standin.url}/")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
             say(
                 f"  Cost API and price catalog on {api_addr}: "
@@ -287,6 +317,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             for child in reversed(children):
                 child.stop(timeout=10)
                 say(f"  stopped {child.name}")
+            if standin is not None:
+                await standin.stop()
             say("  stopping the broker and PostgreSQL ...")
 
 

@@ -56,6 +56,12 @@ class Message:
     html: str = ""
     blocks: tuple[Mapping[str, object], ...] = ()
     payload: Mapping[str, object] = field(default_factory=dict)
+    # The credit request a message is about ("" for none): Slack keeps where each copy
+    # of it went, so that a decision can edit them.
+    request_id: str = ""
+    # True: a channel that can edit what it sent (Slack) edits every copy of
+    # `request_id`'s message to this one instead of sending; others send it.
+    edit: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ SHRINK: dict[str, Small] = {
         "--past 500 --awaiting 60 --others 40 --users 20 --seconds 0.5 --lists 5 --concurrency 2"
     ),
     "bench-freshness": Small(None),
+    "bench-notifier": Small("--intents 30 --users 5"),
 }
 BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         QM_USAGE_API_ADDR=f"127.0.0.1:{ports['api']}",
         QM_METERING_METRICS_ADDR=f"127.0.0.1:{ports['metrics']}",
         QM_METERING_SESSION_TIMEOUT="4",
+        QM_SLACK_STANDIN_PORT=str(ports["slack"]),
         **extra,
     )
     return subprocess.Popen(
@@ -54,7 +56,7 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
 
 
 def _ports() -> dict[str, int]:
-    return {name: free_port() for name in ("pg", "broker", "policy", "api", "metrics")}
+    return {name: free_port() for name in ("pg", "broker", "policy", "api", "metrics", "slack")}
 
 
 def _left_behind(run_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -103,8 +105,19 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         assert "  TLS: off (plaintext" in text
         # The README's gateway_token: printed with its name and role.
         assert re.search(r"\n    local-gateway \(gateway\) \S{16,}\n", text), text[:2000]
+        assert (
+            f"Slack stand-in: what the notifier sends shows on http://127.0.0.1:{ports['slack']}/"
+            in text
+        )
         assert ">>> carol is now WARN" in text
         assert "limit reached" in seen[-1]
+        page = ""
+        deadline = time.monotonic() + 60
+        while "to UCAROL" not in page and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['slack']}/") as resp:
+                page = resp.read().decode()
+            time.sleep(0.5)
+        assert "to UCAROL" in page, "carol's threshold message reaches the Slack stand-in"
         metrics = f"127.0.0.1:{ports['metrics']}"
         counted = scrape(metrics, "qm_metering_events_total", outcome="counted")
         assert counted is not None, "metering serves its metrics"
@@ -143,7 +156,7 @@ def test_make_run_says_when_a_service_dies_and_stops_everything() -> None:
             if "policy gRPC serving on" in line:
                 break
         pids = dict(re.findall(r"started ([a-z-]+) \(pid (\d+)\)", "".join(seen)))
-        assert set(pids) == {"metering", "policy", "cost-api"}, "".join(seen)
+        assert set(pids) == {"metering", "policy", "cost-api", "notifier"}, "".join(seen)
         os.kill(int(pids["cost-api"]), signal.SIGKILL)
         status = proc.wait(timeout=60)
         text = "".join(seen) + out.read()

@@ -64,6 +64,7 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
         QM_POLICY_ADDR=f"127.0.0.1:{free_port()}",
         QM_USAGE_API_ADDR=f"127.0.0.1:{free_port()}",
         QM_METERING_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        QM_SLACK_STANDIN_PORT=str(free_port()),
         QM_METERING_APP_ID=f"qm-metering-np-{uuid.uuid4().hex[:8]}",
         QM_METERING_SESSION_TIMEOUT="4",
         **pki.server_env(mutual=True),
@@ -85,6 +86,12 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
                 seen.append(lines.get(timeout=1))
             except queue.Empty:
                 continue
+        # make run waits for policy only: give the Cost API the time to say it serves
+        # (slower now that the notifier starts beside it on a loaded machine)
+        api_log = run_dir / "logs" / "cost-api.log"
+        while "with TLS (mutual)" not in (api_log.read_text() if api_log.exists() else ""):
+            assert time.monotonic() < deadline + 60, "the Cost API never said it serves"
+            time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
         time.sleep(0.2)  # the reader thread's last lines
@@ -103,7 +110,7 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
     shown = f"postgres  {url.replace(password, '****')} (env)"
     assert shown in output, output
     assert password not in output
-    assert sorted(logs) == ["cost-api.log", "metering.log", "policy.log"]
+    assert sorted(logs) == ["cost-api.log", "metering.log", "notifier.log", "policy.log"]
     for name, text in logs.items():
         assert password not in text, name
     for name in ("policy.log", "cost-api.log"):
@@ -120,7 +127,7 @@ def test_migrate_shows_no_password(infra: Infra) -> None:
     assert password not in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("module", ["services.policy", "services.metering"])
+@pytest.mark.parametrize("module", ["services.policy", "services.metering", "services.notifier"])
 def test_a_service_that_cannot_reach_postgres_shows_no_password(infra: Infra, module: str) -> None:
     closed = f"postgresql://qm:{ADDED}@127.0.0.1:{free_port()}/quartermaster"
     env = _env(

@@ -54,7 +54,11 @@ DOMAIN_MODULES = {
         "services.metering.topic_check",
     ],
     "notifier": [
+        "services.notifier.audience",
         "services.notifier.channel",
+        "services.notifier.plan",
+        "services.notifier.render",
+        "services.notifier.schedule",
     ],
     "policy": [
         "services.policy.decide",

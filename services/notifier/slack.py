@@ -1,0 +1,199 @@
+"""The Slack channel: Block Kit messages through slack_sdk's AsyncWebClient.
+
+- People are found by the directory's Slack id, else by e-mail (users.lookupByEmail,
+  cached for the process's life; `users_not_found` fails the delivery naming it).
+- A message goes to the person's direct-message channel (conversations.open, cached),
+  chat.postMessage paced per channel (`pace_seconds` apart, Slack's ~1/s per channel);
+  a 429 is waited out by the SDK's AsyncRateLimitErrorRetryHandler (it sleeps the
+  Retry-After the answer gives); if 429s outlast its retries, the delivery is retried
+  by the loop after the Retry-After.
+- Each message carries its delivery id in Slack message metadata
+  (`event_type` "qm_delivery"), so `confirm` can tell, after a sender died between
+  Slack's answer and recording it, whether the message is there already
+  (conversations.history with include_all_metadata): exactly one message.
+- A message about a request records where each copy went (`SlackCopies`); a message
+  with `edit` set rewrites every copy with chat.update instead (who decided, when;
+  buttons gone). Editing is idempotent, so a repeated edit changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from services.notifier.channel import Message, Outcome, Recipient
+from services.notifier.stores.people import SlackCopy
+
+log = logging.getLogger("qm.notifier.slack")
+EVENT_TYPE = "qm_delivery"
+# Slack errors that no retry will mend: the delivery fails naming it.
+PERMANENT = frozenset({
+    "users_not_found", "user_not_found", "channel_not_found", "cannot_dm_bot",
+    "is_archived", "invalid_blocks", "msg_too_long", "no_text", "user_disabled",
+})  # fmt: skip
+# How far back `confirm` looks for a delivery's message, in messages of the channel.
+HISTORY_LIMIT = 200
+
+
+class Copies(Protocol):
+    async def save(self, request_id: str, copy: SlackCopy) -> None: ...
+    async def of(self, request_id: str) -> list[SlackCopy]: ...
+
+
+def client(token: str, base_url: str = "", retries: int = 3) -> AsyncWebClient:
+    """An AsyncWebClient for `token` at `base_url` (empty: Slack's own) that waits out
+    429s (Retry-After) up to `retries` times per call, over one aiohttp session
+    (without one the SDK opens a session, and a connection, per call). Call it from a
+    running event loop; close `client.session` when done."""
+    kwargs: dict[str, Any] = {"token": token, "session": aiohttp.ClientSession()}
+    if base_url:
+        kwargs["base_url"] = base_url if base_url.endswith("/") else base_url + "/"
+    handler = AsyncRateLimitErrorRetryHandler(max_retry_count=retries)
+    return AsyncWebClient(retry_handlers=[handler], **kwargs)
+
+
+class _Pace:
+    """Per Slack channel: calls at least `gap` seconds apart, in arrival order."""
+
+    def __init__(self, gap: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._gap = gap
+        self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._last: dict[str, float] = {}
+
+    async def run(self, channel: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        lock = self._locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            wait = self._last.get(channel, -1e18) + self._gap - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                return await call()
+            finally:
+                self._last[channel] = self._clock()
+
+
+def _outcome(exc: Exception, what: str) -> Outcome:
+    if isinstance(exc, SlackApiError):
+        error = str(exc.response.get("error", "unknown"))
+        if error in PERMANENT:
+            return Outcome("failed", reason=f"slack {what}: {error}")
+        after = None
+        if exc.response.status_code == 429:
+            raw = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
+            after = float(raw) if raw else None
+        return Outcome("retry", reason=f"slack {what}: {error}", retry_after_seconds=after)
+    return Outcome("retry", reason=f"slack {what}: {type(exc).__name__}: {exc}")
+
+
+class SlackChannel:
+    """Channel "slack" (see the module docstring). Transient failures (network,
+    5xx, 429 beyond the SDK's retries, any other Slack error) are `retry`; errors in
+    PERMANENT are `failed`."""
+
+    name = "slack"
+
+    def __init__(self, web: AsyncWebClient, copies: Copies, pace_seconds: float = 1.0) -> None:
+        self.web = web
+        self._copies = copies
+        self._pace = _Pace(pace_seconds)
+        self._by_email: dict[str, str] = {}
+        self._dm: dict[str, str] = {}
+        self.posted = 0
+
+    async def _user(self, address: str) -> str:
+        if "@" not in address:
+            return address
+        found = self._by_email.get(address.lower())
+        if found is None:
+            resp = await self.web.users_lookupByEmail(email=address)
+            found = str(resp["user"]["id"])
+            self._by_email[address.lower()] = found
+        return found
+
+    async def _channel(self, address: str) -> str:
+        user = await self._user(address)
+        found = self._dm.get(user)
+        if found is None:
+            resp = await self.web.conversations_open(users=user)
+            found = str(resp["channel"]["id"])
+            self._dm[user] = found
+        return found
+
+    async def send(self, recipient: Recipient, message: Message, delivery_id: str) -> Outcome:
+        """Post `message` to the recipient's DM (or, with `edit`, rewrite the request's
+        copies); see the class docstring for the outcomes."""
+        if message.edit:
+            return await self._edit(message)
+        if not recipient.address:
+            return Outcome("failed", reason=f"no Slack id or e-mail known for {recipient.user_id}")
+        step = "users.lookupByEmail / conversations.open"
+        try:
+            channel = await self._channel(recipient.address)
+            step = "chat.postMessage"
+            blocks = [dict(b) for b in message.blocks] or None
+            resp = await self._pace.run(channel, lambda: self.web.chat_postMessage(
+                channel=channel, text=message.text, blocks=blocks,
+                metadata={"event_type": EVENT_TYPE,
+                          "event_payload": {"delivery_id": delivery_id}},
+            ))  # fmt: skip
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            return _outcome(exc, step)
+        self.posted += 1
+        ts = str(resp["ts"])
+        where = str(resp.get("channel") or channel)
+        if message.request_id:
+            await self._copies.save(message.request_id, SlackCopy(recipient.user_id, where, ts))
+        return Outcome("delivered", ref=f"{where}:{ts}")
+
+    async def confirm(
+        self, recipient: Recipient, message: Message, delivery_id: str
+    ) -> Outcome | None:
+        """For a delivery whose earlier attempt has no recorded outcome: `delivered`
+        when its message is in the recipient's channel already (its copy recorded
+        again), None when it is not (send it), `retry` when Slack can't be asked now."""
+        if message.edit or not recipient.address:
+            return None
+        try:
+            channel = await self._channel(recipient.address)
+            resp = await self.web.conversations_history(
+                channel=channel, include_all_metadata=True, limit=HISTORY_LIMIT)  # fmt: skip
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            return _outcome(exc, "conversations.history")
+        messages: list[dict[str, Any]] = resp.get("messages", [])
+        for m in messages:
+            meta = m.get("metadata") or {}
+            if meta.get("event_payload", {}).get("delivery_id") == delivery_id:
+                ts = str(m["ts"])
+                if message.request_id:
+                    copy = SlackCopy(recipient.user_id, channel, ts)
+                    await self._copies.save(message.request_id, copy)
+                return Outcome("delivered", ref=f"{channel}:{ts}")
+        return None
+
+    async def _edit(self, message: Message) -> Outcome:
+        copies = await self._copies.of(message.request_id)
+        edited = 0
+        for c in copies:
+            try:
+                await self._pace.run(c.channel, lambda c=c: self.web.chat_update(  # type: ignore[misc]
+                    channel=c.channel, ts=c.ts, text=message.text,
+                    blocks=[dict(b) for b in message.blocks]))  # fmt: skip
+                edited += 1
+            except SlackApiError as exc:
+                if exc.response.get("error") == "message_not_found":
+                    log.info("copy %s:%s of request %s is gone; not edited", c.channel, c.ts,
+                             message.request_id)  # fmt: skip
+                    continue
+                return _outcome(exc, "chat.update")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return _outcome(exc, "chat.update")
+        return Outcome("delivered", ref=f"{edited} of {len(copies)} copies edited")

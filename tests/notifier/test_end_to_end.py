@@ -1,0 +1,67 @@
+"""End to end: usage crosses 80 % of a person's budget → metering counts it, policy
+announces the crossing, the notifier sends exactly one Slack message (to the Slack
+stand-in) with the numbers. Real metering worker process, policy server and
+notifier (built by its wiring, in this process's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from devtools.localinfra.stack import Infra
+from devtools.slack_standin import SlackStandin
+from quartermaster.v1 import policy_pb2
+from services.notifier import wiring
+from services.notifier.settings import NotifierSettings
+from services.policy.decide import Enforcement
+from tests.conftest import MeteringWorker, Replicas
+from tests.helpers import eventually, new_user, produce_usage, usage
+from tests.notifier.kit import add_people, notifier_env
+
+COST = 6_250  # micros of one helpers.usage() event
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[SlackStandin]:
+    s = SlackStandin("secret")
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.mark.infra
+async def test_usage_crossing_80_percent_sends_one_slack_message(
+    infra: Infra, metering: MeteringWorker, replicas: Replicas, standin: SlackStandin
+) -> None:
+    await replicas.set_default(20 * COST, Enforcement.SOFT)
+    [policy] = await replicas.start(1)
+    user = new_user()
+    await add_people(replicas.admin(policy), [user])
+    settings = NotifierSettings.from_env(notifier_env(replicas.env, standin, policy.port))
+    notifier = await wiring.start(settings)
+    try:
+        stub = replicas.policy(policy)
+
+        async def used() -> int:
+            req = policy_pb2.GetBudgetRequest(user_id=user)
+            return int((await stub.GetBudget(req)).used_micros)
+
+        produce_usage(infra.kafka_bootstrap, [usage(user) for _ in range(17)])  # 85 %
+        await eventually(used, 17 * COST)
+
+        async def messages() -> int:
+            return len(standin.posted(f"DU{user}"))
+
+        await eventually(messages, 1, within=60)
+        await asyncio.sleep(1.0)  # a second message, were one coming, would be here by now
+    finally:
+        await notifier.stop()
+    [message] = standin.posted(f"DU{user}")
+    assert message.text.startswith("You have used 80% of your monthly AI budget")
+    assert " of 0.13 credits in " in message.text
+    assert "(80 %)" in message.text
+    assert message.metadata["event_type"] == "qm_delivery"
