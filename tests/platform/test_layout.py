@@ -53,6 +53,7 @@ DOMAIN_MODULES = {
     ],
     "notifier": [
         "services.notifier.channel",
+        "services.notifier.schedule",
     ],
     "policy": [
         "services.policy.decide",
