@@ -54,6 +54,7 @@ DOMAIN_MODULES = {
     "notifier": [
         "services.notifier.channel",
         "services.notifier.schedule",
+        "services.notifier.slack_actions",
     ],
     "policy": [
         "services.policy.decide",

@@ -1,0 +1,145 @@
+"""What a Slack button click says, and which clicks were seen already (pure).
+
+The notifier's approval messages carry two buttons, action_id "approve" and "deny",
+whose `value` is the JSON `{"request_id": "...", "version": N, "decision":
+"approve"|"deny"}` (the core's rendering writes it; `button_value` here is the one
+writer both sides agree on). Slack posts a click to the interactivity endpoint as a
+form body `payload=<JSON>` (`form_payload`); Socket Mode hands over the same JSON
+object. `click_of` reads it into a `Click`, or None for interactions that are not
+ours to act on (a modal, a shortcut, another app's button); a payload that claims to
+be our click but is malformed raises `PayloadError` naming the field.
+
+`ReplayGuard` remembers what was accepted within the signature window (Slack's 300 s):
+the same signed request twice is a replay. Memory is bounded: at most `capacity`
+keys, and keys older than the window are dropped first; when it is full of keys
+still inside the window, new requests are refused (fail closed: a flood of valid
+requests can't push a recorded one out and then replay it).
+
+Pure: no I/O; times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qs
+
+Decision = Literal["approve", "deny"]
+DECISIONS: tuple[Decision, ...] = ("approve", "deny")
+WINDOW_SECONDS = 300
+
+
+class PayloadError(ValueError):
+    """A click payload we cannot act on; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Click:
+    """One approve/deny click: on which request and version, by which Slack user, in
+    which conversation (where the ephemeral answer goes)."""
+
+    request_id: str
+    version: int
+    decision: Decision
+    slack_user_id: str
+    channel_id: str
+
+
+def button_value(request_id: str, version: int, decision: Decision) -> str:
+    """The button `value` the approval message carries (≤ 2000 characters, Slack's cap)."""
+    return json.dumps(
+        {"request_id": request_id, "version": version, "decision": decision},
+        separators=(",", ":"),
+    )
+
+
+def form_payload(body: bytes) -> dict[str, object]:
+    """The JSON object of a `payload=<JSON>` form body; PayloadError when it has none."""
+    try:
+        fields = parse_qs(body.decode("utf-8"), strict_parsing=True)
+        payload = json.loads(fields["payload"][0])
+    except (UnicodeDecodeError, ValueError, KeyError) as exc:
+        raise PayloadError(f"body is not a form with a JSON payload field ({exc})") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("payload is not a JSON object")
+    return payload
+
+
+def _text(obj: Mapping[str, object], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{where}.{key} is missing or not a string")
+    return value
+
+
+def _mapping(obj: Mapping[str, object], key: str) -> Mapping[str, object]:
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def click_of(payload: Mapping[str, object]) -> Click | None:
+    """Our click in a block_actions payload; None when it is not one of ours."""
+    if payload.get("type") != "block_actions":
+        return None
+    actions = payload.get("actions")
+    if not isinstance(actions, list) or not actions or not isinstance(actions[0], Mapping):
+        return None
+    action = actions[0]
+    action_id = action.get("action_id")
+    if action_id not in DECISIONS:
+        return None
+    user = _text(_mapping(payload, "user"), "id", "user")
+    channel = _mapping(payload, "channel").get("id") or _mapping(payload, "container").get(
+        "channel_id"
+    )
+    if not isinstance(channel, str) or not channel:
+        raise PayloadError("channel.id is missing (nowhere to answer the clicker)")
+    try:
+        value = json.loads(_text(action, "value", "actions[0]"))
+    except ValueError:
+        raise PayloadError("actions[0].value is not JSON") from None
+    if not isinstance(value, Mapping):
+        raise PayloadError("actions[0].value is not a JSON object")
+    if value.get("decision") != action_id:
+        raise PayloadError(
+            f"actions[0].value.decision {value.get('decision')!r} does not match"
+            f" action_id {action_id!r}"
+        )
+    decision: Decision = "approve" if action_id == "approve" else "deny"
+    version = value.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PayloadError("actions[0].value.version is not a whole number ≥ 1")
+    request_id = _text(value, "request_id", "actions[0].value")
+    return Click(request_id, version, decision, user, channel)
+
+
+class ReplayGuard:
+    """Keys (signatures, Socket Mode envelope ids) accepted in the last `window`
+    seconds, at most `capacity` of them (see the module docstring)."""
+
+    def __init__(self, window: float = WINDOW_SECONDS, capacity: int = 10_000) -> None:
+        if window <= 0 or capacity < 1:
+            raise ValueError("window must be > 0 and capacity ≥ 1")
+        self._window = window
+        self._capacity = capacity
+        self._seen: OrderedDict[str, float] = OrderedDict()  # key → when, oldest first
+
+    def admit(self, key: str, now: float) -> Literal["new", "replay", "full"]:
+        """ "new" (and remembered), "replay" (seen within the window) or "full"."""
+        while self._seen:
+            oldest, when = next(iter(self._seen.items()))
+            if now - when <= self._window:
+                break
+            del self._seen[oldest]
+        if key in self._seen:
+            return "replay"
+        if len(self._seen) >= self._capacity:
+            return "full"
+        self._seen[key] = now
+        return "new"
+
+    def __len__(self) -> int:
+        return len(self._seen)
