@@ -4,9 +4,10 @@ Decide and refuses self-approval and stale versions as the requests service does
 a local stand-in of Slack's Web API (chat.postEphemeral, users.info) that records what
 the clicker is told. The endpoint's clock is the test's, so "301 s old" is exact.
 
-What no test here can show without Slack: that Slack's servers reach the endpoint,
-and the Socket Mode WebSocket itself (`connect_socket_mode`); the Socket Mode listener
-is tested with the envelopes that client would hand it.
+Socket Mode runs slack_sdk's real client against the stand-in's apps.connections.open
+and a WebSocket that speaks Slack's envelope protocol. What no test here can show
+without Slack: that Slack's servers reach the endpoint or accept the app token, and how
+Slack itself reconnects and redelivers.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from devtools.localinfra import free_port
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
-from services.notifier.interactivity import PATH, Interactivity, serve_http
-from services.notifier.slack_actions import button_value
-from tests.helpers import TOKENS, in_process_server
+from services.notifier.interactivity import PATH, Interactivity, connect_socket_mode, serve_http
+from services.notifier.slack_actions import Click, button_value
+from tests.helpers import TOKENS, eventually, in_process_server
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 NOW = 1_790_000_000.0
@@ -83,12 +84,28 @@ class SlackApi:
     """Slack Web API stand-in: records chat.postEphemeral; users.info from `emails`."""
 
     told: list[tuple[str, str, str]] = field(default_factory=list)  # (channel, user, text)
+    acks: list[str] = field(default_factory=list)  # Socket Mode envelope ids acknowledged
+    socket_url: str = ""
     emails: dict[str, str] = field(default_factory=lambda: {"U-CAT": "cat@example.test"})
 
     async def post_ephemeral(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.told.append((body["channel"], body["user"], body["text"]))
         return web.json_response({"ok": True, "message_ts": "1.2"})
+
+    async def connections_open(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "url": self.socket_url})
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        """Slack's side of Socket Mode: hello, one interactive envelope, then the acks."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"type": "hello", "num_connections": 1})
+        await ws.send_json({"envelope_id": "env-ws", "type": "interactive", "payload": payload()})
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.acks.append(json.loads(message.data)["envelope_id"])
+        return ws
 
     async def users_info(self, request: web.Request) -> web.Response:
         form = dict(request.query) | dict(await request.post())
@@ -106,6 +123,7 @@ class Rig:
     requests: Requests
     slack: SlackApi
     interactivity: Interactivity
+    web_client: AsyncWebClient
     clock: list[float]
     http: aiohttp.ClientSession
 
@@ -148,10 +166,13 @@ async def rig() -> AsyncIterator[Rig]:
     api = web.Application()
     api.router.add_post("/api/chat.postEphemeral", slack.post_ephemeral)
     api.router.add_route("*", "/api/users.info", slack.users_info)
+    api.router.add_post("/api/apps.connections.open", slack.connections_open)
+    api.router.add_get("/socket", slack.socket)
     api_runner = web.AppRunner(api)
     await api_runner.setup()
     api_port = free_port()
     await web.TCPSite(api_runner, "127.0.0.1", api_port).start()
+    slack.socket_url = f"ws://127.0.0.1:{api_port}/socket"
     clock = [NOW]
     web_client = AsyncWebClient(token="xoxb-test", base_url=f"http://127.0.0.1:{api_port}/api/")
 
@@ -170,7 +191,15 @@ async def rig() -> AsyncIterator[Rig]:
         port = free_port()
         runner = await serve_http(interactivity, "127.0.0.1", port)
         try:
-            yield Rig(f"http://127.0.0.1:{port}{PATH}", requests, slack, interactivity, clock, http)
+            yield Rig(
+                f"http://127.0.0.1:{port}{PATH}",
+                requests,
+                slack,
+                interactivity,
+                web_client,
+                clock,
+                http,
+            )
         finally:
             await interactivity.drain()
             await runner.cleanup()
@@ -290,3 +319,40 @@ async def test_socket_mode_envelopes_are_acknowledged_decided_and_not_replayed(
     assert acks.sent == ["env-1", "env-1"]
     assert rig.requests.decided == [("r-1", 3, APPROVE, "bob")]
     assert rig.slack.told == [("D-1", "U-BOB", "You approved request r-1.")]
+
+
+async def test_socket_mode_over_a_websocket_acknowledges_and_decides(rig: Rig) -> None:
+    client = await connect_socket_mode(rig.interactivity, "xapp-1-test", rig.web_client)
+    try:
+
+        async def seen() -> tuple[list[str], list[tuple[str, int, int, str]]]:
+            await rig.interactivity.drain()
+            return rig.slack.acks, rig.requests.decided
+
+        await eventually(seen, (["env-ws"], [("r-1", 3, APPROVE, "bob")]))
+    finally:
+        await client.close()  # type: ignore[no-untyped-call]  # slack_sdk leaves it untyped
+    assert rig.slack.told == [("D-1", "U-BOB", "You approved request r-1.")]
+    with pytest.raises(ValueError, match="xapp-"):
+        await connect_socket_mode(rig.interactivity, "xoxb-not-an-app-token", rig.web_client)
+
+
+async def test_an_unreachable_requests_service_tells_the_clicker_to_try_again(rig: Rig) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead:
+        interactivity = Interactivity(
+            signing_secret=SECRET,
+            people=People(),
+            requests=requests_pb2_grpc.RequestServiceStub(dead),
+            delegate_token=DELEGATE,
+            slack=rig.web_client,
+            decide_timeout=5.0,
+        )
+        await interactivity.act(Click("r-1", 3, "approve", "U-BOB", "D-1"))
+    assert rig.slack.told == [
+        (
+            "D-1",
+            "U-BOB",
+            "Could not reach the requests service; request r-1 was not decided."
+            " Try again in a minute.",
+        )
+    ]
