@@ -31,14 +31,13 @@ import re
 import ssl
 from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
-from pathlib import Path
 from typing import Literal
 
 import aiosmtplib
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from quartermaster.settings import Settings
+from quartermaster.settings import ExistingFile, Settings
 from services.notifier.channel import Message, Outcome, Recipient
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ class EmailSettings(Settings):
     """User to log in as (AUTH); empty: send without logging in"""
     smtp_password: str = Field("", repr=False)
     """Password of QM_NOTIFIER_SMTP_USERNAME"""
-    smtp_ca_file: Path | None = None
+    smtp_ca_file: ExistingFile | None = None
     """CA (PEM) the SMTP server's certificate is checked against; unset: the system's"""
     smtp_timeout_seconds: float = Field(30.0, gt=0, le=300)
     """Connecting, and each command's reply, time out after this long (then: retry)"""

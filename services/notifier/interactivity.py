@@ -33,11 +33,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import grpc
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import Clock, SignatureVerifier
@@ -47,7 +47,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from quartermaster.grpcclient import bearer
-from quartermaster.settings import Settings
+from quartermaster.settings import HostPort, Settings
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
 from services.notifier.slack_actions import (
     WINDOW_SECONDS,
@@ -81,19 +81,28 @@ class InteractivitySettings(Settings):
 
     slack_signing_secret: str = Field("", repr=False)
     """The Slack app's signing secret (Basic Information); empty: no endpoint"""
-    interactivity_addr: str = "0.0.0.0:8093"
+    interactivity_addr: HostPort = "0.0.0.0:8093"
     """host:port the HTTP endpoint POST /slack/interactivity listens on"""
     slack_socket_mode: bool = False
     """true: receive clicks over Socket Mode (an outbound WebSocket) instead of the
     HTTP endpoint, for deployments that can't expose one"""
     slack_app_token: str = Field("", repr=False)
     """App-level token (xapp-..., scope connections:write) for Socket Mode"""
-    requests_addr: str = "127.0.0.1:50053"
+    requests_addr: HostPort = "127.0.0.1:50053"
     """host:port of the requests service, whose Decide a click calls"""
     delegate_token: str = Field("", repr=False)
     """The notifier's credential at the requests service (role delegate)"""
     decide_timeout_seconds: float = Field(10.0, gt=0, le=60)
     """A Decide call gives up after this long (the clicker is told to try again)"""
+
+    @model_validator(mode="after")
+    def _socket_mode_has_its_token(self) -> Self:
+        if self.slack_socket_mode and not self.slack_app_token.startswith("xapp-"):
+            raise ValueError(
+                "QM_NOTIFIER_SLACK_SOCKET_MODE is true but QM_NOTIFIER_SLACK_APP_TOKEN is"
+                " not an app-level token (xapp-...)"
+            )
+        return self
 
 
 class People(Protocol):

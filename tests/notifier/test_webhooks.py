@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -231,6 +232,6 @@ def test_the_body_is_the_payload_or_an_envelope_and_secrets_are_checked() -> Non
     both = sign((NEW, OLD), "d-1", when, "{}").split(" ")
     assert [s[:3] for s in both] == ["v1,", "v1,"]
     assert both[1] == Webhook(OLD).sign("d-1", when, "{}")
-    with pytest.raises(ValueError, match="secret 2 is not whsec_<base64>") as err:
+    with pytest.raises(ValueError, match=re.escape("secret 2 is not whsec_<base64 of 16+")) as err:
         parse_secrets(f"{NEW},whsec_%%%not-base64")
     assert "not-base64" not in str(err.value)
