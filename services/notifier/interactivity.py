@@ -9,6 +9,9 @@ over it with the signing secret (slack_sdk's SignatureVerifier) and refuse a
 409; slack_actions.ReplayGuard, bounded memory); (4) parse (400 naming the field);
 (5) answer 200 at once, and act after, in a background task, since Slack wants the
 answer within 3 s and the Decide call, the directory and Slack's API may be slower.
+The replay memory is per process: with several replicas a replay could reach another
+one inside the window, where the requests service still refuses it: the button's
+version is stale once the request was decided (DecideCreditRequest.version).
 
 Acting: the Slack user is mapped to a directory person (`People`: by the directory's
 Slack id, else by the e-mail Slack has for them); the requests service's Decide is

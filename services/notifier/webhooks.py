@@ -160,7 +160,9 @@ class WebhookChannel:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
-                answer = (await response.text(errors="replace"))[:_EXCERPT]
+                # The start of the answer only: a receiver's 1 GB error page is not read.
+                head = await response.content.read(4 * _EXCERPT)
+                answer = head.decode("utf-8", errors="replace")[:_EXCERPT]
                 return self._outcome(response, answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Refused, reset or slow: the receiver may be back soon.
