@@ -1,13 +1,14 @@
 """What a Slack button click says, and which clicks were seen already (pure).
 
 The notifier's approval messages carry two buttons, action_id "approve" and "deny",
-whose `value` is the JSON `{"request_id": "...", "version": N, "decision":
-"approve"|"deny"}` (the core's rendering writes it; `button_value` here is the one
-writer both sides agree on). Slack posts a click to the interactivity endpoint as a
-form body `payload=<JSON>` (`form_payload`); Socket Mode hands over the same JSON
-object. `click_of` reads it into a `Click`, or None for interactions that are not
-ours to act on (a modal, a shortcut, another app's button); a payload that claims to
-be our click but is malformed raises `PayloadError` naming the field.
+whose `value` is the JSON `{"request_id": "...", "version": N}` (the core's rendering,
+services.notifier.render, writes it); the decision is the button's action_id. A
+value may also name it (`"decision": "approve"|"deny"`), and then it must agree.
+Slack posts a click to the interactivity endpoint as a form body `payload=<JSON>`
+(`form_payload`); Socket Mode hands over the same JSON object. `click_of` reads it
+into a `Click`, or None for interactions that are not ours to act on (a modal, a
+shortcut, another app's button); a payload that claims to be our click but is
+malformed raises `PayloadError` naming the field.
 
 `ReplayGuard` remembers what was accepted within the signature window (Slack's 300 s):
 the same signed request twice is a replay. Memory is bounded: at most `capacity`
@@ -46,14 +47,6 @@ class Click:
     decision: Decision
     slack_user_id: str
     channel_id: str
-
-
-def button_value(request_id: str, version: int, decision: Decision) -> str:
-    """The button `value` the approval message carries (≤ 2000 characters, Slack's cap)."""
-    return json.dumps(
-        {"request_id": request_id, "version": version, "decision": decision},
-        separators=(",", ":"),
-    )
 
 
 def form_payload(body: bytes) -> dict[str, object]:
@@ -103,7 +96,7 @@ def click_of(payload: Mapping[str, object]) -> Click | None:
         raise PayloadError("actions[0].value is not JSON") from None
     if not isinstance(value, Mapping):
         raise PayloadError("actions[0].value is not a JSON object")
-    if value.get("decision") != action_id:
+    if value.get("decision", action_id) != action_id:
         raise PayloadError(
             f"actions[0].value.decision {value.get('decision')!r} does not match"
             f" action_id {action_id!r}"

@@ -18,7 +18,7 @@ writes them. What an attempt comes to (services.notifier.channel):
 - 410 Gone: `disabled` (the endpoint asked never to be called again; the loop marks
   it and stops sending to it until a person enables it);
 - 429, 408 and 5xx: `retry`, with the `Retry-After` the receiver gave (seconds or a
-  date), else the schedule's (services.notifier.schedule);
+  date), else the schedule's (services.notifier.retries);
 - a refused connection, a timeout, a reset: `retry`;
 - other 4xx, and 3xx (redirects are not followed: a signed body must not go to where
   a redirect points, and the endpoint's URL should be corrected instead): `failed`,
@@ -46,7 +46,7 @@ from yarl import URL
 
 from quartermaster.settings import Settings
 from services.notifier.channel import Message, Outcome, Recipient
-from services.notifier.schedule import parse_retry_after
+from services.notifier.retries import parse_retry_after
 
 _RETRY_STATUSES = frozenset({408, 429})
 _EXCERPT = 200

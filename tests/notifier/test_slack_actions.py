@@ -12,15 +12,20 @@ from services.notifier.slack_actions import (
     Click,
     PayloadError,
     ReplayGuard,
-    button_value,
     click_of,
     form_payload,
 )
 
 
+def button_value(request_id: str, version: int, decision: str = "") -> str:
+    """The button value as the core's rendering writes it, naming the decision or not."""
+    value: dict[str, object] = {"request_id": request_id, "version": version}
+    return json.dumps(value | ({"decision": decision} if decision else {}))
+
+
 def block_actions(action_id: str = "approve", value: object = None, **extra: Any) -> dict[str, Any]:
     if value is None:
-        value = button_value("r-9", 4, "approve")
+        value = button_value("r-9", 4)
     return {
         "type": "block_actions",
         "user": {"id": "U1"},
@@ -32,6 +37,8 @@ def block_actions(action_id: str = "approve", value: object = None, **extra: Any
 
 def test_our_click_is_read_with_the_conversation_to_answer_in() -> None:
     assert click_of(block_actions()) == Click("r-9", 4, "approve", "U1", "C1")
+    deny = block_actions("deny", button_value("r-9", 4, "deny"))
+    assert click_of(deny) == Click("r-9", 4, "deny", "U1", "C1")
     body = urlencode({"payload": json.dumps(block_actions())}).encode()
     assert click_of(form_payload(body)) == Click("r-9", 4, "approve", "U1", "C1")
 

@@ -24,7 +24,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from devtools.localinfra import free_port
 from services.notifier.channel import Message, Outcome, Recipient
-from services.notifier.schedule import next_delay
+from services.notifier.retries import next_delay
 from services.notifier.webhooks import (
     WebhookChannel,
     WebhookSettings,

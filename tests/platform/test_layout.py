@@ -53,7 +53,7 @@ DOMAIN_MODULES = {
     ],
     "notifier": [
         "services.notifier.channel",
-        "services.notifier.schedule",
+        "services.notifier.retries",
         "services.notifier.slack_actions",
     ],
     "policy": [

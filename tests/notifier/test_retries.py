@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.notifier.schedule import MAX_ATTEMPTS, STEPS, next_delay, parse_retry_after
+from services.notifier.retries import MAX_ATTEMPTS, STEPS, next_delay, parse_retry_after
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

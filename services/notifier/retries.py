@@ -8,6 +8,10 @@ spec's suggestion: the first attempt at once, then 5 s, 5 min, 30 min, 2 h, 5 h,
 and 10 h after each failure, so eight attempts over about 27 hours before giving up;
 a receiver that is down for a night still gets its messages.
 
+Webhook deliveries need these hours (the spec's receivers expect them); a channel
+whose messages lose their point within minutes may use a shorter schedule, which the
+loop chooses per channel.
+
 A receiver that says when (`Retry-After`, on a 429 or a 503) is believed, within
 bounds: never sooner than 1 s (a `Retry-After: 0` loop would hammer it) and never
 later than the longest step (10 h: a hostile or broken header cannot park a delivery
