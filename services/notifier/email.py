@@ -34,7 +34,7 @@ from email.utils import formataddr, parseaddr
 from typing import Literal
 
 import aiosmtplib
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.settings import ExistingFile, Settings
@@ -58,7 +58,7 @@ class EmailSettings(Settings):
     the first byte (port 465); none: plaintext (a relay on the same host only)"""
     smtp_username: str = ""
     """User to log in as (AUTH); empty: send without logging in"""
-    smtp_password: str = Field("", repr=False)
+    smtp_password: SecretStr = SecretStr("")
     """Password of QM_NOTIFIER_SMTP_USERNAME"""
     smtp_ca_file: ExistingFile | None = None
     """CA (PEM) the SMTP server's certificate is checked against; unset: the system's"""
@@ -153,7 +153,7 @@ class EmailChannel:
             hostname=s.smtp_host,
             port=s.smtp_port,
             username=s.smtp_username or None,
-            password=s.smtp_password or None,
+            password=s.smtp_password.get_secret_value() or None,
             use_tls=s.smtp_security == "tls",
             start_tls=s.smtp_security == "starttls",
             tls_context=self._tls if s.smtp_security != "none" else None,

@@ -40,7 +40,7 @@ from typing import Any, Protocol, Self
 
 import grpc
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import Clock, SignatureVerifier
@@ -82,25 +82,27 @@ class InteractivitySettings(Settings):
 
     model_config = SettingsConfigDict(env_prefix="QM_NOTIFIER_")
 
-    slack_signing_secret: str = Field("", repr=False)
+    slack_signing_secret: SecretStr = SecretStr("")
     """The Slack app's signing secret (Basic Information); empty: no endpoint"""
     interactivity_addr: HostPort = "0.0.0.0:8093"
     """host:port the HTTP endpoint POST /slack/interactivity listens on"""
     slack_socket_mode: bool = False
     """true: receive clicks over Socket Mode (an outbound WebSocket) instead of the
     HTTP endpoint, for deployments that can't expose one"""
-    slack_app_token: str = Field("", repr=False)
+    slack_app_token: SecretStr = SecretStr("")
     """App-level token (xapp-..., scope connections:write) for Socket Mode"""
     requests_addr: HostPort = "127.0.0.1:50053"
     """host:port of the requests service, whose Decide a click calls"""
-    delegate_token: str = Field("", repr=False)
+    delegate_token: SecretStr = SecretStr("")
     """The notifier's credential at the requests service (role delegate)"""
     decide_timeout_seconds: float = Field(10.0, gt=0, le=60)
     """A Decide call gives up after this long (the clicker is told to try again)"""
 
     @model_validator(mode="after")
     def _socket_mode_has_its_token(self) -> Self:
-        if self.slack_socket_mode and not self.slack_app_token.startswith("xapp-"):
+        if self.slack_socket_mode and not self.slack_app_token.get_secret_value().startswith(
+            "xapp-"
+        ):
             raise ValueError(
                 "QM_NOTIFIER_SLACK_SOCKET_MODE is true but QM_NOTIFIER_SLACK_APP_TOKEN is"
                 " not an app-level token (xapp-...)"

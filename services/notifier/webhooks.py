@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import aiohttp
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
@@ -68,8 +68,8 @@ def parse_secrets(spec: str) -> tuple[str, ...]:
     return secrets
 
 
-def _valid_secrets(spec: str) -> str:
-    parse_secrets(spec)
+def _valid_secrets(spec: SecretStr) -> SecretStr:
+    parse_secrets(spec.get_secret_value())
     return spec
 
 
@@ -78,7 +78,7 @@ class WebhookSettings(Settings):
 
     model_config = SettingsConfigDict(env_prefix="QM_NOTIFIER_")
 
-    webhook_secrets: Annotated[str, AfterValidator(_valid_secrets)] = Field("", repr=False)
+    webhook_secrets: Annotated[SecretStr, AfterValidator(_valid_secrets)] = SecretStr("")
     """Signing secrets, whsec_<base64>,... (each signs every request: during a rotation
     give the new and the old, then drop the old); empty: requests go unsigned"""
     webhook_timeout_seconds: float = Field(10.0, gt=0, le=120)
@@ -122,7 +122,7 @@ class WebhookChannel:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        shared = parse_secrets(settings.webhook_secrets)
+        shared = parse_secrets(settings.webhook_secrets.get_secret_value())
         self._secrets_for = secrets_for or (lambda _r: shared)
         self._now = now
         self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)

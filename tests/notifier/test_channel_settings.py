@@ -52,8 +52,9 @@ def test_secrets_stay_out_of_repr_and_the_classes_combine() -> None:
             "QM_NOTIFIER_DELEGATE_TOKEN": "delegate-token-789",
         }
     )
-    assert (settings.smtp_host, settings.webhook_secrets) == ("mail.example.test", SECRET)
-    assert settings.slack_signing_secret == "slack-signing-secret-456"
-    shown = repr(settings)
+    assert settings.smtp_host == "mail.example.test"
+    assert settings.webhook_secrets.get_secret_value() == SECRET
+    assert settings.slack_signing_secret.get_secret_value() == "slack-signing-secret-456"
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
     for secret in ("smtp-password-123", SECRET, "slack-signing-secret-456", "delegate-token-789"):
         assert secret not in shown
