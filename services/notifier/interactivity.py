@@ -158,7 +158,7 @@ class Interactivity:
         self._slack = slack
         self._timeout = decide_timeout
         self._clock = clock
-        self._replays = replays or ReplayGuard(window=WINDOW_SECONDS + 1)
+        self._replays = replays or ReplayGuard(window=WINDOW_SECONDS)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
@@ -175,7 +175,7 @@ class Interactivity:
         if not (stamp.isdigit() and self._verifier.is_valid(body, stamp, signature)):
             log.warning("refused a Slack request: bad signature or timestamp")
             return web.Response(status=401, text="invalid signature or timestamp")
-        admitted = self._replays.admit(signature, self._clock())
+        admitted = self._replays.admit(signature, self._clock(), float(stamp))
         if admitted != "new":
             log.warning("refused a Slack request: %s", admitted)
             return web.Response(status=409 if admitted == "replay" else 503, text=admitted)

@@ -10,11 +10,11 @@ into a `Click`, or None for interactions that are not ours to act on (a modal, a
 shortcut, another app's button); a payload that claims to be our click but is
 malformed raises `PayloadError` naming the field.
 
-`ReplayGuard` remembers what was accepted within the signature window (Slack's 300 s):
-the same signed request twice is a replay. Memory is bounded: at most `capacity`
-keys, and keys older than the window are dropped first; when it is full of keys
-still inside the window, new requests are refused (fail closed: a flood of valid
-requests can't push a recorded one out and then replay it).
+`ReplayGuard` remembers what was accepted for as long as its signature could pass
+again (its timestamp + Slack's 300 s): the same signed request twice is a replay.
+Memory is bounded: at most `capacity` keys; when full, keys no longer valid are
+dropped, and if it is still full new requests are refused (fail closed: a flood of
+valid requests can't push a recorded one out and then replay it).
 
 Pure: no I/O; times are Unix seconds.
 """
@@ -22,7 +22,6 @@ Pure: no I/O; times are Unix seconds.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -110,29 +109,33 @@ def click_of(payload: Mapping[str, object]) -> Click | None:
 
 
 class ReplayGuard:
-    """Keys (signatures, Socket Mode envelope ids) accepted in the last `window`
-    seconds, at most `capacity` of them (see the module docstring)."""
+    """Keys (signatures, Socket Mode envelope ids) accepted while their request could
+    still be accepted again, at most `capacity` of them (see the module docstring)."""
 
     def __init__(self, window: float = WINDOW_SECONDS, capacity: int = 10_000) -> None:
         if window <= 0 or capacity < 1:
             raise ValueError("window must be > 0 and capacity ≥ 1")
         self._window = window
         self._capacity = capacity
-        self._seen: OrderedDict[str, float] = OrderedDict()  # key → when, oldest first
+        self._until: dict[str, float] = {}  # key → when its request stops being valid
 
-    def admit(self, key: str, now: float) -> Literal["new", "replay", "full"]:
-        """ "new" (and remembered), "replay" (seen within the window) or "full"."""
-        while self._seen:
-            oldest, when = next(iter(self._seen.items()))
-            if now - when <= self._window:
-                break
-            del self._seen[oldest]
-        if key in self._seen:
+    def admit(
+        self, key: str, now: float, stamp: float | None = None
+    ) -> Literal["new", "replay", "full"]:
+        """ "new" (and remembered), "replay" (accepted before and still valid) or "full".
+
+        `stamp` is the request's own timestamp (default `now`): a signed request stays
+        valid until `stamp + window`, which may be up to two windows after `now` for a
+        timestamp from the future, so it is remembered that long."""
+        if key in self._until and self._until[key] >= now:
             return "replay"
-        if len(self._seen) >= self._capacity:
-            return "full"
-        self._seen[key] = now
+        if len(self._until) >= self._capacity:
+            # Rare (a full window's worth of clicks): forget what can no longer be valid.
+            self._until = {k: t for k, t in self._until.items() if t >= now}
+            if len(self._until) >= self._capacity:
+                return "full"
+        self._until[key] = (now if stamp is None else stamp) + self._window
         return "new"
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._until)

@@ -254,6 +254,17 @@ async def test_a_forged_stale_or_replayed_request_is_refused_and_nothing_decided
     assert rig.slack.told == []
 
 
+async def test_a_request_stamped_ahead_is_refused_again_until_its_stamp_expires(
+    rig: Rig,
+) -> None:
+    body = form(payload())
+    assert await rig.post(body, stamp=NOW + 300) == 200
+    rig.clock[0] = NOW + 599  # 599 s after it was first accepted, still valid
+    assert await rig.post(body, stamp=NOW + 300) == 409
+    await rig.interactivity.drain()
+    assert rig.requests.decided == [("r-1", 3, APPROVE, "bob")]
+
+
 async def test_300_s_old_is_still_inside_the_window(rig: Rig) -> None:
     assert await rig.post(form(payload()), stamp=NOW - 300) == 200
     await rig.interactivity.drain()

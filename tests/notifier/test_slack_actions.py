@@ -74,14 +74,16 @@ def test_a_click_without_user_or_conversation_is_refused() -> None:
         form_payload(b"\xff\xfe")
 
 
-def test_replays_are_refused_within_the_window_and_memory_stays_bounded() -> None:
+def test_replays_are_refused_while_valid_and_memory_stays_bounded() -> None:
     guard = ReplayGuard(window=300, capacity=2)
     assert guard.admit("a", 1000.0) == "new"
     assert guard.admit("a", 1300.0) == "replay"
-    assert guard.admit("b", 1100.0) == "new"
-    # Full of keys still inside the window: fail closed rather than forget one.
+    # A timestamp from 300 s ahead is valid until 600 s from now: remembered so long.
+    assert guard.admit("b", 1000.0, stamp=1300.0) == "new"
+    assert guard.admit("b", 1599.0) == "replay"
+    # Full of keys still valid: fail closed rather than forget one.
     assert guard.admit("c", 1200.0) == "full"
-    # "a" (from 1000) leaves the window after 1300; room again, and "a" is forgotten.
+    # "a" stopped being valid after 1300: room again, and "a" is forgotten.
     assert guard.admit("c", 1301.0) == "new"
     assert len(guard) == 2
     with pytest.raises(ValueError, match="capacity"):
