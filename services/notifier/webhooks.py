@@ -26,7 +26,8 @@ writes them. What an attempt comes to (services.notifier.channel):
 - an address that is not an http(s) URL: `failed`.
 
 Settings (`WebhookSettings`, variables QM_NOTIFIER_WEBHOOK_*): see each field. Secrets
-never appear in a log line or a reason.
+never appear in a log line or a reason, nor does an endpoint's path or query (a reason
+names its origin: some endpoints carry a token in their URL).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pydantic_settings import SettingsConfigDict
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
+from quartermaster.redact import mask_url
 from quartermaster.settings import Settings
 from services.notifier.channel import Message, Outcome, Recipient
 from services.notifier.retries import parse_retry_after
@@ -95,11 +97,11 @@ def sign(secrets: Sequence[str], msg_id: str, timestamp: datetime, body: str) ->
     return " ".join(Webhook(s).sign(msg_id, timestamp, body) for s in secrets)
 
 
-def body_of(message: Message, now: datetime) -> str:
-    """The JSON body (compact, keys sorted, so a retry sends the same bytes)."""
+def body_of(message: Message) -> str:
+    """The JSON body: compact, keys sorted, nothing of the attempt in it, so every retry
+    sends the same bytes (the attempt's time is the webhook-timestamp header)."""
     payload = dict(message.payload) or {
         "type": message.kind,
-        "timestamp": now.isoformat().replace("+00:00", "Z"),
         "data": {"subject": message.subject, "text": message.text},
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
@@ -137,11 +139,15 @@ class WebhookChannel:
 
     async def send(self, recipient: Recipient, message: Message, delivery_id: str) -> Outcome:
         """One attempt (see the module docstring for what each answer comes to)."""
-        url = URL(recipient.address)
+        try:
+            url = URL(recipient.address)
+        except ValueError:
+            url = URL()
         if url.scheme not in ("http", "https") or not url.host:
-            return Outcome("failed", reason=f"not an http(s) URL: {recipient.address!r}")
+            shown = mask_url(recipient.address)
+            return Outcome("failed", reason=f"not an http(s) URL: {shown!r}")
         now = self._now()
-        body = body_of(message, now)
+        body = body_of(message)
         headers = {
             "content-type": "application/json",
             "webhook-id": delivery_id,
@@ -165,8 +171,10 @@ class WebhookChannel:
                 answer = head.decode("utf-8", errors="replace")[:_EXCERPT]
                 return self._outcome(response, answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            # Refused, reset or slow: the receiver may be back soon.
-            return Outcome("retry", reason=f"{url.host}: {type(exc).__name__} {exc}".strip())
+            # Refused, reset or slow: the receiver may be back soon. The reason names the
+            # origin only: some endpoints carry a secret in their path or query.
+            said = str(exc).replace(str(url), str(url.origin()))
+            return Outcome("retry", reason=f"{url.origin()}: {type(exc).__name__} {said}".strip())
 
     def _outcome(self, response: aiohttp.ClientResponse, answer: str) -> Outcome:
         status = response.status
