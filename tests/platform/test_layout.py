@@ -59,6 +59,8 @@ DOMAIN_MODULES = {
         "services.notifier.plan",
         "services.notifier.render",
         "services.notifier.schedule",
+        "services.notifier.retries",
+        "services.notifier.slack_actions",
     ],
     "policy": [
         "services.policy.decide",
