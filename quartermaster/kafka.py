@@ -173,7 +173,8 @@ def producer(bootstrap: str, **config: object) -> Producer:
 Headers = list[tuple[str, str | bytes | None]]
 # (topic, key, value, headers), or with a fifth element: the partition to send it to
 # (else the producer's murmur2 partitioner picks it from the key)
-OutRecord = tuple[str, bytes | None, bytes, Headers] | tuple[str, bytes | None, bytes, Headers, int]
+KeyedRecord = tuple[str, bytes | None, bytes, Headers]
+OutRecord = KeyedRecord | tuple[str, bytes | None, bytes, Headers, int]
 
 
 class Publisher:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from quartermaster.kafka import OutRecord, Publisher
+from quartermaster.kafka import KeyedRecord, Publisher
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import notifications_pb2
 from quartermaster.wire import timestamp
@@ -45,7 +45,7 @@ def intent(
     )
 
 
-def record(note: notifications_pb2.Notification) -> OutRecord:
+def record(note: notifications_pb2.Notification) -> KeyedRecord:
     """The Kafka record of an intent: keyed by recipient (one person's intents stay in
     order on one partition), protobuf value with its content-type header."""
     return (

@@ -17,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-
 from quartermaster.model_ids import resolve_model
 from quartermaster.wire import epoch_ns
 from services.metering.catalog_limits import load_yaml

@@ -169,7 +169,7 @@ def picos_of(
 def _count(raw: dict[str, Any], cls: str, where: str, default: int | None = None) -> int:
     v = raw.get(cls, default)
     problem = price_problem(v)  # bounded: catalog_limits.MAX_PRICE
-    if problem:
+    if problem or not isinstance(v, int):
         raise CatalogError(f"{where}.{cls}: {problem}")
     return v
 

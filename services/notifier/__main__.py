@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from quartermaster import telemetry
+from quartermaster import kafka, telemetry
 from quartermaster.grpcserver import until_signalled
 from quartermaster.settings import load_or_exit
 from services.notifier import wiring
@@ -20,6 +20,7 @@ async def _run(settings: NotifierSettings) -> None:
 def main() -> None:
     settings = load_or_exit(NotifierSettings, "notifier")
     telemetry.setup("notifier", settings.log_level)
+    kafka.configure(settings)
     asyncio.run(_run(settings))
 
 

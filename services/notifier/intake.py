@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import Message as KafkaMessage
 from google.protobuf.message import DecodeError
 
+from quartermaster import kafka
 from quartermaster.directory_client import DirectoryClient, DirectoryRequestError
 from quartermaster.topics import Topic
 from quartermaster.v1 import notifications_pb2, requests_pb2
@@ -172,11 +173,11 @@ class BatchConsumer:
     ) -> None:  # fmt: skip
         self._intake = intake
         self._max = max_batch
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group_id,
-            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        self._consumer = Consumer(kafka.client_config(bootstrap, **{
+            "group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": False,
             "session.timeout.ms": session_timeout_s * 1000, "heartbeat.interval.ms": 500,
-        })  # fmt: skip
+        }))  # fmt: skip
         self._consumer.subscribe([Topic.NOTIFICATIONS.value, Topic.REQUESTS.value])
         self.stopping = False
         self.batches = 0
