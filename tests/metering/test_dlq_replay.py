@@ -148,10 +148,8 @@ async def test_events_rejected_for_an_unknown_model_are_replayed_once_priced(
     assert (code, out.startswith("would replay 5 record(s)")) == (0, True), out
 
     # 1,000,000 micro-credits per million input tokens, 4,000,000 per million output
-    version = (
-        "{effective_from: '2020-01-01T00:00:00Z', input: 1000000, cached_input: 0, "
-        "output: 4000000}"
-    )
+    classes = "input: 1000000, cached_input: 0, output: 4000000"
+    version = f"{{effective_from: '2020-01-01T00:00:00Z', {classes}}}"
     doc = f"models:\n  {model}:\n  - {version}\n"
     request = prices_pb2.LoadPricesRequest(
         document=doc, format=prices_pb2.CATALOG_FORMAT_YAML, source="t.yaml"
