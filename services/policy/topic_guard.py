@@ -15,6 +15,7 @@ import logging
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+from quartermaster import kafka
 from quartermaster.db import is_outage
 from services.policy.readiness import Readiness
 from services.policy.stores.topics import TopicMarkStore
@@ -28,7 +29,7 @@ _NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # how a broker that gives no topic ids 
 def broker_mark(bootstrap: str, topic: str, timeout: float = 10.0) -> TopicMark | None:
     """`topic`'s id and partition count on the broker; None when it does not exist.
     Blocking (run it in a thread); OSError when the broker does not answer."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    admin = AdminClient(kafka.client_config(bootstrap, log_level=3))
     futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
     try:
         described = futures[topic].result()
