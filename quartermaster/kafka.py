@@ -156,6 +156,26 @@ def _differences(admin: AdminClient, partitions: int, timeout: float) -> list[st
     return out
 
 
+# How a broker that gives no topic ids (Kafka before 2.8) says so.
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def topic_identity(admin: AdminClient, topic: str, timeout: float) -> tuple[str, int] | None:
+    """`topic`'s id ("" when the broker gives none) and partition count, as `admin`'s
+    broker describes it now; None when the topic does not exist. Blocking; OSError
+    when the broker does not answer within `timeout` seconds. What metering's and
+    policy's topic checks compare with the incarnation they recorded."""
+    futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+    try:
+        described = futures[topic].result()
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        raise OSError(f"describing {topic}: {exc.args[0].str()}") from exc
+    topic_id = str(described.topic_id) if described.topic_id is not None else ""
+    return ("" if topic_id == _NO_TOPIC_ID else topic_id), len(described.partitions)
+
+
 def producer(bootstrap: str, **config: object) -> Producer:
     """A confluent-kafka producer that partitions keys like every other Kafka client.
 

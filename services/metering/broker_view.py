@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported for mypy
 from confluent_kafka.admin._resource import ResourceType
 
 from quartermaster import kafka
 from services.metering.topic_check import LogRange, TopicMark
-
-# How a broker that gives no topic ids (Kafka before 2.8) says so.
-_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 class BrokerView:
@@ -35,17 +32,8 @@ class BrokerView:
 
     def mark(self, topic: str) -> TopicMark | None:
         """The topic's id and partition count; None when it does not exist."""
-        futures = self._admin.describe_topics(
-            TopicCollection([topic]), request_timeout=self.timeout
-        )
-        try:
-            described = futures[topic].result()
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                return None
-            raise OSError(f"describing {topic}: {exc.args[0].str()}") from exc
-        topic_id = str(described.topic_id) if described.topic_id is not None else ""
-        return TopicMark("" if topic_id == _NO_TOPIC_ID else topic_id, len(described.partitions))
+        found = kafka.topic_identity(self._admin, topic, self.timeout)
+        return None if found is None else TopicMark(*found)
 
     def cleanup_policy(self, topic: str) -> str | None:
         """The topic's cleanup.policy (e.g. "compact"); None when it does not exist."""

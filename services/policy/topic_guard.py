@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
 from quartermaster import kafka
@@ -23,22 +22,14 @@ from services.policy.topic_mark import TopicMark, mismatch
 
 log = logging.getLogger("qm.policy.topic")
 PART = "topic"
-_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # how a broker that gives no topic ids says so
 
 
 def broker_mark(bootstrap: str, topic: str, timeout: float = 10.0) -> TopicMark | None:
     """`topic`'s id and partition count on the broker; None when it does not exist.
     Blocking (run it in a thread); OSError when the broker does not answer."""
     admin = AdminClient(kafka.client_config(bootstrap, log_level=3))
-    futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
-    try:
-        described = futures[topic].result()
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            return None
-        raise OSError(f"describing {topic}: {exc.args[0].str()}") from exc
-    topic_id = str(described.topic_id) if described.topic_id is not None else ""
-    return TopicMark("" if topic_id == _NO_TOPIC_ID else topic_id, len(described.partitions))
+    found = kafka.topic_identity(admin, topic, timeout)
+    return None if found is None else TopicMark(*found)
 
 
 class TopicGuard:
