@@ -15,8 +15,10 @@ import asyncio
 import os
 import shutil
 import sys
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -128,6 +130,35 @@ class MeteringWorker:
 
     def kill(self) -> None:
         self.proc.kill()
+
+    async def kill_mid_stream(
+        self, produce: Callable[[], None], counted: Callable[[], Awaitable[int]], whole: int
+    ) -> None:
+        """Run `produce` in a thread; SIGKILL the worker once `counted()` shows the
+        first of it counted (and before `whole`, the total of it: the kill must land
+        mid-stream), start it again half a second later, and return when `produce`
+        is done."""
+        done = threading.Event()
+
+        def run() -> None:
+            produce()
+            done.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            # polling another process's progress: there is no event to wait on
+            while await counted() == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            at_kill = await counted()
+            self.kill()
+            assert 0 < at_kill < whole, "the kill must land mid-stream"
+            await asyncio.sleep(0.5)
+            self.start()
+        finally:
+            thread.join()
+        assert done.is_set(), "the producer failed"
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -107,31 +106,14 @@ async def test_a_sigkill_while_forwarding_loses_nothing_and_counts_nothing_twice
     infra: Infra, metering: MeteringWorker, policy: Stub
 ) -> None:
     users, per_user, chunks = spread_users(6), 300, 15
-    done = threading.Event()
 
     def producer() -> None:
         for _ in range(chunks):
             events = [usage(u) for u in users for _ in range(per_user // chunks)]
             send(infra.kafka_bootstrap, PRODUCERS["explicit-random-partition"], events, False)
             time.sleep(0.1)
-        done.set()
 
-    thread = threading.Thread(target=producer)
-    thread.start()
-    try:
-        probe = used_of(policy, users[0])
-        deadline = time.monotonic() + 60
-        # polling another process's progress: there is no event to wait on
-        while await probe() == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        at_kill = await probe()
-        metering.kill()
-        assert 0 < at_kill < per_user * EVENT_MICROS, "the kill must land mid-stream"
-        await asyncio.sleep(0.5)
-        metering.start()
-    finally:
-        thread.join()
-    assert done.is_set()
+    await metering.kill_mid_stream(producer, used_of(policy, users[0]), per_user * EVENT_MICROS)
     for u in users:
         await eventually(used_of(policy, u), per_user * EVENT_MICROS, within=90)
     await asyncio.sleep(2)  # anything counted twice would show by now

@@ -4,7 +4,6 @@ duplicates, late and future events, batch records, metrics, rollups and burn rat
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -69,7 +68,6 @@ async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
 ) -> None:
     users = [new_user() for _ in range(6)]  # spread over the partitions
     per_user, chunks = 400, 20
-    done = threading.Event()
 
     def producer() -> None:
         # 20 chunks x 6 users x 20 events, one chunk every 0.1 s: about 2 s of traffic,
@@ -86,24 +84,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
             time.sleep(0.1)
         if reporter is not None:
             reporter.close()
-        done.set()
 
-    thread = threading.Thread(target=producer)
-    thread.start()
-    try:
-        probe = used_of(policy, users[0])
-        deadline = time.monotonic() + 60
-        # polling another process's progress: there is no event to wait on
-        while await probe() == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        at_kill = await probe()
-        metering.kill()
-        assert 0 < at_kill < per_user * EVENT_MICROS, "the kill must land mid-stream"
-        await asyncio.sleep(0.5)
-        metering.start()
-    finally:
-        thread.join()
-    assert done.is_set()
+    await metering.kill_mid_stream(producer, used_of(policy, users[0]), per_user * EVENT_MICROS)
     for u in users:
         await eventually(used_of(policy, u), per_user * EVENT_MICROS, within=90)
     await asyncio.sleep(2)  # anything counted twice would show by now
