@@ -13,7 +13,7 @@ stores.reservations). Touched only from the event loop. Pure: no I/O here.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -177,6 +177,14 @@ class ReservationsView:
             self._drop(rid)
         for h in fetched:
             self.put(h)
+
+    async def sync_from(self, fetch: Callable[[], Awaitable[Iterable[Reservation]]]) -> None:
+        """`sync` with what `fetch()` returns (Postgres's open reservations), taking the ids
+        known *before* it is awaited: a reservation NOTIFYed while the read is in flight
+        is newer than the read and stays. (Taking them after the await dropped exactly
+        those: a hold made on another replica just after a reconnect went unseen.)"""
+        known_before = self.ids()
+        self.sync(await fetch(), known_before)
 
     def held_for(self, request_ids: Iterable[str]) -> list[str]:
         """Those of `request_ids` that an open reservation was made for."""

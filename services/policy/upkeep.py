@@ -125,7 +125,6 @@ async def housekeeping(store: ReservationStore, evaluator: Evaluator) -> None:
         view.prune(evaluator.clock())
         try:
             await store.forget_old(KEEP_OLD_RESERVATIONS_SECONDS)
-            before = view.ids()
-            view.sync(await store.open_reservations(), before)
+            await view.sync_from(store.open_reservations)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("reservation housekeeping failed, will retry: %s", exc)

@@ -160,7 +160,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     readiness.waiting("limits", lambda: "reading limits and the directory from PostgreSQL")
 
     async def resync() -> None:
-        view.sync(await reservations.open_reservations(), view.ids())
+        await view.sync_from(reservations.open_reservations)
 
     listener = ChangeListener(
         settings.database_url, ws, changed, view, resync, settings.refresh_seconds

@@ -9,6 +9,7 @@ policies with a fallback, and reservations counted until their usage arrives.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -367,4 +368,19 @@ def test_syncing_reservations_with_postgres_keeps_those_that_arrived_meanwhile()
     fresh = Reservation("r-new", "dave", "req-new", (), C, NOW + timedelta(minutes=5), C)
     view.put(fresh)  # a NOTIFY while Postgres was being asked
     view.sync([], before)  # Postgres: r-old was released (its NOTIFY lost)
+    assert view.ids() == {"r-new"}
+
+
+async def test_a_reservation_notifyed_while_postgres_is_read_is_kept() -> None:
+    # The resync after a LISTEN reconnect: the read's snapshot predates a hold whose
+    # NOTIFY arrives before the read returns; that hold must stay.
+    view = ReservationsView()
+    fresh = Reservation("r-new", "dave", "req-new", (), C, NOW + timedelta(minutes=5), C)
+
+    async def read_while_a_notify_arrives() -> list[Reservation]:
+        view.put(fresh)
+        await asyncio.sleep(0)
+        return []
+
+    await view.sync_from(read_while_a_notify_arrives)
     assert view.ids() == {"r-new"}

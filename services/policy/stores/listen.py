@@ -30,6 +30,7 @@ log = logging.getLogger("qm.policy.listen")
 # (a failed connect to a stopped server costs a refused TCP connection).
 RETRY_MAX_SECONDS = 0.4
 PING_TIMEOUT_SECONDS = 5.0
+RESYNC_ATTEMPTS = 8  # about two seconds of tries after a reconnect
 
 
 class ChangeListener:
@@ -99,7 +100,7 @@ class ChangeListener:
             self.reconnects += 1
             # Whatever was NOTIFYed during the gap is lost: read it all again.
             self._changed.set()
-            await self._try_resync()
+            await self._resync_soon()
             log.info(
                 "LISTEN connection back after %.1f s; limits and reservations read again",
                 time.monotonic() - began,
@@ -134,12 +135,26 @@ class ChangeListener:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _try_resync(self) -> None:
+    async def _resync_soon(self) -> None:
+        # Just after a restart the pool may still hand out dead connections, or the
+        # server may say it is starting up: try again shortly rather than wait for
+        # the next poll, since what was NOTIFYed during the gap is unseen until then.
+        delay = 0.1
+        for _ in range(RESYNC_ATTEMPTS - 1):
+            if await self._try_resync(quiet=True):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        await self._try_resync()
+
+    async def _try_resync(self, quiet: bool = False) -> bool:
         try:
             await self._resync()
+            return True
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Housekeeping reads them again within a minute anyway.
-            log.warning("could not read open reservations again: %s", exc)
+            (log.debug if quiet else log.warning)("could not read open reservations again: %s", exc)
+            return False
 
     async def close(self) -> None:
         if self._conn is not None:
