@@ -78,9 +78,14 @@ class LocalPostgres:
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         assert self._bindir is not None
         cmd = [str(self._bindir / argv[0]), *argv[1:]]
-        return subprocess.run(
-            cmd, user=self._user, capture_output=True, text=True, cwd="/", check=False
-        )
+        if self._user is not None:
+            # As `postgres` through setpriv, not subprocess's user=: that forces a plain
+            # fork, whose child runs the parent's atfork handlers (grpc's, in a test
+            # process) before exec, and one crashed pg_ctl with SIGSEGV under load.
+            # Without user= Python uses vfork, which runs none.
+            cmd = ["setpriv", f"--reuid={self._user}", f"--regid={self._user}",
+                   "--init-groups", *cmd]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False)
 
     def _check(self, *argv: str) -> None:
         res = self._run(*argv)
