@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from quartermaster import roles
+from quartermaster import roles, telemetry
 from quartermaster.grpcserver import bounded
 from quartermaster.rpcmetrics import RpcMetrics
 from quartermaster.tokens import Grant
@@ -226,5 +226,9 @@ def server(grants: Mapping[str, Grant], server_name: str) -> grpc.aio.Server:
     `Authenticator` of `grants` (token → Grant), counted and timed by
     `quartermaster.rpcmetrics` (refusals included); `server_name` is said in logs."""
     return grpc.aio.server(
-        interceptors=[RpcMetrics(), Authenticator(grants, server_name=server_name)]
+        interceptors=[
+            *telemetry.server_interceptors(),  # a span per call when tracing is on
+            RpcMetrics(),
+            Authenticator(grants, server_name=server_name),
+        ]
     )

@@ -28,7 +28,7 @@ from faust.types import TP
 from opentelemetry import trace
 
 from quartermaster import kafka
-from quartermaster.telemetry import headers_dict
+from quartermaster.telemetry import headers_dict, links_of
 from quartermaster.topics import Topic
 from services.metering import transport
 from services.metering.aggregate import Record
@@ -140,7 +140,10 @@ async def _count(
                 Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
             )
         began = time.perf_counter()
-        with tracer.start_as_current_span("meter batch") as span:
+        # Linked to the spans of the events counted (when tracing: their producers'
+        # traceparent); the totals it publishes carry this span's context on to policy.
+        links = links_of(r.headers for recs in by_partition.values() for r in recs)
+        with tracer.start_as_current_span("meter batch", links=links) as span:
             span.set_attribute("qm.records", len(events))
             # Partitions are independent (own state, own fenced commit): while one
             # waits on the broker or Postgres, another is planned.

@@ -322,3 +322,17 @@ def test_alerts_and_dashboard_read_only_series_the_services_serve() -> None:
     assert metric_names(exprs)
     # Off by default: no CRD an install without the Prometheus Operator can't apply.
     assert not monitoring(manifests(render()))[0]
+
+
+def test_traces_go_where_the_values_say_and_nowhere_by_default() -> None:
+    for deploy in by_kind(manifests(render()), "Deployment").values():
+        names = {e["name"] for e in _containers(deploy)[0]["env"]}
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in names
+    docs = manifests(render(load_values(PRODUCTION)))
+    policies = by_kind(docs, "NetworkPolicy")
+    for name, deploy in by_kind(docs, "Deployment").items():
+        env = {e["name"]: e.get("value") for e in _containers(deploy)[0]["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+        assert env["OTEL_SERVICE_NAME"].startswith("qm-")
+        egress = {p["port"] for r in policies[name]["spec"]["egress"] for p in r["ports"]}
+        assert 4317 in egress, name
