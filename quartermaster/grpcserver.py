@@ -99,13 +99,13 @@ class Served:
             await self.health.set(name, status)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         for name in self.services:
-            rpcmetrics.SERVING[name] = serving
+            rpcmetrics.set_serving(name, serving)
 
     async def stop(self, grace: float) -> None:
         """Say NOT_SERVING, stop taking calls, let in-flight ones finish within `grace`."""
         await self.health.enter_graceful_shutdown()
         for name in self.services:
-            rpcmetrics.SERVING[name] = False
+            rpcmetrics.set_serving(name, False)
         await self.server.stop(grace)
 
 

@@ -38,7 +38,7 @@ from services.policy import wiring
 from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
 from services.policy.stores.limits import LimitStore
-from tests.helpers import TOKENS, TOKENS_SPEC, channel, metadata, metrics_env
+from tests.helpers import TOKENS, TOKENS_SPEC, channel, metadata
 from tests.policy.inprocess import InProcess, policy_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_TOKENS": TOKENS_SPEC,
         "QM_DIRECTORY_TOKEN": TOKENS["reader"],
         "QM_METERING_PRICES_POLL_SECONDS": "0.5",
-        **metrics_env(),
+        "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "QM_METERING_DATA_DIR": str(ROOT / ".run" / f"test-{os.getpid()}" / "faust"),
     }
 

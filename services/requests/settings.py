@@ -24,8 +24,9 @@ class RequestsSettings(CommonSettings):
 
     addr: HostPort = "127.0.0.1:50053"
     """Where RequestService listens (gRPC, with health and reflection)"""
-    metrics_addr: HostPortOrEmpty = "127.0.0.1:9466"
-    """Where it serves its Prometheus metrics (/metrics); empty: none"""
+    metrics_addr: HostPortOrEmpty = ""
+    """Where it serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9466 (the
+    chart's); empty: none"""
     grace_seconds: float = Field(5.0, ge=0, le=300)
     """How long calls in flight may finish at shutdown"""
     policy_addr: HostPort = "127.0.0.1:50051"
