@@ -174,12 +174,20 @@ def _credential_lines(spec: str, made: bool, policy: PolicySettings) -> list[str
     return lines
 
 
+# Where `make run`'s services serve /metrics (metering's is on by default anyway).
+LOCAL_METRICS = {"QM_POLICY_METRICS_ADDR": 9465, "QM_REQUESTS_METRICS_ADDR": 9466,
+                 "QM_USAGE_API_METRICS_ADDR": 9468}  # fmt: skip
+
+
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
     """The children's environment: ours, pointed at `infra`, with a token per role for
     this run when QM_TOKENS is not configured (so every call can be tried at once),
     and the Cost API given a reader token for policy's directory."""
     env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": policy.addr}
     env.setdefault("QM_METERING_DATA_DIR", str(dev.run_dir / "faust"))
+    # Every service's metrics, on the ports the chart uses (docs/operations.md).
+    for name, port in LOCAL_METRICS.items():
+        env.setdefault(name, f"127.0.0.1:{port}")
     made = not env.get("QM_TOKENS")
     if made:
         env["QM_TOKENS"] = _demo_tokens()

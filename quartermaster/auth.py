@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from quartermaster import roles
+from quartermaster import roles, telemetry
 from quartermaster.grpcserver import bounded
+from quartermaster.rpcmetrics import RpcMetrics
 from quartermaster.tokens import Grant
 
 log = logging.getLogger("qm.auth")
@@ -222,5 +223,12 @@ class Authenticator(_Interceptor):
 
 def server(grants: Mapping[str, Grant], server_name: str) -> grpc.aio.Server:
     """A grpc.aio server whose every call but health and reflection goes through an
-    `Authenticator` of `grants` (token → Grant); `server_name` is said in logs."""
-    return grpc.aio.server(interceptors=[Authenticator(grants, server_name=server_name)])
+    `Authenticator` of `grants` (token → Grant), counted and timed by
+    `quartermaster.rpcmetrics` (refusals included); `server_name` is said in logs."""
+    return grpc.aio.server(
+        interceptors=[
+            *telemetry.server_interceptors(),  # a span per call when tracing is on
+            RpcMetrics(),
+            Authenticator(grants, server_name=server_name),
+        ]
+    )

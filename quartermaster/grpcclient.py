@@ -18,6 +18,7 @@ from typing import Any, Self
 
 import grpc
 
+from quartermaster import telemetry
 from quartermaster.tls import ClientTls
 
 Options = Sequence[tuple[str, Any]]
@@ -40,10 +41,16 @@ def _options(tls: ClientTls | None, options: Options) -> list[tuple[str, Any]]:
 
 
 def open_channel(target: str, tls: ClientTls | None, options: Options = ()) -> grpc.aio.Channel:
-    """A grpc.aio channel to `target` (host:port): TLS with `tls`, plaintext with None."""
+    """A grpc.aio channel to `target` (host:port): TLS with `tls`, plaintext with None;
+    with tracing on, every call on it has a client span and sends its trace context."""
+    traced = telemetry.client_interceptors() or None
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=_options(tls, options))
-    return grpc.aio.secure_channel(target, channel_credentials(tls), _options(tls, options))
+        return grpc.aio.insecure_channel(
+            target, options=_options(tls, options), interceptors=traced
+        )
+    return grpc.aio.secure_channel(
+        target, channel_credentials(tls), _options(tls, options), interceptors=traced
+    )
 
 
 def open_blocking_channel(

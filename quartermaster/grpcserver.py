@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+from quartermaster import rpcmetrics
 from quartermaster.tls import ServerTls
 from quartermaster.validation import InvalidRequest, Problems
 
@@ -97,10 +98,14 @@ class Served:
         for name in ("", *self.services):
             await self.health.set(name, status)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        for name in self.services:
+            rpcmetrics.set_serving(name, serving)
 
     async def stop(self, grace: float) -> None:
         """Say NOT_SERVING, stop taking calls, let in-flight ones finish within `grace`."""
         await self.health.enter_graceful_shutdown()
+        for name in self.services:
+            rpcmetrics.set_serving(name, False)
         await self.server.stop(grace)
 
 

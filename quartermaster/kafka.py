@@ -21,6 +21,7 @@ from confluent_kafka.admin._config import ConfigResource  # not re-exported for 
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
+from quartermaster import telemetry
 from quartermaster.config import CommonSettings
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
@@ -212,6 +213,8 @@ class Publisher:
         not delivered within 30 s or the client was not ready (retry it); a
         non-retriable KafkaException for a record the producer refuses outright."""
         errors: list[str] = []
+        # The sender's trace context on every record (a metering batch's, on its totals).
+        traced = telemetry.inject_headers() if telemetry.tracing() else []
 
         def delivered(err: object, _msg: object) -> None:
             if err is not None:
@@ -219,6 +222,8 @@ class Publisher:
 
         for record in records:
             topic, key, value, headers = record[0], record[1], record[2], record[3]
+            if traced:
+                headers = [*headers, *traced]
             # confluent-kafka: a negative partition means "let the partitioner choose"
             partition = record[4] if len(record) == 5 else -1
             while True:

@@ -1,8 +1,20 @@
-"""Logging and OpenTelemetry set-up, and W3C trace context over Kafka headers."""
+"""Logging and OpenTelemetry set-up, and W3C trace context over Kafka headers.
+
+Traces (issue 17, item 3) are on only when an exporter is configured: with
+`OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans go
+there over OTLP/gRPC, configured by OpenTelemetry's own OTEL_EXPORTER_OTLP_* variables
+(headers, certificate, timeout; see the OpenTelemetry SDK's environment variables
+spec). Then every gRPC server and client call has a span (opentelemetry-instrumentation
+-grpc), every Kafka record we send carries the sender's `traceparent`, metering's
+batch span links the spans of the usage events it counted, and policy's span for a
+totals record is a child of the batch that published it. Off, none of that runs: the
+gRPC interceptors are not installed and no header is parsed.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,6 +29,31 @@ from prometheus_client import start_http_server
 from quartermaster.redact import mask_urls
 
 LOG_FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# OpenTelemetry's default span limit: a batch of 5,000 events links its first 128.
+MAX_LINKS = 128
+_tracing = False
+
+
+def tracing() -> bool:
+    """Whether spans are exported (an OTLP endpoint is set, or a test turned them on)."""
+    return _tracing
+
+
+def trace_to(provider: TracerProvider) -> None:
+    """Turn tracing on with `provider` (its processors decide where spans go): what
+    `setup` does with an OTLP exporter, and a test with an in-memory one. Servers and
+    clients made after this are traced."""
+    global _tracing
+    if trace.get_tracer_provider() is not provider:
+        trace.set_tracer_provider(provider)  # once per process; OpenTelemetry warns after
+    _tracing = True
+
+
+def stop_tracing() -> None:
+    """Servers and clients made after this are not traced (tests turn tracing off)."""
+    global _tracing
+    _tracing = False
 
 
 def setup(
@@ -32,7 +69,18 @@ def setup(
     provider = TracerProvider(resource=Resource.create({"service.name": f"qm-{service}"}))
     if console_spans:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    trace.set_tracer_provider(provider)
+    if any(os.environ.get(name) for name in OTLP_ENDPOINTS):
+        # Imported only here: the exporter pulls grpc's OTLP stubs.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace_to(provider)
+        logging.getLogger("qm.telemetry").info(
+            "traces exported over OTLP to %s",
+            next(os.environ[n] for n in OTLP_ENDPOINTS if os.environ.get(n)),
+        )
+    else:
+        trace.set_tracer_provider(provider)
     if metrics_addr:
         host, _, port = metrics_addr.rpartition(":")
         readers = [PrometheusMetricReader()]
@@ -70,6 +118,51 @@ def mask_passwords_in_logs() -> None:
 
     masked.masks_passwords = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(masked)
+
+
+def server_interceptors() -> list[Any]:
+    """The gRPC server interceptors of tracing (a span per call, continuing the
+    caller's trace); none when tracing is off."""
+    if not _tracing:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+
+
+def client_interceptors() -> list[Any]:
+    """The grpc.aio client interceptors of tracing (a span per call, the trace context
+    sent in its metadata); none when tracing is off."""
+    if not _tracing:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def links_of(headers: Iterable[Mapping[str, str]]) -> list[trace.Link]:
+    """Links to the spans whose context the records' headers (`headers_dict` form)
+    carry: at most MAX_LINKS, each span once; [] when tracing is off."""
+    if not _tracing:
+        return []
+    links: list[trace.Link] = []
+    seen: set[int] = set()
+    for h in headers:
+        if "traceparent" not in h:
+            continue
+        ctx = trace.get_current_span(propagate.extract(h)).get_span_context()
+        if ctx.is_valid and ctx.span_id not in seen:
+            seen.add(ctx.span_id)
+            links.append(trace.Link(ctx))
+            if len(links) == MAX_LINKS:
+                break
+    return links
+
+
+def context_of(headers: Mapping[str, str]) -> Any:
+    """The trace context a record's headers (`headers_dict` form) carry, to start a
+    span in (None: the current one)."""
+    return propagate.extract(headers) if "traceparent" in headers else None
 
 
 def inject_headers() -> list[tuple[str, bytes]]:

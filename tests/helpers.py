@@ -16,6 +16,7 @@ import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.localinfra import free_port
 from quartermaster import kafka
 from quartermaster.auth import Authenticator
 from quartermaster.grpcclient import bearer
@@ -35,6 +36,17 @@ TOKENS_SPEC = ",".join(
     [f"tests-{role}:{role}:{token}" for role, token in TOKENS.items() if role != "all"]
     + [f"tests:gateway+reader+admin+prices+member+delegate:{TOKENS['all']}"]
 )
+
+
+# Every process that serves Prometheus metrics, by the variable that says where.
+METRICS_ADDRS = ("QM_METERING_METRICS_ADDR", "QM_POLICY_METRICS_ADDR", "QM_REQUESTS_METRICS_ADDR",
+                 "QM_USAGE_API_METRICS_ADDR")  # fmt: skip
+
+
+def metrics_env() -> dict[str, str]:
+    """Free ports for every service's metrics endpoint: the defaults would collide
+    between processes a test starts side by side."""
+    return {name: f"127.0.0.1:{free_port()}" for name in METRICS_ADDRS}
 
 
 def metadata(role: str) -> tuple[tuple[str, str], ...]:

@@ -73,7 +73,7 @@ async def _serve(settings: MeteringSettings) -> None:
 
 def main() -> None:
     settings = load_or_exit(MeteringSettings, "metering api")
-    telemetry.setup("metering-api", settings.log_level)
+    telemetry.setup("metering-api", settings.log_level, metrics_addr=settings.api_metrics_addr)
     kafka.configure(settings)
     asyncio.run(_serve(settings))
 

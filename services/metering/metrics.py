@@ -15,7 +15,13 @@ QM_METERING_METRICS_ADDR; a no-op when that is empty):
   are a lower bound of what was billed). A rise in cut_off is lost usage to look into;
 - `qm_metering_dlq_source_episodes_total{source}`: how many times a source went over
   its DLQ limit (`dlq_limit`): once per episode, not per record;
-- `qm_metering_dlq_source_over_limit{source}`: 1 for each source over its limit now.
+- `qm_metering_dlq_source_over_limit{source}`: 1 for each source over its limit now;
+- `qm_metering_batch_duration_seconds`: a histogram of the time to count one batch
+  (plan, Postgres commit, totals published), in seconds;
+- `qm_metering_consumer_lag{partition}`: records of each partition this worker holds
+  that are not yet counted (the broker's end offset as the consumer last heard it,
+  minus the next offset to count). Growing lag is counting falling behind: budgets
+  are enforced on older totals.
 
 Label values that come from input (models, sources) are bounded: at most
 MAX_MODEL_LABELS / MAX_SOURCE_LABELS distinct values, then `(other)`.
@@ -23,7 +29,7 @@ MAX_MODEL_LABELS / MAX_SOURCE_LABELS distinct values, then `(other)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -34,6 +40,7 @@ from services.metering.aggregate import Plan
 MAX_MODEL_LABELS = 200
 MAX_SOURCE_LABELS = 200
 OTHER = "(other)"
+BATCH_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # UsageEvent.ending → the `ending` label (CALL_ENDING_CUT_OFF → "cut_off")
 ENDINGS: dict[int, str] = {
     n: name.removeprefix("CALL_ENDING_").lower() for name, n in CallEnding.items()
@@ -86,6 +93,19 @@ class MeteringMetrics:
             callbacks=[self._observe_over],
             description="1 for each source whose recent records are mostly invalid",
         )
+        self._batch = meter.create_histogram(
+            "qm_metering_batch_duration", unit="s",
+            description="Time to count one batch (plan, commit, publish)",
+            explicit_bucket_boundaries_advisory=BATCH_BOUNDS,
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "qm_metering_consumer_lag", callbacks=[self._observe_lag],
+            description="Records of each held partition not yet counted",
+        )  # fmt: skip
+        # partition → the next offset to count; set by the agent, dropped on revoke
+        self.positions: dict[int, int] = {}
+        # partition → the broker's end offset as the consumer last heard (None: unknown)
+        self.end_offset: Callable[[int], int | None] = lambda _partition: None
         self._model_label = Labels(MAX_MODEL_LABELS)
         self._source_label = Labels(MAX_SOURCE_LABELS)
         self.sources_over: list[str] = []
@@ -93,6 +113,19 @@ class MeteringMetrics:
     def _observe_over(self, _options: CallbackOptions) -> Iterable[Observation]:
         labels = {self._source_label(s) for s in self.sources_over}
         return [Observation(1, {"source": label}) for label in sorted(labels)]
+
+    def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # Called from the metrics server's thread: a copy, and no awaits.
+        seen = []
+        for partition, position in list(self.positions.items()):
+            end = self.end_offset(partition)
+            if end is not None:
+                seen.append(Observation(max(0, end - position), {"partition": str(partition)}))
+        return seen
+
+    def batch(self, seconds: float) -> None:
+        """A batch was counted in `seconds`."""
+        self._batch.record(seconds)
 
     def episode(self, source: str) -> None:
         """A source went over its DLQ limit."""

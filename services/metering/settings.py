@@ -65,6 +65,9 @@ class MeteringSettings(CommonSettings):
     Kafka answers early, so 500 is fine there)"""
     api_addr: HostPort = Field("127.0.0.1:50052", validation_alias="QM_USAGE_API_ADDR")
     """Where the Cost API (UsageService) listens"""
+    api_metrics_addr: HostPortOrEmpty = Field("", validation_alias="QM_USAGE_API_METRICS_ADDR")
+    """Where the Cost API serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9468 (the
+    chart's); empty: none"""
     burn_window_minutes: int = Field(10, ge=1, le=1440)
     """Minutes over which a user's burn rate is taken"""
     burn_multiple: float = Field(5.0, gt=1)

@@ -53,6 +53,7 @@ class Counting:
     processor: Processor
     prices: Follower
     guard: TopicGuard
+    metrics: MeteringMetrics
 
 
 def burn_rule(settings: MeteringSettings) -> BurnRule:
@@ -122,7 +123,8 @@ async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> C
             workspace_id=settings.workspace_id,
         ),
     )
-    return Counting(pool, processor, Follower(catalogs, seeded, meter.use_catalog), guard)
+    follower = Follower(catalogs, seeded, meter.use_catalog)
+    return Counting(pool, processor, follower, guard, metrics)
 
 
 def topic_guard(settings: MeteringSettings, pool: asyncpg.Pool) -> TopicGuard:

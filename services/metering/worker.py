@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,13 +24,15 @@ from typing import Any
 
 import asyncpg
 import faust
+from faust.types import TP
 from opentelemetry import trace
 
 from quartermaster import kafka
-from quartermaster.telemetry import headers_dict
+from quartermaster.telemetry import headers_dict, links_of
 from quartermaster.topics import Topic
 from services.metering import transport
 from services.metering.aggregate import Record
+from services.metering.metrics import MeteringMetrics
 from services.metering.processor import OUTAGE, Processor
 from services.metering.settings import MeteringSettings
 from services.metering.wiring import Counting
@@ -68,10 +71,23 @@ def create_app(
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     usage_topic = app.topic(Topic.USAGE.value, value_serializer="raw", **raw)
     proc = counting.processor
+    meters = counting.metrics
+
+    def end_offset(partition: int) -> int | None:
+        try:
+            end = app.consumer.highwater(TP(Topic.USAGE.value, partition))
+        except Exception:  # no consumer yet, or not assigned: unknown, not an error
+            return None
+        return end if isinstance(end, int) and end >= 0 else None
+
+    meters.end_offset = end_offset
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
-        proc.forget({tp.partition for tp in revoked if tp.topic == Topic.USAGE})
+        gone = {tp.partition for tp in revoked if tp.topic == Topic.USAGE}
+        proc.forget(gone)
+        for partition in gone:
+            meters.positions.pop(partition, None)
 
     @app.timer(interval=settings.prices_poll_seconds)  # type: ignore[untyped-decorator]
     async def follow_prices() -> None:
@@ -104,14 +120,17 @@ def create_app(
     @app.agent(usage_topic)
     async def meter_usage(stream: faust.StreamT[bytes]) -> None:
         try:
-            await _count(stream, proc, settings)
+            await _count(stream, proc, settings, meters)
         except Exception as exc:
             on_fatal(exc)
 
     return app
 
 
-async def _count(stream: faust.StreamT[bytes], proc: Processor, settings: MeteringSettings) -> None:
+async def _count(
+    stream: faust.StreamT[bytes], proc: Processor, settings: MeteringSettings,
+    meters: MeteringMetrics,
+) -> None:  # fmt: skip
     take = stream.noack_take(settings.batch_max, within=settings.batch_within)  # type: ignore[attr-defined]
     async for events in take:
         by_partition: dict[int, list[Record]] = defaultdict(list)
@@ -120,10 +139,17 @@ async def _count(stream: faust.StreamT[bytes], proc: Processor, settings: Meteri
             by_partition[m.partition].append(
                 Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
             )
-        with tracer.start_as_current_span("meter batch") as span:
+        began = time.perf_counter()
+        # Linked to the spans of the events counted (when tracing: their producers'
+        # traceparent); the totals it publishes carry this span's context on to policy.
+        links = links_of(r.headers for recs in by_partition.values() for r in recs)
+        with tracer.start_as_current_span("meter batch", links=links) as span:
             span.set_attribute("qm.records", len(events))
             # Partitions are independent (own state, own fenced commit): while one
             # waits on the broker or Postgres, another is planned.
             await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
+        meters.batch(time.perf_counter() - began)
+        for p, records in by_partition.items():
+            meters.positions[p] = max(r.offset for r in records) + 1
         for ev in events:
             await stream.ack(ev)

@@ -83,7 +83,11 @@ def main() -> None:
     accept.add_argument("--reason", required=True, help="why (audited)")
     ns = parser.parse_args()
     settings = load_or_exit(PolicySettings, "policy")
-    telemetry.setup("policy", settings.log_level)
+    # Only the server serves metrics: a CLI command beside it would find the port taken.
+    serving = ns.command not in ("set-default", "topic")
+    telemetry.setup(
+        "policy", settings.log_level, metrics_addr=settings.metrics_addr if serving else ""
+    )
     kafka.configure(settings)
     if ns.command == "set-default":
         if ns.credits < 0:

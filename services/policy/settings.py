@@ -8,7 +8,7 @@ from pydantic import AfterValidator, Field
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
-from quartermaster.settings import HostPort
+from quartermaster.settings import HostPort, HostPortOrEmpty
 
 
 def _percents(spec: str) -> tuple[int, ...]:
@@ -30,6 +30,9 @@ class PolicySettings(CommonSettings):
 
     addr: HostPort = "127.0.0.1:50051"
     """Where the policy gRPC server listens"""
+    metrics_addr: HostPortOrEmpty = ""
+    """Where a replica serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9465 (the
+    chart's); empty: none (so replicas side by side on one host don't collide)"""
     refresh_seconds: float = Field(1.0, ge=0.05, le=3600)
     """Limits are re-read at once on NOTIFY, and this often anyway"""
     warn_percent: int = Field(80, ge=1, le=100)

@@ -22,13 +22,17 @@ import time
 from collections.abc import Callable
 
 from confluent_kafka import KafkaException, Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
+from quartermaster import telemetry
 from quartermaster.consumers import ReplayConsumer
 from quartermaster.topics import Topic
 from services.policy.readiness import Readiness
 from services.policy.totals import TotalsIndex
 
 log = logging.getLogger("qm.policy.totals")
+tracer = trace.get_tracer("qm.policy")
 PART = "totals"
 TOPIC_RECREATED_ADVICE = (
     "this replica stopped answering from its totals (UNAVAILABLE, health NOT_SERVING): "
@@ -75,6 +79,17 @@ class TotalsFeed:
         return f"{read:,} of {total:,} records read"
 
     def _handle(self, msg: Message) -> None:
+        if telemetry.tracing():
+            # A child of the metering batch that published this total (its traceparent).
+            headers = telemetry.headers_dict(msg.headers())
+            with tracer.start_as_current_span(
+                "apply totals", context=telemetry.context_of(headers), kind=SpanKind.CONSUMER
+            ):
+                self._apply(msg)
+        else:
+            self._apply(msg)
+
+    def _apply(self, msg: Message) -> None:
         applied = self.index.apply(msg.value())
         if applied is None:
             return

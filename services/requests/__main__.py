@@ -19,7 +19,7 @@ async def _run(settings: RequestsSettings) -> None:
 
 def main() -> None:
     settings = load_or_exit(RequestsSettings, "requests")
-    telemetry.setup("requests", settings.log_level)
+    telemetry.setup("requests", settings.log_level, metrics_addr=settings.metrics_addr)
     kafka.configure(settings)
     asyncio.run(_run(settings))
 

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
-from quartermaster.settings import HostPort
+from quartermaster.settings import HostPort, HostPortOrEmpty
 from services.requests.routing import StepRule, parse_rules
 from services.requests.timing import Timing
 
@@ -24,6 +24,9 @@ class RequestsSettings(CommonSettings):
 
     addr: HostPort = "127.0.0.1:50053"
     """Where RequestService listens (gRPC, with health and reflection)"""
+    metrics_addr: HostPortOrEmpty = ""
+    """Where it serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9466 (the
+    chart's); empty: none"""
     grace_seconds: float = Field(5.0, ge=0, le=300)
     """How long calls in flight may finish at shutdown"""
     policy_addr: HostPort = "127.0.0.1:50051"

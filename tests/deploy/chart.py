@@ -3,8 +3,9 @@ binary, and the facts the chart tests share."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ CHART_OWNED = frozenset(
         "QM_POLICY_ADDR",
         "QM_USAGE_API_ADDR",
         "QM_METERING_METRICS_ADDR",
+        "QM_POLICY_METRICS_ADDR",
+        "QM_REQUESTS_METRICS_ADDR",
+        "QM_USAGE_API_METRICS_ADDR",
         "QM_METERING_DATA_DIR",
         "QM_REQUESTS_ADDR",
         "QM_REQUESTS_POLICY_ADDR",
@@ -103,3 +107,27 @@ def manifests(rendered: Mapping[str, str]) -> list[dict[str, Any]]:
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     """{metadata.name: object} of one kind."""
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+METRIC = re.compile(r"\bqm_[a-z0-9_]+")
+
+
+def monitoring(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the alert rules, the dashboard's PromQL expressions) of a render with both on."""
+    rules = [r for d in docs if d["kind"] == "PrometheusRule"
+             for g in d["spec"]["groups"] for r in g["rules"]]  # fmt: skip
+    boards = [json.loads(v) for n, d in by_kind(docs, "ConfigMap").items()
+              if n.endswith("-dashboard") for v in d["data"].values()]  # fmt: skip
+    exprs = [t["expr"] for b in boards for p in b["panels"] for t in p["targets"]]
+    return rules, exprs
+
+
+def metric_names(exprs: Iterable[str]) -> set[str]:
+    """The qm_* series the PromQL `exprs` read, as a scrape shows them (`_bucket`, `_total`)."""
+    return {m for e in exprs for m in METRIC.findall(e)}
+
+
+def settings_configmap(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one ConfigMap of settings (the dashboard's is another)."""
+    (found,) = [d for n, d in by_kind(docs, "ConfigMap").items() if n.endswith("-settings")]
+    return found

@@ -22,13 +22,17 @@ from tests.deploy.chart import (
     PROCESSES,
     PRODUCTION,
     RELEASE,
+    ROOT,
     SECRET_NAME,
     VALUES,
     by_kind,
     load_values,
     manifests,
+    metric_names,
+    monitoring,
     render,
     service_settings,
+    settings_configmap,
 )
 
 CASES = {
@@ -121,9 +125,11 @@ def test_pdb_and_network_policy_per_service(case: tuple[str, list[dict[str, Any]
         policy = policies[name]
         assert policy["spec"]["podSelector"]["matchLabels"] == labels
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-        port = _containers(deploy)[0]["ports"][0]["containerPort"]
+        # Ingress to the container's ports (the service's, and a gRPC service's metrics
+        # port) and nothing else.
+        ports = [p["containerPort"] for p in _containers(deploy)[0]["ports"]]
         (ingress,) = policy["spec"]["ingress"]
-        assert ingress["ports"] == [{"port": port, "protocol": "TCP"}]
+        assert ingress["ports"] == [{"port": port, "protocol": "TCP"} for port in ports]
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert {53, 9092, 5432} <= egress_ports, name
         assert all(rule.get("to") for rule in policy["spec"]["egress"]), "egress to anywhere"
@@ -189,7 +195,7 @@ def test_every_setting_reaches_its_container(case: tuple[str, list[dict[str, Any
     """Walks the settings classes: a new setting that neither values.yaml's `settings`
     nor the chart provides fails here (credentials count when a secretEnv maps them)."""
     name, docs = case
-    (configmap,) = by_kind(docs, "ConfigMap").values()
+    configmap = settings_configmap(docs)
     deployments = by_kind(docs, "Deployment")
     missing = []
     for service, env in service_settings():
@@ -221,7 +227,7 @@ def test_values_name_every_setting_the_chart_does_not_own() -> None:
 
 def test_values_reach_the_configmap() -> None:
     docs = manifests(render(load_values(PRODUCTION)))
-    (configmap,) = by_kind(docs, "ConfigMap").values()
+    configmap = settings_configmap(docs)
     data = configmap["data"]
     assert data["QM_WORKSPACE_TIMEZONE"] == "Europe/Berlin"
     assert data["QM_METERING_FETCH_MAX_WAIT_MS"] == "500"
@@ -270,7 +276,7 @@ def test_each_container_environment_loads_as_its_service_settings(
     """What the chart gives a container is what the service accepts at start-up (an
     empty value means the setting's default), and values arrive as set."""
     name, docs = case
-    (configmap,) = by_kind(docs, "ConfigMap").values()
+    configmap = settings_configmap(docs)
     loaders: dict[str, type[CommonSettings]] = {
         "metering": MeteringSettings,
         "cost-api": MeteringSettings,
@@ -297,3 +303,36 @@ def test_each_container_environment_loads_as_its_service_settings(
         if "QM_WORKSPACE_TIMEZONE" in settings:
             assert loaded.workspace_timezone == settings["QM_WORKSPACE_TIMEZONE"]
         assert loaded.kafka_bootstrap == configmap["data"]["QM_KAFKA_BOOTSTRAP"]
+
+
+def test_alerts_and_dashboard_read_only_series_the_services_serve() -> None:
+    # What a scrape shows is checked against running services in test_metrics.py;
+    # here: every alert has a runbook section in docs/operations.md, and both render.
+    rules, exprs = monitoring(manifests(render(load_values(PRODUCTION))))
+    assert {r["alert"] for r in rules} == {
+        "QuartermasterNotServing", "QuartermasterRpcErrors", "QuartermasterPolicySlow",
+        "QuartermasterMeteringLagGrowing", "QuartermasterDlqRate", "QuartermasterNoisySource",
+    }  # fmt: skip
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for rule in rules:
+        anchor = rule["annotations"]["runbook"].partition("#")[2]
+        assert f"#### {rule['alert']}" in operations, rule
+        assert anchor == rule["alert"].lower(), rule
+    assert len(exprs) >= 8
+    assert metric_names(exprs)
+    # Off by default: no CRD an install without the Prometheus Operator can't apply.
+    assert not monitoring(manifests(render()))[0]
+
+
+def test_traces_go_where_the_values_say_and_nowhere_by_default() -> None:
+    for deploy in by_kind(manifests(render()), "Deployment").values():
+        names = {e["name"] for e in _containers(deploy)[0]["env"]}
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in names
+    docs = manifests(render(load_values(PRODUCTION)))
+    policies = by_kind(docs, "NetworkPolicy")
+    for name, deploy in by_kind(docs, "Deployment").items():
+        env = {e["name"]: e.get("value") for e in _containers(deploy)[0]["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+        assert env["OTEL_SERVICE_NAME"].startswith("qm-")
+        egress = {p["port"] for r in policies[name]["spec"]["egress"] for p in r["ports"]}
+        assert 4317 in egress, name

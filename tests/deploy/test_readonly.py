@@ -29,7 +29,7 @@ from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra
 from tests.deploy.chart import ROOT
-from tests.helpers import eventually, produce_usage, scrape, usage
+from tests.helpers import eventually, metrics_env, produce_usage, scrape, usage
 
 PACKAGES = ("quartermaster", "services", "devtools")
 
@@ -134,7 +134,7 @@ async def test_every_process_runs_from_a_read_only_tree(
         QM_POLICY_ADDR=policy_addr,
         QM_USAGE_API_ADDR=api_addr,
         QM_DIRECTORY_ADDR=policy_addr,
-        QM_METERING_METRICS_ADDR=metrics_addr,
+        **{**metrics_env(), "QM_METERING_METRICS_ADDR": metrics_addr},
         QM_METERING_APP_ID=f"qm-metering-readonly-{uuid.uuid4().hex[:8]}",
     )
     before = sandbox.files()

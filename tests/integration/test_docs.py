@@ -94,6 +94,7 @@ COMMANDS: dict[str, Runner] = {
     "make bench-policy": BENCH_SMOKE,
     "make bench-requests": BENCH_SMOKE,
     "make bench-notifier": BENCH_SMOKE,
+    "make bench-rpc-metrics": BENCH_SMOKE,
     f"{PY} -m pytest tests/platform/test_periods.py": Offline(),
     f"{PY} -c 'import secrets": Offline(),
     f"{PY} -m quartermaster.kafka ensure-topics": Session(),

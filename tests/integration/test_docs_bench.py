@@ -44,6 +44,7 @@ SHRINK: dict[str, Small] = {
     ),
     "bench-freshness": Small(None),
     "bench-notifier": Small("--intents 30 --users 5"),
+    "bench-rpc-metrics": Small("--calls 200 --rounds 1"),
 }
 BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]
 

@@ -19,7 +19,7 @@ import pytest
 
 from devtools.localinfra import free_port
 from devtools.localinfra.ports import port_open
-from tests.helpers import scrape
+from tests.helpers import metrics_env, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.infra  # starts its own PostgreSQL and broker on free ports
@@ -39,7 +39,7 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         QM_LOCAL_BROKER_PORT=str(ports["broker"]),
         QM_POLICY_ADDR=f"127.0.0.1:{ports['policy']}",
         QM_USAGE_API_ADDR=f"127.0.0.1:{ports['api']}",
-        QM_METERING_METRICS_ADDR=f"127.0.0.1:{ports['metrics']}",
+        **{**metrics_env(), "QM_METERING_METRICS_ADDR": f"127.0.0.1:{ports['metrics']}"},
         QM_METERING_SESSION_TIMEOUT="4",
         QM_SLACK_STANDIN_PORT=str(ports["slack"]),
         **extra,

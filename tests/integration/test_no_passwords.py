@@ -24,6 +24,7 @@ import pytest
 from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
 from tests.conftest import ROOT
+from tests.helpers import metrics_env
 from tests.tlskit import make_pki
 
 pytestmark = pytest.mark.infra
@@ -63,7 +64,7 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
         QM_DEMO_TRAFFIC="false",
         QM_POLICY_ADDR=f"127.0.0.1:{free_port()}",
         QM_USAGE_API_ADDR=f"127.0.0.1:{free_port()}",
-        QM_METERING_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        **metrics_env(),
         QM_SLACK_STANDIN_PORT=str(free_port()),
         QM_METERING_APP_ID=f"qm-metering-np-{uuid.uuid4().hex[:8]}",
         QM_METERING_SESSION_TIMEOUT="4",
@@ -135,7 +136,7 @@ def test_a_service_that_cannot_reach_postgres_shows_no_password(infra: Infra, mo
         QM_KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
         QM_LOG_LEVEL="DEBUG",
         QM_POLICY_ADDR=f"127.0.0.1:{free_port()}",
-        QM_METERING_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        **metrics_env(),
         QM_METERING_DATA_DIR=str(ROOT / ".run" / f"np-faust-{uuid.uuid4().hex[:6]}"),
     )
     res = subprocess.run(

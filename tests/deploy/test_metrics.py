@@ -1,0 +1,147 @@
+"""Every series the chart's alerts and dashboard read is served by a running service
+(issue 17: "a test that scrapes each service's metrics endpoint and finds the metrics
+the alerts use"): policy, the Cost API and the requests service as processes, the
+session's metering worker, each scraped at its own metrics port after real calls."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.localinfra import free_port
+from devtools.localinfra.process import ChildProcess
+from quartermaster.db import connect_pool
+from quartermaster.money import MICROS_PER_CREDIT as C
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
+from services.policy.decide import Enforcement
+from services.policy.stores.limits import LimitStore
+from tests.conftest import ROOT, MeteringWorker
+from tests.deploy.chart import PRODUCTION, load_values, manifests, metric_names, monitoring
+from tests.deploy.chart import render as render_chart
+from tests.helpers import eventually, metadata, metrics_env, produce_usage, usage
+
+pytestmark = pytest.mark.infra
+
+# Series that exist only while something is wrong, shown by their own tests.
+ONLY_WHEN_WRONG = {
+    # one series per source over its DLQ limit: tests/metering/test_noisy_source.py
+    "qm_metering_dlq_source_over_limit",
+}
+
+
+def _samples(addr: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """{sample name: [(labels, value)]} of a /metrics scrape."""
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found.setdefault(s.name, []).append((s.labels, s.value))
+    return found
+
+
+async def _serving(addr: str) -> bool:
+    try:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture
+def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """policy, the Cost API and requests as processes: {name: its metrics address},
+    plus "policy_addr" and "api_addr"."""
+    metrics = metrics_env()
+    policy, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {**service_env, **metrics, "QM_METERING_METRICS_ADDR": "",
+           "QM_POLICY_ADDR": policy, "QM_DIRECTORY_ADDR": policy, "QM_USAGE_API_ADDR": api,
+           "QM_REQUESTS_ADDR": f"127.0.0.1:{free_port()}", "QM_REQUESTS_POLICY_ADDR": policy,
+           "QM_REQUESTS_USAGE_API_ADDR": api}  # fmt: skip
+    logs = ROOT / ".run" / f"test-metrics-{uuid.uuid4().hex[:6]}"
+    procs = [
+        ChildProcess(name, [sys.executable, "-m", module], logs / f"{name}.log", env=env, cwd=ROOT)
+        for name, module in [("policy", "services.policy"), ("cost-api", "services.metering.api"),
+                             ("requests", "services.requests")]
+    ]  # fmt: skip
+    try:
+        for p in procs:
+            p.start()
+        yield {
+            "policy": metrics["QM_POLICY_METRICS_ADDR"],
+            "cost-api": metrics["QM_USAGE_API_METRICS_ADDR"],
+            "requests": metrics["QM_REQUESTS_METRICS_ADDR"],
+            "policy_addr": policy,
+            "api_addr": api,
+        }
+    finally:
+        for p in procs:
+            p.stop()
+
+
+async def test_every_series_the_alerts_and_dashboard_read_is_served(
+    services: dict[str, str], metering: MeteringWorker, service_env: dict[str, str]
+) -> None:
+    pool = await connect_pool(service_env["QM_DATABASE_URL"])
+    try:  # a default limit, as an admin sets it: Check answers only with one
+        await LimitStore(pool, service_env["QM_WORKSPACE_ID"]).set_workspace_default(
+            1000 * C, Enforcement.HARD, "tests"
+        )
+    finally:
+        await pool.close()
+    await eventually(lambda: _serving(services["policy_addr"]), True, within=60)
+    await eventually(lambda: _serving(services["api_addr"]), True, within=60)
+    # Usage counted (a batch, a lag, an unpriced model) and calls made, some refused.
+    user = f"metrics-{uuid.uuid4().hex[:6]}"
+    produce_usage(
+        service_env["QM_KAFKA_BOOTSTRAP"], [usage(user), usage(user, model="no-such-model-x")]
+    )
+    async with grpc.aio.insecure_channel(services["policy_addr"]) as ch:
+        stub = policy_pb2_grpc.PolicyServiceStub(ch)
+        check = policy_pb2.CheckRequest(user_id=user, product="chat", model="gpt-5")
+
+        async def counted() -> bool:
+            got = await stub.Check(check, metadata=metadata("gateway"))
+            return got.used_micros > 0
+
+        await eventually(counted, True, within=60)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Check(check)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(services["api_addr"]) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:  # no period: refused, counted
+            await cost_pb2_grpc.UsageServiceStub(ch).TopSpenders(
+                cost_pb2.TopSpendersRequest(), metadata=metadata("reader")
+            )
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    scrapes = {name: _samples(services[name]) for name in ("policy", "cost-api", "requests")}
+    scrapes["metering"] = _samples(metering.env["QM_METERING_METRICS_ADDR"])
+
+    rules, exprs = monitoring(manifests(render_chart(load_values(PRODUCTION))))
+    wanted = metric_names([r["expr"] for r in rules] + exprs) - ONLY_WHEN_WRONG
+    served = {name for scrape in scrapes.values() for name in scrape}
+    assert wanted <= served, f"not served by any service: {sorted(wanted - served)}"
+
+    # And the figures are the calls made: Check OK and UNAUTHENTICATED, by method.
+    calls = scrapes["policy"]["qm_rpc_server_calls_total"]
+    by_code = {(lb["method"], lb["code"]): v for lb, v in calls}
+    assert by_code[("Check", "OK")] >= 1
+    assert by_code[("Check", "UNAUTHENTICATED")] == 1
+    serving = {lb["service"]: v for lb, v in scrapes["policy"]["qm_grpc_serving"]}
+    assert serving["quartermaster.v1.PolicyService"] == 1
+    api_calls = {
+        (lb["method"], lb["code"]) for lb, _ in scrapes["cost-api"]["qm_rpc_server_calls_total"]
+    }
+    assert ("TopSpenders", "INVALID_ARGUMENT") in api_calls
+    for name in ("policy", "cost-api", "requests"):
+        assert "qm_grpc_serving" in scrapes[name], name
