@@ -136,6 +136,7 @@ def test_a_service_that_cannot_reach_postgres_shows_no_password(infra: Infra, mo
         QM_LOG_LEVEL="DEBUG",
         QM_POLICY_ADDR=f"127.0.0.1:{free_port()}",
         QM_METERING_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        QM_NOTIFIER_METRICS_ADDR=f"127.0.0.1:{free_port()}",
         QM_METERING_DATA_DIR=str(ROOT / ".run" / f"np-faust-{uuid.uuid4().hex[:6]}"),
     )
     res = subprocess.run(
