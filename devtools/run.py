@@ -2,38 +2,35 @@
 
 Starts PostgreSQL and the broker (unless QM_DATABASE_URL / QM_KAFKA_BOOTSTRAP point
 elsewhere), applies migrations, creates topics, seeds a demo workspace, starts the
-metering worker and the policy server as child processes, and runs the traffic
-simulator until Ctrl-C. Then it stops everything it started, children first.
+metering worker, the policy server, the Cost API, the requests service and the
+notifier as child processes (with no Slack token: the local Slack stand-in and SMTP
+server in this process, the stand-in's buttons clicking through the notifier's
+interactivity endpoint), asks for credits as carol, and runs the traffic simulator
+until Ctrl-C. Then it stops everything it started, children first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 
 from devtools import simulator
 from devtools.discovery import settings_classes
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
-from devtools.slack_standin import SlackStandin
+from devtools.run_notifier import ask_as_carol, slack_id, start_standin, wait_serving
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
-from quartermaster.grpcclient import open_channel
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.redact import mask_url
 from quartermaster.settings import Settings, load_or_exit
-from quartermaster.tls import ClientTls
 from quartermaster.tokens import parse_tokens
 from services.policy.decide import Enforcement
 from services.policy.directory import UserInfo
@@ -62,8 +59,11 @@ class DevSettings(Settings):
     """Port of the local Slack stand-in, started when neither QM_NOTIFIER_SLACK_BOT_TOKEN
     nor QM_NOTIFIER_SLACK_BASE_URL is set; its page shows what the notifier sent"""
     slack_interactivity_url: str = ""
-    """Where the stand-in page's buttons post signed clicks (the notifier's Slack
-    interactivity endpoint); empty: the page says no URL is configured"""
+    """Where the stand-in page's buttons post signed clicks; empty: the notifier's Slack
+    interactivity endpoint (QM_NOTIFIER_INTERACTIVITY_ADDR, 127.0.0.1:8093 here)"""
+    smtp_sink_port: int = Field(8025, ge=1, le=65535)
+    """Port of the local SMTP server, started with the Slack stand-in when
+    QM_NOTIFIER_SMTP_HOST is unset; the stand-in's page shows its mails"""
 
 
 def say(text: str) -> None:
@@ -88,27 +88,13 @@ async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> Non
             "make-run-seed",
         )  # fmt: skip
         for p in simulator.PERSONAS:
-            user = UserInfo(p.user_id, f"{p.user_id}@example.com", p.display_name)
+            # alice approves carol's requests (her manager); Slack ids as the stand-in's
+            manager = "alice" if p.user_id == "carol" else ""
+            user = UserInfo(p.user_id, f"{p.user_id}@example.com", p.display_name,
+                            slack_id(p.user_id), manager)  # fmt: skip
             await DirectoryStore(pool, workspace_id).upsert_user(user, "system")
     finally:
         await pool.close()
-
-
-async def _wait_serving(
-    addr: str, tls: ClientTls | None, proc: ChildProcess, within: float
-) -> None:
-    deadline = time.monotonic() + within
-    async with open_channel(addr, tls) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"policy exited:\n{proc.log_tail()}")
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"policy was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
 
 
 def _grpcurl_tls(policy: PolicySettings) -> str:
@@ -122,8 +108,11 @@ def _grpcurl_tls(policy: PolicySettings) -> str:
 
 def _demo_tokens() -> str:
     """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices)."""
-    made = {name: secrets.token_urlsafe(24) for name in ("gateway", "reader", "ops")}
-    roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader"}
+    names = ("gateway", "reader", "ops", "notifier")
+    made = {name: secrets.token_urlsafe(24) for name in names}
+    # notifier: decides a Slack click at the requests service as the person who clicked
+    roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader",
+             "notifier": "delegate"}  # fmt: skip
     return ",".join(f"local-{name}:{roles[name]}:{token}" for name, token in made.items())
 
 
@@ -176,7 +165,7 @@ def _credential_lines(spec: str, made: bool, policy: PolicySettings) -> list[str
 
 # Where `make run`'s services serve /metrics (metering's is on by default anyway).
 LOCAL_METRICS = {"QM_POLICY_METRICS_ADDR": 9465, "QM_REQUESTS_METRICS_ADDR": 9466,
-                 "QM_USAGE_API_METRICS_ADDR": 9468}  # fmt: skip
+                 "QM_USAGE_API_METRICS_ADDR": 9468, "QM_NOTIFIER_METRICS_ADDR": 9467}  # fmt: skip
 
 
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
@@ -193,27 +182,17 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
         env["QM_TOKENS"] = _demo_tokens()
     for line in _credential_lines(env["QM_TOKENS"], made, policy):
         say(line)
-    if not env.get("QM_DIRECTORY_TOKEN"):
-        env["QM_DIRECTORY_TOKEN"] = _token_with(env["QM_TOKENS"], "reader")
+    reader = _token_with(env["QM_TOKENS"], "reader")
+    for name in ("QM_DIRECTORY_TOKEN", "QM_REQUESTS_CLIENT_TOKEN"):
+        if not env.get(name):
+            env[name] = reader
+    if not env.get("QM_NOTIFIER_DELEGATE_TOKEN"):
+        env["QM_NOTIFIER_DELEGATE_TOKEN"] = _token_with(env["QM_TOKENS"], "delegate")
+    # The requests service asks policy and the Cost API; the notifier asks it.
+    env["QM_REQUESTS_POLICY_ADDR"] = policy.addr
+    env.setdefault("QM_REQUESTS_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
+    env.setdefault("QM_NOTIFIER_REQUESTS_ADDR", env.get("QM_REQUESTS_ADDR", "127.0.0.1:50053"))
     return env
-
-
-async def _slack_standin(
-    dev: DevSettings, env: dict[str, str], policy: PolicySettings
-) -> SlackStandin | None:
-    """Without a Slack bot token or base URL: the local Slack stand-in, started on
-    dev.slack_standin_port in this process, knowing the demo people's e-mails, and the
-    notifier pointed at it (`env` is changed). None when Slack is configured."""
-    env.setdefault("QM_DIRECTORY_ADDR", policy.addr)
-    if env.get("QM_NOTIFIER_SLACK_BOT_TOKEN") or env.get("QM_NOTIFIER_SLACK_BASE_URL"):
-        return None
-    secret = env.setdefault("QM_NOTIFIER_SLACK_SIGNING_SECRET", secrets.token_hex(16))
-    standin = SlackStandin(secret, dev.slack_interactivity_url)
-    for p in simulator.PERSONAS:
-        standin.add_user(f"{p.user_id}@example.com", f"U{p.user_id.upper()}")
-    await standin.start(port=dev.slack_standin_port)
-    env["QM_NOTIFIER_SLACK_BASE_URL"] = standin.api_url
-    return standin
 
 
 class ServiceDied(Exception):
@@ -254,6 +233,23 @@ async def _until_first_exit(work: Awaitable[object], children: list[ChildProcess
         await asyncio.gather(job, watch, return_exceptions=True)
 
 
+def _work(
+    dev: DevSettings, infra: Infra, policy: PolicySettings, env: dict[str, str]
+) -> Awaitable[object]:
+    """What runs until Ctrl-C: the demo traffic, or nothing (said which)."""
+    gateway = _token_with(env["QM_TOKENS"], "gateway")
+    if dev.demo_traffic and gateway:
+        say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
+        say("Press Ctrl-C to stop.\n")
+        return simulator.run(
+            infra.kafka_bootstrap, policy.addr, policy.workspace_id,
+            tls=policy.client_tls, token=gateway,
+        )  # fmt: skip
+    why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
+    say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
+    return asyncio.Event().wait()
+
+
 async def _main(dev: DevSettings, policy: PolicySettings) -> None:
     """Runs until cancelled (Ctrl-C) or until a service dies (ServiceDied); every
     `finally` on the way out stops what it started."""
@@ -279,7 +275,13 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
         for old_log in (dev.run_dir / "logs").glob("*.log"):
             old_log.unlink()
 
-        standin = await _slack_standin(dev, env, policy)
+        standin, sink = await start_standin(
+            dev.slack_standin_port,
+            dev.smtp_sink_port,
+            dev.slack_interactivity_url,
+            env,
+            policy.addr,
+        )
 
         def spawn(name: str, module: str) -> ChildProcess:
             argv = [sys.executable, "-m", module]
@@ -289,34 +291,25 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             spawn("metering", "services.metering"),
             spawn("policy", "services.policy"),
             spawn("cost-api", "services.metering.api"),
+            spawn("requests", "services.requests"),
             spawn("notifier", "services.notifier"),
         ]
         try:
             for child in children:
                 child.start()
                 say(f"  started {child.name} (pid {child.pid}), log: {child.log_path}")
-            await _wait_serving(policy.addr, policy.client_tls, children[1], 60)
+            await wait_serving(policy.addr, policy.client_tls, children[1], 60)
             say(f"  policy gRPC serving on {policy.addr} (health + reflection on)")
             if standin is not None:
-                say(f"  Slack stand-in: what the notifier sends shows on {standin.url}/")
+                say(f"  Slack stand-in: what the notifier sends shows on {standin.url}/"
+                    + (" (its e-mails too)" if sink is not None else ""))  # fmt: skip
+                say(f"  {await ask_as_carol(env, policy.client_tls, children[3])}")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
             say(
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
-            gateway = _token_with(env["QM_TOKENS"], "gateway")
-            if dev.demo_traffic and gateway:
-                say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
-                say("Press Ctrl-C to stop.\n")
-                work: Awaitable[object] = simulator.run(
-                    infra.kafka_bootstrap, policy.addr, policy.workspace_id,
-                    tls=policy.client_tls, token=gateway,
-                )  # fmt: skip
-            else:
-                why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
-                say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
-                work = asyncio.Event().wait()
-            await _until_first_exit(work, children)
+            await _until_first_exit(_work(dev, infra, policy, env), children)
         except ServiceDied as died:
             say(f"\n{died}")  # first, before the shutdown's lines
             raise
@@ -325,6 +318,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             for child in reversed(children):
                 child.stop(timeout=10)
                 say(f"  stopped {child.name}")
+            if sink is not None:
+                sink.stop()
             if standin is not None:
                 await standin.stop()
             say("  stopping the broker and PostgreSQL ...")

@@ -3,8 +3,9 @@ the tests: the same slack_sdk client talks to it as to Slack.
 
 Web API (at `<url>/api/`, JSON or form bodies, any bearer token):
 auth.test, chat.postMessage (with message metadata), chat.update, chat.postEphemeral,
-users.lookupByEmail (`users_not_found` for an unknown address), conversations.open,
-conversations.history (include_all_metadata).
+users.lookupByEmail (`users_not_found` for an unknown address), users.info (the e-mail
+of a user added with `add_user`), conversations.open, conversations.history
+(include_all_metadata).
 
 For tests: `rate_limit(method, times, retry_after)` makes the next `times` calls of a
 method answer HTTP 429 with Retry-After; `calls` records every call (method, arrival
@@ -14,7 +15,8 @@ For people (`<url>/`): a page listing the messages received, newest first, with 
 buttons; a click POSTs a correctly signed interactivity payload (form field `payload`,
 X-Slack-Signature v0 = HMAC-SHA256 of `v0:<timestamp>:<body>` with the signing secret,
 X-Slack-Request-Timestamp) to the configured interactivity URL, as Slack does, acting
-as the person the message went to.
+as the person the message went to. E-mails given to `add_mail` (make run's local SMTP
+sink, devtools/mail_sink.py) show on the page too.
 
     python -m devtools.slack_standin --port 8787 --signing-secret s3cret \\
         --interactivity-url http://127.0.0.1:8790/slack/interactivity
@@ -64,6 +66,16 @@ class Posted:
 
 
 @dataclass
+class Mail:
+    """One e-mail as the local SMTP sink received it (`text`: its plain-text part)."""
+
+    sender: str
+    recipients: list[str]
+    subject: str
+    text: str
+
+
+@dataclass
 class Call:
     method: str
     at: float
@@ -84,6 +96,7 @@ class StandinState:
     messages: list[Posted] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     limits: dict[str, _Limit] = field(default_factory=dict)
+    mails: list[Mail] = field(default_factory=list)
 
 
 class SlackStandin:
@@ -121,6 +134,10 @@ class SlackStandin:
 
     def add_user(self, email: str, user_id: str) -> None:
         self.state.users[email.lower()] = user_id
+
+    def add_mail(self, mail: Mail) -> None:
+        """Show an e-mail on the page (the local SMTP sink calls this)."""
+        self.state.mails.append(mail)
 
     def rate_limit(self, method: str, times: int, retry_after: int) -> None:
         """The next `times` calls of `method` answer 429 with Retry-After seconds."""
@@ -169,6 +186,13 @@ class SlackStandin:
             return {"ok": False, "error": "users_not_found"}
         return {"ok": True, "user": {"id": user, "profile": {"email": args["email"]}}}
 
+    def _users_info(self, args: Json) -> Json:
+        user = str(args.get("user", ""))
+        email = next((e for e, u in self.state.users.items() if u == user), None)
+        if email is None:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": {"id": user, "profile": {"email": email}}}
+
     def _conversations_open(self, args: Json) -> Json:
         users = str(args.get("users", ""))
         if not users or "," in users:
@@ -188,7 +212,9 @@ class SlackStandin:
         if isinstance(meta, str):
             meta = json.loads(meta)
         ts = f"{int(time.time())}.{next(self._ts):06d}"
-        user = channel[1:] if channel.startswith("D") else str(args.get("user", ""))
+        # An ephemeral message is seen by its `user` alone; a DM's person is its channel's.
+        dm = channel[1:] if channel.startswith("D") and not ephemeral else ""
+        user = dm or str(args.get("user", ""))
         self.state.messages.append(Posted(channel, ts, str(args.get("text", "")), list(blocks),
                                           dict(meta), user, ephemeral=ephemeral))  # fmt: skip
         if ephemeral:
@@ -238,19 +264,25 @@ class SlackStandin:
             rows.append(f"<li><b>to {html.escape(m.user or m.channel)}</b> {m.ts}{edited}"
                         f"<pre>{html.escape(m.text)}</pre>{buttons}</li>")  # fmt: skip
         body = "".join(rows) or "<li>No messages yet.</li>"
+        mails = "".join(
+            f"<li><b>to {html.escape(', '.join(m.recipients))}</b>: {html.escape(m.subject)}"
+            f"<pre>{html.escape(m.text)}</pre></li>" for m in reversed(self.state.mails)
+        ) or "<li>No e-mails yet.</li>"  # fmt: skip
         page = f"<html><head><title>Slack stand-in</title></head><body><h1>Messages" \
-               f" received</h1><ul>{body}</ul></body></html>"  # fmt: skip
+               f" received</h1><ul>{body}</ul><h1>E-mails received</h1><ul>{mails}</ul>" \
+               "</body></html>"  # fmt: skip
         return web.Response(text=page, content_type="text/html")
 
-    def payload(self, message: Posted, action_id: str) -> Json:
-        """The block_actions payload Slack sends when the message's person clicks."""
+    def payload(self, message: Posted, action_id: str, as_user: str = "") -> Json:
+        """The block_actions payload Slack sends when the message's person (or
+        `as_user`, a Slack user id) clicks."""
         block, element = next(
             (b, e) for b in message.blocks if b.get("type") == "actions"
             for e in b.get("elements", []) if e.get("action_id") == action_id
         )  # fmt: skip
         return {
             "type": "block_actions", "team": {"id": "T-LOCAL", "domain": "local"},
-            "user": {"id": message.user, "username": message.user},
+            "user": {"id": as_user or message.user, "username": as_user or message.user},
             "channel": {"id": message.channel},
             "container": {"type": "message", "message_ts": message.ts,
                           "channel_id": message.channel},
@@ -261,9 +293,11 @@ class SlackStandin:
                          "action_ts": f"{time.time():.6f}"}],
         }  # fmt: skip
 
-    async def click(self, message: Posted, action_id: str) -> tuple[int, str]:
-        """POST the signed click to the interactivity URL; its (status, body)."""
-        body = urllib.parse.urlencode({"payload": json.dumps(self.payload(message, action_id))})
+    async def click(self, message: Posted, action_id: str, as_user: str = "") -> tuple[int, str]:
+        """POST the signed click (by the message's person, or `as_user`) to the
+        interactivity URL; its (status, body)."""
+        payload = self.payload(message, action_id, as_user)
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
         raw = body.encode()
         stamp = str(int(time.time()))
         headers = {

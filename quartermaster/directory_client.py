@@ -86,6 +86,12 @@ class DirectoryClient(ChannelClient):
         """The user, with the groups they are a direct member of."""
         return await self._call(self._stub.GetUser, policy_pb2.GetUserRequest(user_id=user_id))
 
+    async def find_user(self, slack_user_id: str = "", email: str = "") -> policy_pb2.User:
+        """The person with this Slack id, else with this e-mail (without case);
+        DirectoryRequestError when neither matches or both are empty."""
+        request = policy_pb2.FindUserRequest(slack_user_id=slack_user_id, email=email)
+        return await self._call(self._stub.FindUser, request)
+
     async def manager_chain(self, user_id: str) -> list[policy_pb2.User]:
         """The user's manager, their manager, ... (nearest first, cycles cut)."""
         request = policy_pb2.GetUserRequest(user_id=user_id)

@@ -75,6 +75,8 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
             "ManagerChain": _READ,
             "GroupAdmins": _READ,
             "GroupMembers": _READ,
+            # The notifier (a reader) maps a Slack click to the person who made it.
+            "FindUser": _READ,
         },
     ),
     **_service("UsageService", {"QueryUsage": _READ, "TopSpenders": _READ}),

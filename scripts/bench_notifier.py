@@ -115,8 +115,9 @@ async def _run(ns: argparse.Namespace) -> dict[str, object]:
             await asyncio.wait_for(policy.serving.wait(), 60)
             env["QM_DIRECTORY_ADDR"] = f"127.0.0.1:{policy.port}"
             for i in range(ns.replicas):
+                own = {**env, "QM_NOTIFIER_METRICS_ADDR": f"127.0.0.1:{free_port()}"}
                 p = ChildProcess(f"notifier-{i}", [sys.executable, "-m", "services.notifier"],
-                                 run_dir / f"notifier-{i}.log", env=env, cwd=ROOT)  # fmt: skip
+                                 run_dir / f"notifier-{i}.log", env=own, cwd=ROOT)  # fmt: skip
                 p.start()
                 procs.append(p)
             try:

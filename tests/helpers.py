@@ -40,7 +40,7 @@ TOKENS_SPEC = ",".join(
 
 # Every process that serves Prometheus metrics, by the variable that says where.
 METRICS_ADDRS = ("QM_METERING_METRICS_ADDR", "QM_POLICY_METRICS_ADDR", "QM_REQUESTS_METRICS_ADDR",
-                 "QM_USAGE_API_METRICS_ADDR")  # fmt: skip
+                 "QM_USAGE_API_METRICS_ADDR", "QM_NOTIFIER_METRICS_ADDR")  # fmt: skip
 
 
 def metrics_env() -> dict[str, str]:

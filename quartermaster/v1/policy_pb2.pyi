@@ -1111,6 +1111,28 @@ class GetUserRequest(_message.Message):
 Global___GetUserRequest: _TypeAlias = GetUserRequest  # noqa: Y015
 
 @_typing.final
+class FindUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLACK_USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    slack_user_id: _builtins.str
+    email: _builtins.str
+    def __init__(
+        self,
+        *,
+        slack_user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "slack_user_id", b"slack_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindUserRequest: _TypeAlias = FindUserRequest  # noqa: Y015
+
+@_typing.final
 class GroupAdminsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

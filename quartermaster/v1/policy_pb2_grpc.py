@@ -925,6 +925,11 @@ class DirectoryServiceStub:
                 request_serializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersRequest.SerializeToString,
                 response_deserializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersResponse.FromString,
                 _registered_method=True)
+        self.FindUser = channel.unary_unary(
+                '/quartermaster.v1.DirectoryService/FindUser',
+                request_serializer=quartermaster_dot_v1_dot_policy__pb2.FindUserRequest.SerializeToString,
+                response_deserializer=quartermaster_dot_v1_dot_policy__pb2.User.FromString,
+                _registered_method=True)
 
 
 class DirectoryServiceServicer:
@@ -960,6 +965,15 @@ class DirectoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindUser(self, request, context):
+        """The person with this Slack user id, else the one with this e-mail (compared
+        without case): how the notifier knows who clicked a Slack button. NOT_FOUND when
+        neither matches; INVALID_ARGUMENT when both are empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DirectoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -982,6 +996,11 @@ def add_DirectoryServiceServicer_to_server(servicer, server):
                     servicer.GroupMembers,
                     request_deserializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersRequest.FromString,
                     response_serializer=quartermaster_dot_v1_dot_policy__pb2.GroupMembersResponse.SerializeToString,
+            ),
+            'FindUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindUser,
+                    request_deserializer=quartermaster_dot_v1_dot_policy__pb2.FindUserRequest.FromString,
+                    response_serializer=quartermaster_dot_v1_dot_policy__pb2.User.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1094,6 +1113,33 @@ class DirectoryService:
             '/quartermaster.v1.DirectoryService/GroupMembers',
             quartermaster_dot_v1_dot_policy__pb2.GroupMembersRequest.SerializeToString,
             quartermaster_dot_v1_dot_policy__pb2.GroupMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartermaster.v1.DirectoryService/FindUser',
+            quartermaster_dot_v1_dot_policy__pb2.FindUserRequest.SerializeToString,
+            quartermaster_dot_v1_dot_policy__pb2.User.FromString,
             options,
             channel_credentials,
             insecure,

@@ -328,6 +328,11 @@ class DirectoryServiceStub:
     """Who is in each group now, members of its nested groups included (the Cost API
     filters and groups spend by group with it).
     """
+    FindUser: _grpc.UnaryUnaryMultiCallable[_policy_pb2.FindUserRequest, _policy_pb2.User]
+    """The person with this Slack user id, else the one with this e-mail (compared
+    without case): how the notifier knows who clicked a Slack button. NOT_FOUND when
+    neither matches; INVALID_ARGUMENT when both are empty.
+    """
 
 @_typing.type_check_only
 class DirectoryServiceAsyncStub(DirectoryServiceStub):
@@ -344,6 +349,11 @@ class DirectoryServiceAsyncStub(DirectoryServiceStub):
     GroupMembers: _aio.UnaryUnaryMultiCallable[_policy_pb2.GroupMembersRequest, _policy_pb2.GroupMembersResponse]  # type: ignore[assignment]
     """Who is in each group now, members of its nested groups included (the Cost API
     filters and groups spend by group with it).
+    """
+    FindUser: _aio.UnaryUnaryMultiCallable[_policy_pb2.FindUserRequest, _policy_pb2.User]  # type: ignore[assignment]
+    """The person with this Slack user id, else the one with this e-mail (compared
+    without case): how the notifier knows who clicked a Slack button. NOT_FOUND when
+    neither matches; INVALID_ARGUMENT when both are empty.
     """
 
 class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -382,6 +392,17 @@ class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_policy_pb2.GroupMembersResponse, _abc.Awaitable[_policy_pb2.GroupMembersResponse]]:
         """Who is in each group now, members of its nested groups included (the Cost API
         filters and groups spend by group with it).
+        """
+
+    @_abc_1.abstractmethod
+    def FindUser(
+        self,
+        request: _policy_pb2.FindUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.User, _abc.Awaitable[_policy_pb2.User]]:
+        """The person with this Slack user id, else the one with this e-mail (compared
+        without case): how the notifier knows who clicked a Slack button. NOT_FOUND when
+        neither matches; INVALID_ARGUMENT when both are empty.
         """
 
 def add_DirectoryServiceServicer_to_server(servicer: DirectoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,7 +19,7 @@ async def _run(settings: NotifierSettings) -> None:
 
 def main() -> None:
     settings = load_or_exit(NotifierSettings, "notifier")
-    telemetry.setup("notifier", settings.log_level)
+    telemetry.setup("notifier", settings.log_level, metrics_addr=settings.metrics_addr)
     kafka.configure(settings)
     asyncio.run(_run(settings))
 

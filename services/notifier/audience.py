@@ -33,6 +33,8 @@ class Kind(StrEnum):
     ANOMALY = "anomaly"
     REQUEST_CREATED = "request.created"
     REQUEST_DECIDED = "request.decided"
+    # Any request event, as a webhook endpoint hears of it (its payload's type says which).
+    REQUEST_EVENT = "request.event"
     DIGEST = "digest"
 
 

@@ -29,7 +29,7 @@ OutcomeKind = Literal["delivered", "retry", "failed", "disabled"]
 class Recipient:
     """Who a message goes to, as the directory knows them.
 
-    `user_id` is the directory id ("" for a webhook endpoint); `address` is the
+    `user_id` is the directory id (a webhook endpoint's name for a webhook); `address` is the
     channel's address: a Slack user or channel id, an e-mail address, a webhook URL.
     """
 

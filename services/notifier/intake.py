@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import asyncpg
 from confluent_kafka import Consumer, KafkaError, KafkaException
@@ -34,6 +34,7 @@ from services.notifier.plan import Audience, Plan, Preference, plan_intent, plan
 from services.notifier.render import Style
 from services.notifier.stores.deliveries import DeliveryStore
 from services.notifier.stores.people import PreferenceStore
+from services.notifier.stores.webhooks import WebhookGate
 
 log = logging.getLogger("qm.notifier.intake")
 PEOPLE_TTL_S = 300.0
@@ -62,13 +63,38 @@ class People:
         return person
 
 
+class ClickPeople:
+    """Who clicked a Slack button, as interactivity asks (its `People`): policy's
+    DirectoryService.FindUser by Slack id, or by e-mail. None when the directory
+    knows nobody so; DirectoryUnavailable propagates (the clicker is told to retry)."""
+
+    def __init__(self, directory: DirectoryClient) -> None:
+        self._directory = directory
+
+    async def by_slack_id(self, slack_user_id: str) -> str | None:
+        return await self._find(slack_user_id=slack_user_id)
+
+    async def by_email(self, email: str) -> str | None:
+        return await self._find(email=email)
+
+    async def _find(self, slack_user_id: str = "", email: str = "") -> str | None:
+        try:
+            user = await self._directory.find_user(slack_user_id=slack_user_id, email=email)
+        except DirectoryRequestError:
+            return None
+        return user.user_id or None
+
+
 class Intake:
-    """Plans each record and records its deliveries (see the module docstring)."""
+    """Plans each record and records its deliveries (see the module docstring).
+    `webhooks` (name → URL) hear of every record, those `gate` says are disabled
+    left out."""
 
     def __init__(
         self, store: DeliveryStore, preferences: PreferenceStore, people: People,
         default: Preference, available: Iterable[str], style: Style,
-        retry_seconds: float = 1.0,
+        retry_seconds: float = 1.0, webhooks: Mapping[str, str] | None = None,
+        gate: WebhookGate | None = None,
     ) -> None:  # fmt: skip
         self._store = store
         self._prefs = preferences
@@ -77,6 +103,8 @@ class Intake:
         self._available = frozenset(available)
         self._style = style
         self._retry = retry_seconds
+        self._webhooks = dict(webhooks or {})
+        self._gate = gate
         self._pref_cache: dict[str, tuple[float, Preference | None]] = {}
         self.recorded = 0
         self.rejected = 0
@@ -89,7 +117,12 @@ class Intake:
             p = await self._people.get(u)
             if p is not None:
                 people[u] = p
-        return Audience(people, await self._preferences(ids), self._default, self._available)
+        hooks = self._webhooks
+        if hooks and self._gate is not None:
+            off = await self._gate.disabled()
+            hooks = {n: url for n, url in hooks.items() if n not in off}
+        prefs = await self._preferences(ids)
+        return Audience(people, prefs, self._default, self._available, hooks)
 
     async def _preferences(self, ids: list[str]) -> dict[str, Preference]:
         now = time.monotonic()

@@ -6,7 +6,7 @@ or into whose daily digest. Pure: the directory's people and the preferences com
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from services.notifier.audience import (
@@ -20,10 +20,17 @@ from services.notifier.audience import (
     to_update,
 )
 from services.notifier.channel import Message
-from services.notifier.render import Style, render_ask, render_decided, render_edit, render_intent
+from services.notifier.render import (
+    Style,
+    render_ask,
+    render_decided,
+    render_edit,
+    render_event,
+    render_intent,
+)
 from services.notifier.schedule import Queued, digests
 
-SLACK, EMAIL = "slack", "email"
+SLACK, EMAIL, WEBHOOK = "slack", "email", "webhook"
 # The recipient of the one delivery that edits every approver's Slack copy of a request.
 APPROVERS_COPIES = "*approvers*"
 
@@ -43,6 +50,27 @@ def preference_of(word: str) -> Preference:
     if channels is None:
         raise ValueError(f"channel preference {word!r}: expected slack, email or both")
     return Preference(channels)
+
+
+CHOICES = ("slack", "email", "both", "digest")
+
+
+def chosen(word: str, digest: bool, default: Preference) -> Preference:
+    """A person's choice as a Preference: slack, email or both (news of other people's
+    spend in a daily digest when `digest`), or "digest": the channels of `default`,
+    digest on. ValueError naming the word otherwise."""
+    if word == "digest":
+        return Preference(default.channels, digest=True)
+    if word not in CHOICES:
+        raise ValueError(f"channel preference {word!r}: expected one of {', '.join(CHOICES)}")
+    return Preference(preference_of(word).channels, digest=digest)
+
+
+def describe(preference: Preference) -> str:
+    """ "slack", "email", "both", with " + digest" when it digests."""
+    words = {(SLACK,): "slack", (EMAIL,): "email", (SLACK, EMAIL): "both"}
+    word = words.get(preference.channels, "+".join(preference.channels))
+    return word + (" + digest" if preference.digest else "")
 
 
 @dataclass(frozen=True)
@@ -69,12 +97,15 @@ class Plan:
 @dataclass(frozen=True)
 class Audience:
     """What planning needs to know of people: the directory's entries (absent: not
-    known there), preferences (absent: `default`), the channels this replica has."""
+    known there), preferences (absent: `default`), the channels this replica has, and
+    the webhook endpoints (name → URL) that hear of every notice (disabled ones left
+    out)."""
 
     people: Mapping[str, Person]
     preferences: Mapping[str, Preference]
     default: Preference
     available: Collection[str]
+    webhooks: Mapping[str, str] = field(default_factory=dict)
 
     def address(self, user_id: str, channel: str) -> str:
         p = self.people.get(user_id)
@@ -112,6 +143,12 @@ def _fan_out(to: Addressee, message: Message, at: datetime, who: Audience) -> li
     ]
 
 
+def _hooks(message: Message, at: datetime, who: Audience) -> list[Planned]:
+    """One delivery per webhook endpoint, addressed by its name."""
+    return [Planned(message.dedupe_key, name, WEBHOOK, url, name, message, at)
+            for name, url in sorted(who.webhooks.items())]  # fmt: skip
+
+
 def plan_intent(intent: Intent, who: Audience, style: Style) -> Plan:
     """The deliveries (and digest entries) of a threshold or anomaly intent."""
     person = who.people.get(intent.recipient_user_id)
@@ -128,6 +165,11 @@ def plan_intent(intent: Intent, who: Audience, style: Style) -> Plan:
                                  message.subject, line))  # fmt: skip
         else:
             out += _fan_out(to, message, intent.created_at, who)
+    if who.webhooks:
+        # The intent once per endpoint, as its recipient reads it.
+        first = intent_audience(intent, person)[0]
+        hook = render_intent(intent, first, about, style)
+        out += _hooks(hook, intent.created_at, who)
     return Plan(out, digest)
 
 
@@ -147,6 +189,8 @@ def plan_request(fact: RequestFact, who: Audience, style: Style) -> Plan:
         edit = render_edit(fact, requester, actor, style)
         out.append(Planned(edit.dedupe_key, APPROVERS_COPIES, SLACK, "", "", edit,
                            fact.occurred_at))  # fmt: skip
+    if who.webhooks:
+        out += _hooks(render_event(fact, requester, actor, style), fact.occurred_at, who)
     return Plan(out, [])
 
 

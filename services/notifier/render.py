@@ -20,7 +20,15 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.money import credits
 from quartermaster.periods import PeriodKind, period_of
-from services.notifier.audience import Addressee, Intent, Kind, RequestFact, Role, Share
+from services.notifier.audience import (
+    ASKING,
+    Addressee,
+    Intent,
+    Kind,
+    RequestFact,
+    Role,
+    Share,
+)
 from services.notifier.channel import Message
 
 Block = dict[str, object]
@@ -213,3 +221,13 @@ def render_edit(fact: RequestFact, requester: str, actor: str, style: Style) -> 
     payload = _request_payload(fact, "", Role.APPROVER.value)
     return _message(f"{fact.event_id}:edit", Kind.REQUEST_DECIDED, subject, [outcome], blocks,
                     payload, request_id=fact.request_id, edit=True)  # fmt: skip
+
+
+def render_event(fact: RequestFact, requester: str, actor: str, style: Style) -> Message:
+    """A request event as a webhook posts it (every event type; `payload` carries the
+    facts, no recipient: an endpoint hears of every request)."""
+    word = fact.type.removeprefix("request.")
+    subject = f"{requester}'s request for {credits(fact.amount_micros)} credits: {word}"
+    line = fact.justification if fact.type in ASKING else _outcome(fact, actor, style)
+    payload = _request_payload(fact, "", "")
+    return _message(fact.event_id, Kind.REQUEST_EVENT, subject, [line], [], payload)

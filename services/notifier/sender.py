@@ -1,6 +1,12 @@
 """The delivery loop: claim due deliveries, hand each to its channel, write back what
 came of it; and the reconciler that hands back claims whose sender died.
 
+Retries follow each channel's schedule (`schedules`: webhooks the Standard Webhooks
+steps over hours, services.notifier.retries; others the core's doubling one,
+services.notifier.schedule). An outcome `disabled` (a webhook's 410) fails the
+delivery and closes the endpoint through the `gate`, which is asked before every
+send, so the endpoint's other deliveries fail without being posted.
+
 Failure: a channel that raises instead of answering is taken as a transient failure
 (retried on the schedule), so one bad delivery never stops the others; while
 Postgres is away, claiming is tried again every `poll_seconds`, and an outcome that
@@ -15,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -26,6 +33,33 @@ from services.notifier.schedule import Queued, digest_cut, gives_up, retry_delay
 from services.notifier.stores.deliveries import Delivery, DeliveryStore
 
 log = logging.getLogger("qm.notifier.sender")
+
+Schedule = Callable[[int, float | None], float | None]
+"""(failed attempts so far, the receiver's Retry-After in seconds or None) → seconds
+until the next attempt, or None when the delivery has had its last attempt."""
+
+
+def core_schedule(max_attempts: int) -> Schedule:
+    """The core's schedule (5 s doubling to 1 h), `max_attempts` attempts in all."""
+
+    def delay(attempts: int, retry_after: float | None) -> float | None:
+        return None if gives_up(attempts, max_attempts) else retry_delay(attempts, retry_after)
+
+    return delay
+
+
+class Gate(Protocol):
+    """Endpoints closed to delivery (webhooks that answered 410)."""
+
+    async def closed(self, channel: str, recipient: str) -> str | None: ...
+
+    async def close(self, channel: str, recipient: str, reason: str) -> None: ...
+
+
+class Observer(Protocol):
+    """What the sender reports of each attempt (services.notifier.metrics)."""
+
+    def attempt(self, channel: str, outcome: str, lag_seconds: float | None) -> None: ...
 
 
 async def _confirm(channel: Channel, to: Recipient, message: Message, key: str) -> Outcome | None:
@@ -39,19 +73,26 @@ async def _confirm(channel: Channel, to: Recipient, message: Message, key: str) 
 
 
 class Sender:
-    """Sends what is due through `channels` (by name), `batch` at a time."""
+    """Sends what is due through `channels` (by name), `batch` at a time; retries by
+    `schedules[channel]`, else the core's schedule of `max_attempts`."""
 
     def __init__(
         self, store: DeliveryStore, channels: Mapping[str, Channel], *, batch: int,
         lease_seconds: float, poll_seconds: float, max_attempts: int,
-        hold_after_send: bool = False,
+        hold_after_send: bool = False, schedules: Mapping[str, Schedule] | None = None,
+        gate: Gate | None = None, observer: Observer | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:  # fmt: skip
         self._store = store
         self._channels = channels
         self._batch = batch
         self._lease = lease_seconds
         self._poll = poll_seconds
-        self._max = max_attempts
+        self._default_schedule = core_schedule(max_attempts)
+        self._schedules = dict(schedules or {})
+        self._gate = gate
+        self._observer = observer
+        self._clock = clock
         self._hold = hold_after_send
         self.stopping = False
         self.sent = 0
@@ -91,10 +132,22 @@ class Sender:
 
     async def _one(self, d: Delivery) -> None:
         channel = self._channels.get(d.channel)
+        closed = None
+        if self._gate is not None and channel is not None:
+            try:
+                closed = await self._gate.closed(d.channel, d.recipient)
+            except (OSError, asyncpg.PostgresError) as exc:
+                closed = None  # sent; a 410 answer closes it again
+                log.warning("could not ask whether %s is disabled: %s", d.recipient, exc)
         if channel is None:
             out = Outcome("failed", reason=f"channel {d.channel!r} is not configured here")
+        elif closed is not None:
+            out = Outcome("failed", reason=closed)
         else:
             out = await self._attempt(d, channel)
+        if self._observer is not None:
+            lag = (self._clock() - d.intent_at).total_seconds()
+            self._observer.attempt(d.channel, out.kind, lag if out.kind == "delivered" else None)
         if self._hold and out.kind == "delivered" and not self.held.is_set():
             log.warning("holding after delivery %d was accepted (QM_NOTIFIER_HOLD_AFTER_SEND)",
                         d.id)  # fmt: skip
@@ -107,14 +160,21 @@ class Sender:
                         " is confirmed or sent again): %s", d.id, exc)  # fmt: skip
 
     async def _record(self, d: Delivery, out: Outcome) -> None:
+        schedule = self._schedules.get(d.channel, self._default_schedule)
+        delay = schedule(d.attempts, out.retry_after_seconds) if out.kind == "retry" else None
         if out.kind == "delivered":
             self.sent += 1
             await self._store.delivered(d.id, out.ref)
-        elif out.kind == "retry" and not gives_up(d.attempts, self._max):
-            delay = retry_delay(d.attempts, out.retry_after_seconds)
+        elif out.kind == "retry" and delay is not None:
             await self._store.retry(d.id, delay, out.reason)
         elif out.kind == "retry":
             await self._store.failed(d.id, f"gave up after {d.attempts} attempts: {out.reason}")
+        elif out.kind == "disabled":
+            reason = out.reason or "disabled by the receiver"
+            log.warning("%s endpoint %s disabled itself: %s", d.channel, d.recipient, reason)
+            if self._gate is not None:
+                await self._gate.close(d.channel, d.recipient, reason)
+            await self._store.failed(d.id, f"endpoint disabled: {reason}")
         else:
             reason = out.reason or out.kind
             log.warning("delivery %d (%s to %s) failed: %s", d.id, d.channel, d.recipient, reason)

@@ -1,4 +1,6 @@
-"""notifier's settings (plus the shared ones): variables QM_NOTIFIER_<FIELD>."""
+"""notifier's settings (plus the shared ones): variables QM_NOTIFIER_<FIELD>. The
+channels' own classes (e-mail, webhooks, Slack interactivity) are combined in, so one
+object is read and checked at start."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
-from quartermaster.settings import HostPort
+from quartermaster.settings import HostPort, HostPortOrEmpty
+from services.notifier.email import EmailSettings
+from services.notifier.interactivity import InteractivitySettings
+from services.notifier.webhooks import WebhookSettings
 
 
-class NotifierSettings(CommonSettings):
+class NotifierSettings(CommonSettings, EmailSettings, WebhookSettings, InteractivitySettings):
     model_config = SettingsConfigDict(env_prefix="QM_NOTIFIER_")
 
     slack_bot_token: SecretStr = SecretStr("")
@@ -22,12 +27,17 @@ class NotifierSettings(CommonSettings):
     local stand-in's URL, e.g. http://127.0.0.1:8787/api/, for development and tests"""
     slack_signing_secret: SecretStr = SecretStr("")
     """Slack app signing secret, which button clicks are checked against (the stand-in
-    signs its clicks with the same one)"""
+    signs its clicks with the same one); empty: no interactivity endpoint (unless Socket
+    Mode is on)"""
     slack_pace_seconds: float = Field(1.0, ge=0, le=60)
     """Least time between two chat.postMessage calls to one Slack channel (Slack allows
     about one a second per channel); a 429 is waited out besides"""
     default_channels: Literal["slack", "email", "both"] = "slack"
-    """How a person without a preference of their own is told: slack, email or both"""
+    """The workspace default: how a person without a preference of their own is told
+    (slack, email or both; `python -m services.notifier.cli preferences` sets one's own)"""
+    metrics_addr: HostPortOrEmpty = ""
+    """Where the notifier serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9467
+    (`make run`'s port); empty: none"""
     digest_hour: int = Field(8, ge=0, le=23)
     """Hour (workspace time zone) of managers' daily digest, for those who chose one"""
     directory_addr: HostPort = Field("127.0.0.1:50051", validation_alias="QM_DIRECTORY_ADDR")

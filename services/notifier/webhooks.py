@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated
@@ -70,6 +71,37 @@ def parse_secrets(spec: str) -> tuple[str, ...]:
     return secrets
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+def parse_endpoints(spec: str) -> dict[str, str]:
+    """`ops=https://a.example/hook,audit=https://b.example/in` → {name: url}: every
+    intent and request event is posted to each. ValueError naming the endpoint (by
+    its name or position, never its URL: some carry a token) that is not
+    `name=http(s)://host...`, or a name given twice."""
+    out: dict[str, str] = {}
+    for n, item in enumerate((i.strip() for i in spec.split(",") if i.strip()), 1):
+        name, eq, url = item.partition("=")
+        name, url = name.strip(), url.strip()
+        if not eq or not _NAME.fullmatch(name):
+            raise ValueError(f"endpoint {n} is not name=URL (name: a-z, 0-9, _ -; ≤ 40)")
+        try:
+            parsed = URL(url)
+        except ValueError:
+            parsed = URL()
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"endpoint {name!r}: its URL is not http(s)://host...")
+        if name in out:
+            raise ValueError(f"endpoint {name!r} is given twice")
+        out[name] = url
+    return out
+
+
+def _valid_endpoints(spec: SecretStr) -> SecretStr:
+    parse_endpoints(spec.get_secret_value())
+    return spec
+
+
 def _valid_secrets(spec: SecretStr) -> SecretStr:
     parse_secrets(spec.get_secret_value())
     return spec
@@ -83,6 +115,10 @@ class WebhookSettings(Settings):
     webhook_secrets: Annotated[SecretStr, AfterValidator(_valid_secrets)] = SecretStr("")
     """Signing secrets, whsec_<base64>,... (each signs every request: during a rotation
     give the new and the old, then drop the old); empty: requests go unsigned"""
+    webhooks: Annotated[SecretStr, AfterValidator(_valid_endpoints)] = SecretStr("")
+    """Endpoints every notice is posted to, name=URL,... (a secret: URLs may carry a
+    token); an endpoint that answers 410 is disabled until
+    `python -m services.notifier.cli webhooks enable NAME`; empty: no webhooks"""
     webhook_timeout_seconds: float = Field(10.0, gt=0, le=120)
     """One attempt (connect, send, the answer) gives up after this long (then: retry)"""
 

@@ -57,6 +57,27 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
             users.append(msg)
         return policy_pb2.UserList(users=users)
 
+    async def FindUser(
+        self, request: policy_pb2.FindUserRequest, context: Context
+    ) -> policy_pb2.User:
+        """By Slack id first, else by e-mail (without case). A scan of the snapshot's
+        users: this answers a person's click, not a hot path, and keeps the snapshot
+        free of another index to build on every directory change."""
+        slack, email = request.slack_user_id.strip(), request.email.strip().lower()
+        if not slack and not email:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "slack_user_id, email: give at least one")  # fmt: skip
+        snap = self._ev.snapshot
+        users = list(snap.users.values())
+        found = next((u for u in users if slack and u.slack_user_id == slack), None)
+        if found is None and email:
+            found = next((u for u in users if u.email.lower() == email), None)
+        if found is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND,
+                        "no user with slack_user_id"
+                        f" {request.slack_user_id!r} or email {request.email!r}")  # fmt: skip
+        return user_msg(snap, found)
+
     async def GroupMembers(
         self, request: policy_pb2.GroupMembersRequest, context: Context
     ) -> policy_pb2.GroupMembersResponse:

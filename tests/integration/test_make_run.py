@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         **{**metrics_env(), "QM_METERING_METRICS_ADDR": f"127.0.0.1:{ports['metrics']}"},
         QM_METERING_SESSION_TIMEOUT="4",
         QM_SLACK_STANDIN_PORT=str(ports["slack"]),
+        QM_SMTP_SINK_PORT=str(ports["smtp"]),
+        QM_REQUESTS_ADDR=f"127.0.0.1:{ports['requests']}",
+        QM_NOTIFIER_INTERACTIVITY_ADDR=f"127.0.0.1:{ports['clicks']}",
+        QM_NOTIFIER_METRICS_ADDR=f"127.0.0.1:{ports['notifier-metrics']}",
         **extra,
     )
     return subprocess.Popen(
@@ -56,7 +61,9 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
 
 
 def _ports() -> dict[str, int]:
-    return {name: free_port() for name in ("pg", "broker", "policy", "api", "metrics", "slack")}
+    names = ("pg", "broker", "policy", "api", "metrics", "slack", "smtp", "requests", "clicks",
+             "notifier-metrics")  # fmt: skip
+    return {name: free_port() for name in names}
 
 
 def _left_behind(run_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -79,6 +86,36 @@ def _end(proc: subprocess.Popen[str], run_dir: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _page(port: int, until: str, within: float = 60) -> str:
+    """The stand-in's page once it shows `until`; AssertionError after `within` s."""
+    page, deadline = "", time.monotonic() + within
+    while until not in page and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as resp:
+            page = resp.read().decode()
+        time.sleep(0.5)
+    assert until in page, page[-3000:]
+    return page
+
+
+def _approve_carols_request_on_the_page(port: int) -> None:
+    """What a newcomer does: alice's message about carol's request, Approve clicked on
+    the page (a signed click to the notifier, decided as alice at the requests
+    service); carol is told, alice's copy loses its buttons, mails arrive too."""
+    page = _page(port, "Carol (runaway agent loop) asks for 10.00 credits")
+    alice = page[page.index("asks for 10.00 credits") :]
+    index = re.search(r'name="message" value="(\d+)"><input type="hidden" name="action" '
+                      r'value="approve"', alice)  # fmt: skip
+    assert index is not None, alice[:2000]
+    form = urllib.parse.urlencode({"message": index.group(1), "action": "approve"}).encode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/click", data=form) as resp:
+        answer = resp.read().decode()
+    assert answer.endswith("answered 200: "), answer
+    page = _page(port, "Your request for 10.00 credits: approved")
+    assert "You approved request cr-" in page  # alice, ephemerally
+    assert "Approved by Alice (chat, light) at " in page  # her copy, edited
+    assert "to carol@example.com" in page  # the e-mails, on the same page
 
 
 def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
@@ -118,6 +155,7 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
                 page = resp.read().decode()
             time.sleep(0.5)
         assert "to UCAROL" in page, "carol's threshold message reaches the Slack stand-in"
+        _approve_carols_request_on_the_page(ports["slack"])
         metrics = f"127.0.0.1:{ports['metrics']}"
         counted = scrape(metrics, "qm_metering_events_total", outcome="counted")
         assert counted is not None, "metering serves its metrics"
@@ -156,7 +194,9 @@ def test_make_run_says_when_a_service_dies_and_stops_everything() -> None:
             if "policy gRPC serving on" in line:
                 break
         pids = dict(re.findall(r"started ([a-z-]+) \(pid (\d+)\)", "".join(seen)))
-        assert set(pids) == {"metering", "policy", "cost-api", "notifier"}, "".join(seen)
+        assert set(pids) == {"metering", "policy", "cost-api", "requests", "notifier"}, "".join(
+            seen
+        )
         os.kill(int(pids["cost-api"]), signal.SIGKILL)
         status = proc.wait(timeout=60)
         text = "".join(seen) + out.read()

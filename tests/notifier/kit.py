@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
+from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
 from devtools.slack_standin import SlackStandin
 from quartermaster import kafka
@@ -41,6 +42,9 @@ def notifier_env(base: dict[str, str], standin: SlackStandin, directory_port: in
 
 
 def process(name: str, env: dict[str, str]) -> ChildProcess:
+    """`python -m services.notifier` (not started), its metrics on a port of its own
+    unless `env` names one."""
+    env = {"QM_NOTIFIER_METRICS_ADDR": f"127.0.0.1:{free_port()}", **env}
     log = ROOT / ".run" / f"test-{os.getpid()}-logs" / f"{name}-{uuid.uuid4().hex[:6]}.log"
     return ChildProcess(name, [sys.executable, "-m", "services.notifier"], log, env=env, cwd=ROOT)
 

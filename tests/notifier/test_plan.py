@@ -189,3 +189,23 @@ def test_a_digest_goes_to_the_manager_by_their_channels() -> None:
     assert [(d.recipient, d.channel, d.dedupe_key) for d in plan.deliveries] == [
         ("mo", "slack", "digest:mo:2026-11-16"), ("mo", "email", "digest:mo:2026-11-16"),
     ]  # fmt: skip
+
+
+def test_every_webhook_endpoint_hears_of_every_intent_and_request_event_once() -> None:
+    hooks = {"ops": "https://ops.example/in", "audit": "https://audit.example/in?t=x"}
+    everyone = Audience(PEOPLE, {}, Preference(("slack",)), ("slack", "webhook"), hooks)
+    intent_plan = plan_intent(threshold(), everyone, STYLE)
+    hooked = [(d.recipient, d.channel, d.address) for d in intent_plan.deliveries
+              if d.channel == "webhook"]  # fmt: skip
+    assert hooked == [("audit", "webhook", hooks["audit"]), ("ops", "webhook", hooks["ops"])]
+    payload = intent_plan.deliveries[-1].message.payload
+    assert (payload["type"], payload["recipient_user_id"]) == ("threshold_crossed", "ann")
+    for type_ in ("request.created", "request.voted", "request.approved", "request.ended"):
+        hook = [d for d in plan_request(request(type_), everyone, STYLE).deliveries
+                if d.channel == "webhook"]  # fmt: skip
+        assert [d.recipient for d in hook] == ["audit", "ops"], type_
+        assert hook[0].message.payload["type"] == type_
+        assert hook[0].message.payload["request_id"] == "r-1"
+        assert hook[0].dedupe_key == f"r-1:2:{type_}"
+    # no endpoints (or all disabled): no webhook deliveries
+    assert all(d.channel != "webhook" for d in plan_intent(threshold(), who(), STYLE).deliveries)

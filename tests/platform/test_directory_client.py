@@ -52,6 +52,13 @@ class Directory(policy_pb2_grpc.DirectoryServiceServicer):
             await abort(context, grpc.StatusCode.NOT_FOUND, f"user {request.user_id!r}")
         return policy_pb2.UserList(users=[policy_pb2.User(user_id="bob")])
 
+    async def FindUser(
+        self, request: policy_pb2.FindUserRequest, context: Context
+    ) -> policy_pb2.User:
+        if request.slack_user_id != "U-ANN":
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no user with slack_user_id")
+        return policy_pb2.User(user_id="ann", slack_user_id="U-ANN")
+
 
 async def test_answers_and_request_errors() -> None:
     server = grpc.aio.server()
@@ -68,6 +75,9 @@ async def test_answers_and_request_errors() -> None:
             with pytest.raises(DirectoryRequestError, match="user 'zed'"):
                 await client.manager_chain("zed")
             assert (await client.get_user("ann")).manager_id == "bob"
+            assert (await client.find_user(slack_user_id="U-ANN")).user_id == "ann"
+            with pytest.raises(DirectoryRequestError, match="no user with slack_user_id"):
+                await client.find_user(email="zed@x.io")
             with pytest.raises(DirectoryUnavailable, match="FAILED_PRECONDITION: no directory"):
                 await client.group_admins("ml")
     finally:

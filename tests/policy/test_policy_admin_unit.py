@@ -9,6 +9,7 @@ tested against real Postgres in test_policy_admin.py. No infrastructure.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import grpc
@@ -152,3 +153,32 @@ async def test_directory_edits_and_lookups(inproc: InProcess) -> None:
         inproc.directory.GroupMembers(policy_pb2.GroupMembersRequest(group_ids=["", "x"]))
     )
     assert empty.details() == "group_ids[0]: must not be empty"
+
+
+async def test_find_user_by_slack_id_else_email(inproc: InProcess) -> None:
+    """FindUser (the notifier's click → person): the Slack id first, then the e-mail
+    without case; NOT_FOUND and INVALID_ARGUMENT say what was asked."""
+    snap = inproc.evaluator.snapshot
+    users = dict(snap.users)
+    users["ben"] = replace(users["ben"], slack_user_id="U-BEN")
+    users["lead"] = replace(users["lead"], email="ben-old@x.io", slack_user_id="U-LEAD")
+    inproc.evaluator.snapshot = replace(snap, users=users)
+    find = inproc.directory.FindUser
+    by_slack = await find(policy_pb2.FindUserRequest(slack_user_id="U-BEN", email="ann@x.io"))
+    assert by_slack.user_id == "ben"  # the Slack id wins over the e-mail
+    by_email = await find(policy_pb2.FindUserRequest(slack_user_id="U-NOBODY", email="ANN@X.io"))
+    assert (by_email.user_id, by_email.email) == ("ann", "ann@x.io")
+    missing = await refused(find(policy_pb2.FindUserRequest(email="zed@x.io")))
+    assert (missing.code(), missing.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "no user with slack_user_id '' or email 'zed@x.io'",
+    )
+    empty = await refused(find(policy_pb2.FindUserRequest()))
+    assert (empty.code(), empty.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "slack_user_id, email: give at least one",
+    )
+    gateway = await refused(
+        find(policy_pb2.FindUserRequest(email="ann@x.io"), metadata=metadata("gateway"))
+    )
+    assert gateway.code() == grpc.StatusCode.PERMISSION_DENIED

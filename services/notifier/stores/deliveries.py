@@ -211,6 +211,19 @@ class DeliveryStore:
             self.workspace_id,
         ))  # fmt: skip
 
+    async def backlog(self) -> dict[tuple[str, str], int]:
+        """{(channel, state): rows} of the deliveries not yet done (pending, retrying,
+        sending)."""
+        rows = await self._pool.fetch(
+            """
+            SELECT channel, state, count(*) AS n FROM notifier.deliveries
+            WHERE workspace_id = $1 AND state IN ('pending', 'retrying', 'sending')
+            GROUP BY channel, state
+            """,
+            self.workspace_id,
+        )  # fmt: skip
+        return {(r["channel"], r["state"]): int(r["n"]) for r in rows}
+
     async def list(self, states: Sequence[str] = (), limit: int = 50) -> list[Delivery]:
         """Newest first, only `states` when given."""
         rows = await self._pool.fetch(

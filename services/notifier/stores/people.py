@@ -27,6 +27,25 @@ class PreferenceStore:
         )  # fmt: skip
         return {r["user_id"]: Preference(tuple(r["channels"]), r["digest"]) for r in rows}
 
+    async def listed(self, user_ids: Sequence[str] = ()) -> dict[str, Preference]:
+        """user id → preference, of `user_ids` (every person who has one when empty),
+        by user id."""
+        rows = await self._pool.fetch(
+            "SELECT user_id, channels, digest FROM notifier.preferences WHERE workspace_id = $1"
+            " AND (cardinality($2::text[]) = 0 OR user_id = ANY($2)) ORDER BY user_id",
+            self.workspace_id, list(user_ids),
+        )  # fmt: skip
+        return {r["user_id"]: Preference(tuple(r["channels"]), r["digest"]) for r in rows}
+
+    async def clear(self, user_id: str) -> bool:
+        """Back to the workspace default; False when `user_id` had no preference."""
+        done = await self._pool.fetchval(
+            "DELETE FROM notifier.preferences WHERE workspace_id = $1 AND user_id = $2"
+            " RETURNING true",
+            self.workspace_id, user_id,
+        )  # fmt: skip
+        return bool(done)
+
     async def set(self, user_id: str, preference: Preference) -> None:
         """Replace `user_id`'s preference."""
         await self._pool.execute(

@@ -1,0 +1,99 @@
+"""make run's notifier side: the local Slack stand-in and SMTP server it starts when
+no Slack token is set, and the demo's credit request (carol asks; alice, her manager,
+approves it by clicking on the stand-in's page)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devtools import simulator
+from devtools.localinfra.process import ChildProcess
+from devtools.mail_sink import MailSink
+from devtools.slack_standin import SlackStandin
+from quartermaster.grpcclient import bearer, open_channel
+from quartermaster.money import MICROS_PER_CREDIT
+from quartermaster.tls import ClientTls
+from quartermaster.v1 import requests_pb2, requests_pb2_grpc
+
+
+def slack_id(user_id: str) -> str:
+    """A demo person's Slack user id at the stand-in (alice → UALICE)."""
+    return f"U{user_id.upper()}"
+
+
+async def wait_serving(addr: str, tls: ClientTls | None, proc: ChildProcess, within: float) -> None:
+    """Until `proc`'s gRPC health says SERVING; RuntimeError when it exits first,
+    TimeoutError after `within` seconds."""
+    deadline = time.monotonic() + within
+    async with open_channel(addr, tls) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{proc.name} was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
+
+
+async def start_standin(
+    standin_port: int, smtp_port: int, clicks_url: str, env: dict[str, str], policy_addr: str
+) -> tuple[SlackStandin | None, MailSink | None]:
+    """Without a Slack bot token or base URL: the local Slack stand-in, started on
+    standin_port in this process, knowing the demo people's e-mails, its
+    buttons posting signed clicks to the notifier's interactivity endpoint, and (when
+    no SMTP server is configured) the local SMTP server on smtp_port whose
+    mails the stand-in's page shows; the notifier is pointed at both, telling people
+    by Slack and e-mail unless QM_NOTIFIER_DEFAULT_CHANNELS says otherwise (`env` is
+    changed). (None, None) when Slack is configured."""
+    env.setdefault("QM_DIRECTORY_ADDR", policy_addr)
+    if env.get("QM_NOTIFIER_SLACK_BOT_TOKEN") or env.get("QM_NOTIFIER_SLACK_BASE_URL"):
+        return None, None
+    secret = env.setdefault("QM_NOTIFIER_SLACK_SIGNING_SECRET", secrets.token_hex(16))
+    clicks = env.setdefault("QM_NOTIFIER_INTERACTIVITY_ADDR", "127.0.0.1:8093")
+    local = clicks.replace("0.0.0.0", "127.0.0.1")
+    standin = SlackStandin(secret, clicks_url or f"http://{local}/slack/interactivity")
+    for p in simulator.PERSONAS:
+        standin.add_user(f"{p.user_id}@example.com", slack_id(p.user_id))
+    await standin.start(port=standin_port)
+    env["QM_NOTIFIER_SLACK_BASE_URL"] = standin.api_url
+    sink = None
+    if not env.get("QM_NOTIFIER_SMTP_HOST"):
+        sink = MailSink(standin, smtp_port)
+        sink.start()
+        env.update(QM_NOTIFIER_SMTP_HOST="127.0.0.1", QM_NOTIFIER_SMTP_PORT=str(sink.port),
+                   QM_NOTIFIER_SMTP_SECURITY="none")  # fmt: skip
+        env.setdefault("QM_NOTIFIER_DEFAULT_CHANNELS", "both")
+    return standin, sink
+
+
+async def ask_as_carol(env: dict[str, str], tls: ClientTls | None, proc: ChildProcess) -> str:
+    """The demo's credit request: carol asks for 10 credits (through the requests
+    service, with the notifier's delegate token acting for her, as a console would);
+    alice, her manager, gets the Slack message to approve. What to tell the person at
+    the terminal (what went wrong, when it did: the run goes on without it)."""
+    token = env.get("QM_NOTIFIER_DELEGATE_TOKEN", "")
+    if not token:
+        return "no demo request: QM_TOKENS has no delegate token"
+    addr = env["QM_NOTIFIER_REQUESTS_ADDR"]
+    try:
+        await wait_serving(addr, tls, proc, 60)
+        async with open_channel(addr, tls) as ch:
+            ask = requests_pb2.CreateCreditRequest(
+                amount_micros=10 * MICROS_PER_CREDIT, duration_seconds=86_400,
+                justification="finish the agent eval before Friday",
+            )  # fmt: skip
+            made = await requests_pb2_grpc.RequestServiceStub(ch).Create(
+                ask, metadata=(*bearer(token), ("qm-on-behalf-of", "carol")), timeout=10
+            )
+    except (grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
+        return f"no demo request: {exc}"
+    return f"carol asked for 10 credits ({made.request_id}): alice approves it on the page"
