@@ -46,7 +46,6 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         QM_SMTP_SINK_PORT=str(ports["smtp"]),
         QM_REQUESTS_ADDR=f"127.0.0.1:{ports['requests']}",
         QM_NOTIFIER_INTERACTIVITY_ADDR=f"127.0.0.1:{ports['clicks']}",
-        QM_NOTIFIER_METRICS_ADDR=f"127.0.0.1:{ports['notifier-metrics']}",
         **extra,
     )
     return subprocess.Popen(
