@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localinfra import free_port
@@ -47,6 +48,19 @@ def metrics_env() -> dict[str, str]:
     """Free ports for every service's metrics endpoint: the defaults would collide
     between processes a test starts side by side."""
     return {name: f"127.0.0.1:{free_port()}" for name in METRICS_ADDRS}
+
+
+async def serving(addr: str) -> bool:
+    """Whether the plaintext gRPC server at `addr` (host:port) says SERVING on its
+    health check now; False when it can't be reached or says otherwise."""
+    try:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def metadata(role: str) -> tuple[tuple[str, str], ...]:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localinfra import free_port
@@ -25,7 +24,7 @@ from services.policy.stores.limits import LimitStore
 from tests.conftest import ROOT, MeteringWorker
 from tests.deploy.chart import PRODUCTION, load_values, manifests, metric_names, monitoring
 from tests.deploy.chart import render as render_chart
-from tests.helpers import eventually, metadata, metrics_env, produce_usage, usage
+from tests.helpers import eventually, metadata, metrics_env, produce_usage, serving, usage
 
 pytestmark = pytest.mark.infra
 
@@ -45,17 +44,6 @@ def _samples(addr: str) -> dict[str, list[tuple[dict[str, str], float]]]:
         for s in family.samples:
             found.setdefault(s.name, []).append((s.labels, s.value))
     return found
-
-
-async def _serving(addr: str) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(addr) as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
-    except grpc.aio.AioRpcError:
-        return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 @pytest.fixture
@@ -99,8 +87,8 @@ async def test_every_series_the_alerts_and_dashboard_read_is_served(
         )
     finally:
         await pool.close()
-    await eventually(lambda: _serving(services["policy_addr"]), True, within=60)
-    await eventually(lambda: _serving(services["api_addr"]), True, within=60)
+    await eventually(lambda: serving(services["policy_addr"]), True, within=60)
+    await eventually(lambda: serving(services["api_addr"]), True, within=60)
     # Usage counted (a batch, a lag, an unpriced model) and calls made, some refused.
     user = f"metrics-{uuid.uuid4().hex[:6]}"
     produce_usage(
@@ -137,8 +125,8 @@ async def test_every_series_the_alerts_and_dashboard_read_is_served(
     by_code = {(lb["method"], lb["code"]): v for lb, v in calls}
     assert by_code[("Check", "OK")] >= 1
     assert by_code[("Check", "UNAUTHENTICATED")] == 1
-    serving = {lb["service"]: v for lb, v in scrapes["policy"]["qm_grpc_serving"]}
-    assert serving["quartermaster.v1.PolicyService"] == 1
+    says_serving = {lb["service"]: v for lb, v in scrapes["policy"]["qm_grpc_serving"]}
+    assert says_serving["quartermaster.v1.PolicyService"] == 1
     api_calls = {
         (lb["method"], lb["code"]) for lb, _ in scrapes["cost-api"]["qm_rpc_server_calls_total"]
     }

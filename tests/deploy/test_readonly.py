@@ -21,15 +21,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra
 from tests.deploy.chart import ROOT
-from tests.helpers import eventually, metrics_env, produce_usage, scrape, usage
+from tests.helpers import eventually, metrics_env, produce_usage, scrape, serving, usage
 
 PACKAGES = ("quartermaster", "services", "devtools")
 
@@ -111,16 +109,6 @@ def _ok(box: Sandbox, env: dict[str, str], *args: str) -> str:
     return res.stdout
 
 
-async def _serving(addr: str) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(addr) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-    except grpc.aio.AioRpcError:
-        return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 @pytest.mark.infra
 async def test_every_process_runs_from_a_read_only_tree(
     infra: Infra, service_env: dict[str, str], sandbox: Sandbox
@@ -171,7 +159,7 @@ async def test_every_process_runs_from_a_read_only_tree(
         async def up() -> bool:
             dead = [p.name for p in procs if p.poll() is not None]
             assert not dead, "\n".join(f"{p.name}:\n{p.log_tail()}" for p in procs)
-            return await _serving(policy_addr) and await _serving(api_addr)
+            return await serving(policy_addr) and await serving(api_addr)
 
         await eventually(up, True, within=90)
 
