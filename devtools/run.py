@@ -23,9 +23,10 @@ from pydantic import Field
 
 from devtools import simulator
 from devtools.discovery import settings_classes
+from devtools.localinfra.health import wait_serving
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
-from devtools.run_notifier import ask_as_carol, slack_id, start_standin, wait_serving
+from devtools.run_notifier import ask_as_carol, slack_id, start_standin
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT

@@ -33,10 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.localinfra import free_port
+from devtools.localinfra.health import wait_serving
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import open_infra
 from quartermaster.grpcclient import bearer, open_channel
@@ -140,23 +139,6 @@ async def plan(url: str) -> tuple[float, bool]:
         await conn.close()
 
 
-async def wait_serving(addr: str, what: str, proc: ChildProcess, within: float = 120) -> None:
-    deadline = time.monotonic() + within
-    async with open_channel(addr, None) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited:\n{proc.log_tail()}")
-            try:
-                got = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if got.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass  # not up yet
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{what} did not serve within {within} s:\n{proc.log_tail()}")
-
-
 def p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -241,7 +223,7 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                    "QM_REQUESTS_CLIENT_TOKEN": READER, "QM_REQUESTS_RULES": "manager:1:0",
                    "QM_METERING_METRICS_ADDR": ""}  # fmt: skip
             procs.append(spawn("policy", "services.policy", env, run_dir))
-            await wait_serving(addr["policy"], "policy", procs[-1])
+            await wait_serving(addr["policy"], None, procs[-1], 120)
             people = [{"user_id": f"bench-{i}", "manager_id": f"mgr-{i % MANAGERS}"}
                       for i in range(ns.users)]  # fmt: skip
             doc = {"users": [*people, *({"user_id": f"mgr-{m}"} for m in range(MANAGERS))]}
@@ -251,9 +233,9 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                                                       document=json.dumps(doc).encode()),
                     metadata=bearer(ADMIN), timeout=60)  # fmt: skip
             procs.append(spawn("cost-api", "services.metering.api", env, run_dir))
-            await wait_serving(addr["usage"], "the Cost API", procs[-1])
+            await wait_serving(addr["usage"], None, procs[-1], 120)
             procs.append(spawn("requests", "services.requests", env, run_dir))
-            await wait_serving(addr["requests"], "requests", procs[-1])
+            await wait_serving(addr["requests"], None, procs[-1], 120)
             async with open_channel(addr["requests"], None) as ch:
                 stub = requests_pb2_grpc.RequestServiceStub(ch)
                 await drive(stub, argparse.Namespace(seconds=1.0, concurrency=2), ns.users)
