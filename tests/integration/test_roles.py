@@ -25,7 +25,7 @@ from services.metering.settings import MeteringSettings
 from services.policy.wiring import RunningPolicy
 from services.requests import wiring as requests_wiring
 from services.requests.settings import RequestsSettings
-from tests.helpers import TOKENS, metadata, refusal
+from tests.helpers import SERVED_WITHIN_S, TOKENS, metadata, refusal
 
 pytestmark = pytest.mark.infra
 REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -108,7 +108,9 @@ async def test_a_fail_open_client_with_a_refused_token_raises_and_never_allows(
         ("an-unknown-token-0123456789", grpc.StatusCode.UNAUTHENTICATED, "QM_TOKENS?"),
         (TOKENS["reader"], grpc.StatusCode.PERMISSION_DENIED, "needs role gateway"),
     ):
-        async with PolicyClient(target, fail=FailMode.OPEN, token=token) as client:
+        async with PolicyClient(
+            target, fail=FailMode.OPEN, deadline_s=SERVED_WITHIN_S, token=token
+        ) as client:
             with pytest.raises(PolicyRefused) as info:
                 await client.check("ann", "chat", "gpt-5")
             assert info.value.code() == code
@@ -116,7 +118,9 @@ async def test_a_fail_open_client_with_a_refused_token_raises_and_never_allows(
             assert token not in str(info.value)
             assert (await refusal(client.check_batch([])))[0] == code  # an AioRpcError too
             assert client.degraded == 0
-    async with PolicyClient(target, fail=FailMode.OPEN, token=TOKENS["gateway"]) as client:
+    async with PolicyClient(
+        target, fail=FailMode.OPEN, deadline_s=SERVED_WITHIN_S, token=TOKENS["gateway"]
+    ) as client:
         verdict = await client.check("ann", "chat", "gpt-5")
         assert verdict.limit_source != "fail_open"
         # security.md: role gateway reads budgets; the client has the call for it.

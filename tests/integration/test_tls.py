@@ -27,7 +27,7 @@ from quartermaster.v1 import policy_pb2
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
 from tests.conftest import Replicas
-from tests.helpers import TOKENS, refusal
+from tests.helpers import SERVED_WITHIN_S, TOKENS, refusal
 from tests.tlskit import Pki, check, health, make_pki, usage_of_groups
 
 pytestmark = pytest.mark.infra
@@ -66,7 +66,11 @@ async def test_policy_over_tls_answers_clients_that_trust_its_ca(
         assert (await check(channel)).decision == ALLOW
         assert await health(channel) == "SERVING"
     async with PolicyClient(
-        target, fail=FailMode.CLOSED, token=TOKENS["gateway"], tls=client_tls(pki.client_env())
+        target,
+        fail=FailMode.CLOSED,
+        deadline_s=SERVED_WITHIN_S,
+        token=TOKENS["gateway"],
+        tls=client_tls(pki.client_env()),
     ) as pc:
         answer = await pc.check("ann", "chat", "gpt-5")
         assert (answer.decision, pc.degraded) == (ALLOW, 0)
@@ -114,7 +118,11 @@ async def test_mutual_tls_policy_answers_only_clients_with_a_certificate_of_its_
         assert (await check(channel)).decision == ALLOW
         assert await health(channel) == "SERVING"
     async with PolicyClient(
-        target, fail=FailMode.CLOSED, token=TOKENS["gateway"], tls=gateway
+        target,
+        fail=FailMode.CLOSED,
+        deadline_s=SERVED_WITHIN_S,
+        token=TOKENS["gateway"],
+        tls=gateway,
     ) as pc:
         assert (await pc.check("ann", "chat", "gpt-5")).decision == ALLOW
 

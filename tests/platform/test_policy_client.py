@@ -23,6 +23,7 @@ from quartermaster.v1 import policy_pb2
 from services.policy.wiring import RunningPolicy
 from tests.conftest import MeteringWorker
 from tests.helpers import (
+    SERVED_WITHIN_S,
     TOKENS,
     PolicyMethods,
     eventually,
@@ -49,7 +50,9 @@ async def test_check_and_check_batch_answer_in_request_order(
     spent, fresh = new_user(), new_user()
     produce_usage(infra.kafka_bootstrap, [usage(spent, **ONE_CREDIT) for _ in range(10)])
     target = f"127.0.0.1:{policy_server.port}"
-    async with PolicyClient(target, fail=FailMode.CLOSED, token=GATEWAY) as client:
+    async with PolicyClient(
+        target, fail=FailMode.CLOSED, deadline_s=SERVED_WITHIN_S, token=GATEWAY
+    ) as client:
 
         async def used() -> int:
             return (await client.check(spent, "chat", "gpt-5")).used_micros
@@ -71,7 +74,9 @@ async def test_reserve_commit_and_release_through_the_client(
 ) -> None:
     user = new_user()
     target = f"127.0.0.1:{policy_server.port}"
-    async with PolicyClient(target, fail=FailMode.CLOSED, token=GATEWAY) as client:
+    async with PolicyClient(
+        target, fail=FailMode.CLOSED, deadline_s=SERVED_WITHIN_S, token=GATEWAY
+    ) as client:
         made = await client.reserve(user, "chat", "gpt-5", 3_000_000, request_id=f"a-{user}")
         assert made.decision == policy_pb2.DECISION_ALLOW
         assert (bool(made.reservation_id), made.reserved_micros) == (True, 3_000_000)
@@ -98,7 +103,9 @@ async def test_bad_requests_raise_naming_the_fields_and_are_not_retried(
     policy_server: RunningPolicy,
 ) -> None:
     target = f"127.0.0.1:{policy_server.port}"
-    async with PolicyClient(target, fail=FailMode.OPEN, token=GATEWAY) as client:
+    async with PolicyClient(
+        target, fail=FailMode.OPEN, deadline_s=SERVED_WITHIN_S, token=GATEWAY
+    ) as client:
         with pytest.raises(PolicyRequestError, match="user_id: must not be empty"):
             await client.check("", "chat", "gpt-5")
         with pytest.raises(PolicyRequestError) as info:
@@ -142,7 +149,9 @@ async def test_when_policy_cannot_be_reached_the_gateways_choice_answers(
 @pytest.mark.infra
 async def test_other_errors_are_not_hidden_by_the_fail_mode(policy_server: RunningPolicy) -> None:
     target = f"127.0.0.1:{policy_server.port}"
-    async with PolicyClient(target, fail=FailMode.OPEN, token=GATEWAY) as client:
+    async with PolicyClient(
+        target, fail=FailMode.OPEN, deadline_s=SERVED_WITHIN_S, token=GATEWAY
+    ) as client:
         # Point Check at a method policy lacks: refused (deny by default: no role may
         # call a method the roles table does not name), and raised, not the fail mode.
         client._stub = policy_pb2_grpc_unimplemented(client)  # type: ignore[assignment]
@@ -202,7 +211,7 @@ async def test_unavailable_is_retried_by_grpc_then_the_fail_mode_answers(
     flaky = Flaky(failures=2)
     async for target in _serve(flaky):
         async with PolicyClient(
-            target, fail=FailMode.CLOSED, retries=retries, token=GATEWAY
+            target, fail=FailMode.CLOSED, retries=retries, deadline_s=SERVED_WITHIN_S, token=GATEWAY
         ) as client:
             got = await client.check("ann", "chat", "gpt-5")
     assert policy_pb2.Decision.Name(got.decision) == f"DECISION_{decision}"
@@ -213,7 +222,9 @@ async def test_unavailable_is_retried_by_grpc_then_the_fail_mode_answers(
 async def test_a_final_answer_is_not_retried() -> None:
     flaky = Flaky(failures=0)
     async for target in _serve(flaky):
-        async with PolicyClient(target, fail=FailMode.OPEN, retries=4, token=GATEWAY) as client:
+        async with PolicyClient(
+            target, fail=FailMode.OPEN, retries=4, deadline_s=SERVED_WITHIN_S, token=GATEWAY
+        ) as client:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await client.commit("7d4c6f0e-0000-4000-8000-000000000000", 1)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -256,7 +267,9 @@ async def test_only_an_outage_takes_the_fail_mode(code: grpc.StatusCode) -> None
     not answer. Refusals are asked once (asking again gets the same answer)."""
     refusing = Refusing(code)
     async for target in _serve_refusing(refusing):
-        async with PolicyClient(target, fail=FailMode.OPEN, retries=2, token=GATEWAY) as client:
+        async with PolicyClient(
+            target, fail=FailMode.OPEN, retries=2, deadline_s=SERVED_WITHIN_S, token=GATEWAY
+        ) as client:
             batch = [req("ann"), req("bob")]
             if code in OUTAGES:
                 answers = [

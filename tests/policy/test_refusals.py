@@ -32,7 +32,7 @@ from tests.conftest import (
     READER_METADATA,
     TEST_LIMIT_CREDITS,
 )
-from tests.helpers import TOKENS, channel, new_user, refusal
+from tests.helpers import SERVED_WITHIN_S, TOKENS, channel, new_user, refusal
 
 pytestmark = pytest.mark.infra
 
@@ -75,7 +75,10 @@ async def test_a_batch_of_many_bad_checks_is_refused_in_one_bounded_message(
     user = new_user()
     batch = [check(user, LIMIT + 1)] + [check("", -1) for _ in range(440)]
     async with PolicyClient(
-        f"127.0.0.1:{stubs.port}", fail=FailMode.OPEN, token=TOKENS["gateway"]
+        f"127.0.0.1:{stubs.port}",
+        fail=FailMode.OPEN,
+        deadline_s=SERVED_WITHIN_S,
+        token=TOKENS["gateway"],
     ) as client:
         with pytest.raises(PolicyRequestError) as info:
             await client.check_batch(batch)
@@ -121,7 +124,10 @@ async def test_a_request_past_grpc_size_limit_is_refused_not_allowed(stubs: Stub
     sent, which a fail-open client would allow): the client refuses it unsent."""
     huge = [check("u" * 5000)] * 1000  # 5 MB: past gRPC's 4 MB default
     async with PolicyClient(
-        f"127.0.0.1:{stubs.port}", fail=FailMode.OPEN, token=TOKENS["gateway"]
+        f"127.0.0.1:{stubs.port}",
+        fail=FailMode.OPEN,
+        deadline_s=SERVED_WITHIN_S,
+        token=TOKENS["gateway"],
     ) as client:
         with pytest.raises(
             PolicyRequestError, match="request: 5019000 bytes, more than the 4194304"

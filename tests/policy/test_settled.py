@@ -18,7 +18,7 @@ import pytest
 from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.v1 import policy_pb2
 from services.policy.wiring import RunningPolicy
-from tests.helpers import TOKENS, new_user, refusal
+from tests.helpers import SERVED_WITHIN_S, TOKENS, new_user, refusal
 
 pytestmark = pytest.mark.infra
 FINAL = grpc.StatusCode.FAILED_PRECONDITION
@@ -27,7 +27,10 @@ FINAL = grpc.StatusCode.FAILED_PRECONDITION
 @pytest.fixture
 async def client(policy_server: RunningPolicy) -> AsyncIterator[PolicyClient]:
     async with PolicyClient(
-        f"127.0.0.1:{policy_server.port}", fail=FailMode.CLOSED, token=TOKENS["gateway"]
+        f"127.0.0.1:{policy_server.port}",
+        fail=FailMode.CLOSED,
+        deadline_s=SERVED_WITHIN_S,
+        token=TOKENS["gateway"],
     ) as c:
         yield c
 
