@@ -125,10 +125,10 @@ def alias_problems(models: Collection[str], aliases: Mapping[str, str]) -> list[
     when a stored revision is read): an alias that is a model of its own would never
     apply (a model's own name wins), and a glob of wildcards alone (`*`) would name
     every id, so no unknown model would be flagged again."""
-    keys = {m.lower() for m in models}
     out = []
     for alias, model in sorted(aliases.items()):
-        if alias in keys:
+        # aliases are lower case; a model key is matched as written first
+        if alias in models:
             out.append(
                 f"alias {alias} -> {model}: {alias} is a model of the catalog, whose own "
                 "price always wins: remove the alias or the model"
