@@ -11,7 +11,8 @@ and by model policies (policy), so a snapshot is priced and allowed as its famil
 1. The id itself, when it is a key: a snapshot priced on its own keeps its own price
    (snapshots have been priced differently from their alias).
 2. Each ever more normalized form of it (`candidates`): lower case, without a routing
-   prefix, without Vertex's `@...`, Bedrock's region, vendor and `-vN:M`, `-latest`,
+   prefix (`openai/`, or a known provider's `openai:`), without Vertex's `@...`,
+   Bedrock's region, vendor and `-vN:M`, `-latest`,
    a trailing date (`-YYYY-MM-DD`, `-YYYYMMDD`, `-MMDD`): the first that is a key,
    or an alias (`aliases`: exact ids, e.g. Azure deployment names, lower case).
 3. Glob patterns (`patterns`, fnmatch on the lower-cased id), in order.
@@ -39,6 +40,14 @@ _BEDROCK = re.compile(
     r"(?P<model>.+?)(?:-v\d+(?::\d+)?|-\d+:\d+)?$"
 )
 _DATE = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+# "<provider>:<model>", as pydantic-ai and some gateways write ids (openai:gpt-5,
+# anthropic:claude-sonnet-4-5). Only these names: a colon also ends Bedrock's
+# "-v1:0", and OpenRouter's ":free"/":online" and fine-tunes' "ft:..." are other
+# offerings, priced otherwise, which must stay unknown unless the catalog names them.
+_COLON_PROVIDERS = frozenset({
+    "openai", "anthropic", "azure", "bedrock", "vertex", "google-vertex", "google-gla",
+    "gemini", "groq", "mistral", "cohere", "deepseek", "xai", "openrouter",
+})  # fmt: skip
 _LATEST = "-latest"
 
 
@@ -61,6 +70,11 @@ def candidates(raw: str) -> Iterator[str]:
     form = form.rsplit("/", 1)[-1]  # openai/gpt-5, accounts/x/models/y
     if fresh(form):
         yield form
+    provider, colon, rest = form.partition(":")  # openai:gpt-5
+    if colon and provider in _COLON_PROVIDERS and rest:
+        form = rest
+        if fresh(form):
+            yield form
     form = form.split("@", 1)[0]  # Vertex: claude-sonnet-4-5@20250929
     if fresh(form):
         yield form

@@ -5,7 +5,9 @@
 Seeds metering.rollups_15m on its own PostgreSQL (free port) with --users people,
 each active --hours-per-day hours a day on --models models for --days days, then
 times QueryUsage (group by user, whole range; group by model per day) and TopSpenders
-through the real gRPC server, --runs times each. The baseline, in the same run on the
+through the real gRPC server, --runs times each, in --rounds rounds on the same seed
+(each printed with the load average at its end: the machine's cores are shared, and
+seeding 10,000 users takes many minutes). The baseline, in the same run on the
 same data: by model per day with the SQL before issue 13 item 4 (`baseline_source`:
 the changed days as a CTE the planner guessed at one a day, so its range join at
 millions of rows), alternating with the current SQL call by call. The last line is one JSON object.
@@ -23,6 +25,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -55,11 +58,12 @@ async def seed(url: str, users: int, days: int, hours: int, models: int, end: da
             """
             INSERT INTO metering.rollups_15m (bucket, user_id, product, model, cost_center,
                 workspace_id, partition, input_tokens, cached_input_tokens, output_tokens,
-                reasoning_tokens, micros, events, fallback_events)
+                reasoning_tokens, micros, events, fallback_events, cache_write_tokens,
+                cache_write_1h_tokens, audio_input_tokens, audio_output_tokens)
             SELECT $1::timestamptz - make_interval(days => d + 1)
                        + make_interval(hours => (h * 3 + u) % 24),
                    'user-' || u, 'chat', 'model-' || m, 'cc-' || (u % 50), 'bench', u % 3,
-                   1000 + u, 100, 300, 0, 5000 + u * 3 + m, 2, 0
+                   1000 + u, 100, 300, 0, 5000 + u * 3 + m, 2, 0, 50, 20, 10 * m, 5 * m
             FROM generate_series(0, $2 - 1) u, generate_series(0, $3 - 1) d,
                  generate_series(0, $4 - 1) h, generate_series(0, $5 - 1) m
             """,
@@ -152,7 +156,8 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
             t = time.perf_counter()
             rows = await seed(infra.database_url, ns.users, ns.days, ns.hours_per_day,
                               ns.models, end)  # fmt: skip
-            say(f"seeded {rows:,} 15-minute rollup rows in {time.perf_counter() - t:.1f}s")
+            say(f"seeded {rows:,} 15-minute rollup rows in {time.perf_counter() - t:.1f}s"
+                f" (load average {os.getloadavg()[0]:.1f})")  # fmt: skip
             if ns.explain:
                 await explain(infra.database_url, end - timedelta(days=ns.days), end)
             tokens = {"QM_TOKENS": f"bench:reader:{TOKEN}"}
@@ -175,39 +180,55 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                     )  # fmt: skip
                     first = await stub.QueryUsage(by_user, metadata=AUTH)
                     assert len(first.rows) == ns.users, len(first.rows)
-                    query, ranking = stub.QueryUsage, stub.TopSpenders
-                    q1 = await timed(lambda: query(by_user, timeout=60, metadata=AUTH), ns.runs)
-                    current = usage._source
-                    q2, q2_baseline = [], []
-                    for _ in range(ns.runs):  # alternating, so load drifts hit both alike
-                        q2 += await timed(lambda: query(by_model_day, timeout=60, metadata=AUTH), 1)
-                        usage._source = baseline_source
-                        try:
-                            q2_baseline += await timed(
-                                lambda: query(by_model_day, timeout=60, metadata=AUTH), 1
-                            )
-                        finally:
-                            usage._source = current
+                    assert first.rows[0].cache_write_1h_tokens > 0  # the newer columns, summed
                     top = cost_pb2.TopSpendersRequest(filter=window, limit=10)
-                    q3 = await timed(lambda: ranking(top, timeout=60, metadata=AUTH), ns.runs)
+                    rounds = []
+                    for i in range(ns.rounds):
+                        rounds.append(await one_round(stub, by_user, by_model_day, top, ns.runs))
+                        say(f"-- round {i + 1} of {ns.rounds}, load average {rounds[-1]['load']}")
+                        for name, q in rounds[-1]["ms"].items():
+                            say(f"{name:>18}: median {statistics.median(q):7.1f} ms,"
+                                f" min {min(q):7.1f} ms, max {max(q):7.1f} ms")  # fmt: skip
             finally:
                 await running.stop(1)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    for name, q in (("by user, 30 days", q1), ("by model per day", q2),
-                    ("baseline by model", q2_baseline), ("top 10", q3)):  # fmt: skip
-        say(f"{name:>18}: median {statistics.median(q):7.1f} ms, min {min(q):7.1f} ms,"
-            f" max {max(q):7.1f} ms")  # fmt: skip
-    return {
-        "rollup_rows": rows,
-        "users": ns.users,
-        "days": ns.days,
-        "query_by_user_median_ms": round(statistics.median(q1), 1),
-        "query_by_user_max_ms": round(max(q1), 1),
-        "query_by_model_day_median_ms": round(statistics.median(q2), 1),
-        "query_by_model_day_baseline_median_ms": round(statistics.median(q2_baseline), 1),
-        "top_spenders_median_ms": round(statistics.median(q3), 1),
-    }
+    medians = [{k: round(statistics.median(q), 1) for k, q in r["ms"].items()} for r in rounds]
+    out: dict[str, object] = {"rollup_rows": rows, "users": ns.users, "days": ns.days}
+    for key, name in (("query_by_user", "by user, 30 days"),
+                      ("query_by_model_day", "by model per day"),
+                      ("query_by_model_day_baseline", "baseline by model"),
+                      ("top_spenders", "top 10")):  # fmt: skip
+        out[f"{key}_median_ms"] = [m[name] for m in medians]  # one per round
+    out["by_model_day_vs_baseline"] = [
+        round(m["by model per day"] / m["baseline by model"], 2) for m in medians
+    ]
+    out["load_average"] = [r["load"] for r in rounds]
+    return out
+
+
+async def one_round(
+    stub: cost_pb2_grpc.UsageServiceStub, by_user: cost_pb2.QueryUsageRequest,
+    by_model_day: cost_pb2.QueryUsageRequest, top: cost_pb2.TopSpendersRequest, runs: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One round of every query, `runs` times each, with the 1-minute load average at
+    its end (two shared cores: the load says how much of them the round had)."""
+    query, ranking = stub.QueryUsage, stub.TopSpenders
+    q1 = await timed(lambda: query(by_user, timeout=120, metadata=AUTH), runs)
+    current = usage._source
+    q2: list[float] = []
+    q2_baseline: list[float] = []
+    for _ in range(runs):  # alternating, so load drifts hit both alike
+        q2 += await timed(lambda: query(by_model_day, timeout=120, metadata=AUTH), 1)
+        usage._source = baseline_source
+        try:
+            q2_baseline += await timed(lambda: query(by_model_day, timeout=120, metadata=AUTH), 1)
+        finally:
+            usage._source = current
+    q3 = await timed(lambda: ranking(top, timeout=120, metadata=AUTH), runs)
+    ms = {"by user, 30 days": q1, "by model per day": q2, "baseline by model": q2_baseline,
+          "top 10": q3}  # fmt: skip
+    return {"ms": ms, "load": round(os.getloadavg()[0], 1)}
 
 
 def main() -> None:
@@ -216,7 +237,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--hours-per-day", type=int, default=8)
     parser.add_argument("--models", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="calls of each query per round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds on the same seed, each with its load average")  # fmt: skip
     parser.add_argument("--explain", action="store_true", help="print the query plans too")
     ns = parser.parse_args()
     sys.stdout.write(json.dumps(asyncio.run(main_async(ns))) + "\n")

@@ -273,7 +273,9 @@ async def main_async(
                 seconds = await drain(infra.database_url, app_id, ends, worker)
                 eps = n / seconds
                 _, peak = rss_mb(worker.pid)
-                say(f"worker: {eps:,.0f} events/s ({seconds:.2f}s), peak RSS {peak:.0f} MB")
+                load = round(os.getloadavg()[0], 1)  # the cores are shared: how busy they were
+                say(f"worker: {eps:,.0f} events/s ({seconds:.2f}s), peak RSS {peak:.0f} MB,"
+                    f" load average {load}")  # fmt: skip
                 conn = await asyncpg.connect(infra.database_url)
                 rows = await conn.fetch(
                     "SELECT subject_id, period_key, used_micros FROM metering.totals"
@@ -304,6 +306,7 @@ async def main_async(
         "freshness_p99_ms": round(q[98], 1),
         "freshness_probes": len(fresh),
         "freshness_load_events_per_s": load_eps,
+        "load_average": load,
     }
 
 

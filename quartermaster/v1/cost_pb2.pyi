@@ -190,6 +190,9 @@ class UsageRow(_message.Message):
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     GROUP_ID_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_TOKENS_FIELD_NUMBER: _builtins.int
+    AUDIO_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    AUDIO_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Set for the dimensions grouped by; empty otherwise."""
     product: _builtins.str
@@ -210,6 +213,15 @@ class UsageRow(_message.Message):
     group_id: _builtins.str
     model_id: _builtins.str
     """The reported model id, when grouped by DIMENSION_MODEL_ID."""
+    cache_write_1h_tokens: _builtins.int
+    """Cache writes kept for one hour (a subset of cache_write_tokens, priced at the
+    model's cache_write_1h rate: Anthropic's ephemeral_1h_input_tokens).
+    """
+    audio_input_tokens: _builtins.int
+    """Audio tokens (subsets of input_tokens and output_tokens, priced at the model's
+    audio_input and audio_output rates).
+    """
+    audio_output_tokens: _builtins.int
     @_builtins.property
     def bucket_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the bucket (unset for GRANULARITY_TOTAL)."""
@@ -232,10 +244,13 @@ class UsageRow(_message.Message):
         cache_write_tokens: _builtins.int = ...,
         group_id: _builtins.str = ...,
         model_id: _builtins.str = ...,
+        cache_write_1h_tokens: _builtins.int = ...,
+        audio_input_tokens: _builtins.int = ...,
+        audio_output_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "group_id", b"group_id", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "model_id", b"model_id", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_input_tokens", b"audio_input_tokens", "audio_output_tokens", b"audio_output_tokens", "bucket_start", b"bucket_start", "cache_write_1h_tokens", b"cache_write_1h_tokens", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_center", b"cost_center", "events", b"events", "fallback_events", b"fallback_events", "group_id", b"group_id", "input_tokens", b"input_tokens", "micros", b"micros", "model", b"model", "model_id", b"model_id", "output_tokens", b"output_tokens", "product", b"product", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,19 +311,44 @@ class Spender(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     MICROS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    AUDIO_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    AUDIO_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     micros: _builtins.int
     events: _builtins.int
+    input_tokens: _builtins.int
+    """The tokens of the user's usage under the filter, by class, as in UsageRow."""
+    cached_input_tokens: _builtins.int
+    cache_write_tokens: _builtins.int
+    cache_write_1h_tokens: _builtins.int
+    output_tokens: _builtins.int
+    reasoning_tokens: _builtins.int
+    audio_input_tokens: _builtins.int
+    audio_output_tokens: _builtins.int
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         micros: _builtins.int = ...,
         events: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        cache_write_1h_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+        audio_input_tokens: _builtins.int = ...,
+        audio_output_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "micros", b"micros", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_input_tokens", b"audio_input_tokens", "audio_output_tokens", b"audio_output_tokens", "cache_write_1h_tokens", b"cache_write_1h_tokens", "cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "events", b"events", "input_tokens", b"input_tokens", "micros", b"micros", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

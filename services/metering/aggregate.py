@@ -240,15 +240,17 @@ class Meter:
                     event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
                 )  # fmt: skip
                 out, reasoning = event.output_tokens, event.reasoning_tokens
+                w1h, a_in, a_out = (
+                    event.cache_write_1h_input_tokens, event.audio_input_tokens,
+                    event.audio_output_tokens,
+                )  # fmt: skip
                 if event.service_tier:  # batch, flex, priority: the tier's prices
                     price = price.at_tier(SERVICE_TIERS.get(event.service_tier, ""))
-                picos = picos_of(price, inp, cached, written, out, reasoning,
-                                 event.cache_write_1h_input_tokens, event.audio_input_tokens,
-                                 event.audio_output_tokens)  # fmt: skip
+                picos = picos_of(price, inp, cached, written, out, reasoning, w1h, a_in, a_out)
                 center = event.attributes.get(COST_CENTER, "")
                 if (picos > MAX_EVENT_PICOS or headroom is not None) and _refused(
                     plan, rec, event, headroom, second, center,
-                    [inp, cached, written, out, reasoning, picos, 1, fallback],
+                    [inp, cached, written, out, reasoning, picos, 1, fallback, w1h, a_in, a_out],
                 ):  # fmt: skip
                     continue
                 new_seen[h] = now_ts
@@ -258,7 +260,8 @@ class Meter:
                        event.workspace_id or default_workspace)  # fmt: skip
                 acc = sums.get(key)
                 if acc is None:
-                    sums[key] = [inp, cached, written, out, reasoning, picos, 1, fallback]
+                    sums[key] = [inp, cached, written, out, reasoning, picos, 1, fallback,
+                                 w1h, a_in, a_out]  # fmt: skip
                 else:
                     acc[0] += inp
                     acc[1] += cached
@@ -268,6 +271,10 @@ class Meter:
                     acc[5] += picos
                     acc[6] += 1
                     acc[7] += fallback
+                    if w1h or a_in or a_out:  # the newer classes: rare, one branch
+                        acc[8] += w1h
+                        acc[9] += a_in
+                        acc[10] += a_out
                 if event.request_id:
                     settled.setdefault(user, []).append(event.request_id)
         self._derive(plan)

@@ -69,7 +69,8 @@ def overflowing(changed: dict[TotalKey, Total], rollups: dict[RollupKey, Rollup]
     for key, r in rollups.items():
         # spelled out: this runs for every rollup of every batch
         if (max(r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens,
-                r.reasoning_tokens, r.events, r.fallback_events) > MAX_SUM
+                r.reasoning_tokens, r.events, r.fallback_events, r.cache_write_1h_tokens,
+                r.audio_input_tokens, r.audio_output_tokens) > MAX_SUM
                 or r.picos > MAX_SUM_PICOS):  # fmt: skip
             users.add(key[2])
     return users

@@ -36,9 +36,31 @@ def price_problem(value: object) -> str:
 
 class _Loader(yaml.SafeLoader):
     """yaml's safe loader, refusing nesting past MAX_YAML_DEPTH as it composes (before
-    the time and the recursion a deeper document costs)."""
+    the time and the recursion a deeper document costs), and a key written twice in
+    one mapping: yaml keeps the later silently, so two `gpt5-prod:` aliases naming two
+    models, or a model listed twice, lost one of them without a word."""
 
     _depth = 0
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: the mapping's own keys override it, as meant
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = lines.get(key)
+                except TypeError:
+                    continue  # an unhashable key: yaml itself refuses it
+                lines[key] = line
+                if first is not None:
+                    raise ValueError(
+                        f"line {line}: {key!r} is written twice in one mapping (first on "
+                        f"line {first}); yaml would keep only the later: remove one"
+                    )
+        return super().construct_mapping(node, deep)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1

@@ -165,9 +165,13 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
     if ns.action == "load":
         path = Path(ns.file)
         try:
-            document = path.read_text()
+            document = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise SystemExit(f"{path}: {exc}") from None
+        except UnicodeDecodeError as exc:  # a spreadsheet's .xlsx, or a Latin-1 export
+            raise SystemExit(
+                f"{path}: not UTF-8 text (byte {exc.start}): save it as CSV UTF-8 or YAML"
+            ) from None
         resp = stub.LoadPrices(
             prices_pb2.LoadPricesRequest(
                 document=document, source=path.name, replace=ns.replace, dry_run=ns.dry_run,

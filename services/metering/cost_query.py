@@ -144,11 +144,13 @@ class UsageRow:
 
 @dataclass(frozen=True)
 class Spender:
-    """A user's spend over the range: micro-credits and events."""
+    """A user's spend over the range: micro-credits and events, and `tokens`, the
+    user's token counts by class (by `state.TOKEN_COUNTERS` name; absent: 0)."""
 
     user_id: str
     micros: int
     events: int
+    tokens: dict[str, int] = field(default_factory=dict)
 
 
 # group id → its members now

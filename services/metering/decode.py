@@ -93,12 +93,35 @@ def _parse_json(value: bytes, message: Message) -> None:
     if not isinstance(raw, dict):
         got = _JSON_KINDS.get(type(raw), type(raw).__name__)
         raise InvalidUsage(f"{where}: expected a JSON object, got {got}")
+    _check_json_tiers(raw)
     try:
         json_format.ParseDict(raw, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise InvalidUsage(f"{where}: {exc}") from None
     except RecursionError:
         raise InvalidUsage(f"{where}: nested too deeply") from None
+
+
+_TIER_NAMES = frozenset(ServiceTier.keys())
+
+
+def _check_json_tiers(raw: dict[str, object]) -> None:
+    """Refuse a service tier name UsageEvent does not know. ignore_unknown_fields (kept
+    for unknown fields) also turns an unknown enum name into 0, so a batch event
+    written `SERVICE_TIER_BACTH` was priced at the standard rate, twice the batch one,
+    without a word, where the same event in protobuf (an unknown number) is refused."""
+    events = raw.get("events") if "events" in raw else None
+    listed = events if isinstance(events, list) else [raw]
+    for i, event in enumerate(listed):
+        if not isinstance(event, dict):
+            continue  # ParseDict names what is wrong with it
+        for name in ("serviceTier", "service_tier"):
+            tier = event.get(name)
+            if isinstance(tier, str) and tier not in _TIER_NAMES:
+                where = f"events[{i}].service_tier" if listed is events else "service_tier"
+                raise InvalidUsage(
+                    f"{where}: unknown tier {tier[:64]!r} (one of {', '.join(sorted(_TIER_NAMES))})"
+                )
 
 
 def decode(

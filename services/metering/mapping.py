@@ -127,10 +127,11 @@ def usage_response(rows: Sequence[UsageRow], truncated: bool) -> cost_pb2.QueryU
 
 
 def top_spenders_response(spenders: Sequence[Spender]) -> cost_pb2.TopSpendersResponse:
-    """The spenders in order, micros in micro-credits."""
+    """The spenders in order, micros in micro-credits, tokens by class."""
     return cost_pb2.TopSpendersResponse(
         spenders=[
-            cost_pb2.Spender(user_id=s.user_id, micros=s.micros, events=s.events) for s in spenders
+            cost_pb2.Spender(user_id=s.user_id, micros=s.micros, events=s.events, **s.tokens)
+            for s in spenders
         ]
     )
 

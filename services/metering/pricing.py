@@ -11,8 +11,10 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "PriceCatalog",
     "Priced",
     "Tokens",
+    "alias_problems",
     "cost_micros",
     "micros_of",
     "parse_csv",
@@ -66,10 +69,16 @@ def _when(raw: Any, where: str) -> datetime:
             raise CatalogError(f"{where}: not an ISO-8601 time: {raw!r}") from None
     if value.tzinfo is None:
         raise CatalogError(f"{where}: needs a time zone (e.g. ...Z)")
+    # The instant must be one a protobuf Timestamp holds (UTC years 1 to 9999):
+    # 9999-12-31T23:00-05:00 is in year 10000 in UTC, and ListPrices could not send it.
+    if not _FIRST_NS <= epoch_ns(value) <= _LAST_NS:
+        raise CatalogError(f"{where}: {value.isoformat()} is outside years 1 to 9999 in UTC")
     return value
 
 
 Versions = list[tuple[datetime, Price]]
+_FIRST_NS = epoch_ns(datetime(1, 1, 1, tzinfo=UTC))
+_LAST_NS = epoch_ns(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
 
 # Before and after every instant a Timestamp can hold (years 1 to 9999), as epoch ns.
 NEVER_BEFORE = -(2**64)
@@ -94,10 +103,42 @@ def _aliases(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict) or len(raw) > MAX_ALIASES:
         raise CatalogError(f"{where}: aliases must map at most {MAX_ALIASES} ids to models")
     out: dict[str, str] = {}
+    written: dict[str, str] = {}  # lower case -> the alias as written
     for alias, model in raw.items():
         if not isinstance(alias, str) or not alias.strip() or not isinstance(model, str):
             raise CatalogError(f"{where}: aliases: {alias!r}: expected 'id or glob: model'")
-        out[alias.strip().lower()] = model.strip()
+        key = alias.strip().lower()
+        if key in out and out[key] != model.strip():
+            raise CatalogError(
+                f"{where}: aliases: {written[key]!r} and {alias!r} are one alias (aliases "
+                f"ignore case) claimed by two models, {out[key]} and {model.strip()}: keep one"
+            )
+        out[key], written[key] = model.strip(), alias
+    return out
+
+
+_WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
+
+
+def alias_problems(models: Collection[str], aliases: Mapping[str, str]) -> list[str]:
+    """Why aliases can't stand beside `models` (checked when a catalog is loaded, not
+    when a stored revision is read): an alias that is a model of its own would never
+    apply (a model's own name wins), and a glob of wildcards alone (`*`) would name
+    every id, so no unknown model would be flagged again."""
+    out = []
+    for alias, model in sorted(aliases.items()):
+        # aliases are lower case; a model key is matched as written first
+        if alias in models:
+            out.append(
+                f"alias {alias} -> {model}: {alias} is a model of the catalog, whose own "
+                "price always wins: remove the alias or the model"
+            )
+        elif _GLOB & set(alias) and not _WILDCARDS.sub("", alias).strip():
+            out.append(
+                f"alias {alias} -> {model}: a glob of wildcards alone names every model id, "
+                "so unknown models would no longer be flagged (the fallback prices them): "
+                "give it a literal part, e.g. gpt-5-*"
+            )
     return out
 
 
@@ -150,12 +191,18 @@ def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
     cache_write,output,reasoning` and optionally `cache_write_1h,audio_input,audio_output`
     (all but input, cached_input and output may be empty: their defaults, token_prices);
     the model `*` is the fallback, without effective_from."""
-    rows = list(csv.DictReader(io.StringIO(text.strip())))
+    # A spreadsheet's "CSV UTF-8" starts with a byte-order mark, which would become part
+    # of the first column's name ("header lacks model" for a header that shows one).
+    text = text.removeprefix("\ufeff").strip()
+    rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
         raise CatalogError(f"{where}: no rows under a header")
     missing = {"model", "effective_from", "input", "cached_input", "output"} - set(rows[0])
     if missing:
-        raise CatalogError(f"{where}: header lacks column(s) {sorted(missing)}")
+        header = text.split("\n", 1)[0]
+        hint = next((f" (separated by {sep!r}? use commas)" for sep in ";\t|" if sep in header),
+                    "")  # fmt: skip
+        raise CatalogError(f"{where}: header lacks column(s) {sorted(missing)}{hint}")
     raw: dict[str, Any] = {}
     models: dict[str, list[dict[str, Any]]] = {}
     for n, row in enumerate(rows, start=2):
@@ -225,7 +272,11 @@ class PriceCatalog:
         except OSError as exc:
             raise CatalogError(f"{path}: {exc}") from None
         parse = parse_csv if path.suffix.lower() == ".csv" else parse_yaml
-        return cls.whole(parse(text, str(path)), str(path))
+        catalog = cls.whole(parse(text, str(path)), str(path))
+        problems = alias_problems(catalog.models, catalog.aliases)
+        if problems:
+            raise CatalogError(f"{path}: " + "; ".join(problems))
+        return catalog
 
     @classmethod
     def from_mapping(cls, raw: Any, where: str = "catalog") -> PriceCatalog:

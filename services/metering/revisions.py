@@ -16,6 +16,7 @@ from services.metering.pricing import (
     CatalogError,
     Price,
     PriceCatalog,
+    alias_problems,
     parse_csv,
     parse_yaml,
 )
@@ -65,17 +66,22 @@ def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> Pric
     """The catalog after loading `doc` on top of `old` (or instead of it)."""
     if replace or old is None:
         where = "document" if replace else "document (the first catalog)"
-        return PriceCatalog.whole(doc, where)
-    models = {m: list(v) for m, v in old.models.items()}
-    for model, versions in doc.models.items():
-        by_start = dict(models.get(model, []))
-        by_start.update(versions)  # the same effective_from: the document's price wins
-        models[model] = sorted(by_start.items())
-    aliases = {**old.aliases, **doc.aliases}  # the same alias: the document's model wins
-    try:
-        return PriceCatalog(models, doc.fallback or old.fallback, aliases)
-    except CatalogError as exc:
-        raise CatalogError(f"document: {exc}") from None
+        new = PriceCatalog.whole(doc, where)
+    else:
+        models = {m: list(v) for m, v in old.models.items()}
+        for model, versions in doc.models.items():
+            by_start = dict(models.get(model, []))
+            by_start.update(versions)  # the same effective_from: the document's price wins
+            models[model] = sorted(by_start.items())
+        aliases = {**old.aliases, **doc.aliases}  # the same alias: the document's model wins
+        try:
+            new = PriceCatalog(models, doc.fallback or old.fallback, aliases)
+        except CatalogError as exc:
+            raise CatalogError(f"document: {exc}") from None
+    problems = alias_problems(new.models, new.aliases)
+    if problems:
+        raise CatalogError("document: " + "; ".join(problems))
+    return new
 
 
 def changes(old: PriceCatalog | None, new: PriceCatalog, now: datetime) -> list[str]:

@@ -79,15 +79,25 @@ class Rollup:
     picos: int
     events: int
     fallback_events: int
+    # The newer token classes (issue 13, item 2), each a subset of a count above:
+    # one-hour cache writes of cache_write_tokens, audio of input/output_tokens.
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
 
 
 # Rollup's counters in field order: sums. PostgreSQL holds `picos` as two bigint
-# columns (stores.rollups.COLUMNS), the others as one column each.
+# columns (stores.rollups.COLUMNS), the others as one column each. The newer classes
+# come last, so the positions the hot loop indexes (picos 5, events 6, fallback 7)
+# stay where they were.
 ROLLUP_COUNTERS = (
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
     "reasoning_tokens", "picos", "events", "fallback_events",
+    "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
 )  # fmt: skip
 PICOS = ROLLUP_COUNTERS.index("picos")
+# The counters that are token counts, by class (what a Cost API row and spender carry).
+TOKEN_COUNTERS = tuple(c for c in ROLLUP_COUNTERS if c.endswith("_tokens"))
 
 
 @dataclass

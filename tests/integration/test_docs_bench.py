@@ -38,7 +38,7 @@ SHRINK: dict[str, Small] = {
         "--events 1000 --users 100 --probes 3 --load 200", {"QM_METERING_BATCH_MAX": "2"}
     ),
     "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
-    "bench-costs": Small("--users 50 --days 2 --runs 1"),
+    "bench-costs": Small("--users 50 --days 2 --runs 1 --rounds 1"),
     "bench-requests": Small(
         "--past 500 --awaiting 60 --others 40 --users 20 --seconds 0.5 --lists 5 --concurrency 2"
     ),

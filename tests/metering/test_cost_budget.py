@@ -6,9 +6,9 @@ worker does), compacts daily rollups at one moment and counts more after it (as 
 compaction lags), then asks the real `UsageStore` (what the Cost API answers from) for
 every budget period the events touched: every grouping and granularity, per user and
 over all users, must sum to the totals metering publishes (UsageTotal.used_micros,
-which GetBudget shows unchanged). A fresh database per test: compaction reads every
-day changed in the database, in the zone it is given, so it must not meet the
-session's rows (counted in UTC).
+which GetBudget shows unchanged), and each token class to what the events reported.
+A fresh database per test: compaction reads every day changed in the database, in the
+zone it is given, so it must not meet the session's rows (counted in UTC).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from quartermaster.db import migrate
 from quartermaster.partitioning import partition_of
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
-from quartermaster.v1.usage_pb2 import ServiceTier
+from quartermaster.v1.usage_pb2 import ServiceTier, UsageEvent
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering import api
 from services.metering.aggregate import Meter, Record
@@ -113,6 +113,29 @@ class Counted:
         return dict(self.state.totals)
 
 
+# UsageEvent's token fields → the Cost API's token columns
+TOKEN_COLUMNS = {
+    "input_tokens": "input_tokens", "cached_input_tokens": "cached_input_tokens",
+    "cache_write_input_tokens": "cache_write_tokens",
+    "cache_write_1h_input_tokens": "cache_write_1h_tokens", "output_tokens": "output_tokens",
+    "reasoning_tokens": "reasoning_tokens", "audio_input_tokens": "audio_input_tokens",
+    "audio_output_tokens": "audio_output_tokens",
+}  # fmt: skip
+
+
+def token_sums(events: list[bytes], tz: ZoneInfo) -> dict[TotalKey, dict[str, int]]:
+    """What the events reported, per (user, kind, period) and token column."""
+    out: dict[TotalKey, dict[str, int]] = {}
+    for value in events:
+        e = UsageEvent.FromString(value)
+        at = datetime.fromtimestamp(e.occurred_at.seconds, UTC)
+        for kind in (PeriodKind.DAY, PeriodKind.MONTH):
+            sums = out.setdefault((e.user_id, kind.value, period_of(kind, at, tz).key), {})
+            for field, column in TOKEN_COLUMNS.items():
+                sums[column] = sums.get(column, 0) + getattr(e, field)
+    return out
+
+
 def random_events(rnd: random.Random, users: list[str], tz: ZoneInfo) -> list[bytes]:
     out = []
     for _ in range(rnd.randint(20, 60)):
@@ -138,8 +161,12 @@ def random_events(rnd: random.Random, users: list[str], tz: ZoneInfo) -> list[by
     return out
 
 
-async def agree(store: UsageStore, rnd: random.Random, budgets: dict[TotalKey, Total]) -> int:
-    """Check every touched day and month against the Cost API; how many answers."""
+async def agree(
+    store: UsageStore, rnd: random.Random, budgets: dict[TotalKey, Total],
+    tokens: dict[TotalKey, dict[str, int]],
+) -> int:  # fmt: skip
+    """Check every touched day and month against the Cost API (money against the
+    budget, tokens of every class against what the events reported); how many answers."""
     asked = 0
     by_period: dict[tuple[str, str], list[Total]] = {}
     for (user, kind, key), total in budgets.items():
@@ -149,6 +176,7 @@ async def agree(store: UsageStore, rnd: random.Random, budgets: dict[TotalKey, T
         f = UsageFilter(total.period_start, total.period_end, user_ids=(user,))
         [top] = await store.top_spenders(TopSpendersQuery(f), None)
         assert (top.user_id, top.micros) == (user, total.used_micros), (kind, key)
+        assert top.tokens == tokens[(user, kind, key)], (kind, key)
         dims = [d for d in (Dimension.USER, Dimension.PRODUCT, Dimension.MODEL,
                             Dimension.COST_CENTER) if rnd.random() < 0.5]  # fmt: skip
         for granularity in Granularity:
@@ -164,12 +192,16 @@ async def agree(store: UsageStore, rnd: random.Random, budgets: dict[TotalKey, T
         rows, _ = await store.usage(UsageQuery(f, (Dimension.USER, Dimension.MODEL), granularity),
                                     None, {})  # fmt: skip
         per_user: dict[str, int] = {}
+        user_tokens: dict[str, dict[str, int]] = {}
         for r in rows:
-            per_user[r.dimensions["user_id"]] = (
-                per_user.get(r.dimensions["user_id"], 0) + r.counters["micros"]
-            )
+            u = r.dimensions["user_id"]
+            per_user[u] = per_user.get(u, 0) + r.counters["micros"]
+            sums = user_tokens.setdefault(u, dict.fromkeys(TOKEN_COLUMNS.values(), 0))
+            for column in sums:
+                sums[column] += r.counters[column]
         want = {u: t.used_micros for (u, k, p), t in budgets.items() if (k, p) == (kind, key)}
         assert per_user == want, (kind, key, granularity)
+        assert user_tokens == {u: tokens[(u, kind, key)] for u in want}, (kind, key)
         rows, _ = await store.usage(UsageQuery(f, (Dimension.PRODUCT,), granularity), None, {})
         assert sum(r.counters["micros"] for r in rows) == sum(want.values())
         asked += 2
@@ -195,9 +227,10 @@ async def test_every_cost_api_grouping_sums_to_the_budget_in_every_zone(fresh_db
             assert await compact(pool, tz) is not None
             # counted after compaction: those days are read from the 15-minute rows
             await counted.count(events[len(events) // 2 :])
-            asked += await agree(UsageStore(pool, tz), rnd, counted.budgets())
+            reported = token_sums(events, tz)
+            asked += await agree(UsageStore(pool, tz), rnd, counted.budgets(), reported)
             await compact(pool, tz)  # and once compacted, from the daily rows
-            asked += await agree(UsageStore(pool, tz), rnd, counted.budgets())
+            asked += await agree(UsageStore(pool, tz), rnd, counted.budgets(), reported)
     finally:
         await pool.close()
     assert asked > 500

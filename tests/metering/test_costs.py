@@ -189,9 +189,10 @@ async def test_the_cli_writes_csv_for_finance(
     lines = out.getvalue().splitlines()
     assert lines[0] == (
         "bucket_start,user,model,credits,micros,input_tokens,cached_input_tokens,"
-        "cache_write_tokens,output_tokens,reasoning_tokens,events,fallback_events"
+        "cache_write_tokens,output_tokens,reasoning_tokens,events,fallback_events,"
+        "cache_write_1h_tokens,audio_input_tokens,audio_output_tokens"  # new ones last
     )
-    assert lines[1] == ",ann,o3,0.01,10000,2000,0,0,800,400,3,0"
+    assert lines[1] == ",ann,o3,0.01,10000,2000,0,0,800,400,3,0,0,0,0"
     assert len(lines) == 5
 
 

@@ -43,13 +43,22 @@ def priced(model: str, inp: int, out: int) -> tuple[int, bool]:
     ("anthropic.claude-sonnet-4-5-20250929-v1:0", 18_000),
     ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", 18_000),
     ("gpt-5-mini-2025-08-07", 2_250),
+    ("openai:gpt-5", 11_250),  # pydantic-ai's form: the fallback priced it (25,000)
+    ("anthropic:claude-sonnet-4-5-20250929", 18_000),
+    ("bedrock:us.anthropic.claude-sonnet-4-5-20250929-v1:0", 18_000),
 ])  # fmt: skip
 def test_real_traffic_ids_are_priced_as_their_catalog_model(model: str, micros: int) -> None:
     """1,000 tokens in and 1,000 out."""
     assert priced(model, 1000, 1000) == (micros, False)
 
 
-@pytest.mark.parametrize("model", ["gpt-6", "my-own-model", "gpt-5x", "mini", "x/y/z"])
+@pytest.mark.parametrize("model", [
+    "gpt-6", "my-own-model", "gpt-5x", "mini", "x/y/z",
+    # other offerings under a known name, priced otherwise: unknown until cataloged
+    "gpt-5-nano", "gpt-5-pro", "o3-mini", "o3-pro", "gpt-5-chat-latest",
+    "ft:gpt-5:acme::abc123", "gpt-5:free", "openai/gpt-5:online", "acme:gpt-5",
+    "claude-sonnet-4-5-20250929-thinking", "gpt\u20115", "\uff47\uff50\uff54-5",
+])  # fmt: skip
 def test_unknown_ids_stay_unknown_and_are_flagged(model: str) -> None:
     assert priced(model, 1000, 1000) == (25_000, True)
 
@@ -101,7 +110,8 @@ def test_candidates_never_repeat_and_blank_yields_nothing() -> None:
 
 # Every form a provider or gateway gives a catalog model, built around its key.
 PREFIXES = st.sampled_from(["", "openai/", "anthropic/", "azure/", "openrouter/openai/",
-                            "vertex_ai/", "bedrock/"])  # fmt: skip
+                            "vertex_ai/", "bedrock/", "openai:", "anthropic:", "azure:",
+                            "openrouter/anthropic:"])  # fmt: skip
 DATES = st.sampled_from(["", "-2025-08-07", "-20250805", "-0613", "-latest", "@20250929"])
 CASES = st.sampled_from([str.lower, str.upper, str.title, lambda s: s])
 

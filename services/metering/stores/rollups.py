@@ -51,7 +51,8 @@ def rollup_of(row: asyncpg.Record) -> Rollup:
     return Rollup(
         row["workspace_id"], row["input_tokens"], row["cached_input_tokens"],
         row["cache_write_tokens"], row["output_tokens"], row["reasoning_tokens"], picos,
-        row["events"], row["fallback_events"],
+        row["events"], row["fallback_events"], row["cache_write_1h_tokens"],
+        row["audio_input_tokens"], row["audio_output_tokens"],
     )  # fmt: skip
 
 

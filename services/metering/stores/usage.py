@@ -47,7 +47,7 @@ from services.metering.cost_query import (
     whole_days,
 )
 from services.metering.pricing import PriceCatalog
-from services.metering.state import PICOS, ROLLUP_COUNTERS
+from services.metering.state import PICOS, ROLLUP_COUNTERS, TOKEN_COUNTERS
 from services.metering.stores.catalog import CatalogStore
 from services.metering.stores.rollups import COLUMNS
 
@@ -255,14 +255,18 @@ class UsageStore:
                 + f"""
             SELECT user_id, sum(events)::bigint AS events,
                    sum(micros)::bigint + {_floor(f"sum(picos_remainder)::bigint + {_HALF}")}
-                       AS micros
+                       AS micros,
+                   {", ".join(f"sum({c})::bigint AS {c}" for c in TOKEN_COUNTERS)}
             FROM src GROUP BY user_id ORDER BY micros DESC, user_id LIMIT $8
             """
             ),
             _args(query.filter, self._tz, limit, True, users, resolved),
             jit=False,
         )
-        return [Spender(r["user_id"], r["micros"], r["events"]) for r in rows]
+        return [
+            Spender(r["user_id"], r["micros"], r["events"], {c: r[c] for c in TOKEN_COUNTERS})
+            for r in rows
+        ]
 
 
 _P = PICOS_PER_MICRO
