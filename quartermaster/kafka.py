@@ -42,9 +42,20 @@ def configure(settings: CommonSettings) -> None:
 
 
 def client_config(bootstrap: str, **config: Any) -> dict[str, Any]:
-    """The configuration of a confluent-kafka client of `bootstrap`: the process's
-    security (`configure`), then `config`."""
-    return {"bootstrap.servers": bootstrap, **_security, **config}
+    """The configuration of a confluent-kafka client of `bootstrap`: no topic
+    auto-creation, the process's security (`configure`), then `config`.
+
+    librdkafka's producers ask the broker to create a topic they send to that does
+    not exist (`allow.auto.create.topics` defaults to true for them): a DLQ record or
+    a notification intent sent before `ensure_topics` would create its topic with the
+    broker's defaults (its partition count, not compacted). Off, such a send fails
+    (an outage to the sender, retried or logged) until the topics are created."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "allow.auto.create.topics": False,
+        **_security,
+        **config,
+    }
 
 
 def faust_credentials(settings: CommonSettings) -> object | None:
