@@ -35,8 +35,9 @@ async def standin() -> AsyncIterator[SlackStandin]:
 
 @pytest.mark.infra
 async def test_usage_crossing_80_percent_sends_one_slack_message(
-    infra: Infra, metering: MeteringWorker, replicas: Replicas, standin: SlackStandin
+    infra: Infra, metering: MeteringWorker, metered_replicas: Replicas, standin: SlackStandin
 ) -> None:
+    replicas = metered_replicas  # the workspace metering counts
     await replicas.set_default(20 * COST, Enforcement.SOFT)
     [policy] = await replicas.start(1)
     user = new_user()
@@ -60,7 +61,9 @@ async def test_usage_crossing_80_percent_sends_one_slack_message(
         await asyncio.sleep(1.0)  # a second message, were one coming, would be here by now
     finally:
         await notifier.stop()
-    [message] = standin.posted(f"DU{user}")
+    posted = standin.posted(f"DU{user}")
+    assert len(posted) == 1, [(m.text[:100], m.metadata) for m in posted]
+    [message] = posted
     assert message.text.startswith("You have used 80% of your monthly AI budget")
     assert " of 0.13 credits in " in message.text
     assert "(80 %)" in message.text
