@@ -21,6 +21,7 @@ from confluent_kafka.admin._config import ConfigResource  # not re-exported for 
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
+from quartermaster import tls
 from quartermaster.config import CommonSettings
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
@@ -37,6 +38,12 @@ def configure(settings: CommonSettings) -> None:
     once, before it creates a client."""
     _security.clear()
     _security.update(settings.kafka_client_config())
+    # Checked (and refused) when the settings were read; said here, once logging is
+    # set up, when one expires within tls.EXPIRY_WARNING.
+    if settings.kafka_ssl_ca_file is not None:
+        tls.check_ca_certificates(settings.kafka_ssl_ca_file)
+    if settings.kafka_ssl_cert_file is not None:
+        tls.check_certificates(settings.kafka_ssl_cert_file)
     if _security:
         log.info("Kafka clients connect with %s", settings.kafka_security_protocol)
 
