@@ -23,7 +23,8 @@ class ForeignRecords:
     "qm.usage.totals.v1 (policy)"). `empty_is_here`: whether a record naming no
     workspace is this one's (the contract of usage events, totals and request events:
     a single-workspace producer may leave it empty); notification intents always name
-    theirs, so their consumer says False. `count` is how many were skipped,
+    theirs, so their consumer says False. `here` "" skips nothing (a TotalsIndex built
+    without a workspace, as a bench does). `count` is how many were skipped,
     `by_workspace` per workspace (the first `remember` workspaces)."""
 
     def __init__(
@@ -45,7 +46,9 @@ class ForeignRecords:
     def foreign(self, workspace_id: str) -> bool:
         """True (counted, and logged the first time for that workspace) when a record
         naming `workspace_id` is not this workspace's and must be skipped."""
-        if workspace_id == self.here or (not workspace_id and self.empty_is_here):
+        if not self.here or workspace_id == self.here:
+            return False  # no workspace of its own ("": a bench, a one-layer test): any
+        if not workspace_id and self.empty_is_here:
             return False
         self.count += 1
         seen = self.by_workspace.get(workspace_id)

@@ -33,6 +33,10 @@ def test_this_workspace_and_an_empty_one_pass_another_is_counted_and_said_once(
     )
 
 
+def test_without_a_workspace_of_its_own_nothing_is_foreign() -> None:
+    assert ForeignRecords("", "qm.x.v1", log).foreign("acme") is False
+
+
 def test_where_empty_is_not_this_workspace_it_is_skipped() -> None:
     records = ForeignRecords("ws-here", "qm.notifications.v1", log, empty_is_here=False)
     assert records.foreign("") is True
