@@ -12,11 +12,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, Field, model_validator
 
 from quartermaster.settings import HostPorts, NonBlank, Settings, SettingsError
-from quartermaster.tls import ClientTls, ServerTls, TlsFileError, check_certificates, check_key_pair
+from quartermaster.tls import (
+    ClientTls,
+    ServerTls,
+    TlsFileError,
+    check_ca_certificates,
+    check_certificates,
+    check_key_pair,
+)
 from quartermaster.tokens import Grant, TokenSpec, parse_tokens
 
-# A PEM file of certificates that exists and parses (checked when settings are read).
-Certificates = Annotated[Path, AfterValidator(check_certificates)]
+# A PEM file of certificates that exists, parses and is valid now (checked when the
+# settings are read): a chain, every certificate in its dates; a CA file, at least one.
+# Said (expiring soon) where they are used, once logging is set up: `server_tls`,
+# `client_tls`, `quartermaster.kafka.configure`.
+Certificates = Annotated[Path, AfterValidator(lambda p: check_certificates(p, warn=False))]
+CaCertificates = Annotated[Path, AfterValidator(lambda p: check_ca_certificates(p, warn=False))]
 
 _OLD_TOKENS = (
     "replaced by QM_TOKENS, one list for every service: name:role[+role]:token,... "
@@ -66,7 +77,7 @@ class CommonSettings(Settings):
     """SASL user (one per service, so broker ACLs can tell them apart)"""
     kafka_sasl_password: str = Field("", validation_alias="QM_KAFKA_SASL_PASSWORD")
     """SASL password of QM_KAFKA_SASL_USERNAME"""
-    kafka_ssl_ca_file: Certificates | None = Field(None, validation_alias="QM_KAFKA_SSL_CA_FILE")
+    kafka_ssl_ca_file: CaCertificates | None = Field(None, validation_alias="QM_KAFKA_SSL_CA_FILE")
     """CA (PEM) Kafka clients trust for the brokers' certificates (unset: the system's)"""
     kafka_ssl_cert_file: Certificates | None = Field(
         None, validation_alias="QM_KAFKA_SSL_CERT_FILE"
@@ -95,10 +106,12 @@ class CommonSettings(Settings):
     the server speaks TLS only. Unset: plaintext, and a WARNING at start"""
     tls_key_file: Path | None = Field(None, validation_alias="QM_TLS_KEY_FILE")
     """Private key (PEM, unencrypted) of QM_TLS_CERT_FILE; checked to match it at start"""
-    tls_client_ca_file: Certificates | None = Field(None, validation_alias="QM_TLS_CLIENT_CA_FILE")
+    tls_client_ca_file: CaCertificates | None = Field(
+        None, validation_alias="QM_TLS_CLIENT_CA_FILE"
+    )
     """Mutual TLS: set, every client must present a certificate signed by this CA (PEM)
     or is refused in the handshake. Needs QM_TLS_CERT_FILE"""
-    tls_ca_file: Certificates | None = Field(None, validation_alias="QM_TLS_CA_FILE")
+    tls_ca_file: CaCertificates | None = Field(None, validation_alias="QM_TLS_CA_FILE")
     """CA (PEM) this process's gRPC clients trust; set, they connect with TLS, unset in
     plaintext"""
     tls_client_cert_file: Certificates | None = Field(

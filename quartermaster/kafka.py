@@ -21,7 +21,7 @@ from confluent_kafka.admin._config import ConfigResource  # not re-exported for 
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from quartermaster import telemetry
+from quartermaster import telemetry, tls
 from quartermaster.config import CommonSettings
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
@@ -38,14 +38,31 @@ def configure(settings: CommonSettings) -> None:
     once, before it creates a client."""
     _security.clear()
     _security.update(settings.kafka_client_config())
+    # Checked (and refused) when the settings were read; said here, once logging is
+    # set up, when one expires within tls.EXPIRY_WARNING.
+    if settings.kafka_ssl_ca_file is not None:
+        tls.check_ca_certificates(settings.kafka_ssl_ca_file)
+    if settings.kafka_ssl_cert_file is not None:
+        tls.check_certificates(settings.kafka_ssl_cert_file)
     if _security:
         log.info("Kafka clients connect with %s", settings.kafka_security_protocol)
 
 
 def client_config(bootstrap: str, **config: Any) -> dict[str, Any]:
-    """The configuration of a confluent-kafka client of `bootstrap`: the process's
-    security (`configure`), then `config`."""
-    return {"bootstrap.servers": bootstrap, **_security, **config}
+    """The configuration of a confluent-kafka client of `bootstrap`: no topic
+    auto-creation, the process's security (`configure`), then `config`.
+
+    librdkafka's producers ask the broker to create a topic they send to that does
+    not exist (`allow.auto.create.topics` defaults to true for them): a DLQ record or
+    a notification intent sent before `ensure_topics` would create its topic with the
+    broker's defaults (its partition count, not compacted). Off, such a send fails
+    (an outage to the sender, retried or logged) until the topics are created."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "allow.auto.create.topics": False,
+        **_security,
+        **config,
+    }
 
 
 def faust_credentials(settings: CommonSettings) -> object | None:

@@ -11,14 +11,31 @@ Checks use the standard library's `ssl` (OpenSSL, as gRPC's own): a file holds P
 certificates (`load_verify_locations`), a key opens and matches its certificate
 (`load_cert_chain`). Failures raise `TlsFileError` (a ValueError) saying what is wrong
 with which file; the settings layer puts the variable's name in front.
+
+Dates (`cryptography` reads every certificate of a file; gRPC would only fail each
+handshake, and a server logged nothing at start): a certificate chain (a server's or
+a client's) with a certificate expired or not yet valid is refused, naming the file,
+the subject and both dates; a CA file is refused when none of its certificates is
+valid now (a bundle may carry an old root beside current ones). A certificate that
+expires within EXPIRY_WARNING is a WARNING (logger "qm.tls", once per certificate
+and process) when the file is checked, that is at start.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
+
+log = logging.getLogger("qm.tls")
+# A certificate expiring sooner than this is said at start (a WARNING).
+EXPIRY_WARNING = timedelta(days=14)
 
 StrPath = str | os.PathLike[str]
 """A file's path as callers hold it: a str or any PathLike (pathlib.Path)."""
@@ -28,9 +45,42 @@ class TlsFileError(ValueError):
     """A certificate, key or CA file that can't be used; the message says why."""
 
 
-def check_certificates(path: StrPath) -> Path:
-    """`path` (as a Path) when it holds at least one PEM certificate; TlsFileError when
-    it is missing, unreadable or holds none (a key, garbage, DER)."""
+def check_certificates(path: StrPath, now: datetime | None = None, warn: bool = True) -> Path:
+    """`path` (as a Path) when it holds PEM certificates, every one valid at `now`
+    (None: the current time, UTC): a server's or a client's chain. TlsFileError when
+    it is missing, unreadable, holds none (a key, garbage, DER), holds a block that
+    does not parse, or a certificate expired or not yet valid (naming its dates).
+    One expiring within EXPIRY_WARNING is logged when `warn` (see the module
+    docstring; the settings check with warn=False, as logging is set up after them)."""
+    path, certs = _certificates(path)
+    when = now or datetime.now(UTC)
+    for cert in certs:
+        problem = _outside(cert, when)
+        if problem:
+            raise TlsFileError(f"{path}: {problem}")
+    if warn:
+        _warn_expiring(path, certs, when)
+    return path
+
+
+def check_ca_certificates(path: StrPath, now: datetime | None = None, warn: bool = True) -> Path:
+    """`path` (as a Path) when it holds PEM certificates of which at least one is valid
+    at `now` (a CA file or bundle); TlsFileError as for `check_certificates` when it
+    can't be read or every certificate in it is outside its dates. Those outside
+    their dates beside valid ones, and those expiring soon, are logged."""
+    path, certs = _certificates(path)
+    when = now or datetime.now(UTC)
+    problems = [p for p in (_outside(c, when) for c in certs) if p]
+    if len(problems) == len(certs):
+        raise TlsFileError(f"{path}: no certificate in it is valid now: {'; '.join(problems)}")
+    if warn:
+        for problem in problems:
+            _warn_once(f"{path}: {problem}; the other certificates in it are used")
+        _warn_expiring(path, certs, when)
+    return path
+
+
+def _certificates(path: StrPath) -> tuple[Path, list[x509.Certificate]]:
     path = Path(path)
     if not path.is_file():
         raise TlsFileError(f"no such file: {path}")
@@ -38,7 +88,50 @@ def check_certificates(path: StrPath) -> Path:
         ssl.create_default_context(cafile=str(path))  # parses every certificate in it
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise TlsFileError(f"no PEM certificate in {path} ({_why(exc)})") from None
-    return path
+    try:
+        # Every block, not only those OpenSSL took: a damaged one is refused here.
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError as exc:
+        raise TlsFileError(f"a certificate in {path} does not parse ({exc})") from None
+    return path, certs
+
+
+def _outside(cert: x509.Certificate, now: datetime) -> str:
+    """Why `cert` is not valid at `now` ("" when it is)."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    dates = f"valid from {_day(start)} to {_day(end)}, now {_day(now)}"
+    if now > end:
+        return f"the certificate for {_subject(cert)} expired ({dates}): renew it"
+    if now < start:
+        return f"the certificate for {_subject(cert)} is not valid yet ({dates}): check the clock"
+    return ""
+
+
+def _warn_expiring(path: Path, certs: list[x509.Certificate], now: datetime) -> None:
+    for cert in certs:
+        end = cert.not_valid_after_utc
+        if cert.not_valid_before_utc <= now <= end < now + EXPIRY_WARNING:
+            left = end - now
+            _warn_once(
+                f"{path}: the certificate for {_subject(cert)} expires on {_day(end)}, in "
+                f"{left.days} days {left.seconds // 3600} hours: renew it before then "
+                "(after it, every TLS handshake with it fails)"
+            )
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_once(message: str) -> None:
+    # Once per process: the same file is checked when the settings are read and
+    # again when its server or client is built.
+    log.warning("TLS: %s", message)
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "(no subject)"
+
+
+def _day(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def check_key_pair(cert: StrPath, key: StrPath) -> None:
@@ -90,7 +183,7 @@ class ServerTls:
         check_certificates(cert)
         check_key_pair(cert, key)
         if client_ca is not None:
-            check_certificates(client_ca)
+            check_ca_certificates(client_ca)
         return cls(Path(cert).read_bytes(), Path(key).read_bytes(), _read(client_ca))
 
     def __repr__(self) -> str:  # never the key
@@ -122,7 +215,7 @@ class ClientTls:
         if (cert is None) != (key is None):
             raise TlsFileError("a client certificate and its key go together: give both")
         if ca is not None:
-            check_certificates(ca)
+            check_ca_certificates(ca)
         if cert is not None and key is not None:
             check_certificates(cert)
             check_key_pair(cert, key)

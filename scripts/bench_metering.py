@@ -261,6 +261,7 @@ async def main_async(
                 f"{sum(ends.values())} records")  # fmt: skip
 
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
+                   "QM_WORKSPACE_ID": "bench",  # the workspace its events name
                    "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                    "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING",
                    "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip

@@ -20,7 +20,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import grpc
 import pytest
 
@@ -189,6 +191,37 @@ def metering(request: pytest.FixtureRequest, _metering_session: MeteringWorker) 
     return _metering_session
 
 
+async def _admin_sql(database_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def metered_replicas(
+    request: pytest.FixtureRequest, _infra_session: Infra, service_env: dict[str, str]
+) -> AsyncIterator[Replicas]:
+    """Policy replicas of the session's workspace, which the session's metering worker
+    counts (policy skips totals of another workspace, and metering refuses its
+    events), on a database of the test's own (so its limits, reservations and notices
+    touch nobody); dropped after."""
+    if request.node.get_closest_marker("infra") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses policy without @pytest.mark.infra")
+    admin_url = _infra_session.database_url
+    name = f"qm_replicas_{uuid.uuid4().hex[:8]}"
+    await _admin_sql(admin_url, f"CREATE DATABASE {name}")
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    reps = Replicas({**service_env, "QM_DATABASE_URL": url}, url, service_env["QM_WORKSPACE_ID"])
+    try:
+        await asyncio.to_thread(migrate, url, migration_dirs())
+        yield reps
+    finally:
+        await reps.close()
+        await _admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(scope="session")
 async def _policy_session(
     _infra_session: Infra, workspace_id: str, service_env: dict[str, str]
@@ -238,8 +271,10 @@ ALL_METADATA = metadata("all")  # every role: for tests about something else
 class Replicas:
     """Policy replicas of a workspace of their own (so a test's limits touch nobody)."""
 
-    def __init__(self, env: dict[str, str], database_url: str) -> None:
-        self.workspace_id = f"ws-{uuid.uuid4().hex[:8]}"
+    def __init__(
+        self, env: dict[str, str], database_url: str, workspace_id: str | None = None
+    ) -> None:
+        self.workspace_id = workspace_id or f"ws-{uuid.uuid4().hex[:8]}"
         self.env = {**env, "QM_WORKSPACE_ID": self.workspace_id}
         self.database_url = database_url
         self.running: list[wiring.RunningPolicy] = []

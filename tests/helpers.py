@@ -116,7 +116,7 @@ def usage(user_id: str, **fields: object) -> usage_pb2.UsageEvent:
     """A valid UsageEvent for `user_id` (gpt-5, 1000 in / 500 out, now) with overrides."""
     event = usage_pb2.UsageEvent(
         event_id=str(uuid.uuid4()),
-        workspace_id="tests",
+        workspace_id="",  # this workspace, whichever the session's is
         user_id=user_id,
         product="chat",
         model="gpt-5",

@@ -290,7 +290,7 @@ class Meter:
             reason = refused[rec.offset]
         else:
             try:
-                decoded = decode(rec.value, rec.headers, now, self.max_age)
+                decoded = decode(rec.value, rec.headers, now, self.max_age, self.default_workspace)
             except InvalidUsage as exc:
                 reason, event_source = str(exc), exc.source
             except Exception as exc:  # a bug must not stall the partition

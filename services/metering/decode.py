@@ -125,9 +125,16 @@ def _check_json_tiers(raw: dict[str, object]) -> None:
 
 
 def decode(
-    value: bytes | None, headers: Mapping[str, str], now: datetime, max_age: timedelta
+    value: bytes | None,
+    headers: Mapping[str, str],
+    now: datetime,
+    max_age: timedelta,
+    workspace: str = "",
 ) -> Decoded:
-    """The valid events of a record, and the rejected ones of a batch."""
+    """The valid events of a record, and the rejected ones of a batch. `workspace`
+    is the one this metering counts (QM_WORKSPACE_ID): an event naming another is
+    invalid, one naming none is this workspace's (the contract since v1: gateways of
+    a single workspace leave it empty); "" accepts any (tests of decoding alone)."""
     if not value:
         raise InvalidUsage("empty record value")
     content_type, params = _content_type(headers)
@@ -138,7 +145,7 @@ def decode(
         if not batch.events:
             raise InvalidUsage("a UsageBatch with no events")
         out = Decoded(source=batch.events[0].source)
-        accepted = Accepted.at(now, max_age)
+        accepted = Accepted.at(now, max_age, workspace)
         for i, event in enumerate(batch.events):
             try:
                 _validate(event, accepted)
@@ -151,7 +158,7 @@ def decode(
     event = UsageEvent()
     _parse(value, content_type, event)
     try:
-        validate(event, now, max_age)
+        _validate(event, Accepted.at(now, max_age, workspace))
     except InvalidUsage as exc:
         raise InvalidUsage(str(exc), source=event.source) from None
     return Decoded(events=[event], source=event.source)
@@ -166,10 +173,11 @@ class Accepted:
     earliest: int
     latest: int
     max_age_days: int
+    workspace: str = ""  # the one counted here ("": any)
 
     @classmethod
-    def at(cls, now: datetime, max_age: timedelta) -> Accepted:
-        return cls(epoch_ns(now - max_age), epoch_ns(now + MAX_FUTURE), max_age.days)
+    def at(cls, now: datetime, max_age: timedelta, workspace: str = "") -> Accepted:
+        return cls(epoch_ns(now - max_age), epoch_ns(now + MAX_FUTURE), max_age.days, workspace)
 
 
 def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
@@ -206,10 +214,21 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         and out >= reasoning and inp <= MAX_EVENT_TOKENS and out <= MAX_EVENT_TOKENS
         and event.HasField("occurred_at")
         and _plain_classes(event)
+        and (not ws or not accepted.workspace or ws == accepted.workspace)
     ):  # fmt: skip
         return
     problems = Problems()
     _check_texts(event, problems)
+    named = any(p.startswith("workspace_id:") for p in problems.items)
+    if ws and accepted.workspace and ws != accepted.workspace and not named:
+        # Counted here, another workspace's spend would be charged to one of ours
+        # (user ids are not unique across workspaces) and its own metering would
+        # never see it: the DLQ keeps it for whoever routed it here.
+        problems.add(
+            "workspace_id",
+            f"{ws!r} is another workspace; this metering counts workspace "
+            f"{accepted.workspace!r} (QM_WORKSPACE_ID)",
+        )
     _check_time(event, accepted, problems)
     _check_tokens(event, problems)
     if problems:

@@ -30,6 +30,10 @@ class MeteringSettings(CommonSettings):
     data_dir: Path = Path(".run/faust")
     """Where faust keeps its small local files (under <dir>/<app id>); state is in
     Postgres"""
+    topic_check_seconds: float = Field(5.0, ge=0.5, le=3600)
+    """How often a worker checks that the broker's topics are still the ones its
+    stored offsets count (a broker that lost its data is noticed within this; the
+    worker then stops with exit status 78, see docs/operations.md)"""
     session_timeout: float = Field(10.0, ge=1, le=300)
     """Kafka consumer session timeout in seconds (a group join takes ~half of it on
     tansu)"""

@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACCEPT_COMMAND = "python -m services.metering.cli topic accept --by NAME --reason TEXT"
+CREATE_COMMAND = "python -m quartermaster.kafka ensure-topics --partitions N"
+# How a missing topic's problem ends: `TopicRefused` tells such a refusal by it.
+_CREATE_THEM = "create the topics (see docs/operations.md, Topics)."
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,16 @@ class TopicRefused(Exception):
 
 
 def refusal_message(topic: str, problems: list[str]) -> str:
-    """The ERROR line an operator reads: what is wrong, why counting stops, what to do."""
+    """The ERROR line an operator reads: what is wrong, why counting stops, what to do.
+    A missing topic is created first (accepting needs the topics there); once it is,
+    a restarted worker says what else is wrong, if anything."""
+    if any(p.endswith(_CREATE_THEM) for p in problems):
+        return (
+            f"metering refuses to count {topic}: {' '.join(problems)} Metering creates no "
+            "topic (one a client makes the broker create gets the broker's defaults: its "
+            f"partition count, no compaction): run `{CREATE_COMMAND}` (make run and the "
+            "Helm chart's topics Job do), then restart metering."
+        )
     return (
         f"metering refuses to count {topic}: {' '.join(problems)} Counting on would skip "
         "new events as already counted (or count users on the wrong partition), so nothing "
@@ -97,11 +109,12 @@ def problems(
     out: list[str] = []
     now = observed.usage
     if now is None:
-        if stored.offsets:
-            out.append(
-                f"{usage_topic} does not exist on the broker, but offsets up to "
-                f"{max(stored.offsets.values())} are stored for it."
-            )
+        stored_part = (
+            f", but offsets up to {max(stored.offsets.values())} are stored for it"
+            if stored.offsets
+            else ""
+        )
+        out.append(f"{usage_topic} does not exist on the broker{stored_part}: {_CREATE_THEM}")
     else:
         out.extend(_usage_problems(stored, observed, now, usage_topic, partitions))
     out.extend(_totals_problems(stored, observed, totals_topic))
@@ -141,7 +154,7 @@ def _usage_problems(
 
 def _totals_problems(stored: Stored, observed: Observed, topic: str) -> list[str]:
     if observed.totals is None or observed.totals_cleanup is None:
-        return [f"{topic} does not exist: create the topics (see docs/operations.md, Topics)."]
+        return [f"{topic} does not exist: {_CREATE_THEM}"]
     out: list[str] = []
     if "compact" not in observed.totals_cleanup.split(","):
         out.append(

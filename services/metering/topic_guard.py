@@ -3,15 +3,22 @@ stored offsets; and the operator's way out (`accept`). The decision is
 `topic_check.problems`; this module does the reading around it.
 
 When it runs: at worker start (before joining the consumer group), whenever a
-partition's state is loaded (an assignment, a reload after an outage), and whenever a
+partition's state is loaded (an assignment, a reload after an outage), whenever a
 batch holds records below the stored offset (a broker restarted under a running worker
-serves the recreated topic from offset 0: those records would be skipped as counted).
+serves the recreated topic from offset 0: those records would be skipped as counted),
+and (`TopicWatch`) every QM_METERING_TOPIC_CHECK_SECONDS and at each partition
+assignment. The last two are what notice a broker that lost its data within seconds
+of its return: before them, the worker noticed only once faust's consumer had
+reconnected, rejoined the group and fetched a record below a stored offset (about
+95 s on the local broker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +30,7 @@ from services.metering.mapping import total_message
 from services.metering.processor import RecordSink
 from services.metering.state import Total, TotalKey
 from services.metering.stores.topics import TopicStore
-from services.metering.topic_check import Observed, Stored, TopicRefused, problems
+from services.metering.topic_check import Observed, Stored, TopicMark, TopicRefused, problems
 
 log = logging.getLogger("qm.metering")
 _HEADERS: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
@@ -45,8 +52,13 @@ class TopicGuard:
     def _observe(self, stored: Stored) -> Observed:
         usage = self.view.mark(self.store.usage)
         totals = self.view.mark(self.store.totals)
+        offsets = stored.offsets
+        if usage is not None and _new_id(stored.usage, usage):
+            # Refused for its id anyway: no probe (up to probe_seconds a partition)
+            # confirming an end that only a same-id topic could be let through by.
+            offsets = {}
         logs = {} if usage is None else self.view.logs(
-            self.store.usage, usage.partitions, stored.offsets
+            self.store.usage, usage.partitions, offsets
         )  # fmt: skip
         cleanup = None if totals is None else self.view.cleanup_policy(self.store.totals)
         return Observed(usage, logs, totals, cleanup)
@@ -71,6 +83,70 @@ class TopicGuard:
             if mark is not None
         }  # fmt: skip
         await self.store.record_first(marks, "metering", "first seen when counting")
+
+
+def _new_id(before: TopicMark | None, now: TopicMark) -> bool:
+    """Whether both marks have a topic id and they differ (a recreated topic)."""
+    return (
+        before is not None
+        and bool(before.topic_id and now.topic_id)
+        and (before.topic_id != now.topic_id)
+    )
+
+
+class TopicWatch:
+    """Runs `guard.verify()` every `interval` seconds and soon after `poke()` (a
+    partition assignment), for as long as `run()` runs; `on_refused(exc)` gets the
+    TopicRefused (it ends the worker) once a second check `confirm` seconds later
+    agrees, so one odd answer of a broker in a leader election costs no restart.
+    A broker that does not answer is an outage: logged at DEBUG, checked again at
+    the next tick (the counting path retries its own work meanwhile)."""
+
+    def __init__(
+        self,
+        guard: TopicGuard,
+        interval: float,
+        on_refused: Callable[[TopicRefused], None],
+        confirm: float = 1.0,
+    ) -> None:
+        self.guard = guard
+        self.interval = interval
+        self.confirm = confirm
+        self._on_refused = on_refused
+        self._soon = asyncio.Event()
+
+    def poke(self) -> None:
+        """Check soon (without waiting for the interval)."""
+        self._soon.set()
+
+    async def run(self) -> None:
+        """Check until cancelled, or until a refusal was handed to `on_refused`."""
+        while True:
+            with contextlib.suppress(TimeoutError):  # the interval passed: check anyway
+                await asyncio.wait_for(self._soon.wait(), self.interval)
+            self._soon.clear()
+            if await self.check():
+                return
+
+    async def check(self) -> bool:
+        """One check (confirmed when it finds problems); True when it refused."""
+        try:
+            await self.guard.verify()
+            return False
+        except OSError as exc:
+            log.debug("topics not checked (the broker does not answer): %s", exc)
+            return False
+        except TopicRefused:
+            pass
+        await asyncio.sleep(self.confirm)
+        try:
+            await self.guard.verify()
+        except OSError:
+            return False  # the broker went away between the two: the next tick decides
+        except TopicRefused as exc:
+            self._on_refused(exc)
+            return True
+        return False
 
 
 @dataclass(frozen=True)

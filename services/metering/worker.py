@@ -3,8 +3,9 @@
 The agent takes batches (`noack_take`: faust acks nothing by itself), hands each
 partition's records to the `Processor` (partitions concurrently), and acks the records
 only once every partition of the batch is committed to Postgres. Timers follow the
-price catalog and prune expired state. See `processor` for the steps and their
-failure consequences.
+price catalog and prune expired state; a task checks the broker's topics
+(`topic_guard.TopicWatch`) on a short timer and at each assignment. See `processor`
+for the steps and their failure consequences.
 
 An exception that escapes the agent or a timer (a bug, a broken installation: not a
 bad record, not an outage) is given to `on_fatal`, which ends the process for its
@@ -35,6 +36,7 @@ from services.metering.aggregate import Record
 from services.metering.metrics import MeteringMetrics
 from services.metering.processor import OUTAGE, Processor
 from services.metering.settings import MeteringSettings
+from services.metering.topic_guard import TopicWatch
 from services.metering.wiring import Counting
 
 log = logging.getLogger("qm.metering")
@@ -58,6 +60,11 @@ def _app(settings: MeteringSettings) -> faust.App:
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        # No topic is created by metering (faust would declare its leader-election
+        # topic, and any topic it thinks its own): topics are made by the explicit
+        # step (`python -m quartermaster.kafka ensure-topics`) with their specs.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
         broker_credentials=kafka.faust_credentials(settings),
     )
 
@@ -82,12 +89,27 @@ def create_app(
 
     meters.end_offset = end_offset
 
+    watch = TopicWatch(counting.guard, settings.topic_check_seconds, on_fatal)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == Topic.USAGE}
         proc.forget(gone)
         for partition in gone:
             meters.positions.pop(partition, None)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's stub is narrower
+    async def on_assigned(_sender: Any, assigned: set[Any], **_: Any) -> None:
+        # A rejoin after the broker came back: check now, not in the rebalance
+        # callback itself (a broker slow to answer would hold the rebalance up).
+        watch.poke()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def watch_topics() -> None:
+        try:
+            await watch.run()
+        except Exception as exc:
+            on_fatal(exc)
 
     @app.timer(interval=settings.prices_poll_seconds)  # type: ignore[untyped-decorator]
     async def follow_prices() -> None:

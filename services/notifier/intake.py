@@ -28,6 +28,7 @@ from quartermaster import kafka
 from quartermaster.directory_client import DirectoryClient, DirectoryRequestError
 from quartermaster.topics import Topic
 from quartermaster.v1 import notifications_pb2, requests_pb2
+from quartermaster.workspaces import ForeignRecords
 from services.notifier.audience import Person
 from services.notifier.mapping import fact_of, intent_of, person_of
 from services.notifier.plan import Audience, Plan, Preference, plan_intent, plan_request
@@ -108,6 +109,12 @@ class Intake:
         self._pref_cache: dict[str, tuple[float, Preference | None]] = {}
         self.recorded = 0
         self.rejected = 0
+        # Both topics may be shared with other deployments: their records are
+        # skipped, counted and said once per workspace. An intent or request event
+        # naming no workspace was never this notifier's to send (kept so).
+        ws = store.workspace_id
+        self.foreign_notes = ForeignRecords(ws, "qm.notifications.v1 (notifier)", log, False)
+        self.foreign_requests = ForeignRecords(ws, "qm.requests.v1 (notifier)", log, False)
 
     async def audience(self, user_ids: Iterable[str]) -> Audience:
         """What planning needs to know of these people (directory, preferences)."""
@@ -143,14 +150,14 @@ class Intake:
         ValueError (or DecodeError) when bad."""
         if topic == Topic.NOTIFICATIONS.value:
             note = notifications_pb2.Notification.FromString(value)
-            if note.workspace_id != self._store.workspace_id:
+            if self.foreign_notes.foreign(note.workspace_id):
                 return Plan([], [])  # another deployment's: the topics may be shared
             intent = intent_of(note)
             first = await self._people.get(intent.recipient_user_id)
             users = [intent.recipient_user_id, first.manager_id if first else ""]
             return plan_intent(intent, await self.audience(users), self._style)
         event = requests_pb2.RequestEvent.FromString(value)
-        if event.request.workspace_id != self._store.workspace_id:
+        if self.foreign_requests.foreign(event.request.workspace_id):
             return Plan([], [])
         fact = fact_of(event)
         users = [fact.requester, fact.actor, *fact.approvers]

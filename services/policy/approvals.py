@@ -32,6 +32,7 @@ from quartermaster.topics import Topic
 from quartermaster.v1 import requests_pb2
 from quartermaster.validation import MAX_ID_LENGTH
 from quartermaster.wire import from_timestamp
+from quartermaster.workspaces import ForeignRecords
 from services.policy.errors import NotFound
 from services.policy.inputs import MAX_REASON
 from services.policy.readiness import Readiness
@@ -100,6 +101,10 @@ class Approvals:
     ) -> None:
         self._limits = limits
         self._ws = limits.workspace_id
+        # Request events of another workspace (the topic may be shared; "" is this
+        # one's) are skipped, counted and said once per workspace: installed, they
+        # would grant one of their people's credits to one of ours.
+        self.foreign = ForeignRecords(self._ws, "qm.requests.v1 (policy approvals)", log)
         self._consumer = ReplayConsumer(
             bootstrap, Topic.REQUESTS.value, "policy-approvals", fetch_wait_ms=50
         )
@@ -155,7 +160,7 @@ class Approvals:
             self.rejected += 1
             log.warning("qm.requests.v1 offset %s: not a RequestEvent; skipped", msg.offset())
             return
-        if event.request.workspace_id not in ("", self._ws):
+        if self.foreign.foreign(event.request.workspace_id):
             return
         if event.type in ENDING:
             await self._remove(event)

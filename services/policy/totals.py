@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from quartermaster.v1 import usage_pb2
+from quartermaster.workspaces import ForeignRecords
 
 log = logging.getLogger("qm.policy.totals")
 # How long a settled request id is remembered: longer than any reservation lives.
@@ -39,7 +40,10 @@ class TotalsIndex:
     """user → micros used per period, pooled sums per (group, period), and which
     requests' usage the totals already include."""
 
-    def __init__(self) -> None:
+    def __init__(self, workspace_id: str = "") -> None:
+        # Totals naming another workspace are skipped (counted, said once each): the
+        # totals topic may be shared, and a user id of theirs may be one of ours.
+        self.foreign = ForeignRecords(workspace_id, "qm.usage.totals.v1 (policy)", log)
         # period_key → user_id → the newest total's micros, and when metering made it
         # (ns since the epoch). Plain ints in a dict per period: a Check reads one with
         # a single look-up (Evaluator keeps the current period's dict at hand), and
@@ -93,7 +97,7 @@ class TotalsIndex:
     def apply(self, value: bytes | None) -> Applied | None:
         """Fold one record's value (a UsageTotal) into the index (newest `updated_at`
         wins); None for a record that is not a user's total (counted in `rejected`
-        when it is not a UsageTotal at all)."""
+        when it is not a UsageTotal at all) or is another workspace's (`foreign`)."""
         msg = usage_pb2.UsageTotal()
         try:
             msg.ParseFromString(value or b"")
@@ -102,6 +106,8 @@ class TotalsIndex:
             log.warning("ignoring a totals record that is not a UsageTotal")
             return None
         if msg.subject_kind != usage_pb2.SUBJECT_KIND_USER or not msg.subject_id:
+            return None
+        if self.foreign.foreign(msg.workspace_id):
             return None
         user_id, period_key, micros = msg.subject_id, msg.period_key, msg.used_micros
         made = msg.updated_at.seconds * 1_000_000_000 + msg.updated_at.nanos

@@ -169,7 +169,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     await listener.connect()
     snap = await snapshots.load()
     view.replace_all(await reservations.open_reservations())
-    totals = TotalsIndex()
+    totals = TotalsIndex(ws)
     totals.set_pools(snap.pool_members())
     evaluator = Evaluator(
         snap, totals, view, settings.timezone, settings.warn_percent, prepare=prepare_response

@@ -263,3 +263,30 @@ def test_the_catalogs_tier_names_are_the_protos() -> None:
         for name, number in ServiceTier.items()
         if number > ServiceTier.SERVICE_TIER_STANDARD
     } == SERVICE_TIERS
+
+
+def test_an_event_of_another_workspace_is_invalid_naming_both() -> None:
+    """Issue 14, breaker #11: counted, another workspace's spend lands on ours."""
+    foreign = usage("u1", occurred_at=NOW, workspace_id="acme", source="gw")
+    with pytest.raises(InvalidUsage) as refused:
+        decode(foreign.SerializeToString(), PB, NOW, AGE, "ws-here")
+    assert str(refused.value) == (
+        "workspace_id: 'acme' is another workspace; this metering counts workspace "
+        "'ws-here' (QM_WORKSPACE_ID)"
+    )
+    assert refused.value.source == "gw"
+
+
+def test_an_empty_or_the_same_workspace_is_this_one() -> None:
+    for ws in ("", "ws-here"):
+        event = usage("u1", occurred_at=NOW, workspace_id=ws)
+        assert len(decode(event.SerializeToString(), PB, NOW, AGE, "ws-here").events) == 1
+
+
+def test_in_a_batch_the_foreign_event_goes_alone() -> None:
+    batch = UsageBatch(events=[usage("u1", occurred_at=NOW, workspace_id=ws)
+                               for ws in ("", "acme", "ws-here")])  # fmt: skip
+    got = decode(batch.SerializeToString(), BATCH, NOW, AGE, "ws-here")
+    assert [e.workspace_id for e in got.events] == ["", "ws-here"]
+    [(_, why)] = got.rejects
+    assert why.startswith("events[1]: workspace_id: 'acme' is another workspace")

@@ -130,12 +130,13 @@ def bad_records(draw: st.DrawFn) -> tuple[bytes, bytes, Headers]:
     return key, batch.SerializeToString(), headers
 
 
-def refusals(value: bytes, headers: Headers) -> int:
-    """How many DLQ records the worker must make of this record at least (its own
-    decoder's verdict: the whole record, or each bad event of a batch)."""
+def refusals(value: bytes, headers: Headers, workspace: str) -> int:
+    """How many DLQ records the worker counting `workspace` must make of this record
+    at least (its own decoder's verdict: the whole record, or each bad event of a
+    batch)."""
     hdrs = {k: v.decode() if isinstance(v, bytes) else (v or "") for k, v in headers}
     try:
-        return len(decode(value, hdrs, datetime.now(UTC), AGE).rejects)
+        return len(decode(value, hdrs, datetime.now(UTC), AGE, workspace).rejects)
     except InvalidUsage:
         return 1
 
@@ -237,7 +238,8 @@ def test_random_records_never_stop_the_worker_and_good_events_count_exactly(
     records: list[tuple[bytes, bytes, Headers]] = []
     for record in bad:  # two good events around each bad record: the DLQ limit stays off
         records += [_good(good_user), record, _good(good_user)]
-    expected_dlq = {i: refusals(value, headers) for i, (_k, value, headers) in enumerate(records)}
+    ws = metering.env["QM_WORKSPACE_ID"]
+    expected_dlq = {i: refusals(value, hdrs, ws) for i, (_k, value, hdrs) in enumerate(records)}
     where = produce_all(infra.kafka_bootstrap, records)
     wait_total(infra.database_url, good_user, 2 * len(bad) * EVENT_MICROS)
     dlq_watch.wait_for({where[i]: n for i, n in expected_dlq.items() if n})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services.metering.topic_check import (
     ACCEPT_COMMAND,
+    CREATE_COMMAND,
     LogRange,
     Observed,
     Stored,
@@ -37,8 +38,20 @@ def test_the_same_topics_with_offsets_within_their_logs_may_be_counted() -> None
 
 
 def test_a_first_start_with_nothing_stored_may_be_counted() -> None:
-    assert _check(Stored(None, None, {}), _observed(usage=None)) == []
     assert _check(Stored(None, None, {}), _observed()) == []
+
+
+def test_a_missing_usage_topic_is_refused_even_with_nothing_stored() -> None:
+    # Metering creates no topic: faust would have, with the broker's defaults.
+    found = _check(Stored(None, None, {}), _observed(usage=None))
+    assert found == [
+        "qm.usage.v1 does not exist on the broker: create the topics (see "
+        "docs/operations.md, Topics)."
+    ]
+    text = str(TopicRefused(USAGE, found))
+    assert CREATE_COMMAND in text
+    assert "Metering creates no topic" in text
+    assert ACCEPT_COMMAND not in text, "nothing to accept before the topics exist"
 
 
 def test_a_recreated_topic_is_told_by_its_id_even_when_its_log_is_longer() -> None:
@@ -66,7 +79,8 @@ def test_a_broker_without_topic_ids_is_still_told_by_partitions_and_offsets() ->
 def test_a_missing_usage_topic_with_stored_offsets_is_refused() -> None:
     found = _check(Stored(OLD, TOTALS_MARK, {0: 7, 1: 9}), _observed(usage=None))
     assert found == [
-        "qm.usage.v1 does not exist on the broker, but offsets up to 9 are stored for it."
+        "qm.usage.v1 does not exist on the broker, but offsets up to 9 are stored for it: "
+        "create the topics (see docs/operations.md, Topics)."
     ]
 
 

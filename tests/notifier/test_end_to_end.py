@@ -35,8 +35,9 @@ async def standin() -> AsyncIterator[SlackStandin]:
 
 @pytest.mark.infra
 async def test_usage_crossing_80_percent_sends_one_slack_message_per_crossing(
-    infra: Infra, metering: MeteringWorker, replicas: Replicas, standin: SlackStandin
+    infra: Infra, metering: MeteringWorker, metered_replicas: Replicas, standin: SlackStandin
 ) -> None:
+    replicas = metered_replicas  # the workspace metering counts
     await replicas.set_default(20 * COST, Enforcement.SOFT)
     [policy] = await replicas.start(1)
     user = new_user()

@@ -40,6 +40,7 @@ DOMAIN_MODULES = {
         "quartermaster.tokens",
         "quartermaster.validation",
         "quartermaster.wire",
+        "quartermaster.workspaces",
     ],
     "metering": [
         "services.metering.aggregate",

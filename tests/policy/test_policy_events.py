@@ -26,8 +26,9 @@ COST = 6_250  # micros of one helpers.usage() event
 
 
 async def test_each_threshold_is_announced_once_per_period_across_replicas(
-    infra: Infra, metering: MeteringWorker, replicas: Replicas
+    infra: Infra, metering: MeteringWorker, metered_replicas: Replicas
 ) -> None:
+    replicas = metered_replicas  # the workspace metering counts
     await replicas.set_default(20 * COST, Enforcement.SOFT)  # soft: spending goes on past 100 %
     a, b = await replicas.start(2)
     user = new_user()
@@ -129,3 +130,5 @@ async def test_an_approval_installs_its_override_once_however_often_it_arrives(
         ("requests-service", "override.approved_request")
     ]
     assert await limits() == [(15 * C, source), (15 * C, source)]
+    # the other workspace's approval was skipped, counted (and said once) by each
+    assert [r.approvals.foreign.by_workspace for r in (a, b)] == [{"another-workspace": 1}] * 2

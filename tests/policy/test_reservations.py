@@ -88,8 +88,9 @@ async def _user_at_the_edge(infra: Infra, replicas: Replicas, stub: object, call
 
 @pytest.mark.parametrize("n_replicas", [1, 2])
 async def test_overshoot_is_at_most_one_estimate_with_reservations(
-    infra: Infra, metering: MeteringWorker, replicas: Replicas, n_replicas: int
+    infra: Infra, metering: MeteringWorker, metered_replicas: Replicas, n_replicas: int
 ) -> None:
+    replicas = metered_replicas  # the workspace metering counts
     await replicas.set_default(LIMIT)
     running = await replicas.start(n_replicas)
     stubs: list[object] = [replicas.policy(r) for r in running]
@@ -167,14 +168,15 @@ async def test_reservation_calls_validate_and_release(infra: Infra, replicas: Re
 
 
 async def test_a_counted_reservation_is_recorded_for_replicas_that_never_read_its_total(
-    infra: Infra, metering: MeteringWorker, replicas: Replicas
+    infra: Infra, metering: MeteringWorker, metered_replicas: Replicas
 ) -> None:
     """The totals topic is compacted: a replica started later may find only a newer
     total of the same person and period, without this request among its settled ids.
     The first replica to read the total records it on the reservation in Postgres, so such a
     replica still counts the reservation out of that period (and only that period)."""
+    replicas = metered_replicas  # the workspace metering counts
     await replicas.set_default(LIMIT)
-    pool = await connect_pool(infra.database_url)
+    pool = await connect_pool(replicas.database_url)
     try:
         [r] = await replicas.start(1)
         stub = replicas.policy(r)

@@ -83,7 +83,9 @@ class CatalogStore:
         be loaded. Writes nothing when nothing changes, on a dry run, or (seed) when
         a catalog exists."""
         if isinstance(doc, PriceCatalog):
-            doc = CatalogDocument(doc.fallback, doc.models)
+            # aliases too: a seed without them made every later seed of the same file
+            # (the Cost API's, a restart's) warn that the file differs
+            doc = CatalogDocument(doc.fallback, doc.models, doc.aliases)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
             old = await self.current(conn)
