@@ -25,7 +25,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -162,6 +164,51 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
+class Profile:
+    """py-spy attached to a process while a block runs (`--profile FILE`): its samples
+    in FILE (collapsed stacks, py-spy's raw format), the functions with the most
+    samples of their own and of their callees printed after."""
+
+    def __init__(self, pid: int, path: str | None) -> None:
+        self.pid, self.path = pid, path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profile:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if self.path and not Path(spy).exists():
+            raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        if self.path:
+            argv = [spy, "record", "--pid", str(self.pid), "--format", "raw",
+                    "--rate", "200", "--nonblocking", "-o", self.path]  # fmt: skip
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+            time.sleep(1)  # attached before the work starts
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is None or self.path is None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        self.proc.wait(30)
+        own: dict[str, int] = defaultdict(int)
+        inclusive: dict[str, int] = defaultdict(int)
+        total = 0
+        for line in Path(self.path).read_text().splitlines():
+            stack, _sep, count = line.rpartition(" ")
+            frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")")
+                      for f in stack.split(";")]  # fmt: skip
+            n = int(count)
+            total += n
+            own[frames[-1]] += n
+            for f in set(frames):
+                inclusive[f] += n
+        say(f"profile: {total} samples in {self.path}; most samples of their own:")
+        for f, n in sorted(own.items(), key=lambda x: -x[1])[:25]:
+            say(f"  {100 * n / total:5.1f}%  {f}")
+        say("most samples with their callees:")
+        for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:40]:
+            say(f"  {100 * n / total:5.1f}%  {f}")
+
+
 async def drain(url: str, app_id: str, ends: dict[int, int], worker: ChildProcess) -> float:
     """Seconds from the worker's first committed batch to its last."""
     target = sum(ends.values())
@@ -238,7 +285,13 @@ def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
 
 
 async def main_async(
-    n: int, users: int, probes: int, load_eps: int, batch: int, uniform: bool
+    n: int,
+    users: int,
+    probes: int,
+    load_eps: int,
+    batch: int,
+    uniform: bool,
+    profile: str | None = None,
 ) -> dict[str, float | int | bool]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -270,7 +323,8 @@ async def main_async(
             )  # fmt: skip
             worker.start()
             try:
-                seconds = await drain(infra.database_url, app_id, ends, worker)
+                with Profile(worker.pid, profile):
+                    seconds = await drain(infra.database_url, app_id, ends, worker)
                 eps = n / seconds
                 _, peak = rss_mb(worker.pid)
                 say(f"worker: {eps:,.0f} events/s ({seconds:.2f}s), peak RSS {peak:.0f} MB")
@@ -317,8 +371,11 @@ def main() -> None:
     parser.add_argument(
         "--uniform", action="store_true", help="every call a random product and model"
     )
+    parser.add_argument("--profile", metavar="FILE", help="py-spy samples of the worker's drain")
     ns = parser.parse_args()
-    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load, ns.batch, ns.uniform))
+    result = asyncio.run(
+        main_async(ns.events, ns.users, ns.probes, ns.load, ns.batch, ns.uniform, ns.profile)
+    )
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -1,8 +1,10 @@
 """The faust application: the consumer of `qm.usage.v1` around a built `Counting` graph.
 
-The agent takes batches (`noack_take`: faust acks nothing by itself), hands each
-partition's records to the `Processor` (partitions concurrently), and acks the records
-only once every partition of the batch is committed to Postgres. Timers follow the
+The counting loop takes batches from the `Intake` (whole fetches, put there by the
+`transport`'s fetcher: no faust stream, whose per-record path cost more than counting;
+faust acks nothing by itself), hands each partition's records to the `Processor`
+(partitions concurrently), and acks the records only once every partition of the
+batch is committed to Postgres. Timers follow the
 price catalog and prune expired state. See `processor` for the steps and their
 failure consequences.
 
@@ -30,6 +32,7 @@ from quartermaster.telemetry import headers_dict
 from quartermaster.topics import Topic
 from services.metering import transport
 from services.metering.aggregate import Record
+from services.metering.intake import Intake
 from services.metering.processor import OUTAGE, Processor
 from services.metering.settings import MeteringSettings
 from services.metering.wiring import Counting
@@ -38,10 +41,20 @@ log = logging.getLogger("qm.metering")
 tracer = trace.get_tracer("qm.metering")
 
 
-def _app(settings: MeteringSettings) -> faust.App:
+class MeteringApp(faust.App):
+    """A faust app whose fetcher puts whole fetches into `intake` (see `transport`)."""
+
+    def __init__(self, *args: Any, intake: Intake, **kwargs: Any) -> None:
+        self.intake = intake
+        super().__init__(*args, **kwargs)
+
+
+def _app(settings: MeteringSettings) -> MeteringApp:
     transport.register(settings.fetch_max_wait_ms)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
-    return faust.App(
+    # Two batches' worth may wait: one fetched while the other is counted.
+    intake = Intake(capacity=2 * settings.batch_max)
+    return MeteringApp(
         settings.app_id,
         datadir=str(settings.data_dir / settings.app_id),
         broker=[f"{transport.SCHEME}://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
@@ -56,6 +69,7 @@ def _app(settings: MeteringSettings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         broker_credentials=kafka.faust_credentials(settings),
+        intake=intake,
     )
 
 
@@ -67,10 +81,12 @@ def create_app(
     app = _app(settings)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     usage_topic = app.topic(Topic.USAGE.value, value_serializer="raw", **raw)
+    app.topics.add(usage_topic)  # subscribed; its records go to app.intake, not a stream
     proc = counting.processor
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
+        app.intake.drop((tp.topic, tp.partition) for tp in revoked)
         proc.forget({tp.partition for tp in revoked if tp.topic == Topic.USAGE})
 
     @app.timer(interval=settings.prices_poll_seconds)  # type: ignore[untyped-decorator]
@@ -101,29 +117,29 @@ def create_app(
             return
         log.info("pruned %d expired event ids", pruned)
 
-    @app.agent(usage_topic)
-    async def meter_usage(stream: faust.StreamT[bytes]) -> None:
+    @app.task  # type: ignore[untyped-decorator]
+    async def meter_usage() -> None:
         try:
-            await _count(stream, proc, settings)
+            await _count(app, proc, settings)
         except Exception as exc:
             on_fatal(exc)
 
     return app
 
 
-async def _count(stream: faust.StreamT[bytes], proc: Processor, settings: MeteringSettings) -> None:
-    take = stream.noack_take(settings.batch_max, within=settings.batch_within)  # type: ignore[attr-defined]
-    async for events in take:
+async def _count(app: MeteringApp, proc: Processor, settings: MeteringSettings) -> None:
+    while True:
+        messages = await app.intake.take(settings.batch_max, settings.batch_within)
         by_partition: dict[int, list[Record]] = defaultdict(list)
-        for ev in events:
-            m = ev.message
+        for m in messages:
             by_partition[m.partition].append(
                 Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
             )
         with tracer.start_as_current_span("meter batch") as span:
-            span.set_attribute("qm.records", len(events))
+            span.set_attribute("qm.records", len(messages))
             # Partitions are independent (own state, own fenced commit): while one
             # waits on the broker or Postgres, another is planned.
             await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
-        for ev in events:
-            await stream.ack(ev)
+        ack = app.consumer.ack
+        for m in messages:
+            ack(m)
