@@ -49,5 +49,5 @@ def test_an_id_costs_under_ten_bytes_of_memory() -> None:
         per_id = (tracemalloc.get_traced_memory()[0] - before) / len(hashes)
     finally:
         tracemalloc.stop()
-    print(f"{per_id:.1f} bytes per remembered id")
+    print(f"{per_id:.1f} bytes per remembered id")  # noqa: T201
     assert per_id < 10, per_id
