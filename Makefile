@@ -51,6 +51,9 @@ migrate: $(STAMP) ## apply migrations to QM_DATABASE_URL
 bench-metering: $(STAMP) ## metering events/s, RSS and freshness beside a plain consumer loop
 	$(PY) scripts/bench_metering.py $(ARGS)
 
+bench-dedupe: $(STAMP) ## bytes per remembered event id in memory and PostgreSQL, projected to 100 M/day
+	$(PY) scripts/bench_dedupe.py $(ARGS)
+
 bench-costs: $(STAMP) ## Cost API: a 30-day query over 10,000 users
 	$(PY) scripts/bench_costs.py $(ARGS)
 
@@ -75,4 +78,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-requests bench-notifier bench-rpc-metrics bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-dedupe bench-costs bench-policy bench-requests bench-notifier bench-rpc-metrics bench-freshness settings-doc clean

@@ -25,7 +25,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -37,7 +39,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
@@ -45,9 +47,9 @@ from devtools.localinfra.stack import open_infra
 from quartermaster.money import micros_of_picos
 from quartermaster.periods import PeriodKind, period_of
 from quartermaster.reporter import UsageReporter
-from quartermaster.topics import Topic
+from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, Topic
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
-from services.metering.decode import epoch_nanos, validate
+from services.metering.decode import InvalidUsage, epoch_nanos, validate
 from services.metering.pricing import PriceCatalog, picos_of
 from services.metering.settings import DEFAULT_PRICES
 from services.metering.state import periods_at
@@ -134,7 +136,10 @@ def ceiling(
                 one.ParseFromString(m.value() or b"")
                 events = (one,)
             for e in events:
-                validate(e, now, age)
+                try:
+                    validate(e, now, age)
+                except InvalidUsage:
+                    continue  # a bad record (--bad-ratio): to the DLQ, not summed
                 at = epoch_nanos(e)
                 key = f"{e.user_id}:{periods_at(e.occurred_at.seconds, tz)[2][1]}"  # the month
                 price = catalog.version_at(e.model, at)[0]
@@ -152,6 +157,34 @@ def ceiling(
     return seen / elapsed, {k: micros_of_picos(v) for k, v in sums.items()}, ends
 
 
+def produce_raw(bootstrap: str, events: list[UsageEvent], foreign: bool, bad: float) -> None:
+    """One event a record through a plain producer: keyed by event id when `foreign`
+    (its default CRC32 partitioner then puts ~2/3 of them away from their user's home
+    partition: forwarded), and `bad` of all records empty ones from source "noisy"
+    (a flood of bad records among the good)."""
+    # idempotent, as UsageReporter: a retried send must not write a record twice (the
+    # worker would count it once, by its event id, and the ceiling twice). Keyed by
+    # user, murmur2 puts each at home, as Kafka's Java client does; by event id, the
+    # default CRC32 partitioner puts most elsewhere.
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "linger.ms": 50, "enable.idempotence": True,
+        "partitioner": "consistent_random" if foreign else "murmur2_random",
+    })  # fmt: skip
+    pb: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE, PROTOBUF.encode())]
+    noisy: list[tuple[str, str | bytes | None]] = [*pb, (SOURCE_HEADER, b"noisy")]
+    owed = 0.0
+    for e in events:
+        owed += bad / (1 - bad) if bad < 1 else 0
+        while owed >= 1:
+            producer.produce(Topic.USAGE.value, key=e.user_id.encode(), value=b"", headers=noisy)
+            producer.poll(0)
+            owed -= 1
+        key = (e.event_id if foreign else e.user_id).encode()
+        producer.produce(Topic.USAGE.value, key=key, value=e.SerializeToString(), headers=pb)
+        producer.poll(0)
+    producer.flush(60)
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident memory of a process in MB."""
     vals = {}
@@ -162,8 +195,57 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-async def drain(url: str, app_id: str, ends: dict[int, int], worker: ChildProcess) -> float:
-    """Seconds from the worker's first committed batch to its last."""
+class Profile:
+    """py-spy attached to a process while a block runs (`--profile FILE`): its samples
+    in FILE (collapsed stacks, py-spy's raw format), the functions with the most
+    samples of their own and of their callees printed after."""
+
+    def __init__(self, pid: int, path: str | None) -> None:
+        self.pid, self.path = pid, path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profile:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if self.path and not Path(spy).exists():
+            raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        if self.path:
+            argv = [spy, "record", "--pid", str(self.pid), "--format", "raw",
+                    "--rate", "200", "--nonblocking", "-o", self.path]  # fmt: skip
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+            time.sleep(1)  # attached before the work starts
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is None or self.path is None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        self.proc.wait(30)
+        own: dict[str, int] = defaultdict(int)
+        inclusive: dict[str, int] = defaultdict(int)
+        total = 0
+        for line in Path(self.path).read_text().splitlines():
+            stack, _sep, count = line.rpartition(" ")
+            frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")")
+                      for f in stack.split(";")]  # fmt: skip
+            n = int(count)
+            total += n
+            own[frames[-1]] += n
+            for f in set(frames):
+                inclusive[f] += n
+        say(f"profile: {total} samples in {self.path}; most samples of their own:")
+        for f, n in sorted(own.items(), key=lambda x: -x[1])[:25]:
+            say(f"  {100 * n / total:5.1f}%  {f}")
+        say("most samples with their callees:")
+        for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:40]:
+            say(f"  {100 * n / total:5.1f}%  {f}")
+
+
+async def drain(
+    url: str, app_id: str, ends: dict[int, int], worker: ChildProcess, micros: int | None = None
+) -> float:
+    """Seconds from the worker's first committed batch to its last; with `micros`, to
+    when the month totals add up to it (forwarded events are counted after the
+    records that carried them)."""
     target = sum(ends.values())
     conn = await asyncpg.connect(url)
     first = None
@@ -171,15 +253,27 @@ async def drain(url: str, app_id: str, ends: dict[int, int], worker: ChildProces
         while True:
             if worker.poll() is not None:
                 raise SystemExit(f"the worker died:\n{worker.log_tail()}")
-            done: int = await conn.fetchval(
-                "SELECT coalesce(sum(next_offset), 0)::bigint FROM metering.offsets"
-                " WHERE consumer = $1",
+            rows = await conn.fetch(
+                "SELECT partition, next_offset FROM metering.offsets WHERE consumer = $1",
                 app_id,
             )
+            at = {r["partition"]: r["next_offset"] for r in rows}
+            # Each partition up to its end (a partition past its end, with bad records
+            # the ceiling did not need to read, must not stand in for one behind).
+            done = sum(min(at.get(p, 0), end) for p, end in ends.items())
             now = time.perf_counter()
             if done and first is None:
                 first = now
                 first_done = done
+            if done >= target and micros is not None:
+                summed = await conn.fetchval(
+                    "SELECT coalesce(sum(used_micros), 0)::bigint FROM metering.totals"
+                    " WHERE period_kind = 'month'"
+                )
+                if summed < micros:
+                    await asyncio.sleep(0.02)
+                    continue
+                first_done = min(first_done, target - 1)
             if done >= target:
                 assert first is not None
                 # The first poll saw `first_done` records already: credit them pro rata.
@@ -189,7 +283,7 @@ async def drain(url: str, app_id: str, ends: dict[int, int], worker: ChildProces
         await conn.close()
 
 
-def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
+def freshness(bootstrap: str, probes: int, load_eps: int, bad_ratio: float = 0.0) -> list[float]:
     view = TotalsIndex()
     feed = TotalsFeed(bootstrap, view)
     feed.start()
@@ -199,12 +293,20 @@ def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
 
     def background() -> None:
         rep = UsageReporter(bootstrap, batch_max=200, linger_ms=20)
+        noisy = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         i = 0
         while not stop.is_set():
             t = time.perf_counter()
             for e in workload(load_eps // 10, 10_000, seed=i):
                 e.event_id = f"load-{i}-{e.event_id}"
                 rep.report(e)
+            if bad_ratio:  # a noisy source's empty records among the load
+                flood = int(load_eps // 10 * bad_ratio / (1 - bad_ratio))
+                for k in range(flood):
+                    noisy.produce(Topic.USAGE.value, key=f"n{k}".encode(), value=b"",
+                                  headers=[(SOURCE_HEADER, b"noisy")])  # fmt: skip
+                    noisy.poll(0)
+                noisy.flush(5)
             i += 1
             rep.flush(5)
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - t)))
@@ -238,7 +340,15 @@ def freshness(bootstrap: str, probes: int, load_eps: int) -> list[float]:
 
 
 async def main_async(
-    n: int, users: int, probes: int, load_eps: int, batch: int, uniform: bool
+    n: int,
+    users: int,
+    probes: int,
+    load_eps: int,
+    batch: int,
+    uniform: bool,
+    profile: str | None = None,
+    foreign: bool = False,
+    bad_ratio: float = 0.0,
 ) -> dict[str, float | int | bool]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -249,14 +359,19 @@ async def main_async(
         ) as infra:  # fmt: skip
             say(f"workload: {n} events, {users} users ...")
             events = workload(n, users, uniform=uniform)
-            rep = UsageReporter(infra.kafka_bootstrap, batch_max=batch, linger_ms=50)
             t = time.perf_counter()
-            for e in events:
-                rep.report(e)
-            rep.close()
+            if foreign or bad_ratio:
+                produce_raw(infra.kafka_bootstrap, events, foreign, bad_ratio)
+            else:
+                rep = UsageReporter(infra.kafka_bootstrap, batch_max=batch, linger_ms=50)
+                for e in events:
+                    rep.report(e)
+                rep.close()
             say(f"  produced in {time.perf_counter() - t:.1f}s")
 
-            ceiling_eps, sums, ends = ceiling(infra.kafka_bootstrap, n, batch > 1)
+            ceiling_eps, sums, ends = ceiling(
+                infra.kafka_bootstrap, n, batch > 1 and not (foreign or bad_ratio)
+            )
             say(f"ceiling (consume+decode+price+sum): {ceiling_eps:,.0f} events/s, "
                 f"{sum(ends.values())} records")  # fmt: skip
 
@@ -271,7 +386,10 @@ async def main_async(
             )  # fmt: skip
             worker.start()
             try:
-                seconds = await drain(infra.database_url, app_id, ends, worker)
+                with Profile(worker.pid, profile):
+                    # forwarded events are counted after the records that carried them
+                    whole = sum(sums.values()) if foreign or bad_ratio else None
+                    seconds = await drain(infra.database_url, app_id, ends, worker, whole)
                 eps = n / seconds
                 _, peak = rss_mb(worker.pid)
                 load = round(os.getloadavg()[0], 1)  # the cores are shared: how busy they were
@@ -285,9 +403,16 @@ async def main_async(
                 await conn.close()
                 got = {f"{r['subject_id']}:{r['period_key']}": r["used_micros"] for r in rows}
                 if got != dict(sums):
-                    raise SystemExit("the worker's totals differ from the ceiling loop's sums")
+                    differ = sorted(
+                        k for k in got.keys() | sums.keys() if got.get(k) != sums.get(k)
+                    )
+                    raise SystemExit(
+                        f"the worker's totals differ from the ceiling loop's sums for "
+                        f"{len(differ)} user-months, e.g. "
+                        + ", ".join(f"{k}: {got.get(k)} != {sums.get(k)}" for k in differ[:3])
+                    )
                 say(f"  totals exact: {len(got)} user-months, {sum(got.values()):,} micros")
-                fresh = freshness(infra.kafka_bootstrap, probes, load_eps)
+                fresh = freshness(infra.kafka_bootstrap, probes, load_eps, bad_ratio)
                 _, peak = rss_mb(worker.pid)
             finally:
                 worker.stop()
@@ -296,7 +421,10 @@ async def main_async(
     q = statistics.quantiles(fresh, n=100)
     return {
         "events": n,
-        "events_per_record": batch,
+        "events_per_record": 1 if foreign or bad_ratio else batch,
+        "foreign_partitioner": foreign,
+        "bad_ratio": bad_ratio,
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "uniform_mix": uniform,
         "users": users,
         "events_per_s": round(eps),
@@ -321,8 +449,31 @@ def main() -> None:
     parser.add_argument(
         "--uniform", action="store_true", help="every call a random product and model"
     )
+    parser.add_argument("--profile", metavar="FILE", help="py-spy samples of the worker's drain")
+    parser.add_argument(
+        "--foreign", action="store_true",
+        help="one event a record keyed by event id (most land away from home: forwarded)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bad-ratio", type=float, default=0.0,
+        help="this share of all records empty ones from one source (also in freshness)",
+    )  # fmt: skip
     ns = parser.parse_args()
-    result = asyncio.run(main_async(ns.events, ns.users, ns.probes, ns.load, ns.batch, ns.uniform))
+    if not 0 <= ns.bad_ratio < 1:
+        parser.error("--bad-ratio must be at least 0 and below 1")
+    result = asyncio.run(
+        main_async(
+            ns.events,
+            ns.users,
+            ns.probes,
+            ns.load,
+            ns.batch,
+            ns.uniform,
+            ns.profile,
+            ns.foreign,
+            ns.bad_ratio,
+        )
+    )
     sys.stdout.write(json.dumps(result) + "\n")
 
 

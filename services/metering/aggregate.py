@@ -202,10 +202,13 @@ class Meter:
         now_ts = now.timestamp()
         cutoff = now_ts - self.dedupe_window.total_seconds()
         plan = Plan(next_offset=state.next_offset)
-        seen, new_seen, sums, settled = state.seen, plan.new_seen, plan.sums, plan.settled
+        new_seen, sums, settled = plan.new_seen, plan.sums, plan.settled
         partial = plan.partial
         partitions, default_workspace = self.partitions, self.default_workspace
         headroom = Headroom(guarded, state, self.tz) if guarded else None
+        # First every record's events at home with their id hashes, then one bulk
+        # look-up of those hashes in what the partition remembers (dedupe.SeenIds).
+        home_events: list[tuple[Record, str, UsageEvent, int]] = []
         for rec in sorted(records, key=lambda r: r.offset):
             if rec.offset < state.next_offset:
                 plan.replayed += 1
@@ -220,63 +223,63 @@ class Meter:
                 if home != rec.partition:
                     _forward(plan, rec, event, home, decoded.source)
                     continue
-                h = id_hash(user, event.event_id)
-                first = new_seen.get(h)
-                if first is None:
-                    first = seen.get(h)
-                if first is not None and first >= cutoff:
-                    plan.duplicates += 1
-                    continue
-                ts = event.occurred_at
-                # Integers: the second's floor places the event in its minute (nanos are
-                # never negative), the exact nanosecond picks its price.
-                second = ts.seconds
-                model = event.model
-                price, fallback = self._price(model, second * NS_PER_SECOND + ts.nanos)
-                if fallback and self.reject_unpriced:
-                    _unpriced(plan, rec, event, decoded.source)
-                    continue
-                inp, cached, written = (
-                    event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
-                )  # fmt: skip
-                out, reasoning = event.output_tokens, event.reasoning_tokens
-                w1h, a_in, a_out = (
-                    event.cache_write_1h_input_tokens, event.audio_input_tokens,
-                    event.audio_output_tokens,
-                )  # fmt: skip
-                if event.service_tier:  # batch, flex, priority: the tier's prices
-                    price = price.at_tier(SERVICE_TIERS.get(event.service_tier, ""))
-                picos = picos_of(price, inp, cached, written, out, reasoning, w1h, a_in, a_out)
-                center = event.attributes.get(COST_CENTER, "")
-                if (picos > MAX_EVENT_PICOS or headroom is not None) and _refused(
-                    plan, rec, event, headroom, second, center,
-                    [inp, cached, written, out, reasoning, picos, 1, fallback, w1h, a_in, a_out],
-                ):  # fmt: skip
-                    continue
-                new_seen[h] = now_ts
-                if event.ending > COMPLETED:
-                    partial[event.ending] = partial.get(event.ending, 0) + 1
-                key = (user, second // MINUTE, event.product, model, center,
-                       event.workspace_id or default_workspace)  # fmt: skip
-                acc = sums.get(key)
-                if acc is None:
-                    sums[key] = [inp, cached, written, out, reasoning, picos, 1, fallback,
-                                 w1h, a_in, a_out]  # fmt: skip
-                else:
-                    acc[0] += inp
-                    acc[1] += cached
-                    acc[2] += written
-                    acc[3] += out
-                    acc[4] += reasoning
-                    acc[5] += picos
-                    acc[6] += 1
-                    acc[7] += fallback
-                    if w1h or a_in or a_out:  # the newer classes: rare, one branch
-                        acc[8] += w1h
-                        acc[9] += a_in
-                        acc[10] += a_out
-                if event.request_id:
-                    settled.setdefault(user, []).append(event.request_id)
+                home_events.append((rec, decoded.source, event, id_hash(user, event.event_id)))
+        seen = state.seen.seen_among([e[3] for e in home_events], cutoff)
+        for rec, source, event, h in home_events:
+            if h in new_seen or h in seen:
+                plan.duplicates += 1
+                continue
+            user = event.user_id
+            ts = event.occurred_at
+            # Integers: the second's floor places the event in its minute (nanos are
+            # never negative), the exact nanosecond picks its price.
+            second = ts.seconds
+            model = event.model
+            price, fallback = self._price(model, second * NS_PER_SECOND + ts.nanos)
+            if fallback and self.reject_unpriced:
+                _unpriced(plan, rec, event, source)
+                continue
+            inp, cached, written = (
+                event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens
+            )  # fmt: skip
+            out, reasoning = event.output_tokens, event.reasoning_tokens
+            w1h, a_in, a_out = (
+                event.cache_write_1h_input_tokens, event.audio_input_tokens,
+                event.audio_output_tokens,
+            )  # fmt: skip
+            if event.service_tier:  # batch, flex, priority: the tier's prices
+                price = price.at_tier(SERVICE_TIERS.get(event.service_tier, ""))
+            picos = picos_of(price, inp, cached, written, out, reasoning, w1h, a_in, a_out)
+            center = event.attributes.get(COST_CENTER, "")
+            if (picos > MAX_EVENT_PICOS or headroom is not None) and _refused(
+                plan, rec, event, headroom, second, center,
+                [inp, cached, written, out, reasoning, picos, 1, fallback, w1h, a_in, a_out],
+            ):  # fmt: skip
+                continue
+            new_seen[h] = now_ts
+            if event.ending > COMPLETED:
+                partial[event.ending] = partial.get(event.ending, 0) + 1
+            key = (user, second // MINUTE, event.product, model, center,
+                   event.workspace_id or default_workspace)  # fmt: skip
+            acc = sums.get(key)
+            if acc is None:
+                sums[key] = [inp, cached, written, out, reasoning, picos, 1, fallback,
+                             w1h, a_in, a_out]  # fmt: skip
+            else:
+                acc[0] += inp
+                acc[1] += cached
+                acc[2] += written
+                acc[3] += out
+                acc[4] += reasoning
+                acc[5] += picos
+                acc[6] += 1
+                acc[7] += fallback
+                if w1h or a_in or a_out:  # the newer classes: rare, one branch
+                    acc[8] += w1h
+                    acc[9] += a_in
+                    acc[10] += a_out
+            if event.request_id:
+                settled.setdefault(user, []).append(event.request_id)
         self._derive(plan)
         return plan
 
@@ -387,17 +390,16 @@ class Meter:
     ) -> None:
         """Make the state what Postgres now holds (call after the commit)."""
         state.next_offset = plan.next_offset
-        state.seen.update(plan.new_seen)
+        if plan.new_seen:
+            state.seen.add(plan.new_seen, max(plan.new_seen.values()))
         state.totals.update(changed)
         state.rollups.update(rollups or {})
 
     def forget_expired(self, state: PartitionState) -> int:
-        """Drop seen ids older than the window and totals of ended periods."""
+        """Drop seen ids older than the window (`dedupe.SeenIds.expire`) and totals of
+        ended periods; how many ids were dropped."""
         now = self.clock()
-        cutoff = now.timestamp() - self.dedupe_window.total_seconds()
-        old = [h for h, t in state.seen.items() if t < cutoff]
-        for h in old:
-            del state.seen[h]
+        forgotten = state.seen.expire(now.timestamp() - self.dedupe_window.total_seconds())
         horizon = now - self.max_age
         for key in [k for k, t in state.totals.items() if t.period_end < horizon]:
             del state.totals[key]
@@ -407,7 +409,7 @@ class Meter:
             # Postgres holds it: it must be looked up again if touched.
             grain = rkey[0]
             state.rollup_horizon[grain] = max(state.rollup_horizon.get(grain, rkey[1]), rkey[1])
-        return len(old)
+        return forgotten
 
 
 def _tally(plan: Plan, source: str, invalid: int) -> None:

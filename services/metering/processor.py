@@ -299,14 +299,8 @@ class Processor:
         self.metrics.counted(plan)
 
     async def _publish(self, partition: int, plan: Plan, changed: dict[TotalKey, Total]) -> None:
-        out: list[OutRecord] = []
-        for r in plan.rejects:
-            record = dead_letter(r, partition)
-            log.warning(
-                "usage record %s[%d]@%d to DLQ: %s",
-                Topic.USAGE, partition, r.offset, short_reason(r.reason),
-            )  # fmt: skip
-            out.append(record)
+        out: list[OutRecord] = [dead_letter(r, partition) for r in plan.rejects]
+        _log_rejects(partition, plan)
         out.extend(forward_records(plan))
         now = timestamp(datetime.now(UTC))
         # Every record of a user's totals in this batch names the requests it now
@@ -321,6 +315,30 @@ class Processor:
                 out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
         if out:
             await self.sink.send(out)
+
+
+# DLQ records of a batch logged one by one; the rest in one line with their count. A
+# flood of bad records (20,000 empty ones from one source) logged a WARNING each, in
+# the worker's only thread, while everyone's good events waited behind them; the DLQ
+# holds every record with its reason, the log needs only a sample.
+REJECTS_LOGGED = 5
+
+
+def _log_rejects(partition: int, plan: Plan) -> None:
+    for r in plan.rejects[:REJECTS_LOGGED]:
+        log.warning(
+            "usage record %s[%d]@%d to DLQ: %s",
+            Topic.USAGE, partition, r.offset, short_reason(r.reason),
+        )  # fmt: skip
+    more = plan.rejects[REJECTS_LOGGED:]
+    if more:
+        sources = sorted({r.source for r in more})
+        log.warning(
+            "%d more usage record(s) of %s[%d] (offsets %d-%d, sources %s) to DLQ; "
+            "their reasons are in its qm-error headers",
+            len(more), Topic.USAGE, partition, more[0].offset, more[-1].offset,
+            ", ".join(repr(s) for s in sources[:5]) + (" ..." if len(sources) > 5 else ""),
+        )  # fmt: skip
 
 
 def forward_records(plan: Plan) -> list[OutRecord]:

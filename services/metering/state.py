@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from quartermaster.money import micros_of_picos
 from quartermaster.periods import PeriodKind, period_of
+from services.metering.dedupe import SeenIds
 
 PERIOD_KINDS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
 
@@ -108,8 +109,8 @@ class PartitionState:
     partition: int
     # The first offset not yet counted; records below it were counted already.
     next_offset: int
-    # id_hash → when it was first counted (epoch seconds)
-    seen: dict[int, float] = field(default_factory=dict)
+    # the id_hashes counted within the dedupe window, by hour of first count
+    seen: SeenIds = field(default_factory=SeenIds)
     totals: dict[TotalKey, Total] = field(default_factory=dict)
     # recent rollups; older ones are reloaded from Postgres when touched
     rollups: dict[RollupKey, Rollup] = field(default_factory=dict)

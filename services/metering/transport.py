@@ -1,4 +1,5 @@
-"""faust's aiokafka transport with a configurable fetch wait.
+"""faust's aiokafka transport with a configurable fetch wait, delivering a fetch at a
+time to the worker's `Intake`.
 
 faust hard-codes `fetch_max_wait_ms=1500` for its consumer. A real Kafka broker
 answers a waiting fetch as soon as data arrives, so that costs nothing there; tansu
@@ -13,17 +14,24 @@ consumer subscribing to a missing `qm.usage.v1` made the broker (Kafka's default
 `register()` makes aiokafka's client send false instead; a missing topic then stays
 missing and metering's topic check (`topic_check`) names it.
 
+Its consumer puts each fetch of records whole into the app's `intake` (an app built
+by `worker`) instead of faust's per-record delivery (see `intake` for why and what it
+measured); with no intake it delivers as faust does.
+
 Use it with the broker URL scheme `qmkafka://` (registered by `register()`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiokafka.client
 from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from services.metering.intake import Intake
 
 SCHEME = "qmkafka"
 _fetch_max_wait_ms = 1500
@@ -50,6 +58,51 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """faust's fetcher loop (faust 0.15.3's `Consumer._drain_messages`, pinned),
+        with a fetch put into the intake whole. Kept from it: records below the read
+        offset are dropped (a seek went back: they come again), a jump in offsets is
+        recorded as a gap (so acks past it can be committed), each record is tracked
+        as unacked (a graceful stop waits for its ack), and a suspended flow (a
+        rebalance) abandons the fetch in hand: its records are neither counted nor
+        acked, and faust fetches them again from the committed offset."""
+        intake: Intake | None = getattr(self.app, "intake", None)
+        if intake is None:
+            await super()._drain_messages(fetcher)
+            return
+        read_offset = self._read_offset
+        acking = self.app.topics.acks_enabled_for
+        stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                fetched = []
+                async for tp, message in self.getmany(timeout=1.0):
+                    last = read_offset[tp]
+                    if last is not None and message.offset < last:
+                        continue
+                    if last and message.offset - last > 1 and acking(message.topic):
+                        await self._add_gap(tp, last + 1, message.offset)
+                    read_offset[tp] = message.offset
+                    message.tracked = True
+                    self.track_message(message)
+                    fetched.append(message)
+                every = self._commit_every
+                if every is not None and self._n_acked >= every:
+                    self._n_acked = 0
+                    await self.commit()
+                if fetched:
+                    await self.wait_first(intake.put(fetched), self.suspend_flow.wait())
+                else:
+                    await asyncio.sleep(0)  # getmany may return at once: let others run
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
 
 
 class Transport(faust_aiokafka.Transport):

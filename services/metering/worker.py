@@ -1,11 +1,12 @@
 """The faust application: the consumer of `qm.usage.v1` around a built `Counting` graph.
 
-The agent takes batches (`noack_take`: faust acks nothing by itself), hands each
-partition's records to the `Processor` (partitions concurrently), and acks the records
-only once every partition of the batch is committed to Postgres. Timers follow the
-price catalog and prune expired state; a task checks the broker's topics
-(`topic_guard.TopicWatch`) on a short timer and at each assignment. See `processor`
-for the steps and their failure consequences.
+The counting loop takes batches from the `Intake` (whole fetches, put there by the
+`transport`'s fetcher: no faust stream, whose per-record path cost more than counting;
+faust acks nothing by itself), hands each partition's records to the `Processor`
+(partitions concurrently), and acks the records only once every partition of the
+batch is committed to Postgres. Timers follow the price catalog and prune expired
+state; a task checks the broker's topics (`topic_guard.TopicWatch`) on a short timer
+and at each assignment. See `processor` for the steps and their failure consequences.
 
 An exception that escapes the agent or a timer (a bug, a broken installation: not a
 bad record, not an outage) is given to `on_fatal`, which ends the process for its
@@ -33,6 +34,7 @@ from quartermaster.telemetry import headers_dict, links_of
 from quartermaster.topics import Topic
 from services.metering import transport
 from services.metering.aggregate import Record
+from services.metering.intake import Intake
 from services.metering.metrics import MeteringMetrics
 from services.metering.processor import OUTAGE, Processor
 from services.metering.settings import MeteringSettings
@@ -43,10 +45,20 @@ log = logging.getLogger("qm.metering")
 tracer = trace.get_tracer("qm.metering")
 
 
-def _app(settings: MeteringSettings) -> faust.App:
+class MeteringApp(faust.App):
+    """A faust app whose fetcher puts whole fetches into `intake` (see `transport`)."""
+
+    def __init__(self, *args: Any, intake: Intake, **kwargs: Any) -> None:
+        self.intake = intake
+        super().__init__(*args, **kwargs)
+
+
+def _app(settings: MeteringSettings) -> MeteringApp:
     transport.register(settings.fetch_max_wait_ms)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
-    return faust.App(
+    # Two batches' worth may wait: one fetched while the other is counted.
+    intake = Intake(capacity=2 * settings.batch_max)
+    return MeteringApp(
         settings.app_id,
         datadir=str(settings.data_dir / settings.app_id),
         broker=[f"{transport.SCHEME}://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
@@ -66,6 +78,7 @@ def _app(settings: MeteringSettings) -> faust.App:
         topic_allow_declare=False,
         topic_disable_leader=True,
         broker_credentials=kafka.faust_credentials(settings),
+        intake=intake,
     )
 
 
@@ -77,6 +90,7 @@ def create_app(
     app = _app(settings)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
     usage_topic = app.topic(Topic.USAGE.value, value_serializer="raw", **raw)
+    app.topics.add(usage_topic)  # subscribed; its records go to app.intake, not a stream
     proc = counting.processor
     meters = counting.metrics
 
@@ -93,6 +107,7 @@ def create_app(
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
+        app.intake.drop((tp.topic, tp.partition) for tp in revoked)
         gone = {tp.partition for tp in revoked if tp.topic == Topic.USAGE}
         proc.forget(gone)
         for partition in gone:
@@ -139,10 +154,10 @@ def create_app(
             return
         log.info("pruned %d expired event ids", pruned)
 
-    @app.agent(usage_topic)
-    async def meter_usage(stream: faust.StreamT[bytes]) -> None:
+    @app.task  # type: ignore[untyped-decorator]
+    async def meter_usage() -> None:
         try:
-            await _count(stream, proc, settings, meters)
+            await _count(app, proc, settings, meters)
         except Exception as exc:
             on_fatal(exc)
 
@@ -150,14 +165,12 @@ def create_app(
 
 
 async def _count(
-    stream: faust.StreamT[bytes], proc: Processor, settings: MeteringSettings,
-    meters: MeteringMetrics,
-) -> None:  # fmt: skip
-    take = stream.noack_take(settings.batch_max, within=settings.batch_within)  # type: ignore[attr-defined]
-    async for events in take:
+    app: MeteringApp, proc: Processor, settings: MeteringSettings, meters: MeteringMetrics
+) -> None:
+    while True:
+        messages = await app.intake.take(settings.batch_max, settings.batch_within)
         by_partition: dict[int, list[Record]] = defaultdict(list)
-        for ev in events:
-            m = ev.message
+        for m in messages:
             by_partition[m.partition].append(
                 Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
             )
@@ -166,12 +179,13 @@ async def _count(
         # traceparent); the totals it publishes carry this span's context on to policy.
         links = links_of(r.headers for recs in by_partition.values() for r in recs)
         with tracer.start_as_current_span("meter batch", links=links) as span:
-            span.set_attribute("qm.records", len(events))
+            span.set_attribute("qm.records", len(messages))
             # Partitions are independent (own state, own fenced commit): while one
             # waits on the broker or Postgres, another is planned.
             await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
         meters.batch(time.perf_counter() - began)
         for p, records in by_partition.items():
             meters.positions[p] = max(r.offset for r in records) + 1
-        for ev in events:
-            await stream.ack(ev)
+        ack = app.consumer.ack
+        for m in messages:
+            ack(m)

@@ -89,6 +89,7 @@ COMMANDS: dict[str, Runner] = {
     ),
     "make migrate": Session(),
     "make bench-metering": BENCH_SMOKE,
+    "make bench-dedupe": BENCH_SMOKE,
     "make bench-freshness": BENCH_SMOKE,
     "make bench-costs": BENCH_SMOKE,
     "make bench-policy": BENCH_SMOKE,

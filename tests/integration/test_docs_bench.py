@@ -37,6 +37,7 @@ SHRINK: dict[str, Small] = {
     "bench-metering": Small(
         "--events 1000 --users 100 --probes 3 --load 200", {"QM_METERING_BATCH_MAX": "2"}
     ),
+    "bench-dedupe": Small("--ids 20000 --batch 1000"),
     "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
     "bench-costs": Small("--users 50 --days 2 --runs 1 --rounds 1"),
     "bench-requests": Small(

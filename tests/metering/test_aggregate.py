@@ -75,7 +75,10 @@ def test_an_event_id_seen_within_the_window_counts_once() -> None:
     m.apply(state, plan, m.fold(state, plan))
     again = m.plan(state, records(2, [e], first_offset=2))  # and again later
     assert (again.counted, again.duplicates) == (0, 1)
-    tomorrow = meter(NOW + timedelta(hours=24, seconds=1))
+    # remembered for the window and at most an hour more (whole hours: dedupe.SeenIds)
+    almost = meter(NOW + timedelta(hours=24) - timedelta(microseconds=1))
+    assert almost.plan(state, records(2, [e], first_offset=2)).counted == 0
+    tomorrow = meter(NOW + timedelta(hours=25, seconds=1))
     assert tomorrow.plan(state, records(2, [e], first_offset=2)).counted == 1
 
 
@@ -142,7 +145,7 @@ def test_forget_expired_drops_old_ids_and_ended_periods() -> None:
     run(m, state, records(0, [usage(u, occurred_at=NOW).SerializeToString()]))
     later = meter(NOW + timedelta(days=80))
     assert later.forget_expired(state) == 1
-    assert state.seen == {}
+    assert len(state.seen) == 0
     assert state.totals == {}
 
 

@@ -24,6 +24,7 @@ from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, Topic
 from quartermaster.v1 import policy_pb2, usage_pb2
 from tests.conftest import PARTITIONS, MeteringWorker
 from tests.helpers import eventually, new_user, scrape, usage
+from tests.metering.test_metering import counting_now
 
 if TYPE_CHECKING:
     from quartermaster.v1.policy_pb2_grpc import PolicyServiceAsyncStub as Stub
@@ -113,6 +114,7 @@ async def test_a_sigkill_while_forwarding_loses_nothing_and_counts_nothing_twice
             send(infra.kafka_bootstrap, PRODUCERS["explicit-random-partition"], events, False)
             time.sleep(0.1)
 
+    await counting_now(infra, policy)
     await metering.kill_mid_stream(producer, used_of(policy, users[0]), per_user * EVENT_MICROS)
     for u in users:
         await eventually(used_of(policy, u), per_user * EVENT_MICROS, within=90)

@@ -219,7 +219,7 @@ async def test_every_cost_api_grouping_sums_to_the_budget_in_every_zone(fresh_db
             await pool.execute(
                 "TRUNCATE metering.rollups_15m, metering.rollups_daily, metering.totals,"
                 " metering.rollup_days, metering.compacted_days, metering.offsets,"
-                " metering.seen_events"
+                " metering.seen_ids"
             )
             counted = Counted(pool, tz)
             events = random_events(rnd, USERS, tz)

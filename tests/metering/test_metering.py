@@ -62,6 +62,15 @@ async def db_total(infra: Infra, user: str, kind: str, key: str) -> int | None:
         await conn.close()
 
 
+async def counting_now(infra: Infra, policy: Stub) -> None:
+    """Return once the session's worker counts (its consumer group joined): a worker
+    still joining would find a whole kill test's stream waiting and count it in one
+    batch, and the kill could not land mid-stream."""
+    user = new_user()
+    produce_usage(infra.kafka_bootstrap, [usage(user)])
+    await eventually(used_of(policy, user), EVENT_MICROS, within=60)
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["event-records", "usage-batches"])
 async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     infra: Infra, metering: MeteringWorker, policy: Stub, batched: bool
@@ -85,6 +94,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
         if reporter is not None:
             reporter.close()
 
+    await counting_now(infra, policy)
     await metering.kill_mid_stream(producer, used_of(policy, users[0]), per_user * EVENT_MICROS)
     for u in users:
         await eventually(used_of(policy, u), per_user * EVENT_MICROS, within=90)

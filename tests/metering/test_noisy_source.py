@@ -5,6 +5,7 @@ good records from it and from another, used to pause metering for every user."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -102,3 +103,36 @@ async def test_a_noisy_source_is_dead_lettered_and_told_once_while_everyone_is_c
     assert await told() == 1, "once per episode, not per record"
     assert metering.alive()
     assert "PAUSED" not in metering.log_tail(2000)
+
+
+FLOOD = 20_000
+
+
+async def test_a_flood_of_empty_records_from_one_source_does_not_stop_others_counting(
+    infra: Infra, metering: MeteringWorker, policy: Stub
+) -> None:
+    """Issue 14, breaker #4: 20,000 empty records from one source delayed everyone's
+    counting by 34 s. The flood, then good events of another source behind it on every
+    partition: each is counted exactly, and the delay is printed."""
+    noisy, gateway = f"flood-{uuid.uuid4().hex[:8]}", f"gw-{uuid.uuid4().hex[:8]}"
+    users = users_in_every_partition(2)
+    pb = (CONTENT_TYPE, PROTOBUF.encode())
+    flood: list[KafkaRecord] = [
+        (users[i % len(users)].encode(), b"", [pb, (SOURCE_HEADER, noisy.encode())])
+        for i in range(FLOOD)
+    ]
+    good: list[KafkaRecord] = [
+        (u.encode(), usage(u, source=gateway).SerializeToString(), [pb])
+        for u in users
+        for _ in range(3)
+    ]
+    produce(infra.kafka_bootstrap, flood + good)
+    produced = time.monotonic()
+    for user in users:
+        await eventually(used_of(policy, user), 3 * EVENT_MICROS, within=120)
+    delay = time.monotonic() - produced
+    print(f"{FLOOD} empty records ahead: the good events counted {delay:.2f} s after")  # noqa: T201
+    await asyncio.sleep(1)  # a second count would show by now
+    for user in users:
+        assert await used_of(policy, user)() == 3 * EVENT_MICROS
+    assert metering.alive()

@@ -49,6 +49,7 @@ DOMAIN_MODULES = {
         "services.metering.catalog_limits",
         "services.metering.dead_letter",
         "services.metering.decode",
+        "services.metering.dedupe",
         "services.metering.dlq_limit",
         "services.metering.pricing",
         "services.metering.token_prices",

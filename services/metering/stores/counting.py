@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
+import numpy as np
 
 from quartermaster.money import PICOS_PER_MICRO
+from services.metering.dedupe import HOUR, SeenIds
 from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
 from services.metering.stores.rollups import RollupStore, split_picos
 
@@ -59,18 +61,24 @@ class CountingStore:
                 self.topic,
                 partition,
             )
+            # From the start of the hour holding `seen_since`, as SeenIds keeps them:
+            # whole hours, one array each.
+            since_hour = int(seen_since.timestamp()) // HOUR
             rows = await conn.fetch(
-                "SELECT id_hash, seen_at FROM metering.seen_events"
-                " WHERE partition = $1 AND seen_at >= $2",
+                "SELECT floor(extract(epoch FROM seen_at) / 3600)::bigint AS hour,"
+                " string_agg(hashes, ''::bytea) AS hashes FROM metering.seen_ids"
+                " WHERE partition = $1 AND seen_at >= to_timestamp($2) GROUP BY 1",
                 partition,
-                seen_since,
+                since_hour * HOUR,
             )
             horizon = await self._rollups.horizon(conn, partition)
+        seen = SeenIds()
+        for r in rows:
+            seen.add_array(
+                np.frombuffer(r["hashes"], dtype=">i8").astype(np.int64), r["hour"] * HOUR
+            )
         return PartitionState(
-            partition=partition,
-            next_offset=offset or 0,
-            seen={r["id_hash"]: r["seen_at"].timestamp() for r in rows},
-            rollup_horizon=horizon,
+            partition=partition, next_offset=offset or 0, seen=seen, rollup_horizon=horizon
         )
 
     async def load_totals(self, keys: set[TotalKey]) -> dict[TotalKey, Total]:
@@ -164,10 +172,12 @@ class CountingStore:
 
     async def prune_seen(self, before: datetime) -> int:
         """Forget event ids seen before `before`; how many were forgotten."""
-        status = await self.pool.execute(
-            "DELETE FROM metering.seen_events WHERE seen_at < $1", before
+        forgotten = await self.pool.fetchval(
+            "WITH gone AS (DELETE FROM metering.seen_ids WHERE seen_at < $1"
+            " RETURNING length(hashes) / 8 AS n) SELECT coalesce(sum(n), 0)::bigint FROM gone",
+            before,
         )
-        return int(status.split()[-1])
+        return int(forgotten)
 
 
 async def _write_totals(
@@ -203,17 +213,17 @@ async def _write_totals(
 
 
 async def _write_seen(conn: asyncpg.Connection, partition: int, seen: dict[int, float]) -> None:
+    """One row for the batch: its ids' hashes packed, 8 big-endian bytes each, at the
+    batch's time (every id of a plan is first counted at the same instant)."""
     if not seen:
         return
+    packed = np.fromiter(seen, dtype=np.int64, count=len(seen)).astype(">i8").tobytes()
     await conn.execute(
-        """
-        INSERT INTO metering.seen_events (partition, id_hash, seen_at)
-        SELECT $1, h, to_timestamp(t) FROM unnest($2::bigint[], $3::float8[]) AS x(h, t)
-        ON CONFLICT (partition, id_hash) DO UPDATE SET seen_at = EXCLUDED.seen_at
-        """,
+        "INSERT INTO metering.seen_ids (partition, seen_at, hashes)"
+        " VALUES ($1, to_timestamp($2), $3)",
         partition,
-        list(seen),
-        list(seen.values()),
+        max(seen.values()),
+        packed,
     )
 
 
