@@ -49,6 +49,7 @@ DOMAIN_MODULES = {
         "services.metering.dead_letter",
         "services.metering.decode",
         "services.metering.dlq_limit",
+        "services.metering.ingest_body",
         "services.metering.json_event",
         "services.metering.pricing",
         "services.metering.token_prices",
