@@ -63,6 +63,9 @@ bench-requests: $(STAMP) ## requests: create + decide and ListAwaitingMe with 10
 bench-notifier: $(STAMP) ## notifier intents/s through dedupe and delivery to the Slack stand-in, lag p50/p99
 	$(PY) scripts/bench_notifier.py $(ARGS)
 
+bench-ingest: $(STAMP) ## HTTP ingest events/s (100-event and 1-event bodies) beside a bare aiohttp endpoint
+	$(PY) scripts/bench_ingest.py $(ARGS)
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -72,4 +75,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-requests bench-notifier bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-costs bench-policy bench-requests bench-notifier bench-ingest bench-freshness settings-doc clean

@@ -175,6 +175,11 @@ def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
     _validate(event, Accepted.at(now, max_age))
 
 
+def validate_within(event: UsageEvent, accepted: Accepted) -> None:
+    """`validate` with the accepted occurred_at range worked out once for many events."""
+    _validate(event, accepted)
+
+
 def _validate(event: UsageEvent, accepted: Accepted) -> None:
     # The common case in few comparisons, no allocation; anything unusual takes the
     # careful path below, which names every problem. isascii() is O(1) in CPython and

@@ -18,12 +18,12 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageEvent
 
@@ -44,7 +44,7 @@ _ENUM_NUMBERS = {name: frozenset(values.values()) for name, values in _ENUMS.ite
 _INT = re.compile(r"-?[0-9]{1,18}\Z")  # 18 digits: inside int64 without a range check
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TIME = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))\Z"
 )
 _EPOCH = datetime(1970, 1, 1)
@@ -86,37 +86,70 @@ def event_from_json(raw: object) -> UsageEvent:
     return event
 
 
-def _fast(raw: dict[str, Any]) -> UsageEvent | None:
-    """The event, when every field takes the fast path; None to let ParseDict decide."""
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
+_SKIP = -1  # a key no field has: ignored, as ParseDict ignores it
+Plan = tuple[tuple[str, int], ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(keys: tuple[str, ...]) -> Plan | None:
+    """(field name, kind) for each of `keys` in order; None when ParseDict must judge
+    the key set (a field under both its names, extension syntax). Cached: producers
+    send the same few key sets, and a plan saves a lookup per field of every event."""
+    plan: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for key in keys:
         found = _FIELDS.get(key)
         if found is None:
-            if key.startswith("["):  # extension syntax: ParseDict's to judge
+            if key.startswith("["):  # extension syntax
                 return None
+            plan.append(("", _SKIP))
             continue
-        name, kind = found
-        if name in kwargs:  # both its JSON and its proto name: ParseDict refuses it
+        if found[0] in seen:  # both its JSON and its proto name: ParseDict refuses it
             return None
+        seen.add(found[0])
+        plan.append(found)
+    return tuple(plan)
+
+
+def _fast(raw: dict[str, Any]) -> UsageEvent | None:
+    """The event, when every field takes the fast path; None to let ParseDict decide."""
+    plan = _plan(tuple(raw))
+    if plan is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    at: tuple[int, int] | None = None
+    for (name, kind), value in zip(plan, raw.values(), strict=True):
         kind_of = type(value)
-        if (kind == _STRING and kind_of is str) or (
-            kind == _INT64 and kind_of is int and _INT64_MIN <= value <= _INT64_MAX
-        ):
+        if kind == _STRING:
+            if kind_of is not str:
+                return None
             kwargs[name] = value
-        elif kind == _INT64 and kind_of is str and _INT.match(value):
-            kwargs[name] = int(value)
+        elif kind == _INT64:
+            if kind_of is int and _INT64_MIN <= value <= _INT64_MAX:
+                kwargs[name] = value
+            elif kind_of is str and (
+                (value.isdigit() and value.isascii() and len(value) <= 18) or _INT.match(value)
+            ):
+                kwargs[name] = int(value)
+            else:
+                return None
+        elif kind == _SKIP:
+            continue
         elif kind == _ENUM and (number := _enum(name, value)) is not None:
             kwargs[name] = number
         elif name == "occurred_at" and kind_of is str and (ts := _timestamp(value)) is not None:
-            kwargs[name] = ts
+            at = ts  # set after construction: a Timestamp of its own costs as much again
         elif name == "attributes" and kind_of is dict and _strings(value):
             kwargs[name] = value
         else:
             return None
     try:
-        return UsageEvent(**kwargs)
+        event = UsageEvent(**kwargs)
     except (ValueError, TypeError):  # say a lone surrogate in a string
         return None
+    if at is not None:
+        event.occurred_at.seconds, event.occurred_at.nanos = at
+    return event
 
 
 def _enum(name: str, value: object) -> int | None:
@@ -131,23 +164,23 @@ def _strings(mapping: dict[Any, Any]) -> bool:
     return all(type(k) is str and type(v) is str for k, v in mapping.items())
 
 
-def _timestamp(text: str) -> Timestamp | None:
-    """`text` as Timestamp.FromJsonString reads it, for the plain RFC 3339 form; None
-    for anything else (then ParseDict decides)."""
+def _timestamp(text: str) -> tuple[int, int] | None:
+    """`text` as Timestamp.FromJsonString reads it, for the plain RFC 3339 form, as
+    (seconds, nanos); None for anything else (then ParseDict decides)."""
     m = _TIME.match(text)
     if m is None:
         return None
     try:
-        at = datetime(int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]))
+        # The shape is the pattern's; the C parser checks the ranges as strptime does.
+        delta = datetime.fromisoformat(m[1]) - _EPOCH
     except ValueError:
         return None
-    delta = at - _EPOCH
     seconds = delta.days * 86_400 + delta.seconds
     # protobuf's own arithmetic, so a 9-digit fraction rounds as it does
-    nanos = round(float("0." + m[7]) * 1e9) if m[7] else 0
-    if m[8] is None:
-        offset = (int(m[10]) * 60 + int(m[11])) * 60
-        seconds += -offset if m[9] == "+" else offset
+    nanos = round(float("0." + m[2]) * 1e9) if m[2] else 0
+    if m[3] is None:
+        offset = (int(m[5]) * 60 + int(m[6])) * 60
+        seconds += -offset if m[4] == "+" else offset
     if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
         return None
-    return Timestamp(seconds=seconds, nanos=nanos)
+    return seconds, nanos

@@ -11,7 +11,8 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartermaster.v1.usage_pb2 import UsageEvent
+from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from services.metering.ingest_body import batch_value
 from services.metering.json_event import JsonEventError, _fast, event_from_json
 
 
@@ -125,3 +126,8 @@ def test_a_refusal_names_the_field() -> None:
         event_from_json({"userId": "dave", "inputTokens": "many"})
     assert refused.value.field == "inputTokens"
     assert "inputTokens" in str(refused.value)
+
+
+def test_a_batch_written_out_is_the_batch_protobuf_writes() -> None:
+    events = [UsageEvent(event_id="e" * n, user_id="u", input_tokens=n) for n in (1, 200, 20000)]
+    assert batch_value(events) == UsageBatch(events=events).SerializeToString()
