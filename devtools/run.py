@@ -2,7 +2,8 @@
 
 Starts PostgreSQL and the broker (unless QM_DATABASE_URL / QM_KAFKA_BOOTSTRAP point
 elsewhere), applies migrations, creates topics, seeds a demo workspace, starts the
-metering worker and the policy server as child processes, and runs the traffic
+metering worker, the policy server, the Cost API, the notifier and the HTTP
+ingest as child processes, and runs the traffic
 simulator until Ctrl-C. Then it stops everything it started, children first.
 """
 
@@ -122,8 +123,9 @@ def _grpcurl_tls(policy: PolicySettings) -> str:
 
 def _demo_tokens() -> str:
     """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices)."""
-    made = {name: secrets.token_urlsafe(24) for name in ("gateway", "reader", "ops")}
-    roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader"}
+    made = {name: secrets.token_urlsafe(24) for name in ("gateway", "reader", "ops", "reporter")}
+    roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader",
+             "reporter": "reporter"}  # fmt: skip
     return ",".join(f"local-{name}:{roles[name]}:{token}" for name, token in made.items())
 
 
@@ -208,6 +210,20 @@ async def _slack_standin(
     return standin
 
 
+def _ingest_line(env: dict[str, str], policy: PolicySettings) -> str:
+    """Where metering's HTTP ingest listens, and how to post to it: with the reporter
+    token `make run` made, else a placeholder (the environment's tokens are secret)."""
+    addr = env.get("QM_METERING_INGEST_ADDR", "127.0.0.1:8094")
+    scheme = "https" if policy.tls_cert_file is not None else "http"
+    made = _token_with(env["QM_TOKENS"], "reporter")
+    token = made if made and not os.environ.get("QM_TOKENS") else "<a token with role reporter>"
+    return (
+        f"  HTTP ingest on {scheme}://{addr}/v1/usage (JSON or NDJSON UsageEvents):\n"
+        f"    .venv/bin/python -m services.metering.report --http {scheme}://{addr}/v1/usage "
+        f"--token {token} < events.jsonl"
+    )
+
+
 class ServiceDied(Exception):
     """A service `make run` started has exited by itself: the run stops (exit status 1)
     rather than go on showing a system with a part missing."""
@@ -282,6 +298,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             spawn("policy", "services.policy"),
             spawn("cost-api", "services.metering.api"),
             spawn("notifier", "services.notifier"),
+            spawn("ingest", "services.metering.ingest"),
         ]
         try:
             for child in children:
@@ -296,6 +313,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
+            say(_ingest_line(env, policy))
             gateway = _token_with(env["QM_TOKENS"], "gateway")
             if dev.demo_traffic and gateway:
                 say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
