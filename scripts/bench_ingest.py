@@ -88,7 +88,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], within: float = 60) ->
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
