@@ -65,6 +65,7 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
         QM_USAGE_API_ADDR=f"127.0.0.1:{free_port()}",
         QM_METERING_METRICS_ADDR=f"127.0.0.1:{free_port()}",
         QM_SLACK_STANDIN_PORT=str(free_port()),
+        QM_METERING_INGEST_ADDR=f"127.0.0.1:{free_port()}",
         QM_METERING_APP_ID=f"qm-metering-np-{uuid.uuid4().hex[:8]}",
         QM_METERING_SESSION_TIMEOUT="4",
         **pki.server_env(mutual=True),
@@ -110,7 +111,9 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
     shown = f"postgres  {url.replace(password, '****')} (env)"
     assert shown in output, output
     assert password not in output
-    assert sorted(logs) == ["cost-api.log", "metering.log", "notifier.log", "policy.log"]
+    assert sorted(logs) == [
+        "cost-api.log", "ingest.log", "metering.log", "notifier.log", "policy.log"
+    ]  # fmt: skip
     for name, text in logs.items():
         assert password not in text, name
     for name in ("policy.log", "cost-api.log"):
