@@ -69,6 +69,9 @@ bench-notifier: $(STAMP) ## notifier intents/s through dedupe and delivery to th
 bench-rpc-metrics: $(STAMP) ## what counting and timing a gRPC call costs, beside the OpenTelemetry SDK
 	$(PY) scripts/bench_rpc_metrics.py $(ARGS)
 
+bench-ingest: $(STAMP) ## HTTP ingest events/s (100-event and 1-event bodies) beside a bare aiohttp endpoint
+	$(PY) scripts/bench_ingest.py $(ARGS)
+
 bench-freshness: $(STAMP) ## time from producing an event to GetBudget reflecting it
 	$(PY) scripts/bench_freshness.py
 
@@ -78,4 +81,4 @@ settings-doc: $(STAMP) ## regenerate docs/settings.md and deploy/settings.exampl
 clean: ## remove the venv and local data (.run)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-dedupe bench-costs bench-policy bench-requests bench-notifier bench-rpc-metrics bench-freshness settings-doc clean
+.PHONY: help venv run test test-unit lint fmt protos migrate bench-metering bench-dedupe bench-costs bench-policy bench-requests bench-notifier bench-ingest bench-rpc-metrics bench-freshness settings-doc clean

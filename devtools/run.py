@@ -2,11 +2,12 @@
 
 Starts PostgreSQL and the broker (unless QM_DATABASE_URL / QM_KAFKA_BOOTSTRAP point
 elsewhere), applies migrations, creates topics, seeds a demo workspace, starts the
-metering worker, the policy server, the Cost API, the requests service and the
-notifier as child processes (with no Slack token: the local Slack stand-in and SMTP
-server in this process, the stand-in's buttons clicking through the notifier's
-interactivity endpoint), asks for credits as carol, and runs the traffic simulator
-until Ctrl-C. Then it stops everything it started, children first.
+metering worker, the policy server, the Cost API, the requests service, the
+notifier and metering's HTTP ingest as child processes (with no Slack token: the local
+Slack stand-in and SMTP server in this process, the stand-in's buttons clicking
+through the notifier's interactivity endpoint), asks for credits as carol, and runs
+the traffic simulator until Ctrl-C. Then it stops everything it started, children
+first.
 """
 
 from __future__ import annotations
@@ -109,11 +110,11 @@ def _grpcurl_tls(policy: PolicySettings) -> str:
 
 def _demo_tokens() -> str:
     """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices)."""
-    names = ("gateway", "reader", "ops", "notifier")
+    names = ("gateway", "reader", "ops", "notifier", "reporter")
     made = {name: secrets.token_urlsafe(24) for name in names}
     # notifier: decides a Slack click at the requests service as the person who clicked
     roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader",
-             "notifier": "delegate"}  # fmt: skip
+             "notifier": "delegate", "reporter": "reporter"}  # fmt: skip
     return ",".join(f"local-{name}:{roles[name]}:{token}" for name, token in made.items())
 
 
@@ -194,6 +195,20 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
     env.setdefault("QM_REQUESTS_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
     env.setdefault("QM_NOTIFIER_REQUESTS_ADDR", env.get("QM_REQUESTS_ADDR", "127.0.0.1:50053"))
     return env
+
+
+def _ingest_line(env: dict[str, str], policy: PolicySettings) -> str:
+    """Where metering's HTTP ingest listens, and how to post to it: with the reporter
+    token `make run` made, else a placeholder (the environment's tokens are secret)."""
+    addr = env.get("QM_METERING_INGEST_ADDR", "127.0.0.1:8094")
+    scheme = "https" if policy.tls_cert_file is not None else "http"
+    made = _token_with(env["QM_TOKENS"], "reporter")
+    token = made if made and not os.environ.get("QM_TOKENS") else "<a token with role reporter>"
+    return (
+        f"  HTTP ingest on {scheme}://{addr}/v1/usage (JSON or NDJSON UsageEvents):\n"
+        f"    .venv/bin/python -m services.metering.report --http {scheme}://{addr}/v1/usage "
+        f"--token {token} < events.jsonl"
+    )
 
 
 class ServiceDied(Exception):
@@ -294,6 +309,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             spawn("cost-api", "services.metering.api"),
             spawn("requests", "services.requests"),
             spawn("notifier", "services.notifier"),
+            spawn("ingest", "services.metering.ingest"),
         ]
         try:
             for child in children:
@@ -310,6 +326,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
+            say(_ingest_line(env, policy))
             await _until_first_exit(_work(dev, infra, policy, env), children)
         except ServiceDied as died:
             say(f"\n{died}")  # first, before the shutdown's lines

@@ -127,8 +127,9 @@ class CommonSettings(Settings):
 
     tokens: TokenSpec = Field("", validation_alias="QM_TOKENS")
     """Credentials every gRPC server accepts, name:role[+role]:token,... (roles gateway,
-    reader, admin, prices, member, delegate; tokens of 16+ characters; the name is the
-    audit actor; see docs/security.md). Empty: every call but health is refused"""
+    reader, admin, prices, member, delegate, and reporter for metering's HTTP ingest;
+    tokens of 16+ characters; the name is the audit actor; see docs/security.md).
+    Empty: every call but health is refused"""
 
     removed: ClassVar[Mapping[str, str]] = {
         "QM_POLICY_ADMIN_TOKENS": _OLD_TOKENS,

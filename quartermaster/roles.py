@@ -18,6 +18,8 @@ The roles (a credential holds one or more, quartermaster.tokens):
 - delegate: a trusted service (the notifier, a console backend) acting for a person it
   authenticated, named in metadata `qm-on-behalf-of` (quartermaster.auth.person); the
   timeline records "<person> via <service>". It never holds an admin's powers.
+- reporter: posts usage to metering's HTTP ingest (POST /v1/usage; no gRPC method);
+  the credential's name is the reporter, sent with its records as `qm-source`.
 An admin is a person too (name = user id) and may also list every request, revoke and
 decide as a workspace admin, but never on their own request.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 GATEWAY, READER, ADMIN, PRICES = "gateway", "reader", "admin", "prices"
-MEMBER, DELEGATE = "member", "delegate"
+MEMBER, DELEGATE, REPORTER = "member", "delegate", "reporter"
 _V1 = "/quartermaster.v1."
 
 

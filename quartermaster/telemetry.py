@@ -94,6 +94,16 @@ def setup(
         logging.getLogger("qm.telemetry").info("metrics on http://%s/metrics", metrics_addr)
 
 
+def metrics_for_prometheus(service: str) -> None:
+    """The process's OpenTelemetry metrics readable by Prometheus through
+    prometheus_client's default registry, without a server of their own: for a
+    process that serves `/metrics` on its own HTTP server (metering's HTTP ingest)."""
+    resource = Resource.create({"service.name": f"qm-{service}"})
+    metrics.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
+    )
+
+
 def mask_passwords_in_logs() -> None:
     """From now on every log record of this process shows URLs without their passwords
     (`quartermaster.redact`), its message and its traceback alike, whichever handler

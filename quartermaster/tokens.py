@@ -3,8 +3,9 @@
 One variable for every service, so one secret serves a whole deployment (one Helm
 secret, one place to rotate): each server honours the roles its methods need
 (quartermaster.roles) and ignores the rest. The name is who the audit trail records;
-roles are `gateway`, `reader`, `admin`, `prices`, `member` and `delegate` (what each
-may call: quartermaster.roles, docs/security.md; for `member` and `admin` the name is
+roles are `gateway`, `reader`, `admin`, `prices`, `member`, `delegate` and `reporter`
+(what each may call: quartermaster.roles, docs/security.md; `reporter` posts usage to
+metering's HTTP ingest, no gRPC method; for `member` and `admin` the name is
 the person's directory user id); the token is 16 or more characters without ':', ',',
 quotes or spaces, told to the caller, who sends `authorization: Bearer <token>`.
 Quotes and extra `:fields` are refused rather than read as part of a name or token:
@@ -23,7 +24,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-ROLES = ("gateway", "reader", "admin", "prices", "member", "delegate")
+ROLES = ("gateway", "reader", "admin", "prices", "member", "delegate", "reporter")
 MIN_TOKEN_CHARS = 16
 _QUOTES = frozenset("\"'`")
 

@@ -17,6 +17,7 @@ import shutil
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -220,6 +221,44 @@ async def metered_replicas(
     finally:
         await reps.close()
         await _admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def _ingest_session(service_env: dict[str, str]) -> Iterator[str]:
+    """metering's HTTP ingest for the session, as a real process
+    (`python -m services.metering.ingest`); yields its address (host:port) once its
+    /healthz says the broker is reachable."""
+    addr = f"127.0.0.1:{free_port()}"
+    log_path = ROOT / ".run" / f"test-{os.getpid()}-logs" / "ingest.log"
+    argv = [sys.executable, "-m", "services.metering.ingest"]
+    env = {**service_env, "QM_METERING_INGEST_ADDR": addr}
+    proc = ChildProcess("ingest", argv, log_path, env=env, cwd=ROOT)
+    proc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(addr):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the ingest never got healthy:\n{proc.log_tail()}")
+            time.sleep(0.2)
+        yield addr
+    finally:
+        proc.stop(timeout=15)
+
+
+def _healthy(addr: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{addr}/healthz", timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # not listening yet, or 503 (an HTTPError is an OSError)
+        return False
+
+
+@pytest.fixture
+def ingest_addr(request: pytest.FixtureRequest, _ingest_session: str) -> str:
+    """host:port of the session's HTTP ingest (POST /v1/usage, /healthz, /metrics)."""
+    if request.node.get_closest_marker("infra") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses the ingest without @pytest.mark.infra")
+    return _ingest_session
 
 
 @pytest.fixture(scope="session")

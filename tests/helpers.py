@@ -30,7 +30,7 @@ from quartermaster.v1 import usage_pb2
 # `channel()` send unless a call brings its own (tests about roles give their own).
 TOKENS = {
     role: f"test-{role}-token-0123456789"
-    for role in ("gateway", "reader", "admin", "prices", "member", "delegate")
+    for role in ("gateway", "reader", "admin", "prices", "member", "delegate", "reporter")
 }
 TOKENS["all"] = "test-all-roles-token-0123456789"
 TOKENS_SPEC = ",".join(

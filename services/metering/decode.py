@@ -26,6 +26,7 @@ from quartermaster.v1.usage_pb2 import ServiceTier, UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
+from services.metering.json_event import JsonEventError, event_from_json
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
@@ -36,11 +37,14 @@ MAX_FUTURE = timedelta(minutes=5)
 class InvalidUsage(ValueError):
     """The record or event is not usable; the message says why. `source` is the
     `source` field of an event that parsed but is invalid ("" when nothing parsed):
-    what the DLQ limit counts the record under (`dlq_limit.source_of`)."""
+    what the DLQ limit counts the record under (`dlq_limit.source_of`). `problems`:
+    each bad field of an event that parsed, as `field: what is wrong` (the message
+    joins them with "; ")."""
 
-    def __init__(self, message: str, source: str = "") -> None:
+    def __init__(self, message: str, source: str = "", problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.source = source
+        self.problems = problems
 
 
 @dataclass
@@ -78,18 +82,36 @@ def _parse(value: bytes, content_type: str, message: Message) -> None:
         raise InvalidUsage(f"unsupported content-type {content_type!r}")
 
 
-def _parse_json(value: bytes, message: Message) -> None:
-    """The proto3 JSON mapping of `message`. Unknown fields are ignored, as protobuf
-    ignores unknown field numbers: a producer on a newer schema keeps being counted."""
-    where = f"not a {message.DESCRIPTOR.name} in proto3 JSON"
+def _load_json(value: bytes, where: str) -> object:
     try:
-        raw = json.loads(value.decode("utf-8"))
+        return json.loads(value.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InvalidUsage(f"{where}: not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InvalidUsage(f"{where}: not JSON: {exc}") from None
     except RecursionError:
         raise InvalidUsage(f"{where}: nested too deeply") from None
+
+
+def _read_event(value: bytes, content_type: str) -> UsageEvent:
+    """One UsageEvent record: protobuf, or proto3 JSON read by `json_event` (the HTTP
+    ingest reads its bodies with it too)."""
+    if content_type != JSON:
+        event = UsageEvent()
+        _parse(value, content_type, event)
+        return event
+    where = "not a UsageEvent in proto3 JSON"
+    try:
+        return event_from_json(_load_json(value, where))
+    except JsonEventError as exc:
+        raise InvalidUsage(f"{where}: {exc}") from None
+
+
+def _parse_json(value: bytes, message: Message) -> None:
+    """The proto3 JSON mapping of `message`. Unknown fields are ignored, as protobuf
+    ignores unknown field numbers: a producer on a newer schema keeps being counted."""
+    where = f"not a {message.DESCRIPTOR.name} in proto3 JSON"
+    raw = _load_json(value, where)
     if not isinstance(raw, dict):
         got = _JSON_KINDS.get(type(raw), type(raw).__name__)
         raise InvalidUsage(f"{where}: expected a JSON object, got {got}")
@@ -155,12 +177,11 @@ def decode(
         return out
     if kind != "quartermaster.v1.UsageEvent":
         raise InvalidUsage(f"unsupported message type {kind!r}")
-    event = UsageEvent()
-    _parse(value, content_type, event)
+    event = _read_event(value, content_type)
     try:
         _validate(event, Accepted.at(now, max_age, workspace))
     except InvalidUsage as exc:
-        raise InvalidUsage(str(exc), source=event.source) from None
+        raise InvalidUsage(str(exc), event.source, exc.problems) from None
     return Decoded(events=[event], source=event.source)
 
 
@@ -183,6 +204,11 @@ class Accepted:
 def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
     """Raise InvalidUsage listing every bad field of `event`."""
     _validate(event, Accepted.at(now, max_age))
+
+
+def validate_within(event: UsageEvent, accepted: Accepted) -> None:
+    """`validate` with the accepted occurred_at range worked out once for many events."""
+    _validate(event, accepted)
 
 
 def _validate(event: UsageEvent, accepted: Accepted) -> None:
@@ -232,7 +258,7 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
     _check_time(event, accepted, problems)
     _check_tokens(event, problems)
     if problems:
-        raise InvalidUsage("; ".join(problems.items))
+        raise InvalidUsage("; ".join(problems.items), problems=tuple(problems.items))
 
 
 def _plain_classes(event: UsageEvent) -> bool:

@@ -94,3 +94,17 @@ class MeteringSettings(CommonSettings):
         60.0, ge=1, le=86_400, validation_alias="QM_USAGE_COMPACT_SECONDS"
     )
     """How often the Cost API recomputes daily rollups from 15-minute ones"""
+    ingest_addr: HostPort = "127.0.0.1:8094"
+    """Where the HTTP ingest (`python -m services.metering.ingest`) listens: POST
+    /v1/usage, GET /healthz, GET /metrics"""
+    ingest_max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    """Largest request body the HTTP ingest reads, in bytes; a larger one is answered
+    413"""
+    ingest_queue_events: int = Field(100_000, ge=1, le=10_000_000)
+    """Events the HTTP ingest holds at once, sent and not yet confirmed by the broker; a
+    body that would pass it is answered 503 with Retry-After"""
+    ingest_delivery_timeout_seconds: float = Field(10.0, ge=0.1, le=300)
+    """Longest the HTTP ingest waits for the broker to confirm a body's events; past
+    it, 503 with Retry-After (sending the body again is safe: an event_id counts once)"""
+    ingest_retry_after_seconds: int = Field(1, ge=1, le=3600)
+    """Retry-After (seconds) of the HTTP ingest's 503 when it is busy or the broker slow"""

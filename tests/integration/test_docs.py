@@ -96,10 +96,15 @@ COMMANDS: dict[str, Runner] = {
     "make bench-requests": BENCH_SMOKE,
     "make bench-notifier": BENCH_SMOKE,
     "make bench-rpc-metrics": BENCH_SMOKE,
+    "make bench-ingest": BENCH_SMOKE,
     f"{PY} -m pytest tests/platform/test_periods.py": Offline(),
     f"{PY} -c 'import secrets": Offline(),
     f"{PY} -m quartermaster.kafka ensure-topics": Session(),
-    f"{PY} -c '\nimport datetime, json, uuid\nfrom confluent_kafka import Producer": Session(),
+    'printf \'{"eventId": "%s"': Session(),  # piped to the reporter CLI
+    "curl -s -X POST http://127.0.0.1:8094/v1/usage": Session(),
+    "curl -s http://127.0.0.1:8094/healthz": Session(),
+    # The session's ingest is this command (tests/conftest.py, _ingest_session).
+    f"{PY} -m services.metering.ingest": RunBy("tests/conftest.py", '"services.metering.ingest"]'),
     f"{CLI} top": Session(),
     f"{CLI} usage": Session(),
     f"{CLI} prices": Session(),
@@ -191,7 +196,10 @@ async def test_offline_commands(block: Block) -> None:
 
 @pytest.fixture(scope="session")
 async def docs_stack(
-    _infra_session: Infra, _metering_session: MeteringWorker, service_env: dict[str, str]
+    _infra_session: Infra,
+    _metering_session: MeteringWorker,
+    _ingest_session: str,
+    service_env: dict[str, str],
 ) -> AsyncIterator[DocsStack]:
     """policy and the Cost API as operations.md starts them; the default limit set as
     limits.md does. Used only by tests marked infra (they also ask for `infra`)."""
@@ -204,12 +212,15 @@ async def docs_stack(
         "QM_USAGE_API_ADDR": api_addr,
         # What make run prints for "ops": reading, admin calls and loading prices.
         "QM_TOKEN": TOKENS["all"],
+        # What make run prints for "local-reporter": the HTTP ingest's examples.
+        "REPORTER_TOKEN": TOKENS["reporter"],
     }
     stack = DocsStack(env, {
         "127.0.0.1:9092": _infra_session.kafka_bootstrap,
         "127.0.0.1:50051": policy_addr,
         "127.0.0.1:50052": api_addr,
         "127.0.0.1:9464": service_env["QM_METERING_METRICS_ADDR"],
+        "127.0.0.1:8094": _ingest_session,
     })  # fmt: skip
     rc, out = await shell(f"{PY} -m services.policy set-default 20 --actor tests", env)
     assert rc == 0, out

@@ -46,6 +46,7 @@ SHRINK: dict[str, Small] = {
     "bench-freshness": Small(None),
     "bench-notifier": Small("--intents 30 --users 5"),
     "bench-rpc-metrics": Small("--calls 200 --rounds 1"),
+    "bench-ingest": Small("--seconds 0.3 --warmup 0.1 --rounds 1 --concurrency 2"),
 }
 BENCHES = [c for c in SHOWN if kind_of(c.text) == BENCH_SMOKE]
 

@@ -4,6 +4,7 @@ it started within 30 s."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,7 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         QM_SMTP_SINK_PORT=str(ports["smtp"]),
         QM_REQUESTS_ADDR=f"127.0.0.1:{ports['requests']}",
         QM_NOTIFIER_INTERACTIVITY_ADDR=f"127.0.0.1:{ports['clicks']}",
+        QM_METERING_INGEST_ADDR=f"127.0.0.1:{ports['ingest']}",
         **extra,
     )
     return subprocess.Popen(
@@ -61,7 +64,7 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
 
 def _ports() -> dict[str, int]:
     names = ("pg", "broker", "policy", "api", "metrics", "slack", "smtp", "requests", "clicks",
-             "notifier-metrics")  # fmt: skip
+             "notifier-metrics", "ingest")  # fmt: skip
     return {name: free_port() for name in names}
 
 
@@ -155,6 +158,19 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
             time.sleep(0.5)
         assert "to UCAROL" in page, "carol's threshold message reaches the Slack stand-in"
         _approve_carols_request_on_the_page(ports["slack"])
+        # The ingest's line, with the reporter token make run made: it takes an event.
+        url = f"http://127.0.0.1:{ports['ingest']}/v1/usage"
+        said = re.search(rf"--http {re.escape(url)} --token (\S{{16,}}) < events.jsonl", text)
+        assert said, text[:3000]
+        event = {
+            "eventId": "make-run-1", "occurredAt": datetime.now(UTC).isoformat(),
+            "userId": "dave", "product": "cli", "model": "gpt-5", "inputTokens": 10,
+        }  # fmt: skip
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {said.group(1)}"}
+        body = json.dumps(event).encode()
+        posted = urllib.request.Request(url, body, method="POST", headers=headers)
+        with urllib.request.urlopen(posted, timeout=30) as resp:
+            assert resp.status == 202
         metrics = f"127.0.0.1:{ports['metrics']}"
         counted = scrape(metrics, "qm_metering_events_total", outcome="counted")
         assert counted is not None, "metering serves its metrics"
@@ -193,8 +209,8 @@ def test_make_run_says_when_a_service_dies_and_stops_everything() -> None:
             if "policy gRPC serving on" in line:
                 break
         pids = dict(re.findall(r"started ([a-z-]+) \(pid (\d+)\)", "".join(seen)))
-        assert set(pids) == {"metering", "policy", "cost-api", "requests", "notifier"}, "".join(
-            seen
+        assert set(pids) == {"metering", "policy", "cost-api", "requests", "notifier", "ingest"}, (
+            "".join(seen)
         )
         os.kill(int(pids["cost-api"]), signal.SIGKILL)
         status = proc.wait(timeout=60)

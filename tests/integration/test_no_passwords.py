@@ -69,6 +69,7 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
         QM_SMTP_SINK_PORT=str(free_port()),
         QM_REQUESTS_ADDR=f"127.0.0.1:{free_port()}",
         QM_NOTIFIER_INTERACTIVITY_ADDR=f"127.0.0.1:{free_port()}",
+        QM_METERING_INGEST_ADDR=f"127.0.0.1:{free_port()}",
         QM_METERING_APP_ID=f"qm-metering-np-{uuid.uuid4().hex[:8]}",
         QM_METERING_SESSION_TIMEOUT="4",
         **pki.server_env(mutual=True),
@@ -116,6 +117,7 @@ def test_make_run_shows_the_database_url_without_its_password(infra: Infra, tmp_
     assert password not in output
     assert sorted(logs) == [
         "cost-api.log",
+        "ingest.log",
         "metering.log",
         "notifier.log",
         "policy.log",

@@ -51,6 +51,8 @@ DOMAIN_MODULES = {
         "services.metering.decode",
         "services.metering.dedupe",
         "services.metering.dlq_limit",
+        "services.metering.ingest_body",
+        "services.metering.json_event",
         "services.metering.pricing",
         "services.metering.token_prices",
         "services.metering.topic_check",

@@ -1,0 +1,221 @@
+"""The HTTP ingest's endpoints (aiohttp, as the notifier's Slack interactivity):
+
+    POST /v1/usage   a UsageEvent, a JSON array of them or NDJSON (`ingest_body`)
+    GET  /healthz    200 when the broker describes the usage topic, else 503
+    GET  /metrics    Prometheus
+
+A POST is answered, in this order:
+
+- 401 without `Authorization: Bearer <token>` or with a token QM_TOKENS does not
+  hold; 403 for a credential without role `reporter` (before the body is read);
+- 413 for a body past QM_METERING_INGEST_MAX_BODY_BYTES (aiohttp stops reading it);
+- 415 for a content type other than JSON or NDJSON;
+- 400 when any event is bad, naming each by index and field; none of the body is sent
+  (all or none: `ingest_body`);
+- 503 with `Retry-After` when too many events wait for the broker already, or the
+  broker did not confirm the body in time (`ingest_producer`): send it again later;
+- 202 `{"accepted": N}` once the broker has every event of the body.
+
+Any answer but 202 may be followed by sending the same body again: metering counts
+an `event_id` once (per user, within QM_METERING_DEDUPE_HOURS), including events of a
+body that reached the broker before its answer was lost.
+
+Metrics (OpenTelemetry, served here): `qm_ingest_requests_total{status}`,
+`qm_ingest_events_total{outcome,reporter}` (outcome `accepted`, `invalid`, `busy`,
+`undelivered`; reporter the credential's name) and `qm_ingest_waiting_events` (sent,
+not yet confirmed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from quartermaster.roles import REPORTER
+from quartermaster.tokens import Grant
+from services.metering.ingest_body import (
+    BadBody,
+    UnsupportedType,
+    events_of,
+    records_of,
+    values_of,
+)
+from services.metering.ingest_producer import Busy, IngestProducer, Undelivered
+
+log = logging.getLogger("qm.metering.ingest")
+USAGE_PATH = "/v1/usage"
+HEALTH_SECONDS = 1.0  # a health answer is reused this long (probes come in bursts)
+
+
+def _digest(token: str) -> bytes:
+    # Looked up by digest, as quartermaster.auth does: the lookup's timing tells
+    # nothing about a token.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class Reporters:
+    """Who may post: `grants` (token → Grant, as QM_TOKENS parses) by token digest."""
+
+    def __init__(self, grants: Mapping[str, Grant]) -> None:
+        self._by_digest = {_digest(t): g for t, g in grants.items()}
+        self.count = sum(REPORTER in g.roles for g in grants.values())
+
+    def check(self, header: str | None) -> str | web.Response:
+        """The reporter's name for an `Authorization` header, or the refusal."""
+        if header is None:
+            return _refuse(401, "needs Authorization: Bearer <token> of a reporter credential")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _refuse(401, "Authorization: expected Bearer <token>")
+        grant = self._by_digest.get(_digest(token.strip()))
+        if grant is None:
+            return _refuse(401, "Authorization: unknown token (is it in the ingest's QM_TOKENS?)")
+        if REPORTER not in grant.roles:
+            roles = "+".join(sorted(grant.roles))
+            return _refuse(403, f"credential {grant.name!r} ({roles}) lacks role reporter")
+        return grant.name
+
+
+def _refuse(status: int, message: str, **headers: str) -> web.Response:
+    extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return web.json_response({"error": message}, status=status, headers={**extra, **headers})
+
+
+class IngestMetrics:
+    """The instruments of the module docstring."""
+
+    def __init__(self, producer: IngestProducer) -> None:
+        meter = metrics.get_meter("qm.metering.ingest")
+        self.requests = meter.create_counter(
+            "qm_ingest_requests", description="HTTP ingest requests by status code"
+        )
+        self.events = meter.create_counter(
+            "qm_ingest_events", description="Events posted, by outcome and reporter"
+        )
+        self._producer = producer
+        meter.create_observable_gauge(
+            "qm_ingest_waiting_events",
+            callbacks=[self._waiting],
+            description="Events sent to the broker and not yet confirmed",
+        )
+
+    def _waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._producer.in_flight)]
+
+
+class Ingest:
+    """The endpoints over `producer`; `reporters` who may post; `max_body` bytes the
+    largest body; `max_age` the oldest occurred_at accepted; `retry_after` seconds
+    said with a 503."""
+
+    def __init__(
+        self,
+        producer: IngestProducer,
+        reporters: Reporters,
+        *,
+        max_body: int,
+        max_age: timedelta,
+        retry_after: int,
+    ) -> None:
+        self.producer = producer
+        self.reporters = reporters
+        self.max_body = max_body
+        self.max_age = max_age
+        self.retry_after = str(retry_after)
+        self.partitions: int | None = None
+        self.metrics = IngestMetrics(producer)
+        self._health: tuple[float, bool, str] = (0.0, False, "")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_post(USAGE_PATH, self.post)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
+        return app
+
+    async def post(self, request: web.Request) -> web.Response:
+        answer = await self._post(request)
+        self.metrics.requests.add(1, {"status": str(answer.status)})
+        return answer
+
+    async def _post(self, request: web.Request) -> web.Response:
+        reporter = self.reporters.check(request.headers.get("Authorization"))
+        if isinstance(reporter, web.Response):
+            return reporter
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _refuse(413, f"body larger than {self.max_body} bytes: send fewer events a body")
+        try:
+            values = values_of(body, request.headers.get("Content-Type", ""))
+            events = events_of(values, datetime.now(UTC), self.max_age)
+        except UnsupportedType as exc:
+            return _refuse(415, str(exc))
+        except BadBody as exc:
+            return self._bad(exc, reporter)
+        partitions = await self._partitions()
+        if partitions is None:
+            self._count(len(events), "undelivered", reporter)
+            return self._busy("the broker is unreachable")
+        records = records_of(events, partitions, reporter)
+        try:
+            await self.producer.send(records, len(events))
+        except Busy as exc:
+            self._count(len(events), "busy", reporter)
+            return self._busy(str(exc))
+        except Undelivered as exc:
+            self._count(len(events), "undelivered", reporter)
+            log.warning("a body of %d events from %s: %s", len(events), reporter, exc)
+            return self._busy(str(exc))
+        self._count(len(events), "accepted", reporter)
+        return web.json_response({"accepted": len(events)}, status=202)
+
+    def _count(self, n: int, outcome: str, reporter: str) -> None:
+        self.metrics.events.add(n, {"outcome": outcome, "reporter": reporter})
+
+    def _bad(self, exc: BadBody, reporter: str) -> web.Response:
+        self._count(exc.bad_events, "invalid", reporter)
+        said = (
+            f"{exc.bad_events} bad event(s); none of the body was accepted"
+            if exc.bad_events
+            else "the body was not read; none of it was accepted"
+        )
+        problems = [p.as_json() for p in exc.problems]
+        return web.json_response({"error": said, "problems": problems}, status=400)
+
+    def _busy(self, why: str) -> web.Response:
+        message = f"{why}: nothing was accepted; send the body again after Retry-After"
+        return _refuse(503, message, **{"Retry-After": self.retry_after})
+
+    async def _partitions(self) -> int | None:
+        """The usage topic's partition count, asked of the broker once (None while it
+        does not answer). A count gone stale after partitions were added only costs
+        metering a forwarding hop."""
+        if self.partitions is None:
+            try:
+                self.partitions = await asyncio.to_thread(self.producer.partitions, 2.0)
+            except OSError as exc:
+                log.warning("the usage topic is not described: %s", exc)
+        return self.partitions
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        at, ok, detail = self._health
+        if time.monotonic() - at > HEALTH_SECONDS:
+            ok, detail = await self.producer.reachable()
+            self._health = (time.monotonic(), ok, detail)
+        body = {"status": "ok" if ok else "unavailable", "broker": detail,
+                "waiting_events": self.producer.in_flight}  # fmt: skip
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        page = generate_latest(REGISTRY)
+        return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})

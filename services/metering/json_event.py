@@ -1,0 +1,186 @@
+"""A `UsageEvent` from its proto3 JSON mapping: what metering reads from a Kafka record
+with `content-type: application/json` and what the HTTP ingest reads from a body, so
+both accept exactly the same things.
+
+protobuf's `json_format.ParseDict` is the definition, and slow (about 30 times the rest
+of decoding one event: it is Python walking descriptors, and its RFC 3339 parsing is
+`strptime`). Events as producers write them take a fast path here: every key a field's
+JSON or proto name, strings as strings, integers as JSON numbers or decimal strings,
+enums by name or number, `attributes` as an object of strings, `occurredAt` as
+`YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)`. Anything else (a null, an integral float,
+a duplicate field, an odd timestamp, a string protobuf refuses) goes to ParseDict,
+which accepts or refuses it and says why; so the fast path only ever decides "the same
+event ParseDict would build" (`tests/metering/test_json_event.py` checks that on
+generated input). Unknown fields are ignored, as ParseDict with `ignore_unknown_fields`.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format
+
+from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageEvent
+
+_D = UsageEvent.DESCRIPTOR
+_STRING, _INT64, _ENUM = 9, 3, 14  # FieldDescriptor.TYPE_*
+# JSON name and proto name → (field name, kind)
+_FIELDS: dict[str, tuple[str, int]] = {}
+for _f in _D.fields:
+    if _f.name in ("occurred_at", "attributes"):
+        _FIELDS[_f.json_name] = _FIELDS[_f.name] = (_f.name, 0)
+    else:
+        _FIELDS[_f.json_name] = _FIELDS[_f.name] = (_f.name, _f.type)
+_ENUMS: dict[str, dict[str, int]] = {
+    "ending": dict(CallEnding.items()),
+    "service_tier": dict(ServiceTier.items()),
+}
+_ENUM_NUMBERS = {name: frozenset(values.values()) for name, values in _ENUMS.items()}
+_INT = re.compile(r"-?[0-9]{1,18}\Z")  # 18 digits: inside int64 without a range check
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_TIME = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))\Z"
+)
+_EPOCH = datetime(1970, 1, 1)
+# Timestamp's valid range (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z)
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+class JsonEventError(ValueError):
+    """The JSON is no UsageEvent: `field` is the JSON field at fault ("" when the
+    whole value is: not an object), `str()` ParseDict's or our reason."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+          bool: "true or false", type(None): "null"}  # fmt: skip
+_PARSE_FIELD = re.compile(r"Failed to parse (\w+) field")
+
+
+def event_from_json(raw: object) -> UsageEvent:
+    """The UsageEvent that `raw` (a value `json.loads` returned) maps to; JsonEventError
+    naming the field when it maps to none (not an object, a field of the wrong type,
+    a timestamp out of range, ...)."""
+    if not isinstance(raw, dict):
+        raise JsonEventError(f"expected a JSON object, got {_KINDS.get(type(raw), 'a value')}")
+    event = _fast(raw)
+    if event is not None:
+        return event
+    event = UsageEvent()
+    try:
+        json_format.ParseDict(raw, event, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        found = _PARSE_FIELD.search(str(exc))
+        raise JsonEventError(str(exc), found.group(1) if found else "") from None
+    except RecursionError:
+        raise JsonEventError("nested too deeply") from None
+    return event
+
+
+_SKIP = -1  # a key no field has: ignored, as ParseDict ignores it
+Plan = tuple[tuple[str, int], ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(keys: tuple[str, ...]) -> Plan | None:
+    """(field name, kind) for each of `keys` in order; None when ParseDict must judge
+    the key set (a field under both its names, extension syntax). Cached: producers
+    send the same few key sets, and a plan saves a lookup per field of every event."""
+    plan: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for key in keys:
+        found = _FIELDS.get(key)
+        if found is None:
+            if key.startswith("["):  # extension syntax
+                return None
+            plan.append(("", _SKIP))
+            continue
+        if found[0] in seen:  # both its JSON and its proto name: ParseDict refuses it
+            return None
+        seen.add(found[0])
+        plan.append(found)
+    return tuple(plan)
+
+
+def _fast(raw: dict[str, Any]) -> UsageEvent | None:
+    """The event, when every field takes the fast path; None to let ParseDict decide."""
+    plan = _plan(tuple(raw))
+    if plan is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    at: tuple[int, int] | None = None
+    for (name, kind), value in zip(plan, raw.values(), strict=True):
+        kind_of = type(value)
+        if kind == _STRING:
+            if kind_of is not str:
+                return None
+            kwargs[name] = value
+        elif kind == _INT64:
+            if kind_of is int and _INT64_MIN <= value <= _INT64_MAX:
+                kwargs[name] = value
+            elif kind_of is str and (
+                (value.isdigit() and value.isascii() and len(value) <= 18) or _INT.match(value)
+            ):
+                kwargs[name] = int(value)
+            else:
+                return None
+        elif kind == _SKIP:
+            continue
+        elif kind == _ENUM and (number := _enum(name, value)) is not None:
+            kwargs[name] = number
+        elif name == "occurred_at" and kind_of is str and (ts := _timestamp(value)) is not None:
+            at = ts  # set after construction: a Timestamp of its own costs as much again
+        elif name == "attributes" and kind_of is dict and _strings(value):
+            kwargs[name] = value
+        else:
+            return None
+    try:
+        event = UsageEvent(**kwargs)
+    except (ValueError, TypeError):  # say a lone surrogate in a string
+        return None
+    if at is not None:
+        event.occurred_at.seconds, event.occurred_at.nanos = at
+    return event
+
+
+def _enum(name: str, value: object) -> int | None:
+    if type(value) is str:
+        return _ENUMS[name].get(value)
+    if type(value) is int and value in _ENUM_NUMBERS[name]:
+        return value
+    return None
+
+
+def _strings(mapping: dict[Any, Any]) -> bool:
+    return all(type(k) is str and type(v) is str for k, v in mapping.items())
+
+
+def _timestamp(text: str) -> tuple[int, int] | None:
+    """`text` as Timestamp.FromJsonString reads it, for the plain RFC 3339 form, as
+    (seconds, nanos); None for anything else (then ParseDict decides)."""
+    m = _TIME.match(text)
+    if m is None:
+        return None
+    try:
+        # The shape is the pattern's; the C parser checks the ranges as strptime does.
+        delta = datetime.fromisoformat(m[1]) - _EPOCH
+    except ValueError:
+        return None
+    seconds = delta.days * 86_400 + delta.seconds
+    # protobuf's own arithmetic, so a 9-digit fraction rounds as it does
+    nanos = round(float("0." + m[2]) * 1e9) if m[2] else 0
+    if m[3] is None:
+        offset = (int(m[5]) * 60 + int(m[6])) * 60
+        seconds += -offset if m[4] == "+" else offset
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        return None
+    return seconds, nanos

@@ -1,0 +1,186 @@
+"""The HTTP ingest's refusals, on a real aiohttp server in this process with a real
+producer (issue 12, item 3). None of these reaches a broker: each refusal comes
+before anything is sent, and the backpressure test points the producer at a port
+nothing listens on, so its records wait exactly as they would for a broker that is
+slow or gone. What is accepted and counted is tests/metering/test_ingest_counts.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from google.protobuf import json_format
+
+from devtools.localinfra import free_port
+from services.metering import ingest
+from services.metering.ingest_body import MAX_NAMED
+from services.metering.settings import MeteringSettings
+from tests.helpers import TOKENS, TOKENS_SPEC, eventually, new_user, usage
+
+
+def settings(**env: str) -> MeteringSettings:
+    return MeteringSettings.from_env(
+        {"QM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "QM_TOKENS": TOKENS_SPEC, **env}
+    )
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    """The ingest's POST URL; its broker answers nobody, so nothing is ever accepted."""
+    running = await ingest.start(settings(QM_METERING_INGEST_MAX_BODY_BYTES="4096"), "127.0.0.1:0")
+    try:
+        yield running.url
+    finally:
+        await running.stop()
+
+
+def event_json(**fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json_format.MessageToDict(usage(new_user()))
+    out.update(fields)
+    return out
+
+
+async def post(
+    url: str, body: bytes, role: str | None = "reporter", kind: str = "application/json"
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"Content-Type": kind}
+    if role is not None:
+        headers["Authorization"] = f"Bearer {TOKENS[role]}"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
+        return r.status, json.loads(await r.read()), dict(r.headers)
+
+
+async def test_a_missing_or_unknown_token_is_401_and_another_role_403(url: str) -> None:
+    body = json.dumps(event_json()).encode()
+    status, answer, headers = await post(url, body, role=None)
+    assert (status, headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert "Authorization: Bearer" in answer["error"]
+    async with aiohttp.ClientSession() as http:
+        wrong = {"Authorization": "Bearer not-a-known-token-0123456789"}
+        async with http.post(url, data=body, headers=wrong) as r:
+            assert r.status == 401
+            assert "unknown token" in (await r.json())["error"]
+    status, answer, _ = await post(url, body, role="gateway")
+    assert status == 403
+    assert answer["error"] == "credential 'tests-gateway' (gateway) lacks role reporter"
+
+
+async def test_a_body_past_the_limit_is_413(url: str) -> None:
+    body = json.dumps([event_json() for _ in range(40)]).encode()
+    assert len(body) > 4096
+    status, answer, _ = await post(url, body)
+    assert status == 413
+    assert answer["error"].startswith("body larger than 4096 bytes")
+
+
+async def test_bad_events_are_named_by_index_and_field_and_none_is_accepted(url: str) -> None:
+    old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    events = [
+        event_json(),
+        event_json(inputTokens="-5", product=""),
+        event_json(),
+        event_json(outputTokens="lots"),
+        event_json(occurredAt=old),
+        [1, 2],
+    ]
+    status, answer, _ = await post(url, json.dumps(events).encode())
+    assert status == 400
+    assert answer["error"] == "4 bad event(s); none of the body was accepted"
+    named = [(p["index"], p["field"]) for p in answer["problems"]]
+    assert named == [
+        (1, "product"), (1, "input_tokens"), (3, "outputTokens"), (4, "occurred_at"), (5, ""),
+    ]  # fmt: skip
+    assert answer["problems"][1]["message"] == "must not be negative"
+    assert "older than the 35-day horizon" in answer["problems"][3]["message"]
+    assert "expected a JSON object, got an array" in answer["problems"][4]["message"]
+
+
+async def test_ndjson_array_and_single_object_are_read_alike(url: str) -> None:
+    # Each is read, validated and refused for the same one bad field; the shapes
+    # themselves are accepted and counted in test_ingest_counts.
+    bad = event_json(model="")
+    good = event_json()
+    shapes = {
+        "application/json": json.dumps(bad).encode(),
+        "application/json; charset=utf-8": json.dumps([good, bad]).encode(),
+        "application/x-ndjson": f"{json.dumps(good)}\n\n{json.dumps(bad)}\n".encode(),
+    }
+    for kind, body in shapes.items():
+        status, answer, _ = await post(url, body, kind=kind)
+        assert status == 400, kind
+        index = 0 if kind == "application/json" else 1
+        assert [(p["index"], p["field"]) for p in answer["problems"]] == [(index, "model")]
+
+
+async def test_unreadable_bodies_are_named(url: str) -> None:
+    lines = f"{json.dumps(event_json())}\nnot json\n{json.dumps(event_json())}\n{{"
+    status, answer, _ = await post(url, lines.encode(), kind="application/x-ndjson")
+    assert status == 400
+    assert [p["index"] for p in answer["problems"]] == [1, 3]
+    status, answer, _ = await post(url, lines.encode())
+    assert status == 400
+    assert answer["problems"][0]["index"] is None
+    assert "one event a line is NDJSON" in answer["problems"][0]["message"]
+    for body in (b"", b"[]", b"\xff"):
+        status, _, _ = await post(url, body)
+        assert status == 400, body
+    status, answer, _ = await post(url, b"<xml/>", kind="text/xml")
+    assert status == 415
+    assert "application/x-ndjson" in answer["error"]
+
+
+async def test_many_bad_events_are_named_up_to_a_bound() -> None:
+    running = await ingest.start(settings(), "127.0.0.1:0")
+    try:
+        events = [event_json(userId="") for _ in range(MAX_NAMED + 50)]
+        status, answer, _ = await post(running.url, json.dumps(events).encode())
+        assert status == 400
+        assert answer["error"].startswith(f"{MAX_NAMED + 50} bad event(s)")
+        assert len(answer["problems"]) == MAX_NAMED
+    finally:
+        await running.stop()
+
+
+async def test_a_full_queue_and_a_silent_broker_answer_503_with_retry_after() -> None:
+    running = await ingest.start(
+        settings(
+            QM_METERING_INGEST_QUEUE_EVENTS="2",
+            QM_METERING_INGEST_DELIVERY_TIMEOUT_SECONDS="2",
+            QM_METERING_INGEST_RETRY_AFTER_SECONDS="3",
+        ),
+        "127.0.0.1:0",
+    )
+    running.ingest.partitions = 3  # the broker can't say; the queue is what is tested
+    try:
+        first = asyncio.ensure_future(post(running.url, json.dumps(event_json()).encode()))
+
+        async def waiting() -> int:
+            return running.ingest.producer.in_flight
+
+        await eventually(waiting, 1)  # the first body's event waits for the broker
+        # 1 event waits: two more would pass the queue's 2
+        status, answer, headers = await post(
+            running.url, json.dumps([event_json(), event_json()]).encode()
+        )
+        assert (status, headers["Retry-After"]) == (503, "3")
+        assert "1 events already wait for the broker" in answer["error"]
+        status, answer, headers = await first
+        assert (status, headers["Retry-After"]) == (503, "3")
+        assert "nothing was accepted; send the body again after Retry-After" in answer["error"]
+    finally:
+        await running.stop()
+
+
+async def test_health_says_the_broker_is_unreachable(url: str) -> None:
+    health = url.replace("/v1/usage", "/healthz")
+    async with aiohttp.ClientSession() as http, http.get(health) as r:
+        assert r.status == 503
+        assert (await r.json())["status"] == "unavailable"
+    status, answer, headers = await post(url, json.dumps(event_json()).encode())
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert "the broker is unreachable" in answer["error"]
