@@ -23,6 +23,7 @@ import asyncpg
 from quartermaster.topics import Topic
 from services.requests.machine import Entry, Outcome, Request, State
 from services.requests.mapping import event_id, event_pb
+from services.requests.paging import Position
 from services.requests.stores.codec import entry_of, request_of, standing_json, steps_json
 from services.requests.timing import Timing, next_due
 
@@ -221,36 +222,47 @@ class RequestStore:
         )
         return [request_of(r) for r in rows]
 
-    async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]:
+    async def awaiting(
+        self, user_id: str, limit: int = 50, after: Position | None = None
+    ) -> list[Request]:
         """Pending requests whose current step asks `user_id` and that they haven't
-        approved yet, oldest first (read in order from requests.awaiting)."""
+        approved yet, oldest first (created_at, then request_id), `limit` of them after
+        `after` (None: from the first). Read in order from requests.awaiting's index."""
+        args: list[object] = [self.workspace_id, user_id, limit]
+        since = ""
+        if after is not None:
+            since = "AND (a.created_at, a.request_id) > ($4, $5)"
+            args += [after.created_at, after.request_id]
         rows = await self._pool.fetch(
-            """
+            f"""
             SELECT r.* FROM requests.awaiting a
             JOIN requests.requests r USING (workspace_id, request_id)
-            WHERE a.workspace_id = $1 AND a.user_id = $2
-            ORDER BY a.created_at, a.request_id LIMIT $3 OFFSET $4
+            WHERE a.workspace_id = $1 AND a.user_id = $2 {since}
+            ORDER BY a.created_at, a.request_id LIMIT $3
             """,
-            self.workspace_id,
-            user_id,
-            limit,
-            offset,
+            *args,
         )
         return [request_of(r) for r in rows]
 
     async def page(
-        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50, offset: int = 0
-    ) -> list[Request]:
-        """Requests newest first: `requester`'s ("": everyone's), in `states` (empty:
-        any), `limit` of them after the first `offset`."""
+        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50,
+        after: Position | None = None,
+    ) -> list[Request]:  # fmt: skip
+        """Requests newest first (created_at, then request_id, both descending):
+        `requester`'s ("": everyone's), in `states` (empty: any), `limit` of them after
+        `after` (None: from the newest). The indexes requests_page and
+        requests_requester_page give them in this order."""
         where = ["workspace_id = $1", "state = ANY($2::text[]) OR cardinality($2::text[]) = 0"]
-        args: list[object] = [self.workspace_id, list(states), limit, offset]
+        args: list[object] = [self.workspace_id, list(states), limit]
         if requester:
-            where.append("requester = $5")
             args.append(requester)
+            where.append(f"requester = ${len(args)}")
+        if after is not None:
+            args += [after.created_at, after.request_id]
+            where.append(f"(created_at, request_id) < (${len(args) - 1}, ${len(args)})")
         rows = await self._pool.fetch(
             f"SELECT * FROM requests.requests WHERE {' AND '.join(f'({w})' for w in where)}"
-            " ORDER BY created_at DESC, request_id DESC LIMIT $3 OFFSET $4",
+            " ORDER BY created_at DESC, request_id DESC LIMIT $3",
             *args,
         )
         return [request_of(r) for r in rows]
