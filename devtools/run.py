@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 
+from devtools import demo_requests as demo
 from devtools import simulator
 from devtools.discovery import settings_classes
 from devtools.localinfra.process import ChildProcess
@@ -40,6 +41,7 @@ from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
+from services.requests.settings import RequestsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +56,15 @@ class DevSettings(Settings):
     """Run the demo traffic simulator"""
     demo_limit_credits: int = Field(20, ge=0)
     """The demo workspace's default monthly limit"""
+    demo_auto_approve: bool = True
+    """carol's manager (dana) approves carol's credit request by herself; false: make run
+    prints the CLI command that approves it as dana"""
+    demo_approve_after_seconds: float = Field(5.0, ge=0, le=3600)
+    """How long after carol asks dana approves (with QM_DEMO_AUTO_APPROVE on)"""
+    demo_ask_credits: int = Field(200, ge=1, le=50_000)
+    """What carol asks for when her agent is denied"""
+    demo_grant_seconds: int = Field(120, ge=5, le=86_400)
+    """How long carol's grant lasts once approved (short: the demo shows its end)"""
     local_pg_port: int = Field(55432, ge=1, le=65535)
     """Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"""
     local_broker_port: int = Field(9092, ge=1, le=65535)
@@ -87,8 +98,10 @@ async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> Non
             Enforcement.HARD,
             "make-run-seed",
         )  # fmt: skip
-        for p in simulator.PERSONAS:
-            user = UserInfo(p.user_id, f"{p.user_id}@example.com", p.display_name)
+        people = [(p.user_id, p.display_name) for p in simulator.PERSONAS]
+        for user_id, name in [(demo.MANAGER, "Dana (carol's manager)"), *people]:
+            manager = demo.MANAGER if user_id == demo.ASKER else ""
+            user = UserInfo(user_id, f"{user_id}@example.com", name, manager_id=manager)
             await DirectoryStore(pool, workspace_id).upsert_user(user, "system")
     finally:
         await pool.close()
@@ -102,13 +115,13 @@ async def _wait_serving(
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"policy exited:\n{proc.log_tail()}")
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
             with contextlib.suppress(grpc.aio.AioRpcError):
                 resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             await asyncio.sleep(0.1)
-    raise TimeoutError(f"policy was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
+    raise TimeoutError(f"{proc.name} was not SERVING within {within:.0f}s:\n{proc.log_tail()}")
 
 
 def _grpcurl_tls(policy: PolicySettings) -> str:
@@ -121,10 +134,13 @@ def _grpcurl_tls(policy: PolicySettings) -> str:
 
 
 def _demo_tokens() -> str:
-    """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices)."""
+    """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices), and
+    one each for carol and her manager dana as themselves (member: the credit request)."""
     made = {name: secrets.token_urlsafe(24) for name in ("gateway", "reader", "ops")}
     roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader"}
-    return ",".join(f"local-{name}:{roles[name]}:{token}" for name, token in made.items())
+    spec = [f"local-{name}:{roles[name]}:{token}" for name, token in made.items()]
+    spec += [f"{who}:member:{secrets.token_urlsafe(24)}" for who in (demo.ASKER, demo.MANAGER)]
+    return ",".join(spec)
 
 
 def _token_with(spec: str, role: str) -> str:
@@ -187,6 +203,12 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
         say(line)
     if not env.get("QM_DIRECTORY_TOKEN"):
         env["QM_DIRECTORY_TOKEN"] = _token_with(env["QM_TOKENS"], "reader")
+    # The requests service reads policy and the Cost API as a reader; the demo has no
+    # groups, so every ask goes to the asker's manager.
+    env.setdefault("QM_REQUESTS_POLICY_ADDR", policy.addr)
+    env.setdefault("QM_REQUESTS_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
+    env.setdefault("QM_REQUESTS_CLIENT_TOKEN", env["QM_DIRECTORY_TOKEN"])
+    env.setdefault("QM_REQUESTS_RULES", "manager:1:0")
     return env
 
 
@@ -201,11 +223,30 @@ async def _slack_standin(
         return None
     secret = env.setdefault("QM_NOTIFIER_SLACK_SIGNING_SECRET", secrets.token_hex(16))
     standin = SlackStandin(secret, dev.slack_interactivity_url)
-    for p in simulator.PERSONAS:
-        standin.add_user(f"{p.user_id}@example.com", f"U{p.user_id.upper()}")
+    for user_id in [demo.MANAGER, *(p.user_id for p in simulator.PERSONAS)]:
+        standin.add_user(f"{user_id}@example.com", f"U{user_id.upper()}")
     await standin.start(port=dev.slack_standin_port)
     env["QM_NOTIFIER_SLACK_BASE_URL"] = standin.api_url
     return standin
+
+
+async def _requests_and_demo(
+    dev: DevSettings, env: dict[str, str], child: ChildProcess, traffic: bool
+) -> demo.CreditDemo | None:
+    """Wait for the requests service (`child`) and say where it is; with demo
+    `traffic`, say what it does and make carol's credit request (devtools.demo_requests;
+    None without traffic or the tokens it needs)."""
+    requests = RequestsSettings.from_env(env)
+    await _wait_serving(requests.addr, requests.client_tls, child, 60)
+    say(f"  credit requests on {requests.addr}: .venv/bin/python -m services.requests.cli")
+    if not traffic:
+        return None
+    say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
+    after = dev.demo_approve_after_seconds if dev.demo_auto_approve else None
+    made, said = demo.credit_demo(env["QM_TOKENS"], requests.addr, requests.client_tls,
+                                  dev.demo_ask_credits, dev.demo_grant_seconds, after)  # fmt: skip
+    say(said)
+    return made
 
 
 class ServiceDied(Exception):
@@ -282,7 +323,9 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             spawn("policy", "services.policy"),
             spawn("cost-api", "services.metering.api"),
             spawn("notifier", "services.notifier"),
+            spawn("requests", "services.requests"),
         ]
+        credit_demo: demo.CreditDemo | None = None
         try:
             for child in children:
                 child.start()
@@ -297,12 +340,14 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 ".venv/bin/python -m services.metering.cli"
             )
             gateway = _token_with(env["QM_TOKENS"], "gateway")
-            if dev.demo_traffic and gateway:
-                say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
+            traffic = bool(dev.demo_traffic and gateway)
+            credit_demo = await _requests_and_demo(dev, env, children[-1], traffic)
+            if traffic:
                 say("Press Ctrl-C to stop.\n")
                 work: Awaitable[object] = simulator.run(
                     infra.kafka_bootstrap, policy.addr, policy.workspace_id,
                     tls=policy.client_tls, token=gateway,
+                    on_deny=credit_demo.denied if credit_demo is not None else None,
                 )  # fmt: skip
             else:
                 why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
@@ -313,6 +358,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             say(f"\n{died}")  # first, before the shutdown's lines
             raise
         finally:
+            if credit_demo is not None:
+                await credit_demo.close()
             say("\nStopping ...")
             for child in reversed(children):
                 child.stop(timeout=10)

@@ -1,6 +1,7 @@
 """`make run`, the README's first command, as a newcomer runs it: it comes up from
-nothing, shows usage climbing and a decision flipping, and Ctrl-C stops everything
-it started within 30 s."""
+nothing, shows usage climbing and a decision flipping, carol asking for credits when
+denied, her manager approving, carol allowed again and denied when the grant ends, and
+Ctrl-C stops everything it started within 30 s."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         QM_METERING_METRICS_ADDR=f"127.0.0.1:{ports['metrics']}",
         QM_METERING_SESSION_TIMEOUT="4",
         QM_SLACK_STANDIN_PORT=str(ports["slack"]),
+        QM_REQUESTS_ADDR=f"127.0.0.1:{ports['requests']}",
+        # short, so the demo's grant ends within the test
+        QM_DEMO_GRANT_SECONDS="20",
+        QM_DEMO_APPROVE_AFTER_SECONDS="2",
         **extra,
     )
     return subprocess.Popen(
@@ -56,7 +61,8 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
 
 
 def _ports() -> dict[str, int]:
-    return {name: free_port() for name in ("pg", "broker", "policy", "api", "metrics", "slack")}
+    names = ("pg", "broker", "policy", "api", "metrics", "slack", "requests")
+    return {name: free_port() for name in names}
 
 
 def _left_behind(run_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -79,6 +85,49 @@ def _end(proc: subprocess.Popen[str], run_dir: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _until_all(
+    lines: queue.Queue[str], seen: list[str], proc: subprocess.Popen[str], texts: list[str],
+    within: float, start: int,
+) -> list[str]:  # fmt: skip
+    """Read lines (into `seen`) until each of `texts` is in a line from seen[start:] on,
+    in any order (they come from loops of their own); those lines, in texts' order."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = [next((x for x in seen[start:] if t in x), "") for t in texts]
+        if all(found):
+            return found
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert proc.poll() is None, "make run exited early:\n" + "".join(seen)
+    raise AssertionError(f"not all of {texts} within {within} s:\n" + "".join(seen[start:]))
+
+
+def _credit_request_story(
+    lines: queue.Queue[str], seen: list[str], proc: subprocess.Popen[str]
+) -> None:
+    """carol, denied, asks for credits; dana approves; carol is allowed until the grant
+    ends, then denied again (QM_DEMO_GRANT_SECONDS=20)."""
+    denied = len(seen)
+    asked, _, _ = _until_all(lines, seen, proc, [
+        ">>> carol asks for", "    awaiting dana (step manager); standing: ",
+        "    dana approves it in 2 s (QM_DEMO_AUTO_APPROVE=0: you do, with the CLI)",
+    ], 60, denied)  # fmt: skip
+    found = re.search(r">>> carol asks for 200 credits for 20 s \(request (demo-\w+)\): \"", asked)
+    assert found, asked
+    rid = found.group(1)
+    start = len(seen)
+    approved, _, _ = _until_all(lines, seen, proc, [
+        f">>> {rid} approved by dana: ", ">>> carol is now ALLOW",
+        "    policy has the grant: carol's limit is ",
+    ], 60, start)  # fmt: skip
+    assert "200.00 credits for 20 s, until " in approved, approved
+    after_allow = next(i for i in range(start, len(seen)) if ">>> carol is now ALLOW" in seen[i])
+    _until_all(lines, seen, proc, [
+        ">>> carol is now DENY", f">>> {rid} ended: the grant's time ran out",
+    ], 60, after_allow)  # fmt: skip
 
 
 def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
@@ -122,6 +171,7 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         counted = scrape(metrics, "qm_metering_events_total", outcome="counted")
         assert counted is not None, "metering serves its metrics"
         assert counted > 0
+        _credit_request_story(lines, seen, proc)
 
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         stopped = time.monotonic()
@@ -156,7 +206,9 @@ def test_make_run_says_when_a_service_dies_and_stops_everything() -> None:
             if "policy gRPC serving on" in line:
                 break
         pids = dict(re.findall(r"started ([a-z-]+) \(pid (\d+)\)", "".join(seen)))
-        assert set(pids) == {"metering", "policy", "cost-api", "notifier"}, "".join(seen)
+        assert set(pids) == {"metering", "policy", "cost-api", "notifier", "requests"}, "".join(
+            seen
+        )
         os.kill(int(pids["cost-api"]), signal.SIGKILL)
         status = proc.wait(timeout=60)
         text = "".join(seen) + out.read()
