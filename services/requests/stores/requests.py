@@ -29,6 +29,17 @@ from services.requests.timing import Timing, next_due
 
 # Changes of one request are few; this many rounds means something is wrong.
 MAX_ATTEMPTS = 100
+# A listed request's columns: its standing without the history, which is up to 20 past
+# requests each and was most of the work of a page (decoded from JSON, then built as
+# messages: a page of 50 made 1,000 PastRequest objects). Get has the whole standing.
+LISTED = ", ".join(
+    "r.standing - 'history' AS standing" if c == "standing" else f"r.{c}"
+    for c in ("workspace_id", "request_id", "requester", "amount_micros", "duration_seconds",
+              "justification", "links", "product", "project", "standing", "state", "version",
+              "steps", "current_step", "granted_micros", "granted_seconds", "created_at",
+              "expires_at", "approved_at", "ends_at", "decided_by", "decided_at",
+              "decision_reason", "override_status")
+)  # fmt: skip
 
 
 def override_status(old: Request, new: Request) -> str:
@@ -227,7 +238,8 @@ class RequestStore:
     ) -> list[Request]:
         """Pending requests whose current step asks `user_id` and that they haven't
         approved yet, oldest first (created_at, then request_id), `limit` of them after
-        `after` (None: from the first). Read in order from requests.awaiting's index."""
+        `after` (None: from the first). Read in order from requests.awaiting's index.
+        Their standing comes without its history (LISTED)."""
         args: list[object] = [self.workspace_id, user_id, limit]
         since = ""
         if after is not None:
@@ -235,7 +247,7 @@ class RequestStore:
             args += [after.created_at, after.request_id]
         rows = await self._pool.fetch(
             f"""
-            SELECT r.* FROM requests.awaiting a
+            SELECT {LISTED} FROM requests.awaiting a
             JOIN requests.requests r USING (workspace_id, request_id)
             WHERE a.workspace_id = $1 AND a.user_id = $2 {since}
             ORDER BY a.created_at, a.request_id LIMIT $3
@@ -251,7 +263,8 @@ class RequestStore:
         """Requests newest first (created_at, then request_id, both descending):
         `requester`'s ("": everyone's), in `states` (empty: any), `limit` of them after
         `after` (None: from the newest). The indexes requests_page and
-        requests_requester_page give them in this order."""
+        requests_requester_page give them in this order. Their standing comes without
+        its history (LISTED)."""
         where = ["workspace_id = $1", "state = ANY($2::text[]) OR cardinality($2::text[]) = 0"]
         args: list[object] = [self.workspace_id, list(states), limit]
         if requester:
@@ -261,7 +274,8 @@ class RequestStore:
             args += [after.created_at, after.request_id]
             where.append(f"(created_at, request_id) < (${len(args) - 1}, ${len(args)})")
         rows = await self._pool.fetch(
-            f"SELECT * FROM requests.requests WHERE {' AND '.join(f'({w})' for w in where)}"
+            f"SELECT {LISTED} FROM requests.requests r"
+            f" WHERE {' AND '.join(f'({w})' for w in where)}"
             " ORDER BY created_at DESC, request_id DESC LIMIT $3",
             *args,
         )
