@@ -36,6 +36,7 @@ from quartermaster.v1 import requests_pb2, requests_pb2_grpc
 from quartermaster.validation import Problems
 from services.requests import machine, mapping
 from services.requests.machine import Entry, Outcome, Refused, Request, Why
+from services.requests.mapping import Listed
 from services.requests.paging import BadToken, Position, position_of, token_of
 from services.requests.routing import RoutingError, StepRule, route
 from services.requests.sources import PeopleSource, StandingSource, Unreachable
@@ -68,11 +69,12 @@ class Store(Protocol):
     ) -> Outcome | None: ...
     async def awaiting(
         self, user_id: str, limit: int = 50, after: Position | None = None
-    ) -> list[Request]: ...
+    ) -> list[Listed]: ...
     async def page(
         self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50,
         after: Position | None = None,
-    ) -> list[Request]: ...  # fmt: skip
+    ) -> list[Listed]: ...  # fmt: skip
+    async def of_requester(self, requester: str, limit: int = 50) -> list[Request]: ...
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         now = self._clock()
         # The three reads are independent: asked at once, a create waits for the slowest.
         standing_read = asyncio.ensure_future(self._standing.standing(person.user_id, now))
-        past_read = asyncio.ensure_future(self._store.page(requester=person.user_id, limit=HISTORY))
+        past_read = asyncio.ensure_future(self._store.of_requester(person.user_id, HISTORY))
         try:
             people = await self._people.people(person.user_id)
         except Unreachable as exc:
@@ -302,7 +304,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
 
     async def _list(
         self, context: Context, request: requests_pb2.ListCreditRequests, list_name: str,
-        read: Callable[[list[str], int, Position | None], Awaitable[Sequence[Request]]],
+        read: Callable[[list[str], int, Position | None], Awaitable[Sequence[Listed]]],
     ) -> requests_pb2.ListCreditRequestsResponse:  # fmt: skip
         """A page of `read(states, limit, after)`: one more than asked is read, so
         next_page_token is given only when there is a next page (paging.py)."""

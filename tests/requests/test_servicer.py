@@ -19,6 +19,7 @@ from quartermaster.tokens import parse_tokens
 from quartermaster.v1 import requests_pb2 as pb
 from quartermaster.v1 import requests_pb2_grpc
 from services.requests.machine import Entry, Outcome, Request
+from services.requests.mapping import Listed, listed_of
 from services.requests.paging import Position
 from services.requests.routing import People
 from services.requests.servicer import RequestServicer, Routing
@@ -75,20 +76,24 @@ class FakeStore:
 
     async def awaiting(
         self, user_id: str, limit: int = 50, after: Position | None = None
-    ) -> list[Request]:
+    ) -> list[Listed]:
         found = sorted((r for r in self.requests.values() if user_id in r.awaiting()), key=_key)
-        return [r for r in found if after is None or _key(r) > _key(after)][:limit]
+        return [listed_of(r) for r in found if after is None or _key(r) > _key(after)][:limit]
+
+    async def of_requester(self, requester: str, limit: int = 50) -> list[Request]:
+        mine = [r for r in self.requests.values() if r.requester == requester]
+        return sorted(mine, key=_key, reverse=True)[:limit]
 
     async def page(
         self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50,
         after: Position | None = None,
-    ) -> list[Request]:  # fmt: skip
+    ) -> list[Listed]:  # fmt: skip
         found = sorted((
             r
             for r in self.requests.values()
             if requester in ("", r.requester) and (not states or r.state.value in states)
         ), key=_key, reverse=True)  # fmt: skip
-        return [r for r in found if after is None or _key(r) < _key(after)][:limit]
+        return [listed_of(r) for r in found if after is None or _key(r) < _key(after)][:limit]
 
 
 def _key(r: Request | Position) -> tuple[datetime, str]:
