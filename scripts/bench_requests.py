@@ -11,7 +11,8 @@ gRPC from this process with --concurrency calls in flight: Create (a console act
 a person, as a delegate; routing asks policy's directory, the standing asks GetBudget
 and the Cost API) followed by Decide (their manager approves), for --seconds. Then
 ListAwaitingMe for the approver with the pending requests, one call at a time (its
-latency alone), --lists times.
+latency alone), --lists times, each after a `Get` of one of them (the same path's
+cheapest call, one at a time under the same load: what the list adds shows beside it).
 
 **Baseline**: `Get` of one request by id through the same server, credential and
 mapping, at the same concurrency: what any call costs before the work of a create or
@@ -292,8 +293,15 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                 creates, decides, took = await drive(stub, ns, ns.users)
                 ids = [f"past-{i}" for i in range(1, ns.past + 1)]
                 gets, got_took = await baseline(stub, ns, ids)
-                lists = []
-                for _ in range(ns.lists):
+                lists, one_gets = [], []
+                for i in range(ns.lists):
+                    # a Get between lists: the same call path, one call at a time, under
+                    # the same load, so the list's own cost shows beside it
+                    t = time.perf_counter()
+                    one = f"wait-{i % max(1, min(50, ns.awaiting)) + 1}"
+                    await stub.Get(requests_pb2.GetCreditRequest(request_id=one),
+                                   metadata=bearer(ADMIN), timeout=30)  # fmt: skip
+                    one_gets.append((time.perf_counter() - t) * 1000)
                     t = time.perf_counter()
                     mine = requests_pb2.ListCreditRequests(limit=50)
                     page = await stub.ListAwaitingMe(mine, metadata=acting("lead"), timeout=30)
@@ -314,6 +322,8 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
         "awaiting_me": ns.awaiting, "awaiting_p50_ms": round(statistics.median(lists), 2),
         "awaiting_p99_ms": round(p(lists, 0.99), 2), "awaiting_sql_ms": round(sql_ms, 2),
         "awaiting_index_used": indexed, "awaiting_map_ms": round(map_ms, 2),
+        "get_one_at_a_time_p50_ms": round(statistics.median(one_gets), 2),
+        "get_one_at_a_time_p99_ms": round(p(one_gets, 0.99), 2),
         "load_average": os.getloadavg()[0],
     }  # fmt: skip
     say(f"create + decide: {out['create_decide_pairs_per_s']} pairs/s at concurrency "
@@ -321,7 +331,9 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
         f"{out['decide_p99_ms']} ms")  # fmt: skip
     say(f"baseline Get: {out['get_per_s']} calls/s, p99 {out['get_p99_ms']} ms")
     say(f"ListAwaitingMe with {ns.awaiting:,} pending for the approver: p50 "
-        f"{out['awaiting_p50_ms']} ms, p99 {out['awaiting_p99_ms']} ms")  # fmt: skip
+        f"{out['awaiting_p50_ms']} ms, p99 {out['awaiting_p99_ms']} ms; a Get between them, "
+        f"one call at a time: p50 {out['get_one_at_a_time_p50_ms']} ms, p99 "
+        f"{out['get_one_at_a_time_p99_ms']} ms")  # fmt: skip
     say("load average (1, 5, 15 min) at the end: "
         + ", ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
     return out
