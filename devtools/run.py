@@ -22,12 +22,13 @@ from pathlib import Path
 
 from pydantic import Field
 
+from devtools import demo_requests as demo
 from devtools import simulator
 from devtools.discovery import settings_classes
 from devtools.localinfra.health import wait_serving
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
-from devtools.run_notifier import ask_as_carol, slack_id, start_standin
+from devtools.run_notifier import slack_id, start_standin
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
@@ -39,6 +40,7 @@ from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
+from services.requests.settings import RequestsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +55,17 @@ class DevSettings(Settings):
     """Run the demo traffic simulator"""
     demo_limit_credits: int = Field(20, ge=0)
     """The demo workspace's default monthly limit"""
+    demo_auto_approve: bool = True
+    """When nobody has decided carol's credit request QM_DEMO_APPROVE_AFTER_SECONDS after
+    she asks, make run approves it as her manager alice; false: it waits for alice's
+    click on the Slack stand-in's page, or the CLI command it prints"""
+    demo_approve_after_seconds: float = Field(30.0, ge=0, le=3600)
+    """How long make run waits for alice to decide carol's request before approving it
+    as her (with QM_DEMO_AUTO_APPROVE on)"""
+    demo_ask_credits: int = Field(200, ge=1, le=50_000)
+    """What carol asks for when her agent is denied"""
+    demo_grant_seconds: int = Field(120, ge=5, le=86_400)
+    """How long carol's grant lasts once approved (short: the demo shows its end)"""
     local_pg_port: int = Field(55432, ge=1, le=65535)
     """Port of the local PostgreSQL (when QM_DATABASE_URL is unset)"""
     local_broker_port: int = Field(9092, ge=1, le=65535)
@@ -109,13 +122,16 @@ def _grpcurl_tls(policy: PolicySettings) -> str:
 
 
 def _demo_tokens() -> str:
-    """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices)."""
+    """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices), and
+    one each for carol and her manager alice as themselves (member: the credit request)."""
     names = ("gateway", "reader", "ops", "notifier", "reporter")
     made = {name: secrets.token_urlsafe(24) for name in names}
     # notifier: decides a Slack click at the requests service as the person who clicked
     roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader",
              "notifier": "delegate", "reporter": "reporter"}  # fmt: skip
-    return ",".join(f"local-{name}:{roles[name]}:{token}" for name, token in made.items())
+    spec = [f"local-{name}:{roles[name]}:{token}" for name, token in made.items()]
+    spec += [f"{who}:member:{secrets.token_urlsafe(24)}" for who in (demo.ASKER, demo.MANAGER)]
+    return ",".join(spec)
 
 
 def _token_with(spec: str, role: str) -> str:
@@ -194,6 +210,8 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
     env["QM_REQUESTS_POLICY_ADDR"] = policy.addr
     env.setdefault("QM_REQUESTS_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
     env.setdefault("QM_NOTIFIER_REQUESTS_ADDR", env.get("QM_REQUESTS_ADDR", "127.0.0.1:50053"))
+    # The demo has no groups: every ask goes to the asker's manager.
+    env.setdefault("QM_REQUESTS_RULES", "manager:1:0")
     return env
 
 
@@ -209,6 +227,25 @@ def _ingest_line(env: dict[str, str], policy: PolicySettings) -> str:
         f"    .venv/bin/python -m services.metering.report --http {scheme}://{addr}/v1/usage "
         f"--token {token} < events.jsonl"
     )
+
+
+async def _requests_and_demo(
+    dev: DevSettings, env: dict[str, str], child: ChildProcess, traffic: bool
+) -> demo.CreditDemo | None:
+    """Wait for the requests service (`child`) and say where it is; with demo
+    `traffic`, say what it does and make carol's credit request (devtools.demo_requests;
+    None without traffic or the tokens it needs)."""
+    requests = RequestsSettings.from_env(env)
+    await wait_serving(requests.addr, requests.client_tls, child, 60)
+    say(f"  credit requests on {requests.addr}: .venv/bin/python -m services.requests.cli")
+    if not traffic:
+        return None
+    say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
+    after = dev.demo_approve_after_seconds if dev.demo_auto_approve else None
+    made, said = demo.credit_demo(env["QM_TOKENS"], requests.addr, requests.client_tls,
+                                  dev.demo_ask_credits, dev.demo_grant_seconds, after)  # fmt: skip
+    say(said)
+    return made
 
 
 class ServiceDied(Exception):
@@ -247,23 +284,6 @@ async def _until_first_exit(work: Awaitable[object], children: list[ChildProcess
         for task in (job, watch):
             task.cancel()
         await asyncio.gather(job, watch, return_exceptions=True)
-
-
-def _work(
-    dev: DevSettings, infra: Infra, policy: PolicySettings, env: dict[str, str]
-) -> Awaitable[object]:
-    """What runs until Ctrl-C: the demo traffic, or nothing (said which)."""
-    gateway = _token_with(env["QM_TOKENS"], "gateway")
-    if dev.demo_traffic and gateway:
-        say("Demo traffic: three people spend; carol's runaway agent hits the limit.")
-        say("Press Ctrl-C to stop.\n")
-        return simulator.run(
-            infra.kafka_bootstrap, policy.addr, policy.workspace_id,
-            tls=policy.client_tls, token=gateway,
-        )  # fmt: skip
-    why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
-    say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
-    return asyncio.Event().wait()
 
 
 async def _main(dev: DevSettings, policy: PolicySettings) -> None:
@@ -311,6 +331,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             spawn("notifier", "services.notifier"),
             spawn("ingest", "services.metering.ingest"),
         ]
+        requests_child = children[3]
+        credit_demo: demo.CreditDemo | None = None
         try:
             for child in children:
                 child.start()
@@ -320,18 +342,33 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             if standin is not None:
                 say(f"  Slack stand-in: what the notifier sends shows on {standin.url}/"
                     + (" (its e-mails too)" if sink is not None else ""))  # fmt: skip
-                say(f"  {await ask_as_carol(env, policy.client_tls, children[3])}")
             api_addr = env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052")
             say(
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
             say(_ingest_line(env, policy))
-            await _until_first_exit(_work(dev, infra, policy, env), children)
+            gateway = _token_with(env["QM_TOKENS"], "gateway")
+            traffic = bool(dev.demo_traffic and gateway)
+            credit_demo = await _requests_and_demo(dev, env, requests_child, traffic)
+            if traffic:
+                say("Press Ctrl-C to stop.\n")
+                work: Awaitable[object] = simulator.run(
+                    infra.kafka_bootstrap, policy.addr, policy.workspace_id,
+                    tls=policy.client_tls, token=gateway,
+                    on_deny=credit_demo.denied if credit_demo is not None else None,
+                )  # fmt: skip
+            else:
+                why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
+                say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
+                work = asyncio.Event().wait()
+            await _until_first_exit(work, children)
         except ServiceDied as died:
             say(f"\n{died}")  # first, before the shutdown's lines
             raise
         finally:
+            if credit_demo is not None:
+                await credit_demo.close()
             say("\nStopping ...")
             for child in reversed(children):
                 child.stop(timeout=10)

@@ -6,17 +6,9 @@ from __future__ import annotations
 
 import secrets
 
-import grpc
-
 from devtools import simulator
-from devtools.localinfra.health import wait_serving
-from devtools.localinfra.process import ChildProcess
 from devtools.mail_sink import MailSink
 from devtools.slack_standin import SlackStandin
-from quartermaster.grpcclient import bearer, open_channel
-from quartermaster.money import MICROS_PER_CREDIT
-from quartermaster.tls import ClientTls
-from quartermaster.v1 import requests_pb2, requests_pb2_grpc
 
 
 def slack_id(user_id: str) -> str:
@@ -53,27 +45,3 @@ async def start_standin(
                    QM_NOTIFIER_SMTP_SECURITY="none")  # fmt: skip
         env.setdefault("QM_NOTIFIER_DEFAULT_CHANNELS", "both")
     return standin, sink
-
-
-async def ask_as_carol(env: dict[str, str], tls: ClientTls | None, proc: ChildProcess) -> str:
-    """The demo's credit request: carol asks for 10 credits (through the requests
-    service, with the notifier's delegate token acting for her, as a console would);
-    alice, her manager, gets the Slack message to approve. What to tell the person at
-    the terminal (what went wrong, when it did: the run goes on without it)."""
-    token = env.get("QM_NOTIFIER_DELEGATE_TOKEN", "")
-    if not token:
-        return "no demo request: QM_TOKENS has no delegate token"
-    addr = env["QM_NOTIFIER_REQUESTS_ADDR"]
-    try:
-        await wait_serving(addr, tls, proc, 60)
-        async with open_channel(addr, tls) as ch:
-            ask = requests_pb2.CreateCreditRequest(
-                amount_micros=10 * MICROS_PER_CREDIT, duration_seconds=86_400,
-                justification="finish the agent eval before Friday",
-            )  # fmt: skip
-            made = await requests_pb2_grpc.RequestServiceStub(ch).Create(
-                ask, metadata=(*bearer(token), ("qm-on-behalf-of", "carol")), timeout=10
-            )
-    except (grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
-        return f"no demo request: {exc}"
-    return f"carol asked for 10 credits ({made.request_id}): alice approves it on the page"

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -72,9 +73,11 @@ async def run(
     report_every: float = 3.0,
     tls: ClientTls | None = None,
     token: str = "",
+    on_deny: Callable[[str], None] | None = None,
 ) -> None:
     """Run until cancelled, calling policy with `token` (role gateway); `tls`: how to
-    reach policy over TLS (None: plaintext)."""
+    reach policy over TLS (None: plaintext). `on_deny(user_id)` is called when a
+    person's decision flips to DENY (make run's credit request starts there)."""
     producer = kafka.producer(bootstrap, **{"linger.ms": 5})
     last: dict[str, int] = {}
     next_call = {p.user_id: 0.0 for p in PERSONAS}
@@ -104,6 +107,8 @@ async def run(
                                 f"{_NAMES.get(resp.decision, '?')}: {resp.reason}\n"
                             )
                         last[p.user_id] = resp.decision
+                        if resp.decision == policy_pb2.DECISION_DENY and on_deny is not None:
+                            on_deny(p.user_id)
                     if resp.decision == policy_pb2.DECISION_DENY:
                         continue  # a gateway would not make the call
                     producer.produce(

@@ -11,7 +11,8 @@ gRPC from this process with --concurrency calls in flight: Create (a console act
 a person, as a delegate; routing asks policy's directory, the standing asks GetBudget
 and the Cost API) followed by Decide (their manager approves), for --seconds. Then
 ListAwaitingMe for the approver with the pending requests, one call at a time (its
-latency alone), --lists times.
+latency alone), --lists times, each after a `Get` of one of them (the same path's
+cheapest call, one at a time under the same load: what the list adds shows beside it).
 
 **Baseline**: `Get` of one request by id through the same server, credential and
 mapping, at the same concurrency: what any call costs before the work of a create or
@@ -43,6 +44,10 @@ from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc, requests_pb2, requests_pb2_grpc
 from services.policy.decide import Enforcement
 from services.policy.stores.limits import LimitStore
+from services.requests.mapping import listed_pb, page_pb
+from services.requests.standing import PastRequest, Standing
+from services.requests.stores.codec import request_of, standing_json
+from services.requests.stores.requests import LISTED, listed_of_row
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = "bench"
@@ -60,6 +65,16 @@ def say(text: str) -> None:
 
 def acting(user: str) -> tuple[tuple[str, str], ...]:
     return (*bearer(CONSOLE), ("qm-on-behalf-of", user))
+
+
+def standing() -> str:
+    """A standing as the service keeps one: spend by product and model, and 20 past
+    requests (what the approver sees in Get; lists leave the history out)."""
+    at = datetime.now(UTC)
+    past = tuple(PastRequest(f"past-{i}", 5 * C, "approved", at, 4 * C) for i in range(20))
+    return standing_json(Standing(90 * C, 100 * C, "month", (("chat", 60 * C), ("codex", 30 * C)),
+                                  (("gpt-5", 60 * C), ("claude-sonnet-4-5", 30 * C)), 70 * C, at,
+                                  past))  # fmt: skip
 
 
 def steps(approver: str) -> str:
@@ -91,17 +106,26 @@ async def seed(url: str, past: int, awaiting: int, others: int) -> None:
                 """
                 INSERT INTO requests.requests (workspace_id, request_id, requester,
                     amount_micros, duration_seconds, justification, state, version, steps,
-                    granted_micros, granted_seconds, created_at, expires_at, next_due_at)
+                    granted_micros, granted_seconds, created_at, expires_at, next_due_at,
+                    standing)
                 SELECT $1, $2 || '-' || i, 'user-' || (i % 10000), 5000000, 86400, 'eval',
                        'pending', 1,
                        jsonb_set($4::jsonb, '{0,approvers}',
                                  to_jsonb(ARRAY[coalesce(nullif($5, ''), 'mgr-' || (i % 20))])),
                        5000000, 86400, now() - make_interval(secs => i), now() + interval '7 days',
-                       now() + interval '1 day'
+                       now() + interval '1 day', $6::jsonb
                 FROM generate_series(1, $3) i
                 """,
-                WORKSPACE, prefix, count, steps("x"), approver,
+                WORKSPACE, prefix, count, steps("x"), approver, standing(),
             )  # fmt: skip
+        # each pending request's wire form, as the store writes it with every change
+        pending = f"SELECT {LISTED} FROM requests.requests r WHERE r.state = 'pending'"
+        rows = await conn.fetch(pending)
+        await conn.executemany(
+            "UPDATE requests.requests SET listed = $3 WHERE workspace_id = $1 AND request_id = $2",
+            [(WORKSPACE, r["request_id"], listed_pb(request_of(r)).SerializeToString())
+             for r in rows],
+        )  # fmt: skip
         # who each pending request waits on, as the store writes it with every change
         await conn.execute(
             """
@@ -118,23 +142,29 @@ async def seed(url: str, past: int, awaiting: int, others: int) -> None:
         await conn.close()
 
 
-AWAITING_SQL = """
-SELECT r.* FROM requests.awaiting a JOIN requests.requests r USING (workspace_id, request_id)
+AWAITING_SQL = f"""
+SELECT {LISTED} FROM requests.awaiting a JOIN requests.requests r USING (workspace_id, request_id)
 WHERE a.workspace_id = $1 AND a.user_id = $2 ORDER BY a.created_at, a.request_id LIMIT 50
 """
 
 
-async def plan(url: str) -> tuple[float, bool]:
+async def plan(url: str) -> tuple[float, bool, float]:
     """The awaiting query's execution time in PostgreSQL alone (ms; the store's query,
-    page 1) and whether it used the awaiting_by_user index."""
+    page 1), whether it used the awaiting_by_user index, and the Python work of
+    answering its rows (ms: rows to requests to a serialized page, as the servicer)."""
     conn = await asyncpg.connect(url)
     try:
         for _ in range(3):  # warm
-            await conn.fetch(AWAITING_SQL, WORKSPACE, "lead")
+            rows = await conn.fetch(AWAITING_SQL, WORKSPACE, "lead")
         explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + AWAITING_SQL
         raw = await conn.fetchval(explain, WORKSPACE, "lead")
         found = json.loads(raw)[0]
-        return float(found["Execution Time"]), "awaiting_by_user" in raw
+        maps = []
+        for _ in range(200):
+            t = time.perf_counter()
+            page_pb([listed_of_row(r) for r in rows], "").SerializeToString()
+            maps.append((time.perf_counter() - t) * 1000)
+        return float(found["Execution Time"]), "awaiting_by_user" in raw, statistics.median(maps)
     finally:
         await conn.close()
 
@@ -198,6 +228,8 @@ def spawn(name: str, module: str, env: dict[str, str], run_dir: Path) -> ChildPr
 
 async def main_async(ns: argparse.Namespace) -> dict[str, object]:
     run_dir = ROOT / ".run" / f"bench-requests-{os.getpid()}"
+    say("load average (1, 5, 15 min) at the start: "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
     procs: list[ChildProcess] = []
     try:
         with open_infra(run_dir, pg_port=free_port(), broker_port=free_port(), durable=False,
@@ -206,8 +238,9 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
             await seed(infra.database_url, ns.past, ns.awaiting, ns.others)
             say(f"seeded {ns.past:,} past and {ns.awaiting + ns.others:,} pending requests "
                 f"in {time.perf_counter() - t:.1f}s")  # fmt: skip
-            sql_ms, indexed = await plan(infra.database_url)
-            say(f"awaiting query in PostgreSQL alone: {sql_ms:.2f} ms, index used: {indexed}")
+            sql_ms, indexed, map_ms = await plan(infra.database_url)
+            say(f"awaiting query in PostgreSQL alone: {sql_ms:.2f} ms, index used: {indexed}; "
+                f"mapping its page of 50 in Python: {map_ms:.2f} ms (median)")  # fmt: skip
             pool = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2)
             await LimitStore(pool, WORKSPACE).set_workspace_default(100 * C, Enforcement.HARD,
                                                                     "bench")  # fmt: skip
@@ -242,8 +275,15 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
                 creates, decides, took = await drive(stub, ns, ns.users)
                 ids = [f"past-{i}" for i in range(1, ns.past + 1)]
                 gets, got_took = await baseline(stub, ns, ids)
-                lists = []
-                for _ in range(ns.lists):
+                lists, one_gets = [], []
+                for i in range(ns.lists):
+                    # a Get between lists: the same call path, one call at a time, under
+                    # the same load, so the list's own cost shows beside it
+                    t = time.perf_counter()
+                    one = f"wait-{i % max(1, min(50, ns.awaiting)) + 1}"
+                    await stub.Get(requests_pb2.GetCreditRequest(request_id=one),
+                                   metadata=bearer(ADMIN), timeout=30)  # fmt: skip
+                    one_gets.append((time.perf_counter() - t) * 1000)
                     t = time.perf_counter()
                     mine = requests_pb2.ListCreditRequests(limit=50)
                     page = await stub.ListAwaitingMe(mine, metadata=acting("lead"), timeout=30)
@@ -263,14 +303,21 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
         "get_per_s": round(len(gets) / got_took, 1), "get_p99_ms": round(p(gets, 0.99), 1),
         "awaiting_me": ns.awaiting, "awaiting_p50_ms": round(statistics.median(lists), 2),
         "awaiting_p99_ms": round(p(lists, 0.99), 2), "awaiting_sql_ms": round(sql_ms, 2),
-        "awaiting_index_used": indexed, "load_average": os.getloadavg()[0],
+        "awaiting_index_used": indexed, "awaiting_map_ms": round(map_ms, 2),
+        "get_one_at_a_time_p50_ms": round(statistics.median(one_gets), 2),
+        "get_one_at_a_time_p99_ms": round(p(one_gets, 0.99), 2),
+        "load_average": os.getloadavg()[0],
     }  # fmt: skip
     say(f"create + decide: {out['create_decide_pairs_per_s']} pairs/s at concurrency "
         f"{ns.concurrency}; create p99 {out['create_p99_ms']} ms, decide p99 "
         f"{out['decide_p99_ms']} ms")  # fmt: skip
     say(f"baseline Get: {out['get_per_s']} calls/s, p99 {out['get_p99_ms']} ms")
     say(f"ListAwaitingMe with {ns.awaiting:,} pending for the approver: p50 "
-        f"{out['awaiting_p50_ms']} ms, p99 {out['awaiting_p99_ms']} ms")  # fmt: skip
+        f"{out['awaiting_p50_ms']} ms, p99 {out['awaiting_p99_ms']} ms; a Get between them, "
+        f"one call at a time: p50 {out['get_one_at_a_time_p50_ms']} ms, p99 "
+        f"{out['get_one_at_a_time_p99_ms']} ms")  # fmt: skip
+    say("load average (1, 5, 15 min) at the end: "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
     return out
 
 

@@ -630,8 +630,11 @@ class ListCreditRequests(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
+    """Requests a page (default 50, at most 500)."""
     page_token: _builtins.str
-    """From ListCreditRequestsResponse.next_page_token."""
+    """From ListCreditRequestsResponse.next_page_token of the same list: where the last
+    page ended (a position, so requests made between pages neither repeat nor hide one).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___RequestState.ValueType]:
         """Only these states (empty: all)."""
@@ -659,7 +662,9 @@ class ListCreditRequestsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditRequest]: ...
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditRequest]:
+        """Each without its timeline and its standing's history (Get has both)."""
+
     def __init__(
         self,
         *,

@@ -5,7 +5,7 @@
     python -m services.requests.cli decide cr-1234 approve --version 1 [--credits 30]
     python -m services.requests.cli cancel cr-1234 --version 1
     python -m services.requests.cli revoke cr-1234 --version 2 --reason "done early"
-    python -m services.requests.cli mine | awaiting | all
+    python -m services.requests.cli mine | awaiting | all [--limit 50] [--page-token …]
 
 Who acts is whoever the token names (QM_TOKEN or --token: a member's or admin's own
 credential, see docs/security.md), never an argument. The address is --addr or
@@ -99,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     for name in ("mine", "awaiting", "all"):
         x = sub.add_parser(name, help=f"list requests: {name}")
         x.add_argument("--limit", type=int, default=50)
+        x.add_argument("--page-token", default="", help="the next page (printed by the last)")
     return p
 
 
@@ -146,13 +147,17 @@ def _call(stub: requests_pb2_grpc.RequestServiceStub, ns: argparse.Namespace, ou
     else:
         lists = {"mine": stub.ListMine, "awaiting": stub.ListAwaitingMe, "all": stub.ListAll}
         page = lists[ns.command](
-            pb.ListCreditRequests(limit=ns.limit), metadata=md, timeout=TIMEOUT_S
+            pb.ListCreditRequests(limit=ns.limit, page_token=ns.page_token),
+            metadata=md,
+            timeout=TIMEOUT_S,
         )
         for x in page.requests:
             out.write(
                 f"{x.request_id}  {_state(x.state)}  v{x.version}  {x.requester_user_id}  "
                 f"{credits(x.amount_micros)} credits  {x.justification}\n"
             )
+        if page.next_page_token:
+            out.write(f"more: {ns.command} --page-token {page.next_page_token}\n")
         return
     show(r, out)
 

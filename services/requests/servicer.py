@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, Protocol
@@ -36,6 +36,8 @@ from quartermaster.v1 import requests_pb2, requests_pb2_grpc
 from quartermaster.validation import Problems
 from services.requests import machine, mapping
 from services.requests.machine import Entry, Outcome, Refused, Request, Why
+from services.requests.mapping import Listed
+from services.requests.paging import BadToken, Position, position_of, token_of
 from services.requests.routing import RoutingError, StepRule, route
 from services.requests.sources import PeopleSource, StandingSource, Unreachable
 from services.requests.standing import PastRequest
@@ -65,10 +67,14 @@ class Store(Protocol):
     async def apply(
         self, request_id: str, change: Callable[[Request], Outcome | None]
     ) -> Outcome | None: ...
-    async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]: ...
+    async def awaiting(
+        self, user_id: str, limit: int = 50, after: Position | None = None
+    ) -> list[Listed]: ...
     async def page(
-        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50, offset: int = 0
-    ) -> list[Request]: ...
+        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50,
+        after: Position | None = None,
+    ) -> list[Listed]: ...  # fmt: skip
+    async def of_requester(self, requester: str, limit: int = 50) -> list[Request]: ...
 
 
 @dataclass(frozen=True)
@@ -99,17 +105,19 @@ def may_see(req: Request, user_id: str) -> bool:
     return any(user_id in s.approvers or any(user_id in lv for lv in s.chain) for s in req.steps)
 
 
-def _page(msg: requests_pb2.ListCreditRequests, problems: Problems) -> tuple[int, int]:
-    """(limit, offset) from a list request; bad ones are problems."""
+def _page(
+    msg: requests_pb2.ListCreditRequests, list_name: str, problems: Problems
+) -> tuple[int, Position | None]:
+    """(limit, where the page starts) from a list request; bad ones are problems."""
     limit = msg.limit or DEFAULT_PAGE
     problems.require_between("limit", limit, 1, MAX_PAGE)
-    offset = 0
-    if msg.page_token:
-        if not msg.page_token.isdigit() or len(msg.page_token) > 9:
-            problems.add("page_token", "not a token this service gave")
-        else:
-            offset = int(msg.page_token)
-    return limit, offset
+    if not msg.page_token:
+        return limit, None
+    try:
+        return limit, position_of(msg.page_token, list_name)
+    except BadToken as exc:
+        problems.add("page_token", str(exc))
+        return limit, None
 
 
 class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
@@ -191,7 +199,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         now = self._clock()
         # The three reads are independent: asked at once, a create waits for the slowest.
         standing_read = asyncio.ensure_future(self._standing.standing(person.user_id, now))
-        past_read = asyncio.ensure_future(self._store.page(requester=person.user_id, limit=HISTORY))
+        past_read = asyncio.ensure_future(self._store.of_requester(person.user_id, HISTORY))
         try:
             people = await self._people.people(person.user_id)
         except Unreachable as exc:
@@ -295,23 +303,30 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             r, user, request.version, now, request.reason, admin=admin))  # fmt: skip
 
     async def _list(
-        self, context: Context, request: requests_pb2.ListCreditRequests,
-        read: Callable[[list[str], int, int], Any],
+        self, context: Context, request: requests_pb2.ListCreditRequests, list_name: str,
+        read: Callable[[list[str], int, Position | None], Awaitable[Sequence[Listed]]],
     ) -> requests_pb2.ListCreditRequestsResponse:  # fmt: skip
+        """A page of `read(states, limit, after)`: one more than asked is read, so
+        next_page_token is given only when there is a next page (paging.py)."""
         problems = Problems()
         states = mapping.states_of(request, problems)
-        limit, offset = _page(request, problems)
+        limit, after = _page(request, list_name, problems)
         await refuse(context, problems)
-        found: Sequence[Request] = await read(states, limit + 1, offset)
-        more = str(offset + limit) if len(found) > limit else ""
+        found = await read(states, limit + 1, after)
+        more = ""
+        if len(found) > limit:
+            last = found[limit - 1]
+            more = token_of(list_name, Position(last.created_at, last.request_id))
         return mapping.page_pb(found[:limit], more)
 
     async def ListMine(
         self, request: requests_pb2.ListCreditRequests, context: Context
     ) -> requests_pb2.ListCreditRequestsResponse:
+        """The caller's requests, newest first."""
         person = await self._person(context)
-        return await self._list(context, request, lambda states, limit, offset: self._store.page(
-            requester=person.user_id, states=states, limit=limit, offset=offset))  # fmt: skip
+        return await self._list(context, request, "mine", lambda states, limit, after: (
+            self._store.page(requester=person.user_id, states=states, limit=limit,
+                             after=after)))  # fmt: skip
 
     async def ListAwaitingMe(
         self, request: requests_pb2.ListCreditRequests, context: Context
@@ -319,11 +334,12 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         """Pending requests whose current step waits on the caller (`states` is ignored:
         only pending requests await anyone), oldest first."""
         person = await self._person(context)
-        return await self._list(context, request, lambda _states, limit, offset: (
-            self._store.awaiting(person.user_id, limit, offset)))  # fmt: skip
+        return await self._list(context, request, "awaiting", lambda _states, limit, after: (
+            self._store.awaiting(person.user_id, limit, after)))  # fmt: skip
 
     async def ListAll(
         self, request: requests_pb2.ListCreditRequests, context: Context
     ) -> requests_pb2.ListCreditRequestsResponse:
-        return await self._list(context, request, lambda states, limit, offset: self._store.page(
-            states=states, limit=limit, offset=offset))  # fmt: skip
+        """Every request of the workspace, newest first (admin or reader)."""
+        return await self._list(context, request, "all", lambda states, limit, after: (
+            self._store.page(states=states, limit=limit, after=after)))  # fmt: skip

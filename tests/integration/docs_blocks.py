@@ -1,4 +1,5 @@
-"""The commands and code the README and docs/ show, read from their fenced blocks.
+"""The commands and code the README, docs/ and the services' READMEs show, read from
+their fenced blocks.
 
 A `console` block holds commands, each on a line starting with `$ `; a command goes on
 over the next lines while its shell quotes are open or a line ends with a backslash.
@@ -19,8 +20,9 @@ _FENCE = re.compile(r"^(`{3,})(.*)$")
 
 
 def doc_files() -> list[Path]:
-    """The README and every page in docs/, in a stable order."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    """The README, every page in docs/ and each service's README, in a stable order."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+            *sorted((ROOT / "services").glob("*/README.md"))]  # fmt: skip
 
 
 @dataclass(frozen=True)

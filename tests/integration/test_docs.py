@@ -76,6 +76,7 @@ Runner = Offline | Session | Serve | RunBy
 BENCH_SMOKE = RunBy("tests/integration/test_docs_bench.py", "def test_bench_commands_run_small")
 PY = ".venv/bin/python"
 CLI = f"{PY} -m services.metering.cli"
+LEAD_TOKEN = "docs-lead-token-0123456789"
 
 # Every command the docs show, by the start of its text (the longest matching key wins).
 COMMANDS: dict[str, Runner] = {
@@ -129,6 +130,10 @@ COMMANDS: dict[str, Runner] = {
     # consumer group and move its partitions under the other tests).
     f"{PY} -m services.metering": RunBy("tests/conftest.py", '"-m", "services.metering"]'),
     "curl -s http://127.0.0.1:9464/metrics": Session(),
+    # services/requests/README.md: against the docs' requests service, as the person the
+    # session's token names, and as lead (LEAD_TOKEN), the fallback approver
+    f"{PY} -m services.requests.cli": Session(),
+    f'QM_TOKEN="$LEAD_TOKEN" {PY} -m services.requests.cli': Session(),
 }
 
 
@@ -201,9 +206,11 @@ async def docs_stack(
     _ingest_session: str,
     service_env: dict[str, str],
 ) -> AsyncIterator[DocsStack]:
-    """policy and the Cost API as operations.md starts them; the default limit set as
-    limits.md does. Used only by tests marked infra (they also ask for `infra`)."""
+    """policy, the Cost API and the requests service as operations.md and the requests
+    README start them; the default limit set as limits.md does. Used only by tests
+    marked infra (they also ask for `infra`)."""
     policy_addr, api_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    requests_addr = f"127.0.0.1:{free_port()}"
     env = {
         **service_env,
         "QM_WORKSPACE_ID": f"ws-docs-{uuid.uuid4().hex[:8]}",
@@ -214,6 +221,14 @@ async def docs_stack(
         "QM_TOKEN": TOKENS["all"],
         # What make run prints for "local-reporter": the HTTP ingest's examples.
         "REPORTER_TOKEN": TOKENS["reporter"],
+        # The requests README's approver, a person with a token of their own.
+        "QM_TOKENS": f"{service_env['QM_TOKENS']},lead:member:{LEAD_TOKEN}",
+        "LEAD_TOKEN": LEAD_TOKEN,
+        "QM_REQUESTS_ADDR": requests_addr,
+        "QM_REQUESTS_POLICY_ADDR": policy_addr,
+        "QM_REQUESTS_USAGE_API_ADDR": api_addr,
+        "QM_REQUESTS_CLIENT_TOKEN": TOKENS["reader"],
+        "QM_REQUESTS_FALLBACK_APPROVER": "lead",
     }
     stack = DocsStack(env, {
         "127.0.0.1:9092": _infra_session.kafka_bootstrap,
@@ -227,6 +242,7 @@ async def docs_stack(
     servers = [
         Server(f"{PY} -m services.policy", env, policy_addr, LOGS / "policy.log"),
         Server(f"{PY} -m services.metering.api", env, api_addr, LOGS / "cost-api.log"),
+        Server(f"{PY} -m services.requests", env, requests_addr, LOGS / "requests.log"),
     ]
     try:
         for s in servers:

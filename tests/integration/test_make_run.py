@@ -1,6 +1,7 @@
 """`make run`, the README's first command, as a newcomer runs it: it comes up from
-nothing, shows usage climbing and a decision flipping, and Ctrl-C stops everything
-it started within 30 s."""
+nothing, shows usage climbing and a decision flipping, carol asking for credits when
+denied, her manager approving, carol allowed again and denied when the grant ends, and
+Ctrl-C stops everything it started within 30 s."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def _start(run_dir: Path, ports: dict[str, int], **extra: str) -> subprocess.Pop
         QM_REQUESTS_ADDR=f"127.0.0.1:{ports['requests']}",
         QM_NOTIFIER_INTERACTIVITY_ADDR=f"127.0.0.1:{ports['clicks']}",
         QM_METERING_INGEST_ADDR=f"127.0.0.1:{ports['ingest']}",
+        # short, so the demo's grant ends within the test; alice decides by click
+        QM_DEMO_GRANT_SECONDS="20",
+        QM_DEMO_AUTO_APPROVE="0",
         **extra,
     )
     return subprocess.Popen(
@@ -105,8 +109,8 @@ def _approve_carols_request_on_the_page(port: int) -> None:
     """What a newcomer does: alice's message about carol's request, Approve clicked on
     the page (a signed click to the notifier, decided as alice at the requests
     service); carol is told, alice's copy loses its buttons, mails arrive too."""
-    page = _page(port, "Carol (runaway agent loop) asks for 10.00 credits")
-    alice = page[page.index("asks for 10.00 credits") :]
+    page = _page(port, "Carol (runaway agent loop) asks for 200.00 credits")
+    alice = page[page.index("asks for 200.00 credits") :]
     index = re.search(r'name="message" value="(\d+)"><input type="hidden" name="action" '
                       r'value="approve"', alice)  # fmt: skip
     assert index is not None, alice[:2000]
@@ -114,10 +118,54 @@ def _approve_carols_request_on_the_page(port: int) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/click", data=form) as resp:
         answer = resp.read().decode()
     assert answer.endswith("answered 200: "), answer
-    page = _page(port, "Your request for 10.00 credits: approved")
+    page = _page(port, "Your request for 200.00 credits: approved")
     assert "You approved request cr-" in page  # alice, ephemerally
     assert "Approved by Alice (chat, light) at " in page  # her copy, edited
     assert "to carol@example.com" in page  # the e-mails, on the same page
+
+
+def _until_all(
+    lines: queue.Queue[str], seen: list[str], proc: subprocess.Popen[str], texts: list[str],
+    within: float, start: int,
+) -> list[str]:  # fmt: skip
+    """Read lines (into `seen`) until each of `texts` is in a line from seen[start:] on,
+    in any order (they come from loops of their own); those lines, in texts' order."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = [next((x for x in seen[start:] if t in x), "") for t in texts]
+        if all(found):
+            return found
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert proc.poll() is None, "make run exited early:\n" + "".join(seen)
+    raise AssertionError(f"not all of {texts} within {within} s:\n" + "".join(seen[start:]))
+
+
+def _credit_request_story(
+    lines: queue.Queue[str], seen: list[str], proc: subprocess.Popen[str], slack_port: int
+) -> None:
+    """carol, denied, asks for credits; alice approves on the stand-in's page; carol is
+    allowed until the grant ends, then denied again (QM_DEMO_GRANT_SECONDS=20)."""
+    denied = len(seen)
+    asked, _, _ = _until_all(lines, seen, proc, [
+        ">>> carol asks for", "    awaiting alice (step manager); standing: ",
+        "    alice decides on the Slack stand-in's page, or with the CLI:",
+    ], 60, denied)  # fmt: skip
+    found = re.search(r">>> carol asks for 200 credits for 20 s \(request (demo-\w+)\): \"", asked)
+    assert found, asked
+    rid = found.group(1)
+    start = len(seen)
+    _approve_carols_request_on_the_page(slack_port)
+    approved, _, _ = _until_all(lines, seen, proc, [
+        f">>> {rid} approved by alice: ", ">>> carol is now ALLOW",
+        "    policy has the grant: carol's limit is ",
+    ], 60, start)  # fmt: skip
+    assert "200.00 credits for 20 s, until " in approved, approved
+    after_allow = next(i for i in range(start, len(seen)) if ">>> carol is now ALLOW" in seen[i])
+    _until_all(lines, seen, proc, [
+        ">>> carol is now DENY", f">>> {rid} ended: the grant's time ran out",
+    ], 60, after_allow)  # fmt: skip
 
 
 def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
@@ -157,7 +205,6 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
                 page = resp.read().decode()
             time.sleep(0.5)
         assert "to UCAROL" in page, "carol's threshold message reaches the Slack stand-in"
-        _approve_carols_request_on_the_page(ports["slack"])
         # The ingest's line, with the reporter token make run made: it takes an event.
         url = f"http://127.0.0.1:{ports['ingest']}/v1/usage"
         said = re.search(rf"--http {re.escape(url)} --token (\S{{16,}}) < events.jsonl", text)
@@ -175,6 +222,7 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         counted = scrape(metrics, "qm_metering_events_total", outcome="counted")
         assert counted is not None, "metering serves its metrics"
         assert counted > 0
+        _credit_request_story(lines, seen, proc, ports["slack"])
 
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         stopped = time.monotonic()

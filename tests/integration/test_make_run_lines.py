@@ -5,10 +5,13 @@ infrastructure; tests/integration/test_make_run.py runs the whole of `make run`.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
+from devtools import demo_requests as demo
 from devtools.run import _credential_lines, _demo_tokens
 from services.policy.settings import PolicySettings
+from services.requests import cli
 from tests.tlskit import make_pki
 
 OWN = "gw-eu:gateway:own-gateway-token-0123456789,ops:admin+prices:own-ops-token-0123456789"
@@ -49,3 +52,28 @@ def test_tls_from_the_environment_is_said_with_grpcurls_flags(tmp_path: Path) ->
         lines[0] == "  TLS: on (QM_TLS_* from the environment, mutual: clients need a certificate)"
     )
     assert f"grpcurl -cacert {pki.ca} -cert {pki.client_cert}" in "\n".join(lines)
+
+
+def test_the_demo_credit_request_needs_carol_and_alice_as_members() -> None:
+    made, said = demo.credit_demo(_demo_tokens(), "127.0.0.1:50053", None, 200, 120, 5.0)
+    assert made is not None
+    assert said == (
+        "  when carol is denied she asks for 200 credits for 120 s; alice, her manager, decides on "
+        "the Slack stand-in's page (or make run approves it for her)"
+    )
+    made, said = demo.credit_demo(OWN, "127.0.0.1:50053", None, 200, 120, None)
+    assert made is None
+    assert "no member token named carol and one named alice" in said
+
+
+def test_the_printed_approve_command_is_one_the_cli_takes() -> None:
+    """With QM_DEMO_AUTO_APPROVE=0 the console prints this for the person to run."""
+    line = demo.approve_command("127.0.0.1:50053", "alice-token-0123", "demo-1a2b3c4d", 1)
+    env, python, dash_m, module, *args = shlex.split(line)
+    assert (env, python, dash_m, module) == (
+        "QM_TOKEN=alice-token-0123", ".venv/bin/python", "-m", "services.requests.cli",
+    )  # fmt: skip
+    ns = cli.parser().parse_args(args)
+    assert (ns.addr, ns.command, ns.request_id, ns.vote, ns.version) == (
+        "127.0.0.1:50053", "decide", "demo-1a2b3c4d", "approve", 1,
+    )  # fmt: skip

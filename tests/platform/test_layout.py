@@ -80,6 +80,7 @@ DOMAIN_MODULES = {
         "services.requests.ask",
         "services.requests.grants",
         "services.requests.machine",
+        "services.requests.paging",
         "services.requests.routing",
         "services.requests.standing",
         "services.requests.timing",

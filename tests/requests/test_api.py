@@ -7,7 +7,8 @@ real policy replica for the directory, budgets and overrides, and the real Cost 
 - self-approval refused over gRPC for a member, a delegate acting for the requester
   and an admin who is the requester, and through the CLI;
 - request → approve → Check flips DENY → ALLOW with the exact new limit → the grant
-  ends → DENY.
+  ends → DENY;
+- keyset paging through 250 requests with requests made and decided between pages.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -28,8 +31,10 @@ from quartermaster.wire import from_timestamp
 from services.metering import api
 from services.metering.settings import MeteringSettings
 from services.policy.decide import Enforcement
-from services.requests import wiring
+from services.requests import machine, wiring
 from services.requests.confirm import Confirmer
+from services.requests.machine import Request
+from services.requests.routing import PlannedStep
 from services.requests.settings import RequestsSettings
 from services.requests.stores.requests import RequestStore
 from tests.conftest import ROOT, Replicas
@@ -309,3 +314,73 @@ async def test_self_approval_is_refused_on_every_path(stack: Stack) -> None:
     )
     assert cli.returncode == 1, cli.stderr
     assert "PERMISSION_DENIED: wes asked for this request and can't decide it" in cli.stderr
+
+
+async def _seed_pending(
+    stack: Stack, requester: str, approver: str, count: int, now: datetime
+) -> list[Request]:
+    """`count` pending requests by `requester` awaiting `approver`, stored as the
+    service stores them, five at a time sharing one created_at (ties: request_id)."""
+    made = []
+    for i in range(count):
+        out = machine.create(
+            request_id=f"cr-{uuid.uuid4().hex[:12]}", workspace_id=stack.running.store.workspace_id,
+            requester=requester, amount_micros=C, duration_seconds=60, justification="paging",
+            steps=[PlannedStep("manager", (approver,), 1, ())],
+            now=now + timedelta(milliseconds=i // 5), pending_for=timedelta(days=1),
+        )  # fmt: skip
+        req, _ = await stack.running.store.create(out)
+        made.append(req)
+    return made
+
+
+async def test_paging_through_250_requests_with_inserts_between_pages(stack: Stack) -> None:
+    """Every request there when paging began is listed once, in the list's order, though
+    requests are made (and one decided) between pages: offsets would show some twice."""
+    asker, lead = new_user(), new_user()
+    started = datetime.now(UTC) - timedelta(minutes=5)
+    first = await _seed_pending(stack, asker, lead, 250, started)
+    key = [(r.created_at, r.request_id) for r in first]
+    newest_first = [rid for _, rid in sorted(key, reverse=True)]
+    oldest_first = [rid for _, rid in sorted(key)]
+
+    async def page_all(call: Any, who: str, between: Any) -> list[str]:
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await call(requests_pb2.ListCreditRequests(limit=23, page_token=token),
+                              metadata=md("notifier", on_behalf_of=who))  # fmt: skip
+            seen += [r.request_id for r in page.requests]
+            if not page.next_page_token:
+                return seen
+            token = page.next_page_token
+            await between(seen)
+
+    async def ask_more(_seen: list[str]) -> None:
+        await _seed_pending(stack, asker, new_user(), 3, datetime.now(UTC))
+
+    mine = await page_all(stack.stub.ListMine, asker, ask_more)
+    assert mine == newest_first  # the newer ones sort before the pages already read
+
+    later: list[Request] = []
+    decided: list[str] = []
+
+    async def ask_and_decide(seen: list[str]) -> None:
+        later.extend(await _seed_pending(stack, asker, lead, 3, datetime.now(UTC)))
+        if not decided:  # one not yet listed leaves the list: nothing after it is skipped
+            rid = next(r for r in oldest_first if r not in seen)
+            decided.append(rid)
+            await stack.stub.Decide(requests_pb2.DecideCreditRequest(
+                request_id=rid, version=1, vote=requests_pb2.VOTE_DENY, reason="no"),
+                metadata=md("notifier", on_behalf_of=lead))  # fmt: skip
+
+    awaiting = await page_all(stack.stub.ListAwaitingMe, lead, ask_and_decide)
+    assert len(awaiting) == len(set(awaiting))
+    expected = [r for r in oldest_first if r not in decided]
+    assert awaiting[: len(expected)] == expected
+    # requests made while paging are newer than every earlier one: they come last, in order
+    assert awaiting[len(expected) :] == [r.request_id for r in sorted(later, key=_key)]
+
+
+def _key(r: Request) -> tuple[datetime, str]:
+    return r.created_at, r.request_id

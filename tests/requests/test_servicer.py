@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,8 @@ from quartermaster.tokens import parse_tokens
 from quartermaster.v1 import requests_pb2 as pb
 from quartermaster.v1 import requests_pb2_grpc
 from services.requests.machine import Entry, Outcome, Request
+from services.requests.mapping import Listed, listed_of
+from services.requests.paging import Position
 from services.requests.routing import People
 from services.requests.servicer import RequestServicer, Routing
 from services.requests.sources import Unreachable
@@ -71,19 +74,31 @@ class FakeStore:
             self.entries[request_id].extend(out.entries)
         return out
 
-    async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]:
-        found = [r for r in self.requests.values() if user_id in r.awaiting()]
-        return found[offset : offset + limit]
+    async def awaiting(
+        self, user_id: str, limit: int = 50, after: Position | None = None
+    ) -> list[Listed]:
+        found = sorted((r for r in self.requests.values() if user_id in r.awaiting()), key=_key)
+        return [listed_of(r) for r in found if after is None or _key(r) > _key(after)][:limit]
+
+    async def of_requester(self, requester: str, limit: int = 50) -> list[Request]:
+        mine = [r for r in self.requests.values() if r.requester == requester]
+        return sorted(mine, key=_key, reverse=True)[:limit]
 
     async def page(
-        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50, offset: int = 0
-    ) -> list[Request]:
-        found = [
+        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50,
+        after: Position | None = None,
+    ) -> list[Listed]:  # fmt: skip
+        found = sorted((
             r
             for r in self.requests.values()
             if requester in ("", r.requester) and (not states or r.state.value in states)
-        ]
-        return found[::-1][offset : offset + limit]
+        ), key=_key, reverse=True)  # fmt: skip
+        return [listed_of(r) for r in found if after is None or _key(r) < _key(after)][:limit]
+
+
+def _key(r: Request | Position) -> tuple[datetime, str]:
+    """The lists' order (services.requests.paging)."""
+    return r.created_at, r.request_id
 
 
 class FakePeople:
@@ -276,3 +291,33 @@ async def test_routing_needs_the_directory_and_says_who_is_missing(env: Env) -> 
     # 600 credits need a workspace admin; wes asking leaves wen, so it routes
     made = await env.stub.Create(ask(600), metadata=md("wes"))
     assert [list(s.approver_user_ids) for s in made.steps][-1] == ["wen"]
+
+
+async def test_lists_page_by_position_and_refuse_another_lists_token(env: Env) -> None:
+    """The fake clock gives every request the same created_at: request_id breaks ties."""
+    for rid in ("cr-c", "cr-a", "cr-e", "cr-b", "cr-d"):
+        await env.stub.Create(ask(20, rid), metadata=md("rae"))
+
+    async def pages(call: Callable[..., Any], who: str) -> tuple[list[list[str]], str]:
+        out, token, first = [], "", ""
+        while True:
+            page = await call(pb.ListCreditRequests(limit=2, page_token=token), metadata=md(who))
+            out.append([r.request_id for r in page.requests])
+            first = first or page.next_page_token
+            if not page.next_page_token:
+                return out, first
+            token = page.next_page_token
+
+    mine, mine_token = await pages(env.stub.ListMine, "rae")
+    assert mine == [["cr-e", "cr-d"], ["cr-c", "cr-b"], ["cr-a"]]
+    awaiting, _ = await pages(env.stub.ListAwaitingMe, "mia")
+    assert awaiting == [["cr-a", "cr-b"], ["cr-c", "cr-d"], ["cr-e"]]
+    alls, _ = await pages(env.stub.ListAll, "dash")
+    assert alls == mine
+    refused = await refusal(
+        env.stub.ListAwaitingMe(pb.ListCreditRequests(page_token=mine_token), metadata=md("mia"))
+    )
+    assert refused == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token: a token of list 'mine', not of 'awaiting'",
+    )

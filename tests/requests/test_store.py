@@ -17,7 +17,7 @@ from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.v1 import requests_pb2
-from services.requests import machine
+from services.requests import machine, mapping
 from services.requests.machine import Refused, State, Why
 from services.requests.routing import route
 from services.requests.standing import PastRequest, Standing
@@ -84,8 +84,14 @@ async def test_a_request_round_trips_with_its_entry_and_event(
     assert event.request.standing.used_micros == 9 * C
     assert event.request.standing.history[0].state == requests_pb2.REQUEST_STATE_APPROVED
     assert [s.name for s in event.request.steps] == ["manager", "group_admins", "workspace_admins"]
-    assert await store.of_requester("rae") == [req]
-    assert await store.awaiting("mia") == [req]
+    # lists carry the standing without its own history (Get has it), the history none
+    without = replace(req, standing=replace(STANDING, history=()))
+    assert await store.of_requester("rae") == [replace(req, standing=Standing())]
+    for listed in (await store.awaiting("mia"), await store.page(requester="rae"),
+                   await store.page(states=["pending"])):  # fmt: skip
+        assert [requests_pb2.CreditRequest.FromString(x.wire) for x in listed] == [
+            mapping.credit_request_pb(without)
+        ]
     assert await store.awaiting("gus") == []
 
 
@@ -185,3 +191,31 @@ async def test_due_lists_what_the_reconciler_must_do_and_the_outbox_backlog(
         assert await OutboxStore(pool).backlog() >= 1
     finally:
         await pool.close()
+
+
+async def test_a_listed_request_answers_the_same_from_its_wire_form_or_its_columns(
+    infra: Infra, store: RequestStore
+) -> None:
+    """A row stored before the wire form (listed NULL) is mapped from its columns; an
+    override_status the confirmer changed (no transition, so no new wire form) shows."""
+    req, _ = await store.create(fresh(store.workspace_id, 20))
+    now = datetime.now(UTC)
+    done = await store.apply(req.request_id, lambda r: machine.decide(r, "mia", True, 1, now, "go"))
+    assert done is not None
+    assert done.request.state is State.APPROVED
+    assert await store.confirm([req.request_id], "installing", "installed") == 1
+    from_wire = mapping.page_pb(await store.page(requester="rae"), "")
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        await conn.execute(
+            "UPDATE requests.requests SET listed = NULL WHERE workspace_id = $1",
+            store.workspace_id,
+        )
+    finally:
+        await conn.close()
+    from_columns = mapping.page_pb(await store.page(requester="rae"), "")
+    assert from_wire == from_columns
+    (one,) = from_wire.requests
+    assert (one.state, one.override_status) == (requests_pb2.REQUEST_STATE_APPROVED, "installed")
+    assert not one.standing.history
+    assert one.standing.used_micros == 9 * C

@@ -48,6 +48,8 @@ def standing_json(s: Standing) -> str:
 
 
 def standing_of(raw: str) -> Standing:
+    """A standing as stored; without "history" (a listed request's, RequestStore's
+    LISTED) its history is empty."""
     d = json.loads(raw)
     if not d:
         return Standing()
@@ -58,7 +60,7 @@ def standing_of(raw: str) -> Standing:
         burn_7d_micros=d["burn_7d_micros"], runs_out_at=_at(d["runs_out_at"]),
         history=tuple(PastRequest(h["request_id"], h["amount_micros"], h["state"],
                                   datetime.fromisoformat(h["created_at"]), h["granted_micros"])
-                      for h in d["history"]),
+                      for h in d.get("history", ())),
         unavailable=d.get("unavailable", ""),
     )  # fmt: skip
 

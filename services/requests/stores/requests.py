@@ -14,20 +14,53 @@ machine then refuses them on what it says now (decided already: by whom and when
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from quartermaster.topics import Topic
 from services.requests.machine import Entry, Outcome, Request, State
-from services.requests.mapping import event_id, event_pb
+from services.requests.mapping import Listed, event_id, event_pb, listed_pb
+from services.requests.paging import Position
 from services.requests.stores.codec import entry_of, request_of, standing_json, steps_json
 from services.requests.timing import Timing, next_due
 
 # Changes of one request are few; this many rounds means something is wrong.
 MAX_ATTEMPTS = 100
+_COLUMNS = ("workspace_id", "request_id", "requester", "amount_micros", "duration_seconds",
+            "justification", "links", "product", "project", "standing", "state", "version",
+            "steps", "current_step", "granted_micros", "granted_seconds", "created_at",
+            "expires_at", "approved_at", "ends_at", "decided_by", "decided_at",
+            "decision_reason", "override_status")  # fmt: skip
+
+
+def _columns(standing: str) -> str:
+    return ", ".join(standing if c == "standing" else f"r.{c}" for c in _COLUMNS)
+
+
+# A listed request's columns: its wire form (mapping.Listed), and for a row stored
+# before there was one, the columns to map it from, its standing without the history
+# (up to 20 past requests each, most of the work of a page; Get has the whole
+# standing). A row with a wire form leaves its standing unread: a standing with its
+# history is large enough to be stored out of line, and fetching it is most of the
+# page's work in PostgreSQL.
+LISTED = "r.listed, " + _columns(
+    "CASE WHEN r.listed IS NULL THEN r.standing - 'history' END AS standing"
+)
+# A past request, as the history an approver sees lists it: no standing at all.
+PAST = _columns("'{}'::jsonb AS standing")
+
+
+def listed_of_row(row: Mapping[str, Any]) -> Listed:
+    """A LISTED row as a list reads it (mapped from its columns when it has no wire form)."""
+    wire = row["listed"]
+    if wire is not None:
+        return Listed(row["created_at"], row["request_id"], row["override_status"], wire)
+    req = request_of(row)
+    return Listed(req.created_at, req.request_id, req.override_status, b"", req)
 
 
 def override_status(old: Request, new: Request) -> str:
@@ -80,9 +113,9 @@ class RequestStore:
                     (workspace_id, request_id, requester, amount_micros, duration_seconds,
                      justification, links, product, project, standing, state, version, steps,
                      current_step, granted_micros, granted_seconds, created_at, expires_at,
-                     next_due_at)
+                     next_due_at, listed)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                        $17, $18, $19)
+                        $17, $18, $19, $20)
                 ON CONFLICT DO NOTHING RETURNING 1
                 """,
                 self.workspace_id, req.request_id, req.requester, req.amount_micros,
@@ -90,6 +123,7 @@ class RequestStore:
                 req.project, standing_json(req.standing), req.state.value, req.version,
                 steps_json(req.steps), req.current_step, req.granted_micros,
                 req.granted_seconds, req.created_at, req.expires_at, next_due(req, self._timing),
+                listed_pb(req).SerializeToString(),
             )  # fmt: skip
             if not inserted:
                 existing = await self.get(req.request_id, conn)
@@ -152,13 +186,14 @@ class RequestStore:
             UPDATE requests.requests SET
                 state = $4, version = $5, steps = $6, current_step = $7, granted_micros = $8,
                 granted_seconds = $9, approved_at = $10, ends_at = $11, decided_by = $12,
-                decided_at = $13, decision_reason = $14, next_due_at = $15, override_status = $16
+                decided_at = $13, decision_reason = $14, next_due_at = $15, override_status = $16,
+                listed = $17
             WHERE workspace_id = $1 AND request_id = $2 AND version = $3
             """,
             self.workspace_id, new.request_id, version, new.state.value, new.version,
             steps_json(new.steps), new.current_step, new.granted_micros, new.granted_seconds,
             new.approved_at, new.ends_at, new.decided_by, new.decided_at, new.decision_reason,
-            next_due(new, self._timing), new.override_status,
+            next_due(new, self._timing), new.override_status, listed_pb(new).SerializeToString(),
         )  # fmt: skip
         return bool(status == "UPDATE 1")
 
@@ -211,49 +246,64 @@ class RequestStore:
         return [r["request_id"] for r in rows]
 
     async def of_requester(self, requester: str, limit: int = 50) -> list[Request]:
-        """The requester's requests, newest first (their history, for the approver)."""
+        """The requester's requests, newest first (their history, for the approver), each
+        without its standing (PAST: nobody reads it there)."""
         rows = await self._pool.fetch(
-            "SELECT * FROM requests.requests WHERE workspace_id = $1 AND requester = $2"
-            " ORDER BY created_at DESC LIMIT $3",
+            f"SELECT {PAST} FROM requests.requests r WHERE workspace_id = $1"
+            " AND requester = $2 ORDER BY created_at DESC, request_id DESC LIMIT $3",
             self.workspace_id,
             requester,
             limit,
         )
         return [request_of(r) for r in rows]
 
-    async def awaiting(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Request]:
+    async def awaiting(
+        self, user_id: str, limit: int = 50, after: Position | None = None
+    ) -> list[Listed]:
         """Pending requests whose current step asks `user_id` and that they haven't
-        approved yet, oldest first (read in order from requests.awaiting)."""
+        approved yet, oldest first (created_at, then request_id), `limit` of them after
+        `after` (None: from the first). Read in order from requests.awaiting's index,
+        as lists show them (mapping.Listed)."""
+        args: list[object] = [self.workspace_id, user_id, limit]
+        since = ""
+        if after is not None:
+            since = "AND (a.created_at, a.request_id) > ($4, $5)"
+            args += [after.created_at, after.request_id]
         rows = await self._pool.fetch(
-            """
-            SELECT r.* FROM requests.awaiting a
+            f"""
+            SELECT {LISTED} FROM requests.awaiting a
             JOIN requests.requests r USING (workspace_id, request_id)
-            WHERE a.workspace_id = $1 AND a.user_id = $2
-            ORDER BY a.created_at, a.request_id LIMIT $3 OFFSET $4
+            WHERE a.workspace_id = $1 AND a.user_id = $2 {since}
+            ORDER BY a.created_at, a.request_id LIMIT $3
             """,
-            self.workspace_id,
-            user_id,
-            limit,
-            offset,
-        )
-        return [request_of(r) for r in rows]
-
-    async def page(
-        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50, offset: int = 0
-    ) -> list[Request]:
-        """Requests newest first: `requester`'s ("": everyone's), in `states` (empty:
-        any), `limit` of them after the first `offset`."""
-        where = ["workspace_id = $1", "state = ANY($2::text[]) OR cardinality($2::text[]) = 0"]
-        args: list[object] = [self.workspace_id, list(states), limit, offset]
-        if requester:
-            where.append("requester = $5")
-            args.append(requester)
-        rows = await self._pool.fetch(
-            f"SELECT * FROM requests.requests WHERE {' AND '.join(f'({w})' for w in where)}"
-            " ORDER BY created_at DESC, request_id DESC LIMIT $3 OFFSET $4",
             *args,
         )
-        return [request_of(r) for r in rows]
+        return [listed_of_row(r) for r in rows]
+
+    async def page(
+        self, *, requester: str = "", states: Sequence[str] = (), limit: int = 50,
+        after: Position | None = None,
+    ) -> list[Listed]:  # fmt: skip
+        """Requests newest first (created_at, then request_id, both descending):
+        `requester`'s ("": everyone's), in `states` (empty: any), `limit` of them after
+        `after` (None: from the newest). The indexes requests_page and
+        requests_requester_page give them in this order, as lists show them
+        (mapping.Listed)."""
+        where = ["workspace_id = $1", "state = ANY($2::text[]) OR cardinality($2::text[]) = 0"]
+        args: list[object] = [self.workspace_id, list(states), limit]
+        if requester:
+            args.append(requester)
+            where.append(f"requester = ${len(args)}")
+        if after is not None:
+            args += [after.created_at, after.request_id]
+            where.append(f"(created_at, request_id) < (${len(args) - 1}, ${len(args)})")
+        rows = await self._pool.fetch(
+            f"SELECT {LISTED} FROM requests.requests r"
+            f" WHERE {' AND '.join(f'({w})' for w in where)}"
+            " ORDER BY created_at DESC, request_id DESC LIMIT $3",
+            *args,
+        )
+        return [listed_of_row(r) for r in rows]
 
     async def unconfirmed(self, limit: int = 500) -> list[Unconfirmed]:
         """Grants whose override policy has yet to confirm installed or removed, oldest
