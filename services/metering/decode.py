@@ -26,7 +26,7 @@ from quartermaster.v1.usage_pb2 import ServiceTier, UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
-from services.metering.json_event import JsonEventError, event_from_json
+from services.metering.json_event import JsonEventError, event_from_json, unknown_enum_name
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
@@ -115,7 +115,7 @@ def _parse_json(value: bytes, message: Message) -> None:
     if not isinstance(raw, dict):
         got = _JSON_KINDS.get(type(raw), type(raw).__name__)
         raise InvalidUsage(f"{where}: expected a JSON object, got {got}")
-    _check_json_tiers(raw)
+    _check_json_enums(raw)
     try:
         json_format.ParseDict(raw, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
@@ -124,26 +124,17 @@ def _parse_json(value: bytes, message: Message) -> None:
         raise InvalidUsage(f"{where}: nested too deeply") from None
 
 
-_TIER_NAMES = frozenset(ServiceTier.keys())
-
-
-def _check_json_tiers(raw: dict[str, object]) -> None:
-    """Refuse a service tier name UsageEvent does not know. ignore_unknown_fields (kept
-    for unknown fields) also turns an unknown enum name into 0, so a batch event
-    written `SERVICE_TIER_BACTH` was priced at the standard rate, twice the batch one,
-    without a word, where the same event in protobuf (an unknown number) is refused."""
+def _check_json_enums(raw: dict[str, object]) -> None:
+    """Refuse an enum name UsageEvent does not know, in a JSON event or each event of a
+    JSON batch (`json_event.unknown_enum_name` says why ParseDict would not)."""
     events = raw.get("events") if "events" in raw else None
     listed = events if isinstance(events, list) else [raw]
     for i, event in enumerate(listed):
         if not isinstance(event, dict):
             continue  # ParseDict names what is wrong with it
-        for name in ("serviceTier", "service_tier"):
-            tier = event.get(name)
-            if isinstance(tier, str) and tier not in _TIER_NAMES:
-                where = f"events[{i}].service_tier" if listed is events else "service_tier"
-                raise InvalidUsage(
-                    f"{where}: unknown tier {tier[:64]!r} (one of {', '.join(sorted(_TIER_NAMES))})"
-                )
+        unknown = unknown_enum_name(event)
+        if unknown is not None:
+            raise InvalidUsage(f"events[{i}].{unknown[0]}" if listed is events else unknown[0])
 
 
 def decode(

@@ -75,6 +75,9 @@ def event_from_json(raw: object) -> UsageEvent:
     event = _fast(raw)
     if event is not None:
         return event
+    unknown = unknown_enum_name(raw)
+    if unknown is not None:
+        raise JsonEventError(*unknown)
     event = UsageEvent()
     try:
         json_format.ParseDict(raw, event, ignore_unknown_fields=True)
@@ -84,6 +87,28 @@ def event_from_json(raw: object) -> UsageEvent:
     except RecursionError:
         raise JsonEventError("nested too deeply") from None
     return event
+
+
+_NOUNS = {"ending": "ending", "service_tier": "tier"}
+
+
+def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, field) for the first enum field of the event `raw` whose value is a name
+    (or decimal string) UsageEvent's enum does not have; None when there is none.
+    ParseDict with `ignore_unknown_fields` (kept, for unknown fields) turns such a name
+    into 0 without a word: `SERVICE_TIER_BACTH` was the standard tier, twice the batch
+    price, where the same event in protobuf (an unknown number) is refused."""
+    for key, value in raw.items():
+        found = _FIELDS.get(key)
+        if found is None or found[1] != _ENUM or type(value) is not str:
+            continue
+        name = found[0]
+        names = _ENUMS[name]
+        if value in names or (value.isdigit() and int(value) in _ENUM_NUMBERS[name]):
+            continue
+        known = ", ".join(sorted(names))
+        return f"{name}: unknown {_NOUNS.get(name, 'value')} {value[:64]!r} (one of {known})", name
+    return None
 
 
 _SKIP = -1  # a key no field has: ignored, as ParseDict ignores it

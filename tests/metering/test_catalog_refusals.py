@@ -122,6 +122,23 @@ def test_an_unknown_service_tier_in_json_is_refused_as_in_protobuf() -> None:
     assert decode(ok, JSON_HEADERS, NOW, timedelta(days=30)).events[0].service_tier == 3
 
 
+@pytest.mark.parametrize("field", ["ending", "serviceTier", "service_tier"])
+def test_any_enum_name_usage_lacks_is_refused_in_an_event_and_in_a_batch(field: str) -> None:
+    """The kind of the tier's fault: every enum of UsageEvent (the call's ending too: an
+    unknown one was counted as a completed call), in one event and in a batch, by the
+    fast JSON path and the one ParseDict takes (a key it must judge: `[ext]`)."""
+    noun = "ending" if field == "ending" else "tier"
+    name = "ending" if field == "ending" else "service_tier"
+    for extra in ({}, {"[ext.field]": 1}):
+        one = json.dumps(event_json(**{field: "CALL_ENDED_WEIRDLY"}, **extra)).encode()
+        with pytest.raises(InvalidUsage, match=f"{name}: unknown {noun} 'CALL_ENDED_WEIRDLY'"):
+            decode(one, JSON_HEADERS, NOW, timedelta(days=30))
+    batch = json.dumps({"events": [event_json(), event_json(**{field: "7x"})]}).encode()
+    headers = {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}
+    with pytest.raises(InvalidUsage, match=rf"events\[1\].{name}: unknown {noun} '7x'"):
+        decode(batch, headers, NOW, timedelta(days=30))
+
+
 @pytest.mark.parametrize(("fields", "why"), [
     ({"audioInputTokens": -5}, "audio_input_tokens: must not be negative"),
     ({"cacheWrite1hInputTokens": "-1"}, "cache_write_1h_input_tokens: must not be negative"),

@@ -11,13 +11,25 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
+from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
 from services.metering.ingest_body import batch_value
 from services.metering.json_event import JsonEventError, _fast, event_from_json
 
+_ENUM_FIELDS = {"ending": CallEnding, "serviceTier": ServiceTier, "service_tier": ServiceTier}
+
 
 def reference(raw: Any) -> UsageEvent | str:
-    """What ParseDict makes of `raw`: the event, or "error"."""
+    """What ParseDict makes of `raw`: the event, or "error"; and "error" for an enum
+    name the enum lacks (ParseDict with ignore_unknown_fields makes it 0, silently)."""
+    if isinstance(raw, dict):
+        for key, enum in _ENUM_FIELDS.items():
+            value, names, numbers = raw.get(key), set(enum.keys()), set(enum.values())
+            if (
+                isinstance(value, str)
+                and value not in names
+                and not (value.isdigit() and int(value) in numbers)
+            ):
+                return "error"
     event = UsageEvent()
     try:
         json_format.ParseDict(raw, event, ignore_unknown_fields=True)
