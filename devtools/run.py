@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Awaitable
@@ -28,13 +27,13 @@ from devtools.discovery import settings_classes
 from devtools.localinfra.health import wait_serving
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
+from devtools.run_hints import credential_lines, demo_tokens, ingest_line, token_with
 from devtools.run_notifier import slack_id, start_standin
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.redact import mask_url
 from quartermaster.settings import Settings, load_or_exit
-from quartermaster.tokens import parse_tokens
 from services.policy.decide import Enforcement
 from services.policy.directory import UserInfo
 from services.policy.settings import PolicySettings
@@ -112,75 +111,6 @@ async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> Non
         await pool.close()
 
 
-def _grpcurl_tls(policy: PolicySettings) -> str:
-    """grpcurl's flags for reaching policy as this run's settings say."""
-    if policy.tls_cert_file is None:
-        return "-plaintext"
-    files = {"-cacert": policy.tls_ca_file, "-cert": policy.tls_client_cert_file,
-             "-key": policy.tls_client_key_file}  # fmt: skip
-    return " ".join(f"{flag} {path}" for flag, path in files.items() if path is not None)
-
-
-def _demo_tokens() -> str:
-    """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices), and
-    one each for carol and her manager alice as themselves (member: the credit request)."""
-    names = ("gateway", "reader", "ops", "notifier", "reporter")
-    made = {name: secrets.token_urlsafe(24) for name in names}
-    # notifier: decides a Slack click at the requests service as the person who clicked
-    roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader",
-             "notifier": "delegate", "reporter": "reporter"}  # fmt: skip
-    spec = [f"local-{name}:{roles[name]}:{token}" for name, token in made.items()]
-    spec += [f"{who}:member:{secrets.token_urlsafe(24)}" for who in (demo.ASKER, demo.MANAGER)]
-    return ",".join(spec)
-
-
-def _token_with(spec: str, role: str) -> str:
-    """The first token of `spec` (QM_TOKENS) holding `role`; "" when none does."""
-    return next((t for t, grant in parse_tokens(spec).items() if role in grant.roles), "")
-
-
-def _tls_line(policy: PolicySettings) -> str:
-    """Whether this run's servers speak TLS, said once at start."""
-    if policy.tls_cert_file is None:
-        return (
-            "  TLS: off (plaintext, for this machine only; QM_TLS_CERT_FILE and "
-            "QM_TLS_KEY_FILE in the environment turn it on: docs/security.md#tls)"
-        )
-    mutual = ", mutual: clients need a certificate" if policy.tls_client_ca_file else ""
-    return f"  TLS: on (QM_TLS_* from the environment{mutual})"
-
-
-def _credential_lines(spec: str, made: bool, policy: PolicySettings) -> list[str]:
-    """What to tell the person at the terminal about this run's credentials (`spec`:
-    its QM_TOKENS): with tokens `made` for this run, each token with its name and
-    roles; with QM_TOKENS from the environment, names and roles only (the tokens are
-    that person's secrets: never printed), and the hints with a placeholder."""
-    grants = parse_tokens(spec)
-
-    def token(role: str) -> str:
-        found = _token_with(spec, role)
-        return found if made and found else f"<a token with role {role}>"
-
-    lines = [_tls_line(policy)]
-    if made:
-        lines.append("  tokens made for this run (QM_TOKENS; roles: docs/security.md):")
-        lines += [f"    {g.name} ({'+'.join(sorted(g.roles))}) {t}" for t, g in grants.items()]
-        lines.append("    (the gateway one is the README's gateway_token, for PolicyClient)")
-    else:
-        said = ", ".join(f"{g.name} ({'+'.join(sorted(g.roles))})" for g in grants.values())
-        lines.append(f"  tokens: QM_TOKENS from the environment, not shown: {said or 'none'}")
-    admin = token("admin")
-    lines += [
-        "  with grpcurl, where it is installed:",
-        f"    grpcurl {_grpcurl_tls(policy)} -H 'authorization: Bearer {admin}' -d "
-        "'{\"user_id\":\"carol\"}' "
-        f"{policy.addr} quartermaster.v1.PolicyAdminService/ExplainLimit",
-        f"    QM_TOKEN={token('prices')} .venv/bin/python -m services.metering.cli "
-        "prices load services/metering/prices.yaml --dry-run",
-    ]  # fmt: skip
-    return lines
-
-
 # Where `make run`'s services serve /metrics (metering's is on by default anyway).
 LOCAL_METRICS = {"QM_POLICY_METRICS_ADDR": 9465, "QM_REQUESTS_METRICS_ADDR": 9466,
                  "QM_USAGE_API_METRICS_ADDR": 9468, "QM_NOTIFIER_METRICS_ADDR": 9467}  # fmt: skip
@@ -197,15 +127,15 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
         env.setdefault(name, f"127.0.0.1:{port}")
     made = not env.get("QM_TOKENS")
     if made:
-        env["QM_TOKENS"] = _demo_tokens()
-    for line in _credential_lines(env["QM_TOKENS"], made, policy):
+        env["QM_TOKENS"] = demo_tokens()
+    for line in credential_lines(env["QM_TOKENS"], made, policy):
         say(line)
-    reader = _token_with(env["QM_TOKENS"], "reader")
+    reader = token_with(env["QM_TOKENS"], "reader")
     for name in ("QM_DIRECTORY_TOKEN", "QM_REQUESTS_CLIENT_TOKEN"):
         if not env.get(name):
             env[name] = reader
     if not env.get("QM_NOTIFIER_DELEGATE_TOKEN"):
-        env["QM_NOTIFIER_DELEGATE_TOKEN"] = _token_with(env["QM_TOKENS"], "delegate")
+        env["QM_NOTIFIER_DELEGATE_TOKEN"] = token_with(env["QM_TOKENS"], "delegate")
     # The requests service asks policy and the Cost API; the notifier asks it.
     env["QM_REQUESTS_POLICY_ADDR"] = policy.addr
     env.setdefault("QM_REQUESTS_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
@@ -213,20 +143,6 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
     # The demo has no groups: every ask goes to the asker's manager.
     env.setdefault("QM_REQUESTS_RULES", "manager:1:0")
     return env
-
-
-def _ingest_line(env: dict[str, str], policy: PolicySettings) -> str:
-    """Where metering's HTTP ingest listens, and how to post to it: with the reporter
-    token `make run` made, else a placeholder (the environment's tokens are secret)."""
-    addr = env.get("QM_METERING_INGEST_ADDR", "127.0.0.1:8094")
-    scheme = "https" if policy.tls_cert_file is not None else "http"
-    made = _token_with(env["QM_TOKENS"], "reporter")
-    token = made if made and not os.environ.get("QM_TOKENS") else "<a token with role reporter>"
-    return (
-        f"  HTTP ingest on {scheme}://{addr}/v1/usage (JSON or NDJSON UsageEvents):\n"
-        f"    .venv/bin/python -m services.metering.report --http {scheme}://{addr}/v1/usage "
-        f"--token {token} < events.jsonl"
-    )
 
 
 async def _requests_and_demo(
@@ -246,6 +162,28 @@ async def _requests_and_demo(
                                   dev.demo_ask_credits, dev.demo_grant_seconds, after)  # fmt: skip
     say(said)
     return made
+
+
+async def _work(
+    dev: DevSettings, infra: Infra, policy: PolicySettings, env: dict[str, str],
+    requests_child: ChildProcess,
+) -> tuple[Awaitable[object], demo.CreditDemo | None]:  # fmt: skip
+    """What runs until Ctrl-C (the demo traffic, or nothing: said which), and the credit
+    request demo the traffic's DENYs start (None without traffic)."""
+    gateway = token_with(env["QM_TOKENS"], "gateway")
+    traffic = bool(dev.demo_traffic and gateway)
+    credit_demo = await _requests_and_demo(dev, env, requests_child, traffic)
+    if not traffic:
+        why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
+        say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
+        return asyncio.Event().wait(), None
+    say("Press Ctrl-C to stop.\n")
+    work = simulator.run(
+        infra.kafka_bootstrap, policy.addr, policy.workspace_id,
+        tls=policy.client_tls, token=gateway,
+        on_deny=credit_demo.denied if credit_demo is not None else None,
+    )  # fmt: skip
+    return work, credit_demo
 
 
 class ServiceDied(Exception):
@@ -347,21 +285,8 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
                 f"  Cost API and price catalog on {api_addr}: "
                 ".venv/bin/python -m services.metering.cli"
             )
-            say(_ingest_line(env, policy))
-            gateway = _token_with(env["QM_TOKENS"], "gateway")
-            traffic = bool(dev.demo_traffic and gateway)
-            credit_demo = await _requests_and_demo(dev, env, requests_child, traffic)
-            if traffic:
-                say("Press Ctrl-C to stop.\n")
-                work: Awaitable[object] = simulator.run(
-                    infra.kafka_bootstrap, policy.addr, policy.workspace_id,
-                    tls=policy.client_tls, token=gateway,
-                    on_deny=credit_demo.denied if credit_demo is not None else None,
-                )  # fmt: skip
-            else:
-                why = "QM_TOKENS has no gateway token" if dev.demo_traffic else "QM_DEMO_TRAFFIC=0"
-                say(f"{why}: no demo traffic. Press Ctrl-C to stop.")
-                work = asyncio.Event().wait()
+            say(ingest_line(env, policy))
+            work, credit_demo = await _work(dev, infra, policy, env, requests_child)
             await _until_first_exit(work, children)
         except ServiceDied as died:
             say(f"\n{died}")  # first, before the shutdown's lines

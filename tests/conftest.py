@@ -12,12 +12,12 @@ Docker engine answers, else a local PostgreSQL and tansu broker on free ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -48,6 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_LIMIT_CREDITS = 10
 PARTITIONS = 3
 ADMIN_TOKEN = TOKENS["admin"]
+
+# Fixtures of their own modules, for every test directory.
+pytest_plugins = ["tests.ingest_fixtures"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -200,6 +203,20 @@ async def _admin_sql(database_url: str, sql: str) -> None:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def database_of_its_own(infra: Infra) -> AsyncIterator[str]:
+    """A fresh database on the session's PostgreSQL, migrated; its URL; dropped after."""
+    admin_url = infra.database_url
+    name = f"qm_own_{uuid.uuid4().hex[:8]}"
+    await _admin_sql(admin_url, f"CREATE DATABASE {name}")
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    try:
+        await asyncio.to_thread(migrate, url, migration_dirs())
+        yield url
+    finally:
+        await _admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 async def metered_replicas(
     request: pytest.FixtureRequest, _infra_session: Infra, service_env: dict[str, str]
@@ -210,55 +227,14 @@ async def metered_replicas(
     touch nobody); dropped after."""
     if request.node.get_closest_marker("infra") is None:
         raise pytest.UsageError(f"{request.node.nodeid} uses policy without @pytest.mark.infra")
-    admin_url = _infra_session.database_url
-    name = f"qm_replicas_{uuid.uuid4().hex[:8]}"
-    await _admin_sql(admin_url, f"CREATE DATABASE {name}")
-    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    reps = Replicas({**service_env, "QM_DATABASE_URL": url}, url, service_env["QM_WORKSPACE_ID"])
-    try:
-        await asyncio.to_thread(migrate, url, migration_dirs())
-        yield reps
-    finally:
-        await reps.close()
-        await _admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture(scope="session")
-def _ingest_session(service_env: dict[str, str]) -> Iterator[str]:
-    """metering's HTTP ingest for the session, as a real process
-    (`python -m services.metering.ingest`); yields its address (host:port) once its
-    /healthz says the broker is reachable."""
-    addr = f"127.0.0.1:{free_port()}"
-    log_path = ROOT / ".run" / f"test-{os.getpid()}-logs" / "ingest.log"
-    argv = [sys.executable, "-m", "services.metering.ingest"]
-    env = {**service_env, "QM_METERING_INGEST_ADDR": addr}
-    proc = ChildProcess("ingest", argv, log_path, env=env, cwd=ROOT)
-    proc.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not _healthy(addr):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the ingest never got healthy:\n{proc.log_tail()}")
-            time.sleep(0.2)
-        yield addr
-    finally:
-        proc.stop(timeout=15)
-
-
-def _healthy(addr: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{addr}/healthz", timeout=5) as resp:
-            return bool(resp.status == 200)
-    except OSError:  # not listening yet, or 503 (an HTTPError is an OSError)
-        return False
-
-
-@pytest.fixture
-def ingest_addr(request: pytest.FixtureRequest, _ingest_session: str) -> str:
-    """host:port of the session's HTTP ingest (POST /v1/usage, /healthz, /metrics)."""
-    if request.node.get_closest_marker("infra") is None:
-        raise pytest.UsageError(f"{request.node.nodeid} uses the ingest without @pytest.mark.infra")
-    return _ingest_session
+    async with database_of_its_own(_infra_session) as url:
+        reps = Replicas(
+            {**service_env, "QM_DATABASE_URL": url}, url, service_env["QM_WORKSPACE_ID"]
+        )
+        try:
+            yield reps
+        finally:
+            await reps.close()
 
 
 @pytest.fixture(scope="session")

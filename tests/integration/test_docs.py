@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import pytest
 from devtools.localinfra import free_port
 from devtools.localinfra.stack import Infra
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
-from tests.conftest import ADMIN_TOKEN, MeteringWorker
+from tests.conftest import ADMIN_TOKEN, MeteringWorker, database_of_its_own
 from tests.helpers import TOKENS, channel
 from tests.integration.docs_blocks import ROOT, Block, all_blocks, commands
 from tests.integration.docs_stack import LOGS, DocsStack, Server, run_shown, shell
@@ -105,7 +104,9 @@ COMMANDS: dict[str, Runner] = {
     "curl -s -X POST http://127.0.0.1:8094/v1/usage": Session(),
     "curl -s http://127.0.0.1:8094/healthz": Session(),
     # The session's ingest is this command (tests/conftest.py, _ingest_session).
-    f"{PY} -m services.metering.ingest": RunBy("tests/conftest.py", '"services.metering.ingest"]'),
+    f"{PY} -m services.metering.ingest": RunBy(
+        "tests/ingest_fixtures.py", '"services.metering.ingest"]'
+    ),
     f"{CLI} top": Session(),
     f"{CLI} usage": Session(),
     f"{CLI} prices": Session(),
@@ -208,12 +209,24 @@ async def docs_stack(
 ) -> AsyncIterator[DocsStack]:
     """policy, the Cost API and the requests service as operations.md and the requests
     README start them; the default limit set as limits.md does. Used only by tests
-    marked infra (they also ask for `infra`)."""
+    marked infra (they also ask for `infra`). They serve the session's workspace (the
+    one the session's metering worker and ingest count: an event naming none is
+    theirs, and policy skips another workspace's totals) from a database of their own,
+    so the docs' limits touch no other test (the Cost API reads the session's
+    database, where that worker writes)."""
+    async with database_of_its_own(_infra_session) as url:
+        async for stack in _docs_stack(_infra_session, _ingest_session, service_env, url):
+            yield stack
+
+
+async def _docs_stack(
+    infra: Infra, ingest: str, service_env: dict[str, str], database_url: str
+) -> AsyncIterator[DocsStack]:
     policy_addr, api_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     requests_addr = f"127.0.0.1:{free_port()}"
     env = {
         **service_env,
-        "QM_WORKSPACE_ID": f"ws-docs-{uuid.uuid4().hex[:8]}",
+        "QM_DATABASE_URL": database_url,
         "QM_POLICY_ADDR": policy_addr,
         "QM_DIRECTORY_ADDR": policy_addr,
         "QM_USAGE_API_ADDR": api_addr,
@@ -231,17 +244,23 @@ async def docs_stack(
         "QM_REQUESTS_FALLBACK_APPROVER": "lead",
     }
     stack = DocsStack(env, {
-        "127.0.0.1:9092": _infra_session.kafka_bootstrap,
+        "127.0.0.1:9092": infra.kafka_bootstrap,
         "127.0.0.1:50051": policy_addr,
         "127.0.0.1:50052": api_addr,
         "127.0.0.1:9464": service_env["QM_METERING_METRICS_ADDR"],
-        "127.0.0.1:8094": _ingest_session,
+        "127.0.0.1:8094": ingest,
     })  # fmt: skip
     rc, out = await shell(f"{PY} -m services.policy set-default 20 --actor tests", env)
     assert rc == 0, out
     servers = [
         Server(f"{PY} -m services.policy", env, policy_addr, LOGS / "policy.log"),
-        Server(f"{PY} -m services.metering.api", env, api_addr, LOGS / "cost-api.log"),
+        # The Cost API reads the rollups the session's metering worker writes.
+        Server(
+            f"{PY} -m services.metering.api",
+            {**env, "QM_DATABASE_URL": infra.database_url},
+            api_addr,
+            LOGS / "cost-api.log",
+        ),
         Server(f"{PY} -m services.requests", env, requests_addr, LOGS / "requests.log"),
     ]
     try:

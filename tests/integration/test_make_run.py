@@ -119,7 +119,7 @@ def _approve_carols_request_on_the_page(port: int) -> None:
         answer = resp.read().decode()
     assert answer.endswith("answered 200: "), answer
     page = _page(port, "Your request for 200.00 credits: approved")
-    assert "You approved request cr-" in page  # alice, ephemerally
+    assert "You approved request demo-" in page  # alice, ephemerally
     assert "Approved by Alice (chat, light) at " in page  # her copy, edited
     assert "to carol@example.com" in page  # the e-mails, on the same page
 

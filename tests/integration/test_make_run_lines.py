@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from devtools import demo_requests as demo
-from devtools.run import _credential_lines, _demo_tokens
+from devtools.run_hints import credential_lines, demo_tokens
 from services.policy.settings import PolicySettings
 from services.requests import cli
 from tests.tlskit import make_pki
@@ -22,8 +22,8 @@ def _policy(env: dict[str, str] | None = None) -> PolicySettings:
 
 
 def test_made_tokens_are_shown_each_with_its_name_and_roles() -> None:
-    spec = _demo_tokens()
-    lines = _credential_lines(spec, True, _policy())
+    spec = demo_tokens()
+    lines = credential_lines(spec, True, _policy())
     text = "\n".join(lines)
     assert lines[0].startswith("  TLS: off (plaintext, for this machine only")
     for entry in spec.split(","):
@@ -36,7 +36,7 @@ def test_made_tokens_are_shown_each_with_its_name_and_roles() -> None:
 
 
 def test_tokens_from_the_environment_are_named_never_shown_and_the_hints_stay() -> None:
-    text = "\n".join(_credential_lines(OWN, False, _policy()))
+    text = "\n".join(credential_lines(OWN, False, _policy()))
     assert "QM_TOKENS from the environment, not shown: gw-eu (gateway), ops (admin+prices)" in text
     assert "own-gateway-token" not in text
     assert "own-ops-token" not in text
@@ -47,7 +47,7 @@ def test_tokens_from_the_environment_are_named_never_shown_and_the_hints_stay() 
 def test_tls_from_the_environment_is_said_with_grpcurls_flags(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     policy = _policy(pki.server_env(mutual=True) | pki.client_env(with_cert=True))
-    lines = _credential_lines(OWN, False, policy)
+    lines = credential_lines(OWN, False, policy)
     assert (
         lines[0] == "  TLS: on (QM_TLS_* from the environment, mutual: clients need a certificate)"
     )
@@ -55,7 +55,7 @@ def test_tls_from_the_environment_is_said_with_grpcurls_flags(tmp_path: Path) ->
 
 
 def test_the_demo_credit_request_needs_carol_and_alice_as_members() -> None:
-    made, said = demo.credit_demo(_demo_tokens(), "127.0.0.1:50053", None, 200, 120, 5.0)
+    made, said = demo.credit_demo(demo_tokens(), "127.0.0.1:50053", None, 200, 120, 5.0)
     assert made is not None
     assert said == (
         "  when carol is denied she asks for 200 credits for 120 s; alice, her manager, decides on "
