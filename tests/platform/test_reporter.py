@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from devtools.localinfra.stack import Infra
 from quartermaster import kafka
@@ -29,6 +32,10 @@ def used_of(policy: Stub, user: str):  # type: ignore[no-untyped-def]
 
 
 def test_our_producers_partition_like_the_java_client(infra: Infra) -> None:
+    # Made first: no Quartermaster producer lets the broker auto-create a topic.
+    topic = f"qm.partition-probe-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": infra.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)])[topic].result()
     producer = kafka.producer(infra.kafka_bootstrap)
     got: dict[str, int] = {}
 
@@ -38,10 +45,11 @@ def test_our_producers_partition_like_the_java_client(infra: Infra) -> None:
 
     keys = [f"partition-probe-{i}" for i in range(200)]
     for k in keys:
-        producer.produce("qm.partition-probe", key=k.encode(), value=b"x", on_delivery=delivered)
+        producer.produce(topic, key=k.encode(), value=b"x", on_delivery=delivered)
     assert producer.flush(30) == 0
-    meta = producer.list_topics("qm.partition-probe", timeout=10)
-    n = len(meta.topics["qm.partition-probe"].partitions)
+    meta = producer.list_topics(topic, timeout=10)
+    n = len(meta.topics[topic].partitions)
+    assert n == 12
     assert got == {k: partition_of(k, n) for k in keys}
 
 
