@@ -24,14 +24,19 @@ run: $(STAMP) ## run the whole system locally with demo traffic (Ctrl-C stops it
 	@# PostgreSQL (a fork, then exec of pg_ctl, which uses no gRPC).
 	@GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m devtools.run
 
-test: $(STAMP) ## lint, type-check and run every test against real infrastructure
+# The unit tests on every core (pytest-xdist): they share nothing. The tests against
+# infrastructure share one session's PostgreSQL, broker and services, so run in one.
+UNIT := -m "not infra and not suite" -q -n auto
+
+test: $(STAMP) ## lint, type-check, the unit tests, then every test against real infrastructure
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-unit
+	$(PY) -m pytest -m "infra or suite"
 
-test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker, in under 30 s
-	$(PY) -m pytest -m "not infra and not suite" -q
+test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker, in under a minute
+	$(PY) -m pytest $(UNIT)
 
 lint: $(STAMP) ## ruff lint + format check and mypy strict
 	$(PY) -m ruff check .

@@ -84,9 +84,7 @@ COMMANDS: dict[str, Runner] = {
     ),
     "make test": RunBy(".ci/run", "make test"),
     "make help": Offline(),
-    "make test-unit": RunBy(
-        "tests/integration/test_unit_target.py", '"--no-print-directory", "test-unit"]'
-    ),
+    "make test-unit": RunBy("Makefile", "$(MAKE) --no-print-directory test-unit"),
     "make migrate": Session(),
     "make bench-metering": BENCH_SMOKE,
     "make bench-dedupe": BENCH_SMOKE,
