@@ -140,6 +140,8 @@ def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[s
     env["QM_REQUESTS_POLICY_ADDR"] = policy.addr
     env.setdefault("QM_REQUESTS_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
     env.setdefault("QM_NOTIFIER_REQUESTS_ADDR", env.get("QM_REQUESTS_ADDR", "127.0.0.1:50053"))
+    # The notifier asks the Cost API what drove a threshold crossing.
+    env.setdefault("QM_NOTIFIER_USAGE_API_ADDR", env.get("QM_USAGE_API_ADDR", "127.0.0.1:50052"))
     # The demo has no groups: every ask goes to the asker's manager.
     env.setdefault("QM_REQUESTS_RULES", "manager:1:0")
     return env

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import asyncpg
 from confluent_kafka import Consumer, KafkaError, KafkaException
@@ -29,7 +30,7 @@ from quartermaster.directory_client import DirectoryClient, DirectoryRequestErro
 from quartermaster.topics import Topic
 from quartermaster.v1 import notifications_pb2, requests_pb2
 from quartermaster.workspaces import ForeignRecords
-from services.notifier.audience import Person
+from services.notifier.audience import Intent, Person
 from services.notifier.mapping import fact_of, intent_of, person_of
 from services.notifier.plan import Audience, Plan, Preference, plan_intent, plan_request
 from services.notifier.render import Style
@@ -86,17 +87,26 @@ class ClickPeople:
         return user.user_id or None
 
 
+class Drivers(Protocol):
+    """Adds what drove a person's spend to their threshold intent (`drivers.SpendDrivers`);
+    never raises for an unreachable source: the intent comes back as it was."""
+
+    async def add_to(self, intent: Intent) -> Intent: ...
+
+
 class Intake:
     """Plans each record and records its deliveries (see the module docstring).
     `webhooks` (name → URL) hear of every record, those `gate` says are disabled
-    left out."""
+    left out; `drivers`, when given, adds the top product and model to threshold
+    intents before they are planned."""
 
     def __init__(
         self, store: DeliveryStore, preferences: PreferenceStore, people: People,
         default: Preference, available: Iterable[str], style: Style,
         retry_seconds: float = 1.0, webhooks: Mapping[str, str] | None = None,
-        gate: WebhookGate | None = None,
+        gate: WebhookGate | None = None, drivers: Drivers | None = None,
     ) -> None:  # fmt: skip
+        self._drivers = drivers
         self._store = store
         self._prefs = preferences
         self._people = people
@@ -153,6 +163,8 @@ class Intake:
             if self.foreign_notes.foreign(note.workspace_id):
                 return Plan([], [])  # another deployment's: the topics may be shared
             intent = intent_of(note)
+            if self._drivers is not None:
+                intent = await self._drivers.add_to(intent)
             first = await self._people.get(intent.recipient_user_id)
             users = [intent.recipient_user_id, first.manager_id if first else ""]
             return plan_intent(intent, await self.audience(users), self._style)

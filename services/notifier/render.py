@@ -66,26 +66,41 @@ def _kind_of_key(period_key: str) -> PeriodKind | None:
     return {2: PeriodKind.MONTH, 3: PeriodKind.DAY}.get(len(parts))
 
 
+def period_window(period_key: str, at: datetime, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
+    """[start, end) of the period `period_key` ("2026-11", "2026-W48", "2026-11-30", in
+    time zone `tz`) when it is the one `at` falls in; None otherwise (an unknown key,
+    or a period that is over)."""
+    kind = _kind_of_key(period_key)
+    if kind is None:
+        return None
+    period = period_of(kind, at, tz)
+    return (period.start, period.end) if period.key == period_key else None
+
+
 def runs_out_at(
     used: int, limit: int, period_key: str, at: datetime, tz: ZoneInfo
 ) -> datetime | None:
     """When spend reaches `limit` at the period's average rate so far (micros,
     `at` aware); None when it already has, when nothing was spent, or when it won't
     before the period ends."""
-    kind = _kind_of_key(period_key)
-    if kind is None or used <= 0 or used >= limit:
+    window = period_window(period_key, at, tz)
+    if window is None or used <= 0 or used >= limit:
         return None
-    period = period_of(kind, at, tz)
-    elapsed = (at - period.start).total_seconds()
-    if period.key != period_key or elapsed <= 0:
+    start, end = window
+    elapsed = (at - start).total_seconds()
+    if elapsed <= 0:
         return None
     out = at + timedelta(seconds=(limit - used) * elapsed / used)
-    return out if out < period.end else None
+    return out if out < end else None
 
 
 def _drivers(data: dict[str, str]) -> str:
-    parts = [f"{label} {data[key]}" for key, label in (("top_product", "product"),
-             ("top_model", "model")) if data.get(key)]  # fmt: skip
+    parts = []
+    for key, label in (("top_product", "product"), ("top_model", "model")):
+        if data.get(key):
+            micros = _int(data, f"{key}_micros")
+            parts.append(f"{label} {data[key]}" + (f" ({credits(micros)} credits)"
+                                                   if micros else ""))  # fmt: skip
     return f"Most of it: {', '.join(parts)}." if parts else ""
 
 

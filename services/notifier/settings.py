@@ -44,6 +44,10 @@ class NotifierSettings(CommonSettings, EmailSettings, WebhookSettings, Interacti
     """policy's DirectoryService, where people's Slack ids, e-mails and managers are"""
     directory_token: str = Field("", validation_alias="QM_DIRECTORY_TOKEN")
     """Bearer token sent to policy's DirectoryService (role reader)"""
+    usage_api_addr: HostPortOrEmpty = ""
+    """The Cost API (metering's UsageService), asked what drove a person's spend for
+    their threshold messages (top product and model; with QM_DIRECTORY_TOKEN, role
+    reader); empty: those messages give the numbers only"""
     group_id: str = "qm-notifier"
     """Kafka consumer group the replicas share the intents and request events in"""
     session_timeout_seconds: int = Field(10, ge=2, le=300)

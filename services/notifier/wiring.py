@@ -32,6 +32,7 @@ from quartermaster.grpcclient import open_channel
 from quartermaster.v1 import requests_pb2_grpc
 from services.notifier import intake, retries, slack
 from services.notifier.channel import Channel
+from services.notifier.drivers import SpendDrivers
 from services.notifier.email import EmailChannel
 from services.notifier.interactivity import (
     PATH,
@@ -72,6 +73,7 @@ class RunningNotifier:
     clicks: Clicks | None = None
     webhook: WebhookChannel | None = None
     channels: dict[str, Channel] = field(default_factory=dict)
+    drivers: SpendDrivers | None = None
 
     async def stop(self) -> None:
         self.consumer.stopping = True
@@ -87,6 +89,8 @@ class RunningNotifier:
         if self.webhook is not None:
             await self.webhook.close()
         await self.directory.close()
+        if self.drivers is not None:
+            await self.drivers.close()
         if self.slack.web.session is not None:
             await self.slack.web.session.close()
         await self.pool.close()
@@ -194,9 +198,14 @@ async def start(
         token=settings.directory_token,
     )  # fmt: skip
     style = Style(settings.ask_url, settings.timezone)
+    drivers = None
+    if settings.usage_api_addr:
+        drivers = SpendDrivers(settings.usage_api_addr, tls=settings.client_tls,
+                               token=settings.directory_token, tz=settings.timezone)  # fmt: skip
     take = intake.Intake(
         store, PreferenceStore(pool, ws), intake.People(directory),
         preference_of(settings.default_channels), channels, style, webhooks=endpoints, gate=gate,
+        drivers=drivers,
     )  # fmt: skip
     consumer = intake.BatchConsumer(take, settings.kafka_bootstrap, settings.group_id,
                                     settings.session_timeout_seconds)  # fmt: skip
@@ -216,4 +225,4 @@ async def start(
     log.info("notifier %s running for workspace %s: channels %s", sender_id, ws,
              ", ".join(sorted(channels)))  # fmt: skip
     return RunningNotifier(pool, store, consumer, take, sender, reconciler, digester,
-                           directory, slack_, tasks, clicks, hook, channels)  # fmt: skip
+                           directory, slack_, tasks, clicks, hook, channels, drivers)  # fmt: skip

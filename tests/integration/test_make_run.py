@@ -200,11 +200,13 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         assert "limit reached" in seen[-1]
         page = ""
         deadline = time.monotonic() + 60
-        while "to UCAROL" not in page and time.monotonic() < deadline:
+        # carol's warnings say what drove her spend (the notifier asks the Cost API)
+        while "Most of it: product agents (" not in page and time.monotonic() < deadline:
             with urllib.request.urlopen(f"http://127.0.0.1:{ports['slack']}/") as resp:
                 page = resp.read().decode()
             time.sleep(0.5)
         assert "to UCAROL" in page, "carol's threshold message reaches the Slack stand-in"
+        assert "Most of it: product agents (" in page, page[-3000:]
         # The ingest's line, with the reporter token make run made: it takes an event.
         url = f"http://127.0.0.1:{ports['ingest']}/v1/usage"
         said = re.search(rf"--http {re.escape(url)} --token (\S{{16,}}) < events.jsonl", text)

@@ -13,6 +13,8 @@ import pytest
 from devtools.localinfra.stack import Infra
 from devtools.slack_standin import SlackStandin
 from quartermaster.v1 import policy_pb2
+from services.metering import api
+from services.metering.settings import MeteringSettings
 from services.notifier import wiring
 from services.notifier.settings import NotifierSettings
 from services.policy.decide import Enforcement
@@ -42,8 +44,15 @@ async def test_usage_crossing_80_percent_sends_one_slack_message_per_crossing(
     [policy] = await replicas.start(1)
     user = new_user()
     await add_people(replicas.admin(policy), [user])
-    settings = NotifierSettings.from_env(notifier_env(replicas.env, standin, policy.port))
-    notifier = await wiring.start(settings)
+    # The Cost API, which the notifier asks what drove the crossing, reads the rollups
+    # the session's metering worker writes.
+    usage_api = await api.start(
+        MeteringSettings.from_env({**replicas.env, "QM_DATABASE_URL": infra.database_url}),
+        addr="127.0.0.1:0",
+    )
+    env = notifier_env(replicas.env, standin, policy.port,
+                       QM_NOTIFIER_USAGE_API_ADDR=f"127.0.0.1:{usage_api.served.port}")  # fmt: skip
+    notifier = await wiring.start(NotifierSettings.from_env(env))
     try:
         stub = replicas.policy(policy)
 
@@ -64,6 +73,7 @@ async def test_usage_crossing_80_percent_sends_one_slack_message_per_crossing(
         await asyncio.sleep(1.0)  # a second message, were one coming, would be here by now
     finally:
         await notifier.stop()
+        await usage_api.stop(1)
     # The 17 events may reach policy in one total (one message: 80 %) or in two, the
     # first past 50 % (then that crossing has its own message first). Never twice.
     said = sorted(t.split(" of ", 1)[0] for t in texts())
@@ -71,4 +81,6 @@ async def test_usage_crossing_80_percent_sends_one_slack_message_per_crossing(
     [message] = [m for m in standin.posted(f"DU{user}") if m.text.startswith(said[-1])]
     assert " of 0.13 credits in " in message.text
     assert "(80 %)" in message.text
+    assert "Most of it: product chat (0." in message.text, message.text  # what drove it
+    assert ", model gpt-5 (0." in message.text, message.text
     assert message.metadata["event_type"] == "qm_delivery"
