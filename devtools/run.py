@@ -27,6 +27,7 @@ from devtools.discovery import settings_classes
 from devtools.localinfra.health import wait_serving
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
+from devtools.ready import PROBE_USER, NotReady, probe_counted
 from devtools.run_hints import credential_lines, demo_tokens, ingest_line, token_with
 from devtools.run_notifier import slack_id, start_standin
 from quartermaster import telemetry
@@ -42,6 +43,9 @@ from services.policy.stores.limits import LimitStore
 from services.requests.settings import RequestsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+# How long make run waits for its readiness probe (a first start joins the broker's
+# group and reads every topic from the start: seconds, not milliseconds).
+READY_WITHIN_S = 60.0
 
 
 class DevSettings(Settings):
@@ -166,6 +170,20 @@ async def _requests_and_demo(
     return made
 
 
+async def _ready(infra: Infra, policy: PolicySettings, token: str) -> None:
+    """Say the system is up only once an event produced now is counted and in policy's
+    budget (devtools.ready); when it is not within READY_WITHIN_S, say where it stopped
+    (the run goes on: a slow first start may still catch up)."""
+    try:
+        took = await probe_counted(infra.kafka_bootstrap, policy.addr, policy.client_tls,
+                                   token, READY_WITHIN_S)  # fmt: skip
+    except NotReady as exc:
+        say(f"  NOT ready after {READY_WITHIN_S:g} s: {exc}")
+        return
+    say(f"  ready: an event produced now was counted and in policy's budget {took:.1f} s "
+        f"later (user {PROBE_USER})")  # fmt: skip
+
+
 async def _work(
     dev: DevSettings, infra: Infra, policy: PolicySettings, env: dict[str, str],
     requests_child: ChildProcess,
@@ -173,6 +191,7 @@ async def _work(
     """What runs until Ctrl-C (the demo traffic, or nothing: said which), and the credit
     request demo the traffic's DENYs start (None without traffic)."""
     gateway = token_with(env["QM_TOKENS"], "gateway")
+    await _ready(infra, policy, token_with(env["QM_TOKENS"], "reader") or gateway)
     traffic = bool(dev.demo_traffic and gateway)
     credit_demo = await _requests_and_demo(dev, env, requests_child, traffic)
     if not traffic:

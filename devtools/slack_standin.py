@@ -311,11 +311,25 @@ class SlackStandin:
             return resp.status, await resp.text()
 
     async def _click(self, request: web.Request) -> web.Response:
+        """The page's button: a form of `message` (its index on the page) and `action`.
+        What Slack would not let happen is answered with why: a message that is not
+        there, or a button it does not have (any more: a decided request's copies are
+        edited and lose their buttons)."""
         form = await request.post()
-        message = self.state.messages[int(str(form["message"]))]
+        index, action = str(form.get("message", "")), str(form.get("action", ""))
+        if not index.isdigit() or int(index) >= len(self.state.messages):
+            return web.Response(text=f"no message {index!r} on this page", status=404)
+        message = self.state.messages[int(index)]
+        actions = {e.get("action_id") for b in message.blocks if b.get("type") == "actions"
+                   for e in b.get("elements", [])}  # fmt: skip
+        if action not in actions:
+            has = ", ".join(sorted(str(a) for a in actions)) or "none (decided already?)"
+            return web.Response(
+                text=f"message {index} has no {action!r} button; its buttons: {has}", status=409
+            )
         if not self.interactivity_url:
             return web.Response(text="no interactivity URL configured", status=400)
-        status, text = await self.click(message, str(form["action"]))
+        status, text = await self.click(message, action)
         return web.Response(text=f"{self.interactivity_url} answered {status}: {text}")
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
@@ -122,6 +123,17 @@ def _approve_carols_request_on_the_page(port: int) -> None:
     assert "You approved request demo-" in page  # alice, ephemerally
     assert "Approved by Alice (chat, light) at " in page  # her copy, edited
     assert "to carol@example.com" in page  # the e-mails, on the same page
+    # The old form again (a copy without buttons now), and a message not on the page:
+    # refused with why, not a server error.
+    for fields, status, why in (
+        ({"message": index.group(1), "action": "approve"}, 409, "has no 'approve' button"),
+        ({"message": "99999", "action": "approve"}, 404, "no message '99999'"),
+    ):
+        again = urllib.parse.urlencode(fields).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/click", data=again)
+        assert refused.value.code == status
+        assert why in refused.value.read().decode()
 
 
 def _until_all(
@@ -189,6 +201,11 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
             raise AssertionError("no DENY within 180 s:\n" + "".join(seen[-40:]))
         text = "".join(seen)
         assert "policy gRPC serving on" in text
+        # Ready means counted: the probe's line, before the demo's traffic starts.
+        ready = re.search(r"\n  ready: an event produced now was counted and in policy's "
+                          r"budget (\d+\.\d) s later \(user qm-ready-probe\)\n", text)  # fmt: skip
+        assert ready, text[:4000]
+        assert text.index(ready.group(0)) < text.index("Demo traffic:")
         assert "  TLS: off (plaintext" in text
         # The README's gateway_token: printed with its name and role.
         assert re.search(r"\n    local-gateway \(gateway\) \S{16,}\n", text), text[:2000]
