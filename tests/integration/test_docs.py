@@ -232,6 +232,7 @@ async def _docs_stack(
         "QM_TOKEN": TOKENS["all"],
         # What make run prints for "local-reporter": the HTTP ingest's examples.
         "REPORTER_TOKEN": TOKENS["reporter"],
+        "READER_TOKEN": TOKENS["reader"],
         # The requests README's approver, a person with a token of their own.
         "QM_TOKENS": f"{service_env['QM_TOKENS']},lead:member:{LEAD_TOKEN}",
         "LEAD_TOKEN": LEAD_TOKEN,
