@@ -46,7 +46,10 @@ class Style:
     def ask(self) -> str:
         if self.ask_url:
             return f"Ask for more credits: {self.ask_url}"
-        return "Ask for more credits with RequestService.Create (quartermaster.v1)."
+        return (
+            "Ask for more credits with the requests CLI "
+            "(python -m services.requests.cli create CREDITS --why ...)."
+        )
 
     def when(self, at: datetime) -> str:
         return at.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
@@ -159,6 +162,14 @@ def _shares(label: str, shares: tuple[Share, ...]) -> str:
     return f"{label}: " + ", ".join(f"{s.name} {credits(s.micros)}" for s in top) if top else ""
 
 
+def duration(seconds: int) -> str:
+    """A grant's length as a person says it: "2 minutes", "1 hour", "1.5 hours", "3 days"."""
+    units = (("day", 86_400), ("hour", 3_600))
+    unit, size = next(((u, n) for u, n in units if seconds >= n), ("minute", 60))
+    amount = round(seconds / size, 1)
+    return f"{amount:g} {unit}" + ("" if amount == 1 else "s")
+
+
 def button_value(request_id: str, version: int) -> str:
     """The JSON a button carries (see the module docstring)."""
     return json.dumps({"request_id": request_id, "version": version})
@@ -170,7 +181,9 @@ def _standing(fact: RequestFact, style: Style) -> list[str]:
         lines.append(f"Used {credits(fact.used_micros)} of {credits(fact.limit_micros)} "
                      f"credits this {fact.period or 'period'}.")  # fmt: skip
     lines += [_shares("By product", fact.by_product), _shares("By model", fact.by_model)]
-    if fact.runs_out_at is not None:
+    if fact.limit_micros and fact.used_micros >= fact.limit_micros:
+        lines.append("The budget has run out.")
+    elif fact.runs_out_at is not None:
         lines.append(f"At this rate it runs out {style.when(fact.runs_out_at)}.")
     return lines
 
@@ -189,8 +202,8 @@ def render_ask(fact: RequestFact, to: Addressee, requester: str, style: Style) -
     """An approver's message for a new, reminded or escalated request, with buttons."""
     verb = {"request.reminded": "Reminder: ", "request.escalated": "Escalated: "}.get(fact.type, "")
     subject = f"{verb}{requester} asks for {credits(fact.amount_micros)} credits"
-    hours = fact.duration_seconds / 3600
-    lines = [f"For {hours:g} hours: {fact.justification}", *_standing(fact, style)]
+    lines = [f"For {duration(fact.duration_seconds)}: {fact.justification}",
+             *_standing(fact, style)]  # fmt: skip
     value = button_value(fact.request_id, fact.version)
     buttons: Block = {"type": "actions", "block_id": f"decide:{fact.request_id}", "elements": [
         {"type": "button", "action_id": "approve", "style": "primary", "value": value,

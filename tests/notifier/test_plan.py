@@ -4,6 +4,7 @@ schedule and the digest (no I/O)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,7 +22,7 @@ from services.notifier.plan import (
     plan_request,
     preference_of,
 )
-from services.notifier.render import Style, runs_out_at
+from services.notifier.render import Style, duration, runs_out_at
 from services.notifier.schedule import (
     MAX_DELAY_S,
     Queued,
@@ -129,6 +130,24 @@ def test_approvers_get_buttons_carrying_the_request_and_its_version() -> None:
     assert values == {"approve": {"request_id": "r-1", "version": 2},
                       "deny": {"request_id": "r-1", "version": 2}}  # fmt: skip
     assert "By product: chat 30.00, api 15.00" in d.message.text
+
+
+def test_an_ask_says_its_length_as_a_person_would_and_a_spent_budget_as_spent() -> None:
+    """A 120 s grant read "For 0.0333333 hours", and a budget already used up "runs
+    out" at an instant in the past (newcomer pass)."""
+    fact = request("request.created")
+    spent = replace(fact, duration_seconds=120, used_micros=55 * C)
+    [d] = plan_request(spent, who(), STYLE).deliveries
+    assert "For 2 minutes: eval run" in d.message.text
+    assert "The budget has run out." in d.message.text
+    assert "runs out" not in d.message.text
+    [d] = plan_request(fact, who(), STYLE).deliveries
+    assert "For 1 day: eval run" in d.message.text
+    assert "At this rate it runs out 2026-11-17 00:00 UTC." in d.message.text
+    assert [duration(s) for s in (30, 120, 3_600, 5_400, 172_800)] == [
+        "0.5 minutes", "2 minutes", "1 hour", "1.5 hours", "2 days",
+    ]  # fmt: skip
+    assert "python -m services.requests.cli create" in Style().ask()
 
 
 def test_a_decision_tells_the_requester_and_edits_every_approver_copy() -> None:
