@@ -65,7 +65,7 @@ class NotifierSettings(CommonSettings, EmailSettings, WebhookSettings, Interacti
     """Attempts before a delivery that keeps failing transiently is marked failed"""
     ask_url: str = ""
     """Link in messages where a person asks for more credits (empty: the message names
-    RequestService.Create, the call that asks)"""
+    requests CLI command that asks)"""
     hold_after_send: bool = False
     """Testing only: a sender stops for good after the receiver accepted its first
     message and before recording it, so a kill test can SIGKILL it in that window"""
