@@ -64,7 +64,7 @@ class NotifierSettings(CommonSettings, EmailSettings, WebhookSettings, Interacti
     max_attempts: int = Field(8, ge=1, le=100)
     """Attempts before a delivery that keeps failing transiently is marked failed"""
     ask_url: str = ""
-    """Link in messages where a person asks for more credits (empty: the message names
+    """Link in messages where a person asks for more credits (empty: the message names the
     requests CLI command that asks)"""
     hold_after_send: bool = False
     """Testing only: a sender stops for good after the receiver accepted its first
