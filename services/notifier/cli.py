@@ -75,7 +75,13 @@ async def _preferences(
     args: argparse.Namespace, settings: NotifierSettings, pool: asyncpg.Pool, out: TextIO
 ) -> int:
     store = PreferenceStore(pool, settings.workspace_id)
-    default = preference_of(settings.default_channels)
+    in_force = await store.default_in_force()
+    if in_force is not None:
+        default, by, since = in_force
+        said = f"the running notifier's, {by} since {since:%Y-%m-%d %H:%M} UTC"
+    else:
+        default = preference_of(settings.default_channels)
+        said = "QM_NOTIFIER_DEFAULT_CHANNELS here: no notifier has started in this workspace"
     if args.action == "set":
         choice = chosen(args.choice, args.digest, default)
         await store.set(args.user, choice)
@@ -87,7 +93,7 @@ async def _preferences(
         out.write(f"{args.user}: the workspace default ({describe(default)})\n")
     else:
         found = await store.listed(args.users)
-        out.write(f"workspace default: {describe(default)} (QM_NOTIFIER_DEFAULT_CHANNELS)\n")
+        out.write(f"workspace default: {describe(default)} ({said})\n")
         out.writelines(f"{u}: {describe(p)}\n" for u, p in found.items())
         missing = [u for u in args.users if u not in found]
         out.writelines(f"{u}: the workspace default\n" for u in missing)

@@ -188,6 +188,9 @@ async def start(
     ws = settings.workspace_id
     sender_id = f"{socket.gethostname()}:{os.getpid()}"
     store = DeliveryStore(pool, ws, sender_id)
+    # What `preferences show` reports as in force (the CLI's own shell may differ).
+    await PreferenceStore(pool, ws).record_default(preference_of(settings.default_channels),
+                                                   sender_id)  # fmt: skip
     slack_ = slack_channel(settings, SlackCopies(pool, ws))
     channels, hook, endpoints = channels_of(settings, slack_)
     channels.update(extra_channels or {})

@@ -55,7 +55,8 @@ async def test_preferences_set_show_clear_are_what_planning_reads(
     }
     code, shown = await asyncio.to_thread(run, "preferences", "show")
     assert (code, shown.splitlines()) == (0, [
-        "workspace default: both (QM_NOTIFIER_DEFAULT_CHANNELS)",
+        "workspace default: both (QM_NOTIFIER_DEFAULT_CHANNELS here: no notifier has started"
+        " in this workspace)",
         "ann: email", "lee: both + digest", "mo: slack + digest",
     ])  # fmt: skip
     assert await asyncio.to_thread(run, "preferences", "clear", "ann") == (
@@ -66,6 +67,15 @@ async def test_preferences_set_show_clear_are_what_planning_reads(
     with pytest.raises(SystemExit) as bad:
         await asyncio.to_thread(run, "preferences", "set", "ann", "pager")
     assert bad.value.code == 2
+    # A notifier started with another default: that one is in force, whatever this
+    # shell's QM_NOTIFIER_DEFAULT_CHANNELS says (make run's is "both", a shell's unset).
+    await store.record_default(Preference(("email",)), "host-a:41")
+    code, shown = await asyncio.to_thread(run, "preferences", "show")
+    assert shown.splitlines()[0].startswith(
+        "workspace default: email (the running notifier's, host-a:41 since "
+    ), shown
+    assert await asyncio.to_thread(run, "preferences", "set", "zed", "digest") == (
+        0, "zed: email + digest\n")  # fmt: skip
 
 
 @pytest.mark.infra

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -45,6 +46,29 @@ class PreferenceStore:
             self.workspace_id, user_id,
         )  # fmt: skip
         return bool(done)
+
+    async def record_default(self, default: Preference, set_by: str) -> None:
+        """The workspace default a notifier starting now applies (replicas started with
+        different QM_NOTIFIER_DEFAULT_CHANNELS: the last one to start is recorded)."""
+        await self._pool.execute(
+            """
+            INSERT INTO notifier.defaults (workspace_id, channels, set_by) VALUES ($1, $2, $3)
+            ON CONFLICT (workspace_id) DO UPDATE
+            SET channels = excluded.channels, set_by = excluded.set_by, updated_at = now()
+            """,
+            self.workspace_id, list(default.channels), set_by,
+        )  # fmt: skip
+
+    async def default_in_force(self) -> tuple[Preference, str, datetime] | None:
+        """(default, the notifier that recorded it, when, UTC) of the running notifier;
+        None when none has started in this workspace."""
+        row = await self._pool.fetchrow(
+            "SELECT channels, set_by, updated_at FROM notifier.defaults WHERE workspace_id = $1",
+            self.workspace_id,
+        )  # fmt: skip
+        if row is None:
+            return None
+        return Preference(tuple(row["channels"])), row["set_by"], row["updated_at"]
 
     async def set(self, user_id: str, preference: Preference) -> None:
         """Replace `user_id`'s preference."""
