@@ -117,12 +117,16 @@ def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: Tex
         limit=ns.limit,
     )
     resp = stub.QueryUsage(req, timeout=60, metadata=ns.metadata)
-    header = ["bucket_start", *ns.group_by, "credits", "micros", *COLUMNS]
+    # One bucket for the whole range has no start to show: no column for it in the
+    # table (CSV keeps it, empty: its columns stay the same whatever the granularity).
+    bucketed = ns.granularity != "total" or ns.format == "csv"
+    header = [*(["bucket_start"] if bucketed else []), *ns.group_by, "credits", "micros", *COLUMNS]
     rows = []
     for r in resp.rows:
-        bucket = from_timestamp(r.bucket_start).isoformat() if r.HasField("bucket_start") else ""
+        start = from_timestamp(r.bucket_start).isoformat() if r.HasField("bucket_start") else ""
+        bucket = [start] if bucketed else []
         dims = [getattr(r, {"user": "user_id", "group": "group_id"}.get(d, d)) for d in ns.group_by]
-        rows.append([bucket, *dims, credits(r.micros), str(r.micros),
+        rows.append([*bucket, *dims, credits(r.micros), str(r.micros),
                      *(str(getattr(r, c)) for c in COLUMNS)])  # fmt: skip
     _write(rows, header, ns.format, out)
     if resp.truncated:

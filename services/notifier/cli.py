@@ -51,7 +51,7 @@ STATES = ("pending", "sending", "retrying", "delivered", "failed")
 def _line(d: Delivery) -> str:
     reason = f"  {d.reason}" if d.reason else ""
     return (f"{d.id:>8}  {d.state:<9}  {d.channel:<7}  {d.recipient:<20}  "
-            f"{d.attempts:>2}  {d.dedupe_key}{reason}")  # fmt: skip
+            f"{d.attempts:>5}  {d.dedupe_key}{reason}")  # fmt: skip
 
 
 async def _deliveries(args: argparse.Namespace, pool: asyncpg.Pool, ws: str, out: TextIO) -> int:
@@ -106,7 +106,12 @@ async def _webhooks(
     gate = WebhookGate(pool, settings.workspace_id)
     if args.action == "enable":
         if not await gate.enable(args.name):
-            sys.stderr.write(f"webhook endpoint {args.name!r} is not disabled\n")
+            known = sorted(parse_endpoints(settings.webhooks.get_secret_value()))
+            if args.name in known:
+                sys.stderr.write(f"webhook endpoint {args.name!r} is not disabled\n")
+            else:
+                sys.stderr.write(f"no webhook endpoint {args.name!r}: QM_NOTIFIER_WEBHOOKS "
+                                 f"names {', '.join(known) or 'none'}\n")  # fmt: skip
             return 1
         out.write(f"webhook endpoint {args.name} enabled: notices are posted to it again\n")
         return 0

@@ -99,6 +99,21 @@ async def test_webhooks_lists_endpoints_and_enables_a_disabled_one(
     assert (await asyncio.to_thread(run, "webhooks", "enable", "ops"))[0] == 1
 
 
+@pytest.mark.infra
+async def test_enabling_an_endpoint_that_is_not_configured_names_those_that_are(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("QM_DATABASE_URL", infra.database_url)
+    monkeypatch.setenv("QM_WORKSPACE_ID", f"ws-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv(
+        "QM_NOTIFIER_WEBHOOKS", "ops=https://hooks.example/a,audit=https://b.example/"
+    )
+    assert (await asyncio.to_thread(run, "webhooks", "enable", "foo"))[0] == 1
+    said = capsys.readouterr().err
+    assert "no webhook endpoint 'foo': QM_NOTIFIER_WEBHOOKS names audit, ops" in said
+    assert "example" not in said  # no URL (they may carry credentials)
+
+
 def test_choices_read_as_preferences() -> None:
     default = Preference(("slack",))
     assert chosen("both", False, default) == Preference(("slack", "email"))
