@@ -125,13 +125,16 @@ def _lines(text: str) -> list[object]:
     return values
 
 
-def events_of(values: list[object], now: datetime, max_age: timedelta) -> list[UsageEvent]:
+def events_of(
+    values: list[object], now: datetime, max_age: timedelta, workspace: str = ""
+) -> list[UsageEvent]:
     """Every value as a valid UsageEvent (occurred_at no more than 5 minutes ahead of
-    `now` and within `max_age`); BadBody naming each bad one when any is."""
+    `now` and within `max_age`, of `workspace` or naming none; "": any); BadBody
+    naming each bad one when any is: the checks metering makes of a Kafka record."""
     events: list[UsageEvent] = []
     problems: list[Problem] = []
     bad = 0
-    accepted = Accepted.at(now, max_age)
+    accepted = Accepted.at(now, max_age, workspace)
     for i, raw in enumerate(values):
         try:
             event = event_from_json(raw)

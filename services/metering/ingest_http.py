@@ -115,7 +115,8 @@ class IngestMetrics:
 class Ingest:
     """The endpoints over `producer`; `reporters` who may post; `max_body` bytes the
     largest body; `max_age` the oldest occurred_at accepted; `retry_after` seconds
-    said with a 503."""
+    said with a 503; `workspace` the one metering counts (an event naming another is
+    refused, as metering would dead-letter it; "": any, for tests of the body alone)."""
 
     def __init__(
         self,
@@ -125,7 +126,9 @@ class Ingest:
         max_body: int,
         max_age: timedelta,
         retry_after: int,
+        workspace: str = "",
     ) -> None:
+        self.workspace = workspace
         self.producer = producer
         self.reporters = reporters
         self.max_body = max_body
@@ -157,7 +160,7 @@ class Ingest:
             return _refuse(413, f"body larger than {self.max_body} bytes: send fewer events a body")
         try:
             values = values_of(body, request.headers.get("Content-Type", ""))
-            events = events_of(values, datetime.now(UTC), self.max_age)
+            events = events_of(values, datetime.now(UTC), self.max_age, self.workspace)
         except UnsupportedType as exc:
             return _refuse(415, str(exc))
         except BadBody as exc:

@@ -38,7 +38,7 @@ from quartermaster import kafka
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1.usage_pb2 import UsageEvent
-from services.metering.decode import InvalidUsage, validate
+from services.metering.decode import Accepted, InvalidUsage, validate_within
 from services.metering.json_event import JsonEventError, event_from_json
 from services.metering.settings import MeteringSettings
 
@@ -59,17 +59,21 @@ class Outcome:
         self._err.write(f"line {number}: {why}\n")
 
 
-def read_lines(source: Iterable[str], max_age: timedelta, outcome: Outcome) -> list[Line]:
-    """The good lines of `source`, each checked as metering checks it; each bad one
-    refused with its reason (blank lines are skipped)."""
+def read_lines(
+    source: Iterable[str], max_age: timedelta, outcome: Outcome, workspace: str = ""
+) -> list[Line]:
+    """The good lines of `source`, each checked as metering checks it (an event naming
+    a workspace other than `workspace` refused; "": any); each bad one refused with its
+    reason (blank lines are skipped)."""
     now = datetime.now(UTC)
+    accepted = Accepted.at(now, max_age, workspace)
     good: list[Line] = []
     for number, text in enumerate(source, start=1):
         if not text.strip():
             continue
         try:
             event = event_from_json(json.loads(text))
-            validate(event, now, max_age)
+            validate_within(event, accepted)
         except json.JSONDecodeError as exc:
             outcome.refuse(number, f"not JSON: {exc}")
         except JsonEventError as exc:
@@ -186,7 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     outcome = Outcome(sys.stderr)
     try:
         with open(args.file) if args.file else sys.stdin as source:
-            lines = read_lines(source, timedelta(days=settings.max_event_age_days), outcome)
+            # To the broker, this shell's QM_WORKSPACE_ID is the check metering will make;
+            # the ingest makes it itself.
+            ws = "" if args.http else settings.workspace_id
+            lines = read_lines(source, timedelta(days=settings.max_event_age_days), outcome, ws)
     except OSError as exc:
         parser.error(f"{args.file}: {exc.strerror}")
     if args.http:

@@ -195,4 +195,5 @@ def build_ingest(settings: MeteringSettings) -> Ingest:
         max_body=settings.ingest_max_body_bytes,
         max_age=timedelta(days=settings.max_event_age_days),
         retry_after=settings.ingest_retry_after_seconds,
+        workspace=settings.workspace_id,
     )

@@ -100,6 +100,25 @@ async def test_bad_events_are_named_by_index_and_field_and_none_is_accepted(url:
     assert "expected a JSON object, got an array" in answer["problems"][4]["message"]
 
 
+async def test_an_event_of_another_workspace_is_refused_not_accepted_then_dropped() -> None:
+    """Breaker: a body naming workspace 'acme' was answered 202 and then dead-lettered
+    by metering ('another workspace'): the reporter was told it counted. The ingest
+    makes the checks metering makes, the workspace among them."""
+    running = await ingest.start(settings(QM_WORKSPACE_ID="ours"), "127.0.0.1:0")
+    try:
+        body = json.dumps([event_json(workspaceId="ours"), event_json(),
+                           event_json(workspaceId="acme")]).encode()  # fmt: skip
+        status, answer, _ = await post(running.url, body)
+    finally:
+        await running.stop()
+    assert status == 400
+    [problem] = answer["problems"]
+    assert (problem["index"], problem["field"]) == (2, "workspace_id")
+    assert (
+        "'acme' is another workspace; this metering counts workspace 'ours'" in (problem["message"])
+    )
+
+
 async def test_ndjson_array_and_single_object_are_read_alike(url: str) -> None:
     # Each is read, validated and refused for the same one bad field; the shapes
     # themselves are accepted and counted in test_ingest_counts.

@@ -77,6 +77,11 @@ async def test_kafka_from_stdin_exits_0_when_every_line_is_accepted(
     assert (code, out.strip()) == (0, "accepted 12 of 12 lines"), err
     for u in users:
         await eventually(used_of(policy, u), 4 * EVENT_MICROS, within=60)
+    # Another workspace's event is refused here, not sent for metering to dead-letter.
+    stdin = (line(new_user(), workspaceId="acme") + "\n").encode()
+    code, out, err = await report(service_env, "--kafka", infra.kafka_bootstrap, stdin=stdin)
+    assert (code, out.strip()) == (1, "accepted 0 of 1 lines")
+    assert "line 1: workspace_id: 'acme' is another workspace" in err
 
 
 async def test_a_refused_credential_refuses_every_line(
