@@ -122,7 +122,8 @@ def _answers(url: str) -> bool:
 async def _all_up(procs: list[ChildProcess], addrs: dict[str, str]) -> None:
     """Until every process in `procs` is up: policy and the Cost API SERVING, the
     ingest's /healthz 200 (its broker reached), the notifier started (its log says
-    so: it connected to PostgreSQL and built its channels). Fails at once if one died."""
+    so: it connected to PostgreSQL and built its channels; its group is its own and its
+    Slack out of reach, as it has nothing to send here). Fails at once if one died."""
 
     async def up() -> bool:
         dead = [p.name for p in procs if p.poll() is not None]
@@ -155,7 +156,6 @@ async def test_every_process_runs_from_a_read_only_tree(
         QM_METERING_INGEST_ADDR=ingest_addr,
         **{**metrics_env(), "QM_METERING_METRICS_ADDR": metrics_addr},
         QM_METERING_APP_ID=f"qm-metering-readonly-{uuid.uuid4().hex[:8]}",
-        # the notifier: a group of its own, Slack out of reach (nothing to send here)
         QM_NOTIFIER_GROUP_ID=f"qm-notifier-readonly-{uuid.uuid4().hex[:8]}",
         QM_NOTIFIER_SLACK_BASE_URL=f"http://127.0.0.1:{free_port()}/api/",
     )
