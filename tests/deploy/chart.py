@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from helm_python import Chart
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from devtools.discovery import settings_classes
@@ -44,20 +45,33 @@ CHART_OWNED = frozenset(
         "QM_REQUESTS_ADDR",
         "QM_REQUESTS_POLICY_ADDR",
         "QM_REQUESTS_USAGE_API_ADDR",
+        "QM_METERING_INGEST_ADDR",
+        "QM_NOTIFIER_METRICS_ADDR",
+        "QM_NOTIFIER_INTERACTIVITY_ADDR",
+        "QM_NOTIFIER_REQUESTS_ADDR",
+        "QM_NOTIFIER_USAGE_API_ADDR",
     }
 )
-# Credentials: only ever from a Secret (services.<name>.secretEnv), never in the ConfigMap.
-SECRET_NAME = re.compile(r"(TOKENS?|SECRET|PASSWORD|KEY)$")
+# Credentials: only ever from a Secret (services.<name>.secretEnv), never in the ConfigMap:
+# a setting typed SecretStr (QM_NOTIFIER_WEBHOOKS: URLs may carry a token), or one whose
+# name says so (QM_TOKENS and QM_KAFKA_SASL_PASSWORD are plain strings). is_credential.
+SECRET_NAME = re.compile(r"(TOKENS?|SECRETS?|PASSWORD|KEY)$")
 # Which Deployments run a service's code (its settings reach at least one of them).
 PROCESSES = {
-    "metering": ("metering", "cost-api"),
+    "metering": ("metering", "cost-api", "ingest"),
+    "notifier": ("notifier",),
     "policy": ("policy",),
     "requests": ("requests",),
 }
 # Services that exist in the code but not yet in the chart, and why: named here, so a
 # new service is a decision, not a silent gap (a service in neither list fails).
-NOT_IN_CHART = {
-    "notifier": "being built (issue 16); issue 17 adds it",
+NOT_IN_CHART: dict[str, str] = {}
+# Credentials a service's settings class reads that no case has to give its processes,
+# and why (a credential a process does not use should not reach it).
+NOT_GIVEN = {
+    ("notifier", "QM_TOKENS"): "it serves no gRPC; Slack's clicks are checked by signature",
+    ("notifier", "QM_NOTIFIER_SLACK_APP_TOKEN"): "Socket Mode only; the cases take clicks "
+    "on the HTTP endpoint (QM_NOTIFIER_SLACK_SIGNING_SECRET)",
 }
 
 
@@ -66,6 +80,22 @@ def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:
     if isinstance(info.validation_alias, str):
         return info.validation_alias
     return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+@cache
+def credentials() -> frozenset[str]:
+    """Every service setting typed SecretStr, by its variable."""
+    return frozenset(
+        env_name(cls, field, info)
+        for _, cls in settings_classes()
+        for field, info in cls.model_fields.items()
+        if info.annotation is SecretStr
+    )
+
+
+def is_credential(env: str) -> bool:
+    """Whether the variable `env` holds a credential (see SECRET_NAME)."""
+    return env in credentials() or bool(SECRET_NAME.search(env))
 
 
 def service_settings() -> Iterator[tuple[str, str]]:

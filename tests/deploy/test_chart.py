@@ -13,19 +13,21 @@ from helm_python import HelmRenderError, HelmValuesError, lint
 from quartermaster.config import CommonSettings
 from quartermaster.grpcserver import LIVENESS_SERVICE
 from services.metering.settings import MeteringSettings
+from services.notifier.settings import NotifierSettings
 from services.policy.settings import PolicySettings
 from services.requests.settings import RequestsSettings
 from tests.deploy.chart import (
     CHART,
     CHART_OWNED,
     KUBE_VERSIONS,
+    NOT_GIVEN,
     PROCESSES,
     PRODUCTION,
     RELEASE,
     ROOT,
-    SECRET_NAME,
     VALUES,
     by_kind,
+    is_credential,
     load_values,
     manifests,
     metric_names,
@@ -80,7 +82,8 @@ def test_a_deployment_per_service_with_probes_and_hardening(
     _, docs = case
     deployments = by_kind(docs, "Deployment")
     assert set(deployments) == {
-        f"{RELEASE}-quartermaster-{c}" for c in ("metering", "cost-api", "policy", "requests")
+        f"{RELEASE}-quartermaster-{c}"
+        for c in ("metering", "cost-api", "policy", "requests", "ingest", "notifier")
     }
     for name, deploy in deployments.items():
         pod = deploy["spec"]["template"]["spec"]
@@ -97,9 +100,14 @@ def test_a_deployment_per_service_with_probes_and_hardening(
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert "/tmp" in mounts
         port = container["ports"][0]["containerPort"]
+        interactivity = "interactivity" in {p["name"] for p in container["ports"]}
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             spec = container[probe]
-            if name.endswith("metering"):  # HTTP /metrics
+            if name.endswith("ingest") and probe == "readinessProbe":  # 503 without broker
+                assert spec["httpGet"] == {"path": "/healthz", "port": "http"}, name
+            elif name.endswith("notifier") and probe == "readinessProbe" and interactivity:
+                assert spec == {"tcpSocket": {"port": "interactivity"}, **_timing(spec)}
+            elif name.endswith(("metering", "ingest", "notifier")):  # HTTP /metrics
                 assert spec["httpGet"]["path"] == "/metrics", (name, probe)
             elif probe == "livenessProbe":  # alive, ready or not (grpcserver.LIVENESS_SERVICE)
                 assert spec["grpc"] == {"port": port, "service": LIVENESS_SERVICE}, name
@@ -113,11 +121,18 @@ def test_a_deployment_per_service_with_probes_and_hardening(
     assert data in {m["mountPath"] for m in worker["volumeMounts"]}
 
 
+def _timing(probe: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in probe.items() if k.endswith(("Seconds", "Threshold"))}
+
+
 def test_pdb_and_network_policy_per_service(case: tuple[str, list[dict[str, Any]]]) -> None:
-    _, docs = case
+    name, docs = case
     deployments = by_kind(docs, "Deployment")
     pdbs = by_kind(docs, "PodDisruptionBudget")
     policies = by_kind(docs, "NetworkPolicy")
+    egress = load_values(CHART / "values.yaml")["networkPolicy"]["egress"]
+    egress |= CASES[name].get("networkPolicy", {}).get("egress", {})
+    notifications = {p for rule in egress["notifications"] for p in rule["ports"]}
     for name, deploy in deployments.items():
         labels = deploy["spec"]["selector"]["matchLabels"]
         assert pdbs[name]["spec"]["selector"]["matchLabels"] == labels
@@ -126,12 +141,19 @@ def test_pdb_and_network_policy_per_service(case: tuple[str, list[dict[str, Any]
         assert policy["spec"]["podSelector"]["matchLabels"] == labels
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
         # Ingress to the container's ports (the service's, and a gRPC service's metrics
-        # port) and nothing else.
+        # port; the notifier's interactivity endpoint in a rule of its own) and nothing else.
         ports = [p["containerPort"] for p in _containers(deploy)[0]["ports"]]
-        (ingress,) = policy["spec"]["ingress"]
-        assert ingress["ports"] == [{"port": port, "protocol": "TCP"} for port in ports]
+        taken = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert sorted(taken) == sorted(ports), name
+        assert all(p["protocol"] == "TCP" for r in policy["spec"]["ingress"] for p in r["ports"])
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-        assert {53, 9092, 5432} <= egress_ports, name
+        if name.endswith("ingest"):  # only the broker: no PostgreSQL, no other service
+            assert {53, 9092} <= egress_ports, name
+            assert not {5432, 50051} & egress_ports, name
+        else:
+            assert {53, 9092, 5432} <= egress_ports, name
+        # Slack, SMTP and webhooks: the notifier's alone.
+        assert (notifications <= egress_ports) == name.endswith("notifier"), name
         assert all(rule.get("to") for rule in policy["spec"]["egress"]), "egress to anywhere"
 
 
@@ -184,10 +206,15 @@ def test_secrets_come_from_existing_secrets_only(case: tuple[str, list[dict[str,
         by_kind(docs, "Job")[f"{RELEASE}-quartermaster-migrate"],
     ]:
         env = {e["name"]: e for e in _containers(obj)[0]["env"]}
+        if obj["metadata"]["name"].endswith("ingest"):  # no database: not given its URL
+            assert "QM_DATABASE_URL" not in env
+            continue
         ref = env["QM_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": db["existingSecret"], "key": db["urlKey"]}
-    configmap = next(iter(by_kind(docs, "ConfigMap").values()))
-    assert not [k for k in configmap["data"] if SECRET_NAME.search(k)]
+        for var, entry in env.items():  # a credential never as a plain value
+            assert not is_credential(var) or "valueFrom" in entry, (obj["metadata"]["name"], var)
+    configmap = settings_configmap(docs)
+    assert not [k for k in configmap["data"] if is_credential(k)]
     assert "QM_DATABASE_URL" not in configmap["data"]
 
 
@@ -199,7 +226,7 @@ def test_every_setting_reaches_its_container(case: tuple[str, list[dict[str, Any
     deployments = by_kind(docs, "Deployment")
     missing = []
     for service, env in service_settings():
-        if SECRET_NAME.search(env) and name == "default":
+        if is_credential(env) and (name == "default" or (service, env) in NOT_GIVEN):
             continue  # no credentials configured: the setting's default (refuse all) holds
         reached = False
         for process in PROCESSES[service]:
@@ -216,9 +243,7 @@ def test_every_setting_reaches_its_container(case: tuple[str, list[dict[str, Any
 def test_values_name_every_setting_the_chart_does_not_own() -> None:
     values = load_values(CHART / "values.yaml")
     expected = {
-        env
-        for _, env in service_settings()
-        if env not in CHART_OWNED and not SECRET_NAME.search(env)
+        env for _, env in service_settings() if env not in CHART_OWNED and not is_credential(env)
     }
     assert set(values["settings"]) == expected
     schema = load_values(CHART / "values.schema.json")  # JSON is YAML
@@ -257,6 +282,11 @@ def test_more_consumers_than_partitions_is_refused() -> None:
         ("bad-replicas.yaml", r"/services/policy/replicas': minimum"),
         ("bad-setting.yaml", r"'QM_METERING_BATCH_MAXX' not allowed"),
         ("bad-network.yaml", r"/networkPolicy/enabled': got string, want boolean"),
+        ("bad-hold.yaml", r"/settings/QM_NOTIFIER_HOLD_AFTER_SEND': value must be one of"),
+        ("bad-channels.yaml", r"/settings/QM_NOTIFIER_DEFAULT_CHANNELS': value must be one of"),
+        ("bad-interactivity.yaml", r"/services/notifier/interactivity/number': minimum"),
+        ("bad-secret-setting.yaml", r"'QM_NOTIFIER_SLACK_BOT_TOKEN' not allowed"),
+        ("bad-reaches.yaml", r"/services/ingest/reaches/postgres': got string, want boolean"),
     ],
 )
 def test_schema_refuses_bad_values(file: str, message: str) -> None:
@@ -282,8 +312,15 @@ def test_each_container_environment_loads_as_its_service_settings(
         "cost-api": MeteringSettings,
         "policy": PolicySettings,
         "requests": RequestsSettings,
+        "ingest": MeteringSettings,
+        "notifier": NotifierSettings,
     }
-    secret = {"QM_DATABASE_URL": "postgresql://qm:pw@db:5432/qm"}
+    secret = {  # what the Secrets would hold, in each credential's own form
+        "QM_DATABASE_URL": "postgresql://qm:pw@db:5432/qm",
+        "QM_TOKENS": "ops:admin+reader:" + "x" * 24,
+        "QM_NOTIFIER_WEBHOOKS": "ops=https://hooks.example.com/qm",
+        "QM_NOTIFIER_WEBHOOK_SECRETS": "whsec_" + "eHh4" * 8,
+    }
     for process, cls in loaders.items():
         (container,) = _containers(
             by_kind(docs, "Deployment")[f"{RELEASE}-quartermaster-{process}"]
@@ -294,8 +331,6 @@ def test_each_container_environment_loads_as_its_service_settings(
                 env[entry["name"]] = entry["value"]
             elif entry["name"] in secret:
                 env[entry["name"]] = secret[entry["name"]]
-            elif entry["name"] == "QM_TOKENS":  # a credential from secretEnv
-                env[entry["name"]] = "ops:admin+reader:" + "x" * 24
             else:
                 env[entry["name"]] = "x" * 24
         loaded = cls.from_env(env)
@@ -312,6 +347,8 @@ def test_alerts_and_dashboard_read_only_series_the_services_serve() -> None:
     assert {r["alert"] for r in rules} == {
         "QuartermasterNotServing", "QuartermasterRpcErrors", "QuartermasterPolicySlow",
         "QuartermasterMeteringLagGrowing", "QuartermasterDlqRate", "QuartermasterNoisySource",
+        "QuartermasterNotifierDeliveriesFailing", "QuartermasterNotifierBacklogGrowing",
+        "QuartermasterIngestRefusing",
     }  # fmt: skip
     operations = (ROOT / "docs" / "operations.md").read_text()
     for rule in rules:

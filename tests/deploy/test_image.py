@@ -64,7 +64,7 @@ def test_every_command_the_chart_runs_is_in_the_image() -> None:
     for doc in manifests(render({})):
         if doc["kind"] in {"Deployment", "Job"}:
             commands += [c["args"] for c in doc["spec"]["template"]["spec"]["containers"]]
-    assert len(commands) == 6  # four services, the migration and topic jobs
+    assert len(commands) == 8  # six services, the migration and topic jobs
     for args in commands:
         assert args[0] == "-m"
         module = args[1]

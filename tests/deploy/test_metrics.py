@@ -1,7 +1,8 @@
 """Every series the chart's alerts and dashboard read is served by a running service
 (issue 17: "a test that scrapes each service's metrics endpoint and finds the metrics
-the alerts use"): policy, the Cost API and the requests service as processes, the
-session's metering worker, each scraped at its own metrics port after real calls."""
+the alerts use"): policy, the Cost API, the requests service and the notifier as
+processes, the session's metering worker and HTTP ingest, each scraped at its own
+metrics port after real calls, posts and deliveries."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
+import aiohttp
 import grpc
 import pytest
+from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localinfra import free_port
@@ -24,7 +27,17 @@ from services.policy.stores.limits import LimitStore
 from tests.conftest import ROOT, MeteringWorker
 from tests.deploy.chart import PRODUCTION, load_values, manifests, metric_names, monitoring
 from tests.deploy.chart import render as render_chart
-from tests.helpers import eventually, metadata, metrics_env, produce_usage, serving, usage
+from tests.helpers import (
+    TOKENS,
+    channel,
+    eventually,
+    metadata,
+    metrics_env,
+    produce_usage,
+    serving,
+    usage,
+)
+from tests.notifier.kit import add_people, produce_intents, threshold_intent
 
 pytestmark = pytest.mark.infra
 
@@ -48,8 +61,9 @@ def _samples(addr: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 @pytest.fixture
 def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """policy, the Cost API and requests as processes: {name: its metrics address},
-    plus "policy_addr" and "api_addr"."""
+    """policy, the Cost API, requests and the notifier as processes: {name: its metrics
+    address}, plus "policy_addr" and "api_addr". The notifier's Slack is a port nobody
+    listens on, so what it is given to send stays in its backlog, retried."""
     metrics = metrics_env()
     policy, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {**service_env, **metrics, "QM_METERING_METRICS_ADDR": "",
@@ -57,10 +71,16 @@ def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
            "QM_REQUESTS_ADDR": f"127.0.0.1:{free_port()}", "QM_REQUESTS_POLICY_ADDR": policy,
            "QM_REQUESTS_USAGE_API_ADDR": api}  # fmt: skip
     logs = ROOT / ".run" / f"test-metrics-{uuid.uuid4().hex[:6]}"
+    notifier = {**env, "QM_NOTIFIER_SLACK_BASE_URL": f"http://127.0.0.1:{free_port()}/api/",
+                "QM_NOTIFIER_GROUP_ID": f"qm-notifier-metrics-{uuid.uuid4().hex[:6]}",
+                "QM_NOTIFIER_RECONCILE_SECONDS": "0.5",
+                "QM_NOTIFIER_POLL_SECONDS": "0.05"}  # fmt: skip
     procs = [
-        ChildProcess(name, [sys.executable, "-m", module], logs / f"{name}.log", env=env, cwd=ROOT)
-        for name, module in [("policy", "services.policy"), ("cost-api", "services.metering.api"),
-                             ("requests", "services.requests")]
+        ChildProcess(name, [sys.executable, "-m", module], logs / f"{name}.log", env=e, cwd=ROOT)
+        for name, module, e in [("policy", "services.policy", env),
+                                ("cost-api", "services.metering.api", env),
+                                ("requests", "services.requests", env),
+                                ("notifier", "services.notifier", notifier)]
     ]  # fmt: skip
     try:
         for p in procs:
@@ -69,6 +89,7 @@ def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
             "policy": metrics["QM_POLICY_METRICS_ADDR"],
             "cost-api": metrics["QM_USAGE_API_METRICS_ADDR"],
             "requests": metrics["QM_REQUESTS_METRICS_ADDR"],
+            "notifier": metrics["QM_NOTIFIER_METRICS_ADDR"],
             "policy_addr": policy,
             "api_addr": api,
         }
@@ -77,8 +98,39 @@ def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
             p.stop()
 
 
+async def _undeliverable_notice(services: dict[str, str], service_env: dict[str, str]) -> None:
+    """A threshold crossing for a person in the directory, which the notifier can't
+    deliver (its Slack is out of reach): a `retry` attempt and a backlog, once its
+    metrics show both."""
+    user = f"notice-{uuid.uuid4().hex[:6]}"
+    async with channel(services["policy_addr"]) as ch:
+        await add_people(policy_pb2_grpc.PolicyAdminServiceStub(ch), [user])
+    produce_intents(service_env["QM_KAFKA_BOOTSTRAP"],
+                    [threshold_intent(service_env["QM_WORKSPACE_ID"], user, 1)])  # fmt: skip
+
+    async def shown() -> bool:
+        found = _samples(services["notifier"])
+        return "qm_notifier_deliveries_total" in found and "qm_notifier_backlog" in found
+
+    await eventually(shown, True, within=60)
+
+
+async def _post_usage(ingest_addr: str) -> None:
+    """One event through the HTTP ingest, accepted."""
+    event = json_format.MessageToDict(usage(f"metrics-{uuid.uuid4().hex[:6]}"))
+    auth = {"Authorization": f"Bearer {TOKENS['reporter']}"}
+    async with (
+        aiohttp.ClientSession(f"http://{ingest_addr}") as http,
+        http.post("/v1/usage", json=event, headers=auth) as posted,
+    ):
+        assert posted.status == 202, await posted.text()
+
+
 async def test_every_series_the_alerts_and_dashboard_read_is_served(
-    services: dict[str, str], metering: MeteringWorker, service_env: dict[str, str]
+    services: dict[str, str],
+    metering: MeteringWorker,
+    service_env: dict[str, str],
+    ingest_addr: str,
 ) -> None:
     pool = await connect_pool(service_env["QM_DATABASE_URL"])
     try:  # a default limit, as an admin sets it: Check answers only with one
@@ -112,8 +164,11 @@ async def test_every_series_the_alerts_and_dashboard_read_is_served(
                 cost_pb2.TopSpendersRequest(), metadata=metadata("reader")
             )
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    scrapes = {name: _samples(services[name]) for name in ("policy", "cost-api", "requests")}
+    await _undeliverable_notice(services, service_env)
+    await _post_usage(ingest_addr)
+    scrapes = {n: _samples(services[n]) for n in ("policy", "cost-api", "requests", "notifier")}
     scrapes["metering"] = _samples(metering.env["QM_METERING_METRICS_ADDR"])
+    scrapes["ingest"] = _samples(ingest_addr)
 
     rules, exprs = monitoring(manifests(render_chart(load_values(PRODUCTION))))
     wanted = metric_names([r["expr"] for r in rules] + exprs) - ONLY_WHEN_WRONG

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +110,35 @@ def _ok(box: Sandbox, env: dict[str, str], *args: str) -> str:
     return res.stdout
 
 
+def _answers(url: str) -> bool:
+    """Whether GET `url` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # not listening yet, or an HTTP error status
+        return False
+
+
+async def _all_up(procs: list[ChildProcess], addrs: dict[str, str]) -> None:
+    """Until every process in `procs` is up: policy and the Cost API SERVING, the
+    ingest's /healthz 200 (its broker reached), the notifier started (its log says
+    so: it connected to PostgreSQL and built its channels; its group is its own and its
+    Slack out of reach, as it has nothing to send here). Fails at once if one died."""
+
+    async def up() -> bool:
+        dead = [p.name for p in procs if p.poll() is not None]
+        assert not dead, "\n".join(f"{p.name}:\n{p.log_tail()}" for p in procs)
+        notifier = next(p for p in procs if p.name == "notifier")
+        return (
+            await serving(addrs["policy"])
+            and await serving(addrs["api"])
+            and await asyncio.to_thread(_answers, f"http://{addrs['ingest']}/healthz")
+            and "running for workspace" in notifier.log_tail(200)
+        )
+
+    await eventually(up, True, within=90)
+
+
 @pytest.mark.infra
 async def test_every_process_runs_from_a_read_only_tree(
     infra: Infra, service_env: dict[str, str], sandbox: Sandbox
@@ -116,14 +146,18 @@ async def test_every_process_runs_from_a_read_only_tree(
     policy_addr = f"127.0.0.1:{free_port()}"
     api_addr = f"127.0.0.1:{free_port()}"
     metrics_addr = f"127.0.0.1:{free_port()}"
+    ingest_addr = f"127.0.0.1:{free_port()}"
     env = _env(
         sandbox,
         service_env,
         QM_POLICY_ADDR=policy_addr,
         QM_USAGE_API_ADDR=api_addr,
         QM_DIRECTORY_ADDR=policy_addr,
+        QM_METERING_INGEST_ADDR=ingest_addr,
         **{**metrics_env(), "QM_METERING_METRICS_ADDR": metrics_addr},
         QM_METERING_APP_ID=f"qm-metering-readonly-{uuid.uuid4().hex[:8]}",
+        QM_NOTIFIER_GROUP_ID=f"qm-notifier-readonly-{uuid.uuid4().hex[:8]}",
+        QM_NOTIFIER_SLACK_BASE_URL=f"http://127.0.0.1:{free_port()}/api/",
     )
     before = sandbox.files()
     # The sandbox is real: the copy can't be written to, the mounted dirs can.
@@ -141,6 +175,8 @@ async def test_every_process_runs_from_a_read_only_tree(
         "policy": ["-m", "services.policy"],
         "cost-api": ["-m", "services.metering.api"],
         "metering": ["-m", "services.metering"],
+        "ingest": ["-m", "services.metering.ingest"],
+        "notifier": ["-m", "services.notifier"],
     }
     procs = [
         ChildProcess(
@@ -155,13 +191,7 @@ async def test_every_process_runs_from_a_read_only_tree(
     try:
         for proc in procs:
             proc.start()
-
-        async def up() -> bool:
-            dead = [p.name for p in procs if p.poll() is not None]
-            assert not dead, "\n".join(f"{p.name}:\n{p.log_tail()}" for p in procs)
-            return await serving(policy_addr) and await serving(api_addr)
-
-        await eventually(up, True, within=90)
+        await _all_up(procs, {"policy": policy_addr, "api": api_addr, "ingest": ingest_addr})
 
         # The worker counts a real event: it joined its group and wrote what it needs.
         user = f"readonly-{uuid.uuid4().hex[:8]}"

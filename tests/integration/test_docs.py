@@ -105,6 +105,8 @@ COMMANDS: dict[str, Runner] = {
     f"{PY} -m services.metering.ingest": RunBy(
         "tests/ingest_fixtures.py", '"services.metering.ingest"]'
     ),
+    # The notifier's tests run it as this command (kit.process), end to end.
+    f"{PY} -m services.notifier": RunBy("tests/notifier/kit.py", '"-m", "services.notifier"]'),
     f"{CLI} top": Session(),
     f"{CLI} usage": Session(),
     f"{CLI} prices": Session(),

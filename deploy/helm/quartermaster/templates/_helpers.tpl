@@ -81,9 +81,13 @@ imagePullSecrets:
 {{- end -}}
 
 {{/* A probe: native gRPC health for gRPC ports (of `service`: default the overall
-    one), an HTTP GET for HTTP ones. */}}
+    one), an HTTP GET for HTTP ones (the probe's own `path`, else the port's; HTTPS with
+    `https`), a TCP connect to the port named `tcp` when given. */}}
 {{- define "qm.probe" -}}
-{{- if eq .port.protocol "grpc" -}}
+{{- if .tcp -}}
+tcpSocket:
+  port: {{ .tcp }}
+{{- else if eq .port.protocol "grpc" -}}
 grpc:
   port: {{ .port.number }}
   {{- with .service }}
@@ -91,8 +95,50 @@ grpc:
   {{- end }}
 {{- else -}}
 httpGet:
-  path: {{ .port.path | default "/" }}
+  path: {{ .timing.path | default .port.path | default "/" }}
   port: {{ .port.name }}
+  {{- if .https }}
+  scheme: HTTPS
+  {{- end }}
 {{- end }}
-{{ toYaml .timing }}
+{{ toYaml (omit .timing "path") }}
+{{- end -}}
+
+{{/* Whether a service's HTTP port speaks HTTPS: `port.tls` (the ingest) with
+settings.QM_TLS_CERT_FILE set. "true" or "". */}}
+{{- define "qm.https" -}}
+{{- if and .svc.port.tls (ne (toString (.root.Values.settings.QM_TLS_CERT_FILE | default "")) "") -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The secretEnv variables of a service, as a list. */}}
+{{- define "qm.secretVars" -}}
+{{- $vars := list -}}
+{{- range .secretEnv }}{{ $vars = append $vars .env }}{{ end -}}
+{{- toJson $vars -}}
+{{- end -}}
+
+{{/* Refusals that are a service's own, each naming the value to change. */}}
+{{- define "qm.checks" -}}
+{{- $component := .component -}}
+{{- $svc := .svc -}}
+{{- $settings := .root.Values.settings -}}
+{{- $secrets := include "qm.secretVars" $svc | fromJsonArray -}}
+{{- if and (include "qm.https" .) (ne (toString ($settings.QM_TLS_CLIENT_CA_FILE | default "")) "") -}}
+{{- fail (printf "services.%s: with settings.QM_TLS_CLIENT_CA_FILE the %s asks every client for a certificate, and the kubelet's probes have none: every replica would stay unready. Terminate mutual TLS in front of it (an Ingress or mesh) or disable the service" $component $component) -}}
+{{- end -}}
+{{- if eq $component "notifier" -}}
+{{- if and (not (has "QM_NOTIFIER_SLACK_BOT_TOKEN" $secrets)) (eq (toString ($settings.QM_NOTIFIER_SLACK_BASE_URL | default "")) "") -}}
+{{- fail "services.notifier: the notifier can't start without QM_NOTIFIER_SLACK_BOT_TOKEN: map it in services.notifier.secretEnv ({env: QM_NOTIFIER_SLACK_BOT_TOKEN, secretKey: ...}), or set services.notifier.enabled: false" -}}
+{{- end -}}
+{{- if dig "interactivity" "enabled" false $svc -}}
+{{- if not (has "QM_NOTIFIER_SLACK_SIGNING_SECRET" $secrets) -}}
+{{- fail "services.notifier.interactivity.enabled: the endpoint exists only with QM_NOTIFIER_SLACK_SIGNING_SECRET (clicks are checked against it): map it in services.notifier.secretEnv" -}}
+{{- end -}}
+{{- if eq (toString ($settings.QM_NOTIFIER_SLACK_SOCKET_MODE | default "") | lower) "true" -}}
+{{- fail "services.notifier.interactivity.enabled and settings.QM_NOTIFIER_SLACK_SOCKET_MODE: under Socket Mode the notifier dials out to Slack and listens on no port; choose one" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
