@@ -108,6 +108,7 @@ COMMANDS: dict[str, Runner] = {
     # The notifier's tests run it as this command (kit.process), end to end.
     f"{PY} -m services.notifier": RunBy("tests/notifier/kit.py", '"-m", "services.notifier"]'),
     f"{CLI} top": Session(),
+    f'QM_TOKEN="$READER_TOKEN" {CLI} top': Session(),
     f"{CLI} usage": Session(),
     f"{CLI} prices": Session(),
     f"{CLI} topic check": Session(),

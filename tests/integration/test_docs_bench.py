@@ -13,6 +13,8 @@ import json
 import os
 import shlex
 import subprocess
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -64,21 +66,33 @@ def small(text: str) -> list[str]:
     return [*argv[:2], *rest, f"ARGS={' '.join([*given, shrink])}"]
 
 
-@pytest.mark.infra  # each bench starts its own PostgreSQL and broker
-@pytest.mark.parametrize("text", [c.text for c in BENCHES])
-def test_bench_commands_run_small(text: str) -> None:
+# Benches run this many at once (each its own PostgreSQL, broker and processes, on
+# free ports): most of a small bench is starting and stopping them, waiting, not CPU.
+AT_ONCE = 3
+
+
+def _run(text: str) -> subprocess.CompletedProcess[str]:
     env = as_typed({k: v for k, v in os.environ.items() if not k.startswith("QM_")})
     env.update(SHRINK[shlex.split(text)[1]].env)
-    done = subprocess.run(
+    return subprocess.run(
         small(text), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
+
+
+@pytest.fixture(scope="module")
+def runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """Every documented bench, started AT_ONCE at a time when the first test asks."""
+    with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+        yield {c.text: pool.submit(_run, c.text) for c in BENCHES}
+
+
+@pytest.mark.infra  # each bench starts its own PostgreSQL and broker
+@pytest.mark.parametrize("text", [c.text for c in BENCHES])
+def test_bench_commands_run_small(
+    text: str, runs: dict[str, Future[subprocess.CompletedProcess[str]]]
+) -> None:
+    done = runs[text].result()
     printed = done.stdout + done.stderr
     assert done.returncode == 0, f"`{text}` exited {done.returncode}:\n{printed[-3000:]}"
     last = done.stdout.strip().splitlines()[-1]
     assert isinstance(json.loads(last), dict), f"`{text}` did not end with its JSON line: {last}"
-
-
-def test_every_bench_has_a_size() -> None:
-    assert BENCHES, "the docs show no bench"
-    for c in BENCHES:
-        assert shlex.split(c.text)[1] in SHRINK, f"{c.text}: add its sizes to SHRINK"
