@@ -78,11 +78,18 @@ async def _publish(
         raise SystemExit("intents still in flight after 60 s")
 
 
-async def _delivered(pool: asyncpg.Pool, ws: str, n: int, within: float) -> None:
+async def _delivered(
+    pool: asyncpg.Pool, ws: str, n: int, within: float, procs: list[ChildProcess]
+) -> None:
+    """Until `n` deliveries are recorded; SystemExit naming the notifier that exited (with
+    its log's tail) or the time that ran out, not a wait without end."""
     deadline = time.monotonic() + within
     while await pool.fetchval(
         "SELECT count(*) FROM notifier.deliveries WHERE workspace_id = $1"
         " AND state = 'delivered'", ws) < n:  # fmt: skip
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"{p.name} exited ({p.poll()}):\n{p.log_tail()}")
         if time.monotonic() > deadline:
             raise SystemExit(f"not every intent delivered within {within} s")
         await asyncio.sleep(0.02)
@@ -124,10 +131,10 @@ async def _run(ns: argparse.Namespace) -> dict[str, object]:
                 # Warm up: one intent per partition, delivered before the clock starts
                 # (the replicas have joined their group and read to the end by then).
                 await _publish(infra.kafka_bootstrap, ws, users, 0, 0, warm=3)
-                await _delivered(pool, ws, 3, ns.timeout)
+                await _delivered(pool, ws, 3, ns.timeout, procs)
                 start = time.time()
                 await _publish(infra.kafka_bootstrap, ws, users, ns.intents, ns.rate)
-                await _delivered(pool, ws, 3 + ns.intents, ns.timeout)
+                await _delivered(pool, ws, 3 + ns.intents, ns.timeout, procs)
                 rows = await pool.fetch(
                     "SELECT extract(epoch FROM delivered_at - intent_at) AS lag,"
                     " extract(epoch FROM delivered_at) AS at FROM notifier.deliveries"
