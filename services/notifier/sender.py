@@ -100,18 +100,38 @@ class Sender:
         self.held = asyncio.Event()
 
     async def run(self) -> None:
-        """Until `stopping`."""
-        while not self.stopping:
-            try:
-                claimed = await self._store.claim(self._batch, self._lease)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("claiming deliveries failed (tried again in 1 s): %s", exc)
-                await asyncio.sleep(max(self._poll, 1.0))
-                continue
-            if not claimed:
-                await asyncio.sleep(self._poll)
-                continue
-            await asyncio.gather(*(self._one(d) for d in claimed))
+        """Until `stopping`: up to `batch` deliveries in flight, a slot taken again as
+        soon as its delivery is done, so a slow or paced one holds only its own slot
+        (the store gives at most one delivery at a time per channel and address, so a
+        burst to one person waits on their pace, not everyone's). When stopped (its
+        task cancelled), deliveries in flight are cut off: their claims run out and
+        the reconciler hands them on, marked unsure."""
+        flying: set[asyncio.Task[None]] = set()
+        try:
+            while not self.stopping:
+                free = 0 if self.held.is_set() else self._batch - len(flying)
+                claimed: list[Delivery] = []
+                if free > 0:
+                    try:
+                        claimed = await self._store.claim(free, self._lease)
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("claiming deliveries failed (tried again in 1 s): %s", exc)
+                        await asyncio.sleep(max(self._poll, 1.0))
+                        continue
+                flying |= {asyncio.create_task(self._one(d)) for d in claimed}
+                if not flying:
+                    await asyncio.sleep(self._poll)
+                    continue
+                done, flying = await asyncio.wait(
+                    flying, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("a delivery's task raised", exc_info=task.exception())
+        finally:
+            for task in flying:
+                task.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
 
     async def _attempt(self, d: Delivery, channel: Channel) -> Outcome:
         to = Recipient(d.recipient, d.address, d.display_name)

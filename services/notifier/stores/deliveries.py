@@ -150,14 +150,27 @@ class DeliveryStore:
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Delivery]:
         """Up to `limit` due rows, now this sender's for `lease_seconds`, oldest due
-        first. Rows another sender is claiming at this instant are skipped, not waited
-        for (SKIP LOCKED), so no row is ever claimed twice."""
+        first, but at most one per (channel, address) and none for a (channel,
+        address) with a row being sent: a burst of 300 messages to one person, paced
+        by Slack at one a second, no longer holds everyone else's for five minutes
+        (each address's oldest due row takes its turn). Rows another sender is
+        claiming at this instant are skipped, not waited for (SKIP LOCKED), so no row
+        is ever claimed twice."""
         rows = await self._pool.fetch(
             f"""
-            WITH picked AS (
-                SELECT id FROM notifier.deliveries
+            WITH firsts AS (
+                SELECT id, due, row_number() OVER (
+                    PARTITION BY channel, address ORDER BY due, id) AS nth
+                FROM notifier.deliveries q
                 WHERE workspace_id = $1 AND state IN ('pending', 'retrying') AND due <= now()
-                ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED)
+                AND NOT EXISTS (
+                    SELECT 1 FROM notifier.deliveries s
+                    WHERE s.workspace_id = $1 AND s.state = 'sending'
+                    AND s.channel = q.channel AND s.address = q.address)),
+            picked AS (
+                SELECT p.id FROM notifier.deliveries p JOIN firsts f ON f.id = p.id
+                WHERE f.nth = 1 AND p.state IN ('pending', 'retrying')
+                ORDER BY f.due LIMIT $2 FOR UPDATE OF p SKIP LOCKED)
             UPDATE notifier.deliveries d SET state = 'sending', claimed_by = $3,
                 claimed_until = now() + make_interval(secs => $4), attempts = d.attempts + 1,
                 updated_at = now()
