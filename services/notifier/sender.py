@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -82,7 +82,9 @@ class Sender:
         hold_after_send: bool = False, schedules: Mapping[str, Schedule] | None = None,
         gate: Gate | None = None, observer: Observer | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        serial: Collection[str] = (),
     ) -> None:  # fmt: skip
+        self._serial = tuple(serial)
         self._store = store
         self._channels = channels
         self._batch = batch
@@ -102,8 +104,9 @@ class Sender:
     async def run(self) -> None:
         """Until `stopping`: up to `batch` deliveries in flight, a slot taken again as
         soon as its delivery is done, so a slow or paced one holds only its own slot
-        (the store gives at most one delivery at a time per channel and address, so a
-        burst to one person waits on their pace, not everyone's). When stopped (its
+        (for the `serial` channels, those paced per address, the store gives one
+        delivery at a time per address, so a burst to one person waits on their pace,
+        not everyone's). When stopped (its
         task cancelled), deliveries in flight are cut off: their claims run out and
         the reconciler hands them on, marked unsure."""
         flying: set[asyncio.Task[None]] = set()
@@ -113,7 +116,7 @@ class Sender:
                 claimed: list[Delivery] = []
                 if free > 0:
                     try:
-                        claimed = await self._store.claim(free, self._lease)
+                        claimed = await self._store.claim(free, self._lease, self._serial)
                     except (OSError, asyncpg.PostgresError) as exc:
                         log.warning("claiming deliveries failed (tried again in 1 s): %s", exc)
                         await asyncio.sleep(max(self._poll, 1.0))
@@ -122,9 +125,10 @@ class Sender:
                 if not flying:
                     await asyncio.sleep(self._poll)
                     continue
-                done, flying = await asyncio.wait(
-                    flying, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
-                )
+                # All of them, or `poll` seconds: fast sends are claimed again as one
+                # batch (a claim per freed slot would cost a round trip per delivery);
+                # a slow or paced one holds its slot only, the others go on meanwhile.
+                done, flying = await asyncio.wait(flying, timeout=self._poll)
                 for task in done:
                     if not task.cancelled() and task.exception() is not None:
                         log.error("a delivery's task raised", exc_info=task.exception())
@@ -231,7 +235,9 @@ class Digester:
     def __init__(
         self, store: DeliveryStore, intake: Intake, hour: int, tz: ZoneInfo, every: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        serial: Collection[str] = (),
     ) -> None:  # fmt: skip
+        self._serial = tuple(serial)
         self._store = store
         self._intake = intake
         self._hour = hour

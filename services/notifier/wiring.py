@@ -217,6 +217,8 @@ async def start(
         poll_seconds=settings.poll_seconds, max_attempts=settings.max_attempts,
         hold_after_send=settings.hold_after_send, schedules={WEBHOOK: retries.next_delay},
         gate=gate, observer=metrics,
+        # Slack paces each conversation: one send at a time per person there.
+        serial=("slack",) if settings.slack_pace_seconds > 0 else (),
     )  # fmt: skip
     reconciler = Reconciler(store, settings.reconcile_seconds)
     digester = Digester(store, take, settings.digest_hour, settings.timezone)

@@ -6,7 +6,10 @@ PostgreSQL in test_store.py): only the calls the sender makes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import contextlib
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,3 +118,57 @@ async def test_a_410_closes_the_endpoint_and_a_closed_one_is_not_sent_to() -> No
     ]
     assert seen.attempts == [("webhook", "disabled", None), ("webhook", "failed", None),
                              ("webhook", "delivered", 3.0)]  # fmt: skip
+
+
+async def test_a_slow_delivery_holds_its_own_slot_only() -> None:
+    """Breaker: the sender waited for its whole batch, so one paced Slack send held
+    every e-mail claimed with it. Now the other slots go on while it waits."""
+    release = asyncio.Event()
+
+    class Claims(Store):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queue = [[replace(delivery("slack", 1, "slow"), id=1),
+                           replace(delivery("email", 1, "a"), id=2)],
+                          [replace(delivery("email", 1, "b"), id=3)]]  # fmt: skip
+            self.serial: list[Collection[str]] = []
+
+        async def claim(self, limit: int, lease: float, serial: Collection[str] = ()) -> list[Any]:
+            self.serial.append(serial)
+            return self.queue.pop(0) if self.queue else []
+
+    class Channel:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def send(self, recipient: Recipient, message: Message, key: str) -> Outcome:
+            if recipient.user_id == "slow":
+                await release.wait()
+            return Outcome("delivered", ref=recipient.user_id)
+
+    store = Claims()
+    s = Sender(
+        store, {"slack": Channel("slack"), "email": Channel("email")},  # type: ignore[arg-type]
+        batch=2, lease_seconds=30, poll_seconds=0.01, max_attempts=8, serial=("slack",),
+    )  # fmt: skip
+    run = asyncio.create_task(s.run())
+    try:
+        for _ in range(200):
+            if ("delivered", 3, "b") in store.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert ("delivered", 2, "a") in store.calls
+        assert ("delivered", 3, "b") in store.calls, "b went while slow still waited"
+        assert ("delivered", 1, "slow") not in store.calls
+        release.set()
+        for _ in range(200):
+            if ("delivered", 1, "slow") in store.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert ("delivered", 1, "slow") in store.calls
+        assert store.serial[0] == ("slack",)
+    finally:
+        s.stopping = True
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run

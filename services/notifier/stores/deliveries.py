@@ -22,7 +22,7 @@ where at-least-once shows, and it is said so there.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,6 +36,25 @@ from services.notifier.schedule import Queued
 _COLUMNS = """id, recipient, channel, address, display_name, message, attempts, unsure,
     intent_at, state, reason, ref, dedupe_key, created_at, delivered_at"""
 _QUALIFIED = ", ".join("d." + c.strip() for c in _COLUMNS.split(","))
+# The due rows a claim takes ($1 workspace, $2 limit), oldest first.
+_PICK = """picked AS (
+    SELECT id FROM notifier.deliveries
+    WHERE workspace_id = $1 AND state IN ('pending', 'retrying') AND due <= now()
+    ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED)"""
+# The same, with the channels of $5 one row at a time per address (see `claim`).
+_PICK_SERIAL = """firsts AS (
+    SELECT id, due, channel = ANY($5::text[]) AS serial,
+        row_number() OVER (PARTITION BY channel, address ORDER BY due, id) AS nth
+    FROM notifier.deliveries q
+    WHERE workspace_id = $1 AND state IN ('pending', 'retrying') AND due <= now()
+    AND NOT (channel = ANY($5::text[]) AND EXISTS (
+        SELECT 1 FROM notifier.deliveries s
+        WHERE s.workspace_id = $1 AND s.state = 'sending'
+        AND s.channel = q.channel AND s.address = q.address))),
+picked AS (
+    SELECT p.id FROM notifier.deliveries p JOIN firsts f ON f.id = p.id
+    WHERE (f.nth = 1 OR NOT f.serial) AND p.state IN ('pending', 'retrying')
+    ORDER BY f.due LIMIT $2 FOR UPDATE OF p SKIP LOCKED)"""
 
 
 @dataclass(frozen=True)
@@ -148,36 +167,29 @@ class DeliveryStore:
             )  # fmt: skip
             return len(waiting)
 
-    async def claim(self, limit: int, lease_seconds: float) -> list[Delivery]:
+    async def claim(
+        self, limit: int, lease_seconds: float, serial: Collection[str] = ()
+    ) -> list[Delivery]:
         """Up to `limit` due rows, now this sender's for `lease_seconds`, oldest due
-        first, but at most one per (channel, address) and none for a (channel,
-        address) with a row being sent: a burst of 300 messages to one person, paced
-        by Slack at one a second, no longer holds everyone else's for five minutes
-        (each address's oldest due row takes its turn). Rows another sender is
-        claiming at this instant are skipped, not waited for (SKIP LOCKED), so no row
-        is ever claimed twice."""
+        first. For the channels in `serial` (those that send one message at a time to
+        an address: Slack, paced per conversation), at most one row per address and
+        none of an address with a row being sent: a burst of 300 messages to one
+        person no longer fills every slot with sends that wait on that person's pace
+        while everyone else's wait on them (each address's oldest due row takes its
+        turn). Rows another sender is claiming at this instant are skipped, not waited
+        for (SKIP LOCKED), so no row is ever claimed twice."""
+        picked = _PICK_SERIAL if serial else _PICK
+        serial_arg = [list(serial)] if serial else []
         rows = await self._pool.fetch(
             f"""
-            WITH firsts AS (
-                SELECT id, due, row_number() OVER (
-                    PARTITION BY channel, address ORDER BY due, id) AS nth
-                FROM notifier.deliveries q
-                WHERE workspace_id = $1 AND state IN ('pending', 'retrying') AND due <= now()
-                AND NOT EXISTS (
-                    SELECT 1 FROM notifier.deliveries s
-                    WHERE s.workspace_id = $1 AND s.state = 'sending'
-                    AND s.channel = q.channel AND s.address = q.address)),
-            picked AS (
-                SELECT p.id FROM notifier.deliveries p JOIN firsts f ON f.id = p.id
-                WHERE f.nth = 1 AND p.state IN ('pending', 'retrying')
-                ORDER BY f.due LIMIT $2 FOR UPDATE OF p SKIP LOCKED)
+            WITH {picked}
             UPDATE notifier.deliveries d SET state = 'sending', claimed_by = $3,
                 claimed_until = now() + make_interval(secs => $4), attempts = d.attempts + 1,
                 updated_at = now()
             FROM picked WHERE d.id = picked.id
             RETURNING {_QUALIFIED}
             """,
-            self.workspace_id, limit, self.sender, lease_seconds,
+            self.workspace_id, limit, self.sender, lease_seconds, *serial_arg,
         )  # fmt: skip
         return [_delivery(r) for r in rows]
 
