@@ -176,7 +176,10 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         try:
             out = await self._store.apply(request_id, lambda r: via(change(r), person))
         except Refused as exc:
-            await abort(context, _CODES[exc.why], exc.message)
+            said = exc.message
+            if exc.naming_revoker is not None:
+                said = exc.naming_revoker(await self._revoker(request_id))
+            await abort(context, _CODES[exc.why], said)
         except KeyError:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, f"request_id: no request {request_id!r}"
@@ -185,6 +188,14 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             await abort(context, grpc.StatusCode.ABORTED, str(exc))
         assert out is not None  # the machine's operations always change something
         return await self._answer(out.request)
+
+    async def _revoker(self, request_id: str) -> str:
+        """Who revoked the request ("<person> via <service>" for a delegate's act), from
+        its timeline; "" when it has no revocation."""
+        for e in reversed(await self._store.timeline(request_id)):
+            if e.action == "revoked":
+                return f"{e.actor} via {e.via}" if e.via else e.actor
+        return ""
 
     async def Create(
         self, request: requests_pb2.CreateCreditRequest, context: Context
