@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
@@ -27,6 +27,14 @@ from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
 
 log = logging.getLogger(__name__)
+
+# Errors about one record itself (its size, its form), from the producer or the
+# broker: sending it again can only fail again (Publisher.deliver).
+RECORD_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP, KafkaError._BAD_MSG,
+    KafkaError._INVALID_ARG,
+})  # fmt: skip
 
 # librdkafka properties for TLS / SASL, set once per process by `configure`
 _security: dict[str, str] = {}
@@ -225,6 +233,30 @@ class Publisher:
             bootstrap, **{"linger.ms": 2, "enable.idempotence": True, "acks": "all"}
         )
 
+    def _produce(self, record: OutRecord, traced: list[tuple[str, bytes]],
+                 delivered: Callable[[KafkaError | None, object], None]) -> None:  # fmt: skip
+        """Hand `record` to the producer (waiting while its local queue is full).
+        Raises KafkaException when the producer refuses it before sending."""
+        topic, key, value, headers = record[0], record[1], record[2], record[3]
+        if traced:
+            headers = [*headers, *traced]
+        # confluent-kafka: a negative partition means "let the partitioner choose"
+        partition = record[4] if len(record) == 5 else -1
+        while True:
+            try:
+                self._producer.produce(
+                    topic, key=key, value=value, headers=headers, partition=partition,
+                    on_delivery=delivered,
+                )  # fmt: skip
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self._producer.poll(0.05)
+
+    async def _flush(self) -> int:
+        """Wait up to 30 s for every record handed over; how many are still undelivered."""
+        loop = asyncio.get_running_loop()
+        return int(await loop.run_in_executor(None, self._producer.flush, 30.0))
+
     async def send(self, records: Sequence[OutRecord]) -> None:
         """Send `records` and wait until the broker has them all; OSError when any was
         not delivered within 30 s or the client was not ready (retry it); a
@@ -238,34 +270,60 @@ class Publisher:
                 errors.append(str(err))
 
         for record in records:
-            topic, key, value, headers = record[0], record[1], record[2], record[3]
-            if traced:
-                headers = [*headers, *traced]
-            # confluent-kafka: a negative partition means "let the partitioner choose"
-            partition = record[4] if len(record) == 5 else -1
-            while True:
-                try:
-                    self._producer.produce(
-                        topic, key=key, value=value, headers=headers, partition=partition,
-                        on_delivery=delivered,
-                    )  # fmt: skip
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    self._producer.poll(0.05)
-                except KafkaException as exc:
-                    # Refused before sending. A retriable error (the client is not
-                    # ready yet) is an outage: OSError, which callers retry. Any other
-                    # (a record past message.max.bytes, a fatal idempotence error) is
-                    # a bug in what we built or a producer that must be recreated:
-                    # raised as it is, so the process ends and is restarted.
-                    error = exc.args[0]
-                    if error.retriable():
-                        raise OSError(f"{topic}: {error.str()}") from exc
-                    raise
-        loop = asyncio.get_running_loop()
-        undelivered = await loop.run_in_executor(None, self._producer.flush, 30.0)
+            try:
+                self._produce(record, traced, delivered)
+            except KafkaException as exc:
+                # Refused before sending. A retriable error (the client is not ready
+                # yet) is an outage: OSError, which callers retry. Any other (a record
+                # past message.max.bytes, a fatal idempotence error) is a bug in what
+                # we built or a producer that must be recreated: raised as it is, so
+                # the process ends and is restarted.
+                error = exc.args[0]
+                if error.retriable():
+                    raise OSError(f"{record[0]}: {error.str()}") from exc
+                raise
+        undelivered = await self._flush()
         if undelivered or errors:
             raise OSError(f"{undelivered} record(s) undelivered; errors: {errors[:3]}")
+
+    async def deliver(self, records: Sequence[OutRecord]) -> list[str]:
+        """Send `records` and wait until the broker has them, each on its own: what
+        became of each, in order, "" for delivered or why the producer or the broker
+        refused it for good (an error of RECORD_ERRORS: too large, invalid; sending it
+        again can only fail again). The others are sent whatever one of them is.
+        OSError when any failed for another reason (the client not ready, not
+        delivered within 30 s: retry them); KafkaException for a producer that must be
+        recreated (a fatal idempotence error)."""
+        outcome = [""] * len(records)
+        others: list[str] = []
+        traced = telemetry.inject_headers() if telemetry.tracing() else []
+
+        def reporter(i: int) -> Callable[[KafkaError | None, object], None]:
+            def delivered(err: KafkaError | None, _msg: object) -> None:
+                if err is None:
+                    return
+                if err.code() in RECORD_ERRORS:
+                    outcome[i] = f"{err.name()}: {err.str()}"
+                else:
+                    others.append(str(err))
+
+            return delivered
+
+        for i, record in enumerate(records):
+            try:
+                self._produce(record, traced, reporter(i))
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() in RECORD_ERRORS:
+                    outcome[i] = f"{error.name()}: {error.str()}"
+                elif error.retriable():
+                    raise OSError(f"{record[0]}: {error.str()}") from exc
+                else:
+                    raise
+        undelivered = await self._flush()
+        if undelivered or others:
+            raise OSError(f"{undelivered} record(s) undelivered; errors: {others[:3]}")
+        return outcome
 
     def close(self) -> None:
         self._producer.flush(5)

@@ -16,21 +16,93 @@ QM_REQUESTS_ADDR. Exit 0 done, 1 refused (the server's status and reason on stde
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import grpc
 
+from quartermaster.cliargs import Parser
 from quartermaster.grpcclient import bearer, open_blocking_channel
 from quartermaster.money import MICROS_PER_CREDIT, credits
 from quartermaster.settings import load_or_exit
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
+from quartermaster.validation import text_problem
 from quartermaster.wire import from_timestamp
+from services.requests.ask import MAX_AMOUNT_MICROS, MAX_DURATION_SECONDS
 from services.requests.settings import RequestsSettings
 
 TIMEOUT_S = 30.0
+MAX_PAGE = 500  # as RequestService's
+MAX_VERSION = 2**63 - 1  # int64 on the wire
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def scaled(
+    unit: int, unit_name: str, name: str, high: int, *, zero: str = ""
+) -> Callable[[str], int]:
+    """An argparse type: a decimal number of `name`s (e.g. credits) as a whole count of
+    `unit_name`s (`unit` of them a `name`), between 1 and `high` of them. 0 is taken
+    only when `zero` says what it means (e.g. "as asked"); a positive number that
+    rounds to 0 never is. ArgumentTypeError (exit 2, naming the argument) otherwise."""
+
+    def parse(text: str) -> int:
+        value = _finite(text)
+        if value == 0 and zero:
+            return 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be positive" + (
+                f" (or 0: {zero})" if zero else ""))  # fmt: skip
+        if value > high / unit:
+            raise argparse.ArgumentTypeError(f"{text} is more than {high / unit:g} {name}")
+        count = round(value * unit)
+        if count == 0:
+            raise argparse.ArgumentTypeError(
+                f"{text} {name} round to 0 {unit_name}; the least is {1 / unit:.6f} {name}"
+            )
+        return count
+
+    return parse
+
+
+def whole(low: int, high: int, high_text: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high` (said as `high_text`, when
+    given: Parser hides words as long as a token)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not between {low} and {high_text or high}")
+        return value
+
+    return parse
+
+
+def text(value: str) -> str:
+    """An argparse type: text that can be sent (no NUL; bytes the terminal gave that
+    are not UTF-8 come as lone surrogates, which protobuf can't encode)."""
+    bad = text_problem(value)
+    if bad:
+        raise argparse.ArgumentTypeError(bad)
+    return value
+
+
+credits_micros = scaled(MICROS_PER_CREDIT, "micro-credits", "credits", MAX_AMOUNT_MICROS)
+hours_seconds = scaled(3600, "seconds", "hours", MAX_DURATION_SECONDS)
 
 
 def _state(s: int) -> str:
@@ -68,38 +140,47 @@ def show(r: requests_pb2.CreditRequest, out: TextIO) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m services.requests.cli")
+    """The command line; a bad argument exits 2 with the usage and names it."""
+    p = Parser(prog="python -m services.requests.cli")
     p.add_argument("--addr", help="RequestService address (default: QM_REQUESTS_ADDR)")
     p.add_argument("--token", help="bearer token (default: QM_TOKEN; see docs/security.md)")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", help="ask for credits")
-    c.add_argument("credits", type=float)
-    c.add_argument("--hours", type=float, default=24.0, help="how long once approved")
-    c.add_argument("--why", required=True, help="what the credits are for")
-    c.add_argument("--link", action="append", default=[])
-    c.add_argument("--product", default="")
-    c.add_argument("--project", default="")
-    c.add_argument("--id", default="", help="your id for this ask (asking again returns it)")
-    sub.add_parser("get", help="a request with its timeline").add_argument("request_id")
+    c.add_argument("credits", type=credits_micros, help="how many (decimal, > 0)")
+    c.add_argument("--hours", type=hours_seconds, default=24 * 3600,
+                   help="how long once approved (decimal, > 0; default 24)")  # fmt: skip
+    c.add_argument("--why", type=text, required=True, help="what the credits are for")
+    c.add_argument("--link", type=text, action="append", default=[])
+    c.add_argument("--product", type=text, default="")
+    c.add_argument("--project", type=text, default="")
+    c.add_argument("--id", type=text, default="",
+                   help="your id for this ask (asking again returns it)")  # fmt: skip
+    sub.add_parser("get", help="a request with its timeline").add_argument("request_id", type=text)
     d = sub.add_parser("decide", help="approve or deny a request awaiting you")
-    d.add_argument("request_id")
+    d.add_argument("request_id", type=text)
     d.add_argument("vote", choices=["approve", "deny"])
-    d.add_argument("--version", type=int, required=True, help="the version you decided on")
-    d.add_argument("--reason", default="")
-    d.add_argument("--credits", type=float, default=0, help="grant less than asked")
-    d.add_argument("--hours", type=float, default=0, help="grant shorter than asked")
-    for name, text in (
+    d.add_argument("--version", type=whole(1, MAX_VERSION, "2**63 - 1"), required=True,
+                   help="the version you decided on")  # fmt: skip
+    d.add_argument("--reason", type=text, default="")
+    d.add_argument("--credits", type=scaled(MICROS_PER_CREDIT, "micro-credits", "credits",
+                                            MAX_AMOUNT_MICROS, zero="as asked"),
+                   default=0, help="grant less than asked")  # fmt: skip
+    d.add_argument("--hours", type=scaled(3600, "seconds", "hours", MAX_DURATION_SECONDS,
+                                          zero="as asked"),
+                   default=0, help="grant shorter than asked")  # fmt: skip
+    for name, what in (
         ("cancel", "withdraw your pending request"),
         ("revoke", "end an approved grant early"),
     ):
-        x = sub.add_parser(name, help=text)
-        x.add_argument("request_id")
-        x.add_argument("--version", type=int, required=True)
-        x.add_argument("--reason", default="", required=name == "revoke")
+        x = sub.add_parser(name, help=what)
+        x.add_argument("request_id", type=text)
+        x.add_argument("--version", type=whole(1, MAX_VERSION, "2**63 - 1"), required=True)
+        x.add_argument("--reason", type=text, default="", required=name == "revoke")
     for name in ("mine", "awaiting", "all"):
         x = sub.add_parser(name, help=f"list requests: {name}")
-        x.add_argument("--limit", type=int, default=50)
-        x.add_argument("--page-token", default="", help="the next page (printed by the last)")
+        x.add_argument("--limit", type=whole(1, MAX_PAGE), default=50)
+        x.add_argument("--page-token", type=text, default="",
+                       help="the next page (printed by the last)")  # fmt: skip
     return p
 
 
@@ -109,8 +190,8 @@ def _call(stub: requests_pb2_grpc.RequestServiceStub, ns: argparse.Namespace, ou
         r = stub.Create(
             pb.CreateCreditRequest(
                 request_id=ns.id,
-                amount_micros=round(ns.credits * MICROS_PER_CREDIT),
-                duration_seconds=round(ns.hours * 3600),
+                amount_micros=ns.credits,
+                duration_seconds=ns.hours,
                 justification=ns.why,
                 links=ns.link,
                 product=ns.product,
@@ -128,8 +209,8 @@ def _call(stub: requests_pb2_grpc.RequestServiceStub, ns: argparse.Namespace, ou
                 version=ns.version,
                 reason=ns.reason,
                 vote=pb.VOTE_APPROVE if ns.vote == "approve" else pb.VOTE_DENY,
-                granted_micros=round(ns.credits * MICROS_PER_CREDIT),
-                granted_duration_seconds=round(ns.hours * 3600),
+                granted_micros=ns.credits,
+                granted_duration_seconds=ns.hours,
             ),
             metadata=md,
             timeout=TIMEOUT_S,

@@ -88,10 +88,13 @@ class Confirmer:
         return made
 
     async def run(self) -> None:
-        """Until `stopping`."""
+        """Until `stopping`: a failed pass is retried after `every` seconds, an
+        unexpected one logged at ERROR with its traceback, so the loop never ends alone."""
         while not self.stopping:
             try:
                 await self.pass_once()
             except (Unreachable, OSError, asyncpg.PostgresError) as exc:
                 log.warning("confirmation pass failed, retrying: %s", exc)
+            except Exception:
+                log.exception("confirmation pass failed unexpectedly, retrying")
             await asyncio.sleep(self._every)

@@ -15,7 +15,7 @@ never an approver, on any path, an admin's included. Each entry becomes one even
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -52,12 +52,17 @@ class Why(StrEnum):
 
 
 class Refused(Exception):
-    """An operation the request's state or the actor doesn't allow; `why` is its kind."""
+    """An operation the request's state or the actor doesn't allow; `why` is its kind.
+    `naming_revoker`, when set, gives the whole message from who revoked the grant
+    (the request does not keep it: the caller reads it from the timeline)."""
 
-    def __init__(self, why: Why, message: str) -> None:
+    def __init__(
+        self, why: Why, message: str, naming_revoker: Callable[[str], str] | None = None
+    ) -> None:
         super().__init__(message)
         self.why = why
         self.message = message
+        self.naming_revoker = naming_revoker
 
 
 @dataclass(frozen=True)
@@ -211,11 +216,32 @@ def create(
     return Outcome(req, (entry,))
 
 
-def decided_text(req: Request) -> str:
-    """ "approved by lee at 2026-…" — who decided and when, for refusals."""
-    at = req.decided_at.isoformat() if req.decided_at else "an unknown time"
+def _at(at: datetime | None) -> str:
+    return at.isoformat() if at else "an unknown time"
+
+
+def decided_text(req: Request, revoked_by: str = "") -> str:
+    """ "approved by lee at 2026-…" — who decided and when, for refusals. A grant that
+    ended says when, and one revoked by whom (`revoked_by`, "" unknown) and when."""
     who = req.decided_by or SYSTEM
-    return f"the request was already {req.state.value} by {who} at {at}"
+    if req.state is State.REVOKED:
+        return (f"the grant was already revoked by {revoked_by or 'someone'} at "
+                f"{_at(req.ends_at)} (approved by {who} at {_at(req.decided_at)})")  # fmt: skip
+    if req.state is State.ENDED:
+        return (f"the grant already ended at {_at(req.ends_at)} (approved by {who} at "
+                f"{_at(req.decided_at)})")  # fmt: skip
+    return f"the request was already {req.state.value} by {who} at {_at(req.decided_at)}"
+
+
+def not_pending(req: Request, prefix: str = "") -> Refused:
+    """NOT_PENDING for `req`, saying who decided (and revoked) it and when, after
+    `prefix`; naming the revoker is left to the caller (Refused.naming_revoker)."""
+    if req.state is State.PENDING:
+        return Refused(Why.NOT_PENDING, f"{prefix}it is still pending")
+    if req.state is State.REVOKED:
+        return Refused(Why.NOT_PENDING, prefix + decided_text(req),
+                       lambda who: prefix + decided_text(req, who))  # fmt: skip
+    return Refused(Why.NOT_PENDING, prefix + decided_text(req))
 
 
 def _check_version(req: Request, version: int) -> None:
@@ -263,7 +289,7 @@ def decide(
         raise Refused(Why.NOT_ALLOWED, f"{actor} asked for this request and can't decide it")
     step = req.step
     if step is None:
-        raise Refused(Why.NOT_PENDING, decided_text(req))
+        raise not_pending(req)
     _check_version(req, version)
     if not admin and actor not in step.approvers:
         raise Refused(Why.NOT_ALLOWED, f"{actor} is not an approver of step {step.name} "
@@ -306,7 +332,7 @@ def cancel(req: Request, actor: str, version: int, now: datetime, reason: str = 
     if actor != req.requester:
         raise Refused(Why.NOT_ALLOWED, f"only the requester {req.requester} may cancel it")
     if req.state is not State.PENDING:
-        raise Refused(Why.NOT_PENDING, decided_text(req))
+        raise not_pending(req)
     _check_version(req, version)
     return transition(req, now, actor, "cancelled", reason, state=State.CANCELLED,
                       decided_by=actor, decided_at=now, decision_reason=reason)  # fmt: skip
@@ -322,8 +348,7 @@ def revoke(
     if not (admin or actor == req.requester or actor in req.voters):
         raise Refused(Why.NOT_ALLOWED, f"{actor} neither approved this grant nor is an admin")
     if req.state is not State.APPROVED:
-        raise Refused(Why.NOT_PENDING, f"only an approved grant can be revoked; it is "
-                      f"{req.state.value}")  # fmt: skip
+        raise not_pending(req, "only an approved grant can be revoked; ")
     _check_version(req, version)
     if not reason.strip():
         raise Refused(Why.INVALID, "reason: say why the grant ends early")

@@ -125,7 +125,10 @@ def ask_of(msg: requests_pb2.CreateCreditRequest) -> Ask:
 
 def states_of(msg: requests_pb2.ListCreditRequests, problems: Problems) -> list[str]:
     """The states a list asks for, as State values; an unknown one is a problem."""
-    out = []
+    out: list[str] = []
+    problems.require_list("states", len(msg.states), len(_STATES))
+    if len(msg.states) > len(_STATES):
+        return out
     for i, s in enumerate(msg.states):
         if s not in _FROM_PB:
             problems.add(f"states[{i}]", f"{s} is not a request state")
@@ -160,6 +163,19 @@ def listed_of(req: Request) -> Listed:
     """`req` as a list reads it (for stores that keep no wire form)."""
     return Listed(req.created_at, req.request_id, req.override_status,
                   listed_pb(req).SerializeToString())  # fmt: skip
+
+
+def fitting(found: Sequence[Listed], max_bytes: int) -> int:
+    """How many of `found`, from the first, fit a page of at most `max_bytes` bytes
+    serialized (each request counted with its field's tag and length, up to 6 bytes);
+    at least one, so a page always moves on."""
+    total = 0
+    for n, x in enumerate(found):
+        size = len(x.wire) if x.wire else listed_pb(x.request).ByteSize() if x.request else 0
+        total += size + 6
+        if total > max_bytes:
+            return max(n, 1)
+    return len(found)
 
 
 def page_pb(found: Sequence[Listed], next_token: str) -> requests_pb2.ListCreditRequestsResponse:

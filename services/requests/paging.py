@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from quartermaster.validation import MAX_ID_LENGTH, text_problem
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LISTS = frozenset({"mine", "awaiting", "all"})
-MAX_TOKEN = 400  # characters: a request_id is at most 128 (validation.require_id)
+# The longest raw token: the longest list name, a signed 64-bit count of micros and the
+# longest request_id (validation.require_id counts characters; UTF-8 takes up to 4
+# bytes of each), with the two separators.
+_MAX_RAW = len("awaiting") + 1 + len(str(-(2**63))) + 1 + 4 * MAX_ID_LENGTH
+# In characters of the token (base64 without padding) made of that many bytes.
+MAX_TOKEN = -(-_MAX_RAW * 4 // 3)
+_MICROS = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: str.isdigit takes "²"
 
 
 class BadToken(ValueError):
@@ -52,7 +61,10 @@ def token_of(list_name: str, at: Position) -> str:
 
 def position_of(token: str, list_name: str) -> Position:
     """The position `token` (from token_of) names in `list_name`. BadToken when it is
-    not a token, or one of another list."""
+    longer than MAX_TOKEN characters, not a token (not base64 of UTF-8, a time that is
+    not ASCII digits or out of datetime's range, a request id no request can have:
+    blank, over MAX_ID_LENGTH characters, NUL or a lone surrogate), or one of another
+    list."""
     if len(token) > MAX_TOKEN:
         raise BadToken(f"longer than any token this service gives ({len(token)} characters)")
     try:
@@ -60,8 +72,10 @@ def position_of(token: str, list_name: str) -> Position:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadToken("not a token this service gave") from None
     parts = raw.split("|", 2)
-    if len(parts) != 3 or not parts[1].lstrip("-").isdigit() or not parts[2]:
+    if len(parts) != 3 or not _MICROS.fullmatch(parts[1]) or not parts[2].strip():
         raise BadToken("not a token this service gave")
+    if len(parts[2]) > MAX_ID_LENGTH or text_problem(parts[2]):
+        raise BadToken("not a token this service gave (its request id is not one)")
     if parts[0] != list_name:
         raise BadToken(f"a token of list {parts[0]!r}, not of {list_name!r}")
     try:

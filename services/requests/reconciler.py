@@ -62,14 +62,19 @@ class Reconciler:
                     log.info("%s: %s", request_id, out.entries[-1].action)
             except (Refused, Contended, KeyError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("%s: not reconciled this pass: %s", request_id, exc)
+            except Exception:  # one request's surprise must not hold up the others
+                log.exception("%s: not reconciled this pass", request_id)
         self.actions += made
         return made
 
     async def run(self) -> None:
-        """Until `stopping`."""
+        """Until `stopping`: a failed pass is retried after `every` seconds, an
+        unexpected one logged at ERROR with its traceback, so the loop never ends alone."""
         while not self.stopping:
             try:
                 await self.pass_once()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("reconciler pass failed, retrying: %s", exc)
+            except Exception:
+                log.exception("reconciler pass failed unexpectedly, retrying")
             await asyncio.sleep(self._every)

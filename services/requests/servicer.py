@@ -33,7 +33,7 @@ from quartermaster import auth, roles
 from quartermaster.auth import NotAPerson, Person
 from quartermaster.grpcserver import abort, refuse
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
-from quartermaster.validation import Problems
+from quartermaster.validation import MAX_TEXT_LENGTH, Problems
 from services.requests import machine, mapping
 from services.requests.machine import Entry, Outcome, Refused, Request, Why
 from services.requests.mapping import Listed
@@ -46,7 +46,13 @@ from services.requests.stores.requests import Contended
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
+# A page's requests, serialized, at most (gRPC refuses answers over 4 MB by default;
+# 500 requests with long justifications and ten links each could pass it).
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 HISTORY = 20  # past requests shown to the approver
+# The longest reason a change (Cancel, Decide, Revoke) may give, as Create's
+# justification: in characters, so at most 4 times as many bytes of UTF-8.
+MAX_REASON = MAX_TEXT_LENGTH
 _CODES = {
     Why.NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
     Why.NOT_PENDING: grpc.StatusCode.FAILED_PRECONDITION,
@@ -170,7 +176,10 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         try:
             out = await self._store.apply(request_id, lambda r: via(change(r), person))
         except Refused as exc:
-            await abort(context, _CODES[exc.why], exc.message)
+            said = exc.message
+            if exc.naming_revoker is not None:
+                said = exc.naming_revoker(await self._revoker(request_id))
+            await abort(context, _CODES[exc.why], said)
         except KeyError:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, f"request_id: no request {request_id!r}"
@@ -179,6 +188,14 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             await abort(context, grpc.StatusCode.ABORTED, str(exc))
         assert out is not None  # the machine's operations always change something
         return await self._answer(out.request)
+
+    async def _revoker(self, request_id: str) -> str:
+        """Who revoked the request ("<person> via <service>" for a delegate's act), from
+        its timeline; "" when it has no revocation."""
+        for e in reversed(await self._store.timeline(request_id)):
+            if e.action == "revoked":
+                return f"{e.actor} via {e.via}" if e.via else e.actor
+        return ""
 
     async def Create(
         self, request: requests_pb2.CreateCreditRequest, context: Context
@@ -253,13 +270,17 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         await abort(context, grpc.StatusCode.NOT_FOUND, f"request_id: no request {request_id!r}")
 
     async def _change_input(
-        self, context: Context, request_id: str, version: int, problems: Problems | None = None
-    ) -> Person:
+        self, context: Context, request_id: str, version: int, reason: str,
+        problems: Problems | None = None,
+    ) -> Person:  # fmt: skip
         """The person changing a request; INVALID_ARGUMENT naming every bad field (those
-        of `problems` too)."""
+        of `problems` too): request_id, version, and `reason`, free text of at most
+        MAX_REASON characters (it rides on the change's event, which must fit a Kafka
+        record, and on every answer showing the request)."""
         person = await self._person(context)
         problems = problems if problems is not None else Problems()
         problems.require_id("request_id", request_id)
+        problems.require_text("reason", reason, MAX_REASON)
         if version <= 0:
             problems.add("version", "required: the version the decision was made on (Get)")
         await refuse(context, problems)
@@ -268,7 +289,9 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
     async def Cancel(
         self, request: requests_pb2.CancelCreditRequest, context: Context
     ) -> requests_pb2.CreditRequest:
-        person = await self._change_input(context, request.request_id, request.version)
+        person = await self._change_input(
+            context, request.request_id, request.version, request.reason
+        )
         now = self._clock()
         return await self._apply(context, request.request_id, person, lambda r: machine.cancel(
             r, person.user_id, request.version, now, request.reason))  # fmt: skip
@@ -281,7 +304,9 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             problems.add("vote", "required: VOTE_APPROVE or VOTE_DENY")
         problems.require_not_negative("granted_micros", request.granted_micros)
         problems.require_not_negative("granted_duration_seconds", request.granted_duration_seconds)
-        person = await self._change_input(context, request.request_id, request.version, problems)
+        person = await self._change_input(
+            context, request.request_id, request.version, request.reason, problems
+        )
         now = self._clock()
 
         def decide(r: Request) -> Outcome:
@@ -296,7 +321,9 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
     async def Revoke(
         self, request: requests_pb2.RevokeCreditRequest, context: Context
     ) -> requests_pb2.CreditRequest:
-        person = await self._change_input(context, request.request_id, request.version)
+        person = await self._change_input(
+            context, request.request_id, request.version, request.reason
+        )
         now = self._clock()
         user, admin = person.user_id, person.admin
         return await self._apply(context, request.request_id, person, lambda r: machine.revoke(
@@ -307,17 +334,20 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         read: Callable[[list[str], int, Position | None], Awaitable[Sequence[Listed]]],
     ) -> requests_pb2.ListCreditRequestsResponse:  # fmt: skip
         """A page of `read(states, limit, after)`: one more than asked is read, so
-        next_page_token is given only when there is a next page (paging.py)."""
+        next_page_token is given only when there is a next page (paging.py). A page
+        holds fewer than `limit` (with a token for the rest) when more would pass
+        MAX_PAGE_BYTES."""
         problems = Problems()
         states = mapping.states_of(request, problems)
         limit, after = _page(request, list_name, problems)
         await refuse(context, problems)
         found = await read(states, limit + 1, after)
+        shown = mapping.fitting(found[:limit], MAX_PAGE_BYTES)
         more = ""
-        if len(found) > limit:
-            last = found[limit - 1]
+        if len(found) > shown:
+            last = found[shown - 1]
             more = token_of(list_name, Position(last.created_at, last.request_id))
-        return mapping.page_pb(found[:limit], more)
+        return mapping.page_pb(found[:shown], more)
 
     async def ListMine(
         self, request: requests_pb2.ListCreditRequests, context: Context

@@ -188,3 +188,39 @@ def test_a_pending_request_cannot_be_revoked() -> None:
     with pytest.raises(Refused) as exc:
         machine.revoke(req, "rae", req.version, T0, "x")
     assert exc.value.why is Why.NOT_PENDING
+
+
+def test_a_refused_revocation_says_what_became_of_the_grant_by_whom_and_when() -> None:
+    """The loser of a revoke race heard only "it is revoked": now who and when, as a
+    decision's loser hears "already approved by X at T"."""
+    req = new_request(20)
+    with pytest.raises(Refused) as exc:
+        machine.revoke(req, "rae", req.version, T0, "x")
+    assert exc.value.message == "only an approved grant can be revoked; it is still pending"
+    approved = approve(req, "mia", T0).request
+    revoked = machine.revoke(approved, "mia", approved.version, T0 + H, "done").request
+    with pytest.raises(Refused) as exc:
+        machine.revoke(revoked, "rae", approved.version, T0 + 2 * H, "me too")
+    said = exc.value
+    assert said.why is Why.NOT_PENDING
+    assert said.naming_revoker is not None
+    assert said.naming_revoker("mia") == (
+        "only an approved grant can be revoked; the grant was already revoked by mia at "
+        "2026-11-30T10:00:00+00:00 (approved by mia at 2026-11-30T09:00:00+00:00)"
+    )
+    with pytest.raises(Refused) as exc:  # a decision on it says so too, not "revoked by mia"
+        machine.cancel(revoked, "rae", revoked.version, T0 + 2 * H)
+    assert exc.value.naming_revoker is not None
+    assert exc.value.naming_revoker("wes").startswith("the grant was already revoked by wes at")
+    ended = replace(approved, state=State.ENDED, version=3)
+    with pytest.raises(Refused) as exc:
+        machine.revoke(ended, "mia", 3, T0 + 30 * H, "late")
+    assert exc.value.naming_revoker is None
+    assert exc.value.message == (
+        "only an approved grant can be revoked; the grant already ended at "
+        f"{approved.ends_at.isoformat() if approved.ends_at else ''} (approved by mia at "
+        "2026-11-30T09:00:00+00:00)"
+    )
+    denied = machine.decide(new_request(20), "mia", False, 1, T0 + H, "no").request
+    with pytest.raises(Refused, match="can be revoked; the request was already denied by mia at"):
+        machine.revoke(denied, "rae", denied.version, T0 + 2 * H, "x")

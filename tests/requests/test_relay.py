@@ -1,24 +1,38 @@
 """The outbox relay as a real process against the real broker, PostgreSQL and policy:
 SIGKILLed between commit and publish, and between publish and marking sent, the event
-reaches policy once and its override appears once."""
+reaches policy once and its override appears once. In process, on the real broker: an
+event the producer refuses for good is set aside and the ones after it are published,
+and an unexpected failure is logged and retried, never ending the loop."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
+from quartermaster.kafka import Publisher
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.topics import Topic
 from services.policy.decide import Enforcement
-from services.requests.relay import EVENT_ID_HEADER
+from services.requests import machine
+from services.requests.relay import EVENT_ID_HEADER, RETRY_SECONDS, Relay
+from services.requests.stores.outbox import OutboxStore
 from services.requests.stores.requests import RequestStore
 from tests.conftest import Replicas
 from tests.helpers import eventually, new_user, read_topic
-from tests.requests.kit import TIMING, approved, limit_of, log_text, relay_process
+from tests.requests.kit import (
+    TIMING,
+    approved,
+    limit_of,
+    log_text,
+    machine_create,
+    relay_process,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -111,3 +125,65 @@ async def _sent(database_url: str, event_id: str) -> bool:
         return bool(sent)
     finally:
         await conn.close()
+
+
+async def test_an_event_the_broker_refuses_is_set_aside_and_the_next_ones_are_published(
+    infra: Infra, workspace_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1 MB reason (stored before reasons were bounded) makes a 2 MB event, past what
+    the producer sends: it once ended the relay task, and no later event was published."""
+    pool = await connect_pool(infra.database_url)
+    publisher = Publisher(infra.kafka_bootstrap)
+    store = RequestStore(pool, workspace_id, TIMING)
+    try:
+        poisoned, _ = await store.create(machine_create(workspace_id, new_user(), 5, ["lead"]))
+        huge = "y" * 1_000_000
+        cancel = await store.apply(poisoned.request_id, lambda r: machine.cancel(
+            r, r.requester, r.version, datetime.now(UTC), huge))  # fmt: skip
+        assert cancel is not None
+        after, _ = await store.create(machine_create(workspace_id, new_user(), 5, ["lead"]))
+        big = f"{poisoned.request_id}:2:request.cancelled"
+        later = f"{after.request_id}:1:request.created"
+        relay = Relay(OutboxStore(pool), publisher, batch=500, poll_seconds=0.05)
+        task = asyncio.create_task(relay.run())
+        try:
+            await eventually(lambda: _sent(infra.database_url, later), True, within=60)
+            assert not task.done()  # it went on
+        finally:
+            relay.stopping = True
+            await asyncio.wait_for(task, 30)
+        aside = dict(await OutboxStore(pool).set_aside_rows())
+        assert aside[big].startswith("MSG_SIZE_TOO_LARGE: ")
+        assert not await _sent(infra.database_url, big)
+        assert copies(infra.kafka_bootstrap, later) == 1
+        assert copies(infra.kafka_bootstrap, big) == 0
+        assert f"event {big} (" in caplog.text
+        assert [r.levelname for r in caplog.records if big in r.getMessage()] == ["ERROR"]
+        # the event before the poisoned one was published too
+        assert await _sent(infra.database_url, f"{poisoned.request_id}:1:request.created")
+    finally:
+        publisher.close()
+        await pool.close()
+
+
+async def test_a_relay_failing_unexpectedly_says_so_and_tries_again(
+    infra: Infra, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed pool raises asyncpg.InterfaceError, neither an OSError nor a
+    PostgresError: the loop used to end there, silently."""
+    pool = await connect_pool(infra.database_url)
+    await pool.close()
+    publisher = Publisher(infra.kafka_bootstrap)
+    relay = Relay(OutboxStore(pool), publisher)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(RETRY_SECONDS * 2.5)
+        assert not task.done()
+        failures = [r for r in caplog.records if "relay failed unexpectedly" in r.getMessage()]
+        assert len(failures) >= 2
+        assert failures[0].levelname == "ERROR"
+        assert failures[0].exc_info is not None
+    finally:
+        relay.stopping = True
+        await asyncio.wait_for(task, 10)
+        publisher.close()

@@ -321,3 +321,17 @@ async def test_lists_page_by_position_and_refuse_another_lists_token(env: Env) -
         grpc.StatusCode.INVALID_ARGUMENT,
         "page_token: a token of list 'mine', not of 'awaiting'",
     )
+
+
+async def test_the_loser_of_a_revoke_race_hears_who_revoked_and_when(env: Env) -> None:
+    made = await env.stub.Create(ask(20), metadata=md("rae"))
+    approve = pb.DecideCreditRequest(request_id=made.request_id, version=1, vote=pb.VOTE_APPROVE)
+    await env.stub.Decide(approve, metadata=md("mia"))
+    revoke = pb.RevokeCreditRequest(request_id=made.request_id, version=2, reason="done")
+    await env.stub.Revoke(revoke, metadata=md("notifier", on_behalf_of="rae"))
+    code, said = await refusal(env.stub.Revoke(revoke, metadata=md("mia")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert said == (
+        "only an approved grant can be revoked; the grant was already revoked by rae via "
+        "notifier at 2026-11-30T09:00:00+00:00 (approved by mia at 2026-11-30T09:00:00+00:00)"
+    )

@@ -1,5 +1,6 @@
-"""The outbox as the relay sees it: unsent events in the order they were written, and
-marking them sent once the broker has them."""
+"""The outbox as the relay sees it: unsent events in the order they were written,
+marking them sent once the broker has them, and setting aside one the broker refuses
+for good (it is then never sent, and says why)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class OutboxStore:
         order on its partition)."""
         rows = await self._pool.fetch(
             "SELECT id, event_id, topic, key, payload FROM requests.outbox"
-            " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            " WHERE sent_at IS NULL AND set_aside_at IS NULL ORDER BY id LIMIT $1",
             limit,
         )
         return [OutboxRecord(r["id"], r["event_id"], r["topic"], r["key"], r["payload"])
@@ -43,7 +44,25 @@ class OutboxStore:
             "UPDATE requests.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids
         )
 
+    async def set_aside(self, row_id: int, reason: str) -> None:
+        """Never publish this event (the broker refuses it for good): it stays, with
+        `reason` and the time, for an operator; the relay goes on with the next."""
+        await self._pool.execute(
+            "UPDATE requests.outbox SET set_aside_at = now(), set_aside_reason = $2"
+            " WHERE id = $1",
+            row_id, reason,
+        )  # fmt: skip
+
+    async def set_aside_rows(self) -> list[tuple[str, str]]:
+        """(event id, reason) of every event set aside, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT event_id, set_aside_reason FROM requests.outbox"
+            " WHERE set_aside_at IS NOT NULL ORDER BY id"
+        )
+        return [(r["event_id"], r["set_aside_reason"]) for r in rows]
+
     async def backlog(self) -> int:
-        """How many events wait to be published."""
+        """How many events wait to be published (those set aside wait for nothing)."""
         return int(await self._pool.fetchval(
-            "SELECT count(*) FROM requests.outbox WHERE sent_at IS NULL"))  # fmt: skip
+            "SELECT count(*) FROM requests.outbox WHERE sent_at IS NULL"
+            " AND set_aside_at IS NULL"))  # fmt: skip
