@@ -104,7 +104,8 @@ def start_servers(bootstrap: str) -> tuple[list[subprocess.Popen[bytes]], str, s
     ingest_addr, bare_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QM_")}
     env |= {"QM_KAFKA_BOOTSTRAP": bootstrap, "QM_TOKENS": f"bench:reporter:{TOKEN}",
-            "QM_METERING_INGEST_ADDR": ingest_addr, "QM_LOG_LEVEL": "WARNING"}  # fmt: skip
+            "QM_METERING_INGEST_ADDR": ingest_addr, "QM_LOG_LEVEL": "WARNING",
+            "QM_WORKSPACE_ID": "bench"}  # fmt: skip  # the events' workspace
     ingest = subprocess.Popen([sys.executable, "-m", "services.metering.ingest"], cwd=ROOT, env=env)
     bare = subprocess.Popen([sys.executable, str(BARE), bare_addr], cwd=ROOT, env=env)
     procs = [ingest, bare]
@@ -181,6 +182,12 @@ def main() -> None:
         results["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
         results["cores"] = os.cpu_count()
         print(json.dumps(results))  # noqa: T201 - the one JSON line of results
+        # A refusal other than backpressure (429, 503) means the bench measured
+        # nothing: the bodies are wrong for this ingest. Said, and not a success.
+        wrong = {k: n for k in ("body_100", "body_1") for status, n in
+                 results[k]["not_202"].items() if status not in (429, 503)}  # type: ignore[index]  # fmt: skip
+        if wrong:
+            raise SystemExit(f"the ingest refused the bench's bodies: {results}")
     finally:
         for p in procs:
             p.terminate()
