@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from services.notifier.audience import Kind
+from services.notifier.blocks import MAX_BLOCKS, header, sections
 from services.notifier.channel import Message
 
 FIRST_DELAY_S = 5.0
@@ -61,12 +62,7 @@ def digests(waiting: Iterable[Queued], day: date) -> dict[str, Message]:
         items.sort(key=lambda q: (order.get(q.kind, 2), q.subject))
         subject = f"Your team's AI spend, {day.isoformat()}: {len(items)} notice(s)"
         lines = [f"• {q.subject}: {q.line}" for q in items]
-        header: dict[str, object] = {
-            "type": "header",
-            "text": {"type": "plain_text", "text": subject},
-        }
-        blocks: list[dict[str, object]] = [header]
-        blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": x}} for x in lines]
+        blocks = [header(subject), *sections(lines, MAX_BLOCKS - 1)]
         payload: dict[str, object] = {
             "type": Kind.DIGEST.value,
             "recipient_user_id": user,
