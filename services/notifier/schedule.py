@@ -1,8 +1,10 @@
 """When a delivery is tried again, and what a day's digest says. Pure: no I/O.
 
 Retries: 5 s after the first failure, doubling, at most an hour apart; a receiver's
-own `Retry-After` wins when it says longer. After `max_attempts` attempts a delivery
-that only ever failed transiently is failed for good (a person may replay it).
+own `Retry-After` (Slack's 429) wins when it says longer, but never more than 10 h
+(the webhooks' bound, services.notifier.retries.bounded_retry_after). After
+`max_attempts` attempts a delivery that only ever failed transiently is failed for
+good (a person may replay it).
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from zoneinfo import ZoneInfo
 from services.notifier.audience import Kind
 from services.notifier.blocks import MAX_BLOCKS, header, sections
 from services.notifier.channel import Message
+from services.notifier.retries import bounded_retry_after
 
 FIRST_DELAY_S = 5.0
 MAX_DELAY_S = 3600.0
 
 
 def retry_delay(attempts: int, retry_after_s: float | None = None) -> float:
-    """Seconds until the next attempt after `attempts` (>= 1) failed ones."""
+    """Seconds until the next attempt after `attempts` (>= 1) failed ones: the doubling
+    step, or the receiver's `retry_after_s` when longer, at most MAX_RETRY_AFTER (10 h;
+    NaN is ignored, infinity is 10 h). ValueError for `attempts` < 1."""
     if attempts < 1:
         raise ValueError("attempts must be >= 1")
     grown = min(FIRST_DELAY_S * 2.0 ** min(attempts - 1, 30), MAX_DELAY_S)
-    return max(grown, retry_after_s or 0.0)
+    return max(grown, bounded_retry_after(retry_after_s) or 0.0)
 
 
 def gives_up(attempts: int, max_attempts: int) -> bool:
