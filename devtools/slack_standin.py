@@ -5,7 +5,7 @@ Web API (at `<url>/api/`, JSON or form bodies, any bearer token):
 auth.test, chat.postMessage (with message metadata), chat.update, chat.postEphemeral,
 users.lookupByEmail (`users_not_found` for an unknown address), users.info (the e-mail
 of a user added with `add_user`), conversations.open, conversations.history
-(include_all_metadata).
+(include_all_metadata; oldest, latest, inclusive, limit and cursor paging as Slack's).
 
 For tests: `rate_limit(method, times, retry_after)` makes the next `times` calls of a
 method answer HTTP 429 with Retry-After; `calls` records every call (method, arrival
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import hmac
 import html
@@ -35,6 +36,7 @@ import logging
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import ClientSession, web
@@ -85,7 +87,7 @@ class Call:
 @dataclass
 class _Limit:
     times: int
-    retry_after: int
+    retry_after: int | str
 
 
 @dataclass
@@ -139,8 +141,9 @@ class SlackStandin:
         """Show an e-mail on the page (the local SMTP sink calls this)."""
         self.state.mails.append(mail)
 
-    def rate_limit(self, method: str, times: int, retry_after: int) -> None:
-        """The next `times` calls of `method` answer 429 with Retry-After seconds."""
+    def rate_limit(self, method: str, times: int, retry_after: int | str) -> None:
+        """The next `times` calls of `method` answer 429 with Retry-After seconds (a
+        string: that header as it is, to test what a broken one does)."""
         self.state.limits[method] = _Limit(times, retry_after)
 
     def posted(self, channel: str | None = None) -> list[Posted]:
@@ -238,15 +241,25 @@ class SlackStandin:
         return {"ok": False, "error": "message_not_found"}
 
     def _conversations_history(self, args: Json) -> Json:
-        channel = args.get("channel")
+        """As Slack answers it: newest first, only messages after `oldest` and before
+        `latest` (seconds, "1790000000.000100"; each end included with `inclusive`),
+        at most `limit` (default 100, at most 999) a page; `has_more` and, when there
+        are more, `response_metadata.next_cursor` for the next page's `cursor`."""
+        try:
+            page = _history_page(self.posted(str(args.get("channel"))), args)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        found, more = page
         with_meta = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
-        limit = int(args.get("limit") or 100)
-        found = [m for m in reversed(self.posted(str(channel)))][:limit]
-        return {"ok": True, "messages": [
+        answer: Json = {"ok": True, "messages": [
             {"type": "message", "ts": m.ts, "text": m.text,
              **({"metadata": m.metadata} if with_meta and m.metadata else {})}
             for m in found
-        ], "has_more": False}  # fmt: skip
+        ], "has_more": more is not None}  # fmt: skip
+        if more is not None:
+            cursor = base64.b64encode(f"next_ts:{more}".encode()).decode()
+            answer["response_metadata"] = {"next_cursor": cursor}
+        return answer
 
     # -- the page and its buttons -------------------------------------------------------
 
@@ -331,6 +344,44 @@ class SlackStandin:
             return web.Response(text="no interactivity URL configured", status=400)
         status, text = await self.click(message, action)
         return web.Response(text=f"{self.interactivity_url} answered {status}: {text}")
+
+
+def _ts(value: object, default: str, error: str) -> Decimal:
+    try:
+        ts = Decimal(str(value or default))
+    except InvalidOperation:
+        raise ValueError(error) from None
+    if not ts.is_finite():
+        raise ValueError(error)
+    return ts
+
+
+def _history_page(messages: list[Posted], args: Json) -> tuple[list[Posted], str | None]:
+    """One page of conversations.history (newest first) and the ts the next page
+    starts at (None: this is the last). ValueError naming Slack's error."""
+    inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+    oldest = _ts(args.get("oldest"), "0", "invalid_ts_oldest")
+    latest = _ts(args.get("latest"), f"{time.time() + 1:.6f}", "invalid_ts_latest")
+    try:
+        limit = min(max(int(args.get("limit") or 100), 1), 999)
+    except ValueError:
+        raise ValueError("invalid_limit") from None
+    start = latest
+    if args.get("cursor"):
+        try:
+            text = base64.b64decode(str(args["cursor"]), validate=True).decode()
+            start = _ts(text.removeprefix("next_ts:"), "", "invalid_cursor")
+        except ValueError:
+            raise ValueError("invalid_cursor") from None
+        inclusive_start = True
+    else:
+        inclusive_start = inclusive
+    inside = [
+        m for m in sorted(messages, key=lambda m: Decimal(m.ts), reverse=True)
+        if (oldest <= Decimal(m.ts) if inclusive else oldest < Decimal(m.ts))
+        and (Decimal(m.ts) <= start if inclusive_start else Decimal(m.ts) < start)
+    ]  # fmt: skip
+    return inside[:limit], inside[limit].ts if len(inside) > limit else None
 
 
 async def _serve(args: argparse.Namespace) -> None:
