@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from quartermaster.money import MICROS_PER_CREDIT as C
@@ -46,7 +47,7 @@ def fact(**changes: object) -> RequestFact:
         occurred_at=NOW, used_micros=5 * C, limit_micros=50 * C, period="month",
         by_product=(Share(ATTACK, 3 * C),), by_model=(Share("<!channel>", 2 * C),),
     )  # fmt: skip
-    return RequestFact(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return replace(base, **changes)  # type: ignore[arg-type]
 
 
 def mrkdwn_texts(message: Message) -> Iterator[str]:
