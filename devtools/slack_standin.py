@@ -275,7 +275,7 @@ class SlackStandin:
             )  # fmt: skip
             edited = f" (edited {m.edits}x)" if m.edits else ""
             rows.append(f"<li><b>to {html.escape(m.user or m.channel)}</b> {m.ts}{edited}"
-                        f"<pre>{html.escape(m.text)}</pre>{buttons}</li>")  # fmt: skip
+                        f"<pre>{html.escape(_as_shown(m.text))}</pre>{buttons}</li>")  # fmt: skip
         body = "".join(rows) or "<li>No messages yet.</li>"
         mails = "".join(
             f"<li><b>to {html.escape(', '.join(m.recipients))}</b>: {html.escape(m.subject)}"
@@ -344,6 +344,11 @@ class SlackStandin:
             return web.Response(text="no interactivity URL configured", status=400)
         status, text = await self.click(message, action)
         return web.Response(text=f"{self.interactivity_url} answered {status}: {text}")
+
+
+def _as_shown(text: str) -> str:
+    """mrkdwn text as Slack shows it: its escapes undone (`&lt;` is "<")."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _ts(value: object, default: str, error: str) -> Decimal:

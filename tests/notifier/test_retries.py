@@ -59,3 +59,5 @@ def test_every_schedule_bounds_a_receivers_retry_after_to_10_hours() -> None:
     assert next_delay(2, retry_after=math.nan) == 300.0
     assert bounded_retry_after(None) is None
     assert bounded_retry_after(0.2) == 1.0
+    assert parse_retry_after("١٢٠", NOW) is None  # digits, but not ASCII ones
+    assert bounded_retry_after(parse_retry_after("9" * 400, NOW)) == MAX_RETRY_AFTER
