@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import hmac
 import html
@@ -36,12 +35,12 @@ import logging
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import ClientSession, web
 
 from devtools.localinfra import free_port
+from devtools.slack_history import history_page, next_cursor
 
 log = logging.getLogger("qm.slack_standin")
 Json = dict[str, Any]
@@ -246,7 +245,7 @@ class SlackStandin:
         at most `limit` (default 100, at most 999) a page; `has_more` and, when there
         are more, `response_metadata.next_cursor` for the next page's `cursor`."""
         try:
-            page = _history_page(self.posted(str(args.get("channel"))), args)
+            page = history_page(self.posted(str(args.get("channel"))), args)
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         found, more = page
@@ -257,8 +256,7 @@ class SlackStandin:
             for m in found
         ], "has_more": more is not None}  # fmt: skip
         if more is not None:
-            cursor = base64.b64encode(f"next_ts:{more}".encode()).decode()
-            answer["response_metadata"] = {"next_cursor": cursor}
+            answer["response_metadata"] = {"next_cursor": next_cursor(more)}
         return answer
 
     # -- the page and its buttons -------------------------------------------------------
@@ -349,44 +347,6 @@ class SlackStandin:
 def _as_shown(text: str) -> str:
     """mrkdwn text as Slack shows it: its escapes undone (`&lt;` is "<")."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-
-
-def _ts(value: object, default: str, error: str) -> Decimal:
-    try:
-        ts = Decimal(str(value or default))
-    except InvalidOperation:
-        raise ValueError(error) from None
-    if not ts.is_finite():
-        raise ValueError(error)
-    return ts
-
-
-def _history_page(messages: list[Posted], args: Json) -> tuple[list[Posted], str | None]:
-    """One page of conversations.history (newest first) and the ts the next page
-    starts at (None: this is the last). ValueError naming Slack's error."""
-    inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
-    oldest = _ts(args.get("oldest"), "0", "invalid_ts_oldest")
-    latest = _ts(args.get("latest"), f"{time.time() + 1:.6f}", "invalid_ts_latest")
-    try:
-        limit = min(max(int(args.get("limit") or 100), 1), 999)
-    except ValueError:
-        raise ValueError("invalid_limit") from None
-    start = latest
-    if args.get("cursor"):
-        try:
-            text = base64.b64decode(str(args["cursor"]), validate=True).decode()
-            start = _ts(text.removeprefix("next_ts:"), "", "invalid_cursor")
-        except ValueError:
-            raise ValueError("invalid_cursor") from None
-        inclusive_start = True
-    else:
-        inclusive_start = inclusive
-    inside = [
-        m for m in sorted(messages, key=lambda m: Decimal(m.ts), reverse=True)
-        if (oldest <= Decimal(m.ts) if inclusive else oldest < Decimal(m.ts))
-        and (Decimal(m.ts) <= start if inclusive_start else Decimal(m.ts) < start)
-    ]  # fmt: skip
-    return inside[:limit], inside[limit].ts if len(inside) > limit else None
 
 
 async def _serve(args: argparse.Namespace) -> None:
