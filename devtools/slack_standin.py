@@ -5,7 +5,7 @@ Web API (at `<url>/api/`, JSON or form bodies, any bearer token):
 auth.test, chat.postMessage (with message metadata), chat.update, chat.postEphemeral,
 users.lookupByEmail (`users_not_found` for an unknown address), users.info (the e-mail
 of a user added with `add_user`), conversations.open, conversations.history
-(include_all_metadata).
+(include_all_metadata; oldest, latest, inclusive, limit and cursor paging as Slack's).
 
 For tests: `rate_limit(method, times, retry_after)` makes the next `times` calls of a
 method answer HTTP 429 with Retry-After; `calls` records every call (method, arrival
@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import ClientSession, web
 
 from devtools.localinfra import free_port
+from devtools.slack_history import history_page, next_cursor
 
 log = logging.getLogger("qm.slack_standin")
 Json = dict[str, Any]
@@ -85,7 +86,7 @@ class Call:
 @dataclass
 class _Limit:
     times: int
-    retry_after: int
+    retry_after: int | str
 
 
 @dataclass
@@ -139,8 +140,9 @@ class SlackStandin:
         """Show an e-mail on the page (the local SMTP sink calls this)."""
         self.state.mails.append(mail)
 
-    def rate_limit(self, method: str, times: int, retry_after: int) -> None:
-        """The next `times` calls of `method` answer 429 with Retry-After seconds."""
+    def rate_limit(self, method: str, times: int, retry_after: int | str) -> None:
+        """The next `times` calls of `method` answer 429 with Retry-After seconds (a
+        string: that header as it is, to test what a broken one does)."""
         self.state.limits[method] = _Limit(times, retry_after)
 
     def posted(self, channel: str | None = None) -> list[Posted]:
@@ -238,15 +240,24 @@ class SlackStandin:
         return {"ok": False, "error": "message_not_found"}
 
     def _conversations_history(self, args: Json) -> Json:
-        channel = args.get("channel")
+        """As Slack answers it: newest first, only messages after `oldest` and before
+        `latest` (seconds, "1790000000.000100"; each end included with `inclusive`),
+        at most `limit` (default 100, at most 999) a page; `has_more` and, when there
+        are more, `response_metadata.next_cursor` for the next page's `cursor`."""
+        try:
+            page = history_page(self.posted(str(args.get("channel"))), args)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        found, more = page
         with_meta = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
-        limit = int(args.get("limit") or 100)
-        found = [m for m in reversed(self.posted(str(channel)))][:limit]
-        return {"ok": True, "messages": [
+        answer: Json = {"ok": True, "messages": [
             {"type": "message", "ts": m.ts, "text": m.text,
              **({"metadata": m.metadata} if with_meta and m.metadata else {})}
             for m in found
-        ], "has_more": False}  # fmt: skip
+        ], "has_more": more is not None}  # fmt: skip
+        if more is not None:
+            answer["response_metadata"] = {"next_cursor": next_cursor(more)}
+        return answer
 
     # -- the page and its buttons -------------------------------------------------------
 
@@ -262,7 +273,7 @@ class SlackStandin:
             )  # fmt: skip
             edited = f" (edited {m.edits}x)" if m.edits else ""
             rows.append(f"<li><b>to {html.escape(m.user or m.channel)}</b> {m.ts}{edited}"
-                        f"<pre>{html.escape(m.text)}</pre>{buttons}</li>")  # fmt: skip
+                        f"<pre>{html.escape(_as_shown(m.text))}</pre>{buttons}</li>")  # fmt: skip
         body = "".join(rows) or "<li>No messages yet.</li>"
         mails = "".join(
             f"<li><b>to {html.escape(', '.join(m.recipients))}</b>: {html.escape(m.subject)}"
@@ -331,6 +342,11 @@ class SlackStandin:
             return web.Response(text="no interactivity URL configured", status=400)
         status, text = await self.click(message, action)
         return web.Response(text=f"{self.interactivity_url} answered {status}: {text}")
+
+
+def _as_shown(text: str) -> str:
+    """mrkdwn text as Slack shows it: its escapes undone (`&lt;` is "<")."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 async def _serve(args: argparse.Namespace) -> None:

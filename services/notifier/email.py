@@ -42,6 +42,7 @@ from services.notifier.channel import Message, Outcome, Recipient
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SUBJECT_MAX = 250  # characters; a longer subject is cut
 
 
 class EmailSettings(Settings):
@@ -77,18 +78,24 @@ def message_id(delivery_id: str, domain: str) -> str:
     return f"<qm.{local}@{domain}>"
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def build_email(
     sender: str, recipient: Recipient, message: Message, delivery_id: str
 ) -> EmailMessage:
     """The MIME message: text/plain, plus text/html as the alternative when
-    `message.html` is set. ValueError when the recipient's address is not one."""
+    `message.html` is set; the subject on one line, at most SUBJECT_MAX characters.
+    ValueError when the recipient's address is not one."""
     name, address = parseaddr(recipient.address)
     if "@" not in address or any(c.isspace() for c in address):
         raise ValueError(f"not an e-mail address: {recipient.address!r}")
     mail = EmailMessage()
     mail["From"] = sender
-    mail["To"] = formataddr((recipient.display_name or name, address))
-    mail["Subject"] = message.subject
+    # A header is one line: a name or a subject with a line break in it is flattened.
+    mail["To"] = formataddr((_one_line(recipient.display_name or name), address))
+    mail["Subject"] = _one_line(message.subject)[:SUBJECT_MAX]
     domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
     mail["Message-ID"] = message_id(delivery_id, domain)
     # The intent, for receivers' filters ("all threshold mails to a folder").

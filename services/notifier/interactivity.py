@@ -2,13 +2,18 @@
 
     POST /slack/interactivity   (Slack's Request URL for interactivity)
 
-Order matters, and is kept: (1) read the raw body; (2) verify `X-Slack-Signature`
-over it with the signing secret (slack_sdk's SignatureVerifier) and refuse a
-`X-Slack-Request-Timestamp` more than 300 s from now, before anything is parsed (401);
+Order matters, and is kept: (1) read the raw body; (2) check the headers' form (a
+timestamp of at most 12 ASCII digits, a signature `v0=` and 64 hex digits), refuse a
+`X-Slack-Request-Timestamp` more than 300 s from now and a body that is not UTF-8
+(as Slack's always is), then verify `X-Slack-Signature` over the body with the signing
+secret (slack_sdk's SignatureVerifier), all before anything is parsed (401, the
+answer naming what was wrong; never a 500);
 (3) refuse a request seen already (a replay: the same signature within the window,
 409; slack_actions.ReplayGuard, bounded memory); (4) parse (400 naming the field);
 (5) answer 200 at once, and act after, in a background task, since Slack wants the
 answer within 3 s and the Decide call, the directory and Slack's API may be slower.
+That task never ends in an exception: whatever goes wrong is logged and the clicker
+is told nothing was decided (`act`).
 The replay memory is per process: with several replicas a replay could reach another
 one inside the window, where the requests service still refuses it: the button's
 version is stale once the request was decided (DecideCreditRequest.version).
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Self
@@ -52,6 +58,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from quartermaster.grpcclient import bearer
 from quartermaster.settings import HostPort, Settings
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
+from services.notifier.blocks import message_text
 from services.notifier.slack_actions import (
     WINDOW_SECONDS,
     Click,
@@ -66,6 +73,8 @@ PATH = "/slack/interactivity"
 ON_BEHALF_OF = "qm-on-behalf-of"
 _VOTES = {"approve": requests_pb2.VOTE_APPROVE, "deny": requests_pb2.VOTE_DENY}
 _DONE = {"approve": "approved", "deny": "denied"}
+_STAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds, ASCII digits only
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 # The requests service's refusals that are the clicker's to read; anything else is
 # "could not reach", as its details may be about our deployment, not their click.
 _TOLD = {
@@ -167,14 +176,35 @@ class Interactivity:
         app.router.add_post(PATH, self.handle_http)
         return app
 
+    def refusal(self, body: bytes, stamp: str, signature: str) -> str | None:
+        """Why a request is not Slack's (a 401's text), or None when it is signed by
+        Slack within the last 300 s (module docstring, step 2). Never raises."""
+        if not _STAMP.fullmatch(stamp):
+            return "X-Slack-Request-Timestamp is not a Unix time (up to 12 digits)"
+        if abs(self._clock() - int(stamp)) > WINDOW_SECONDS:
+            return "X-Slack-Request-Timestamp is more than 300 s from now"
+        if not _SIGNATURE.fullmatch(signature):
+            return "X-Slack-Signature is not v0= and 64 hex digits"
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return "the body is not UTF-8"
+        try:
+            valid = self._verifier.is_valid(body, stamp, signature)
+        except Exception as exc:  # slack_sdk's verifier; a refusal, never a 500
+            log.warning("Slack signature check raised %s: refused", type(exc).__name__)
+            valid = False
+        return None if valid else "invalid signature"
+
     async def handle_http(self, request: web.Request) -> web.Response:
         """Verify, refuse replays, parse, acknowledge; act after (module docstring)."""
         body = await request.read()
         stamp = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
-        if not (stamp.isdigit() and self._verifier.is_valid(body, stamp, signature)):
-            log.warning("refused a Slack request: bad signature or timestamp")
-            return web.Response(status=401, text="invalid signature or timestamp")
+        refused = self.refusal(body, stamp, signature)
+        if refused is not None:
+            log.warning("refused a Slack request: %s", refused)
+            return web.Response(status=401, text=refused)
         admitted = self._replays.admit(signature, self._clock(), float(stamp))
         if admitted != "new":
             log.warning("refused a Slack request: %s", admitted)
@@ -182,6 +212,7 @@ class Interactivity:
         try:
             click = click_of(form_payload(body))
         except PayloadError as exc:
+            log.warning("refused a Slack click: %s", exc)
             return web.Response(status=400, text=str(exc))
         if click is not None:
             self._start(click)
@@ -196,6 +227,8 @@ class Interactivity:
             log.warning("ignored a replayed Socket Mode envelope")
             return
         try:
+            if not isinstance(req.payload, Mapping):
+                raise PayloadError("payload is not a JSON object")
             click = click_of(req.payload)
         except PayloadError as exc:
             log.warning("ignored a Slack click: %s", exc)
@@ -206,7 +239,12 @@ class Interactivity:
     def _start(self, click: Click) -> None:
         task = asyncio.create_task(self.act(click))
         self._tasks.add(task)  # held, so it is not collected mid-flight
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # act never raises; still
+            log.error("acting on a Slack click raised", exc_info=task.exception())
 
     async def drain(self) -> None:
         """Wait for every click being acted on (shutdown, tests)."""
@@ -216,6 +254,17 @@ class Interactivity:
     async def act(self, click: Click) -> None:
         """Decide as the clicker, then tell them (only them) what came of it. Never
         raises: every failure ends in a message to the clicker or a log line."""
+        try:
+            await self._act(click)
+        except Exception:
+            log.exception("acting on a Slack click on request %r failed", click.request_id)
+            await self._tell(
+                click,
+                f"Something went wrong on our side; request {click.request_id} may not"
+                " have been decided. Look at it, or try again in a minute.",
+            )
+
+    async def _act(self, click: Click) -> None:
         try:
             person = await self._person(click.slack_user_id)
         except Exception:
@@ -267,9 +316,11 @@ class Interactivity:
         return f"You {_DONE[click.decision]} request {click.request_id}."
 
     async def _tell(self, click: Click, text: str) -> None:
+        """Post `text` (plain: escaped here for mrkdwn) to the clicker alone; a failure
+        is logged, never raised."""
         try:
             await self._slack.chat_postEphemeral(
-                channel=click.channel_id, user=click.slack_user_id, text=text
+                channel=click.channel_id, user=click.slack_user_id, text=message_text(text)
             )
         except SlackApiError as exc:
             log.warning("chat.postEphemeral failed: %s", exc.response.get("error"))

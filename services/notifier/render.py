@@ -29,9 +29,9 @@ from services.notifier.audience import (
     Role,
     Share,
 )
+from services.notifier.blocks import MAX_BLOCKS, Block, block_id, header, section, sections
 from services.notifier.channel import Message
 
-Block = dict[str, object]
 UTC_ZONE = ZoneInfo("UTC")
 
 
@@ -107,10 +107,6 @@ def _drivers(data: dict[str, str]) -> str:
     return f"Most of it: {', '.join(parts)}." if parts else ""
 
 
-def _section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
-
-
 def _message(
     key: str, kind: Kind, subject: str, lines: list[str], blocks: list[Block],
     payload: dict[str, object], request_id: str = "", edit: bool = False,
@@ -145,10 +141,7 @@ def render_intent(intent: Intent, to: Addressee, about: str, style: Style) -> Me
         subject = f"{about}: {subject}"
     if to.role is Role.SELF and intent.kind is Kind.THRESHOLD:
         lines.append(style.ask())
-    blocks: list[Block] = [
-        {"type": "header", "text": {"type": "plain_text", "text": subject[:150]}}
-    ]
-    blocks += [_section(line) for line in lines if line]
+    blocks = [header(subject), *sections(lines, MAX_BLOCKS - 1)]
     payload: dict[str, object] = {
         "type": intent.kind.value, "dedupe_key": intent.dedupe_key,
         "recipient_user_id": to.user_id, "role": to.role.value, "subject": subject,
@@ -205,13 +198,14 @@ def render_ask(fact: RequestFact, to: Addressee, requester: str, style: Style) -
     lines = [f"For {duration(fact.duration_seconds)}: {fact.justification}",
              *_standing(fact, style)]  # fmt: skip
     value = button_value(fact.request_id, fact.version)
-    buttons: Block = {"type": "actions", "block_id": f"decide:{fact.request_id}", "elements": [
+    buttons: Block = {"type": "actions", "block_id": block_id("decide", fact.request_id),
+                      "elements": [
         {"type": "button", "action_id": "approve", "style": "primary", "value": value,
          "text": {"type": "plain_text", "text": "Approve"}},
         {"type": "button", "action_id": "deny", "style": "danger", "value": value,
          "text": {"type": "plain_text", "text": "Deny"}},
     ]}  # fmt: skip
-    blocks = [_section(f"*{subject}*"), *[_section(x) for x in lines if x], buttons]
+    blocks = [section(subject, bold=True), *sections(lines, MAX_BLOCKS - 2), buttons]
     payload = _request_payload(fact, to.user_id, to.role.value)
     return _message(fact.event_id, Kind.REQUEST_CREATED, subject, lines, blocks, payload,
                     request_id=fact.request_id)  # fmt: skip
@@ -236,7 +230,7 @@ def render_decided(fact: RequestFact, actor: str, style: Style) -> Message:
     lines = [outcome]
     if fact.type in ("request.denied", "request.expired"):
         lines.append(style.ask())
-    blocks = [_section(f"*{subject}*"), _section(outcome)]
+    blocks = [section(subject, bold=True), section(outcome)]
     payload = _request_payload(fact, fact.requester, Role.REQUESTER.value)
     return _message(fact.event_id, Kind.REQUEST_DECIDED, subject, lines, blocks, payload)
 
@@ -245,7 +239,7 @@ def render_edit(fact: RequestFact, requester: str, actor: str, style: Style) -> 
     """What every approver's copy becomes after a decision: who decided, when; no buttons."""
     subject = f"{requester}'s request for {credits(fact.amount_micros)} credits"
     outcome = _outcome(fact, actor, style)
-    blocks = [_section(f"*{subject}*"), _section(outcome)]
+    blocks = [section(subject, bold=True), section(outcome)]
     payload = _request_payload(fact, "", Role.APPROVER.value)
     return _message(f"{fact.event_id}:edit", Kind.REQUEST_DECIDED, subject, [outcome], blocks,
                     payload, request_id=fact.request_id, edit=True)  # fmt: skip

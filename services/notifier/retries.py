@@ -23,6 +23,7 @@ Pure: no I/O; times are seconds, instants are aware UTC datetimes.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -32,6 +33,16 @@ MAX_ATTEMPTS = len(STEPS) + 1
 """Attempts in all, the first included, before a delivery is failed."""
 MIN_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = max(STEPS)
+
+
+def bounded_retry_after(seconds: float | None, longest: float = MAX_RETRY_AFTER) -> float | None:
+    """A receiver's `Retry-After` (seconds) as the loop believes it: clamped to
+    [MIN_RETRY_AFTER, `longest`]; None for None or NaN (the schedule decides then).
+    Every channel's schedule goes through this, so no header parks a delivery for
+    longer than `longest` (10 h by default)."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, MIN_RETRY_AFTER), longest)
 
 
 def next_delay(
@@ -45,9 +56,8 @@ def next_delay(
         raise ValueError(f"failed_attempts must be at least 1, got {failed_attempts}")
     if failed_attempts > len(steps):
         return None
-    if retry_after is not None:
-        return min(max(retry_after, MIN_RETRY_AFTER), max(steps))
-    return steps[failed_attempts - 1]
+    bounded = bounded_retry_after(retry_after, max(steps))
+    return steps[failed_attempts - 1] if bounded is None else bounded
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -58,7 +68,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         when = parsedate_to_datetime(text)

@@ -1,8 +1,10 @@
 """When a delivery is tried again, and what a day's digest says. Pure: no I/O.
 
 Retries: 5 s after the first failure, doubling, at most an hour apart; a receiver's
-own `Retry-After` wins when it says longer. After `max_attempts` attempts a delivery
-that only ever failed transiently is failed for good (a person may replay it).
+own `Retry-After` (Slack's 429) wins when it says longer, but never more than 10 h
+(the webhooks' bound, services.notifier.retries.bounded_retry_after). After
+`max_attempts` attempts a delivery that only ever failed transiently is failed for
+good (a person may replay it).
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from services.notifier.audience import Kind
+from services.notifier.blocks import MAX_BLOCKS, header, sections
 from services.notifier.channel import Message
+from services.notifier.retries import bounded_retry_after
 
 FIRST_DELAY_S = 5.0
 MAX_DELAY_S = 3600.0
 
 
 def retry_delay(attempts: int, retry_after_s: float | None = None) -> float:
-    """Seconds until the next attempt after `attempts` (>= 1) failed ones."""
+    """Seconds until the next attempt after `attempts` (>= 1) failed ones: the doubling
+    step, or the receiver's `retry_after_s` when longer, at most MAX_RETRY_AFTER (10 h;
+    NaN is ignored, infinity is 10 h). ValueError for `attempts` < 1."""
     if attempts < 1:
         raise ValueError("attempts must be >= 1")
     grown = min(FIRST_DELAY_S * 2.0 ** min(attempts - 1, 30), MAX_DELAY_S)
-    return max(grown, retry_after_s or 0.0)
+    return max(grown, bounded_retry_after(retry_after_s) or 0.0)
 
 
 def gives_up(attempts: int, max_attempts: int) -> bool:
@@ -61,12 +67,7 @@ def digests(waiting: Iterable[Queued], day: date) -> dict[str, Message]:
         items.sort(key=lambda q: (order.get(q.kind, 2), q.subject))
         subject = f"Your team's AI spend, {day.isoformat()}: {len(items)} notice(s)"
         lines = [f"• {q.subject}: {q.line}" for q in items]
-        header: dict[str, object] = {
-            "type": "header",
-            "text": {"type": "plain_text", "text": subject},
-        }
-        blocks: list[dict[str, object]] = [header]
-        blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": x}} for x in lines]
+        blocks = [header(subject), *sections(lines, MAX_BLOCKS - 1)]
         payload: dict[str, object] = {
             "type": Kind.DIGEST.value,
             "recipient_user_id": user,

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from services.notifier.channel import Channel, Message, Outcome, Recipient
+from services.notifier.channel import Channel, Outcome, Recipient
 from services.notifier.intake import Intake
 from services.notifier.plan import Plan, plan_digest
 from services.notifier.schedule import Queued, digest_cut, gives_up, retry_delay
@@ -62,13 +62,15 @@ class Observer(Protocol):
     def attempt(self, channel: str, outcome: str, lag_seconds: float | None) -> None: ...
 
 
-async def _confirm(channel: Channel, to: Recipient, message: Message, key: str) -> Outcome | None:
+async def _confirm(channel: Channel, to: Recipient, d: Delivery) -> Outcome | None:
+    """The channel's answer to "was delivery `d` sent already?" (Slack reads back from
+    `d.created_at`: its message can't be older than its row), or None: send it."""
     confirm = getattr(channel, "confirm", None)
     if confirm is None:
         # E-mail and webhooks can't be asked: sent again with the same delivery id
         # (Message-ID / webhook-id) for the receiver to drop; at least once here.
         return None
-    out: Outcome | None = await confirm(to, message, key)
+    out: Outcome | None = await confirm(to, d.message, str(d.id), since=d.created_at)
     return out
 
 
@@ -142,7 +144,7 @@ class Sender:
         key = str(d.id)
         try:
             if d.unsure:
-                found = await _confirm(channel, to, d.message, key)
+                found = await _confirm(channel, to, d)
                 if found is not None:
                     if found.kind == "delivered":
                         self.confirmed += 1

@@ -8,7 +8,11 @@ Slack posts a click to the interactivity endpoint as a form body `payload=<JSON>
 (`form_payload`); Socket Mode hands over the same JSON object. `click_of` reads it
 into a `Click`, or None for interactions that are not ours to act on (a modal, a
 shortcut, another app's button); a payload that claims to be our click but is
-malformed raises `PayloadError` naming the field.
+malformed raises `PayloadError` naming the field. Every field is bounded as what it
+is: Slack ids (user, channel) are 1 to 64 letters, digits, `_` or `-`; the button's
+value at most 2,000 characters (Slack's limit); `request_id` an id as every service
+stores one (quartermaster.validation: ≤ 256 characters, no NUL); `version` a whole
+number from 1 to 2**63 - 1 (the int64 of DecideCreditRequest.version).
 
 `ReplayGuard` remembers what was accepted for as long as its signature could pass
 again (its timestamp + Slack's 300 s): the same signed request twice is a replay.
@@ -22,14 +26,20 @@ Pure: no I/O; times are Unix seconds.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs
 
+from quartermaster.validation import MAX_ID_LENGTH, text_problem
+
 Decision = Literal["approve", "deny"]
 DECISIONS: tuple[Decision, ...] = ("approve", "deny")
 WINDOW_SECONDS = 300
+MAX_VERSION = 2**63 - 1
+MAX_VALUE_LENGTH = 2000  # Slack's limit on a button's value
+_SLACK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class PayloadError(ValueError):
@@ -53,7 +63,7 @@ def form_payload(body: bytes) -> dict[str, object]:
     try:
         fields = parse_qs(body.decode("utf-8"), strict_parsing=True)
         payload = json.loads(fields["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError) as exc:
+    except (ValueError, KeyError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise PayloadError(f"body is not a form with a JSON payload field ({exc})") from None
     if not isinstance(payload, dict):
         raise PayloadError("payload is not a JSON object")
@@ -64,6 +74,12 @@ def _text(obj: Mapping[str, object], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
         raise PayloadError(f"{where}.{key} is missing or not a string")
+    return value
+
+
+def _slack_id(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _SLACK_ID.fullmatch(value):
+        raise PayloadError(f"{where} is missing or not a Slack id (1 to 64 of A-Z a-z 0-9 _ -)")
     return value
 
 
@@ -83,15 +99,19 @@ def click_of(payload: Mapping[str, object]) -> Click | None:
     action_id = action.get("action_id")
     if action_id not in DECISIONS:
         return None
-    user = _text(_mapping(payload, "user"), "id", "user")
+    user = _slack_id(_mapping(payload, "user").get("id"), "user.id")
     channel = _mapping(payload, "channel").get("id") or _mapping(payload, "container").get(
         "channel_id"
     )
-    if not isinstance(channel, str) or not channel:
+    if not channel:
         raise PayloadError("channel.id is missing (nowhere to answer the clicker)")
+    channel = _slack_id(channel, "channel.id")
+    raw = _text(action, "value", "actions[0]")
+    if len(raw) > MAX_VALUE_LENGTH:
+        raise PayloadError(f"actions[0].value is longer than {MAX_VALUE_LENGTH} characters")
     try:
-        value = json.loads(_text(action, "value", "actions[0]"))
-    except ValueError:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
         raise PayloadError("actions[0].value is not JSON") from None
     if not isinstance(value, Mapping):
         raise PayloadError("actions[0].value is not a JSON object")
@@ -102,9 +122,14 @@ def click_of(payload: Mapping[str, object]) -> Click | None:
         )
     decision: Decision = "approve" if action_id == "approve" else "deny"
     version = value.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise PayloadError("actions[0].value.version is not a whole number ≥ 1")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+        raise PayloadError("actions[0].value.version is not a whole number from 1 to 2**63 - 1")
     request_id = _text(value, "request_id", "actions[0].value")
+    if len(request_id) > MAX_ID_LENGTH:
+        raise PayloadError(f"actions[0].value.request_id is longer than {MAX_ID_LENGTH} characters")
+    problem = text_problem(request_id)
+    if problem:
+        raise PayloadError(f"actions[0].value.request_id {problem}")
     return Click(request_id, version, decision, user, channel)
 
 

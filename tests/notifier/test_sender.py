@@ -172,3 +172,32 @@ async def test_a_slow_delivery_holds_its_own_slot_only() -> None:
         run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run
+
+
+@dataclass
+class Confirms(Answers):
+    """A channel that can be asked whether a delivery was sent, recording since when."""
+
+    since: list[datetime] = field(default_factory=list)
+
+    async def confirm(
+        self, recipient: Recipient, message: Message, delivery_id: str, since: datetime
+    ) -> Outcome | None:
+        self.since.append(since)
+        return Outcome("delivered", ref="D1:1.000001")
+
+
+async def test_an_unsure_delivery_is_looked_up_from_when_it_was_created() -> None:
+    store, gate, seen = Store(), Gate(), Seen()
+    slack = Confirms("slack", Outcome("delivered", ref="never"))
+    unsure = replace(delivery("slack", 2), unsure=True, created_at=NOW - timedelta(hours=3))
+    await sender(store, slack, gate, seen)._one(unsure)
+    assert (slack.since, slack.sent) == ([NOW - timedelta(hours=3)], 0)
+    assert store.calls == [("delivered", 7, "D1:1.000001")]
+
+
+async def test_slacks_retry_after_is_believed_for_at_most_10_hours() -> None:
+    store, gate, seen = Store(), Gate(), Seen()
+    slack = Answers("slack", Outcome("retry", reason="ratelimited", retry_after_seconds=1e12))
+    await sender(store, slack, gate, seen)._one(delivery("slack", 1))
+    assert store.calls == [("retry", 7, 36_000.0)]

@@ -11,22 +11,32 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiohttp import web
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from devtools.localinfra import free_port
 from devtools.slack_standin import SlackStandin
+from services.notifier.blocks import MESSAGE_TEXT_MAX
 from services.notifier.channel import Message, Recipient
 from services.notifier.render import button_value
+from services.notifier.sender import core_schedule
 from services.notifier.slack import SlackChannel, client
 from services.notifier.stores.people import SlackCopy
 
 SECRET = "standin-signing-secret"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 class DictCopies:
@@ -155,10 +165,77 @@ async def test_after_a_decision_every_approver_copy_is_edited_buttons_gone(
 async def test_confirm_finds_a_delivered_message_by_its_delivery_id(standin: SlackStandin) -> None:
     slack = channel(standin)
     sent = await slack.send(Recipient("ann", "U-ANN"), message(), "77")
-    found = await slack.confirm(Recipient("ann", "U-ANN"), message(), "77")
+    found = await slack.confirm(Recipient("ann", "U-ANN"), message(), "77", since=now())
     assert found is not None
     assert (found.kind, found.ref) == ("delivered", sent.ref)
-    assert await slack.confirm(Recipient("ann", "U-ANN"), message(), "78") is None
+    assert await slack.confirm(Recipient("ann", "U-ANN"), message(), "78", since=now()) is None
+
+
+async def test_confirm_pages_back_past_hundreds_of_newer_messages_to_the_delivery_time(
+    standin: SlackStandin,
+) -> None:
+    # breaker #3: only the newest 200 were read, so 301 newer ones made a duplicate
+    slack, ann = channel(standin), Recipient("ann", "U-ANN")
+    created = now()
+    sent = await slack.send(ann, message(), "77")
+    for n in range(301):
+        await slack.send(ann, message(f"n{n}"), f"newer-{n}")
+    found = await slack.confirm(ann, message(), "77", since=created)
+    assert found is not None
+    assert (found.kind, found.ref) == ("delivered", sent.ref)
+    pages = [c for c in standin.state.calls if c.method == "conversations.history"]
+    assert len(pages) == 2  # 200 newest, then the rest from the cursor
+    standin.state.calls.clear()
+    assert await slack.confirm(ann, message(), "78", since=created) is None  # read to the end
+    assert len([c for c in standin.state.calls if c.method == "conversations.history"]) == 2
+    # bounded by time: a delivery created an hour from now can't have a message yet
+    later = created + timedelta(hours=1)
+    assert await slack.confirm(ann, message(), "77", since=later) is None
+
+
+async def test_the_standin_pages_history_as_slack_does(standin: SlackStandin) -> None:
+    slack = channel(standin)
+    for n in range(5):
+        await slack.send(Recipient("ann", "U-ANN"), message(f"k{n}"), str(n))
+    ts = [m.ts for m in standin.posted()]
+    web = slack.web
+    first = await web.conversations_history(channel="DU-ANN", limit=2, oldest=ts[0])
+    assert [m["ts"] for m in first["messages"]] == [ts[4], ts[3]]
+    assert first["has_more"] is True
+    cursor = first["response_metadata"]["next_cursor"]
+    second = await web.conversations_history(channel="DU-ANN", limit=2, oldest=ts[0],
+                                             cursor=cursor)  # fmt: skip
+    assert [m["ts"] for m in second["messages"]] == [ts[2], ts[1]]  # oldest excluded
+    assert second["has_more"] is False
+    both = await web.conversations_history(channel="DU-ANN", oldest=ts[1], latest=ts[3],
+                                           inclusive=True)  # fmt: skip
+    assert [m["ts"] for m in both["messages"]] == [ts[3], ts[2], ts[1]]
+    with pytest.raises(SlackApiError, match="invalid_cursor"):
+        await web.conversations_history(channel="DU-ANN", cursor="not base64!")
+
+
+async def test_the_notification_text_is_escaped_and_within_slacks_length(
+    standin: SlackStandin,
+) -> None:
+    text = "<!here> <https://evil.example|click> & " + "x" * 50_000
+    await channel(standin).send(Recipient("ann", "U-ANN"), replace(message(), text=text), "1")
+    [posted] = standin.posted()
+    assert posted.text.startswith("&lt;!here&gt; &lt;https://evil.example|click&gt; &amp; x")
+    assert len(posted.text) == MESSAGE_TEXT_MAX
+
+
+@pytest.mark.parametrize(("header", "after"), [(10**12, 10**12), ("soon", None)])
+async def test_a_long_or_broken_retry_after_is_not_slept_in_the_call_and_is_bounded_after(
+    standin: SlackStandin, header: int | str, after: float | None
+) -> None:
+    # breaker #9: the SDK slept whatever Slack's Retry-After said (and failed on "soon")
+    standin.rate_limit("chat.postMessage", times=1, retry_after=header)
+    started = time.monotonic()
+    out = await channel(standin).send(Recipient("ann", "U-ANN"), message(), "1")
+    assert time.monotonic() - started < 5
+    assert (out.kind, out.retry_after_seconds) == ("retry", after)
+    assert out.reason == "slack chat.postMessage: ratelimited"
+    assert core_schedule(5)(1, out.retry_after_seconds) == (36_000.0 if after else 5.0)
 
 
 async def test_a_click_on_the_page_is_a_signed_interactivity_payload(standin: SlackStandin) -> None:
