@@ -9,7 +9,8 @@ One run, on its own PostgreSQL and broker (free ports):
 2. ceiling: a plain confluent-kafka consumer over the same topic doing decode + price +
    sum into a dict: what one Python process can do with these records here;
 3. worker: one metering worker process drains the same topic into Postgres; counted
-   from its first committed batch to its last; its peak RSS; and the totals it wrote
+   from when its first batch began (its metrics say how long its batches took) to its
+   last commit; its peak RSS; and the totals it wrote
    are checked against the ceiling loop's sums, to the micro;
 4. freshness: with the worker running under a steady load, probe events for fresh
    users, timed from produce until policy's totals view holds them.
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -40,6 +42,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
@@ -240,12 +243,29 @@ class Profile:
             say(f"  {100 * n / total:5.1f}%  {f}")
 
 
+def batch_seconds(metrics_addr: str) -> float:
+    """The worker's time in the batches it has counted so far (the sum of its
+    qm_metering_batch_duration_seconds histogram), read from its /metrics."""
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "qm_metering_batch_duration_seconds_sum")  # fmt: skip
+
+
 async def drain(
-    url: str, app_id: str, ends: dict[int, int], worker: ChildProcess, micros: int | None = None
+    url: str,
+    app_id: str,
+    ends: dict[int, int],
+    worker: ChildProcess,
+    metrics_addr: str,
+    micros: int | None = None,
 ) -> float:
-    """Seconds from the worker's first committed batch to its last; with `micros`, to
-    when the month totals add up to it (forwarded events are counted after the
-    records that carried them)."""
+    """Seconds the worker took to count every record: from when its first batch began
+    (the first committed offsets seen, less the time its batches so far took, from its
+    metrics: the intake lets one batch take most of a backlog, so the first commit can
+    come late in the work) to its last commit; with `micros`, to when the month totals
+    add up to it (forwarded events are counted after the records that carried them).
+    The group join before the first batch is not counted."""
     target = sum(ends.values())
     conn = await asyncpg.connect(url)
     first = None
@@ -263,8 +283,7 @@ async def drain(
             done = sum(min(at.get(p, 0), end) for p, end in ends.items())
             now = time.perf_counter()
             if done and first is None:
-                first = now
-                first_done = done
+                first = now - await asyncio.to_thread(batch_seconds, metrics_addr)
             if done >= target and micros is not None:
                 summed = await conn.fetchval(
                     "SELECT coalesce(sum(used_micros), 0)::bigint FROM metering.totals"
@@ -273,11 +292,9 @@ async def drain(
                 if summed < micros:
                     await asyncio.sleep(0.02)
                     continue
-                first_done = min(first_done, target - 1)
             if done >= target:
                 assert first is not None
-                # The first poll saw `first_done` records already: credit them pro rata.
-                return float((now - first) * target / max(1, target - first_done))
+                return now - first
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
@@ -380,6 +397,7 @@ async def main_async(
                    "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                    "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING",
                    "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
+            metrics_addr = env["QM_METERING_METRICS_ADDR"]
             worker = ChildProcess(
                 "metering", [sys.executable, "-m", "services.metering"],
                 run_dir / "metering.log", env=env, cwd=ROOT,
@@ -389,7 +407,9 @@ async def main_async(
                 with Profile(worker.pid, profile):
                     # forwarded events are counted after the records that carried them
                     whole = sum(sums.values()) if foreign or bad_ratio else None
-                    seconds = await drain(infra.database_url, app_id, ends, worker, whole)
+                    seconds = await drain(
+                        infra.database_url, app_id, ends, worker, metrics_addr, whole
+                    )
                 eps = n / seconds
                 _, peak = rss_mb(worker.pid)
                 load = round(os.getloadavg()[0], 1)  # the cores are shared: how busy they were
