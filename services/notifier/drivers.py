@@ -18,17 +18,16 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
-from quartermaster.grpcclient import ChannelClient
 from quartermaster.tls import ClientTls
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc
-from quartermaster.wire import timestamp
+from quartermaster.usage_client import UsageClient
+from quartermaster.v1 import cost_pb2
 from services.notifier.audience import Intent, Kind
 from services.notifier.render import period_window
 
 log = logging.getLogger("qm.notifier.drivers")
 
 
-class SpendDrivers(ChannelClient):
+class SpendDrivers(UsageClient):
     """A client of the Cost API at `target` (host:port; `tls` None: plaintext; `token`:
     role reader) that adds `top_product`, `top_model` and their micro-credits
     (`top_product_micros`, `top_model_micros`) to a person's threshold intent, for the
@@ -38,10 +37,8 @@ class SpendDrivers(ChannelClient):
         self, target: str, *, tls: ClientTls | None, token: str, tz: ZoneInfo,
         deadline_s: float = 2.0,
     ) -> None:  # fmt: skip
-        super().__init__(target, tls=tls, token=token)
-        self._stub = cost_pb2_grpc.UsageServiceStub(self._channel)
+        super().__init__(target, tls=tls, token=token, deadline_s=deadline_s)
         self._tz = tz
-        self._deadline = deadline_s
 
     async def add_to(self, intent: Intent) -> Intent:
         """`intent` with its drivers when it is a person's threshold crossing without
@@ -78,13 +75,5 @@ class SpendDrivers(ChannelClient):
     async def _top(
         self, user: str, start: datetime, end: datetime, by: cost_pb2.Dimension.ValueType
     ) -> cost_pb2.UsageRow | None:
-        request = cost_pb2.QueryUsageRequest(
-            filter=cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end),
-                                        user_ids=[user]),
-            group_by=[by], granularity=cost_pb2.GRANULARITY_TOTAL, limit=1,
-        )  # fmt: skip
-        answer = await self._stub.QueryUsage(
-            request, timeout=self._deadline, metadata=self._metadata
-        )
-        top = [r for r in answer.rows if r.micros > 0]
+        top = [r for r in await self.spend_of(user, start, end, by, limit=1) if r.micros > 0]
         return top[0] if top else None

@@ -27,8 +27,8 @@ from quartermaster.directory_client import (
 )
 from quartermaster.grpcclient import ChannelClient
 from quartermaster.tls import ClientTls
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
-from quartermaster.wire import timestamp
+from quartermaster.usage_client import UsageClient
+from quartermaster.v1 import cost_pb2, policy_pb2, policy_pb2_grpc
 from services.requests.routing import People, Source
 from services.requests.standing import BURN_WINDOW, Standing, runs_out_at
 
@@ -120,28 +120,13 @@ class SpendStanding(ChannelClient):
         deadline_s: float = 2.0,
     ) -> None:
         super().__init__(policy_addr, tls=tls, token=token)
-        self._usage = ChannelClient(usage_addr, tls=tls, token=token)
+        self._usage = UsageClient(usage_addr, tls=tls, token=token, deadline_s=deadline_s)
         self._policy_stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
-        self._usage_stub = cost_pb2_grpc.UsageServiceStub(self._usage._channel)
         self._deadline = deadline_s
 
     async def close(self) -> None:
         await super().close()
         await self._usage.close()
-
-    async def _usage_rows(
-        self, user_id: str, start: datetime, end: datetime, by: cost_pb2.Dimension.ValueType | None
-    ) -> list[cost_pb2.UsageRow]:
-        request = cost_pb2.QueryUsageRequest(
-            filter=cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end),
-                                        user_ids=[user_id]),
-            group_by=[by] if by is not None else [], granularity=cost_pb2.GRANULARITY_TOTAL,
-            limit=100,
-        )  # fmt: skip
-        answer = await self._usage_stub.QueryUsage(
-            request, timeout=self._deadline, metadata=self._metadata
-        )
-        return list(answer.rows)
 
     async def standing(self, user_id: str, now: datetime) -> Standing:
         out, missing = Standing(), []
@@ -160,9 +145,9 @@ class SpendStanding(ChannelClient):
             start, period_end = now - timedelta(days=30), now
         try:
             products, models, week = await asyncio.gather(
-                self._usage_rows(user_id, start, end, cost_pb2.DIMENSION_PRODUCT),
-                self._usage_rows(user_id, start, end, cost_pb2.DIMENSION_MODEL),
-                self._usage_rows(user_id, now - BURN_WINDOW, end, None),
+                self._usage.spend_of(user_id, start, end, cost_pb2.DIMENSION_PRODUCT),
+                self._usage.spend_of(user_id, start, end, cost_pb2.DIMENSION_MODEL),
+                self._usage.spend_of(user_id, now - BURN_WINDOW, end, None),
             )
             burn = sum(r.micros for r in week)
             out = replace(out, by_product=tuple((r.product, r.micros) for r in products),
