@@ -7,26 +7,15 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from devtools.localinfra.stack import Infra
-from quartermaster.db import connect_pool
 from services.notifier import cli
 from services.notifier.plan import Preference, chosen, describe
 from services.notifier.stores.people import PreferenceStore
 from services.notifier.stores.webhooks import WebhookGate
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
-    p = await connect_pool(infra.database_url, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def run(*argv: str) -> tuple[int, str]:

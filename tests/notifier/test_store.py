@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from devtools.localinfra.stack import Infra
-from quartermaster.db import connect_pool
 from services.notifier import cli
 from services.notifier.channel import Message
 from services.notifier.plan import Audience, Plan, Planned, Preference, plan_digest
@@ -21,15 +19,6 @@ from services.notifier.schedule import Queued
 from services.notifier.stores.deliveries import DeliveryStore
 
 SERIAL = ("slack",)  # paced per address, as wiring says when Slack is paced
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
-    p = await connect_pool(infra.database_url, max_size=10)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def plan(n: int, recipients: tuple[str, ...] = ("ann", "bob")) -> Plan:
