@@ -20,12 +20,26 @@ import asyncpg
 # OSError covers refused and reset connections, DNS failures and (since Python 3.11)
 # TimeoutError, which asyncpg and asyncio.wait_for raise; asyncpg's own say a
 # connection was lost, or PostgreSQL is starting, stopping, cancelled the statement
-# (statement_timeout) or is out of connections, memory or disk.
+# (statement_timeout) or is out of connections, memory or disk. InternalClientError is
+# what asyncpg raises on a connection the server dropped mid-operation ("cannot switch
+# to state 15; another operation is in progress", "not connected"): seen when
+# PostgreSQL restarted under a transaction; the pool replaces that connection.
 OUTAGES: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InternalClientError,
+)
+
+# What a background loop (an outbox relay, a sender, a timer) logs and tries again on
+# its next round: an outage, any error PostgreSQL answered with, and a connection or
+# pool closed under the call. One tuple for every such loop: a class left out of one
+# ended that loop's task, leaving a live process that no longer did its work.
+RETRIED_NEXT_ROUND: tuple[type[Exception], ...] = (
+    *OUTAGES,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
 )
 
 

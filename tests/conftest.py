@@ -29,12 +29,9 @@ import pytest
 
 from devtools.discovery import migration_dirs
 from devtools.localinfra import free_port
-from devtools.localinfra.broker import LocalBroker
-from devtools.localinfra.postgres import LocalPostgres
 from devtools.localinfra.process import ChildProcess
 from devtools.localinfra.stack import Infra, open_infra
 from quartermaster.db import connect_pool, migrate
-from quartermaster.kafka import ensure_topics
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.v1 import policy_pb2_grpc
 from services.policy import wiring
@@ -50,7 +47,7 @@ PARTITIONS = 3
 ADMIN_TOKEN = TOKENS["admin"]
 
 # Fixtures of their own modules, for every test directory.
-pytest_plugins = ["tests.ingest_fixtures"]
+pytest_plugins = ["tests.ingest_fixtures", "tests.own_infra"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -360,37 +357,3 @@ async def inproc() -> AsyncIterator[InProcess]:
     """policy's servicers on an in-process gRPC server over fake stores (no infra)."""
     async with policy_in_process() as p:
         yield p
-
-
-# -- infrastructure of a test's own, for fault tests that stop or restart it (stopping
-# the session's would disturb every other test) -----------------------------------------
-
-
-@pytest.fixture
-def own_postgres(infra: Infra) -> Iterator[LocalPostgres]:
-    """A PostgreSQL of this test's own, migrated; stopped and removed afterwards."""
-    root = ROOT / ".run" / f"test-{os.getpid()}-own-pg-{uuid.uuid4().hex[:6]}"
-    pg = LocalPostgres(root, free_port(), durable=False, fresh=True)
-    try:
-        pg.start()
-        migrate(pg.url, migration_dirs())
-        yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def own_broker(infra: Infra) -> Iterator[LocalBroker]:
-    """A broker of this test's own with every topic created (PARTITIONS each); stopped
-    and removed afterwards."""
-    root = ROOT / ".run" / f"test-{os.getpid()}-own-broker-{uuid.uuid4().hex[:6]}"
-    root.mkdir(parents=True)
-    broker = LocalBroker(root, free_port())
-    try:
-        broker.start()
-        ensure_topics(broker.bootstrap, PARTITIONS)
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)

@@ -13,10 +13,10 @@ import signal
 import sys
 import threading
 
-import asyncpg
 import faust
 
 from quartermaster import kafka, telemetry
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.redact import mask_urls
 from quartermaster.settings import SettingsError
 from services.metering.pricing import CatalogError, PriceCatalog
@@ -78,7 +78,7 @@ def main() -> None:
     asyncio.set_event_loop(loop)
     try:
         counting = loop.run_until_complete(build_counting(settings, catalog))
-    except (OSError, asyncpg.PostgresError) as exc:
+    except RETRIED_NEXT_ROUND as exc:
         # Before joining the consumer group: a worker that can't count must not own
         # partitions. The supervisor restarts it.
         why = mask_urls(str(exc))

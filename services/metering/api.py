@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from quartermaster import auth, kafka, telemetry
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
@@ -46,7 +47,7 @@ async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> No
         await asyncio.sleep(settings.compact_seconds)
         try:
             await compact(pool, settings.timezone)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except RETRIED_NEXT_ROUND as exc:
             # Daily figures lag a little longer; the next round catches up.
             log.warning("daily rollup compaction failed: %s", exc)
 

@@ -18,8 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import asyncpg
-
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.money import credits
 from quartermaster.notifications import NotificationPublisher, intent
 from quartermaster.partitioning import partition_of
@@ -119,7 +118,7 @@ class BurnWatch:
         since = datetime.fromtimestamp((now.timestamp() // HOUR - rule.history_hours) * HOUR, UTC)
         try:
             history = await self._history(users, since)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except RETRIED_NEXT_ROUND as exc:
             log.warning(
                 "burn rate: could not read the history of %d user(s) (%s); their "
                 "baselines start from traffic and are not warm yet", len(users), exc

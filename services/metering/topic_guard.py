@@ -27,7 +27,7 @@ from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.wire import timestamp
 from services.metering.broker_view import BrokerView
 from services.metering.mapping import total_message
-from services.metering.processor import RecordSink
+from services.metering.processor import OUTAGE, RecordSink
 from services.metering.state import Total, TotalKey
 from services.metering.stores.topics import TopicStore
 from services.metering.topic_check import Observed, Stored, TopicMark, TopicRefused, problems
@@ -99,8 +99,10 @@ class TopicWatch:
     partition assignment), for as long as `run()` runs; `on_refused(exc)` gets the
     TopicRefused (it ends the worker) once a second check `confirm` seconds later
     agrees, so one odd answer of a broker in a leader election costs no restart.
-    A broker that does not answer is an outage: logged at DEBUG, checked again at
-    the next tick (the counting path retries its own work meanwhile)."""
+    A broker or PostgreSQL that does not answer (`processor.OUTAGE`: the stored
+    offsets are read too) is an outage: logged at DEBUG, checked again at the next
+    tick (the counting path retries its own work meanwhile). Anything else escapes
+    `run` and ends the worker (a bug, not a state to wait out)."""
 
     def __init__(
         self,
@@ -133,15 +135,15 @@ class TopicWatch:
         try:
             await self.guard.verify()
             return False
-        except OSError as exc:
-            log.debug("topics not checked (the broker does not answer): %s", exc)
+        except OUTAGE as exc:
+            log.debug("topics not checked (the broker or PostgreSQL does not answer): %s", exc)
             return False
         except TopicRefused:
             pass
         await asyncio.sleep(self.confirm)
         try:
             await self.guard.verify()
-        except OSError:
+        except OUTAGE:
             return False  # the broker went away between the two: the next tick decides
         except TopicRefused as exc:
             self._on_refused(exc)

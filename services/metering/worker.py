@@ -24,12 +24,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import faust
 from faust.types import TP
 from opentelemetry import trace
 
 from quartermaster import kafka
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.telemetry import headers_dict, links_of
 from quartermaster.topics import Topic
 from services.metering import transport
@@ -130,7 +130,7 @@ def create_app(
     async def follow_prices() -> None:
         try:
             new = await counting.prices.poll()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except RETRIED_NEXT_ROUND as exc:
             log.warning("prices: could not look for a new catalog revision: %s", exc)
             return
         except Exception as exc:  # a revision this worker can't read: restart, loudly

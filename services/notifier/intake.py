@@ -20,12 +20,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-import asyncpg
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import Message as KafkaMessage
 from google.protobuf.message import DecodeError
 
 from quartermaster import kafka
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.directory_client import DirectoryClient, DirectoryRequestError
 from quartermaster.topics import Topic
 from quartermaster.v1 import notifications_pb2, requests_pb2
@@ -184,7 +184,7 @@ class Intake:
             log.warning("skipping %s record at partition %s offset %s: %s",
                         topic, msg.partition(), msg.offset(), exc)  # fmt: skip
             return Plan([], [])
-        except (OSError, asyncpg.PostgresError):
+        except RETRIED_NEXT_ROUND:
             raise  # transient: the batch is tried again
         except Exception:  # a bug planning one record must not stop the others
             self.rejected += 1
@@ -202,7 +202,7 @@ class Intake:
                               [q for p in plans for q in p.digest])  # fmt: skip
                 self.recorded += await self._store.record(merged)
                 return
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 # DirectoryUnavailable is a ConnectionError, an OSError
                 log.warning("%d record(s) not recorded yet (tried again in %s s): %s",
                             len(msgs), self._retry, exc)  # fmt: skip

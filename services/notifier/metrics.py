@@ -17,10 +17,10 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-import asyncpg
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from quartermaster.db import RETRIED_NEXT_ROUND
 from services.notifier.stores.deliveries import DeliveryStore
 
 log = logging.getLogger("qm.notifier.metrics")
@@ -78,6 +78,6 @@ class Backlog:
                 counts = await self._store.backlog()
                 # channels that emptied show 0 rather than their last number
                 self._metrics.backlog = {k: 0 for k in self._metrics.backlog} | counts
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 log.warning("backlog not read (the gauge keeps its last numbers): %s", exc)
             await asyncio.sleep(self._every)

@@ -24,8 +24,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
+from quartermaster.db import RETRIED_NEXT_ROUND
 from services.notifier.channel import Channel, Outcome, Recipient
 from services.notifier.intake import Intake
 from services.notifier.plan import Plan, plan_digest
@@ -119,7 +118,7 @@ class Sender:
                 if free > 0:
                     try:
                         claimed = await self._store.claim(free, self._lease, self._serial)
-                    except (OSError, asyncpg.PostgresError) as exc:
+                    except RETRIED_NEXT_ROUND as exc:
                         log.warning("claiming deliveries failed (tried again in 1 s): %s", exc)
                         await asyncio.sleep(max(self._poll, 1.0))
                         continue
@@ -162,7 +161,7 @@ class Sender:
         if self._gate is not None and channel is not None:
             try:
                 closed = await self._gate.closed(d.channel, d.recipient)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 closed = None  # sent; a 410 answer closes it again
                 log.warning("could not ask whether %s is disabled: %s", d.recipient, exc)
         if channel is None:
@@ -181,7 +180,7 @@ class Sender:
             await asyncio.Event().wait()  # for good: the kill test SIGKILLs us here
         try:
             await self._record(d, out)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except RETRIED_NEXT_ROUND as exc:
             log.warning("outcome of delivery %d not recorded (its claim runs out, then it"
                         " is confirmed or sent again): %s", d.id, exc)  # fmt: skip
 
@@ -223,7 +222,7 @@ class Reconciler:
                 if n:
                     log.warning("%d delivery claim(s) ran out without an outcome; handed back", n)
                 self.returned += n
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 log.warning("reconciling deliveries failed (tried again): %s", exc)
             await asyncio.sleep(self._every)
 
@@ -266,6 +265,6 @@ class Digester:
         while not self.stopping:
             try:
                 await self.once()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 log.warning("digests not taken (tried again in %s s): %s", self._every, exc)
             await asyncio.sleep(self._every)

@@ -23,10 +23,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
-import asyncpg
 from confluent_kafka import KafkaException, Message
 
 from quartermaster.consumers import ReplayConsumer
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.money import credits
 from quartermaster.topics import Topic
 from quartermaster.v1 import requests_pb2
@@ -147,7 +147,7 @@ class Approvals:
             try:
                 await self._handle(msg)
                 return
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 # Postgres away: keep the offset, try the same event again.
                 log.warning("could not install an approval, retrying: %s", exc)
                 await asyncio.sleep(1)

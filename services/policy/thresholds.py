@@ -14,9 +14,8 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-import asyncpg
-
 from quartermaster.consumers import take_all
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.money import credits
 from quartermaster.notifications import NotificationPublisher, intent
 from quartermaster.v1 import notifications_pb2
@@ -69,7 +68,7 @@ class ThresholdWatch:
             for user in set(await take_all(self._queue)):
                 try:
                     await self._check(user)
-                except (OSError, asyncpg.PostgresError) as exc:
+                except RETRIED_NEXT_ROUND as exc:
                     log.warning("threshold check for %s failed (retried on its next total): %s",
                                 user, exc)  # fmt: skip
 

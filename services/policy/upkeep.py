@@ -12,9 +12,8 @@ import contextlib
 import gc
 import logging
 
-import asyncpg
-
 from quartermaster.consumers import take_all
+from quartermaster.db import RETRIED_NEXT_ROUND
 from services.policy.evaluator import Evaluator
 from services.policy.reservations import ReservationsView
 from services.policy.stores.reservations import ReservationStore
@@ -72,7 +71,7 @@ class SnapshotRefresh:
                     if version == self._ev.snapshot.version:
                         continue
                 await self.reload()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 # Keep answering with the last known rules; Postgres may be back soon.
                 log.warning("could not refresh limits, keeping the last ones: %s", exc)
 
@@ -110,7 +109,7 @@ class Settlements:
                     chunk = ids[i : i + self.BATCH]
                     try:
                         await self._store.mark_settled(key, chunk)
-                    except (OSError, asyncpg.PostgresError) as exc:
+                    except RETRIED_NEXT_ROUND as exc:
                         # This replica knows anyway; one started later may count these
                         # reservations until they expire.
                         log.warning("could not record %d settled requests: %s", len(chunk), exc)
@@ -126,5 +125,5 @@ async def housekeeping(store: ReservationStore, evaluator: Evaluator) -> None:
         try:
             await store.forget_old(KEEP_OLD_RESERVATIONS_SECONDS)
             await view.sync_from(store.open_reservations)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except RETRIED_NEXT_ROUND as exc:
             log.warning("reservation housekeeping failed, will retry: %s", exc)

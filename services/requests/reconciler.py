@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from quartermaster.db import RETRIED_NEXT_ROUND
 from services.requests.machine import Refused
 from services.requests.stores.requests import Contended, RequestStore
 from services.requests.timing import Timing, tick
@@ -73,7 +74,7 @@ class Reconciler:
         while not self.stopping:
             try:
                 await self.pass_once()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 log.warning("reconciler pass failed, retrying: %s", exc)
             except Exception:
                 log.exception("reconciler pass failed unexpectedly, retrying")

@@ -27,9 +27,9 @@ import asyncio
 import logging
 from typing import Protocol
 
-import asyncpg
 from opentelemetry import metrics
 
+from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.kafka import OutRecord
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from services.requests.stores.outbox import OutboxRecord, OutboxStore
@@ -124,7 +124,7 @@ class Relay:
         while not self.stopping:
             try:
                 sent = await self.publish_once()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 log.warning("relay could not publish, retrying: %s", exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from quartermaster.db import RETRIED_NEXT_ROUND
 from services.policy.reservations import ReservationsView, from_notice
 from services.policy.stores.changes import CHANGED_CHANNEL
 from services.policy.stores.reservations import RESERVATIONS_CHANNEL
@@ -115,7 +116,7 @@ class ChangeListener:
             try:
                 assert self._conn is not None
                 await self._conn.execute("SELECT 1", timeout=PING_TIMEOUT_SECONDS)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except RETRIED_NEXT_ROUND:
                 return
 
     async def _reconnect(self) -> None:
@@ -127,7 +128,7 @@ class ChangeListener:
             try:
                 await self.connect()
                 return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except RETRIED_NEXT_ROUND as exc:
                 log.debug("LISTEN reconnect failed: %s", exc)
             if time.monotonic() - polled >= self._refresh_seconds:
                 polled = time.monotonic()
@@ -151,7 +152,7 @@ class ChangeListener:
         try:
             await self._resync()
             return True
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except RETRIED_NEXT_ROUND as exc:
             # Housekeeping reads them again within a minute anyway.
             (log.debug if quiet else log.warning)("could not read open reservations again: %s", exc)
             return False
