@@ -68,7 +68,9 @@ def threshold_problem(value: object) -> str:
     an int, not a bool, 1 to MAX_THRESHOLD)."""
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THRESHOLD:
         return ""
-    return f"expected a whole number >= 1 and <= {MAX_THRESHOLD:,} (input tokens), got {shown(value)}"
+    return (
+        f"expected a whole number >= 1 and <= {MAX_THRESHOLD:,} (input tokens), got {shown(value)}"
+    )
 
 
 def name_problem(value: object) -> str:
@@ -145,7 +147,7 @@ class _Loader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             target = self.anchors.get(event.anchor)
             if target is not None:
                 size = self._sizes.get(id(target))
@@ -162,6 +164,7 @@ class _Loader(yaml.SafeLoader):
                 raise ValueError(f"nested more than {MAX_YAML_DEPTH} deep")
             before = self._nodes
             node = super().compose_node(parent, index)
+            assert node is not None  # not at an alias: a node of its own
             self._count(1, node.start_mark)
             self._sizes[id(node)] = self._nodes - before
             return node
@@ -180,7 +183,7 @@ class _Loader(yaml.SafeLoader):
                     raise ValueError(
                         f"line {line}: the key {shown(key)} is not text (YAML reads "
                         f"{key_node.value[:40]!r} as {type(key).__name__}): quote it, e.g. "
-                        f"\"{key_node.value[:40]}\":"
+                        f'"{key_node.value[:40]}":'
                         if isinstance(key_node, yaml.ScalarNode)
                         else f"line {line}: a key must be text, not a {type(key).__name__}"
                     )

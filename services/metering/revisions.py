@@ -91,7 +91,10 @@ def history_page_size(asked: int) -> int:
     """The revisions a page holds for PriceHistoryRequest.page_size (0: the default);
     BadPage outside 0 to MAX_HISTORY_PAGE."""
     if not 0 <= asked <= MAX_HISTORY_PAGE:
-        raise BadPage(f"page_size: must be between 1 and {MAX_HISTORY_PAGE} (0: {DEFAULT_HISTORY_PAGE}), got {asked}")
+        raise BadPage(
+            f"page_size: must be between 1 and {MAX_HISTORY_PAGE} (0: {DEFAULT_HISTORY_PAGE}),"
+            f" got {asked}"
+        )
     return asked or DEFAULT_HISTORY_PAGE
 
 

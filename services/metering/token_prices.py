@@ -203,8 +203,8 @@ def parse_price(raw: Any, where: str, kind: str = "version", stored: bool = Fals
         )
     unknown = set(raw) - {*TOKEN_CLASSES, *extra}
     if unknown:
-        names = sorted(str(k)[:40] for k in unknown)
-        raise CatalogError(f"{where}: unknown token class(es) {names}")
+        listed = sorted(str(k)[:40] for k in unknown)
+        raise CatalogError(f"{where}: unknown token class(es) {listed}")
     values = {cls: _count(raw, cls, where) for cls in _REQUIRED}
     for cls, default in _DEFAULTS.items():  # in order: cache_write before cache_write_1h
         values[cls] = _count(raw, cls, where, values[default])

@@ -204,5 +204,6 @@ async def test_a_range_near_the_ends_of_time_is_refused_naming_it(
         ),
     ):
         assert await refusal(call(FakeStore(), FakeDirectory(), request)) == (
-            grpc.StatusCode.INVALID_ARGUMENT, said
+            grpc.StatusCode.INVALID_ARGUMENT,
+            said,
         )

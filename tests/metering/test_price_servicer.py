@@ -192,7 +192,7 @@ BREAKER = [
     ("models: &m {gpt-5: [*m]}\n", prices_pb2.CATALOG_FORMAT_YAML,
      "p: line 1: alias *m is inside the node it names"),
     # INTERNAL: stored, then ListPrices/PriceHistory could not send it as an int64.
-    (f"models:\n  m: [{{effective_from: '2026-01-01T00:00:00Z', input: 2, cached_input: 1, "
+    ("models:\n  m: [{effective_from: '2026-01-01T00:00:00Z', input: 2, cached_input: 1, "
      "output: 3, long_context: {above_input_tokens: 99999999999999999999999, input: 2, "
      "cached_input: 1, output: 3}}]\n", prices_pb2.CATALOG_FORMAT_YAML,
      "p: models.m[0].long_context.above_input_tokens: expected a whole number >= 1 and <= "
@@ -267,10 +267,13 @@ async def test_each_kind_the_breaker_found_is_refused_naming_it_on_a_dry_run_and
 async def test_a_source_postgresql_cannot_store_is_refused(
     stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub, catalogs: FakeCatalogs
 ) -> None:
-    request = prices_pb2.LoadPricesRequest(document=f"models:\n  m: [{VERSION}]\n",
-                                           format=prices_pb2.CATALOG_FORMAT_YAML, source="a\0b")  # fmt: skip
+    request = prices_pb2.LoadPricesRequest(
+        document=f"models:\n  m: [{VERSION}]\n", format=prices_pb2.CATALOG_FORMAT_YAML,
+        source="a\0b",
+    )  # fmt: skip
     assert await refusal(stub.LoadPrices(request, metadata=ADMIN)) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "source: must not contain NUL (U+0000)"
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "source: must not contain NUL (U+0000)",
     )
 
 

@@ -321,7 +321,8 @@ async def test_history_comes_in_pages_that_always_fit_a_grpc_answer(
     finally:
         await conn.close()
     for asked in (model, ""):
-        token, pages, seen = "", 0, []
+        token, pages = "", 0
+        seen: list[prices_pb2.PriceRevision] = []
         while True:
             page = await stub.PriceHistory(
                 prices_pb2.PriceHistoryRequest(model=asked, page_token=token)
@@ -340,7 +341,8 @@ async def test_history_comes_in_pages_that_always_fit_a_grpc_answer(
             assert len(seen) == total
             assert [r.revision for r in seen] == sorted(r.revision for r in seen)
     one = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model=model, page_size=1))
-    assert len(one.revisions) == 1 and one.next_page_token
+    assert len(one.revisions) == 1
+    assert one.next_page_token
     for bad, said in (({"page_size": 101}, "page_size: must be between 1 and 100"),
                       ({"page_token": "bm90IGEgdG9rZW4"}, "page_token: not a token")):  # fmt: skip
         with pytest.raises(grpc.aio.AioRpcError) as info:
