@@ -300,16 +300,26 @@ class PriceHistoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty: every revision of the catalog, and no versions."""
+    page_size: _builtins.int
+    """The most revisions one answer holds: 1 to 100, 0 for 20. An answer also stops
+    at about 1 MiB of change lines, so it always fits a gRPC message.
+    """
+    page_token: _builtins.str
+    """PriceHistoryResponse.next_page_token of the page before; empty for the first."""
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,12 +335,17 @@ class PriceRevision(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    CHANGES_OMITTED_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     loaded_by: _builtins.str
     """The admin credential's name ("seed" for the first revision, from QM_METERING_PRICES)."""
     mode: _builtins.str
     """"seed", "load" or "replace" """
     source: _builtins.str
+    changes_omitted: _builtins.int
+    """Change lines left out: one revision's lines past what one answer holds (about
+    1 MiB of them); the first ones are sent.
+    """
     @_builtins.property
     def loaded_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -346,10 +361,11 @@ class PriceRevision(_message.Message):
         mode: _builtins.str = ...,
         source: _builtins.str = ...,
         changes: _abc.Iterable[_builtins.str] | None = ...,
+        changes_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "loaded_at", b"loaded_at", "loaded_by", b"loaded_by", "mode", b"mode", "revision", b"revision", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "changes_omitted", b"changes_omitted", "loaded_at", b"loaded_at", "loaded_by", b"loaded_by", "mode", b"mode", "revision", b"revision", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +377,9 @@ class PriceHistoryResponse(_message.Message):
 
     VERSIONS_FIELD_NUMBER: _builtins.int
     REVISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more revisions follow: give it as page_token for the next page."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPrice]:
         """The model's versions in the current catalog, oldest first."""
@@ -374,10 +393,11 @@ class PriceHistoryResponse(_message.Message):
         *,
         versions: _abc.Iterable[Global___ModelPrice] | None = ...,
         revisions: _abc.Iterable[Global___PriceRevision] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revisions", b"revisions", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "revisions", b"revisions", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

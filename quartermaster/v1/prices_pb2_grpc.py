@@ -82,7 +82,8 @@ class PriceCatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PriceHistory(self, request, context):
-        """Every version of a model, and the revisions that changed it.
+        """Every version of a model, and the revisions that changed it, a page at a time
+        (oldest first; follow next_page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class PriceCatalogServiceStub:
     ListPrices: _grpc.UnaryUnaryMultiCallable[_prices_pb2.ListPricesRequest, _prices_pb2.ListPricesResponse]
     """The versions in force at a time (now when unset), one per model."""
     PriceHistory: _grpc.UnaryUnaryMultiCallable[_prices_pb2.PriceHistoryRequest, _prices_pb2.PriceHistoryResponse]
-    """Every version of a model, and the revisions that changed it."""
+    """Every version of a model, and the revisions that changed it, a page at a time
+    (oldest first; follow next_page_token).
+    """
 
 @_typing.type_check_only
 class PriceCatalogServiceAsyncStub(PriceCatalogServiceStub):
@@ -66,7 +68,9 @@ class PriceCatalogServiceAsyncStub(PriceCatalogServiceStub):
     ListPrices: _aio.UnaryUnaryMultiCallable[_prices_pb2.ListPricesRequest, _prices_pb2.ListPricesResponse]  # type: ignore[assignment]
     """The versions in force at a time (now when unset), one per model."""
     PriceHistory: _aio.UnaryUnaryMultiCallable[_prices_pb2.PriceHistoryRequest, _prices_pb2.PriceHistoryResponse]  # type: ignore[assignment]
-    """Every version of a model, and the revisions that changed it."""
+    """Every version of a model, and the revisions that changed it, a page at a time
+    (oldest first; follow next_page_token).
+    """
 
 class PriceCatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     """The price catalog metering prices usage with: per model and token class, in
@@ -101,6 +105,8 @@ class PriceCatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prices_pb2.PriceHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prices_pb2.PriceHistoryResponse, _abc.Awaitable[_prices_pb2.PriceHistoryResponse]]:
-        """Every version of a model, and the revisions that changed it."""
+        """Every version of a model, and the revisions that changed it, a page at a time
+        (oldest first; follow next_page_token).
+        """
 
 def add_PriceCatalogServiceServicer_to_server(servicer: PriceCatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -204,9 +204,17 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
             out.write(PRICE_UNITS + "\n")
             out.writelines(f"alias {a} -> {m}\n" for a, m in sorted(listed.aliases.items()))
     else:
-        request = prices_pb2.PriceHistoryRequest(model=ns.model)
+        _history(stub, ns, header, out)
+
+
+def _history(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace,
+             header: list[str], out: TextIO) -> None:  # fmt: skip
+    """`prices history`: every page PriceHistory gives (each bounded in size), in order."""
+    token = ""
+    while True:
+        request = prices_pb2.PriceHistoryRequest(model=ns.model, page_token=token)
         history = stub.PriceHistory(request, timeout=60, metadata=ns.metadata)
-        if history.versions:
+        if history.versions:  # on the first page only
             rows = [r for p in history.versions for r in _price_rows(p, ns.format != "csv")]
             _write(rows, header, ns.format, out)
         for r in history.revisions:
@@ -214,6 +222,12 @@ def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace
             source = f" from {r.source}" if r.source else ""
             out.write(f"revision {r.revision}: {r.mode} by {r.loaded_by} at {when}{source}\n")
             out.writelines(f"  {line}\n" for line in r.changes)
+            if r.changes_omitted:
+                out.write(f"  ... and {r.changes_omitted} more change line(s): one answer "
+                          "holds about 1 MiB of them\n")  # fmt: skip
+        token = history.next_page_token
+        if not token:
+            return
 
 
 def _prices_parser(sub: Any) -> None:

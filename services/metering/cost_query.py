@@ -9,13 +9,19 @@ into INVALID_ARGUMENT.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from quartermaster.periods import PeriodKind, period_of
 
 MAX_RANGE = timedelta(days=400)
+# The instants a query may name: usage before 2000 was never metered, and past year
+# 9999 the day or month after `end` is no date (period_of overflowed: INTERNAL for a
+# range ending 9999-12-31). The price catalog's versions start in the same years.
+FIRST_YEAR, LAST_YEAR = 2000, 2200
+EARLIEST = datetime(FIRST_YEAR, 1, 1, tzinfo=UTC)
+LATEST = datetime(LAST_YEAR + 1, 1, 1, tzinfo=UTC)  # exclusive
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
 MAX_TOP_SPENDERS = 1000
@@ -61,6 +67,12 @@ class UsageFilter:
             out.append(f"{name}.start: must be set")
         if self.end is None:
             out.append(f"{name}.end: must be set")
+        for at, what in ((self.start, "start"), (self.end, "end")):
+            if at is not None and not EARLIEST <= at < LATEST:
+                out.append(
+                    f"{name}.{what}: {at.isoformat()} is outside years {FIRST_YEAR} to "
+                    f"{LAST_YEAR} (UTC)"
+                )
         if self.start is not None and self.end is not None:
             if self.end <= self.start:
                 out.append(f"{name}.end: must be after {name}.start")

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
-from quartermaster.v1.usage_pb2 import ServiceTier, UsageBatch, UsageEvent
+from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
@@ -230,6 +230,7 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
         and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written
         and out >= reasoning and inp <= MAX_EVENT_TOKENS and out <= MAX_EVENT_TOKENS
         and event.HasField("occurred_at")
+        and event.ending in _ENDINGS
         and _plain_classes(event)
         and (not ws or not accepted.workspace or ws == accepted.workspace)
     ):  # fmt: skip
@@ -357,8 +358,29 @@ def _check_tokens(event: UsageEvent, problems: Problems) -> None:
     plain = event.output_tokens - event.reasoning_tokens
     if 0 <= plain < event.audio_output_tokens:
         problems.add("audio_output_tokens", "with reasoning_tokens, more than output_tokens")
-    if event.service_tier not in ServiceTier.values():
-        problems.add("service_tier", f"unknown tier {event.service_tier} (see ServiceTier)")
+    _check_enums(event, problems)
+
+
+# Every enum field of UsageEvent: (field, what its value is called, the numbers known).
+# proto3 enums are open: protobuf keeps a number the schema lacks (and ParseDict an
+# integer), so each is checked here, on every path (protobuf, JSON, HTTP ingest). An
+# unknown tier can't be priced honestly, and an unknown ending was counted as a call
+# of no kind the metrics know: both go to the DLQ naming the field, to be replayed once
+# this metering knows the value.
+_ENUM_FIELDS = tuple(
+    (f.name, {"service_tier": "tier"}.get(f.name, f.name), frozenset(f.enum_type.values_by_number),
+     f.enum_type.name)
+    for f in UsageEvent.DESCRIPTOR.fields
+    if f.enum_type is not None
+)  # fmt: skip
+_ENDINGS = frozenset(CallEnding.values())
+
+
+def _check_enums(event: UsageEvent, problems: Problems) -> None:
+    for name, noun, known, enum in _ENUM_FIELDS:
+        value = getattr(event, name)
+        if value not in known:
+            problems.add(name, f"unknown {noun} {value} (see {enum})")
 
 
 def occurred_at(event: UsageEvent) -> datetime:

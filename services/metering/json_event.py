@@ -90,19 +90,29 @@ def event_from_json(raw: object) -> UsageEvent:
 
 
 _NOUNS = {"ending": "ending", "service_tier": "tier"}
+_ENUM_TYPES = {"ending": "CallEnding", "service_tier": "ServiceTier"}
 
 
 def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, field) for the first enum field of the event `raw` whose value is a name
-    (or decimal string) UsageEvent's enum does not have; None when there is none.
-    ParseDict with `ignore_unknown_fields` (kept, for unknown fields) turns such a name
-    into 0 without a word: `SERVICE_TIER_BACTH` was the standard tier, twice the batch
-    price, where the same event in protobuf (an unknown number) is refused."""
+    (or decimal string) or a number UsageEvent's enum does not have; None when there is
+    none. ParseDict with `ignore_unknown_fields` (kept, for unknown fields) turns such a
+    name into 0 without a word: `SERVICE_TIER_BACTH` was the standard tier, twice the
+    batch price, where the same event in protobuf (an unknown number) is refused. An
+    unknown number it keeps (proto3 enums are open), for `decode`'s checks to refuse
+    with the same words as here: named first, so no other complaint hides it."""
     for key, value in raw.items():
         found = _FIELDS.get(key)
-        if found is None or found[1] != _ENUM or type(value) is not str:
+        if found is None or found[1] != _ENUM:
             continue
         name = found[0]
+        if type(value) is int:
+            if value not in _ENUM_NUMBERS[name]:
+                why = f"{name}: unknown {_NOUNS[name]} {value} (see {_ENUM_TYPES[name]})"
+                return why, name
+            continue
+        if type(value) is not str:
+            continue
         names = _ENUMS[name]
         if value in names or (value.isdigit() and int(value) in _ENUM_NUMBERS[name]):
             continue

@@ -27,7 +27,7 @@ from services.metering.cost_query import (
     UsageRow,
 )
 from services.metering.pricing import Price
-from services.metering.revisions import CatalogFormat, PriceLoad, Revision
+from services.metering.revisions import CatalogFormat, LoadRecord, PriceLoad
 from services.metering.state import Total, TotalKey
 
 # -- totals published on qm.usage.totals.v1 --
@@ -155,6 +155,9 @@ def price_load(req: prices_pb2.LoadPricesRequest) -> PriceLoad:
     )
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def model_price(model: str, start: datetime | None, p: Price) -> prices_pb2.ModelPrice:
     """A model's price version (`model` "" and `start` None: the fallback price)."""
     out = prices_pb2.ModelPrice(
@@ -163,7 +166,9 @@ def model_price(model: str, start: datetime | None, p: Price) -> prices_pb2.Mode
         audio_input=p.audio_input, audio_output=p.audio_output,
     )  # fmt: skip
     if p.long_context is not None:
-        out.long_context_above_input_tokens = p.long_context_above
+        # A revision stored before the threshold was bounded may hold one past int64;
+        # past any event's input it never applies, which int64's largest says as well.
+        out.long_context_above_input_tokens = min(p.long_context_above, _INT64_MAX)
         out.long_context.CopyFrom(model_price(model, None, p.long_context))
     for name, tier in p.service_tiers:
         out.service_tiers[name].CopyFrom(model_price(model, None, tier))
@@ -172,7 +177,7 @@ def model_price(model: str, start: datetime | None, p: Price) -> prices_pb2.Mode
     return out
 
 
-def revision_message(r: Revision, lines: Sequence[str]) -> prices_pb2.PriceRevision:
+def revision_message(r: LoadRecord, lines: Sequence[str]) -> prices_pb2.PriceRevision:
     """A revision with the change lines to show (all of them, or one model's)."""
     return prices_pb2.PriceRevision(
         revision=r.revision, loaded_at=timestamp(r.loaded_at), loaded_by=r.loaded_by,

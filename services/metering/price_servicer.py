@@ -7,6 +7,7 @@ load itself, its validation and its change lines live in `revisions` and
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -18,7 +19,15 @@ from quartermaster.v1 import prices_pb2, prices_pb2_grpc
 from quartermaster.wire import in_request
 from services.metering import mapping
 from services.metering.pricing import CatalogDocument, CatalogError
-from services.metering.revisions import Revision
+from services.metering.revisions import (
+    BadPage,
+    LoadRecord,
+    Revision,
+    history_page,
+    history_page_size,
+    history_position,
+    history_token,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -38,12 +47,13 @@ class Catalogs(Protocol):
 
     async def current(self) -> Revision | None: ...
 
-    async def history(self) -> list[Revision]: ...
+    async def history(self, model: str, after: int, limit: int) -> list[LoadRecord]: ...
 
 
 class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
     """LoadPrices (role prices; a new revision, or the changes on a dry run), ListPrices
-    (in force now or `at`), PriceHistory (every revision, or one model's)."""
+    (in force now or `at`), PriceHistory (every revision, or one model's, a page at a
+    time)."""
 
     def __init__(self, store: Catalogs) -> None:
         self._store = store
@@ -57,8 +67,11 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
         if problems:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         try:
+            # Parsing a document is CPU-bound (seconds for 4 MB): in a thread, so the
+            # Cost API sharing this event loop keeps answering meanwhile.
+            doc = await asyncio.to_thread(load.parse)
             current, diff = await self._store.load(
-                load.parse(), load.replace, load.dry_run, actor, load.source, datetime.now(UTC)
+                doc, load.replace, load.dry_run, actor, load.source, datetime.now(UTC)
             )
         except CatalogError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -107,19 +120,30 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
     async def PriceHistory(
         self, request: prices_pb2.PriceHistoryRequest, context: Context
     ) -> prices_pb2.PriceHistoryResponse:
-        revisions = await self._store.history()
-        out = prices_pb2.PriceHistoryResponse()
+        """A page of revisions (oldest first) and, on the first page of one model's
+        history, its versions in force now. Bounded in revisions (page_size) and in
+        bytes of change lines (revisions.MAX_HISTORY_BYTES): INVALID_ARGUMENT for a bad
+        page_size or page_token, NOT_FOUND for a model never priced."""
+        try:
+            size = history_page_size(request.page_size)
+            after = history_position(request.page_token) if request.page_token else 0
+        except BadPage as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         model = request.model.strip()
-        if not model:
-            out.revisions.extend(mapping.revision_message(r, r.changes) for r in revisions)
+        records = await self._store.history(model, after, size + 1)
+        page, more = history_page(records, size)
+        out = prices_pb2.PriceHistoryResponse()
+        for r, lines, omitted in page:
+            message = mapping.revision_message(r, lines)
+            message.changes_omitted = omitted
+            out.revisions.append(message)
+        if more:
+            out.next_page_token = history_token(page[-1][0].revision)
+        if not model or request.page_token:
             return out
-        prefix = f"{model}: "
-        for r in revisions:
-            lines = [c for c in r.changes if c.startswith(prefix)]
-            if lines:
-                out.revisions.append(mapping.revision_message(r, lines))
-        versions = revisions[-1].catalog.models.get(model, []) if revisions else []
-        out.versions.extend(mapping.model_price(model, t, p) for t, p in versions)
-        if not out.revisions:
+        if not records:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"model: {model!r} was never priced")
+        current = await self._store.current()
+        versions = current.catalog.models.get(model, []) if current else []
+        out.versions.extend(mapping.model_price(model, t, p) for t, p in versions)
         return out

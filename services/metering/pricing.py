@@ -21,7 +21,14 @@ from typing import Any
 
 from quartermaster.model_ids import resolve_model
 from quartermaster.wire import epoch_ns
-from services.metering.catalog_limits import load_yaml
+from services.metering.catalog_limits import (
+    LongNumber,
+    load_yaml,
+    name_problem,
+    price_problem,
+    shown,
+    start_problem,
+)
 from services.metering.token_prices import (
     SERVICE_TIERS,
     TOKEN_CLASSES,
@@ -59,20 +66,25 @@ __all__ = [
 FALLBACK_ROW = "*"  # the fallback price's row in a CSV catalog
 
 
-def _when(raw: Any, where: str) -> datetime:
+def _when(raw: Any, where: str, stored: bool = False) -> datetime:
+    """An effective_from: aware, in years 1 to 9999 UTC (what a Timestamp holds) when
+    `stored`, and in catalog_limits' FIRST_YEAR to LAST_YEAR when loaded."""
     if isinstance(raw, datetime):
         value = raw
     else:
         try:
             value = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-        except ValueError:
-            raise CatalogError(f"{where}: not an ISO-8601 time: {raw!r}") from None
+        except ValueError as exc:  # "year 0 is out of range", "month must be in 1..12"
+            raise CatalogError(f"{where}: not an ISO-8601 time: {shown(raw)} ({exc})") from None
     if value.tzinfo is None:
-        raise CatalogError(f"{where}: needs a time zone (e.g. ...Z)")
+        raise CatalogError(f"{where}: needs a time zone (e.g. ...Z), got {shown(raw)}")
     # The instant must be one a protobuf Timestamp holds (UTC years 1 to 9999):
     # 9999-12-31T23:00-05:00 is in year 10000 in UTC, and ListPrices could not send it.
     if not _FIRST_NS <= epoch_ns(value) <= _LAST_NS:
         raise CatalogError(f"{where}: {value.isoformat()} is outside years 1 to 9999 in UTC")
+    problem = "" if stored else start_problem(value)
+    if problem:
+        raise CatalogError(f"{where}: {problem}")
     return value
 
 
@@ -99,14 +111,16 @@ _GLOB = frozenset("*?[")
 MAX_ALIASES = 10_000
 
 
-def _aliases(raw: Any, where: str) -> dict[str, str]:
+def _aliases(raw: Any, where: str, stored: bool = False) -> dict[str, str]:
     if not isinstance(raw, dict) or len(raw) > MAX_ALIASES:
         raise CatalogError(f"{where}: aliases must map at most {MAX_ALIASES} ids to models")
     out: dict[str, str] = {}
     written: dict[str, str] = {}  # lower case -> the alias as written
     for alias, model in raw.items():
         if not isinstance(alias, str) or not alias.strip() or not isinstance(model, str):
-            raise CatalogError(f"{where}: aliases: {alias!r}: expected 'id or glob: model'")
+            raise CatalogError(f"{where}: aliases: {shown(alias)}: expected 'id or glob: model'")
+        _name(alias, f"{where}: aliases", stored)
+        _name(model, f"{where}: aliases: {shown(alias)} names", stored)
         key = alias.strip().lower()
         if key in out and out[key] != model.strip():
             raise CatalogError(
@@ -142,12 +156,23 @@ def alias_problems(models: Collection[str], aliases: Mapping[str, str]) -> list[
     return out
 
 
-def _models(raw: Any, where: str) -> dict[str, Versions]:
+def _name(name: Any, where: str, stored: bool) -> str:
+    """A model's or an alias's name: text that PostgreSQL stores (no NUL, no lone
+    surrogate: a dry run said OK where the load then failed writing it), and, loaded,
+    not blank nor longer than catalog_limits.MAX_NAME_LENGTH."""
+    problem = name_problem(name)
+    if problem and not (stored and problem.startswith("longer")):  # no length bound before
+        raise CatalogError(f"{where}: {shown(name)} is not a name: {problem}")
+    return str(name)
+
+
+def _models(raw: Any, where: str, stored: bool = False) -> dict[str, Versions]:
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: models must map model names to price versions")
     models: dict[str, Versions] = {}
     for model, versions in raw.items():
-        if not str(model).strip() or str(model) == FALLBACK_ROW:
+        _name(model, f"{where}: models", stored)
+        if model == FALLBACK_ROW:
             raise CatalogError(f"{where}: models: {model!r} is not a model name")
         if not isinstance(versions, list) or not versions:
             raise CatalogError(f"{where}: models.{model}: expected a list of versions")
@@ -157,33 +182,64 @@ def _models(raw: Any, where: str) -> dict[str, Versions]:
             here = f"{where}: models.{model}[{i}]"
             if not isinstance(v, dict):
                 raise CatalogError(f"{here}: expected a mapping")
-            start = _when(v.get("effective_from"), f"{here}.effective_from")
+            start = _when(v.get("effective_from"), f"{here}.effective_from", stored)
             if start in seen:
                 raise CatalogError(f"{here}: two versions take effect at {start.isoformat()}")
             seen.add(start)
-            out.append((start, parse_price(v, here)))
-        models[str(model)] = sorted(out, key=lambda x: x[0])
+            out.append((start, parse_price(v, here, stored=stored)))
+        models[model] = sorted(out, key=lambda x: x[0])
     return models
 
 
-def parse_document(raw: Any, where: str = "catalog") -> CatalogDocument:
-    """A YAML/JSON-shaped mapping: `fallback` (optional here), `models` and `aliases`."""
+def parse_document(raw: Any, where: str = "catalog", stored: bool = False) -> CatalogDocument:
+    """A YAML/JSON-shaped mapping: `fallback` (optional here), `models` and `aliases`.
+    CatalogError naming the model, field and value at fault. `stored`: a revision read
+    back from the database, held only to what pricing needs (`token_prices.parse_price`),
+    so a bound added since never stops a worker from reading an older revision; a
+    document being loaded is held to every bound of catalog_limits."""
     if not isinstance(raw, dict) or not ({"fallback", "models", "aliases"} & raw.keys()):
         raise CatalogError(f"{where}: needs top-level 'fallback', 'models' and/or 'aliases'")
     unknown = set(raw) - {"fallback", "models", "aliases"}
     if unknown:
-        raise CatalogError(f"{where}: unknown top-level key(s) {sorted(unknown)}")
-    fallback = parse_price(raw["fallback"], f"{where}: fallback") if "fallback" in raw else None
-    aliases = _aliases(raw.get("aliases", {}), where)
-    return CatalogDocument(fallback, _models(raw.get("models", {}), where), aliases)
+        names = sorted(str(k)[:40] for k in unknown)
+        raise CatalogError(f"{where}: unknown top-level key(s) {names}")
+    fallback = (
+        parse_price(raw["fallback"], f"{where}: fallback", "fallback", stored)
+        if "fallback" in raw
+        else None
+    )
+    aliases = _aliases(raw.get("aliases", {}), where, stored)
+    return CatalogDocument(fallback, _models(raw.get("models", {}), where, stored), aliases)
 
 
 def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
+    """The catalog document YAML `text` writes, held to every bound of catalog_limits;
+    CatalogError naming the line, or the model, field and value, at fault. CPU-bound:
+    an async caller runs it in a thread."""
     try:
-        raw = load_yaml(text)  # refuses nesting past catalog_limits.MAX_YAML_DEPTH
+        raw = load_yaml(text)  # bounded: catalog_limits (depth, expanded nodes, keys)
     except ValueError as exc:
         raise CatalogError(f"{where}: {exc}") from None
     return parse_document(raw, where)
+
+
+# A price in a CSV cell: ASCII digits, as YAML reads an integer. int() alone also takes
+# "١٢٣" (Arabic-Indic digits), "1_000" and " +5", none of which a spreadsheet writes for
+# a price, and a "1.5" is a price in another unit (credits, not micro-credits).
+_CSV_INT = re.compile(r"-?[0-9]+")
+
+
+def _csv_number(text: str, where: str) -> int | LongNumber:
+    """A CSV cell's price as the YAML path would read it (its bounds are checked with
+    the YAML path's, token_prices); CatalogError quoting the cell for anything else."""
+    if not _CSV_INT.fullmatch(text):
+        raise CatalogError(
+            f"{where}: not a whole number of micro-credits per million tokens (ASCII digits "
+            f"0-9 only): {shown(text)}"
+        )
+    if len(text) > LongNumber.MAX_DIGITS:  # int() refuses past 4300 digits; no price is so long
+        raise CatalogError(f"{where}: {price_problem(LongNumber(text))}")
+    return int(text)
 
 
 def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
@@ -194,7 +250,11 @@ def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
     # A spreadsheet's "CSV UTF-8" starts with a byte-order mark, which would become part
     # of the first column's name ("header lacks model" for a header that shows one).
     text = text.removeprefix("\ufeff").strip()
-    rows = list(csv.DictReader(io.StringIO(text)))
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # a field past csv's size limit, a stray quote, ...
+        raise CatalogError(f"{where}: after line {reader.line_num}: not CSV: {exc}") from None
     if not rows:
         raise CatalogError(f"{where}: no rows under a header")
     missing = {"model", "effective_from", "input", "cached_input", "output"} - set(rows[0])
@@ -212,16 +272,18 @@ def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
         prices: dict[str, Any] = {}
         for cls in TOKEN_CLASSES:
             text_value = (row.get(cls) or "").strip()
-            if not text_value:
-                continue
-            try:
-                prices[cls] = int(text_value)
-            except ValueError:
-                raise CatalogError(f"{here}.{cls}: not a whole number: {text_value!r}") from None
+            if text_value:
+                prices[cls] = _csv_number(text_value, f"{here}.{cls}")
         model = (row.get("model") or "").strip()
         if model == FALLBACK_ROW:
             if "fallback" in raw:
                 raise CatalogError(f"{here}: a second fallback row")
+            if (row.get("effective_from") or "").strip():
+                # as YAML's `fallback:` refuses it (token_prices.parse_price)
+                raise CatalogError(
+                    f"{here}.effective_from: the fallback row ({FALLBACK_ROW}) has one price "
+                    "for every time; leave effective_from empty"
+                )
             raw["fallback"] = prices
         else:
             models.setdefault(model, []).append(
@@ -279,8 +341,10 @@ class PriceCatalog:
         return catalog
 
     @classmethod
-    def from_mapping(cls, raw: Any, where: str = "catalog") -> PriceCatalog:
-        return cls.whole(parse_document(raw, where), where)
+    def from_mapping(cls, raw: Any, where: str = "catalog", stored: bool = False) -> PriceCatalog:
+        """The catalog `raw` holds (`to_mapping`'s shape); `stored`: a revision read back
+        (see `parse_document`)."""
+        return cls.whole(parse_document(raw, where, stored), where)
 
     @classmethod
     def whole(cls, doc: CatalogDocument, where: str = "catalog") -> PriceCatalog:

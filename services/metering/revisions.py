@@ -7,10 +7,15 @@ about it, and `PriceLoad` is the load request, which validates itself.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from quartermaster.validation import text_problem
 from services.metering.pricing import (
     CatalogDocument,
     CatalogError,
@@ -22,11 +27,12 @@ from services.metering.pricing import (
 )
 
 MAX_DOCUMENT = 4 * 1024 * 1024  # characters
+MAX_SOURCE = 1024  # characters of a load's `source` (a file name)
 
 
 @dataclass(frozen=True)
-class Revision:
-    """One load of the catalog: who, when, how, what changed, and the catalog after it."""
+class LoadRecord:
+    """One load of the catalog as PriceHistory tells it: who, when, how, what changed."""
 
     revision: int
     loaded_at: datetime
@@ -34,7 +40,91 @@ class Revision:
     mode: str
     source: str
     changes: list[str]
+
+
+@dataclass(frozen=True)
+class Revision(LoadRecord):
+    """One load of the catalog, with the whole catalog after it."""
+
     catalog: PriceCatalog
+
+
+# -- PriceHistory's pages --
+
+DEFAULT_HISTORY_PAGE = 20  # revisions
+MAX_HISTORY_PAGE = 100
+MAX_HISTORY_BYTES = 1024 * 1024
+"""About the most change lines (UTF-8 bytes) one PriceHistory answer holds: a gRPC
+client refuses an answer past 4 MiB (RESOURCE_EXHAUSTED), and three loads of a 1.2 MB
+catalog made one. A revision whose own lines pass it is cut (`changes_omitted`)."""
+_LINE_OVERHEAD = 4  # a repeated string's tag and length, about
+
+
+class BadPage(ValueError):
+    """A page size or page token PriceHistory can't use (the message says which)."""
+
+
+def history_token(after: int) -> str:
+    """The opaque token of the page after revision `after`."""
+    return base64.urlsafe_b64encode(f"history|{after}".encode()).decode().rstrip("=")
+
+
+_TOKEN = re.compile(r"history\|([0-9]{1,18})")  # ASCII digits: str.isdigit takes "²"
+
+
+def history_position(token: str) -> int:
+    """The revision after which `token` (history_token's) starts the page; BadPage for
+    a string this service did not give."""
+    if len(token) > 64:
+        raise BadPage(f"page_token: not a token PriceHistory gave ({len(token)} characters)")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadPage("page_token: not a token PriceHistory gave") from None
+    found = _TOKEN.fullmatch(raw)
+    if found is None:
+        raise BadPage("page_token: not a token PriceHistory gave")
+    return int(found[1])
+
+
+def history_page_size(asked: int) -> int:
+    """The revisions a page holds for PriceHistoryRequest.page_size (0: the default);
+    BadPage outside 0 to MAX_HISTORY_PAGE."""
+    if not 0 <= asked <= MAX_HISTORY_PAGE:
+        raise BadPage(
+            f"page_size: must be between 1 and {MAX_HISTORY_PAGE} (0: {DEFAULT_HISTORY_PAGE}),"
+            f" got {asked}"
+        )
+    return asked or DEFAULT_HISTORY_PAGE
+
+
+def history_page(
+    records: Sequence[LoadRecord], size: int, budget: int = MAX_HISTORY_BYTES
+) -> tuple[list[tuple[LoadRecord, list[str], int]], bool]:
+    """Of `records` (the next ones in order, up to size + 1 of them), those one page
+    holds, each with the change lines it sends and how many it leaves out, and whether
+    more follow. A page holds at most `size` records and about `budget` bytes of lines;
+    it always holds the first record, its lines cut to the budget if they pass it."""
+    out: list[tuple[LoadRecord, list[str], int]] = []
+    used = 0
+    for r in records[:size]:
+        cost = sum(len(line.encode()) + _LINE_OVERHEAD for line in r.changes)
+        if out and used + cost > budget:
+            break
+        if used + cost <= budget:
+            out.append((r, list(r.changes), 0))
+            used += cost
+            continue
+        kept: list[str] = []  # the first record alone passes the budget: its first lines
+        for line in r.changes:
+            line_cost = len(line.encode()) + _LINE_OVERHEAD
+            if used + line_cost > budget:
+                break
+            kept.append(line)
+            used += line_cost
+        out.append((r, kept, len(r.changes) - len(kept)))
+        break
+    return out, len(out) < len(records)
 
 
 def _flat(p: Price, prefix: str = "") -> dict[str, int]:
@@ -148,12 +238,18 @@ class PriceLoad:
             out.append("document: empty")
         elif len(self.document) > MAX_DOCUMENT:
             out.append(f"document: larger than {MAX_DOCUMENT} characters")
+        if len(self.source) > MAX_SOURCE:
+            out.append(f"source: longer than {MAX_SOURCE} characters")
+        elif problem := text_problem(self.source):  # stored with the revision
+            out.append(f"source: {problem}")
         if self.format is None:
             out.append("format: required, CATALOG_FORMAT_YAML or CATALOG_FORMAT_CSV")
         return out
 
     def parse(self) -> CatalogDocument:
         """The document parsed (call after `problems()` came back empty); CatalogError
-        names the place that is wrong."""
+        names the place that is wrong. The one check of a load and of its dry run alike:
+        whatever the load would refuse, the dry run refuses. CPU-bound (seconds for a
+        4 MB document): the servicer runs it in a thread."""
         assert self.format is not None
         return _PARSERS[self.format](self.document, self.source or "document")

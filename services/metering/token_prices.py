@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from services.metering.catalog_limits import price_problem
+from services.metering.catalog_limits import price_problem, threshold_problem
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 _REQUIRED = ("input", "cached_input", "output")
@@ -174,23 +174,47 @@ def _count(raw: dict[str, Any], cls: str, where: str, default: int | None = None
     return v
 
 
-def parse_price(raw: Any, where: str, kind: str = "version") -> Price:
-    """A version's prices; `kind` "long_context": a long-context tier's (with
-    `above_input_tokens`, no tier of its own), "service_tier": a service tier's
-    (which may have a long-context tier)."""
+_EXTRA = {
+    "version": {"effective_from", "long_context", "service_tiers"},
+    "fallback": {"long_context", "service_tiers"},
+    "long_context": {"above_input_tokens"},
+    "service_tier": {"long_context"},
+}
+
+
+def parse_price(raw: Any, where: str, kind: str = "version", stored: bool = False) -> Price:
+    """A version's prices; `kind` "fallback": the fallback's (no effective_from: it
+    prices every time), "long_context": a long-context tier's (with `above_input_tokens`,
+    no tier of its own), "service_tier": a service tier's (which may have a long-context
+    tier). CatalogError naming `where` and the field.
+
+    `stored`: a revision read back, held only to what pricing needs (every price within
+    MAX_PRICE, a threshold >= 1), so a bound added later never stops a worker from
+    reading what an older version stored. A document being loaded (`stored` False) is
+    held to the rest too: a threshold at most catalog_limits.MAX_THRESHOLD, and a cached
+    input price no higher than the input price it discounts."""
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: expected a mapping of token class to price")
-    extra = {
-        "version": {"effective_from", "long_context", "service_tiers"},
-        "long_context": {"above_input_tokens"},
-        "service_tier": {"long_context"},
-    }[kind]
+    extra = _EXTRA[kind]
+    if kind == "fallback" and "effective_from" in raw:
+        raise CatalogError(
+            f"{where}.effective_from: the fallback has one price for every time; remove "
+            "effective_from (or load a model's version instead)"
+        )
     unknown = set(raw) - {*TOKEN_CLASSES, *extra}
     if unknown:
-        raise CatalogError(f"{where}: unknown token class(es) {sorted(unknown)}")
+        listed = sorted(str(k)[:40] for k in unknown)
+        raise CatalogError(f"{where}: unknown token class(es) {listed}")
     values = {cls: _count(raw, cls, where) for cls in _REQUIRED}
     for cls, default in _DEFAULTS.items():  # in order: cache_write before cache_write_1h
         values[cls] = _count(raw, cls, where, values[default])
+    if not stored and values["cached_input"] > values["input"]:
+        # Every provider prices a cached read below the input it stands for; above it,
+        # the columns were most likely swapped, and every cached token would overcharge.
+        raise CatalogError(
+            f"{where}.cached_input: {values['cached_input']} is more than input "
+            f"{values['input']} (a cached read is a discount on input: columns swapped?)"
+        )
     base = Price(
         values["input"], values["cached_input"], values["output"], values["reasoning"],
         values["cache_write"], cache_write_1h=values["cache_write_1h"],
@@ -198,11 +222,14 @@ def parse_price(raw: Any, where: str, kind: str = "version") -> Price:
     )  # fmt: skip
     if kind == "long_context":
         above = raw.get("above_input_tokens")
-        if not isinstance(above, int) or isinstance(above, bool) or above < 1:
-            raise CatalogError(f"{where}.above_input_tokens: expected a whole number >= 1")
+        problem = threshold_problem(above)
+        lenient = isinstance(above, int) and not isinstance(above, bool) and above >= 1
+        if problem and not (stored and lenient):
+            raise CatalogError(f"{where}.above_input_tokens: {problem}")
+        assert isinstance(above, int)
         return replace(base, long_context_above=above)
     if raw.get("long_context") is not None:
-        long = parse_price(raw["long_context"], f"{where}.long_context", "long_context")
+        long = parse_price(raw["long_context"], f"{where}.long_context", "long_context", stored)
         base = replace(base, long_context_above=long.long_context_above,
                        long_context=replace(long, long_context_above=0))  # fmt: skip
     tiers = raw.get("service_tiers")
@@ -211,7 +238,8 @@ def parse_price(raw: Any, where: str, kind: str = "version") -> Price:
             names = ", ".join(SERVICE_TIERS.values())
             raise CatalogError(f"{where}.service_tiers: expected a mapping of {names} to prices")
         base = replace(base, service_tiers=tuple(
-            (name, parse_price(tiers[name], f"{where}.service_tiers.{name}", "service_tier"))
+            (name, parse_price(tiers[name], f"{where}.service_tiers.{name}", "service_tier",
+                               stored))
             for name in sorted(tiers)
         ))  # fmt: skip
     return base

@@ -7,12 +7,14 @@ and worker are in test_pricing_attacks.py."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 
-from quartermaster.topics import CONTENT_TYPE, JSON, USAGE_BATCH_TYPE
+from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
+from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.decode import InvalidUsage, decode
 from services.metering.pricing import CatalogError, PriceCatalog, parse_csv, parse_yaml
 from services.metering.revisions import merge
@@ -164,3 +166,33 @@ def test_missing_or_null_classes_in_json_are_none_of_that_class() -> None:
 def test_every_shipped_alias_is_one_the_checks_accept() -> None:
     raw = yaml.safe_load(DEFAULT_PRICES.read_text())
     assert merge(None, parse_yaml(yaml.safe_dump(raw)), replace=True).aliases == SHIPPED.aliases
+
+
+@pytest.mark.parametrize(("field", "name", "noun", "enum"), [
+    ("ending", "ending", "ending", "CallEnding"),
+    ("serviceTier", "service_tier", "tier", "ServiceTier"),
+])  # fmt: skip
+def test_an_unknown_enum_number_is_refused_for_every_enum_on_every_path(
+    field: str, name: str, noun: str, enum: str
+) -> None:
+    """`ending: 99` was counted while `serviceTier: 99` was refused: every enum of
+    UsageEvent now refuses a number its schema lacks, in JSON (fast path, ParseDict's
+    path, a batch) and in protobuf (proto3 keeps unknown numbers), naming the field."""
+    why = f"{name}: unknown {noun} 99 (see {enum})"
+    for extra in ({}, {"[ext.field]": 1}):
+        one = json.dumps(event_json(**{field: 99}, **extra)).encode()
+        with pytest.raises(InvalidUsage, match=re.escape(why)):
+            decode(one, JSON_HEADERS, NOW, timedelta(days=30))
+    batch = json.dumps({"events": [event_json(), event_json(**{field: 99})]}).encode()
+    headers = {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}
+    with pytest.raises(InvalidUsage, match=re.escape(f"events[1].{why}")):  # as a bad name
+        decode(batch, headers, NOW, timedelta(days=30))
+    event = UsageEvent(event_id="e1", user_id="u", product="chat", model="gpt-5",
+                       input_tokens=10, output_tokens=5)  # fmt: skip
+    event.occurred_at.FromDatetime(NOW)
+    setattr(event, name, 99)
+    with pytest.raises(InvalidUsage, match=re.escape(why)):
+        decode(event.SerializeToString(), {CONTENT_TYPE: PROTOBUF}, NOW, timedelta(days=30))
+    setattr(event, name, 2)  # a known one is counted
+    assert decode(event.SerializeToString(), {CONTENT_TYPE: PROTOBUF}, NOW,
+                  timedelta(days=30)).events  # fmt: skip

@@ -180,3 +180,30 @@ async def test_top_spenders_limit_and_answer() -> None:
     resp = await call(FakeStore(), FakeDirectory(), cost_pb2.TopSpendersRequest(filter=window()))
     assert isinstance(resp, cost_pb2.TopSpendersResponse)
     assert [(s.user_id, s.micros, s.events) for s in resp.spenders] == [("ann", 16_000, 5)]
+
+
+@pytest.mark.parametrize(("start", "end", "said"), [
+    # INTERNAL before: the day after 9999-12-31 is no date (period_of overflowed)
+    (datetime(9999, 12, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC),
+     "filter.start: 9999-12-01T00:00:00+00:00 is outside years 2000 to 2200 (UTC); "
+     "filter.end: 9999-12-31T00:00:00+00:00 is outside years 2000 to 2200 (UTC)"),
+    (datetime(1, 1, 1, tzinfo=UTC), datetime(1, 1, 2, tzinfo=UTC),
+     "filter.start: 0001-01-01T00:00:00+00:00 is outside years 2000 to 2200 (UTC); "
+     "filter.end: 0001-01-02T00:00:00+00:00 is outside years 2000 to 2200 (UTC)"),
+])  # fmt: skip
+async def test_a_range_near_the_ends_of_time_is_refused_naming_it(
+    start: datetime, end: datetime, said: str
+) -> None:
+    for request in (
+        cost_pb2.QueryUsageRequest(
+            filter=cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end)),
+            granularity=cost_pb2.GRANULARITY_DAY,
+        ),
+        cost_pb2.TopSpendersRequest(
+            filter=cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end))
+        ),
+    ):
+        assert await refusal(call(FakeStore(), FakeDirectory(), request)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            said,
+        )

@@ -293,3 +293,70 @@ async def test_the_cli_loads_lists_and_shows_history(running: int, tmp_path: Pat
     assert code == 0
     assert "load by tests-prices at " in out
     assert "from more.csv" in out
+
+
+async def test_history_comes_in_pages_that_always_fit_a_grpc_answer(
+    stub: Stub, running: int, infra: Infra
+) -> None:
+    """Three loads of a 1.2 MB catalog made PriceHistory answer RESOURCE_EXHAUSTED (past
+    gRPC's 4 MiB). Rows as such loads write them (1.4 MB of change lines each, the
+    catalog as it is) are put straight in the table: parsing three such documents would
+    take the test half a minute and tell nothing more."""
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    lines = [f"{model}: new version from 2026-01-01T00:00:00+00:00: input {i} " + "x" * 100
+             for i in range(12_000)]  # fmt: skip
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        for _ in range(3):
+            await conn.execute(
+                """
+                INSERT INTO metering.price_catalogs (loaded_at, loaded_by, mode, source,
+                    changes, catalog)
+                SELECT now(), 'tests-prices', 'load', 'big.yaml', $1, catalog
+                FROM metering.price_catalogs ORDER BY revision DESC LIMIT 1
+                """,
+                lines,
+            )
+        total = await conn.fetchval("SELECT count(*) FROM metering.price_catalogs")
+    finally:
+        await conn.close()
+    for asked in (model, ""):
+        token, pages = "", 0
+        seen: list[prices_pb2.PriceRevision] = []
+        while True:
+            page = await stub.PriceHistory(
+                prices_pb2.PriceHistoryRequest(model=asked, page_token=token)
+            )
+            assert page.ByteSize() < 2 * 1024 * 1024
+            pages += 1
+            seen.extend(page.revisions)
+            token = page.next_page_token
+            if not token:
+                break
+        big = [r for r in seen if r.source == "big.yaml"][-3:]
+        assert [len(r.changes) + r.changes_omitted for r in big] == [12_000] * 3
+        assert all(0 < r.changes_omitted < 12_000 for r in big)
+        assert pages >= 3
+        if not asked:
+            assert len(seen) == total
+            assert [r.revision for r in seen] == sorted(r.revision for r in seen)
+    one = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model=model, page_size=1))
+    assert len(one.revisions) == 1
+    assert one.next_page_token
+    for bad, said in (({"page_size": 101}, "page_size: must be between 1 and 100"),
+                      ({"page_token": "bm90IGEgdG9rZW4"}, "page_token: not a token")):  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model=model, **bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert said in str(info.value.details())
+
+    def run() -> tuple[int, str]:
+        out = io.StringIO()
+        argv = ["--addr", f"127.0.0.1:{running}", "prices", "history", model,
+                "--token", TOKENS["reader"]]  # fmt: skip
+        return cli.main(argv, out), out.getvalue()
+
+    code, out = await asyncio.to_thread(run)
+    assert code == 0
+    assert out.count("by tests-prices at ") == 3
+    assert out.count(" more change line(s): one answer holds about 1 MiB of them") == 3

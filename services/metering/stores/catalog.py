@@ -13,6 +13,7 @@ not re-priced.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.metering.pricing import CatalogDocument, PriceCatalog
-from services.metering.revisions import Revision, changes, merge
+from services.metering.revisions import LoadRecord, Revision, changes, merge
 
 log = logging.getLogger("qm.metering.prices")
 # pg_advisory_xact_lock key serialising loads (and the seed) across processes
@@ -31,8 +32,26 @@ _LOCK = 0x71_6D_70_72_69_63_65  # "qmprice"
 def _revision(row: asyncpg.Record) -> Revision:
     return Revision(
         row["revision"], row["loaded_at"], row["loaded_by"], row["mode"], row["source"],
-        list(row["changes"]), PriceCatalog.from_mapping(json.loads(row["catalog"])),
+        list(row["changes"]), PriceCatalog.from_mapping(json.loads(row["catalog"]), stored=True),
     )  # fmt: skip
+
+
+def _record(row: asyncpg.Record) -> LoadRecord:
+    return LoadRecord(
+        row["revision"], row["loaded_at"], row["loaded_by"], row["mode"], row["source"],
+        list(row["changes"]),
+    )  # fmt: skip
+
+
+def _plan(
+    old: Revision | None, doc: CatalogDocument, replace: bool, now: datetime
+) -> tuple[PriceCatalog, list[str], str]:
+    """The catalog after a load, its change lines and its stored JSON: CPU-bound for a
+    large catalog (seconds), so `load` runs it in a thread, off the event loop the Cost
+    API shares."""
+    new = merge(old.catalog if old else None, doc, replace)
+    diff = changes(old.catalog if old else None, new, now)
+    return new, diff, json.dumps(new.to_mapping())
 
 
 class CatalogStore:
@@ -50,11 +69,35 @@ class CatalogStore:
         row = await (conn or self._pool).fetchrow(
             "SELECT * FROM metering.price_catalogs ORDER BY revision DESC LIMIT 1"
         )
-        return _revision(row) if row else None
+        # parsing a stored catalog of megabytes takes a while: not on the event loop
+        return await asyncio.to_thread(_revision, row) if row else None
 
-    async def history(self) -> list[Revision]:
-        rows = await self._pool.fetch("SELECT * FROM metering.price_catalogs ORDER BY revision")
-        return [_revision(r) for r in rows]
+    async def history(self, model: str, after: int, limit: int) -> list[LoadRecord]:
+        """Up to `limit` revisions after revision `after`, oldest first, without their
+        catalogs; with `model`, only those that changed it, each with that model's
+        change lines only (those starting `<model>: `)."""
+        if not model:
+            rows = await self._pool.fetch(
+                """
+                SELECT revision, loaded_at, loaded_by, mode, source, changes
+                FROM metering.price_catalogs WHERE revision > $1 ORDER BY revision LIMIT $2
+                """,
+                after, limit,
+            )  # fmt: skip
+            return [_record(r) for r in rows]
+        rows = await self._pool.fetch(
+            """
+            SELECT revision, loaded_at, loaded_by, mode, source,
+                ARRAY(SELECT c FROM unnest(changes) WITH ORDINALITY AS u(c, n)
+                      WHERE starts_with(c, $3) ORDER BY n) AS changes
+            FROM metering.price_catalogs
+            WHERE revision > $1
+              AND EXISTS (SELECT 1 FROM unnest(changes) AS c WHERE starts_with(c, $3))
+            ORDER BY revision LIMIT $2
+            """,
+            after, limit, f"{model}: ",
+        )  # fmt: skip
+        return [_record(r) for r in rows]
 
     async def seed(self, catalog: PriceCatalog, source: str) -> Revision:
         """The revision in force; `catalog` becomes revision 1 when there is none."""
@@ -91,8 +134,7 @@ class CatalogStore:
             old = await self.current(conn)
             if seed and old is not None:
                 return old, []
-            new = merge(old.catalog if old else None, doc, replace)
-            diff = changes(old.catalog if old else None, new, now)
+            new, diff, stored = await asyncio.to_thread(_plan, old, doc, replace, now)
             if dry_run or not diff:
                 return old, diff
             mode = "seed" if seed else ("replace" if replace else "load")
@@ -102,9 +144,9 @@ class CatalogStore:
                     changes, catalog)
                 VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING *
                 """,
-                now, actor, mode, source, diff, json.dumps(new.to_mapping()),
+                now, actor, mode, source, diff, stored,
             )  # fmt: skip
-            return _revision(row), diff
+            return Revision(**vars(_record(row)), catalog=new), diff
 
 
 class Follower:
