@@ -366,7 +366,10 @@ def test_alerts_and_dashboard_read_only_series_the_services_serve() -> None:
         assert f"#### {rule['alert']}" in operations, rule
         assert anchor == rule["alert"].lower(), rule
     assert len(exprs) >= 8
-    assert metric_names(exprs)
+    # A panel for each service's own series: the gRPC services', metering's, the
+    # notifier's and the HTTP ingest's.
+    prefixes = {"qm_rpc_", "qm_grpc_", "qm_metering_", "qm_notifier_", "qm_ingest_"}
+    assert {p for p in prefixes for m in metric_names(exprs) if m.startswith(p)} == prefixes
     # Off by default: no CRD an install without the Prometheus Operator can't apply.
     assert not monitoring(manifests(render()))[0]
 
