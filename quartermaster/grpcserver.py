@@ -10,6 +10,12 @@ INVALID_ARGUMENT naming the problem, a method the library leaves unimplemented
 (Health/List) UNIMPLEMENTED with a plain message, and neither logs anything. The health
 service "liveness" is SERVING while the process runs (for liveness probes); the
 overall one ("") and each service's name follow the server's readiness.
+
+A health port (`serve(..., health_addr=)`): a second, plaintext server with the health
+service alone (no reflection, no application service), answering from the same
+HealthServicer, so it says what the main port's health service says. It exists for the
+kubelet, whose native gRPC probes speak plaintext only: with TLS on the main port they
+could not ask it. It tells nothing but SERVING / NOT_SERVING per service name.
 """
 
 from __future__ import annotations
@@ -84,10 +90,15 @@ async def refuse_invalid(
 
 @dataclass
 class Served:
+    """A started server: `port` the one it listens on; `health_port` the plaintext
+    health-only port (0: none), whose server is `health_server`."""
+
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
     services: tuple[str, ...]
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -106,7 +117,12 @@ class Served:
         await self.health.enter_graceful_shutdown()
         for name in self.services:
             rpcmetrics.set_serving(name, False)
-        await self.server.stop(grace)
+        # The health port stops with the main one: until then it says NOT_SERVING, as
+        # the main port does (a probe in between sees the replica going, not gone).
+        stops = [self.server.stop(grace)]
+        if self.health_server is not None:
+            stops.append(self.health_server.stop(grace))
+        await asyncio.gather(*stops)
 
 
 def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
@@ -132,11 +148,18 @@ def _listen(server: grpc.aio.Server, addr: str, tls: ServerTls | None) -> int:
 
 
 async def serve(
-    addr: str, services: Sequence[str], server: grpc.aio.Server, *, tls: ServerTls | None
+    addr: str,
+    services: Sequence[str],
+    server: grpc.aio.Server,
+    *,
+    tls: ServerTls | None,
+    health_addr: str = "",
 ) -> Served:
     """Add health + reflection to `server` (servicers already added), listen on `addr`
     (port 0: a free one) with `tls` (None: plaintext, logged as a WARNING), start it,
-    and report NOT_SERVING until told otherwise. RuntimeError when it can't listen."""
+    and report NOT_SERVING until told otherwise. With `health_addr` (host:port, port 0:
+    a free one) also serve the health service alone there, in plaintext (see the module
+    docstring; `Served.health_port`). RuntimeError when it can't listen on either."""
     hs = health_aio.HealthServicer()
     served = Served(server, 0, hs, tuple(services))
     await served.set_serving(False)
@@ -146,12 +169,33 @@ async def serve(
         server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
         ReflectionServicer(names),
     )  # fmt: skip
+    if health_addr:
+        # Bound before the main port, so a taken address stops the start before the
+        # server takes any call.
+        served.health_server, served.health_port = await _serve_health(health_addr, hs)
     port = _listen(server, addr, tls)
     if port == 0:
+        if served.health_server is not None:
+            await served.health_server.stop(None)
         raise RuntimeError(f"could not listen on {addr}")
     await server.start()
     served.port = port
     return served
+
+
+async def _serve_health(addr: str, hs: health_aio.HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """A started plaintext server on `addr` with `hs` alone, and its port; RuntimeError
+    when it can't listen. No interceptors: health needs no credential, and its calls are
+    not counted (rpcmetrics.NOT_COUNTED) on the main port either."""
+    server = grpc.aio.server()
+    _add_hardened(server, health_pb2_grpc.add_HealthServicer_to_server, hs)
+    # Plaintext on purpose, and said once: it answers SERVING / NOT_SERVING only.
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {addr} (health)")
+    await server.start()
+    log.info("gRPC health only, plaintext, on %s (for probes)", addr)
+    return server, port
 
 
 class _Garbled:

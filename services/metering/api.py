@@ -62,7 +62,13 @@ async def start(settings: MeteringSettings, addr: str | None = None) -> RunningA
     add_guarded(server, cost_pb2_grpc.add_UsageServiceServicer_to_server, api.usage)
     add_guarded(server, prices_pb2_grpc.add_PriceCatalogServiceServicer_to_server, api.prices)
     services = [SERVICE_NAME, PRICES_SERVICE]
-    served = await serve(addr or settings.api_addr, services, server, tls=settings.server_tls)
+    served = await serve(
+        addr or settings.api_addr,
+        services,
+        server,
+        tls=settings.server_tls,
+        health_addr=settings.api_health_addr,
+    )
     await served.set_serving(True)
     return RunningApi(served, api, asyncio.create_task(_compact_forever(api.pool, settings)))
 

@@ -72,6 +72,9 @@ class MeteringSettings(CommonSettings):
     api_metrics_addr: HostPortOrEmpty = Field("", validation_alias="QM_USAGE_API_METRICS_ADDR")
     """Where the Cost API serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9468 (the
     chart's); empty: none"""
+    api_health_addr: HostPortOrEmpty = Field("", validation_alias="QM_USAGE_API_HEALTH_ADDR")
+    """Where a replica serves the gRPC health service alone, in plaintext (the kubelet's
+    gRPC probes can't speak TLS), e.g. 0.0.0.0:9478 (the chart's); empty: none"""
     burn_window_minutes: int = Field(10, ge=1, le=1440)
     """Minutes over which a user's burn rate is taken"""
     burn_multiple: float = Field(5.0, gt=1)

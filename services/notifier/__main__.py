@@ -1,5 +1,6 @@
 """`python -m services.notifier`: read intents and request events, deliver them, until
-SIGTERM/SIGINT, then stop."""
+SIGTERM/SIGINT, then stop. With QM_NOTIFIER_METRICS_ADDR, its port serves /metrics and
+the probes' /livez and /healthz (services.notifier.health) from before it connects."""
 
 from __future__ import annotations
 
@@ -9,17 +10,33 @@ from quartermaster import kafka, telemetry
 from quartermaster.grpcserver import until_signalled
 from quartermaster.settings import load_or_exit
 from services.notifier import wiring
+from services.notifier.health import Health
 from services.notifier.settings import NotifierSettings
 
 
 async def _run(settings: NotifierSettings) -> None:
-    running = await wiring.start(settings)
-    await until_signalled(running.stop)
+    health = Health()
+    runner = await health.serve(settings.metrics_addr) if settings.metrics_addr else None
+    try:
+        running = await wiring.start(settings)
+        health.started(running.pool, running.tasks)
+
+        async def stop() -> None:
+            health.stopping()
+            await running.stop()
+
+        await until_signalled(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
 
 
 def main() -> None:
     settings = load_or_exit(NotifierSettings, "notifier")
-    telemetry.setup("notifier", settings.log_level, metrics_addr=settings.metrics_addr)
+    # /metrics is served by Health's port, beside the probes' paths.
+    telemetry.setup("notifier", settings.log_level)
+    if settings.metrics_addr:
+        telemetry.metrics_for_prometheus("notifier")
     kafka.configure(settings)
     asyncio.run(_run(settings))
 

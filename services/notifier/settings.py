@@ -36,8 +36,8 @@ class NotifierSettings(CommonSettings, EmailSettings, WebhookSettings, Interacti
     """The workspace default: how a person without a preference of their own is told
     (slack, email or both; `python -m services.notifier.cli preferences` sets one's own)"""
     metrics_addr: HostPortOrEmpty = ""
-    """Where the notifier serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9467
-    (`make run`'s port); empty: none"""
+    """Where the notifier serves its Prometheus metrics (/metrics) and its probes'
+    /livez and /healthz, e.g. 0.0.0.0:9467 (`make run`'s port); empty: none"""
     digest_hour: int = Field(8, ge=0, le=23)
     """Hour (workspace time zone) of managers' daily digest, for those who chose one"""
     directory_addr: HostPort = Field("127.0.0.1:50051", validation_alias="QM_DIRECTORY_ADDR")

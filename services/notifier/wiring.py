@@ -12,13 +12,13 @@ once, in order, each handed what it needs; tests may add channels (`extra_channe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
@@ -84,8 +84,15 @@ class RunningNotifier:
             await self.clicks.stop()
         for task in self.tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                # A loop that had died (services.notifier.health logged it when it did):
+                # the rest is still closed.
+                log.warning("the %s loop had ended: %s: %s", task.get_name(),
+                            type(exc).__name__, exc)  # fmt: skip
         if self.webhook is not None:
             await self.webhook.close()
         await self.directory.close()
@@ -225,8 +232,12 @@ async def start(
     backlog = Backlog(store, metrics, every=max(settings.reconcile_seconds, 1.0))
     # Before the loops start: an endpoint whose address is taken stops the start here.
     clicks = await start_clicks(settings, directory, slack_.web)
-    loops = (consumer, sender, reconciler, digester, backlog)
-    tasks = [asyncio.create_task(t.run()) for t in loops]
+    loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+        "consumer": consumer.run, "sender": sender.run, "reconciler": reconciler.run,
+        "digester": digester.run, "backlog": backlog.run,
+    }  # fmt: skip
+    # Named: /livez and /healthz (services.notifier.health) say which one ended.
+    tasks = [asyncio.create_task(run(), name=name) for name, run in loops.items()]
     log.info("notifier %s running for workspace %s: channels %s", sender_id, ws,
              ", ".join(sorted(channels)))  # fmt: skip
     return RunningNotifier(pool, store, consumer, take, sender, reconciler, digester,

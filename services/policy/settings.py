@@ -33,6 +33,9 @@ class PolicySettings(CommonSettings):
     metrics_addr: HostPortOrEmpty = ""
     """Where a replica serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9465 (the
     chart's); empty: none (so replicas side by side on one host don't collide)"""
+    health_addr: HostPortOrEmpty = ""
+    """Where a replica serves the gRPC health service alone, in plaintext (the kubelet's
+    gRPC probes can't speak TLS), e.g. 0.0.0.0:9475 (the chart's); empty: none"""
     refresh_seconds: float = Field(1.0, ge=0.05, le=3600)
     """Limits are re-read at once on NOTIFY, and this often anyway"""
     warn_percent: int = Field(80, ge=1, le=100)

@@ -202,7 +202,13 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
         PolicyAdminServicer(limits, directory, evaluator, refresh.reload),
         DirectoryServicer(evaluator),
     )
-    served = await serve(addr or settings.addr, SERVICE_NAMES, server, tls=settings.server_tls)
+    served = await serve(
+        addr or settings.addr,
+        SERVICE_NAMES,
+        server,
+        tls=settings.server_tls,
+        health_addr=settings.health_addr,
+    )
     log.info("policy listening on port %d", served.port)
 
     serving = asyncio.Event()

@@ -27,6 +27,9 @@ class RequestsSettings(CommonSettings):
     metrics_addr: HostPortOrEmpty = ""
     """Where it serves its Prometheus metrics (/metrics), e.g. 0.0.0.0:9466 (the
     chart's); empty: none"""
+    health_addr: HostPortOrEmpty = ""
+    """Where a replica serves the gRPC health service alone, in plaintext (the kubelet's
+    gRPC probes can't speak TLS), e.g. 0.0.0.0:9476 (the chart's); empty: none"""
     grace_seconds: float = Field(5.0, ge=0, le=300)
     """How long calls in flight may finish at shutdown"""
     policy_addr: HostPort = "127.0.0.1:50051"

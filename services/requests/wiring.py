@@ -105,7 +105,13 @@ async def start(settings: RequestsSettings, addr: str | None = None) -> RunningR
     retry_after = timedelta(seconds=settings.confirm_retry_seconds)
     confirmer = Confirmer(store, overrides, settings.reconcile_seconds, retry_after)
     tasks.append(asyncio.create_task(confirmer.run()))
-    served = await serve(addr or settings.addr, [SERVICE_NAME], server, tls=settings.server_tls)
+    served = await serve(
+        addr or settings.addr,
+        [SERVICE_NAME],
+        server,
+        tls=settings.server_tls,
+        health_addr=settings.health_addr,
+    )
     await served.set_serving(True)
     log.info("RequestService listening on port %d", served.port)
     return RunningRequests(pool, store, publisher, relay, reconciler, tasks, served, directory,

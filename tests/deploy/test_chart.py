@@ -99,20 +99,27 @@ def test_a_deployment_per_service_with_probes_and_hardening(
         assert "memory" in container["resources"]["limits"]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert "/tmp" in mounts
-        port = container["ports"][0]["containerPort"]
-        interactivity = "interactivity" in {p["name"] for p in container["ports"]}
+        # gRPC services: probed on the plaintext health port, whatever the TLS settings
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        port = ports.get("health")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             spec = container[probe]
             if name.endswith("ingest") and probe == "readinessProbe":  # 503 without broker
                 assert spec["httpGet"] == {"path": "/healthz", "port": "http"}, name
-            elif name.endswith("notifier") and probe == "readinessProbe" and interactivity:
-                assert spec == {"tcpSocket": {"port": "interactivity"}, **_timing(spec)}
-            elif name.endswith(("metering", "ingest", "notifier")):  # HTTP /metrics
+            elif name.endswith("notifier"):  # services.notifier.health
+                path = "/healthz" if probe == "readinessProbe" else "/livez"
+                assert spec["httpGet"] == {"path": path, "port": "metrics"}, (name, probe)
+            elif name.endswith(("metering", "ingest")):  # HTTP /metrics
                 assert spec["httpGet"]["path"] == "/metrics", (name, probe)
             elif probe == "livenessProbe":  # alive, ready or not (grpcserver.LIVENESS_SERVICE)
                 assert spec["grpc"] == {"port": port, "service": LIVENESS_SERVICE}, name
             else:  # the standard gRPC health service, overall: ready
                 assert spec["grpc"] == {"port": port}, (name, probe)
+        if "grpc" in ports:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert port, name
+            assert port not in (ports["grpc"], ports["metrics"]), name
+            assert f"0.0.0.0:{port}" in env.values(), name
         startup = container["startupProbe"]
         # A slow consumer-group join or database must not get the pod killed.
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, name
@@ -141,8 +148,11 @@ def test_pdb_and_network_policy_per_service(case: tuple[str, list[dict[str, Any]
         assert policy["spec"]["podSelector"]["matchLabels"] == labels
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
         # Ingress to the container's ports (the service's, and a gRPC service's metrics
-        # port; the notifier's interactivity endpoint in a rule of its own) and nothing else.
-        ports = [p["containerPort"] for p in _containers(deploy)[0]["ports"]]
+        # port; the notifier's interactivity endpoint in a rule of its own) and nothing
+        # else: not the health port, which only the kubelet on the node asks (always let
+        # through; networkPolicy.probesFrom adds others: test_chart_services.py).
+        ports = [p["containerPort"] for p in _containers(deploy)[0]["ports"]
+                 if p["name"] != "health"]  # fmt: skip
         taken = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
         assert sorted(taken) == sorted(ports), name
         assert all(p["protocol"] == "TCP" for r in policy["spec"]["ingress"] for p in r["ports"])
@@ -356,7 +366,10 @@ def test_alerts_and_dashboard_read_only_series_the_services_serve() -> None:
         assert f"#### {rule['alert']}" in operations, rule
         assert anchor == rule["alert"].lower(), rule
     assert len(exprs) >= 8
-    assert metric_names(exprs)
+    # A panel for each service's own series: the gRPC services', metering's, the
+    # notifier's and the HTTP ingest's.
+    prefixes = {"qm_rpc_", "qm_grpc_", "qm_metering_", "qm_notifier_", "qm_ingest_"}
+    assert {p for p in prefixes for m in metric_names(exprs) if m.startswith(p)} == prefixes
     # Off by default: no CRD an install without the Prometheus Operator can't apply.
     assert not monitoring(manifests(render()))[0]
 

@@ -1,16 +1,26 @@
 """The chart's notifier and HTTP ingest beyond what every service gets (test_chart.py):
 what would leave one unable to work is refused at render, naming the value; the Slack
 interactivity endpoint is a Service port of its own; the ingest over HTTPS is probed
-and scraped over HTTPS; and every service is scraped."""
+and scraped over HTTPS; every service is scraped; and with TLS the gRPC services are
+probed on their plaintext health port."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import kubernetes_validate
 import pytest
 from helm_python import HelmRenderError
 
-from tests.deploy.chart import PRODUCTION, RELEASE, by_kind, load_values, manifests, render
+from tests.deploy.chart import (
+    KUBE_VERSIONS,
+    PRODUCTION,
+    RELEASE,
+    by_kind,
+    load_values,
+    manifests,
+    render,
+)
 
 
 def _containers(deploy: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,8 +85,9 @@ def test_the_slack_interactivity_endpoint_is_a_service_port_of_its_own() -> None
     assert {"name": "interactivity", "containerPort": 8093, "protocol": "TCP"} in container["ports"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["QM_NOTIFIER_INTERACTIVITY_ADDR"] == "0.0.0.0:8093"
-    assert container["readinessProbe"]["tcpSocket"] == {"port": "interactivity"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # Ready once started (the endpoint is bound before the loops start) and PostgreSQL answers
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     metrics, clicks = by_kind(docs, "NetworkPolicy")[name]["spec"]["ingress"]
     assert clicks["ports"] == [{"port": 8093, "protocol": "TCP"}]
     nginx = {"kubernetes.io/metadata.name": "ingress-nginx"}
@@ -109,3 +120,35 @@ def test_every_service_is_scraped_at_its_metrics_port() -> None:
         (endpoint,) = monitors[name]["spec"]["podMetricsEndpoints"]
         assert endpoint["path"] == "/metrics", name
         assert endpoint["port"] in {p["name"] for p in _containers(deploy)[0]["ports"]}, name
+
+
+@pytest.mark.suite  # kubernetes-validate: a few seconds
+def test_with_tls_the_grpc_services_are_probed_in_plaintext_on_their_health_port() -> None:
+    """The kubelet's gRPC probes speak no TLS: with QM_TLS_* set (mutual too) every
+    gRPC probe asks the plaintext health-only port, which only probesFrom opens beyond
+    the node (the kubelet's traffic is always let through), and all of it is valid."""
+    tls = {"QM_TLS_CERT_FILE": "/etc/quartermaster/tls/tls.crt",
+           "QM_TLS_KEY_FILE": "/etc/quartermaster/tls/tls.key",
+           "QM_TLS_CLIENT_CA_FILE": "/etc/quartermaster/tls/ca.crt"}  # fmt: skip
+    nodes = [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    values = {"tls": {"enabled": True, "existingSecret": "qm-tls"}, "settings": tls,
+              "services": {"ingest": {"enabled": False}},  # refused with a client CA
+              "networkPolicy": {"probesFrom": nodes}}  # fmt: skip
+    docs = manifests(render(values))
+    expected = {"policy": 9475, "requests": 9476, "cost-api": 9478}
+    for component, port in expected.items():
+        name = f"{RELEASE}-quartermaster-{component}"
+        (container,) = _containers(by_kind(docs, "Deployment")[name])
+        assert {"name": "health", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["grpc"]["port"] == port, (component, probe)
+        ingress = by_kind(docs, "NetworkPolicy")[name]["spec"]["ingress"]
+        (rule,) = [r for r in ingress if {"port": port, "protocol": "TCP"} in r["ports"]]
+        assert rule == {"ports": [{"port": port, "protocol": "TCP"}], "from": nodes}
+        # the Service carries the gRPC port only: nothing routes to the health port
+        service = by_kind(docs, "Service")[name]["spec"]["ports"]
+        assert [p["port"] for p in service] == [container["ports"][0]["containerPort"]]
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            for kube in KUBE_VERSIONS:
+                kubernetes_validate.validate(doc, kube, strict=True)

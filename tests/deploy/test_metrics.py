@@ -2,10 +2,12 @@
 (issue 17: "a test that scrapes each service's metrics endpoint and finds the metrics
 the alerts use"): policy, the Cost API, the requests service and the notifier as
 processes, the session's metering worker and HTTP ingest, each scraped at its own
-metrics port after real calls, posts and deliveries."""
+metrics port after real calls, posts and deliveries: each series by the service whose
+name it bears, with every label an alert or panel groups or filters it by."""
 
 from __future__ import annotations
 
+import re
 import sys
 import urllib.request
 import uuid
@@ -19,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localinfra import free_port
 from devtools.localinfra.process import ChildProcess
+from devtools.slack_standin import SlackStandin
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT as C
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
@@ -46,6 +49,19 @@ ONLY_WHEN_WRONG = {
     # one series per source over its DLQ limit: tests/metering/test_noisy_source.py
     "qm_metering_dlq_source_over_limit",
 }
+# Who serves the series of a prefix (the rest, qm_rpc_* and qm_grpc_*, every gRPC service).
+SERVED_BY = {"qm_notifier_": "notifier", "qm_ingest_": "ingest", "qm_metering_": "metering"}
+# Labels Prometheus puts on every series from the target it scraped, not the services.
+TARGET_LABELS = {"namespace", "pod"}
+# `by (a, b)` and the names of label matchers `{a="x", b!~"y"}` in PromQL.
+_BY = re.compile(r"\bby\s*\(([^)]*)\)")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+
+
+def _labels_read(expr: str) -> set[str]:
+    """The labels a PromQL expression groups or filters by, less TARGET_LABELS."""
+    grouped = {n.strip() for g in _BY.findall(expr) for n in g.split(",") if n.strip()}
+    return (grouped | set(_MATCHER.findall(expr))) - TARGET_LABELS
 
 
 def _samples(addr: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -62,16 +78,18 @@ def _samples(addr: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 @pytest.fixture
 def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """policy, the Cost API, requests and the notifier as processes: {name: its metrics
-    address}, plus "policy_addr" and "api_addr". The notifier's Slack is a port nobody
-    listens on, so what it is given to send stays in its backlog, retried."""
+    address}, plus "policy_addr", "api_addr" and "slack_port". The notifier's Slack is
+    that port, where nobody listens until the test starts a stand-in there: what it is
+    given to send stays in its backlog, retried, until then."""
     metrics = metrics_env()
+    slack_port = free_port()
     policy, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {**service_env, **metrics, "QM_METERING_METRICS_ADDR": "",
            "QM_POLICY_ADDR": policy, "QM_DIRECTORY_ADDR": policy, "QM_USAGE_API_ADDR": api,
            "QM_REQUESTS_ADDR": f"127.0.0.1:{free_port()}", "QM_REQUESTS_POLICY_ADDR": policy,
            "QM_REQUESTS_USAGE_API_ADDR": api}  # fmt: skip
     logs = ROOT / ".run" / f"test-metrics-{uuid.uuid4().hex[:6]}"
-    notifier = {**env, "QM_NOTIFIER_SLACK_BASE_URL": f"http://127.0.0.1:{free_port()}/api/",
+    notifier = {**env, "QM_NOTIFIER_SLACK_BASE_URL": f"http://127.0.0.1:{slack_port}/api/",
                 "QM_NOTIFIER_GROUP_ID": f"qm-notifier-metrics-{uuid.uuid4().hex[:6]}",
                 "QM_NOTIFIER_RECONCILE_SECONDS": "0.5",
                 "QM_NOTIFIER_POLL_SECONDS": "0.05"}  # fmt: skip
@@ -92,16 +110,18 @@ def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
             "notifier": metrics["QM_NOTIFIER_METRICS_ADDR"],
             "policy_addr": policy,
             "api_addr": api,
+            "slack_port": str(slack_port),
         }
     finally:
         for p in procs:
             p.stop()
 
 
-async def _undeliverable_notice(services: dict[str, str], service_env: dict[str, str]) -> None:
+async def _notice_delivered_on_retry(services: dict[str, str], service_env: dict[str, str]) -> None:
     """A threshold crossing for a person in the directory, which the notifier can't
-    deliver (its Slack is out of reach): a `retry` attempt and a backlog, once its
-    metrics show both."""
+    deliver at first (its Slack is out of reach): a `retry` attempt and a backlog, once
+    its metrics show both; then Slack (a stand-in) is there, and it is delivered on its
+    next attempt (FIRST_DELAY_S later): its lag is recorded."""
     user = f"notice-{uuid.uuid4().hex[:6]}"
     async with channel(services["policy_addr"]) as ch:
         await add_people(policy_pb2_grpc.PolicyAdminServiceStub(ch), [user])
@@ -113,6 +133,16 @@ async def _undeliverable_notice(services: dict[str, str], service_env: dict[str,
         return "qm_notifier_deliveries_total" in found and "qm_notifier_backlog" in found
 
     await eventually(shown, True, within=60)
+    slack = SlackStandin()
+    await slack.start(port=int(services["slack_port"]))
+    try:
+
+        async def delivered() -> bool:
+            return "qm_notifier_delivery_lag_seconds_bucket" in _samples(services["notifier"])
+
+        await eventually(delivered, True, within=60)
+    finally:
+        await slack.stop()
 
 
 async def _post_usage(ingest_addr: str) -> None:
@@ -164,7 +194,7 @@ async def test_every_series_the_alerts_and_dashboard_read_is_served(
                 cost_pb2.TopSpendersRequest(), metadata=metadata("reader")
             )
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    await _undeliverable_notice(services, service_env)
+    await _notice_delivered_on_retry(services, service_env)
     await _post_usage(ingest_addr)
     scrapes = {n: _samples(services[n]) for n in ("policy", "cost-api", "requests", "notifier")}
     scrapes["metering"] = _samples(metering.env["QM_METERING_METRICS_ADDR"])
@@ -174,6 +204,17 @@ async def test_every_series_the_alerts_and_dashboard_read_is_served(
     wanted = metric_names([r["expr"] for r in rules] + exprs) - ONLY_WHEN_WRONG
     served = {name for scrape in scrapes.values() for name in scrape}
     assert wanted <= served, f"not served by any service: {sorted(wanted - served)}"
+    for prefix, service in SERVED_BY.items():
+        theirs = {m for m in wanted if m.startswith(prefix)}
+        assert theirs <= set(scrapes[service]), (service, sorted(theirs - set(scrapes[service])))
+    # Each label an expression groups or filters by is on what it reads: a panel by a
+    # label the service does not set shows one unlabelled line, an alert never fires.
+    labels = {name: {k for scrape in scrapes.values() for lb, _ in scrape.get(name, [])
+                     for k in lb} for name in served}  # fmt: skip
+    for expr in [r["expr"] for r in rules] + exprs:
+        has = set().union(*(labels.get(m, set()) for m in metric_names([expr])))
+        missing = _labels_read(expr) - has
+        assert not missing or metric_names([expr]) <= ONLY_WHEN_WRONG, (expr, missing)
 
     # And the figures are the calls made: Check OK and UNAUTHENTICATED, by method.
     calls = scrapes["policy"]["qm_rpc_server_calls_total"]

@@ -4,6 +4,9 @@ API, whose directory client reaches that policy over mutual TLS. Certificates ar
 in the test (trustme); every client is built by the platform (open_channel,
 PolicyClient, the metering CLI) from settings or ClientTls.
 
+With a health port (QM_*_HEALTH_ADDR), a TLS server also answers the gRPC health service,
+alone, in plaintext there: the kubelet's native gRPC probes can't speak TLS.
+
 A handshake that fails (an untrusted server, a server that wants a client certificate
 the client lacks or that another CA signed, plaintext against TLS) fails the call with
 UNAVAILABLE: the client can't reach the server, and PolicyClient's fail mode answers.
@@ -17,7 +20,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from devtools.localinfra import free_port
 from quartermaster.config import CommonSettings
 from quartermaster.grpcclient import open_channel
 from quartermaster.money import MICROS_PER_CREDIT
@@ -27,7 +33,7 @@ from quartermaster.v1 import policy_pb2
 from services.metering import api, cli
 from services.metering.settings import MeteringSettings
 from tests.conftest import Replicas
-from tests.helpers import SERVED_WITHIN_S, TOKENS, refusal
+from tests.helpers import SERVED_WITHIN_S, TOKENS, eventually, refusal
 from tests.tlskit import Pki, check, health, make_pki, usage_of_groups
 
 pytestmark = pytest.mark.infra
@@ -125,6 +131,61 @@ async def test_mutual_tls_policy_answers_only_clients_with_a_certificate_of_its_
         tls=gateway,
     ) as pc:
         assert (await pc.check("ann", "chat", "gpt-5")).decision == ALLOW
+
+
+async def _status(target: str, service: str = "") -> str:
+    """What the health service at `target` says of `service`, asked in plaintext."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+async def test_a_mutual_tls_server_answers_plaintext_health_alone_on_its_health_port(
+    replicas: Replicas, pki: Pki
+) -> None:
+    await replicas.set_default(10 * MICROS_PER_CREDIT)
+    [running] = await replicas.start(
+        1, QM_POLICY_HEALTH_ADDR=f"127.0.0.1:{free_port()}", **pki.server_env(mutual=True)
+    )
+    probe = f"127.0.0.1:{running.served.health_port}"  # as the kubelet asks: plaintext
+    target = f"127.0.0.1:{running.port}"
+    gateway = client_tls(pki.client_env(with_cert=True))
+    assert running.served.health_port not in (0, running.port)
+    for service in ("", "quartermaster.v1.PolicyService", "liveness"):
+        assert await _status(probe, service) == "SERVING", service
+
+    # Nothing else is there: not policy's services, not reflection.
+    async with grpc.aio.insecure_channel(probe) as channel:
+        assert (await refusal(check(channel)))[0] == grpc.StatusCode.UNIMPLEMENTED
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as listed:
+            await reflect.read()
+        assert listed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # The main port still wants TLS with a client certificate, health included.
+    assert (await refused(target, None))[0] == DOWN
+
+    # The same status as the main port's health service, from the same readiness: a
+    # replica that stops being ready (as when its totals topic was recreated) says
+    # NOT_SERVING on both, and stays alive ("liveness") for the probe that restarts.
+    running.readiness.broken("tests", "made unready by the test")
+    await eventually(lambda: _status(probe), "NOT_SERVING")
+    async with open_channel(target, gateway) as channel:
+        assert await health(channel) == "NOT_SERVING"
+    assert await _status(probe, "liveness") == "SERVING"
+    running.readiness.clear("tests")
+    await eventually(lambda: _status(probe), "SERVING")
+    async with open_channel(target, gateway) as channel:
+        assert await health(channel) == "SERVING"
+
+    # Stopping: NOT_SERVING during the grace, then nothing listens there.
+    replicas.running.remove(running)
+    await running.stop(1)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await _status(probe)
+    assert gone.value.code() == DOWN
 
 
 @pytest.fixture

@@ -81,15 +81,13 @@ imagePullSecrets:
 {{- end -}}
 
 {{/* A probe: native gRPC health for gRPC ports (of `service`: default the overall
-    one), an HTTP GET for HTTP ones (the probe's own `path`, else the port's; HTTPS with
-    `https`), a TCP connect to the port named `tcp` when given. */}}
+    one), asked on the `health` port when there is one (plaintext, whatever the TLS of
+    the service's port: the kubelet's gRPC probes speak no TLS); an HTTP GET for HTTP
+    ones (the probe's own `path`, else the port's; HTTPS with `https`). */}}
 {{- define "qm.probe" -}}
-{{- if .tcp -}}
-tcpSocket:
-  port: {{ .tcp }}
-{{- else if eq .port.protocol "grpc" -}}
+{{- if eq .port.protocol "grpc" -}}
 grpc:
-  port: {{ .port.number }}
+  port: {{ (.health | default .port).number }}
   {{- with .service }}
   service: {{ . }}
   {{- end }}
