@@ -36,6 +36,30 @@ RECORD_ERRORS = frozenset({
     KafkaError._INVALID_ARG,
 })  # fmt: skip
 
+# Errors about the producer itself, not a record: the broker no longer takes its
+# producer id or epoch (fenced, forgotten, a sequence it lost), or librdkafka's
+# `_FATAL` (an idempotent producer whose no-duplicate guarantee broke; `fatal()` is
+# true for it). librdkafka does not recover from them: that producer instance gets
+# the same error for every record from then on. Seen: the local broker stalled
+# (SIGSTOP) past `message.timeout.ms`, librdkafka bumped the epoch, and every record
+# after was refused PRODUCER_FENCED (not flagged fatal) until the process restarted.
+# A fresh producer asks the broker for a new id and sends again (`producer_failed`).
+PRODUCER_ERRORS = frozenset({
+    KafkaError._FATAL, KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.UNKNOWN_PRODUCER_ID,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_ID_MAPPING,
+})  # fmt: skip
+
+
+def producer_failed(err: KafkaError) -> bool:
+    """Whether `err` (a delivery report's, an `error_cb`'s or a KafkaException's) says
+    the producer that raised it can send nothing more: a fatal error or one of
+    PRODUCER_ERRORS. Its owner must replace it with a new producer (sending the
+    undelivered records again: what already reached the broker is deduped by event
+    id downstream)."""
+    return bool(err.fatal()) or err.code() in PRODUCER_ERRORS
+
+
 # librdkafka properties for TLS / SASL, set once per process by `configure`
 _security: dict[str, str] = {}
 
