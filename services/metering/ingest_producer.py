@@ -25,6 +25,7 @@ good, while /healthz said ok.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -133,15 +134,17 @@ class IngestProducer:
         self._poller.start()
 
     def _new(self, generation: int) -> Producer:
-        """A producer of this ingest's configuration whose fatal errors mark it broken."""
+        """A producer of this ingest's configuration (number `generation`) whose fatal
+        errors mark it broken."""
+        error_cb = functools.partial(self._error, generation)
+        return kafka.producer(self._bootstrap, error_cb=error_cb, **self._config)
 
-        def error(err: KafkaError) -> None:
-            # Other errors here are informational (a broker down, a connection
-            # lost): librdkafka retries them itself.
-            if kafka.producer_failed(err):
-                self._failed(generation, err)
-
-        return kafka.producer(self._bootstrap, error_cb=error, **self._config)
+    def _error(self, generation: int, err: KafkaError) -> None:
+        """librdkafka's error callback of producer `generation` (poll thread). Errors
+        other than `kafka.producer_failed` ones are informational here (a broker down,
+        a connection lost): librdkafka retries them itself."""
+        if kafka.producer_failed(err):
+            self._failed(generation, err)
 
     def _failed(self, generation: int, err: KafkaError) -> None:
         """Producer `generation` said it can send nothing more: the poll thread replaces
