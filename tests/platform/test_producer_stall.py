@@ -1,8 +1,9 @@
-"""`quartermaster.kafka.Publisher` sends again after its broker stalled past the
-message timeout (the HTTP ingest's breaker finding, in the shared publisher: after the
-stall librdkafka bumped the idempotent producer's epoch and the broker refused every
-record of it, PRODUCER_FENCED, for good, while metering's counting, the requests
-outbox relay and policy's notices retried the OSError forever).
+"""`quartermaster.kafka.Publisher` and `quartermaster.reporter.UsageReporter` send
+again after their broker stalled past the message timeout (the HTTP ingest's breaker
+finding, in the other long-lived producers: after the stall librdkafka bumped the
+idempotent producer's epoch and the broker refused every record of it,
+PRODUCER_FENCED, for good, while metering's counting, the requests outbox relay and
+policy's notices retried the OSError forever, and a reporter's events all failed).
 
 A broker of the test's own is SIGSTOPped with a send in flight for longer than the
 publisher's message timeout (2 s here; librdkafka's default is 5 minutes, so in
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError
@@ -23,8 +25,10 @@ from confluent_kafka import KafkaError
 from devtools.localinfra.broker import LocalBroker
 from devtools.localinfra.stack import Infra
 from quartermaster.kafka import OutRecord, Publisher
+from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
-from tests.helpers import eventually, read_topic
+from quartermaster.v1 import usage_pb2
+from tests.helpers import eventually, new_user, read_topic, usage
 
 pytestmark = pytest.mark.infra
 TOPIC = Topic.NOTIFICATIONS.value
@@ -88,3 +92,56 @@ async def test_a_fatal_error_replaces_the_publishers_producer(infra: Infra) -> N
         assert publisher.renewals == 1
     finally:
         publisher.close()
+
+
+def reported(reporter: UsageReporter, event: usage_pb2.UsageEvent) -> bool:
+    """Whether `event`, reported and flushed, was delivered without an error."""
+    before = len(reporter.errors)
+    reporter.report(event)
+    return reporter.flush(5) == 0 and len(reporter.errors) == before
+
+
+async def test_a_usage_reporter_reports_again_after_the_broker_stalled(
+    own_broker: LocalBroker,
+) -> None:
+    config: dict[str, Any] = {"message.timeout.ms": 2000}  # librdkafka's, past the keywords
+    reporter = UsageReporter(own_broker.bootstrap, **config)
+    try:
+        assert reported(reporter, usage(new_user()))
+        own_broker.pause()
+        try:
+            paused = time.monotonic()
+            assert not reported(reporter, usage(new_user()))  # timed out
+            await asyncio.sleep(max(0.0, STALL - (time.monotonic() - paused)))
+        finally:
+            own_broker.resume()
+
+        async def fresh_event_reported() -> bool:
+            return await asyncio.to_thread(reported, reporter, usage(new_user()))
+
+        await eventually(fresh_event_reported, True, within=20)
+        assert reporter.renewals >= 1, "the stall did not break the producer"
+        after = [usage(new_user()) for _ in range(5)]
+        for event in after:
+            reporter.report(event)
+        assert reporter.flush(10) == 0
+    finally:
+        reporter.close(5)
+    values = [m.value() for m in await asyncio.to_thread(read_topic, own_broker.bootstrap,
+                                                         Topic.USAGE.value)]  # fmt: skip
+    assert all(values.count(e.SerializeToString()) == 1 for e in after)
+
+
+def test_a_fatal_error_replaces_the_reporters_producer(infra: Infra) -> None:
+    reporter = UsageReporter(infra.kafka_bootstrap, batch_max=10, linger_ms=1)
+    try:
+        assert reported(reporter, usage(new_user()))
+        # What the error callback of the producer in use (generation 0) does
+        reporter._watch(0, KafkaError(KafkaError._FATAL, "test: fatal idempotence", fatal=True))
+        assert reported(reporter, usage(new_user()))
+        assert reporter.renewals == 1
+        reporter._watch(0, KafkaError(KafkaError._FATAL, "late", fatal=True))  # stale
+        assert reported(reporter, usage(new_user()))
+        assert reporter.renewals == 1
+    finally:
+        reporter.close(5)
