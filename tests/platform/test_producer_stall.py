@@ -1,4 +1,4 @@
-"""`quartermaster.kafka.Publisher` and `quartermaster.reporter.UsageReporter` send
+"""`quartermaster.publisher.Publisher` and `quartermaster.reporter.UsageReporter` send
 again after their broker stalled past the message timeout (the HTTP ingest's breaker
 finding, in the other long-lived producers: after the stall librdkafka bumped the
 idempotent producer's epoch and the broker refused every record of it,
@@ -24,7 +24,8 @@ from confluent_kafka import KafkaError
 
 from devtools.localinfra.broker import LocalBroker
 from devtools.localinfra.stack import Infra
-from quartermaster.kafka import OutRecord, Publisher
+from quartermaster.kafka import OutRecord
+from quartermaster.publisher import Publisher
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1 import usage_pb2
