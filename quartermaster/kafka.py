@@ -8,11 +8,9 @@ SASL); a test checks that no client is made another way."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
@@ -21,7 +19,7 @@ from confluent_kafka.admin._config import ConfigResource  # not re-exported for 
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from quartermaster import telemetry, tls
+from quartermaster import tls
 from quartermaster.config import CommonSettings
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import SPECS
@@ -29,12 +27,36 @@ from quartermaster.topics import SPECS
 log = logging.getLogger(__name__)
 
 # Errors about one record itself (its size, its form), from the producer or the
-# broker: sending it again can only fail again (Publisher.deliver).
+# broker: sending it again can only fail again (`quartermaster.publisher.Publisher.deliver`).
 RECORD_ERRORS = frozenset({
     KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
     KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP, KafkaError._BAD_MSG,
     KafkaError._INVALID_ARG,
 })  # fmt: skip
+
+# Errors about the producer itself, not a record: the broker no longer takes its
+# producer id or epoch (fenced, forgotten, a sequence it lost), or librdkafka's
+# `_FATAL` (an idempotent producer whose no-duplicate guarantee broke; `fatal()` is
+# true for it). librdkafka does not recover from them: that producer instance gets
+# the same error for every record from then on. Seen: the local broker stalled
+# (SIGSTOP) past `message.timeout.ms`, librdkafka bumped the epoch, and every record
+# after was refused PRODUCER_FENCED (not flagged fatal) until the process restarted.
+# A fresh producer asks the broker for a new id and sends again (`producer_failed`).
+PRODUCER_ERRORS = frozenset({
+    KafkaError._FATAL, KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.UNKNOWN_PRODUCER_ID,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_ID_MAPPING,
+})  # fmt: skip
+
+
+def producer_failed(err: KafkaError) -> bool:
+    """Whether `err` (a delivery report's, an `error_cb`'s or a KafkaException's) says
+    the producer that raised it can send nothing more: a fatal error or one of
+    PRODUCER_ERRORS. Its owner must replace it with a new producer (sending the
+    undelivered records again: what already reached the broker is deduped by event
+    id downstream)."""
+    return bool(err.fatal()) or err.code() in PRODUCER_ERRORS
+
 
 # librdkafka properties for TLS / SASL, set once per process by `configure`
 _security: dict[str, str] = {}
@@ -221,113 +243,6 @@ Headers = list[tuple[str, str | bytes | None]]
 # (else the producer's murmur2 partitioner picks it from the key)
 KeyedRecord = tuple[str, bytes | None, bytes, Headers]
 OutRecord = KeyedRecord | tuple[str, bytes | None, bytes, Headers, int]
-
-
-class Publisher:
-    """Sends records with confluent-kafka (C; several times faster here than faust's
-    aiokafka producer) and waits until the broker has every one: metering's DLQ
-    records and totals, policy's notification intents."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self._producer = producer(
-            bootstrap, **{"linger.ms": 2, "enable.idempotence": True, "acks": "all"}
-        )
-
-    def _produce(self, record: OutRecord, traced: list[tuple[str, bytes]],
-                 delivered: Callable[[KafkaError | None, object], None]) -> None:  # fmt: skip
-        """Hand `record` to the producer (waiting while its local queue is full).
-        Raises KafkaException when the producer refuses it before sending."""
-        topic, key, value, headers = record[0], record[1], record[2], record[3]
-        if traced:
-            headers = [*headers, *traced]
-        # confluent-kafka: a negative partition means "let the partitioner choose"
-        partition = record[4] if len(record) == 5 else -1
-        while True:
-            try:
-                self._producer.produce(
-                    topic, key=key, value=value, headers=headers, partition=partition,
-                    on_delivery=delivered,
-                )  # fmt: skip
-                return
-            except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
-
-    async def _flush(self) -> int:
-        """Wait up to 30 s for every record handed over; how many are still undelivered."""
-        loop = asyncio.get_running_loop()
-        return int(await loop.run_in_executor(None, self._producer.flush, 30.0))
-
-    async def send(self, records: Sequence[OutRecord]) -> None:
-        """Send `records` and wait until the broker has them all; OSError when any was
-        not delivered within 30 s or the client was not ready (retry it); a
-        non-retriable KafkaException for a record the producer refuses outright."""
-        errors: list[str] = []
-        # The sender's trace context on every record (a metering batch's, on its totals).
-        traced = telemetry.inject_headers() if telemetry.tracing() else []
-
-        def delivered(err: object, _msg: object) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for record in records:
-            try:
-                self._produce(record, traced, delivered)
-            except KafkaException as exc:
-                # Refused before sending. A retriable error (the client is not ready
-                # yet) is an outage: OSError, which callers retry. Any other (a record
-                # past message.max.bytes, a fatal idempotence error) is a bug in what
-                # we built or a producer that must be recreated: raised as it is, so
-                # the process ends and is restarted.
-                error = exc.args[0]
-                if error.retriable():
-                    raise OSError(f"{record[0]}: {error.str()}") from exc
-                raise
-        undelivered = await self._flush()
-        if undelivered or errors:
-            raise OSError(f"{undelivered} record(s) undelivered; errors: {errors[:3]}")
-
-    async def deliver(self, records: Sequence[OutRecord]) -> list[str]:
-        """Send `records` and wait until the broker has them, each on its own: what
-        became of each, in order, "" for delivered or why the producer or the broker
-        refused it for good (an error of RECORD_ERRORS: too large, invalid; sending it
-        again can only fail again). The others are sent whatever one of them is.
-        OSError when any failed for another reason (the client not ready, not
-        delivered within 30 s: retry them); KafkaException for a producer that must be
-        recreated (a fatal idempotence error)."""
-        outcome = [""] * len(records)
-        others: list[str] = []
-        traced = telemetry.inject_headers() if telemetry.tracing() else []
-
-        def reporter(i: int) -> Callable[[KafkaError | None, object], None]:
-            def delivered(err: KafkaError | None, _msg: object) -> None:
-                if err is None:
-                    return
-                if err.code() in RECORD_ERRORS:
-                    outcome[i] = f"{err.name()}: {err.str()}"
-                else:
-                    others.append(str(err))
-
-            return delivered
-
-        for i, record in enumerate(records):
-            try:
-                self._produce(record, traced, reporter(i))
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() in RECORD_ERRORS:
-                    outcome[i] = f"{error.name()}: {error.str()}"
-                elif error.retriable():
-                    raise OSError(f"{record[0]}: {error.str()}") from exc
-                else:
-                    raise
-        undelivered = await self._flush()
-        if undelivered or others:
-            raise OSError(f"{undelivered} record(s) undelivered; errors: {others[:3]}")
-        return outcome
-
-    def close(self) -> None:
-        self._producer.flush(5)
-        del self._producer  # librdkafka's threads go with it, not at interpreter exit
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from quartermaster.kafka import KeyedRecord, Publisher
+from quartermaster.kafka import KeyedRecord
+from quartermaster.publisher import Publisher
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import notifications_pb2
 from quartermaster.wire import timestamp

@@ -8,15 +8,25 @@ so all of a person's events land in one partition, in order. The producer is
 idempotent (no duplicates from its own retries). With `batch_max > 1` the reporter
 groups events per partition into `UsageBatch` records (up to `batch_max` events or
 `linger_ms`), which lets one metering worker count far more events a second.
+
+A producer that can send nothing more (`kafka.producer_failed`: a fatal error, or the
+broker refusing its producer id or epoch, as after a stall past `message.timeout.ms`)
+is replaced by a new one at the next `report` or `flush`: its undelivered records are
+purged (each one's error lands in `errors`, as any undelivered record's does) and the
+events reported from then on go out on the new one. Without that every later event
+failed, for the life of the service that held the reporter.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from quartermaster import kafka
 from quartermaster.partitioning import partition_of
@@ -25,6 +35,7 @@ from quartermaster.topics import CONTENT_TYPE, PROTOBUF, USAGE_BATCH_TYPE, Topic
 from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
 
 _BATCH_CONTENT_TYPE = f"{PROTOBUF}; type={USAGE_BATCH_TYPE}".encode()
+log = logging.getLogger(__name__)
 
 
 class UsageReporter:
@@ -43,10 +54,12 @@ class UsageReporter:
         self.batch_max = batch_max
         self.linger = linger_ms / 1000
         self._closed = False
-        self._producer = kafka.producer(
-            bootstrap,
-            **{"enable.idempotence": True, "linger.ms": linger_ms, **producer_config},
-        )
+        self._bootstrap = bootstrap
+        self._config = {"enable.idempotence": True, "linger.ms": linger_ms, **producer_config}
+        self._generation = 0  # which producer `_producer` is; older ones' errors are stale
+        self._broken: str | None = None  # why `_producer` can send nothing more
+        self.renewals = 0  # producers replaced
+        self._producer = self._new(0)
         meta = self._producer.list_topics(topic, timeout=10)
         if meta.topics[topic].error is not None:
             raise KafkaException(meta.topics[topic].error)
@@ -56,21 +69,65 @@ class UsageReporter:
         self._lock = threading.Lock()
         self.errors: list[str] = []
 
-    def _delivered(self, err: object, _msg: object) -> None:
+    def _new(self, generation: int) -> Producer:
+        error_cb = functools.partial(self._watch, generation)
+        return kafka.producer(self._bootstrap, error_cb=error_cb, **self._config)
+
+    def _watch(self, generation: int, err: KafkaError) -> None:
+        """An error of producer `generation` (librdkafka's error callback, a delivery
+        report, a refused `produce`): marks it for replacement when it says the
+        producer can send nothing more; other errors librdkafka retries itself."""
+        if kafka.producer_failed(err) and generation == self._generation and not self._broken:
+            self._broken = f"{err.name()}: {err.str()}"
+            log.error("the usage producer can send nothing more (%s): replacing it", self._broken)
+
+    def _renew(self) -> None:
+        """Replace the producer if it failed (under `_lock`): the old one's records are
+        purged and their reports served (each error into `errors`) before it goes."""
+        why = self._broken
+        if why is None:
+            return
+        old = self._producer
+        self._producer = self._new(self._generation + 1)
+        self._generation += 1
+        self._broken = None
+        self.renewals += 1
+        old.purge(in_queue=True, in_flight=True, blocking=True)
+        old.flush(5)
+        log.warning("the usage producer was replaced (after %s)", why)
+
+    def _delivered(self, generation: int, err: KafkaError | None, _msg: object) -> None:
         if err is not None:
+            self._watch(generation, err)
             self.errors.append(str(err))
+
+    def _produce(self, **record: Any) -> None:
+        """Produce `record` on the current producer, replacing it first if it failed,
+        and once more on a new one if it refuses the record because it failed."""
+        self._renew()
+        for attempt in (1, 2):
+            generation = self._generation
+            try:
+                self._producer.produce(
+                    self.topic, **record, on_delivery=functools.partial(self._delivered, generation)
+                )
+                return
+            except KafkaException as exc:
+                if attempt == 2 or not kafka.producer_failed(exc.args[0]):
+                    raise
+                self._watch(generation, exc.args[0])
+                self._renew()
 
     def report(self, event: UsageEvent) -> None:
         """Queue one event for delivery (validation happens in metering; bad ones go
         to its DLQ with the reason)."""
         if self.batch_max == 1:
-            self._producer.produce(
-                self.topic,
-                key=event.user_id.encode(),
-                value=event.SerializeToString(),
-                headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
-                on_delivery=self._delivered,
-            )
+            with self._lock:
+                self._produce(
+                    key=event.user_id.encode(),
+                    value=event.SerializeToString(),
+                    headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
+                )
             self._producer.poll(0)
             return
         partition = partition_of(event.user_id, self.partitions)
@@ -88,13 +145,11 @@ class UsageReporter:
         events = self._pending.pop(partition, [])
         self._oldest.pop(partition, None)
         if events:
-            self._producer.produce(
-                self.topic,
+            self._produce(
                 key=events[0].user_id.encode(),
                 value=UsageBatch(events=events).SerializeToString(),
                 partition=partition,
                 headers=[(CONTENT_TYPE, _BATCH_CONTENT_TYPE), *inject_headers()],
-                on_delivery=self._delivered,
             )
 
     def _send_lingering(self) -> None:
@@ -106,6 +161,7 @@ class UsageReporter:
     def flush(self, timeout: float = 30.0) -> int:
         """Send everything queued; the number of records still undelivered."""
         with self._lock:
+            self._renew()
             for partition in list(self._pending):
                 self._send(partition)
         remaining: int = self._producer.flush(timeout)

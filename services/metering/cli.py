@@ -265,7 +265,7 @@ def topic(ns: argparse.Namespace, out: TextIO) -> int:
     accepted), 1 when check found problems, 2 for an accept refused (its reason on
     stderr)."""
     from quartermaster.db import connect_pool
-    from quartermaster.kafka import Publisher
+    from quartermaster.publisher import Publisher
     from services.metering.topic_guard import accept
     from services.metering.wiring import topic_guard
 

@@ -130,7 +130,7 @@ async def _run(
     out: TextIO,
 ) -> int:  # fmt: skip
     from quartermaster.db import connect_pool
-    from quartermaster.kafka import Publisher
+    from quartermaster.publisher import Publisher
     from services.metering.stores.replays import ReplayStore
 
     pool = await connect_pool(database_url, max_size=2)

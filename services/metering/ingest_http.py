@@ -1,7 +1,8 @@
 """The HTTP ingest's endpoints (aiohttp, as the notifier's Slack interactivity):
 
     POST /v1/usage   a UsageEvent, a JSON array of them or NDJSON (`ingest_body`)
-    GET  /healthz    200 when the broker describes the usage topic, else 503
+    GET  /healthz    200 when the broker describes the usage topic and the producer can
+                     send, else 503 with why
     GET  /metrics    Prometheus
 
 A POST is answered, in this order:
@@ -12,8 +13,9 @@ A POST is answered, in this order:
 - 415 for a content type other than JSON or NDJSON;
 - 400 when any event is bad, naming each by index and field; none of the body is sent
   (all or none: `ingest_body`);
-- 503 with `Retry-After` when too many events wait for the broker already, or the
-  broker did not confirm the body in time (`ingest_producer`): send it again later;
+- 503 with `Retry-After` when too many events wait for the broker already, the
+  broker did not confirm the body in time, or the Kafka producer is being replaced
+  after it failed (`ingest_producer`): send it again later;
 - 202 `{"accepted": N}` once the broker has every event of the body.
 
 Any answer but 202 may be followed by sending the same body again: metering counts
@@ -22,8 +24,10 @@ body that reached the broker before its answer was lost.
 
 Metrics (OpenTelemetry, served here): `qm_ingest_requests_total{status}`,
 `qm_ingest_events_total{outcome,reporter}` (outcome `accepted`, `invalid`, `busy`,
-`undelivered`; reporter the credential's name) and `qm_ingest_waiting_events` (sent,
-not yet confirmed).
+`undelivered`; reporter the credential's name), `qm_ingest_waiting_events` (sent,
+not yet confirmed), `qm_ingest_producer_usable` (1, or 0 while the Kafka producer is
+being replaced) and `qm_ingest_producer_renewals_total` (producers replaced since the
+start).
 """
 
 from __future__ import annotations
@@ -107,9 +111,27 @@ class IngestMetrics:
             callbacks=[self._waiting],
             description="Events sent to the broker and not yet confirmed",
         )
+        meter.create_observable_gauge(
+            "qm_ingest_producer_usable",
+            callbacks=[self._usable],
+            description="1 while the Kafka producer can send, 0 while it is being replaced "
+            "after it failed (every post is answered 503 then)",
+        )
+        meter.create_observable_counter(
+            "qm_ingest_producer_renewals",
+            callbacks=[self._renewals],
+            description="Kafka producers replaced because they could send nothing more "
+            "(a fatal error, or the broker refusing the producer's id or epoch)",
+        )
 
     def _waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._producer.in_flight)]
+
+    def _usable(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(0 if self._producer.unusable() else 1)]
+
+    def _renewals(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._producer.renewals)]
 
 
 class Ingest:
@@ -211,13 +233,18 @@ class Ingest:
         return self.partitions
 
     async def healthz(self, _request: web.Request) -> web.Response:
+        """200 while the broker describes the usage topic (asked at most once a
+        HEALTH_SECONDS) and the producer can send; else 503, `broker` or `producer`
+        saying why. A producer being replaced is asked each time (it costs nothing):
+        the replica is ready again as soon as the new one is in place."""
         at, ok, detail = self._health
         if time.monotonic() - at > HEALTH_SECONDS:
             ok, detail = await self.producer.reachable()
             self._health = (time.monotonic(), ok, detail)
-        body = {"status": "ok" if ok else "unavailable", "broker": detail,
-                "waiting_events": self.producer.in_flight}  # fmt: skip
-        return web.json_response(body, status=200 if ok else 503)
+        broken = self.producer.unusable()
+        body = {"status": "ok" if ok and broken is None else "unavailable", "broker": detail,
+                "producer": broken or "ok", "waiting_events": self.producer.in_flight}  # fmt: skip
+        return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
         page = generate_latest(REGISTRY)

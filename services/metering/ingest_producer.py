@@ -12,16 +12,26 @@ sent (`Busy`), as is a body librdkafka's own queue has no room for; a body whose
 records are not all confirmed within `delivery_timeout` seconds (the broker is slow or
 gone) is `Undelivered`. Either way the producer sends the body again later: what of it
 did reach the broker is counted once by metering's event-id dedupe.
+
+A producer that can send nothing more (a fatal error, or the broker refusing its
+producer id or epoch: `quartermaster.kafka.producer_failed`) is replaced by a new one
+from the poll thread, within about `IngestProducer.renew_seconds`; its bodies in
+flight are `Undelivered`, and so is every body posted until the new one is in place
+(`unusable` says why, and /healthz with it). Without that, one broker stall past the
+message timeout left the ingest answering 503 PRODUCER_FENCED to every post, for
+good, while /healthz said ok.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from quartermaster import kafka
 from services.metering.ingest_body import Record
@@ -41,20 +51,31 @@ class Undelivered(Exception):
 class _Body:
     """One body's records in flight: the future the handler awaits, resolved once
     every record has its delivery report. Touched by the poll thread only, after
-    `send` made it."""
+    `send` made it; `failed` is told of an error that says the producer itself can
+    send nothing more (`kafka.producer_failed`)."""
 
-    __slots__ = ("error", "events", "future", "loop", "remaining")
+    __slots__ = ("error", "events", "failed", "future", "loop", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, records: int, events: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        records: int,
+        events: int,
+        failed: Callable[[KafkaError], None],
+    ) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = records
         self.events = events
+        self.failed = failed
         self.error: str | None = None
 
     def delivered(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None and self.error is None:
-            self.error = err.str()
+        if err is not None:
+            if kafka.producer_failed(err):
+                self.failed(err)
+            if self.error is None:
+                self.error = err.str()
         self.remaining -= 1
         if self.remaining == 0:
             self.loop.call_soon_threadsafe(self._resolve)
@@ -68,7 +89,21 @@ class _Body:
 
 
 class IngestProducer:
-    """Sends records to `topic` on `bootstrap` (see the module docstring)."""
+    """Sends records to `topic` on `bootstrap` (see the module docstring).
+
+    The producer is replaced when it can send nothing more (`quartermaster.kafka.
+    producer_failed`: a fatal error through `error_cb`, or a delivery report or a
+    `produce` refusing the producer itself, e.g. PRODUCER_FENCED after the broker
+    stalled past the message timeout). Until the new one is in place `unusable` says
+    why (/healthz answers 503) and `send` refuses bodies at once (Undelivered). The
+    old producer's records are purged: their bodies are answered Undelivered (some of
+    their records may have reached the broker; the reporter sends the body again and
+    metering counts each event id once). At most one new producer a `renew_seconds`,
+    so a broker that refuses every new producer too is not asked for a producer id in
+    a tight loop.
+    """
+
+    renew_seconds = 1.0
 
     def __init__(
         self, bootstrap: str, topic: str, queue_events: int, delivery_timeout: float
@@ -77,24 +112,96 @@ class IngestProducer:
         self.queue_events = queue_events
         self.delivery_timeout = delivery_timeout
         self.in_flight = 0  # events sent and not yet confirmed (event loop only)
-        self._producer = kafka.producer(
-            bootstrap,
-            **{
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-                # librdkafka gives up on a record a second after the answer did (so
-                # the answer says why), and it leaves the queue
-                "message.timeout.ms": int(delivery_timeout * 1000) + 1000,
-            },
-        )
+        self.renewals = 0  # producers replaced since the start
+        self._bootstrap = bootstrap
+        self._config = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            # librdkafka gives up on a record a second after the answer did (so the
+            # answer says why), and it leaves the queue
+            "message.timeout.ms": int(delivery_timeout * 1000) + 1000,
+        }
+        # Held around a body's `produce` calls and around the swap of producers: no
+        # record goes to a producer that is being purged.
+        self._lock = threading.RLock()
+        self._generation = 0  # which producer is `_producer` (reports of older ones are stale)
+        self._broken: str | None = None  # why `_producer` can send nothing more
+        self._renewed_at = time.monotonic()
+        self._producer = self._new(self._generation)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="ingest-poll", daemon=True)
         self._poller.start()
 
+    def _new(self, generation: int) -> Producer:
+        """A producer of this ingest's configuration (number `generation`) whose fatal
+        errors mark it broken."""
+        error_cb = functools.partial(self._error, generation)
+        return kafka.producer(self._bootstrap, error_cb=error_cb, **self._config)
+
+    def _error(self, generation: int, err: KafkaError) -> None:
+        """librdkafka's error callback of producer `generation` (poll thread). Errors
+        other than `kafka.producer_failed` ones are informational here (a broker down,
+        a connection lost): librdkafka retries them itself."""
+        if kafka.producer_failed(err):
+            self._failed(generation, err)
+
+    def _failed(self, generation: int, err: KafkaError) -> None:
+        """Producer `generation` said it can send nothing more: the poll thread replaces
+        it (a report of a producer already replaced changes nothing)."""
+        with self._lock:
+            if generation != self._generation or self._broken is not None:
+                return
+            self._broken = f"{err.name()}: {err.str()}"
+        log.error(
+            "the Kafka producer can send nothing more (%s): replacing it; bodies in "
+            "flight are answered 503",
+            self._broken,
+        )
+
+    def unusable(self) -> str | None:
+        """Why the producer can't send now (it is being replaced), or None."""
+        why = self._broken
+        return None if why is None else f"the Kafka producer is being replaced after {why}"
+
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.1)
+            if self._broken is not None:
+                self._renew()
+
+    def _renew(self) -> None:
+        """Replace the broken producer (poll thread only): a new one takes the bodies
+        from now on; the old one's records are purged and their bodies answered
+        Undelivered. A new producer that can't be made (a configuration librdkafka
+        refuses now) is tried again a `renew_seconds` later; until then the ingest
+        stays unusable."""
+        wait = self._renewed_at + self.renew_seconds - time.monotonic()
+        if wait > 0:
+            self._stop.wait(min(wait, 0.1))
+            return
+        self._renewed_at = time.monotonic()
+        try:
+            new = self._new(self._generation + 1)
+        except KafkaException as exc:
+            log.error("a new Kafka producer could not be made (tried again): %s", exc)
+            return
+        with self._lock:
+            old, why = self._producer, self._broken
+            self._producer, self._broken = new, None
+            self._generation += 1
+            self.renewals += 1
+        # Every record of the old producer gets its report now (_PURGE_QUEUE or
+        # _PURGE_INFLIGHT): its body is answered 503 rather than waiting for the
+        # delivery timeout. A purged in-flight record may still have reached the broker.
+        old.purge(in_queue=True, in_flight=True, blocking=True)
+        deadline = time.monotonic() + 2.0
+        while len(old) and time.monotonic() < deadline:
+            old.poll(0.05)
+        if len(old):
+            log.warning("%d reports of the replaced producer were not served", len(old))
+        del old  # librdkafka's threads of it end here
+        log.warning("the Kafka producer was replaced (after %s)", why)
 
     def partitions(self, timeout: float = 5.0) -> int:
         """How many partitions the topic has (blocking); OSError when the broker does
@@ -112,24 +219,12 @@ class IngestProducer:
     async def send(self, records: Sequence[Record], events: int) -> None:
         """Send `records` (carrying `events` events) and return once the broker has
         every one. Busy before anything is sent when the queue has no room;
-        Undelivered when a record was refused or not confirmed within the delivery
-        timeout."""
+        Undelivered when the producer is being replaced (nothing sent), a record was
+        refused or not confirmed within the delivery timeout."""
         if self.in_flight + events > self.queue_events:
             raise Busy(f"{self.in_flight} events already wait for the broker")
-        body = _Body(asyncio.get_running_loop(), len(records), events)
-        for i, (key, value, headers, partition) in enumerate(records):
-            try:
-                self._producer.produce(
-                    self.topic, key=key, value=value, headers=headers, partition=partition,
-                    on_delivery=body.delivered,
-                )  # fmt: skip
-            except (BufferError, KafkaException) as exc:
-                if i == 0:
-                    raise Busy(f"the producer's queue is full: {exc}") from None
-                # Some records are queued: they are still delivered (their future is
-                # never awaited); the rest never will be. The body is refused; sent
-                # again, its events count once.
-                raise Undelivered(f"the producer refused part of the body: {exc}") from None
+        with self._lock:
+            body = self._produce(records, events)
         self.in_flight += events
         try:
             await asyncio.wait_for(asyncio.shield(body.future), self.delivery_timeout)
@@ -141,6 +236,33 @@ class IngestProducer:
             # The events leave the count once their reports are in, not when the
             # answer gave up on them: until then they hold librdkafka's queue.
             body.future.add_done_callback(lambda f: self._release(f, events))
+
+    def _produce(self, records: Sequence[Record], events: int) -> _Body:
+        """Hand every record to the current producer (under `_lock`): the body in
+        flight, or Busy / Undelivered."""
+        why = self.unusable()
+        if why is not None:
+            raise Undelivered(why)
+        generation = self._generation
+        body = _Body(asyncio.get_running_loop(), len(records), events,
+                     lambda err: self._failed(generation, err))  # fmt: skip
+        for i, (key, value, headers, partition) in enumerate(records):
+            try:
+                self._producer.produce(
+                    self.topic, key=key, value=value, headers=headers, partition=partition,
+                    on_delivery=body.delivered,
+                )  # fmt: skip
+            except (BufferError, KafkaException) as exc:
+                failed = isinstance(exc, KafkaException) and kafka.producer_failed(exc.args[0])
+                if failed:
+                    self._failed(generation, exc.args[0])
+                if i == 0 and not failed:
+                    raise Busy(f"the producer's queue is full: {exc}") from None
+                # Some records may be queued: they are still delivered (their future
+                # is never awaited); the rest never will be. The body is refused;
+                # sent again, its events count once.
+                raise Undelivered(f"the producer refused the body: {exc}") from None
+        return body
 
     def _release(self, future: asyncio.Future[None], events: int) -> None:
         self.in_flight -= events

@@ -99,7 +99,7 @@ class TopicVerifier(Protocol):
 
 
 class RecordSink(Protocol):
-    """Where DLQ records and totals go (`quartermaster.kafka.Publisher`): `send` returns
+    """Where DLQ records and totals go (`quartermaster.publisher.Publisher`): `send` returns
     once the broker has every record and raises OSError otherwise."""
 
     async def send(self, records: list[OutRecord]) -> None: ...

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from quartermaster.db import connect_pool
-from quartermaster.kafka import Publisher
 from quartermaster.notifications import NotificationPublisher
+from quartermaster.publisher import Publisher
 from quartermaster.topics import Topic
 from services.metering.aggregate import Meter
 from services.metering.broker_view import BrokerView

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 
-from quartermaster import auth, gcpacing, kafka
+from quartermaster import auth, gcpacing
 from quartermaster.db import connect_pool
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
 from quartermaster.notifications import NotificationPublisher
+from quartermaster.publisher import Publisher
 from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy.admin_servicer import PolicyAdminServicer
@@ -68,7 +69,7 @@ class RunningPolicy:
     refresh: SnapshotRefresh
     thresholds: ThresholdWatch
     approvals: Approvals
-    publisher: kafka.Publisher
+    publisher: Publisher
     # Set the first time `readiness` is ready (limits, totals and approvals read).
     serving: asyncio.Event
     tasks: list[asyncio.Task[None]]
@@ -177,7 +178,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     evaluator.warm()
     gc.freeze()
     refresh = SnapshotRefresh(snapshots, evaluator, settings.refresh_seconds, changed)
-    publisher = kafka.Publisher(bootstrap)
+    publisher = Publisher(bootstrap)
     thresholds = ThresholdWatch(
         evaluator, NoticeStore(pool, ws), NotificationPublisher(publisher),
         settings.threshold_percents, loop,

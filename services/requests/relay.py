@@ -45,7 +45,7 @@ _SET_ASIDE = metrics.get_meter("qm.requests").create_counter(
 
 
 class Publishing(Protocol):
-    """What the relay publishes with (quartermaster.kafka.Publisher)."""
+    """What the relay publishes with (quartermaster.publisher.Publisher)."""
 
     async def deliver(self, records: list[OutRecord]) -> list[str]:
         """Per record, "" delivered or why it is refused for good; OSError to retry."""

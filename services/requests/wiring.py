@@ -15,11 +15,12 @@ from datetime import timedelta
 
 import asyncpg
 
-from quartermaster import auth, kafka
+from quartermaster import auth
 from quartermaster.db import connect_pool
 from quartermaster.directory_client import DirectoryClient
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
+from quartermaster.publisher import Publisher
 from quartermaster.v1 import requests_pb2, requests_pb2_grpc
 from services.requests.confirm import Confirmer
 from services.requests.reconciler import Reconciler
@@ -41,7 +42,7 @@ class RunningRequests:
 
     pool: asyncpg.Pool
     store: RequestStore
-    publisher: kafka.Publisher
+    publisher: Publisher
     relay: Relay
     reconciler: Reconciler
     tasks: list[asyncio.Task[None]]
@@ -78,7 +79,7 @@ async def start(settings: RequestsSettings, addr: str | None = None) -> RunningR
     asyncpg error when PostgreSQL can't be reached at start."""
     pool = await connect_pool(settings.database_url)
     store = RequestStore(pool, settings.workspace_id, settings.timing)
-    publisher = kafka.Publisher(settings.kafka_bootstrap)
+    publisher = Publisher(settings.kafka_bootstrap)
     relay = Relay(
         OutboxStore(pool),
         publisher,

@@ -93,3 +93,7 @@ async def test_health_and_metrics_are_served(ingest_addr: str) -> None:
             assert r.status == 401  # the credential first, before anything of the body
     assert (scrape(ingest_addr, "qm_ingest_requests_total", status="401") or 0) >= 1
     assert scrape(ingest_addr, "qm_ingest_waiting_events") == 0
+    # What the IngestRefusing alert reads besides the refusals (served from the start)
+    assert scrape(ingest_addr, "qm_ingest_producer_usable") == 1
+    assert scrape(ingest_addr, "qm_ingest_producer_renewals_total") == 0
+    assert health["producer"] == "ok"

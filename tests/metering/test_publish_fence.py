@@ -24,8 +24,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from devtools.localinfra.stack import Infra
-from quartermaster.kafka import OutRecord, Publisher
+from quartermaster.kafka import OutRecord
 from quartermaster.partitioning import partition_of
+from quartermaster.publisher import Publisher
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1 import usage_pb2
 from services.metering.aggregate import Meter, Record

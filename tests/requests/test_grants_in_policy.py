@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devtools.localinfra.stack import Infra
-from quartermaster import kafka
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT as C
+from quartermaster.publisher import Publisher
 from services.policy.decide import Enforcement
 from services.requests import machine
 from services.requests.machine import Refused, State
@@ -48,7 +48,7 @@ async def path(infra: Infra, replicas: Replicas) -> AsyncIterator[Path]:
     await replicas.set_default(10 * C, Enforcement.SOFT)
     await replicas.start(1)
     pool = await connect_pool(infra.database_url, max_size=25)
-    publisher = kafka.Publisher(infra.kafka_bootstrap)
+    publisher = Publisher(infra.kafka_bootstrap)
     try:
         yield Path(RequestStore(pool, replicas.workspace_id, TIMING),
                    Relay(OutboxStore(pool), publisher, batch=500))  # fmt: skip

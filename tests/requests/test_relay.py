@@ -15,8 +15,8 @@ import pytest
 
 from devtools.localinfra.stack import Infra
 from quartermaster.db import connect_pool
-from quartermaster.kafka import Publisher
 from quartermaster.money import MICROS_PER_CREDIT as C
+from quartermaster.publisher import Publisher
 from quartermaster.topics import Topic
 from services.policy.decide import Enforcement
 from services.requests import machine
