@@ -125,8 +125,7 @@ def _parse_json(value: bytes, message: Message) -> None:
 
 
 def _check_json_enums(raw: dict[str, object]) -> None:
-    """Refuse an enum name UsageEvent does not know, in a JSON event or each event of a
-    JSON batch (`json_event.unknown_enum_name` says why ParseDict would not)."""
+    """Refuse an enum name UsageEvent lacks, in any event (see json_event.unknown_enum_name)."""
     events = raw.get("events") if "events" in raw else None
     listed = events if isinstance(events, list) else [raw]
     for i, event in enumerate(listed):
@@ -254,8 +253,7 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
 
 
 def _plain_classes(event: UsageEvent) -> bool:
-    """The newer classes are absent (nearly every event) or consistent subsets, and
-    the service tier is one UsageEvent names."""
+    """The newer classes are absent (nearly always) or consistent subsets; a known tier."""
     w1h, a_in, a_out = (
         event.cache_write_1h_input_tokens, event.audio_input_tokens, event.audio_output_tokens
     )  # fmt: skip
@@ -361,17 +359,12 @@ def _check_tokens(event: UsageEvent, problems: Problems) -> None:
     _check_enums(event, problems)
 
 
-# Every enum field of UsageEvent: (field, what its value is called, the numbers known).
-# proto3 enums are open: protobuf keeps a number the schema lacks (and ParseDict an
-# integer), so each is checked here, on every path (protobuf, JSON, HTTP ingest). An
-# unknown tier can't be priced honestly, and an unknown ending was counted as a call
-# of no kind the metrics know: both go to the DLQ naming the field, to be replayed once
-# this metering knows the value.
+# Every enum field of UsageEvent: (field, its noun, the numbers known, the enum). proto3
+# enums are open (an unknown number is kept), so each is checked on every path: an unknown
+# tier can't be priced honestly, an unknown ending was counted as a call of no known kind.
 _ENUM_FIELDS = tuple(
     (f.name, {"service_tier": "tier"}.get(f.name, f.name), frozenset(f.enum_type.values_by_number),
-     f.enum_type.name)
-    for f in UsageEvent.DESCRIPTOR.fields
-    if f.enum_type is not None
+     f.enum_type.name) for f in UsageEvent.DESCRIPTOR.fields if f.enum_type is not None
 )  # fmt: skip
 _ENDINGS = frozenset(CallEnding.values())
 
