@@ -24,8 +24,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from prometheus_client import start_http_server
 
+from quartermaster import liveness as probes
 from quartermaster.redact import mask_urls
 
 LOG_FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
@@ -57,10 +57,15 @@ def stop_tracing() -> None:
 
 
 def setup(
-    service: str, log_level: str = "INFO", console_spans: bool = False, metrics_addr: str = ""
+    service: str,
+    log_level: str = "INFO",
+    console_spans: bool = False,
+    metrics_addr: str = "",
+    liveness: probes.Liveness = lambda: "",
 ) -> None:
     """Logging and tracing; with `metrics_addr` (host:port) also the process's
-    OpenTelemetry metrics, served at http://<metrics_addr>/metrics for Prometheus."""
+    OpenTelemetry metrics, served at http://<metrics_addr>/metrics for Prometheus, and
+    http://<metrics_addr>/livez answering from `liveness` (quartermaster.liveness)."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     mask_passwords_in_logs()
     # Noisy libraries stay at WARNING unless we debug.
@@ -88,7 +93,7 @@ def setup(
             MeterProvider(resource=provider.resource, metric_readers=readers)
         )
         try:
-            start_http_server(int(port), addr=host)  # a daemon thread
+            probes.serve(host, int(port), liveness)  # a daemon thread
         except OSError as exc:
             raise SystemExit(f"{service}: cannot serve metrics on {metrics_addr}: {exc}") from None
         logging.getLogger("qm.telemetry").info("metrics on http://%s/metrics", metrics_addr)

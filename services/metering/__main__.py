@@ -17,6 +17,7 @@ import faust
 
 from quartermaster import kafka, telemetry
 from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.liveness import LoopBeat
 from quartermaster.redact import mask_urls
 from quartermaster.settings import SettingsError
 from services.metering.pricing import CatalogError, PriceCatalog
@@ -70,12 +71,17 @@ def main() -> None:
     except (SettingsError, CatalogError) as exc:
         sys.stderr.write(f"metering: {exc}\n")
         raise SystemExit(2) from None
-    telemetry.setup("metering", settings.log_level, metrics_addr=settings.metrics_addr)
+    # /livez on the metrics port says whether the loop that counts still runs: the
+    # worker has no other port, and /metrics is served by a thread that runs regardless.
+    beat = LoopBeat()
+    telemetry.setup("metering", settings.log_level, metrics_addr=settings.metrics_addr,
+                    liveness=beat.problem)  # fmt: skip
     kafka.configure(settings)
     # The graph is built on the loop the faust worker then runs: the asyncpg pool is
     # bound to it, and the agent gets a finished graph instead of building it late.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    beat.start(loop)
     try:
         counting = loop.run_until_complete(build_counting(settings, catalog))
     except RETRIED_NEXT_ROUND as exc:

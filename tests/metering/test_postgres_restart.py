@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -91,6 +92,8 @@ async def test_a_postgres_restart_is_waited_out_and_every_event_counts_once(
             _restart(durable_postgres, mode)
             await asyncio.sleep(1.0)
             assert worker.poll() is None, worker.log_tail(60)
+            # Waiting an outage out is being alive: its liveness probe must not restart it.
+            assert livez(worker) == 200
     finally:
         stop.set()
         sender.join(30)
@@ -102,6 +105,14 @@ async def test_a_postgres_restart_is_waited_out_and_every_event_counts_once(
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the worker's log ends:\n{worker.log_tail(80)}") from None
     assert worker.poll() is None, "the worker waits an outage out; it never ends"
+
+
+def livez(worker: ChildProcess) -> int:
+    """The status of the worker's GET /livez (its metrics port)."""
+    assert worker.env is not None
+    addr = worker.env["QM_METERING_METRICS_ADDR"]
+    with urllib.request.urlopen(f"http://{addr}/livez", timeout=5) as resp:
+        return int(resp.status)
 
 
 async def _at_least(probe: Callable[[], Awaitable[tuple[int, int]]], events: int) -> bool:
