@@ -21,7 +21,7 @@ from quartermaster.topics import Topic
 from services.policy.decide import Enforcement
 from services.requests import machine
 from services.requests.relay import EVENT_ID_HEADER, RETRY_SECONDS, Relay
-from services.requests.stores.outbox import OutboxStore
+from services.requests.stores.outbox import OutboxRecord, OutboxStore
 from services.requests.stores.requests import RequestStore
 from tests.conftest import Replicas
 from tests.helpers import eventually, new_user, read_topic
@@ -166,15 +166,20 @@ async def test_an_event_the_broker_refuses_is_set_aside_and_the_next_ones_are_pu
         await pool.close()
 
 
+class BrokenOutbox(OutboxStore):
+    """An outbox whose read fails with a bug's exception, not an outage's."""
+
+    async def unsent(self, limit: int) -> list[OutboxRecord]:
+        raise KeyError("a bug")
+
+
 async def test_a_relay_failing_unexpectedly_says_so_and_tries_again(
     infra: Infra, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A closed pool raises asyncpg.InterfaceError, neither an OSError nor a
-    PostgresError: the loop used to end there, silently."""
+    """A bug is logged at ERROR with its traceback, each round, and the loop goes on."""
     pool = await connect_pool(infra.database_url)
-    await pool.close()
     publisher = Publisher(infra.kafka_bootstrap)
-    relay = Relay(OutboxStore(pool), publisher)
+    relay = Relay(BrokenOutbox(pool), publisher)
     task = asyncio.create_task(relay.run())
     try:
         await asyncio.sleep(RETRY_SECONDS * 2.5)
@@ -183,6 +188,30 @@ async def test_a_relay_failing_unexpectedly_says_so_and_tries_again(
         assert len(failures) >= 2
         assert failures[0].levelname == "ERROR"
         assert failures[0].exc_info is not None
+    finally:
+        relay.stopping = True
+        await asyncio.wait_for(task, 10)
+        publisher.close()
+        await pool.close()
+
+
+async def test_a_closed_pool_is_waited_out_like_an_outage(
+    infra: Infra, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed pool raises asyncpg.InterfaceError, neither an OSError nor a
+    PostgresError: the loop used to end there, silently. It is retried as an outage
+    (quartermaster.db.RETRIED_NEXT_ROUND), at WARNING."""
+    pool = await connect_pool(infra.database_url)
+    await pool.close()
+    publisher = Publisher(infra.kafka_bootstrap)
+    relay = Relay(OutboxStore(pool), publisher)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(RETRY_SECONDS * 2.5)
+        assert not task.done()
+        retries = [r for r in caplog.records if "relay could not publish" in r.getMessage()]
+        assert len(retries) >= 2
+        assert {r.levelname for r in retries} == {"WARNING"}
     finally:
         relay.stopping = True
         await asyncio.wait_for(task, 10)
