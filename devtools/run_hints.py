@@ -5,10 +5,9 @@ infrastructure: tests/integration/test_make_run_lines.py)."""
 from __future__ import annotations
 
 import os
-import secrets
 
 from devtools import demo_requests as demo
-from quartermaster.tokens import parse_tokens
+from quartermaster.tokens import new_token, parse_tokens
 from services.policy.settings import PolicySettings
 
 
@@ -25,12 +24,12 @@ def demo_tokens() -> str:
     """QM_TOKENS for a run: one fresh token per role (ops holds admin and prices), and
     one each for carol and her manager alice as themselves (member: the credit request)."""
     names = ("gateway", "reader", "ops", "notifier", "reporter")
-    made = {name: secrets.token_urlsafe(24) for name in names}
+    made = {name: new_token() for name in names}
     # notifier: decides a Slack click at the requests service as the person who clicked
     roles = {"gateway": "gateway", "reader": "reader", "ops": "admin+prices+reader",
              "notifier": "delegate", "reporter": "reporter"}  # fmt: skip
     spec = [f"local-{name}:{roles[name]}:{token}" for name, token in made.items()]
-    spec += [f"{who}:member:{secrets.token_urlsafe(24)}" for who in (demo.ASKER, demo.MANAGER)]
+    spec += [f"{who}:member:{new_token()}" for who in (demo.ASKER, demo.MANAGER)]
     return ",".join(spec)
 
 
@@ -91,5 +90,5 @@ def ingest_line(env: dict[str, str], policy: PolicySettings) -> str:
     return (
         f"  HTTP ingest on {scheme}://{addr}/v1/usage (JSON or NDJSON UsageEvents):\n"
         f"    .venv/bin/python -m services.metering.report --http {scheme}://{addr}/v1/usage "
-        f"--token {token} < events.jsonl"
+        f"--token={token} < events.jsonl"
     )

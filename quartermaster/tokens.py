@@ -19,6 +19,8 @@ caller's token is `quartermaster.auth`, in the servers.
 
 from __future__ import annotations
 
+import secrets
+import sys
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -27,6 +29,17 @@ from pydantic import AfterValidator
 ROLES = ("gateway", "reader", "admin", "prices", "member", "delegate", "reporter")
 MIN_TOKEN_CHARS = 16
 _QUOTES = frozenset("\"'`")
+
+
+TOKEN_PREFIX = "qm_"
+
+
+def new_token() -> str:
+    """A fresh token: TOKEN_PREFIX and 32 URL-safe characters (192 random bits). The
+    prefix keeps it from starting with "-" (a quarter of `secrets.token_urlsafe`'s do),
+    which a command line reads as an option (`--token -VIl...`: "expected one
+    argument"), and lets secret scanners recognise one."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +100,7 @@ def _valid_spec(spec: str) -> str:
 
 TokenSpec = Annotated[str, AfterValidator(_valid_spec)]
 """A settings field holding "name:role[+role]:token,..." (empty: no credential at all)."""
+
+
+if __name__ == "__main__":  # `python -m quartermaster.tokens`: print a fresh token
+    sys.stdout.write(new_token() + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from devtools import demo_requests as demo
 from devtools.run_hints import credential_lines, demo_tokens
+from quartermaster.tokens import TOKEN_PREFIX
 from services.policy.settings import PolicySettings
 from services.requests import cli
 from tests.tlskit import make_pki
@@ -29,6 +30,8 @@ def test_made_tokens_are_shown_each_with_its_name_and_roles() -> None:
     for entry in spec.split(","):
         name, roles, token = entry.split(":")
         assert f"    {name} ({'+'.join(sorted(roles.split('+')))}) {token}" in lines
+        # Never "-...": `--token -VIl...` was read as an option (the README's command failed).
+        assert token.startswith(TOKEN_PREFIX)
     assert "local-gateway (gateway)" in text
     assert "the README's gateway_token, for PolicyClient" in text
     assert "grpcurl -plaintext -H 'authorization: Bearer " in text

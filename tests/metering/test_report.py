@@ -94,6 +94,13 @@ async def test_a_refused_credential_refuses_every_line(
     )
     assert (code, out.strip()) == (1, "accepted 0 of 1 lines")
     assert "line 1: refused (403): credential 'tests-gateway' (gateway) lacks role reporter" in err
+    # A token starting with "-" (a quarter of secrets.token_urlsafe's do) is read whole
+    # in the README's form, --token=VALUE: the ingest refuses it, the CLI does not.
+    code, out, err = await report(
+        service_env, "--http", url, "--token=-VIlwQOlHjXuKbB8u3uOIh4shuWD", stdin=stdin
+    )
+    assert (code, out.strip()) == (1, "accepted 0 of 1 lines"), err
+    assert "refused (401)" in err
     env = {k: v for k, v in service_env.items() if k != "QM_TOKEN"}
     code, _, err = await report(env, "--http", url, stdin=stdin)
     assert code == 2
