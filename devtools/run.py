@@ -30,6 +30,7 @@ from devtools.localinfra.stack import Infra, open_infra
 from devtools.ready import PROBE_USER, NotReady, probe_counted
 from devtools.run_hints import credential_lines, demo_tokens, ingest_line, token_with
 from devtools.run_notifier import slack_id, start_standin
+from devtools.run_ports import listening, taken
 from quartermaster import telemetry
 from quartermaster.db import connect_pool
 from quartermaster.money import MICROS_PER_CREDIT
@@ -118,6 +119,33 @@ async def _seed(workspace_id: str, limit_credits: int, database_url: str) -> Non
 # Where `make run`'s services serve /metrics (metering's is on by default anyway).
 LOCAL_METRICS = {"QM_POLICY_METRICS_ADDR": 9465, "QM_REQUESTS_METRICS_ADDR": 9466,
                  "QM_USAGE_API_METRICS_ADDR": 9468, "QM_NOTIFIER_METRICS_ADDR": 9467}  # fmt: skip
+
+
+class PortsTaken(Exception):
+    """A port make run needs is in use: str() says which, and the setting moving it."""
+
+
+def _planned_env() -> dict[str, str]:
+    """The children's environment as far as their listening addresses go (before the
+    infrastructure is up: its own addresses are in `_local_ports`)."""
+    env = {**os.environ}
+    for name, port in LOCAL_METRICS.items():
+        env.setdefault(name, f"127.0.0.1:{port}")
+    return env
+
+
+def _local_ports(dev: DevSettings) -> dict[str, int]:
+    """The ports of what make run itself starts, by the setting that moves each."""
+    env, ports = os.environ, {}
+    if not (env.get("QM_NOTIFIER_SLACK_BOT_TOKEN") or env.get("QM_NOTIFIER_SLACK_BASE_URL")):
+        ports["QM_SLACK_STANDIN_PORT"] = dev.slack_standin_port  # as run_notifier decides
+        if not env.get("QM_NOTIFIER_SMTP_HOST"):
+            ports["QM_SMTP_SINK_PORT"] = dev.smtp_sink_port
+    if not env.get("QM_DATABASE_URL"):
+        ports["QM_LOCAL_PG_PORT"] = dev.local_pg_port
+    if not env.get("QM_KAFKA_BOOTSTRAP"):
+        ports["QM_LOCAL_BROKER_PORT"] = dev.local_broker_port
+    return ports
 
 
 def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
@@ -248,6 +276,9 @@ async def _until_first_exit(work: Awaitable[object], children: list[ChildProcess
 async def _main(dev: DevSettings, policy: PolicySettings) -> None:
     """Runs until cancelled (Ctrl-C) or until a service dies (ServiceDied); every
     `finally` on the way out stops what it started."""
+    busy = taken(listening(_planned_env(), _local_ports(dev)))
+    if busy:
+        raise PortsTaken(busy)
     say("Quartermaster: starting PostgreSQL and the Kafka-protocol broker ...")
     with open_infra(
         dev.run_dir,
@@ -260,8 +291,10 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
         say(f"  postgres  {mask_url(infra.database_url)} ({infra.database_origin})")
         await _seed(policy.workspace_id, dev.demo_limit_credits, infra.database_url)
         say(
-            f"  seeded workspace {policy.workspace_id!r}: default limit "
-            f"{dev.demo_limit_credits} credits/month (hard), {len(simulator.PERSONAS)} people"
+            f"  seeded workspace {policy.workspace_id!r} (time zone "
+            f"{policy.workspace_timezone}: its days and months, QM_WORKSPACE_TIMEZONE): "
+            f"default limit {dev.demo_limit_credits} credits/month (hard), "
+            f"{len(simulator.PERSONAS)} people"
         )
         env = _child_env(dev, policy, infra)
 
@@ -343,6 +376,9 @@ def main() -> None:
             await _main(dev, policy)
         except asyncio.CancelledError:
             pass
+        except PortsTaken as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 1
         except ServiceDied:
             say("Stopped everything, as a part of the system had died: fix what its log "
                 "says, then `make run` again.")  # fmt: skip

@@ -226,7 +226,10 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         assert "Most of it: product agents (" in page, page[-3000:]
         # The ingest's line, with the reporter token make run made: it takes an event.
         url = f"http://127.0.0.1:{ports['ingest']}/v1/usage"
-        said = re.search(rf"--http {re.escape(url)} --token (\S{{16,}}) < events.jsonl", text)
+        # librdkafka's informational lines stay out of the console (it logs from warnings).
+        assert not re.search(r"^%[5-7]\|", text, re.MULTILINE), text[:3000]
+        assert "seeded workspace 'default' (time zone UTC: its days and months" in text
+        said = re.search(rf"--http {re.escape(url)} --token=(\S{{16,}}) < events.jsonl", text)
         assert said, text[:3000]
         event = {
             "eventId": "make-run-1", "occurredAt": datetime.now(UTC).isoformat(),

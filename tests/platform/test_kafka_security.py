@@ -104,7 +104,7 @@ def test_every_client_gets_the_process_security(pki: dict[str, str], reset_secur
         )
     )
     assert kafka.client_config("b:9093", **{"group.id": "g"}) == {
-        "bootstrap.servers": "b:9093", "allow.auto.create.topics": False,
+        "bootstrap.servers": "b:9093", "allow.auto.create.topics": False, "log_level": 4,
         "security.protocol": "ssl", "ssl.ca.location": pki["ca"], "group.id": "g",
     }  # fmt: skip
 
