@@ -21,9 +21,9 @@ from quartermaster.liveness import LoopBeat, serve
 
 
 def get(server: ThreadingWSGIServer, path: str) -> tuple[int, bytes]:
-    host, port = server.server_address[:2]
+    port = server.server_address[1]
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
