@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquartermaster/v1/prices.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\x11LoadPricesRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.quartermaster.v1.CatalogFormat\x12\x0f\n\x07replace\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\"H\n\x12LoadPricesResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanges\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\xe6\x03\n\nModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05input\x18\x03 \x01(\x03\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x04 \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_write\x18\x05 \x01(\x03\x12\x0e\n\x06output\x18\x06 \x01(\x03\x12\x11\n\treasoning\x18\x07 \x01(\x03\x12\'\n\x1flong_context_above_input_tokens\x18\x08 \x01(\x03\x12\x32\n\x0clong_context\x18\t \x01(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\n \x01(\x03\x12\x13\n\x0b\x61udio_input\x18\x0b \x01(\x03\x12\x14\n\x0c\x61udio_output\x18\x0c \x01(\x03\x12\x45\n\rservice_tiers\x18\r \x03(\x0b\x32..quartermaster.v1.ModelPrice.ServiceTiersEntry\x1aQ\n\x11ServiceTiersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.quartermaster.v1.ModelPrice:\x02\x38\x01\"K\n\x11ListPricesRequest\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06models\x18\x02 \x03(\t\"\xf8\x01\n\x12ListPricesResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12,\n\x06prices\x18\x02 \x03(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12.\n\x08\x66\x61llback\x18\x03 \x01(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12\x42\n\x07\x61liases\x18\x04 \x03(\x0b\x32\x31.quartermaster.v1.ListPricesResponse.AliasesEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x13PriceHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xab\x01\n\rPriceRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tloaded_by\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x06 \x03(\t\x12\x17\n\x0f\x63hanges_omitted\x18\x07 \x01(\x05\"\x93\x01\n\x14PriceHistoryResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12\x32\n\trevisions\x18\x02 \x03(\x0b\x32\x1f.quartermaster.v1.PriceRevision\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t*`\n\rCatalogFormat\x12\x1e\n\x1a\x43\x41TALOG_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41TALOG_FORMAT_YAML\x10\x01\x12\x16\n\x12\x43\x41TALOG_FORMAT_CSV\x10\x02\x32\xa6\x02\n\x13PriceCatalogService\x12W\n\nLoadPrices\x12#.quartermaster.v1.LoadPricesRequest\x1a$.quartermaster.v1.LoadPricesResponse\x12W\n\nListPrices\x12#.quartermaster.v1.ListPricesRequest\x1a$.quartermaster.v1.ListPricesResponse\x12]\n\x0cPriceHistory\x12%.quartermaster.v1.PriceHistoryRequest\x1a&.quartermaster.v1.PriceHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquartermaster/v1/prices.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\x11LoadPricesRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.quartermaster.v1.CatalogFormat\x12\x0f\n\x07replace\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x16\n\x0e\x64rop_yaml_only\x18\x06 \x01(\x08\"H\n\x12LoadPricesResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanges\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\xe6\x03\n\nModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05input\x18\x03 \x01(\x03\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x04 \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_write\x18\x05 \x01(\x03\x12\x0e\n\x06output\x18\x06 \x01(\x03\x12\x11\n\treasoning\x18\x07 \x01(\x03\x12\'\n\x1flong_context_above_input_tokens\x18\x08 \x01(\x03\x12\x32\n\x0clong_context\x18\t \x01(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\n \x01(\x03\x12\x13\n\x0b\x61udio_input\x18\x0b \x01(\x03\x12\x14\n\x0c\x61udio_output\x18\x0c \x01(\x03\x12\x45\n\rservice_tiers\x18\r \x03(\x0b\x32..quartermaster.v1.ModelPrice.ServiceTiersEntry\x1aQ\n\x11ServiceTiersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.quartermaster.v1.ModelPrice:\x02\x38\x01\"b\n\x11ListPricesRequest\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x15\n\revery_version\x18\x03 \x01(\x08\"\xef\x02\n\x12ListPricesResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12,\n\x06prices\x18\x02 \x03(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12.\n\x08\x66\x61llback\x18\x03 \x01(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12\x42\n\x07\x61liases\x18\x04 \x03(\x0b\x32\x31.quartermaster.v1.ListPricesResponse.AliasesEntry\x12\x44\n\x08resolved\x18\x05 \x03(\x0b\x32\x32.quartermaster.v1.ListPricesResponse.ResolvedEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rResolvedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x13PriceHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xab\x01\n\rPriceRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tloaded_by\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x06 \x03(\t\x12\x17\n\x0f\x63hanges_omitted\x18\x07 \x01(\x05\"\xa2\x01\n\x14PriceHistoryResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.quartermaster.v1.ModelPrice\x12\x32\n\trevisions\x18\x02 \x03(\x0b\x32\x1f.quartermaster.v1.PriceRevision\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t*`\n\rCatalogFormat\x12\x1e\n\x1a\x43\x41TALOG_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41TALOG_FORMAT_YAML\x10\x01\x12\x16\n\x12\x43\x41TALOG_FORMAT_CSV\x10\x02\x32\xa6\x02\n\x13PriceCatalogService\x12W\n\nLoadPrices\x12#.quartermaster.v1.LoadPricesRequest\x1a$.quartermaster.v1.LoadPricesResponse\x12W\n\nListPrices\x12#.quartermaster.v1.ListPricesRequest\x1a$.quartermaster.v1.ListPricesResponse\x12]\n\x0cPriceHistory\x12%.quartermaster.v1.PriceHistoryRequest\x1a&.quartermaster.v1.PriceHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELPRICE_SERVICETIERSENTRY']._serialized_options = b'8\001'
   _globals['_LISTPRICESRESPONSE_ALIASESENTRY']._loaded_options = None
   _globals['_LISTPRICESRESPONSE_ALIASESENTRY']._serialized_options = b'8\001'
-  _globals['_CATALOGFORMAT']._serialized_start=1515
-  _globals['_CATALOGFORMAT']._serialized_end=1611
+  _globals['_LISTPRICESRESPONSE_RESOLVEDENTRY']._loaded_options = None
+  _globals['_LISTPRICESRESPONSE_RESOLVEDENTRY']._serialized_options = b'8\001'
+  _globals['_CATALOGFORMAT']._serialized_start=1696
+  _globals['_CATALOGFORMAT']._serialized_end=1792
   _globals['_LOADPRICESREQUEST']._serialized_start=85
-  _globals['_LOADPRICESREQUEST']._serialized_end=221
-  _globals['_LOADPRICESRESPONSE']._serialized_start=223
-  _globals['_LOADPRICESRESPONSE']._serialized_end=295
-  _globals['_MODELPRICE']._serialized_start=298
-  _globals['_MODELPRICE']._serialized_end=784
-  _globals['_MODELPRICE_SERVICETIERSENTRY']._serialized_start=703
-  _globals['_MODELPRICE_SERVICETIERSENTRY']._serialized_end=784
-  _globals['_LISTPRICESREQUEST']._serialized_start=786
-  _globals['_LISTPRICESREQUEST']._serialized_end=861
-  _globals['_LISTPRICESRESPONSE']._serialized_start=864
-  _globals['_LISTPRICESRESPONSE']._serialized_end=1112
-  _globals['_LISTPRICESRESPONSE_ALIASESENTRY']._serialized_start=1066
-  _globals['_LISTPRICESRESPONSE_ALIASESENTRY']._serialized_end=1112
-  _globals['_PRICEHISTORYREQUEST']._serialized_start=1114
-  _globals['_PRICEHISTORYREQUEST']._serialized_end=1189
-  _globals['_PRICEREVISION']._serialized_start=1192
-  _globals['_PRICEREVISION']._serialized_end=1363
-  _globals['_PRICEHISTORYRESPONSE']._serialized_start=1366
-  _globals['_PRICEHISTORYRESPONSE']._serialized_end=1513
-  _globals['_PRICECATALOGSERVICE']._serialized_start=1614
-  _globals['_PRICECATALOGSERVICE']._serialized_end=1908
+  _globals['_LOADPRICESREQUEST']._serialized_end=245
+  _globals['_LOADPRICESRESPONSE']._serialized_start=247
+  _globals['_LOADPRICESRESPONSE']._serialized_end=319
+  _globals['_MODELPRICE']._serialized_start=322
+  _globals['_MODELPRICE']._serialized_end=808
+  _globals['_MODELPRICE_SERVICETIERSENTRY']._serialized_start=727
+  _globals['_MODELPRICE_SERVICETIERSENTRY']._serialized_end=808
+  _globals['_LISTPRICESREQUEST']._serialized_start=810
+  _globals['_LISTPRICESREQUEST']._serialized_end=908
+  _globals['_LISTPRICESRESPONSE']._serialized_start=911
+  _globals['_LISTPRICESRESPONSE']._serialized_end=1278
+  _globals['_LISTPRICESRESPONSE_ALIASESENTRY']._serialized_start=1183
+  _globals['_LISTPRICESRESPONSE_ALIASESENTRY']._serialized_end=1229
+  _globals['_LISTPRICESRESPONSE_RESOLVEDENTRY']._serialized_start=1231
+  _globals['_LISTPRICESRESPONSE_RESOLVEDENTRY']._serialized_end=1278
+  _globals['_PRICEHISTORYREQUEST']._serialized_start=1280
+  _globals['_PRICEHISTORYREQUEST']._serialized_end=1355
+  _globals['_PRICEREVISION']._serialized_start=1358
+  _globals['_PRICEREVISION']._serialized_end=1529
+  _globals['_PRICEHISTORYRESPONSE']._serialized_start=1532
+  _globals['_PRICEHISTORYRESPONSE']._serialized_end=1694
+  _globals['_PRICECATALOGSERVICE']._serialized_start=1795
+  _globals['_PRICECATALOGSERVICE']._serialized_end=2089
 # @@protoc_insertion_point(module_scope)

@@ -30,8 +30,10 @@ class _CatalogFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Catalog
     CATALOG_FORMAT_YAML: _CatalogFormat.ValueType  # 1
     """`fallback:` and `models: {name: [{effective_from, input, cached_input, ...}]}`"""
     CATALOG_FORMAT_CSV: _CatalogFormat.ValueType  # 2
-    """model,effective_from,input,cached_input,cache_write,output,reasoning; model `*`
-    is the fallback.
+    """model,effective_from,input,cached_input,output required, and optionally
+    cache_write,reasoning,cache_write_1h,audio_input,audio_output (a column left out
+    or a cell left empty: that class's default); model `*` is the fallback. No
+    service-tier, long-context or alias columns: see drop_yaml_only.
     """
 
 class CatalogFormat(_CatalogFormat, metaclass=_CatalogFormatEnumTypeWrapper): ...
@@ -40,8 +42,10 @@ CATALOG_FORMAT_UNSPECIFIED: CatalogFormat.ValueType  # 0
 CATALOG_FORMAT_YAML: CatalogFormat.ValueType  # 1
 """`fallback:` and `models: {name: [{effective_from, input, cached_input, ...}]}`"""
 CATALOG_FORMAT_CSV: CatalogFormat.ValueType  # 2
-"""model,effective_from,input,cached_input,cache_write,output,reasoning; model `*`
-is the fallback.
+"""model,effective_from,input,cached_input,output required, and optionally
+cache_write,reasoning,cache_write_1h,audio_input,audio_output (a column left out
+or a cell left empty: that class's default); model `*` is the fallback. No
+service-tier, long-context or alias columns: see drop_yaml_only.
 """
 Global___CatalogFormat: _TypeAlias = CatalogFormat  # noqa: Y015
 
@@ -54,6 +58,7 @@ class LoadPricesRequest(_message.Message):
     REPLACE_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    DROP_YAML_ONLY_FIELD_NUMBER: _builtins.int
     document: _builtins.str
     format: Global___CatalogFormat.ValueType
     replace: _builtins.bool
@@ -66,6 +71,11 @@ class LoadPricesRequest(_message.Message):
     """Report what would change and write nothing."""
     source: _builtins.str
     """Where the document came from (a file name), kept with the revision."""
+    drop_yaml_only: _builtins.bool
+    """A CSV document has no columns for service-tier and long-context prices nor for
+    aliases: a CSV load that would remove some (of a version it rewrites, or, with
+    replace, an alias) is refused naming them, unless this is set.
+    """
     def __init__(
         self,
         *,
@@ -74,10 +84,11 @@ class LoadPricesRequest(_message.Message):
         replace: _builtins.bool = ...,
         dry_run: _builtins.bool = ...,
         source: _builtins.str = ...,
+        drop_yaml_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "dry_run", b"dry_run", "format", b"format", "replace", b"replace", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "drop_yaml_only", b"drop_yaml_only", "dry_run", b"dry_run", "format", b"format", "replace", b"replace", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,6 +223,11 @@ class ListPricesRequest(_message.Message):
 
     AT_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    EVERY_VERSION_FIELD_NUMBER: _builtins.int
+    every_version: _builtins.bool
+    """Every version of each model (the whole catalog), not only the one in force;
+    not with `at`.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -225,10 +241,11 @@ class ListPricesRequest(_message.Message):
         *,
         at: _timestamp_pb2.Timestamp | None = ...,
         models: _abc.Iterable[_builtins.str] | None = ...,
+        every_version: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "every_version", b"every_version", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,10 +275,31 @@ class ListPricesResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ResolvedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REVISION_FIELD_NUMBER: _builtins.int
     PRICES_FIELD_NUMBER: _builtins.int
     FALLBACK_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     @_builtins.property
     def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPrice]:
@@ -279,6 +317,10 @@ class ListPricesResponse(_message.Message):
         was given.
         """
 
+    @_builtins.property
+    def resolved(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Each asked id that is not a model's own name -> the model it names."""
+
     def __init__(
         self,
         *,
@@ -286,10 +328,11 @@ class ListPricesResponse(_message.Message):
         prices: _abc.Iterable[Global___ModelPrice] | None = ...,
         fallback: Global___ModelPrice | None = ...,
         aliases: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        resolved: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fallback", b"fallback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "fallback", b"fallback", "prices", b"prices", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "fallback", b"fallback", "prices", b"prices", "resolved", b"resolved", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,7 +346,9 @@ class PriceHistoryRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Empty: every revision of the catalog, and no versions."""
+    """Empty: every revision of the catalog, and no versions. Resolved as ListPrices
+    resolves its models (a dated snapshot or routed id names its model).
+    """
     page_size: _builtins.int
     """The most revisions one answer holds: 1 to 100, 0 for 20. An answer also stops
     at about 1 MiB of change lines, so it always fits a gRPC message.
@@ -378,8 +423,11 @@ class PriceHistoryResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     REVISIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Set when more revisions follow: give it as page_token for the next page."""
+    model: _builtins.str
+    """The catalog model the asked id names (itself when it is one)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPrice]:
         """The model's versions in the current catalog, oldest first."""
@@ -394,10 +442,11 @@ class PriceHistoryResponse(_message.Message):
         versions: _abc.Iterable[Global___ModelPrice] | None = ...,
         revisions: _abc.Iterable[Global___PriceRevision] | None = ...,
         next_page_token: _builtins.str = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "revisions", b"revisions", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "next_page_token", b"next_page_token", "revisions", b"revisions", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ and the price catalog:
 
     python -m services.metering.cli prices load prices.yaml [--replace] [--dry-run]
     python -m services.metering.cli prices list [--at 2026-06-01] [--model gpt-5]
+    python -m services.metering.cli prices list --format yaml > catalog.yaml
     python -m services.metering.cli prices history [gpt-5]
 
 and the topics metering counts (straight to Kafka and Postgres, QM_KAFKA_BOOTSTRAP
@@ -34,12 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -49,9 +47,12 @@ from quartermaster.cliargs import Parser, rpc_hint, token_argument
 from quartermaster.grpcclient import bearer, open_blocking_channel
 from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2, prices_pb2_grpc
+from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2_grpc
 from quartermaster.wire import from_timestamp, timestamp
 from services.metering import dlq
+from services.metering.cli_prices import prices, prices_parser
+from services.metering.cli_table import when as _when
+from services.metering.cli_table import write as _write
 from services.metering.settings import MeteringSettings
 from services.metering.state import ROLLUP_COUNTERS
 
@@ -72,14 +73,6 @@ GRANULARITIES = {
 COLUMNS = tuple(c for c in ROLLUP_COUNTERS if c != "picos")  # money: the micros column
 
 
-def _when(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 date or time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _dims(text: str) -> list[str]:
     names = [d.strip() for d in text.split(",") if d.strip()]
     unknown = [d for d in names if d not in DIMENSIONS]
@@ -94,19 +87,6 @@ def _filter(ns: argparse.Namespace) -> cost_pb2.UsageFilter:
         user_ids=ns.user, products=ns.product, models=ns.model, cost_centers=ns.cost_center,
         group_ids=ns.group,
     )  # fmt: skip
-
-
-def _write(rows: Sequence[Sequence[str]], header: Sequence[str], fmt: str, out: TextIO) -> None:
-    if fmt == "csv":
-        w = csv.writer(out)
-        w.writerow(header)
-        w.writerows(rows)
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]  # fmt: skip
-    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "\n")
-    for r in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + "\n")
 
 
 def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextIO) -> None:
@@ -138,115 +118,6 @@ def top(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextI
     resp = stub.TopSpenders(request, metadata=ns.metadata)
     rows = [[s.user_id, credits(s.micros), str(s.micros), str(s.events)] for s in resp.spenders]
     _write(rows, ["user", "credits", "micros", "events"], ns.format, out)
-
-
-PRICE_COLUMNS = ("input", "cached_input", "cache_write", "output", "reasoning",
-                 "cache_write_1h", "audio_input", "audio_output")  # fmt: skip
-_FORMATS = {".csv": prices_pb2.CATALOG_FORMAT_CSV}
-PRICE_UNITS = "prices: micro-credits per million tokens (1 credit = 1,000,000 micros)"
-
-
-def _price_row(p: prices_pb2.ModelPrice, label: str = "") -> list[str]:
-    start = from_timestamp(p.effective_from).isoformat() if p.HasField("effective_from") else ""
-    return [label or p.model or "*", start, *(str(getattr(p, c)) for c in PRICE_COLUMNS)]
-
-
-def _price_rows(p: prices_pb2.ModelPrice, tiers: bool) -> list[list[str]]:
-    """A version's row and, with `tiers` (the table, not the CSV a load reads back), one
-    row per long-context and service tier, labelled `model [tier]`."""
-    rows = [_price_row(p)]
-    if tiers and p.HasField("long_context"):
-        above = p.long_context_above_input_tokens
-        rows.append(_price_row(p.long_context, f"{p.model} [input > {above:,}]"))
-    for name, tier in sorted(p.service_tiers.items()) if tiers else ():
-        rows.append(_price_row(tier, f"{p.model} [{name}]"))
-    return rows
-
-
-def prices(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace,
-           out: TextIO) -> None:  # fmt: skip
-    header = ["model", "effective_from", *PRICE_COLUMNS]
-    if ns.action == "load":
-        path = Path(ns.file)
-        try:
-            document = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SystemExit(f"{path}: {exc}") from None
-        except UnicodeDecodeError as exc:  # a spreadsheet's .xlsx, or a Latin-1 export
-            raise SystemExit(
-                f"{path}: not UTF-8 text (byte {exc.start}): save it as CSV UTF-8 or YAML"
-            ) from None
-        resp = stub.LoadPrices(
-            prices_pb2.LoadPricesRequest(
-                document=document, source=path.name, replace=ns.replace, dry_run=ns.dry_run,
-                format=_FORMATS.get(path.suffix.lower(), prices_pb2.CATALOG_FORMAT_YAML),
-            ),
-            metadata=ns.metadata,
-            timeout=60,
-        )  # fmt: skip
-        for line in resp.changes:
-            out.write(f"  {line}\n")
-        if not resp.changes:
-            out.write(f"nothing to change: revision {resp.revision} stays in force\n")
-        elif resp.dry_run:
-            out.write(f"dry run: {len(resp.changes)} change(s), nothing written\n")
-        else:
-            out.write(f"revision {resp.revision} in force ({len(resp.changes)} change(s))\n")
-    elif ns.action == "list":
-        req = prices_pb2.ListPricesRequest(models=ns.model)
-        if ns.at is not None:
-            req.at.CopyFrom(timestamp(ns.at))
-        listed = stub.ListPrices(req, timeout=60, metadata=ns.metadata)
-        table = ns.format != "csv"  # the CSV stays one table a spreadsheet (or a load) reads
-        rows = [r for p in (*listed.prices, listed.fallback) for r in _price_rows(p, table)]
-        _write(rows, header, ns.format, out)
-        if table:
-            out.write(PRICE_UNITS + "\n")
-            out.writelines(f"alias {a} -> {m}\n" for a, m in sorted(listed.aliases.items()))
-    else:
-        _history(stub, ns, header, out)
-
-
-def _history(stub: prices_pb2_grpc.PriceCatalogServiceStub, ns: argparse.Namespace,
-             header: list[str], out: TextIO) -> None:  # fmt: skip
-    """`prices history`: every page PriceHistory gives (each bounded in size), in order."""
-    token = ""
-    while True:
-        request = prices_pb2.PriceHistoryRequest(model=ns.model, page_token=token)
-        history = stub.PriceHistory(request, timeout=60, metadata=ns.metadata)
-        if history.versions:  # on the first page only
-            rows = [r for p in history.versions for r in _price_rows(p, ns.format != "csv")]
-            _write(rows, header, ns.format, out)
-        for r in history.revisions:
-            when = from_timestamp(r.loaded_at).isoformat()
-            source = f" from {r.source}" if r.source else ""
-            out.write(f"revision {r.revision}: {r.mode} by {r.loaded_by} at {when}{source}\n")
-            out.writelines(f"  {line}\n" for line in r.changes)
-            if r.changes_omitted:
-                out.write(f"  ... and {r.changes_omitted} more change line(s): one answer "
-                          "holds about 1 MiB of them\n")  # fmt: skip
-        token = history.next_page_token
-        if not token:
-            return
-
-
-def _prices_parser(sub: Any) -> None:
-    p = sub.add_parser("prices", help="the price catalog: load, list, history")
-    actions = p.add_subparsers(dest="action", required=True)
-    load = actions.add_parser("load", help="load a YAML or CSV catalog file (a new revision)")
-    load.add_argument("file")
-    whole = "the file is the whole catalog: models it leaves out are removed"
-    load.add_argument("--replace", action="store_true", help=whole)
-    load.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
-    listing = actions.add_parser("list", help="the prices in force (now, or --at)")
-    listing.add_argument("--at", type=_when)
-    listing.add_argument("--model", action="append", default=[], help="repeatable")
-    history = actions.add_parser("history", help="a model's versions and who changed them")
-    history.add_argument("model", nargs="?", default="")
-    for a in (listing, history):
-        a.add_argument("--format", choices=("table", "csv"), default="table")
-    for a in (load, listing, history):
-        token_argument(a, top=False)
 
 
 def _topic_parser(sub: Any) -> None:
@@ -318,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "usage":
             s.add_argument("--group-by", type=_dims, default=["user"])
             s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
-    _prices_parser(sub)
+    prices_parser(sub)
     _topic_parser(sub)
     dlq.add_parser(sub)
     return p

@@ -152,6 +152,7 @@ def price_load(req: prices_pb2.LoadPricesRequest) -> PriceLoad:
         source=req.source,
         replace=req.replace,
         dry_run=req.dry_run,
+        drop_yaml_only=req.drop_yaml_only,
     )
 
 

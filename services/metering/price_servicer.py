@@ -104,13 +104,22 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"models: not in the catalog (the fallback prices them): {unknown}",
             )
+        if request.every_version and request.HasField("at"):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT,
+                "at: not with every_version (every version is listed, whenever in force)",
+            )  # fmt: skip
         at = in_request("at", request.at) if request.HasField("at") else datetime.now(UTC)
         out = prices_pb2.ListPricesResponse(
             revision=current.revision,
             fallback=mapping.model_price("", None, current.catalog.fallback),
         )
+        out.resolved.update({m: key for m, key in asked.items() if key is not None and key != m})
         listed = {key for key in asked.values() if key is not None} or models.keys()
         for model in sorted(listed):
+            if request.every_version:
+                out.prices.extend(mapping.model_price(model, t, p) for t, p in models[model])
+                continue
             in_force = [(t, p) for t, p in models[model] if t <= at]
             if in_force:
                 out.prices.append(mapping.model_price(model, *in_force[-1]))
@@ -123,16 +132,22 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
         """A page of revisions (oldest first) and, on the first page of one model's
         history, its versions in force now. Bounded in revisions (page_size) and in
         bytes of change lines (revisions.MAX_HISTORY_BYTES): INVALID_ARGUMENT for a bad
-        page_size or page_token, NOT_FOUND for a model never priced."""
+        page_size or page_token, NOT_FOUND for a model never priced. The model is the
+        one the asked id names (`model` in the answer)."""
         try:
             size = history_page_size(request.page_size)
             after = history_position(request.page_token) if request.page_token else 0
         except BadPage as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        model = request.model.strip()
+        asked = request.model.strip()
+        current = await self._store.current()
+        # the model the id names, as ListPrices and pricing resolve it (a dated snapshot
+        # or routed id: its model); an id the catalog no longer names: as given
+        resolved = current.catalog.resolve(asked) if current and asked else None
+        model = resolved or asked
         records = await self._store.history(model, after, size + 1)
         page, more = history_page(records, size)
-        out = prices_pb2.PriceHistoryResponse()
+        out = prices_pb2.PriceHistoryResponse(model=model)
         for r, lines, omitted in page:
             message = mapping.revision_message(r, lines)
             message.changes_omitted = omitted
@@ -143,7 +158,6 @@ class PriceCatalogServicer(prices_pb2_grpc.PriceCatalogServiceServicer):
             return out
         if not records:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"model: {model!r} was never priced")
-        current = await self._store.current()
         versions = current.catalog.models.get(model, []) if current else []
         out.versions.extend(mapping.model_price(model, t, p) for t, p in versions)
         return out

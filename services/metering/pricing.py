@@ -9,12 +9,10 @@ and `openai/gpt-5` pay gpt-5's price, while a snapshot with a price of its own k
 from __future__ import annotations
 
 import bisect
-import csv
-import io
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,16 +20,13 @@ from typing import Any
 from quartermaster.model_ids import resolve_model
 from quartermaster.wire import epoch_ns
 from services.metering.catalog_limits import (
-    LongNumber,
     load_yaml,
     name_problem,
-    price_problem,
     shown,
     start_problem,
 )
 from services.metering.token_prices import (
     SERVICE_TIERS,
-    TOKEN_CLASSES,
     TOKENS_PER_PRICE_UNIT,
     CatalogError,
     Price,
@@ -66,9 +61,20 @@ __all__ = [
 FALLBACK_ROW = "*"  # the fallback price's row in a CSV catalog
 
 
-def _when(raw: Any, where: str, stored: bool = False) -> datetime:
+def version_start(raw: Any, where: str, stored: bool = False) -> datetime:
     """An effective_from: aware, in years 1 to 9999 UTC (what a Timestamp holds) when
-    `stored`, and in catalog_limits' FIRST_YEAR to LAST_YEAR when loaded."""
+    `stored`, and in catalog_limits' FIRST_YEAR to LAST_YEAR when loaded. A date alone
+    (YAML reads an unquoted 2026-12-01 as one) is refused, as a time without a zone
+    is: which midnight it means is the writer's to say."""
+    if raw is None or raw == "":
+        raise CatalogError(
+            f'{where}: required: an ISO-8601 instant with a time zone, e.g. "2026-12-01T00:00:00Z"'
+        )
+    if isinstance(raw, date) and not isinstance(raw, datetime):
+        raise CatalogError(
+            f"{where}: {raw.isoformat()} is a date, not an instant: write it quoted, with a "
+            f'time and zone, e.g. "{raw.isoformat()}T00:00:00Z"'
+        )
     if isinstance(raw, datetime):
         value = raw
     else:
@@ -77,7 +83,10 @@ def _when(raw: Any, where: str, stored: bool = False) -> datetime:
         except ValueError as exc:  # "year 0 is out of range", "month must be in 1..12"
             raise CatalogError(f"{where}: not an ISO-8601 time: {shown(raw)} ({exc})") from None
     if value.tzinfo is None:
-        raise CatalogError(f"{where}: needs a time zone (e.g. ...Z), got {shown(raw)}")
+        raise CatalogError(
+            f"{where}: needs a time zone, got {shown(raw)}: write it quoted, e.g. "
+            f'"{value.isoformat()}Z"'
+        )
     # The instant must be one a protobuf Timestamp holds (UTC years 1 to 9999):
     # 9999-12-31T23:00-05:00 is in year 10000 in UTC, and ListPrices could not send it.
     if not _FIRST_NS <= epoch_ns(value) <= _LAST_NS:
@@ -105,6 +114,11 @@ class CatalogDocument:
     models: dict[str, Versions]
     # {alias: model}: exact ids (lower case) or fnmatch globs (with * ? or [)
     aliases: dict[str, str] = field(default_factory=dict)
+    where: str = "document"  # its name in messages (a file name)
+    # Written as CSV, which has no service-tier, long-context or alias columns: a load
+    # removing such prices is refused unless `drop_yaml_only` (revisions.merge).
+    from_csv: bool = False
+    drop_yaml_only: bool = False
 
 
 _GLOB = frozenset("*?[")
@@ -119,8 +133,8 @@ def _aliases(raw: Any, where: str, stored: bool = False) -> dict[str, str]:
     for alias, model in raw.items():
         if not isinstance(alias, str) or not alias.strip() or not isinstance(model, str):
             raise CatalogError(f"{where}: aliases: {shown(alias)}: expected 'id or glob: model'")
-        _name(alias, f"{where}: aliases", stored)
-        _name(model, f"{where}: aliases: {shown(alias)} names", stored)
+        checked_name(alias, f"{where}: aliases", stored)
+        checked_name(model, f"{where}: aliases: {shown(alias)} names", stored)
         key = alias.strip().lower()
         if key in out and out[key] != model.strip():
             raise CatalogError(
@@ -156,7 +170,7 @@ def alias_problems(models: Collection[str], aliases: Mapping[str, str]) -> list[
     return out
 
 
-def _name(name: Any, where: str, stored: bool) -> str:
+def checked_name(name: Any, where: str, stored: bool) -> str:
     """A model's or an alias's name: text that PostgreSQL stores (no NUL, no lone
     surrogate: a dry run said OK where the load then failed writing it), and, loaded,
     not blank nor longer than catalog_limits.MAX_NAME_LENGTH."""
@@ -171,7 +185,7 @@ def _models(raw: Any, where: str, stored: bool = False) -> dict[str, Versions]:
         raise CatalogError(f"{where}: models must map model names to price versions")
     models: dict[str, Versions] = {}
     for model, versions in raw.items():
-        _name(model, f"{where}: models", stored)
+        checked_name(model, f"{where}: models", stored)
         if model == FALLBACK_ROW:
             raise CatalogError(f"{where}: models: {model!r} is not a model name")
         if not isinstance(versions, list) or not versions:
@@ -182,7 +196,7 @@ def _models(raw: Any, where: str, stored: bool = False) -> dict[str, Versions]:
             here = f"{where}: models.{model}[{i}]"
             if not isinstance(v, dict):
                 raise CatalogError(f"{here}: expected a mapping")
-            start = _when(v.get("effective_from"), f"{here}.effective_from", stored)
+            start = version_start(v.get("effective_from"), f"{here}.effective_from", stored)
             if start in seen:
                 raise CatalogError(f"{here}: two versions take effect at {start.isoformat()}")
             seen.add(start)
@@ -209,7 +223,8 @@ def parse_document(raw: Any, where: str = "catalog", stored: bool = False) -> Ca
         else None
     )
     aliases = _aliases(raw.get("aliases", {}), where, stored)
-    return CatalogDocument(fallback, _models(raw.get("models", {}), where, stored), aliases)
+    models = _models(raw.get("models", {}), where, stored)
+    return CatalogDocument(fallback, models, aliases, where)
 
 
 def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
@@ -223,75 +238,11 @@ def parse_yaml(text: str, where: str = "catalog") -> CatalogDocument:
     return parse_document(raw, where)
 
 
-# A price in a CSV cell: ASCII digits, as YAML reads an integer. int() alone also takes
-# "١٢٣" (Arabic-Indic digits), "1_000" and " +5", none of which a spreadsheet writes for
-# a price, and a "1.5" is a price in another unit (credits, not micro-credits).
-_CSV_INT = re.compile(r"-?[0-9]+")
-
-
-def _csv_number(text: str, where: str) -> int | LongNumber:
-    """A CSV cell's price as the YAML path would read it (its bounds are checked with
-    the YAML path's, token_prices); CatalogError quoting the cell for anything else."""
-    if not _CSV_INT.fullmatch(text):
-        raise CatalogError(
-            f"{where}: not a whole number of micro-credits per million tokens (ASCII digits "
-            f"0-9 only): {shown(text)}"
-        )
-    if len(text) > LongNumber.MAX_DIGITS:  # int() refuses past 4300 digits; no price is so long
-        raise CatalogError(f"{where}: {price_problem(LongNumber(text))}")
-    return int(text)
-
-
 def parse_csv(text: str, where: str = "catalog") -> CatalogDocument:
-    """One price version a row under the header `model,effective_from,input,cached_input,
-    cache_write,output,reasoning` and optionally `cache_write_1h,audio_input,audio_output`
-    (all but input, cached_input and output may be empty: their defaults, token_prices);
-    the model `*` is the fallback, without effective_from."""
-    # A spreadsheet's "CSV UTF-8" starts with a byte-order mark, which would become part
-    # of the first column's name ("header lacks model" for a header that shows one).
-    text = text.removeprefix("\ufeff").strip()
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        rows = list(reader)
-    except csv.Error as exc:  # a field past csv's size limit, a stray quote, ...
-        raise CatalogError(f"{where}: after line {reader.line_num}: not CSV: {exc}") from None
-    if not rows:
-        raise CatalogError(f"{where}: no rows under a header")
-    missing = {"model", "effective_from", "input", "cached_input", "output"} - set(rows[0])
-    if missing:
-        header = text.split("\n", 1)[0]
-        hint = next((f" (separated by {sep!r}? use commas)" for sep in ";\t|" if sep in header),
-                    "")  # fmt: skip
-        raise CatalogError(f"{where}: header lacks column(s) {sorted(missing)}{hint}")
-    raw: dict[str, Any] = {}
-    models: dict[str, list[dict[str, Any]]] = {}
-    for n, row in enumerate(rows, start=2):
-        here = f"{where}: line {n}"
-        if None in row:
-            raise CatalogError(f"{here}: more fields than the header has")
-        prices: dict[str, Any] = {}
-        for cls in TOKEN_CLASSES:
-            text_value = (row.get(cls) or "").strip()
-            if text_value:
-                prices[cls] = _csv_number(text_value, f"{here}.{cls}")
-        model = (row.get("model") or "").strip()
-        if model == FALLBACK_ROW:
-            if "fallback" in raw:
-                raise CatalogError(f"{here}: a second fallback row")
-            if (row.get("effective_from") or "").strip():
-                # as YAML's `fallback:` refuses it (token_prices.parse_price)
-                raise CatalogError(
-                    f"{here}.effective_from: the fallback row ({FALLBACK_ROW}) has one price "
-                    "for every time; leave effective_from empty"
-                )
-            raw["fallback"] = prices
-        else:
-            models.setdefault(model, []).append(
-                {"effective_from": (row.get("effective_from") or "").strip(), **prices}
-            )
-    if models:
-        raw["models"] = models
-    return parse_document(raw, where)
+    """The catalog document CSV `text` writes (services.metering.catalog_csv)."""
+    from services.metering.catalog_csv import parse_csv as parse  # it imports this module
+
+    return parse(text, where)
 
 
 class PriceCatalog:

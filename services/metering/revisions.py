@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,15 +17,16 @@ from datetime import datetime
 from enum import StrEnum
 
 from quartermaster.validation import text_problem
+from services.metering.catalog_csv import parse_csv, refuse_yaml_only_losses
 from services.metering.pricing import (
     CatalogDocument,
     CatalogError,
     Price,
     PriceCatalog,
     alias_problems,
-    parse_csv,
     parse_yaml,
 )
+from services.metering.token_prices import TOKEN_CLASSES
 
 MAX_DOCUMENT = 4 * 1024 * 1024  # characters
 MAX_SOURCE = 1024  # characters of a load's `source` (a file name)
@@ -130,7 +132,8 @@ def history_page(
 def _flat(p: Price, prefix: str = "") -> dict[str, int]:
     """A price's classes, its long-context tier's as `long_context.<class>` and its
     service tiers' as `service_tiers.<tier>.<class>`."""
-    out = {f"{prefix}{k}": v for k, v in p.classes().items()}
+    # every class, those left at their default too: a line tells every price charged
+    out = {f"{prefix}{k}": getattr(p, k) for k in TOKEN_CLASSES}
     if p.long_context is not None:
         out[f"{prefix}long_context.above_input_tokens"] = p.long_context_above
         out.update(_flat(p.long_context, f"{prefix}long_context."))
@@ -153,9 +156,11 @@ def _price_diff(a: Price, b: Price) -> str:
 
 
 def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> PriceCatalog:
-    """The catalog after loading `doc` on top of `old` (or instead of it)."""
+    """The catalog after loading `doc` on top of `old` (or instead of it). A CSV `doc`
+    that would remove prices or aliases only YAML writes is refused, naming them,
+    unless its `drop_yaml_only` is set (catalog_csv.yaml_only_losses)."""
     if replace or old is None:
-        where = "document" if replace else "document (the first catalog)"
+        where = doc.where if replace else f"{doc.where} (the first catalog)"
         new = PriceCatalog.whole(doc, where)
     else:
         models = {m: list(v) for m, v in old.models.items()}
@@ -167,10 +172,12 @@ def merge(old: PriceCatalog | None, doc: CatalogDocument, replace: bool) -> Pric
         try:
             new = PriceCatalog(models, doc.fallback or old.fallback, aliases)
         except CatalogError as exc:
-            raise CatalogError(f"document: {exc}") from None
+            raise CatalogError(f"{doc.where}: {exc}") from None
     problems = alias_problems(new.models, new.aliases)
     if problems:
-        raise CatalogError("document: " + "; ".join(problems))
+        raise CatalogError(f"{doc.where}: " + "; ".join(problems))
+    if old is not None and doc.from_csv and not doc.drop_yaml_only:
+        refuse_yaml_only_losses(old, new, doc)
     return new
 
 
@@ -230,6 +237,7 @@ class PriceLoad:
     source: str = ""
     replace: bool = False
     dry_run: bool = False
+    drop_yaml_only: bool = False  # a CSV load may remove what only YAML writes
 
     def problems(self) -> list[str]:
         """Every bad field, each as `field: why` (empty when the load may go ahead)."""
@@ -252,4 +260,5 @@ class PriceLoad:
         whatever the load would refuse, the dry run refuses. CPU-bound (seconds for a
         4 MB document): the servicer runs it in a thread."""
         assert self.format is not None
-        return _PARSERS[self.format](self.document, self.source or "document")
+        doc = _PARSERS[self.format](self.document, self.source or "document")
+        return dataclasses.replace(doc, drop_yaml_only=self.drop_yaml_only)

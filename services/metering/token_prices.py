@@ -234,9 +234,15 @@ def parse_price(raw: Any, where: str, kind: str = "version", stored: bool = Fals
                        long_context=replace(long, long_context_above=0))  # fmt: skip
     tiers = raw.get("service_tiers")
     if tiers is not None:
-        if not isinstance(tiers, dict) or not set(tiers) <= set(SERVICE_TIERS.values()):
-            names = ", ".join(SERVICE_TIERS.values())
+        names = ", ".join(SERVICE_TIERS.values())
+        if not isinstance(tiers, dict):
             raise CatalogError(f"{where}.service_tiers: expected a mapping of {names} to prices")
+        unknown_tiers = sorted(str(t)[:40] for t in set(tiers) - set(SERVICE_TIERS.values()))
+        if unknown_tiers:
+            raise CatalogError(
+                f"{where}.service_tiers: unknown tier(s) {unknown_tiers}: the tiers are {names} "
+                "(lower case); the version's own prices are the standard tier's"
+            )
         base = replace(base, service_tiers=tuple(
             (name, parse_price(tiers[name], f"{where}.service_tiers.{name}", "service_tier",
                                stored))

@@ -144,7 +144,7 @@ HOSTILE = [
         ("model,effective_from,input,cached_input,output\n"
          "*,,1,0,1000000000001\n",
          prices_pb2.CATALOG_FORMAT_CSV,
-         "p: fallback.output: expected a whole number >= 0 and <= 1000000000000"),
+         "p: line 2.output: expected a whole number >= 0 and <= 1000000000000"),
         # Said "Exceeds the limit (4300 digits)", naming no field.
         ("fallback: {input: " + "9" * 5000 + "}", prices_pb2.CATALOG_FORMAT_YAML,
          "p: fallback.input: expected a whole number >= 0 and <= 1000000000000 (micro-credits"
@@ -203,12 +203,12 @@ BREAKER = [
     (f'models:\n  m: [{VERSION}]\naliases:\n  "m\\ud800": m\n', prices_pb2.CATALOG_FORMAT_YAML,
      "p: aliases: 'm\\ud800' is not a name: must be valid Unicode"),
     (f"{CSV_HEADER}*,,2,1,3\nm\0,2026-01-01T00:00:00Z,2,1,3\n", prices_pb2.CATALOG_FORMAT_CSV,
-     "p: models: 'm\\x00' is not a name: must not contain NUL"),
+     "p: line 3.model: 'm\\x00' is not a name: must not contain NUL"),
     # INTERNAL downstream (date arithmetic past year 9999); now years 2000 to 2200.
     (f"models:\n  m: [{VERSION.replace('2026', '9999')}]\n", prices_pb2.CATALOG_FORMAT_YAML,
      "p: models.m[0].effective_from: 9999-01-01T00:00:00+00:00 is outside years 2000 to 2200"),
     (f"{CSV_HEADER}m,1999-12-31T23:59:59Z,2,1,3\n", prices_pb2.CATALOG_FORMAT_CSV,
-     "p: models.m[0].effective_from: 1999-12-31T23:59:59+00:00 is outside years 2000 to 2200"),
+     "p: line 2.effective_from: 1999-12-31T23:59:59+00:00 is outside years 2000 to 2200"),
     # Said "year 0 is out of range", naming no field.
     ("models:\n  m: [{effective_from: 0000-01-01T00:00:00Z, input: 2, cached_input: 1, "
      "output: 3}]\n", prices_pb2.CATALOG_FORMAT_YAML,
@@ -237,7 +237,7 @@ BREAKER = [
      "p: fallback.effective_from: the fallback has one price for every time"),
     # A cached read priced above input (columns swapped), in both formats alike.
     (f"{CSV_HEADER}*,,2,1,3\nm,2026-01-01T00:00:00Z,1,2,3\n", prices_pb2.CATALOG_FORMAT_CSV,
-     "p: models.m[0].cached_input: 2 is more than input 1"),
+     "p: line 3.cached_input: 2 is more than input 1"),
     (f"models:\n  m: [{VERSION.replace('input: 2', 'input: 0')}]\n",
      prices_pb2.CATALOG_FORMAT_YAML, "p: models.m[0].cached_input: 1 is more than input 0"),
     ("fallback: {input: 2, cached_input: 1, output: 3, service_tiers: {batch: {input: 1, "
@@ -324,3 +324,60 @@ async def test_a_stored_threshold_past_int64_is_still_listed_and_traced(
     assert listed.prices[0].long_context_above_input_tokens == 2**63 - 1
     history = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model="m"), metadata=ADMIN)
     assert history.versions[0].long_context.input == 4
+
+
+async def test_ids_resolve_in_history_as_in_listings_and_every_version_is_listed(
+    stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub, catalogs: FakeCatalogs
+) -> None:
+    """Issue 13: `prices history gpt-5-2025-08-07` was NOT_FOUND "was never priced" while
+    its events are priced as gpt-5 and ListPrices resolved it."""
+    yaml_doc = (
+        "fallback: {input: 2, cached_input: 1, output: 3}\n"
+        "models:\n  gpt-5:\n"
+        "    - {effective_from: '2025-08-07T00:00:00Z', input: 2, cached_input: 1, output: 3}\n"
+        "    - {effective_from: '2026-01-01T00:00:00Z', input: 4, cached_input: 1, output: 3}\n"
+    )
+    whole = prices_pb2.LoadPricesRequest(
+        document=yaml_doc, format=prices_pb2.CATALOG_FORMAT_YAML, replace=True
+    )
+    await stub.LoadPrices(whole, metadata=ADMIN)
+    history = await stub.PriceHistory(prices_pb2.PriceHistoryRequest(model="gpt-5-2025-08-07"))
+    assert history.model == "gpt-5"
+    assert [p.input for p in history.versions] == [2, 4]
+    assert len(history.revisions) == 1
+    listed = await stub.ListPrices(prices_pb2.ListPricesRequest(models=["openai/gpt-5", "gpt-5"]))
+    assert dict(listed.resolved) == {"openai/gpt-5": "gpt-5"}
+    every = await stub.ListPrices(prices_pb2.ListPricesRequest(every_version=True))
+    assert [(p.model, p.input) for p in every.prices] == [("gpt-5", 2), ("gpt-5", 4)]
+    both = prices_pb2.ListPricesRequest(every_version=True)
+    both.at.FromDatetime(T0)
+    assert await refusal(stub.ListPrices(both)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at: not with every_version (every version is listed, whenever in force)",
+    )
+
+
+async def test_a_csv_load_removing_tiers_is_refused_unless_asked(
+    stub: prices_pb2_grpc.PriceCatalogServiceAsyncStub, catalogs: FakeCatalogs
+) -> None:
+    tiered = (
+        "fallback: {input: 2, cached_input: 1, output: 3}\n"
+        "models:\n  gpt-5:\n    - {effective_from: '2025-08-07T00:00:00Z', input: 2, "
+        "cached_input: 1, output: 3, service_tiers: {batch: {input: 1, cached_input: 1, "
+        "output: 1}}}\n"
+    )
+    whole = prices_pb2.LoadPricesRequest(
+        document=tiered, format=prices_pb2.CATALOG_FORMAT_YAML, replace=True
+    )
+    await stub.LoadPrices(whole, metadata=ADMIN)
+    csv = "model,effective_from,input,cached_input,output\ngpt-5,2025-08-07T00:00:00Z,2,1,3\n"
+    request = prices_pb2.LoadPricesRequest(document=csv, format=prices_pb2.CATALOG_FORMAT_CSV,
+                                           source="list.csv", dry_run=True)  # fmt: skip
+    code, details = await refusal(stub.LoadPrices(request, metadata=ADMIN))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("list.csv: this CSV load would remove prices and aliases CSV "
+                              "cannot write"), details  # fmt: skip
+    assert "gpt-5 version from 2025-08-07T00:00:00+00:00: service_tiers.batch." in details
+    request.drop_yaml_only = True
+    dry = await stub.LoadPrices(request, metadata=ADMIN)
+    assert "service_tiers.batch.input 1 -> (none)" in dry.changes[0]

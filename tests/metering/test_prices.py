@@ -110,8 +110,9 @@ async def test_a_load_is_a_new_revision_listed_by_time_with_its_history(
     assert (dry.revision, dry.dry_run) == (before, True)
     assert dry.changes == [
         f"{model}: new version from 2026-01-01T00:00:00+00:00: input 1000000, cached_input"
-        " 100000, output 4000000, reasoning 4000000, cache_write 1000000 (already in force:"
-        " it prices events counted from now on, not those counted before)"
+        " 100000, output 4000000, reasoning 4000000, cache_write 1000000, cache_write_1h"
+        " 1000000, audio_input 1000000, audio_output 4000000 (already in force: it prices"
+        " events counted from now on, not those counted before)"
     ]
     first = await stub.LoadPrices(load(doc), metadata=ADMIN)
     assert first.revision > before
@@ -126,8 +127,9 @@ async def test_a_load_is_a_new_revision_listed_by_time_with_its_history(
     assert second.changes[0] == (
         f"{model}: version from 2026-01-01T00:00:00+00:00: input 1000000 -> 1200000, "
         "cached_input 100000 -> 120000, output 4000000 -> 4800000, reasoning 4000000 -> "
-        "4800000, cache_write 1000000 -> 1200000 (already in force: it prices events counted"
-        " from now on, not those counted before)"
+        "4800000, cache_write 1000000 -> 1200000, cache_write_1h 1000000 -> 1200000, "
+        "audio_input 1000000 -> 1200000, audio_output 4000000 -> 4800000 (already in force: "
+        "it prices events counted from now on, not those counted before)"
     )
     assert second.changes[1].startswith(f"{model}: new version from 2026-06-01T00:00:00+00:00")
 

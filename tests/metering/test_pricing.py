@@ -154,7 +154,12 @@ def test_a_csv_catalog_is_the_same_catalog_as_its_yaml(tmp_path: Path) -> None:
         (CSV.replace("1000000,100000", "1000000,lots"), "line 3.cached_input: not a whole number"),
         (CSV + "*,,1,1,,1,\n", "line 5: a second fallback row"),
         (CSV + "m,2026-02-01T00:00:00Z,1,1,,1,,9\n", "line 5: more fields than the header"),
-        (CSV.replace("m,2026-06-01", "m,2026-01-01"), "two versions take effect"),
+        # the line, not models.m[1] (issue 13)
+        (
+            CSV.replace("m,2026-06-01", "m,2026-01-01"),
+            "prices.csv: line 4: a second m version from 2026-01-01T00:00:00+00:00 (the first on "
+            "line 3): keep one",
+        ),
     ],
 )
 def test_bad_csv_catalogs_name_the_line(text: str, message: str) -> None:
@@ -200,7 +205,7 @@ def test_a_tier_survives_storage_and_loads_and_is_told_in_the_changes() -> None:
     assert lines == [
         "s: version from 2026-01-01T00:00:00+00:00: long_context.above_input_tokens 200000"
         " -> 128000, long_context.cached_input 600000 -> 1, long_context.output 22500000 -> 1,"
-        " long_context.reasoning 22500000 -> 1"
+        " long_context.reasoning 22500000 -> 1, long_context.audio_output 22500000 -> 1"
         " (already in force: it prices events counted from now on, not those counted before)"
     ]
 
@@ -252,7 +257,14 @@ def test_service_tiers_and_the_newer_classes_are_read_stored_and_told() -> None:
 
 
 @pytest.mark.parametrize(("tiers", "named"), [
-    ({"scale": {"input": 1, "cached_input": 1, "output": 1}}, "expected a mapping of batch"),
+    ({"scale": {"input": 1, "cached_input": 1, "output": 1}},
+     "models.m[0].service_tiers: unknown tier(s) ['scale']: the tiers are batch, flex, priority"),
+    # issue 13: the bad key is named
+    ({"Batch": {"input": 1, "cached_input": 1, "output": 1}}, "unknown tier(s) ['Batch']"),
+    ({"standard": {"input": 1, "cached_input": 1, "output": 1}},
+     "unknown tier(s) ['standard']: the tiers are batch, flex, priority (lower case); the "
+     "version's own prices are the standard tier's"),
+    ([1], "service_tiers: expected a mapping of batch, flex, priority to prices"),
     ({"batch": {"input": 1, "cached_input": 1, "output": 1, "service_tiers": {}}},
      "service_tiers.batch: unknown token class(es) ['service_tiers']"),
     ({"batch": {"input": -1, "cached_input": 1, "output": 1}}, "service_tiers.batch.input"),
