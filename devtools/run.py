@@ -121,10 +121,6 @@ LOCAL_METRICS = {"QM_POLICY_METRICS_ADDR": 9465, "QM_REQUESTS_METRICS_ADDR": 946
                  "QM_USAGE_API_METRICS_ADDR": 9468, "QM_NOTIFIER_METRICS_ADDR": 9467}  # fmt: skip
 
 
-class PortsTaken(Exception):
-    """A port make run needs is in use: str() says which, and the setting moving it."""
-
-
 def _planned_env() -> dict[str, str]:
     """The children's environment as far as their listening addresses go (before the
     infrastructure is up: its own addresses are in `_local_ports`)."""
@@ -276,17 +272,9 @@ async def _until_first_exit(work: Awaitable[object], children: list[ChildProcess
 async def _main(dev: DevSettings, policy: PolicySettings) -> None:
     """Runs until cancelled (Ctrl-C) or until a service dies (ServiceDied); every
     `finally` on the way out stops what it started."""
-    busy = taken(listening(_planned_env(), _local_ports(dev)))
-    if busy:
-        raise PortsTaken(busy)
     say("Quartermaster: starting PostgreSQL and the Kafka-protocol broker ...")
-    with open_infra(
-        dev.run_dir,
-        pg_port=dev.local_pg_port,
-        broker_port=dev.local_broker_port,
-        durable=True,
-        partitions=policy.topic_partitions,
-    ) as infra:
+    with open_infra(dev.run_dir, pg_port=dev.local_pg_port, broker_port=dev.local_broker_port,
+                    durable=True, partitions=policy.topic_partitions) as infra:  # fmt: skip
         say(f"  kafka     {infra.kafka_bootstrap} ({infra.kafka_origin})")
         say(f"  postgres  {mask_url(infra.database_url)} ({infra.database_origin})")
         await _seed(policy.workspace_id, dev.demo_limit_credits, infra.database_url)
@@ -364,6 +352,10 @@ def main() -> None:
     services = [cls for _, cls in settings_classes()]
     dev = load_or_exit(DevSettings, "make run", *services)
     policy = PolicySettings.from_env()  # valid: checked just above
+    busy = taken(listening(_planned_env(), _local_ports(dev)))
+    if busy:  # before anything starts: nothing to stop
+        sys.stderr.write(f"{busy}\n")
+        sys.exit(1)
     telemetry.setup("devstack", "WARNING")
 
     async def runner() -> int:
@@ -376,9 +368,6 @@ def main() -> None:
             await _main(dev, policy)
         except asyncio.CancelledError:
             pass
-        except PortsTaken as exc:
-            sys.stderr.write(f"{exc}\n")
-            return 1
         except ServiceDied:
             say("Stopped everything, as a part of the system had died: fix what its log "
                 "says, then `make run` again.")  # fmt: skip

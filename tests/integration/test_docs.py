@@ -96,7 +96,7 @@ COMMANDS: dict[str, Runner] = {
     "make bench-rpc-metrics": BENCH_SMOKE,
     "make bench-ingest": BENCH_SMOKE,
     f"{PY} -m pytest tests/platform/test_periods.py": Offline(),
-    f"{PY} -c 'import secrets": Offline(),
+    f"{PY} -m quartermaster.tokens": Offline(),
     f"{PY} -m quartermaster.kafka ensure-topics": Session(),
     'printf \'{"eventId": "%s"': Session(),  # piped to the reporter CLI
     "curl -s -X POST http://127.0.0.1:8094/v1/usage": Session(),

@@ -180,6 +180,13 @@ def _credit_request_story(
     ], 60, after_allow)  # fmt: skip
 
 
+def _says_the_zone_and_no_librdkafka_info(text: str) -> None:
+    """The workspace's time zone is said; librdkafka's informational lines (BGQUEUE as a
+    client closes) stay out of the console: its clients log from warnings up."""
+    assert not re.search(r"^%[5-7]\|", text, re.MULTILINE), text[:3000]
+    assert "seeded workspace 'default' (time zone UTC: its days and months" in text
+
+
 def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
     run_dir = ROOT / ".run" / f"make-run-test-{os.getpid()}"
     ports = _ports()
@@ -226,9 +233,7 @@ def test_make_run_comes_up_flips_a_decision_and_stops_on_ctrl_c() -> None:
         assert "Most of it: product agents (" in page, page[-3000:]
         # The ingest's line, with the reporter token make run made: it takes an event.
         url = f"http://127.0.0.1:{ports['ingest']}/v1/usage"
-        # librdkafka's informational lines stay out of the console (it logs from warnings).
-        assert not re.search(r"^%[5-7]\|", text, re.MULTILINE), text[:3000]
-        assert "seeded workspace 'default' (time zone UTC: its days and months" in text
+        _says_the_zone_and_no_librdkafka_info(text)
         said = re.search(rf"--http {re.escape(url)} --token=(\S{{16,}}) < events.jsonl", text)
         assert said, text[:3000]
         event = {
