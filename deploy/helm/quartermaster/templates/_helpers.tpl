@@ -140,3 +140,29 @@ true
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+
+{{/* The hook Jobs' settings: QM_KAFKA_BOOTSTRAP and every non-empty settings.QM_KAFKA_*
+(security protocol, SASL mechanism and user, SSL files) and QM_LOG_LEVEL, as the
+services get them from the ConfigMap, which a pre-install hook can't read. A variable
+the Job's secretEnv maps (a username of its own, say) is left to the Secret. */}}
+{{- define "qm.hookEnv" -}}
+{{- $mapped := include "qm.secretVars" (dict "secretEnv" .secretEnv) | fromJsonArray -}}
+- name: QM_KAFKA_BOOTSTRAP
+  value: {{ .root.Values.kafka.bootstrap | quote }}
+{{- range $env, $value := .root.Values.settings }}
+{{- if and (or (hasPrefix "QM_KAFKA_" $env) (eq $env "QM_LOG_LEVEL")) (ne (toString $value) "") (not (has $env $mapped)) }}
+- name: {{ $env }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Refusals of the hook Jobs' values, each naming the value to change. */}}
+{{- define "qm.hookChecks" -}}
+{{- $protocol := toString (.Values.settings.QM_KAFKA_SECURITY_PROTOCOL | default "") -}}
+{{- $mapped := include "qm.secretVars" (dict "secretEnv" .Values.topics.secretEnv) | fromJsonArray -}}
+{{- if and .Values.topics.create (hasPrefix "SASL_" $protocol) (not (has "QM_KAFKA_SASL_PASSWORD" $mapped)) -}}
+{{- fail (printf "topics.secretEnv: with settings.QM_KAFKA_SECURITY_PROTOCOL=%s the topics Job needs QM_KAFKA_SASL_PASSWORD of a Kafka user allowed to create topics: map it ({env: QM_KAFKA_SASL_PASSWORD, secretKey: ...}), or set topics.create: false and create them yourself" $protocol) -}}
+{{- end -}}
+{{- end -}}
