@@ -154,8 +154,8 @@ def test_pdb_and_network_policy_per_service(case: tuple[str, list[dict[str, Any]
         # through; networkPolicy.probesFrom adds others: test_chart_services.py).
         ports = [p["containerPort"] for p in _containers(deploy)[0]["ports"]
                  if p["name"] != "health"]  # fmt: skip
-        taken = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
-        assert sorted(taken) == sorted(ports), name
+        taken = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert taken == set(ports), name  # who, on each: test_chart_network.py
         assert all(p["protocol"] == "TCP" for r in policy["spec"]["ingress"] for p in r["ports"])
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         if name.endswith("ingest"):  # only the broker: no PostgreSQL, no other service

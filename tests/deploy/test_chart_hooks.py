@@ -20,8 +20,8 @@ def _jobs(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    return container
+    containers: list[dict[str, Any]] = job["spec"]["template"]["spec"]["containers"]
+    return containers[0]
 
 
 def test_the_topics_job_connects_with_the_production_sasl_settings() -> None:

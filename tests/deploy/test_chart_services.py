@@ -92,7 +92,7 @@ def test_the_slack_interactivity_endpoint_is_a_service_port_of_its_own() -> None
     assert clicks["ports"] == [{"port": 8093, "protocol": "TCP"}]
     nginx = {"kubernetes.io/metadata.name": "ingress-nginx"}
     assert clicks["from"] == [{"namespaceSelector": {"matchLabels": nginx}}]
-    assert metrics["from"] == load_values(PRODUCTION)["networkPolicy"]["ingressFrom"]
+    assert metrics["from"] == load_values(PRODUCTION)["networkPolicy"]["metricsFrom"]
 
 
 def test_the_ingest_over_https_is_probed_and_scraped_over_https() -> None:
