@@ -78,6 +78,21 @@ NOT_GIVEN = {
 }
 
 
+def load_values(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+# The values every Deployment-wide test renders: the defaults, an external database
+# with every credential from Secrets, and the production example.
+CASES = {
+    "default": {},
+    "external-db": load_values(VALUES / "external-db.yaml"),
+    "production": load_values(PRODUCTION),
+}
+
+
 def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:
     """The variable a settings field is read from."""
     if isinstance(info.validation_alias, str):
@@ -109,12 +124,6 @@ def service_settings() -> Iterator[tuple[str, str]]:
         assert service in PROCESSES, f"{service}: neither deployed by the chart nor NOT_IN_CHART"
         for field, info in cls.model_fields.items():
             yield service, env_name(cls, field, info)
-
-
-def load_values(path: Path) -> dict[str, Any]:
-    loaded = yaml.safe_load(path.read_text())
-    assert isinstance(loaded, dict)
-    return loaded
 
 
 @cache

@@ -103,10 +103,52 @@ httpGet:
 {{- end -}}
 
 {{/* Whether a service's HTTP port speaks HTTPS: `port.tls` (the ingest) with
-settings.QM_TLS_CERT_FILE set. "true" or "". */}}
+tls.enabled (which sets QM_TLS_CERT_FILE). "true" or "". */}}
 {{- define "qm.https" -}}
-{{- if and .svc.port.tls (ne (toString (.root.Values.settings.QM_TLS_CERT_FILE | default "")) "") -}}
+{{- if and .svc.port.tls .root.Values.tls.enabled -}}
 true
+{{- end -}}
+{{- end -}}
+
+{{/* The TLS settings the chart owns, as YAML: with tls.enabled every server serves
+the mounted certificate and key and every client trusts the mounted CA (a server with
+TLS and clients in plaintext would refuse each other); off, empty. */}}
+{{- define "qm.tlsSettings" -}}
+{{- $tls := .Values.tls -}}
+{{- $dir := trimSuffix "/" $tls.mountPath -}}
+QM_TLS_CERT_FILE: {{ ternary (printf "%s/%s" $dir $tls.certKey) "" $tls.enabled | quote }}
+QM_TLS_KEY_FILE: {{ ternary (printf "%s/%s" $dir $tls.keyKey) "" $tls.enabled | quote }}
+QM_TLS_CA_FILE: {{ ternary (printf "%s/%s" $dir $tls.caKey) "" $tls.enabled | quote }}
+{{- end -}}
+
+{{/* Refusals of TLS settings that would not work: the files exist only with
+tls.enabled and only under tls.mountPath; the chart sets the server's own files. */}}
+{{- define "qm.tlsChecks" -}}
+{{- $tls := .Values.tls -}}
+{{- $settings := .Values.settings -}}
+{{- range $env := list "QM_TLS_CERT_FILE" "QM_TLS_KEY_FILE" "QM_TLS_CA_FILE" -}}
+{{- if ne (toString (get $settings $env | default "")) "" -}}
+{{- fail (printf "settings.%s: the chart sets it from tls (tls.enabled: true mounts tls.existingSecret at tls.mountPath and points QM_TLS_CERT_FILE, QM_TLS_KEY_FILE and QM_TLS_CA_FILE at its keys tls.certKey, tls.keyKey, tls.caKey); leave it empty" $env) -}}
+{{- end -}}
+{{- end -}}
+{{- $set := dict -}}
+{{- range $env := list "QM_TLS_CLIENT_CA_FILE" "QM_TLS_CLIENT_CERT_FILE" "QM_TLS_CLIENT_KEY_FILE" "QM_TLS_SERVER_NAME" -}}
+{{- $value := toString (get $settings $env | default "") -}}
+{{- if ne $value "" -}}
+{{- $_ := set $set $env $value -}}
+{{- if not $tls.enabled -}}
+{{- fail (printf "settings.%s: TLS settings work only with tls.enabled: true (the chart then mounts the files and turns TLS on for every server and client)" $env) -}}
+{{- end -}}
+{{- if and (ne $env "QM_TLS_SERVER_NAME") (not (hasPrefix (printf "%s/" (trimSuffix "/" $tls.mountPath)) $value)) -}}
+{{- fail (printf "settings.%s: %s is not under tls.mountPath (%s), the only files the chart mounts" $env $value $tls.mountPath) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (hasKey $set "QM_TLS_CLIENT_CERT_FILE") (hasKey $set "QM_TLS_CLIENT_KEY_FILE") -}}
+{{- fail "settings.QM_TLS_CLIENT_CERT_FILE and QM_TLS_CLIENT_KEY_FILE: set both (a client certificate without its key, or a key without its certificate, stops every process at start)" -}}
+{{- end -}}
+{{- if and (hasKey $set "QM_TLS_CLIENT_CA_FILE") (not (hasKey $set "QM_TLS_CLIENT_CERT_FILE")) -}}
+{{- fail "settings.QM_TLS_CLIENT_CA_FILE: with mutual TLS every server refuses clients without a certificate, the release's own too (the Cost API, requests and the notifier call policy, the Cost API and requests): set QM_TLS_CLIENT_CERT_FILE and QM_TLS_CLIENT_KEY_FILE as well" -}}
 {{- end -}}
 {{- end -}}
 
