@@ -168,6 +168,15 @@ tls.enabled and only under tls.mountPath; the chart sets the server's own files.
 {{- if and (include "qm.https" .) (ne (toString ($settings.QM_TLS_CLIENT_CA_FILE | default "")) "") -}}
 {{- fail (printf "services.%s: with settings.QM_TLS_CLIENT_CA_FILE the %s asks every client for a certificate, and the kubelet's probes have none: every replica would stay unready. Terminate mutual TLS in front of it (an Ingress or mesh) or disable the service" $component $component) -}}
 {{- end -}}
+{{- /* A service with callers (its port is not metrics alone: the gRPC services, the
+ingest) refuses every call but health without QM_TOKENS: a release that answers
+nobody is refused here rather than found by its first caller. */ -}}
+{{- if and (ne $svc.port.name "metrics") (not (has "QM_TOKENS" $secrets)) -}}
+{{- fail (printf "services.%s: no QM_TOKENS in services.%s.secretEnv, so it would refuse every call (401/UNAUTHENTICATED). Map the Secret's token list ({env: QM_TOKENS, secretKey: tokens}: name:role[+role]:token,..., docs/security.md), or set services.%s.enabled: false" $component $component $component) -}}
+{{- end -}}
+{{- if and (eq $component "requests") (not (has "QM_REQUESTS_CLIENT_TOKEN" $secrets)) -}}
+{{- fail "services.requests: no QM_REQUESTS_CLIENT_TOKEN in services.requests.secretEnv: policy and the Cost API would refuse its calls, so every request would fail. Map a reader token of their QM_TOKENS ({env: QM_REQUESTS_CLIENT_TOKEN, secretKey: directory-token})" -}}
+{{- end -}}
 {{- if eq $component "notifier" -}}
 {{- if and (not (has "QM_NOTIFIER_SLACK_BOT_TOKEN" $secrets)) (eq (toString ($settings.QM_NOTIFIER_SLACK_BASE_URL | default "")) "") -}}
 {{- fail "services.notifier: the notifier can't start without QM_NOTIFIER_SLACK_BOT_TOKEN: map it in services.notifier.secretEnv ({env: QM_NOTIFIER_SLACK_BOT_TOKEN, secretKey: ...}), or set services.notifier.enabled: false" -}}
