@@ -169,6 +169,18 @@ def metric_names(exprs: Iterable[str]) -> set[str]:
     return {m for e in exprs for m in METRIC.findall(e)}
 
 
+# Series Prometheus makes itself for every target, which no service serves: `up` (1 when
+# the last scrape worked), what QuartermasterMeteringDown reads.
+PROMETHEUS_SERIES = frozenset({"up"})
+# A series selected with label matchers, as every alert does: `name{...}`.
+SELECTED = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+
+
+def series_names(exprs: Iterable[str]) -> set[str]:
+    """Every series the PromQL `exprs` select with matchers, qm_* or not."""
+    return {m for e in exprs for m in SELECTED.findall(e)}
+
+
 def settings_configmap(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The one ConfigMap of settings (the dashboard's is another)."""
     (found,) = [d for n, d in by_kind(docs, "ConfigMap").items() if n.endswith("-settings")]

@@ -310,7 +310,7 @@ def test_alerts_and_dashboard_read_only_series_the_services_serve() -> None:
         "QuartermasterNotServing", "QuartermasterRpcErrors", "QuartermasterPolicySlow",
         "QuartermasterMeteringLagGrowing", "QuartermasterDlqRate", "QuartermasterNoisySource",
         "QuartermasterNotifierDeliveriesFailing", "QuartermasterNotifierBacklogGrowing",
-        "QuartermasterIngestRefusing",
+        "QuartermasterIngestRefusing", "QuartermasterMeteringDown",
     }  # fmt: skip
     operations = (ROOT / "docs" / "operations.md").read_text()
     for rule in rules:
