@@ -33,7 +33,7 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 
 {{- define "qm.image" -}}
 {{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
-{{- if eq $tag "latest" -}}
+{{- if eq (lower (toString $tag)) "latest" -}}
 {{- fail "image.tag: 'latest' moves under a running release (pods restarted later get other code); give a release tag or image.digest" -}}
 {{- end -}}
 {{- if .Values.image.digest -}}
@@ -171,6 +171,11 @@ tls.enabled and only under tls.mountPath; the chart sets the server's own files.
 {{- /* A service with callers (its port is not metrics alone: the gRPC services, the
 ingest) refuses every call but health without QM_TOKENS: a release that answers
 nobody is refused here rather than found by its first caller. */ -}}
+{{- range $env := $secrets -}}
+{{- if has $env (include "qm.chartOwned" $.root | fromJsonArray) -}}
+{{- fail (printf "services.%s.secretEnv: %s is set by the chart (an address, a port, the broker, the database URL, the partitions or a TLS file, from structured values); a Secret would override it: remove it" $component $env) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (ne $svc.port.name "metrics") (not (has "QM_TOKENS" $secrets)) -}}
 {{- fail (printf "services.%s: no QM_TOKENS in services.%s.secretEnv, so it would refuse every call (401/UNAUTHENTICATED). Map the Secret's token list ({env: QM_TOKENS, secretKey: tokens}: name:role[+role]:token,..., docs/security.md), or set services.%s.enabled: false" $component $component $component) -}}
 {{- end -}}
@@ -216,4 +221,20 @@ the Job's secretEnv maps (a username of its own, say) is left to the Secret. */}
 {{- if and .Values.topics.create (hasPrefix "SASL_" $protocol) (not (has "QM_KAFKA_SASL_PASSWORD" $mapped)) -}}
 {{- fail (printf "topics.secretEnv: with settings.QM_KAFKA_SECURITY_PROTOCOL=%s the topics Job needs QM_KAFKA_SASL_PASSWORD of a Kafka user allowed to create topics: map it ({env: QM_KAFKA_SASL_PASSWORD, secretKey: ...}), or set topics.create: false and create them yourself" $protocol) -}}
 {{- end -}}
+{{- end -}}
+
+
+{{/* The variables the chart sets itself (as a JSON list): the ConfigMap's own keys
+(the broker, the partitions, the services' addresses, the TLS files) and every
+service's listen, metrics, health, data-dir and interactivity variables, and the
+database URL. A secretEnv entry for one would silently override it. */}}
+{{- define "qm.chartOwned" -}}
+{{- $owned := list "QM_KAFKA_BOOTSTRAP" "QM_TOPIC_PARTITIONS" "QM_DATABASE_URL" "QM_DIRECTORY_ADDR" "QM_REQUESTS_POLICY_ADDR" "QM_REQUESTS_USAGE_API_ADDR" "QM_NOTIFIER_USAGE_API_ADDR" "QM_NOTIFIER_REQUESTS_ADDR" "QM_TLS_CERT_FILE" "QM_TLS_KEY_FILE" "QM_TLS_CA_FILE" -}}
+{{- range $svc := .Values.services -}}
+{{- $owned = append $owned $svc.listenEnv -}}
+{{- range $key := list "metrics" "health" "dataDir" "interactivity" -}}
+{{- with (get $svc $key) }}{{ $owned = append $owned .env }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $owned -}}
 {{- end -}}
