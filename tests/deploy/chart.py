@@ -78,6 +78,21 @@ NOT_GIVEN = {
 }
 
 
+def load_values(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+# The values every Deployment-wide test renders: the defaults, an external database
+# with every credential from Secrets, and the production example.
+CASES = {
+    "default": {},
+    "external-db": load_values(VALUES / "external-db.yaml"),
+    "production": load_values(PRODUCTION),
+}
+
+
 def env_name(cls: type[Settings], field: str, info: FieldInfo) -> str:
     """The variable a settings field is read from."""
     if isinstance(info.validation_alias, str):
@@ -109,12 +124,6 @@ def service_settings() -> Iterator[tuple[str, str]]:
         assert service in PROCESSES, f"{service}: neither deployed by the chart nor NOT_IN_CHART"
         for field, info in cls.model_fields.items():
             yield service, env_name(cls, field, info)
-
-
-def load_values(path: Path) -> dict[str, Any]:
-    loaded = yaml.safe_load(path.read_text())
-    assert isinstance(loaded, dict)
-    return loaded
 
 
 @cache
@@ -158,6 +167,18 @@ def monitoring(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[s
 def metric_names(exprs: Iterable[str]) -> set[str]:
     """The qm_* series the PromQL `exprs` read, as a scrape shows them (`_bucket`, `_total`)."""
     return {m for e in exprs for m in METRIC.findall(e)}
+
+
+# Series Prometheus makes itself for every target, which no service serves: `up` (1 when
+# the last scrape worked), what QuartermasterMeteringDown reads.
+PROMETHEUS_SERIES = frozenset({"up"})
+# A series selected with label matchers, as every alert does: `name{...}`.
+SELECTED = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+
+
+def series_names(exprs: Iterable[str]) -> set[str]:
+    """Every series the PromQL `exprs` select with matchers, qm_* or not."""
+    return {m for e in exprs for m in SELECTED.findall(e)}
 
 
 def settings_configmap(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,10 @@ def _containers(deploy: dict[str, Any]) -> list[dict[str, Any]]:
 SLACK = {"env": "QM_NOTIFIER_SLACK_BOT_TOKEN", "secretKey": "slack-bot-token"}
 SIGNING = {"env": "QM_NOTIFIER_SLACK_SIGNING_SECRET", "secretKey": "slack-signing-secret"}
 CLICKS = {"enabled": True, "number": 8093, "env": "QM_NOTIFIER_INTERACTIVITY_ADDR"}
+TLS = {"enabled": True, "existingSecret": "qm-tls"}
+MUTUAL = {"QM_TLS_CLIENT_CA_FILE": "/etc/quartermaster/tls/ca.crt",
+          "QM_TLS_CLIENT_CERT_FILE": "/etc/quartermaster/tls/tls.crt",
+          "QM_TLS_CLIENT_KEY_FILE": "/etc/quartermaster/tls/tls.key"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -48,9 +52,7 @@ CLICKS = {"enabled": True, "number": 8093, "env": "QM_NOTIFIER_INTERACTIVITY_ADD
         ({"topics": {"partitions": 2}, "services": {"notifier": {"replicas": 3}}},
          r"services\.notifier\.replicas \(3\) is more than topics\.partitions \(2\)"),
         # the kubelet's probes have no client certificate
-        ({"settings": {"QM_TLS_CERT_FILE": "/etc/quartermaster/tls/tls.crt",
-                       "QM_TLS_KEY_FILE": "/etc/quartermaster/tls/tls.key",
-                       "QM_TLS_CLIENT_CA_FILE": "/etc/quartermaster/tls/ca.crt"}},
+        ({"tls": TLS, "settings": MUTUAL},
          r"services\.ingest: with settings\.QM_TLS_CLIENT_CA_FILE"),
     ],
 )  # fmt: skip
@@ -92,13 +94,11 @@ def test_the_slack_interactivity_endpoint_is_a_service_port_of_its_own() -> None
     assert clicks["ports"] == [{"port": 8093, "protocol": "TCP"}]
     nginx = {"kubernetes.io/metadata.name": "ingress-nginx"}
     assert clicks["from"] == [{"namespaceSelector": {"matchLabels": nginx}}]
-    assert metrics["from"] == load_values(PRODUCTION)["networkPolicy"]["ingressFrom"]
+    assert metrics["from"] == load_values(PRODUCTION)["networkPolicy"]["metricsFrom"]
 
 
 def test_the_ingest_over_https_is_probed_and_scraped_over_https() -> None:
-    tls = {"QM_TLS_CERT_FILE": "/etc/quartermaster/tls/tls.crt",
-           "QM_TLS_KEY_FILE": "/etc/quartermaster/tls/tls.key"}  # fmt: skip
-    values = {"settings": tls, "podMonitor": {"enabled": True, "tlsConfig": {"serverName": "x"}}}
+    values = {"tls": TLS, "podMonitor": {"enabled": True, "tlsConfig": {"serverName": "x"}}}
     docs = manifests(render(values))
     name = f"{RELEASE}-quartermaster-ingest"
     (container,) = _containers(by_kind(docs, "Deployment")[name])
@@ -124,14 +124,11 @@ def test_every_service_is_scraped_at_its_metrics_port() -> None:
 
 @pytest.mark.suite  # kubernetes-validate: a few seconds
 def test_with_tls_the_grpc_services_are_probed_in_plaintext_on_their_health_port() -> None:
-    """The kubelet's gRPC probes speak no TLS: with QM_TLS_* set (mutual too) every
+    """The kubelet's gRPC probes speak no TLS: with TLS on (mutual too) every
     gRPC probe asks the plaintext health-only port, which only probesFrom opens beyond
     the node (the kubelet's traffic is always let through), and all of it is valid."""
-    tls = {"QM_TLS_CERT_FILE": "/etc/quartermaster/tls/tls.crt",
-           "QM_TLS_KEY_FILE": "/etc/quartermaster/tls/tls.key",
-           "QM_TLS_CLIENT_CA_FILE": "/etc/quartermaster/tls/ca.crt"}  # fmt: skip
     nodes = [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
-    values = {"tls": {"enabled": True, "existingSecret": "qm-tls"}, "settings": tls,
+    values = {"tls": TLS, "settings": MUTUAL,
               "services": {"ingest": {"enabled": False}},  # refused with a client CA
               "networkPolicy": {"probesFrom": nodes}}  # fmt: skip
     docs = manifests(render(values))
