@@ -99,7 +99,13 @@ class UsageFilter(_message.Message):
     GROUP_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start(self) -> _timestamp_pb2.Timestamp:
-        """[start, end): required, end after start, at most 400 days apart."""
+        """[start, end): required, end after start, at most 400 days apart, in years 2000 to
+        2200. Both on a quarter hour (xx:00, xx:15, xx:30, xx:45 UTC, to the nanosecond):
+        usage is kept in 15-minute buckets, so a range can only start and end between
+        them; any other start or end is INVALID_ARGUMENT naming the field and the two
+        nearest quarter hours (never moved to one silently). Every zone's local hours,
+        days and months start on quarter hours (offsets +05:30, +05:45, +09:30 included).
+        """
 
     @_builtins.property
     def end(self) -> _timestamp_pb2.Timestamp: ...
