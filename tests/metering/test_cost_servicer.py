@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -57,7 +58,7 @@ class FakeDirectory:
 
 
 async def call(store: FakeStore, directory: FakeDirectory, request: object) -> object:
-    servicer = UsageServicer(store, directory)
+    servicer = UsageServicer(store, directory, ZoneInfo("Asia/Kolkata"))
     async with in_process_server(
         lambda s: add_guarded(s, cost_pb2_grpc.add_UsageServiceServicer_to_server, servicer)
     ) as channel:
@@ -109,6 +110,7 @@ async def test_a_query_is_mapped_to_the_domain_and_its_rows_back() -> None:
     assert query.filter.models == ("gpt-5", "o3")
     assert (query.filter.start, query.limit, users, members) == (T0, 2, None, {})
     assert resp.truncated
+    assert resp.time_zone == "Asia/Kolkata"  # the zone day buckets are in
     assert [(r.user_id, r.model, r.micros, r.events) for r in resp.rows] == [
         ("ann", "gpt-5", 7, 2),
         ("ben", "o3", 1, 1),
@@ -180,6 +182,7 @@ async def test_top_spenders_limit_and_answer() -> None:
     resp = await call(FakeStore(), FakeDirectory(), cost_pb2.TopSpendersRequest(filter=window()))
     assert isinstance(resp, cost_pb2.TopSpendersResponse)
     assert [(s.user_id, s.micros, s.events) for s in resp.spenders] == [("ann", 16_000, 5)]
+    assert resp.time_zone == "Asia/Kolkata"
 
 
 @pytest.mark.parametrize(("start", "end", "said"), [
