@@ -34,12 +34,13 @@ T0 = datetime(2026, 11, 2, tzinfo=UTC)
 class FakeStore:
     rows: list[UsageRow] = field(default_factory=list)
     asked: list[tuple[object, list[str] | None, Members]] = field(default_factory=list)
+    truncated: bool = True
 
     async def usage(
         self, query: UsageQuery, users: list[str] | None, members: Members
     ) -> tuple[list[UsageRow], bool]:
         self.asked.append((query, users, members))
-        return self.rows, True
+        return self.rows, self.truncated
 
     async def top_spenders(self, query: TopSpendersQuery, users: list[str] | None) -> list[Spender]:
         self.asked.append((query, users, {}))
