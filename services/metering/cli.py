@@ -39,7 +39,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -239,7 +239,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> int:  # fmt: skip
+    """Run the command `argv`; `clock`: now, for today, this-month and the like."""
     ns = parser().parse_args(argv)
     if ns.command == "topic":
         return topic(ns, out)
@@ -258,7 +262,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if off:
             sys.stderr.writelines(f"{m}\n" for m in off)
             return 2
-        ns.now, ns.zone = datetime.now(UTC), settings.timezone
+        ns.now, ns.zone = clock(), settings.timezone
     tls = settings.client_tls
     # TLS as the services' own clients: QM_TLS_CA_FILE and, for mutual TLS, the
     # client certificate settings.
