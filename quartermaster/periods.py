@@ -49,3 +49,21 @@ def period_of(kind: PeriodKind, at: datetime, tz: ZoneInfo) -> Period:
     start = datetime(first.year, first.month, first.day, tzinfo=tz).astimezone(UTC)
     end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).astimezone(UTC)
     return Period(kind, key, start, end)
+
+
+# Metering's rollups are kept per UTC quarter hour. Every zone's offset (since 2000) is
+# a multiple of 15 minutes (+05:30, +05:45, +09:30 included), so a quarter hour is one
+# in every zone, and every local hour, day and month is a union of them.
+QUARTER_HOUR = timedelta(minutes=15)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def quarter_floor(at: datetime) -> datetime:
+    """The quarter hour (UTC) that `at` (aware) falls in: `at` itself when on one."""
+    return (at - (at - _EPOCH) % QUARTER_HOUR).astimezone(UTC)
+
+
+def quarter_ceil(at: datetime) -> datetime:
+    """The first quarter hour (UTC) at or after `at` (aware)."""
+    floor = quarter_floor(at)
+    return floor if floor == at else floor + QUARTER_HOUR

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from quartermaster.grpcclient import ChannelClient
+from quartermaster.periods import quarter_ceil
 from quartermaster.tls import ClientTls
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
 from quartermaster.wire import timestamp
@@ -29,10 +30,12 @@ class UsageClient(ChannelClient):
         by: cost_pb2.Dimension.ValueType | None = None, limit: int = 100,
     ) -> list[cost_pb2.UsageRow]:  # fmt: skip
         """`user_id`'s spend in [start, end) (aware instants) as one total, or one row
-        per value of `by` (largest spend first), at most `limit` rows."""
+        per value of `by` (largest spend first), at most `limit` rows. The Cost API
+        takes quarter hours only (its rollups' buckets): each of start and end is moved
+        up to the next one, as the API itself did before it refused others."""
         request = cost_pb2.QueryUsageRequest(
-            filter=cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end),
-                                        user_ids=[user_id]),
+            filter=cost_pb2.UsageFilter(start=timestamp(quarter_ceil(start)),
+                                        end=timestamp(quarter_ceil(end)), user_ids=[user_id]),
             group_by=[by] if by is not None else [], granularity=cost_pb2.GRANULARITY_TOTAL,
             limit=limit,
         )  # fmt: skip

@@ -52,3 +52,13 @@ def in_request(name: str, ts: Timestamp) -> datetime:
     if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
         raise InvalidRequest([f"{name}: not a time (years 1 to 9999, nanos below a second)"])
     return from_timestamp(ts)
+
+
+def iso(ts: Timestamp) -> str:
+    """`ts` in ISO 8601 (UTC) to the nanosecond it holds: `2026-11-30T23:59:59.999999999+00:00`
+    (a datetime's isoformat stops at the microsecond); ValueError as `from_timestamp`."""
+    sub = ts.nanos % 1000
+    if not sub:
+        return from_timestamp(ts).isoformat()
+    text = from_timestamp(ts).isoformat(timespec="microseconds")
+    return f"{text[:-6]}{sub:03d}{text[-6:]}"

@@ -11,6 +11,7 @@ import grpc
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from quartermaster.periods import quarter_ceil
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc, policy_pb2, policy_pb2_grpc
 from quartermaster.wire import timestamp
 from tests.helpers import metadata
@@ -96,7 +97,7 @@ async def usage_of_groups(
     """UsageService.QueryUsage over `channel`: the last day's totals of these groups'
     members (the Cost API asks policy's DirectoryService who they are)."""
     stub = cost_pb2_grpc.UsageServiceStub(channel)
-    now = datetime.now(UTC)
+    now = quarter_ceil(datetime.now(UTC))  # the Cost API takes quarter hours
     request = cost_pb2.QueryUsageRequest(
         filter=cost_pb2.UsageFilter(
             start=timestamp(now - timedelta(days=1)), end=timestamp(now), group_ids=group_ids

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bquartermaster/v1/cost.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\x0bUsageFilter\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08user_ids\x18\x03 \x03(\t\x12\x10\n\x08products\x18\x04 \x03(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x14\n\x0c\x63ost_centers\x18\x06 \x03(\t\x12\x11\n\tgroup_ids\x18\x07 \x03(\t\"\xb4\x01\n\x11QueryUsageRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.quartermaster.v1.UsageFilter\x12-\n\x08group_by\x18\x02 \x03(\x0e\x32\x1b.quartermaster.v1.Dimension\x12\x32\n\x0bgranularity\x18\x03 \x01(\x0e\x32\x1d.quartermaster.v1.Granularity\x12\r\n\x05limit\x18\x04 \x01(\x05\"\xb7\x03\n\x08UsageRow\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07product\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x13\n\x0b\x63ost_center\x18\x05 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x07 \x01(\x03\x12\x15\n\routput_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\x12\x0e\n\x06micros\x18\n \x01(\x03\x12\x0e\n\x06\x65vents\x18\x0b \x01(\x03\x12\x17\n\x0f\x66\x61llback_events\x18\x0c \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\r \x01(\x03\x12\x10\n\x08group_id\x18\x0e \x01(\t\x12\x10\n\x08model_id\x18\x0f \x01(\t\x12\x1d\n\x15\x63\x61\x63he_write_1h_tokens\x18\x10 \x01(\x03\x12\x1a\n\x12\x61udio_input_tokens\x18\x11 \x01(\x03\x12\x1b\n\x13\x61udio_output_tokens\x18\x12 \x01(\x03\"Q\n\x12QueryUsageResponse\x12(\n\x04rows\x18\x01 \x03(\x0b\x32\x1a.quartermaster.v1.UsageRow\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"R\n\x12TopSpendersRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.quartermaster.v1.UsageFilter\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x92\x02\n\x07Spender\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06micros\x18\x02 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x06 \x01(\x03\x12\x1d\n\x15\x63\x61\x63he_write_1h_tokens\x18\x07 \x01(\x03\x12\x15\n\routput_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\x12\x1a\n\x12\x61udio_input_tokens\x18\n \x01(\x03\x12\x1b\n\x13\x61udio_output_tokens\x18\x0b \x01(\x03\"B\n\x13TopSpendersResponse\x12+\n\x08spenders\x18\x01 \x03(\x0b\x32\x19.quartermaster.v1.Spender*\x83\x01\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n\x10GRANULARITY_HOUR\x10\x01\x12\x13\n\x0fGRANULARITY_DAY\x10\x02\x12\x15\n\x11GRANULARITY_MONTH\x10\x03\x12\x15\n\x11GRANULARITY_TOTAL\x10\x04*\xae\x01\n\tDimension\x12\x19\n\x15\x44IMENSION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44IMENSION_USER\x10\x01\x12\x15\n\x11\x44IMENSION_PRODUCT\x10\x02\x12\x13\n\x0f\x44IMENSION_MODEL\x10\x03\x12\x19\n\x15\x44IMENSION_COST_CENTER\x10\x04\x12\x13\n\x0f\x44IMENSION_GROUP\x10\x05\x12\x16\n\x12\x44IMENSION_MODEL_ID\x10\x06\x32\xc3\x01\n\x0cUsageService\x12W\n\nQueryUsage\x12#.quartermaster.v1.QueryUsageRequest\x1a$.quartermaster.v1.QueryUsageResponse\x12Z\n\x0bTopSpenders\x12$.quartermaster.v1.TopSpendersRequest\x1a%.quartermaster.v1.TopSpendersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bquartermaster/v1/cost.proto\x12\x10quartermaster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\x0bUsageFilter\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08user_ids\x18\x03 \x03(\t\x12\x10\n\x08products\x18\x04 \x03(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x14\n\x0c\x63ost_centers\x18\x06 \x03(\t\x12\x11\n\tgroup_ids\x18\x07 \x03(\t\"\xb4\x01\n\x11QueryUsageRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.quartermaster.v1.UsageFilter\x12-\n\x08group_by\x18\x02 \x03(\x0e\x32\x1b.quartermaster.v1.Dimension\x12\x32\n\x0bgranularity\x18\x03 \x01(\x0e\x32\x1d.quartermaster.v1.Granularity\x12\r\n\x05limit\x18\x04 \x01(\x05\"\xb7\x03\n\x08UsageRow\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07product\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x13\n\x0b\x63ost_center\x18\x05 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x07 \x01(\x03\x12\x15\n\routput_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\x12\x0e\n\x06micros\x18\n \x01(\x03\x12\x0e\n\x06\x65vents\x18\x0b \x01(\x03\x12\x17\n\x0f\x66\x61llback_events\x18\x0c \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\r \x01(\x03\x12\x10\n\x08group_id\x18\x0e \x01(\t\x12\x10\n\x08model_id\x18\x0f \x01(\t\x12\x1d\n\x15\x63\x61\x63he_write_1h_tokens\x18\x10 \x01(\x03\x12\x1a\n\x12\x61udio_input_tokens\x18\x11 \x01(\x03\x12\x1b\n\x13\x61udio_output_tokens\x18\x12 \x01(\x03\"d\n\x12QueryUsageResponse\x12(\n\x04rows\x18\x01 \x03(\x0b\x32\x1a.quartermaster.v1.UsageRow\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"R\n\x12TopSpendersRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.quartermaster.v1.UsageFilter\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x92\x02\n\x07Spender\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06micros\x18\x02 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x06 \x01(\x03\x12\x1d\n\x15\x63\x61\x63he_write_1h_tokens\x18\x07 \x01(\x03\x12\x15\n\routput_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\x12\x1a\n\x12\x61udio_input_tokens\x18\n \x01(\x03\x12\x1b\n\x13\x61udio_output_tokens\x18\x0b \x01(\x03\"U\n\x13TopSpendersResponse\x12+\n\x08spenders\x18\x01 \x03(\x0b\x32\x19.quartermaster.v1.Spender\x12\x11\n\ttime_zone\x18\x02 \x01(\t*\x83\x01\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n\x10GRANULARITY_HOUR\x10\x01\x12\x13\n\x0fGRANULARITY_DAY\x10\x02\x12\x15\n\x11GRANULARITY_MONTH\x10\x03\x12\x15\n\x11GRANULARITY_TOTAL\x10\x04*\xae\x01\n\tDimension\x12\x19\n\x15\x44IMENSION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44IMENSION_USER\x10\x01\x12\x15\n\x11\x44IMENSION_PRODUCT\x10\x02\x12\x13\n\x0f\x44IMENSION_MODEL\x10\x03\x12\x19\n\x15\x44IMENSION_COST_CENTER\x10\x04\x12\x13\n\x0f\x44IMENSION_GROUP\x10\x05\x12\x16\n\x12\x44IMENSION_MODEL_ID\x10\x06\x32\xc3\x01\n\x0cUsageService\x12W\n\nQueryUsage\x12#.quartermaster.v1.QueryUsageRequest\x1a$.quartermaster.v1.QueryUsageResponse\x12Z\n\x0bTopSpenders\x12$.quartermaster.v1.TopSpendersRequest\x1a%.quartermaster.v1.TopSpendersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartermaster.v1.cost_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GRANULARITY']._serialized_start=1413
-  _globals['_GRANULARITY']._serialized_end=1544
-  _globals['_DIMENSION']._serialized_start=1547
-  _globals['_DIMENSION']._serialized_end=1721
+  _globals['_GRANULARITY']._serialized_start=1451
+  _globals['_GRANULARITY']._serialized_end=1582
+  _globals['_DIMENSION']._serialized_start=1585
+  _globals['_DIMENSION']._serialized_end=1759
   _globals['_USAGEFILTER']._serialized_start=83
   _globals['_USAGEFILTER']._serialized_end=273
   _globals['_QUERYUSAGEREQUEST']._serialized_start=276
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEROW']._serialized_start=459
   _globals['_USAGEROW']._serialized_end=898
   _globals['_QUERYUSAGERESPONSE']._serialized_start=900
-  _globals['_QUERYUSAGERESPONSE']._serialized_end=981
-  _globals['_TOPSPENDERSREQUEST']._serialized_start=983
-  _globals['_TOPSPENDERSREQUEST']._serialized_end=1065
-  _globals['_SPENDER']._serialized_start=1068
-  _globals['_SPENDER']._serialized_end=1342
-  _globals['_TOPSPENDERSRESPONSE']._serialized_start=1344
-  _globals['_TOPSPENDERSRESPONSE']._serialized_end=1410
-  _globals['_USAGESERVICE']._serialized_start=1724
-  _globals['_USAGESERVICE']._serialized_end=1919
+  _globals['_QUERYUSAGERESPONSE']._serialized_end=1000
+  _globals['_TOPSPENDERSREQUEST']._serialized_start=1002
+  _globals['_TOPSPENDERSREQUEST']._serialized_end=1084
+  _globals['_SPENDER']._serialized_start=1087
+  _globals['_SPENDER']._serialized_end=1361
+  _globals['_TOPSPENDERSRESPONSE']._serialized_start=1363
+  _globals['_TOPSPENDERSRESPONSE']._serialized_end=1448
+  _globals['_USAGESERVICE']._serialized_start=1762
+  _globals['_USAGESERVICE']._serialized_end=1957
 # @@protoc_insertion_point(module_scope)

@@ -99,7 +99,13 @@ class UsageFilter(_message.Message):
     GROUP_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start(self) -> _timestamp_pb2.Timestamp:
-        """[start, end): required, end after start, at most 400 days apart."""
+        """[start, end): required, end after start, at most 400 days apart, in years 2000 to
+        2200. Both on a quarter hour (xx:00, xx:15, xx:30, xx:45 UTC, to the nanosecond):
+        usage is kept in 15-minute buckets, so a range can only start and end between
+        them; any other start or end is INVALID_ARGUMENT naming the field and the two
+        nearest quarter hours (never moved to one silently). Every zone's local hours,
+        days and months start on quarter hours (offsets +05:30, +05:45, +09:30 included).
+        """
 
     @_builtins.property
     def end(self) -> _timestamp_pb2.Timestamp: ...
@@ -262,8 +268,15 @@ class QueryUsageResponse(_message.Message):
 
     ROWS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     truncated: _builtins.bool
     """True when `limit` cut rows off."""
+    time_zone: _builtins.str
+    """The workspace's time zone (IANA name, QM_WORKSPACE_TIMEZONE of the server), in
+    which day and month buckets are calendar days and months: a client reading a
+    date a person wrote, or showing a bucket's start, uses it (the CLI does). Empty
+    from a server older than this field.
+    """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]: ...
     def __init__(
@@ -271,10 +284,11 @@ class QueryUsageResponse(_message.Message):
         *,
         rows: _abc.Iterable[Global___UsageRow] | None = ...,
         truncated: _builtins.bool = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "time_zone", b"time_zone", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,16 +373,20 @@ class TopSpendersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPENDERS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """The workspace's time zone, as in QueryUsageResponse.time_zone."""
     @_builtins.property
     def spenders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Spender]: ...
     def __init__(
         self,
         *,
         spenders: _abc.Iterable[Global___Spender] | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spenders", b"spenders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spenders", b"spenders", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

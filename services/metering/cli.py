@@ -3,7 +3,10 @@ finance. Prints a table, or CSV with `--format csv`.
 
     python -m services.metering.cli usage --from 2026-11-01 --to 2026-12-01 \\
         --group-by user,model --granularity day --format csv > november.csv
-    python -m services.metering.cli top --from 2026-11-01 --to 2026-12-01 --limit 10
+    python -m services.metering.cli top --from today-30d --to tomorrow --limit 10
+
+Dates without an offset are in the workspace's time zone (the Cost API's), and so are
+the bucket starts shown; a range starts and ends on a quarter hour (see `usage --help`).
 
 and the price catalog:
 
@@ -37,7 +40,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import grpc
@@ -45,79 +49,11 @@ import grpc
 from quartermaster import kafka
 from quartermaster.cliargs import Parser, rpc_hint, token_argument
 from quartermaster.grpcclient import bearer, open_blocking_channel
-from quartermaster.money import credits
 from quartermaster.settings import load_or_exit
-from quartermaster.v1 import cost_pb2, cost_pb2_grpc, prices_pb2_grpc
-from quartermaster.wire import from_timestamp, timestamp
-from services.metering import dlq
+from quartermaster.v1 import cost_pb2_grpc, prices_pb2_grpc
+from services.metering import cli_usage, dlq
 from services.metering.cli_prices import prices, prices_parser
-from services.metering.cli_table import when as _when
-from services.metering.cli_table import write as _write
 from services.metering.settings import MeteringSettings
-from services.metering.state import ROLLUP_COUNTERS
-
-DIMENSIONS = {
-    "user": cost_pb2.DIMENSION_USER,
-    "product": cost_pb2.DIMENSION_PRODUCT,
-    "model": cost_pb2.DIMENSION_MODEL,
-    "cost_center": cost_pb2.DIMENSION_COST_CENTER,
-    "group": cost_pb2.DIMENSION_GROUP,
-    "model_id": cost_pb2.DIMENSION_MODEL_ID,  # the id as reported; "model": its catalog model
-}
-GRANULARITIES = {
-    "hour": cost_pb2.GRANULARITY_HOUR,
-    "day": cost_pb2.GRANULARITY_DAY,
-    "month": cost_pb2.GRANULARITY_MONTH,
-    "total": cost_pb2.GRANULARITY_TOTAL,
-}
-COLUMNS = tuple(c for c in ROLLUP_COUNTERS if c != "picos")  # money: the micros column
-
-
-def _dims(text: str) -> list[str]:
-    names = [d.strip() for d in text.split(",") if d.strip()]
-    unknown = [d for d in names if d not in DIMENSIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown dimension(s) {unknown}; use {list(DIMENSIONS)}")
-    return names
-
-
-def _filter(ns: argparse.Namespace) -> cost_pb2.UsageFilter:
-    return cost_pb2.UsageFilter(
-        start=timestamp(ns.start), end=timestamp(ns.end),
-        user_ids=ns.user, products=ns.product, models=ns.model, cost_centers=ns.cost_center,
-        group_ids=ns.group,
-    )  # fmt: skip
-
-
-def usage(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextIO) -> None:
-    req = cost_pb2.QueryUsageRequest(
-        filter=_filter(ns),
-        group_by=[DIMENSIONS[d] for d in ns.group_by],
-        granularity=GRANULARITIES[ns.granularity],
-        limit=ns.limit,
-    )
-    resp = stub.QueryUsage(req, timeout=60, metadata=ns.metadata)
-    # One bucket for the whole range has no start to show: no column for it in the
-    # table (CSV keeps it, empty: its columns stay the same whatever the granularity).
-    bucketed = ns.granularity != "total" or ns.format == "csv"
-    header = [*(["bucket_start"] if bucketed else []), *ns.group_by, "credits", "micros", *COLUMNS]
-    rows = []
-    for r in resp.rows:
-        start = from_timestamp(r.bucket_start).isoformat() if r.HasField("bucket_start") else ""
-        bucket = [start] if bucketed else []
-        dims = [getattr(r, {"user": "user_id", "group": "group_id"}.get(d, d)) for d in ns.group_by]
-        rows.append([*bucket, *dims, credits(r.micros), str(r.micros),
-                     *(str(getattr(r, c)) for c in COLUMNS)])  # fmt: skip
-    _write(rows, header, ns.format, out)
-    if resp.truncated:
-        sys.stderr.write(f"(cut at {ns.limit or 10000} rows: raise --limit)\n")
-
-
-def top(stub: cost_pb2_grpc.UsageServiceStub, ns: argparse.Namespace, out: TextIO) -> None:
-    request = cost_pb2.TopSpendersRequest(filter=_filter(ns), limit=ns.limit)
-    resp = stub.TopSpenders(request, metadata=ns.metadata)
-    rows = [[s.user_id, credits(s.micros), str(s.micros), str(s.events)] for s in resp.spenders]
-    _write(rows, ["user", "credits", "micros", "events"], ns.format, out)
 
 
 def _topic_parser(sub: Any) -> None:
@@ -176,26 +112,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--addr", help="Cost API address (default: QM_USAGE_API_ADDR)")
     token_argument(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_text in (("usage", "usage rows"), ("top", "top spenders")):
-        s = sub.add_parser(name, help=help_text)
-        s.add_argument("--from", dest="start", type=_when, required=True)
-        s.add_argument("--to", dest="end", type=_when, required=True)
-        for f in ("user", "product", "model", "cost_center", "group"):
-            s.add_argument(f"--{f.replace('_', '-')}", dest=f, action="append", default=[],
-                           help=f"only this {f} (repeatable)")  # fmt: skip
-        s.add_argument("--format", choices=("table", "csv"), default="table")
-        s.add_argument("--limit", type=int, default=0)
-        token_argument(s, top=False)
-        if name == "usage":
-            s.add_argument("--group-by", type=_dims, default=["user"])
-            s.add_argument("--granularity", choices=list(GRANULARITIES), default="day")
+    cli_usage.add_parsers(sub)
     prices_parser(sub)
     _topic_parser(sub)
     dlq.add_parser(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> int:  # fmt: skip
+    """Run the command `argv`; `clock`: now, for today, this-month and the like."""
     ns = parser().parse_args(argv)
     if ns.command == "topic":
         return topic(ns, out)
@@ -209,6 +137,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     token = ns.token or os.environ.get("QM_TOKEN", "")
     ns.metadata = bearer(token)
     settings = load_or_exit(MeteringSettings, "metering cli")
+    if ns.command in ("usage", "top"):
+        off = cli_usage.off_quarter(ns)
+        if off:
+            sys.stderr.writelines(f"{m}\n" for m in off)
+            return 2
+        ns.now, ns.zone = clock(), settings.timezone
     tls = settings.client_tls
     # TLS as the services' own clients: QM_TLS_CA_FILE and, for mutual TLS, the
     # client certificate settings.
@@ -218,7 +152,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 prices(prices_pb2_grpc.PriceCatalogServiceStub(channel), ns, out)
             else:
                 stub = cost_pb2_grpc.UsageServiceStub(channel)
-                (usage if ns.command == "usage" else top)(stub, ns, out)
+                (cli_usage.usage if ns.command == "usage" else cli_usage.top)(stub, ns, out)
         except grpc.RpcError as exc:
             code, details = exc.code().name, exc.details() or ""
             sys.stderr.write(f"{code}: {details}\n")

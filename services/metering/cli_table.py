@@ -11,7 +11,9 @@ from typing import TextIO
 
 
 def when(text: str) -> datetime:
-    """An argument's ISO-8601 date or time; UTC when it names no zone."""
+    """An argument's ISO-8601 date or time; UTC when it names no zone (`prices list
+    --at`: prices take effect at UTC instants; the Cost API's commands read dates in the
+    workspace's zone instead, services.metering.cli_time)."""
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -1,9 +1,10 @@
 """The Cost API's questions and answers, without I/O: what may be asked, and in what terms.
 
-An hour counts in a query when it starts inside [start, end). Day and month buckets
-are calendar days and months in the workspace's time zone. Inputs validate themselves
-(`problems()` names every bad field at once, as `field: why`); the servicer turns that
-into INVALID_ARGUMENT.
+A range is [start, end) on quarter hours: the rollups are 15-minute buckets, so a
+start or end inside one is refused (naming the two nearest) rather than moved to one.
+Day and month buckets are calendar days and months in the workspace's time zone.
+Inputs validate themselves (`problems()` names every bad field at once, as
+`field: why`); the servicer turns that into INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from quartermaster.periods import PeriodKind, period_of
+from quartermaster.periods import QUARTER_HOUR, PeriodKind, period_of, quarter_floor
 
 MAX_RANGE = timedelta(days=400)
 # The instants a query may name: usage before 2000 was never metered, and past year
@@ -48,9 +49,32 @@ class Granularity(StrEnum):
     TOTAL = "total"
 
 
+def _iso(at: datetime, nanos: int = 0) -> str:
+    """`at` in ISO 8601, to the nanosecond when `nanos` (below its microsecond) is set."""
+    if not nanos:
+        return at.isoformat()
+    offset = at.isoformat()[26:] if at.microsecond else at.isoformat()[19:]
+    return f"{at:%Y-%m-%dT%H:%M:%S}.{at.microsecond * 1000 + nanos:09d}{offset}"
+
+
+def off_quarter(name: str, at: datetime, nanos: int = 0) -> str | None:
+    """Why `at` (+ `nanos` below its microsecond) may not bound a range, naming the two
+    nearest quarter hours; None when it is on one."""
+    floor = quarter_floor(at)
+    if floor == at and not nanos:
+        return None
+    return (
+        f"{name}: {_iso(at, nanos)} is not on a quarter hour (the rollups are 15-minute "
+        f"buckets: a range starts and ends on one); the nearest are {floor.isoformat()} "
+        f"and {(floor + QUARTER_HOUR).isoformat()}"
+    )
+
+
 @dataclass(frozen=True)
 class UsageFilter:
-    """Which usage: [start, end) (None: not given) and, when non-empty, only these."""
+    """Which usage: [start, end) (None: not given) and, when non-empty, only these.
+    `nanos`: the nanoseconds of start and end below the microsecond (which a datetime
+    cannot hold), kept so a time a nanosecond past a quarter hour is refused too."""
 
     start: datetime | None
     end: datetime | None
@@ -59,6 +83,7 @@ class UsageFilter:
     models: tuple[str, ...] = ()
     cost_centers: tuple[str, ...] = ()
     group_ids: tuple[str, ...] = ()
+    nanos: tuple[int, int] = (0, 0)
 
     def problems(self, name: str = "filter") -> list[str]:
         """Every bad field, as `{name}.field: why`."""
@@ -67,12 +92,17 @@ class UsageFilter:
             out.append(f"{name}.start: must be set")
         if self.end is None:
             out.append(f"{name}.end: must be set")
-        for at, what in ((self.start, "start"), (self.end, "end")):
-            if at is not None and not EARLIEST <= at < LATEST:
+        for at, what, nanos in ((self.start, "start", self.nanos[0]),
+                                (self.end, "end", self.nanos[1])):  # fmt: skip
+            if at is None:
+                continue
+            if not EARLIEST <= at < LATEST:
                 out.append(
                     f"{name}.{what}: {at.isoformat()} is outside years {FIRST_YEAR} to "
                     f"{LAST_YEAR} (UTC)"
                 )
+            elif (off := off_quarter(f"{name}.{what}", at, nanos)) is not None:
+                out.append(off)
         if self.start is not None and self.end is not None:
             if self.end <= self.start:
                 out.append(f"{name}.end: must be after {name}.start")

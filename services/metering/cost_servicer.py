@@ -10,6 +10,7 @@ UNAVAILABLE naming its address.
 from __future__ import annotations
 
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import grpc
 
@@ -52,11 +53,13 @@ class GroupDirectory(Protocol):
 
 class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
     """QueryUsage and TopSpenders: map, validate (INVALID_ARGUMENT names every bad
-    field), resolve groups, read, map back."""
+    field), resolve groups, read, map back; each answer names the workspace's time
+    zone `tz` (the store's), so a client reads dates and shows buckets in it."""
 
-    def __init__(self, store: UsageReads, directory: GroupDirectory) -> None:
+    def __init__(self, store: UsageReads, directory: GroupDirectory, tz: ZoneInfo) -> None:
         self._store = store
         self._directory = directory
+        self._zone = tz.key
 
     async def _groups(
         self, f: cost_query.UsageFilter, by_group: bool, context: Context
@@ -81,7 +84,9 @@ class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
         by_group = cost_query.Dimension.GROUP in query.group_by
         users, members = await self._groups(query.filter, by_group, context)
         rows, truncated = await self._store.usage(query, users, members)
-        return mapping.usage_response(rows, truncated)
+        answer = mapping.usage_response(rows, truncated)
+        answer.time_zone = self._zone
+        return answer
 
     async def TopSpenders(
         self, request: cost_pb2.TopSpendersRequest, context: Context
@@ -89,4 +94,6 @@ class UsageServicer(cost_pb2_grpc.UsageServiceServicer):
         query = mapping.top_spenders_query(request)
         await _valid(query, context)
         users, _ = await self._groups(query.filter, False, context)
-        return mapping.top_spenders_response(await self._store.top_spenders(query, users))
+        answer = mapping.top_spenders_response(await self._store.top_spenders(query, users))
+        answer.time_zone = self._zone
+        return answer

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
-from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp
+from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp, iso
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
 from services.metering.json_event import JsonEventError, event_from_json, unknown_enum_name
 from services.metering.pricing import SERVICE_TIERS, Tokens
@@ -314,9 +314,9 @@ def _check_time(event: UsageEvent, accepted: Accepted, problems: Problems) -> No
 
 
 def _when(event: UsageEvent) -> str:
-    """occurred_at in ISO 8601, or in seconds when no datetime can hold it (past 9999)."""
+    """occurred_at in ISO 8601 to the nanosecond, or in seconds past year 9999."""
     try:
-        return from_timestamp(event.occurred_at).isoformat()
+        return iso(event.occurred_at)
     except (ValueError, OverflowError):
         ts = event.occurred_at
         return f"{ts.seconds} s (+{ts.nanos} ns) after 1970-01-01"

@@ -96,6 +96,7 @@ def usage_filter(f: cost_pb2.UsageFilter) -> UsageFilter:
         models=tuple(f.models),
         cost_centers=tuple(f.cost_centers),
         group_ids=tuple(f.group_ids),
+        nanos=(f.start.nanos % 1000, f.end.nanos % 1000),
     )
 
 

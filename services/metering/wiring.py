@@ -170,7 +170,7 @@ async def build_api(settings: MeteringSettings) -> Api:
     )
     return Api(
         pool,
-        UsageServicer(UsageStore(pool, settings.timezone), directory),
+        UsageServicer(UsageStore(pool, settings.timezone), directory, settings.timezone),
         PriceCatalogServicer(catalogs),
         directory,
     )

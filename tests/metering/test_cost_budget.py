@@ -83,10 +83,10 @@ async def fresh_db(infra: Infra) -> AsyncIterator[str]:
 class Counted:
     """Events counted into PostgreSQL the way the worker counts them, one partition."""
 
-    def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo) -> None:
+    def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo, now: datetime = NOW) -> None:
         self.meter = Meter(
             PriceCatalog.from_file(DEFAULT_PRICES), tz, PARTITIONS, "ws",
-            max_age=timedelta(days=120), dedupe_window=timedelta(hours=1), clock=lambda: NOW,
+            max_age=timedelta(days=120), dedupe_window=timedelta(hours=1), clock=lambda: now,
         )  # fmt: skip
         self.rollups = RollupStore(pool)
         self.store = CountingStore(pool, "prop", "usage", self.rollups)

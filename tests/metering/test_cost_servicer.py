@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -33,12 +34,13 @@ T0 = datetime(2026, 11, 2, tzinfo=UTC)
 class FakeStore:
     rows: list[UsageRow] = field(default_factory=list)
     asked: list[tuple[object, list[str] | None, Members]] = field(default_factory=list)
+    truncated: bool = True
 
     async def usage(
         self, query: UsageQuery, users: list[str] | None, members: Members
     ) -> tuple[list[UsageRow], bool]:
         self.asked.append((query, users, members))
-        return self.rows, True
+        return self.rows, self.truncated
 
     async def top_spenders(self, query: TopSpendersQuery, users: list[str] | None) -> list[Spender]:
         self.asked.append((query, users, {}))
@@ -57,7 +59,7 @@ class FakeDirectory:
 
 
 async def call(store: FakeStore, directory: FakeDirectory, request: object) -> object:
-    servicer = UsageServicer(store, directory)
+    servicer = UsageServicer(store, directory, ZoneInfo("Asia/Kolkata"))
     async with in_process_server(
         lambda s: add_guarded(s, cost_pb2_grpc.add_UsageServiceServicer_to_server, servicer)
     ) as channel:
@@ -109,6 +111,7 @@ async def test_a_query_is_mapped_to_the_domain_and_its_rows_back() -> None:
     assert query.filter.models == ("gpt-5", "o3")
     assert (query.filter.start, query.limit, users, members) == (T0, 2, None, {})
     assert resp.truncated
+    assert resp.time_zone == "Asia/Kolkata"  # the zone day buckets are in
     assert [(r.user_id, r.model, r.micros, r.events) for r in resp.rows] == [
         ("ann", "gpt-5", 7, 2),
         ("ben", "o3", 1, 1),
@@ -180,6 +183,7 @@ async def test_top_spenders_limit_and_answer() -> None:
     resp = await call(FakeStore(), FakeDirectory(), cost_pb2.TopSpendersRequest(filter=window()))
     assert isinstance(resp, cost_pb2.TopSpendersResponse)
     assert [(s.user_id, s.micros, s.events) for s in resp.spenders] == [("ann", 16_000, 5)]
+    assert resp.time_zone == "Asia/Kolkata"
 
 
 @pytest.mark.parametrize(("start", "end", "said"), [
@@ -207,3 +211,53 @@ async def test_a_range_near_the_ends_of_time_is_refused_naming_it(
             grpc.StatusCode.INVALID_ARGUMENT,
             said,
         )
+
+
+@pytest.mark.parametrize(("start", "end", "nanos", "said"), [
+    # was read as 08:45: an event at 08:37 fell out of [08:35, 09:00) and into [08:30, 08:35)
+    (datetime(2026, 12, 1, 8, 35, tzinfo=UTC), datetime(2026, 12, 1, 9, tzinfo=UTC), (0, 0),
+     "filter.start: 2026-12-01T08:35:00+00:00 is not on a quarter hour (the rollups are "
+     "15-minute buckets: a range starts and ends on one); the nearest are "
+     "2026-12-01T08:30:00+00:00 and 2026-12-01T08:45:00+00:00"),
+    (datetime(2026, 12, 1, 8, 30, tzinfo=UTC), datetime(2026, 12, 1, 8, 35, tzinfo=UTC), (0, 0),
+     "filter.end: 2026-12-01T08:35:00+00:00 is not on a quarter hour (the rollups are "
+     "15-minute buckets: a range starts and ends on one); the nearest are "
+     "2026-12-01T08:30:00+00:00 and 2026-12-01T08:45:00+00:00"),
+    # a nanosecond off is off, and shown to the nanosecond; so is the last one before
+    (datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 1, 23, 59, 59, 999999, tzinfo=UTC),
+     (1, 999),
+     "filter.start: 2026-12-01T00:00:00.000000001+00:00 is not on a quarter hour (the "
+     "rollups are 15-minute buckets: a range starts and ends on one); the nearest are "
+     "2026-12-01T00:00:00+00:00 and 2026-12-01T00:15:00+00:00; "
+     "filter.end: 2026-12-01T23:59:59.999999999+00:00 is not on a quarter hour (the "
+     "rollups are 15-minute buckets: a range starts and ends on one); the nearest are "
+     "2026-12-01T23:45:00+00:00 and 2026-12-02T00:00:00+00:00"),
+])  # fmt: skip
+async def test_a_range_off_the_quarter_hours_is_refused_naming_the_nearest(
+    start: datetime, end: datetime, nanos: tuple[int, int], said: str
+) -> None:
+    f = cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end))
+    f.start.nanos += nanos[0]
+    f.end.nanos += nanos[1]
+    store = FakeStore()
+    for request in (
+        cost_pb2.QueryUsageRequest(filter=f, granularity=cost_pb2.GRANULARITY_TOTAL),
+        cost_pb2.TopSpendersRequest(filter=f),
+    ):
+        assert await refusal(call(store, FakeDirectory(), request)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            said,
+        )
+    assert store.asked == []
+
+
+async def test_quarter_hours_of_every_zone_are_taken() -> None:
+    """Kathmandu's midnight (+05:45) and Adelaide's (+10:30) are quarter hours."""
+    store = FakeStore()
+    for start, end in (
+        (datetime(2026, 11, 30, 18, 15, tzinfo=UTC), datetime(2026, 12, 1, 18, 15, tzinfo=UTC)),
+        (datetime(2026, 11, 30, 13, 30, tzinfo=UTC), datetime(2026, 12, 1, 13, 30, tzinfo=UTC)),
+    ):
+        f = cost_pb2.UsageFilter(start=timestamp(start), end=timestamp(end))
+        await call(store, FakeDirectory(), cost_pb2.TopSpendersRequest(filter=f))
+    assert len(store.asked) == 2

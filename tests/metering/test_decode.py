@@ -290,3 +290,27 @@ def test_in_a_batch_the_foreign_event_goes_alone() -> None:
     assert [e.workspace_id for e in got.events] == ["", "ws-here"]
     [(_, why)] = got.rejects
     assert why.startswith("events[1]: workspace_id: 'acme' is another workspace")
+
+
+@pytest.mark.parametrize("headers", [PB, JS])
+def test_a_refused_time_is_shown_to_the_nanosecond_given(headers: dict[str, str]) -> None:
+    """The last nanosecond of a second, a minute past the five: `.999999999`, not cut
+    to `.999999` (which would name another instant than the one sent)."""
+    late = usage("u1", occurred_at=NOW + timedelta(minutes=6))
+    late.occurred_at.nanos = 999_999_999
+    early = usage("u1", occurred_at=NOW - AGE - timedelta(seconds=1))
+    early.occurred_at.nanos = 1
+    for event, said in (
+        (late, "occurred_at: 2026-11-22T12:06:00.999999999+00:00 is more than 5 minutes "
+               "in the future"),
+        (early, "occurred_at: 2026-10-18T11:59:59.000000001+00:00 is older than the 35-day "
+                "horizon"),
+    ):  # fmt: skip
+        value = (
+            event.SerializeToString()
+            if headers is PB
+            else json_format.MessageToJson(event).encode()
+        )
+        with pytest.raises(InvalidUsage) as refused:
+            decode(value, headers, NOW, AGE)
+        assert said in str(refused.value)

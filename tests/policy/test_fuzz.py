@@ -139,7 +139,8 @@ def messages(
         return st.just(cls())
     if desc.full_name == "google.protobuf.Timestamp" and not wild:
         soon = int(time.time())
-        return st.builds(lambda s: cls(seconds=s), st.integers(soon + 3600, soon + 10**7))
+        # on quarter hours: the Cost API takes no other range bounds
+        return st.builds(lambda s: cls(seconds=s - s % 900), st.integers(soon + 3600, soon + 10**7))
     optional = {f.name: field_values(f, known, depth, wild) for f in desc.fields}
 
     def build(values: dict[str, Any]) -> Message:
