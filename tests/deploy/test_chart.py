@@ -100,6 +100,9 @@ def test_a_deployment_per_service_with_probes_and_hardening(
             elif name.endswith("notifier"):  # services.notifier.health
                 path = "/healthz" if probe == "readinessProbe" else "/livez"
                 assert spec["httpGet"] == {"path": path, "port": "metrics"}, (name, probe)
+            elif name.endswith("metering") and probe != "readinessProbe":
+                # quartermaster.liveness: a stuck loop fails it (/metrics's thread would not)
+                assert spec["httpGet"] == {"path": "/livez", "port": "metrics"}, (name, probe)
             elif name.endswith(("metering", "ingest")):  # HTTP /metrics
                 assert spec["httpGet"]["path"] == "/metrics", (name, probe)
             elif probe != "readinessProbe":  # alive, ready or not (grpcserver.LIVENESS_SERVICE):
