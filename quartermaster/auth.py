@@ -221,14 +221,34 @@ class Authenticator(_Interceptor):
         return await continuation(handler_call_details)
 
 
-def server(grants: Mapping[str, Grant], server_name: str) -> grpc.aio.Server:
+# How long a client's connection lives before the server asks it (HTTP/2 GOAWAY) to
+# make a new one, and how long calls in flight then have to finish. gRPC clients keep
+# one connection per channel, so behind a Kubernetes Service (one virtual IP) every
+# gateway stayed on the replica it first reached: replicas added by the autoscaler got
+# no traffic. A new connection goes to whichever replica kube-proxy picks, so load
+# spreads again within this age. The client reconnects without failing a call (gRPC's
+# max_connection_age, A9 in grpc/proposal).
+MAX_CONNECTION_AGE_S = 300.0
+MAX_CONNECTION_AGE_GRACE_S = 30.0
+
+
+def server(
+    grants: Mapping[str, Grant],
+    server_name: str,
+    max_connection_age_s: float = MAX_CONNECTION_AGE_S,
+) -> grpc.aio.Server:
     """A grpc.aio server whose every call but health and reflection goes through an
     `Authenticator` of `grants` (token → Grant), counted and timed by
-    `quartermaster.rpcmetrics` (refusals included); `server_name` is said in logs."""
+    `quartermaster.rpcmetrics` (refusals included); `server_name` is said in logs.
+    Connections are renewed after `max_connection_age_s` seconds (see above)."""
     return grpc.aio.server(
         interceptors=[
             *telemetry.server_interceptors(),  # a span per call when tracing is on
             RpcMetrics(),
             Authenticator(grants, server_name=server_name),
-        ]
+        ],
+        options=[
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_S * 1000)),
+        ],
     )

@@ -5,6 +5,7 @@ default but lets health and reflection through."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
 from pathlib import Path
@@ -182,3 +183,24 @@ def test_a_person_is_named_by_their_credential_or_by_a_delegate_acting_for_them(
         with pytest.raises(auth.NotAPerson, match=said) as refused:
             auth.person(who, md)
         assert refused.value.invalid is invalid
+
+
+async def test_connections_are_renewed_so_new_replicas_get_traffic() -> None:
+    """Behind one Service IP a gateway's single connection stayed on one replica; the
+    server now sends GOAWAY after its max connection age and the client reconnects
+    (to whichever replica the Service picks), with no call failing."""
+    server = auth.server(parse_tokens(TOKENS_SPEC), "policy", max_connection_age_s=0.5)
+    served = await serve("127.0.0.1:0", [], server, tls=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            await stub.Check(health_pb2.HealthCheckRequest(service="liveness"))
+            assert ch.get_state() == grpc.ChannelConnectivity.READY
+            # The connection is closed by the server within its age and grace: the
+            # channel leaves READY on its own, then a call connects again and succeeds.
+            await asyncio.wait_for(ch.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
+            assert ch.get_state() != grpc.ChannelConnectivity.READY
+            await stub.Check(health_pb2.HealthCheckRequest(service="liveness"))
+            assert ch.get_state() == grpc.ChannelConnectivity.READY
+    finally:
+        await served.stop(None)  # type: ignore[arg-type]
