@@ -87,3 +87,16 @@ def test_the_topics_job_takes_kafka_credentials_only() -> None:
     values = {"topics": {"secretEnv": [{"env": "QM_TOKENS", "secretKey": "tokens"}]}}
     with pytest.raises(HelmValuesError, match=r"/topics/secretEnv/0/env': value must be one of"):
         render(values)
+
+
+def test_the_jobs_network_policy_is_in_place_before_the_jobs_run() -> None:
+    """As a release resource it came after the hooks on a first install: in a namespace
+    that denies by default, the Jobs reached neither DNS, Kafka nor PostgreSQL."""
+    docs = manifests(render(load_values(PRODUCTION)))
+    policy = by_kind(docs, "NetworkPolicy")[f"{RELEASE}-quartermaster-jobs"]
+    notes = policy["metadata"]["annotations"]
+    assert notes["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    first = min(int(j["metadata"]["annotations"]["helm.sh/hook-weight"])
+                for j in by_kind(docs, "Job").values())  # fmt: skip
+    assert int(notes["helm.sh/hook-weight"]) < first
