@@ -14,7 +14,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
+
+import grpc
+from confluent_kafka import KafkaException
 
 from quartermaster import kafka
 from quartermaster.grpcclient import bearer, open_channel
@@ -79,48 +82,24 @@ async def run(
     reach policy over TLS (None: plaintext). `on_deny(user_id)` is called when a
     person's decision flips to DENY (make run's credit request starts there)."""
     producer = kafka.producer(bootstrap, **{"linger.ms": 5})
-    last: dict[str, int] = {}
-    next_call = {p.user_id: 0.0 for p in PERSONAS}
-    next_report = 0.0
-    start = time.monotonic()
-    auth = bearer(token)
+    gateway = _Gateway(producer, workspace_id, out, bearer(token), on_deny)
+    next_report, start, said = 0.0, time.monotonic(), set[str]()
     async with open_channel(policy_addr, tls) as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         try:
             while True:
                 now = time.monotonic()
-                for p in PERSONAS:
-                    if now < next_call[p.user_id]:
-                        continue
-                    next_call[p.user_id] = now + 1.0 / p.calls_per_second
-                    resp = await stub.Check(
-                        policy_pb2.CheckRequest(
-                            user_id=p.user_id, product=p.product, model=p.model, estimated_micros=0
-                        ),
-                        timeout=2.0,
-                        metadata=auth,
-                    )
-                    if last.get(p.user_id) != resp.decision:
-                        if p.user_id in last:
-                            out.write(
-                                f"{time.monotonic() - start:6.1f}s  >>> {p.user_id} is now "
-                                f"{_NAMES.get(resp.decision, '?')}: {resp.reason}\n"
-                            )
-                        last[p.user_id] = resp.decision
-                        if resp.decision == policy_pb2.DECISION_DENY and on_deny is not None:
-                            on_deny(p.user_id)
-                    if resp.decision == policy_pb2.DECISION_DENY:
-                        continue  # a gateway would not make the call
-                    producer.produce(
-                        Topic.USAGE.value,
-                        key=p.user_id.encode(),
-                        value=usage_event(p, workspace_id).SerializeToString(),
-                        headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
-                    )
-                producer.poll(0)
-                if now >= next_report:
-                    next_report = now + report_every
-                    await _report(stub, out, now - start, auth)
+                try:
+                    await gateway.calls(stub, now - start)
+                    if now >= next_report:
+                        next_report = now + report_every
+                        await _report(stub, out, now - start, gateway.auth)
+                except (grpc.aio.AioRpcError, KafkaException, BufferError) as exc:
+                    # A gateway goes on when policy or the broker is away (a broker that
+                    # lost its topics, a replica not ready): said once per kind, never
+                    # raised (it had ended make run in a traceback, before the service
+                    # that refused could say why).
+                    _trouble(exc, said, out)
                 out.flush()
                 await asyncio.sleep(0.05)
         finally:
@@ -128,7 +107,65 @@ async def run(
             # Destroyed now, while the broker is up: the cancelled task's traceback
             # keeps this frame, and a producer outliving the broker logged
             # "Connection refused" after make run's Ctrl-C.
-            del producer
+            del producer, gateway
+
+
+class _Gateway:
+    """What a gateway does for each person whose next call is due: Check, say when a
+    decision flips, and report the usage of an allowed call."""
+
+    def __init__(
+        self,
+        producer: Any,
+        workspace_id: str,
+        out: TextIO,
+        auth: tuple[tuple[str, str], ...],
+        on_deny: Callable[[str], None] | None,
+    ) -> None:
+        self.producer, self.workspace_id, self.out = producer, workspace_id, out
+        self.auth, self.on_deny = auth, on_deny
+        self.last: dict[str, int] = {}
+        self.next_call = {p.user_id: 0.0 for p in PERSONAS}
+
+    async def calls(self, stub: policy_pb2_grpc.PolicyServiceAsyncStub, elapsed: float) -> None:
+        now = time.monotonic()
+        for p in PERSONAS:
+            if now < self.next_call[p.user_id]:
+                continue
+            self.next_call[p.user_id] = now + 1.0 / p.calls_per_second
+            request = policy_pb2.CheckRequest(
+                user_id=p.user_id, product=p.product, model=p.model, estimated_micros=0
+            )
+            resp = await stub.Check(request, timeout=2.0, metadata=self.auth)
+            if self.last.get(p.user_id) != resp.decision:
+                if p.user_id in self.last:
+                    self.out.write(
+                        f"{elapsed:6.1f}s  >>> {p.user_id} is now "
+                        f"{_NAMES.get(resp.decision, '?')}: {resp.reason}\n"
+                    )
+                self.last[p.user_id] = resp.decision
+                if resp.decision == policy_pb2.DECISION_DENY and self.on_deny is not None:
+                    self.on_deny(p.user_id)
+            if resp.decision == policy_pb2.DECISION_DENY:
+                continue  # a gateway would not make the call
+            self.producer.produce(
+                Topic.USAGE.value,
+                key=p.user_id.encode(),
+                value=usage_event(p, self.workspace_id).SerializeToString(),
+                headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
+            )
+        self.producer.poll(0)
+
+
+def _trouble(exc: Exception, said: set[str], out: TextIO) -> None:
+    """Say what kept the demo traffic from policy or the broker, once per kind."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        kind, why = f"policy answered {exc.code().name}", exc.details() or ""
+    else:
+        kind, why = "the broker refused", str(exc.args[0] if exc.args else exc)
+    if kind not in said:
+        said.add(kind)
+        out.write(f"  (demo traffic: {kind}: {why[:200]}; going on)\n")
 
 
 async def _report(
