@@ -22,7 +22,9 @@ served = asynccontextmanager(serve_policy_methods)
 async def test_a_policy_that_is_not_ready_is_said_once_and_the_traffic_goes_on() -> None:
     calls = 0
 
-    async def not_ready(_request: object, context: grpc.aio.ServicerContext) -> None:
+    async def not_ready(
+        _request: object, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
         nonlocal calls
         calls += 1
         await context.abort(grpc.StatusCode.UNAVAILABLE, "policy is not ready: totals")
