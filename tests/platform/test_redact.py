@@ -137,3 +137,31 @@ def test_migrate_names_no_password_when_dbmate_fails(
     err = capsys.readouterr().err
     assert SECRET not in err
     assert "migrate (postgresql://qm:****@127.0.0.1:1/qm): migrations for policy failed" in err
+
+
+def test_the_pools_retries_are_one_line_each() -> None:
+    """asyncpg's pool logged a 40-line traceback at each retry while PostgreSQL was
+    away; after telemetry.setup its warnings carry the reason on one line."""
+    telemetry.setup("tests", "INFO")
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    pool_log = logging.getLogger("asyncpg.pool")
+    pool_log.addHandler(handler)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        except ConnectionRefusedError:
+            pool_log.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+    finally:
+        pool_log.removeHandler(handler)
+    (record,) = seen
+    assert record.exc_info is None
+    assert record.getMessage() == (
+        "Failed to restore the pool connection floor; retrying: ConnectionRefusedError: "
+        "[Errno 111] Connect call failed ('127.0.0.1', 5432)"
+    )
