@@ -192,8 +192,10 @@ def _host_ports(value: str) -> str:
 
 
 def _host_port_or_empty(value: str) -> str:
+    if value.strip().lower() == "off":
+        return ""
     if value and host_port(value) is None:
-        raise ValueError(f"expected host:port or empty, got {value!r}")
+        raise ValueError(f"expected host:port, or off (none), got {value!r}")
     return value
 
 
@@ -214,7 +216,8 @@ HostPort = Annotated[str, AfterValidator(_host_port)]
 HostPorts = Annotated[str, AfterValidator(_host_ports)]
 """Addresses "host:port[,host:port...]" (Kafka bootstrap servers)."""
 HostPortOrEmpty = Annotated[str, AfterValidator(_host_port_or_empty)]
-"""An address "host:port", or empty for "none"."""
+"""An address "host:port", or "" for none. `off` is none too, and the only way to say
+it where the default is an address: an empty variable means the default."""
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 """A path to a file that exists when the settings are read."""
 NonBlank = Annotated[str, AfterValidator(_not_blank)]

@@ -26,7 +26,8 @@ class MeteringSettings(CommonSettings):
     prices_poll_seconds: float = Field(2.0, ge=0.1, le=3600)
     """How often a worker looks for a new price catalog revision"""
     metrics_addr: HostPortOrEmpty = "127.0.0.1:9464"
-    """Where a worker serves its Prometheus metrics (/metrics); empty: none"""
+    """Where a worker serves its Prometheus metrics (/metrics) and its liveness (/livez);
+    `off`: none (an empty variable means this default)"""
     data_dir: Path = Path(".run/faust")
     """Where faust keeps its small local files (under <dir>/<app id>); state is in
     Postgres"""

@@ -127,3 +127,17 @@ def test_only_upper_case_names_are_read() -> None:
     # override or break the upper-case one a deployment set.
     got = PolicySettings.from_env({"QM_POLICY_WARN_PERCENT": "70", "qm_policy_warn_percent": "x"})
     assert got.warn_percent == 70
+
+
+def test_off_turns_off_an_address_whose_default_is_one() -> None:
+    """An empty variable means the default (env_ignore_empty), so QM_METERING_METRICS_ADDR=""
+    still served 127.0.0.1:9464, and a second worker on the host exited: `off` is none."""
+    from services.metering.settings import MeteringSettings
+
+    assert MeteringSettings.from_env({}).metrics_addr == "127.0.0.1:9464"
+    assert (
+        MeteringSettings.from_env({"QM_METERING_METRICS_ADDR": ""}).metrics_addr == "127.0.0.1:9464"
+    )
+    assert MeteringSettings.from_env({"QM_METERING_METRICS_ADDR": "off"}).metrics_addr == ""
+    with pytest.raises(SettingsError, match="expected host:port, or off"):
+        MeteringSettings.from_env({"QM_METERING_METRICS_ADDR": "nowhere"})
