@@ -7,13 +7,18 @@ those are is not known here (`devtools.discovery.migration_dirs()` finds them, a
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+
+from quartermaster.redact import mask_urls
 
 # Exceptions that mean PostgreSQL is out of reach, not that a request or the code is
 # wrong: retried by workers, UNAVAILABLE to gRPC callers (quartermaster.grpcguard).
@@ -50,6 +55,25 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, OUTAGES):
         return True
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def run_service(process: str, main: Coroutine[Any, Any, object]) -> None:
+    """`asyncio.run(main)`, except that PostgreSQL out of reach (`is_outage`), at start
+    or later, ends the process with exit status 1 and one ERROR line saying so (the
+    URL's password masked), not a traceback: a supervisor restarts it with backoff,
+    while a process waiting there would look alive and answer nothing. Policy had said
+    so in one line; the Cost API, requests and the notifier printed 50-70 lines of
+    asyncpg's connect."""
+    try:
+        asyncio.run(main)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logging.getLogger(f"qm.{process.replace(' ', '-')}").error(
+            "%s can't run: PostgreSQL is out of reach (QM_DATABASE_URL): %s: %s",
+            process, type(exc).__name__, mask_urls(str(exc)),
+        )  # fmt: skip
+        raise SystemExit(1) from None
 
 
 def _dbmate() -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from quartermaster import auth, kafka, telemetry
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, run_service
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
@@ -82,7 +82,7 @@ def main() -> None:
     settings = load_or_exit(MeteringSettings, "metering api")
     telemetry.setup("metering-api", settings.log_level, metrics_addr=settings.api_metrics_addr)
     kafka.configure(settings)
-    asyncio.run(_serve(settings))
+    run_service("metering api", _serve(settings))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@ the probes' /livez and /healthz (services.notifier.health) from before it connec
 
 from __future__ import annotations
 
-import asyncio
-
 from quartermaster import kafka, telemetry
+from quartermaster.db import run_service
 from quartermaster.grpcserver import until_signalled
 from quartermaster.settings import load_or_exit
 from services.notifier import wiring
@@ -38,7 +37,7 @@ def main() -> None:
     if settings.metrics_addr:
         telemetry.metrics_for_prometheus("notifier")
     kafka.configure(settings)
-    asyncio.run(_run(settings))
+    run_service("notifier", _run(settings))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 
 from quartermaster import kafka, telemetry
 from quartermaster.cliargs import Parser
-from quartermaster.db import connect_pool, is_outage
+from quartermaster.db import connect_pool, run_service
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit
@@ -31,15 +31,7 @@ log = logging.getLogger("qm.policy")
 
 
 async def _serve(settings: PolicySettings) -> None:
-    try:
-        running = await wiring.start(settings)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        # Exit at once, non-zero, saying what: a supervisor restarts us with backoff,
-        # while a process waiting here would look alive and answer nothing.
-        log.error("policy can't start: PostgreSQL is out of reach (%r)", exc)
-        raise SystemExit(1) from None
+    running = await wiring.start(settings)
     await until_signalled(lambda: running.stop(settings.grace_seconds))
 
 
@@ -96,7 +88,7 @@ def main() -> None:
     elif ns.command == "topic":
         print(asyncio.run(_accept_topic(settings, ns.by, ns.reason)))  # noqa: T201
     else:
-        asyncio.run(_serve(settings))
+        run_service("policy", _serve(settings))
 
 
 if __name__ == "__main__":

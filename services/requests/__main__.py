@@ -3,9 +3,8 @@ reconciler until SIGTERM/SIGINT, then stop gracefully."""
 
 from __future__ import annotations
 
-import asyncio
-
 from quartermaster import kafka, telemetry
+from quartermaster.db import run_service
 from quartermaster.grpcserver import until_signalled
 from quartermaster.settings import load_or_exit
 from services.requests import wiring
@@ -21,7 +20,7 @@ def main() -> None:
     settings = load_or_exit(RequestsSettings, "requests")
     telemetry.setup("requests", settings.log_level, metrics_addr=settings.metrics_addr)
     kafka.configure(settings)
-    asyncio.run(_run(settings))
+    run_service("requests", _run(settings))
 
 
 if __name__ == "__main__":
