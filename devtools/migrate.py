@@ -16,6 +16,10 @@ def main() -> None:
     """Exit 2 naming the variable when QM_DATABASE_URL is wrong; exit 1 with dbmate's
     output when a migration fails (URLs in it shown without their passwords)."""
     url = sys.argv[1] if len(sys.argv) > 1 else load_or_exit(CommonSettings, "migrate").database_url
+    # dbmate waits up to 30 s for PostgreSQL (a hook Job may start before it): said, so
+    # the wait is not silence.
+    sys.stderr.write(f"migrate: applying migrations to {mask_url(url)} (waiting up to 30 s "
+                     "for PostgreSQL to answer)\n")  # fmt: skip
     try:
         migrate(url, migration_dirs())
     except RuntimeError as exc:

@@ -137,6 +137,8 @@ def test_migrate_names_no_password_when_dbmate_fails(
     err = capsys.readouterr().err
     assert SECRET not in err
     assert "migrate (postgresql://qm:****@127.0.0.1:1/qm): migrations for policy failed" in err
+    # dbmate waits up to 30 s for PostgreSQL: said first, so the wait is not silence
+    assert err.startswith("migrate: applying migrations to postgresql://qm:****@127.0.0.1:1/qm")
 
 
 def test_the_pools_retries_are_one_line_each() -> None:
