@@ -199,7 +199,13 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     server = auth.server(settings.grants, "policy")
     add_servicers(
         server,
-        PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds, readiness),
+        PolicyServicer(
+            evaluator,
+            reservations,
+            settings.reservation_ttl_seconds,
+            readiness,
+            settings.max_open_reservations,
+        ),
         PolicyAdminServicer(limits, directory, evaluator, refresh.reload),
         DirectoryServicer(evaluator),
     )
