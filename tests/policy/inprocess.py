@@ -194,8 +194,9 @@ class InProcess:
 
 
 @asynccontextmanager
-async def policy_in_process() -> AsyncIterator[InProcess]:
-    """A grpc.aio server on 127.0.0.1 port 0 with the three policy servicers."""
+async def policy_in_process(max_open: int = 1_000) -> AsyncIterator[InProcess]:
+    """A grpc.aio server on 127.0.0.1 port 0 with the three policy servicers (a user
+    may have `max_open` open reservations)."""
     snap, totals = snapshot(), TotalsIndex()
     totals.set_pools(snap.pool_members())
     ev = Evaluator(snap, totals, ReservationsView(), ZoneInfo("UTC"), 80,
@@ -210,7 +211,7 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
     admin = PolicyAdminServicer(limits, dir_store, ev, reload, clock=lambda: NOW)
 
     def add(server: grpc.aio.Server) -> None:
-        policy = PolicyServicer(ev, reservations, 600, readiness)
+        policy = PolicyServicer(ev, reservations, 600, readiness, max_open)
         add_servicers(server, policy, admin, DirectoryServicer(ev))
 
     async with in_process_server(add) as ch:
