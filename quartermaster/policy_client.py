@@ -33,7 +33,8 @@ fail-open gateway must not allow what policy refused. A refused credential
 gateway) raises `PolicyRefused`, saying what to fix; a fail-open gateway with a bad
 token must not allow everything. Others raise grpc.aio.AioRpcError (PolicyRefused is
 one too): RESOURCE_EXHAUSTED (a request or an answer over gRPC's size limits: a batch
-of 441 checks once came back so, and was allowed whole) and FAILED_PRECONDITION (no
+of 441 checks once came back so, and was allowed whole; or a Reserve for a user who
+has the most open reservations policy allows) and FAILED_PRECONDITION (no
 limit applies to the user: a configuration to fix, not to paper over). A request over
 the 4 MB policy accepts is refused before it is sent (PolicyRequestError).
 

@@ -11,3 +11,8 @@ class NotFound(LookupError):
 class Conflict(ValueError):
     """The change contradicts the current state (e.g. a group cycle, a reservation
     already released); the message starts with the field."""
+
+
+class TooMany(Exception):
+    """A user already has as many open reservations as a replica allows (the servicer
+    answers RESOURCE_EXHAUSTED); the message names the user and the count."""

@@ -9,7 +9,7 @@ totals dict kept at hand, nothing built that the answer does not need.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -17,7 +17,7 @@ from quartermaster.model_ids import allows
 from quartermaster.periods import Period, PeriodKind, period_of
 from quartermaster.v1 import policy_pb2
 from services.policy.decide import Limit, classify, decide
-from services.policy.reservations import Reservation, ReservationsView, open_micros
+from services.policy.reservations import Held, ReservationsView, open_micros
 from services.policy.rules import Resolved, Snapshot
 from services.policy.totals import TotalsIndex
 
@@ -125,18 +125,17 @@ class Evaluator:
         estimated: int,
         now: datetime,
         resolved: Resolved,
-        reservations: Iterable[Reservation] | None = None,
+        held: Held | None = None,
     ) -> Verdict:
-        """The decision for one call. `reservations`: the open ones read from Postgres
-        under the reservation lock; None means this replica's in-memory view."""
+        """The decision for one call. `held`: what the open reservations hold as
+        Postgres summed them under the reservation lock; None means this replica's
+        in-memory view."""
         settled = self.totals.settled
         limit = resolved.limit
         period, used_in_period = self._current(limit.period, now)
-        if reservations is not None:
-            held = list(reservations)
-            mine = open_micros((h for h in held if h.user_id == user_id), now, settled, period.key)
+        if held is not None:
+            mine = held.user
         else:
-            held = None
             of_user = self.reservations.of_user(user_id)
             mine = open_micros(of_user, now, settled, period.key) if of_user else 0
         used = used_in_period.get(user_id, 0) + mine
@@ -145,7 +144,7 @@ class Evaluator:
         for g, rule in resolved.pools:
             pp = period if rule.period is limit.period else self.period(rule.period, now)
             if held is not None:
-                pool_held = open_micros((h for h in held if g in h.pools), now, settled, pp.key)
+                pool_held = held.pools.get(g, 0)
             else:
                 in_pool = self.reservations.of_pool(g)
                 pool_held = open_micros(in_pool, now, settled, pp.key) if in_pool else 0

@@ -22,6 +22,12 @@ MAX_TTL_SECONDS = 86_400
 # billion credits. Larger is a typo or an attack, not a budget, and sums of such
 # amounts would pass int64 (the wire's and PostgreSQL's bigint).
 MAX_MICROS = 10**15
+# The most one call may cost (Commit's actual_micros): one million credits, what
+# metering accepts as one event (services/metering/bounds.py MAX_EVENT_MICROS; a
+# service imports no other). The actual may exceed the estimate, as real calls do,
+# but a call costing more is never metered: committing it would only hold the user's
+# budget for the reservation's lifetime (issue 14 committed 10^15 a reservation).
+MAX_CALL_MICROS = 10**12
 MAX_REASON = 2000
 MAX_DOCUMENT = 32 * 1024 * 1024
 MAX_LIST = 1000  # ids in one repeated field (group_ids, admins, allowed models)
@@ -70,7 +76,11 @@ def reserve(req: policy_pb2.ReserveRequest) -> Problems:
 def commit(req: policy_pb2.CommitRequest) -> Problems:
     """A CommitRequest's bad fields."""
     problems = ids(reservation_id=req.reservation_id)
-    problems.require_amount("actual_micros", req.actual_micros, MAX_MICROS)
+    if req.actual_micros > MAX_CALL_MICROS:
+        problems.add("actual_micros", f"must be at most {MAX_CALL_MICROS} (one million credits,"
+                     " the most one call may cost: metering meters no larger event)")  # fmt: skip
+    else:
+        problems.require_amount("actual_micros", req.actual_micros, MAX_CALL_MICROS)
     return problems
 
 

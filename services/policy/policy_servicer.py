@@ -23,16 +23,18 @@ from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from quartermaster.validation import MAX_ID_LENGTH, NUL, Problems
 from services.policy import inputs
 from services.policy.directory_import import DirectoryError
-from services.policy.errors import Conflict, NotFound
+from services.policy.errors import Conflict, NotFound, TooMany
 from services.policy.evaluator import Evaluator, Verdict
 from services.policy.inputs import MAX_MICROS
 from services.policy.mapping import budget, check_response, reservation_msg
 from services.policy.readiness import Readiness
-from services.policy.reservations import Reservation
+from services.policy.reservations import Held, settled_here
 from services.policy.rules import NoLimit, Resolved
-from services.policy.stores.reservations import ReservationStore
+from services.policy.stores.reservations import Periods, ReservationStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# Open reservations one user may have (QM_POLICY_MAX_OPEN_RESERVATIONS's default).
+DEFAULT_MAX_OPEN = 1_000
 
 
 class UserLocks:
@@ -67,6 +69,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     NoLimit: grpc.StatusCode.FAILED_PRECONDITION,
+    TooMany: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DirectoryError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
@@ -76,7 +79,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     `default_ttl`: seconds a reservation lives when the call does not say. Every call
     that answers from memory (Check, CheckBatch, GetBudget, Reserve) ends UNAVAILABLE
     with `readiness.message()` while `readiness` is not ready (default: always ready);
-    Commit and Release only settle a reservation in Postgres and always run."""
+    Commit and Release only settle a reservation in Postgres and always run. A user
+    has at most `max_open` open reservations: past them Reserve ends
+    RESOURCE_EXHAUSTED (a refusal: PolicyClient raises it, no fail mode answers)."""
 
     def __init__(
         self,
@@ -84,8 +89,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         store: ReservationStore,
         default_ttl: float,
         readiness: Readiness | None = None,
+        max_open: int = DEFAULT_MAX_OPEN,
     ) -> None:
         self._ev = evaluator
+        self._max_open = max_open
         self._store = store
         self._default_ttl = default_ttl
         self._readiness = readiness or Readiness()
@@ -197,6 +204,32 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         quick = self._ev.verdict(user_id, model, estimated, now, resolved)
         return None if quick.admitted else check_response(quick)
 
+    def _too_many(self, user_id: str, request_id: str, now: datetime) -> str:
+        """Why memory already refuses a new reservation of the user (they have
+        `max_open` open ones), or "". Postgres counts again under the lock."""
+        mine = self._ev.reservations.of_user(user_id)
+        if len(mine) < self._max_open or self._ev.reservations.held_for((request_id,)):
+            return ""
+        n = sum(1 for h in mine if h.expires_at > now)
+        if n < self._max_open:
+            return ""
+        return (
+            f"user_id: {user_id!r} has {n} open reservations, the most one user may have"
+            f" ({self._max_open}: QM_POLICY_MAX_OPEN_RESERVATIONS); commit or release them first"
+        )
+
+    def _periods(self, user_id: str, now: datetime, resolved: Resolved) -> Periods:
+        """What the store sums the open reservations against (stores.reservations)."""
+        ev, settled = self._ev, self._ev.totals.settled
+        user_key = ev.period(resolved.limit.period, now).key
+        here = settled_here(ev.reservations.of_user(user_id), settled, user_key)
+        pool_keys = []
+        for g, rule in resolved.pools:
+            key = ev.period(rule.period, now).key
+            pool_keys.append(key)
+            here += settled_here(ev.reservations.of_pool(g), settled, key)
+        return Periods(user_key, tuple(pool_keys), tuple(here), self._max_open)
+
     async def _reserve(
         self, user_id: str, model: str, estimated: int, request_id: str, ttl: int,
         context: Context,
@@ -207,9 +240,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if denied is not None:
             return denied
         pools = tuple(g for g, _ in resolved.pools)
+        too_many = self._too_many(user_id, request_id, now)
+        if too_many:
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, too_many)
 
-        def admit(open_now: list[Reservation]) -> Verdict:
-            return self._ev.verdict(user_id, model, estimated, now, resolved, open_now)
+        def admit(held: Held) -> Verdict:
+            return self._ev.verdict(user_id, model, estimated, now, resolved, held)
 
         # One Reserve of a user at a time on this replica: each one's reservation is in
         # memory before the next looks, so once the room is taken the rest are denied
@@ -219,9 +255,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             denied = self._denied(user_id, model, estimated, request_id, now, resolved)
             if denied is not None:
                 return denied
-            verdict, made, existed = await self._store.reserve(
-                user_id, pools, request_id, estimated, ttl or self._default_ttl, admit
-            )
+            try:
+                verdict, made, existed = await self._store.reserve(
+                    user_id, pools, request_id, estimated, ttl or self._default_ttl, admit,
+                    self._periods(user_id, now, resolved),
+                )  # fmt: skip
+            except TooMany as exc:
+                await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             if made is not None and made.user_id == user_id:
                 self._ev.reservations.put(made)
         if made is None:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,29 @@ class Reservation:
     committed: bool = False
     released: bool = False
     settled_in: tuple[str, ...] = ()
+
+
+class Held(NamedTuple):
+    """What the open reservations hold, as Postgres sums them under the Reserve lock:
+    the user's micros against their limit's period, each pool's against its own, and
+    how many reservations the user has open (settled or not)."""
+
+    user: int
+    pools: dict[str, int]
+    user_open: int
+
+
+def settled_here(
+    reservations: Iterable[Reservation], settled: Callable[[str, str], bool], period_key: str
+) -> list[str]:
+    """Those of `reservations` that this replica knows are in the total of `period_key`
+    and Postgres does not know of yet (Settlements records them there soon), as
+    request_id + US + period_key: a Reserve's sums leave them out as the view does."""
+    return [
+        f"{h.request_id}\x1f{period_key}"
+        for h in reservations
+        if period_key not in h.settled_in and settled(h.request_id, period_key)
+    ]
 
 
 class Admission(Protocol):

@@ -45,6 +45,10 @@ class PolicySettings(CommonSettings):
     reservation_ttl_seconds: float = Field(600.0, ge=1, le=86_400)
     """How long a reservation holds budget unless the request says; a committed one is
     kept this long for its usage to arrive"""
+    max_open_reservations: int = Field(1_000, ge=1, le=1_000_000)
+    """Open reservations one user may have; a Reserve past them is refused
+    (RESOURCE_EXHAUSTED naming the user and the count), so one caller cannot make a
+    user's Reserves, nor their pools', read an unbounded number of holds"""
     totals_check_seconds: float = Field(5.0, ge=0.1, le=3600)
     """How often the totals topic is checked for having been recreated (partitions
     changed, end offsets gone back); when it was, the replica stops answering

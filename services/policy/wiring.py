@@ -197,19 +197,16 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     feed.start()
 
     server = auth.server(settings.grants, "policy")
+    ttl, max_open = settings.reservation_ttl_seconds, settings.max_open_reservations
     add_servicers(
-        server,
-        PolicyServicer(evaluator, reservations, settings.reservation_ttl_seconds, readiness),
+        server, PolicyServicer(evaluator, reservations, ttl, readiness, max_open),
         PolicyAdminServicer(limits, directory, evaluator, refresh.reload),
         DirectoryServicer(evaluator),
-    )
+    )  # fmt: skip
     served = await serve(
-        addr or settings.addr,
-        SERVICE_NAMES,
-        server,
-        tls=settings.server_tls,
+        addr or settings.addr, SERVICE_NAMES, server, tls=settings.server_tls,
         health_addr=settings.health_addr,
-    )
+    )  # fmt: skip
     log.info("policy listening on port %d", served.port)
 
     serving = asyncio.Event()

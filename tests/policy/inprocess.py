@@ -25,7 +25,7 @@ from services.policy.decide import Enforcement
 from services.policy.directory import GroupInfo, UserInfo
 from services.policy.directory_import import DirectoryDoc, ImportResult
 from services.policy.directory_servicer import DirectoryServicer
-from services.policy.errors import Conflict, NotFound
+from services.policy.errors import Conflict, NotFound, TooMany
 from services.policy.evaluator import Evaluator
 from services.policy.mapping import prepare_response
 from services.policy.model_rules import ModelPolicy
@@ -33,6 +33,7 @@ from services.policy.policy_servicer import PolicyServicer
 from services.policy.readiness import Readiness
 from services.policy.reservations import (
     Admission,
+    Held,
     Reservation,
     ReservationsView,
     is_repeat,
@@ -41,7 +42,7 @@ from services.policy.reservations import (
 from services.policy.rules import Override, Rule, Snapshot
 from services.policy.stores.directory import DirectoryStore
 from services.policy.stores.limits import LimitStore
-from services.policy.stores.reservations import ReservationStore
+from services.policy.stores.reservations import Periods, ReservationStore
 from services.policy.totals import TotalsIndex
 from services.policy.wiring import add_servicers
 from tests.helpers import in_process_server, metadata
@@ -79,12 +80,17 @@ class FakeReservations(ReservationStore):
 
     async def reserve(
         self, user_id: str, pools: tuple[str, ...], request_id: str, estimated: int,
-        ttl_seconds: float, admit: Callable[[list[Reservation]], V],
+        ttl_seconds: float, admit: Callable[[Held], V], periods: Periods,
     ) -> tuple[V | None, Reservation | None, bool]:  # fmt: skip
         same = next((r for r in self.by_id.values() if r.request_id == request_id), None)
         if same is not None:
             return None, same, True
-        verdict = admit([r for r in self.by_id.values() if not r.released])
+        held = [r for r in self.by_id.values() if not r.released and r.expires_at > NOW]
+        mine = [r for r in held if r.user_id == user_id]
+        if len(mine) >= periods.max_open:
+            raise TooMany(f"user_id: {user_id!r} has {len(mine)} open reservations")
+        by_pool = {g: sum(r.micros for r in held if g in r.pools) for g in pools}
+        verdict = admit(Held(sum(r.micros for r in mine), by_pool, len(mine)))
         if not verdict.admitted:
             return verdict, None, False
         made = Reservation(str(uuid.uuid4()), user_id, request_id, pools, estimated,
@@ -188,8 +194,9 @@ class InProcess:
 
 
 @asynccontextmanager
-async def policy_in_process() -> AsyncIterator[InProcess]:
-    """A grpc.aio server on 127.0.0.1 port 0 with the three policy servicers."""
+async def policy_in_process(max_open: int = 1_000) -> AsyncIterator[InProcess]:
+    """A grpc.aio server on 127.0.0.1 port 0 with the three policy servicers (a user
+    may have `max_open` open reservations)."""
     snap, totals = snapshot(), TotalsIndex()
     totals.set_pools(snap.pool_members())
     ev = Evaluator(snap, totals, ReservationsView(), ZoneInfo("UTC"), 80,
@@ -204,7 +211,7 @@ async def policy_in_process() -> AsyncIterator[InProcess]:
     admin = PolicyAdminServicer(limits, dir_store, ev, reload, clock=lambda: NOW)
 
     def add(server: grpc.aio.Server) -> None:
-        policy = PolicyServicer(ev, reservations, 600, readiness)
+        policy = PolicyServicer(ev, reservations, 600, readiness, max_open)
         add_servicers(server, policy, admin, DirectoryServicer(ev))
 
     async with in_process_server(add) as ch:

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.infra
 LIMIT = TEST_LIMIT_CREDITS * 1_000_000  # the session's policy server's default
 I64 = 2**63 - 1
 BOUND = 10**15
+CALL_BOUND = 10**12  # Commit's actual_micros: one call
 
 
 class Stubs:
@@ -149,7 +150,8 @@ async def test_a_commit_of_2_63_is_refused_and_the_user_still_answers(stubs: Stu
                                                actual_micros=I64))
     )  # fmt: skip
     assert (code, details) == (
-        grpc.StatusCode.INVALID_ARGUMENT, f"actual_micros: must be at most {BOUND}",
+        grpc.StatusCode.INVALID_ARGUMENT, f"actual_micros: must be at most {CALL_BOUND} (one"
+        " million credits, the most one call may cost: metering meters no larger event)",
     )  # fmt: skip
     answer = await policy.Check(check(user))
     assert (answer.decision, answer.used_micros) == (policy_pb2.DECISION_ALLOW, 1_000)

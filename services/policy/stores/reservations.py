@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 
-from services.policy.errors import Conflict, NotFound
+from services.policy.errors import Conflict, NotFound, TooMany
 from services.policy.reservations import (
     Admission,
+    Held,
     Reservation,
     is_repeat,
     settle_refusal,
@@ -23,6 +25,36 @@ from services.policy.reservations import (
 # name stays: replicas of the previous release listen on it during a rolling update.
 RESERVATIONS_CHANNEL = "qm_policy_holds_changed"
 V = TypeVar("V", bound=Admission)
+# What a Reserve reads under its locks: how many reservations the user has open, the
+# micros they hold against the user's period ($3) and each pool's ($4, $5) except
+# those settled in it (in Postgres, or here: $6), and any reservation of request_id
+# $7, in one row. Aggregates over the partial indexes (open user's, open pools' GIN):
+# no reservation travels to Python, and the user's are at most max_open.
+_OPEN = "workspace_id = $1 AND released_at IS NULL AND expires_at > now()"
+_UNSETTLED = "NOT (k = ANY(settled_periods)) AND NOT (request_id || chr(31) || k = ANY($6))"
+SUMS = (
+    "SELECT u.user_open, u.user_held, ARRAY(SELECT (SELECT"
+    " coalesce(sum(coalesce(actual_micros, estimated_micros)), 0) FROM policy.reservations"
+    f" WHERE {_OPEN} AND pools @> ARRAY[p.g] AND {_UNSETTLED})"
+    " FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS p(g, k, i) ORDER BY p.i)"
+    " AS pool_held, e.* FROM (SELECT count(*) AS user_open,"
+    " coalesce(sum(coalesce(actual_micros, estimated_micros))"
+    f" FILTER (WHERE {_UNSETTLED}), 0) AS user_held"
+    f" FROM policy.reservations, (SELECT $3::text AS k) AS uk WHERE {_OPEN} AND user_id = $2)"
+    " AS u LEFT JOIN policy.reservations AS e ON e.workspace_id = $1 AND e.request_id = $7"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Periods:
+    """Against what a Reserve sums the open reservations: the period key of the user's
+    limit, those of their pools (in the order of the pools), the requests this replica
+    knows settled (reservations.settled_here), and how many a user may have open."""
+
+    user_key: str
+    pool_keys: tuple[str, ...]
+    settled_here: tuple[str, ...]
+    max_open: int
 
 
 def _reservation(r: Mapping[str, Any]) -> Reservation:
@@ -67,18 +99,20 @@ class ReservationStore:
 
     async def reserve(
         self, user_id: str, pools: tuple[str, ...], request_id: str, estimated: int,
-        ttl_seconds: float, admit: Callable[[list[Reservation]], V],
+        ttl_seconds: float, admit: Callable[[Held], V], periods: Periods,
     ) -> tuple[V | None, Reservation | None, bool]:  # fmt: skip
         """Under locks on the user and each of their pools (taken in one order on every
-        replica), read the open reservations and ask `admit(reservations)` for a
+        replica), sum what the open reservations hold (`periods`: against which period
+        keys, and the requests this replica knows settled) and ask `admit(held)` for a
         verdict; when it says yes (`verdict.admitted`), write the reservation. Returns
         (verdict, reservation, existed): a request_id that already has a reservation
-        returns that one unchanged (verdict None)."""
+        returns that one unchanged (verdict None). TooMany when the user already has
+        `periods.max_open` open reservations."""
         ws = self.workspace_id
         keys = sorted([f"{ws}\x1fuser\x1f{user_id}"] + [f"{ws}\x1fpool\x1f{g}" for g in pools])
-        # Three round trips under the locks (read; write and notify; commit): the locks
-        # serialize every Reserve of one user, so their hold time bounds how many a
-        # second one user's callers get through.
+        # Three round trips under the locks (lock; sum; write and notify) and the
+        # commit: the locks serialize every Reserve of one user, so their hold time
+        # bounds how many a second one user's callers get through.
         async with self._pool.acquire() as conn, conn.transaction():
             # Every lock in one statement, in `keys` order (volatile functions in the
             # select list run after ORDER BY), and the transaction's now() with them.
@@ -87,16 +121,25 @@ class ReservationStore:
                 " FROM unnest($1::text[]) WITH ORDINALITY AS t(k, i) ORDER BY i) AS locked",
                 keys,
             )
-            rows = await conn.fetch(
-                "SELECT *, request_id = $4 AS same FROM policy.reservations"
-                " WHERE workspace_id = $1 AND (request_id = $4 OR (released_at IS NULL"
-                " AND expires_at > now() AND (user_id = $2 OR pools && $3::text[])))",
-                ws, user_id, list(pools), request_id,
+            # Sums, not rows: a Reserve's cost does not grow with the holds (issue 14).
+            row = await conn.fetchrow(
+                SUMS, ws, user_id, periods.user_key, list(pools), list(periods.pool_keys),
+                list(periods.settled_here), request_id,
             )  # fmt: skip
-            for r in rows:
-                if r["same"]:
-                    return None, _reservation(r), True
-            verdict = admit([_reservation(r) for r in rows])
+            assert row is not None
+            if row["reservation_id"] is not None:
+                return None, _reservation(row), True
+            if row["user_open"] >= periods.max_open:
+                raise TooMany(
+                    f"user_id: {user_id!r} has {row['user_open']} open reservations, the"
+                    f" most one user may have ({periods.max_open}:"
+                    " QM_POLICY_MAX_OPEN_RESERVATIONS); commit or release them first"
+                )
+            held = Held(
+                int(row["user_held"]), dict(zip(pools, map(int, row["pool_held"]), strict=True)),
+                row["user_open"],
+            )  # fmt: skip
+            verdict = admit(held)
             if not verdict.admitted:
                 return verdict, None, False
             # The row as it will be, so that the INSERT and its NOTIFY are one statement
