@@ -193,11 +193,11 @@ async def test_request_id_is_checked_alike_with_or_without_reserve(inproc: InPro
         for reserve in (False, True):
             err = await refused(inproc.policy.Check(check(request_id=request_id, reserve=reserve)))
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert err.details().startswith(f"request_id: {problem}"), err.details()
+            assert (err.details() or "").startswith(f"request_id: {problem}"), err.details()
         err = await refused(inproc.policy.CheckBatch(
             policy_pb2.CheckBatchRequest(checks=[check(), check(request_id=request_id)])
         ))  # fmt: skip
-        assert err.details().startswith(f"checks[1].request_id: {problem}"), err.details()
+        assert (err.details() or "").startswith(f"checks[1].request_id: {problem}"), err.details()
 
 
 async def test_find_user_refuses_keys_no_directory_could_hold(inproc: InProcess) -> None:
@@ -207,4 +207,4 @@ async def test_find_user_refuses_keys_no_directory_could_hold(inproc: InProcess)
     ):
         err = await refused(inproc.directory.FindUser(request))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert err.details().startswith(f"{field}: "), err.details()
+        assert (err.details() or "").startswith(f"{field}: "), err.details()
