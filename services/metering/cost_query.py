@@ -15,6 +15,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from quartermaster.periods import QUARTER_HOUR, PeriodKind, period_of, quarter_floor
+from quartermaster.validation import MAX_ID_LENGTH, text_problem
 
 MAX_RANGE = timedelta(days=400)
 # The instants a query may name: usage before 2000 was never metered, and past year
@@ -26,6 +27,9 @@ LATEST = datetime(LAST_YEAR + 1, 1, 1, tzinfo=UTC)  # exclusive
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
 MAX_TOP_SPENDERS = 1000
+# Values in one of a filter's lists (ids, products, models, cost centers, groups):
+# policy's GroupMembers takes as many group_ids, each of at most MAX_ID_LENGTH.
+MAX_FILTER_VALUES = 1000
 DEFAULT_TOP_SPENDERS = 10
 
 
@@ -112,10 +116,11 @@ class UsageFilter:
             (self.user_ids, "user_ids"),
             (self.products, "products"),
             (self.models, "models"),
+            (self.cost_centers, "cost_centers"),
             (self.group_ids, "group_ids"),
         ):
-            if any(not v.strip() for v in values):
-                out.append(f"{name}.{what}: empty values are not allowed")
+            # an event without a cost center is asked for by ""
+            out += list_problems(f"{name}.{what}", values, blank_ok=what == "cost_centers")
         return out
 
     def window(self) -> tuple[datetime, datetime]:
@@ -197,6 +202,26 @@ class Spender:
 
 # group id → its members now
 Members = dict[str, tuple[str, ...]]
+
+
+def list_problems(name: str, values: tuple[str, ...], blank_ok: bool = False) -> list[str]:
+    """The problems of one of a filter's lists, every list bounded alike (issue 14:
+    only group_ids was, by policy): at most MAX_FILTER_VALUES values, each at most
+    MAX_ID_LENGTH characters of storable text and (unless `blank_ok`) not blank. The
+    first value of each kind of problem is named, by index."""
+    if len(values) > MAX_FILTER_VALUES:  # before looking at each of them
+        return [f"{name}: at most {MAX_FILTER_VALUES} values, got {len(values)}"]
+    out: list[str] = []
+    if not blank_ok and any(not v.strip() for v in values):
+        out.append(f"{name}: empty values are not allowed")
+    long = next((i for i, v in enumerate(values) if len(v) > MAX_ID_LENGTH), None)
+    if long is not None:
+        out.append(f"{name}[{long}]: longer than {MAX_ID_LENGTH} characters")
+    for i, v in enumerate(values):
+        if (problem := text_problem(v)) is not None:
+            out.append(f"{name}[{i}]: {problem}")
+            break
+    return out
 
 
 def whole_days(start: datetime, end: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:

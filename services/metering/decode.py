@@ -21,12 +21,13 @@ from datetime import datetime, timedelta
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from quartermaster import json_input
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp, iso
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
-from services.metering.json_event import JsonEventError, event_from_json, unknown_enum_name
+from services.metering.json_event import JsonEventError, batch_problem, event_from_json
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
@@ -84,7 +85,7 @@ def _parse(value: bytes, content_type: str, message: Message) -> None:
 
 def _load_json(value: bytes, where: str) -> object:
     try:
-        return json.loads(value.decode("utf-8"))
+        return json_input.loads(value.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InvalidUsage(f"{where}: not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -115,25 +116,15 @@ def _parse_json(value: bytes, message: Message) -> None:
     if not isinstance(raw, dict):
         got = _JSON_KINDS.get(type(raw), type(raw).__name__)
         raise InvalidUsage(f"{where}: expected a JSON object, got {got}")
-    _check_json_enums(raw)
+    problem = batch_problem(raw)  # before ParseDict, which would pass it over
+    if problem is not None:
+        raise InvalidUsage(problem)
     try:
         json_format.ParseDict(raw, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise InvalidUsage(f"{where}: {exc}") from None
     except RecursionError:
         raise InvalidUsage(f"{where}: nested too deeply") from None
-
-
-def _check_json_enums(raw: dict[str, object]) -> None:
-    """Refuse an enum name UsageEvent lacks, in any event (see json_event.unknown_enum_name)."""
-    events = raw.get("events") if "events" in raw else None
-    listed = events if isinstance(events, list) else [raw]
-    for i, event in enumerate(listed):
-        if not isinstance(event, dict):
-            continue  # ParseDict names what is wrong with it
-        unknown = unknown_enum_name(event)
-        if unknown is not None:
-            raise InvalidUsage(f"events[{i}].{unknown[0]}" if listed is events else unknown[0])
 
 
 def decode(

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from quartermaster import json_input
 from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageEvent
@@ -92,7 +93,7 @@ def values_of(body: bytes, content_type: str) -> list[object]:
     if kind in NDJSON_TYPES:
         return _lines(text)
     try:
-        value = json.loads(text)
+        value = json_input.loads(text)
     except json.JSONDecodeError as exc:
         hint = " (one event a line is NDJSON: application/x-ndjson)" if exc.pos > 0 else ""
         raise BadBody([Problem(None, "", f"not JSON: {exc}{hint}")]) from None
@@ -115,7 +116,7 @@ def _lines(text: str) -> list[object]:
         if not line.strip():
             continue
         try:
-            values.append(json.loads(line))
+            values.append(json_input.loads(line))
         except (json.JSONDecodeError, RecursionError) as exc:
             bad += 1
             if len(problems) < MAX_NAMED:

@@ -25,6 +25,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from quartermaster.json_input import LongInteger
 from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageEvent
 
 _D = UsageEvent.DESCRIPTOR
@@ -62,8 +63,9 @@ class JsonEventError(ValueError):
 
 
 _KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
-          bool: "true or false", type(None): "null"}  # fmt: skip
+          bool: "true or false", type(None): "null", LongInteger: "a number"}  # fmt: skip
 _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field")
+MAX_REASON = 300  # characters of ParseDict's reason kept (it quotes the value)
 
 
 def event_from_json(raw: object) -> UsageEvent:
@@ -75,18 +77,51 @@ def event_from_json(raw: object) -> UsageEvent:
     event = _fast(raw)
     if event is not None:
         return event
-    unknown = unknown_enum_name(raw)
+    unknown = field_problem(raw)
     if unknown is not None:
         raise JsonEventError(*unknown)
     event = UsageEvent()
     try:
         json_format.ParseDict(raw, event, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
-        found = _PARSE_FIELD.search(str(exc))
-        raise JsonEventError(str(exc), found.group(1) if found else "") from None
+        why = str(exc)
+        found = _PARSE_FIELD.search(why)
+        if len(why) > MAX_REASON:  # say, quoting a 5000-digit string
+            why = f"{why[:MAX_REASON]}... ({len(why)} characters)"
+        raise JsonEventError(why, found.group(1) if found else "") from None
     except RecursionError:
         raise JsonEventError("nested too deeply") from None
     return event
+
+
+def field_problem(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, field) for what ParseDict would pass over in silence in the event
+    `raw`: `long_integer`, then `unknown_enum_name`; None when neither is there."""
+    return long_integer(raw) or unknown_enum_name(raw)
+
+
+def batch_problem(raw: dict[str, Any]) -> str | None:
+    """`field_problem` of each event of a UsageBatch `raw` ("events[i].reason"), or of
+    `raw` itself when it has no list of events; None when there is none."""
+    events = raw.get("events") if "events" in raw else None
+    listed = events if isinstance(events, list) else [raw]
+    for i, event in enumerate(listed):
+        if not isinstance(event, dict):
+            continue  # ParseDict names what is wrong with it
+        found = field_problem(event)
+        if found is not None:
+            return f"events[{i}].{found[0]}" if listed is events else found[0]
+    return None
+
+
+def long_integer(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, field) for the first field of the event `raw` holding an integer too
+    long for Python (a LongInteger of `json_input.loads`); None when none does. Named
+    here: ParseDict drops one in an enum field without a word."""
+    for key, value in raw.items():
+        if type(value) is LongInteger and key in _FIELDS:
+            return f"{key}: {value}, more than any field takes", key
+    return None
 
 
 _NOUNS = {"ending": "ending", "service_tier": "tier"}
@@ -114,11 +149,22 @@ def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
         if type(value) is not str:
             continue
         names = _ENUMS[name]
-        if value in names or (value.isdigit() and int(value) in _ENUM_NUMBERS[name]):
+        if value in names or _number(value) in _ENUM_NUMBERS[name]:
             continue
         known = ", ".join(sorted(names))
         return f"{name}: unknown {_NOUNS.get(name, 'value')} {value[:64]!r} (one of {known})", name
     return None
+
+
+def _number(text: str) -> int | None:
+    """The number a decimal string is, as ParseDict reads an enum's; None when it is
+    none Python converts ("²" is a digit to isdigit(); 5000 digits are past the limit)."""
+    if not text.isdigit():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 _SKIP = -1  # a key no field has: ignored, as ParseDict ignores it

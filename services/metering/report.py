@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-from quartermaster import kafka
+from quartermaster import json_input, kafka
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1.usage_pb2 import UsageEvent
@@ -72,10 +72,12 @@ def read_lines(
         if not text.strip():
             continue
         try:
-            event = event_from_json(json.loads(text))
+            event = event_from_json(json_input.loads(text))
             validate_within(event, accepted)
         except json.JSONDecodeError as exc:
             outcome.refuse(number, f"not JSON: {exc}")
+        except RecursionError:
+            outcome.refuse(number, "not JSON: nested too deeply")
         except JsonEventError as exc:
             outcome.refuse(number, str(exc))
         except InvalidUsage as exc:
@@ -123,7 +125,7 @@ def _post(
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=60, context=tls) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
+                return resp.status, _json(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             answer = _json(exc.read())
             if exc.code != 503 or attempt == retries:

@@ -63,6 +63,7 @@ class DirectoryServicer(policy_pb2_grpc.DirectoryServiceServicer):
         """By Slack id first, else by e-mail (without case). A scan of the snapshot's
         users: this answers a person's click, not a hot path, and keeps the snapshot
         free of another index to build on every directory change."""
+        await refuse(context, inputs.find_user(request))
         slack, email = request.slack_user_id.strip(), request.email.strip().lower()
         if not slack and not email:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT,

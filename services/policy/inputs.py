@@ -41,8 +41,12 @@ def check(req: policy_pb2.CheckRequest, problems: Problems) -> None:
     problems.require_id("product", req.product)
     problems.require_id("model", req.model)
     problems.require_amount("estimated_micros", req.estimated_micros, MAX_MICROS)
+    # Checked alike whether or not this call uses it (issue 14: without reserve a NUL
+    # passed where with it, or invalid UTF-8, was refused); required with reserve.
     if req.reserve:
         problems.require_id("request_id", req.request_id)
+    else:
+        problems.require_text("request_id", req.request_id, MAX_ID_LENGTH)
     problems.require_between("reservation_ttl_seconds", req.reservation_ttl_seconds, 0,
                              MAX_TTL_SECONDS)  # fmt: skip
 
@@ -81,6 +85,15 @@ def commit(req: policy_pb2.CommitRequest) -> Problems:
                      " the most one call may cost: metering meters no larger event)")  # fmt: skip
     else:
         problems.require_amount("actual_micros", req.actual_micros, MAX_CALL_MICROS)
+    return problems
+
+
+def find_user(req: policy_pb2.FindUserRequest) -> Problems:
+    """A FindUser's two keys: each may be empty, neither long or unstorable (both
+    were compared and echoed whole, NUL and a megabyte alike)."""
+    problems = Problems()
+    problems.require_text("slack_user_id", req.slack_user_id, MAX_ID_LENGTH)
+    problems.require_text("email", req.email)
     return problems
 
 

@@ -139,6 +139,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             and NUL not in user
             and NUL not in model
             and NUL not in product
+            and len(request.request_id) <= MAX_ID_LENGTH
+            and NUL not in request.request_id
         ):
             problems = Problems()
             inputs.check(request, problems)

@@ -203,3 +203,18 @@ async def test_health_says_the_broker_is_unreachable(url: str) -> None:
     status, answer, headers = await post(url, json.dumps(event_json()).encode())
     assert (status, headers["Retry-After"]) == (503, "1")
     assert "the broker is unreachable" in answer["error"]
+
+
+async def test_an_integer_too_long_for_python_is_400_naming_index_and_field() -> None:
+    """Breaker (issue 14): 5001 digits made json.loads raise ValueError, answered 500,
+    which a reporter retries forever; it is a bad field of a bad event."""
+    huge = "1" + "0" * 5000
+    body = f'[{json.dumps(event_json())}, {json.dumps(event_json())[:-1]}, "inputTokens": {huge}}}]'
+    running = await ingest.start(settings(), "127.0.0.1:0")
+    try:
+        status, answer, _ = await post(running.url, body.encode())
+    finally:
+        await running.stop()
+    assert status == 400
+    assert [(p["index"], p["field"]) for p in answer["problems"]] == [(1, "inputTokens")]
+    assert "5001 digits" in answer["problems"][0]["message"]

@@ -18,17 +18,28 @@ from services.metering.json_event import JsonEventError, _fast, event_from_json
 _ENUM_FIELDS = {"ending": CallEnding, "serviceTier": ServiceTier, "service_tier": ServiceTier}
 
 
+def _as_number(text: str) -> int | None:
+    try:
+        return int(text)  # "²" isdigit() but is no number; nor are 5000 digits
+    except ValueError:
+        return None
+
+
 def reference(raw: Any) -> UsageEvent | str:
     """What ParseDict makes of `raw`: the event, or "error"; and "error" for an enum
-    name the enum lacks (ParseDict with ignore_unknown_fields makes it 0, silently)."""
+    name or number the enum lacks (ParseDict with ignore_unknown_fields makes a name
+    0, silently, and keeps a number)."""
     if isinstance(raw, dict):
         for key, enum in _ENUM_FIELDS.items():
             value, names, numbers = raw.get(key), set(enum.keys()), set(enum.values())
             if (
                 isinstance(value, str)
                 and value not in names
-                and not (value.isdigit() and int(value) in numbers)
+                and not (value.isdigit() and _as_number(value) in numbers)
             ):
+                return "error"
+            # an unknown number: ParseDict keeps it (open enums), metering refuses it
+            if type(value) is int and value not in numbers:
                 return "error"
     event = UsageEvent()
     try:

@@ -368,3 +368,17 @@ async def test_an_unreachable_requests_service_tells_the_clicker_to_try_again(ri
             " Try again in a minute.",
         )
     ]
+
+
+async def test_numbers_python_cannot_take_are_a_400_not_a_500(rig: Rig) -> None:
+    """Issue 14: an integer of 5001 digits (json.loads raises a bare ValueError) and
+    NaN / Infinity / 1e999 as the version are refused as malformed, nothing decided."""
+    huge = form(payload()).replace(b"%22t-1%22", b"1" + b"0" * 5000)  # trigger_id
+    assert huge != form(payload())
+    assert await rig.post(huge) == 400
+    for i, number in enumerate(("NaN", "Infinity", "1e999", "1" + "0" * 1900)):
+        bad = payload()
+        bad["actions"][0]["value"] = f'{{"request_id": "r-1", "version": {number}}}'
+        assert await rig.post(form(bad), stamp=NOW - 1 - i) == 400, number
+    await rig.interactivity.drain()
+    assert rig.requests.decided == rig.requests.refused == []

@@ -182,3 +182,29 @@ async def test_sums_past_int64_are_shown_as_int64_not_an_error(inproc: InProcess
     budget = await inproc.policy.GetBudget(policy_pb2.GetBudgetRequest(user_id="ann"))
     assert (budget.used_micros, budget.reserved_micros) == (top, 10**15)
     assert [p.used_micros for p in budget.pools] == [top]
+
+
+async def test_request_id_is_checked_alike_with_or_without_reserve(inproc: InProcess) -> None:
+    """Breaker (issue 14): without reserve, request_id b"bo\\x00b" was answered OK,
+    with reserve refused; now every path refuses it, naming the field, as it refuses
+    one past MAX_ID_LENGTH. An ordinary request_id without reserve still answers."""
+    assert (await inproc.policy.Check(check(request_id="r-1"))).decision == ALLOW
+    for request_id, problem in (("bo\x00b", "must not contain NUL"), ("r" * 257, "longer than")):
+        for reserve in (False, True):
+            err = await refused(inproc.policy.Check(check(request_id=request_id, reserve=reserve)))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (err.details() or "").startswith(f"request_id: {problem}"), err.details()
+        err = await refused(inproc.policy.CheckBatch(
+            policy_pb2.CheckBatchRequest(checks=[check(), check(request_id=request_id)])
+        ))  # fmt: skip
+        assert (err.details() or "").startswith(f"checks[1].request_id: {problem}"), err.details()
+
+
+async def test_find_user_refuses_keys_no_directory_could_hold(inproc: InProcess) -> None:
+    for request, field in (
+        (policy_pb2.FindUserRequest(email="ann@x.io\x00"), "email"),
+        (policy_pb2.FindUserRequest(slack_user_id="U" * 257), "slack_user_id"),
+    ):
+        err = await refused(inproc.directory.FindUser(request))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.details() or "").startswith(f"{field}: "), err.details()
