@@ -90,6 +90,12 @@ def _app(settings: MeteringSettings) -> MeteringApp:
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
+        # No tables, so no standbys. With faust's default of one, its assignor lets
+        # every worker keep up to ceil(partitions / workers), and a worker joining a
+        # group at that capacity got none (12 partitions, a fifth worker: 3, 3, 3, 3,
+        # 0: it counted nothing). With none, it trims each to floor(...) first and
+        # the newcomer gets some (faust 0.15.3's assignor on that layout: 3, 3, 3, 2, 1).
+        table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout,
         # A worker learns of a rebalance at its next heartbeat, and the group waits
         # for it: at most a second (each heartbeat is one small request).
