@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -79,8 +80,10 @@ class Group:
         )
 
     def close(self) -> None:
+        """Stop every worker and remove the logs (a failure quotes their tails)."""
         for w in self.workers.values():
             w.proc.stop(timeout=15)
+        shutil.rmtree(self.logs, ignore_errors=True)
 
 
 @pytest.fixture
