@@ -15,6 +15,9 @@ One run, on its own PostgreSQL and broker (free ports):
 4. freshness: with the worker running under a steady load, probe events for fresh
    users, timed from produce until policy's totals view holds them.
 
+With --workers N, N workers over --partitions partitions instead, with the pauses
+joins and leaves cause: see scripts/bench_metering_scale.py.
+
 The last line is one JSON object.
 """
 
@@ -106,16 +109,20 @@ def workload(n: int, users: int, seed: int = 7, uniform: bool = False) -> list[U
 
 
 def ceiling(
-    bootstrap: str, expected: int, batched: bool
+    bootstrap: str, expected: int, batched: bool, partitions: int = PARTITIONS
 ) -> tuple[float, dict[str, int], dict[int, int]]:
-    """Consume + decode + validate + price + sum, as fast as one process goes."""
+    """Consume + decode + validate + price + sum, as fast as one process goes, until
+    `expected` valid events: (events/s, micros per "user:month", end offset per
+    partition)."""
     catalog = PriceCatalog.from_file(DEFAULT_PRICES)
     tz = ZoneInfo("UTC")
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"ceiling-{uuid.uuid4()}",
          "enable.auto.commit": False, "fetch.wait.max.ms": 10}
     )  # fmt: skip
-    consumer.assign([TopicPartition(Topic.USAGE.value, p, OFFSET_BEGINNING) for p in range(3)])
+    consumer.assign(
+        [TopicPartition(Topic.USAGE.value, p, OFFSET_BEGINNING) for p in range(partitions)]
+    )
     sums: dict[str, int] = defaultdict(int)
     ends: dict[int, int] = {}
     seen = 0
@@ -478,9 +485,36 @@ def main() -> None:
         "--bad-ratio", type=float, default=0.0,
         help="this share of all records empty ones from one source (also in freshness)",
     )  # fmt: skip
+    scale = parser.add_argument_group(
+        "scaled out (scripts/bench_metering_scale.py): N workers, joins and leaves"
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run N workers of one group instead (drain, CPU, join/leave pauses)",
+    )
+    scale.add_argument("--partitions", type=int, default=12, help="usage topic partitions")
+    scale.add_argument(
+        "--session-timeout",
+        type=float,
+        default=10.0,
+        help="QM_METERING_SESSION_TIMEOUT of the workers",
+    )
+    scale.add_argument("--keep-logs", action="store_true",
+                       help="workers log at INFO, kept under .run/")  # fmt: skip
     ns = parser.parse_args()
     if not 0 <= ns.bad_ratio < 1:
         parser.error("--bad-ratio must be at least 0 and below 1")
+    if ns.workers:
+        from bench_metering_scale import run_scale  # this script's directory is on sys.path
+
+        scaled = asyncio.run(run_scale(
+            ns.events, ns.users, ns.batch, ns.partitions, ns.workers, ns.load,
+            ns.session_timeout, ns.keep_logs,
+        ))  # fmt: skip
+        sys.stdout.write(json.dumps(scaled) + "\n")
+        return
     result = asyncio.run(
         main_async(
             ns.events,

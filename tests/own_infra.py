@@ -49,15 +49,17 @@ def _own_postgres(durable: bool) -> Iterator[LocalPostgres]:
 
 
 @pytest.fixture
-def own_broker(infra: Infra) -> Iterator[LocalBroker]:
-    """A broker of this test's own with every topic created (PARTITIONS each); stopped
-    and removed afterwards."""
+def own_broker(request: pytest.FixtureRequest, infra: Infra) -> Iterator[LocalBroker]:
+    """A broker of this test's own with every topic created (PARTITIONS each, or as many
+    as an indirect parametrization says: `parametrize("own_broker", [12], indirect=True)`);
+    stopped and removed afterwards."""
+    partitions = getattr(request, "param", PARTITIONS)
     root = ROOT / ".run" / f"test-{os.getpid()}-own-broker-{uuid.uuid4().hex[:6]}"
     root.mkdir(parents=True)
     broker = LocalBroker(root, free_port())
     try:
         broker.start()
-        ensure_topics(broker.bootstrap, PARTITIONS)
+        ensure_topics(broker.bootstrap, partitions)
         yield broker
     finally:
         broker.stop()

@@ -36,19 +36,42 @@ class Intake:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        # Counts the `drop`s; (topic, partition) → the count at its latest drop.
+        self.epoch = 0
+        self._dropped_at: dict[tuple[str, int], int] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    async def put(self, messages: list[Any]) -> None:
+    async def put(self, messages: list[Any], epoch: int | None = None) -> list[Any]:
         """Add one fetch's messages, once fewer than `capacity` wait (a fetch may take
         the count past it: it is never split, so records of a partition stay in
-        offset order across takes)."""
+        offset order across takes), but those of partitions dropped since `epoch` (the
+        `epoch` when the fetch arrived; default: now); returns those left out.
+
+        A fetch of a revoked partition must never land after the drop: the dropped
+        records before it would be a hole, and the counting loop, which counts any
+        offset at or past the stored one, would count past it and lose them for good
+        (a fetch waiting here for room when a rebalance dropped the records ahead of
+        it, or one the fetcher held across the revocation)."""
+        since = self.epoch if epoch is None else epoch
         while len(self._waiting) >= self.capacity:
             self._room.clear()
             await self._room.wait()
-        self._waiting.extend(messages)
-        self._arrived.set()
+        out: list[Any] = []
+        if self.epoch != since:
+            dropped_at = self._dropped_at
+            kept = []
+            for m in messages:
+                if dropped_at.get((m.topic, m.partition), -1) > since:
+                    out.append(m)
+                else:
+                    kept.append(m)
+            messages = kept
+        if messages:
+            self._waiting.extend(messages)
+            self._arrived.set()
+        return out
 
     async def take(self, most: int, within: float) -> list[Any]:
         """The oldest waiting messages, at most `most`: at once when `most` wait,
@@ -74,10 +97,14 @@ class Intake:
     def drop(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget waiting messages of these (topic, partition)s (revoked from this
         worker: faust fetches them again from the committed offset should they come
-        back); how many were dropped."""
+        back), and any fetch of them `put` later with an older epoch; how many were
+        dropped."""
         gone = set(partitions)
         if not gone:
             return 0
+        self.epoch += 1
+        for tp in gone:
+            self._dropped_at[tp] = self.epoch
         kept = [m for m in self._waiting if (m.topic, m.partition) not in gone]
         dropped = len(self._waiting) - len(kept)
         self._waiting = kept

@@ -66,7 +66,9 @@ class _Consumer(faust_aiokafka.Consumer):
         recorded as a gap (so acks past it can be committed), each record is tracked
         as unacked (a graceful stop waits for its ack), and a suspended flow (a
         rebalance) abandons the fetch in hand: its records are neither counted nor
-        acked, and faust fetches them again from the committed offset."""
+        acked, and faust fetches them again from the committed offset. A fetch of a
+        partition revoked after it arrived is never put into the intake (`Intake.put`:
+        its epoch), whichever of the put and the suspension finishes first."""
         intake: Intake | None = getattr(self.app, "intake", None)
         if intake is None:
             await super()._drain_messages(fetcher)
@@ -77,7 +79,12 @@ class _Consumer(faust_aiokafka.Consumer):
         try:
             while not (stopped() or fetcher_stopped()):
                 fetched = []
+                epoch: int | None = None
                 async for tp, message in self.getmany(timeout=1.0):
+                    if epoch is None:
+                        # The fetch arrived now (getmany yields only while the flow
+                        # is active): a drop from here on is a revocation it predates.
+                        epoch = intake.epoch
                     last = read_offset[tp]
                     if last is not None and message.offset < last:
                         continue
@@ -91,8 +98,9 @@ class _Consumer(faust_aiokafka.Consumer):
                 if every is not None and self._n_acked >= every:
                     self._n_acked = 0
                     await self.commit()
-                if fetched:
-                    await self.wait_first(intake.put(fetched), self.suspend_flow.wait())
+                if fetched and epoch is not None:
+                    await self.wait_first(self._put(intake, fetched, epoch),
+                                          self.suspend_flow.wait())  # fmt: skip
                 else:
                     await asyncio.sleep(0)  # getmany may return at once: let others run
         except self.consumer_stopped_errors:
@@ -103,6 +111,10 @@ class _Consumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _put(self, intake: Intake, fetched: list[Any], epoch: int) -> None:
+        for m in await intake.put(fetched, epoch):
+            self._unacked_messages.discard(m)  # revoked meanwhile: nobody will ack it
 
 
 class Transport(faust_aiokafka.Transport):

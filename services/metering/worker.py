@@ -50,7 +50,32 @@ class MeteringApp(faust.App):
 
     def __init__(self, *args: Any, intake: Intake, **kwargs: Any) -> None:
         self.intake = intake
+        # the messages of the batch the counting loop is counting (acked when done)
+        self.in_hand: list[Any] = []
         super().__init__(*args, **kwargs)
+
+    async def _on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """faust's revocation, without waiting for records nobody will count.
+
+        Before this worker rejoins the group (and every other worker waits for it),
+        faust waits (`wait_empty`) until every message it fetched is acked. Records
+        waiting in the intake would be counted first (up to two batches: seconds when
+        behind), and a fetch the flow's suspension kept out of the intake would never
+        be acked: faust forgets such a message only once it is garbage, and the
+        fetcher's loop variable can hold one (seen: the rebalance waited past its
+        timeout). So the intake's records of revoked partitions are dropped and every
+        message of them but those of the batch in hand is no longer tracked; the next
+        owner fetches them again from the committed offset (nothing of them was acked,
+        so faust committed nothing past them). The batch in hand is finished and acked:
+        faust waits for that one alone."""
+        self.intake.drop((tp.topic, tp.partition) for tp in revoked)
+        hand = set(self.in_hand)
+        # faust 0.15.3's set of messages it waits for (pinned in pyproject.toml)
+        tracked = self.consumer._unacked_messages  # type: ignore[attr-defined]
+        for m in list(tracked):
+            if m.tp in revoked and m not in hand:
+                tracked.discard(m)
+        await super()._on_partitions_revoked(revoked)
 
 
 def _app(settings: MeteringSettings) -> MeteringApp:
@@ -65,8 +90,16 @@ def _app(settings: MeteringSettings) -> MeteringApp:
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
+        # No tables, so no standbys. With faust's default of one, its assignor lets
+        # every worker keep up to ceil(partitions / workers), and a worker joining a
+        # group at that capacity got none (12 partitions, a fifth worker: 3, 3, 3, 3,
+        # 0: it counted nothing). With none, it trims each to floor(...) first and
+        # the newcomer gets some (faust 0.15.3's assignor on that layout: 3, 3, 3, 2, 1).
+        table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout,
-        broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
+        # A worker learns of a rebalance at its next heartbeat, and the group waits
+        # for it: at most a second (each heartbeat is one small request).
+        broker_heartbeat_interval=min(1.0, settings.session_timeout / 3),
         broker_rebalance_timeout=settings.session_timeout,
         broker_max_poll_records=settings.batch_max,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
@@ -105,16 +138,24 @@ def create_app(
 
     watch = TopicWatch(counting.guard, settings.topic_check_seconds, on_fatal)
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stub is narrower
-    async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
-        app.intake.drop((tp.topic, tp.partition) for tp in revoked)
-        gone = {tp.partition for tp in revoked if tp.topic == Topic.USAGE}
-        proc.forget(gone)
-        for partition in gone:
-            meters.positions.pop(partition, None)
+    # Partitions of the usage topic this worker was assigned last. A rebalance revokes
+    # every partition (faust and aiokafka have only the eager protocol) and faust's
+    # assignor gives most back to the worker that had them: their state (offset,
+    # recent event ids, totals: loaded from Postgres, seconds for a busy partition) is
+    # kept, and forgotten only for partitions that went elsewhere. Kept state is safe
+    # however the partition moved meanwhile: a commit is fenced on the stored offset,
+    # and one another worker advanced makes the state reload (`Processor`).
+    held: set[int] = set()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_assigned(_sender: Any, assigned: set[Any], **_: Any) -> None:
+        now = {tp.partition for tp in assigned if tp.topic == Topic.USAGE}
+        gone = held - now
+        held.clear()
+        held.update(now)
+        proc.forget(gone)
+        for partition in gone:
+            meters.positions.pop(partition, None)
         # A rejoin after the broker came back: check now, not in the rebalance
         # callback itself (a broker slow to answer would hold the rebalance up).
         watch.poke()
@@ -169,6 +210,7 @@ async def _count(
 ) -> None:
     while True:
         messages = await app.intake.take(settings.batch_max, settings.batch_within)
+        app.in_hand = messages
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for m in messages:
             by_partition[m.partition].append(
@@ -190,6 +232,7 @@ async def _count(
         ack = app.consumer.ack
         for m in messages:
             ack(m)
+        app.in_hand = []
 
 
 def _taken(app: MeteringApp, partitions: dict[int, list[Record]]) -> None:
