@@ -167,6 +167,28 @@ def create_app(
         except Exception as exc:
             on_fatal(exc)
 
+    _timers(app, counting, settings, on_fatal)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def meter_usage() -> None:
+        try:
+            await _count(app, proc, settings, meters)
+        except Exception as exc:
+            on_fatal(exc)
+
+    return app
+
+
+def _timers(
+    app: MeteringApp,
+    counting: Counting,
+    settings: MeteringSettings,
+    on_fatal: Callable[[BaseException], None],
+) -> None:
+    """Following the price catalog's revisions, and pruning expired event ids: an
+    outage is logged and tried at the next tick; anything else ends the worker."""
+    proc = counting.processor
+
     @app.timer(interval=settings.prices_poll_seconds)  # type: ignore[untyped-decorator]
     async def follow_prices() -> None:
         try:
@@ -194,15 +216,6 @@ def create_app(
             on_fatal(exc)
             return
         log.info("pruned %d expired event ids", pruned)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def meter_usage() -> None:
-        try:
-            await _count(app, proc, settings, meters)
-        except Exception as exc:
-            on_fatal(exc)
-
-    return app
 
 
 async def _count(
