@@ -11,10 +11,16 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from devtools.localinfra import free_port
 from quartermaster.db import CONNECT_TIMEOUT_SECONDS
 from tests.conftest import ROOT
 from tests.helpers import TOKENS_SPEC
+
+# No infrastructure, but it waits out the 10 s connect timeout: with the process tests,
+# not in the unit target (kept under a minute).
+pytestmark = pytest.mark.infra
 
 
 def test_policy_without_its_database_exits_non_zero() -> None:
