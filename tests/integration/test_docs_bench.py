@@ -35,9 +35,12 @@ class Small:
 
 SHRINK: dict[str, Small] = {
     # The worker's rate is taken from its first committed batch to its last: at most
-    # two records a batch, so a tiny workload still takes several.
+    # two records a batch, so a tiny workload still takes several. A 4 s session
+    # timeout: the --workers runs wait on joins (about half of it each) and on a killed
+    # worker's (all of it), and at 10 s the 1-worker run took 212 s of the suite.
     "bench-metering": Small(
-        "--events 1000 --users 100 --probes 3 --load 200", {"QM_METERING_BATCH_MAX": "2"}
+        "--events 1000 --users 100 --probes 3 --load 200 --session-timeout 4",
+        {"QM_METERING_BATCH_MAX": "2"},
     ),
     "bench-dedupe": Small("--ids 20000 --batch 1000"),
     "bench-policy": Small("--users 1000 --seconds 0.3 --warmup 0.1 --rounds 1"),
