@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
@@ -56,6 +57,52 @@ def producer_failed(err: KafkaError) -> bool:
     undelivered records again: what already reached the broker is deduped by event
     id downstream)."""
     return bool(err.fatal()) or err.code() in PRODUCER_ERRORS
+
+
+class Renewing:
+    """A producer replaced once it can send nothing more (`producer_failed`): what
+    `Publisher` and `UsageReporter` share (each had written the same generation,
+    reason and count). `make(error_cb)` builds a producer with that librdkafka error
+    callback; `name` says which in the logs. Errors of a replaced producer (an older
+    `generation`) are stale and change nothing. Not thread-safe by itself: `renew`
+    runs where its owner serialises sends (the event loop, or the owner's lock);
+    `failed` only assigns a string, safe from librdkafka's callback threads."""
+
+    def __init__(self, make: Callable[[Callable[[KafkaError], None]], Producer], name: str) -> None:
+        self._make, self._name = make, name
+        self.generation = 0  # which producer `producer` is
+        self.broken: str | None = None  # why `producer` can send nothing more
+        self.renewals = 0  # producers replaced
+        self.producer = self._new()
+
+    def _new(self) -> Producer:
+        generation = self.generation
+        return self._make(lambda err: self.failed(generation, err))
+
+    def failed(self, generation: int, err: KafkaError | None) -> None:
+        """An error of producer `generation` (its error callback, a delivery report, a
+        refused `produce`): marks the current producer for `renew` when `err` says it
+        can send nothing more; other errors librdkafka retries itself."""
+        if err is None or not producer_failed(err):
+            return
+        if generation == self.generation and self.broken is None:
+            self.broken = f"{err.name()}: {err.str()}"
+            log.error("the %s can send nothing more (%s): replacing it", self._name, self.broken)
+
+    def renew(self) -> Producer | None:
+        """A new producer in place of a failed one: the old one, for its owner to purge
+        and flush (its records' reports fail the sends they belong to); None when the
+        current one has not failed."""
+        why = self.broken
+        if why is None:
+            return None
+        old = self.producer
+        self.generation += 1
+        self.producer = self._new()
+        self.broken = None
+        self.renewals += 1
+        log.warning("the %s was replaced (after %s)", self._name, why)
+        return old
 
 
 # librdkafka properties for TLS / SASL, set once per process by `configure`

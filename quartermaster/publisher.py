@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from quartermaster import telemetry
-from quartermaster.kafka import RECORD_ERRORS, OutRecord, producer, producer_failed
+from quartermaster.kafka import RECORD_ERRORS, OutRecord, Renewing, producer, producer_failed
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +36,35 @@ class Publisher:
     """
 
     def __init__(self, bootstrap: str, **config: object) -> None:
-        self._bootstrap = bootstrap
-        self._config = {"linger.ms": 2, "enable.idempotence": True, "acks": "all", **config}
-        self._generation = 0  # which producer `_producer` is; older ones' errors are stale
-        self._broken: str | None = None  # why `_producer` can send nothing more
-        self.renewals = 0  # producers replaced
-        self._producer = self._new(0)
+        settings = {"linger.ms": 2, "enable.idempotence": True, "acks": "all", **config}
+        self._kafka = Renewing(
+            lambda error_cb: producer(bootstrap, error_cb=error_cb, **settings), "Kafka producer"
+        )
 
-    def _new(self, generation: int) -> Producer:
-        def error(err: KafkaError) -> None:
-            # librdkafka's thread serving poll/flush. Other errors here are
-            # informational (a broker down): librdkafka retries them itself.
-            if producer_failed(err):
-                self._failed(generation, err)
+    @property
+    def _producer(self) -> Producer:
+        return self._kafka.producer
 
-        return producer(self._bootstrap, error_cb=error, **self._config)
+    @property
+    def _generation(self) -> int:
+        return self._kafka.generation
+
+    @property
+    def renewals(self) -> int:
+        """Producers replaced since the start."""
+        return self._kafka.renewals
 
     def _failed(self, generation: int, err: KafkaError) -> None:
-        """Producer `generation` can send nothing more: the next `_renew` replaces it.
-        (One assignment of a string: safe from librdkafka's callback threads.)"""
-        if generation == self._generation and self._broken is None:
-            self._broken = f"{err.name()}: {err.str()}"
-            log.error("the Kafka producer can send nothing more (%s): replacing it", self._broken)
+        """Producer `generation` can send nothing more (its error callback's path)."""
+        self._kafka.failed(generation, err)
 
     async def _renew(self) -> None:
         """Replace the producer when it failed (event loop): a new one takes every
         record from now on; the old one's are purged, their reports served (as
         errors, to the sends still flushing it) in a worker thread."""
-        why = self._broken
-        if why is None:
-            return
-        old = self._producer
-        self._producer = self._new(self._generation + 1)
-        self._generation += 1
-        self._broken = None
-        self.renewals += 1
-        log.warning("the Kafka producer was replaced (after %s)", why)
-        await asyncio.to_thread(_retire, old)
+        old = self._kafka.renew()
+        if old is not None:
+            await asyncio.to_thread(_retire, old)
 
     def _produce(self, record: OutRecord, traced: list[tuple[str, bytes]],
                  delivered: Callable[[KafkaError | None, object], None]) -> None:  # fmt: skip
@@ -96,8 +88,7 @@ class Publisher:
     def _watch(self, generation: int, err: KafkaError | None) -> None:
         """A delivery report's error of producer `generation`: marks it failed when the
         error is about the producer."""
-        if err is not None and producer_failed(err):
-            self._failed(generation, err)
+        self._kafka.failed(generation, err)
 
     async def _flush(self) -> int:
         """Wait up to 30 s for every record handed over; how many are still undelivered."""
@@ -186,7 +177,7 @@ class Publisher:
 
     def close(self) -> None:
         self._producer.flush(5)
-        del self._producer  # librdkafka's threads go with it, not at interpreter exit
+        del self._kafka  # librdkafka's threads go with it, not at interpreter exit
 
 
 def _retire(old: Producer) -> None:

@@ -54,12 +54,11 @@ class UsageReporter:
         self.batch_max = batch_max
         self.linger = linger_ms / 1000
         self._closed = False
-        self._bootstrap = bootstrap
-        self._config = {"enable.idempotence": True, "linger.ms": linger_ms, **producer_config}
-        self._generation = 0  # which producer `_producer` is; older ones' errors are stale
-        self._broken: str | None = None  # why `_producer` can send nothing more
-        self.renewals = 0  # producers replaced
-        self._producer = self._new(0)
+        settings = {"enable.idempotence": True, "linger.ms": linger_ms, **producer_config}
+        self._kafka = kafka.Renewing(
+            lambda error_cb: kafka.producer(bootstrap, error_cb=error_cb, **settings),
+            "usage producer",
+        )
         meta = self._producer.list_topics(topic, timeout=10)
         if meta.topics[topic].error is not None:
             raise KafkaException(meta.topics[topic].error)
@@ -69,32 +68,31 @@ class UsageReporter:
         self._lock = threading.Lock()
         self.errors: list[str] = []
 
-    def _new(self, generation: int) -> Producer:
-        error_cb = functools.partial(self._watch, generation)
-        return kafka.producer(self._bootstrap, error_cb=error_cb, **self._config)
+    @property
+    def _producer(self) -> Producer:
+        return self._kafka.producer
+
+    @property
+    def _generation(self) -> int:
+        return self._kafka.generation
+
+    @property
+    def renewals(self) -> int:
+        """Producers replaced since the start."""
+        return self._kafka.renewals
 
     def _watch(self, generation: int, err: KafkaError) -> None:
-        """An error of producer `generation` (librdkafka's error callback, a delivery
-        report, a refused `produce`): marks it for replacement when it says the
-        producer can send nothing more; other errors librdkafka retries itself."""
-        if kafka.producer_failed(err) and generation == self._generation and not self._broken:
-            self._broken = f"{err.name()}: {err.str()}"
-            log.error("the usage producer can send nothing more (%s): replacing it", self._broken)
+        """An error of producer `generation` (its error callback, a delivery report, a
+        refused `produce`): marks it for replacement when it can send nothing more."""
+        self._kafka.failed(generation, err)
 
     def _renew(self) -> None:
         """Replace the producer if it failed (under `_lock`): the old one's records are
         purged and their reports served (each error into `errors`) before it goes."""
-        why = self._broken
-        if why is None:
-            return
-        old = self._producer
-        self._producer = self._new(self._generation + 1)
-        self._generation += 1
-        self._broken = None
-        self.renewals += 1
-        old.purge(in_queue=True, in_flight=True, blocking=True)
-        old.flush(5)
-        log.warning("the usage producer was replaced (after %s)", why)
+        old = self._kafka.renew()
+        if old is not None:
+            old.purge(in_queue=True, in_flight=True, blocking=True)
+            old.flush(5)
 
     def _delivered(self, generation: int, err: KafkaError | None, _msg: object) -> None:
         if err is not None:
