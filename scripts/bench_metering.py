@@ -250,13 +250,20 @@ class Profile:
             say(f"  {100 * n / total:5.1f}%  {f}")
 
 
-def batch_seconds(metrics_addr: str) -> float:
-    """The worker's time in the batches it has counted so far (the sum of its
-    qm_metering_batch_duration_seconds histogram), read from its /metrics."""
+def batch_seconds(metrics_addr: str) -> tuple[int, float]:
+    """How many batches the worker has counted so far and their time in all (the
+    count and sum of its qm_metering_batch_duration_seconds histogram), read from its
+    /metrics."""
     with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "qm_metering_batch_duration_seconds_sum")  # fmt: skip
+    count, seconds = 0, 0.0
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if s.name == "qm_metering_batch_duration_seconds_count":
+                count += int(s.value)
+            elif s.name == "qm_metering_batch_duration_seconds_sum":
+                seconds += s.value
+    return count, seconds
 
 
 async def drain(
@@ -268,11 +275,16 @@ async def drain(
     micros: int | None = None,
 ) -> float:
     """Seconds the worker took to count every record: from when its first batch began
-    (the first committed offsets seen, less the time its batches so far took, from its
-    metrics: the intake lets one batch take most of a backlog, so the first commit can
-    come late in the work) to its last commit; with `micros`, to when the month totals
-    add up to it (forwarded events are counted after the records that carried them).
-    The group join before the first batch is not counted."""
+    to its last commit; with `micros`, to when the month totals add up to it
+    (forwarded events are counted after the records that carried them). The group
+    join before the first batch is not counted.
+
+    When the first batch began is read from the worker's metrics, polled every 20 ms
+    from its start: once a batch has ended, the time then less the time its batches
+    took (they run one after another). A committed offset is no sign: a batch's
+    partitions commit one by one, and one batch may hold most of the backlog. The
+    poll's interval, and any wait between batches, shorten the time measured by at
+    most a few tens of milliseconds."""
     target = sum(ends.values())
     conn = await asyncpg.connect(url)
     first = None
@@ -280,6 +292,14 @@ async def drain(
         while True:
             if worker.poll() is not None:
                 raise SystemExit(f"the worker died:\n{worker.log_tail()}")
+            now = time.perf_counter()
+            if first is None:
+                try:
+                    count, seconds = await asyncio.to_thread(batch_seconds, metrics_addr)
+                except OSError:  # its metrics not served yet
+                    count, seconds = 0, 0.0
+                if count:
+                    first = now - seconds
             rows = await conn.fetch(
                 "SELECT partition, next_offset FROM metering.offsets WHERE consumer = $1",
                 app_id,
@@ -289,8 +309,6 @@ async def drain(
             # the ceiling did not need to read, must not stand in for one behind).
             done = sum(min(at.get(p, 0), end) for p, end in ends.items())
             now = time.perf_counter()
-            if done and first is None:
-                first = now - await asyncio.to_thread(batch_seconds, metrics_addr)
             if done >= target and micros is not None:
                 summed = await conn.fetchval(
                     "SELECT coalesce(sum(used_micros), 0)::bigint FROM metering.totals"
@@ -299,8 +317,7 @@ async def drain(
                 if summed < micros:
                     await asyncio.sleep(0.02)
                     continue
-            if done >= target:
-                assert first is not None
+            if done >= target and first is not None:
                 return now - first
             await asyncio.sleep(0.02)
     finally:

@@ -38,8 +38,12 @@ class MeteringSettings(CommonSettings):
     session_timeout: float = Field(10.0, ge=1, le=300)
     """Kafka consumer session timeout in seconds (a group join takes ~half of it on
     tansu)"""
-    batch_max: int = Field(5000, ge=1, le=100_000)
+    batch_max: int = Field(50_000, ge=1, le=1_000_000)
     """Most records counted in one Postgres transaction"""
+    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Most bytes of record values counted in one Postgres transaction (~72 bytes an
+    event, one a record or 200: 16 MiB is ~230,000 events); a worker that is behind
+    counts batches this large, each user's totals written once a batch"""
     batch_within: float = Field(0.05, ge=0.001, le=10)
     """Longest wait (s) to fill a batch before counting it"""
     dedupe_hours: int = Field(24, ge=1, le=24 * 14)

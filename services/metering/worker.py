@@ -82,7 +82,7 @@ def _app(settings: MeteringSettings) -> MeteringApp:
     transport.register(settings.fetch_max_wait_ms)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
     # Two batches' worth may wait: one fetched while the other is counted.
-    intake = Intake(capacity=2 * settings.batch_max)
+    intake = Intake(capacity=2 * settings.batch_max, capacity_bytes=2 * settings.batch_max_bytes)
     return MeteringApp(
         settings.app_id,
         datadir=str(settings.data_dir / settings.app_id),
@@ -222,7 +222,9 @@ async def _count(
     app: MeteringApp, proc: Processor, settings: MeteringSettings, meters: MeteringMetrics
 ) -> None:
     while True:
-        messages = await app.intake.take(settings.batch_max, settings.batch_within)
+        messages = await app.intake.take(
+            settings.batch_max, settings.batch_within, settings.batch_max_bytes
+        )
         app.in_hand = messages
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for m in messages:
