@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from quartermaster.money import micros_of_picos
@@ -39,7 +40,7 @@ from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from quartermaster.v1.usage_pb2 import CallEnding, UsageEvent
 from quartermaster.wire import NS_PER_SECOND
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
-from services.metering.decode import Decoded, InvalidUsage, decode
+from services.metering.decode import Accepted, Decoded, InvalidUsage, decode
 from services.metering.dlq_limit import source_of
 from services.metering.pricing import SERVICE_TIERS, Price, PriceCatalog, picos_of
 from services.metering.state import (
@@ -58,9 +59,10 @@ from services.metering.state import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka record of `qm.usage.v1`, as the consumer hands it over."""
+class Record(NamedTuple):
+    """One Kafka record of `qm.usage.v1`, as the consumer hands it over (a tuple:
+    one is made per record, and a tuple is made several times faster than a frozen
+    dataclass)."""
 
     partition: int
     offset: int
@@ -206,6 +208,7 @@ class Meter:
         partial = plan.partial
         partitions, default_workspace = self.partitions, self.default_workspace
         headroom = Headroom(guarded, state, self.tz) if guarded else None
+        accepted = Accepted.at(now, self.max_age, self.default_workspace)
         # First every record's events at home with their id hashes, then one bulk
         # look-up of those hashes in what the partition remembers (dedupe.SeenIds).
         home_events: list[tuple[Record, str, UsageEvent, int]] = []
@@ -214,7 +217,7 @@ class Meter:
                 plan.replayed += 1
                 continue
             plan.next_offset = rec.offset + 1
-            decoded = self._decode(plan, rec, now, refused)
+            decoded = self._decode(plan, rec, now, refused, accepted)
             if decoded is None:
                 continue
             for event in decoded.events:
@@ -284,7 +287,12 @@ class Meter:
         return plan
 
     def _decode(
-        self, plan: Plan, rec: Record, now: datetime, refused: Mapping[int, str] | None
+        self,
+        plan: Plan,
+        rec: Record,
+        now: datetime,
+        refused: Mapping[int, str] | None,
+        accepted: Accepted,
     ) -> Decoded | None:
         """The record's events, its bad events added to the plan's rejects; None (the
         record a reject) when it can't be read or was refused before."""
@@ -293,7 +301,9 @@ class Meter:
             reason = refused[rec.offset]
         else:
             try:
-                decoded = decode(rec.value, rec.headers, now, self.max_age, self.default_workspace)
+                decoded = decode(
+                    rec.value, rec.headers, now, self.max_age, self.default_workspace, accepted
+                )
             except InvalidUsage as exc:
                 reason, event_source = str(exc), exc.source
             except Exception as exc:  # a bug must not stall the partition

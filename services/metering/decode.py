@@ -13,6 +13,7 @@ keys and free of NUL.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,8 +58,10 @@ class Decoded:
     source: str = ""
 
 
-def _content_type(headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
-    main, *params = headers.get(CONTENT_TYPE, PROTOBUF).split(";")
+@functools.lru_cache(maxsize=256)
+def _content_type(header: str) -> tuple[str, dict[str, str]]:
+    """A content-type's type and parameters, parsed once per distinct header."""
+    main, *params = header.split(";")
     parsed = {}
     for p in params:
         k, _, v = p.partition("=")
@@ -133,14 +136,18 @@ def decode(
     now: datetime,
     max_age: timedelta,
     workspace: str = "",
+    accepted: Accepted | None = None,
 ) -> Decoded:
     """The valid events of a record, and the rejected ones of a batch. `workspace`
     is the one this metering counts (QM_WORKSPACE_ID): an event naming another is
     invalid, one naming none is this workspace's (the contract since v1: gateways of
-    a single workspace leave it empty); "" accepts any (tests of decoding alone)."""
+    a single workspace leave it empty); "" accepts any (tests of decoding alone).
+    `accepted`: `Accepted.at(now, max_age, workspace)` worked out once a batch."""
+    if accepted is None:
+        accepted = Accepted.at(now, max_age, workspace)
     if not value:
         raise InvalidUsage("empty record value")
-    content_type, params = _content_type(headers)
+    content_type, params = _content_type(headers.get(CONTENT_TYPE, PROTOBUF))
     kind = params.get("type", "quartermaster.v1.UsageEvent")
     if kind == USAGE_BATCH_TYPE:
         batch = UsageBatch()
@@ -148,7 +155,6 @@ def decode(
         if not batch.events:
             raise InvalidUsage("a UsageBatch with no events")
         out = Decoded(source=batch.events[0].source)
-        accepted = Accepted.at(now, max_age, workspace)
         for i, event in enumerate(batch.events):
             try:
                 _validate(event, accepted)
@@ -160,7 +166,7 @@ def decode(
         raise InvalidUsage(f"unsupported message type {kind!r}")
     event = _read_event(value, content_type)
     try:
-        _validate(event, Accepted.at(now, max_age, workspace))
+        _validate(event, accepted)
     except InvalidUsage as exc:
         raise InvalidUsage(str(exc), event.source, exc.problems) from None
     return Decoded(events=[event], source=event.source)

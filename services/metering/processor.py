@@ -50,7 +50,7 @@ from services.metering.aggregate import Meter, Plan, Record
 from services.metering.bounds import overflowing
 from services.metering.burn_watch import BurnWatch
 from services.metering.dead_letter import dead_letter, short_reason
-from services.metering.mapping import total_message
+from services.metering.mapping import total_value, updated_at_part
 from services.metering.metrics import MeteringMetrics
 from services.metering.source_watch import SourceWatch
 from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
@@ -302,7 +302,7 @@ class Processor:
         out: list[OutRecord] = [dead_letter(r, partition) for r in plan.rejects]
         _log_rejects(partition, plan)
         out.extend(forward_records(plan))
-        now = timestamp(datetime.now(UTC))
+        now = updated_at_part(timestamp(datetime.now(UTC)))
         # Every record of a user's totals in this batch names the requests it now
         # includes, so policy settles their reservations whichever period it reads.
         settled = plan.settled
@@ -311,7 +311,7 @@ class Processor:
             ids = settled.get(key[0]) or []
             for i in range(0, max(len(ids), 1), SETTLED_PER_RECORD):
                 chunk = ids[i : i + SETTLED_PER_RECORD]
-                value = total_message(key, total, now, chunk).SerializeToString()
+                value = total_value(key, total, now, chunk)
                 out.append((Topic.USAGE_TOTALS.value, topic_key, value, _PROTOBUF_HEADERS))
         if out:
             await self.sink.send(out)
