@@ -81,8 +81,10 @@ class MeteringApp(faust.App):
 def _app(settings: MeteringSettings) -> MeteringApp:
     transport.register(settings.fetch_max_wait_ms)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
-    # Two batches' worth may wait: one fetched while the other is counted.
-    intake = Intake(capacity=2 * settings.batch_max, capacity_bytes=2 * settings.batch_max_bytes)
+    # A batch's worth waits, fetched while another is counted. Each record in hand or
+    # waiting costs ~1.6 KB (faust's message, aiokafka's record, the decoded event):
+    # peak RSS 405 MB with 150,000 of them, 189 MB with 15,000 (bench-metering).
+    intake = Intake(capacity=settings.batch_max, capacity_bytes=settings.batch_max_bytes)
     return MeteringApp(
         settings.app_id,
         datadir=str(settings.data_dir / settings.app_id),
