@@ -38,7 +38,7 @@ class MeteringSettings(CommonSettings):
     session_timeout: float = Field(10.0, ge=1, le=300)
     """Kafka consumer session timeout in seconds (a group join takes ~half of it on
     tansu)"""
-    batch_max: int = Field(30_000, ge=1, le=1_000_000)
+    batch_max: int = Field(50_000, ge=1, le=1_000_000)
     """Most records counted in one Postgres transaction"""
     batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     """Most bytes of record values counted in one Postgres transaction (~72 bytes an
