@@ -34,8 +34,9 @@ class Small:
 
 
 SHRINK: dict[str, Small] = {
-    # The worker's rate is taken from its first committed batch to its last: at most
-    # two records a batch, so a tiny workload still takes several. A 4 s session
+    # The worker's rate is timed from when its first batch began (its batch metrics) to
+    # its last commit: at most two records a batch, so a tiny workload still takes
+    # many batches and that path runs. A 4 s session
     # timeout: the --workers runs wait on joins (about half of it each) and on a killed
     # worker's (all of it), and at 10 s the 1-worker run took 212 s of the suite.
     "bench-metering": Small(
