@@ -118,8 +118,8 @@ class _Consumer(faust_aiokafka.Consumer):
         suspended (a rebalance: seek back to the committed offsets instead), records
         of partitions neither active nor buffered left out, nothing after the
         consumer generation changed, the monitor told each partition's high water.
-        It did each once a record (~6 % of the worker's CPU with one-event records,
-        measured with py-spy); here once a fetch or partition, with no await in
+        It did each once a record (a share of the worker's CPU with one-event
+        records that py-spy shows); here once a fetch or partition, with no await in
         between, so the flow can't change midway."""
         records, active = await self._wait_next_records(wait)
         epoch = intake.epoch

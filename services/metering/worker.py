@@ -81,9 +81,10 @@ class MeteringApp(faust.App):
 def _app(settings: MeteringSettings) -> MeteringApp:
     transport.register(settings.fetch_max_wait_ms)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
-    # A batch's worth waits, fetched while another is counted. Each record in hand or
-    # waiting costs ~1.6 KB (faust's message, aiokafka's record, the decoded event):
-    # peak RSS 405 MB with 150,000 of them, 189 MB with 15,000 (bench-metering).
+    # A batch's worth waits, fetched while another is counted: each record in hand or
+    # waiting holds faust's message, aiokafka's record and later the decoded event, so
+    # a second batch waiting would cost memory and gain nothing (the fetch outruns the
+    # counting; figures in docs/benchmarks.md).
     intake = Intake(capacity=settings.batch_max, capacity_bytes=settings.batch_max_bytes)
     return MeteringApp(
         settings.app_id,
