@@ -328,7 +328,14 @@ async def test_a_change_of_limits_keeps_the_directory_and_a_sync_replaces_it(
     check = policy_pb2.CheckRequest(user_id="ben", product="chat", model="gpt-5")
 
     async def sources(want: str) -> bool:
-        return all([(await s.Check(check)).limit_source == want for s in stubs])
+        try:
+            return all([(await s.Check(check)).limit_source == want for s in stubs])
+        except grpc.aio.AioRpcError as exc:
+            # Before the first default limit reaches a replica it refuses Check (the
+            # other replica's NOTIFY came later: seen once in CI under load).
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            return False
 
     await until(lambda: sources("workspace_default"))
     directories = [r.evaluator.snapshot.directory() for r in (a, b)]
