@@ -218,12 +218,16 @@ def load_yaml(text: str) -> Any:
     saying why for one that isn't YAML, nests past MAX_YAML_DEPTH, expands past
     MAX_YAML_NODES, or has a key that is not text or is written twice. CPU-bound
     (a 4 MB document takes seconds): an async caller runs it in a thread."""
-    loader = _Loader(text)
+    loader = None
     try:
+        # The reader checks every character as it is made: a control character
+        # (ReaderError) is refused here, not only while parsing.
+        loader = _Loader(text)
         return loader.get_single_data()
     except ValueError:
         raise
     except (yaml.YAMLError, RecursionError) as exc:
         raise ValueError(f"not a YAML document the catalog reads: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -196,3 +196,13 @@ def test_an_unknown_enum_number_is_refused_for_every_enum_on_every_path(
     setattr(event, name, 2)  # a known one is counted
     assert decode(event.SerializeToString(), {CONTENT_TYPE: PROTOBUF}, NOW,
                   timedelta(days=30)).events  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["\x1b", "models: {}\x07", "\ufffe", "a: b\x00"])
+def test_a_document_with_a_control_character_is_refused_naming_it(text: str) -> None:
+    """yaml's reader refuses these while it is made, before parsing (a fuzz test's
+    LoadPrices of "\\x1b" answered INTERNAL)."""
+    from services.metering.catalog_limits import load_yaml
+
+    with pytest.raises(ValueError, match="not a YAML document the catalog reads"):
+        load_yaml(text)
