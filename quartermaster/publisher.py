@@ -42,14 +42,6 @@ class Publisher:
         )
 
     @property
-    def _producer(self) -> Producer:
-        return self._kafka.producer
-
-    @property
-    def _generation(self) -> int:
-        return self._kafka.generation
-
-    @property
     def renewals(self) -> int:
         """Producers replaced since the start."""
         return self._kafka.renewals
@@ -77,13 +69,13 @@ class Publisher:
         partition = record[4] if len(record) == 5 else -1
         while True:
             try:
-                self._producer.produce(
+                self._kafka.producer.produce(
                     topic, key=key, value=value, headers=headers, partition=partition,
                     on_delivery=delivered,
                 )  # fmt: skip
                 return
             except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
+                self._kafka.producer.poll(0.05)
 
     def _watch(self, generation: int, err: KafkaError | None) -> None:
         """A delivery report's error of producer `generation`: marks it failed when the
@@ -93,7 +85,7 @@ class Publisher:
     async def _flush(self) -> int:
         """Wait up to 30 s for every record handed over; how many are still undelivered."""
         loop = asyncio.get_running_loop()
-        return int(await loop.run_in_executor(None, self._producer.flush, 30.0))
+        return int(await loop.run_in_executor(None, self._kafka.producer.flush, 30.0))
 
     async def send(self, records: Sequence[OutRecord]) -> None:
         """Send `records` and wait until the broker has them all; OSError when any was
@@ -104,7 +96,7 @@ class Publisher:
         errors: list[str] = []
         # The sender's trace context on every record (a metering batch's, on its totals).
         traced = telemetry.inject_headers() if telemetry.tracing() else []
-        generation = self._generation
+        generation = self._kafka.generation
 
         def delivered(err: KafkaError | None, _msg: object) -> None:
             if err is not None:
@@ -142,7 +134,7 @@ class Publisher:
         outcome = [""] * len(records)
         others: list[str] = []
         traced = telemetry.inject_headers() if telemetry.tracing() else []
-        generation = self._generation
+        generation = self._kafka.generation
 
         def reporter(i: int) -> Callable[[KafkaError | None, object], None]:
             def delivered(err: KafkaError | None, _msg: object) -> None:
@@ -176,7 +168,7 @@ class Publisher:
         return outcome
 
     def close(self) -> None:
-        self._producer.flush(5)
+        self._kafka.producer.flush(5)
         del self._kafka  # librdkafka's threads go with it, not at interpreter exit
 
 

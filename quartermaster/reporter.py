@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from quartermaster import kafka
 from quartermaster.partitioning import partition_of
@@ -59,7 +59,7 @@ class UsageReporter:
             lambda error_cb: kafka.producer(bootstrap, error_cb=error_cb, **settings),
             "usage producer",
         )
-        meta = self._producer.list_topics(topic, timeout=10)
+        meta = self._kafka.producer.list_topics(topic, timeout=10)
         if meta.topics[topic].error is not None:
             raise KafkaException(meta.topics[topic].error)
         self.partitions = len(meta.topics[topic].partitions)
@@ -67,14 +67,6 @@ class UsageReporter:
         self._oldest: dict[int, float] = {}
         self._lock = threading.Lock()
         self.errors: list[str] = []
-
-    @property
-    def _producer(self) -> Producer:
-        return self._kafka.producer
-
-    @property
-    def _generation(self) -> int:
-        return self._kafka.generation
 
     @property
     def renewals(self) -> int:
@@ -104,9 +96,9 @@ class UsageReporter:
         and once more on a new one if it refuses the record because it failed."""
         self._renew()
         for attempt in (1, 2):
-            generation = self._generation
+            generation = self._kafka.generation
             try:
-                self._producer.produce(
+                self._kafka.producer.produce(
                     self.topic, **record, on_delivery=functools.partial(self._delivered, generation)
                 )
                 return
@@ -126,7 +118,7 @@ class UsageReporter:
                     value=event.SerializeToString(),
                     headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
                 )
-            self._producer.poll(0)
+            self._kafka.producer.poll(0)
             return
         partition = partition_of(event.user_id, self.partitions)
         with self._lock:
@@ -137,7 +129,7 @@ class UsageReporter:
             if len(pending) >= self.batch_max:
                 self._send(partition)
             self._send_lingering()
-        self._producer.poll(0)
+        self._kafka.producer.poll(0)
 
     def _send(self, partition: int) -> None:
         events = self._pending.pop(partition, [])
@@ -162,7 +154,7 @@ class UsageReporter:
             self._renew()
             for partition in list(self._pending):
                 self._send(partition)
-        remaining: int = self._producer.flush(timeout)
+        remaining: int = self._kafka.producer.flush(timeout)
         return remaining
 
     def close(self, timeout: float = 30.0) -> None:
@@ -175,4 +167,4 @@ class UsageReporter:
                 raise TimeoutError("usage records still undelivered at close")
         finally:
             self._closed = True
-            self._producer.close()
+            self._kafka.producer.close()
