@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from devtools.localinfra import free_port
 from devtools.localinfra.stack import open_infra
 from quartermaster.grpcclient import open_channel
 from quartermaster.v1 import cost_pb2, cost_pb2_grpc
@@ -150,9 +149,7 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
     run_dir = ROOT / ".run" / f"bench-costs-{os.getpid()}"
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     try:
-        with open_infra(
-            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False, partitions=3
-        ) as infra:
+        with open_infra(run_dir, durable=False, partitions=3) as infra:
             t = time.perf_counter()
             rows = await seed(infra.database_url, ns.users, ns.days, ns.hours_per_day,
                               ns.models, end)  # fmt: skip

@@ -32,7 +32,6 @@ from pathlib import Path
 import asyncpg
 
 from devtools.discovery import migration_dirs
-from devtools.localinfra import free_port
 from devtools.localinfra.postgres import LocalPostgres
 from quartermaster.db import migrate
 from services.metering.dedupe import HOUR, SeenIds
@@ -145,7 +144,7 @@ def main() -> None:
     say(f"  packed {per_id:.1f} bytes an id (the former dict: {before_id:.1f}); "
         f"look-up {lookup_us:.2f} us an id")  # fmt: skip
     run_dir = ROOT / ".run" / f"bench-dedupe-{os.getpid()}"
-    pg = LocalPostgres(run_dir / "pg", free_port(), durable=False, fresh=True)
+    pg = LocalPostgres(run_dir / "pg", durable=False, fresh=True)
     try:
         pg.start()
         migrate(pg.url, migration_dirs())

@@ -88,9 +88,7 @@ async def _run(samples: int) -> list[float]:
     workspace = f"bench-{uuid.uuid4().hex[:6]}"
     results: list[float] = []
     try:
-        with open_infra(
-            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False, partitions=3
-        ) as infra:
+        with open_infra(run_dir, durable=False, partitions=3) as infra:
             env = {
                 **os.environ, **infra.env(), "QM_WORKSPACE_ID": workspace,
                 "QM_TOKENS": f"bench:reader:{TOKEN}",

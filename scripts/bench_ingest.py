@@ -171,7 +171,7 @@ def main() -> None:
     try:
         if not bootstrap:
             root.mkdir(parents=True)
-            broker = LocalBroker(root, free_port())
+            broker = LocalBroker(root)
             broker.start()
             bootstrap = broker.bootstrap
         ensure_topics(bootstrap, PARTITIONS)

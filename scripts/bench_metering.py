@@ -398,7 +398,7 @@ async def main_async(
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
         with open_infra(
-            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False,
+            run_dir, durable=False,
             partitions=PARTITIONS,
         ) as infra:  # fmt: skip
             say(f"workload: {n} events, {users} users ...")

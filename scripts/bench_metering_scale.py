@@ -359,8 +359,7 @@ async def run_scale(
     run_dir = ROOT / ".run" / f"bench-metering-scale-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
-        with open_infra(run_dir, pg_port=free_port(), broker_port=free_port(),
-                        durable=False, partitions=partitions) as infra:  # fmt: skip
+        with open_infra(run_dir, durable=False, partitions=partitions) as infra:
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
                    "QM_WORKSPACE_ID": "bench", "QM_TOPIC_PARTITIONS": str(partitions),
                    "QM_METERING_DATA_DIR": str(run_dir / "faust"),

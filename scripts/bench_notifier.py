@@ -108,7 +108,7 @@ async def _run(ns: argparse.Namespace) -> dict[str, object]:
     await standin.start()
     procs: list[ChildProcess] = []
     try:
-        with open_infra(run_dir, pg_port=free_port(), broker_port=free_port(), durable=False,
+        with open_infra(run_dir, durable=False,
                         partitions=3) as infra:  # fmt: skip
             env = {**os.environ, **infra.env(), "QM_WORKSPACE_ID": ws,
                    "QM_TOKENS": f"bench:reader:{TOKEN}", "QM_DIRECTORY_TOKEN": TOKEN,

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import asyncpg
 
-from devtools.localinfra import free_port
 from devtools.localinfra.stack import open_infra
 from quartermaster import kafka
 from quartermaster.grpcclient import open_channel
@@ -271,9 +270,7 @@ def main_run(ns: argparse.Namespace) -> dict[str, object]:
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with open_infra(
-            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False, partitions=3
-        ) as infra:
+        with open_infra(run_dir, durable=False, partitions=3) as infra:
             t = time.perf_counter()
             asyncio.run(seed_directory(infra.database_url, ns.users))
             seed_totals(infra.kafka_bootstrap, ns.users)

@@ -232,7 +232,7 @@ async def main_async(ns: argparse.Namespace) -> dict[str, object]:
         + ", ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
     procs: list[ChildProcess] = []
     try:
-        with open_infra(run_dir, pg_port=free_port(), broker_port=free_port(), durable=False,
+        with open_infra(run_dir, durable=False,
                         partitions=3) as infra:  # fmt: skip
             t = time.perf_counter()
             await seed(infra.database_url, ns.past, ns.awaiting, ns.others)

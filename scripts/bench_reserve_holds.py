@@ -26,7 +26,6 @@ from pathlib import Path
 
 import asyncpg
 
-from devtools.localinfra import free_port
 from devtools.localinfra.stack import open_infra
 from quartermaster.db import connect_pool
 from services.policy.reservations import Held
@@ -109,9 +108,7 @@ def main() -> None:
     run_dir = ROOT / ".run" / f"bench-holds-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with open_infra(
-            run_dir, pg_port=free_port(), broker_port=free_port(), durable=False, partitions=1
-        ) as infra:
+        with open_infra(run_dir, durable=False, partitions=1) as infra:
             results = asyncio.run(bench(infra.database_url, holds, ns.calls))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

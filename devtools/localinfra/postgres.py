@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from devtools.localinfra.ports import wait_for_port
+from devtools.localinfra.ports import free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,19 @@ def ensure_installed() -> Path:
 
 
 class LocalPostgres:
-    """`start()` creates the cluster on first use and starts it on 127.0.0.1:`port`."""
+    """`start()` creates the cluster on first use and starts it on 127.0.0.1:`port`; with
+    no port it picks a free one, and another when a process started meanwhile took it
+    (`free_port` only says nothing listened a moment ago). Restarts keep the port.
+    """
 
-    def __init__(self, root: Path, port: int, *, durable: bool = True, fresh: bool = False) -> None:
+    def __init__(
+        self, root: Path, port: int | None = None, *, durable: bool = True, fresh: bool = False
+    ) -> None:
         self.root = root.resolve()
         self.datadir = self.root / "data"
-        self.port = port
+        self._choose_port = port is None
+        self._started = False
+        self.port = port if port is not None else 0
         # Tests throw the cluster away afterwards, so they skip fsync for speed.
         self.durable = durable
         # Start from an empty cluster (the local broker forgets everything on restart,
@@ -124,6 +131,39 @@ class LocalPostgres:
             )
         # A previous run that was killed may have left its server running.
         self._stop_if_running()
+        attempts = 3 if self._choose_port and not self._started else 1
+        for attempt in range(1, attempts + 1):
+            if attempts > 1:
+                self.port = free_port()
+            try:
+                self._pg_ctl_start()
+                break
+            except RuntimeError as exc:
+                if attempt == attempts or "Address already in use" not in self._log_tail():
+                    raise
+                log.info("postgres port %d was taken meanwhile (%s); another", self.port, exc)
+        self._started = True
+        wait_for_port(self.port, 30, what="postgres")
+        exists = self._run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            ROLE,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+        )
+        if exists.stdout.strip() != "1":
+            self._check("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, DATABASE)
+        log.info("postgres ready at %s", self.url)
+
+    def _pg_ctl_start(self) -> None:
+        """`pg_ctl start -w` on `self.port`: RuntimeError when the server does not come up
+        (a port another process took meanwhile among the reasons: see `_log_tail`)."""
         opts = [
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
@@ -145,23 +185,12 @@ class LocalPostgres:
             "-o",
             " ".join(opts),
         )
-        wait_for_port(self.port, 30, what="postgres")
-        exists = self._run(
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            ROLE,
-            "-d",
-            "postgres",
-            "-tAc",
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
-        )
-        if exists.stdout.strip() != "1":
-            self._check("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, DATABASE)
-        log.info("postgres ready at %s", self.url)
+
+    def _log_tail(self, size: int = 4000) -> str:
+        try:
+            return (self.root / "postgres.log").read_text(errors="replace")[-size:]
+        except FileNotFoundError:
+            return ""
 
     def stop(self) -> None:
         if self._bindir is None:

@@ -59,13 +59,16 @@ def _start_containers(stack: contextlib.ExitStack) -> tuple[str, str]:
 def open_infra(
     run_dir: Path,
     *,
-    pg_port: int,
-    broker_port: int,
+    pg_port: int | None = None,
+    broker_port: int | None = None,
     durable: bool,
     partitions: int,
     environ: Mapping[str, str] | None = None,
 ) -> Iterator[Infra]:
-    """Yield a migrated database and a broker with every topic created; stop what we started."""
+    """Yield a migrated database and a broker with every topic created; stop what we started.
+
+    Without a port, the local PostgreSQL and broker each pick a free one (and another if
+    a process started meanwhile takes it); `make run` names its ports."""
     env = os.environ if environ is None else environ
     given_kafka = env.get("QM_KAFKA_BOOTSTRAP") or None
     given_db = env.get("QM_DATABASE_URL") or None

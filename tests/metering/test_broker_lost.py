@@ -122,7 +122,7 @@ async def test_faust_declares_no_topic_and_aiokafka_asks_for_none(
     # aiokafka (faust's consumer underneath) subscribed to a topic that does not
     # exist: its metadata requests would make the broker create it; after
     # `transport.register` they don't.
-    bare = LocalBroker(tmp_path, free_port())
+    bare = LocalBroker(tmp_path)
     bare.start()
     try:
         transport.register(10)
