@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -250,20 +251,24 @@ class Profile:
             say(f"  {100 * n / total:5.1f}%  {f}")
 
 
-def batch_seconds(metrics_addr: str) -> tuple[int, float]:
-    """How many batches the worker has counted so far and their time in all (the
-    count and sum of its qm_metering_batch_duration_seconds histogram), read from its
-    /metrics."""
+def batch_seconds(metrics_addr: str) -> tuple[int, float, float]:
+    """How many batches the worker has counted so far, their time in all and the
+    bound of the histogram bucket holding the longest (the count, sum and buckets of
+    its qm_metering_batch_duration_seconds histogram), read from its /metrics."""
     with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     count, seconds = 0, 0.0
+    buckets: list[tuple[float, float]] = []
     for f in text_string_to_metric_families(text):
         for s in f.samples:
             if s.name == "qm_metering_batch_duration_seconds_count":
                 count += int(s.value)
             elif s.name == "qm_metering_batch_duration_seconds_sum":
                 seconds += s.value
-    return count, seconds
+            elif s.name == "qm_metering_batch_duration_seconds_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+    longest = min((le for le, n in buckets if n >= count), default=math.inf)
+    return count, seconds, longest
 
 
 async def drain(
@@ -298,7 +303,7 @@ async def drain(
             if first is None and now - polled >= 0.1:
                 polled = now
                 try:
-                    count, seconds = await asyncio.to_thread(batch_seconds, metrics_addr)
+                    count, seconds, _ = await asyncio.to_thread(batch_seconds, metrics_addr)
                 except OSError:  # its metrics not served yet
                     count, seconds = 0, 0.0
                 if count:
@@ -393,7 +398,7 @@ async def main_async(
     profile: str | None = None,
     foreign: bool = False,
     bad_ratio: float = 0.0,
-) -> dict[str, float | int | bool]:
+) -> dict[str, float | int | bool | None]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
@@ -439,9 +444,14 @@ async def main_async(
                     )
                 eps = n / seconds
                 _, peak = rss_mb(worker.pid)
+                batches, batch_time, longest = batch_seconds(metrics_addr)
                 load = round(os.getloadavg()[0], 1)  # the cores are shared: how busy they were
                 say(f"worker: {eps:,.0f} events/s ({seconds:.2f}s), peak RSS {peak:.0f} MB,"
                     f" load average {load}")  # fmt: skip
+                # A rebalance waits for the batch in hand: how long batches ran says
+                # how long a join or leave during a catch-up would wait.
+                say(f"  {batches} batches, {batch_time / max(batches, 1):.2f} s each on"
+                    f" average, the longest <= {longest} s")  # fmt: skip
                 conn = await asyncpg.connect(infra.database_url)
                 rows = await conn.fetch(
                     "SELECT subject_id, period_key, used_micros FROM metering.totals"
@@ -478,6 +488,9 @@ async def main_async(
         "ceiling_events_per_s": round(ceiling_eps),
         "ratio": round(eps / ceiling_eps, 3),
         "rss_mb": round(peak, 1),
+        "batches": batches,
+        "batch_mean_s": round(batch_time / max(batches, 1), 3),
+        "batch_longest_le_s": longest if math.isfinite(longest) else None,
         "freshness_p50_ms": round(statistics.median(fresh), 1),
         "freshness_p99_ms": round(q[98], 1),
         "freshness_probes": len(fresh),

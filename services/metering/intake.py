@@ -48,6 +48,7 @@ class Intake:
         self.capacity_bytes = capacity_bytes
         self._waiting: list[Any] = []
         self._bytes = 0  # of the waiting records' values
+        self.taken_bytes = 0  # of the last batch `take` returned
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -104,7 +105,7 @@ class Intake:
         """The oldest waiting messages, at most `most` of them and `most_bytes` of
         values (the first whatever its size): at once when that much waits, else
         once `within` seconds passed since the first arrived (company for a lone
-        record); waits for the first."""
+        record); waits for the first. `taken_bytes` is then their values' bytes."""
 
         def enough() -> bool:
             return len(self._waiting) >= most or (
@@ -126,6 +127,7 @@ class Intake:
         n, size = _prefix(self._waiting, most, most_bytes)
         out, self._waiting = self._waiting[:n], self._waiting[n:]
         self._bytes -= size
+        self.taken_bytes = size
         if not self._full():
             self._room.set()
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from quartermaster.config import CommonSettings
@@ -44,6 +44,11 @@ class MeteringSettings(CommonSettings):
     """Most bytes of record values counted in one Postgres transaction (~72 bytes an
     event, one a record or 200: 16 MiB is ~230,000 events); a worker that is behind
     counts batches this large, each user's totals written once a batch"""
+    batch_seconds: float = Field(0.0, ge=0, le=150)
+    """About how long (s) one batch may take to count: a worker that is behind shrinks
+    its batches (from the two bounds above) when one takes longer, and grows them
+    back while they take less. A rebalance waits for the batch in hand, so at most half
+    QM_METERING_SESSION_TIMEOUT (the rebalance timeout); 0: that half"""
     batch_within: float = Field(0.05, ge=0.001, le=10)
     """Longest wait (s) to fill a batch before counting it"""
     dedupe_hours: int = Field(24, ge=1, le=24 * 14)
@@ -116,3 +121,20 @@ class MeteringSettings(CommonSettings):
     it, 503 with Retry-After (sending the body again is safe: an event_id counts once)"""
     ingest_retry_after_seconds: int = Field(1, ge=1, le=3600)
     """Retry-After (seconds) of the HTTP ingest's 503 when it is busy or the broker slow"""
+
+    @model_validator(mode="after")
+    def _batches_within_a_rebalance(self) -> MeteringSettings:
+        # A batch that runs past the rebalance timeout (the session timeout) gets the
+        # worker evicted from its group at every rebalance while it is behind.
+        if self.batch_seconds > self.session_timeout / 2:
+            raise ValueError(
+                f"QM_METERING_BATCH_SECONDS ({self.batch_seconds:g}) must be at most half"
+                f" QM_METERING_SESSION_TIMEOUT ({self.session_timeout:g}): a rebalance"
+                " waits for the batch in hand"
+            )
+        return self
+
+    @property
+    def batch_target(self) -> float:
+        """`batch_seconds`, or when it is 0 (unset) half the session timeout."""
+        return self.batch_seconds or self.session_timeout / 2

@@ -36,6 +36,7 @@ from services.metering import transport
 from services.metering.aggregate import Record
 from services.metering.intake import Intake
 from services.metering.metrics import MeteringMetrics
+from services.metering.pacing import Pacer
 from services.metering.processor import OUTAGE, Processor
 from services.metering.settings import MeteringSettings
 from services.metering.topic_guard import TopicWatch
@@ -224,10 +225,9 @@ def _timers(
 async def _count(
     app: MeteringApp, proc: Processor, settings: MeteringSettings, meters: MeteringMetrics
 ) -> None:
+    pacer = Pacer(settings.batch_target, settings.batch_max, settings.batch_max_bytes)
     while True:
-        messages = await app.intake.take(
-            settings.batch_max, settings.batch_within, settings.batch_max_bytes
-        )
+        messages = await app.intake.take(pacer.records, settings.batch_within, pacer.bytes)
         app.in_hand = messages
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for m in messages:
@@ -244,7 +244,9 @@ async def _count(
             # Partitions are independent (own state, own fenced commit): while one
             # waits on the broker or Postgres, another is planned.
             await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
-        meters.batch(time.perf_counter() - began)
+        took = time.perf_counter() - began
+        meters.batch(took)
+        pacer.counted(len(messages), app.intake.taken_bytes, took)
         for p, records in by_partition.items():
             meters.positions[p] = max(r.offset for r in records) + 1
         ack = app.consumer.ack

@@ -1,0 +1,77 @@
+"""How much the counting loop takes in one batch: about what it counts in `target`
+seconds, within the settings' bounds (QM_METERING_BATCH_MAX records,
+QM_METERING_BATCH_MAX_BYTES of values).
+
+Why a time bound as well: a batch is counted whole before anything else happens.
+A rebalance waits for the batch in hand (its partitions are committed, then
+revoked); a batch that runs past the group's rebalance timeout gets the worker
+evicted, and the group rebalances again; totals are committed and published once a
+batch, so while a worker catches up budgets see its counting in steps of a batch.
+Bounded by size alone, a worker behind took the whole 16 MiB at once: 200,000
+batched events in one 6.3 s batch, one-event records in 3 s batches, on an idle
+2-core machine (`make bench-metering`); three times that on a busy one. Bigger
+batches count faster (each user's totals written once a batch: figures in
+docs/benchmarks.md), so batches start at the bounds, shrink when one takes over
+`target` and grow back while they take under it. The first batch after a start is
+bounded by size alone.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GROWTH = 2.0  # a batch at most doubles from one to the next ...
+SHRINK = 0.5  # ... and at least halves when it ran long
+LEAST_RECORDS = 100
+LEAST_BYTES = 64 * 1024
+
+
+@dataclass
+class Pacer:
+    """The next batch's bounds (`records`, `bytes`), from how long the last ones took.
+
+    `target` in seconds; `most_records` and `most_bytes` the bounds a batch never
+    exceeds (a record larger than `bytes` is still taken alone, by the intake).
+    After each batch, `counted(records, size, seconds)`: a full batch (one that
+    reached a bound) scales both bounds by target / seconds, within GROWTH and
+    SHRINK; a batch that was not full only shrinks them, when it ran long (a slow
+    PostgreSQL, a starved host), since its size says nothing of how much more fits.
+    """
+
+    target: float
+    most_records: int
+    most_bytes: int
+    records: int = field(init=False)
+    bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.target <= 0 or self.most_records < 1 or self.most_bytes < 1:
+            raise ValueError(
+                f"target {self.target} s, {self.most_records} records and "
+                f"{self.most_bytes} bytes: each must be positive"
+            )
+        # The first batch takes the bounds: smaller ones would cost a worker that is a
+        # few seconds behind a batch each time (each user's totals written again).
+        self.records, self.bytes = self.most_records, self.most_bytes
+
+    def counted(self, records: int, size: int, seconds: float) -> None:
+        """Adjust the bounds after a batch of `records` records and `size` bytes of
+        values that took `seconds` to count."""
+        full = records >= self.records or size >= self.bytes
+        if seconds <= 0 or (not full and seconds <= self.target):
+            return
+        factor = min(GROWTH, max(SHRINK, self.target / seconds))
+        if not full and factor > 1:
+            return
+        self.records = _within(
+            round(self.records * factor), min(LEAST_RECORDS, self.most_records), self.most_records
+        )
+        self.bytes = _within(
+            round(self.bytes * factor), min(LEAST_BYTES, self.most_bytes), self.most_bytes
+        )
+
+
+def _within(value: int, least: int, most: int) -> int:
+    return min(most, max(least, value))

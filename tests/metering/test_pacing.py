@@ -1,0 +1,96 @@
+"""A worker that is behind counts batches of about `target` seconds: they grow while
+shorter and shrink when longer, within the settings' bounds (services/metering/pacing.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from quartermaster.settings import SettingsError
+from services.metering.pacing import LEAST_BYTES, LEAST_RECORDS, Pacer
+from services.metering.settings import MeteringSettings
+
+MIB = 1024 * 1024
+
+
+def _halved() -> Pacer:
+    """A pacer whose last batch took twice the target: 25,000 records, 8 MiB."""
+    pacer = Pacer(2.0, 50_000, 16 * MIB)
+    pacer.counted(50_000, 1_000, 4.0)
+    assert (pacer.records, pacer.bytes) == (25_000, 8 * MIB)
+    return pacer
+
+
+def test_the_first_batch_takes_the_bounds() -> None:
+    pacer = Pacer(2.0, 50_000, 16 * MIB)
+    assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
+    pacer.counted(50_000, 1_000, 1.0)  # fast: nothing past the bounds
+    assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "records"),
+    [(0.5, 50_000), (1.0, 50_000), (1.5, 33_333), (2.0, 25_000), (3.0, 16_667),
+     (8.0, 12_500), (60.0, 12_500)],
+)  # fmt: skip
+def test_a_full_batch_scales_by_target_over_time_within_double_and_half(
+    seconds: float, records: int
+) -> None:
+    pacer = _halved()
+    pacer.counted(25_000, 1_000, seconds)  # full by records
+    factor = min(2.0, max(0.5, 2.0 / seconds))
+    assert pacer.records == records
+    assert pacer.bytes == min(16 * MIB, round(8 * MIB * factor))
+
+
+def test_a_batch_full_by_bytes_is_full() -> None:
+    pacer = _halved()
+    pacer.counted(10, 8 * MIB, 1.0)  # ten large records, up to the bytes bound
+    assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
+
+
+def test_a_batch_not_full_grows_nothing_and_shrinks_when_slow() -> None:
+    pacer = _halved()
+    pacer.counted(100, 10_000, 0.01)  # keeping up: says nothing of how much fits
+    assert (pacer.records, pacer.bytes) == (25_000, 8 * MIB)
+    pacer.counted(100, 10_000, 5.0)  # slow though small (PostgreSQL stalled, say)
+    assert (pacer.records, pacer.bytes) == (12_500, 4 * MIB)
+
+
+def test_the_bounds_hold_and_the_floor_too() -> None:
+    pacer = Pacer(2.0, 50_000, 16 * MIB)
+    for _ in range(10):
+        pacer.counted(pacer.records, 0, 0.1)
+    assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
+    for _ in range(30):
+        pacer.counted(pacer.records, 0, 100.0)
+    assert (pacer.records, pacer.bytes) == (LEAST_RECORDS, LEAST_BYTES)
+
+
+@pytest.mark.parametrize("rate", [2_000, 14_000, 35_000, 200_000])
+def test_batches_settle_near_the_target_when_behind(rate: int) -> None:
+    """A worker counting `rate` records a second plus 50 ms a batch, always behind."""
+    pacer = Pacer(2.0, 1_000_000, 1024 * MIB)
+    times = []
+    for _ in range(20):
+        n = pacer.records
+        took = 0.05 + n / rate
+        times.append(took)
+        pacer.counted(n, n * 75, took)
+    assert all(1.0 <= t <= 2.2 for t in times[-5:]), times
+
+
+@pytest.mark.parametrize(("target", "records", "size"), [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
+def test_bounds_that_make_no_sense_are_refused(target: float, records: int, size: int) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        Pacer(target, records, size)
+
+
+def test_the_target_follows_the_session_timeout_and_may_not_pass_its_half() -> None:
+    assert MeteringSettings.from_env({}).batch_target == 5.0
+    assert MeteringSettings.from_env({"QM_METERING_SESSION_TIMEOUT": "3"}).batch_target == 1.5
+    set_ = {"QM_METERING_BATCH_SECONDS": "0.5", "QM_METERING_SESSION_TIMEOUT": "3"}
+    assert MeteringSettings.from_env(set_).batch_target == 0.5
+    with pytest.raises(SettingsError, match=r"QM_METERING_BATCH_SECONDS .* at most half"):
+        MeteringSettings.from_env(
+            {"QM_METERING_BATCH_SECONDS": "6", "QM_METERING_SESSION_TIMEOUT": "10"}
+        )
