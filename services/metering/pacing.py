@@ -4,9 +4,9 @@ QM_METERING_BATCH_MAX_BYTES of values).
 
 Why a time bound as well: a batch is counted whole before anything else happens.
 A rebalance waits for the batch in hand (its partitions are committed, then
-revoked); a batch that runs past the group's rebalance timeout gets the worker
-evicted, and the group rebalances again; totals are committed and published once a
-batch, so while a worker catches up budgets see its counting in steps of a batch.
+revoked), so the whole group stands still while one worker finishes a long batch;
+totals are committed and published once a batch, so while a worker catches up
+budgets see its counting in steps of a batch.
 Bounded by size alone, a worker behind took the whole 16 MiB at once: 200,000
 batched events in one 6.3 s batch, one-event records in 3 s batches, on an idle
 2-core machine (`make bench-metering`); three times that on a busy one. Bigger

@@ -47,8 +47,8 @@ class MeteringSettings(CommonSettings):
     batch_seconds: float = Field(0.0, ge=0, le=150)
     """About how long (s) one batch may take to count: a worker that is behind shrinks
     its batches (from the two bounds above) when one takes longer, and grows them
-    back while they take less. A rebalance waits for the batch in hand, so at most half
-    QM_METERING_SESSION_TIMEOUT (the rebalance timeout); 0: that half"""
+    back while they take less. Every worker waits at a rebalance for each one's batch
+    in hand, so at most half QM_METERING_SESSION_TIMEOUT; 0: that half"""
     batch_within: float = Field(0.05, ge=0.001, le=10)
     """Longest wait (s) to fill a batch before counting it"""
     dedupe_hours: int = Field(24, ge=1, le=24 * 14)
@@ -124,8 +124,8 @@ class MeteringSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _batches_within_a_rebalance(self) -> MeteringSettings:
-        # A batch that runs past the rebalance timeout (the session timeout) gets the
-        # worker evicted from its group at every rebalance while it is behind.
+        # The group waits for a member's batch in hand at every rebalance: no longer
+        # than half what noticing a crashed member takes.
         if self.batch_seconds > self.session_timeout / 2:
             raise ValueError(
                 f"QM_METERING_BATCH_SECONDS ({self.batch_seconds:g}) must be at most half"

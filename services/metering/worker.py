@@ -43,6 +43,7 @@ from services.metering.topic_guard import TopicWatch
 from services.metering.wiring import Counting
 
 log = logging.getLogger("qm.metering")
+REBALANCE_TIMEOUT = 60.0  # seconds (faust's default; Kafka's max.poll.interval is 300)
 tracer = trace.get_tracer("qm.metering")
 
 
@@ -104,7 +105,11 @@ def _app(settings: MeteringSettings) -> MeteringApp:
         # A worker learns of a rebalance at its next heartbeat, and the group waits
         # for it: at most a second (each heartbeat is one small request).
         broker_heartbeat_interval=min(1.0, settings.session_timeout / 3),
-        broker_rebalance_timeout=settings.session_timeout,
+        # How long the group waits for a member to rejoin: one counting its batch in
+        # hand (a restarted worker that is behind: up to 16 MiB at once, seconds on a
+        # busy host) is waited for, not evicted to rejoin and rebalance everyone
+        # again. A crashed one is noticed after the session timeout whatever this is.
+        broker_rebalance_timeout=max(REBALANCE_TIMEOUT, settings.session_timeout),
         broker_max_poll_records=settings.batch_max,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",

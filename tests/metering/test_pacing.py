@@ -3,9 +3,12 @@ shorter and shrink when longer, within the settings' bounds (services/metering/p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quartermaster.settings import SettingsError
+from services.metering import worker
 from services.metering.pacing import LEAST_BYTES, LEAST_RECORDS, Pacer
 from services.metering.settings import MeteringSettings
 
@@ -94,3 +97,14 @@ def test_the_target_follows_the_session_timeout_and_may_not_pass_its_half() -> N
         MeteringSettings.from_env(
             {"QM_METERING_BATCH_SECONDS": "6", "QM_METERING_SESSION_TIMEOUT": "10"}
         )
+
+
+def test_the_group_waits_for_a_member_counting_its_batch_rather_than_evict_it(
+    tmp_path: Path,
+) -> None:
+    env = {"QM_METERING_DATA_DIR": str(tmp_path), "QM_METERING_SESSION_TIMEOUT": "4"}
+    app = worker._app(MeteringSettings.from_env(env))
+    assert app.conf.broker_rebalance_timeout == worker.REBALANCE_TIMEOUT == 60.0
+    assert app.conf.broker_session_timeout == 4.0  # a crashed member: noticed after this
+    longer = {**env, "QM_METERING_SESSION_TIMEOUT": "90"}
+    assert worker._app(MeteringSettings.from_env(longer)).conf.broker_rebalance_timeout == 90
