@@ -39,7 +39,7 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -388,6 +388,26 @@ def freshness(bootstrap: str, probes: int, load_eps: int, bad_ratio: float = 0.0
     return out
 
 
+async def check_totals(url: str, sums: Mapping[str, int]) -> None:
+    """SystemExit unless the month totals in PostgreSQL are the ceiling loop's `sums`
+    ("user:month" → micros), to the micro."""
+    conn = await asyncpg.connect(url)
+    rows = await conn.fetch(
+        "SELECT subject_id, period_key, used_micros FROM metering.totals"
+        " WHERE period_kind = 'month'"
+    )
+    await conn.close()
+    got = {f"{r['subject_id']}:{r['period_key']}": r["used_micros"] for r in rows}
+    if got != dict(sums):
+        differ = sorted(k for k in got.keys() | sums.keys() if got.get(k) != sums.get(k))
+        raise SystemExit(
+            f"the worker's totals differ from the ceiling loop's sums for "
+            f"{len(differ)} user-months, e.g. "
+            + ", ".join(f"{k}: {got.get(k)} != {sums.get(k)}" for k in differ[:3])
+        )
+    say(f"  totals exact: {len(got)} user-months, {sum(got.values()):,} micros")
+
+
 async def main_async(
     n: int,
     users: int,
@@ -398,6 +418,7 @@ async def main_async(
     profile: str | None = None,
     foreign: bool = False,
     bad_ratio: float = 0.0,
+    in_process: bool = False,
 ) -> dict[str, float | int | bool | None]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -429,6 +450,18 @@ async def main_async(
                    "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                    "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING",
                    "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
+            if in_process:  # the counting path fed by confluent-kafka, no worker
+                from bench_metering_inproc import count_in_process  # this script's directory
+
+                seconds, batches = await count_in_process(env, ends)
+                say(f"counting path in process: {n / seconds:,.0f} events/s ({seconds:.2f}s,"
+                    f" {batches} batches)")  # fmt: skip
+                await check_totals(infra.database_url, sums)
+                return {"events": n, "events_per_record": 1 if foreign or bad_ratio else batch,
+                        "in_process": True, "users": users, "events_per_s": round(n / seconds),
+                        "ceiling_events_per_s": round(ceiling_eps),
+                        "ratio": round(n / seconds / ceiling_eps, 3), "batches": batches,
+                        "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
             metrics_addr = env["QM_METERING_METRICS_ADDR"]
             worker = ChildProcess(
                 "metering", [sys.executable, "-m", "services.metering"],
@@ -452,23 +485,7 @@ async def main_async(
                 # how long a join or leave during a catch-up would wait.
                 say(f"  {batches} batches, {batch_time / max(batches, 1):.2f} s each on"
                     f" average, the longest <= {longest} s")  # fmt: skip
-                conn = await asyncpg.connect(infra.database_url)
-                rows = await conn.fetch(
-                    "SELECT subject_id, period_key, used_micros FROM metering.totals"
-                    " WHERE period_kind = 'month'"
-                )
-                await conn.close()
-                got = {f"{r['subject_id']}:{r['period_key']}": r["used_micros"] for r in rows}
-                if got != dict(sums):
-                    differ = sorted(
-                        k for k in got.keys() | sums.keys() if got.get(k) != sums.get(k)
-                    )
-                    raise SystemExit(
-                        f"the worker's totals differ from the ceiling loop's sums for "
-                        f"{len(differ)} user-months, e.g. "
-                        + ", ".join(f"{k}: {got.get(k)} != {sums.get(k)}" for k in differ[:3])
-                    )
-                say(f"  totals exact: {len(got)} user-months, {sum(got.values()):,} micros")
+                await check_totals(infra.database_url, sums)
                 fresh = freshness(infra.kafka_bootstrap, probes, load_eps, bad_ratio)
                 _, peak = rss_mb(worker.pid)
             finally:
@@ -510,6 +527,10 @@ def main() -> None:
         "--uniform", action="store_true", help="every call a random product and model"
     )
     parser.add_argument("--profile", metavar="FILE", help="py-spy samples of the worker's drain")
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="the counting path fed by confluent-kafka instead of the worker (no freshness)",
+    )  # fmt: skip
     parser.add_argument(
         "--foreign", action="store_true",
         help="one event a record keyed by event id (most land away from home: forwarded)",
@@ -559,6 +580,7 @@ def main() -> None:
             ns.profile,
             ns.foreign,
             ns.bad_ratio,
+            ns.in_process,
         )
     )
     sys.stdout.write(json.dumps(result) + "\n")
