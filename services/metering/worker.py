@@ -251,7 +251,7 @@ async def _count(
             await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
         took = time.perf_counter() - began
         meters.batch(took)
-        pacer.counted(len(messages), app.intake.taken_bytes, took)
+        pacer.counted(len(messages), app.intake.taken_bytes, took, app.intake.taken_cut)
         for p, records in by_partition.items():
             meters.positions[p] = max(r.offset for r in records) + 1
         ack = app.consumer.ack

@@ -4,11 +4,13 @@ shorter and shrink when longer, within the settings' bounds (services/metering/p
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from quartermaster.settings import SettingsError
 from services.metering import worker
+from services.metering.intake import Intake
 from services.metering.pacing import LEAST_BYTES, LEAST_RECORDS, Pacer
 from services.metering.settings import MeteringSettings
 
@@ -108,3 +110,20 @@ def test_the_group_waits_for_a_member_counting_its_batch_rather_than_evict_it(
     assert app.conf.broker_session_timeout == 4.0  # a crashed member: noticed after this
     longer = {**env, "QM_METERING_SESSION_TIMEOUT": "90"}
     assert worker._app(MeteringSettings.from_env(longer)).conf.broker_rebalance_timeout == 90
+
+
+async def test_batches_cut_by_the_bytes_bound_grow_back_after_a_stall() -> None:
+    """UsageBatch records (~14 KB): the intake stops a batch before the record that
+    would pass the bytes bound, so a batch cut by it weighs a little less than the
+    bound. Such a batch is full all the same: once a stall (three slow batches) has
+    shrunk the bounds, fast batches grow them back to the bounds."""
+    intake = Intake(50_000, 16 * MIB)
+    pacer = Pacer(5.0, 50_000, 16 * MIB)
+    record = SimpleNamespace(topic="t", partition=0, value=b"x" * 14_000)
+    for i in range(12):
+        if not intake._full():  # always behind
+            await intake.put([record] * 2_000)
+        batch = await intake.take(pacer.records, 0.05, pacer.bytes)
+        assert intake.taken_bytes < pacer.bytes  # a bytes bound never met exactly
+        pacer.counted(len(batch), intake.taken_bytes, 12.0 if i < 3 else 0.5, intake.taken_cut)
+    assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
