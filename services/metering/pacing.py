@@ -20,6 +20,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 GROWTH = 2.0  # a batch at most doubles from one to the next ...
@@ -48,10 +49,10 @@ class Pacer:
     bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.target <= 0 or self.most_records < 1 or self.most_bytes < 1:
+        if not 0 < self.target < math.inf or self.most_records < 1 or self.most_bytes < 1:
             raise ValueError(
                 f"target {self.target} s, {self.most_records} records and "
-                f"{self.most_bytes} bytes: each must be positive"
+                f"{self.most_bytes} bytes: each must be positive (and the target finite)"
             )
         # The first batch takes the bounds: smaller ones would cost a worker that is a
         # few seconds behind a batch each time (each user's totals written again).
@@ -64,7 +65,8 @@ class Pacer:
         (the intake stops before the record that would pass it): without `cut` it
         would not count as full, and bounds a stall shrank would never grow back."""
         full = cut or records >= self.records or size >= self.bytes
-        if seconds <= 0 or (not full and seconds <= self.target):
+        # no time (or NaN) says nothing of how long a batch takes
+        if not seconds > 0 or (not full and seconds <= self.target):
             return
         factor = min(GROWTH, max(SHRINK, self.target / seconds))
         if not full and factor > 1:

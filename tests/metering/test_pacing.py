@@ -3,6 +3,7 @@ shorter and shrink when longer, within the settings' bounds (services/metering/p
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,3 +128,32 @@ async def test_batches_cut_by_the_bytes_bound_grow_back_after_a_stall() -> None:
         assert intake.taken_bytes < pacer.bytes  # a bytes bound never met exactly
         pacer.counted(len(batch), intake.taken_bytes, 12.0 if i < 3 else 0.5, intake.taken_cut)
     assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
+
+
+@pytest.mark.parametrize("target", [math.nan, math.inf])
+def test_a_target_that_is_no_number_of_seconds_is_refused(target: float) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        Pacer(target, 50_000, 16 * MIB)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan, -math.inf])
+def test_a_batch_timed_at_no_time_changes_nothing(seconds: float) -> None:
+    pacer = _halved()
+    pacer.counted(25_000, 1_000, seconds)
+    assert (pacer.records, pacer.bytes) == (25_000, 8 * MIB)
+
+
+def test_a_target_just_past_half_the_session_timeout_is_named_as_given() -> None:
+    """`:g` printed 5.0000001 as 5: "(5) must be at most half (10)" contradicted itself."""
+    with pytest.raises(SettingsError, match=r"\(5\.0000001\) must be at most half"):
+        MeteringSettings.from_env({"QM_METERING_BATCH_SECONDS": "5.0000001"})
+    assert MeteringSettings.from_env({"QM_METERING_BATCH_SECONDS": "5"}).batch_target == 5.0
+
+
+@pytest.mark.parametrize("seconds", ["0.0001", "1e-300", "0.09"])
+def test_a_target_too_short_for_any_batch_is_refused(seconds: str) -> None:
+    """A batch costs tens of milliseconds whatever its size: with a 0.1 ms target every
+    batch ran long, and the bounds stayed at the floor (100 records) for good."""
+    with pytest.raises(SettingsError, match=r"must be 0 .* or at least 0\.1"):
+        MeteringSettings.from_env({"QM_METERING_BATCH_SECONDS": seconds})
+    assert MeteringSettings.from_env({"QM_METERING_BATCH_SECONDS": "0.1"}).batch_target == 0.1
