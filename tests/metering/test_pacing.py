@@ -157,3 +157,19 @@ def test_a_target_too_short_for_any_batch_is_refused(seconds: str) -> None:
     with pytest.raises(SettingsError, match=r"must be 0 .* or at least 0\.1"):
         MeteringSettings.from_env({"QM_METERING_BATCH_SECONDS": seconds})
     assert MeteringSettings.from_env({"QM_METERING_BATCH_SECONDS": "0.1"}).batch_target == 0.1
+
+
+@pytest.mark.parametrize("session", ["1", "10", "85", "90", "300"])
+async def test_a_join_waits_past_the_rebalance_timeout_whatever_the_session_timeout(
+    tmp_path: Path, session: str
+) -> None:
+    """faust refused a session timeout past its request timeout (90 s) when it made the
+    consumer, though the settings take up to 300; and a JoinGroup, answered once the
+    group rejoined, timed out with the rebalance timeout at 90 s."""
+    env = {"QM_METERING_DATA_DIR": str(tmp_path), "QM_METERING_SESSION_TIMEOUT": session}
+    app = worker._app(MeteringSettings.from_env(env))
+    conf = app.conf
+    assert conf.broker_request_timeout >= conf.broker_rebalance_timeout + 5
+    assert conf.broker_request_timeout >= 90.0
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    assert consumer._client._request_timeout_ms == conf.broker_request_timeout * 1000
