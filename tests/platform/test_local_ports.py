@@ -104,7 +104,7 @@ def test_postgres_whose_chosen_port_was_taken_starts_on_another(
 def test_postgres_on_a_named_taken_port_fails(root: Path, taken: int) -> None:
     pg = LocalPostgres(root / "pg", taken, durable=False, fresh=True)
     try:
-        with pytest.raises(RuntimeError, match="pg_ctl failed"):
+        with pytest.raises(RuntimeError, match=f"port {taken} is in use by another process"):
             pg.start()
     finally:
         pg.stop()
@@ -205,3 +205,22 @@ def test_brokers_started_at_once_from_threads_each_own_a_port_and_answer(
     finally:
         for b in brokers:
             b.stop()
+
+
+@pytest.mark.infra
+def test_postgres_restarted_on_its_port_taken_meanwhile_names_the_taker(root: Path) -> None:
+    """pg_ctl says only "could not start server / Examine the log output"."""
+    pg = LocalPostgres(root / "pg", durable=False, fresh=True)
+    try:
+        pg.start()
+        port = pg.port
+        pg.stop()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            with pytest.raises(RuntimeError, match=f"port {port} is in use by another process"):
+                pg.start()
+        pg.start()
+        assert pg.port == port
+    finally:
+        pg.stop()
