@@ -103,7 +103,8 @@ class LocalBroker:
             code = self._proc.poll()
             if code is not None:
                 return f"exited ({code}) on port {self.port}"
-            if listens(self._proc.pid, self.port):
+            # its process group: CALF_TANSU_BIN may be a wrapper that does not exec
+            if listens(self._proc.pid, self.port, group=True):
                 return None
             time.sleep(0.02)
         return f"did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s"

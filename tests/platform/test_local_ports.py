@@ -224,3 +224,23 @@ def test_postgres_restarted_on_its_port_taken_meanwhile_names_the_taker(root: Pa
         assert pg.port == port
     finally:
         pg.stop()
+
+
+@pytest.mark.infra
+def test_a_broker_run_through_a_wrapper_that_does_not_exec_is_seen_listening(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CALF_TANSU_BIN names any program: through `sh -c 'tansu "$@"'` the listener is the
+    shell's child, and start() waited its whole timeout for the shell to listen."""
+    wrapper = root / "tansu.sh"
+    wrapper.write_text(f'#!/bin/sh\n"{broker_module.tansu_binary()}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CALF_TANSU_BIN", str(wrapper))
+    broker = LocalBroker(root)
+    try:
+        broker.start(timeout=10)
+        assert broker._proc is not None
+        assert not listens(broker._proc.pid, broker.port)  # the shell's child does
+        assert listens(broker._proc.pid, broker.port, group=True)
+    finally:
+        broker.stop()
