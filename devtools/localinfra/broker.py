@@ -33,15 +33,16 @@ def tansu_binary() -> Path:
 
 
 class LocalBroker:
-    """The broker on 127.0.0.1:`port`; with no port, `start()` picks a free one, and
-    another when a process started meanwhile took it (`free_port` only says nothing
-    listened a moment ago). Once started, restarts keep the port: clients know it.
+    """The broker on 127.0.0.1:`port`; with no port (or 0), `start()` picks a free one,
+    and another when a process started meanwhile took it (`free_port` only says
+    nothing listened a moment ago). Once started, restarts keep the port: clients know
+    it; a second `start()` while it runs is refused.
     """
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self._root = root
-        self._choose_port = port is None
-        self.port = port if port is not None else 0
+        self._choose_port = not port  # None or 0: ours to choose
+        self.port = port or 0
         self._proc: ChildProcess | None = None
 
     def _child(self) -> ChildProcess:
@@ -71,6 +72,10 @@ class LocalBroker:
         the broker's log) when it exits or does not listen within `timeout` seconds;
         an exit because the port was taken is retried on another port when the port
         was ours to choose and the broker has not run before."""
+        if self._proc is not None and self._proc.running:
+            # A second process on the port would exit (the port is in use: by us), and
+            # the first would be forgotten, never stopped.
+            raise RuntimeError(f"the broker is already running on port {self.port}")
         attempts = 3 if self._choose_port and self._proc is None else 1
         for attempt in range(1, attempts + 1):
             if attempts > 1:
@@ -80,7 +85,8 @@ class LocalBroker:
             problem = self._wait_listening(timeout)
             if problem is None:
                 return
-            tail = self._proc.log_tail()
+            # this start's lines alone: an earlier one's clash is no reason now
+            tail = self._proc.log_tail(this_start=True)
             self._proc.stop()
             clash = "AddrInUse" in tail
             if attempt == attempts or not clash:
@@ -97,7 +103,8 @@ class LocalBroker:
             code = self._proc.poll()
             if code is not None:
                 return f"exited ({code}) on port {self.port}"
-            if listens(self._proc.pid, self.port):
+            # its process group: CALF_TANSU_BIN may be a wrapper that does not exec
+            if listens(self._proc.pid, self.port, group=True):
                 return None
             time.sleep(0.02)
         return f"did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s"

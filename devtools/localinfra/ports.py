@@ -50,8 +50,11 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def listens(pid: int, port: int) -> bool:
-    """Whether process `pid` itself holds a socket listening on TCP `port` (Linux).
+def listens(pid: int, port: int, *, group: bool = False) -> bool:
+    """Whether process `pid` itself holds a socket listening on TCP `port` (Linux);
+    with `group`, `pid` or a process of the process group it leads (a child started
+    in its own session, run through a wrapper that does not exec: the listener is
+    the wrapper's child).
 
     A port that merely answers may belong to someone else: `free_port` can hand two
     processes the same port, and a child that loses the race exits while the winner
@@ -59,9 +62,14 @@ def listens(pid: int, port: int) -> bool:
     inodes = _listening_inodes(port)
     if not inodes:
         return False
+    owners = _group(pid) if group else [pid]
+    return any(_holds(owner, inodes) for owner in owners)
+
+
+def _holds(pid: int, inodes: set[str]) -> bool:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
     for fd in fds:
         try:
@@ -71,3 +79,20 @@ def listens(pid: int, port: int) -> bool:
         if target.startswith("socket:[") and target[8:-1] in inodes:
             return True
     return False
+
+
+def _group(pgid: int) -> list[int]:
+    """`pgid` and the processes of the process group it leads."""
+    members = [pgid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # ended since the listing
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members

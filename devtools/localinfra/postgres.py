@@ -67,9 +67,9 @@ class LocalPostgres:
     ) -> None:
         self.root = root.resolve()
         self.datadir = self.root / "data"
-        self._choose_port = port is None
+        self._choose_port = not port  # None or 0: ours to choose
         self._started = False
-        self.port = port if port is not None else 0
+        self.port = port or 0
         # Tests throw the cluster away afterwards, so they skip fsync for speed.
         self.durable = durable
         # Start from an empty cluster (the local broker forgets everything on restart,
@@ -135,12 +135,19 @@ class LocalPostgres:
         for attempt in range(1, attempts + 1):
             if attempts > 1:
                 self.port = free_port()
+            since = self._log_size()
             try:
                 self._pg_ctl_start()
                 break
             except RuntimeError as exc:
-                if attempt == attempts or "Address already in use" not in self._log_tail():
-                    raise
+                # this start's lines alone: the log is appended to by every start
+                tail = self._log_tail(since)
+                clash = "Address already in use" in tail
+                if attempt == attempts or not clash:
+                    why = f" (port {self.port} is in use by another process)" if clash else ""
+                    raise RuntimeError(
+                        f"postgres did not start on port {self.port}{why}: {exc}\n{tail}"
+                    ) from None
                 log.info("postgres port %d was taken meanwhile (%s); another", self.port, exc)
         self._started = True
         wait_for_port(self.port, 30, what="postgres")
@@ -186,9 +193,18 @@ class LocalPostgres:
             " ".join(opts),
         )
 
-    def _log_tail(self, size: int = 4000) -> str:
+    def _log_size(self) -> int:
         try:
-            return (self.root / "postgres.log").read_text(errors="replace")[-size:]
+            return (self.root / "postgres.log").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _log_tail(self, since: int = 0, size: int = 4000) -> str:
+        """The log's last `size` characters of what was written from byte `since` on."""
+        try:
+            with open(self.root / "postgres.log", "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")[-size:]
         except FileNotFoundError:
             return ""
 

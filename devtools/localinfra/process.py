@@ -35,10 +35,12 @@ class ChildProcess:
         self.user = user
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_start = 0  # where the latest start's output begins in the log
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._log.tell()
         self._proc = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -56,13 +58,22 @@ class ChildProcess:
             raise RuntimeError(f"{self.name} was not started")
         return self._proc.pid
 
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
     def poll(self) -> int | None:
         """The exit code if the process has ended, else None."""
         return None if self._proc is None else self._proc.poll()
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 40, *, this_start: bool = False) -> str:
+        """The log's last `lines`; with `this_start`, of what the latest start wrote
+        alone (the log is appended to by every start)."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start if this_start else 0)
+                text = f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])

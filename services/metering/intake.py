@@ -49,6 +49,7 @@ class Intake:
         self._waiting: list[Any] = []
         self._bytes = 0  # of the waiting records' values
         self.taken_bytes = 0  # of the last batch `take` returned
+        self.taken_cut = False  # whether records were left waiting after it
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -105,7 +106,10 @@ class Intake:
         """The oldest waiting messages, at most `most` of them and `most_bytes` of
         values (the first whatever its size): at once when that much waits, else
         once `within` seconds passed since the first arrived (company for a lone
-        record); waits for the first. `taken_bytes` is then their values' bytes."""
+        record); waits for the first. `taken_bytes` is then their values' bytes, and
+        `taken_cut` whether a bound cut the batch (records were left waiting: the
+        bytes bound stops before the record that would pass it, so a batch it cut
+        weighs less than `most_bytes`)."""
 
         def enough() -> bool:
             return len(self._waiting) >= most or (
@@ -128,6 +132,7 @@ class Intake:
         out, self._waiting = self._waiting[:n], self._waiting[n:]
         self._bytes -= size
         self.taken_bytes = size
+        self.taken_cut = bool(self._waiting)
         if not self._full():
             self._room.set()
         return out

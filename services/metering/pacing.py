@@ -20,6 +20,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 GROWTH = 2.0  # a batch at most doubles from one to the next ...
@@ -34,10 +35,11 @@ class Pacer:
 
     `target` in seconds; `most_records` and `most_bytes` the bounds a batch never
     exceeds (a record larger than `bytes` is still taken alone, by the intake).
-    After each batch, `counted(records, size, seconds)`: a full batch (one that
-    reached a bound) scales both bounds by target / seconds, within GROWTH and
-    SHRINK; a batch that was not full only shrinks them, when it ran long (a slow
-    PostgreSQL, a starved host), since its size says nothing of how much more fits.
+    After each batch, `counted(records, size, seconds, cut)`: a full batch (one that
+    reached a bound, or that a bound cut: records were left waiting) scales both
+    bounds by target / seconds, within GROWTH and SHRINK; a batch that was not full
+    only shrinks them, when it ran long (a slow PostgreSQL, a starved host), since its
+    size says nothing of how much more fits.
     """
 
     target: float
@@ -47,20 +49,24 @@ class Pacer:
     bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.target <= 0 or self.most_records < 1 or self.most_bytes < 1:
+        if not 0 < self.target < math.inf or self.most_records < 1 or self.most_bytes < 1:
             raise ValueError(
                 f"target {self.target} s, {self.most_records} records and "
-                f"{self.most_bytes} bytes: each must be positive"
+                f"{self.most_bytes} bytes: each must be positive (and the target finite)"
             )
         # The first batch takes the bounds: smaller ones would cost a worker that is a
         # few seconds behind a batch each time (each user's totals written again).
         self.records, self.bytes = self.most_records, self.most_bytes
 
-    def counted(self, records: int, size: int, seconds: float) -> None:
+    def counted(self, records: int, size: int, seconds: float, cut: bool = False) -> None:
         """Adjust the bounds after a batch of `records` records and `size` bytes of
-        values that took `seconds` to count."""
-        full = records >= self.records or size >= self.bytes
-        if seconds <= 0 or (not full and seconds <= self.target):
+        values that took `seconds` to count; `cut`: records were left waiting (the
+        intake's `taken_cut`). A batch the bytes bound cut weighs less than the bound
+        (the intake stops before the record that would pass it): without `cut` it
+        would not count as full, and bounds a stall shrank would never grow back."""
+        full = cut or records >= self.records or size >= self.bytes
+        # no time (or NaN) says nothing of how long a batch takes
+        if not seconds > 0 or (not full and seconds <= self.target):
             return
         factor = min(GROWTH, max(SHRINK, self.target / seconds))
         if not full and factor > 1:

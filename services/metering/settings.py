@@ -13,6 +13,9 @@ from quartermaster.config import CommonSettings
 from quartermaster.settings import ExistingFile, HostPort, HostPortOrEmpty, NonBlank
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
+# Shortest QM_METERING_BATCH_SECONDS other than 0: a batch costs tens of milliseconds
+# whatever its size, so a shorter target shrinks every batch to the pacer's floor.
+LEAST_BATCH_SECONDS = 0.1
 
 
 class MeteringSettings(CommonSettings):
@@ -48,7 +51,8 @@ class MeteringSettings(CommonSettings):
     """About how long (s) one batch may take to count: a worker that is behind shrinks
     its batches (from the two bounds above) when one takes longer, and grows them
     back while they take less. Every worker waits at a rebalance for each one's batch
-    in hand, so at most half QM_METERING_SESSION_TIMEOUT; 0: that half"""
+    in hand, so at most half QM_METERING_SESSION_TIMEOUT, and at least 0.1; 0: that
+    half"""
     batch_within: float = Field(0.05, ge=0.001, le=10)
     """Longest wait (s) to fill a batch before counting it"""
     dedupe_hours: int = Field(24, ge=1, le=24 * 14)
@@ -128,9 +132,16 @@ class MeteringSettings(CommonSettings):
         # than half what noticing a crashed member takes.
         if self.batch_seconds > self.session_timeout / 2:
             raise ValueError(
-                f"QM_METERING_BATCH_SECONDS ({self.batch_seconds:g}) must be at most half"
-                f" QM_METERING_SESSION_TIMEOUT ({self.session_timeout:g}): a rebalance"
+                f"QM_METERING_BATCH_SECONDS ({self.batch_seconds!r}) must be at most half"
+                f" QM_METERING_SESSION_TIMEOUT ({self.session_timeout!r}): a rebalance"
                 " waits for the batch in hand"
+            )
+        if 0 < self.batch_seconds < LEAST_BATCH_SECONDS:
+            raise ValueError(
+                f"QM_METERING_BATCH_SECONDS ({self.batch_seconds!r}) must be 0 (half"
+                f" QM_METERING_SESSION_TIMEOUT) or at least {LEAST_BATCH_SECONDS}: a"
+                " batch costs tens of milliseconds whatever its size, so a shorter"
+                " target keeps every batch at the smallest"
             )
         return self
 

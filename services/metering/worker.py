@@ -44,6 +44,7 @@ from services.metering.wiring import Counting
 
 log = logging.getLogger("qm.metering")
 REBALANCE_TIMEOUT = 60.0  # seconds (faust's default; Kafka's max.poll.interval is 300)
+REQUEST_TIMEOUT = 90.0  # seconds (faust's default)
 tracer = trace.get_tracer("qm.metering")
 
 
@@ -110,6 +111,13 @@ def _app(settings: MeteringSettings) -> MeteringApp:
         # busy host) is waited for, not evicted to rejoin and rebalance everyone
         # again. A crashed one is noticed after the session timeout whatever this is.
         broker_rebalance_timeout=max(REBALANCE_TIMEOUT, settings.session_timeout),
+        # A JoinGroup is answered once the group rejoined (up to the rebalance timeout),
+        # so it may not time out before that (Java's client waits the rebalance timeout
+        # + 5 s); and faust refuses a session timeout past the request timeout (a
+        # QM_METERING_SESSION_TIMEOUT over 90 s stopped the worker at start-up).
+        broker_request_timeout=max(
+            REQUEST_TIMEOUT, max(REBALANCE_TIMEOUT, settings.session_timeout) + 5
+        ),
         broker_max_poll_records=settings.batch_max,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",
@@ -251,7 +259,7 @@ async def _count(
             await asyncio.gather(*(proc.process(p, r) for p, r in by_partition.items()))
         took = time.perf_counter() - began
         meters.batch(took)
-        pacer.counted(len(messages), app.intake.taken_bytes, took)
+        pacer.counted(len(messages), app.intake.taken_bytes, took, app.intake.taken_cut)
         for p, records in by_partition.items():
             meters.positions[p] = max(r.offset for r in records) + 1
         ack = app.consumer.ack
