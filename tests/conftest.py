@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -84,6 +85,15 @@ def infra(request: pytest.FixtureRequest, _infra_session: Infra) -> Infra:
     if request.node.get_closest_marker("infra") is None:
         raise pytest.UsageError(f"{request.node.nodeid} uses infra without @pytest.mark.infra")
     return _infra_session
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 this process listens on: taken, for anyone else."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,9 @@ class Pacer:
     exceeds (a record larger than `bytes` is still taken alone, by the intake).
     After each batch, `counted(records, size, seconds, cut)`: a full batch (one that
     reached a bound, or that a bound cut: records were left waiting) scales both
-    bounds by target / seconds, within GROWTH and SHRINK; a batch that was not full
+    bounds by the square root of target / seconds, within GROWTH and SHRINK (a
+    batch four times too long halves them, one four times too short doubles them);
+    a batch that was not full
     only shrinks them, when it ran long (a slow PostgreSQL, a starved host), since its
     size says nothing of how much more fits.
     """
@@ -68,7 +70,10 @@ class Pacer:
         # no time (or NaN) says nothing of how long a batch takes
         if not seconds > 0 or (not full and seconds <= self.target):
             return
-        factor = min(GROWTH, max(SHRINK, self.target / seconds))
+        # Damped (the square root): scaling by target / seconds itself overshoots
+        # whenever a batch's time grows faster than its size squared (memory pressure,
+        # say), and sizes flip-flopped for good between twice and half the target.
+        factor = min(GROWTH, max(SHRINK, math.sqrt(self.target / seconds)))
         if not full and factor > 1:
             return
         self.records = _within(

@@ -5,24 +5,12 @@ the setting that moves it."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-
-import pytest
 
 from devtools.localinfra import free_port
 from devtools.run_ports import listening, taken
 from tests.conftest import ROOT
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def test_a_port_in_use_is_named_with_its_setting(busy_port: int) -> None:

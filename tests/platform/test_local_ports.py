@@ -35,26 +35,17 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def taken() -> Iterator[int]:
-    """A port another process (this one) listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
-
-
 def _taken_first(taken: int) -> object:
-    """A `free_port` that first answers the taken port, as a lost race would."""
+    """A `free_port` that first answers the `taken` port, as a lost race would."""
     answers = iter([taken])
     return lambda: next(answers, None) or free_port()
 
 
-def test_listens_names_the_owner_of_a_listening_socket(taken: int) -> None:
-    assert listens(os.getpid(), taken)
+def test_listens_names_the_owner_of_a_listening_socket(busy_port: int) -> None:
+    assert listens(os.getpid(), busy_port)
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        assert not listens(sleeper.pid, taken)
+        assert not listens(sleeper.pid, busy_port)
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -64,22 +55,22 @@ def test_listens_names_the_owner_of_a_listening_socket(taken: int) -> None:
 
 
 @pytest.mark.infra  # starts the broker binary
-def test_a_broker_on_a_named_taken_port_fails_naming_it(root: Path, taken: int) -> None:
-    broker = LocalBroker(root, taken)
-    with pytest.raises(RuntimeError, match=f"exited .* on port {taken}"):
+def test_a_broker_on_a_named_taken_port_fails_naming_it(root: Path, busy_port: int) -> None:
+    broker = LocalBroker(root, busy_port)
+    with pytest.raises(RuntimeError, match=f"exited .* on port {busy_port}"):
         broker.start()
     broker.stop()
 
 
 @pytest.mark.infra
 def test_a_broker_whose_chosen_port_was_taken_starts_on_another(
-    root: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+    root: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(broker_module, "free_port", _taken_first(taken))
+    monkeypatch.setattr(broker_module, "free_port", _taken_first(busy_port))
     broker = LocalBroker(root)
     broker.start()
     try:
-        assert broker.port != taken
+        assert broker.port != busy_port
         metadata = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
         assert metadata.brokers, "the broker answers a metadata request"
     finally:
@@ -88,23 +79,23 @@ def test_a_broker_whose_chosen_port_was_taken_starts_on_another(
 
 @pytest.mark.infra  # starts PostgreSQL
 def test_postgres_whose_chosen_port_was_taken_starts_on_another(
-    root: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+    root: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postgres_module, "free_port", _taken_first(taken))
+    monkeypatch.setattr(postgres_module, "free_port", _taken_first(busy_port))
     pg = LocalPostgres(root / "pg", durable=False, fresh=True)
     try:
         pg.start()
-        assert pg.port != taken
+        assert pg.port != busy_port
         assert f":{pg.port}/" in pg.url
     finally:
         pg.stop()
 
 
 @pytest.mark.infra
-def test_postgres_on_a_named_taken_port_fails(root: Path, taken: int) -> None:
-    pg = LocalPostgres(root / "pg", taken, durable=False, fresh=True)
+def test_postgres_on_a_named_taken_port_fails(root: Path, busy_port: int) -> None:
+    pg = LocalPostgres(root / "pg", busy_port, durable=False, fresh=True)
     try:
-        with pytest.raises(RuntimeError, match=f"port {taken} is in use by another process"):
+        with pytest.raises(RuntimeError, match=f"port {busy_port} is in use by another process"):
             pg.start()
     finally:
         pg.stop()
@@ -150,12 +141,12 @@ def test_a_restarted_broker_keeps_its_port_and_names_a_taker(root: Path) -> None
 
 @pytest.mark.infra
 def test_a_broker_that_fails_is_not_blamed_on_an_earlier_clash(
-    root: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+    root: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The log is appended to by every start: an earlier start's AddrInUse made any
     later failure read as a clash (and, on a first start, retried)."""
     with pytest.raises(RuntimeError, match="in use by another process"):
-        LocalBroker(root, taken).start()  # writes AddrInUse to root/broker.log
+        LocalBroker(root, busy_port).start()  # writes AddrInUse to root/broker.log
     monkeypatch.setenv("CALF_TANSU_BIN", "/bin/false")
     broker = LocalBroker(root, free_port())
     with pytest.raises(RuntimeError, match=r"exited \(1\)") as failed:
