@@ -39,9 +39,8 @@ class Pacer:
     reached a bound, or that a bound cut: records were left waiting) scales both
     bounds by the square root of target / seconds, within GROWTH and SHRINK (a
     batch four times too long halves them, one four times too short doubles them);
-    a batch that was not full
-    only shrinks them, when it ran long (a slow PostgreSQL, a starved host), since its
-    size says nothing of how much more fits.
+    a batch that was not full only shrinks them, when it ran long (a slow
+    PostgreSQL, a starved host), since its size says nothing of how much more fits.
     """
 
     target: float
