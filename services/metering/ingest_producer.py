@@ -25,7 +25,6 @@ good, while /healthz said ok.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
@@ -136,7 +135,7 @@ class IngestProducer:
     def _new(self, generation: int) -> Producer:
         """A producer of this ingest's configuration (number `generation`) whose fatal
         errors mark it broken."""
-        error_cb = functools.partial(self._error, generation)
+        error_cb = kafka.weak_callback(self._error, generation)
         return kafka.producer(self._bootstrap, error_cb=error_cb, **self._config)
 
     def _error(self, generation: int, err: KafkaError) -> None:
