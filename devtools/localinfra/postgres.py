@@ -15,7 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from devtools.localinfra.ports import free_port, wait_for_port
+from devtools.localinfra.ports import start_on_a_port, wait_for_port
+from devtools.localinfra.process import read_since
 
 log = logging.getLogger(__name__)
 
@@ -131,24 +132,13 @@ class LocalPostgres:
             )
         # A previous run that was killed may have left its server running.
         self._stop_if_running()
-        attempts = 3 if self._choose_port and not self._started else 1
-        for attempt in range(1, attempts + 1):
-            if attempts > 1:
-                self.port = free_port()
-            since = self._log_size()
-            try:
-                self._pg_ctl_start()
-                break
-            except RuntimeError as exc:
-                # this start's lines alone: the log is appended to by every start
-                tail = self._log_tail(since)
-                clash = "Address already in use" in tail
-                if attempt == attempts or not clash:
-                    why = f" (port {self.port} is in use by another process)" if clash else ""
-                    raise RuntimeError(
-                        f"postgres did not start on port {self.port}{why}: {exc}\n{tail}"
-                    ) from None
-                log.info("postgres port %d was taken meanwhile (%s); another", self.port, exc)
+        self.port = start_on_a_port(
+            "postgres",
+            self.port,
+            self._choose_port and not self._started,  # restarts keep the port
+            self._start_on,
+            "Address already in use",
+        )
         self._started = True
         wait_for_port(self.port, 30, what="postgres")
         exists = self._run(
@@ -167,6 +157,17 @@ class LocalPostgres:
         if exists.stdout.strip() != "1":
             self._check("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, DATABASE)
         log.info("postgres ready at %s", self.url)
+
+    def _start_on(self, port: int) -> tuple[str, str] | None:
+        """One `pg_ctl start` on `port`: None once up, else what went wrong and what
+        this start logged (the log is appended to by every start)."""
+        self.port = port
+        since = self._log_size()
+        try:
+            self._pg_ctl_start()
+        except RuntimeError as exc:
+            return f"did not start on port {port}: {exc}", self._log_tail(since)
+        return None
 
     def _pg_ctl_start(self) -> None:
         """`pg_ctl start -w` on `self.port`: RuntimeError when the server does not come up
@@ -201,12 +202,7 @@ class LocalPostgres:
 
     def _log_tail(self, since: int = 0, size: int = 4000) -> str:
         """The log's last `size` characters of what was written from byte `since` on."""
-        try:
-            with open(self.root / "postgres.log", "rb") as f:
-                f.seek(since)
-                return f.read().decode(errors="replace")[-size:]
-        except FileNotFoundError:
-            return ""
+        return read_since(self.root / "postgres.log", since)[-size:]
 
     def stop(self) -> None:
         if self._bindir is None:

@@ -10,6 +10,17 @@ from pathlib import Path
 from typing import IO
 
 
+def read_since(path: Path, offset: int = 0) -> str:
+    """What `path` holds from byte `offset` on, decoded ("" when there is no such file):
+    of a log every start appends to, what one start wrote."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class ChildProcess:
     """Runs `argv` with stdout+stderr going to `log_path`; `stop()` leaves nothing behind.
 
@@ -70,12 +81,7 @@ class ChildProcess:
     def log_tail(self, lines: int = 40, *, this_start: bool = False) -> str:
         """The log's last `lines`; with `this_start`, of what the latest start wrote
         alone (the log is appended to by every start)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_start if this_start else 0)
-                text = f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        text = read_since(self.log_path, self._log_start if this_start else 0)
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:

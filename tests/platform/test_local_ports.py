@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from devtools.localinfra import broker as broker_module
-from devtools.localinfra import postgres as postgres_module
+from devtools.localinfra import ports as ports_module
 from devtools.localinfra.broker import LocalBroker
 from devtools.localinfra.ports import free_port, listens
 from devtools.localinfra.postgres import LocalPostgres
@@ -66,7 +66,7 @@ def test_a_broker_on_a_named_taken_port_fails_naming_it(root: Path, busy_port: i
 def test_a_broker_whose_chosen_port_was_taken_starts_on_another(
     root: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(broker_module, "free_port", _taken_first(busy_port))
+    monkeypatch.setattr(ports_module, "free_port", _taken_first(busy_port))
     broker = LocalBroker(root)
     broker.start()
     try:
@@ -81,7 +81,7 @@ def test_a_broker_whose_chosen_port_was_taken_starts_on_another(
 def test_postgres_whose_chosen_port_was_taken_starts_on_another(
     root: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postgres_module, "free_port", _taken_first(busy_port))
+    monkeypatch.setattr(ports_module, "free_port", _taken_first(busy_port))
     pg = LocalPostgres(root / "pg", durable=False, fresh=True)
     try:
         pg.start()
@@ -182,7 +182,7 @@ def test_brokers_started_at_once_from_threads_each_own_a_port_and_answer(
                 return same
         return free_port()
 
-    monkeypatch.setattr(broker_module, "free_port", racing)
+    monkeypatch.setattr(ports_module, "free_port", racing)
     brokers = [LocalBroker(root / f"b{i}") for i in range(8)]
     try:
         with ThreadPoolExecutor(len(brokers)) as pool:
