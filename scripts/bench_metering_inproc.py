@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from quartermaster.telemetry import headers_dict
 from quartermaster.topics import Topic
 from services.metering.aggregate import Record
+from services.metering.intake import batch_prefix
 from services.metering.pacing import Pacer
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
@@ -66,15 +67,15 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
                 )  # fmt: skip
             if not held:
                 continue
-            taken, size = _take(held, pacer.records, pacer.bytes)
-            held = held[len(taken) :]
+            n, size = batch_prefix(held, pacer.records, pacer.bytes)
+            taken, held = held[:n], held[n:]
             by_partition: dict[int, list[Record]] = defaultdict(list)
             for r in taken:
                 by_partition[r.partition].append(r)
             began = time.perf_counter()
             start = start or began
             await asyncio.gather(*(proc.process(p, rs) for p, rs in by_partition.items()))
-            pacer.counted(len(taken), size, time.perf_counter() - began)
+            pacer.counted(len(taken), size, time.perf_counter() - began, cut=bool(held))
             batches += 1
             for p, rs in by_partition.items():
                 if p in left and rs[-1].offset + 1 >= left[p]:
@@ -84,15 +85,3 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
         consumer.close()
         proc.sink.close()  # type: ignore[attr-defined]
         await counting.pool.close()
-
-
-def _take(held: list[Record], most: int, most_bytes: int) -> tuple[list[Record], int]:
-    """The oldest of `held` within both bounds (at least one), and their bytes."""
-    size = n = 0
-    for r in held[:most]:
-        s = len(r.value or b"")
-        if n and size + s > most_bytes:
-            break
-        size += s
-        n += 1
-    return held[:n], size

@@ -128,7 +128,7 @@ class Intake:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
-        n, size = _prefix(self._waiting, most, most_bytes)
+        n, size = batch_prefix(self._waiting, most, most_bytes)
         out, self._waiting = self._waiting[:n], self._waiting[n:]
         self._bytes -= size
         self.taken_bytes = size
@@ -163,9 +163,9 @@ def _size(message: Any) -> int:
     return len(value) if value else 0
 
 
-def _prefix(waiting: list[Any], most: int, most_bytes: int | None) -> tuple[int, int]:
-    """How many of the oldest `waiting` make a batch (at most `most`, within
-    `most_bytes` but at least one), and their bytes."""
+def batch_prefix(waiting: list[Any], most: int, most_bytes: int | None) -> tuple[int, int]:
+    """How many of the oldest `waiting` records (anything with a `value`) make a batch
+    (at most `most`, within `most_bytes` but at least one), and their bytes."""
     if most_bytes is None:
         n = min(most, len(waiting))
         return n, sum(_size(m) for m in waiting[:n])
