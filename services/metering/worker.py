@@ -84,6 +84,7 @@ class MeteringApp(faust.App):
 def _app(settings: MeteringSettings) -> MeteringApp:
     transport.register(settings.fetch_max_wait_ms)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last part
+    rebalance_timeout = max(REBALANCE_TIMEOUT, settings.session_timeout)
     # A batch's worth waits, fetched while another is counted: each record in hand or
     # waiting holds faust's message, aiokafka's record and later the decoded event, so
     # a second batch waiting would cost memory and gain nothing (the fetch outruns the
@@ -110,14 +111,12 @@ def _app(settings: MeteringSettings) -> MeteringApp:
         # hand (a restarted worker that is behind: up to 16 MiB at once, seconds on a
         # busy host) is waited for, not evicted to rejoin and rebalance everyone
         # again. A crashed one is noticed after the session timeout whatever this is.
-        broker_rebalance_timeout=max(REBALANCE_TIMEOUT, settings.session_timeout),
+        broker_rebalance_timeout=rebalance_timeout,
         # A JoinGroup is answered once the group rejoined (up to the rebalance timeout),
         # so it may not time out before that (Java's client waits the rebalance timeout
         # + 5 s); and faust refuses a session timeout past the request timeout (a
         # QM_METERING_SESSION_TIMEOUT over 90 s stopped the worker at start-up).
-        broker_request_timeout=max(
-            REQUEST_TIMEOUT, max(REBALANCE_TIMEOUT, settings.session_timeout) + 5
-        ),
+        broker_request_timeout=max(REQUEST_TIMEOUT, rebalance_timeout + 5),
         broker_max_poll_records=settings.batch_max,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",
