@@ -388,24 +388,27 @@ def freshness(bootstrap: str, probes: int, load_eps: int, bad_ratio: float = 0.0
     return out
 
 
-async def check_totals(url: str, sums: Mapping[str, int]) -> None:
+async def check_totals(url: str, sums: Mapping[str, int], when: str = "") -> None:
     """SystemExit unless the month totals in PostgreSQL are the ceiling loop's `sums`
-    ("user:month" → micros), to the micro."""
+    ("user:month" → micros), to the micro; `when` says at what point, in the line
+    printed."""
     conn = await asyncpg.connect(url)
-    rows = await conn.fetch(
-        "SELECT subject_id, period_key, used_micros FROM metering.totals"
-        " WHERE period_kind = 'month'"
-    )
-    await conn.close()
+    try:
+        rows = await conn.fetch(
+            "SELECT subject_id, period_key, used_micros FROM metering.totals"
+            " WHERE period_kind = 'month'"
+        )
+    finally:
+        await conn.close()
     got = {f"{r['subject_id']}:{r['period_key']}": r["used_micros"] for r in rows}
     if got != dict(sums):
         differ = sorted(k for k in got.keys() | sums.keys() if got.get(k) != sums.get(k))
         raise SystemExit(
-            f"the worker's totals differ from the ceiling loop's sums for "
+            f"the totals differ from the ceiling loop's sums for "
             f"{len(differ)} user-months, e.g. "
             + ", ".join(f"{k}: {got.get(k)} != {sums.get(k)}" for k in differ[:3])
         )
-    say(f"  totals exact: {len(got)} user-months, {sum(got.values()):,} micros")
+    say(f"  totals exact{when}: {len(got)} user-months, {sum(got.values()):,} micros")
 
 
 async def main_async(

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from bench_metering import ROOT, ceiling, say, workload
+from bench_metering import ROOT, ceiling, check_totals, say, workload
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -404,20 +404,7 @@ async def run_scale(
                 say(f"ceiling (one process: consume+decode+price+sum): {ceiling_eps:,.0f} "
                     f"events/s over all {total} events")  # fmt: skip
                 await caught_up(conn, app_id, all_ends, fleet)
-                rows = await conn.fetch(
-                    "SELECT subject_id, period_key, used_micros FROM metering.totals"
-                    " WHERE period_kind = 'month'"
-                )
-                got = {f"{r['subject_id']}:{r['period_key']}": r["used_micros"] for r in rows}
-                if got != dict(sums):
-                    differ = sorted(k for k in got.keys() | sums.keys()
-                                    if got.get(k) != sums.get(k))  # fmt: skip
-                    raise SystemExit(
-                        f"totals differ from the ceiling loop's sums for {len(differ)} "
-                        f"user-months, e.g. "
-                        + ", ".join(f"{k}: {got.get(k)} != {sums.get(k)}" for k in differ[:3])
-                    )
-                say(f"  totals exact after the joins and leaves: {len(got)} user-months")
+                await check_totals(infra.database_url, sums, " after the joins and leaves")
             finally:
                 await conn.close()
                 fleet.close()
