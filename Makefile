@@ -25,7 +25,12 @@ run: $(STAMP) ## run the whole system locally with demo traffic (Ctrl-C stops it
 	@GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m devtools.run
 
 # The unit tests on every core (pytest-xdist): they share nothing. The tests against
-# infrastructure share one session's PostgreSQL, broker and services, so run in one.
+# infrastructure run in two processes, each with its own session's PostgreSQL, broker
+# and services on free ports, a test file at a time in one (`--dist loadfile`: a
+# file's fixtures are made once). Two, not one per core: they mostly wait on brokers,
+# groups and services, and on a 2-core machine two halve the time (846 s -> 478 s
+# measured) with every test's own duration about as before; more would only add load.
+INFRA := -m "infra or suite" -n 2 --dist loadfile
 UNIT := -m "not infra and not suite" -q -n auto
 
 test: $(STAMP) ## lint, type-check, the unit tests, then every test against real infrastructure
@@ -33,7 +38,7 @@ test: $(STAMP) ## lint, type-check, the unit tests, then every test against real
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(MAKE) --no-print-directory test-unit
-	$(PY) -m pytest -m "infra or suite"
+	$(PY) -m pytest $(INFRA)
 
 test-unit: $(STAMP) ## every test that needs no PostgreSQL or broker, in under a minute
 	$(PY) -m pytest $(UNIT)
