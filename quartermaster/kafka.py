@@ -8,11 +8,13 @@ SASL); a test checks that no client is made another way."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
@@ -79,22 +81,32 @@ def weak_callback(method: Callable[..., None], *args: Any) -> Callable[[KafkaErr
 
 class Renewing:
     """A producer replaced once it can send nothing more (`producer_failed`): what
-    `Publisher` and `UsageReporter` share (each had written the same generation,
-    reason and count). `make(error_cb)` builds a producer with that librdkafka error
-    callback; `name` says which in the logs. Errors of a replaced producer (an older
-    `generation`) are stale and change nothing. Not thread-safe by itself: `renew`
-    runs where its owner serialises sends (the event loop, or the owner's lock);
-    `failed` only assigns a string, safe from librdkafka's callback threads."""
+    `Publisher`, `UsageReporter` and the HTTP ingest's producer share (each had
+    written the same generation, reason and count). `make(error_cb)` builds a
+    producer with that librdkafka error callback; `name` says which in the logs.
+    Errors of a replaced producer (an older `generation`) are stale and change
+    nothing. Not thread-safe by itself: `renew` runs where its owner serialises
+    sends (the event loop), or swaps the producers under the owner's `lock` (the
+    ingest, whose poll thread renews while requests send); `failed` only assigns a
+    string, safe from librdkafka's callback threads."""
 
-    def __init__(self, make: Callable[[Callable[[KafkaError], None]], Producer], name: str) -> None:
+    def __init__(
+        self,
+        make: Callable[[Callable[[KafkaError], None]], Producer],
+        name: str,
+        lock: AbstractContextManager[object] | None = None,
+    ) -> None:
         self._make, self._name = make, name
+        # held around the swap in `renew` (not while the new producer is made): an
+        # owner whose sends run on another thread keeps them off a retiring producer
+        self._lock = lock or contextlib.nullcontext()
         self.generation = 0  # which producer `producer` is
         self.broken: str | None = None  # why `producer` can send nothing more
         self.renewals = 0  # producers replaced
-        self.producer = self._new()
+        self.producer = self._new(0)
 
-    def _new(self) -> Producer:
-        return self._make(weak_callback(self.failed, self.generation))
+    def _new(self, generation: int) -> Producer:
+        return self._make(weak_callback(self.failed, generation))
 
     def failed(self, generation: int, err: KafkaError | None) -> None:
         """An error of producer `generation` (its error callback, a delivery report, a
@@ -107,19 +119,32 @@ class Renewing:
             log.error("the %s can send nothing more (%s): replacing it", self._name, self.broken)
 
     def renew(self) -> Producer | None:
-        """A new producer in place of a failed one: the old one, for its owner to purge
-        and flush (its records' reports fail the sends they belong to); None when the
-        current one has not failed."""
+        """A new producer in place of a failed one: the old one, for its owner to
+        `retire` (its records' reports fail the sends they belong to); None when the
+        current one has not failed. KafkaException when librdkafka refuses to make the
+        new one (a configuration it refuses now): nothing changes, the current one
+        stays marked failed, and the next `renew` tries again."""
         why = self.broken
         if why is None:
             return None
-        old = self.producer
-        self.generation += 1
-        self.producer = self._new()
-        self.broken = None
-        self.renewals += 1
+        new = self._new(self.generation + 1)
+        with self._lock:
+            old = self.producer
+            self.producer, self.broken = new, None
+            self.generation += 1
+            self.renewals += 1
         log.warning("the %s was replaced (after %s)", self._name, why)
         return old
+
+
+def retire(old: Producer, timeout: float = 5.0) -> int:
+    """Purge a replaced producer's records and serve their reports (blocking, at most
+    about `timeout` s): each fails, with _PURGE_QUEUE / _PURGE_INFLIGHT, the send it
+    belongs to (a purged in-flight record may still have reached the broker). How
+    many reports were left unserved. Its librdkafka threads end once the last
+    reference to it goes."""
+    old.purge(in_queue=True, in_flight=True, blocking=True)
+    return int(old.flush(timeout))
 
 
 # librdkafka properties for TLS / SASL, set once per process by `configure`

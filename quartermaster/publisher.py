@@ -9,10 +9,17 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from quartermaster import telemetry
-from quartermaster.kafka import RECORD_ERRORS, OutRecord, Renewing, producer, producer_failed
+from quartermaster.kafka import (
+    RECORD_ERRORS,
+    OutRecord,
+    Renewing,
+    producer,
+    producer_failed,
+    retire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ class Publisher:
         errors, to the sends still flushing it) in a worker thread."""
         old = self._kafka.renew()
         if old is not None:
-            await asyncio.to_thread(_retire, old)
+            await asyncio.to_thread(retire, old)
 
     def _produce(self, record: OutRecord, traced: list[tuple[str, bytes]],
                  delivered: Callable[[KafkaError | None, object], None]) -> None:  # fmt: skip
@@ -170,11 +177,3 @@ class Publisher:
     def close(self) -> None:
         self._kafka.producer.flush(5)
         del self._kafka  # librdkafka's threads go with it, not at interpreter exit
-
-
-def _retire(old: Producer) -> None:
-    """Purge a replaced producer's records and serve their reports (blocking, at most
-    ~5 s): each fails, with _PURGE_QUEUE / _PURGE_INFLIGHT, the send it belongs to.
-    Its librdkafka threads end once the last reference to it goes."""
-    old.purge(in_queue=True, in_flight=True, blocking=True)
-    old.flush(5)

@@ -83,8 +83,7 @@ class UsageReporter:
         purged and their reports served (each error into `errors`) before it goes."""
         old = self._kafka.renew()
         if old is not None:
-            old.purge(in_queue=True, in_flight=True, blocking=True)
-            old.flush(5)
+            kafka.retire(old)
 
     def _delivered(self, generation: int, err: KafkaError | None, _msg: object) -> None:
         if err is not None:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from quartermaster import kafka
 from services.metering.ingest_body import Record
@@ -93,9 +93,10 @@ class IngestProducer:
     The producer is replaced when it can send nothing more (`quartermaster.kafka.
     producer_failed`: a fatal error through `error_cb`, or a delivery report or a
     `produce` refusing the producer itself, e.g. PRODUCER_FENCED after the broker
-    stalled past the message timeout). Until the new one is in place `unusable` says
-    why (/healthz answers 503) and `send` refuses bodies at once (Undelivered). The
-    old producer's records are purged: their bodies are answered Undelivered (some of
+    stalled past the message timeout), by `quartermaster.kafka.Renewing` as every
+    service's producers are. Until the new one is in place `unusable` says why
+    (/healthz answers 503) and `send` refuses bodies at once (Undelivered). The old
+    producer's records are purged: their bodies are answered Undelivered (some of
     their records may have reached the broker; the reporter sends the body again and
     metering counts each event id once). At most one new producer a `renew_seconds`,
     so a broker that refuses every new producer too is not asked for a producer id in
@@ -111,9 +112,7 @@ class IngestProducer:
         self.queue_events = queue_events
         self.delivery_timeout = delivery_timeout
         self.in_flight = 0  # events sent and not yet confirmed (event loop only)
-        self.renewals = 0  # producers replaced since the start
-        self._bootstrap = bootstrap
-        self._config = {
+        config = {
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
@@ -124,49 +123,37 @@ class IngestProducer:
         # Held around a body's `produce` calls and around the swap of producers: no
         # record goes to a producer that is being purged.
         self._lock = threading.RLock()
-        self._generation = 0  # which producer is `_producer` (reports of older ones are stale)
-        self._broken: str | None = None  # why `_producer` can send nothing more
+        self._kafka = kafka.Renewing(
+            lambda error_cb: kafka.producer(bootstrap, error_cb=error_cb, **config),
+            "ingest's Kafka producer (its bodies in flight are answered 503)",
+            self._lock,
+        )
         self._renewed_at = time.monotonic()
-        self._producer = self._new(self._generation)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="ingest-poll", daemon=True)
         self._poller.start()
 
-    def _new(self, generation: int) -> Producer:
-        """A producer of this ingest's configuration (number `generation`) whose fatal
-        errors mark it broken."""
-        error_cb = kafka.weak_callback(self._error, generation)
-        return kafka.producer(self._bootstrap, error_cb=error_cb, **self._config)
-
-    def _error(self, generation: int, err: KafkaError) -> None:
-        """librdkafka's error callback of producer `generation` (poll thread). Errors
-        other than `kafka.producer_failed` ones are informational here (a broker down,
-        a connection lost): librdkafka retries them itself."""
-        if kafka.producer_failed(err):
-            self._failed(generation, err)
+    @property
+    def renewals(self) -> int:
+        """Producers replaced since the start."""
+        return self._kafka.renewals
 
     def _failed(self, generation: int, err: KafkaError) -> None:
-        """Producer `generation` said it can send nothing more: the poll thread replaces
-        it (a report of a producer already replaced changes nothing)."""
+        """An error of producer `generation` (a delivery report, a refused `produce`):
+        when it says the producer can send nothing more, the poll thread replaces it
+        (a report of a producer already replaced changes nothing)."""
         with self._lock:
-            if generation != self._generation or self._broken is not None:
-                return
-            self._broken = f"{err.name()}: {err.str()}"
-        log.error(
-            "the Kafka producer can send nothing more (%s): replacing it; bodies in "
-            "flight are answered 503",
-            self._broken,
-        )
+            self._kafka.failed(generation, err)
 
     def unusable(self) -> str | None:
         """Why the producer can't send now (it is being replaced), or None."""
-        why = self._broken
+        why = self._kafka.broken
         return None if why is None else f"the Kafka producer is being replaced after {why}"
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.1)
-            if self._broken is not None:
+            self._kafka.producer.poll(0.1)
+            if self._kafka.broken is not None:
                 self._renew()
 
     def _renew(self) -> None:
@@ -181,32 +168,25 @@ class IngestProducer:
             return
         self._renewed_at = time.monotonic()
         try:
-            new = self._new(self._generation + 1)
+            old = self._kafka.renew()
         except KafkaException as exc:
             log.error("a new Kafka producer could not be made (tried again): %s", exc)
             return
-        with self._lock:
-            old, why = self._producer, self._broken
-            self._producer, self._broken = new, None
-            self._generation += 1
-            self.renewals += 1
+        if old is None:
+            return
         # Every record of the old producer gets its report now (_PURGE_QUEUE or
         # _PURGE_INFLIGHT): its body is answered 503 rather than waiting for the
-        # delivery timeout. A purged in-flight record may still have reached the broker.
-        old.purge(in_queue=True, in_flight=True, blocking=True)
-        deadline = time.monotonic() + 2.0
-        while len(old) and time.monotonic() < deadline:
-            old.poll(0.05)
-        if len(old):
-            log.warning("%d reports of the replaced producer were not served", len(old))
+        # delivery timeout.
+        left = kafka.retire(old, 2.0)
+        if left:
+            log.warning("%d reports of the replaced producer were not served", left)
         del old  # librdkafka's threads of it end here
-        log.warning("the Kafka producer was replaced (after %s)", why)
 
     def partitions(self, timeout: float = 5.0) -> int:
         """How many partitions the topic has (blocking); OSError when the broker does
         not say within `timeout` s."""
         try:
-            meta = self._producer.list_topics(self.topic, timeout=timeout)
+            meta = self._kafka.producer.list_topics(self.topic, timeout=timeout)
         except KafkaException as exc:
             raise OSError(f"{self.topic}: {exc.args[0].str()}") from None
         found = meta.topics.get(self.topic)
@@ -242,12 +222,12 @@ class IngestProducer:
         why = self.unusable()
         if why is not None:
             raise Undelivered(why)
-        generation = self._generation
+        generation = self._kafka.generation
         body = _Body(asyncio.get_running_loop(), len(records), events,
                      lambda err: self._failed(generation, err))  # fmt: skip
         for i, (key, value, headers, partition) in enumerate(records):
             try:
-                self._producer.produce(
+                self._kafka.producer.produce(
                     self.topic, key=key, value=value, headers=headers, partition=partition,
                     on_delivery=body.delivered,
                 )  # fmt: skip
@@ -279,7 +259,7 @@ class IngestProducer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to `timeout` s), then stop the poll thread."""
-        self._producer.flush(timeout)
+        self._kafka.producer.flush(timeout)
         self._stop.set()
         self._poller.join(timeout=1)
-        del self._producer  # librdkafka's threads go with it, not at interpreter exit
+        del self._kafka  # librdkafka's threads go with it, not at interpreter exit

@@ -18,7 +18,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -32,7 +32,6 @@ from quartermaster.topics import CONTENT_TYPE, Topic
 from quartermaster.v1 import usage_pb2
 from services.metering import ingest
 from services.metering.ingest import RunningIngest
-from services.metering.ingest_producer import IngestProducer
 from services.metering.settings import MeteringSettings
 from tests.helpers import TOKENS, TOKENS_SPEC, eventually, new_user, read_topic, usage
 
@@ -160,20 +159,22 @@ async def test_a_fatal_error_replaces_the_producer_and_health_says_so_meanwhile(
     # The new producer waits for `make` (the poll thread makes it): the state between
     # the fatal error and the replacement is held open to be looked at.
     make = threading.Event()
-    new = IngestProducer._new
+    new = producer._kafka._make
 
-    def held(self: IngestProducer, generation: int) -> Producer:
+    def held(error_cb: Callable[[KafkaError], None]) -> Producer:
         assert make.wait(30), "never let go"
-        return new(self, generation)
+        return new(error_cb)
 
     try:
         async with aiohttp.ClientSession() as http:
             _, data = body(2)
             assert (await post(http, running.url, data))[0] == 202
-            monkeypatch.setattr(IngestProducer, "_new", held)
+            monkeypatch.setattr(producer._kafka, "_make", held)
             monkeypatch.setattr(producer, "renew_seconds", 0.0)
             # What librdkafka calls with a fatal error of the producer in use (0: the first)
-            producer._error(0, KafkaError(KafkaError._FATAL, "test: fatal idempotence", fatal=True))
+            producer._kafka.failed(
+                0, KafkaError(KafkaError._FATAL, "test: fatal idempotence", fatal=True)
+            )
 
             status, said = await health(http, running.url)
             assert status == 503
@@ -191,7 +192,7 @@ async def test_a_fatal_error_replaces_the_producer_and_health_says_so_meanwhile(
             assert producer.renewals == 1
             assert (await post(http, running.url, data))[0] == 202
             # A late report of the replaced producer changes nothing.
-            producer._error(0, KafkaError(KafkaError._FATAL, "late", fatal=True))
+            producer._kafka.failed(0, KafkaError(KafkaError._FATAL, "late", fatal=True))
             assert producer.unusable() is None
     finally:
         make.set()

@@ -1,0 +1,101 @@
+"""A producer replaced once it can send nothing more (quartermaster.kafka `Renewing`,
+shared by the publisher, the usage reporter and the HTTP ingest), and `retire` of the
+one replaced. No broker: the producers here never connect."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from quartermaster import kafka
+
+NOWHERE = "127.0.0.1:1"
+FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
+
+
+class Make:
+    """Makes producers to nowhere; refuses while `refuse` is set; records whether the
+    owner's lock was held while it made one."""
+
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        self.refuse = False
+        self.lock = lock
+        self.locked_while_making: list[bool] = []
+
+    def __call__(self, error_cb: Callable[[KafkaError], None]) -> Producer:
+        if self.lock is not None:
+            self.locked_while_making.append(self.lock.locked())
+        if self.refuse:
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "test: refused"))
+        return kafka.producer(NOWHERE, error_cb=error_cb, log_level=0)
+
+
+def state(renewing: kafka.Renewing) -> tuple[int, int, str | None]:
+    """(generation, renewals, broken)"""
+    return renewing.generation, renewing.renewals, renewing.broken
+
+
+def test_a_failed_producer_is_replaced_once_and_stale_errors_change_nothing() -> None:
+    renewing = kafka.Renewing(Make(), "test producer")
+    first = renewing.producer
+    assert renewing.renew() is None, "nothing failed: nothing to replace"
+    renewing.failed(0, KafkaError(KafkaError._TRANSPORT, "a broker down"))
+    assert renewing.broken is None, "an error librdkafka retries itself is not a failure"
+    renewing.failed(0, FATAL)
+    assert renewing.broken == "_FATAL: test: fatal"
+    old = renewing.renew()
+    assert old is first
+    assert state(renewing) == (1, 1, None)
+    assert renewing.producer is not first
+    renewing.failed(0, FATAL)  # a late report of the replaced producer
+    assert renewing.broken is None
+    assert renewing.renew() is None
+
+
+def test_a_producer_that_cant_be_made_leaves_everything_as_it_was_until_the_next_try() -> None:
+    make = Make()
+    renewing = kafka.Renewing(make, "test producer")
+    first = renewing.producer
+    renewing.failed(0, FATAL)
+    make.refuse = True
+    with pytest.raises(KafkaException, match="test: refused"):
+        renewing.renew()
+    assert renewing.producer is first
+    assert (renewing.generation, renewing.renewals) == (0, 0)
+    assert renewing.broken == "_FATAL: test: fatal", "still marked: the next renew tries again"
+    make.refuse = False
+    assert renewing.renew() is first
+    assert state(renewing) == (1, 1, None)
+
+
+def test_the_owners_lock_is_held_for_the_swap_not_while_the_producer_is_made() -> None:
+    lock = threading.Lock()
+    make = Make(lock)
+    swapped_under_lock: list[bool] = []
+
+    class Watched(kafka.Renewing):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "producer":
+                swapped_under_lock.append(lock.locked())
+            super().__setattr__(name, value)
+
+    renewing = Watched(make, "test producer", lock)
+    renewing.failed(0, FATAL)
+    renewing.renew()
+    # the first producer made and set in __init__ (no lock then), then the renewal
+    assert make.locked_while_making == [False, False]
+    assert swapped_under_lock == [False, True]
+
+
+def test_retire_fails_the_queued_records_of_a_replaced_producer() -> None:
+    old = kafka.producer(NOWHERE, log_level=0, **{"message.timeout.ms": 60_000})
+    reports: list[KafkaError | None] = []
+    for i in range(3):
+        old.produce("t", value=b"v%d" % i, on_delivery=lambda err, _m: reports.append(err))
+    assert kafka.retire(old, 5.0) == 0
+    assert len(reports) == 3
+    assert all(err is not None and err.code() == KafkaError._PURGE_QUEUE for err in reports)
