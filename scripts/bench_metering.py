@@ -8,7 +8,8 @@ One run, on its own PostgreSQL and broker (free ports):
    records per partition, as a busy gateway would);
 2. ceiling: a plain confluent-kafka consumer over the same topic doing decode + price +
    sum into a dict: what one Python process can do with these records here;
-3. worker: one metering worker process drains the same topic into Postgres; counted
+3. worker: one metering worker process (its settings' defaults; --session-timeout
+   sets the one that paces its batches) drains the same topic into Postgres; counted
    from when its first batch began (its metrics say how long its batches took) to its
    last commit; its peak RSS; and the totals it wrote
    are checked against the ceiling loop's sums, to the micro;
@@ -422,6 +423,7 @@ async def main_async(
     foreign: bool = False,
     bad_ratio: float = 0.0,
     in_process: bool = False,
+    session_timeout: float = 10.0,
 ) -> dict[str, float | int | bool | None]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -451,7 +453,7 @@ async def main_async(
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
                    "QM_WORKSPACE_ID": "bench",  # the workspace its events name
                    "QM_METERING_DATA_DIR": str(run_dir / "faust"),
-                   "QM_METERING_SESSION_TIMEOUT": "4", "QM_LOG_LEVEL": "WARNING",
+                   "QM_METERING_SESSION_TIMEOUT": f"{session_timeout:g}", "QM_LOG_LEVEL": "WARNING",
                    "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
             if in_process:  # the counting path fed by confluent-kafka, no worker
                 from bench_metering_inproc import count_in_process  # this script's directory
@@ -464,6 +466,7 @@ async def main_async(
                         "in_process": True, "users": users, "events_per_s": round(n / seconds),
                         "ceiling_events_per_s": round(ceiling_eps),
                         "ratio": round(n / seconds / ceiling_eps, 3), "batches": batches,
+                        "session_timeout_s": session_timeout,
                         "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
             metrics_addr = env["QM_METERING_METRICS_ADDR"]
             worker = ChildProcess(
@@ -509,6 +512,7 @@ async def main_async(
         "ratio": round(eps / ceiling_eps, 3),
         "rss_mb": round(peak, 1),
         "batches": batches,
+        "session_timeout_s": session_timeout,
         "batch_mean_s": round(batch_time / max(batches, 1), 3),
         "batch_longest_le_s": longest if math.isfinite(longest) else None,
         "freshness_p50_ms": round(statistics.median(fresh), 1),
@@ -542,6 +546,13 @@ def main() -> None:
         "--bad-ratio", type=float, default=0.0,
         help="this share of all records empty ones from one source (also in freshness)",
     )  # fmt: skip
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=10.0,
+        help="QM_METERING_SESSION_TIMEOUT of the worker(s): the default's, 10; batches are "
+        "paced at half of it",
+    )
     scale = parser.add_argument_group(
         "scaled out (scripts/bench_metering_scale.py): N workers, joins and leaves"
     )
@@ -552,12 +563,6 @@ def main() -> None:
         help="run N workers of one group instead (drain, CPU, join/leave pauses)",
     )
     scale.add_argument("--partitions", type=int, default=12, help="usage topic partitions")
-    scale.add_argument(
-        "--session-timeout",
-        type=float,
-        default=10.0,
-        help="QM_METERING_SESSION_TIMEOUT of the workers",
-    )
     scale.add_argument("--keep-logs", action="store_true",
                        help="workers log at INFO, kept under .run/")  # fmt: skip
     ns = parser.parse_args()
@@ -584,6 +589,7 @@ def main() -> None:
             ns.foreign,
             ns.bad_ratio,
             ns.in_process,
+            ns.session_timeout,
         )
     )
     sys.stdout.write(json.dumps(result) + "\n")
