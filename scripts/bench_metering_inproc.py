@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from quartermaster.telemetry import headers_dict
+from quartermaster.telemetry import shared_headers
 from quartermaster.topics import Topic
 from services.metering.aggregate import Record
 from services.metering.intake import batch_prefix
@@ -62,7 +62,7 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
                     break
                 held.extend(
                     Record(m.partition() or 0, m.offset() or 0, m.key(), m.value(),
-                           headers_dict(m.headers()))
+                           shared_headers(m.headers()))
                     for m in got if m.error() is None
                 )  # fmt: skip
             if not held:

@@ -30,7 +30,7 @@ from opentelemetry import trace
 
 from quartermaster import kafka
 from quartermaster.db import RETRIED_NEXT_ROUND
-from quartermaster.telemetry import headers_dict, links_of
+from quartermaster.telemetry import links_of, shared_headers
 from quartermaster.topics import Topic
 from services.metering import transport
 from services.metering.aggregate import Record
@@ -244,7 +244,7 @@ async def _count(
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for m in messages:
             by_partition[m.partition].append(
-                Record(m.partition, m.offset, m.key, m.value, headers_dict(m.headers))
+                Record(m.partition, m.offset, m.key, m.value, shared_headers(m.headers))
             )
         _taken(app, by_partition)
         began = time.perf_counter()
