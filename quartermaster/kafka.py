@@ -114,9 +114,13 @@ class Renewing:
         can send nothing more; other errors librdkafka retries itself."""
         if err is None or not producer_failed(err):
             return
+        # Said before the check: no call between the check and the mark, where CPython
+        # may switch threads and another renew (a report of this producer was served
+        # there too), leaving this report stale and the new producer marked by it.
+        why = f"{err.name()}: {err.str()}"
         if generation == self.generation and self.broken is None:
-            self.broken = f"{err.name()}: {err.str()}"
-            log.error("the %s can send nothing more (%s): replacing it", self._name, self.broken)
+            self.broken = why
+            log.error("the %s can send nothing more (%s): replacing it", self._name, why)
 
     def renew(self) -> Producer | None:
         """A new producer in place of a failed one: the old one, for its owner to

@@ -99,3 +99,24 @@ def test_retire_fails_the_queued_records_of_a_replaced_producer() -> None:
     assert kafka.retire(old, 5.0) == 0
     assert len(reports) == 3
     assert all(err is not None and err.code() == KafkaError._PURGE_QUEUE for err in reports)
+
+
+def test_a_report_of_the_replaced_producer_racing_the_renewal_leaves_the_new_one_usable() -> None:
+    """Two reports of producer 0 on two threads (a publisher's flush thread and its
+    event loop; a reporter's poll outside its lock and a report under it): the first
+    is interrupted where `failed` calls into confluent-kafka (`err.name()`, where
+    CPython may hand the GIL over) while the other marks producer 0 failed and renews.
+    The interrupted report is of the replaced producer: it must not mark the new one
+    failed (which would replace it, purging what it holds, for nothing)."""
+    renewing = kafka.Renewing(Make(), "test producer")
+
+    class Interrupted(KafkaError):
+        def name(self) -> str:
+            if renewing.generation == 0:  # the other thread, at this moment
+                renewing.failed(0, FATAL)
+                assert renewing.renew() is not None
+            return str(super().name())
+
+    renewing.failed(0, Interrupted(KafkaError._FATAL, "test: fatal too", fatal=True))
+    assert (renewing.generation, renewing.renewals) == (1, 1)
+    assert renewing.broken is None, "the new producer was marked by the old one's report"
