@@ -262,4 +262,10 @@ class IngestProducer:
         self._kafka.producer.flush(timeout)
         self._stop.set()
         self._poller.join(timeout=1)
+        if self._poller.is_alive():
+            # Still serving reports or making a producer: it ends at its next check of
+            # `_stop`, with the producers it still reads (deleted under it, it died
+            # with an AttributeError).
+            log.warning("the ingest's poll thread did not stop within 1 s")
+            return
         del self._kafka  # librdkafka's threads go with it, not at interpreter exit
