@@ -25,6 +25,7 @@ good, while /healthz said ok.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -77,7 +78,10 @@ class _Body:
                 self.error = err.str()
         self.remaining -= 1
         if self.remaining == 0:
-            self.loop.call_soon_threadsafe(self._resolve)
+            # RuntimeError: the loop that sent the body is closed (a server stopping)
+            # and nobody waits for the answer. Raised here, it ended the poll thread.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         if not self.future.done():
@@ -146,9 +150,14 @@ class IngestProducer:
             self._kafka.failed(generation, err)
 
     def unusable(self) -> str | None:
-        """Why the producer can't send now (it is being replaced), or None."""
+        """Why the producer can't send now (it is being replaced, or the thread that
+        serves its delivery reports ended: no body would ever be confirmed), or None."""
         why = self._kafka.broken
-        return None if why is None else f"the Kafka producer is being replaced after {why}"
+        if why is not None:
+            return f"the Kafka producer is being replaced after {why}"
+        if not self._poller.is_alive() and not self._stop.is_set():
+            return "the thread that confirms deliveries ended (see the log): restart the ingest"
+        return None
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from services.metering.ingest_producer import IngestProducer
+from services.metering.ingest_body import Record
+from services.metering.ingest_producer import IngestProducer, Undelivered
 
 NOWHERE = "127.0.0.1:1"
 FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
@@ -41,3 +44,44 @@ def test_close_during_a_renewal_leaves_the_poll_thread_what_it_reads(
     assert not producer._poller.is_alive()
     assert crashed == [], f"the poll thread died: {crashed[0].exc_value!r}"
     assert producer.renewals == 1
+
+
+def test_a_report_after_its_requests_loop_closed_leaves_the_poll_thread_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body's delivery report that comes once the event loop that sent it is closed
+    (a server stopping; here the record times out against no broker) has nobody to
+    tell: before, resolving its future raised in the poll thread and ended it, and
+    from then on no body was ever confirmed while /healthz said ok."""
+    crashed: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.2)  # reports within ~1.2 s
+    record: Record = (b"k", b"v", [], 0)
+
+    async def send() -> None:
+        with pytest.raises(Undelivered):
+            await producer.send([record], 1)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(send())
+    loop.close()
+    time.sleep(2.5)  # the record's report comes and is served meanwhile
+    try:
+        assert crashed == [], f"the poll thread died: {crashed[0].exc_value!r}"
+        assert producer._poller.is_alive()
+        assert producer.unusable() is None
+    finally:
+        producer.close(0.1)
+
+
+def test_a_poll_thread_that_ended_makes_the_producer_unusable() -> None:
+    producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.2)
+    producer._stop.set()  # as if it had ended otherwise than by close()
+    producer._poller.join(5)
+    producer._stop.clear()
+    try:
+        why = producer.unusable()
+        assert why is not None
+        assert "the thread that confirms deliveries ended" in why
+    finally:
+        producer.close(0.1)
