@@ -164,7 +164,7 @@ def test_instants_just_before_a_new_price_pay_the_old_one(offset_s: int, before:
     b = at_ns(usage(u, model="m", input_tokens=1, output_tokens=0, event_id="b"), ns)
     state = PartitionState(0, 0)
     plan = m.plan(state, records(0, [a.SerializeToString(), b.SerializeToString()]))
-    assert sum(acc[5] for acc in plan.sums.values()) == 3 * PICOS_PER_MICRO  # 1 + 2 micros
+    assert sum(acc[5] for acc in plan.rollups.values()) == 3 * PICOS_PER_MICRO  # 1 + 2 micros
 
 
 # -- item 7: no systematic rounding bias --
