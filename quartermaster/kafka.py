@@ -14,7 +14,6 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
@@ -94,7 +93,7 @@ class Renewing:
         self,
         make: Callable[[Callable[[KafkaError], None]], Producer],
         name: str,
-        lock: AbstractContextManager[object] | None = None,
+        lock: contextlib.AbstractContextManager[object] | None = None,
     ) -> None:
         self._make, self._name = make, name
         # held around the swap in `renew` (not while the new producer is made): an
