@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -162,6 +164,18 @@ def produce_usage(bootstrap: str, events: list[usage_pb2.UsageEvent]) -> None:
             for e in events
         ],
     )
+
+
+def new_topic(bootstrap: str, prefix: str, partitions: int = 1) -> str:
+    """A topic of a test's own on `bootstrap` (`prefix` and a random suffix), created
+    now: what a test writes there no other test reads. The session's topics (say
+    qm.notifications.v1) are read whole by other tests, which parse every record."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[
+        name
+    ].result()
+    return name
 
 
 def read_topic(bootstrap: str, topic: str, idle: float = 1.0, limit: float = 20.0) -> list[Message]:

@@ -10,12 +10,10 @@ import uuid
 
 import pytest
 from confluent_kafka import Message
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from devtools.localinfra.stack import Infra
 from quartermaster.consumers import GroupConsumer, ReplayConsumer
-from tests.helpers import produce
+from tests.helpers import new_topic, produce
 
 pytestmark = pytest.mark.infra
 
@@ -25,9 +23,7 @@ FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 def _topic(infra: Infra, records: list[bytes]) -> str:
     """A new one-partition topic holding `records`, in order."""
-    name = f"test-consumers-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": infra.kafka_bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result()
+    name = new_topic(infra.kafka_bootstrap, "test-consumers")
     produce(infra.kafka_bootstrap, [(b"k", r, []) for r in records], topic=name)
     return name
 

@@ -29,15 +29,17 @@ from quartermaster.publisher import Publisher
 from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1 import usage_pb2
-from tests.helpers import eventually, new_user, read_topic, usage
+from tests.helpers import eventually, new_topic, new_user, read_topic, usage
 
 pytestmark = pytest.mark.infra
 TOPIC = Topic.NOTIFICATIONS.value
 STALL = 5.0  # s: past the 2 s message timeout
 
 
-def records(n: int) -> list[OutRecord]:
-    return [(TOPIC, b"k", uuid.uuid4().hex.encode(), []) for _ in range(n)]
+def records(n: int, topic: str = TOPIC) -> list[OutRecord]:
+    """`n` records of random bytes: on a broker of the test's own, or a topic of its
+    own (other tests parse every record of the session's qm.notifications.v1)."""
+    return [(topic, b"k", uuid.uuid4().hex.encode(), []) for _ in range(n)]
 
 
 async def sends(publisher: Publisher, batch: list[OutRecord]) -> str:
@@ -79,17 +81,18 @@ async def test_a_publisher_sends_again_after_the_broker_stalled(own_broker: Loca
 
 
 async def test_a_fatal_error_replaces_the_publishers_producer(infra: Infra) -> None:
+    topic = new_topic(infra.kafka_bootstrap, "test-publisher-renewal")
     publisher = Publisher(infra.kafka_bootstrap)
     try:
-        assert await sends(publisher, records(1)) == "sent"
+        assert await sends(publisher, records(1, topic)) == "sent"
         # What the error callback of the producer in use (generation 0) does with a
         # fatal error; the next send goes out on a new producer.
         publisher._failed(0, KafkaError(KafkaError._FATAL, "test: fatal idempotence", fatal=True))
-        assert await sends(publisher, records(2)) == "sent"
+        assert await sends(publisher, records(2, topic)) == "sent"
         assert publisher.renewals == 1
         # A late error of the replaced producer changes nothing.
         publisher._failed(0, KafkaError(KafkaError._FATAL, "late", fatal=True))
-        assert await sends(publisher, records(1)) == "sent"
+        assert await sends(publisher, records(1, topic)) == "sent"
         assert publisher.renewals == 1
     finally:
         publisher.close()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from devtools.localinfra.stack import Infra
 from quartermaster import kafka
@@ -16,7 +13,7 @@ from quartermaster.reporter import UsageReporter
 from quartermaster.topics import Topic
 from quartermaster.v1 import policy_pb2
 from tests.conftest import PARTITIONS, MeteringWorker
-from tests.helpers import eventually, new_user, usage
+from tests.helpers import eventually, new_topic, new_user, usage
 
 if TYPE_CHECKING:
     from quartermaster.v1.policy_pb2_grpc import PolicyServiceAsyncStub as Stub
@@ -33,9 +30,7 @@ def used_of(policy: Stub, user: str):  # type: ignore[no-untyped-def]
 
 def test_our_producers_partition_like_the_java_client(infra: Infra) -> None:
     # Made first: no Quartermaster producer lets the broker auto-create a topic.
-    topic = f"qm.partition-probe-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": infra.kafka_bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)])[topic].result()
+    topic = new_topic(infra.kafka_bootstrap, "qm.partition-probe", 12)
     producer = kafka.producer(infra.kafka_bootstrap)
     got: dict[str, int] = {}
 
