@@ -87,7 +87,8 @@ class Renewing:
     nothing. Not thread-safe by itself: `renew` runs where its owner serialises
     sends (the event loop), or swaps the producers under the owner's `lock` (the
     ingest, whose poll thread renews while requests send); `failed` only assigns a
-    string, safe from librdkafka's callback threads."""
+    string (under that lock, when there is one), safe from librdkafka's callback
+    threads."""
 
     def __init__(
         self,
@@ -96,8 +97,9 @@ class Renewing:
         lock: contextlib.AbstractContextManager[object] | None = None,
     ) -> None:
         self._make, self._name = make, name
-        # held around the swap in `renew` (not while the new producer is made): an
-        # owner whose sends run on another thread keeps them off a retiring producer
+        # held around the swap in `renew` (not while the new producer is made) and the
+        # check-and-mark in `failed`: an owner whose sends run on another thread keeps
+        # them off a retiring producer
         self._lock = lock or contextlib.nullcontext()
         self.generation = 0  # which producer `producer` is
         self.broken: str | None = None  # why `producer` can send nothing more
@@ -115,10 +117,14 @@ class Renewing:
             return
         # Said before the check: no call between the check and the mark, where CPython
         # may switch threads and another renew (a report of this producer was served
-        # there too), leaving this report stale and the new producer marked by it.
+        # there too), leaving this report stale and the new producer marked by it. With
+        # an owner's lock the check and the mark are one step against `renew`'s swap.
         why = f"{err.name()}: {err.str()}"
-        if generation == self.generation and self.broken is None:
-            self.broken = why
+        with self._lock:
+            marks = generation == self.generation and self.broken is None
+            if marks:
+                self.broken = why
+        if marks:
             log.error("the %s can send nothing more (%s): replacing it", self._name, why)
 
     def renew(self) -> Producer | None:

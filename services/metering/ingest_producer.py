@@ -124,8 +124,9 @@ class IngestProducer:
             # answer says why), and it leaves the queue
             "message.timeout.ms": int(delivery_timeout * 1000) + 1000,
         }
-        # Held around a body's `produce` calls and around the swap of producers: no
-        # record goes to a producer that is being purged.
+        # Held around a body's `produce` calls, and (by Renewing) around the swap of
+        # producers and the marking of one failed: no record goes to a producer that
+        # is being purged.
         self._lock = threading.RLock()
         self._kafka = kafka.Renewing(
             lambda error_cb: kafka.producer(bootstrap, error_cb=error_cb, **config),
@@ -141,13 +142,6 @@ class IngestProducer:
     def renewals(self) -> int:
         """Producers replaced since the start."""
         return self._kafka.renewals
-
-    def _failed(self, generation: int, err: KafkaError) -> None:
-        """An error of producer `generation` (a delivery report, a refused `produce`):
-        when it says the producer can send nothing more, the poll thread replaces it
-        (a report of a producer already replaced changes nothing)."""
-        with self._lock:
-            self._kafka.failed(generation, err)
 
     def unusable(self) -> str | None:
         """Why the producer can't send now (it is being replaced, or the thread that
@@ -233,7 +227,7 @@ class IngestProducer:
             raise Undelivered(why)
         generation = self._kafka.generation
         body = _Body(asyncio.get_running_loop(), len(records), events,
-                     lambda err: self._failed(generation, err))  # fmt: skip
+                     lambda err: self._kafka.failed(generation, err))  # fmt: skip
         for i, (key, value, headers, partition) in enumerate(records):
             try:
                 self._kafka.producer.produce(
@@ -243,7 +237,7 @@ class IngestProducer:
             except (BufferError, KafkaException) as exc:
                 failed = isinstance(exc, KafkaException) and kafka.producer_failed(exc.args[0])
                 if failed:
-                    self._failed(generation, exc.args[0])
+                    self._kafka.failed(generation, exc.args[0])
                 if i == 0 and not failed:
                     raise Busy(f"the producer's queue is full: {exc}") from None
                 # Some records may be queued: they are still delivered (their future

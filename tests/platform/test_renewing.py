@@ -72,15 +72,18 @@ def test_a_producer_that_cant_be_made_leaves_everything_as_it_was_until_the_next
     assert state(renewing) == (1, 1, None)
 
 
-def test_the_owners_lock_is_held_for_the_swap_not_while_the_producer_is_made() -> None:
+def test_the_owners_lock_is_held_for_the_swap_and_the_mark_not_while_making() -> None:
     lock = threading.Lock()
     make = Make(lock)
     swapped_under_lock: list[bool] = []
+    marked_under_lock: list[bool] = []
 
     class Watched(kafka.Renewing):
         def __setattr__(self, name: str, value: Any) -> None:
             if name == "producer":
                 swapped_under_lock.append(lock.locked())
+            if name == "broken" and value is not None:
+                marked_under_lock.append(lock.locked())
             super().__setattr__(name, value)
 
     renewing = Watched(make, "test producer", lock)
@@ -89,6 +92,8 @@ def test_the_owners_lock_is_held_for_the_swap_not_while_the_producer_is_made() -
     # the first producer made and set in __init__ (no lock then), then the renewal
     assert make.locked_while_making == [False, False]
     assert swapped_under_lock == [False, True]
+    # failed's check and mark, one step against renew's swap
+    assert marked_under_lock == [True]
 
 
 def test_retire_fails_the_queued_records_of_a_replaced_producer() -> None:
