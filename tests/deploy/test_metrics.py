@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localinfra import free_port
+from devtools.localinfra.ports import wait_for_port
 from devtools.localinfra.process import ChildProcess
 from devtools.slack_standin import SlackStandin
 from quartermaster.db import connect_pool
@@ -108,18 +109,20 @@ def services(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
                                 ("requests", "services.requests", env),
                                 ("notifier", "services.notifier", notifier)]
     ]  # fmt: skip
+    scraped = {
+        "policy": metrics["QM_POLICY_METRICS_ADDR"],
+        "cost-api": metrics["QM_USAGE_API_METRICS_ADDR"],
+        "requests": metrics["QM_REQUESTS_METRICS_ADDR"],
+        "notifier": metrics["QM_NOTIFIER_METRICS_ADDR"],
+    }
     try:
         for p in procs:
             p.start()
-        yield {
-            "policy": metrics["QM_POLICY_METRICS_ADDR"],
-            "cost-api": metrics["QM_USAGE_API_METRICS_ADDR"],
-            "requests": metrics["QM_REQUESTS_METRICS_ADDR"],
-            "notifier": metrics["QM_NOTIFIER_METRICS_ADDR"],
-            "policy_addr": policy,
-            "api_addr": api,
-            "slack_port": str(slack_port),
-        }
+        # Each scraped once it listens: a scrape before that is refused, not retried
+        # (the notifier, slowest to start on a busy host, was scraped a moment early).
+        for name, addr in scraped.items():
+            wait_for_port(int(addr.rpartition(":")[2]), 60, what=f"{name}'s metrics")
+        yield {**scraped, "policy_addr": policy, "api_addr": api, "slack_port": str(slack_port)}
     finally:
         for p in procs:
             p.stop()
