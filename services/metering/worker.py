@@ -45,6 +45,13 @@ from services.metering.wiring import Counting
 log = logging.getLogger("qm.metering")
 REBALANCE_TIMEOUT = 60.0  # seconds (faust's default; Kafka's max.poll.interval is 300)
 REQUEST_TIMEOUT = 90.0  # seconds (faust's default)
+# Most records one fetch hands the intake. The intake never splits a fetch (offset
+# order), so it holds up to its capacity plus one fetch: with fetches of a whole
+# batch (QM_METERING_BATCH_MAX), two batches' worth waited while a third was
+# counted, ~0.6 KB a record. Bounded, the peak RSS with a 600,000-record backlog at
+# a 100,000-record batch fell from 604-638 MB to 458-470 MB at the same speed
+# (docs/benchmarks.md); a fetch of 10,000 is still a fraction of a batch's time.
+FETCH_RECORDS = 10_000
 tracer = trace.get_tracer("qm.metering")
 
 
@@ -117,7 +124,7 @@ def _app(settings: MeteringSettings) -> MeteringApp:
         # + 5 s); and faust refuses a session timeout past the request timeout (a
         # QM_METERING_SESSION_TIMEOUT over 90 s stopped the worker at start-up).
         broker_request_timeout=max(REQUEST_TIMEOUT, rebalance_timeout + 5),
-        broker_max_poll_records=settings.batch_max,
+        broker_max_poll_records=min(settings.batch_max, FETCH_RECORDS),
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
