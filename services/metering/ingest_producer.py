@@ -10,8 +10,10 @@ Backpressure is counted in events: at most `queue_events` sent and not yet confi
 across all requests. A body that would pass that is refused before anything of it is
 sent (`Busy`), as is a body librdkafka's own queue has no room for; a body whose
 records are not all confirmed within `delivery_timeout` seconds (the broker is slow or
-gone) is `Undelivered`. Either way the producer sends the body again later: what of it
-did reach the broker is counted once by metering's event-id dedupe.
+gone), or whose queue ran out after its first records (they are still delivered, and
+count as waiting until they are), is `Undelivered`. Either way the producer sends the
+body again later: what of it did reach the broker is counted once by metering's
+event-id dedupe.
 
 A producer that can send nothing more (a fatal error, or the broker refusing its
 producer id or epoch: `quartermaster.kafka.producer_failed`) is replaced by a new one
@@ -50,11 +52,12 @@ class Undelivered(Exception):
 
 class _Body:
     """One body's records in flight: the future the handler awaits, resolved once
-    every record has its delivery report. Touched by the poll thread only, after
-    `send` made it; `failed` is told of an error that says the producer itself can
-    send nothing more (`kafka.producer_failed`)."""
+    every record queued has its delivery report (from the poll thread; `cut` from
+    the event loop when librdkafka refused the rest of the body, hence the lock);
+    `failed` is told of an error that says the producer itself can send nothing more
+    (`kafka.producer_failed`)."""
 
-    __slots__ = ("error", "events", "failed", "future", "loop", "remaining")
+    __slots__ = ("error", "events", "failed", "future", "lock", "loop", "records", "remaining")
 
     def __init__(
         self,
@@ -65,23 +68,39 @@ class _Body:
     ) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
+        self.records = records
         self.remaining = records
         self.events = events
         self.failed = failed
         self.error: str | None = None
+        self.lock = threading.Lock()
 
     def delivered(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            if kafka.producer_failed(err):
-                self.failed(err)
-            if self.error is None:
+        if err is not None and kafka.producer_failed(err):
+            self.failed(err)
+        with self.lock:
+            if err is not None and self.error is None:
                 self.error = err.str()
-        self.remaining -= 1
-        if self.remaining == 0:
-            # RuntimeError: the loop that sent the body is closed (a server stopping)
-            # and nobody waits for the answer. Raised here, it ended the poll thread.
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self._resolve)
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            self._done()
+
+    def cut(self, queued: int, why: str) -> None:
+        """Only the first `queued` records were queued (librdkafka refused the next,
+        for `why`): the future resolves, as refused, once their reports are in."""
+        with self.lock:
+            self.remaining -= self.records - queued
+            self.error = self.error or why
+            done = self.remaining == 0
+        if done:
+            self._done()
+
+    def _done(self) -> None:
+        # RuntimeError: the loop that sent the body is closed (a server stopping)
+        # and nobody waits for the answer. Raised here, it ended the poll thread.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         if not self.future.done():
@@ -206,9 +225,11 @@ class IngestProducer:
         if self.in_flight + events > self.queue_events:
             raise Busy(f"{self.in_flight} events already wait for the broker")
         with self._lock:
-            body = self._produce(records, events)
+            body, refused = self._produce(records, events)
         self.in_flight += events
         try:
+            if refused is not None:
+                raise refused
             await asyncio.wait_for(asyncio.shield(body.future), self.delivery_timeout)
         except TimeoutError:
             raise Undelivered(
@@ -219,9 +240,11 @@ class IngestProducer:
             # answer gave up on them: until then they hold librdkafka's queue.
             body.future.add_done_callback(lambda f: self._release(f, events))
 
-    def _produce(self, records: Sequence[Record], events: int) -> _Body:
+    def _produce(self, records: Sequence[Record], events: int) -> tuple[_Body, Undelivered | None]:
         """Hand every record to the current producer (under `_lock`): the body in
-        flight, or Busy / Undelivered."""
+        flight and None; or Busy / Undelivered raised when nothing was queued; or,
+        when librdkafka refused a record after queuing others, the body of those and
+        the Undelivered to answer (their events hold the queue until reported)."""
         why = self.unusable()
         if why is not None:
             raise Undelivered(why)
@@ -238,13 +261,18 @@ class IngestProducer:
                 failed = isinstance(exc, KafkaException) and kafka.producer_failed(exc.args[0])
                 if failed:
                     self._kafka.failed(generation, exc.args[0])
-                if i == 0 and not failed:
-                    raise Busy(f"the producer's queue is full: {exc}") from None
-                # Some records may be queued: they are still delivered (their future
-                # is never awaited); the rest never will be. The body is refused;
-                # sent again, its events count once.
-                raise Undelivered(f"the producer refused the body: {exc}") from None
-        return body
+                if i == 0:
+                    if not failed:
+                        raise Busy(f"the producer's queue is full: {exc}") from None
+                    raise Undelivered(f"the producer refused the body: {exc}") from None
+                # The first i records are queued and will be delivered; the rest never
+                # will be. The body is refused (sent again, its events count once), and
+                # its events stay in `in_flight` until the queued ones are reported:
+                # they hold librdkafka's queue meanwhile.
+                why = f"the producer refused the body: {exc}"
+                body.cut(i, why)
+                return body, Undelivered(why)
+        return body, None
 
     def _release(self, future: asyncio.Future[None], events: int) -> None:
         self.in_flight -= events
