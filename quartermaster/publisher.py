@@ -98,7 +98,9 @@ class Publisher:
         """Send `records` and wait until the broker has them all; OSError when any was
         not delivered within 30 s, the client was not ready or the producer failed (it
         is replaced: retry); a non-retriable KafkaException for a record the producer
-        refuses outright."""
+        refuses outright, or from `Renewing.renew` when a failed producer can't be
+        replaced (librdkafka refuses to make one: a certificate file gone bad since
+        the start, say): neither is an outage to wait out, so neither is an OSError."""
         await self._renew()
         errors: list[str] = []
         # The sender's trace context on every record (a metering batch's, on its totals).

@@ -4,6 +4,7 @@ one replaced. No broker: the producers here never connect."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from quartermaster import kafka
+from quartermaster.publisher import Publisher
 
 NOWHERE = "127.0.0.1:1"
 FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
@@ -125,3 +127,20 @@ def test_a_report_of_the_replaced_producer_racing_the_renewal_leaves_the_new_one
     renewing.failed(0, Interrupted(KafkaError._FATAL, "test: fatal too", fatal=True))
     assert (renewing.generation, renewing.renewals) == (1, 1)
     assert renewing.broken is None, "the new producer was marked by the old one's report"
+
+
+def test_a_publisher_whose_failed_producer_cant_be_replaced_raises_kafkaexception() -> None:
+    """What `Publisher.send` says of it: librdkafka refusing to make the new producer
+    is no outage (not an OSError, which callers retry), and nothing is sent; once a
+    producer can be made again, the next send replaces the failed one."""
+    make = Make()
+    publisher = Publisher(NOWHERE, log_level=0)
+    publisher._kafka = kafka.Renewing(make, "test publisher")
+    publisher._kafka.failed(0, FATAL)
+    make.refuse = True
+    with pytest.raises(KafkaException, match="test: refused"):
+        asyncio.run(publisher.send([("qm.test", b"k", b"v", [])]))
+    assert state(publisher._kafka) == (0, 0, "_FATAL: test: fatal")
+    make.refuse = False
+    asyncio.run(publisher._renew())  # what the next send begins with
+    assert state(publisher._kafka) == (1, 1, None)
