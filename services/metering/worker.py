@@ -48,10 +48,9 @@ REQUEST_TIMEOUT = 90.0  # seconds (faust's default)
 # Most records one fetch hands the intake. The intake never splits a fetch (offset
 # order), so it holds up to its capacity plus one fetch: with fetches of a whole
 # batch (QM_METERING_BATCH_MAX), up to two batches' worth waited while a third was
-# counted, ~0.6 KB a record. With one-event records 600,000 behind, the peak RSS at
-# 100,000-record batches: 604-638 MB unbounded, 505 MB at 25,000. Fetches of 10,000
-# saved ~45 MB more but counted 12-18 % slower (more, smaller fetches from faust's
-# consumer thread); 25,000 as fast as whole batches within the noise (benchmarks.md).
+# counted. Smaller fetches save memory but cost speed (more of them from faust's
+# consumer thread): at half the default batch, no cost was measurable, at a fifth
+# there was (docs/benchmarks.md, "fetches bounded").
 FETCH_RECORDS = 25_000
 tracer = trace.get_tracer("qm.metering")
 
