@@ -52,7 +52,9 @@ SHRINK: dict[str, Small] = {
     "bench-freshness": Small(None),
     "bench-notifier": Small("--intents 30 --users 5"),
     "bench-rpc-metrics": Small("--calls 200 --rounds 1"),
-    "bench-ingest": Small("--seconds 0.3 --warmup 0.1 --rounds 1 --concurrency 2"),
+    "bench-ingest": Small(
+        "--seconds 0.3 --warmup 0.1 --rounds 1 --concurrency 2 --concurrency-single 4"
+    ),
 }
 # bench-metering --workers N (scripts/bench_metering_scale.py) times its drain by the
 # stored offsets, so it needs no small batches: at two records a batch its workers fell
