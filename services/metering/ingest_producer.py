@@ -57,20 +57,18 @@ class _Body:
     `failed` is told of an error that says the producer itself can send nothing more
     (`kafka.producer_failed`)."""
 
-    __slots__ = ("error", "events", "failed", "future", "lock", "loop", "records", "remaining")
+    __slots__ = ("error", "failed", "future", "lock", "loop", "records", "remaining")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         records: int,
-        events: int,
         failed: Callable[[KafkaError], None],
     ) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.records = records
         self.remaining = records
-        self.events = events
         self.failed = failed
         self.error: str | None = None
         self.lock = threading.Lock()
@@ -225,7 +223,7 @@ class IngestProducer:
         if self.in_flight + events > self.queue_events:
             raise Busy(f"{self.in_flight} events already wait for the broker")
         with self._lock:
-            body, refused = self._produce(records, events)
+            body, refused = self._produce(records)
         self.in_flight += events
         try:
             if refused is not None:
@@ -240,7 +238,7 @@ class IngestProducer:
             # answer gave up on them: until then they hold librdkafka's queue.
             body.future.add_done_callback(lambda f: self._release(f, events))
 
-    def _produce(self, records: Sequence[Record], events: int) -> tuple[_Body, Undelivered | None]:
+    def _produce(self, records: Sequence[Record]) -> tuple[_Body, Undelivered | None]:
         """Hand every record to the current producer (under `_lock`): the body in
         flight and None; or Busy / Undelivered raised when nothing was queued; or,
         when librdkafka refused a record after queuing others, the body of those and
@@ -249,7 +247,7 @@ class IngestProducer:
         if why is not None:
             raise Undelivered(why)
         generation = self._kafka.generation
-        body = _Body(asyncio.get_running_loop(), len(records), events,
+        body = _Body(asyncio.get_running_loop(), len(records),
                      lambda err: self._kafka.failed(generation, err))  # fmt: skip
         for i, (key, value, headers, partition) in enumerate(records):
             try:
