@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +44,10 @@ TOKENS_SPEC = ",".join(
 # The deadline of a PolicyClient in a test that expects the server's own answer, not
 # the fail mode: the product's 250 ms default (which covers every retry) runs out on a
 # loaded 2-core runner during a fresh channel's connect and handshake.
+# A bootstrap no broker answers on: producers made for it never connect (tests of a
+# producer's own bookkeeping), and a fatal error to mark one failed with.
+NOWHERE = "127.0.0.1:1"
+FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
 SERVED_WITHIN_S = 5.0
 
 # Every process that serves Prometheus metrics, by the variable that says where.

@@ -7,16 +7,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Producer
 
 from services.metering.ingest_body import Record
-from services.metering.ingest_producer import Busy, IngestProducer, Undelivered
-
-NOWHERE = "127.0.0.1:1"
-FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
+from services.metering.ingest_producer import IngestProducer, Undelivered
+from tests.helpers import FATAL, NOWHERE
 
 
 def test_close_during_a_renewal_leaves_the_poll_thread_what_it_reads(
@@ -86,56 +83,3 @@ def test_a_poll_thread_that_ended_makes_the_producer_unusable() -> None:
         assert "the thread that confirms deliveries ended" in why
     finally:
         producer.close(0.1)
-
-
-class _RefusesAfter:
-    """A producer that queues the first `queued` records of each call sequence and
-    refuses the next with librdkafka's queue-full BufferError."""
-
-    def __init__(self, real: Producer, queued: int) -> None:
-        self.real, self.queued, self.calls = real, queued, 0
-
-    def produce(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        if self.calls > self.queued:
-            raise BufferError("Local: Queue full")
-        self.real.produce(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.real, name)
-
-
-@pytest.mark.parametrize("queued", [2])
-def test_a_body_refused_half_sent_holds_the_queue_until_its_queued_records_report(
-    queued: int,
-) -> None:
-    """librdkafka refused a record after queuing the body's first ones: the body is
-    answered Undelivered at once, and its events stay counted as waiting for the
-    broker until the queued records' reports are in (before, they left the count at
-    once though they held librdkafka's queue: backpressure undercounted them)."""
-    producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.2)  # reports within ~1.2 s
-    real = producer._kafka.producer
-    refusing = _RefusesAfter(real, queued)
-    producer._kafka.producer = refusing  # type: ignore[assignment]
-    records: list[Record] = [(b"k", b"v", [], 0)] * 3
-
-    async def scenario() -> tuple[int, int, int]:
-        with pytest.raises(Undelivered, match="refused the body"):
-            await producer.send(records, 30)
-        waiting = producer.in_flight
-        with pytest.raises(Busy):  # what waits leaves no room for 71 more
-            await producer.send(records, 71)
-        for _ in range(200):  # the reports come within ~1.2 s
-            if not producer.in_flight:
-                break
-            await asyncio.sleep(0.05)
-        return waiting, producer.in_flight, refusing.calls
-
-    try:
-        waiting, after, calls = asyncio.run(scenario())
-    finally:
-        producer._kafka.producer = real
-        producer.close(0.1)
-    assert waiting == 30
-    assert after == 0, "the queued records' reports never released the body's events"
-    assert calls == queued + 1

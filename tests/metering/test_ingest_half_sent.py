@@ -12,15 +12,14 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 
 from quartermaster import kafka
 from services.metering import ingest_producer
 from services.metering.ingest_body import Record
 from services.metering.ingest_producer import Busy, IngestProducer, Undelivered
+from tests.helpers import FATAL, NOWHERE
 
-NOWHERE = "127.0.0.1:1"
-FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
 RECORD: Record = (b"k", b"v", [], 0)
 
 
@@ -87,27 +86,65 @@ def test_librdkafkas_own_queue_full_mid_body_holds_the_body_until_reported(
     assert crashed == []
 
 
-class _ServedFirst:
-    """Refuses record `at` of every body (BufferError), but only once the reports of
-    the records before it were served by the poll thread: the reports come before
-    `cut` runs."""
+class _RefusesFrom:
+    """The real producer, but its `produce` calls from number `at` on (counted from
+    0) are refused with `refusal(body)`, librdkafka's queue-full BufferError unless a
+    subclass says otherwise; `calls` counts them all."""
 
     def __init__(self, real: Any, at: int) -> None:
-        self.real, self.at, self.n = real, at, 0
+        self.real, self.at, self.calls = real, at, 0
 
     def produce(self, *args: Any, **kwargs: Any) -> None:
-        body = kwargs["on_delivery"].__self__
-        if self.n == self.at:
-            until = time.monotonic() + 5
-            while body.remaining != body.records - self.at and time.monotonic() < until:
-                time.sleep(0.01)
-            assert body.remaining == body.records - self.at
-            raise BufferError("Local: Queue full")
-        self.n += 1
+        self.calls += 1
+        if self.calls > self.at:
+            raise self.refusal(kwargs["on_delivery"].__self__)
         self.real.produce(*args, **kwargs)
+
+    def refusal(self, body: ingest_producer._Body) -> Exception:
+        return BufferError("Local: Queue full")
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.real, name)
+
+
+class _ServedFirst(_RefusesFrom):
+    """Refuses record `at` of a body only once the reports of the records before it
+    were served by the poll thread: the reports come before `cut` runs."""
+
+    def refusal(self, body: ingest_producer._Body) -> Exception:
+        until = time.monotonic() + 5
+        while body.remaining != body.records - self.at and time.monotonic() < until:
+            time.sleep(0.01)
+        assert body.remaining == body.records - self.at
+        return super().refusal(body)
+
+
+def test_a_body_refused_half_sent_holds_the_queue_until_its_queued_records_report() -> None:
+    """librdkafka refused a record after queuing the body's first ones: the body is
+    answered Undelivered at once, and its events stay counted as waiting for the
+    broker until the queued records' reports are in (before, they left the count at
+    once though they held librdkafka's queue: backpressure undercounted them)."""
+    producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.2)  # reports within ~1.2 s
+    real = producer._kafka.producer
+    refusing = _RefusesFrom(real, 2)
+    producer._kafka.producer = refusing  # type: ignore[assignment]
+
+    async def scenario() -> tuple[int, int]:
+        with pytest.raises(Undelivered, match="refused the body"):
+            await producer.send([RECORD] * 3, 30)
+        waiting = producer.in_flight
+        with pytest.raises(Busy):  # what waits leaves no room for 71 more
+            await producer.send([RECORD] * 3, 71)
+        return waiting, await _drained(producer)
+
+    try:
+        waiting, after = asyncio.run(scenario())
+    finally:
+        producer._kafka.producer = real
+        producer.close(0.1)
+    assert waiting == 30
+    assert after == 0, "the queued records' reports never released the body's events"
+    assert refusing.calls == 3
 
 
 @pytest.mark.parametrize("at", [2])
@@ -144,21 +181,11 @@ def test_reports_served_before_cut_resolve_the_body_once(
     assert crashed == []
 
 
-class _FatalAt:
-    """Refuses record `at` of the next body with a fatal KafkaException."""
+class _FatalFrom(_RefusesFrom):
+    """Refuses with a fatal KafkaException."""
 
-    def __init__(self, real: Any, at: int) -> None:
-        self.real, self.at, self.n = real, at, 0
-
-    def produce(self, *args: Any, **kwargs: Any) -> None:
-        if self.n == self.at:
-            self.n += 1
-            raise KafkaException(FATAL)
-        self.n += 1
-        self.real.produce(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.real, name)
+    def refusal(self, body: ingest_producer._Body) -> Exception:
+        return KafkaException(FATAL)
 
 
 def test_a_fatal_refusal_mid_body_renews_and_releases_the_queued_records(
@@ -169,7 +196,7 @@ def test_a_fatal_refusal_mid_body_renews_and_releases_the_queued_records(
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 5.0)  # timeouts far off
     producer.renew_seconds = 0.0
     seen = _watch(monkeypatch, producer)
-    producer._kafka.producer = _FatalAt(producer._kafka.producer, 2)  # type: ignore[assignment]
+    producer._kafka.producer = _FatalFrom(producer._kafka.producer, 2)  # type: ignore[assignment]
 
     async def scenario() -> None:
         with pytest.raises(Undelivered, match="refused the body"):

@@ -14,9 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from quartermaster import kafka
 from quartermaster.publisher import Publisher
-
-NOWHERE = "127.0.0.1:1"
-FATAL = KafkaError(KafkaError._FATAL, "test: fatal", fatal=True)
+from tests.helpers import FATAL, NOWHERE
 
 
 class Make:
