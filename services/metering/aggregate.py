@@ -39,8 +39,9 @@ from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from quartermaster.v1.usage_pb2 import CallEnding, UsageEvent
 from quartermaster.wire import NS_PER_SECOND
+from services.metering.acceptance import Accepted
 from services.metering.bounds import MAX_EVENT_MICROS, MAX_EVENT_PICOS, Headroom
-from services.metering.decode import Accepted, Decoded, InvalidUsage, decode
+from services.metering.decode import Decoded, InvalidUsage, decode
 from services.metering.dlq_limit import source_of
 from services.metering.pricing import SERVICE_TIERS, Price, PriceCatalog, picos_of
 from services.metering.state import (

@@ -24,16 +24,14 @@ from google.protobuf.message import DecodeError, Message
 
 from quartermaster import json_input
 from quartermaster.topics import CONTENT_TYPE, JSON, PROTOBUF, USAGE_BATCH_TYPE
-from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
+from quartermaster.v1.usage_pb2 import UsageBatch, UsageEvent
 from quartermaster.validation import MAX_ID_LENGTH, Problems
-from quartermaster.wire import NS_PER_SECOND, epoch_ns, from_timestamp, iso
+from quartermaster.wire import NS_PER_SECOND, from_timestamp, iso
+from services.metering.acceptance import Accepted, plain
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
 from services.metering.json_event import JsonEventError, batch_problem, event_from_json
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
-
-# An event dated further ahead than this is a clock or a bug, not usage.
-MAX_FUTURE = timedelta(minutes=5)
 
 
 class InvalidUsage(ValueError):
@@ -172,22 +170,6 @@ def decode(
     return Decoded(events=[event], source=event.source)
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """The occurred_at range accepted at one moment, inclusive, in integer epoch
-    nanoseconds (worked out once per record, not once per event of a batch; integers,
-    so an instant a nanosecond past a bound is outside it)."""
-
-    earliest: int
-    latest: int
-    max_age_days: int
-    workspace: str = ""  # the one counted here ("": any)
-
-    @classmethod
-    def at(cls, now: datetime, max_age: timedelta, workspace: str = "") -> Accepted:
-        return cls(epoch_ns(now - max_age), epoch_ns(now + MAX_FUTURE), max_age.days, workspace)
-
-
 def validate(event: UsageEvent, now: datetime, max_age: timedelta) -> None:
     """Raise InvalidUsage listing every bad field of `event`."""
     _validate(event, Accepted.at(now, max_age))
@@ -199,38 +181,12 @@ def validate_within(event: UsageEvent, accepted: Accepted) -> None:
 
 
 def _validate(event: UsageEvent, accepted: Accepted) -> None:
-    # The common case in few comparisons, no allocation; anything unusual takes the
-    # careful path below, which names every problem. isascii() is O(1) in CPython and
-    # makes a length in characters a length in bytes.
-    event_id, user, product, model = event.event_id, event.user_id, event.product, event.model
-    ws, rid = event.workspace_id, event.request_id
     center = event.attributes.get(COST_CENTER, "") if event.attributes else ""
     ts = event.occurred_at
-    inp, cached, written = (
-        event.input_tokens,
-        event.cached_input_tokens,
-        event.cache_write_input_tokens,
-    )
-    out, reasoning = event.output_tokens, event.reasoning_tokens
-    if (
-        0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user) <= MAX_ID_LENGTH
-        and 0 < len(product) <= MAX_ID_LENGTH and 0 < len(model) <= MAX_ID_LENGTH
-        and len(ws) <= MAX_ID_LENGTH and len(rid) <= MAX_ID_LENGTH
-        and len(center) <= MAX_ID_LENGTH
-        and user.isascii() and product.isascii() and model.isascii() and ws.isascii()
-        and rid.isascii() and center.isascii()
-        and "\0" not in user and "\0" not in product and "\0" not in model
-        and "\0" not in ws and "\0" not in rid and "\0" not in center
-        and not (event_id.isspace() or user.isspace() or product.isspace() or model.isspace())
-        and accepted.earliest <= ts.seconds * NS_PER_SECOND + ts.nanos <= accepted.latest
-        and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written
-        and out >= reasoning and inp <= MAX_EVENT_TOKENS and out <= MAX_EVENT_TOKENS
-        and event.HasField("occurred_at")
-        and event.ending in _ENDINGS
-        and _plain_classes(event)
-        and (not ws or not accepted.workspace or ws == accepted.workspace)
-    ):  # fmt: skip
+    at = ts.seconds * NS_PER_SECOND + ts.nanos if event.HasField("occurred_at") else None
+    if plain(event, at, center, accepted):
         return
+    ws = event.workspace_id
     problems = Problems()
     _check_texts(event, problems)
     named = any(p.startswith("workspace_id:") for p in problems.items)
@@ -247,23 +203,6 @@ def _validate(event: UsageEvent, accepted: Accepted) -> None:
     _check_tokens(event, problems)
     if problems:
         raise InvalidUsage("; ".join(problems.items), problems=tuple(problems.items))
-
-
-def _plain_classes(event: UsageEvent) -> bool:
-    """The newer classes are absent (nearly always) or consistent subsets; a known tier."""
-    w1h, a_in, a_out = (
-        event.cache_write_1h_input_tokens, event.audio_input_tokens, event.audio_output_tokens
-    )  # fmt: skip
-    tier = event.service_tier
-    if not (w1h or a_in or a_out or tier):
-        return True
-    return (
-        0 <= w1h <= event.cache_write_input_tokens and a_in >= 0 and a_out >= 0
-        and event.input_tokens - event.cached_input_tokens - event.cache_write_input_tokens
-        >= a_in
-        and event.output_tokens - event.reasoning_tokens >= a_out
-        and tier in ServiceTier.values()
-    )  # fmt: skip
 
 
 def _check_text(problems: Problems, name: str, value: str, required: bool) -> None:
@@ -363,7 +302,6 @@ _ENUM_FIELDS = tuple(
     (f.name, {"service_tier": "tier"}.get(f.name, f.name), frozenset(f.enum_type.values_by_number),
      f.enum_type.name) for f in UsageEvent.DESCRIPTOR.fields if f.enum_type is not None
 )  # fmt: skip
-_ENDINGS = frozenset(CallEnding.values())
 
 
 def _check_enums(event: UsageEvent, problems: Problems) -> None:

@@ -47,10 +47,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from quartermaster.roles import REPORTER
 from quartermaster.tokens import Grant
+from services.metering.acceptance import Accepted
 from services.metering.ingest_body import (
     BadBody,
     UnsupportedType,
     events_of,
+    plain_events,
     records_of,
     values_of,
 )
@@ -211,9 +213,15 @@ class Ingest:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _refuse(413, f"body larger than {self.max_body} bytes: send fewer events a body")
+        content_type = request.headers.get("Content-Type", "")
+        now = datetime.now(UTC)
         try:
-            values = values_of(body, request.headers.get("Content-Type", ""))
-            events = events_of(values, datetime.now(UTC), self.max_age, self.workspace)
+            events = plain_events(
+                body, content_type, Accepted.at(now, self.max_age, self.workspace)
+            )
+            if events is None:
+                values = values_of(body, content_type)
+                events = events_of(values, now, self.max_age, self.workspace)
         except UnsupportedType as exc:
             return _refuse(415, str(exc))
         except BadBody as exc:

@@ -37,17 +37,14 @@ for _f in _D.fields:
         _FIELDS[_f.json_name] = _FIELDS[_f.name] = (_f.name, 0)
     else:
         _FIELDS[_f.json_name] = _FIELDS[_f.name] = (_f.name, _f.type)
-_ENUMS: dict[str, dict[str, int]] = {
+ENUMS: dict[str, dict[str, int]] = {
     "ending": dict(CallEnding.items()),
     "service_tier": dict(ServiceTier.items()),
 }
-_ENUM_NUMBERS = {name: frozenset(values.values()) for name, values in _ENUMS.items()}
+_ENUM_NUMBERS = {name: frozenset(values.values()) for name, values in ENUMS.items()}
 _INT = re.compile(r"-?[0-9]{1,18}\Z")  # 18 digits: inside int64 without a range check
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_TIME = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))\Z"
-)
+
 _EPOCH = datetime(1970, 1, 1)
 # Timestamp's valid range (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z)
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
@@ -148,7 +145,7 @@ def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
             continue
         if type(value) is not str:
             continue
-        names = _ENUMS[name]
+        names = ENUMS[name]
         if value in names or _number(value) in _ENUM_NUMBERS[name]:
             continue
         known = ", ".join(sorted(names))
@@ -218,7 +215,7 @@ def _fast(raw: dict[str, Any]) -> UsageEvent | None:
             continue
         elif kind == _ENUM and (number := _enum(name, value)) is not None:
             kwargs[name] = number
-        elif name == "occurred_at" and kind_of is str and (ts := _timestamp(value)) is not None:
+        elif name == "occurred_at" and kind_of is str and (ts := timestamp_of(value)) is not None:
             at = ts  # set after construction: a Timestamp of its own costs as much again
         elif name == "attributes" and kind_of is dict and _strings(value):
             kwargs[name] = value
@@ -235,7 +232,7 @@ def _fast(raw: dict[str, Any]) -> UsageEvent | None:
 
 def _enum(name: str, value: object) -> int | None:
     if type(value) is str:
-        return _ENUMS[name].get(value)
+        return ENUMS[name].get(value)
     if type(value) is int and value in _ENUM_NUMBERS[name]:
         return value
     return None
@@ -245,23 +242,69 @@ def _strings(mapping: dict[Any, Any]) -> bool:
     return all(type(k) is str and type(v) is str for k, v in mapping.items())
 
 
-def _timestamp(text: str) -> tuple[int, int] | None:
-    """`text` as Timestamp.FromJsonString reads it, for the plain RFC 3339 form, as
-    (seconds, nanos); None for anything else (then ParseDict decides)."""
-    m = _TIME.match(text)
-    if m is None:
+def timestamp_of(text: str) -> tuple[int, int] | None:
+    """`text` as Timestamp.FromJsonString reads it, for the plain RFC 3339 form
+    `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)`, as (seconds, nanos); None for anything
+    else (then ParseDict decides). The date and time of day are worked out once per
+    distinct second (`_second`), the offset once per distinct offset (`_offset`): events
+    arrive near now, so most share a second with the one before."""
+    head = text[:19]
+    seconds = _SECONDS.get(head)
+    if seconds is None and (seconds := _second(head)) is None:
         return None
-    try:
-        # The shape is the pattern's; the C parser checks the ranges as strptime does.
-        delta = datetime.fromisoformat(m[1]) - _EPOCH
-    except ValueError:
+    if text[-1:] == "Z":
+        fraction, offset = text[19:-1], 0
+    else:
+        found = _offset(text[-6:])
+        if found is None:
+            return None
+        fraction, offset = text[19:-6], found
+    if not fraction:
+        nanos = 0
+    elif (
+        2 <= len(fraction) <= 10 and fraction[0] == "." and fraction.isascii()
+        and fraction[1:].isdigit()
+    ):  # fmt: skip
+        # protobuf's own arithmetic, so a 9-digit fraction rounds as it does
+        nanos = round(float("0" + fraction) * 1e9)
+    else:
         return None
-    seconds = delta.days * 86_400 + delta.seconds
-    # protobuf's own arithmetic, so a 9-digit fraction rounds as it does
-    nanos = round(float("0." + m[2]) * 1e9) if m[2] else 0
-    if m[3] is None:
-        offset = (int(m[5]) * 60 + int(m[6])) * 60
-        seconds += -offset if m[4] == "+" else offset
+    seconds -= offset
     if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
         return None
     return seconds, nanos
+
+
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
+
+
+_SECONDS: dict[str, int] = {}  # `_second`'s answers (a dict: looked up per event)
+_MAX_SECONDS_KEPT = 4096
+
+
+def _second(text: str) -> int | None:
+    """`YYYY-MM-DDTHH:MM:SS` as seconds since the epoch (before any offset), kept in
+    `_SECONDS` (emptied when it holds _MAX_SECONDS_KEPT); None for another shape or an
+    impossible date or time (the C parser checks the ranges as strptime does)."""
+    if _DATE_TIME.fullmatch(text) is None:
+        return None
+    try:
+        delta = datetime.fromisoformat(text) - _EPOCH
+    except ValueError:
+        return None
+    if len(_SECONDS) >= _MAX_SECONDS_KEPT:
+        _SECONDS.clear()
+    seconds = _SECONDS[text] = delta.days * 86_400 + delta.seconds
+    return seconds
+
+
+@functools.lru_cache(maxsize=256)
+def _offset(text: str) -> int | None:
+    """`±HH:MM` as seconds east of UTC (any two digits each, as protobuf reads them);
+    None for another shape."""
+    m = _OFFSET.fullmatch(text)
+    if m is None:
+        return None
+    east = (int(m[2]) * 60 + int(m[3])) * 60
+    return east if m[1] == "+" else -east

@@ -38,7 +38,8 @@ from quartermaster import json_input, kafka
 from quartermaster.settings import load_or_exit
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1.usage_pb2 import UsageEvent
-from services.metering.decode import Accepted, InvalidUsage, validate_within
+from services.metering.acceptance import Accepted
+from services.metering.decode import InvalidUsage, validate_within
 from services.metering.json_event import JsonEventError, event_from_json
 from services.metering.settings import MeteringSettings
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
 from services.metering.ingest_body import batch_value
-from services.metering.json_event import JsonEventError, _fast, event_from_json
+from services.metering.json_event import JsonEventError, _fast, event_from_json, timestamp_of
 
 _ENUM_FIELDS = {"ending": CallEnding, "serviceTier": ServiceTier, "service_tier": ServiceTier}
 
@@ -154,3 +155,24 @@ def test_a_refusal_names_the_field() -> None:
 def test_a_batch_written_out_is_the_batch_protobuf_writes() -> None:
     events = [UsageEvent(event_id="e" * n, user_id="u", input_tokens=n) for n in (1, 200, 20000)]
     assert batch_value(events) == UsageBatch(events=events).SerializeToString()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(timestamps, good_times))
+def test_a_timestamp_read_is_the_one_protobuf_reads(text: str) -> None:
+    read = timestamp_of(text)
+    if read is None:
+        return  # ParseDict decides (the fast path's test above)
+    expected = Timestamp()
+    expected.FromJsonString(text)
+    assert read == (expected.seconds, expected.nanos)
+
+
+def test_timestamps_are_read_past_the_remembered_seconds() -> None:
+    texts = [f"2026-11-30T{h:02d}:{m:02d}:{s:02d}.5+01:00" for h in range(24)
+             for m in range(0, 60, 3) for s in range(0, 60, 7)]  # fmt: skip
+    assert len(texts) > 4096  # more than the remembered seconds: they are forgotten
+    for text in texts * 2:
+        expected = Timestamp()
+        expected.FromJsonString(text)
+        assert timestamp_of(text) == (expected.seconds, expected.nanos)
