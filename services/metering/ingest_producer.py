@@ -228,7 +228,9 @@ class IngestProducer:
         try:
             if refused is not None:
                 raise refused
-            await asyncio.wait_for(asyncio.shield(body.future), self.delivery_timeout)
+            # shielded: the answer gives up on the body, the body's reports still count
+            async with asyncio.timeout(self.delivery_timeout):
+                await asyncio.shield(body.future)
         except TimeoutError:
             raise Undelivered(
                 f"the broker did not confirm within {self.delivery_timeout:g} s"
