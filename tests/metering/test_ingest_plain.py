@@ -199,3 +199,36 @@ def test_records_of_the_first_pass_are_the_careful_ones() -> None:
     assert fast is not None
     assert not isinstance(slow, str)
     assert records_of(fast, 3, "gw") == records_of(slow, 3, "gw")
+
+
+def test_an_event_id_holding_nul_is_judged_alike_whatever_else_the_event_holds() -> None:
+    # `acceptance.plain` never looks for NUL in event_id, while the full checks of
+    # `decode` (require_id -> text_problem) refuse it: an event_id "\0" was accepted
+    # when every other field was plain, and refused ("event_id: must not contain NUL")
+    # when an unrelated field (a user id that is not ASCII, valid alone) sent the
+    # event to the full checks. Kafka records (decode._validate) and both ways of
+    # reading a body share the fault.
+    from quartermaster.v1.usage_pb2 import UsageEvent as Event
+    from services.metering.decode import InvalidUsage, validate
+
+    base = {"eventId": "\u0000", "occurredAt": _stamp(-5, "", "Z"), "userId": "u",
+            "product": "p", "model": "m"}  # fmt: skip
+    alone = careful(*_body([base], "array"))
+    with_other_user = careful(*_body([{**base, "userId": "é"}], "array"))
+    assert careful(*_body([{**base, "eventId": "e", "userId": "é"}], "array")) != "refused"
+    assert (alone == "refused") == (with_other_user == "refused"), (alone, with_other_user)
+    agree(*_body([base], "array"))
+
+    def refused(event: Event) -> bool:
+        try:
+            validate(event, NOW, MAX_AGE)
+        except InvalidUsage:
+            return True
+        return False
+
+    event = Event(event_id="\0", user_id="u", product="p", model="m")
+    event.occurred_at.FromDatetime(NOW - timedelta(seconds=5))
+    other = Event()
+    other.CopyFrom(event)
+    other.user_id = "é"
+    assert refused(event) == refused(other)
