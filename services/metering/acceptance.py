@@ -103,7 +103,8 @@ def plain(event: EventFields, at: int | None, center: str, accepted: Accepted) -
         and len(center) <= MAX_ID_LENGTH
         and user.isascii() and product.isascii() and model.isascii() and ws.isascii()
         and rid.isascii() and center.isascii()
-        and "\0" not in user and "\0" not in product and "\0" not in model
+        and "\0" not in event_id and "\0" not in user and "\0" not in product
+        and "\0" not in model
         and "\0" not in ws and "\0" not in rid and "\0" not in center
         and not (event_id.isspace() or user.isspace() or product.isspace() or model.isspace())
         and cached >= 0 and written >= 0 and reasoning >= 0 and inp >= cached + written

@@ -219,8 +219,8 @@ def _check_text(problems: Problems, name: str, value: str, required: bool) -> No
 
 
 def _check_texts(event: UsageEvent, problems: Problems) -> None:
-    # event_id is only hashed (state.id_hash): never stored, so its bytes and NULs
-    # do no harm; its length and blankness are checked like the others'.
+    # event_id is only hashed (state.id_hash), never stored, so its bytes may be any
+    # UTF-8; its length, blankness and NUL are checked as every id's (a NUL is a bug).
     problems.require_id("event_id", event.event_id)
     for name, value in (
         ("user_id", event.user_id),

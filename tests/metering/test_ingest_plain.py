@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.acceptance import Accepted
+from services.metering.decode import InvalidUsage, validate
 from services.metering.ingest_body import (
     BadBody,
     UnsupportedType,
@@ -208,9 +209,6 @@ def test_an_event_id_holding_nul_is_judged_alike_whatever_else_the_event_holds()
     # when an unrelated field (a user id that is not ASCII, valid alone) sent the
     # event to the full checks. Kafka records (decode._validate) and both ways of
     # reading a body share the fault.
-    from quartermaster.v1.usage_pb2 import UsageEvent as Event
-    from services.metering.decode import InvalidUsage, validate
-
     base = {"eventId": "\u0000", "occurredAt": _stamp(-5, "", "Z"), "userId": "u",
             "product": "p", "model": "m"}  # fmt: skip
     alone = careful(*_body([base], "array"))
@@ -219,16 +217,18 @@ def test_an_event_id_holding_nul_is_judged_alike_whatever_else_the_event_holds()
     assert (alone == "refused") == (with_other_user == "refused"), (alone, with_other_user)
     agree(*_body([base], "array"))
 
-    def refused(event: Event) -> bool:
+    def refused(event: UsageEvent) -> bool:
         try:
             validate(event, NOW, MAX_AGE)
         except InvalidUsage:
             return True
         return False
 
-    event = Event(event_id="\0", user_id="u", product="p", model="m")
+    event = UsageEvent(event_id="\0", user_id="u", product="p", model="m")
     event.occurred_at.FromDatetime(NOW - timedelta(seconds=5))
-    other = Event()
+    other = UsageEvent()
     other.CopyFrom(event)
     other.user_id = "é"
-    assert refused(event) == refused(other)
+    assert refused(event)
+    assert refused(other)
+    assert alone == "refused"
