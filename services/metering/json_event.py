@@ -19,6 +19,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -127,9 +128,10 @@ _ENUM_TYPES = {"ending": "CallEnding", "service_tier": "ServiceTier"}
 
 def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, field) for the first enum field of the event `raw` whose value is a name
-    (or decimal string) or a number UsageEvent's enum does not have; None when there is
-    none. ParseDict with `ignore_unknown_fields` (kept, for unknown fields) turns such a
-    name into 0 without a word: `SERVICE_TIER_BACTH` was the standard tier, twice the
+    (or decimal string) or a number UsageEvent's enum does not have, or no name or
+    integer at all (true, 1.5, NaN, 1e999); None when there is none. ParseDict with
+    `ignore_unknown_fields` (kept, for unknown fields) turns such a name into 0 without
+    a word: `SERVICE_TIER_BACTH` was the standard tier, twice the
     batch price, where the same event in protobuf (an unknown number) is refused. An
     unknown number it keeps (proto3 enums are open), for `decode`'s checks to refuse
     with the same words as here: named first, so no other complaint hides it."""
@@ -138,6 +140,13 @@ def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
         if found is None or found[1] != _ENUM:
             continue
         name = found[0]
+        if type(value) is bool or (type(value) is float and not value.is_integer()):
+            # ParseDict made true the enum's 1, 1.5 its 1 and NaN its 0, without a
+            # word, and raised OverflowError (an "internal error") for 1e999
+            return (
+                f"{name}: {json.dumps(value)} is no {_NOUNS[name]}: expected a name or an integer",
+                name,
+            )
         if type(value) is int:
             if value not in _ENUM_NUMBERS[name]:
                 why = f"{name}: unknown {_NOUNS[name]} {value} (see {_ENUM_TYPES[name]})"

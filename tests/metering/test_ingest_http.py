@@ -100,6 +100,15 @@ async def test_bad_events_are_named_by_index_and_field_and_none_is_accepted(url:
     assert "expected a JSON object, got an array" in answer["problems"][4]["message"]
 
 
+async def test_an_enum_that_is_no_name_or_integer_is_named_not_a_500(url: str) -> None:
+    # 1e999 made protobuf's ParseDict raise OverflowError: the server answered 500
+    body = b"[" + json.dumps(event_json()).encode() + b", " + json.dumps(event_json())[:-1].encode()
+    status, answer, _ = await post(url, body + b', "ending": 1e999}]')
+    assert status == 400
+    assert [(p["index"], p["field"]) for p in answer["problems"]] == [(1, "ending")]
+    assert "expected a name or an integer" in answer["problems"][0]["message"]
+
+
 async def test_an_event_of_another_workspace_is_refused_not_accepted_then_dropped() -> None:
     """Breaker: a body naming workspace 'acme' was answered 202 and then dead-lettered
     by metering ('another workspace'): the reporter was told it counted. The ingest

@@ -4,6 +4,8 @@ the same things as before the fast path existed (no infrastructure)."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quartermaster.topics import CONTENT_TYPE, JSON, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import CallEnding, ServiceTier, UsageBatch, UsageEvent
+from services.metering.decode import InvalidUsage, decode
 from services.metering.ingest_body import batch_value
 from services.metering.json_event import JsonEventError, _fast, event_from_json, timestamp_of
 
@@ -41,6 +45,9 @@ def reference(raw: Any) -> UsageEvent | str:
                 return "error"
             # an unknown number: ParseDict keeps it (open enums), metering refuses it
             if type(value) is int and value not in numbers:
+                return "error"
+            # true, 1.5, NaN: ParseDict makes them a number, metering refuses them
+            if type(value) is bool or (type(value) is float and not value.is_integer()):
                 return "error"
     event = UsageEvent()
     try:
@@ -90,8 +97,8 @@ values: dict[str, st.SearchStrategy[Any]] = {
     "inputTokens": ints, "input_tokens": ints, "outputTokens": ints,
     "cachedInputTokens": ints, "reasoningTokens": ints, "cacheWriteInputTokens": ints,
     "audioOutputTokens": ints,
-    "ending": st.one_of(st.sampled_from(["CALL_ENDING_CUT_OFF", "NOPE", ""]),
-                        st.integers(-1, 6), st.none()),
+    "ending": st.one_of(st.sampled_from(["CALL_ENDING_CUT_OFF", "NOPE", "", True, 1.5, 2.0]),
+                        st.integers(-1, 6), st.none(), st.floats()),
     "serviceTier": st.one_of(st.sampled_from(["SERVICE_TIER_BATCH", "batch"]),
                              st.integers(-1, 6)),
     "attributes": st.one_of(st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
@@ -176,3 +183,21 @@ def test_timestamps_are_read_past_the_remembered_seconds() -> None:
         expected = Timestamp()
         expected.FromJsonString(text)
         assert timestamp_of(text) == (expected.seconds, expected.nanos)
+
+
+@pytest.mark.parametrize("value", [True, False, 1.5, -0.5, float("nan"), float("inf"), -1e999])
+@pytest.mark.parametrize("key", ["ending", "serviceTier", "service_tier"])
+def test_an_enum_that_is_no_name_or_integer_is_refused_naming_it(key: str, value: float) -> None:
+    # ParseDict made true the enum's 1, 1.5 its 1 and NaN its 0 without a word, and
+    # raised OverflowError for an infinity: a 500 at the ingest, an "internal error"
+    # in metering's DLQ
+    raw = {"eventId": "e", "occurredAt": "2026-11-30T11:00:00Z", "userId": "u",
+           "product": "p", "model": "m", key: value}  # fmt: skip
+    with pytest.raises(JsonEventError, match="expected a name or an integer") as refused:
+        event_from_json(raw)
+    assert refused.value.field in ("ending", "service_tier")
+    kafka_json = f"{JSON}; type={USAGE_BATCH_TYPE}"
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    for record, content_type in ((raw, JSON), ({"events": [raw]}, kafka_json)):
+        with pytest.raises(InvalidUsage, match="expected a name or an integer"):
+            decode(json.dumps(record).encode(), {CONTENT_TYPE: content_type}, now, timedelta(1))
