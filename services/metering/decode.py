@@ -29,7 +29,12 @@ from quartermaster.validation import MAX_ID_LENGTH, Problems
 from quartermaster.wire import NS_PER_SECOND, from_timestamp, iso
 from services.metering.acceptance import Accepted, plain
 from services.metering.bounds import MAX_EVENT_TOKENS, MAX_KEY_BYTES, utf8_length
-from services.metering.json_event import JsonEventError, batch_problem, event_from_json
+from services.metering.json_event import (
+    MAX_REASON,
+    JsonEventError,
+    batch_problem,
+    event_from_json,
+)
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
@@ -126,6 +131,9 @@ def _parse_json(value: bytes, message: Message) -> None:
         raise InvalidUsage(f"{where}: {exc}") from None
     except RecursionError:
         raise InvalidUsage(f"{where}: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+        # ParseDict failing otherwise than with ParseError: still the record's fault
+        raise InvalidUsage(f"{where}: {type(exc).__name__}: {exc}"[:MAX_REASON]) from None
 
 
 def decode(

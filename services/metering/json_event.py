@@ -89,6 +89,12 @@ def event_from_json(raw: object) -> UsageEvent:
         raise JsonEventError(why, found.group(1) if found else "") from None
     except RecursionError:
         raise JsonEventError("nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+        # ParseDict failing otherwise than with ParseError (as it did with OverflowError
+        # for an enum of 1e999): still the event's fault, named, never a 500
+        raise JsonEventError(
+            f"not a UsageEvent: {type(exc).__name__}: {exc}"[:MAX_REASON]
+        ) from None
     return event
 
 

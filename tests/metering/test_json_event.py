@@ -201,3 +201,23 @@ def test_an_enum_that_is_no_name_or_integer_is_refused_naming_it(key: str, value
     for record, content_type in ((raw, JSON), ({"events": [raw]}, kafka_json)):
         with pytest.raises(InvalidUsage, match="expected a name or an integer"):
             decode(json.dumps(record).encode(), {CONTENT_TYPE: content_type}, now, timedelta(1))
+
+
+@pytest.mark.parametrize("error", [OverflowError, TypeError, AttributeError, ValueError])
+def test_parsedict_failing_otherwise_is_still_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    def fails(*_args: object, **_kwargs: object) -> None:
+        raise error("from inside ParseDict")
+
+    monkeypatch.setattr(json_format, "ParseDict", fails)
+    raw = {"eventId": None, "userId": "u"}  # a null: not the fast path's
+    with pytest.raises(JsonEventError, match=f"{error.__name__}: from inside ParseDict"):
+        event_from_json(raw)
+    with pytest.raises(InvalidUsage, match=f"{error.__name__}: from inside ParseDict"):
+        decode(
+            json.dumps({"events": [raw]}).encode(),
+            {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"},
+            datetime(2026, 11, 30, tzinfo=UTC),
+            timedelta(1),
+        )
