@@ -34,7 +34,9 @@ a 202's including the broker's confirmation).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -92,6 +94,15 @@ class Reporters:
         return grant.name
 
 
+JSON_TYPE = "application/json"
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepted(events: int) -> bytes:
+    """A 202's body, made once per count (bodies come in a few sizes)."""
+    return json.dumps({"accepted": events}).encode()
+
+
 def _refuse(status: int, message: str, **headers: str) -> web.Response:
     extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     return web.json_response({"error": message}, status=status, headers={**extra, **headers})
@@ -142,7 +153,9 @@ class IngestMetrics:
     def __init__(self, producer: IngestProducer) -> None:
         meter = metrics.get_meter("qm.metering.ingest")
         self._producer = producer
+        # labelled children, looked up once (`labels` takes a lock and builds a key)
         self._by_status: dict[int, tuple[Counter, Histogram]] = {}
+        self._by_outcome: dict[tuple[str, str], Counter] = {}
         meter.create_observable_gauge(
             "qm_ingest_waiting_events",
             callbacks=[self._waiting],
@@ -172,7 +185,10 @@ class IngestMetrics:
 
     def events(self, n: int, outcome: str, reporter: str) -> None:
         """`n` events of `reporter`'s ended as `outcome`."""
-        EVENTS.labels(outcome, reporter).inc(n)
+        child = self._by_outcome.get((outcome, reporter))
+        if child is None:
+            child = self._by_outcome[outcome, reporter] = EVENTS.labels(outcome, reporter)
+        child.inc(n)
 
     def _waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._producer.in_flight)]
@@ -259,7 +275,7 @@ class Ingest:
             log.warning("a body of %d events from %s: %s", len(events), reporter, exc)
             return self._busy(str(exc))
         self._count(len(events), "accepted", reporter)
-        return web.json_response({"accepted": len(events)}, status=202)
+        return web.Response(body=_accepted(len(events)), status=202, content_type=JSON_TYPE)
 
     def _count(self, n: int, outcome: str, reporter: str) -> None:
         self.metrics.events(n, outcome, reporter)
