@@ -7,14 +7,14 @@ JSON mapping, read by `json_event` and checked by `decode.validate`: the very ch
 Kafka record gets, so HTTP and Kafka JSON accept the same events.
 
 Read twice over, when need be. First in one pass with msgspec (`plain_events`): the
-body decoded straight into typed fields in C, checked by `decode.plain` (the common
-case of the rules, stated once), made into UsageEvents. Whatever that pass does not
-take (an unknown or snake_case field, a null, a number in an odd form, an event
-`plain` doubts, NDJSON) is read again the careful way (`values_of`, `events_of`),
-which accepts what it accepts and names every problem. The first pass only ever
+body (or each NDJSON line) decoded straight into typed fields in C, checked by
+`acceptance.plain` (the common case of the rules, stated once), made into UsageEvents.
+Whatever that pass does not take (an unknown or snake_case field, a null, a number in
+an odd form, an event `plain` doubts) is read again the careful way (`values_of`,
+`events_of`), which accepts what it accepts and names every problem. The first pass only ever
 decides "these are the events the careful way makes" (`tests/metering/
-test_ingest_plain.py` checks that on generated bodies). In process, the first pass
-took 6.3-6.9 µs an event where the careful way took 9.5-11.3 (json.loads alone: 1.4).
+test_ingest_plain.py` checks that on generated bodies); it costs about two thirds
+of the careful way an event (docs/benchmarks.md).
 
 All or none: one bad event refuses the whole body (`BadBody`, naming each bad event by
 its index, 0-based, and field), and nothing of it is sent. A producer fixes the events

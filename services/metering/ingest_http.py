@@ -129,8 +129,8 @@ DURATION_BOUNDS = (
 
 
 # Per request, with `prometheus_client` directly (as quartermaster.rpcmetrics): the
-# OpenTelemetry SDK's three calls a request were ~9 % of the ingest's event loop with
-# one-event bodies (py-spy, `make bench-ingest`). Process-wide, as the registry they
+# OpenTelemetry SDK's calls cost the ingest's event loop a share of each one-event
+# body worth having back (docs/benchmarks.md). Process-wide, as the registry they
 # are served from. Labels: a status code, an outcome of four, a credential's name from
 # QM_TOKENS: never from the request.
 REQUESTS = Counter("qm_ingest_requests", "HTTP ingest requests by status code", ["status"])
