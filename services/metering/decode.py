@@ -2,7 +2,9 @@
 
 A record holds one `UsageEvent`, or several in a `UsageBatch` when its content-type
 says `type=quartermaster.v1.UsageBatch`. It is protobuf unless the content-type is
-`application/json` (the proto3 JSON mapping: what kcat or a Java gateway sends).
+`application/json` (the proto3 JSON mapping: what kcat or a Java gateway sends): a
+one-event JSON record is read first in one pass (`json_plain`, msgspec) and, when that
+pass does not take it, by `json_event`, which accepts the same events or says why not.
 Anything wrong is named: a record that can't be read at all raises `InvalidUsage`;
 inside a batch, each bad event is rejected alone and the good ones go on. Unknown
 fields are ignored in JSON as in protobuf (a producer on a newer schema is counted).
@@ -35,6 +37,7 @@ from services.metering.json_event import (
     batch_problem,
     event_from_json,
 )
+from services.metering.json_plain import plain_event, read_one
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
@@ -170,6 +173,10 @@ def decode(
         return out
     if kind != "quartermaster.v1.UsageEvent":
         raise InvalidUsage(f"unsupported message type {kind!r}")
+    if content_type == JSON:  # what foreign producers send: the first pass, when it takes it
+        reading = read_one(value)
+        if reading is not None and (read := plain_event(reading, accepted)) is not None:
+            return Decoded(events=[read], source=read.source)
     event = _read_event(value, content_type)
     try:
         _validate(event, accepted)

@@ -35,18 +35,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
-
-import msgspec
 
 from quartermaster import json_input
 from quartermaster.partitioning import partition_of
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageEvent
-from services.metering.acceptance import Accepted, plain
+from services.metering.acceptance import Accepted
 from services.metering.decode import InvalidUsage, validate_within
-from services.metering.json_event import ENUMS, JsonEventError, event_from_json, timestamp_of
-from services.metering.state import COST_CENTER
+from services.metering.json_event import JsonEventError, event_from_json
+from services.metering.json_plain import Reading, plain_event, read_body, read_one
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -141,50 +138,6 @@ def _lines(text: str) -> list[object]:
     return values
 
 
-# A count as the proto3 JSON mapping writes an int64 (a decimal string) or as a number.
-# Only digits: a sign, spaces or an exponent are the careful way's to judge.
-_Digits = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}\Z")]
-_Count = int | _Digits
-_JSON_NAMES = {f.name: f.json_name for f in UsageEvent.DESCRIPTOR.fields}
-
-
-class _Reading(msgspec.Struct, rename=_JSON_NAMES, forbid_unknown_fields=True):
-    """One event of a body as the first pass reads it: every field of UsageEvent under
-    its JSON name (the mapping's canonical one), nothing else."""
-
-    event_id: str = ""
-    occurred_at: str = ""
-    workspace_id: str = ""
-    user_id: str = ""
-    product: str = ""
-    model: str = ""
-    input_tokens: _Count = 0
-    cached_input_tokens: _Count = 0
-    output_tokens: _Count = 0
-    reasoning_tokens: _Count = 0
-    request_id: str = ""
-    source: str = ""
-    attributes: dict[str, str] = msgspec.field(default_factory=dict)
-    cache_write_input_tokens: _Count = 0
-    ending: int | str = 0
-    cache_write_1h_input_tokens: _Count = 0
-    audio_input_tokens: _Count = 0
-    audio_output_tokens: _Count = 0
-    service_tier: int | str = 0
-
-
-_COUNTS = tuple(f.name for f in UsageEvent.DESCRIPTOR.fields if f.type == f.TYPE_INT64)
-_READER = msgspec.json.Decoder(_Reading | list[_Reading])
-_ONE = msgspec.json.Decoder(_Reading)
-_NS = 1_000_000_000
-_RARER = tuple(
-    f.name for f in UsageEvent.DESCRIPTOR.fields
-    if f.name not in ("event_id", "user_id", "product", "model", "input_tokens",
-                      "output_tokens", "workspace_id", "source", "occurred_at", "attributes")
-)  # fmt: skip
-_ENDINGS, _TIERS = ENUMS["ending"], ENUMS["service_tier"]  # name → number
-
-
 def plain_events(body: bytes, content_type: str, accepted: Accepted) -> list[UsageEvent] | None:
     """The events of `body` (JSON: one object or an array; or NDJSON), when every one
     reads and passes in the first pass (module docstring); None to read the body the
@@ -195,69 +148,34 @@ def plain_events(body: bytes, content_type: str, accepted: Accepted) -> list[Usa
         return None
     events = []
     for r in readings:
-        event = _plain_event(r, accepted)
+        event = plain_event(r, accepted)
         if event is None:
             return None
         events.append(event)
     return events
 
 
-def _plain_event(r: _Reading, accepted: Accepted) -> UsageEvent | None:
-    for name in _COUNTS:
-        count = getattr(r, name)
-        if count.__class__ is str:
-            setattr(r, name, int(count))
-    if r.ending.__class__ is str:
-        if (ending := _ENDINGS.get(r.ending)) is None:
-            return None
-        r.ending = ending
-    if r.service_tier.__class__ is str:
-        if (tier := _TIERS.get(r.service_tier)) is None:
-            return None
-        r.service_tier = tier
-    at = timestamp_of(r.occurred_at)
-    if at is None:
-        return None
-    # Every count and enum of `r` is a number by now, as `plain` and UsageEvent expect
-    # (the ignores below: mypy can't follow the setattr).
-    center = r.attributes.get(COST_CENTER, "")
-    if not plain(r, at[0] * _NS + at[1], center, accepted):  # type: ignore[arg-type]
-        return None
-    try:
-        # The fields nearly every event has, then the others only when set: each
-        # argument costs the constructor as much as a field set afterwards.
-        event = UsageEvent(
-            event_id=r.event_id, user_id=r.user_id, product=r.product, model=r.model,
-            input_tokens=r.input_tokens, output_tokens=r.output_tokens,  # type: ignore[arg-type]
-            workspace_id=r.workspace_id, source=r.source,
-        )  # fmt: skip
-        for name in _RARER:
-            value = getattr(r, name)
-            if value:
-                setattr(event, name, value)
-        if r.attributes:
-            event.attributes.update(r.attributes)
-    except (ValueError, TypeError):  # say, a lone surrogate
-        return None
-    occurred_at = event.occurred_at  # fetched once: each fetch costs as much as a set
-    occurred_at.seconds, occurred_at.nanos = at
-    return event
-
-
-def _readings(body: bytes, kind: str) -> list[_Reading] | None:
+def _readings(body: bytes, kind: str) -> list[Reading] | None:
     """The first pass's reading of each event of `body` (a media type of JSON_TYPES or
     NDJSON_TYPES); None when msgspec reads it not. NDJSON is split into lines as
     `values_of` splits it (msgspec's own `decode_lines` also reads an object across
     two lines, or two on one, which `values_of` refuses)."""
+    if kind in JSON_TYPES:
+        return read_body(body)
+    if kind not in NDJSON_TYPES:
+        return None
     try:
-        if kind in JSON_TYPES:
-            read = _READER.decode(body)
-            return read if isinstance(read, list) else [read]
-        if kind in NDJSON_TYPES:
-            return [_ONE.decode(line) for line in body.decode().splitlines() if line.strip()]
-    except (msgspec.MsgspecError, ValueError):  # ValueError: not UTF-8
-        pass
-    return None
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    readings = []
+    for line in text.splitlines():
+        if line.strip():
+            reading = read_one(line)
+            if reading is None:
+                return None
+            readings.append(reading)
+    return readings
 
 
 def events_of(

@@ -1,7 +1,7 @@
-"""The HTTP ingest's first pass (`ingest_body.plain_events`, msgspec) only ever decides
-"these are the events the careful way makes": on any body it answers None or exactly
-the events `values_of` + `events_of` make, and the bodies producers send take it (no
-infrastructure)."""
+"""The first pass over JSON (`json_plain`, msgspec) only ever decides "these are the
+events the careful way makes": on any HTTP body `ingest_body.plain_events` answers None
+or exactly the events `values_of` + `events_of` make, a one-event JSON record is
+decoded as without it, and the bodies producers send take it (no infrastructure)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quartermaster.topics import CONTENT_TYPE, JSON
 from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.acceptance import Accepted
-from services.metering.decode import InvalidUsage, validate
+from services.metering.decode import InvalidUsage, decode, validate
 from services.metering.ingest_body import (
     BadBody,
     UnsupportedType,
@@ -232,3 +233,31 @@ def test_an_event_id_holding_nul_is_judged_alike_whatever_else_the_event_holds()
     assert refused(event)
     assert refused(other)
     assert alone == "refused"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(near_valid, one_edge, any_events))
+def test_a_json_record_decodes_as_without_the_first_pass(event: dict[str, Any]) -> None:
+    value = json.dumps(event).encode()
+    headers = {CONTENT_TYPE: JSON}
+
+    def outcome() -> object:
+        try:
+            return decode(value, headers, NOW, MAX_AGE, WORKSPACE)
+        except InvalidUsage as exc:
+            return ("refused", str(exc), exc.source, exc.problems)
+
+    with_it = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("services.metering.decode.read_one", lambda _value: None)
+        assert outcome() == with_it
+
+
+def test_what_producers_send_to_kafka_takes_the_first_pass() -> None:
+    event = {"eventId": "e", "occurredAt": _stamp(-5, ".5", "Z"), "userId": "u", "product": "p",
+             "model": "m", "inputTokens": "10", "workspaceId": WORKSPACE}  # fmt: skip
+    value = json.dumps(event).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("services.metering.decode._read_event", None)  # never reached
+        decoded = decode(value, {CONTENT_TYPE: JSON}, NOW, MAX_AGE, WORKSPACE)
+    assert [e.input_tokens for e in decoded.events] == [10]
