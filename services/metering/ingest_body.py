@@ -42,7 +42,7 @@ from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, USAGE_BA
 from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.acceptance import Accepted
 from services.metering.decode import InvalidUsage, validate_within
-from services.metering.json_event import JsonEventError, event_from_json
+from services.metering.json_event import JsonEventError, event_from_json, unknown_fields
 from services.metering.json_plain import Reading, plain_event, read_body, read_one
 
 JSON_TYPES = frozenset({"application/json"})
@@ -206,6 +206,19 @@ def events_of(
     if problems:
         raise BadBody(problems, bad)
     return events
+
+
+MAX_IGNORED = 20  # distinct ignored field names told in one answer
+
+
+def ignored_fields(values: list[object]) -> list[str]:
+    """The distinct keys of `values` (the events as `values_of` read them) that are no
+    UsageEvent field: ignored, as metering ignores them (`json_event.unknown_fields`);
+    sorted, at most MAX_IGNORED."""
+    found: set[str] = set()
+    for raw in values:
+        found.update(unknown_fields(raw))
+    return sorted(found)[:MAX_IGNORED]
 
 
 def batch_value(events: list[UsageEvent]) -> bytes:

@@ -16,7 +16,9 @@ A POST is answered, in this order:
 - 503 with `Retry-After` when too many events wait for the broker already, the
   broker did not confirm the body in time, or the Kafka producer is being replaced
   after it failed (`ingest_producer`): send it again later;
-- 202 `{"accepted": N}` once the broker has every event of the body.
+- 202 `{"accepted": N}` once the broker has every event of the body, with
+  `"ignored_fields": [...]` when events held keys that are no UsageEvent field
+  (ignored, as metering ignores them: a misspelled count is a count of 0).
 
 Any answer but 202 may be followed by sending the same body again: metering counts
 an `event_id` once (per user, within QM_METERING_DEDUPE_HOURS), including events of a
@@ -54,6 +56,7 @@ from services.metering.ingest_body import (
     BadBody,
     UnsupportedType,
     events_of,
+    ignored_fields,
     plain_events,
     records_of,
     values_of,
@@ -253,9 +256,11 @@ class Ingest:
             events = plain_events(
                 body, content_type, Accepted.at(now, self.max_age, self.workspace)
             )
-            if events is None:
+            ignored: list[str] = []
+            if events is None:  # the first pass takes no body with a field it doesn't know
                 values = values_of(body, content_type)
                 events = events_of(values, now, self.max_age, self.workspace)
+                ignored = ignored_fields(values)
         except UnsupportedType as exc:
             return _refuse(415, str(exc))
         except BadBody as exc:
@@ -275,6 +280,9 @@ class Ingest:
             log.warning("a body of %d events from %s: %s", len(events), reporter, exc)
             return self._busy(str(exc))
         self._count(len(events), "accepted", reporter)
+        if ignored:
+            answer = {"accepted": len(events), "ignored_fields": ignored}
+            return web.json_response(answer, status=202)
         return web.Response(body=_accepted(len(events)), status=202, content_type=JSON_TYPE)
 
     def _count(self, n: int, outcome: str, reporter: str) -> None:

@@ -98,6 +98,15 @@ def event_from_json(raw: object) -> UsageEvent:
     return event
 
 
+def unknown_fields(raw: object) -> list[str]:
+    """The keys of the event `raw` that are no UsageEvent field under either name: what
+    ParseDict (and metering) ignores, so a producer on a newer schema keeps being
+    counted, and what a misspelled count becomes (a count of 0) - worth telling."""
+    if not isinstance(raw, dict):
+        return []
+    return [key for key in raw if key not in _FIELDS]
+
+
 def field_problem(raw: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, field) for what ParseDict would pass over in silence in the event
     `raw`: `long_integer`, then `unknown_enum_name`; None when neither is there."""

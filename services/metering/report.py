@@ -40,7 +40,7 @@ from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.acceptance import Accepted
 from services.metering.decode import InvalidUsage, validate_within
-from services.metering.json_event import JsonEventError, event_from_json
+from services.metering.json_event import JsonEventError, event_from_json, unknown_fields
 from services.metering.settings import MeteringSettings
 
 # (line number, the line as read, its event)
@@ -59,6 +59,10 @@ class Outcome:
         self.refused += 1
         self._err.write(f"line {number}: {why}\n")
 
+    def warn(self, number: int, what: str) -> None:
+        """A line sent, with something said of it on stderr."""
+        self._err.write(f"line {number}: {what}\n")
+
 
 def read_lines(
     source: Iterable[str], max_age: timedelta, outcome: Outcome, workspace: str = ""
@@ -73,7 +77,8 @@ def read_lines(
         if not text.strip():
             continue
         try:
-            event = event_from_json(json_input.loads(text))
+            raw = json_input.loads(text)
+            event = event_from_json(raw)
             validate_within(event, accepted)
         except json.JSONDecodeError as exc:
             outcome.refuse(number, f"not JSON: {exc}")
@@ -85,6 +90,9 @@ def read_lines(
             outcome.refuse(number, str(exc))
         else:
             good.append((number, text.strip(), event))
+            ignored = unknown_fields(raw)
+            if ignored:
+                outcome.warn(number, f"ignored (no UsageEvent field): {', '.join(ignored)}")
     return good
 
 

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from quartermaster.v1 import usage_pb2
 from tests.conftest import MeteringWorker
-from tests.helpers import TOKENS, eventually, scrape, usage
+from tests.helpers import TOKENS, eventually, new_user, scrape, usage
 from tests.metering.test_any_partitioning import EVENT_MICROS, spread_users, used_of
 
 if TYPE_CHECKING:
@@ -83,6 +83,21 @@ async def test_http_json_counts_every_event_exactly_once(
     # Every 202 is timed (the dashboard's latency panel reads this histogram).
     timed = scrape(ingest_addr, "qm_ingest_request_duration_seconds_count", status="202")
     assert (timed or 0) >= len(statuses)
+
+
+async def test_a_field_no_usage_event_has_is_ignored_and_said(
+    ingest_addr: str, metering: MeteringWorker, policy: Stub
+) -> None:
+    user = new_user()
+    misspelled = {**json_format.MessageToDict(usage(user)), "ouputTokens": "800", "x": 1}
+    plain = json_format.MessageToDict(usage(user))
+    async with aiohttp.ClientSession(f"http://{ingest_addr}") as http:
+        async with http.post("/v1/usage", json=[misspelled, plain], headers=AUTH) as r:
+            assert r.status == 202
+            assert await r.json() == {"accepted": 2, "ignored_fields": ["ouputTokens", "x"]}
+        async with http.post("/v1/usage", json=plain, headers=AUTH) as r:
+            assert await r.json() == {"accepted": 1}  # sent again: counted once
+    await eventually(used_of(policy, user), 2 * EVENT_MICROS, within=60)
 
 
 async def test_health_and_metrics_are_served(ingest_addr: str) -> None:

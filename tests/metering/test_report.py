@@ -47,7 +47,8 @@ async def test_http_names_each_refused_line_and_exits_1(
     metering: MeteringWorker, policy: Stub,
 ) -> None:  # fmt: skip
     user = new_user()
-    lines = [line(user), line(user, inputTokens="-1"), line(user), "{not json", "", line(user)]
+    lines = [line(user), line(user, inputTokens="-1"), line(user), "{not json", "",
+             line(user, ouputTokens="5")]  # fmt: skip
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
     url = f"http://{ingest_addr}/v1/usage"
@@ -58,6 +59,7 @@ async def test_http_names_each_refused_line_and_exits_1(
     assert out.strip() == "accepted 3 of 5 lines"
     assert "line 2: input_tokens: must not be negative" in err
     assert "line 4: not JSON" in err
+    assert "line 6: ignored (no UsageEvent field): ouputTokens" in err  # sent all the same
     await eventually(used_of(policy, user), 3 * EVENT_MICROS, within=60)
     # the same file again: nothing counts twice (an event_id counts once)
     code, out, _ = await report(
