@@ -196,7 +196,9 @@ def events_of(
         except JsonEventError as exc:
             bad += 1
             if len(problems) < MAX_NAMED:
-                problems.append(Problem(i, exc.field, str(exc)))
+                said = str(exc)  # "field: what is wrong": the field is named apart here
+                said = said.removeprefix(f"{exc.field}: ") if exc.field else said
+                problems.append(Problem(i, exc.field, said))
         except InvalidUsage as exc:
             bad += 1
             for line in exc.problems or (f": {exc}",):

@@ -84,6 +84,9 @@ def event_from_json(raw: object) -> UsageEvent:
     except json_format.ParseError as exc:
         why = str(exc)
         found = _PARSE_FIELD.search(why)
+        if found is not None and found.group(1) in raw:
+            key = found.group(1)
+            raise JsonEventError(*_wrong_type(key, raw[key], _REASON.search(why))) from None
         if len(why) > MAX_REASON:  # say, quoting a 5000-digit string
             why = f"{why[:MAX_REASON]}... ({len(why)} characters)"
         raise JsonEventError(why, found.group(1) if found else "") from None
@@ -96,6 +99,45 @@ def event_from_json(raw: object) -> UsageEvent:
             f"not a UsageEvent: {type(exc).__name__}: {exc}"[:MAX_REASON]
         ) from None
     return event
+
+
+_EXPECTED = {
+    _STRING: "a string",
+    _INT64: "an integer (a JSON number or a decimal string)",
+    _ENUM: "a name or an integer",
+}
+_EXPECTED_OF = {
+    "occurred_at": "an RFC 3339 time with an offset, like 2026-11-30T12:00:00Z or "
+    "2026-11-30T13:00:00.5+01:00",
+    "attributes": "an object of strings",
+}
+
+
+_REASON = re.compile(r"field: (.*?)(?: at UsageEvent\.\w+)?\.?\Z", re.DOTALL)
+
+
+def _wrong_type(key: str, value: object, reason: re.Match[str] | None) -> tuple[str, str]:
+    """(reason, field) for the field `key` (either name) whose `value` ParseDict
+    refused (`reason`: ParseDict's words, kept for a time out of range and a string it
+    can't hold): what the field takes and what it got, under the key as sent
+    (ParseDict's own words were "time data '2026-12' does not match format ..." for a
+    time without its offset, "invalid literal for int() with base 10" for "ten")."""
+    name, kind = _FIELDS[key]
+    expected = _EXPECTED_OF.get(name) or _EXPECTED.get(kind, "another value")
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError):  # a LongInteger
+        shown = str(value)
+    if len(shown) > 64:
+        shown = f"{shown[:64]}... ({len(shown)} characters)"
+    if reason and type(value) is {_STRING: str, _INT64: int}.get(kind):
+        # the right JSON type, a value protobuf can't hold: "Unpaired surrogate",
+        # "Value out of range: 9223372036854775808"
+        return f"{key}: {reason[1]}", key
+    why = f"{key}: expected {expected}, got {shown}"
+    if name == "occurred_at" and reason and "does not match format" not in reason[1]:
+        why += f" ({reason[1]})"  # say, "year 0 is out of range"
+    return why, key
 
 
 def unknown_fields(raw: object) -> list[str]:
@@ -158,10 +200,9 @@ def unknown_enum_name(raw: dict[str, Any]) -> tuple[str, str] | None:
         if type(value) is bool or (type(value) is float and not value.is_integer()):
             # ParseDict made true the enum's 1, 1.5 its 1 and NaN its 0, without a
             # word, and raised OverflowError (an "internal error") for 1e999
-            return (
-                f"{name}: {json.dumps(value)} is no {_NOUNS[name]}: expected a name or an integer",
-                name,
-            )
+            known = ", ".join(sorted(ENUMS[name]))
+            noun = _NOUNS[name]
+            return f"{name}: {json.dumps(value)} is no {noun}: expected one of {known}", name
         if type(value) is int:
             if value not in _ENUM_NUMBERS[name]:
                 why = f"{name}: unknown {_NOUNS[name]} {value} (see {_ENUM_TYPES[name]})"

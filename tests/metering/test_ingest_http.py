@@ -106,7 +106,7 @@ async def test_an_enum_that_is_no_name_or_integer_is_named_not_a_500(url: str) -
     status, answer, _ = await post(url, body + b', "ending": 1e999}]')
     assert status == 400
     assert [(p["index"], p["field"]) for p in answer["problems"]] == [(1, "ending")]
-    assert "expected a name or an integer" in answer["problems"][0]["message"]
+    assert answer["problems"][0]["message"].startswith("Infinity is no ending: expected one of")
 
 
 async def test_an_event_of_another_workspace_is_refused_not_accepted_then_dropped() -> None:
