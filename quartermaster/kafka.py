@@ -127,6 +127,33 @@ class Renewing:
         if marks:
             log.error("the %s can send nothing more (%s): replacing it", self._name, why)
 
+    def poll(self, timeout: float) -> int:
+        """`producer.poll(timeout)`: reports served, waiting up to `timeout` s. A fatal
+        error (UNKNOWN_PRODUCER_ID after a broker restart) is raised from `poll`, the
+        error callback never told: it marks the producer failed here (raised, it ended
+        the ingest's poll thread and every renewal). Another KafkaException is logged."""
+        generation, producer = self.generation, self.producer
+        try:  # the generation read first: a renewal meanwhile makes the error stale
+            return int(producer.poll(timeout))
+        except KafkaException as exc:
+            self._raised(generation, exc)
+            return 0
+
+    def flush(self, timeout: float) -> int:
+        """`producer.flush(timeout)`: records left after `timeout` s; errors as `poll`'s."""
+        generation, producer = self.generation, self.producer
+        try:
+            return int(producer.flush(timeout))
+        except KafkaException as exc:
+            self._raised(generation, exc)
+            return len(producer)
+
+    def _raised(self, generation: int, exc: KafkaException) -> None:
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is None or not producer_failed(err):
+            log.error("the %s raised while serving its reports: %s", self._name, exc)
+        self.failed(generation, err)  # nothing unless `err` says the producer failed
+
     def renew(self) -> Producer | None:
         """A new producer in place of a failed one: the old one, for its owner to
         `retire` (its records' reports fail the sends they belong to); None when the

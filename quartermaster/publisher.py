@@ -82,7 +82,7 @@ class Publisher:
                 )  # fmt: skip
                 return
             except BufferError:  # local queue full: let deliveries drain
-                self._kafka.producer.poll(0.05)
+                self._kafka.poll(0.05)
 
     def _watch(self, generation: int, err: KafkaError | None) -> None:
         """A delivery report's error of producer `generation`: marks it failed when the
@@ -92,7 +92,7 @@ class Publisher:
     async def _flush(self) -> int:
         """Wait up to 30 s for every record handed over; how many are still undelivered."""
         loop = asyncio.get_running_loop()
-        return int(await loop.run_in_executor(None, self._kafka.producer.flush, 30.0))
+        return int(await loop.run_in_executor(None, self._kafka.flush, 30.0))
 
     async def send(self, records: Sequence[OutRecord]) -> None:
         """Send `records` and wait until the broker has them all; OSError when any was
@@ -177,5 +177,5 @@ class Publisher:
         return outcome
 
     def close(self) -> None:
-        self._kafka.producer.flush(5)
+        self._kafka.flush(5)
         del self._kafka  # librdkafka's threads go with it, not at interpreter exit

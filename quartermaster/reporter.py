@@ -117,7 +117,7 @@ class UsageReporter:
                     value=event.SerializeToString(),
                     headers=[(CONTENT_TYPE, PROTOBUF.encode()), *inject_headers()],
                 )
-            self._kafka.producer.poll(0)
+            self._kafka.poll(0)
             return
         partition = partition_of(event.user_id, self.partitions)
         with self._lock:
@@ -128,7 +128,7 @@ class UsageReporter:
             if len(pending) >= self.batch_max:
                 self._send(partition)
             self._send_lingering()
-        self._kafka.producer.poll(0)
+        self._kafka.poll(0)
 
     def _send(self, partition: int) -> None:
         events = self._pending.pop(partition, [])
@@ -153,7 +153,7 @@ class UsageReporter:
             self._renew()
             for partition in list(self._pending):
                 self._send(partition)
-        remaining: int = self._kafka.producer.flush(timeout)
+        remaining: int = self._kafka.flush(timeout)
         return remaining
 
     def close(self, timeout: float = 30.0) -> None:

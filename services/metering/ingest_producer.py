@@ -172,7 +172,7 @@ class IngestProducer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._kafka.producer.poll(0.1)
+            self._kafka.poll(0.1)
             if self._kafka.broken is not None:
                 self._renew()
 
@@ -290,7 +290,7 @@ class IngestProducer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to `timeout` s), then stop the poll thread."""
-        self._kafka.producer.flush(timeout)
+        self._kafka.flush(timeout)
         self._stop.set()
         self._poller.join(timeout=1)
         if self._poller.is_alive():

@@ -1,5 +1,5 @@
-"""A failing test (breaker): a fatal error of the ingest's idempotent producer ends the
-thread that polls it, so the producer is never replaced.
+"""A fatal error of the ingest's idempotent producer raised from `poll` replaces the
+producer (it ended the thread that polls it, so the producer was never replaced).
 
 confluent-kafka (2.16 here) raises a fatal error from `Producer.poll` as a KafkaException,
 though the producer has an error callback (which is not called with it). Seen for real: a

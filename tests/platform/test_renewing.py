@@ -142,3 +142,39 @@ def test_a_publisher_whose_failed_producer_cant_be_replaced_raises_kafkaexceptio
     make.refuse = False
     asyncio.run(publisher._renew())  # what the next send begins with
     assert state(publisher._kafka) == (1, 1, None)
+
+
+class _Raises:
+    """A producer whose `poll` and `flush` raise `error` (as confluent-kafka raises a
+    fatal error, its error callback never told); the rest is `real`'s."""
+
+    def __init__(self, real: Producer, error: KafkaError) -> None:
+        self._real, self._error = real, error
+
+    def poll(self, _timeout: float) -> int:
+        raise KafkaException(self._error)
+
+    flush = poll
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("serve", ["poll", "flush"])
+def test_a_fatal_error_raised_while_serving_reports_marks_the_producer_failed(
+    serve: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    renewing = kafka.Renewing(Make(), "test producer")
+    renewing.producer = _Raises(renewing.producer, FATAL)  # type: ignore[assignment]
+    served = getattr(renewing, serve)(0.01)
+    assert served == (0 if serve == "poll" else 3)  # flush: every record queued is left
+    assert renewing.broken == "_FATAL: test: fatal"
+    assert renewing.renew() is not None
+    # another KafkaException is logged, raised to nobody (it ended the ingest's poll thread)
+    renewing.producer = _Raises(renewing.producer, KafkaError(KafkaError._TRANSPORT, "odd"))  # type: ignore[assignment]
+    assert getattr(renewing, serve)(0.01) in (0, 3)
+    assert renewing.broken is None
+    assert "raised while serving its reports" in caplog.text
