@@ -9,7 +9,8 @@ A POST is answered, in this order:
 
 - 401 without `Authorization: Bearer <token>` or with a token QM_TOKENS does not
   hold; 403 for a credential without role `reporter` (before the body is read);
-- 413 for a body past QM_METERING_INGEST_MAX_BODY_BYTES (aiohttp stops reading it);
+- 413 for a body past QM_METERING_INGEST_MAX_BODY_BYTES (aiohttp stops reading it),
+  or of more events than QM_METERING_INGEST_QUEUE_EVENTS (it could never be taken);
 - 415 for a content type other than JSON or NDJSON;
 - 400 when any event is bad, naming each by index and field; none of the body is sent
   (all or none: `ingest_body`);
@@ -66,6 +67,7 @@ from services.metering.ingest_producer import Busy, IngestProducer, Undelivered
 log = logging.getLogger("qm.metering.ingest")
 USAGE_PATH = "/v1/usage"
 HEALTH_SECONDS = 1.0  # a health answer is reused this long (probes come in bursts)
+PARTITIONS_RETRY_SECONDS = 1.0  # a failed partition count answers this long
 
 
 def _digest(token: str) -> bytes:
@@ -226,6 +228,8 @@ class Ingest:
         self.max_age = max_age
         self.retry_after = str(retry_after)
         self.partitions: int | None = None
+        self._asking: asyncio.Future[int] | None = None  # the partition count asked
+        self._partitions_failed_until = 0.0  # monotonic: no answer until then
         self.metrics = IngestMetrics(producer)
         self._health: tuple[float, bool, str] = (0.0, False, "")
 
@@ -265,6 +269,10 @@ class Ingest:
             return _refuse(415, str(exc))
         except BadBody as exc:
             return self._bad(exc, reporter)
+        if len(events) > self.producer.queue_events:  # 503 for ever: it can never fit
+            self._count(len(events), "invalid", reporter)
+            most = f"at most {self.producer.queue_events} a body (QM_METERING_INGEST_QUEUE_EVENTS)"
+            return _refuse(413, f"{len(events)} events: {most}; send fewer events a body")
         partitions = await self._partitions()
         if partitions is None:
             self._count(len(events), "undelivered", reporter)
@@ -305,12 +313,26 @@ class Ingest:
     async def _partitions(self) -> int | None:
         """The usage topic's partition count, asked of the broker once (None while it
         does not answer). A count gone stale after partitions were added only costs
-        metering a forwarding hop."""
-        if self.partitions is None:
-            try:
-                self.partitions = await asyncio.to_thread(self.producer.partitions, 2.0)
-            except OSError as exc:
+        metering a forwarding hop. One question at a time, shared by every post that
+        waits for it, and a failed one answers for PARTITIONS_RETRY_SECONDS: with the
+        broker gone, each post asked on a thread of its own and a burst of 100 held
+        the executor (and /healthz behind it) for ~30 s."""
+        if self.partitions is not None:
+            return self.partitions
+        if time.monotonic() < self._partitions_failed_until:
+            return None
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(asyncio.to_thread(self.producer.partitions, 2.0))
+        asking = self._asking
+        try:
+            self.partitions = await asyncio.shield(asking)
+        except OSError as exc:
+            if self._asking is asking:
                 log.warning("the usage topic is not described: %s", exc)
+                self._partitions_failed_until = time.monotonic() + PARTITIONS_RETRY_SECONDS
+        finally:
+            if self._asking is asking and asking.done():
+                self._asking = None
         return self.partitions
 
     async def healthz(self, _request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from google.protobuf import json_format
 
 from devtools.localinfra import free_port
-from services.metering import ingest
+from services.metering import ingest, ingest_http
 from services.metering.ingest_body import MAX_NAMED
 from services.metering.settings import MeteringSettings
 from tests.helpers import TOKENS, TOKENS_SPEC, eventually, new_user, usage
@@ -76,6 +77,17 @@ async def test_a_body_past_the_limit_is_413(url: str) -> None:
     status, answer, _ = await post(url, body)
     assert status == 413
     assert answer["error"].startswith("body larger than 4096 bytes")
+
+
+async def test_a_body_of_more_events_than_may_wait_is_413_not_503_for_ever() -> None:
+    env = {"QM_METERING_INGEST_QUEUE_EVENTS": "3"}
+    running = await ingest.start(settings(**env), "127.0.0.1:0")
+    try:
+        status, answer, _ = await post(running.url, json.dumps([event_json()] * 4).encode())
+    finally:
+        await running.stop()
+    assert status == 413
+    assert answer["error"].startswith("4 events: at most 3 a body")
 
 
 async def test_bad_events_are_named_by_index_and_field_and_none_is_accepted(url: str) -> None:
@@ -227,3 +239,36 @@ async def test_an_integer_too_long_for_python_is_400_naming_index_and_field() ->
     assert status == 400
     assert [(p["index"], p["field"]) for p in answer["problems"]] == [(1, "inputTokens")]
     assert "5001 digits" in answer["problems"][0]["message"]
+
+
+class _SlowBroker:
+    """A producer whose topic lookup takes 0.2 s and fails, counting the lookups."""
+
+    in_flight, renewals = 0, 0
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def partitions(self, _timeout: float) -> int:
+        self.asked += 1
+        time.sleep(0.2)
+        raise OSError("qm.usage.v1: broker down")
+
+    def unusable(self) -> None:
+        return None
+
+
+async def test_posts_share_one_partition_lookup_while_the_broker_is_gone() -> None:
+    # each post asked on a thread of its own: a burst of 100 with the broker gone held
+    # the default executor, and /healthz behind it, for ~30 s
+    broker = _SlowBroker()
+    server = ingest_http.Ingest(
+        broker,  # type: ignore[arg-type]
+        ingest_http.Reporters({}), max_body=1000, max_age=timedelta(days=1), retry_after=1,
+    )  # fmt: skip
+    began = time.monotonic()
+    assert await asyncio.gather(*(server._partitions() for _ in range(100))) == [None] * 100
+    assert broker.asked == 1
+    assert time.monotonic() - began < 2
+    assert await server._partitions() is None  # within PARTITIONS_RETRY_SECONDS: not asked
+    assert broker.asked == 1
