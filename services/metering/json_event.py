@@ -122,7 +122,7 @@ def _wrong_type(key: str, value: object, reason: re.Match[str] | None) -> tuple[
     can't hold): what the field takes and what it got, under the key as sent
     (ParseDict's own words were "time data '2026-12' does not match format ..." for a
     time without its offset, "invalid literal for int() with base 10" for "ten")."""
-    name, kind = _FIELDS[key]
+    name, kind = _FIELDS.get(key, (key, -1))  # ParseDict names only fields it has
     expected = _EXPECTED_OF.get(name) or _EXPECTED.get(kind, "another value")
     try:
         shown = json.dumps(value)
