@@ -125,7 +125,7 @@ def _body(events: list[dict[str, Any]], shape: str) -> tuple[bytes, str]:
     return json.dumps(value).encode(), "application/json"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(bodies_events, st.sampled_from(["array", "object", "ndjson"]))
 def test_the_first_pass_makes_what_the_careful_way_makes(
     events: list[dict[str, Any]], shape: str
