@@ -30,8 +30,8 @@ _JSON_NAMES = {f.name: f.json_name for f in UsageEvent.DESCRIPTOR.fields}
 
 
 class Reading(msgspec.Struct, rename=_JSON_NAMES, forbid_unknown_fields=True):
-    """One event of a body as the first pass reads it: every field of UsageEvent under
-    its JSON name (the mapping's canonical one), nothing else."""
+    """One event as the first pass reads it (from an HTTP body or a Kafka record): every
+    field of UsageEvent under its JSON name (the mapping's canonical one), nothing else."""
 
     event_id: str = ""
     occurred_at: str = ""
