@@ -3,8 +3,9 @@
 A record holds one `UsageEvent`, or several in a `UsageBatch` when its content-type
 says `type=quartermaster.v1.UsageBatch`. It is protobuf unless the content-type is
 `application/json` (the proto3 JSON mapping: what kcat or a Java gateway sends): a
-one-event JSON record is read first in one pass (`json_plain`, msgspec) and, when that
-pass does not take it, by `json_event`, which accepts the same events or says why not.
+JSON record, of one event or a batch, is read first in one pass (`json_plain`, msgspec)
+and, when that pass does not take it whole, as before (`json_event`, ParseDict), which
+accepts the same events or says why not.
 Anything wrong is named: a record that can't be read at all raises `InvalidUsage`;
 inside a batch, each bad event is rejected alone and the good ones go on. Unknown
 fields are ignored in JSON as in protobuf (a producer on a newer schema is counted).
@@ -37,7 +38,7 @@ from services.metering.json_event import (
     batch_problem,
     event_from_json,
 )
-from services.metering.json_plain import plain_event, read_one
+from services.metering.json_plain import plain_batch, plain_event, read_batch, read_one
 from services.metering.pricing import SERVICE_TIERS, Tokens
 from services.metering.state import COST_CENTER
 
@@ -159,6 +160,9 @@ def decode(
     content_type, params = _content_type(headers.get(CONTENT_TYPE, PROTOBUF))
     kind = params.get("type", "quartermaster.v1.UsageEvent")
     if kind == USAGE_BATCH_TYPE:
+        readings = read_batch(value) if content_type == JSON else None
+        if readings is not None and (events := plain_batch(readings, accepted)) is not None:
+            return Decoded(events=events, source=events[0].source)  # every one plain
         batch = UsageBatch()
         _parse(value, content_type, batch)
         if not batch.events:

@@ -43,7 +43,7 @@ from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.acceptance import Accepted
 from services.metering.decode import InvalidUsage, validate_within
 from services.metering.json_event import JsonEventError, event_from_json, unknown_fields
-from services.metering.json_plain import Reading, plain_event, read_body, read_one
+from services.metering.json_plain import Reading, plain_batch, read_body, read_one
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -144,15 +144,7 @@ def plain_events(body: bytes, content_type: str, accepted: Accepted) -> list[Usa
     careful way (`values_of`, `events_of`), which then accepts the same events or names
     what is wrong. `accepted`: the occurred_at range and workspace of `events_of`."""
     readings = _readings(body, media_type(content_type) or "application/json")
-    if not readings:
-        return None
-    events = []
-    for r in readings:
-        event = plain_event(r, accepted)
-        if event is None:
-            return None
-        events.append(event)
-    return events
+    return plain_batch(readings, accepted) if readings else None
 
 
 def _readings(body: bytes, kind: str) -> list[Reading] | None:

@@ -5,8 +5,8 @@ under its proto name, a null, a count in an odd form, an event `plain` doubts. T
 caller then reads the JSON the careful way (`json_event`, `decode.validate`), which
 accepts the same events or names each problem; so this pass only ever decides "the
 event the careful way makes" (`tests/metering/test_ingest_plain.py` checks that on
-generated input). Used by the HTTP ingest for its bodies and by metering for
-one-event JSON records.
+generated input). Used by the HTTP ingest for its bodies and by metering for JSON
+records, of one event or a UsageBatch.
 
 Pure: no I/O.
 """
@@ -54,9 +54,16 @@ class Reading(msgspec.Struct, rename=_JSON_NAMES, forbid_unknown_fields=True):
     service_tier: int | str = 0
 
 
+class _Batch(msgspec.Struct, forbid_unknown_fields=True):
+    """A UsageBatch in the proto3 JSON mapping: `{"events": [...]}`."""
+
+    events: list[Reading] = msgspec.field(default_factory=list)
+
+
 _COUNTS = tuple(f.name for f in UsageEvent.DESCRIPTOR.fields if f.type == f.TYPE_INT64)
 _READER = msgspec.json.Decoder(Reading | list[Reading])
 _ONE = msgspec.json.Decoder(Reading)
+_BATCH = msgspec.json.Decoder(_Batch)
 _NS = 1_000_000_000
 _RARER = tuple(
     f.name for f in UsageEvent.DESCRIPTOR.fields
@@ -82,6 +89,27 @@ def read_one(value: bytes | str) -> Reading | None:
         return _ONE.decode(value)
     except (msgspec.MsgspecError, ValueError):
         return None
+
+
+def read_batch(value: bytes) -> list[Reading] | None:
+    """The readings of a UsageBatch's events in JSON; None when msgspec reads none (or
+    the batch has no events)."""
+    try:
+        return _BATCH.decode(value).events or None
+    except (msgspec.MsgspecError, ValueError):
+        return None
+
+
+def plain_batch(readings: list[Reading], accepted: Accepted) -> list[UsageEvent] | None:
+    """`plain_event` of every reading, or None when any of them is None: a body or a
+    batch takes the first pass whole or not at all."""
+    events = []
+    for r in readings:
+        event = plain_event(r, accepted)
+        if event is None:
+            return None
+        events.append(event)
+    return events
 
 
 def plain_event(r: Reading, accepted: Accepted) -> UsageEvent | None:

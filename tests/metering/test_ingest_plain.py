@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartermaster.topics import CONTENT_TYPE, JSON
+from quartermaster.topics import CONTENT_TYPE, JSON, USAGE_BATCH_TYPE
 from quartermaster.v1.usage_pb2 import UsageEvent
 from services.metering.acceptance import Accepted
 from services.metering.decode import InvalidUsage, decode, validate
@@ -261,3 +261,34 @@ def test_what_producers_send_to_kafka_takes_the_first_pass() -> None:
         patch.setattr("services.metering.decode._read_event", None)  # never reached
         decoded = decode(value, {CONTENT_TYPE: JSON}, NOW, MAX_AGE, WORKSPACE)
     assert [e.input_tokens for e in decoded.events] == [10]
+
+
+@settings(max_examples=150, deadline=None)
+@given(bodies_events)
+def test_a_json_batch_decodes_as_without_the_first_pass(events: list[dict[str, Any]]) -> None:
+    value = json.dumps({"events": events}).encode()
+    headers = {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}
+
+    def outcome() -> object:
+        try:
+            return decode(value, headers, NOW, MAX_AGE, WORKSPACE)
+        except InvalidUsage as exc:
+            return ("refused", str(exc), exc.source, exc.problems)
+
+    with_it = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("services.metering.decode.read_batch", lambda _value: None)
+        assert outcome() == with_it
+
+
+def test_a_plain_json_batch_takes_the_first_pass() -> None:
+    events = [{"eventId": f"e-{i}", "occurredAt": _stamp(-i, "", "Z"), "userId": "u",
+               "product": "p", "model": "m", "inputTokens": str(i)} for i in range(3)]  # fmt: skip
+    value = json.dumps({"events": events}).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("services.metering.decode.UsageBatch", None)  # never reached
+        decoded = decode(
+            value, {CONTENT_TYPE: f"{JSON}; type={USAGE_BATCH_TYPE}"}, NOW, MAX_AGE, WORKSPACE
+        )
+    assert [e.input_tokens for e in decoded.events] == [0, 1, 2]
+    assert decoded.rejects == []
