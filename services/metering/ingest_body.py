@@ -118,15 +118,19 @@ def values_of(body: bytes, content_type: str) -> list[object]:
     return [value]
 
 
+def _ndjson_lines(text: str) -> list[str]:
+    """The non-blank lines of an NDJSON body: one event each (both readings split a
+    body here, so they count its events alike)."""
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def _lines(text: str) -> list[object]:
     """NDJSON: one value a non-blank line; every line that is not JSON is named (its
     index counts non-blank lines, as the events do)."""
     values: list[object] = []
     problems: list[Problem] = []
     bad = 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
+    for line in _ndjson_lines(text):
         try:
             values.append(json_input.loads(line))
         except (json.JSONDecodeError, RecursionError) as exc:
@@ -149,8 +153,8 @@ def plain_events(body: bytes, content_type: str, accepted: Accepted) -> list[Usa
 
 def _readings(body: bytes, kind: str) -> list[Reading] | None:
     """The first pass's reading of each event of `body` (a media type of JSON_TYPES or
-    NDJSON_TYPES); None when msgspec reads it not. NDJSON is split into lines as
-    `values_of` splits it (msgspec's own `decode_lines` also reads an object across
+    NDJSON_TYPES); None when msgspec reads it not. NDJSON is split by `_ndjson_lines`,
+    as `values_of` splits it (msgspec's own `decode_lines` also reads an object across
     two lines, or two on one, which `values_of` refuses)."""
     if kind in JSON_TYPES:
         return read_body(body)
@@ -161,12 +165,11 @@ def _readings(body: bytes, kind: str) -> list[Reading] | None:
     except UnicodeDecodeError:
         return None
     readings = []
-    for line in text.splitlines():
-        if line.strip():
-            reading = read_one(line)
-            if reading is None:
-                return None
-            readings.append(reading)
+    for line in _ndjson_lines(text):
+        reading = read_one(line)
+        if reading is None:
+            return None
+        readings.append(reading)
     return readings
 
 

@@ -57,10 +57,10 @@ class Outcome:
 
     def refuse(self, number: int, why: str) -> None:
         self.refused += 1
-        self._err.write(f"line {number}: {why}\n")
+        self.warn(number, why)
 
     def warn(self, number: int, what: str) -> None:
-        """A line sent, with something said of it on stderr."""
+        """Something said of line `number` on stderr (a refusal, or of a line sent)."""
         self._err.write(f"line {number}: {what}\n")
 
 
