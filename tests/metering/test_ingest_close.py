@@ -18,9 +18,8 @@ from tests.helpers import FATAL, NOWHERE
 
 def test_close_during_a_renewal_leaves_the_poll_thread_what_it_reads(
     monkeypatch: pytest.MonkeyPatch,
+    crashed: list[threading.ExceptHookArgs],
 ) -> None:
-    crashed: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashed.append)
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 1.0)
     producer.renew_seconds = 0.0
     entered, release = threading.Event(), threading.Event()
@@ -46,13 +45,12 @@ def test_close_during_a_renewal_leaves_the_poll_thread_what_it_reads(
 
 def test_a_report_after_its_requests_loop_closed_leaves_the_poll_thread_serving(
     monkeypatch: pytest.MonkeyPatch,
+    crashed: list[threading.ExceptHookArgs],
 ) -> None:
     """A body's delivery report that comes once the event loop that sent it is closed
     (a server stopping; here the record times out against no broker) has nobody to
     tell: before, resolving its future raised in the poll thread and ended it, and
     from then on no body was ever confirmed while /healthz said ok."""
-    crashed: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashed.append)
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.2)  # reports within ~1.2 s
     record: Record = (b"k", b"v", [], 0)
 

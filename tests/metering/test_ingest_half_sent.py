@@ -55,10 +55,8 @@ async def _drained(producer: IngestProducer, within: float = 10.0) -> int:
 
 @pytest.mark.parametrize("room", [2])
 def test_librdkafkas_own_queue_full_mid_body_holds_the_body_until_reported(
-    monkeypatch: pytest.MonkeyPatch, room: int
+    monkeypatch: pytest.MonkeyPatch, room: int, crashed: list[threading.ExceptHookArgs]
 ) -> None:
-    crashed: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashed.append)
     _small_queue(monkeypatch, room)
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.3)  # reports within ~1.3 s
     seen = _watch(monkeypatch, producer)
@@ -149,10 +147,8 @@ def test_a_body_refused_half_sent_holds_the_queue_until_its_queued_records_repor
 
 @pytest.mark.parametrize("at", [2])
 def test_reports_served_before_cut_resolve_the_body_once(
-    monkeypatch: pytest.MonkeyPatch, at: int
+    monkeypatch: pytest.MonkeyPatch, at: int, crashed: list[threading.ExceptHookArgs]
 ) -> None:
-    crashed: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashed.append)
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 0.2)
     seen = _watch(monkeypatch, producer)
     real = producer._kafka.producer
@@ -190,9 +186,8 @@ class _FatalFrom(_RefusesFrom):
 
 def test_a_fatal_refusal_mid_body_renews_and_releases_the_queued_records(
     monkeypatch: pytest.MonkeyPatch,
+    crashed: list[threading.ExceptHookArgs],
 ) -> None:
-    crashed: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashed.append)
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 100, 5.0)  # timeouts far off
     producer.renew_seconds = 0.0
     seen = _watch(monkeypatch, producer)
@@ -217,12 +212,11 @@ def test_a_fatal_refusal_mid_body_renews_and_releases_the_queued_records(
 
 def test_many_sends_against_a_small_real_queue_with_renewals(
     monkeypatch: pytest.MonkeyPatch,
+    crashed: list[threading.ExceptHookArgs],
 ) -> None:
     """300 bodies from one loop against librdkafka's own queue of 7 records, with
     fatal errors marked from another thread meanwhile: every send answered, in_flight
     never negative and back to 0, the poll thread alive."""
-    crashed: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashed.append)
     _small_queue(monkeypatch, 7)
     producer = IngestProducer(NOWHERE, "qm.usage.v1", 10_000, 0.3)
     producer.renew_seconds = 0.0
