@@ -224,34 +224,6 @@ def client_config(bootstrap: str, **config: Any) -> dict[str, Any]:
     }
 
 
-def faust_credentials(settings: CommonSettings) -> object | None:
-    """faust's `broker_credentials` for `settings` (aiokafka underneath): None for
-    PLAINTEXT, else SSL or SASL credentials with an SSL context trusting
-    QM_KAFKA_SSL_CA_FILE (the system's CAs when unset) and presenting the client
-    certificate when set."""
-    import ssl
-
-    import faust
-
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    context = None
-    if protocol.endswith("SSL"):
-        ca = settings.kafka_ssl_ca_file
-        context = ssl.create_default_context(cafile=str(ca) if ca else None)
-        if settings.kafka_ssl_cert_file and settings.kafka_ssl_key_file:
-            context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return faust.SASLCredentials(
-        username=settings.kafka_sasl_username,
-        password=settings.kafka_sasl_password,
-        mechanism=settings.kafka_sasl_mechanism,
-        ssl_context=context,
-    )
-
-
 class TopicMismatch(Exception):
     """Existing topics differ from `quartermaster.topics.SPECS`: `problems` (one
     sentence each) and what to do, in `str()`."""

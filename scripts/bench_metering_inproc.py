@@ -23,8 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from quartermaster.telemetry import shared_headers
 from quartermaster.topics import Topic
 from services.metering.aggregate import Record
-from services.metering.intake import batch_prefix
-from services.metering.pacing import Pacer
+from services.metering.pacing import Pacer, batch_prefix
 from services.metering.pricing import PriceCatalog
 from services.metering.settings import MeteringSettings
 from services.metering.wiring import build_counting
@@ -55,7 +54,7 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
     batches = 0
     try:
         while left:
-            # Records fetched beyond a batch wait for the next, as in the worker's intake.
+            # Records fetched beyond a batch wait for the next, as in the worker's consumer.
             while len(held) < pacer.records:
                 got = await asyncio.to_thread(consumer.consume, pacer.records - len(held), 0.05)
                 if not got:

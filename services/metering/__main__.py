@@ -13,8 +13,6 @@ import signal
 import sys
 import threading
 
-import faust
-
 from quartermaster import kafka, telemetry
 from quartermaster.db import RETRIED_NEXT_ROUND
 from quartermaster.liveness import LoopBeat
@@ -24,7 +22,7 @@ from services.metering.pricing import CatalogError, PriceCatalog
 from services.metering.settings import MeteringSettings
 from services.metering.topic_check import TopicRefused
 from services.metering.wiring import Counting, build_counting
-from services.metering.worker import create_app
+from services.metering.worker import run
 
 log = logging.getLogger("qm.metering")
 EXIT_CRASHED = 70  # EX_SOFTWARE
@@ -34,7 +32,7 @@ STOP_GRACE_SECONDS = 20.0
 
 
 class Crash:
-    """Ends the process when counting crashed: `__call__(exc)` logs it, asks the faust
+    """Ends the process when counting crashed: `__call__(exc)` logs it, asks the
     worker to stop as on SIGTERM (it leaves the consumer group, closes the pool) and,
     should that hang, ends the process after STOP_GRACE_SECONDS. `reason` is what
     crashed, for main() to turn into the exit status."""
@@ -77,8 +75,7 @@ def main() -> None:
     telemetry.setup("metering", settings.log_level, metrics_addr=settings.metrics_addr,
                     liveness=beat.problem)  # fmt: skip
     kafka.configure(settings)
-    # The graph is built on the loop the faust worker then runs: the asyncpg pool is
-    # bound to it, and the agent gets a finished graph instead of building it late.
+    # The graph is built on the loop the worker then runs: the asyncpg pool is bound to it.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     beat.start(loop)
@@ -92,15 +89,16 @@ def main() -> None:
         raise SystemExit(1) from None
     _verify_topics(loop, counting)
     crash = Crash()
-    app = create_app(settings, counting, crash)
-    # Not faust's CLI: its `worker` command turns the web server back on (port 6066).
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     try:
-        worker.execute_from_commandline()  # always ends in SystemExit
+        loop.run_until_complete(run(settings, counting, crash, stopping))
     finally:
-        if crash.reason is not None:
-            # in place of the SystemExit(0) of a stop on SIGTERM
-            raise SystemExit(crash.exit_status())
+        loop.close()
+    if crash.reason is not None:
+        raise SystemExit(crash.exit_status())
+    log.info("metering stopped")
 
 
 def _verify_topics(loop: asyncio.AbstractEventLoop, counting: Counting) -> None:

@@ -21,7 +21,9 @@ Pure: no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 GROWTH = 2.0  # a batch at most doubles from one to the next ...
 SHRINK = 0.5  # ... and at least halves when it ran long
@@ -34,7 +36,7 @@ class Pacer:
     """The next batch's bounds (`records`, `bytes`), from how long the last ones took.
 
     `target` in seconds; `most_records` and `most_bytes` the bounds a batch never
-    exceeds (a record larger than `bytes` is still taken alone, by the intake).
+    exceeds (a record larger than `bytes` is still taken alone: `batch_prefix`).
     After each batch, `counted(records, size, seconds, cut)`: a full batch (one that
     reached a bound, or that a bound cut: records were left waiting) scales both
     bounds by the square root of target / seconds, within GROWTH and SHRINK (a
@@ -61,9 +63,9 @@ class Pacer:
 
     def counted(self, records: int, size: int, seconds: float, cut: bool = False) -> None:
         """Adjust the bounds after a batch of `records` records and `size` bytes of
-        values that took `seconds` to count; `cut`: records were left waiting (the
-        intake's `taken_cut`). A batch the bytes bound cut weighs less than the bound
-        (the intake stops before the record that would pass it): without `cut` it
+        values that took `seconds` to count; `cut`: records were left waiting. A batch
+        the bytes bound cut weighs less than the bound (`batch_prefix` stops before
+        the record that would pass it): without `cut` it
         would not count as full, and bounds a stall shrank would never grow back."""
         full = cut or records >= self.records or size >= self.bytes
         # no time (or NaN) says nothing of how long a batch takes
@@ -85,3 +87,32 @@ class Pacer:
 
 def _within(value: int, least: int, most: int) -> int:
     return min(most, max(least, value))
+
+
+class Sized(Protocol):
+    """A record as a batch weighs it: by its value's bytes."""
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def batch_prefix(waiting: Sequence[Sized], most: int, most_bytes: int) -> tuple[int, int]:
+    """How many of the oldest `waiting` records make a batch: at most `most`, within
+    `most_bytes` of values but at least one (a record larger than the bound is taken
+    alone, never stuck); and their bytes.
+
+    Batches are bounded by bytes as well as records because records differ 200-fold: a
+    one-event record is ~75 bytes, a gateway's `UsageBatch` of 200 events ~14 KB. A
+    record count that suits one kind starves or floods the other (5,000 records: a
+    batch of 5,000 events when every record is one event, each user's totals written
+    about once an event at 10,000 users; a million events in `UsageBatch` records).
+    Bytes track events whichever way they are packed (~72 bytes an event either way)."""
+    size = n = 0
+    for r in waiting[:most]:
+        value = r.value
+        s = len(value) if value else 0
+        if n and size + s > most_bytes:
+            break
+        size += s
+        n += 1
+    return n, size

@@ -1,8 +1,8 @@
 """A broker that lost its data is noticed by a running metering worker within seconds
 of its return, and metering never creates a topic (issue 14, breaker #10 and the
 auto-created topics): the worker checks the topics on a short timer and at each
-assignment (`topic_guard.TopicWatch`), and neither faust (its topic declarations,
-aiokafka's metadata requests) nor our confluent-kafka clients ask the broker to create
+assignment (`topic_guard.TopicWatch`), and neither its consumer (subscribed to a
+topic that is missing) nor our other confluent-kafka clients ask the broker to create
 one.
 
 Fault tests: each restarts a broker of its own (the local broker keeps nothing, so its
@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from confluent_kafka.admin import AdminClient
 
 from devtools.localinfra import free_port
@@ -32,8 +31,9 @@ from devtools.localinfra.broker import LocalBroker
 from devtools.localinfra.stack import Infra
 from quartermaster.kafka import ensure_topics
 from quartermaster.topics import SPECS
-from services.metering import transport
 from services.metering.__main__ import EXIT_REFUSED
+from services.metering.consumer import UsageConsumer
+from services.metering.settings import MeteringSettings
 from tests.conftest import PARTITIONS, ROOT
 from tests.helpers import eventually, new_user, produce_usage, usage
 from tests.metering.test_broker_restart import Worker, day_total
@@ -68,9 +68,10 @@ def topics_on(bootstrap: str) -> set[str]:
 
 
 def said(log: str, since: datetime) -> float:
-    """Seconds from `since` to the worker's refusal line in `log` (faust's format:
-    "[2026-12-01 02:32:42,986] [pid] [ERROR] metering refuses ...", local time)."""
-    found = re.search(r"^\[([\d-]+ [\d:,]+)\] \[\d+\] \[ERROR\] " + re.escape(REFUSES), log, re.M)
+    """Seconds from `since` to the worker's refusal line in `log` (the services' format,
+    `telemetry.LOG_FORMAT`: "2026-12-01 02:32:42,986 ERROR qm.metering: metering
+    refuses ...", local time)."""
+    found = re.search(r"^([\d-]+ [\d:,]+) ERROR qm\.metering: " + re.escape(REFUSES), log, re.M)
     assert found is not None, log[-3000:]
     at = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
     return (at - since).total_seconds()
@@ -112,29 +113,33 @@ async def test_a_broker_back_with_new_topics_is_refused_within_seconds(
     assert "qm.usage.v1 was recreated" in log or "qm.usage.v1 does not exist" in log
 
 
-async def test_faust_declares_no_topic_and_aiokafka_asks_for_none(
+async def test_the_worker_declares_no_topic_and_its_consumer_asks_for_none(
     infra: Infra, own_broker: LocalBroker, worker: Worker, tmp_path: Path
 ) -> None:
-    # A counting worker: faust would have declared its leader-election topic.
+    # A counting worker: faust, which metering had, declared its own topics.
     await counting(infra, own_broker, worker)
     assert topics_on(own_broker.bootstrap) == {spec.topic.value for spec in SPECS}
 
-    # aiokafka (faust's consumer underneath) subscribed to a topic that does not
-    # exist: its metadata requests would make the broker create it; after
-    # `transport.register` they don't.
+    # The worker's consumer on a broker without the usage topic: subscribed and
+    # waiting for records, its metadata requests would make the broker create it
+    # (Kafka's auto.create.topics.enable, and tansu) unless they say not to.
     bare = LocalBroker(tmp_path)
     bare.start()
     try:
-        transport.register(10)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bare.bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}"
+        settings = MeteringSettings.from_env(
+            {
+                "QM_KAFKA_BOOTSTRAP": bare.bootstrap,
+                "QM_METERING_APP_ID": f"g-{uuid.uuid4().hex[:6]}",
+            }
         )
-        await consumer.start()
+        consumer = UsageConsumer(settings)
         try:
-            consumer.subscribe(["qm.missing.v1"])  # as faust does, after the start
+            waiting = asyncio.ensure_future(consumer.take(100, 0.05, 1 << 20))
             await asyncio.sleep(3)  # a few metadata requests' worth
+            consumer.stop_taking()
+            assert (await waiting).records == []
         finally:
-            await consumer.stop()
+            await consumer.close()
         assert topics_on(bare.bootstrap) == set()
     finally:
         bare.stop()

@@ -4,15 +4,14 @@ shorter and shrink when longer, within the settings' bounds (services/metering/p
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from confluent_kafka import Consumer
 
 from quartermaster.settings import SettingsError
-from services.metering import worker
-from services.metering.intake import Intake
-from services.metering.pacing import LEAST_BYTES, LEAST_RECORDS, Pacer
+from services.metering import consumer
+from services.metering.pacing import LEAST_BYTES, LEAST_RECORDS, Pacer, batch_prefix
 from services.metering.settings import MeteringSettings
 
 MIB = 1024 * 1024
@@ -102,31 +101,40 @@ def test_the_target_follows_the_session_timeout_and_may_not_pass_its_half() -> N
         )
 
 
-def test_the_group_waits_for_a_member_counting_its_batch_rather_than_evict_it(
-    tmp_path: Path,
-) -> None:
-    env = {"QM_METERING_DATA_DIR": str(tmp_path), "QM_METERING_SESSION_TIMEOUT": "4"}
-    app = worker._app(MeteringSettings.from_env(env))
-    assert app.conf.broker_rebalance_timeout == worker.REBALANCE_TIMEOUT == 60.0
-    assert app.conf.broker_session_timeout == 4.0  # a crashed member: noticed after this
-    longer = {**env, "QM_METERING_SESSION_TIMEOUT": "90"}
-    assert worker._app(MeteringSettings.from_env(longer)).conf.broker_rebalance_timeout == 90
+def test_the_group_waits_for_a_member_counting_its_batch_rather_than_evict_it() -> None:
+    conf = consumer.config(MeteringSettings.from_env({"QM_METERING_SESSION_TIMEOUT": "4"}))
+    # librdkafka's rebalance timeout: a member counting a long batch is waited for
+    assert conf["max.poll.interval.ms"] == 300_000
+    assert conf["session.timeout.ms"] == 4_000  # a crashed member: noticed after this
+    assert conf["heartbeat.interval.ms"] == 1_000
+    assert conf["partition.assignment.strategy"] == "cooperative-sticky"
+    longer = MeteringSettings.from_env({"QM_METERING_SESSION_TIMEOUT": "300"})
+    assert consumer.config(longer)["max.poll.interval.ms"] == 600_000
 
 
-async def test_batches_cut_by_the_bytes_bound_grow_back_after_a_stall() -> None:
-    """UsageBatch records (~14 KB): the intake stops a batch before the record that
-    would pass the bytes bound, so a batch cut by it weighs a little less than the
-    bound. Such a batch is full all the same: once a stall (three slow batches) has
-    shrunk the bounds, fast batches grow them back to the bounds."""
-    intake = Intake(50_000, 16 * MIB)
+def test_a_batch_is_bounded_by_bytes_as_well_as_records() -> None:
+    """One-event records (~75 bytes) and gateways' 200-event batches (~14 KB) in one
+    bound: a batch stops at whichever of records and bytes comes first."""
+    waiting = [SimpleNamespace(value=b"x" * 100)] * 10 + [SimpleNamespace(value=b"x" * 10_000)] * 3
+    assert batch_prefix(waiting, 1000, 500) == (5, 500)  # 100-byte records: 5 make 500
+    assert batch_prefix(waiting[5:], 1000, 5000) == (5, 500)  # not the 10 KB record after
+    assert batch_prefix(waiting[10:], 1000, 500) == (1, 10_000)  # too large: alone, not stuck
+    assert batch_prefix(waiting, 3, 10**9) == (3, 300)  # the records bound too
+    assert batch_prefix([SimpleNamespace(value=None)], 10, 1) == (1, 0)  # a tombstone
+    assert batch_prefix([], 10, 10) == (0, 0)
+
+
+def test_batches_cut_by_the_bytes_bound_grow_back_after_a_stall() -> None:
+    """UsageBatch records (~14 KB): a batch stops before the record that would pass the
+    bytes bound, so a batch cut by it weighs a little less than the bound. Such a
+    batch is full all the same: once a stall (three slow batches) has shrunk the
+    bounds, fast batches grow them back to the bounds."""
     pacer = Pacer(5.0, 50_000, 16 * MIB)
-    record = SimpleNamespace(topic="t", partition=0, value=b"x" * 14_000)
+    waiting = [SimpleNamespace(value=b"x" * 14_000)] * 2_000  # always behind
     for i in range(12):
-        if not intake._full():  # always behind
-            await intake.put([record] * 2_000)
-        batch = await intake.take(pacer.records, 0.05, pacer.bytes)
-        assert intake.taken_bytes < pacer.bytes  # a bytes bound never met exactly
-        pacer.counted(len(batch), intake.taken_bytes, 12.0 if i < 3 else 0.5, intake.taken_cut)
+        n, size = batch_prefix(waiting, pacer.records, pacer.bytes)
+        assert size < pacer.bytes  # a bytes bound never met exactly
+        pacer.counted(n, size, 12.0 if i < 3 else 0.5, cut=n < len(waiting))
     assert (pacer.records, pacer.bytes) == (50_000, 16 * MIB)
 
 
@@ -160,19 +168,16 @@ def test_a_target_too_short_for_any_batch_is_refused(seconds: str) -> None:
 
 
 @pytest.mark.parametrize("session", ["1", "10", "85", "90", "300"])
-async def test_a_join_waits_past_the_rebalance_timeout_whatever_the_session_timeout(
-    tmp_path: Path, session: str
-) -> None:
+def test_librdkafka_takes_the_consumer_config_whatever_the_session_timeout(session: str) -> None:
     """faust refused a session timeout past its request timeout (90 s) when it made the
-    consumer, though the settings take up to 300; and a JoinGroup, answered once the
-    group rejoined, timed out with the rebalance timeout at 90 s."""
-    env = {"QM_METERING_DATA_DIR": str(tmp_path), "QM_METERING_SESSION_TIMEOUT": session}
-    app = worker._app(MeteringSettings.from_env(env))
-    conf = app.conf
-    assert conf.broker_request_timeout >= conf.broker_rebalance_timeout + 5
-    assert conf.broker_request_timeout >= 90.0
-    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
-    assert consumer._client._request_timeout_ms == conf.broker_request_timeout * 1000
+    consumer, though the settings take up to 300. librdkafka checks its configuration
+    when the consumer is made (no broker needed): a heartbeat shorter than the
+    session, a rebalance timeout (max.poll.interval.ms) at least as long."""
+    settings = MeteringSettings.from_env({"QM_METERING_SESSION_TIMEOUT": session})
+    conf = consumer.config(settings)
+    session_ms = conf["session.timeout.ms"]
+    assert conf["heartbeat.interval.ms"] < session_ms <= conf["max.poll.interval.ms"]
+    Consumer(conf).close()
 
 
 def test_batches_settle_when_time_grows_faster_than_size() -> None:

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import faust
 import pytest
 import trustme
 
@@ -57,10 +56,6 @@ def test_sasl_ssl_gives_librdkafka_its_properties(pki: dict[str, str]) -> None:
         "sasl.username": "metering", "sasl.password": "s3cret-pw",
         "ssl.ca.location": pki["ca"],
     }  # fmt: skip
-    credentials = kafka.faust_credentials(settings)
-    assert isinstance(credentials, faust.SASLCredentials)
-    assert (credentials.username, credentials.mechanism.value) == ("metering", "SCRAM-SHA-512")
-    assert credentials.ssl_context is not None
 
 
 def test_mutual_tls_presents_the_client_certificate(pki: dict[str, str]) -> None:
@@ -72,7 +67,6 @@ def test_mutual_tls_presents_the_client_certificate(pki: dict[str, str]) -> None
         "security.protocol": "ssl", "ssl.ca.location": pki["ca"],
         "ssl.certificate.location": pki["cert"], "ssl.key.location": pki["key"],
     }  # fmt: skip
-    assert isinstance(kafka.faust_credentials(settings), faust.SSLCredentials)
 
 
 def test_settings_that_dont_go_together_are_named(pki: dict[str, str]) -> None:
@@ -127,7 +121,7 @@ def _client_calls(path: Path) -> list[str]:
 
 def test_no_kafka_client_is_made_without_the_process_security() -> None:
     """Every confluent-kafka client in the services is made with kafka.client_config
-    (faust's, with kafka.faust_credentials: services/metering/worker.py)."""
+    (metering's consumer too: services/metering/consumer.py)."""
     stray = [
         call
         for package in ("quartermaster", "services", "devtools")
@@ -136,10 +130,6 @@ def test_no_kafka_client_is_made_without_the_process_security() -> None:
         for call in _client_calls(path)
     ]
     assert stray == []
-    assert (
-        "broker_credentials=kafka.faust_credentials(settings)"
-        in (ROOT / "services/metering/worker.py").read_text()
-    )
 
 
 @pytest.mark.infra
