@@ -23,6 +23,7 @@ from quartermaster.money import PICOS_PER_MICRO
 from services.metering.dedupe import HOUR, SeenIds
 from services.metering.state import PartitionState, Rollup, RollupKey, Total, TotalKey
 from services.metering.stores.rollups import RollupStore, split_picos
+from services.metering.stores.staging import SCHEMA, stage, staging_ddl
 
 
 def total_of(row: asyncpg.Record) -> Total:
@@ -180,29 +181,43 @@ class CountingStore:
         return int(forgotten)
 
 
+# The columns of a batch's totals as `_write_totals` stages them (`stores.staging`).
+_TOTALS_STAGED = "metering_totals_batch"
+_TOTALS_DDL = staging_ddl(
+    _TOTALS_STAGED,
+    [("u", "text"), ("k", "text"), ("p", "text"), ("w", "text"), ("s", "bigint"),
+     ("e", "bigint"), ("m", "bigint"), ("c", "bigint"), ("f", "bigint"), ("r", "bigint")],
+)  # fmt: skip
+
+
 async def _write_totals(
     conn: asyncpg.Connection, partition: int, totals: dict[TotalKey, Total], now: datetime
 ) -> None:
     if not totals:
         return
-    keys = list(totals)
-    vals = [totals[k] for k in keys]
-    split = [split_picos(v.used_picos) for v in vals]
     # Period bounds go as epoch seconds (periods begin at midnight in a zone: whole
-    # seconds), as the rollups' buckets do: asyncpg encodes a bigint array several
-    # times faster than a timestamptz one, and a batch writes two for every total.
-    # Few distinct bounds: each converted once.
-    seconds = {d: int(d.timestamp()) for d in {v.period_start for v in vals}}
-    seconds.update({d: int(d.timestamp()) for d in {v.period_end for v in vals}})
+    # seconds), as the rollups' buckets do. Few distinct bounds: each converted once.
+    seconds: dict[datetime, int] = {}
+    rows = []
+    for (user, kind, period_key), v in totals.items():
+        start, end = v.period_start, v.period_end
+        s = seconds.get(start)
+        if s is None:
+            s = seconds[start] = int(start.timestamp())
+        e = seconds.get(end)
+        if e is None:
+            e = seconds[end] = int(end.timestamp())
+        micros, remainder = split_picos(v.used_picos)
+        rows.append((user, kind, period_key, v.workspace_id, s, e, micros,
+                     v.event_count, v.fallback_count, remainder))  # fmt: skip
+    await stage(conn, _TOTALS_STAGED, _TOTALS_DDL, rows)
     await conn.execute(
-        """
+        f"""
         INSERT INTO metering.totals AS t (subject_kind, subject_id, period_kind,
             period_key, workspace_id, partition, period_start, period_end,
             used_micros, picos_remainder, event_count, fallback_count, updated_at)
-        SELECT 'user', u, k, p, w, $11, to_timestamp(s), to_timestamp(e), m, r, c, f, $10
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                    $5::bigint[], $6::bigint[], $7::bigint[],
-                    $8::bigint[], $9::bigint[], $12::bigint[]) AS x(u, k, p, w, s, e, m, c, f, r)
+        SELECT 'user', u, k, p, w, $2, to_timestamp(s), to_timestamp(e), m, r, c, f, $1
+        FROM {SCHEMA}.{_TOTALS_STAGED}
         ON CONFLICT (subject_kind, subject_id, period_kind, period_key) DO UPDATE
             SET used_micros = EXCLUDED.used_micros,
                 picos_remainder = EXCLUDED.picos_remainder,
@@ -210,11 +225,7 @@ async def _write_totals(
                 fallback_count = EXCLUDED.fallback_count,
                 updated_at = EXCLUDED.updated_at
         """,
-        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-        [v.workspace_id for v in vals], [seconds[v.period_start] for v in vals],
-        [seconds[v.period_end] for v in vals], [m for m, _ in split],
-        [v.event_count for v in vals], [v.fallback_count for v in vals],
-        now, partition, [r for _, r in split],
+        now, partition,
     )  # fmt: skip
 
 

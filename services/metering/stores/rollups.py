@@ -11,19 +11,30 @@ Money is exact: a Rollup's `picos` is stored as `micros` (rounded half up once) 
 
 from __future__ import annotations
 
+import operator
 from datetime import datetime
 
 import asyncpg
 
 from quartermaster.money import PICOS_PER_MICRO, micros_of_picos
 from services.metering.state import GRAINS, PICOS, QUARTER, ROLLUP_COUNTERS, Rollup, RollupKey
+from services.metering.stores.staging import SCHEMA, stage, staging_ddl
 
 # The columns of metering.rollups_15m/_daily holding Rollup's counters: `picos` is two.
 COLUMNS = (*ROLLUP_COUNTERS[:PICOS], "micros", "picos_remainder", *ROLLUP_COUNTERS[PICOS + 1 :])
 # Rollups are absolute: a conflicting row takes the new values whole.
 ROLLUP_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*COLUMNS, "updated_at"))
 _COLUMN_LIST = ", ".join(COLUMNS)
-_COUNTER_PARAMS = ", ".join(f"${9 + i}::bigint[]" for i in range(len(COLUMNS)))  # see write
+# A batch's rollups as `write` stages them (`stores.staging`): grain, bucket start
+# (epoch seconds), user, product, model, cost center, workspace, then COLUMNS (in the
+# order of Rollup's fields, `picos` split in two).
+_STAGED = "metering_rollups_batch"
+_counters = operator.attrgetter(*ROLLUP_COUNTERS)  # a Rollup's counters, as a tuple
+_STAGED_DDL = staging_ddl(
+    _STAGED,
+    [("g", "text"), ("h", "bigint"), ("u", "text"), ("p", "text"), ("m", "text"), ("c", "text"),
+     ("w", "text"), *((c, "bigint") for c in COLUMNS)],
+)  # fmt: skip
 
 
 def exact_picos(table: str = "") -> str:
@@ -128,31 +139,31 @@ class RollupStore:
         rollups: dict[RollupKey, Rollup],
         now: datetime,
     ) -> None:
-        """Upsert `rollups` (absolute values) on `conn`, inside the caller's transaction."""
-        for grain in GRAINS:
-            rk = [k for k in rollups if k[0] == grain]
-            if not rk:
-                continue
-            rv = [rollups[k] for k in rk]
-            split = [split_picos(v.picos) for v in rv]
-            columns = [[getattr(v, c) for v in rv] for c in ROLLUP_COUNTERS]
-            columns[PICOS : PICOS + 1] = [[m for m, _ in split], [r for _, r in split]]
+        """Upsert `rollups` (absolute values) on `conn`, inside the caller's transaction,
+        through a staging table (`stores.staging`)."""
+        if not rollups:
+            return
+        rows = []
+        for k, v in rollups.items():
+            counters = _counters(v)
+            rows.append(
+                (*k, v.workspace_id, *counters[:PICOS], *split_picos(v.picos),
+                 *counters[PICOS + 1 :])
+            )  # fmt: skip
+        await stage(conn, _STAGED, _STAGED_DDL, rows)
+        present = {k[0] for k in rollups}
+        for grain in (g for g in GRAINS if g in present):
             table, column = _TABLES[grain]
             await conn.execute(
                 f"""
                 INSERT INTO {table} AS r ({column}, user_id, product, model,
                     cost_center, workspace_id, partition, updated_at, {_COLUMN_LIST})
                 SELECT to_timestamp(x.h), x.u, x.p, x.m, x.c, x.w, $1, $2, {_COLUMN_LIST}
-                FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-                            $8::text[], {_COUNTER_PARAMS})
-                     AS x(h, u, p, m, c, w, {_COLUMN_LIST})
+                FROM {SCHEMA}.{_STAGED} x WHERE x.g = $3
                 ON CONFLICT ({column}, user_id, product, model, cost_center) DO UPDATE
                 SET {ROLLUP_UPSERT_SET}
                 """,
-                partition, now,
-                [k[1] for k in rk], [k[2] for k in rk], [k[3] for k in rk],
-                [k[4] for k in rk], [k[5] for k in rk], [v.workspace_id for v in rv],
-                *columns,
+                partition, now, grain,
             )  # fmt: skip
 
     @staticmethod
