@@ -28,6 +28,7 @@ the hot loop reads better whole with the plan it fills and the fold that follows
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,7 +50,6 @@ from services.metering.state import (
     HOUR,
     QUARTER,
     QUARTER_SECONDS,
-    ROLLUP_COUNTERS,
     PartitionState,
     Rollup,
     RollupKey,
@@ -387,13 +387,13 @@ class Meter:
     def fold_rollups(self, state: PartitionState, plan: Plan) -> dict[RollupKey, Rollup]:
         """The new absolute 15-minute rollups the plan touches (state must hold them)."""
         out: dict[RollupKey, Rollup] = {}
+        where = plan.rollup_workspace
         for key, acc in plan.rollups.items():
             old = state.rollups.get(key)
-            values = (
-                acc if old is None
-                else [getattr(old, c) + a for c, a in zip(ROLLUP_COUNTERS, acc, strict=True)]
-            )  # fmt: skip
-            out[key] = Rollup(plan.rollup_workspace[key], *values)
+            if old is None:
+                out[key] = Rollup(where[key], *acc)
+            else:  # a Rollup is its workspace, then ROLLUP_COUNTERS in order
+                out[key] = Rollup(where[key], *map(operator.add, old[1:], acc))
         return out
 
     def apply(

@@ -16,6 +16,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from quartermaster.money import micros_of_picos
@@ -43,14 +44,22 @@ def id_hash(user_id: str, event_id: str) -> int:
     """64-bit signed hash of a user's event_id: what dedupe remembers (8 bytes, not the
     id). Per user: an id another person's producer happens to use (or reuses on
     purpose) never hides this user's event. A user_id holds no NUL (validation refuses
-    one), so the NUL between them keeps ("ab", "c") and ("a", "bc") apart."""
-    key = f"{user_id}\0{event_id}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
+    one), so the NUL between them keeps ("ab", "c") and ("a", "bc") apart. BLAKE2b of
+    8 bytes, unkeyed: the hashes Postgres holds were made so."""
+    h = _BLAKE2B_8.copy()  # a copy of a made hasher: its keywords are not parsed again
+    h.update(f"{user_id}\0{event_id}".encode())
+    return int.from_bytes(h.digest(), "big", signed=True)
 
 
-@dataclass(frozen=True)
-class Total:
-    """One user's absolute spend in one budget period: exact pico-credits, events."""
+# Never updated itself: id_hash copies it (once an event, at a third of the cost of
+# building one).
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
+
+
+class Total(NamedTuple):
+    """One user's absolute spend in one budget period: exact pico-credits, events.
+    (A named tuple: immutable, and a batch makes one per total it changes, in a third
+    of the time a frozen dataclass took.)"""
 
     workspace_id: str
     period_start: datetime
@@ -66,10 +75,10 @@ class Total:
         return micros_of_picos(self.used_picos)
 
 
-@dataclass(frozen=True, slots=True)
-class Rollup:
+class Rollup(NamedTuple):
     """One user's usage of one product and model in one 15-minute bucket (absolute;
-    `picos`: its exact cost in pico-credits)."""
+    `picos`: its exact cost in pico-credits). A tuple, as `Total` is: the workspace,
+    then ROLLUP_COUNTERS in order."""
 
     workspace_id: str
     input_tokens: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -12,7 +13,7 @@ from services.metering.aggregate import Meter, Record
 from services.metering.pricing import PriceCatalog
 from services.metering.processor import FORWARD_PER_RECORD, forward_records
 from services.metering.settings import DEFAULT_PRICES
-from services.metering.state import QUARTER, PartitionState, id_hash
+from services.metering.state import QUARTER, ROLLUP_COUNTERS, PartitionState, Rollup, id_hash
 from tests.helpers import usage
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
@@ -168,6 +169,18 @@ def test_id_hash_is_stable_and_64_bit() -> None:
     assert -(2**63) <= id_hash("u", "abc") < 2**63
     assert id_hash("u", "abc") != id_hash("v", "abc"), "per user"
     assert id_hash("ab", "c") != id_hash("a", "bc"), "the separator keeps them apart"
+
+
+def test_id_hash_is_the_blake2b_postgres_holds() -> None:
+    # seen_ids written by any version must still dedupe: the hash never changes
+    for user, event_id in [("u", "abc"), ("user-1", "évé\U0001f600"), ("x" * 300, "")]:
+        digest = hashlib.blake2b(f"{user}\0{event_id}".encode(), digest_size=8).digest()
+        assert id_hash(user, event_id) == int.from_bytes(digest, "big", signed=True)
+
+
+def test_a_rollup_is_its_workspace_then_its_counters_in_order() -> None:
+    # Meter.fold_rollups and the rollup store read a Rollup by position
+    assert Rollup._fields == ("workspace_id", *ROLLUP_COUNTERS)
 
 
 def test_15_minute_rollups_sum_tokens_by_class_per_product_model_and_cost_center() -> None:
