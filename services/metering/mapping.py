@@ -102,8 +102,9 @@ def total_value(
         used_micros=total.used_micros,
         event_count=total.event_count,
         unpriced_event_count=total.fallback_count,
-        settled_request_ids=settled or [],
     )
+    if settled:  # most totals settle none; an empty list passed costs ~0.5 us a total
+        own.settled_request_ids.extend(settled)
     shared = _period_part(total.workspace_id, kind, period_key, total.period_start,
                           total.period_end)  # fmt: skip
     return shared + updated_at + own.SerializeToString()
