@@ -51,15 +51,15 @@ def id_hash(user_id: str, event_id: str) -> int:
     return int.from_bytes(h.digest(), "big", signed=True)
 
 
-# Never updated itself: id_hash copies it (once an event, at a third of the cost of
-# building one).
+# Never updated itself: id_hash copies it once an event (a copy skips parsing the
+# constructor's keywords, docs/benchmarks.md).
 _BLAKE2B_8 = hashlib.blake2b(digest_size=8)
 
 
 class Total(NamedTuple):
     """One user's absolute spend in one budget period: exact pico-credits, events.
-    (A named tuple: immutable, and a batch makes one per total it changes, in a third
-    of the time a frozen dataclass took.)"""
+    (A named tuple: immutable, and quicker to make than a frozen dataclass; a batch
+    makes one per total it changes, docs/benchmarks.md.)"""
 
     workspace_id: str
     period_start: datetime
