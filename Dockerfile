@@ -27,12 +27,9 @@ RUN python -m venv /opt/qm \
 FROM python:3.11.14-slim-bookworm
 ENV PATH=/opt/qm/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    QM_METERING_DATA_DIR=/var/lib/quartermaster/faust
+    PYTHONUNBUFFERED=1
 RUN groupadd --system --gid 10001 qm \
-    && useradd --system --uid 10001 --gid qm --home-dir /nonexistent --no-create-home qm \
-    && mkdir -p /var/lib/quartermaster \
-    && chown qm:qm /var/lib/quartermaster
+    && useradd --system --uid 10001 --gid qm --home-dir /nonexistent --no-create-home qm
 COPY --from=build /opt/qm /opt/qm
 WORKDIR /opt/qm
 USER 10001:10001

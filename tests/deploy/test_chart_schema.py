@@ -38,6 +38,11 @@ from tests.deploy.chart import CHART_OWNED, RELEASE, by_kind, manifests, render
          r"/settings/QM_REQUESTS_RELAY_HOLD': value must be"),
         ({"settings": {"QM_LOG_LEVEL": "VERBOSE"}},
          r"/settings/QM_LOG_LEVEL': value must be one of"),
+        # The metering worker's data dir, gone with faust: an upgrade keeping it is told.
+        ({"services": {"metering": {"dataDir": {"env": "QM_METERING_DATA_DIR", "path": "/d"}}}},
+         r"/services/metering': additional properties 'dataDir' not allowed"),
+        ({"settings": {"QM_METERING_DATA_DIR": "/d"}},
+         r"/settings': additional properties 'QM_METERING_DATA_DIR' not allowed"),
     ],
 )  # fmt: skip
 def test_the_schema_refuses_unsafe_or_testing_values(values: dict[str, Any], message: str) -> None:

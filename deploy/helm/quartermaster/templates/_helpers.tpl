@@ -226,13 +226,13 @@ the Job's secretEnv maps (a username of its own, say) is left to the Secret. */}
 
 {{/* The variables the chart sets itself (as a JSON list): the ConfigMap's own keys
 (the broker, the partitions, the services' addresses, the TLS files) and every
-service's listen, metrics, health, data-dir and interactivity variables, and the
-database URL. A secretEnv entry for one would silently override it. */}}
+service's listen, metrics, health and interactivity variables, and the database URL.
+A secretEnv entry for one would silently override it. */}}
 {{- define "qm.chartOwned" -}}
 {{- $owned := list "QM_KAFKA_BOOTSTRAP" "QM_TOPIC_PARTITIONS" "QM_DATABASE_URL" "QM_DIRECTORY_ADDR" "QM_REQUESTS_POLICY_ADDR" "QM_REQUESTS_USAGE_API_ADDR" "QM_NOTIFIER_USAGE_API_ADDR" "QM_NOTIFIER_REQUESTS_ADDR" "QM_TLS_CERT_FILE" "QM_TLS_KEY_FILE" "QM_TLS_CA_FILE" -}}
 {{- range $svc := .Values.services -}}
 {{- $owned = append $owned $svc.listenEnv -}}
-{{- range $key := list "metrics" "health" "dataDir" "interactivity" -}}
+{{- range $key := list "metrics" "health" "interactivity" -}}
 {{- with (get $svc $key) }}{{ $owned = append $owned .env }}{{ end -}}
 {{- end -}}
 {{- end -}}
