@@ -144,12 +144,11 @@ def _local_ports(dev: DevSettings) -> dict[str, int]:
     return ports
 
 
-def _child_env(dev: DevSettings, policy: PolicySettings, infra: Infra) -> dict[str, str]:
+def _child_env(policy: PolicySettings, infra: Infra) -> dict[str, str]:
     """The children's environment: ours, pointed at `infra`, with a token per role for
     this run when QM_TOKENS is not configured (so every call can be tried at once),
     and the Cost API given a reader token for policy's directory."""
     env = {**os.environ, **infra.env(), "QM_POLICY_ADDR": policy.addr}
-    env.setdefault("QM_METERING_DATA_DIR", str(dev.run_dir / "faust"))
     # Every service's metrics, on the ports the chart uses (docs/operations.md).
     for name, port in LOCAL_METRICS.items():
         env.setdefault(name, f"127.0.0.1:{port}")
@@ -284,7 +283,7 @@ async def _main(dev: DevSettings, policy: PolicySettings) -> None:
             f"default limit {dev.demo_limit_credits} credits/month (hard), "
             f"{len(simulator.PERSONAS)} people"
         )
-        env = _child_env(dev, policy, infra)
+        env = _child_env(policy, infra)
 
         # Every run starts from nothing, its logs too (ChildProcess appends, so that a
         # restarted service keeps one log within a run).

@@ -92,7 +92,6 @@ async def _run(samples: int) -> list[float]:
             env = {
                 **os.environ, **infra.env(), "QM_WORKSPACE_ID": workspace,
                 "QM_TOKENS": f"bench:reader:{TOKEN}",
-                "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                 "QM_METERING_APP_ID": f"bench-{workspace}", "QM_METERING_SESSION_TIMEOUT": "4",
                 "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             }  # fmt: skip

@@ -452,7 +452,6 @@ async def main_async(
 
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
                    "QM_WORKSPACE_ID": "bench",  # the workspace its events name
-                   "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                    "QM_METERING_SESSION_TIMEOUT": f"{session_timeout:g}", "QM_LOG_LEVEL": "WARNING",
                    "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
             if in_process:  # the counting path fed by confluent-kafka, no worker

@@ -362,7 +362,6 @@ async def run_scale(
         with open_infra(run_dir, durable=False, partitions=partitions) as infra:
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
                    "QM_WORKSPACE_ID": "bench", "QM_TOPIC_PARTITIONS": str(partitions),
-                   "QM_METERING_DATA_DIR": str(run_dir / "faust"),
                    "QM_METERING_SESSION_TIMEOUT": str(session_timeout),
                    "QM_LOG_LEVEL": "INFO" if keep_logs else "WARNING"}  # fmt: skip
             fleet = Fleet(env, run_dir / "logs")

@@ -118,7 +118,6 @@ def service_env(_infra_session: Infra, workspace_id: str) -> dict[str, str]:
         "QM_DIRECTORY_TOKEN": TOKENS["reader"],
         "QM_METERING_PRICES_POLL_SECONDS": "0.5",
         "QM_METERING_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "QM_METERING_DATA_DIR": str(ROOT / ".run" / f"test-{os.getpid()}" / "faust"),
     }
 
 

@@ -3,8 +3,9 @@ the Cost API's and the directory's, which are named where they are declared."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -21,6 +22,15 @@ LEAST_BATCH_SECONDS = 0.1
 class MeteringSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="QM_METERING_")
 
+    removed: ClassVar[Mapping[str, str]] = {
+        **CommonSettings.removed,
+        "QM_METERING_DATA_DIR": (
+            "no longer used: the metering worker keeps no local files (it reads Kafka"
+            " with confluent-kafka, no longer faust; its state is in PostgreSQL);"
+            " remove it, and any writable volume mounted for it"
+        ),
+    }
+
     app_id: NonBlank = "qm-metering"
     """Consumer group; also names its offsets in Postgres"""
     prices_file: ExistingFile = Field(DEFAULT_PRICES, validation_alias="QM_METERING_PRICES")
@@ -31,9 +41,6 @@ class MeteringSettings(CommonSettings):
     metrics_addr: HostPortOrEmpty = "127.0.0.1:9464"
     """Where a worker serves its Prometheus metrics (/metrics) and its liveness (/livez);
     `off`: none (an empty variable means this default)"""
-    data_dir: Path = Path(".run/faust")
-    """Where faust keeps its small local files (under <dir>/<app id>); state is in
-    Postgres"""
     topic_check_seconds: float = Field(5.0, ge=0.5, le=3600)
     """How often a worker checks that the broker's topics are still the ones its
     stored offsets count (a broker that lost its data is noticed within this; the

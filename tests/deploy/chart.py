@@ -27,7 +27,7 @@ KUBE_VERSIONS = ("1.28.0", "1.31.0")
 RELEASE = "qm"
 NAMESPACE = "quartermaster"
 
-# Set by the templates from structured values (addresses, the broker, the data dir) or
+# Set by the templates from structured values (addresses, the broker) or
 # from the database Secret; not keys of `settings`.
 CHART_OWNED = frozenset(
     {
@@ -44,7 +44,6 @@ CHART_OWNED = frozenset(
         "QM_POLICY_HEALTH_ADDR",
         "QM_REQUESTS_HEALTH_ADDR",
         "QM_USAGE_API_HEALTH_ADDR",
-        "QM_METERING_DATA_DIR",
         "QM_REQUESTS_ADDR",
         "QM_REQUESTS_POLICY_ADDR",
         "QM_REQUESTS_USAGE_API_ADDR",

@@ -1,6 +1,8 @@
 """The image's assumptions, proven on the real services: every process the chart runs
-works from a read-only tree, as a non-root user, with only the directories the chart
-mounts writable (/tmp and the metering worker's data dir).
+works from a read-only tree, as a non-root user, with only the directory the chart
+mounts writable (/tmp). The metering worker has no data dir of its own (faust, which it
+had, kept local files in one; confluent-kafka keeps none): it counts with nothing else
+writable.
 
 No image can be built here, so the tree is a copy of the packages with every write bit
 taken away. Root ignores permission bits, and CI runs as root: there the processes run
@@ -34,13 +36,12 @@ PACKAGES = ("quartermaster", "services", "devtools")
 
 
 class Sandbox:
-    """A read-only copy of the packages (`app`), the writable dirs the chart mounts
-    (`tmp`, `data`), and the argv prefix (`drop`) that takes root's powers away."""
+    """A read-only copy of the packages (`app`), the one writable dir the chart mounts
+    (`tmp`), and the argv prefix (`drop`) that takes root's powers away."""
 
     def __init__(self, base: Path) -> None:
         self.app = base / "app"
         self.tmp = base / "tmp"
-        self.data = base / "faust"
         self.logs = base / "logs"
         # argv prefix that makes the mode bits bind (nothing needed when not root)
         self.drop = (
@@ -54,8 +55,7 @@ class Sandbox:
                 self.app / package,
                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
             )
-        for path in (self.tmp, self.data):
-            path.mkdir()
+        self.tmp.mkdir()
         self._set_writable(False)
 
     def _set_writable(self, writable: bool) -> None:
@@ -87,7 +87,6 @@ def _env(box: Sandbox, service_env: dict[str, str], **extra: str) -> dict[str, s
         "PYTHONPATH": str(box.app),
         "TMPDIR": str(box.tmp),
         "HOME": str(box.tmp),
-        "QM_METERING_DATA_DIR": str(box.data),
         **extra,
     }
 
@@ -160,7 +159,7 @@ async def test_every_process_runs_from_a_read_only_tree(
         QM_NOTIFIER_SLACK_BASE_URL=f"http://127.0.0.1:{free_port()}/api/",
     )
     before = sandbox.files()
-    # The sandbox is real: the copy can't be written to, the mounted dirs can.
+    # The sandbox is real: the copy can't be written to, the mounted dir can.
     refused = _run(sandbox, env, "-c", "open('services/x', 'w')")
     assert "PermissionError" in refused.stderr, refused.stderr
     _ok(sandbox, env, "-c", f"open({str(sandbox.tmp / 'x')!r}, 'w')")
@@ -193,7 +192,8 @@ async def test_every_process_runs_from_a_read_only_tree(
             proc.start()
         await _all_up(procs, {"policy": policy_addr, "api": api_addr, "ingest": ingest_addr})
 
-        # The worker counts a real event: it joined its group and wrote what it needs.
+        # The worker counts a real event: it joined its group, read the record and
+        # committed what it counted, writing no file.
         user = f"readonly-{uuid.uuid4().hex[:8]}"
         produce_usage(infra.kafka_bootstrap, [usage(user)])
 
@@ -219,4 +219,3 @@ async def test_every_process_runs_from_a_read_only_tree(
         for proc in procs:
             proc.stop(timeout=15)
     assert sandbox.files() == before, "something was written into the read-only tree"
-    assert any(sandbox.data.rglob("*")), "faust's data dir was not the one used"

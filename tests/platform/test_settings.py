@@ -92,6 +92,23 @@ def test_values_that_parse_but_make_no_sense_are_refused() -> None:
     assert "QM_METERING_PRICES: no such file: /nowhere.yaml" in text
 
 
+def test_the_metering_data_dir_gone_with_faust_is_refused_saying_so() -> None:
+    # An upgrade that still sets it is told it can go, not left wondering what it does;
+    # the old token variables are still refused alongside.
+    with pytest.raises(SettingsError) as info:
+        MeteringSettings.from_env(
+            {
+                "QM_METERING_DATA_DIR": "/var/lib/quartermaster/faust",
+                "QM_METERING_ADMIN_TOKENS": "x",
+            }
+        )
+    first, second = info.value.problems
+    assert first.startswith("QM_METERING_ADMIN_TOKENS: replaced by QM_TOKENS"), first
+    assert second.startswith("QM_METERING_DATA_DIR: no longer used"), second
+    assert "remove it" in second
+    assert MeteringSettings.from_env({"QM_METERING_DATA_DIR": ""}).app_id == "qm-metering"
+
+
 def test_a_bool_is_not_truthy_by_accident() -> None:
     with pytest.raises(SettingsError, match="QM_DEMO_TRAFFIC: expected true or false"):
         DevSettings.from_env({"QM_DEMO_TRAFFIC": "nope"})
