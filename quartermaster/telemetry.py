@@ -70,9 +70,6 @@ def setup(
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     mask_passwords_in_logs()
     logging.getLogger("asyncpg.pool").addFilter(_one_line)
-    # Noisy libraries stay at WARNING unless we debug.
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
     provider = TracerProvider(resource=Resource.create({"service.name": f"qm-{service}"}))
     if console_spans:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
@@ -126,8 +123,9 @@ def metrics_for_prometheus(service: str) -> None:
 def mask_passwords_in_logs() -> None:
     """From now on every log record of this process shows URLs without their passwords
     (`quartermaster.redact`), its message and its traceback alike, whichever handler
-    writes it: done where records are made, since faust replaces the handlers. Calling
-    it again changes nothing."""
+    writes it: done where records are made rather than in a handler, so a handler added
+    or replaced later (logging.basicConfig(force=True), a test's) writes them masked too.
+    Calling it again changes nothing."""
     make = logging.getLogRecordFactory()
     if getattr(make, "masks_passwords", False):
         return
