@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
-    """Sends records with confluent-kafka (C; several times faster here than faust's
-    aiokafka producer) and waits until the broker has every one: metering's DLQ
-    records and totals, policy's notification intents, the requests outbox.
+    """Sends records with confluent-kafka (C; several times faster here than the
+    aiokafka producer faust gave metering, when it had faust) and waits until the
+    broker has every one: metering's DLQ records and totals, policy's notification
+    intents, the requests outbox.
 
     A producer that can send nothing more (`producer_failed`: a fatal error through
     `error_cb`, a delivery report or `produce` refusing the producer itself, e.g.

@@ -1,12 +1,14 @@
-"""metering's counting path without faust (`make bench-metering ARGS="--in-process"`):
+"""metering's counting path without the worker (`make bench-metering ARGS="--in-process"`):
 the worker's own `Processor`, built by `wiring.build_counting` as the worker builds it
 (pricing, dedupe, totals, rollups, the fenced PostgreSQL commit, totals published),
 fed by a plain confluent-kafka consumer in batches bounded as the worker's are.
 
-What it answers: how fast counting would go if the worker's consumer were
-librdkafka's rather than faust's (aiokafka's per-record Python, faust's message
-tracking and acks). Not a way to run metering: no group, no rebalances, no offsets
-committed to the broker; one process reads every partition from the start.
+What it answers: how fast counting goes without the worker's consumer group around
+it. It was written when metering had faust, to ask how fast counting would go if the
+worker's consumer were librdkafka's rather than faust's (aiokafka's per-record Python,
+faust's message tracking and acks); the worker's consumer is librdkafka's now. Not a
+way to run metering: no group, no rebalances, no offsets committed to the broker; one
+process reads every partition from the start.
 """
 
 from __future__ import annotations

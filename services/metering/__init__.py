@@ -1,1 +1,1 @@
-"""metering: turns raw usage events into exact, priced, windowed totals (faust)."""
+"""metering: turns raw usage events into exact, priced, windowed totals."""

@@ -102,7 +102,7 @@ class MeteringMetrics:
             "qm_metering_consumer_lag", callbacks=[self._observe_lag],
             description="Records of each held partition not yet counted",
         )  # fmt: skip
-        # partition → the next offset to count; set by the agent, dropped on revoke
+        # partition → the next offset to count; set by the worker, dropped on revoke
         self.positions: dict[int, int] = {}
         # partition → the broker's end offset as the consumer last heard (None: unknown)
         self.end_offset: Callable[[int], int | None] = lambda _partition: None

@@ -12,16 +12,19 @@ and its own fenced commit):
    publish rejects to the DLQ, events of other partitions' users to their home
    partitions of `qm.usage.v1` (see `aggregate`) and the new totals to
    `qm.usage.totals.v1`, and wait until the broker has them; then COMMIT. A crash
-   before the COMMIT loses nothing (Kafka still has the records; nothing was acked)
-   and repeats the publishing on replay: the DLQ may hold a record twice; a forwarded
-   event arrives home twice and is counted once (its event_id); totals are absolute,
-   so a repeat is harmless. After it, replayed records are skipped;
-4. the caller (`worker`) only then acks the records, so faust's own offset commits
-   never run ahead of Postgres.
+   before the COMMIT loses nothing (Kafka still has the records; the stored offset
+   did not move) and repeats the publishing on replay: the DLQ may hold a record
+   twice; a forwarded event arrives home twice and is counted once (its event_id);
+   totals are absolute, so a repeat is harmless. After it, replayed records are
+   skipped;
+4. the caller (`worker`) only then commits the offsets to the consumer group, which
+   only says where a partition's new owner starts reading (Postgres's offset decides
+   what is counted).
 
 What fails is told apart (`RECORD_ERRORS`, `OUTAGE`):
 - an outage (no connection, Postgres shutting down or out of resources, a broker
-  that does not answer) is retried until it ends; the batch is never acked half-done;
+  that does not answer) is retried until it ends; the batch is never committed
+  half-done;
 - a row PostgreSQL refuses (a value it cannot store, a constraint, an index row too
   big) is the fault of a record that validation let through: the batch is counted
   again one record at a time and the record refused goes to the DLQ with

@@ -8,9 +8,9 @@ batch holds records below the stored offset (a broker restarted under a running 
 serves the recreated topic from offset 0: those records would be skipped as counted),
 and (`TopicWatch`) every QM_METERING_TOPIC_CHECK_SECONDS and at each partition
 assignment. The last two are what notice a broker that lost its data within seconds
-of its return: before them, the worker noticed only once faust's consumer had
-reconnected, rejoined the group and fetched a record below a stored offset (about
-95 s on the local broker).
+of its return: before them, when metering had faust, the worker noticed only once
+faust's consumer had reconnected, rejoined the group and fetched a record below a
+stored offset (about 95 s on the local broker).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ MICROS = 1_000_000
 
 @dataclass(frozen=True)
 class Counting:
-    """The counting worker's graph: what the faust agent and timers call."""
+    """The counting worker's graph: what its counting loop and timers call (`worker`)."""
 
     pool: asyncpg.Pool
     processor: Processor

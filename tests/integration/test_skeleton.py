@@ -1,4 +1,4 @@
-"""The walking skeleton end to end: Kafka → metering (a real faust worker process)
+"""The walking skeleton end to end: Kafka → metering (a real worker process)
 → qm.usage.totals.v1 → policy (a real gRPC server) → Check / GetBudget."""
 
 from __future__ import annotations

@@ -162,9 +162,9 @@ async def test_metering_creates_no_topic_when_the_broker_comes_back_empty(
     )
     assert f"{REFUSES}qm.usage.v1 does not exist on the broker" in log, log[-3000:]
     assert "python -m quartermaster.kafka ensure-topics" in log
-    # faust's consumer asked for the topic for seconds before the check refused, and
-    # would have made the broker create it (with the broker's defaults), and declared
-    # its leader topic: nothing was created.
+    # When metering had faust, its consumer asked for the topic for seconds before the
+    # check refused, and would have made the broker create it (with the broker's
+    # defaults), and declared its leader topic: nothing was created.
     assert topics_on(own_broker.bootstrap) == set()
 
     # Restarted by a supervisor, it refuses at start, before joining the group, and
