@@ -75,7 +75,12 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
                 by_partition[r.partition].append(r)
             began = time.perf_counter()
             start = start or began
-            await asyncio.gather(*(proc.process(p, rs) for p, rs in by_partition.items()))
+            gc.disable()  # as the worker's loop: no collection within a batch, one after
+            try:
+                await asyncio.gather(*(proc.process(p, rs) for p, rs in by_partition.items()))
+            finally:
+                gc.enable()
+                gc.collect()
             pacer.counted(len(taken), size, time.perf_counter() - began, cut=bool(held))
             batches += 1
             for p, rs in by_partition.items():
