@@ -40,6 +40,7 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
     # is not the counting path's: the collector would walk it at each full collection.
     gc.collect()
     gc.freeze()
+    gc.disable()  # as the worker (worker.run): collected after each batch instead
     settings = MeteringSettings.from_env(env)
     counting = await build_counting(settings, PriceCatalog.from_file(settings.prices_file))
     await counting.guard.verify()  # as the worker, before its first batch
@@ -75,12 +76,8 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
                 by_partition[r.partition].append(r)
             began = time.perf_counter()
             start = start or began
-            gc.disable()  # as the worker's loop: no collection within a batch, one after
-            try:
-                await asyncio.gather(*(proc.process(p, rs) for p, rs in by_partition.items()))
-            finally:
-                gc.enable()
-                gc.collect()
+            await asyncio.gather(*(proc.process(p, rs) for p, rs in by_partition.items()))
+            gc.collect()  # as the worker's loop: after each batch, not within it
             pacer.counted(len(taken), size, time.perf_counter() - began, cut=bool(held))
             batches += 1
             for p, rs in by_partition.items():
@@ -88,6 +85,7 @@ async def count_in_process(env: Mapping[str, str], ends: Mapping[int, int]) -> t
                     del left[p]
         return time.perf_counter() - (start or time.perf_counter()), batches
     finally:
+        gc.enable()
         consumer.close()
         proc.sink.close()  # type: ignore[attr-defined]
         await counting.pool.close()

@@ -45,6 +45,8 @@ PRUNE_SECONDS = 600.0
 # batch is retried until they answer) before giving up on it: nothing of it was
 # committed, so the partition's next owner counts it.
 STOP_SECONDS = 30.0
+# Longest the worker goes without collecting garbage (see `run`).
+COLLECT_SECONDS = 10.0
 tracer = trace.get_tracer("qm.metering")
 
 
@@ -56,9 +58,16 @@ async def run(
 ) -> None:
     """Count `qm.usage.v1` with `counting` until `stopping` is set, then leave the
     group and close the graph's pool."""
-    # What start-up made (modules, protobuf descriptors, the price catalog) lives as
-    # long as the process: the collector need not walk it after every batch.
+    # The worker collects garbage on its own schedule, not on allocation counts: after
+    # each batch and every COLLECT_SECONDS (what other tasks, or a batch retried
+    # through an outage, leave is bounded by that). A batch makes hundreds of
+    # thousands of objects that live until it ends (records, events, sums), and the
+    # collector's thresholds fired full collections over them again and again within
+    # a batch and while its records were taken (docs/benchmarks.md). What start-up
+    # made (modules, descriptors, the catalog) lives as long as the process: frozen,
+    # the collections do not walk it.
     gc.freeze()
+    gc.disable()
     consumer = UsageConsumer(settings)
     counting.metrics.end_offset = consumer.end_offset
     watch = TopicWatch(counting.guard, settings.topic_check_seconds, on_fatal)
@@ -68,6 +77,7 @@ async def run(
             _every(settings.prices_poll_seconds, _follow_prices, counting, on_fatal)
         ),
         asyncio.create_task(_every(PRUNE_SECONDS, _prune, counting, on_fatal, settings)),
+        asyncio.create_task(_every(COLLECT_SECONDS, _collect)),
     ]
     loop = _Loop(consumer, counting.processor, settings, counting.metrics, watch)
     counter = asyncio.create_task(_guarded(loop.run(), on_fatal))
@@ -86,6 +96,7 @@ async def run(
         await consumer.close()
         with contextlib.suppress(*RETRIED_NEXT_ROUND):
             await asyncio.wait_for(counting.pool.close(), 10)
+        gc.enable()
 
 
 async def _guarded(work: Awaitable[None], on_fatal: Callable[[BaseException], None]) -> None:
@@ -103,6 +114,11 @@ async def _every(seconds: float, tick: Callable[..., Awaitable[bool]], *args: ob
         await asyncio.sleep(seconds)
         if not await tick(*args):
             return
+
+
+async def _collect() -> bool:
+    gc.collect()
+    return True
 
 
 async def _follow_prices(counting: Counting, on_fatal: Callable[[BaseException], None]) -> bool:
@@ -182,24 +198,15 @@ class _Loop:
         for r in taken.records:
             by_partition[r.partition].append(r)
         began = time.perf_counter()
-        # No collection while a batch is counted, one after it. A batch makes hundreds
-        # of thousands of objects that live until it ends (records, events, sums), so
-        # the collector's thresholds fired full collections over them again and again
-        # within a batch (docs/benchmarks.md); the cycles a batch leaves wait for the
-        # collection after it, so memory stays bounded by a batch.
-        gc.disable()
-        try:
-            # Linked to the spans of the events counted (when tracing: their producers'
-            # traceparent); the totals it publishes carry this span's context to policy.
-            links = links_of(r.headers for r in taken.records)
-            with tracer.start_as_current_span("meter batch", links=links) as span:
-                span.set_attribute("qm.records", len(taken.records))
-                # Partitions are independent (own state, own fenced commit): while one
-                # waits on the broker or Postgres, another is planned.
-                await asyncio.gather(*(self.proc.process(p, rs) for p, rs in by_partition.items()))
-        finally:
-            gc.enable()
-            gc.collect()
+        # Linked to the spans of the events counted (when tracing: their producers'
+        # traceparent); the totals it publishes carry this span's context on to policy.
+        links = links_of(r.headers for r in taken.records)
+        with tracer.start_as_current_span("meter batch", links=links) as span:
+            span.set_attribute("qm.records", len(taken.records))
+            # Partitions are independent (own state, own fenced commit): while one
+            # waits on the broker or Postgres, another is planned.
+            await asyncio.gather(*(self.proc.process(p, rs) for p, rs in by_partition.items()))
+        gc.collect()  # the batch's cycles, once it is done (see `run`)
         took = time.perf_counter() - began
         self.meters.batch(took)
         self.pacer.counted(len(taken.records), taken.size, took, taken.cut)
