@@ -93,11 +93,18 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        loop.run_until_complete(run(settings, counting, crash, stopping))
+        left = loop.run_until_complete(run(settings, counting, crash, stopping))
     finally:
         loop.close()
+    status = 0 if crash.reason is None else crash.exit_status()
+    if not left:
+        # The consumer's thread is stuck in librdkafka (a broker that does not answer):
+        # Python's exit would wait on it for good.
+        log.info("metering stopped (without leaving the consumer group)")
+        logging.shutdown()
+        os._exit(status)
     if crash.reason is not None:
-        raise SystemExit(crash.exit_status())
+        raise SystemExit(status)
     log.info("metering stopped")
 
 

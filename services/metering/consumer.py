@@ -59,6 +59,11 @@ QUEUE_RECORDS = 20_000
 WAIT_SECONDS = 0.5
 # How often a consumer error of one kind (a broker away, a topic missing) is logged.
 ERROR_LOG_SECONDS = 60.0
+# Longest `close` waits for the consumer to leave the group. librdkafka's close waits
+# for the revoked partitions' offset commit and any commit in flight, with no bound of
+# its own: a broker that holds its connections but does not answer (paused, a frozen
+# VM) held a stopping worker for good.
+CLOSE_SECONDS = 10.0
 
 
 @dataclass
@@ -162,15 +167,29 @@ class UsageConsumer:
         WAIT_SECONDS, and every later one at once: the worker is stopping."""
         self._closing = True
 
-    async def close(self) -> None:
+    async def close(self, within: float = CLOSE_SECONDS) -> bool:
         """Leave the group (its partitions move to the other workers at once rather
-        than after the session timeout) and release the consumer."""
+        than after the session timeout) and release the consumer; True once done. False
+        when it took longer than `within` seconds (the broker does not answer): the
+        consumer's thread is then still inside librdkafka, and the process can only
+        end hard (`os._exit`: Python's exit would wait on that thread for good, and
+        releasing the consumer under it is not safe); the partitions move after the
+        session timeout, and what was counted is in PostgreSQL."""
         self._closing = True
         loop = asyncio.get_running_loop()
+        closing = loop.run_in_executor(self._thread, self._close)
         try:
-            await loop.run_in_executor(self._thread, self._close)
+            await asyncio.wait_for(asyncio.shield(closing), within)
+        except TimeoutError:
+            log.warning(
+                "the usage consumer did not leave its group within %.0f s (the broker does "
+                "not answer); its partitions move to other workers after the session timeout",
+                within,
+            )
+            return False
         finally:
             self._thread.shutdown(wait=False)
+        return True
 
     # -- on the consumer's thread --
 

@@ -45,6 +45,10 @@ PRUNE_SECONDS = 600.0
 # batch is retried until they answer) before giving up on it: nothing of it was
 # committed, so the partition's next owner counts it.
 STOP_SECONDS = 30.0
+# Longest a stop then waits for the cancelled batch and timers to end before closing
+# PostgreSQL's connections under them (a cancelled query to a PostgreSQL that does not
+# answer waited for asyncpg's cancel request: up to its 60 s connect timeout).
+CANCEL_SECONDS = 5.0
 # Longest the worker goes without collecting garbage (see `run`).
 COLLECT_SECONDS = 10.0
 tracer = trace.get_tracer("qm.metering")
@@ -55,9 +59,10 @@ async def run(
     counting: Counting,
     on_fatal: Callable[[BaseException], None],
     stopping: asyncio.Event,
-) -> None:
+) -> bool:
     """Count `qm.usage.v1` with `counting` until `stopping` is set, then leave the
-    group and close the graph's pool."""
+    group and close the graph's pool. False when the consumer could not leave the
+    group (`UsageConsumer.close`): the caller must then end the process hard."""
     # The worker collects garbage on its own schedule, not on allocation counts: after
     # each batch and every COLLECT_SECONDS (what other tasks, or a batch retried
     # through an outage, leave is bounded by that). A batch makes hundreds of
@@ -90,13 +95,22 @@ async def run(
         except TimeoutError:
             log.warning("stopping without the batch in hand: its partitions' next owner counts it")
     finally:
-        for task in [counter, *background]:
+        tasks = [counter, *background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(counter, *background, return_exceptions=True)
-        await consumer.close()
-        with contextlib.suppress(*RETRIED_NEXT_ROUND):
-            await asyncio.wait_for(counting.pool.close(), 10)
+        _done, stuck = await asyncio.wait(tasks, timeout=CANCEL_SECONDS)
+        closed = await consumer.close()
+        if stuck:
+            # Waiting on PostgreSQL: its connections are closed under them (a graceful
+            # close would wait for them too), which ends the tasks.
+            log.warning("PostgreSQL does not answer: closing its connections without waiting")
+            counting.pool.terminate()
+            await asyncio.wait(stuck, timeout=CANCEL_SECONDS)
+        else:
+            with contextlib.suppress(*RETRIED_NEXT_ROUND):
+                await asyncio.wait_for(counting.pool.close(), 10)
         gc.enable()
+    return closed
 
 
 async def _guarded(work: Awaitable[None], on_fatal: Callable[[BaseException], None]) -> None:
