@@ -132,6 +132,7 @@ class UsageConsumer:
                                 error_cb=self._error, on_commit=self._committed)
         )  # fmt: skip
         self._topic = Topic.USAGE.value
+        self._group = settings.app_id
         self._held: list[Record] = []  # consumed, not yet taken (beyond a batch's bounds)
         self._held_bytes = 0
         self._revoked: set[int] = set()
@@ -333,4 +334,14 @@ class UsageConsumer:
         if now - self._logged.get(kind, -ERROR_LOG_SECONDS) < ERROR_LOG_SECONDS:
             return
         self._logged[kind] = now
+        if isinstance(err, KafkaError) and err.code() == KafkaError.INCONSISTENT_GROUP_PROTOCOL:
+            # Not an outage to wait out: nothing is counted until an operator acts.
+            log.error(
+                "usage consumer cannot join group %r: a member of it rebalances with another "
+                "protocol than cooperative-sticky (a worker of an older release, or another "
+                "client with this group id); nothing is counted here until it leaves: stop "
+                "it (%s)",
+                self._group, err,
+            )  # fmt: skip
+            return
         log.warning("usage consumer: %s", err)
