@@ -138,6 +138,9 @@ class UsageConsumer:
         self._revoked: set[int] = set()
         self._assigned: set[int] = set()
         self._counted: dict[int, int] = {}  # partition → next offset counted
+        self._moves = 0  # revocations so far; partition → the count at its last
+        self._revoked_at: dict[int, int] = {}
+        self._owned: set[int] = set()  # the partitions assigned to this member now
         self._ends: dict[int, int] = {}  # partition → high watermark at the last take
         self._logged: dict[str, float] = {}  # error kind → when last logged
         self._closing = False
@@ -220,14 +223,23 @@ class UsageConsumer:
         return self._cut(most, most_bytes)
 
     def _consume(self, n: int, timeout: float) -> None:
+        before = self._moves
         got = self._consumer.consume(max(1, min(n, 100_000)), timeout)
         if not got:
             return
+        # A rebalance callback may run inside this very call, after records of the
+        # partitions it revoked were fetched into the result: those are not ours to
+        # count any more (the next owner reads them from the committed offset). One
+        # assigned back within the call keeps them: its records from the committed
+        # offset may repeat them, which counting skips (offsets, event ids).
+        gone = {p for p, at in self._revoked_at.items() if at > before} - self._owned
         held, size = self._held, 0
         for m in got:
             err = m.error()
             if err is not None:
                 self._log_error(err)
+                continue
+            if gone and m.partition() in gone:
                 continue
             value = m.value()
             size += len(value) if value else 0
@@ -272,6 +284,10 @@ class UsageConsumer:
     def _gone(self, partitions: list[TopicPartition]) -> set[int]:
         gone = {tp.partition for tp in partitions if tp.topic == self._topic}
         if gone:
+            self._moves += 1
+            self._owned -= gone
+            for p in gone:
+                self._revoked_at[p] = self._moves
             kept = [r for r in self._held if r.partition not in gone]
             self._held = kept
             self._held_bytes = sum(len(r.value) if r.value else 0 for r in kept)
@@ -286,21 +302,23 @@ class UsageConsumer:
         if new:
             log.info("partitions assigned: %s", sorted(new))
         self._assigned |= new
+        self._owned |= new
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = self._gone(partitions)
         if not gone:
             return
         log.info("partitions revoked: %s", sorted(gone))
-        # Where the next owner starts reading: what this worker counted, sent before
-        # the partitions move (a failure only makes it re-read and skip).
+        # Where the next owner starts reading: what this worker counted. Sent without
+        # waiting: a broker that does not answer must not hold the rebalance (or a
+        # stop) up, and a commit lost only makes the next owner re-read and skip.
         offsets = [TopicPartition(self._topic, p, self._counted[p])
                    for p in gone if p in self._counted]  # fmt: skip
         for p in gone:
             self._counted.pop(p, None)
         if offsets:
             try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
+                self._consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
                 log.info("offsets of revoked partitions not committed: %s", exc.args[0])
 
