@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from quartermaster import kafka
 from quartermaster.telemetry import shared_headers
@@ -129,7 +129,7 @@ class UsageConsumer:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-consumer")
         self._consumer = Consumer(
             kafka.client_config(settings.kafka_bootstrap, **options(settings),
-                                error_cb=self._error, on_commit=self._committed)
+                                error_cb=self._log_error, on_commit=self._committed)
         )  # fmt: skip
         self._topic = Topic.USAGE.value
         self._group = settings.app_id
@@ -155,7 +155,7 @@ class UsageConsumer:
         whatever its size), at once when that much is fetched, else once `within`
         seconds passed since the first arrived; waits for the first. Returns early,
         with no records, when partitions were revoked or assigned meanwhile or the
-        worker is stopping (`close`)."""
+        worker is stopping (`stop_taking`)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._take, most, within, most_bytes)
 
@@ -246,9 +246,9 @@ class UsageConsumer:
             held.append(Record(m.partition() or 0, m.offset() or 0, m.key(), value,
                                shared_headers(m.headers())))  # fmt: skip
         self._held_bytes += size
-        self._note_ends(got[-1])
+        self._note_ends()
 
-    def _note_ends(self, last: Message) -> None:
+    def _note_ends(self) -> None:
         """The high watermarks of the assigned partitions, as last fetched (cached by
         librdkafka: no request), for the lag metric."""
         for tp in self._consumer.assignment():
@@ -281,21 +281,23 @@ class UsageConsumer:
         except KafkaException as exc:  # no coordinator now: the next batch's commit
             self._log_error(exc.args[0])
 
-    def _gone(self, partitions: list[TopicPartition]) -> set[int]:
+    def _gone(self, partitions: list[TopicPartition]) -> dict[int, int | None]:
+        """Forget `partitions` (revoked or lost): their held records, their lag, what
+        was counted of them. Returns partition → the next offset counted (None: none
+        counted by this member)."""
         gone = {tp.partition for tp in partitions if tp.topic == self._topic}
         if gone:
             self._moves += 1
             self._owned -= gone
             for p in gone:
                 self._revoked_at[p] = self._moves
+                self._ends.pop(p, None)
             kept = [r for r in self._held if r.partition not in gone]
             self._held = kept
             self._held_bytes = sum(len(r.value) if r.value else 0 for r in kept)
             self._revoked |= gone
             self._assigned -= gone
-            for p in gone:
-                self._ends.pop(p, None)
-        return gone
+        return {p: self._counted.pop(p, None) for p in gone}
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         new = {tp.partition for tp in partitions if tp.topic == self._topic}
@@ -305,17 +307,15 @@ class UsageConsumer:
         self._owned |= new
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        gone = self._gone(partitions)
-        if not gone:
+        counted = self._gone(partitions)
+        if not counted:
             return
-        log.info("partitions revoked: %s", sorted(gone))
+        log.info("partitions revoked: %s", sorted(counted))
         # Where the next owner starts reading: what this worker counted. Sent without
         # waiting: a broker that does not answer must not hold the rebalance (or a
         # stop) up, and a commit lost only makes the next owner re-read and skip.
-        offsets = [TopicPartition(self._topic, p, self._counted[p])
-                   for p in gone if p in self._counted]  # fmt: skip
-        for p in gone:
-            self._counted.pop(p, None)
+        offsets = [TopicPartition(self._topic, p, o)
+                   for p, o in counted.items() if o is not None]  # fmt: skip
         if offsets:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
@@ -326,8 +326,6 @@ class UsageConsumer:
         # Another member owns them already (this one missed the session timeout):
         # nothing to commit; PostgreSQL's fence refuses any late commit of ours.
         gone = self._gone(partitions)
-        for p in gone:
-            self._counted.pop(p, None)
         if gone:
             log.warning("partitions lost (the session timed out): %s", sorted(gone))
 
@@ -336,9 +334,6 @@ class UsageConsumer:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:  # already closed, or no broker
             log.info("consumer closed with: %s", exc)
-
-    def _error(self, err: KafkaError) -> None:
-        self._log_error(err)
 
     def _committed(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
         if err is not None:

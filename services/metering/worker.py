@@ -79,9 +79,9 @@ async def run(
     background = [
         asyncio.create_task(_guarded(watch.run(), on_fatal)),
         asyncio.create_task(
-            _every(settings.prices_poll_seconds, _follow_prices, counting, on_fatal)
+            _guarded(_every(settings.prices_poll_seconds, _follow_prices, counting), on_fatal)
         ),
-        asyncio.create_task(_every(PRUNE_SECONDS, _prune, counting, on_fatal, settings)),
+        asyncio.create_task(_guarded(_every(PRUNE_SECONDS, _prune, counting, settings), on_fatal)),
         asyncio.create_task(_every(COLLECT_SECONDS, _collect)),
     ]
     loop = _Loop(consumer, counting.processor, settings, counting.metrics, watch)
@@ -122,53 +122,43 @@ async def _guarded(work: Awaitable[None], on_fatal: Callable[[BaseException], No
         on_fatal(exc)
 
 
-async def _every(seconds: float, tick: Callable[..., Awaitable[bool]], *args: object) -> None:
-    """`tick(*args)` every `seconds` until it returns False (it handed a fatal error on)."""
+async def _every(seconds: float, tick: Callable[..., Awaitable[None]], *args: object) -> None:
+    """`tick(*args)` every `seconds`, until it raises: what it raises escapes
+    (`_guarded` hands it to `on_fatal`)."""
     while True:
         await asyncio.sleep(seconds)
-        if not await tick(*args):
-            return
+        await tick(*args)
 
 
-async def _collect() -> bool:
+async def _collect() -> None:
     gc.collect()
-    return True
 
 
-async def _follow_prices(counting: Counting, on_fatal: Callable[[BaseException], None]) -> bool:
+async def _follow_prices(counting: Counting) -> None:
     """Look for a new price catalog revision: an outage is logged and tried at the next
-    tick; a revision this worker can't read ends it, loudly."""
+    tick; anything else (a revision this worker can't read) escapes, to end it."""
     try:
         new = await counting.prices.poll()
     except RETRIED_NEXT_ROUND as exc:
         log.warning("prices: could not look for a new catalog revision: %s", exc)
-        return True
-    except Exception as exc:
-        on_fatal(exc)
-        return False
+        return
     if new is not None:
         log.info(
             "prices: catalog revision %d in force (%s by %s, %d change(s))",
             new.revision, new.mode, new.loaded_by, len(new.changes),
         )  # fmt: skip
-    return True
 
 
-async def _prune(
-    counting: Counting, on_fatal: Callable[[BaseException], None], settings: MeteringSettings
-) -> bool:
-    """Forget expired event ids: an outage is logged and tried at the next tick."""
+async def _prune(counting: Counting, settings: MeteringSettings) -> None:
+    """Forget expired event ids: an outage is logged and tried at the next tick;
+    anything else escapes, to end the worker."""
     try:
         pruned = await counting.processor.prune(timedelta(hours=settings.dedupe_hours))
     except OUTAGE as exc:
         log.warning("could not prune expired event ids (next try in %.0f s): %s",
                     PRUNE_SECONDS, exc)  # fmt: skip
-        return True
-    except Exception as exc:
-        on_fatal(exc)
-        return False
+        return
     log.info("pruned %d expired event ids", pruned)
-    return True
 
 
 class _Loop:

@@ -88,7 +88,6 @@ def tps(*partitions: int) -> list[TopicPartition]:
 
 
 def test_records_fetched_before_a_revocation_in_the_same_call_are_not_taken() -> None:
-    uc: UsageConsumer
     uc, fake = consumer_with([])
     fake.steps = [
         ([lambda: uc._on_assign(fake, tps(0, 1))], [Msg(0, 0), Msg(1, 0)]),
@@ -106,7 +105,6 @@ def test_records_fetched_before_a_revocation_in_the_same_call_are_not_taken() ->
 
 
 def test_records_held_beyond_a_batch_are_dropped_when_their_partition_moves() -> None:
-    uc: UsageConsumer
     uc, fake = consumer_with([])
     fake.steps = [
         ([lambda: uc._on_assign(fake, tps(0, 1))], [Msg(0, 0), Msg(1, 0), Msg(1, 1)]),
@@ -118,7 +116,6 @@ def test_records_held_beyond_a_batch_are_dropped_when_their_partition_moves() ->
 
 
 def test_a_partition_assigned_back_within_the_call_keeps_its_records() -> None:
-    uc: UsageConsumer
     uc, fake = consumer_with([])
     fake.steps = [
         ([lambda: uc._on_assign(fake, tps(0))], [Msg(0, 0)]),
@@ -135,7 +132,6 @@ def test_a_partition_assigned_back_within_the_call_keeps_its_records() -> None:
 
 
 def test_lost_partitions_are_dropped_and_nothing_is_committed_for_them() -> None:
-    uc: UsageConsumer
     uc, fake = consumer_with([])
     fake.steps = [
         ([lambda: uc._on_assign(fake, tps(0, 1))], [Msg(0, 0), Msg(1, 0)]),
