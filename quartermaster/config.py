@@ -89,6 +89,10 @@ class CommonSettings(Settings):
         "postgresql://qm@127.0.0.1:55432/quartermaster", validation_alias="QM_DATABASE_URL"
     )
     """PostgreSQL URL; each service uses its own schema in it"""
+    database_timeout: float = Field(60.0, ge=1, le=3600, validation_alias="QM_DATABASE_TIMEOUT")
+    """Seconds PostgreSQL may take to answer one statement. A server or a network that
+    stops answering (a frozen VM, a failover that leaves connections open) is an outage
+    after this long, retried on fresh connections, instead of a wait with no end"""
     workspace_id: NonBlank = Field("default", validation_alias="QM_WORKSPACE_ID")
     """The workspace this deployment governs"""
     workspace_timezone: Annotated[str, AfterValidator(_time_zone)] = Field(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -128,6 +128,11 @@ def migrate(database_url: str, dirs: Mapping[str, Path]) -> None:
 # process starting against an address that drops packets (or a server that accepts
 # and never answers) sat there a minute before saying anything.
 CONNECT_TIMEOUT_SECONDS = 10.0
+# Seconds one statement may take unless the caller says otherwise (QM_DATABASE_TIMEOUT).
+# asyncpg's own default is none: a PostgreSQL that kept its connections open and stopped
+# answering (SIGSTOP, a frozen VM, a network that drops packets) held a metering batch,
+# and with it every partition of the worker, for good, with nothing in the log.
+COMMAND_TIMEOUT_SECONDS = 60.0
 
 
 async def connect_pool(
@@ -135,15 +140,50 @@ async def connect_pool(
     min_size: int = 1,
     max_size: int = 5,
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS,
 ) -> asyncpg.Pool:
     """An asyncpg pool of `min_size`..`max_size` connections to `database_url`, each
     connection made within `connect_timeout` seconds (TimeoutError otherwise; OSError or an
-    asyncpg error when refused)."""
+    asyncpg error when refused). Every statement on them (BEGIN, COMMIT and COPY
+    included) raises TimeoutError, an outage (OUTAGES; `outage_text` words it), when
+    PostgreSQL has not answered within `command_timeout` seconds, unless the call
+    passes a `timeout` of its own; asyncpg then cancels it on the server and the pool
+    resets or replaces the connection."""
     pool = await asyncpg.create_pool(
-        database_url, min_size=min_size, max_size=max_size, timeout=connect_timeout
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        command_timeout=command_timeout,
     )
     assert pool is not None
     return pool
+
+
+class PoolSettings(Protocol):
+    """What `service_pool` reads of a service's settings (`config.CommonSettings`)."""
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def database_timeout(self) -> float: ...
+
+
+async def service_pool(settings: PoolSettings, max_size: int = 5) -> asyncpg.Pool:
+    """`connect_pool` to QM_DATABASE_URL with QM_DATABASE_TIMEOUT as the command
+    timeout: the pool of a service or a command run with a service's settings."""
+    return await connect_pool(
+        settings.database_url, max_size=max_size, command_timeout=settings.database_timeout
+    )
+
+
+def outage_text(exc: BaseException) -> str:
+    """A PostgreSQL outage as a log line says it: asyncpg's TimeoutError (a statement
+    past the pool's command timeout, a connection not made within the connect timeout)
+    carries no message, and a warning read "partition 3: ; retrying"."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "PostgreSQL did not answer in time (QM_DATABASE_TIMEOUT; TimeoutError)"
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def topic(ns: argparse.Namespace, out: TextIO) -> int:
     """`topic check` / `topic accept`: 0 when the topics may be counted (or were
     accepted), 1 when check found problems, 2 for an accept refused (its reason on
     stderr)."""
-    from quartermaster.db import connect_pool
+    from quartermaster.db import service_pool
     from quartermaster.publisher import Publisher
     from services.metering.topic_guard import accept
     from services.metering.wiring import topic_guard
@@ -80,7 +80,7 @@ def topic(ns: argparse.Namespace, out: TextIO) -> int:
     kafka.configure(settings)
 
     async def run() -> int:
-        pool = await connect_pool(settings.database_url, max_size=2)
+        pool = await service_pool(settings, max_size=2)
         try:
             guard = topic_guard(settings, pool)
             if ns.action == "check":

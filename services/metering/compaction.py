@@ -31,6 +31,12 @@ log = logging.getLogger("qm.metering.compaction")
 _LOCK = 0x716D_636F_6D70  # "qmcomp"
 _PLAIN = [c for i, c in enumerate(ROLLUP_COUNTERS) if i != PICOS]  # summed as they are
 _HALF = PICOS_PER_MICRO // 2
+# The one statement recomputes every changed day of a workspace: on a big one it may
+# outlast the pool's command timeout (QM_DATABASE_TIMEOUT, made for the counting path's
+# statements), where a statement that always takes longer would fail every round. Off
+# the counting path, a longer wait on a PostgreSQL that stopped answering costs only
+# this job's connection.
+COMPACT_TIMEOUT_SECONDS = 1800.0
 
 _SQL = f"""
 WITH dirty AS (
@@ -91,11 +97,12 @@ SELECT (SELECT count(*) FROM written) AS rows, (SELECT count(*) FROM marked) AS 
 async def compact(pool: asyncpg.Pool, tz: ZoneInfo) -> int | None:
     """Recompute the daily rollups of changed days; the number of rows written, or
     None when another replica is compacting right now. asyncpg errors propagate
-    (nothing is written then: the next run does the same days)."""
+    (nothing is written then: the next run does the same days), TimeoutError among
+    them after COMPACT_TIMEOUT_SECONDS."""
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
             return None
-        row = await conn.fetchrow(_SQL, tz.key)
+        row = await conn.fetchrow(_SQL, tz.key, timeout=COMPACT_TIMEOUT_SECONDS)
     written = int(row["rows"])
     log.info("compacted %d daily rollup rows of %d changed partition-days", written, row["days"])
     return written

@@ -44,7 +44,7 @@ from typing import Protocol
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
-from quartermaster.db import OUTAGES
+from quartermaster.db import OUTAGES, outage_text
 from quartermaster.kafka import OutRecord
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, SOURCE_HEADER, USAGE_BATCH_TYPE, Topic
 from quartermaster.v1.usage_pb2 import UsageBatch
@@ -199,8 +199,9 @@ class Processor:
                 raise
             except OUTAGE as exc:
                 log.warning(
-                    "partition %d: %s; retrying in %.1fs", partition, exc, self.retry_seconds
-                )
+                    "partition %d: %s; retrying in %.1fs",
+                    partition, outage_text(exc), self.retry_seconds,
+                )  # fmt: skip
                 self.states.pop(partition, None)  # reload: we don't know what was written
             await asyncio.sleep(self.retry_seconds)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from quartermaster.db import connect_pool
+from quartermaster.db import service_pool
 from quartermaster.notifications import NotificationPublisher
 from quartermaster.publisher import Publisher
 from quartermaster.topics import Topic
@@ -85,7 +85,7 @@ def dlq_limit(settings: MeteringSettings) -> DlqLimit:
 async def build_counting(settings: MeteringSettings, catalog: PriceCatalog) -> Counting:
     """Connect to Postgres, seed the price catalog with `catalog` when there is none,
     and build the counting path on the revision in force."""
-    pool = await connect_pool(settings.database_url, max_size=4)
+    pool = await service_pool(settings, max_size=4)
     catalogs = CatalogStore(pool)
     seeded = await catalogs.seed(catalog, str(settings.prices_file))
     log.info("prices: catalog revision %d in force", seeded.revision)
@@ -155,7 +155,7 @@ async def build_api(settings: MeteringSettings) -> Api:
     from services.metering.price_servicer import PriceCatalogServicer
     from services.metering.stores.usage import UsageStore
 
-    pool = await connect_pool(settings.database_url)
+    pool = await service_pool(settings)
     catalogs = CatalogStore(pool)
     try:
         await catalogs.seed(PriceCatalog.from_file(settings.prices_file), str(settings.prices_file))

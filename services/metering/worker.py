@@ -28,7 +28,7 @@ from datetime import timedelta
 
 from opentelemetry import trace
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from quartermaster.telemetry import links_of
 from services.metering.aggregate import Record
 from services.metering.consumer import Taken, UsageConsumer
@@ -140,7 +140,7 @@ async def _follow_prices(counting: Counting) -> None:
     try:
         new = await counting.prices.poll()
     except RETRIED_NEXT_ROUND as exc:
-        log.warning("prices: could not look for a new catalog revision: %s", exc)
+        log.warning("prices: could not look for a new catalog revision: %s", outage_text(exc))
         return
     if new is not None:
         log.info(
@@ -156,7 +156,7 @@ async def _prune(counting: Counting, settings: MeteringSettings) -> None:
         pruned = await counting.processor.prune(timedelta(hours=settings.dedupe_hours))
     except OUTAGE as exc:
         log.warning("could not prune expired event ids (next try in %.0f s): %s",
-                    PRUNE_SECONDS, exc)  # fmt: skip
+                    PRUNE_SECONDS, outage_text(exc))  # fmt: skip
         return
     log.info("pruned %d expired event ids", pruned)
 

@@ -36,7 +36,7 @@ from typing import TextIO
 
 import asyncpg
 
-from quartermaster.db import connect_pool
+from quartermaster.db import service_pool
 from quartermaster.settings import load_or_exit
 from services.notifier.plan import CHOICES, chosen, describe, preference_of
 from services.notifier.settings import NotifierSettings
@@ -127,7 +127,7 @@ async def _webhooks(
 
 
 async def _run(args: argparse.Namespace, settings: NotifierSettings, out: TextIO) -> int:
-    pool = await connect_pool(settings.database_url)
+    pool = await service_pool(settings)
     try:
         if args.command == "preferences":
             return await _preferences(args, settings, pool, out)

@@ -26,7 +26,7 @@ from aiohttp import web
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
-from quartermaster.db import connect_pool
+from quartermaster.db import service_pool
 from quartermaster.directory_client import DirectoryClient
 from quartermaster.grpcclient import open_channel
 from quartermaster.v1 import requests_pb2_grpc
@@ -191,7 +191,7 @@ async def start(
     gauge and interactivity endpoint. Raises OSError or an asyncpg error when
     PostgreSQL can't be reached (or the endpoint's address is taken); ValueError when
     Slack is not configured (see slack_channel)."""
-    pool = await connect_pool(settings.database_url, max_size=settings.senders + 4)
+    pool = await service_pool(settings, max_size=settings.senders + 4)
     ws = settings.workspace_id
     sender_id = f"{socket.gethostname()}:{os.getpid()}"
     store = DeliveryStore(pool, ws, sender_id)

@@ -15,7 +15,7 @@ import logging
 
 from quartermaster import kafka, telemetry
 from quartermaster.cliargs import Parser
-from quartermaster.db import connect_pool, run_service
+from quartermaster.db import run_service, service_pool
 from quartermaster.grpcserver import until_signalled
 from quartermaster.money import MICROS_PER_CREDIT
 from quartermaster.settings import load_or_exit
@@ -36,7 +36,7 @@ async def _serve(settings: PolicySettings) -> None:
 
 
 async def _set_default(settings: PolicySettings, credits: int, soft: bool, actor: str) -> None:
-    pool = await connect_pool(settings.database_url)
+    pool = await service_pool(settings)
     try:
         enforcement = Enforcement.SOFT if soft else Enforcement.HARD
         store = LimitStore(pool, settings.workspace_id)
@@ -50,7 +50,7 @@ async def _accept_topic(settings: PolicySettings, by: str, reason: str) -> str:
     now = await asyncio.to_thread(broker_mark, settings.kafka_bootstrap, topic)
     if now is None:
         raise SystemExit(f"{topic} does not exist on the broker: create the topics first")
-    pool = await connect_pool(settings.database_url)
+    pool = await service_pool(settings)
     try:
         old = await TopicMarkStore(pool, settings.workspace_id, topic).accept(now, by, reason)
     except ValueError as exc:

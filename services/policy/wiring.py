@@ -17,7 +17,7 @@ import asyncpg
 import grpc
 
 from quartermaster import auth, gcpacing
-from quartermaster.db import connect_pool
+from quartermaster.db import service_pool
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
 from quartermaster.notifications import NotificationPublisher
@@ -152,7 +152,7 @@ async def start(settings: PolicySettings, addr: str | None = None) -> RunningPol
     """Start a policy server on `addr` (default: the setting; port 0 picks a free one)."""
     ws, bootstrap = settings.workspace_id, settings.kafka_bootstrap
     loop = asyncio.get_running_loop()
-    pool = await connect_pool(settings.database_url, max_size=10)
+    pool = await service_pool(settings, max_size=10)
     snapshots, reservations = SnapshotStore(pool, ws), ReservationStore(pool, ws)
     limits, directory = LimitStore(pool, ws), DirectoryStore(pool, ws)
     view = ReservationsView()

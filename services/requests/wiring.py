@@ -16,7 +16,7 @@ from datetime import timedelta
 import asyncpg
 
 from quartermaster import auth
-from quartermaster.db import connect_pool
+from quartermaster.db import service_pool
 from quartermaster.directory_client import DirectoryClient
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
@@ -77,7 +77,7 @@ async def start(settings: RequestsSettings, addr: str | None = None) -> RunningR
     """Connect, build and start the relay and reconciler loops and the gRPC server on
     `addr` (default: the setting; port 0 picks a free one). Raises OSError or an
     asyncpg error when PostgreSQL can't be reached at start."""
-    pool = await connect_pool(settings.database_url)
+    pool = await service_pool(settings)
     store = RequestStore(pool, settings.workspace_id, settings.timing)
     publisher = Publisher(settings.kafka_bootstrap)
     relay = Relay(

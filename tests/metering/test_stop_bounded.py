@@ -1,7 +1,9 @@
-"""A stopping worker (SIGTERM) ends within a bound when the broker or PostgreSQL
-holds its connections open but does not answer (paused, a frozen VM): it used to wait
-on librdkafka's close (the revoked partitions' offset commit) for good, and on the
-cancelled batch's query for asyncpg's 60 s cancel request.
+"""A broker or PostgreSQL that holds its connections open but does not answer (paused,
+a frozen VM): a stopping worker (SIGTERM) ends within a bound (it used to wait on
+librdkafka's close, the revoked partitions' offset commit, for good, and on the
+cancelled batch's query for asyncpg's 60 s cancel request); a counting worker says so
+within QM_DATABASE_TIMEOUT and counts every event once when PostgreSQL answers again
+(it used to wait on the batch's statement for good, with nothing in its log).
 
 Fault tests: a worker process on a broker of the test's own, counting into the
 session's PostgreSQL (through a proxy the test can freeze)."""
@@ -174,5 +176,40 @@ async def test_a_stop_mid_batch_ends_when_postgres_does_not_answer(
         assert took < 50, log[-3000:]
         assert "stopping without the batch in hand" in log
         assert "Traceback" not in log, log[-3000:]
+    finally:
+        proxy.close()
+
+
+async def test_a_postgres_that_stops_answering_is_an_outage_and_counting_resumes(
+    infra: Infra, own_broker: LocalBroker, env: dict[str, str], workers: list[Worker]
+) -> None:
+    u = urlsplit(env["QM_DATABASE_URL"])
+    proxy = Proxy(u.hostname or "127.0.0.1", u.port or 5432)
+    try:
+        env = {
+            **env,
+            "QM_DATABASE_URL": proxied(env["QM_DATABASE_URL"], proxy.port),
+            "QM_DATABASE_TIMEOUT": "3",
+        }
+        users = [new_user() for _ in range(3)]
+        w = start(workers, env, "a")
+        produce_usage(own_broker.bootstrap, [usage(u) for u in users for _ in range(2)])
+        for user in users:
+            await eventually(day_total(infra.database_url, user), (2 * EVENT_MICROS, 2), within=90)
+        proxy.frozen.set()
+        produce_usage(own_broker.bootstrap, [usage(u) for u in users for _ in range(3)])
+        said = "PostgreSQL did not answer in time (QM_DATABASE_TIMEOUT"
+
+        async def warned() -> bool:
+            return said in w.log()
+
+        await eventually(warned, True, within=60)
+        await asyncio.sleep(5)  # retries against the frozen server: each one times out
+        proxy.frozen.clear()
+        produce_usage(own_broker.bootstrap, [usage(u) for u in users])
+        for user in users:
+            await eventually(day_total(infra.database_url, user), (6 * EVENT_MICROS, 6), within=90)
+        assert w.proc.poll() is None, w.log()[-3000:]
+        assert "Traceback" not in w.log(), w.log()[-3000:]
     finally:
         proxy.close()
