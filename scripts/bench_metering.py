@@ -110,6 +110,9 @@ def workload(n: int, users: int, seed: int = 7, uniform: bool = False) -> list[U
     return out
 
 
+CEILING_PASSES = 3  # the ceiling's passes over the topic a run (their median is its figure)
+
+
 def ceiling(
     bootstrap: str, expected: int, batched: bool, partitions: int = PARTITIONS
 ) -> tuple[float, dict[str, int], dict[int, int]]:
@@ -424,7 +427,7 @@ async def main_async(
     bad_ratio: float = 0.0,
     in_process: bool = False,
     session_timeout: float = 10.0,
-) -> dict[str, float | int | bool | None]:
+) -> dict[str, float | int | bool | list[int] | None]:
     run_dir = ROOT / ".run" / f"bench-metering-{os.getpid()}"
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
@@ -444,11 +447,19 @@ async def main_async(
                 rep.close()
             say(f"  produced in {time.perf_counter() - t:.1f}s")
 
-            ceiling_eps, sums, ends = ceiling(
-                infra.kafka_bootstrap, n, batch > 1 and not (foreign or bad_ratio)
-            )
-            say(f"ceiling (consume+decode+price+sum): {ceiling_eps:,.0f} events/s, "
-                f"{sum(ends.values())} records")  # fmt: skip
+            # One pass of a few seconds moved 51,000-89,000 events/s between
+            # consecutive runs on these machines: the median of CEILING_PASSES, each
+            # printed, and the best of them for the most careful ratio.
+            passes = []
+            for _ in range(CEILING_PASSES):
+                eps_pass, sums, ends = ceiling(
+                    infra.kafka_bootstrap, n, batch > 1 and not (foreign or bad_ratio)
+                )
+                passes.append(eps_pass)
+            ceiling_eps, best_ceiling = statistics.median(passes), max(passes)
+            shown = ", ".join(f"{x:,.0f}" for x in passes)
+            say(f"ceiling (consume+decode+price+sum): {ceiling_eps:,.0f} events/s, the median"
+                f" of {shown}; {sum(ends.values())} records")  # fmt: skip
 
             env = {**os.environ, **infra.env(), "QM_METERING_APP_ID": app_id,
                    "QM_WORKSPACE_ID": "bench",  # the workspace its events name
@@ -508,7 +519,9 @@ async def main_async(
         "users": users,
         "events_per_s": round(eps),
         "ceiling_events_per_s": round(ceiling_eps),
+        "ceiling_passes": [round(x) for x in passes],
         "ratio": round(eps / ceiling_eps, 3),
+        "ratio_to_best_pass": round(eps / best_ceiling, 3),
         "rss_mb": round(peak, 1),
         "batches": batches,
         "session_timeout_s": session_timeout,

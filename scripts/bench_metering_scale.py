@@ -108,6 +108,11 @@ class Fleet:
         self.running[name] = proc
         return name
 
+    def log(self, name: str) -> str:
+        """What worker `name` logged so far ("" before it wrote anything)."""
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def oldest(self) -> str:
         return next(iter(self.running))
 
@@ -313,7 +318,15 @@ async def join_leave(url: str, app_id: str, fleet: Fleet, partitions: int,
         while not await whole(fleet, partitions):
             fleet.check()
             if time.time() > deadline:
-                raise SystemExit(f"the group did not hold every partition within {limit}s")
+                holds = {n: await asyncio.to_thread(held, fleet.addrs[n]) for n in fleet.running}
+                tails = "".join(
+                    f"\n--- {n}:\n" + "\n".join(fleet.log(n).splitlines()[-12:])
+                    for n in fleet.running
+                )  # fmt: skip
+                raise SystemExit(
+                    f"the group did not hold every partition within {limit}s: each running "
+                    f"worker counts {holds} (of {partitions}); the end of their logs:{tails}"
+                )
             await asyncio.sleep(0.1)
         since = time.time()
         while any(advances.get(p, [0.0])[-1] < since for p in range(partitions)):
