@@ -20,6 +20,8 @@ import asyncpg
 
 from quartermaster.redact import mask_urls
 
+log = logging.getLogger("qm.db")
+
 # Exceptions that mean PostgreSQL is out of reach, not that a request or the code is
 # wrong: retried by workers, UNAVAILABLE to gRPC callers (quartermaster.grpcguard).
 # OSError covers refused and reset connections, DNS failures and (since Python 3.11)
@@ -175,6 +177,34 @@ async def service_pool(settings: PoolSettings, max_size: int = 5) -> asyncpg.Poo
     return await connect_pool(
         settings.database_url, max_size=max_size, command_timeout=settings.database_timeout
     )
+
+
+# Longest a stopping process waits to close its pool (or a connection) gracefully.
+CLOSE_SECONDS = 10.0
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = CLOSE_SECONDS) -> None:
+    """Close `pool` gracefully (connections released, then closed) within `within`
+    seconds; when PostgreSQL does not answer meanwhile (frozen: a release's reset or a
+    close waits on it), its connections are closed under them instead. Never raises
+    for PostgreSQL's sake: a stop during an outage ends, and says nothing false about
+    why the process ran (a TimeoutError out of a service's stop read as "PostgreSQL
+    is out of reach" at start, exit 1, after about twice the command timeout, past
+    Kubernetes' 30 s grace period)."""
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except RETRIED_NEXT_ROUND as exc:  # TimeoutError among them
+        log.warning("PostgreSQL did not let the pool close (%s): connections closed under it",
+                    outage_text(exc))  # fmt: skip
+        pool.terminate()
+
+
+async def close_connection(conn: asyncpg.Connection, within: float = CLOSE_SECONDS) -> None:
+    """`close_pool` for one connection outside a pool."""
+    try:
+        await conn.close(timeout=within)
+    except RETRIED_NEXT_ROUND:
+        conn.terminate()
 
 
 def outage_text(exc: BaseException) -> str:

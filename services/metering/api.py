@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from quartermaster import auth, kafka, telemetry
-from quartermaster.db import RETRIED_NEXT_ROUND, run_service
+from quartermaster.db import RETRIED_NEXT_ROUND, close_pool, outage_text, run_service
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve, until_signalled
 from quartermaster.settings import load_or_exit
@@ -39,7 +39,7 @@ class RunningApi:
         self.compactor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.compactor
-        await self.api.pool.close()
+        await close_pool(self.api.pool)
 
 
 async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> None:
@@ -49,7 +49,7 @@ async def _compact_forever(pool: asyncpg.Pool, settings: MeteringSettings) -> No
             await compact(pool, settings.timezone)
         except RETRIED_NEXT_ROUND as exc:
             # Daily figures lag a little longer; the next round catches up.
-            log.warning("daily rollup compaction failed: %s", exc)
+            log.warning("daily rollup compaction failed: %s", outage_text(exc))
 
 
 async def start(settings: MeteringSettings, addr: str | None = None) -> RunningApi:

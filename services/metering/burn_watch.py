@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from quartermaster.money import credits
 from quartermaster.notifications import NotificationPublisher, intent
 from quartermaster.partitioning import partition_of
@@ -121,7 +121,7 @@ class BurnWatch:
         except RETRIED_NEXT_ROUND as exc:
             log.warning(
                 "burn rate: could not read the history of %d user(s) (%s); their "
-                "baselines start from traffic and are not warm yet", len(users), exc
+                "baselines start from traffic and are not warm yet", len(users), outage_text(exc)
             )  # fmt: skip
             history = {}
         now_minute = int(now.timestamp() // MINUTE)

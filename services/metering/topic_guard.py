@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from quartermaster.db import outage_text
 from quartermaster.kafka import OutRecord
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF, Topic
 from quartermaster.wire import timestamp
@@ -136,7 +137,10 @@ class TopicWatch:
             await self.guard.verify()
             return False
         except OUTAGE as exc:
-            log.debug("topics not checked (the broker or PostgreSQL does not answer): %s", exc)
+            log.debug(
+                "topics not checked (the broker or PostgreSQL does not answer): %s",
+                outage_text(exc),
+            )
             return False
         except TopicRefused:
             pass

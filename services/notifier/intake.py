@@ -25,7 +25,7 @@ from confluent_kafka import Message as KafkaMessage
 from google.protobuf.message import DecodeError
 
 from quartermaster import kafka
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from quartermaster.directory_client import DirectoryClient, DirectoryRequestError
 from quartermaster.topics import Topic
 from quartermaster.v1 import notifications_pb2, requests_pb2
@@ -205,7 +205,7 @@ class Intake:
             except RETRIED_NEXT_ROUND as exc:
                 # DirectoryUnavailable is a ConnectionError, an OSError
                 log.warning("%d record(s) not recorded yet (tried again in %s s): %s",
-                            len(msgs), self._retry, exc)  # fmt: skip
+                            len(msgs), self._retry, outage_text(exc))  # fmt: skip
                 await asyncio.sleep(self._retry)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from services.notifier.stores.deliveries import DeliveryStore
 
 log = logging.getLogger("qm.notifier.metrics")
@@ -79,5 +79,7 @@ class Backlog:
                 # channels that emptied show 0 rather than their last number
                 self._metrics.backlog = {k: 0 for k in self._metrics.backlog} | counts
             except RETRIED_NEXT_ROUND as exc:
-                log.warning("backlog not read (the gauge keeps its last numbers): %s", exc)
+                log.warning(
+                    "backlog not read (the gauge keeps its last numbers): %s", outage_text(exc)
+                )
             await asyncio.sleep(self._every)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from services.notifier.channel import Channel, Outcome, Recipient
 from services.notifier.intake import Intake
 from services.notifier.plan import Plan, plan_digest
@@ -119,7 +119,9 @@ class Sender:
                     try:
                         claimed = await self._store.claim(free, self._lease, self._serial)
                     except RETRIED_NEXT_ROUND as exc:
-                        log.warning("claiming deliveries failed (tried again in 1 s): %s", exc)
+                        log.warning(
+                            "claiming deliveries failed (tried again in 1 s): %s", outage_text(exc)
+                        )
                         await asyncio.sleep(max(self._poll, 1.0))
                         continue
                 flying |= {asyncio.create_task(self._one(d)) for d in claimed}
@@ -163,7 +165,9 @@ class Sender:
                 closed = await self._gate.closed(d.channel, d.recipient)
             except RETRIED_NEXT_ROUND as exc:
                 closed = None  # sent; a 410 answer closes it again
-                log.warning("could not ask whether %s is disabled: %s", d.recipient, exc)
+                log.warning(
+                    "could not ask whether %s is disabled: %s", d.recipient, outage_text(exc)
+                )
         if channel is None:
             out = Outcome("failed", reason=f"channel {d.channel!r} is not configured here")
         elif closed is not None:
@@ -182,7 +186,7 @@ class Sender:
             await self._record(d, out)
         except RETRIED_NEXT_ROUND as exc:
             log.warning("outcome of delivery %d not recorded (its claim runs out, then it"
-                        " is confirmed or sent again): %s", d.id, exc)  # fmt: skip
+                        " is confirmed or sent again): %s", d.id, outage_text(exc))  # fmt: skip
 
     async def _record(self, d: Delivery, out: Outcome) -> None:
         schedule = self._schedules.get(d.channel, self._default_schedule)
@@ -223,7 +227,7 @@ class Reconciler:
                     log.warning("%d delivery claim(s) ran out without an outcome; handed back", n)
                 self.returned += n
             except RETRIED_NEXT_ROUND as exc:
-                log.warning("reconciling deliveries failed (tried again): %s", exc)
+                log.warning("reconciling deliveries failed (tried again): %s", outage_text(exc))
             await asyncio.sleep(self._every)
 
 
@@ -266,5 +270,7 @@ class Digester:
             try:
                 await self.once()
             except RETRIED_NEXT_ROUND as exc:
-                log.warning("digests not taken (tried again in %s s): %s", self._every, exc)
+                log.warning(
+                    "digests not taken (tried again in %s s): %s", self._every, outage_text(exc)
+                )
             await asyncio.sleep(self._every)

@@ -26,7 +26,7 @@ from aiohttp import web
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
-from quartermaster.db import service_pool
+from quartermaster.db import close_pool, service_pool
 from quartermaster.directory_client import DirectoryClient
 from quartermaster.grpcclient import open_channel
 from quartermaster.v1 import requests_pb2_grpc
@@ -100,7 +100,7 @@ class RunningNotifier:
             await self.drivers.close()
         if self.slack.web.session is not None:
             await self.slack.web.session.close()
-        await self.pool.close()
+        await close_pool(self.pool)
 
 
 def slack_channel(settings: NotifierSettings, copies: slack.Copies) -> slack.SlackChannel:

@@ -26,7 +26,7 @@ from datetime import timedelta
 from confluent_kafka import KafkaException, Message
 
 from quartermaster.consumers import ReplayConsumer
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from quartermaster.money import credits
 from quartermaster.topics import Topic
 from quartermaster.v1 import requests_pb2
@@ -149,7 +149,7 @@ class Approvals:
                 return
             except RETRIED_NEXT_ROUND as exc:
                 # Postgres away: keep the offset, try the same event again.
-                log.warning("could not install an approval, retrying: %s", exc)
+                log.warning("could not install an approval, retrying: %s", outage_text(exc))
                 await asyncio.sleep(1)
 
     async def _handle(self, msg: Message) -> None:

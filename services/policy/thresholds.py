@@ -15,7 +15,7 @@ import logging
 from datetime import UTC, datetime
 
 from quartermaster.consumers import take_all
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from quartermaster.money import credits
 from quartermaster.notifications import NotificationPublisher, intent
 from quartermaster.v1 import notifications_pb2
@@ -70,7 +70,7 @@ class ThresholdWatch:
                     await self._check(user)
                 except RETRIED_NEXT_ROUND as exc:
                     log.warning("threshold check for %s failed (retried on its next total): %s",
-                                user, exc)  # fmt: skip
+                                user, outage_text(exc))  # fmt: skip
 
     async def _check(self, user_id: str) -> None:
         now = self._ev.clock()

@@ -13,7 +13,7 @@ import gc
 import logging
 
 from quartermaster.consumers import take_all
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from services.policy.evaluator import Evaluator
 from services.policy.reservations import ReservationsView
 from services.policy.stores.reservations import ReservationStore
@@ -73,7 +73,7 @@ class SnapshotRefresh:
                 await self.reload()
             except RETRIED_NEXT_ROUND as exc:
                 # Keep answering with the last known rules; Postgres may be back soon.
-                log.warning("could not refresh limits, keeping the last ones: %s", exc)
+                log.warning("could not refresh limits, keeping the last ones: %s", outage_text(exc))
 
 
 class Settlements:
@@ -112,7 +112,9 @@ class Settlements:
                     except RETRIED_NEXT_ROUND as exc:
                         # This replica knows anyway; one started later may count these
                         # reservations until they expire.
-                        log.warning("could not record %d settled requests: %s", len(chunk), exc)
+                        log.warning(
+                            "could not record %d settled requests: %s", len(chunk), outage_text(exc)
+                        )
 
 
 async def housekeeping(store: ReservationStore, evaluator: Evaluator) -> None:
@@ -126,4 +128,4 @@ async def housekeeping(store: ReservationStore, evaluator: Evaluator) -> None:
             await store.forget_old(KEEP_OLD_RESERVATIONS_SECONDS)
             await view.sync_from(store.open_reservations)
         except RETRIED_NEXT_ROUND as exc:
-            log.warning("reservation housekeeping failed, will retry: %s", exc)
+            log.warning("reservation housekeeping failed, will retry: %s", outage_text(exc))

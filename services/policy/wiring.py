@@ -17,7 +17,7 @@ import asyncpg
 import grpc
 
 from quartermaster import auth, gcpacing
-from quartermaster.db import service_pool
+from quartermaster.db import close_pool, service_pool
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
 from quartermaster.notifications import NotificationPublisher
@@ -96,7 +96,7 @@ class RunningPolicy:
         self.feed.stop()
         self.publisher.close()
         await self.listener.close()
-        await self.pool.close()
+        await close_pool(self.pool)
 
 
 async def _when_totals_read(feed: TotalsFeed, thresholds: ThresholdWatch) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from services.requests.machine import Refused
 from services.requests.stores.requests import Contended, RequestStore
 from services.requests.timing import Timing, tick
@@ -75,7 +75,7 @@ class Reconciler:
             try:
                 await self.pass_once()
             except RETRIED_NEXT_ROUND as exc:
-                log.warning("reconciler pass failed, retrying: %s", exc)
+                log.warning("reconciler pass failed, retrying: %s", outage_text(exc))
             except Exception:
                 log.exception("reconciler pass failed unexpectedly, retrying")
             await asyncio.sleep(self._every)

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from opentelemetry import metrics
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from quartermaster.kafka import OutRecord
 from quartermaster.topics import CONTENT_TYPE, PROTOBUF
 from services.requests.stores.outbox import OutboxRecord, OutboxStore
@@ -125,7 +125,7 @@ class Relay:
             try:
                 sent = await self.publish_once()
             except RETRIED_NEXT_ROUND as exc:
-                log.warning("relay could not publish, retrying: %s", exc)
+                log.warning("relay could not publish, retrying: %s", outage_text(exc))
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             except Exception:

@@ -16,7 +16,7 @@ from datetime import timedelta
 import asyncpg
 
 from quartermaster import auth
-from quartermaster.db import service_pool
+from quartermaster.db import close_pool, service_pool
 from quartermaster.directory_client import DirectoryClient
 from quartermaster.grpcguard import add_guarded
 from quartermaster.grpcserver import Served, serve
@@ -70,7 +70,7 @@ class RunningRequests:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.publisher.close()
-        await self.pool.close()
+        await close_pool(self.pool)
 
 
 async def start(settings: RequestsSettings, addr: str | None = None) -> RunningRequests:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import grpc
@@ -30,10 +30,11 @@ pytestmark = pytest.mark.infra
 TIMEOUT = 2.0
 
 
-@pytest.fixture
-async def frozen_policy(
+async def behind_proxy(
     infra: Infra, service_env: dict[str, str]
-) -> AsyncIterator[tuple[wiring.RunningPolicy, Proxy, str]]:
+) -> tuple[wiring.RunningPolicy, Proxy, str]:
+    """A policy server of a new workspace (a default limit set) whose PostgreSQL is
+    reached through a proxy the test can freeze, serving; QM_DATABASE_TIMEOUT 2 s."""
     workspace = f"ws-{uuid.uuid4().hex[:8]}"
     pool = await connect_pool(infra.database_url)
     try:
@@ -51,8 +52,16 @@ async def frozen_policy(
         "QM_DATABASE_TIMEOUT": str(TIMEOUT),
     }
     running = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
+    await asyncio.wait_for(running.serving.wait(), 60)
+    return running, proxy, workspace
+
+
+@pytest.fixture
+async def frozen_policy(
+    infra: Infra, service_env: dict[str, str]
+) -> AsyncIterator[tuple[wiring.RunningPolicy, Proxy, str]]:
+    running, proxy, workspace = await behind_proxy(infra, service_env)
     try:
-        await asyncio.wait_for(running.serving.wait(), 60)
         yield running, proxy, workspace
     finally:
         proxy.frozen.clear()
@@ -114,38 +123,7 @@ async def test_frozen_postgres_check_answers_writes_unavailable_and_recover(
         assert all(c == "OK" and t < 1 for c, t in checks), checks
         assert {c for c, _ in results} == {"UNAVAILABLE"}, results
         proxy.frozen.clear()
-        unfrozen = time.monotonic()
-
-        async def reserved_after() -> object:
-            try:
-                return (await policy.Reserve(reserve("after"), timeout=10)).decision
-            except grpc.aio.AioRpcError as exc:
-                return exc.code()
-
-        await eventually(reserved_after, policy_pb2.DECISION_ALLOW, within=30)
-        print(f"Reserve OK {time.monotonic() - unfrozen:.1f} s after unfreezing")  # noqa: T201
-        done_commit = await policy.Commit(
-            policy_pb2.CommitRequest(reservation_id=made.reservation_id, actual_micros=500),
-            timeout=10,
-        )
-        assert done_commit.committed
-        # Every connection of the pool usable again: 30 concurrent writes all answer.
-        again = await asyncio.gather(
-            *(timed(policy.Reserve(reserve(f"again-{i}", f"u{i}"), timeout=20)) for i in range(30))
-        )
-        assert {c for c, _ in again} == {"OK"}, again
-
-        # A limit change made elsewhere reaches this replica (LISTEN or polling).
-        pool = await connect_pool(infra.database_url)
-        try:
-            await LimitStore(pool, workspace).set_workspace_default(1, Enforcement.HARD, "tests")
-        finally:
-            await pool.close()
-
-        async def denied() -> object:
-            return (await policy.Check(check)).decision
-
-        await eventually(denied, policy_pb2.DECISION_DENY, within=10)
+        await works_again(infra, policy, workspace, made.reservation_id, reserve, check)
     finally:
         await channel.close(None)
     # asyncpg.pool's own warnings carry a traceback, put on one line by the services'
@@ -156,3 +134,70 @@ async def test_frozen_postgres_check_answers_writes_unavailable_and_recover(
         r.getMessage() for r in ours if r.levelno >= logging.ERROR
     ]
     assert running.listener.reconnects >= 1  # the LISTEN connection was replaced
+
+
+async def works_again(
+    infra: Infra,
+    policy: policy_pb2_grpc.PolicyServiceAsyncStub,
+    workspace: str,
+    reservation_id: str,
+    reserve: Callable[..., policy_pb2.ReserveRequest],
+    check: policy_pb2.CheckRequest,
+) -> None:
+    """Once PostgreSQL answers again: a Reserve, the Commit of the one made before the
+    freeze, 30 concurrent writes (every pooled connection usable), and a limit change
+    made elsewhere reaching the replica."""
+    unfrozen = time.monotonic()
+
+    async def reserved_after() -> object:
+        try:
+            return (await policy.Reserve(reserve("after"), timeout=10)).decision
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+
+    await eventually(reserved_after, policy_pb2.DECISION_ALLOW, within=30)
+    print(f"Reserve OK {time.monotonic() - unfrozen:.1f} s after unfreezing")  # noqa: T201
+    done_commit = await policy.Commit(
+        policy_pb2.CommitRequest(reservation_id=reservation_id, actual_micros=500),
+        timeout=10,
+    )
+    assert done_commit.committed
+    # Every connection of the pool usable again: 30 concurrent writes all answer.
+    again = await asyncio.gather(
+        *(timed(policy.Reserve(reserve(f"again-{i}", f"u{i}"), timeout=20)) for i in range(30))
+    )
+    assert {c for c, _ in again} == {"OK"}, again
+
+    # A limit change made elsewhere reaches this replica (LISTEN or polling).
+    pool = await connect_pool(infra.database_url)
+    try:
+        await LimitStore(pool, workspace).set_workspace_default(1, Enforcement.HARD, "tests")
+    finally:
+        await pool.close()
+
+    async def denied() -> object:
+        return (await policy.Check(check)).decision
+
+    await eventually(denied, policy_pb2.DECISION_DENY, within=10)
+
+
+async def test_a_stop_ends_within_the_bounds_while_postgres_does_not_answer(
+    infra: Infra, service_env: dict[str, str]
+) -> None:
+    """SIGTERM's path (`RunningPolicy.stop`) on a frozen PostgreSQL: the LISTEN
+    connection's close waited for good (it is outside the pool, and had no command
+    timeout), then the pool's close raised TimeoutError, which `run_service` reports as
+    "PostgreSQL is out of reach", exit 1. Now each is closed within its bound
+    (PING_TIMEOUT_SECONDS, db.CLOSE_SECONDS) and then closed under it."""
+    running, proxy, _ = await behind_proxy(infra, service_env)
+    try:
+        proxy.frozen.set()
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        await asyncio.wait_for(running.stop(1), 60)  # raised nothing, ended
+        took = time.monotonic() - began
+        # grace 1 s, the listener's close 5 s, the pool's 10 s: within Kubernetes' 30 s
+        assert took < 25, f"stop took {took:.1f} s"
+    finally:
+        proxy.frozen.clear()
+        proxy.close()

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from quartermaster.db import RETRIED_NEXT_ROUND
+from quartermaster.db import RETRIED_NEXT_ROUND, close_connection, outage_text
 from services.policy.reservations import ReservationsView, from_notice
 from services.policy.stores.changes import CHANGED_CHANNEL
 from services.policy.stores.reservations import RESERVATIONS_CHANNEL
@@ -67,12 +67,16 @@ class ChangeListener:
     async def connect(self) -> None:
         """Connect and LISTEN; raises what asyncpg raises when PostgreSQL can't be
         reached (OSError, asyncpg.PostgresError)."""
-        conn = await asyncpg.connect(self._url, timeout=PING_TIMEOUT_SECONDS)
+        # Every statement bounded (LISTEN too): a PostgreSQL frozen between the
+        # handshake and LISTEN held this connect, and the close below, for good.
+        conn = await asyncpg.connect(
+            self._url, timeout=PING_TIMEOUT_SECONDS, command_timeout=PING_TIMEOUT_SECONDS
+        )
         try:
             await conn.add_listener(CHANGED_CHANNEL, self._on_change)
             await conn.add_listener(RESERVATIONS_CHANNEL, self._on_reservation)
         except BaseException:
-            await conn.close()
+            conn.terminate()  # it failed: nothing to say goodbye to
             raise
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())
@@ -154,9 +158,13 @@ class ChangeListener:
             return True
         except RETRIED_NEXT_ROUND as exc:
             # Housekeeping reads them again within a minute anyway.
-            (log.debug if quiet else log.warning)("could not read open reservations again: %s", exc)
+            (log.debug if quiet else log.warning)(
+                "could not read open reservations again: %s", outage_text(exc)
+            )
             return False
 
     async def close(self) -> None:
+        """Close the connection within PING_TIMEOUT_SECONDS (its close waited for good
+        on a frozen PostgreSQL, and with it policy's stop)."""
         if self._conn is not None:
-            await self._conn.close()
+            await close_connection(self._conn, PING_TIMEOUT_SECONDS)
