@@ -51,9 +51,6 @@ log = logging.getLogger("qm.metering")
 # batch's worth at the default QM_METERING_BATCH_MAX_BYTES, in C, while a batch is
 # counted. Its default (64 MiB) would hold ~900,000 one-event records.
 QUEUE_BYTES = 16 * 1024 * 1024
-# Records librdkafka tries to keep queued per partition (`queued.min.messages`; its
-# default, 100,000, is 1.2 M one-event records over 12 partitions).
-QUEUE_RECORDS = 20_000
 # Longest one wait for records lasts before the consumer thread looks at whether the
 # worker is stopping (and returns what a rebalance changed).
 WAIT_SECONDS = 0.5
@@ -110,7 +107,12 @@ def options(settings: MeteringSettings) -> dict[str, Any]:
         # A missing topic stays missing: metering's topic check names it.
         "allow.auto.create.topics": False,
         "queued.max.messages.kbytes": QUEUE_BYTES // 1024,
-        "queued.min.messages": QUEUE_RECORDS,
+        # Records librdkafka tries to keep queued per partition: a whole batch's
+        # worth, so a worker of few partitions fills a batch from them (QUEUE_BYTES
+        # bounds the total). At 20,000 a partition, a worker of 3 took one-event
+        # records in batches of ~55,000 whatever QM_METERING_BATCH_MAX said, each
+        # writing its users' totals again (docs/benchmarks.md).
+        "queued.min.messages": settings.batch_max,
         # librdkafka's own log: critical lines only. What goes wrong otherwise (a
         # broker away, a topic missing) reaches `error_cb` or comes as an error
         # record, and is logged once a minute per kind, not each retry.

@@ -48,10 +48,11 @@ class MeteringSettings(CommonSettings):
     session_timeout: float = Field(10.0, ge=1, le=300)
     """Kafka consumer session timeout in seconds (a group join takes ~half of it on
     tansu)"""
-    batch_max: int = Field(50_000, ge=1, le=1_000_000)
-    """Most records counted in one Postgres transaction; each costs the worker ~0.6 KB
-    of memory while it waits and ~1.8 KB more while it is counted (raise the memory
-    limit with it: docs/operations.md, Scale)"""
+    batch_max: int = Field(100_000, ge=1, le=1_000_000)
+    """Most records counted in one Postgres transaction (and fetched ahead per
+    partition); each costs the worker ~0.6 KB of memory while it waits and ~1.8 KB
+    more while it is counted (raise the memory limit with it: docs/operations.md,
+    Scale)"""
     batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     """Most bytes of record values counted in one Postgres transaction (~72 bytes an
     event, one a record or 200: 16 MiB is ~230,000 events); a worker that is behind
