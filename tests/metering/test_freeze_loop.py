@@ -9,7 +9,6 @@ import asyncio
 import os
 import random
 import time
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,7 +17,7 @@ from devtools.localinfra.stack import Infra
 from tests.helpers import eventually, new_user, produce_usage, usage
 from tests.metering.test_broker_restart import Worker, day_total
 from tests.metering.test_metering import EVENT_MICROS
-from tests.metering.test_stop_bounded import Proxy, env, proxied, start, workers  # noqa: F401
+from tests.metering.test_stop_bounded import env, start, through_proxy, workers  # noqa: F401
 
 pytestmark = pytest.mark.infra
 
@@ -29,14 +28,7 @@ async def test_freezing_postgres_again_and_again_counts_every_event_once(
     env: dict[str, str],  # noqa: F811
     workers: list[Worker],  # noqa: F811
 ) -> None:
-    u = urlsplit(env["QM_DATABASE_URL"])
-    proxy = Proxy(u.hostname or "127.0.0.1", u.port or 5432)
-    try:
-        env = {
-            **env,
-            "QM_DATABASE_URL": proxied(env["QM_DATABASE_URL"], proxy.port),
-            "QM_DATABASE_TIMEOUT": "2",
-        }
+    with through_proxy(env, timeout="2") as (proxy, env):
         users = [new_user() for _ in range(12)]
         sent = dict.fromkeys(users, 0)
         w = start(workers, env, "a")
@@ -82,5 +74,3 @@ async def test_freezing_postgres_again_and_again_counts_every_event_once(
         print("timeouts logged:", log.count("did not answer in time"))  # noqa: T201
         assert w.proc.poll() is None, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
-    finally:
-        proxy.close()

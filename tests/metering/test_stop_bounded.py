@@ -95,6 +95,21 @@ def proxied(url: str, port: int) -> str:
     return urlunsplit(u._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
 
 
+@contextlib.contextmanager
+def through_proxy(env: dict[str, str], timeout: str = "") -> Iterator[tuple[Proxy, dict[str, str]]]:
+    """A Proxy to `env`'s PostgreSQL, and `env` with QM_DATABASE_URL through it (and
+    QM_DATABASE_TIMEOUT `timeout`, when given); the proxy closed afterwards."""
+    u = urlsplit(env["QM_DATABASE_URL"])
+    proxy = Proxy(u.hostname or "127.0.0.1", u.port or 5432)
+    proxied_env = {**env, "QM_DATABASE_URL": proxied(env["QM_DATABASE_URL"], proxy.port)}
+    if timeout:
+        proxied_env["QM_DATABASE_TIMEOUT"] = timeout
+    try:
+        yield proxy, proxied_env
+    finally:
+        proxy.close()
+
+
 @pytest.fixture
 def env(own_broker: LocalBroker, service_env: dict[str, str]) -> dict[str, str]:
     return {
@@ -157,10 +172,7 @@ async def test_a_stop_ends_when_the_broker_does_not_answer(
 async def test_a_stop_mid_batch_ends_when_postgres_does_not_answer(
     infra: Infra, own_broker: LocalBroker, env: dict[str, str], workers: list[Worker]
 ) -> None:
-    u = urlsplit(env["QM_DATABASE_URL"])
-    proxy = Proxy(u.hostname or "127.0.0.1", u.port or 5432)
-    try:
-        env = {**env, "QM_DATABASE_URL": proxied(env["QM_DATABASE_URL"], proxy.port)}
+    with through_proxy(env) as (proxy, env):
         user = new_user()
         w = start(workers, env, "a")
         produce_usage(own_broker.bootstrap, [usage(user) for _ in range(5)])
@@ -176,21 +188,12 @@ async def test_a_stop_mid_batch_ends_when_postgres_does_not_answer(
         assert took < 50, log[-3000:]
         assert "stopping without the batch in hand" in log
         assert "Traceback" not in log, log[-3000:]
-    finally:
-        proxy.close()
 
 
 async def test_a_postgres_that_stops_answering_is_an_outage_and_counting_resumes(
     infra: Infra, own_broker: LocalBroker, env: dict[str, str], workers: list[Worker]
 ) -> None:
-    u = urlsplit(env["QM_DATABASE_URL"])
-    proxy = Proxy(u.hostname or "127.0.0.1", u.port or 5432)
-    try:
-        env = {
-            **env,
-            "QM_DATABASE_URL": proxied(env["QM_DATABASE_URL"], proxy.port),
-            "QM_DATABASE_TIMEOUT": "3",
-        }
+    with through_proxy(env, timeout="3") as (proxy, env):
         users = [new_user() for _ in range(3)]
         w = start(workers, env, "a")
         produce_usage(own_broker.bootstrap, [usage(u) for u in users for _ in range(2)])
@@ -211,5 +214,3 @@ async def test_a_postgres_that_stops_answering_is_an_outage_and_counting_resumes
             await eventually(day_total(infra.database_url, user), (6 * EVENT_MICROS, 6), within=90)
         assert w.proc.poll() is None, w.log()[-3000:]
         assert "Traceback" not in w.log(), w.log()[-3000:]
-    finally:
-        proxy.close()
