@@ -187,9 +187,9 @@ async def close_pool(pool: asyncpg.Pool, within: float = CLOSE_SECONDS) -> None:
     """Close `pool` gracefully (connections released, then closed) within `within`
     seconds; when PostgreSQL does not answer meanwhile (frozen: a release's reset or a
     close waits on it), its connections are closed under them instead. Never raises
-    for PostgreSQL's sake: a stop during an outage ends, and says nothing false about
-    why the process ran (a TimeoutError out of a service's stop read as "PostgreSQL
-    is out of reach" at start, exit 1, after about twice the command timeout, past
+    for PostgreSQL's sake, so a stop during an outage ends with status 0: a
+    TimeoutError out of a service's stop was reported by `run_service` as "PostgreSQL
+    is out of reach", exit 1, after about twice the command timeout (past
     Kubernetes' 30 s grace period)."""
     try:
         await asyncio.wait_for(pool.close(), within)
