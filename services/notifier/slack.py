@@ -39,6 +39,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
 from services.notifier.blocks import message_text
 from services.notifier.channel import Message, Outcome, Recipient
 from services.notifier.retries import parse_retry_after
@@ -207,9 +208,23 @@ class SlackChannel:
         self.posted += 1
         ts = str(resp["ts"])
         where = str(resp.get("channel") or channel)
-        if message.request_id:
-            await self._copies.save(message.request_id, SlackCopy(recipient.user_id, where, ts))
+        await self._keep_copy(recipient, message, where, ts)
         return Outcome("delivered", ref=f"{where}:{ts}")
+
+    async def _keep_copy(self, recipient: Recipient, message: Message, channel: str,
+                         ts: str) -> None:  # fmt: skip
+        """Record where a request's message went, for the edit after its decision. A
+        PostgreSQL that can't take it now (an outage) leaves the message as it is,
+        buttons and all (a click on them is refused: the request's version moved on):
+        it is delivered, and sending it again, as a raised error did, posts it twice."""
+        if not message.request_id:
+            return
+        try:
+            await self._copies.save(message.request_id, SlackCopy(recipient.user_id, channel, ts))
+        except RETRIED_NEXT_ROUND as exc:
+            log.warning("slack: the copy of request %s's message in %s was not recorded, so it "
+                        "will not be edited after the decision: %s",
+                        message.request_id, channel, outage_text(exc))  # fmt: skip
 
     async def confirm(
         self, recipient: Recipient, message: Message, delivery_id: str, since: datetime
@@ -242,8 +257,7 @@ class SlackChannel:
     async def _confirmed(
         self, recipient: Recipient, message: Message, channel: str, ts: str
     ) -> Outcome:
-        if message.request_id:
-            await self._copies.save(message.request_id, SlackCopy(recipient.user_id, channel, ts))
+        await self._keep_copy(recipient, message, channel, ts)
         return Outcome("delivered", ref=f"{channel}:{ts}")
 
     async def _edit(self, message: Message) -> Outcome:

@@ -171,6 +171,32 @@ async def test_confirm_finds_a_delivered_message_by_its_delivery_id(standin: Sla
     assert await slack.confirm(Recipient("ann", "U-ANN"), message(), "78", since=now()) is None
 
 
+class FrozenCopies(DictCopies):
+    """Copies on a PostgreSQL that does not answer: every save times out."""
+
+    async def save(self, request_id: str, copy: SlackCopy) -> None:
+        raise TimeoutError
+
+
+async def test_a_copy_postgresql_cannot_save_leaves_the_message_delivered_once(
+    standin: SlackStandin, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Posted, then the copy's save timed out: the error escaped as the channel's, the
+    # delivery was retried and the approver got the message twice; and when confirming
+    # an unsure delivery the database's timeout was reported as Slack's.
+    slack = SlackChannel(client("xoxb-test", standin.api_url), FrozenCopies(), 0.0)
+    ann = Recipient("ann", "U-ANN")
+    sent = await slack.send(ann, message("ask", "r-1"), "d-1")
+    assert sent.kind == "delivered"
+    found = await slack.confirm(ann, message("ask", "r-1"), "d-1", since=now())
+    assert found is not None
+    assert (found.kind, found.ref) == ("delivered", sent.ref)
+    assert len(standin.posted("DU-ANN")) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "qm.notifier.slack"]
+    assert len(said) == 2, said
+    assert all("was not recorded" in m and "PostgreSQL did not answer" in m for m in said)
+
+
 async def test_confirm_pages_back_past_hundreds_of_newer_messages_to_the_delivery_time(
     standin: SlackStandin,
 ) -> None:
