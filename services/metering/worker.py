@@ -18,7 +18,6 @@ restart: a worker that lives on without counting holds its partitions for nothin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -28,7 +27,7 @@ from datetime import timedelta
 
 from opentelemetry import trace
 
-from quartermaster.db import RETRIED_NEXT_ROUND, outage_text
+from quartermaster.db import RETRIED_NEXT_ROUND, close_pool, outage_text
 from quartermaster.telemetry import links_of
 from services.metering.aggregate import Record
 from services.metering.consumer import Taken, UsageConsumer
@@ -107,8 +106,7 @@ async def run(
             counting.pool.terminate()
             await asyncio.wait(stuck, timeout=CANCEL_SECONDS)
         else:
-            with contextlib.suppress(*RETRIED_NEXT_ROUND):
-                await asyncio.wait_for(counting.pool.close(), 10)
+            await close_pool(counting.pool)
         gc.enable()
     return closed
 
