@@ -21,8 +21,8 @@ hand, and nothing the callbacks change is touched by two threads at once.
 Offsets: PostgreSQL holds each partition's next offset, committed with its totals and
 fenced (`processor`): that is what makes counting exactly once. The group's committed
 offsets only say where a new owner starts reading: `commit` sends what a batch
-counted once it is in PostgreSQL, and a revoked partition's is sent synchronously
-before it moves. A commit lost (a crash, a broker away) costs only re-reading: records
+counted once it is in PostgreSQL, and a revoked partition's is sent as it moves, both
+without waiting. A commit lost (a crash, a broker away) costs only re-reading: records
 below the stored offset are skipped as counted.
 """
 
@@ -129,6 +129,8 @@ class UsageConsumer:
 
     def __init__(self, settings: MeteringSettings) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-consumer")
+        # kafka.client_config in the call itself: tests/platform/test_kafka_security.py
+        # checks every client is made so.
         self._consumer = Consumer(
             kafka.client_config(settings.kafka_bootstrap, **options(settings),
                                 error_cb=self._log_error, on_commit=self._committed)
