@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ from tests.conftest import ADMIN_METADATA
 from tests.helpers import channel as authed_channel
 from tests.helpers import eventually
 from tests.metering.test_stop_bounded import Proxy, proxied
+from tests.policy.workspaces import new_workspace
 
 pytestmark = pytest.mark.infra
 TIMEOUT = 2.0
@@ -35,14 +35,7 @@ async def behind_proxy(
 ) -> tuple[wiring.RunningPolicy, Proxy, str]:
     """A policy server of a new workspace (a default limit set) whose PostgreSQL is
     reached through a proxy the test can freeze, serving; QM_DATABASE_TIMEOUT 2 s."""
-    workspace = f"ws-{uuid.uuid4().hex[:8]}"
-    pool = await connect_pool(infra.database_url)
-    try:
-        await LimitStore(pool, workspace).set_workspace_default(
-            10_000_000, Enforcement.HARD, "tests"
-        )
-    finally:
-        await pool.close()
+    workspace = await new_workspace(infra.database_url, 10_000_000)
     u = urlsplit(infra.database_url)
     proxy = Proxy(u.hostname or "127.0.0.1", u.port or 5432)
     env = {

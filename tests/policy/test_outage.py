@@ -10,23 +10,20 @@ broker, then starts it again.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
 
 from devtools.localinfra.postgres import LocalPostgres
-from quartermaster.db import connect_pool
 from quartermaster.policy_client import FailMode, PolicyClient
 from quartermaster.v1 import policy_pb2, policy_pb2_grpc
 from services.policy import wiring
-from services.policy.decide import Enforcement
 from services.policy.settings import PolicySettings
-from services.policy.stores.limits import LimitStore
 from tests.conftest import ADMIN_METADATA
 from tests.helpers import TOKENS, eventually, refusal
 from tests.helpers import channel as authed_channel
+from tests.policy.workspaces import new_workspace
 
 pytestmark = pytest.mark.infra
 DOWN = grpc.StatusCode.UNAVAILABLE
@@ -36,14 +33,7 @@ DOWN = grpc.StatusCode.UNAVAILABLE
 async def policy_on_it(
     own_postgres: LocalPostgres, service_env: dict[str, str]
 ) -> AsyncIterator[wiring.RunningPolicy]:
-    workspace = f"ws-{uuid.uuid4().hex[:8]}"
-    pool = await connect_pool(own_postgres.url)
-    try:
-        await LimitStore(pool, workspace).set_workspace_default(
-            10_000_000, Enforcement.HARD, "tests"
-        )
-    finally:
-        await pool.close()
+    workspace = await new_workspace(own_postgres.url, 10_000_000)
     env = {**service_env, "QM_DATABASE_URL": own_postgres.url, "QM_WORKSPACE_ID": workspace}
     running = await wiring.start(PolicySettings.from_env(env), addr="127.0.0.1:0")
     try:

@@ -41,6 +41,7 @@ from services.policy.stores.limits import LimitStore
 from tests.conftest import ROOT
 from tests.helpers import channel as credentialed_channel
 from tests.helpers import eventually, new_user, produce
+from tests.policy.workspaces import new_workspace
 
 pytestmark = pytest.mark.infra
 CREDIT = MICROS_PER_CREDIT
@@ -72,18 +73,6 @@ def _publish_totals(bootstrap: str, used: dict[str, int]) -> None:
     produce(bootstrap, records, topic=Topic.USAGE_TOTALS.value)
 
 
-async def _workspace(database_url: str, limit_micros: int) -> str:
-    workspace = f"ws-{uuid.uuid4().hex[:8]}"
-    pool = await connect_pool(database_url)
-    try:
-        await LimitStore(pool, workspace).set_workspace_default(
-            limit_micros, Enforcement.HARD, "tests"
-        )
-    finally:
-        await pool.close()
-    return workspace
-
-
 async def _health(port: int) -> int:
     async with credentialed_channel(f"127.0.0.1:{port}") as channel:
         got = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -101,7 +90,7 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
     infra: Infra, own_broker: LocalBroker, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     over, pooled, mate, pool = new_user(), new_user(), new_user(), f"g-{uuid.uuid4().hex[:6]}"
-    workspace = await _workspace(infra.database_url, 20 * CREDIT)
+    workspace = await new_workspace(infra.database_url, 20 * CREDIT)
     db = await connect_pool(infra.database_url)
     try:  # pooled and mate share a 5-credit pool; pooled alone is far under its limit
         users = [UserInfo(u) for u in (over, pooled, mate)]
@@ -186,7 +175,7 @@ async def test_a_restarted_replica_answers_unavailable_or_the_right_deny_never_a
 async def two_replicas(
     own_postgres: LocalPostgres, service_env: dict[str, str]
 ) -> AsyncIterator[list[wiring.RunningPolicy]]:
-    workspace = await _workspace(own_postgres.url, 100 * CREDIT)
+    workspace = await new_workspace(own_postgres.url, 100 * CREDIT)
     # Polling only every 30 s: what arrives within a second came by LISTEN/NOTIFY.
     env = {**service_env, "QM_DATABASE_URL": own_postgres.url, "QM_WORKSPACE_ID": workspace,
            "QM_POLICY_REFRESH_SECONDS": "30"}  # fmt: skip
@@ -258,7 +247,7 @@ async def test_after_the_broker_restarts_empty_policy_stops_answering_from_stale
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     over = new_user()
-    workspace = await _workspace(infra.database_url, 20 * CREDIT)
+    workspace = await new_workspace(infra.database_url, 20 * CREDIT)
     _publish_totals(own_broker.bootstrap, {over: 30 * CREDIT})
     env = {**service_env, "QM_WORKSPACE_ID": workspace, "QM_KAFKA_BOOTSTRAP": own_broker.bootstrap,
            "QM_POLICY_TOTALS_CHECK_SECONDS": "0.2"}  # fmt: skip

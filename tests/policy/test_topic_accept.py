@@ -23,7 +23,8 @@ from services.policy import wiring
 from services.policy.settings import PolicySettings
 from tests.conftest import ROOT
 from tests.helpers import channel, eventually, new_user
-from tests.policy.test_readiness_faults import CREDIT, DENY, _check, _publish_totals, _workspace
+from tests.policy.test_readiness_faults import CREDIT, DENY, _check, _publish_totals
+from tests.policy.workspaces import new_workspace
 
 pytestmark = pytest.mark.infra
 ALLOW = policy_pb2.DECISION_ALLOW
@@ -33,7 +34,7 @@ async def test_a_replica_started_on_a_recreated_totals_topic_waits_for_it_to_be_
     infra: Infra, own_broker: LocalBroker, service_env: dict[str, str]
 ) -> None:
     over = new_user()
-    workspace = await _workspace(infra.database_url, 20 * CREDIT)
+    workspace = await new_workspace(infra.database_url, 20 * CREDIT)
     _publish_totals(own_broker.bootstrap, {over: 25 * CREDIT})
     env = {**service_env, "QM_WORKSPACE_ID": workspace, "QM_KAFKA_BOOTSTRAP": own_broker.bootstrap,
            "QM_POLICY_TOTALS_CHECK_SECONDS": "0.2"}  # fmt: skip
